@@ -1,0 +1,39 @@
+"""Helpers shared by CLI commands: config, bus access, printing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import zmq
+
+from spx_common.bus import RpcClient, RpcError
+from spx_common.config import BusConfig, RuntimeConfig, load
+
+
+def configs() -> tuple[RuntimeConfig, BusConfig]:
+    return load(RuntimeConfig), load(BusConfig)
+
+
+def call(service: str, method: str, params: Any = None, *, timeout_s: float = 2.0, retries: int = 0) -> Any:
+    """Ask a running service; raises RpcError (code ``timeout`` when it is not running)."""
+    runtime, bus = configs()
+    ctx = zmq.Context.instance()
+    client = RpcClient(ctx, bus.rep_endpoint(service, runtime), timeout_s=timeout_s, retries=retries)
+    try:
+        return client.call(method, params)
+    finally:
+        client.close()
+
+
+def fail(message: str, code: int = 1) -> int:
+    print(f"spx: {message}", file=sys.stderr)
+    return code
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str, sort_keys=True))
+
+
+__all__ = ["RpcError", "call", "configs", "fail", "print_json"]

@@ -1,0 +1,196 @@
+"""The frame envelope: how every message crosses a ZeroMQ socket.
+
+A frame is a two-part ZeroMQ multipart message::
+
+    [ topic (utf-8 bytes, prefix-subscribable) , payload (msgpack) ]
+
+and the payload is one msgpack array, decoded into :class:`Envelope`::
+
+    [ v, type, src, session, seq, event_ns, pub_ns, body ]
+
+=========  ===============================================================
+v          protocol version (:data:`PROTOCOL_VERSION`); other versions are refused
+type       message type, a key of the registry below; selects the body schema
+src        publishing service name (``feed``, ``aggregator``, ...)
+session    random id chosen at process start: a new one means the peer restarted
+seq        per-(publisher, topic) sequence number starting at 1; gaps mean loss
+event_ns   event time of the body (for a batch, its last event), ns since epoch
+pub_ns     wall-clock publish time, ns since epoch (latency measurement only)
+body       msgpack of the body type, decoded lazily and with schema validation
+=========  ===============================================================
+
+The body is kept as ``msgspec.Raw`` until asked for, so routers and ``spx tail``
+can read headers without paying for the body.  A batch (the vendor sends arrays)
+is simply a body whose schema is a list, e.g. type ``ticks`` is
+``list[Trade | Quote | IndexValue]``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from spx_common import models as m
+
+PROTOCOL_VERSION = 1
+
+
+class Envelope(msgspec.Struct, array_like=True):
+    v: int
+    type: str
+    src: str
+    session: str
+    seq: int
+    event_ns: int
+    pub_ns: int
+    body: msgspec.Raw
+
+
+class FrameError(ValueError):
+    """A frame that cannot be accepted. ``reason`` is a short metric label."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+# type name -> body schema. Extend with :func:`register`; never reuse a name for another schema.
+_REGISTRY: dict[str, Any] = {
+    "ticks": list[m.MarketEvent],
+    "bar": m.MicroBar,
+    "bars": list[m.MicroBar],
+    "feed_status": m.FeedStatus,
+    "heartbeat": m.Heartbeat,
+    "setup_candidate": m.SetupCandidate,
+    "setup_transition": m.SetupTransition,
+    "recommendation": m.ContractRecommendation,
+    "exit_advice": m.ExitAdvice,
+    "order": m.Order,
+    "fill": m.Fill,
+    "position": m.Position,
+    "coach": m.CoachEvent,
+    "block": m.BlockEvent,
+    "reply": m.Reply,
+    # free-form documents (market state, control requests, config reloads): a string-keyed map
+    "doc": dict[str, Any],
+}
+_DECODERS: dict[str, msgspec.msgpack.Decoder] = {}
+_ENVELOPE_DECODER = msgspec.msgpack.Decoder(Envelope)
+_ENCODER = msgspec.msgpack.Encoder()
+
+
+def register(type_name: str, schema: Any) -> None:
+    """Register a body schema for ``type_name`` (idempotent for the same schema)."""
+    existing = _REGISTRY.get(type_name)
+    if existing is not None and existing != schema:
+        raise ValueError(f"message type {type_name!r} is already registered with another schema")
+    _REGISTRY[type_name] = schema
+    _DECODERS.pop(type_name, None)
+
+
+def registered_types() -> dict[str, Any]:
+    return dict(_REGISTRY)
+
+
+def _decoder(type_name: str) -> msgspec.msgpack.Decoder:
+    dec = _DECODERS.get(type_name)
+    if dec is None:
+        schema = _REGISTRY.get(type_name)
+        if schema is None:
+            raise FrameError("unknown_type", f"unknown message type {type_name!r}")
+        dec = _DECODERS[type_name] = msgspec.msgpack.Decoder(schema)
+    return dec
+
+
+def encode_body(body: Any) -> bytes:
+    return _ENCODER.encode(body)
+
+
+def encode_payload(
+    type_name: str, body: Any, *, src: str, session: str, seq: int, event_ns: int, pub_ns: int | None = None
+) -> bytes:
+    """Encode one payload frame. ``body`` may be a Struct, a list of Structs or builtins."""
+    env = Envelope(
+        PROTOCOL_VERSION,
+        type_name,
+        src,
+        session,
+        seq,
+        event_ns,
+        time.time_ns() if pub_ns is None else pub_ns,
+        msgspec.Raw(_ENCODER.encode(body)),
+    )
+    return _ENCODER.encode(env)
+
+
+@dataclass(slots=True)
+class Frame:
+    """A received frame: header fields plus lazily decoded, validated body."""
+
+    topic: str
+    env: Envelope
+
+    @property
+    def type(self) -> str:
+        return self.env.type
+
+    @property
+    def seq(self) -> int:
+        return self.env.seq
+
+    @property
+    def event_ns(self) -> int:
+        return self.env.event_ns
+
+    @property
+    def pub_ns(self) -> int:
+        return self.env.pub_ns
+
+    @property
+    def src(self) -> str:
+        return self.env.src
+
+    @property
+    def session(self) -> str:
+        return self.env.session
+
+    def body(self) -> Any:
+        """Decode and validate the body against its registered schema (raises FrameError)."""
+        try:
+            return _decoder(self.env.type).decode(self.env.body)
+        except msgspec.ValidationError as exc:
+            raise FrameError("schema", f"{self.env.type} body from {self.env.src}: {exc}") from exc
+        except msgspec.DecodeError as exc:
+            raise FrameError("garbage", f"{self.env.type} body from {self.env.src}: {exc}") from exc
+
+
+def decode_frames(parts: list[bytes]) -> Frame:
+    """Decode a multipart message's header. Raises :class:`FrameError` with a reason label."""
+    if len(parts) != 2:
+        raise FrameError("frames", f"expected 2 parts (topic, payload), got {len(parts)}")
+    try:
+        topic = parts[0].decode()
+    except UnicodeDecodeError as exc:
+        raise FrameError("garbage", "topic is not utf-8") from exc
+    try:
+        env = _ENVELOPE_DECODER.decode(parts[1])
+    except msgspec.ValidationError as exc:
+        raise FrameError("schema", f"envelope on {topic!r}: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise FrameError("garbage", f"envelope on {topic!r}: {exc}") from exc
+    if env.v != PROTOCOL_VERSION:
+        raise FrameError("version", f"protocol version {env.v} on {topic!r} (this build speaks {PROTOCOL_VERSION})")
+    return Frame(topic, env)
+
+
+def check_codec() -> None:
+    """Fail fast at start-up if the codec cannot round-trip a sample frame."""
+    sample = [m.Trade(sym="SPY", price=1.0, size=1, ts=1), m.Quote(sym="SPY", bid=1, ask=1.01, ts=2)]
+    payload = encode_payload("ticks", sample, src="selftest", session="x", seq=1, event_ns=2)
+    frame = decode_frames([b"tick.SPY", payload])
+    if frame.body() != sample:
+        raise RuntimeError("codec self-test failed: round trip changed the sample frame")

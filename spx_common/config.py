@@ -1,0 +1,217 @@
+"""One way to configure every process: typed, frozen, validated once at start.
+
+Every process reads the same sources, later ones winning:
+
+1. the field defaults documented on each section model below (and in ``docs/config.md``);
+2. an optional TOML file, ``$SPX_CONFIG`` or ``<project>/spx.toml``, one ``[section]`` per model;
+3. environment variables ``SPX_<SECTION>_<KEY>`` (e.g. ``SPX_BUS_HWM=200000``), plus the vendor
+   names a field declares in ``env`` (e.g. ``MASSIVE_API_KEY``, ``TRADIER_EXECUTION_ENABLED``).
+
+A service defines its own section as a subclass of :class:`Section` in its own package and
+loads it with :func:`load`.  A bad value stops the process with a message naming the key and
+the source, so supervisord shows the service FATAL instead of running misconfigured.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+# Every process of the mesh. The index fixes its tcp port offset (see BusConfig).
+SERVICES: tuple[str, ...] = (
+    "feed",
+    "aggregator",
+    "detector",
+    "selector",
+    "broker",
+    "coach",
+    "gateway",
+    "recorder",
+)
+
+
+class ConfigError(RuntimeError):
+    """Configuration that cannot be accepted; the message names the key and its source."""
+
+
+class Section(BaseModel):
+    """Base of every config section. ``section`` names the TOML table and env prefix."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    section: ClassVar[str] = ""
+
+
+def env_field(default: Any, description: str, *env: str, **kw: Any) -> Any:
+    """A field that may also be set by the given vendor-style environment variable names."""
+    return Field(default, description=description, json_schema_extra={"env": list(env)}, **kw)
+
+
+class RuntimeConfig(Section):
+    section: ClassVar[str] = "runtime"
+
+    run_dir: Path = Field(
+        PROJECT_DIR / "run",
+        description="Directory for sockets, logs, journal, SQLite database and pid files. "
+        "Relative paths are taken from the project directory.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Minimum log level.")
+    shutdown_grace_s: float = Field(3.0, gt=0, le=60, description="Seconds to drain queues on SIGTERM before exit.")
+
+    def path(self, *parts: str) -> Path:
+        p = self.run_dir if self.run_dir.is_absolute() else PROJECT_DIR / self.run_dir
+        return p.joinpath(*parts)
+
+
+class BusConfig(Section):
+    section: ClassVar[str] = "bus"
+
+    transport: Literal["ipc", "tcp"] = Field(
+        "ipc", description="ipc: unix sockets under run_dir/sock (one host). tcp: for multi-host deployments."
+    )
+    tcp_bind_host: str = Field("127.0.0.1", description="Interface tcp endpoints bind to.")
+    tcp_base_port: int = Field(
+        47100,
+        ge=1024,
+        le=65000,
+        description="Service i (order of SERVICES) publishes on base+2i and answers requests on base+2i+1.",
+    )
+    hosts: dict[str, str] = Field(
+        {}, description="tcp only: service name -> host to connect to (default tcp_bind_host)."
+    )
+    hwm: int = Field(
+        500_000,
+        ge=1000,
+        description="High-water mark (frames) for PUB send and SUB receive queues. Frames beyond it are dropped "
+        "by ZeroMQ and detected by sequence gaps; 1000 (the ZeroMQ default) lost 17-28% of a fast stream.",
+    )
+    heartbeat_s: float = Field(1.0, gt=0, le=10, description="Heartbeat period of every publisher.")
+    peer_timeout_s: float = Field(3.0, gt=0, description="A peer silent this long is reported down.")
+    rpc_timeout_s: float = Field(2.0, gt=0, description="Default request/reply timeout per attempt.")
+    rpc_retries: int = Field(2, ge=0, le=10, description="Default request retries after a timeout.")
+    linger_ms: int = Field(200, ge=0, le=5000, description="Socket linger on close (bounded shutdown).")
+
+    def pub_endpoint(self, service: str, runtime: RuntimeConfig, *, bind: bool = False) -> str:
+        return self._endpoint(service, runtime, 0, "pub", bind)
+
+    def rep_endpoint(self, service: str, runtime: RuntimeConfig, *, bind: bool = False) -> str:
+        return self._endpoint(service, runtime, 1, "rep", bind)
+
+    def _endpoint(self, service: str, runtime: RuntimeConfig, offset: int, kind: str, bind: bool) -> str:
+        name = service.split("-", 1)[0]
+        if self.transport == "ipc":
+            return f"ipc://{runtime.path('sock', f'{service}.{kind}')}"
+        if name not in SERVICES:
+            raise ConfigError(f"unknown service {service!r} for a tcp endpoint")
+        port = self.tcp_base_port + 2 * SERVICES.index(name) + offset
+        host = self.tcp_bind_host if bind else self.hosts.get(name, self.tcp_bind_host)
+        return f"tcp://{host}:{port}"
+
+
+_T = TypeVar("_T", bound=Section)
+
+
+def config_file() -> Path | None:
+    explicit = os.environ.get("SPX_CONFIG")
+    if explicit:
+        p = Path(explicit)
+        if not p.is_file():
+            raise ConfigError(f"SPX_CONFIG={explicit} does not exist")
+        return p
+    default = PROJECT_DIR / "spx.toml"
+    return default if default.is_file() else None
+
+
+def _read_toml() -> dict[str, Any]:
+    path = config_file()
+    if path is None:
+        return {}
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _env_names(model: type[Section], name: str) -> list[str]:
+    info = model.model_fields[name]
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    return [f"SPX_{model.section.upper()}_{name.upper()}", *extra.get("env", [])]
+
+
+def load(model: type[_T], environ: dict[str, str] | None = None, overrides: dict[str, Any] | None = None) -> _T:
+    """Build a section from defaults, the TOML file and the environment; raise ConfigError when invalid."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = dict(_read_toml().get(model.section, {}))
+    sources = {k: "config file" for k in values}
+    for name in model.model_fields:
+        for var in _env_names(model, name):
+            if var in env:
+                raw = env[var]
+                values[name] = _coerce_env(model, name, raw)
+                sources[name] = f"environment {var}"
+    if overrides:
+        values.update(overrides)
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(x) for x in err["loc"])
+            lines.append(f"[{model.section}] {key} ({sources.get(str(err['loc'][0]), 'default')}): {err['msg']}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def _coerce_env(model: type[Section], name: str, raw: str) -> Any:
+    """Environment values are strings; dict/list fields accept JSON or comma-separated values."""
+    ann = str(model.model_fields[name].annotation)
+    if ann.startswith(("dict", "list", "tuple", "set")) or "dict[" in ann or "list[" in ann:
+        import json
+
+        raw = raw.strip()
+        if raw.startswith(("{", "[")):
+            return json.loads(raw)
+        if ann.startswith("dict") or "dict[" in ann:
+            return dict(item.split("=", 1) for item in raw.split(",") if item)
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    return raw
+
+
+def all_sections() -> list[type[Section]]:
+    """Every Section subclass imported so far (the config reference walks these)."""
+    seen: list[type[Section]] = []
+    stack = list(Section.__subclasses__())
+    while stack:
+        cls = stack.pop(0)
+        if cls.section and cls not in seen:
+            seen.append(cls)
+        stack.extend(cls.__subclasses__())
+    return sorted(seen, key=lambda c: c.section)
+
+
+def reference_markdown(sections: list[type[Section]]) -> str:
+    """The configuration reference (docs/config.md is generated from this; a test keeps them equal)."""
+    out = [
+        "# Configuration reference",
+        "",
+        "Generated by `spx config docs`; do not edit by hand. Sources, later winning: defaults, the TOML file",
+        "(`$SPX_CONFIG` or `spx.toml` in the project directory, one `[section]` per table below), environment.",
+        "",
+    ]
+    for cls in sections:
+        out += [f"## [{cls.section}]", "", (cls.__doc__ or "").strip() if cls.__doc__ != Section.__doc__ else "", ""]
+        out += ["| key | environment | default | description |", "| --- | --- | --- | --- |"]
+        for name, info in cls.model_fields.items():
+            default = info.default
+            if isinstance(default, Path) and str(default).startswith(str(PROJECT_DIR)):
+                default = "<project>/" + str(default.relative_to(PROJECT_DIR))
+            envs = ", ".join(f"`{e}`" for e in _env_names(cls, name))
+            desc = (info.description or "").replace("|", "\\|")
+            out.append(f"| `{name}` | {envs} | `{default!r}` | {desc} |")
+        out.append("")
+    return "\n".join(line for line in out) + "\n"

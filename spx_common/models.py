@@ -1,0 +1,332 @@
+"""Every message type that crosses a process boundary.
+
+These msgspec ``Struct`` classes are the single source of truth for the wire
+schema.  msgspec's typed msgpack decoder validates types, required fields and
+the ``Meta`` constraints while decoding, at roughly 0.5 us per tick
+(``benchmarks/codec.py``), so every subscriber validates every frame it
+receives without a second pass.  pydantic twins of each model (for JSON
+Schema, UI documentation and rich boundary errors) are generated from these
+classes in :mod:`spx_common.schemas`, never written by hand.
+
+Units, everywhere:
+  * times are integer nanoseconds since the Unix epoch (UTC), named ``*_ns``
+    or ``ts``;
+  * prices are floats in the instrument's quote currency (USD);
+  * stock quote sizes are shares, option quote and trade sizes are contracts,
+    index values have no size.
+
+Adding a field: give it a default so older publishers still decode, and add a
+line to ``docs/protocol.md``.  Removing or retyping a field bumps
+:data:`spx_common.codec.PROTOCOL_VERSION`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+NonNeg = Annotated[float, Meta(ge=0)]
+NonNegInt = Annotated[int, Meta(ge=0)]
+Ns = Annotated[int, Meta(ge=0, description="Unix time in nanoseconds")]
+Source = Literal["tick", "poll", "replay", "backfill"]
+Direction = Literal["long", "short"]
+
+
+class Base(Struct, kw_only=True, omit_defaults=True):
+    """Base for all messages: keyword-only construction, defaults omitted on the wire."""
+
+    def to_dict(self) -> dict:
+        return msgspec.structs.asdict(self)
+
+    def to_builtins(self) -> dict:
+        return msgspec.to_builtins(self)
+
+
+# --------------------------------------------------------------------------- market data
+# Trade, Quote and IndexValue are members of one tagged union (field ``k``) so a single
+# ``ticks`` frame can carry a vendor array of mixed events in stream order.
+
+
+class Trade(Base, kw_only=True, tag="t", tag_field="k"):
+    """One trade print (stock or option)."""
+
+    sym: str
+    price: NonNeg
+    size: NonNeg = 0.0
+    ts: Ns
+    seq: int = 0  # vendor sequence number (Massive ``q``); 0 when unknown
+    exch: int = 0
+    cond: list[int] = []
+    source: Source = "tick"
+    backfilled: bool = False
+
+
+class Quote(Base, kw_only=True, tag="q", tag_field="k"):
+    """One NBBO quote update. Stock sizes are shares, option sizes are contracts."""
+
+    sym: str
+    bid: NonNeg
+    ask: NonNeg
+    bid_size: NonNeg = 0.0
+    ask_size: NonNeg = 0.0
+    ts: Ns
+    seq: int = 0
+    bid_exch: int = 0
+    ask_exch: int = 0
+    source: Source = "tick"
+    backfilled: bool = False
+
+
+class IndexValue(Base, kw_only=True, tag="v", tag_field="k"):
+    """An index value (e.g. ``I:SPX``); no size, no quote."""
+
+    sym: str
+    value: NonNeg
+    ts: Ns
+    source: Source = "tick"
+    backfilled: bool = False
+
+
+MarketEvent = Trade | Quote | IndexValue
+
+
+class MicroBar(Base, kw_only=True):
+    """A 1s/5s (or any interval) bar with quote microstructure.
+
+    Formulas are specified in ``docs/microbars.md``; field names are snake_case on the
+    bus and camelCase towards browsers.
+    """
+
+    sym: str
+    interval: str  # "1s", "5s", "60s"
+    start_ns: Ns
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float = 0.0
+    trades: int = 0
+    vwap: float | None = None
+    buy_volume: float | None = None
+    sell_volume: float | None = None
+    neutral_volume: float | None = None
+    delta_volume: float | None = None
+    bid_ask_imbalance: float | None = None
+    ask_bid_size_ratio: float | None = None
+    quote_coverage_pct: float | None = None
+    avg_spread_bps: float | None = None
+    bid_size_at_close: float | None = None
+    ask_size_at_close: float | None = None
+    closed: bool = False
+    gap_fill: bool = False
+    source: Source = "tick"
+
+
+# --------------------------------------------------------------------------- health
+
+
+class FeedStatus(Base, kw_only=True):
+    """Published by the feed every second on ``status.feed.mode``."""
+
+    mode: Literal["tick", "poll", "replay", "down"]
+    connected: bool
+    events_per_s: float = 0.0
+    last_event_age_ms: float | None = None
+    reconnects: int = 0
+    ts: Ns
+    detail: str = ""
+
+
+class Heartbeat(Base, kw_only=True):
+    """Sent by every publisher each second on ``hb.<service>``.
+
+    ``session`` changes when the process restarts; ``topics`` maps each topic the
+    publisher has sent on to its last sequence number, so a subscriber can detect
+    loss at the tail of a stream, not only between frames.
+    """
+
+    service: str
+    session: str
+    pid: int
+    started_ns: Ns
+    ts: Ns
+    frames_out: NonNegInt = 0
+    state: Literal["starting", "running", "degraded", "stopping"] = "running"
+    detail: str = ""
+    stats: dict[str, float] = {}
+
+
+# --------------------------------------------------------------------------- detection
+
+
+class SetupCandidate(Base, kw_only=True):
+    """What a detector plugin returns: a proposed setup with its evidence."""
+
+    detector: str
+    family: str
+    sym: str
+    direction: Direction
+    entry_low: float
+    entry_high: float
+    stop: float
+    targets: list[float] = []
+    confidence: Annotated[float, Meta(ge=0, le=1)] = 0.5
+    ts: Ns
+    evidence: dict[str, str | float | int | bool | None] = {}
+
+
+SetupState = Literal[
+    "forming", "ready", "triggered", "target1_hit", "target2_hit", "invalidated", "stopped", "expired", "blocked"
+]
+
+
+class SetupTransition(Base, kw_only=True):
+    """A lifecycle state change of one setup instance, published on ``setup.transition``."""
+
+    setup_id: str
+    detector: str
+    family: str
+    sym: str
+    direction: Direction
+    from_state: SetupState | None = None
+    to_state: SetupState
+    reason: str
+    ts: Ns
+    price: float | None = None
+    entry_low: float | None = None
+    entry_high: float | None = None
+    stop: float | None = None
+    targets: list[float] = []
+    microstructure: dict[str, float | None] = {}
+    macro_alignment_score: float | None = None
+    confidence: float | None = None
+
+
+# --------------------------------------------------------------------------- selection & exits
+
+
+class SizingBreakdown(Base, kw_only=True):
+    maxRiskDollars: float
+    contractsByRisk: int
+    contractsByBuyingPower: int
+    perContractDebit: float
+    margin_limit_blocked: bool = False
+
+
+class ContractRecommendation(Base, kw_only=True):
+    setup_id: str
+    ok: bool
+    reason: str
+    occ_symbol: str | None = None
+    tradier_symbol: str | None = None
+    massive_symbol: str | None = None
+    option_type: Literal["call", "put"] | None = None
+    strike: float | None = None
+    expiration: str | None = None
+    delta: float | None = None
+    bid: float | None = None
+    ask: float | None = None
+    mid: float | None = None
+    suggestedContracts: int = 0
+    sizing: SizingBreakdown | None = None
+    ts: Ns = 0
+
+
+class ExitAdvice(Base, kw_only=True):
+    setup_id: str
+    action: Literal["scale_out", "move_stop", "trail_stop", "exit_all", "hold"]
+    reason: str
+    ts: Ns
+    fraction: float | None = None
+    stop: float | None = None
+    price: float | None = None
+    r_multiple: float | None = None
+    trailing_stop_path: list[float] = []
+
+
+# --------------------------------------------------------------------------- execution
+
+OrderSide = Literal["buy_to_open", "buy_to_close", "sell_to_open", "sell_to_close"]
+OrderType = Literal["market", "limit", "stop", "stop_limit"]
+
+
+class Order(Base, kw_only=True):
+    order_id: str  # our id; also the Tradier ``tag``
+    user: str
+    setup_id: str | None = None
+    option_symbol: str
+    side: OrderSide
+    quantity: Annotated[int, Meta(gt=0)]
+    type: OrderType
+    price: float | None = None
+    stop: float | None = None
+    status: str = "pending"
+    broker_id: str | None = None
+    reason: str = ""
+    ts: Ns
+
+
+class Fill(Base, kw_only=True):
+    order_id: str
+    user: str
+    option_symbol: str
+    side: OrderSide
+    quantity: Annotated[float, Meta(gt=0)]
+    price: NonNeg
+    ts: Ns
+    fill_id: str = ""
+    broker_id: str | None = None
+
+
+class Position(Base, kw_only=True):
+    user: str
+    option_symbol: str
+    quantity: float
+    avg_price: float
+    realized_pnl: float = 0.0
+    unrealized_pnl: float | None = None
+    ts: Ns
+
+
+# --------------------------------------------------------------------------- coach
+
+
+class CoachEvent(Base, kw_only=True):
+    user: str
+    kind: str  # entry_window_opened, stop_threat, target1_touched, flow_divergence_detected, pdt_alert, ...
+    message: str
+    ts: Ns
+    setup_id: str | None = None
+    severity: Literal["info", "warning", "critical"] = "info"
+    data: dict[str, str | float | int | bool | None] = {}
+
+
+# --------------------------------------------------------------------------- control
+
+
+class ErrorInfo(Base, kw_only=True):
+    """The one error shape of every request/reply answer."""
+
+    code: str
+    message: str
+
+
+class Reply(Base, kw_only=True):
+    """Answer to every request: ``ok`` with a ``result``, or not ok with an ``error``."""
+
+    ok: bool
+    result: Any = None
+    error: ErrorInfo | None = None
+
+
+class BlockEvent(Base, kw_only=True):
+    """Published whenever something is refused: a setup blocked, an order not sent."""
+
+    service: str
+    reason: str
+    ts: Ns
+    subject: str = ""
+    detail: str = ""
+

@@ -1,0 +1,333 @@
+"""``BusService``: what every process of the mesh gets for free.
+
+A service subclasses :class:`BusService`, names itself, says which publishers and
+topic prefixes it consumes, and registers handlers::
+
+    class Aggregator(BusService):
+        name = "aggregator"
+        subscriptions = {"feed": ["tick."]}
+
+        def setup(self):
+            self.on("tick.", self.handle_ticks)
+            self.rpc("last_tick", self.last_tick)
+
+The base gives every process the same behaviour:
+
+* a PUB socket with per-topic sequence numbers and a heartbeat every second;
+* a SUB socket that validates every frame (bad ones are counted by reason, written to a
+  bounded dead-letter file and skipped), detects loss by sequence gap and tracks peers;
+* a ROUTER socket answering requests, with built-in ``ping``, ``status`` and ``metrics``;
+* per-handler time budget (slow handlers are counted and logged) and exception isolation;
+* structured JSON logs, a metrics registry, optional ``/metrics`` over HTTP;
+* SIGTERM/SIGINT: stop taking input, run ``drain()``, close sockets with a bounded linger, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from spx_common import codec, logs
+from spx_common.bus import AsyncRpcClient, AsyncSubscriber, Publisher, RpcServer, SubscriberCore
+from spx_common.codec import Frame, FrameError
+from spx_common.config import BusConfig, RuntimeConfig, load
+from spx_common.metrics import Registry, serve_http
+
+FrameHandler = Callable[[Frame, Any], Any]
+
+
+class DeadLetters:
+    """Append refused frames to ``run/deadletter/<service>.msgpack``, bounded by size (one rotation)."""
+
+    def __init__(self, path: Path, max_bytes: int = 5_000_000) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.count = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, reason: str, parts: list[bytes], detail: str = "") -> None:
+        self.count += 1
+        try:
+            if self.path.exists() and self.path.stat().st_size > self.max_bytes:
+                self.path.replace(self.path.with_suffix(".1.msgpack"))
+            with self.path.open("ab") as fh:
+                fh.write(msgspec.msgpack.encode([time.time_ns(), reason, detail[:500], [p[:65536] for p in parts]]))
+        except OSError:
+            logging.getLogger("spx.deadletter").exception("cannot write dead letter")
+
+
+class BusService:
+    """Base class of every mesh process (see module docstring)."""
+
+    name: str = "service"
+    #: publisher service name -> topic prefixes to subscribe to
+    subscriptions: dict[str, list[str]] = {}
+    #: handlers slower than this are counted in ``handler_slow_total`` and logged
+    handler_budget_ms: float = 50.0
+
+    def __init__(
+        self,
+        runtime: RuntimeConfig | None = None,
+        bus: BusConfig | None = None,
+        *,
+        instance: str | None = None,
+    ) -> None:
+        self.runtime = runtime or load(RuntimeConfig)
+        self.bus = bus or load(BusConfig)
+        self.instance = instance or self.name
+        self.log = logging.getLogger(f"spx.{self.instance}")
+        self.metrics = Registry()
+        self.started_ns = time.time_ns()
+        self.ctx = zmq.Context()
+        self.actx = zmq.asyncio.Context.shadow(self.ctx)
+        self.stop_event = asyncio.Event()
+        self.state = "starting"
+        self.detail = ""
+        self._handlers: list[tuple[str, FrameHandler]] = []
+        self._tasks: list[asyncio.Task] = []
+        self._rate_log = logs.RateLimitedLog(self.log)
+        self.core = SubscriberCore(self.instance, self.metrics, self.bus.peer_timeout_s)
+        self.core.on_peer_change = self._peer_changed
+        self.deadletters = DeadLetters(self.runtime.path("deadletter", f"{self.instance}.msgpack"))
+        self.handler_errors = self.metrics.counter(
+            "handler_errors_total", "Handler exceptions (frame skipped, service kept running).", ["topic"])
+        self.handler_slow = self.metrics.counter("handler_slow_total", "Handler calls over the time budget.")
+        self.handler_ms = self.metrics.histogram("handler_latency_ms", "Frame handler time.")
+        self.pub: Publisher | None = None
+        self.sub: AsyncSubscriber | None = None
+        self.rpc_server: RpcServer | None = None
+        self._clients: dict[str, AsyncRpcClient] = {}
+
+    # ------------------------------------------------------------------ API for subclasses
+
+    def setup(self) -> None:
+        """Register handlers (``on``/``rpc``) and build state. Called once before the loops."""
+
+    async def main(self) -> None:
+        """Extra long-running work (vendor connections, timers). Runs until stop; optional."""
+        await self.stop_event.wait()
+
+    def periodic(self) -> None:
+        """Called about once per second (after the heartbeat): flush, rate stats, timeouts."""
+
+    async def drain(self) -> None:
+        """Called on shutdown before sockets close: flush queues and files (bounded by grace)."""
+
+    def on(self, prefix: str, handler: FrameHandler) -> None:
+        """Call ``handler(frame, body)`` for accepted frames whose topic starts with ``prefix``."""
+        self._handlers.append((prefix, handler))
+
+    def rpc(self, method: str, handler: Callable[[dict], Any]) -> None:
+        assert self.rpc_server is not None, "register RPC methods in setup()"
+        self.rpc_server.register(method, handler)
+
+    def publish(self, topic: str, type_name: str, body: Any, event_ns: int) -> int:
+        assert self.pub is not None
+        return self.pub.publish(topic, type_name, body, event_ns)
+
+    def client(self, service: str, *, timeout_s: float | None = None, retries: int | None = None) -> AsyncRpcClient:
+        """A lazy-pirate client to another service's request socket (cached per service)."""
+        c = self._clients.get(service)
+        if c is None:
+            c = self._clients[service] = AsyncRpcClient(
+                self.actx,
+                self.bus.rep_endpoint(service, self.runtime),
+                timeout_s=self.bus.rpc_timeout_s if timeout_s is None else timeout_s,
+                retries=self.bus.rpc_retries if retries is None else retries,
+            )
+        return c
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task:
+        """Start a named background task whose failure is logged and stops the service."""
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+        return task
+
+    def status(self) -> dict[str, Any]:
+        """The ``status`` RPC answer; subclasses extend it."""
+        return {
+            "service": self.instance,
+            "pid": os.getpid(),
+            "session": self.pub.session if self.pub else None,
+            "state": self.state,
+            "detail": self.detail,
+            "uptime_s": round((time.time_ns() - self.started_ns) / 1e9, 1),
+            "peers": {p.service: p.alive for p in self.core.peers.values()},
+            "bad_frames": self.core.bad.total(),
+            "lost_frames": self.core.lost.total(),
+            "dead_letters": self.deadletters.count,
+        }
+
+    # ------------------------------------------------------------------ machinery
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and not self.stop_event.is_set():
+            self.log.error("task %s failed: %r; stopping so supervisord restarts us", task.get_name(), exc,
+                           exc_info=exc)
+            self.exit_code = 1
+            self.stop_event.set()
+
+    exit_code = 0
+
+    def _peer_changed(self, peer) -> None:
+        self.log.info("peer %s %s", peer.service, "up" if peer.alive else "DOWN",
+                      extra={"peer": peer.service, "alive": peer.alive, "session": peer.session})
+
+    def dispatch(self, frame: Frame) -> None:
+        """Route one accepted frame to its handlers with isolation and a time budget."""
+        topic = frame.topic
+        for prefix, handler in self._handlers:
+            if not topic.startswith(prefix):
+                continue
+            try:
+                body = frame.body()
+            except FrameError as exc:
+                self.core.bad.inc(reason=exc.reason)
+                self.deadletters.write(exc.reason, [topic.encode(), msgspec.msgpack.encode(frame.env)], str(exc))
+                self._rate_log.warning(f"bad:{exc.reason}", f"refused frame on {topic}: {exc}", topic=topic)
+                return
+            t0 = time.perf_counter()
+            try:
+                handler(frame, body)
+            except Exception as exc:
+                self.handler_errors.inc(topic=prefix)
+                self.deadletters.write("handler", [topic.encode()], repr(exc))
+                self._rate_log.warning(f"handler:{prefix}", f"handler for {topic} raised {exc!r}", topic=topic)
+            ms = (time.perf_counter() - t0) * 1000
+            self.handler_ms.observe(ms)
+            if ms > self.handler_budget_ms:
+                self.handler_slow.inc()
+                self._rate_log.warning("slow", f"handler for {topic} took {ms:.1f} ms", topic=topic)
+
+    async def _sub_loop(self) -> None:
+        assert self.sub is not None
+        last_error = None
+        while not self.stop_event.is_set():
+            frames = await self.sub.next_batch(0.2)
+            if self.core.last_error is not last_error:
+                last_error = self.core.last_error
+                if last_error is not None:
+                    self._rate_log.warning(f"bad:{last_error.reason}", f"refused frame: {last_error}")
+                    self.deadletters.write(last_error.reason, [], str(last_error))
+            for frame in frames:
+                self.dispatch(frame)
+            if frames:
+                await asyncio.sleep(0)
+
+    async def _heartbeat_loop(self) -> None:
+        assert self.pub is not None
+        while not self.stop_event.is_set():
+            self.core.check_peers()
+            try:
+                self.periodic()
+            except Exception:
+                self.log.exception("periodic() failed")
+            self.pub.heartbeat(self.started_ns, self.state, self.detail, self.metrics.summary())
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), self.bus.heartbeat_s)
+            except asyncio.TimeoutError:
+                pass
+
+    def _metrics_rpc(self, params: dict) -> str:
+        return self.metrics.render()
+
+    def open_sockets(self) -> None:
+        linger = self.bus.linger_ms
+        self.pub = Publisher(self.ctx, self.bus.pub_endpoint(self.instance, self.runtime, bind=True), self.instance,
+                             hwm=self.bus.hwm, linger_ms=linger)
+        self.rpc_server = RpcServer(self.actx, self.bus.rep_endpoint(self.instance, self.runtime, bind=True),
+                                    registry=self.metrics, linger_ms=linger)
+        self.rpc_server.register("ping", lambda p: {"pong": True, "service": self.instance})
+        self.rpc_server.register("status", lambda p: self.status())
+        self.rpc_server.register("metrics", self._metrics_rpc)
+        endpoints, prefixes = [], []
+        for service, topics in self.subscriptions.items():
+            endpoints.append(self.bus.pub_endpoint(service, self.runtime))
+            prefixes.extend(topics)
+        if endpoints:
+            self.sub = AsyncSubscriber(self.actx, endpoints, prefixes, self.core, hwm=self.bus.hwm)
+
+    async def run_async(self) -> int:
+        codec.check_codec()
+        self.open_sockets()
+        self.setup()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.request_stop)
+            except (NotImplementedError, RuntimeError):
+                pass
+        metrics_port = int(os.environ.get(f"SPX_METRICS_PORT_{self.instance.upper().replace('-', '_')}", "0"))
+        http = serve_http(self.metrics, "127.0.0.1", metrics_port) if metrics_port else None
+        self.state = "running"
+        self.log.info("started", extra={"pub": self.pub.endpoint, "rep": self.rpc_server.endpoint})
+        assert self.rpc_server is not None
+        self.spawn(self.rpc_server.serve(self.stop_event), "rpc")
+        self.spawn(self._heartbeat_loop(), "heartbeat")
+        if self.sub is not None:
+            self.spawn(self._sub_loop(), "subscribe")
+        self.spawn(self.main(), "main")
+        await self.stop_event.wait()
+        self.state = "stopping"
+        self.log.info("stopping: draining")
+        try:
+            await asyncio.wait_for(self.drain(), self.runtime.shutdown_grace_s)
+        except asyncio.TimeoutError:
+            self.log.warning("drain did not finish within %.1fs", self.runtime.shutdown_grace_s)
+        except Exception:
+            self.log.exception("drain failed")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for c in self._clients.values():
+            c.close()
+        if self.sub:
+            self.sub.close()
+        self.rpc_server.close()
+        self.pub.close()
+        if http:
+            http.shutdown()
+        self.ctx.destroy(linger=self.bus.linger_ms)
+        self.log.info("stopped", extra={"exit_code": self.exit_code})
+        return self.exit_code
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    @classmethod
+    def cli(cls, argv: list[str] | None = None) -> None:
+        """Entry point for ``python -m services.<name>``: ``--help``, config errors, exit codes."""
+        import argparse
+        import sys
+
+        from spx_common.config import ConfigError
+
+        parser = argparse.ArgumentParser(
+            prog=f"python -m services.{cls.name}",
+            description=(cls.__doc__ or cls.name).strip().splitlines()[0],
+            epilog="Configuration: environment and spx.toml, see docs/config.md.",
+        )
+        parser.add_argument("--instance", help="instance name (default: the service name)")
+        args = parser.parse_args(argv)
+        try:
+            runtime = load(RuntimeConfig)
+            logs.setup(args.instance or cls.name, runtime.log_level)
+            service = cls(runtime, load(BusConfig), instance=args.instance)
+        except ConfigError as exc:
+            print(f"{cls.name}: {exc}", file=sys.stderr)
+            sys.exit(2)
+        sys.exit(asyncio.run(service.run_async()))
