@@ -176,8 +176,11 @@ def decode_frames(parts: list[bytes]) -> Frame:
         topic = parts[0].decode()
     except UnicodeDecodeError as exc:
         raise FrameError("garbage", "topic is not utf-8") from exc
+    payload = parts[1]
+    if not payload or not (0x90 <= payload[0] <= 0x9F or payload[0] in (0xDC, 0xDD)):
+        raise FrameError("garbage", f"payload on {topic!r} is not a msgpack array")
     try:
-        env = _ENVELOPE_DECODER.decode(parts[1])
+        env = _ENVELOPE_DECODER.decode(payload)
     except msgspec.ValidationError as exc:
         raise FrameError("schema", f"envelope on {topic!r}: {exc}") from exc
     except msgspec.DecodeError as exc:

@@ -37,3 +37,17 @@ def print_json(obj: Any) -> None:
 
 
 __all__ = ["RpcError", "call", "configs", "fail", "print_json"]
+
+
+def gateway_url(ws: bool = False) -> str:
+    """Where the gateway listens, from its config section when it is importable."""
+    host, port = "127.0.0.1", 8765
+    try:
+        from services.gateway.config import GatewayConfig  # type: ignore[import-not-found]
+        from spx_common.config import load
+
+        cfg = load(GatewayConfig)
+        host, port = getattr(cfg, "host", host), getattr(cfg, "port", port)
+    except ImportError:
+        pass
+    return f"ws://{host}:{port}/ws" if ws else f"http://{host}:{port}/"

@@ -25,8 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
-        module = importlib.import_module(f"services.cli.commands.{info.name}")
-        module.register(sub)
+        try:
+            module = importlib.import_module(f"services.cli.commands.{info.name}")
+            module.register(sub)
+        except Exception as exc:  # one broken command must not take the whole CLI down
+            print(f"spx: command module {info.name!r} unavailable: {exc!r}", file=sys.stderr)
     return parser
 
 

@@ -1,0 +1,157 @@
+"""``spx up``, ``spx down``, ``spx restart``, ``spx status``: run and inspect the mesh."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import zmq
+
+from services.cli import supervise
+from services.cli.common import configs, fail
+from spx_common.bus import Subscriber
+from spx_common.config import SERVICES
+
+
+def register(sub) -> None:
+    p = sub.add_parser("up", help="start the whole mesh under supervisord (daemon)",
+                       description="Start supervisord with supervisord.conf and every service in group 'spx'. "
+                       "With no vendor key the feed replays a generated session; the broker is the paper broker.")
+    p.add_argument("--no-wait", action="store_true", help="return without waiting for every service to be RUNNING")
+    p.add_argument("--timeout", type=float, default=45.0, help="seconds to wait for RUNNING (default 45)")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="stop every service and supervisord")
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("restart", help="restart one service (or all) through supervisord")
+    p.add_argument("service", nargs="?", choices=SERVICES, help="service name (default: all)")
+    p.set_defaults(func=cmd_restart)
+
+    p = sub.add_parser("status", help="process states, heartbeats, rates and feed health",
+                       description="Shows supervisord's view of every process and, from the bus, each service's "
+                       "last heartbeat (age, frames out, counters) and the feed status.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--listen", type=float, default=1.5, help="seconds to listen for heartbeats (default 1.5)")
+    p.set_defaults(func=cmd_status)
+
+
+def cmd_up(args) -> int:
+    runtime, _ = configs()
+    try:
+        supervise.start(runtime)
+        print(f"supervisord started (run dir {runtime.path()})")
+        if not args.no_wait:
+            supervise.wait_running(runtime, args.timeout)
+            print("all services RUNNING")
+    except supervise.MeshError as exc:
+        return fail(str(exc))
+    from services.cli.common import gateway_url
+
+    print(f"dashboard: {gateway_url()}   websocket: {gateway_url(ws=True)}")
+    print("next: 'spx status', 'spx tail bar.1s.', 'spx down'")
+    return 0
+
+
+def cmd_down(args) -> int:
+    runtime, _ = configs()
+    if supervise.stop(runtime):
+        print("mesh stopped")
+    else:
+        print("mesh was not running")
+    return 0
+
+
+def cmd_restart(args) -> int:
+    runtime, _ = configs()
+    if not supervise.is_up(runtime):
+        return fail("mesh is not running; 'spx up' first")
+    rpc = supervise.proxy(runtime).supervisor
+    names = [f"{supervise.GROUP}:{args.service}"] if args.service else None
+    if names:
+        rpc.stopProcess(names[0])
+        rpc.startProcess(names[0])
+    else:
+        rpc.stopProcessGroup(supervise.GROUP)
+        rpc.startProcessGroup(supervise.GROUP)
+    print("restarted", args.service or "all")
+    return 0
+
+
+def collect_heartbeats(listen_s: float) -> tuple[dict, dict | None]:
+    """Listen on every service's PUB endpoint; return latest heartbeat per service and feed status."""
+    runtime, bus = configs()
+    ctx = zmq.Context.instance()
+    eps = [bus.pub_endpoint(s, runtime) for s in SERVICES]
+    sub = Subscriber(ctx, eps, ["status."], heartbeats=True)
+    beats: dict = {}
+    feed = None
+    deadline = time.monotonic() + listen_s
+    try:
+        while time.monotonic() < deadline:
+            frame = sub.recv(max(0.05, deadline - time.monotonic()))
+            if frame is None:
+                continue
+            try:
+                body = frame.body()
+            except Exception:
+                continue
+            if frame.type == "heartbeat":
+                beats[body.service] = body
+            elif frame.type == "feed_status":
+                feed = body
+    finally:
+        sub.close()
+    return beats, feed
+
+
+def cmd_status(args) -> int:
+    runtime, _ = configs()
+    procs = {}
+    if supervise.is_up(runtime):
+        procs = {p["name"]: p for p in supervise.processes(runtime)}
+    beats, feed = collect_heartbeats(args.listen) if procs else ({}, None)
+    now = time.time_ns()
+    rows = []
+    for name in SERVICES:
+        p = procs.get(name, {})
+        hb = beats.get(name)
+        rows.append({
+            "service": name,
+            "state": p.get("statename", "DOWN"),
+            "pid": p.get("pid") or None,
+            "uptime_s": (p["now"] - p["start"]) if p.get("statename") == "RUNNING" else None,
+            "heartbeat_age_s": round((now - hb.ts) / 1e9, 2) if hb else None,
+            "health": hb.state if hb else "no heartbeat",
+            "detail": hb.detail if hb else "",
+            "frames_out": hb.frames_out if hb else None,
+            "stats": hb.stats if hb else {},
+        })
+    feed_doc = None
+    if feed is not None:
+        feed_doc = {"mode": feed.mode, "connected": feed.connected, "events_per_s": feed.events_per_s,
+                    "last_event_age_ms": feed.last_event_age_ms, "reconnects": feed.reconnects,
+                    "detail": feed.detail}
+    if args.json:
+        print(json.dumps({"supervisord": bool(procs), "services": rows, "feed": feed_doc}, indent=2, default=str))
+        return 0 if procs else 3
+    if not procs:
+        print(f"mesh is not running (run dir {runtime.path()}); start it with 'spx up'")
+        return 3
+    print(f"{'service':<11} {'state':<9} {'pid':>7} {'uptime':>8} {'hb age':>7} {'health':<10} {'frames out':>11}  detail")
+    for r in rows:
+        up = f"{r['uptime_s']}s" if r["uptime_s"] is not None else "-"
+        age = f"{r['heartbeat_age_s']}s" if r["heartbeat_age_s"] is not None else "-"
+        fo = f"{r['frames_out']:,}" if r["frames_out"] is not None else "-"
+        print(f"{r['service']:<11} {r['state']:<9} {r['pid'] or '-':>7} {up:>8} {age:>7} {r['health']:<10} {fo:>11}  "
+              f"{r['detail']}")
+    if feed_doc:
+        age = feed_doc["last_event_age_ms"]
+        print(f"\nfeed: mode={feed_doc['mode']} connected={feed_doc['connected']} "
+              f"events/s={feed_doc['events_per_s']:,.0f} last event age="
+              f"{'-' if age is None else f'{age:.0f} ms'} reconnects={feed_doc['reconnects']} {feed_doc['detail']}")
+    bad = {r["service"]: r["stats"].get("bus_bad_frames_total", 0) for r in rows if r["stats"]}
+    lost = {r["service"]: r["stats"].get("bus_frames_lost_total", 0) for r in rows if r["stats"]}
+    if any(bad.values()) or any(lost.values()):
+        print("\nbus: bad frames", {k: v for k, v in bad.items() if v}, "lost frames", {k: v for k, v in lost.items() if v})
+    return 0

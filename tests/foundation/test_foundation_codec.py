@@ -1,0 +1,93 @@
+"""The frame envelope: round trips, batches, and every way a frame can be refused."""
+
+import msgspec
+import pytest
+
+from spx_common import codec, schemas
+from spx_common.codec import FrameError, decode_frames, encode_payload
+from spx_common.models import IndexValue, MicroBar, Quote, SetupTransition, Trade
+
+
+def _frame(type_name, body, topic=b"tick.SPY", **kw):
+    args = dict(src="feed", session="s1", seq=7, event_ns=123)
+    args.update(kw)
+    return [topic, encode_payload(type_name, body, **args)]
+
+
+def test_batch_of_mixed_events_round_trips_in_order():
+    batch = [
+        Quote(sym="SPY", bid=590.0, ask=590.02, bid_size=300, ask_size=200, ts=1),
+        Trade(sym="SPY", price=590.02, size=100, ts=2, seq=9, cond=[12]),
+        IndexValue(sym="I:SPX", value=5900.5, ts=3),
+    ]
+    frame = decode_frames(_frame("ticks", batch))
+    assert frame.topic == "tick.SPY"
+    assert (frame.type, frame.src, frame.session, frame.seq, frame.event_ns) == ("ticks", "feed", "s1", 7, 123)
+    assert frame.pub_ns > 0
+    assert frame.body() == batch
+
+
+@pytest.mark.parametrize(
+    "parts, reason",
+    [
+        ([b"tick.SPY", b"\xc1\xc1garbage"], "garbage"),
+        ([b"tick.SPY"], "frames"),
+        ([b"a", b"b", b"c"], "frames"),
+        ([b"\xff\xfe", encode_payload("ticks", [], src="x", session="s", seq=1, event_ns=0)], "garbage"),
+        ([b"tick.SPY", msgspec.msgpack.encode([1, "ticks"])], "schema"),
+    ],
+)
+def test_bad_headers_are_refused_with_a_reason(parts, reason):
+    with pytest.raises(FrameError) as exc:
+        decode_frames(parts)
+    assert exc.value.reason == reason
+
+
+def test_wrong_protocol_version_is_refused():
+    env = msgspec.msgpack.encode([99, "ticks", "feed", "s", 1, 0, 0, msgspec.msgpack.encode([])])
+    with pytest.raises(FrameError) as exc:
+        decode_frames([b"tick.SPY", env])
+    assert exc.value.reason == "version"
+    assert "99" in exc.value.message
+
+
+def test_missing_body_fields_and_constraint_violations_fail_on_body_decode():
+    frame = decode_frames(_frame("ticks", [{"k": "t", "sym": "SPY", "price": 1.0}]))  # no ts
+    with pytest.raises(FrameError) as exc:
+        frame.body()
+    assert exc.value.reason == "schema" and "ts" in exc.value.message
+    frame = decode_frames(_frame("ticks", [{"k": "t", "sym": "SPY", "price": -5.0, "ts": 1}]))
+    with pytest.raises(FrameError, match="price"):
+        frame.body()
+
+
+def test_unknown_message_type_is_refused_on_body_decode():
+    frame = decode_frames(_frame("no_such_type", {"a": 1}))
+    with pytest.raises(FrameError) as exc:
+        frame.body()
+    assert exc.value.reason == "unknown_type"
+
+
+def test_register_refuses_a_second_schema_for_a_name():
+    codec.register("bar", MicroBar)  # same schema: fine
+    with pytest.raises(ValueError):
+        codec.register("bar", Trade)
+
+
+def test_pydantic_twins_mirror_structs_and_give_field_errors():
+    assert set(schemas.MODELS) >= {"Trade", "Quote", "MicroBar", "SetupTransition", "Order", "Fill", "CoachEvent"}
+    t = schemas.validate(SetupTransition, {
+        "setup_id": "a", "detector": "orb", "family": "orb", "sym": "I:SPX", "direction": "long",
+        "to_state": "triggered", "reason": "price above trigger", "ts": 5})
+    assert isinstance(t, SetupTransition) and t.to_state == "triggered"
+    with pytest.raises(Exception) as exc:
+        schemas.validate(Trade, {"sym": "SPY", "price": -1, "ts": 1, "bogus": 1})
+    text = str(exc.value)
+    assert "price" in text and "bogus" in text
+    schema = schemas.json_schema(Quote)
+    assert schema["properties"]["bid"]["minimum"] == 0
+    assert schema["properties"]["k"]["const"] == "q"
+
+
+def test_codec_self_check_passes():
+    codec.check_codec()
