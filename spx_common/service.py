@@ -40,6 +40,7 @@ from spx_common import codec, logs
 from spx_common.bus import AsyncRpcClient, AsyncSubscriber, Publisher, RpcServer, SubscriberCore
 from spx_common.codec import Frame, FrameError
 from spx_common.config import BusConfig, RuntimeConfig, load
+from spx_common.flags import FlagStore
 from spx_common.metrics import Registry, serve_http
 
 FrameHandler = Callable[[Frame, Any], Any]
@@ -102,6 +103,8 @@ class BusService:
             "handler_errors_total", "Handler exceptions (frame skipped, service kept running).", ["topic"])
         self.handler_slow = self.metrics.counter("handler_slow_total", "Handler calls over the time budget.")
         self.handler_ms = self.metrics.histogram("handler_latency_ms", "Frame handler time.")
+        self.flag_store = FlagStore(self.runtime.path("flags.json"))
+        self.flag_store.reload()
         self.pub: Publisher | None = None
         self.sub: AsyncSubscriber | None = None
         self.rpc_server: RpcServer | None = None
@@ -121,6 +124,24 @@ class BusService:
 
     async def drain(self) -> None:
         """Called on shutdown before sockets close: flush queues and files (bounded by grace)."""
+
+    def on_flags(self, changed: dict[str, Any]) -> None:
+        """Called when rollout switches changed at runtime (``spx flags set``); override to react."""
+
+    @property
+    def flags(self) -> dict[str, Any]:
+        """Current rollout switches (see spx_common/flags.py)."""
+        return self.flag_store.snapshot()
+
+    def reload_flags(self) -> dict[str, Any]:
+        changed = self.flag_store.reload()
+        if changed:
+            self.log.info("flags changed", extra={"changed": changed})
+            try:
+                self.on_flags(changed)
+            except Exception:
+                self.log.exception("on_flags() failed")
+        return changed
 
     def on(self, prefix: str, handler: FrameHandler) -> None:
         """Call ``handler(frame, body)`` for accepted frames whose topic starts with ``prefix``."""
@@ -167,6 +188,7 @@ class BusService:
             "bad_frames": self.core.bad.total(),
             "lost_frames": self.core.lost.total(),
             "dead_letters": self.deadletters.count,
+            "flags": self.flags,
         }
 
     # ------------------------------------------------------------------ machinery
@@ -232,6 +254,7 @@ class BusService:
         assert self.pub is not None
         while not self.stop_event.is_set():
             self.core.check_peers()
+            self.reload_flags()
             try:
                 self.periodic()
             except Exception:
@@ -254,6 +277,7 @@ class BusService:
         self.rpc_server.register("ping", lambda p: {"pong": True, "service": self.instance})
         self.rpc_server.register("status", lambda p: self.status())
         self.rpc_server.register("metrics", self._metrics_rpc)
+        self.rpc_server.register("flags.reload", lambda p: {"changed": self.reload_flags(), "flags": self.flags})
         endpoints, prefixes = [], []
         for service, topics in self.subscriptions.items():
             endpoints.append(self.bus.pub_endpoint(service, self.runtime))

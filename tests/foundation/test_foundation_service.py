@@ -76,6 +76,12 @@ def test_service_counts_bad_frames_survives_handler_errors_and_drains_on_sigterm
         hb = eventually(lambda: sub.recv(0.5), 5)
         assert hb.topic == "hb.coach" and hb.body().service == "coach"
         sub.close()
+        # rollout switch changed at runtime: applied on request, visible in status
+        from spx_common.flags import FlagStore
+
+        FlagStore(run_dir / "flags.json").set("tactical_alerts", "off")
+        assert client.call("flags.reload")["flags"]["tactical_alerts"] is False
+        assert client.call("status")["flags"]["tactical_alerts"] is False
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
         assert marker.read_text() == "drained"
