@@ -35,6 +35,7 @@ import zmq.asyncio
 
 from spx_common import codec
 from spx_common.codec import Frame, FrameError
+from spx_common.curve import CurveKeys
 from spx_common.metrics import Registry
 from spx_common.models import ErrorInfo, Heartbeat, Reply
 
@@ -81,6 +82,7 @@ class Publisher:
         session: str | None = None,
         hwm: int = 500_000,
         linger_ms: int = 200,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.service = service
         self.session = session or new_session()
@@ -90,6 +92,8 @@ class Publisher:
         _ensure_ipc_dir(endpoint)
         self.sock = ctx.socket(zmq.PUB)
         _prep(self.sock, hwm, linger_ms)
+        if curve is not None:
+            curve.make_server(self.sock)
         self.sock.bind(endpoint)
         # A bound tcp port 0 resolves to the real one.
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -235,12 +239,17 @@ class SubscriberCore:
         return bool(peer and peer.alive and time.monotonic() - peer.last_seen <= self.peer_timeout_s)
 
 
-def _sub_socket(ctx: zmq.Context, endpoints: list[str], prefixes: list[str], hwm: int, linger_ms: int):
+def _sub_socket(ctx: zmq.Context, endpoints: list[str], prefixes: list[str], hwm: int, linger_ms: int,
+                curve: CurveKeys | None = None, peers: list[str] | None = None):
     sock = ctx.socket(zmq.SUB)
     _prep(sock, hwm, linger_ms)
     for prefix in {*prefixes, HEARTBEAT_PREFIX}:
         sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
-    for ep in endpoints:
+    for i, ep in enumerate(endpoints):
+        if curve is not None:
+            if peers is None:
+                raise ValueError("CURVE subscriptions need the peer name of every endpoint")
+            curve.make_client(sock, peers[i])  # the server key applies to the next connect
         sock.connect(ep)
     return sock
 
@@ -259,10 +268,12 @@ class Subscriber:
         linger_ms: int = 0,
         registry: Registry | None = None,
         heartbeats: bool = False,
+        curve: CurveKeys | None = None,
+        peers: list[str] | None = None,
     ) -> None:
         self.core = SubscriberCore(service, registry)
         self.core.pass_heartbeats = heartbeats
-        self.sock = _sub_socket(ctx, endpoints, prefixes, hwm, linger_ms)
+        self.sock = _sub_socket(ctx, endpoints, prefixes, hwm, linger_ms, curve, peers)
 
     def recv(self, timeout_s: float) -> Frame | None:
         """Next accepted frame, or None when ``timeout_s`` passes without one."""
@@ -296,9 +307,11 @@ class AsyncSubscriber:
         hwm: int = 500_000,
         linger_ms: int = 0,
         max_batch: int = 1000,
+        curve: CurveKeys | None = None,
+        peers: list[str] | None = None,
     ) -> None:
         self.core = core
-        self.asock = _sub_socket(actx, endpoints, prefixes, hwm, linger_ms)
+        self.asock = _sub_socket(actx, endpoints, prefixes, hwm, linger_ms, curve, peers)
         self.sync = zmq.Socket.shadow(self.asock.underlying)
         self.max_batch = max_batch
 
@@ -370,14 +383,18 @@ def _decode_reply(parts: list[bytes]) -> Any:
 class RpcClient:
     """Blocking lazy-pirate client. One outstanding request at a time."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, *, timeout_s: float = 2.0, retries: int = 2) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, *, timeout_s: float = 2.0, retries: int = 2,
+                 curve: CurveKeys | None = None, peer: str = "") -> None:
         self.ctx, self.endpoint, self.timeout_s, self.retries = ctx, endpoint, timeout_s, retries
+        self.curve, self.peer = curve, peer
         self.sock: zmq.Socket | None = None
 
     def _socket(self) -> zmq.Socket:
         if self.sock is None:
             self.sock = self.ctx.socket(zmq.REQ)
             self.sock.setsockopt(zmq.LINGER, 0)
+            if self.curve is not None:
+                self.curve.make_client(self.sock, self.peer)
             self.sock.connect(self.endpoint)
         return self.sock
 
@@ -406,9 +423,11 @@ class AsyncRpcClient:
     """asyncio lazy-pirate client; concurrent callers are serialized by a lock."""
 
     def __init__(
-        self, actx: zmq.asyncio.Context, endpoint: str, *, timeout_s: float = 2.0, retries: int = 2
+        self, actx: zmq.asyncio.Context, endpoint: str, *, timeout_s: float = 2.0, retries: int = 2,
+        curve: CurveKeys | None = None, peer: str = "",
     ) -> None:
         self.actx, self.endpoint, self.timeout_s, self.retries = actx, endpoint, timeout_s, retries
+        self.curve, self.peer = curve, peer
         self.sock: zmq.asyncio.Socket | None = None
         self._lock = asyncio.Lock()
 
@@ -416,6 +435,8 @@ class AsyncRpcClient:
         if self.sock is None:
             self.sock = self.actx.socket(zmq.REQ)
             self.sock.setsockopt(zmq.LINGER, 0)
+            if self.curve is not None:
+                self.curve.make_client(self.sock, self.peer)
             self.sock.connect(self.endpoint)
         return self.sock
 
@@ -453,11 +474,14 @@ class RpcServer:
     """
 
     def __init__(
-        self, actx: zmq.asyncio.Context, endpoint: str, *, registry: Registry | None = None, linger_ms: int = 200
+        self, actx: zmq.asyncio.Context, endpoint: str, *, registry: Registry | None = None, linger_ms: int = 200,
+        curve: CurveKeys | None = None,
     ) -> None:
         _ensure_ipc_dir(endpoint)
         self.sock = actx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, linger_ms)
+        if curve is not None:
+            curve.make_server(self.sock)
         self.sock.bind(endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.handlers: dict[str, Handler] = {}

@@ -95,6 +95,17 @@ class BusConfig(Section):
     rpc_timeout_s: float = Field(2.0, gt=0, description="Default request/reply timeout per attempt.")
     rpc_retries: int = Field(2, ge=0, le=10, description="Default request retries after a timeout.")
     linger_ms: int = Field(200, ge=0, le=5000, description="Socket linger on close (bounded shutdown).")
+    curve: bool = Field(
+        False, description="Encrypt and authenticate every socket with ZeroMQ CURVE (for tcp across hosts; "
+        "keys from 'spx keys generate')."
+    )
+    curve_dir: Path | None = Field(None, description="CURVE key directory (default <run_dir>/keys).")
+    curve_identity: str | None = Field(
+        None, description="Key name this process uses (default: its service name, e.g. 'feed')."
+    )
+
+    def curve_keys_dir(self, runtime: "RuntimeConfig") -> Path:
+        return self.curve_dir or runtime.path("keys")
 
     def pub_endpoint(self, service: str, runtime: RuntimeConfig, *, bind: bool = False) -> str:
         return self._endpoint(service, runtime, 0, "pub", bind)

@@ -40,6 +40,7 @@ from spx_common import codec, logs
 from spx_common.bus import AsyncRpcClient, AsyncSubscriber, Publisher, RpcServer, SubscriberCore
 from spx_common.codec import Frame, FrameError
 from spx_common.config import BusConfig, RuntimeConfig, load
+from spx_common.curve import CurveKeys
 from spx_common.flags import FlagStore
 from spx_common.metrics import Registry, serve_http
 
@@ -109,6 +110,7 @@ class BusService:
         self.sub: AsyncSubscriber | None = None
         self.rpc_server: RpcServer | None = None
         self._clients: dict[str, AsyncRpcClient] = {}
+        self.curve: CurveKeys | None = None
 
     # ------------------------------------------------------------------ API for subclasses
 
@@ -164,6 +166,8 @@ class BusService:
                 self.bus.rep_endpoint(service, self.runtime),
                 timeout_s=self.bus.rpc_timeout_s if timeout_s is None else timeout_s,
                 retries=self.bus.rpc_retries if retries is None else retries,
+                curve=self.curve,
+                peer=service,
             )
         return c
 
@@ -270,20 +274,26 @@ class BusService:
 
     def open_sockets(self) -> None:
         linger = self.bus.linger_ms
+        self.curve = None
+        if self.bus.curve:
+            self.curve = CurveKeys.load(self.bus.curve_keys_dir(self.runtime), self.bus.curve_identity or self.name)
+            self._authenticator = self.curve.start_authenticator(self.ctx)
         self.pub = Publisher(self.ctx, self.bus.pub_endpoint(self.instance, self.runtime, bind=True), self.instance,
-                             hwm=self.bus.hwm, linger_ms=linger)
+                             hwm=self.bus.hwm, linger_ms=linger, curve=self.curve)
         self.rpc_server = RpcServer(self.actx, self.bus.rep_endpoint(self.instance, self.runtime, bind=True),
-                                    registry=self.metrics, linger_ms=linger)
+                                    registry=self.metrics, linger_ms=linger, curve=self.curve)
         self.rpc_server.register("ping", lambda p: {"pong": True, "service": self.instance})
         self.rpc_server.register("status", lambda p: self.status())
         self.rpc_server.register("metrics", self._metrics_rpc)
         self.rpc_server.register("flags.reload", lambda p: {"changed": self.reload_flags(), "flags": self.flags})
-        endpoints, prefixes = [], []
+        endpoints, prefixes, peers = [], [], []
         for service, topics in self.subscriptions.items():
             endpoints.append(self.bus.pub_endpoint(service, self.runtime))
+            peers.append(service)
             prefixes.extend(topics)
         if endpoints:
-            self.sub = AsyncSubscriber(self.actx, endpoints, prefixes, self.core, hwm=self.bus.hwm)
+            self.sub = AsyncSubscriber(self.actx, endpoints, prefixes, self.core, hwm=self.bus.hwm,
+                                       curve=self.curve, peers=peers)
 
     async def run_async(self) -> int:
         codec.check_codec()
@@ -323,6 +333,8 @@ class BusService:
             self.sub.close()
         self.rpc_server.close()
         self.pub.close()
+        if self.curve is not None:
+            self._authenticator.stop()
         if http:
             http.shutdown()
         self.ctx.destroy(linger=self.bus.linger_ms)
