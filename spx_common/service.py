@@ -252,6 +252,8 @@ class BusService:
             for frame in frames:
                 self.dispatch(frame)
             if frames:
+                self._last_input = time.monotonic()
+                self._last_event_ns = frames[-1].event_ns
                 await asyncio.sleep(0)
 
     async def _heartbeat_loop(self) -> None:
@@ -263,11 +265,31 @@ class BusService:
                 self.periodic()
             except Exception:
                 self.log.exception("periodic() failed")
-            self.pub.heartbeat(self.started_ns, self.state, self.detail, self.metrics.summary())
+            self.pub.heartbeat(self.started_ns, self.state, self.detail, self._heartbeat_stats())
             try:
                 await asyncio.wait_for(self.stop_event.wait(), self.bus.heartbeat_s)
             except asyncio.TimeoutError:
                 pass
+
+    _last_input: float | None = None
+    _last_event_ns: int = 0
+    _prev_totals: dict[str, float] = {}
+    _prev_at: float = 0.0
+
+    def _heartbeat_stats(self) -> dict[str, float]:
+        """Counter totals, their per-second rates since the last beat, and input age."""
+        totals = self.metrics.summary()
+        now = time.monotonic()
+        stats = dict(totals)
+        if self._prev_at:
+            dt = max(now - self._prev_at, 1e-3)
+            for name, value in totals.items():
+                stats[f"{name}:rate"] = round((value - self._prev_totals.get(name, 0.0)) / dt, 2)
+        self._prev_totals, self._prev_at = totals, now
+        if self._last_input is not None:
+            stats["last_input_age_s"] = round(now - self._last_input, 3)
+            stats["last_event_ns"] = float(self._last_event_ns)
+        return stats
 
     def _metrics_rpc(self, params: dict) -> str:
         return self.metrics.render()

@@ -138,12 +138,16 @@ def cmd_status(args) -> int:
     if not procs:
         print(f"mesh is not running (run dir {runtime.path()}); start it with 'spx up'")
         return 3
-    print(f"{'service':<11} {'state':<9} {'pid':>7} {'uptime':>8} {'hb age':>7} {'health':<10} {'frames out':>11}  detail")
+    print(f"{'service':<11} {'state':<9} {'pid':>7} {'uptime':>8} {'hb age':>7} {'health':<10} {'frames out':>11} "
+          f"{'in/s':>9} {'input age':>9}  detail")
     for r in rows:
         up = f"{r['uptime_s']}s" if r["uptime_s"] is not None else "-"
         age = f"{r['heartbeat_age_s']}s" if r["heartbeat_age_s"] is not None else "-"
         fo = f"{r['frames_out']:,}" if r["frames_out"] is not None else "-"
-        print(f"{r['service']:<11} {r['state']:<9} {r['pid'] or '-':>7} {up:>8} {age:>7} {r['health']:<10} {fo:>11}  "
+        rate = r["stats"].get("bus_frames_in_total:rate")
+        in_age = r["stats"].get("last_input_age_s")
+        print(f"{r['service']:<11} {r['state']:<9} {r['pid'] or '-':>7} {up:>8} {age:>7} {r['health']:<10} {fo:>11} "
+              f"{'-' if rate is None else f'{rate:,.0f}':>9} {'-' if in_age is None else f'{in_age:.1f}s':>9}  "
               f"{r['detail']}")
     if feed_doc:
         age = feed_doc["last_event_age_ms"]
