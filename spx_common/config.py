@@ -82,7 +82,12 @@ class BusConfig(Section):
         description="Service i (order of SERVICES) publishes on base+2i and answers requests on base+2i+1.",
     )
     hosts: dict[str, str] = Field(
-        {}, description="tcp only: service name -> host to connect to (default tcp_bind_host)."
+        {}, description="tcp only: service or instance name -> host to connect to (default tcp_bind_host)."
+    )
+    instances: dict[str, list[str]] = Field(
+        {},
+        description="Sharded services: service -> instance names (e.g. detector = [\"detector-1\", \"detector-2\"]). "
+        "Subscribers connect to every instance; instance k of a service uses ports shifted by k*2*len(SERVICES).",
     )
     hwm: int = Field(
         500_000,
@@ -113,14 +118,19 @@ class BusConfig(Section):
     def rep_endpoint(self, service: str, runtime: RuntimeConfig, *, bind: bool = False) -> str:
         return self._endpoint(service, runtime, 1, "rep", bind)
 
+    def instances_of(self, service: str) -> list[str]:
+        """Instance names a subscriber of ``service`` connects to (just the service unless sharded)."""
+        return self.instances.get(service) or [service]
+
     def _endpoint(self, service: str, runtime: RuntimeConfig, offset: int, kind: str, bind: bool) -> str:
-        name = service.split("-", 1)[0]
+        name, _, shard = service.partition("-")
         if self.transport == "ipc":
             return f"ipc://{runtime.path('sock', f'{service}.{kind}')}"
         if name not in SERVICES:
             raise ConfigError(f"unknown service {service!r} for a tcp endpoint")
-        port = self.tcp_base_port + 2 * SERVICES.index(name) + offset
-        host = self.tcp_bind_host if bind else self.hosts.get(name, self.tcp_bind_host)
+        k = int(shard) if shard.isdigit() else 0
+        port = self.tcp_base_port + 2 * len(SERVICES) * k + 2 * SERVICES.index(name) + offset
+        host = self.tcp_bind_host if bind else self.hosts.get(service, self.hosts.get(name, self.tcp_bind_host))
         return f"tcp://{host}:{port}"
 
 

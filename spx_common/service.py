@@ -310,8 +310,9 @@ class BusService:
         self.rpc_server.register("flags.reload", lambda p: {"changed": self.reload_flags(), "flags": self.flags})
         endpoints, prefixes, peers = [], [], []
         for service, topics in self.subscriptions.items():
-            endpoints.append(self.bus.pub_endpoint(service, self.runtime))
-            peers.append(service)
+            for instance in self.bus.instances_of(service):
+                endpoints.append(self.bus.pub_endpoint(instance, self.runtime))
+                peers.append(instance)
             prefixes.extend(topics)
         if endpoints:
             self.sub = AsyncSubscriber(self.actx, endpoints, prefixes, self.core, hwm=self.bus.hwm,

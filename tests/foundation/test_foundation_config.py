@@ -47,6 +47,12 @@ def test_endpoints_ipc_and_tcp(tmp_path):
     assert tcp.pub_endpoint("feed", rt, bind=True) == "tcp://127.0.0.1:47100"
     assert tcp.pub_endpoint("feed", rt) == "tcp://10.0.0.2:47100"
     assert tcp.rep_endpoint("aggregator", rt) == "tcp://127.0.0.1:47103"
+    sharded = BusConfig(transport="tcp", instances={"detector": ["detector-1", "detector-2"]},
+                        hosts={"detector-2": "10.0.0.3"})
+    assert sharded.instances_of("detector") == ["detector-1", "detector-2"]
+    assert sharded.pub_endpoint("detector-2", rt) == "tcp://10.0.0.3:47136"
+    assert sharded.pub_endpoint("detector-1", rt) == "tcp://127.0.0.1:47120"
+    assert BusConfig().pub_endpoint("detector-2", rt) == f"ipc://{tmp_path}/sock/detector-2.pub"
 
 
 def test_config_reference_doc_is_in_sync():

@@ -82,7 +82,7 @@ def collect_heartbeats(listen_s: float) -> tuple[dict, dict | None]:
     """Listen on every service's PUB endpoint; return latest heartbeat per service and feed status."""
     runtime, bus = configs()
     ctx = zmq.Context.instance()
-    eps = [bus.pub_endpoint(s, runtime) for s in SERVICES]
+    eps = [bus.pub_endpoint(i, runtime) for s in SERVICES for i in bus.instances_of(s)]
     sub = Subscriber(ctx, eps, ["status."], heartbeats=True)
     beats: dict = {}
     feed = None

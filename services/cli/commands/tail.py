@@ -32,7 +32,8 @@ def register(sub) -> None:
 def cmd_tail(args) -> int:
     runtime, bus = configs()
     services = args.service or list(SERVICES)
-    sub = Subscriber(zmq.Context.instance(), [bus.pub_endpoint(s, runtime) for s in services], [args.topic],
+    endpoints = [bus.pub_endpoint(i, runtime) for s in services for i in bus.instances_of(s)]
+    sub = Subscriber(zmq.Context.instance(), endpoints, [args.topic],
                      heartbeats=args.topic.startswith("hb"))
     deadline = time.monotonic() + args.timeout if args.timeout else None
     printed = 0
