@@ -1,0 +1,97 @@
+"""``[broker]`` configuration: Tradier access, the safety flags, limits and users.
+
+Safety defaults (fail closed):
+
+* every path to Tradier is off: ``TRADIER_EXECUTION_ENABLED`` is false, and a production
+  (non-sandbox) base URL additionally needs ``TRADIER_EXECUTION_PRODUCTION_ENABLED``;
+* users must opt in to auto-execution (``auto_execution_users``), and the ``auto_execution``
+  rollout switch must be on; the ``kill_switch`` switch refuses every new entry;
+* with no ``TRADIER_ACCESS_TOKEN`` the broker runs the local PAPER broker.  Paper simulation sends
+  nothing anywhere, so it auto-executes for ``paper_users`` by default (``paper_auto_execution``):
+  this is what lets the embedded default run end to end (a setup triggers, a paper position opens,
+  T1 scales it out).  Set ``paper_auto_execution=false`` to watch without paper positions.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from spx_common.config import Section, env_field
+
+SANDBOX_URL = "https://sandbox.tradier.com/v1"
+PRODUCTION_URL = "https://api.tradier.com/v1"
+
+
+class BrokerConfig(Section):
+    """Broker process: Tradier access, execution safety flags, limits, paper broker, users."""
+
+    section: ClassVar[str] = "broker"
+
+    base_url: str = env_field(SANDBOX_URL, "Tradier REST base URL (default the sandbox).", "TRADIER_BASE_URL")
+    access_token: str = env_field(
+        "", "Tradier access token. Empty = paper broker. Never logged, never sent to a client.",
+        "TRADIER_ACCESS_TOKEN", repr=False)
+    account_id: str = env_field("", "Tradier account id.", "TRADIER_ACCOUNT_ID")
+    execution_enabled: bool = env_field(
+        False, "Master switch for sending orders to Tradier.", "TRADIER_EXECUTION_ENABLED")
+    production_enabled: bool = env_field(
+        False, "Also needed when base_url is not the sandbox.", "TRADIER_EXECUTION_PRODUCTION_ENABLED")
+    force_flatten_enabled: bool = env_field(
+        False, "Flatten open 0DTE positions flatten_minutes before expiring SPXW stop trading (16:00 ET).",
+        "TRADIER_FORCE_FLATTEN_ENABLED")
+    flatten_minutes: float = Field(10.0, ge=1, le=120, description="Minutes before 16:00 ET to flatten 0DTE.")
+    users: list[str] = Field(["default"], description="Users this broker trades for (until per-user records land).")
+    auto_execution_users: list[str] = Field(
+        [], description="Users who opted in to auto-execution on Tradier (default nobody).")
+    paper_users: list[str] = Field(["default"], description="Users traded by the paper broker.")
+    paper_auto_execution: bool = Field(
+        True, description="Paper broker takes positions automatically (sends nothing anywhere).")
+    paper_slippage: float = Field(
+        0.0, ge=0, le=5, description="Paper fills: dollars added to the ask (buys) / taken from the bid (sells), "
+        "never past the limit price.")
+    paper_starting_cash: float = Field(100_000.0, gt=0, description="Paper account cash at start.")
+    max_contracts_per_order: int = Field(10, ge=1, le=500, description="Refuse orders above this size.")
+    max_orders_per_day: int = Field(20, ge=1, le=1000, description="Entry orders per user per day.")
+    max_open_risk: float = Field(
+        5000.0, gt=0, description="Dollars at risk (premium paid on open longs + working entries) per user.")
+    request_timeout_s: float = Field(5.0, gt=0, le=60, description="HTTP timeout per Tradier request.")
+    place_timeout_s: float = Field(5.0, gt=0, le=60, description="Placement timeout before tag lookup.")
+    max_retries: int = Field(3, ge=0, le=10, description="Retries of safe (idempotent) requests.")
+    max_rate_wait_s: float = Field(65.0, gt=0, description="Longest wait for a rate-limit window to reset.")
+    poll_interval_s: float = Field(2.0, gt=0, description="Order status polling when the stream is down.")
+    reconcile_interval_s: float = Field(30.0, gt=0, description="Positions reconciliation cadence.")
+    portfolio_interval_s: float = Field(30.0, gt=0, description="Balances sync cadence.")
+    portfolio_change_pct: float = Field(1.0, ge=0, description="Persist a snapshot only past this % move.")
+    alert_cooldown_s: float = Field(900.0, ge=0, description="Same alert kind at most once per cooldown.")
+    pdt_policy: Literal["alert", "off"] = Field(
+        "alert", description="PDT / day-trade buying power alerts (the rule is being phased out; keep configurable).")
+    pdt_min_equity: float = Field(25_000.0, ge=0, description="PDT minimum equity for alerts.")
+    slippage_window: int = Field(200, ge=10, le=100_000, description="Fills kept for rolling slippage stats.")
+    entry_price: Literal["ask", "mid"] = Field("ask", description="Entry limit: the ask (marketable) or the mid.")
+
+    @property
+    def is_sandbox(self) -> bool:
+        return self.base_url.rstrip("/").startswith("https://sandbox.tradier.com")
+
+    @property
+    def mode(self) -> Literal["tradier", "paper"]:
+        return "tradier" if self.access_token else "paper"
+
+    def tradier_send_allowed(self) -> tuple[bool, str]:
+        """Whether anything may be sent to Tradier at all, and why not."""
+        if not self.access_token:
+            return False, "no_token"
+        if not self.execution_enabled:
+            return False, "execution_disabled"
+        if not self.is_sandbox and not self.production_enabled:
+            return False, "production_not_enabled"
+        return True, ""
+
+    def public(self) -> dict:
+        """Settings safe to show to a client (no token)."""
+        d = self.model_dump(exclude={"access_token"})
+        d["access_token_set"] = bool(self.access_token)
+        d["mode"] = self.mode
+        return d
