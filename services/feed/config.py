@@ -1,0 +1,97 @@
+"""``[feed]`` configuration: source selection, vendor endpoints, health limits, replay, journal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from spx_common.config import Section, env_field
+
+
+class FeedConfig(Section):
+    """The feed service: where market data enters the mesh (docs/feed.md)."""
+
+    section: ClassVar[str] = "feed"
+
+    source: Literal["auto", "live", "synthetic", "journal", "flatfile"] = Field(
+        "auto", description="auto: live when MASSIVE_API_KEY is set, else the synthetic session. journal/flatfile "
+        "replay replay_path.")
+    api_key: str = env_field("", "Massive API key (never logged).", "MASSIVE_API_KEY", repr=False)
+    ws_url: str = env_field("wss://socket.massive.com", "WebSocket cluster base URL; /stocks, /options, "
+                            "/indices are appended (delayed: wss://delayed.massive.com).", "MASSIVE_WS_URL")
+    rest_url: str = env_field("https://api.massive.com", "REST base URL.", "MASSIVE_REST_URL")
+    stocks: list[str] = Field(["SPY"], description="Stock tickers: trades (T) and quotes (Q).")
+    indices: list[str] = Field(["I:SPX"], description="Index tickers: values (V).")
+    option_root: str = Field("SPXW", description="Option root of the 0DTE contracts streamed around the money.")
+    option_underlying: str = Field("I:SPX", description="Index whose value picks the at-the-money strike.")
+    strikes_each_side: int = Field(20, ge=0, le=200, description="Strikes streamed each side of the money.")
+    strike_step: float = Field(5.0, gt=0, description="Strike spacing in index points.")
+    option_quotes: bool = Field(True, description="Subscribe option quotes (Q) as well as trades (T).")
+    max_option_contracts: int = Field(1000, ge=0, le=1000,
+                                      description="Vendor limit: option contracts with quotes per connection.")
+    resubscribe_strikes: int = Field(2, ge=1, description="Re-center the option set when the ATM strike moved "
+                                     "this many strikes from the last center (hysteresis).")
+    ping_interval_s: float = Field(20.0, gt=0, description="WebSocket ping period (the vendor has no heartbeat).")
+    ping_timeout_s: float = Field(20.0, gt=0, description="Pong wait before the connection is declared dead.")
+    connect_timeout_s: float = Field(10.0, gt=0, description="TCP+TLS+auth handshake limit per attempt.")
+    backoff_initial_s: float = Field(0.5, gt=0, description="First reconnect delay cap (full jitter below it).")
+    backoff_max_s: float = Field(30.0, gt=0, description="Largest reconnect delay cap.")
+    backoff_stable_s: float = Field(60.0, gt=0, description="The backoff is reset only after a connection "
+                                    "delivered data and stayed up this long (never on auth_success alone).")
+    max_connects_per_minute: int = Field(6, ge=1, description="Connection attempts allowed per rolling minute "
+                                         "and market; more are delayed and counted (no reconnect storm).")
+    raw_queue_max: int = Field(20_000, ge=10, description="Raw frames queued between socket reader and parser; "
+                               "when full the oldest are dropped and counted (reason queue_overflow).")
+    dedupe_keys: int = Field(500_000, ge=1000, description="Keys remembered for duplicate detection (LRU bound).")
+    reorder_tolerance_ms: int = Field(
+        2000, ge=0, description="Out-of-order guard: an event older than the symbol's newest event by more than "
+        "this is dropped (reason stale); within it, it is published in arrival order.")
+    backfill: bool = Field(True, description="After a reconnect, fetch the gap from REST trades/quotes "
+                           "(events marked backfilled=true).")
+    backfill_max_s: float = Field(600.0, gt=0, description="Longest gap backfilled after a reconnect.")
+    poll_after_s: float = Field(5.0, gt=0, description="Stream silent this long (market hours) -> poll mode.")
+    poll_interval_s: float = Field(1.0, gt=0, description="REST poll period in poll mode.")
+    poll_market_hours_only: bool = Field(True, description="Only switch to polling 09:30-16:00 New York.")
+    status_interval_s: float = Field(1.0, gt=0, description="FeedStatus period.")
+    chain_every_s: float = Field(5.0, gt=0, description="Publish the option chain on chain.<root> this often "
+                                 "(event seconds in replay, wall seconds live).")
+    replay_speed: str = Field("1", description="Replay speed multiplier (e.g. 1, 10, 0.5) or 'max'.")
+    replay_path: Path | None = Field(None, description="Journal file/dir or flat file for source=journal/flatfile.")
+    replay_start_delay_s: float = Field(1.0, ge=0, le=60, description="Wait before the first replayed event so "
+                                        "subscribers started alongside the feed are connected (slow joiners).")
+    replay_loop: bool = Field(True, description="Synthetic source: continue with the next session at the end.")
+    synthetic_seed: int = Field(7, description="Seed of the synthetic session.")
+    synthetic_date: str = Field("2026-11-20", description="Date of the (first) synthetic session.")
+    synthetic_compress: float = Field(1.0, gt=0, description="Event-time compression of the synthetic day "
+                                      "(60 = the whole day in 6.5 event minutes).")
+    replay_batch_ms: int = Field(50, ge=0, description="Replay batches events within this much event time "
+                                 "(per symbol), like a vendor array.")
+    journal: Literal["auto", "on", "off"] = Field("auto", description="Journal published events (auto: live only).")
+    journal_flush_s: float = Field(0.25, gt=0, description="Journal flush interval: a crash loses at most this.")
+    journal_fsync: bool = Field(False, description="fsync each journal flush (survives machine crash).")
+    rest_timeout_s: float = Field(10.0, gt=0, description="REST request timeout.")
+    rest_retries: int = Field(4, ge=0, le=10, description="Retries of a retryable REST failure (429, 5xx, timeout).")
+    rest_requests_per_s: float = Field(50.0, gt=0, description="REST client rate limit (paid plans: stay < 100/s).")
+
+    @field_validator("replay_speed")
+    @classmethod
+    def _speed(cls, v: str) -> str:
+        v = str(v).strip().lower()
+        if v != "max":
+            try:
+                if float(v) <= 0:
+                    raise ValueError
+            except ValueError:
+                raise ValueError("replay_speed must be a positive number or 'max'") from None
+        return v
+
+    def speed(self) -> float | None:
+        """The multiplier, or None for as fast as possible."""
+        return None if self.replay_speed == "max" else float(self.replay_speed)
+
+    def resolved_source(self) -> str:
+        if self.source == "auto":
+            return "live" if self.api_key else "synthetic"
+        return self.source

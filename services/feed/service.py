@@ -1,0 +1,227 @@
+"""``FeedService``: the process where market data enters the mesh.
+
+Sources (``[feed] source``, see docs/feed.md): the Massive WebSocket (``live``, with REST poll
+fallback and gap backfill), the synthetic session (the default without ``MASSIVE_API_KEY``),
+the tick journal or vendor flat files.  Whatever the source, events go through one
+:class:`~services.feed.pipeline.TickPipeline` and :meth:`FeedService.ingest`, so every mode
+publishes the same frames:
+
+* ``tick.<sym>`` type ``ticks``: ``list[Trade | Quote | IndexValue]`` of one symbol, arrival order;
+* ``status.feed`` type ``feed_status``: mode, connection, events/s, last event age, reconnects (1/s);
+* ``chain.<root>`` type ``doc``: ``{ts, root, underlying, contracts: [...]}`` on a cadence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Any
+
+from spx_common.clock import EventClock
+from spx_common.config import load
+from spx_common.journal import JournalWriter
+from spx_common.models import FeedStatus, MarketEvent
+from spx_common.service import BusService
+
+from services.feed.config import FeedConfig
+from services.feed.pipeline import TickPipeline
+from services.feed.replay import JournalSource, Source, SyntheticSource, pace
+from services.feed.synthetic import SyntheticSession
+
+MODES = ("tick", "poll", "replay", "down")
+
+
+class FeedService(BusService):
+    """Feed: Massive WebSocket ingest, poll fallback, replay (synthetic, journal, flat files), tick journal."""
+
+    name = "feed"
+
+    def __init__(self, *args: Any, config: FeedConfig | None = None, source: Source | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.cfg = config or load(FeedConfig)
+        self.source_override = source
+        self.clock = EventClock()
+        self.mode = "down"
+        self.connected = False
+        self.reconnects = 0
+        self.status_detail = ""
+        self.pipeline = TickPipeline(max_keys=self.cfg.dedupe_keys,
+                                     reorder_tolerance_ns=self.cfg.reorder_tolerance_ms * 1_000_000)
+        m = self.metrics
+        self.m_events = m.counter("tick_events_total", "Events published, by event source.", ["source"])
+        self.m_rate = m.gauge("tick_ingest_rate", "Events published per second (last status interval).")
+        self.m_drops = m.counter("tick_drop_count", "Events dropped, by reason.", ["reason"])
+        self.m_reconnects = m.counter("feed_reconnects_total", "WebSocket reconnects.", ["market"])
+        self.m_mode = m.gauge("feed_mode", "1 for the current feed mode.", ["mode"])
+        self.m_parse = m.counter("feed_parse_errors_total", "Vendor events that could not be parsed.", ["reason"])
+        self.m_unknown = m.counter("feed_unknown_events_total", "Vendor events of unknown type (skipped).", ["ev"])
+        self.m_journal_dropped = m.gauge("journal_dropped_events", "Events the journal queue refused (full).")
+        self.m_frames = m.counter("tick_frames_total", "tick.<sym> frames published.")
+        self.m_chain = m.counter("chain_snapshots_total", "Option chain documents published.")
+        self.journal: JournalWriter | None = None
+        self._last_event_wall: float | None = None
+        self._rate_window: deque[tuple[float, int]] = deque(maxlen=16)
+        self._published = 0
+        self._next_chain_ns = 0
+        self.replay_source: Source | None = None
+        self.replay_done = False
+        self.live = None  # services.feed.live.LiveIngest when source == live
+
+    # ------------------------------------------------------------------ hot path
+
+    def ingest(self, events: list[MarketEvent]) -> int:
+        """Dedupe/guard, group by symbol, publish one frame per symbol, journal. Returns events published."""
+        before = dict(self.pipeline.drops)
+        groups = self.pipeline.process(events)
+        for reason, n in self.pipeline.drops.items():
+            d = n - before.get(reason, 0)
+            if d:
+                self.m_drops.inc(d, reason=reason)
+        n = 0
+        for sym, evs in groups:
+            self.publish(f"tick.{sym}", "ticks", evs, evs[-1].ts)
+            self.clock.advance(evs[-1].ts)
+            n += len(evs)
+            self.m_events.inc(len(evs), source=evs[0].source)
+            if self.journal is not None:
+                self.journal.append(evs)
+        if n:
+            self.m_frames.inc(len(groups))
+            self._published += n
+            self._last_event_wall = time.monotonic()
+        return n
+
+    def set_mode(self, mode: str, detail: str = "") -> None:
+        """Switch mode; a switch publishes a FeedStatus at once (not only on the next second)."""
+        changed = mode != self.mode
+        self.mode = mode
+        self.status_detail = detail
+        for m in MODES:
+            self.m_mode.set(1.0 if m == mode else 0.0, mode=m)
+        if changed and self.pub is not None:
+            self.log.info("feed mode -> %s %s", mode, detail)
+            self.publish_status()
+
+    def publish_status(self) -> FeedStatus:
+        now = time.monotonic()
+        window = self._rate_window
+        rate = 0.0
+        if window:
+            t0, n0 = window[0]
+            if now > t0:
+                rate = (self._published - n0) / (now - t0)
+        age = None if self._last_event_wall is None else round((now - self._last_event_wall) * 1000, 1)
+        st = FeedStatus(mode=self.mode, connected=self.connected, events_per_s=round(rate, 2), last_event_age_ms=age,
+                        reconnects=self.reconnects, ts=self.clock.now_ns() or time.time_ns(), detail=self.status_detail)
+        self.publish("status.feed", "feed_status", st, st.ts)
+        return st
+
+    # ------------------------------------------------------------------ BusService hooks
+
+    def setup(self) -> None:
+        src = self.cfg.resolved_source()
+        if self.cfg.journal == "on" or (self.cfg.journal == "auto" and src == "live"):
+            self.journal = JournalWriter(self.runtime.path("journal"), flush_interval_s=self.cfg.journal_flush_s,
+                                         fsync=self.cfg.journal_fsync)
+        self.rpc("feed.status", lambda p: self.status())
+        self.set_mode("down", "starting")
+
+    def periodic(self) -> None:
+        now = time.monotonic()
+        self._rate_window.append((now, self._published))
+        while len(self._rate_window) > 2 and now - self._rate_window[0][0] > 5.0:
+            self._rate_window.popleft()
+        st = self.publish_status()
+        self.m_rate.set(st.events_per_s)
+        if self.journal is not None:
+            self.m_journal_dropped.set(self.journal.dropped)
+        if self.live is not None:
+            self.live.periodic()
+
+    def status(self) -> dict[str, Any]:
+        out = super().status()
+        out.update({
+            "mode": self.mode,
+            "source": self.cfg.resolved_source() if self.source_override is None else self.source_override.name,
+            "connected": self.connected,
+            "reconnects": self.reconnects,
+            "published": self._published,
+            "drops": dict(self.pipeline.drops),
+            "event_ns": self.clock.now_ns(),
+            "replay_done": self.replay_done,
+            "journal": None if self.journal is None else {
+                "dir": str(self.journal.directory), "written": self.journal.written,
+                "pending": self.journal.pending, "dropped": self.journal.dropped, "errors": self.journal.errors},
+        })
+        if self.live is not None:
+            out["live"] = self.live.status()
+        return out
+
+    async def main(self) -> None:
+        src = self.source_override
+        if src is None:
+            kind = self.cfg.resolved_source()
+            if kind == "live":
+                from services.feed.live import LiveIngest
+
+                self.live = LiveIngest(self)
+                await self.live.run()
+                return
+            src = self.build_source(kind)
+        await self.run_replay(src)
+        await self.stop_event.wait()
+
+    def build_source(self, kind: str) -> Source:
+        cfg = self.cfg
+        if kind == "synthetic":
+            session = SyntheticSession(cfg.synthetic_seed, cfg.synthetic_date, compress=cfg.synthetic_compress,
+                                       strikes_each_side=cfg.strikes_each_side, strike_step=cfg.strike_step,
+                                       root=cfg.option_root)
+            return SyntheticSource(session, loop=cfg.replay_loop)
+        if cfg.replay_path is None:
+            raise RuntimeError(f"[feed] source={kind} needs replay_path (SPX_FEED_REPLAY_PATH)")
+        if kind == "journal":
+            return JournalSource(cfg.replay_path)
+        from services.feed.replay import FlatFileSource
+
+        return FlatFileSource([cfg.replay_path])
+
+    async def run_replay(self, src: Source, progress=None) -> int:
+        """Publish a replay source at the configured speed; returns events published."""
+        self.replay_source = src
+        self.connected = True
+        self.set_mode("replay", f"{src.name} x{self.cfg.replay_speed}")
+        if self.cfg.replay_start_delay_s:
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), self.cfg.replay_start_delay_s)
+            except asyncio.TimeoutError:
+                pass
+        chain_every = int(self.cfg.chain_every_s * 1e9)
+        root = self.cfg.option_root
+
+        def before(last_ts: int) -> None:
+            if last_ts >= self._next_chain_ns:
+                contracts = src.chain(last_ts)
+                if contracts is not None:
+                    self.publish(f"chain.{root}", "doc", {"ts": last_ts, "root": root,
+                                                         "underlying": src.underlying(last_ts),
+                                                         "contracts": contracts}, last_ts)
+                    self.m_chain.inc()
+                self._next_chain_ns = last_ts + chain_every
+            if progress is not None:
+                progress(last_ts)
+
+        n = await pace(src.events(), self.ingest, speed=self.cfg.speed(),
+                       batch_ns=self.cfg.replay_batch_ms * 1_000_000, stop=self.stop_event, on_batch=before)
+        self.replay_done = not self.stop_event.is_set()
+        self.connected = False
+        self.status_detail = f"{src.name} replay {'finished' if self.replay_done else 'stopped'}: {n} events"
+        self.log.info(self.status_detail)
+        return n
+
+    async def drain(self) -> None:
+        if self.live is not None:
+            await self.live.close()
+        if self.journal is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.journal.close)
