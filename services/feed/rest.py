@@ -1,0 +1,302 @@
+"""Massive REST client (async, httpx): history for backfill, last trade/NBBO for polling, chain snapshots.
+
+::
+
+    async with MassiveRest("https://api.massive.com", key) as rest:
+        bars = await rest.aggregates("SPY", 1, "minute", "2026-11-20", "2026-11-20")
+        async for t in rest.trades("SPY", gte_ns=a, lt_ns=b):   # Trade(source="backfill", backfilled=True)
+            ...
+        q = await rest.last_quote("SPY")                         # Quote(source="poll") or None
+
+Behaviour:
+
+* Auth by ``Authorization: Bearer <key>`` on every request, including when following
+  ``next_url`` (the vendor never puts the key in it); ``next_url`` is followed verbatim.
+* Retry taxonomy (:class:`RestError.kind`, each outcome counted in ``rest_requests_total``):
+  *retryable* - 413, 429, 499, 500, 502, 503, 504 (the official client's list), timeouts and
+  connection errors: retried up to ``retries`` times with capped exponential backoff and full
+  jitter (a 429 waits at least ``rate_limit_wait_s``, or ``Retry-After`` when sent);
+  *fatal* - every other 4xx (401 unknown key, 403 not entitled, 404, 400) and bodies that are not
+  the documented JSON: raised at once.  5xx bodies are often nginx HTML; they are never parsed.
+* Rate limiting: a token bucket of ``requests_per_s`` (default 50; the vendor asks paid plans to
+  stay under ~100/s and documents no rate-limit headers).
+* Units: REST times are already ns; quote sizes follow the same shares rule as the stream
+  (:data:`services.feed.parsing.SHARES_SINCE_NS`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any, AsyncIterator
+
+import httpx
+
+from spx_common.metrics import Registry
+from spx_common.models import IndexValue, Quote, Source, Trade
+
+from services.feed.parsing import SHARES_SINCE_NS
+
+RETRYABLE_STATUS = frozenset({413, 429, 499, 500, 502, 503, 504})
+
+
+class RestError(Exception):
+    """A REST failure. ``kind`` is ``retryable`` or ``fatal``; ``status`` the HTTP status (0: none)."""
+
+    def __init__(self, kind: str, status: int, message: str, url: str = "") -> None:
+        super().__init__(f"{kind} REST error {status or ''} {message} ({url})".replace("  ", " "))
+        self.kind = kind
+        self.status = status
+        self.message = message
+        self.url = url
+
+
+class MassiveRest:
+    """See module docstring. One instance per process; close with ``aclose()`` or ``async with``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout_s: float = 10.0,
+        retries: int = 4,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 20.0,
+        rate_limit_wait_s: float = 1.0,
+        requests_per_s: float = 50.0,
+        registry: Registry | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.retries = retries
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.rate_limit_wait_s = rate_limit_wait_s
+        self.requests_per_s = requests_per_s
+        self._client = httpx.AsyncClient(
+            timeout=timeout_s, headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
+            transport=transport, limits=httpx.Limits(max_connections=8, max_keepalive_connections=4))
+        reg = registry or Registry()
+        self.m_requests = reg.counter("rest_requests_total", "REST requests by outcome "
+                                      "(ok, retryable_<status|timeout|connect>, fatal_<status|body>).", ["outcome"])
+        self.m_retries = reg.counter("rest_retries_total", "REST retries after a retryable failure.")
+        self._tokens = requests_per_s
+        self._last_refill = time.monotonic()
+        self._bucket_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> "MassiveRest":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # ------------------------------------------------------------------ transport with retries
+
+    async def _acquire(self) -> None:
+        async with self._bucket_lock:
+            while True:
+                now = time.monotonic()
+                self._tokens = min(self.requests_per_s, self._tokens + (now - self._last_refill) * self.requests_per_s)
+                self._last_refill = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                await asyncio.sleep((1 - self._tokens) / self.requests_per_s)
+
+    def _delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.backoff_max_s, self.backoff_initial_s * 2 ** attempt))
+
+    async def get_json(self, path_or_url: str, params: dict[str, Any] | None = None) -> dict:
+        """GET with the retry policy; ``path_or_url`` is a path under the base URL or a full ``next_url``."""
+        url = path_or_url if path_or_url.startswith("http") else f"{self.base_url}{path_or_url}"
+        attempt = 0
+        while True:
+            await self._acquire()
+            try:
+                resp = await self._client.get(url, params=params)
+            except httpx.TimeoutException as exc:
+                err = RestError("retryable", 0, f"timeout: {exc!r}", url)
+                outcome = "retryable_timeout"
+            except httpx.TransportError as exc:
+                err = RestError("retryable", 0, f"connection: {exc!r}", url)
+                outcome = "retryable_connect"
+            else:
+                if resp.status_code == 200:
+                    try:
+                        body = resp.json()
+                    except ValueError:
+                        self.m_requests.inc(outcome="fatal_body")
+                        raise RestError("fatal", 200, f"not JSON: {resp.text[:120]!r}", url) from None
+                    if not isinstance(body, dict):
+                        self.m_requests.inc(outcome="fatal_body")
+                        raise RestError("fatal", 200, "JSON body is not an object", url)
+                    self.m_requests.inc(outcome="ok")
+                    return body
+                message = _error_message(resp)
+                if resp.status_code in RETRYABLE_STATUS:
+                    err = RestError("retryable", resp.status_code, message, url)
+                    outcome = f"retryable_{resp.status_code}"
+                else:
+                    self.m_requests.inc(outcome=f"fatal_{resp.status_code}")
+                    raise RestError("fatal", resp.status_code, message, url)
+            self.m_requests.inc(outcome=outcome)
+            if attempt >= self.retries:
+                raise err
+            delay = self._delay(attempt)
+            if err.status == 429:
+                retry_after = resp.headers.get("Retry-After", "")
+                delay = max(delay, float(retry_after) if retry_after.isdigit() else self.rate_limit_wait_s)
+            attempt += 1
+            self.m_retries.inc()
+            await asyncio.sleep(delay)
+
+    async def paginate(self, path: str, params: dict[str, Any], max_pages: int = 10_000) -> AsyncIterator[dict]:
+        """Yield each result of a paged endpoint, following ``next_url`` (bounded by ``max_pages``)."""
+        body = await self.get_json(path, params)
+        pages = 1
+        while True:
+            for r in body.get("results") or []:
+                yield r
+            nxt = body.get("next_url")
+            if not nxt or pages >= max_pages:
+                return
+            body = await self.get_json(nxt)
+            pages += 1
+
+    # ------------------------------------------------------------------ endpoints
+
+    async def aggregates(self, ticker: str, multiplier: int, timespan: str, frm: str | int, to: str | int,
+                         *, adjusted: bool = True, limit: int = 50_000) -> list[dict]:
+        """Bars ``{o,h,l,c,v,vw,t (ms),n}`` (indices: ``o,h,l,c,t``) ascending; ``timespan`` second/minute/..."""
+        path = f"/v2/aggs/ticker/{ticker}/range/{multiplier}/{timespan}/{frm}/{to}"
+        params = {"adjusted": str(adjusted).lower(), "sort": "asc", "limit": limit}
+        return [r async for r in self.paginate(path, params)]
+
+    async def trades(self, ticker: str, *, gte_ns: int, lt_ns: int, limit: int = 50_000,
+                     source: Source = "backfill") -> AsyncIterator[Trade]:
+        """Trades in ``[gte_ns, lt_ns)`` ascending, as ``Trade`` (backfilled=True). Malformed rows skipped."""
+        params = {"timestamp.gte": gte_ns, "timestamp.lt": lt_ns, "order": "asc", "sort": "timestamp",
+                  "limit": limit}
+        async for r in self.paginate(f"/v3/trades/{ticker}", params):
+            t = trade_from_rest(ticker, r, source)
+            if t is not None:
+                yield t
+
+    async def quotes(self, ticker: str, *, gte_ns: int, lt_ns: int, limit: int = 50_000,
+                     source: Source = "backfill") -> AsyncIterator[Quote]:
+        """Quotes in ``[gte_ns, lt_ns)`` ascending, as ``Quote`` (backfilled=True). Malformed rows skipped."""
+        params = {"timestamp.gte": gte_ns, "timestamp.lt": lt_ns, "order": "asc", "sort": "timestamp",
+                  "limit": limit}
+        async for r in self.paginate(f"/v3/quotes/{ticker}", params):
+            q = quote_from_rest(ticker, r, source)
+            if q is not None:
+                yield q
+
+    async def last_trade(self, ticker: str) -> Trade | None:
+        """``/v2/last/trade``: the latest trade as ``Trade(source="poll")``; None when there is none (404)."""
+        try:
+            body = await self.get_json(f"/v2/last/trade/{ticker}")
+        except RestError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        r = body.get("results") or {}
+        try:
+            return Trade(sym=ticker, price=_nonneg(r["p"]), size=_nonneg(r.get("s", 0)), ts=int(r["t"]),
+                         seq=int(r.get("q", 0)), exch=int(r.get("x", 0)), cond=[int(c) for c in r.get("c") or []],
+                         source="poll")
+        except (KeyError, TypeError, ValueError):
+            self.m_requests.inc(outcome="fatal_body")
+            return None
+
+    async def last_quote(self, ticker: str) -> Quote | None:
+        """``/v2/last/nbbo``: the latest NBBO as ``Quote(source="poll")``; None when there is none (404)."""
+        try:
+            body = await self.get_json(f"/v2/last/nbbo/{ticker}")
+        except RestError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        r = body.get("results") or {}
+        try:
+            ts = int(r["t"])
+            mult = 100 if ts < SHARES_SINCE_NS and not ticker.startswith("O:") else 1
+            return Quote(sym=ticker, bid=_nonneg(r["p"]), ask=_nonneg(r["P"]), bid_size=_nonneg(r.get("s", 0)) * mult,
+                         ask_size=_nonneg(r.get("S", 0)) * mult, ts=ts, seq=int(r.get("q", 0)),
+                         bid_exch=int(r.get("x", 0)), ask_exch=int(r.get("X", 0)), source="poll")
+        except (KeyError, TypeError, ValueError):
+            self.m_requests.inc(outcome="fatal_body")
+            return None
+
+    async def index_values(self, tickers: list[str]) -> list[IndexValue]:
+        """``/v3/snapshot/indices``: current values as ``IndexValue(source="poll")`` (missing tickers skipped)."""
+        body = await self.get_json("/v3/snapshot/indices", {"ticker.any_of": ",".join(tickers)})
+        out = []
+        for r in body.get("results") or []:
+            try:
+                if "error" in r:
+                    continue
+                out.append(IndexValue(sym=str(r["ticker"]), value=_nonneg(r["value"]), ts=int(r["last_updated"]),
+                                      source="poll"))
+            except (KeyError, TypeError, ValueError):
+                self.m_requests.inc(outcome="fatal_body")
+        return out
+
+    async def option_chain(self, underlying: str, *, expiration: str | None = None, strike_gte: float | None = None,
+                           strike_lte: float | None = None, limit: int = 250) -> list[dict]:
+        """``/v3/snapshot/options/{underlying}`` results (all pages), filtered as asked."""
+        params: dict[str, Any] = {"limit": limit}
+        if expiration:
+            params["expiration_date"] = expiration
+        if strike_gte is not None:
+            params["strike_price.gte"] = strike_gte
+        if strike_lte is not None:
+            params["strike_price.lte"] = strike_lte
+        return [r async for r in self.paginate(f"/v3/snapshot/options/{underlying}", params)]
+
+
+def _nonneg(x: Any) -> float:
+    v = float(x)
+    if not v >= 0:  # also refuses NaN
+        raise ValueError(f"negative or NaN value {x!r}")
+    return v
+
+
+def trade_from_rest(ticker: str, r: dict, source: Source = "backfill") -> Trade | None:
+    """A ``/v3/trades`` result -> Trade (None when malformed)."""
+    try:
+        return Trade(sym=ticker, price=_nonneg(r["price"]), size=_nonneg(r.get("size", 0)), ts=int(r["sip_timestamp"]),
+                     seq=int(r.get("sequence_number", 0)), exch=int(r.get("exchange", 0)),
+                     cond=[int(c) for c in r.get("conditions") or []], source=source, backfilled=True)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def quote_from_rest(ticker: str, r: dict, source: Source = "backfill") -> Quote | None:
+    """A ``/v3/quotes`` result -> Quote (None when malformed); sizes in shares (see module docstring)."""
+    try:
+        ts = int(r["sip_timestamp"])
+        mult = 100 if ts < SHARES_SINCE_NS and not ticker.startswith("O:") else 1
+        return Quote(sym=ticker, bid=_nonneg(r.get("bid_price", 0)), ask=_nonneg(r.get("ask_price", 0)),
+                     bid_size=_nonneg(r.get("bid_size", 0)) * mult, ask_size=_nonneg(r.get("ask_size", 0)) * mult,
+                     ts=ts, seq=int(r.get("sequence_number", 0)), bid_exch=int(r.get("bid_exchange", 0)),
+                     ask_exch=int(r.get("ask_exchange", 0)), source=source, backfilled=True)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _error_message(resp: httpx.Response) -> str:
+    ctype = resp.headers.get("content-type", "")
+    if "json" in ctype:
+        try:
+            body = resp.json()
+            if isinstance(body, dict):
+                return str(body.get("error") or body.get("message") or body.get("status") or "")[:300]
+        except ValueError:
+            pass
+    return f"non-JSON {ctype or 'body'} ({len(resp.content)} bytes)"

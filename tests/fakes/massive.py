@@ -1,0 +1,481 @@
+"""A fake Massive (formerly Polygon.io) server: WebSocket streams and REST, on loopback port 0.
+
+It speaks the documented wire protocol (``../shared/reference/massive.md``): every server frame
+is a JSON array; the handshake is ``connected`` -> ``auth`` -> ``auth_success``/``auth_failed``
+-> ``subscribe`` with one ``success`` ack per topic.  REST answers the endpoints the feed and
+backfill use, with the vendor's JSON shapes, ``next_url`` pagination (cursor only, no key) and
+scriptable failures (429 JSON, 500 nginx HTML, stalls).
+
+Usage (synchronous tests; the server runs its own event loop on a thread)::
+
+    with FakeMassive(api_key="k") as fake:
+        fake.ws_url      # "ws://127.0.0.1:PORT"   (markets: /stocks /options /indices)
+        fake.rest_url    # "http://127.0.0.1:PORT2"
+        fake.wait_subscribed("stocks", "T.SPY")
+        fake.push("stocks", [Trade(...), Quote(...)])      # models or raw dicts, one array
+        fake.push_raw("stocks", '[{"ev":"T", ...}, garbage]')
+        fake.status("stocks", "slow_consumer", "...", close=True)
+        fake.drop("stocks")                                # abrupt TCP close, no close frame
+        fake.stall("stocks", 5.0)                          # stop reading (no pongs) and sending
+        fake.trades["SPY"] = [Trade(...), ...]            # /v3/trades, /v2/last/trade
+        fake.quotes["SPY"] = [Quote(...), ...]            # /v3/quotes, /v2/last/nbbo
+        fake.index_values["I:SPX"] = IndexValue(...)      # /v3/snapshot/indices
+        fake.aggs[("SPY", "minute")] = [{"o":..,"h":..,"l":..,"c":..,"v":..,"t": ms}]
+        fake.fail_next("/v3/trades", 429, 500)             # next matching requests fail
+        fake.requests                                      # [(path, query dict, headers dict)]
+
+Other engineers use it for backfill tests: the REST part alone is ``fake.rest_url``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+import time
+from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterable
+from urllib.parse import parse_qs, quote, unquote, urlparse
+
+import websockets
+from websockets.asyncio.server import ServerConnection, serve
+
+from spx_common.models import IndexValue, MarketEvent, Quote, Trade
+from services.feed.parsing import to_wire
+
+MARKETS = ("stocks", "options", "indices")
+
+
+def _wire(item: Any) -> Any:
+    return to_wire(item) if isinstance(item, (Trade, Quote, IndexValue)) else item
+
+
+class _Conn:
+    def __init__(self, ws: ServerConnection, market: str) -> None:
+        self.ws = ws
+        self.market = market
+        self.authed = False
+        self.subs: set[str] = set()
+
+
+class FakeMassive:
+    """See module docstring. All public methods are thread-safe and bounded in time."""
+
+    def __init__(self, api_key: str = "test-key", *, page_limit_max: int = 50_000) -> None:
+        self.api_key = api_key
+        self.page_limit_max = page_limit_max
+        self.conns: list[_Conn] = []
+        self.connects: dict[str, int] = defaultdict(int)  # market -> connections accepted
+        self.connect_times: dict[str, list[float]] = defaultdict(list)
+        self.auth_attempts: dict[str, list[str]] = defaultdict(list)
+        self.client_messages: list[tuple[str, dict]] = []
+        self.subscriptions: dict[str, set[str]] = defaultdict(set)  # market -> current topics (last conn)
+        self.reject_auth = False
+        self.max_connections_on_auth = False
+        self.trades: dict[str, list[Trade]] = {}
+        self.quotes: dict[str, list[Quote]] = {}
+        self.index_values: dict[str, IndexValue] = {}
+        self.aggs: dict[tuple[str, str], list[dict]] = {}
+        self.options_snapshot: dict[str, list[dict]] = {}
+        self.requests: list[tuple[str, dict, dict]] = []
+        self._failures: list[tuple[str, int]] = []
+        self.rest_stall_s = 0.0
+        self._lock = threading.Lock()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> "FakeMassive":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        ready = threading.Event()
+
+        def run() -> None:
+            self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.loop)
+
+            async def boot() -> None:
+                self._server = await serve(self._handler, "127.0.0.1", 0, ping_interval=None, max_size=2**20)
+                self.ws_port = self._server.sockets[0].getsockname()[1]
+                ready.set()
+
+            self.loop.run_until_complete(boot())
+            self.loop.run_forever()
+            self.loop.run_until_complete(self._shutdown())
+            self.loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-massive-ws", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("fake Massive WebSocket server did not start")
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._http.daemon_threads = True
+        self.rest_port = self._http.server_address[1]
+        self._http_thread = threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.1},
+                                             name="fake-massive-rest", daemon=True)
+        self._http_thread.start()
+
+    async def _shutdown(self) -> None:
+        for c in list(self.conns):
+            c.ws.transport.abort()
+        self._server.close()
+        try:
+            await asyncio.wait_for(self._server.wait_closed(), 3)
+        except asyncio.TimeoutError:
+            pass
+
+    def stop(self) -> None:
+        self._http.shutdown()
+        self._http.server_close()
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    # ------------------------------------------------------------------ WebSocket protocol
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        market = (ws.request.path if ws.request else "/").strip("/")
+        if market not in MARKETS:
+            await ws.close(1008, "unknown market")
+            return
+        conn = _Conn(ws, market)
+        with self._lock:
+            self.conns.append(conn)
+            self.connects[market] += 1
+            self.connect_times[market].append(time.monotonic())
+        try:
+            await ws.send(json.dumps([{"ev": "status", "status": "connected", "message": "Connected Successfully"}]))
+            async for raw in ws:
+                try:
+                    msg = json.loads(raw)
+                except ValueError:
+                    continue
+                with self._lock:
+                    self.client_messages.append((market, msg))
+                action, params = msg.get("action"), str(msg.get("params", ""))
+                if action == "auth":
+                    with self._lock:
+                        self.auth_attempts[market].append(params)
+                    if params != self.api_key or self.reject_auth:
+                        await ws.send(json.dumps([{"ev": "status", "status": "auth_failed",
+                                                   "message": "authentication failed"}]))
+                        ws.transport.abort()  # the vendor closes without a close handshake
+                        return
+                    conn.authed = True
+                    await ws.send(json.dumps([{"ev": "status", "status": "auth_success",
+                                               "message": "authenticated"}]))
+                    if self.max_connections_on_auth:
+                        await ws.send(json.dumps([{"ev": "status", "status": "max_connections",
+                                                   "message": "Maximum number of websocket connections exceeded. "
+                                                   "You have reached the connection limit for your account."}]))
+                        await ws.close(1008, "max connections")
+                        return
+                elif not conn.authed:
+                    await ws.send(json.dumps([{"ev": "status", "status": "error", "message": "not authorized"}]))
+                elif action in ("subscribe", "unsubscribe"):
+                    topics = [p.strip() for p in params.split(",") if p.strip()]
+                    acks = []
+                    for t in topics:
+                        if action == "subscribe":
+                            conn.subs.add(t)
+                        else:
+                            conn.subs.discard(t)
+                        word = "subscribed to" if action == "subscribe" else "unsubscribed to"
+                        acks.append({"ev": "status", "status": "success", "message": f"{word}: {t}"})
+                    with self._lock:
+                        self.subscriptions[market] = set(conn.subs)
+                    if acks:
+                        await ws.send(json.dumps(acks))
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            with self._lock:
+                if conn in self.conns:
+                    self.conns.remove(conn)
+
+    def _call(self, coro_fn, timeout_s: float = 5.0) -> Any:
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro_fn(), self.loop).result(timeout_s)
+
+    def _live(self, market: str) -> list[_Conn]:
+        with self._lock:
+            return [c for c in self.conns if c.market == market and c.authed]
+
+    def connected(self, market: str) -> int:
+        """Authenticated connections currently open on ``market``."""
+        return len(self._live(market))
+
+    def push(self, market: str, items: Iterable[MarketEvent | dict]) -> int:
+        """Send one JSON array (models are converted to the vendor's objects). Returns connections sent to."""
+        return self.push_raw(market, json.dumps([_wire(i) for i in items]))
+
+    def push_raw(self, market: str, text: str) -> int:
+        conns = self._live(market)
+
+        async def go() -> int:
+            n = 0
+            for c in conns:
+                try:
+                    await c.ws.send(text)
+                    n += 1
+                except websockets.ConnectionClosed:
+                    pass
+            return n
+
+        return self._call(go)
+
+    def status(self, market: str, status: str, message: str = "", *, close: bool = False, code: int = 1000) -> None:
+        """Send a status message; ``close`` then ends the connection (``code``, e.g. 1008)."""
+        conns = self._live(market)
+
+        async def go() -> None:
+            for c in conns:
+                try:
+                    await c.ws.send(json.dumps([{"ev": "status", "status": status, "message": message}]))
+                    if close:
+                        await c.ws.close(code, status)
+                except websockets.ConnectionClosed:
+                    pass
+
+        self._call(go)
+
+    def drop(self, market: str) -> int:
+        """Abort every connection of ``market`` (TCP close, no WebSocket close frame)."""
+        conns = self._live(market)
+
+        async def go() -> int:
+            for c in conns:
+                c.ws.transport.abort()
+            return len(conns)
+
+        return self._call(go)
+
+    def stall(self, market: str, seconds: float) -> None:
+        """Stop reading (so no pongs) on ``market``'s connections for ``seconds``; sends nothing meanwhile."""
+        conns = self._live(market)
+
+        async def go() -> None:
+            for c in conns:
+                c.ws.transport.pause_reading()
+
+            def resume() -> None:
+                for c in conns:
+                    try:
+                        c.ws.transport.resume_reading()
+                    except (RuntimeError, AttributeError):
+                        pass
+
+            self.loop.call_later(seconds, resume)  # type: ignore[union-attr]
+
+        self._call(go)
+
+    def wait_subscribed(self, market: str, topic: str, timeout_s: float = 10.0) -> None:
+        """Block until an authenticated connection of ``market`` is subscribed to ``topic``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(topic in c.subs for c in self._live(market)):
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"no {market} connection subscribed to {topic} within {timeout_s}s "
+                             f"(subscriptions: {dict(self.subscriptions)})")
+
+    # ------------------------------------------------------------------ REST
+
+    def fail_next(self, path_prefix: str, *statuses: int) -> None:
+        """The next requests whose path starts with ``path_prefix`` answer these statuses, in order."""
+        with self._lock:
+            self._failures.extend((path_prefix, s) for s in statuses)
+
+    def _take_failure(self, path: str) -> int | None:
+        with self._lock:
+            for i, (prefix, status) in enumerate(self._failures):
+                if path.startswith(prefix):
+                    del self._failures[i]
+                    return status
+        return None
+
+
+def _encode_cursor(offset: int, query: dict) -> str:
+    """Like the vendor's: an opaque base64url string holding the whole query and the position."""
+    q = {k: v for k, v in query.items() if k not in ("cursor", "apiKey")}
+    return base64.urlsafe_b64encode(json.dumps({"o": offset, "q": q}).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[int, dict]:
+    pad = "=" * (-len(cursor) % 4)
+    d = json.loads(base64.urlsafe_b64decode(cursor + pad))
+    return int(d["o"]), dict(d["q"])
+
+
+def _ts_filter(items: list, q: dict) -> list:
+    def val(k: str) -> int | None:
+        v = q.get(k)
+        return int(v) if v is not None and v.isdigit() else None
+
+    out = items
+    for key, op in (("timestamp.gte", "ge"), ("timestamp.gt", "gt"), ("timestamp.lte", "le"), ("timestamp.lt", "lt"),
+                    ("timestamp", "eq")):
+        v = val(key)
+        if v is None:
+            continue
+        out = [e for e in out if {"ge": e.ts >= v, "gt": e.ts > v, "le": e.ts <= v, "lt": e.ts < v,
+                                  "eq": e.ts == v}[op]]
+    return out
+
+
+def _trade_json(t: Trade) -> dict:
+    return {"conditions": list(t.cond), "exchange": t.exch, "id": str(t.seq), "participant_timestamp": t.ts - 1000,
+            "price": t.price, "sequence_number": t.seq, "sip_timestamp": t.ts, "size": t.size, "tape": 3}
+
+
+def _quote_json(q: Quote) -> dict:
+    return {"ask_exchange": q.ask_exch, "ask_price": q.ask, "ask_size": q.ask_size, "bid_exchange": q.bid_exch,
+            "bid_price": q.bid, "bid_size": q.bid_size, "participant_timestamp": q.ts - 1000,
+            "sequence_number": q.seq, "sip_timestamp": q.ts, "tape": 3}
+
+
+def _make_handler(fake: FakeMassive):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+        def _send(self, status: int, body: Any, content_type: str = "application/json") -> None:
+            data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (timeout tests)
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server API)
+            url = urlparse(self.path)
+            path = unquote(url.path)
+            q = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            if "cursor" in q:  # the cursor carries the original query (the vendor's next_url does too)
+                try:
+                    offset, q0 = _decode_cursor(q["cursor"])
+                except (ValueError, KeyError):
+                    return self._send(400, {"status": "ERROR", "request_id": "rc", "error": "bad cursor"})
+                q = {**q0, "cursor": q["cursor"], "_offset": str(offset)}
+            with fake._lock:
+                fake.requests.append((path, q, dict(self.headers)))
+            if fake.rest_stall_s:
+                time.sleep(fake.rest_stall_s)
+            auth = self.headers.get("Authorization", "")
+            if auth != f"Bearer {fake.api_key}" and q.get("apiKey") != fake.api_key:
+                return self._send(401, {"status": "ERROR", "request_id": "r1", "error": "Unknown API Key"})
+            failure = fake._take_failure(path)
+            if failure == 429:
+                return self._send(429, {"status": "ERROR", "request_id": "r429",
+                                        "error": "You've exceeded the maximum requests per minute, please wait or "
+                                                 "upgrade your subscription to continue."})
+            if failure is not None and failure >= 500:
+                return self._send(failure, "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+                                  "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+                                  "</body>\r\n</html>\r\n", "text/html")
+            if failure is not None:
+                return self._send(failure, {"status": "ERROR", "request_id": "rx", "error": f"status {failure}"})
+            parts = path.strip("/").split("/")
+            try:
+                if parts[:3] == ["v2", "last", "trade"]:
+                    return self._last_trade(parts[3])
+                if parts[:3] == ["v2", "last", "nbbo"]:
+                    return self._last_nbbo(parts[3])
+                if parts[:3] == ["v3", "snapshot", "indices"]:
+                    return self._indices(q)
+                if parts[:3] == ["v3", "snapshot", "options"]:
+                    return self._page(path, q, fake.options_snapshot.get(parts[3], []), lambda d: d, 250)
+                if parts[:2] == ["v3", "trades"]:
+                    items = sorted(_ts_filter(fake.trades.get(parts[2], []), q), key=lambda e: e.ts,
+                                   reverse=q.get("order", "desc") == "desc")
+                    return self._page(path, q, items, _trade_json, 50_000)
+                if parts[:2] == ["v3", "quotes"]:
+                    items = sorted(_ts_filter(fake.quotes.get(parts[2], []), q), key=lambda e: e.ts,
+                                   reverse=q.get("order", "desc") == "desc")
+                    return self._page(path, q, items, _quote_json, 50_000)
+                if parts[:3] == ["v2", "aggs", "ticker"] and len(parts) == 9:
+                    return self._aggs(parts, q)
+            except (KeyError, ValueError, IndexError) as exc:
+                return self._send(400, {"status": "ERROR", "request_id": "r400", "error": f"bad request: {exc}"})
+            return self._send(404, {"status": "NOT_FOUND", "request_id": "r404", "message": "Not found"})
+
+        def _last_trade(self, ticker: str) -> None:
+            items = fake.trades.get(ticker)
+            if not items:
+                return self._send(404, {"status": "NOT_FOUND", "request_id": "r", "message": "no trades"})
+            t = max(items, key=lambda e: e.ts)
+            return self._send(200, {"status": "OK", "request_id": "r", "results": {
+                "T": ticker, "c": list(t.cond), "i": str(t.seq), "p": t.price, "q": t.seq, "s": t.size,
+                "t": t.ts, "x": t.exch, "y": t.ts - 1000, "z": 3}})
+
+        def _last_nbbo(self, ticker: str) -> None:
+            items = fake.quotes.get(ticker)
+            if not items:
+                return self._send(404, {"status": "NOT_FOUND", "request_id": "r", "message": "no quotes"})
+            x = max(items, key=lambda e: e.ts)
+            return self._send(200, {"status": "OK", "request_id": "r", "results": {
+                "T": ticker, "P": x.ask, "S": x.ask_size, "X": x.ask_exch, "p": x.bid, "s": x.bid_size,
+                "x": x.bid_exch, "q": x.seq, "t": x.ts, "y": x.ts - 1000, "z": 3}})
+
+        def _indices(self, q: dict) -> None:
+            results = []
+            for t in q.get("ticker.any_of", "").split(","):
+                v = fake.index_values.get(t)
+                if v is None:
+                    results.append({"error": "NOT_FOUND", "message": "Ticker not found.", "ticker": t})
+                else:
+                    results.append({"ticker": t, "value": v.value, "last_updated": v.ts, "timeframe": "REAL-TIME",
+                                    "type": "indices", "market_status": "open"})
+            return self._send(200, {"status": "OK", "request_id": "r", "results": results})
+
+        def _aggs(self, parts: list[str], q: dict) -> None:
+            ticker, span, frm, to = parts[3], parts[6], parts[7], parts[8]
+            bars = fake.aggs.get((ticker, span), [])
+            lo, hi = _ms(frm), _ms(to, end=True)
+            items = [b for b in bars if lo <= b["t"] <= hi]
+            return self._page(self.path.split("?")[0], q, items, lambda b: b, 50_000, aggs=(ticker, len(items)))
+
+        def _page(self, path: str, q: dict, items: list, conv, max_limit: int, aggs: tuple | None = None) -> None:
+            limit = min(int(q.get("limit", 1000 if aggs is None else 5000)), fake.page_limit_max, max_limit)
+            start = int(q.get("_offset", 0))
+            page = items[start:start + limit]
+            body: dict[str, Any] = {"status": "OK", "request_id": "r", "results": [conv(x) for x in page]}
+            if aggs is not None:
+                body.update({"ticker": aggs[0], "adjusted": True, "queryCount": aggs[1], "resultsCount": len(page),
+                             "count": len(page)})
+            if start + limit < len(items):
+                body["next_url"] = f"{fake.rest_url}{quote(path)}?cursor={_encode_cursor(start + limit, q)}"
+            return self._send(200, body)
+
+    return Handler
+
+
+def _ms(value: str, end: bool = False) -> int:
+    """An aggregates ``from``/``to`` segment: a date (YYYY-MM-DD) or Unix ms."""
+    if value.isdigit():
+        return int(value)
+    import datetime as dt
+
+    d = dt.datetime.fromisoformat(value).replace(tzinfo=dt.timezone.utc)
+    ms = int(d.timestamp() * 1000)
+    return ms + 86_400_000 - 1 if end else ms
