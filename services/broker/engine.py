@@ -1,0 +1,449 @@
+"""The execution engine: a pure decision core (event time in, intents out, no I/O).
+
+Inputs (each method returns the intents it decided):
+
+* :meth:`Engine.on_transition` -- ``setup.transition``: ``triggered`` arms an entry; ``stopped``,
+  ``invalidated`` and ``expired`` close what a setup still holds;
+* :meth:`Engine.on_recommendation` -- ``reco.<setup_id>``: the contract and size of the selector;
+  an entry is decided when a setup is both triggered and has an ``ok`` recommendation (either order);
+* :meth:`Engine.on_advice` -- ``exit.<setup_id>``: ``scale_out`` (T1, a fraction), ``move_stop``
+  (protective stop at breakeven on the rest), ``trail_stop`` (raise that stop towards the bid),
+  ``exit_all``; ``hold`` does nothing;
+* :meth:`Engine.on_quote` -- option quotes (``tick.O:...``), for exit limit prices and the mid;
+* :meth:`Engine.on_order_event` -- broker order status/fills (cumulative executed quantity);
+* :meth:`Engine.flatten` -- close everything (late-day flatten, ``spx broker flatten``).
+
+Outputs: :class:`Place`, :class:`Modify`, :class:`Cancel` and :class:`Block` (a refusal with a reason,
+published on ``block.broker`` and counted by the service).
+
+Safety, by construction:
+
+* only ``buy_to_open`` entries and ``sell_to_close`` exits are ever produced, and every sell is sized
+  so that all working sells together never exceed the quantity held (a fill can never go short);
+  the same payload is checked again by :func:`router.check_payload` at the broker boundary;
+* nothing is produced for a user unless ``Gates.send_allowed(user)`` (execution flags and opt-in,
+  decided by the service); the kill switch refuses entries (exits stay possible);
+* contracts per order are capped; orders per day and open risk are refused past their limits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Callable
+from zoneinfo import ZoneInfo
+
+from services.broker import router
+from spx_common.models import ContractRecommendation, ExitAdvice, Order, SetupTransition
+
+ET = ZoneInfo("America/New_York")
+MAX_TRACKED = 2000  # bounded memory for triggers, recommendations, quotes and finished trades
+CLOSING_STATES = ("stopped", "invalidated", "expired")
+MAX_EXIT_ATTEMPTS = 5  # exit orders per trade before giving up until the next flatten (no retry storm)
+WORKING = ("new", "open", "partially_filled", "pending", "unknown", "accepted_for_bidding", "held", "calculated")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_contracts_per_order: int = 10
+    max_orders_per_day: int = 20
+    max_open_risk: float = 5000.0
+    trail_fraction: float = 0.25  # trail_stop: stop at bid * (1 - trail_fraction), never lowered
+
+
+@dataclass
+class Gates:
+    """What the service allows. ``allowed(user) -> (ok, reason)``; the kill switch stops entries."""
+
+    allowed: Callable[[str], tuple[bool, str]]
+    kill_switch: bool = False
+
+
+@dataclass(frozen=True)
+class Place:
+    order: Order
+    payload: dict[str, str]
+    role: str  # entry | scale | stop | exit
+    decision_mid: float | None = None
+
+
+@dataclass(frozen=True)
+class Modify:
+    user: str
+    order_id: str
+    fields: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Cancel:
+    user: str
+    order_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Block:
+    user: str
+    reason: str
+    subject: str
+    detail: str = ""
+
+
+Intent = Place | Modify | Cancel | Block
+
+
+@dataclass
+class OrderState:
+    order_id: str
+    user: str
+    setup_id: str
+    symbol: str
+    side: str
+    role: str
+    quantity: int
+    price: float | None
+    stop: float | None = None
+    filled: float = 0.0
+    avg_price: float = 0.0
+    status: str = "new"
+
+    @property
+    def working(self) -> bool:
+        return self.status in WORKING
+
+    @property
+    def remaining(self) -> float:
+        return max(self.quantity - self.filled, 0.0) if self.working else 0.0
+
+
+@dataclass
+class TradeState:
+    user: str
+    setup_id: str
+    symbol: str
+    held: float = 0.0
+    avg_price: float = 0.0
+    orders: list[str] = field(default_factory=list)
+    exiting: bool = False
+    stop_price: float | None = None
+    pending_scale: tuple[int, float | None] | None = None  # (qty, limit) waiting for a stop cancel
+    closed: bool = False
+    exit_attempts: int = 0
+
+
+def et_day(ts_ns: int) -> dt.date:
+    return dt.datetime.fromtimestamp(ts_ns / 1e9, ET).date()
+
+
+class Engine:
+    """Decision core for a set of users (see module docstring)."""
+
+    def __init__(self, users: list[str], limits: Limits, gates: Gates, *, entry_price: str = "ask") -> None:
+        self.users = list(users)
+        self.limits = limits
+        self.gates = gates
+        self.entry_price = entry_price
+        self.triggered: OrderedDict[str, SetupTransition] = OrderedDict()
+        self.recos: OrderedDict[str, ContractRecommendation] = OrderedDict()
+        self.quotes: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tradier symbol -> (bid, ask)
+        self.trades: dict[tuple[str, str], TradeState] = {}
+        self.orders: dict[str, OrderState] = {}
+        self.entries_today: dict[str, int] = {}
+        self.day: dt.date | None = None
+        self._seq = 0
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _remember(store: OrderedDict, key, value) -> None:
+        store[key] = value
+        store.move_to_end(key)
+        while len(store) > MAX_TRACKED:
+            store.popitem(last=False)
+
+    def _roll_day(self, ts: int) -> None:
+        d = et_day(ts)
+        if d != self.day:
+            self.day = d
+            self.entries_today = {}
+            for key in [k for k, t in self.trades.items() if t.closed]:
+                del self.trades[key]
+            for oid in [o for o, s in self.orders.items() if not s.working]:
+                del self.orders[oid]
+
+    def _new_id(self, user: str, setup_id: str, role: str) -> str:
+        self._seq += 1
+        return router.make_tag("spx", user, setup_id[-40:], role, str(self._seq))
+
+    def open_risk(self, user: str) -> float:
+        risk = sum(t.held * t.avg_price * 100 for t in self.trades.values() if t.user == user and not t.closed)
+        risk += sum(o.remaining * (o.price or 0) * 100 for o in self.orders.values()
+                    if o.user == user and o.role == "entry" and o.working)
+        return risk
+
+    def working_sells(self, trade: TradeState) -> float:
+        return sum(self.orders[o].remaining for o in trade.orders
+                   if o in self.orders and self.orders[o].side == "sell_to_close" and self.orders[o].working)
+
+    def _mid(self, symbol: str) -> float | None:
+        q = self.quotes.get(symbol)
+        return None if q is None or q[0] <= 0 or q[1] <= 0 else (q[0] + q[1]) / 2
+
+    def _place(self, trade: TradeState, role: str, side: str, qty: int, payload: dict[str, str], ts: int,
+               reason: str) -> Place:
+        oid = payload["tag"]
+        price = float(payload["price"]) if "price" in payload else None
+        stop = float(payload["stop"]) if "stop" in payload else None
+        self.orders[oid] = OrderState(oid, trade.user, trade.setup_id, trade.symbol, side, role, qty, price, stop)
+        trade.orders.append(oid)
+        order = Order(order_id=oid, user=trade.user, setup_id=trade.setup_id, option_symbol=trade.symbol, side=side,
+                      quantity=qty, type=payload["type"], price=price, stop=stop, status="new", reason=reason, ts=ts)
+        return Place(order, payload, role, self._mid(trade.symbol))
+
+    # ------------------------------------------------------------------ inputs
+
+    def on_quote(self, symbol: str, bid: float, ask: float) -> None:
+        """Remember the latest quote of an option (Tradier form symbol)."""
+        self._remember(self.quotes, symbol, (bid, ask))
+
+    def on_transition(self, t: SetupTransition) -> list[Intent]:
+        self._roll_day(t.ts)
+        if t.to_state == "triggered":
+            self._remember(self.triggered, t.setup_id, t)
+            reco = self.recos.get(t.setup_id)
+            return self._enter(t, reco) if reco is not None else []
+        if t.to_state in CLOSING_STATES:
+            self.triggered.pop(t.setup_id, None)
+            out: list[Intent] = []
+            for trade in [x for x in self.trades.values() if x.setup_id == t.setup_id and not x.closed]:
+                out += self._exit_all(trade, t.ts, f"setup {t.to_state}: {t.reason}")
+            return out
+        return []
+
+    def on_recommendation(self, r: ContractRecommendation) -> list[Intent]:
+        if r.ts:
+            self._roll_day(r.ts)
+        first = r.setup_id not in self.recos
+        self._remember(self.recos, r.setup_id, r)
+        if r.bid is not None and r.ask is not None and r.tradier_symbol:
+            self.on_quote(r.tradier_symbol, r.bid, r.ask)
+        t = self.triggered.get(r.setup_id)
+        if t is None or not first:
+            return []
+        return self._enter(t, r)
+
+    def _enter(self, t: SetupTransition, r: ContractRecommendation) -> list[Intent]:
+        out: list[Intent] = []
+        subject = t.setup_id
+        for user in self.users:
+            if (user, t.setup_id) in self.trades:
+                continue  # one entry per setup and user
+            ok, why = self.gates.allowed(user)
+            if not ok:
+                out.append(Block(user, why, subject, "entry not sent"))
+                continue
+            if self.gates.kill_switch:
+                out.append(Block(user, "kill_switch", subject, "kill switch refuses new entries"))
+                continue
+            if not r.ok or not (r.tradier_symbol or r.occ_symbol):
+                out.append(Block(user, "no_contract", subject, r.reason))
+                continue
+            try:
+                from spx_common import occ
+
+                symbol = occ.parse(r.tradier_symbol or r.occ_symbol or "").tradier
+            except ValueError as exc:
+                out.append(Block(user, "bad_symbol", subject, str(exc)))
+                continue
+            raw = r.ask if self.entry_price == "ask" or r.mid is None else r.mid
+            if raw is None or raw <= 0 or not math.isfinite(raw):
+                out.append(Block(user, "no_price", subject, f"recommendation has no usable {self.entry_price}"))
+                continue
+            limit = float(router.round_to_tick(raw, "nearest"))
+            if self.entries_today.get(user, 0) >= self.limits.max_orders_per_day:
+                out.append(Block(user, "max_orders_per_day", subject,
+                                 f"{self.limits.max_orders_per_day} entries already today"))
+                continue
+            qty = min(int(r.suggestedContracts), self.limits.max_contracts_per_order)
+            room = self.limits.max_open_risk - self.open_risk(user)
+            qty = min(qty, int(room // (limit * 100)) if room > 0 else 0)
+            if int(r.suggestedContracts) <= 0:
+                out.append(Block(user, "zero_size", subject, "selector sized the trade at 0 contracts"))
+                continue
+            if qty <= 0:
+                out.append(Block(user, "max_open_risk", subject,
+                                 f"open risk {self.open_risk(user):.0f} + {limit * 100:.0f}/contract > "
+                                 f"{self.limits.max_open_risk:.0f}"))
+                continue
+            trade = TradeState(user, t.setup_id, symbol)
+            self.trades[(user, t.setup_id)] = trade
+            self.entries_today[user] = self.entries_today.get(user, 0) + 1
+            payload = router.entry_payload(symbol, qty, limit, self._new_id(user, t.setup_id, "entry"))
+            note = "" if qty == r.suggestedContracts else f" (capped from {r.suggestedContracts})"
+            out.append(self._place(trade, "entry", "buy_to_open", qty, payload, t.ts, f"entry {t.reason}{note}"))
+        return out
+
+    def on_advice(self, a: ExitAdvice) -> list[Intent]:
+        self._roll_day(a.ts)
+        out: list[Intent] = []
+        for trade in [x for x in self.trades.values() if x.setup_id == a.setup_id and not x.closed]:
+            ok, why = self.gates.allowed(trade.user)
+            if not ok and a.action != "hold":
+                out.append(Block(trade.user, why, a.setup_id, f"{a.action} not sent"))
+                continue
+            if a.action == "scale_out":
+                out += self._scale_out(trade, a)
+            elif a.action == "move_stop":
+                out += self._protect(trade, a.ts, max(trade.avg_price, trade.stop_price or 0.0), a.reason)
+            elif a.action == "trail_stop":
+                bid = self.quotes.get(trade.symbol, (0.0, 0.0))[0]
+                level = max(trade.avg_price, trade.stop_price or 0.0, bid * (1 - self.limits.trail_fraction))
+                out += self._protect(trade, a.ts, level, a.reason)
+            elif a.action == "exit_all":
+                out += self._exit_all(trade, a.ts, a.reason)
+        return out
+
+    def _scale_out(self, trade: TradeState, a: ExitAdvice) -> list[Intent]:
+        if trade.exiting or trade.held <= 0:
+            return []
+        frac = min(max(a.fraction if a.fraction is not None else 0.5, 0.0), 1.0)
+        held = int(trade.held)
+        qty = max(1, round(held * frac))
+        if held > 1 and frac < 1 and qty >= held:
+            qty = held - 1
+        qty = min(qty, self.limits.max_contracts_per_order)
+        bid = self.quotes.get(trade.symbol, (0.0, 0.0))[0]
+        limit = bid if bid > 0 else None
+        free = held - self.working_sells(trade)
+        if free < qty:
+            stops = [o for o in trade.orders if self.orders.get(o) and self.orders[o].role == "stop"
+                     and self.orders[o].working]
+            if stops and trade.pending_scale is None:
+                trade.pending_scale = (qty, limit)
+                return [Cancel(trade.user, o, "free contracts for the scale-out") for o in stops]
+            return [Block(trade.user, "nothing_free", trade.setup_id, "working sells already cover the position")]
+        return [self._sell(trade, "scale", qty, limit, a.ts, a.reason)]
+
+    def _sell(self, trade: TradeState, role: str, qty: int, limit: float | None, ts: int, reason: str) -> Place:
+        oid = self._new_id(trade.user, trade.setup_id, role)
+        if role == "scale" and limit is not None:
+            payload = router.scale_out_payload(trade.symbol, qty, limit, oid)
+        else:
+            payload = router.exit_payload(trade.symbol, qty, oid, limit)
+        return self._place(trade, role, "sell_to_close", qty, payload, ts, reason)
+
+    def _protect(self, trade: TradeState, ts: int, level: float, reason: str) -> list[Intent]:
+        if trade.exiting or trade.held <= 0 or level <= 0:
+            return []
+        stop = float(router.round_to_tick(level, "down"))
+        if trade.stop_price is not None and stop <= trade.stop_price:
+            return []
+        trade.stop_price = stop
+        for oid in trade.orders:
+            o = self.orders.get(oid)
+            if o and o.role == "stop" and o.working:
+                o.stop = stop
+                return [Modify(trade.user, oid, {"stop": f"{stop:.2f}"})]
+        free = int(trade.held - self.working_sells(trade))
+        if free <= 0:
+            return []
+        oid = self._new_id(trade.user, trade.setup_id, "stop")
+        payload = router.stop_payload(trade.symbol, min(free, self.limits.max_contracts_per_order), stop, oid)
+        return [self._place(trade, "stop", "sell_to_close", int(payload["quantity"]), payload, ts, reason)]
+
+    def _exit_all(self, trade: TradeState, ts: int, reason: str) -> list[Intent]:
+        trade.exiting = True
+        trade.pending_scale = None
+        out: list[Intent] = []
+        for oid in trade.orders:
+            o = self.orders.get(oid)
+            if o and o.working and (o.role in ("entry", "stop", "scale")):
+                out.append(Cancel(trade.user, oid, f"exit: {reason}"))
+        out += self._exit_rest(trade, ts, reason)
+        if trade.held <= 0 and not any(self.orders[o].working for o in trade.orders if o in self.orders):
+            trade.closed = True
+        return out
+
+    def _exit_rest(self, trade: TradeState, ts: int, reason: str) -> list[Intent]:
+        """Sell what is held and not covered by working sells (after cancels confirm, the rest)."""
+        free = int(trade.held - self.working_sells(trade))
+        if free <= 0:
+            return []
+        trade.exit_attempts += 1
+        if trade.exit_attempts > MAX_EXIT_ATTEMPTS:
+            return [Block(trade.user, "exit_retries_exhausted", trade.setup_id,
+                          f"{MAX_EXIT_ATTEMPTS} exit orders failed; position left open, retried on the next flatten")]
+        bid = self.quotes.get(trade.symbol, (0.0, 0.0))[0]
+        qty = min(free, self.limits.max_contracts_per_order)
+        return [self._sell(trade, "exit", qty, bid if bid > 0 else None, ts, reason)]
+
+    def flatten(self, ts: int, reason: str, user: str | None = None,
+                only: Callable[[str], bool] | None = None) -> list[Intent]:
+        """Exit every open trade (of ``user``, or everyone; ``only`` filters symbols); gated like any send.
+
+        A repeated flatten is a retry: it resets the exit attempt budget of the trades it covers.
+        """
+        self._roll_day(ts)
+        out: list[Intent] = []
+        for trade in [t for t in self.trades.values() if not t.closed and (user is None or t.user == user)
+                      and (only is None or only(t.symbol))]:
+            trade.exit_attempts = 0
+            ok, why = self.gates.allowed(trade.user)
+            if not ok:
+                out.append(Block(trade.user, why, trade.setup_id, "flatten not sent"))
+                continue
+            out += self._exit_all(trade, ts, reason)
+        return out
+
+    def on_order_event(self, order_id: str, status: str, exec_qty: float, avg_price: float, ts: int) -> list[Intent]:
+        """Apply a broker order update (cumulative ``exec_qty``); returns follow-up intents."""
+        o = self.orders.get(order_id)
+        if o is None:
+            return []
+        trade = self.trades.get((o.user, o.setup_id))
+        delta = max(exec_qty - o.filled, 0.0)
+        if delta > 0:
+            fill_px = (avg_price * exec_qty - o.avg_price * o.filled) / delta if exec_qty else avg_price
+            o.filled, o.avg_price = exec_qty, avg_price
+            if trade is not None:
+                if o.side == "buy_to_open":
+                    total = trade.held + delta
+                    trade.avg_price = (trade.avg_price * trade.held + fill_px * delta) / total
+                    trade.held = total
+                else:
+                    trade.held = max(trade.held - delta, 0.0)
+        if status:
+            o.status = "filled" if status == "filled" else status
+        out: list[Intent] = []
+        if trade is None or trade.closed:
+            return out
+        gate_ok, _ = self.gates.allowed(trade.user)
+        if not o.working and trade.pending_scale is not None and gate_ok:
+            qty, limit = trade.pending_scale
+            free = int(trade.held - self.working_sells(trade))
+            if free >= 1:
+                trade.pending_scale = None
+                out.append(self._sell(trade, "scale", min(qty, free), limit, ts, "scale-out after stop cancel"))
+                if trade.stop_price is not None and trade.held - min(qty, free) >= 1:
+                    stop_level, trade.stop_price = trade.stop_price, None
+                    out += self._protect(trade, ts, stop_level, "re-place stop on the runner")
+        elif trade.exiting and not o.working and gate_ok:
+            out += self._exit_rest(trade, ts, "exit after cancel")
+        if trade.held <= 0 and not any(self.orders[x].working for x in trade.orders if x in self.orders):
+            trade.closed = True
+        return out
+
+    def snapshot(self) -> dict:
+        """State for ``status`` replies (no secrets)."""
+        return {
+            "trades": [{"user": t.user, "setup_id": t.setup_id, "symbol": t.symbol, "held": t.held,
+                        "avg_price": round(t.avg_price, 4), "exiting": t.exiting, "stop": t.stop_price,
+                        "closed": t.closed} for t in self.trades.values()],
+            "working_orders": [o.order_id for o in self.orders.values() if o.working],
+            "entries_today": dict(self.entries_today),
+            "open_risk": {u: round(self.open_risk(u), 2) for u in self.users},
+            "kill_switch": self.gates.kill_switch,
+        }

@@ -1,0 +1,147 @@
+"""Pure portfolio logic: balance snapshots, PDT / buying-power alerts, reconciliation, flatten timing.
+
+* :class:`SnapshotGate` -- a balances snapshot is published on ``portfolio.<user>`` (and so persisted
+  into ``portfolio_snapshots`` by the recorder) only the first time and when total equity or option
+  buying power moved more than ``change_pct`` since the last published one.
+* :func:`behaviour_alerts` -- PDT / day-trade-buying-power alerts (a configurable policy: the PDT rule
+  is being replaced by intraday-margin standards, fields may be missing); :class:`Cooldown` keeps each
+  (user, kind) to one alert per cooldown, in event time.
+* :func:`reconcile` -- internal vs broker positions -> drift records.
+* :func:`flatten_due` / :func:`is_zero_dte` -- when to flatten expiring SPXW options (they stop trading
+  at 16:00 ET on expiration day).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from spx_common import occ
+from services.broker.engine import ET
+
+CLOSE_ET = dt.time(16, 0)
+
+
+def _num(value: Any) -> float | None:
+    if value is None or value == "" or value == "null":
+        return None
+    try:
+        return float(Decimal(str(value)))
+    except ArithmeticError:
+        return None
+
+
+def summarize_balances(bal: dict) -> dict[str, Any]:
+    """Tradier balances -> flat snapshot; every field optional, buying power from the account-type sub-object."""
+    kind = str(bal.get("account_type") or "")
+    sub = bal.get(kind) if isinstance(bal.get(kind), dict) else {}
+    option_bp = _num(sub.get("option_buying_power"))
+    if option_bp is None and kind == "cash":
+        option_bp = _num(sub.get("cash_available"))
+    return {
+        "account_type": kind or None,
+        "total_equity": _num(bal.get("total_equity")),
+        "total_cash": _num(bal.get("total_cash")),
+        "market_value": _num(bal.get("market_value")),
+        "open_pl": _num(bal.get("open_pl")),
+        "close_pl": _num(bal.get("close_pl")),
+        "option_buying_power": option_bp,
+        "day_trade_buying_power": _num(sub.get("day_trade_buying_power")),
+        "pending_orders_count": _num(bal.get("pending_orders_count")),
+    }
+
+
+class SnapshotGate:
+    """Decides which snapshots are worth persisting (first, or a > ``change_pct`` % move)."""
+
+    def __init__(self, change_pct: float = 1.0) -> None:
+        self.change_pct = change_pct
+        self.last: dict[str, dict] = {}
+
+    def should_publish(self, user: str, snap: dict) -> bool:
+        prev = self.last.get(user)
+        if prev is None or self._moved(prev.get("total_equity"), snap.get("total_equity")) or \
+                self._moved(prev.get("option_buying_power"), snap.get("option_buying_power")):
+            self.last[user] = snap
+            return True
+        return False
+
+    def _moved(self, a: float | None, b: float | None) -> bool:
+        if a is None or b is None:
+            return a != b
+        if a == 0:
+            return b != 0
+        return abs(b - a) / abs(a) * 100 > self.change_pct
+
+
+class Cooldown:
+    """At most one alert per (user, kind) per ``cooldown_s`` of event time (bounded memory)."""
+
+    def __init__(self, cooldown_s: float, max_keys: int = 10_000) -> None:
+        self.cooldown_ns = int(cooldown_s * 1e9)
+        self.max_keys = max_keys
+        self.last: dict[tuple[str, str], int] = {}
+
+    def allow(self, user: str, kind: str, ts: int) -> bool:
+        key = (user, kind)
+        prev = self.last.get(key)
+        if prev is not None and ts - prev < self.cooldown_ns:
+            return False
+        if len(self.last) >= self.max_keys:
+            self.last.pop(next(iter(self.last)))
+        self.last[key] = ts
+        return True
+
+
+def behaviour_alerts(snap: dict, *, policy: str, pdt_min_equity: float, entries_today: int,
+                     next_order_cost: float = 0.0) -> list[dict]:
+    """PDT / buying-power alerts for the coach (``kind``, ``severity``, ``message``)."""
+    if policy == "off":
+        return []
+    out = []
+    equity = snap.get("total_equity")
+    dtbp = snap.get("day_trade_buying_power")
+    obp = snap.get("option_buying_power")
+    if snap.get("account_type") == "pdt" or dtbp is not None:
+        if equity is not None and equity < pdt_min_equity:
+            out.append({"kind": "pdt_equity", "severity": "critical",
+                        "message": f"Equity ${equity:,.0f} is below the ${pdt_min_equity:,.0f} pattern-day-trader "
+                                   "minimum: day trades may be restricted."})
+        if dtbp is not None and dtbp <= max(next_order_cost, 0.0):
+            out.append({"kind": "pdt_dtbp", "severity": "warning",
+                        "message": f"Day-trade buying power ${dtbp:,.0f} is exhausted: another round trip today "
+                                   "may trigger a day-trading margin call."})
+    elif equity is not None and equity < pdt_min_equity and entries_today >= 3:
+        out.append({"kind": "pdt_day_trades", "severity": "warning",
+                    "message": f"{entries_today} day trades today with equity under ${pdt_min_equity:,.0f}: "
+                               "a fourth in five days can flag the account as a pattern day trader."})
+    if obp is not None and next_order_cost > 0 and obp < next_order_cost:
+        out.append({"kind": "buying_power", "severity": "warning",
+                    "message": f"Option buying power ${obp:,.0f} is below the next order's ${next_order_cost:,.0f}."})
+    return out
+
+
+def reconcile(internal: dict[str, float], broker: dict[str, float]) -> list[dict]:
+    """Positions that differ: ``{symbol, internal, broker, drift}`` (drift = broker - internal)."""
+    out = []
+    for sym in sorted(set(internal) | set(broker)):
+        a, b = internal.get(sym, 0.0), broker.get(sym, 0.0)
+        if abs(a - b) > 1e-9:
+            out.append({"symbol": sym, "internal": a, "broker": b, "drift": b - a})
+    return out
+
+
+def is_zero_dte(symbol: str, ts: int) -> bool:
+    """Whether an option expires on the ET date of ``ts``."""
+    try:
+        return occ.parse(symbol).expiration == dt.datetime.fromtimestamp(ts / 1e9, ET).date()
+    except occ.OptionSymbolError:
+        return False
+
+
+def flatten_due(ts: int, minutes_before: float) -> bool:
+    """True from ``minutes_before`` 16:00 ET until 16:00 ET (expiring SPXW stop trading at 16:00)."""
+    now = dt.datetime.fromtimestamp(ts / 1e9, ET)
+    close = dt.datetime.combine(now.date(), CLOSE_ET, ET)
+    return close - dt.timedelta(minutes=minutes_before) <= now < close

@@ -1,0 +1,485 @@
+"""The broker process: wires the pure engine, ledger and portfolio logic to the bus and a broker.
+
+Consumes ``setup.transition`` (detector), ``reco.<setup_id>`` and ``exit.<setup_id>`` (selector) and
+``tick.O:...`` option quotes (feed).  Publishes ``order.<user>``, ``fill.<user>``,
+``position.<user>``, ``portfolio.<user>``, ``alert.<user>`` (PDT / buying power, drift, flatten) and
+``block.broker`` (every refusal, with its reason; counted in ``broker_blocks_total{reason}``).
+
+Brokers:
+
+* **paper** (no ``TRADIER_ACCESS_TOKEN``): :class:`~services.broker.paper.PaperBroker` fills against
+  the quotes on the bus; nothing is sent anywhere, so it auto-executes for ``paper_users`` unless
+  ``paper_auto_execution=false`` (this is what makes the embedded default trade end to end);
+* **tradier**: :class:`~services.broker.tradier.TradierClient`; nothing is sent unless
+  ``TRADIER_EXECUTION_ENABLED`` (+ ``TRADIER_EXECUTION_PRODUCTION_ENABLED`` off the sandbox), the
+  ``auto_execution`` rollout switch is on and the user opted in (``auto_execution_users``).
+  Order events come from the account-events websocket; while it is down, order status is polled.
+
+Decisions run in event time (the newest ``event_ns`` of the frames received); the broker I/O runs in
+one worker task draining a bounded intent queue in order.  Requests: ``status``, ``ledger``,
+``flatten``, ``slippage``, ``portfolio``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+
+from services.broker import portfolio as pf
+from services.broker import router
+from services.broker.config import BrokerConfig
+from services.broker.engine import Block, Cancel, Engine, Gates, Intent, Limits, Modify, Place
+from services.broker.ledger import Ledger
+from services.broker.paper import PaperBroker
+from services.broker.tradier import (
+    FINAL_STATUSES, PlacementUnresolved, TradierClient, TradierError, account_events, dec, exec_quantity,
+)
+from spx_common.bus import RpcError
+from spx_common.clock import EventClock
+from spx_common.config import load
+from spx_common.models import BlockEvent, ContractRecommendation, ExitAdvice, Quote, SetupTransition
+from spx_common.service import BusService
+
+QUEUE_MAX = 1000
+
+
+class BrokerService(BusService):
+    """Broker: paper or Tradier execution, fills, ledger, portfolio sync, reconciliation, flatten."""
+
+    name = "broker"
+    subscriptions = {"detector": ["setup.transition"], "selector": ["reco.", "exit."], "feed": ["tick.O:"]}
+
+    def __init__(self, *args: Any, config: BrokerConfig | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.cfg = config or load(BrokerConfig)
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        m = self.metrics
+        self.m_blocks = m.counter("broker_blocks_total", "Refusals published on block.broker.", ["reason"])
+        self.m_orders = m.counter("broker_orders_sent_total", "Orders sent to the broker.", ["role"])
+        self.m_order_errors = m.counter("broker_order_errors_total", "Broker calls that failed.", ["kind"])
+        self.m_fills = m.counter("broker_fills_total", "Fills recorded in the ledger.")
+        self.m_drift = m.counter("broker_drift_total", "Reconciliation drift events.")
+        self.m_alerts = m.counter("broker_alerts_total", "Behavioural alerts sent.", ["kind"])
+        self.m_bad = m.counter("broker_bad_input_total", "Inputs refused at the boundary.", ["kind"])
+        self.m_queue = m.gauge("broker_intent_queue", "Intents waiting for the broker worker.")
+        self.clock = EventClock()
+        self.ledger = Ledger(cfg.slippage_window)
+        self.engine = Engine(
+            cfg.users,
+            Limits(cfg.max_contracts_per_order, cfg.max_orders_per_day, cfg.max_open_risk),
+            Gates(self.allowed, kill_switch=bool(self.flags.get("kill_switch"))),
+            entry_price=cfg.entry_price,
+        )
+        self.queue: asyncio.Queue[Intent] = asyncio.Queue(QUEUE_MAX)
+        self.broker_ids: dict[str, str] = {}  # broker order id -> our order id
+        self.unresolved: dict[str, int] = {}  # tags whose placement outcome is unknown -> attempts
+        self.snapshots = pf.SnapshotGate(cfg.portfolio_change_pct)
+        self.cooldown = pf.Cooldown(cfg.alert_cooldown_s)
+        self.last_balances: dict[str, Any] = {}
+        self.last_drift: list[dict] = []
+        self.stream_state = "n/a"
+        self.paper: PaperBroker | None = None
+        self.tradier: TradierClient | None = None
+        if cfg.mode == "paper":
+            self.paper = PaperBroker(cfg.paper_starting_cash, cfg.paper_slippage)
+        else:
+            self.tradier = TradierClient(cfg.base_url, cfg.access_token, cfg.account_id,
+                                         timeout_s=cfg.request_timeout_s, place_timeout_s=cfg.place_timeout_s,
+                                         max_retries=cfg.max_retries, max_rate_wait_s=cfg.max_rate_wait_s)
+        self.on("setup.transition", self._on_transition)
+        self.on("reco.", self._on_reco)
+        self.on("exit.", self._on_exit)
+        self.on("tick.O:", self._on_ticks)
+        self.rpc("ledger", lambda p: self.ledger.snapshot(p.get("user")))
+        self.rpc("flatten", self._rpc_flatten)
+        self.rpc("slippage", lambda p: self.ledger.slippage_stats())
+        self.rpc("portfolio", lambda p: self.last_balances)
+        self.log.info("broker mode %s", cfg.mode, extra={"mode": cfg.mode, "sandbox": cfg.is_sandbox,
+                                                        "tradier_send": cfg.tradier_send_allowed()[0]})
+
+    def allowed(self, user: str) -> tuple[bool, str]:
+        """Whether orders may be sent for ``user`` (checked by the engine before every send)."""
+        cfg = self.cfg
+        if cfg.mode == "paper":
+            if not cfg.paper_auto_execution:
+                return False, "paper_auto_execution_off"
+            if user not in cfg.paper_users:
+                return False, "not_opted_in"
+            return True, ""
+        ok, why = cfg.tradier_send_allowed()
+        if not ok:
+            return False, why
+        if not self.flags.get("auto_execution"):
+            return False, "auto_execution_flag_off"
+        if user not in cfg.auto_execution_users:
+            return False, "not_opted_in"
+        return True, ""
+
+    def on_flags(self, changed: dict[str, Any]) -> None:
+        self.engine.gates.kill_switch = bool(self.flags.get("kill_switch"))
+
+    # ------------------------------------------------------------------ bus input
+
+    def _now(self) -> int:
+        return self.clock.now_ns() or time.time_ns()
+
+    def _on_transition(self, frame, t: SetupTransition) -> None:
+        self.clock.advance(t.ts)
+        self._submit(self.engine.on_transition(t))
+
+    def _on_reco(self, frame, r: ContractRecommendation) -> None:
+        if r.ts:
+            self.clock.advance(r.ts)
+        self._submit(self.engine.on_recommendation(r))
+
+    def _on_exit(self, frame, a: ExitAdvice) -> None:
+        self.clock.advance(a.ts)
+        self._submit(self.engine.on_advice(a))
+
+    def _on_ticks(self, frame, events: list) -> None:
+        for ev in events:
+            if not isinstance(ev, Quote) or not ev.sym.startswith("O:"):
+                continue
+            self.clock.advance(ev.ts)
+            sym = ev.sym[2:]
+            self.engine.on_quote(sym, ev.bid, ev.ask)
+            for pos in self.ledger.mark(sym, ev.bid, ev.ask, ev.ts):
+                self.publish(f"position.{pos.user}", "position", pos, ev.ts)
+            if self.paper is not None:
+                for e in self.paper.on_quote(sym, ev.bid, ev.ask, ev.ts, ev.bid_size, ev.ask_size):
+                    self._apply_broker_event(e, ev.ts)
+
+    # ------------------------------------------------------------------ intents
+
+    def _submit(self, intents: list[Intent]) -> None:
+        for it in intents:
+            if isinstance(it, Block):
+                self._block(it.user, it.reason, it.subject, it.detail)
+                continue
+            try:
+                self.queue.put_nowait(it)
+            except asyncio.QueueFull:
+                self._block(getattr(it, "user", ""), "queue_full", getattr(it, "order_id", ""),
+                            "broker worker is behind; intent dropped")
+        self.m_queue.set(self.queue.qsize())
+
+    def _block(self, user: str, reason: str, subject: str, detail: str = "") -> None:
+        self.m_blocks.inc(reason=reason)
+        body = BlockEvent(service="broker", reason=reason, ts=self._now(), subject=f"{user}:{subject}" if user else subject,
+                          detail=detail[:500])
+        self.publish("block.broker", "block", body, body.ts)
+
+    def _publish_order(self, order) -> None:
+        if order is not None:
+            self.publish(f"order.{order.user}", "order", order, order.ts)
+
+    async def _worker(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                it = await asyncio.wait_for(self.queue.get(), 0.2)
+            except asyncio.TimeoutError:
+                continue
+            try:
+                await self._execute(it)
+            except Exception as exc:  # a bug must not stop execution of the next intents
+                self.m_order_errors.inc(kind="internal")
+                self.log.exception("intent %r failed", it)
+                self._block(getattr(it, "user", "") or getattr(getattr(it, "order", None), "user", ""),
+                            "internal_error", "", repr(exc))
+            self.m_queue.set(self.queue.qsize())
+
+    async def _execute(self, it: Intent) -> None:
+        ts = self._now()
+        if isinstance(it, Place):
+            await self._place(it, ts)
+        elif isinstance(it, Cancel):
+            await self._cancel(it, ts)
+        elif isinstance(it, Modify):
+            await self._modify(it, ts)
+
+    def _broker_id(self, order_id: str) -> str | None:
+        o = self.ledger.get(order_id)
+        return o.broker_id if o else None
+
+    async def _place(self, p: Place, ts: int) -> None:
+        order = msgspec.structs.replace(p.order, ts=ts)
+        self.ledger.record_order(order, p.decision_mid)
+        self._publish_order(order)
+        events: list[dict] = []
+        try:
+            if self.paper is not None:
+                po, events = self.paper.place(p.payload, ts)
+                broker_id = str(po.id)
+            else:
+                assert self.tradier is not None
+                res = await self.tradier.place_order(p.payload)
+                broker_id = str(res["id"])
+                if res.get("resolved_by_tag") and isinstance(res.get("order"), dict):
+                    events = [res["order"]]
+        except router.OrderRefused as exc:
+            return self._refused(order, exc.reason, exc.detail, ts)
+        except PlacementUnresolved as exc:
+            self.m_order_errors.inc(kind="unresolved")
+            self.unresolved[order.order_id] = 0
+            self._publish_order(self.ledger.update_order(order.order_id, status="unknown", ts=ts,
+                                                         reason=f"placement unresolved: {exc.cause!r}"))
+            self._alert(order.user, "order_unresolved", "warning",
+                        f"Order {order.order_id} got no answer; it will be found by its tag, never re-sent.", ts)
+            return
+        except TradierError as exc:
+            self.m_order_errors.inc(kind=type(exc).__name__)
+            return self._refused(order, "broker_rejected", str(exc), ts)
+        self.m_orders.inc(role=p.role)
+        self.broker_ids[broker_id] = order.order_id
+        self._publish_order(self.ledger.update_order(order.order_id, broker_id=broker_id, status="open", ts=ts))
+        for e in events:
+            self._apply_broker_event(e, ts)
+
+    def _refused(self, order, reason: str, detail: str, ts: int) -> None:
+        self._block(order.user, reason, order.order_id, detail)
+        self._publish_order(self.ledger.update_order(order.order_id, status="rejected", reason=f"{reason}: {detail}"[:300],
+                                                     ts=ts))
+        self._submit(self.engine.on_order_event(order.order_id, "rejected", 0.0, 0.0, ts))
+
+    async def _cancel(self, c: Cancel, ts: int) -> None:
+        bid = self._broker_id(c.order_id)
+        if bid is None:
+            return
+        try:
+            if self.paper is not None:
+                events = self.paper.cancel(int(bid), ts)
+            else:
+                assert self.tradier is not None
+                await self.tradier.cancel_order(bid)
+                events = [await self.tradier.order(bid)]
+        except (KeyError, ValueError, TradierError) as exc:
+            self.m_order_errors.inc(kind="cancel")
+            self.log.warning("cancel %s failed: %s", c.order_id, exc)
+            if self.tradier is not None:
+                try:
+                    events = [await self.tradier.order(bid)]
+                except TradierError:
+                    return
+            else:
+                return
+        for e in events:
+            self._apply_broker_event(e, ts)
+
+    async def _modify(self, mo: Modify, ts: int) -> None:
+        bid = self._broker_id(mo.order_id)
+        if bid is None:
+            return
+        try:
+            if self.paper is not None:
+                events = self.paper.modify(int(bid), mo.fields, ts)
+            else:
+                assert self.tradier is not None
+                await self.tradier.modify_order(bid, **mo.fields)
+                events = []
+        except (ValueError, TradierError, router.OrderRefused) as exc:
+            self.m_order_errors.inc(kind="modify")
+            self._block(mo.user, "modify_failed", mo.order_id, str(exc))
+            return
+        changes = {k: float(v) for k, v in mo.fields.items() if k in ("price", "stop")}
+        self._publish_order(self.ledger.update_order(mo.order_id, ts=ts, **changes))
+        for e in events:
+            self._apply_broker_event(e, ts)
+
+    def _apply_broker_event(self, e: dict, ts: int) -> None:
+        """One order event (paper, stream or polled order): ledger -> publish -> engine -> intents."""
+        broker_id = str(e.get("id", ""))
+        order_id = self.broker_ids.get(broker_id)
+        if order_id is None and e.get("tag") and self.ledger.get(str(e["tag"])) is not None:
+            order_id = str(e["tag"])
+            self.broker_ids[broker_id] = order_id
+            self.unresolved.pop(order_id, None)
+        if order_id is None:
+            self.m_bad.inc(kind="unknown_order_event")
+            return
+        status = str(e.get("status") or "")
+        qty = float(exec_quantity(e))
+        avg = float(dec(e.get("avg_fill_price"), None) or 0)
+        order, fill, position = self.ledger.apply_event(order_id, status, qty, avg, ts, broker_id)
+        self._publish_order(order)
+        if fill is not None:
+            self.m_fills.inc()
+            self.publish(f"fill.{fill.user}", "fill", fill, ts)
+        if position is not None:
+            self.publish(f"position.{position.user}", "position", position, ts)
+        self._submit(self.engine.on_order_event(order_id, status, qty, avg, ts))
+
+    # ------------------------------------------------------------------ alerts, portfolio, reconcile, flatten
+
+    def _alert(self, user: str, kind: str, severity: str, message: str, ts: int, **data: Any) -> None:
+        if not self.cooldown.allow(user, kind, ts):
+            return
+        self.m_alerts.inc(kind=kind)
+        self.publish(f"alert.{user}", "doc", {"kind": kind, "severity": severity, "message": message, "ts": ts,
+                                               "user": user, "data": data}, ts)
+
+    async def _balances(self) -> dict:
+        if self.paper is not None:
+            return self.paper.balances()
+        assert self.tradier is not None
+        return await self.tradier.balances()
+
+    async def _broker_positions(self) -> dict[str, float]:
+        rows = self.paper.position_list() if self.paper is not None else await self.tradier.positions()
+        out: dict[str, float] = {}
+        for r in rows:
+            q = dec(r.get("quantity"))
+            if r.get("symbol") and q is not None:
+                out[str(r["symbol"])] = out.get(str(r["symbol"]), 0.0) + float(q)
+        return out
+
+    async def sync_portfolio(self) -> None:
+        ts = self._now()
+        bal = await self._balances()
+        snap = pf.summarize_balances(bal)
+        for user in self.cfg.users:
+            if self.snapshots.should_publish(user, snap):
+                self.publish(f"portfolio.{user}", "doc", {**snap, "user": user, "ts": ts, "mode": self.cfg.mode,
+                                                          "pnl": self.ledger.pnl(user)}, ts)
+            for a in pf.behaviour_alerts(snap, policy=self.cfg.pdt_policy, pdt_min_equity=self.cfg.pdt_min_equity,
+                                         entries_today=self.engine.entries_today.get(user, 0)):
+                self._alert(user, a["kind"], a["severity"], a["message"], ts)
+        self.last_balances = {**snap, "ts": ts}
+
+    async def reconcile(self) -> list[dict]:
+        ts = self._now()
+        drift = pf.reconcile(self.ledger.open_positions(), await self._broker_positions())
+        self.last_drift = drift
+        for d in drift:
+            self.m_drift.inc()
+            for user in self.cfg.users:
+                self._alert(user, f"drift:{d['symbol']}", "warning",
+                            f"Position drift on {d['symbol']}: ledger {d['internal']:g}, broker {d['broker']:g}.", ts,
+                            **d)
+        return drift
+
+    async def poll_orders(self) -> None:
+        """Fallback when the stream is down: order status by polling; resolves unknown placements by tag."""
+        if self.tradier is None:
+            return
+        ts = self._now()
+        for o in await self.tradier.orders():
+            oid = self.broker_ids.get(str(o.get("id")))
+            if oid is None and o.get("tag") in self.unresolved:
+                oid = str(o["tag"])
+            if oid is None:
+                continue
+            known = self.ledger.get(oid)
+            if known is not None and (known.status not in FINAL_STATUSES or o.get("status") != known.status):
+                self._apply_broker_event(o, ts)
+
+    def check_flatten(self) -> list[Intent]:
+        ts = self._now()
+        if not self.cfg.force_flatten_enabled or not pf.flatten_due(ts, self.cfg.flatten_minutes):
+            return []
+        intents = self.engine.flatten(ts, "late-day flatten of 0DTE", only=lambda sym: pf.is_zero_dte(sym, ts))
+        if intents:
+            for user in {i.order.user if isinstance(i, Place) else i.user for i in intents if not isinstance(i, Block)}:
+                self._alert(user, "flatten", "warning", "Flattening open 0DTE positions before the 16:00 ET close.", ts)
+        self._submit(intents)
+        return intents
+
+    def _rpc_flatten(self, params: dict) -> dict:
+        user = params.get("user")
+        if user is not None and user not in self.cfg.users:
+            raise RpcError("bad_request", f"unknown user {user!r}")
+        intents = self.engine.flatten(self._now(), str(params.get("reason") or "operator flatten"), user=user)
+        self._submit(intents)
+        return {"intents": len(intents),
+                "blocked": [i.reason for i in intents if isinstance(i, Block)],
+                "orders": [i.order.order_id for i in intents if isinstance(i, Place)]}
+
+    # ------------------------------------------------------------------ loops
+
+    async def _every(self, interval_s: float, fn, what: str) -> None:
+        while not self.stop_event.is_set():
+            try:
+                await fn()
+            except TradierError as exc:
+                self.m_order_errors.inc(kind=what)
+                self.log.warning("%s failed: %s", what, exc)
+            except Exception:
+                self.m_order_errors.inc(kind=what)
+                self.log.exception("%s failed", what)
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), interval_s)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _flatten_loop(self) -> None:
+        async def once() -> None:
+            self.check_flatten()
+        await self._every(30.0, once, "flatten")
+
+    async def _stream_loop(self) -> None:
+        """Account events over the websocket; while it is down, poll order status."""
+        assert self.tradier is not None
+        delay = 1.0
+        while not self.stop_event.is_set():
+            try:
+                self.stream_state = "connecting"
+                async for ev in account_events(self.tradier):
+                    self.stream_state = "up"
+                    delay = 1.0
+                    self._apply_broker_event(ev, self._now())
+            except (TradierError, OSError, asyncio.TimeoutError, Exception) as exc:
+                self.stream_state = "down"
+                self.log.warning("account events stream down (%s); polling orders", exc)
+            end = time.monotonic() + delay
+            while time.monotonic() < end and not self.stop_event.is_set():
+                try:
+                    await self.poll_orders()
+                except TradierError as exc:
+                    self.log.warning("order polling failed: %s", exc)
+                try:
+                    await asyncio.wait_for(self.stop_event.wait(), self.cfg.poll_interval_s)
+                except asyncio.TimeoutError:
+                    pass
+            delay = min(delay * 2, 60.0)
+
+    async def main(self) -> None:
+        self.spawn(self._worker(), "broker-worker")
+        self.spawn(self._every(self.cfg.portfolio_interval_s, self.sync_portfolio, "portfolio"), "portfolio")
+        self.spawn(self._every(self.cfg.reconcile_interval_s, self.reconcile, "reconcile"), "reconcile")
+        self.spawn(self._flatten_loop(), "flatten")
+        if self.tradier is not None:
+            self.stream_state = "starting"
+            self.spawn(self._stream_loop(), "account-events")
+        await self.stop_event.wait()
+
+    async def drain(self) -> None:
+        deadline = time.monotonic() + 2.0
+        while not self.queue.empty() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.tradier is not None:
+            await self.tradier.aclose()
+
+    def status(self) -> dict[str, Any]:
+        base = super().status()
+        base["broker"] = {
+            "mode": self.cfg.mode,
+            "config": self.cfg.public(),
+            "send_allowed": {u: self.allowed(u)[0] for u in self.cfg.users},
+            "refusal_reason": {u: self.allowed(u)[1] for u in self.cfg.users if not self.allowed(u)[0]},
+            "stream": self.stream_state,
+            "balances": self.last_balances,
+            "ledger": self.ledger.snapshot(),
+            "engine": self.engine.snapshot(),
+            "drift": self.last_drift,
+            "slippage": self.ledger.slippage_stats(),
+            "rate_limits": {k: v.as_dict() for k, v in self.tradier.limits.items()} if self.tradier else {},
+            "unresolved": sorted(self.unresolved),
+            "event_ns": self.clock.now_ns(),
+        }
+        return base
