@@ -1,0 +1,103 @@
+"""Test harness: the real broker process (``python -m services.broker``) on a private run dir, with
+real publishers standing in for the detector, selector and feed, and a real subscriber on the broker."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import zmq
+
+from spx_common.bus import Publisher, RpcClient, RpcError, Subscriber
+from spx_common.config import BusConfig, RuntimeConfig
+from spx_common.models import ContractRecommendation, ExitAdvice, Quote, SetupTransition
+from tests.conftest import eventually
+
+SYM = "SPXW260220C05000000"
+T0 = int(dt.datetime(2026, 2, 20, 15, 0, tzinfo=dt.timezone.utc).timestamp() * 1e9)
+
+
+class Harness:
+    def __init__(self, run_dir, env: dict[str, str] | None = None):
+        self.rt = RuntimeConfig(run_dir=run_dir)
+        self.bus = BusConfig()
+        self.ctx = zmq.Context()
+        self.pubs = {s: Publisher(self.ctx, self.bus.pub_endpoint(s, self.rt, bind=True), s)
+                     for s in ("detector", "selector", "feed")}
+        full_env = {**os.environ, "SPX_RUNTIME_RUN_DIR": str(run_dir), **(env or {})}
+        for k in [k for k in full_env if k.startswith("TRADIER_") and k not in (env or {})]:
+            full_env.pop(k)
+        self.proc = subprocess.Popen([sys.executable, "-m", "services.broker"], env=full_env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.rpc = RpcClient(self.ctx, self.bus.rep_endpoint("broker", self.rt), timeout_s=1.0, retries=0)
+        self.sub = Subscriber(self.ctx, [self.bus.pub_endpoint("broker", self.rt)],
+                              ["order.", "fill.", "position.", "block.", "alert.", "portfolio."])
+        self.frames: list = []
+        eventually(self._ping, 20, what="broker answers ping")
+
+    def _ping(self):
+        try:
+            return self.rpc.call("ping")
+        except RpcError:
+            if self.proc.poll() is not None:
+                raise AssertionError(self.proc.stdout.read().decode()[-3000:])
+            return None
+
+    def call(self, method, params=None):
+        return self.rpc.call(method, params)
+
+    def collect(self, timeout_s=0.05):
+        while True:
+            f = self.sub.recv(timeout_s)
+            if f is None:
+                return self.frames
+            self.frames.append((f.topic, f.body()))
+
+    def seen(self, prefix):
+        self.collect()
+        return [b for t, b in self.frames if t.startswith(prefix)]
+
+    def quote(self, bid, ask, ts, sym=SYM, size=0.0):
+        q = Quote(sym="O:" + sym, bid=bid, ask=ask, bid_size=size, ask_size=size, ts=ts)
+        self.pubs["feed"].publish("tick.O:" + sym, "ticks", [q], ts)
+
+    def quote_live(self, bid, ask, ts, sym=SYM):
+        """Publish a quote until the broker's event clock shows it (subscription connected)."""
+        def go():
+            self.quote(bid, ask, ts, sym)
+            return self.call("status")["broker"]["event_ns"] >= ts
+        eventually(go, 10, what="broker received the quote")
+
+    def trigger(self, setup, ts, qty=4, bid=1.95, ask=2.0, sym=SYM):
+        t = SetupTransition(setup_id=setup, detector="vwap", family="reclaim", sym="I:SPX", direction="long",
+                            from_state="ready", to_state="triggered", reason="reclaim confirmed", ts=ts)
+        r = ContractRecommendation(setup_id=setup, ok=True, reason="ok", occ_symbol=SYM[:4] + "  " + SYM[4:],
+                                   tradier_symbol=sym, massive_symbol="O:" + sym, option_type="call", strike=5000,
+                                   expiration="2026-02-20", bid=bid, ask=ask, mid=(bid + ask) / 2,
+                                   suggestedContracts=qty, ts=ts)
+        self.pubs["detector"].publish("setup.transition", "setup_transition", t, ts)
+        self.pubs["selector"].publish(f"reco.{setup}", "recommendation", r, ts)
+
+    def advice(self, setup, action, ts, fraction=None):
+        a = ExitAdvice(setup_id=setup, action=action, reason=f"{action} test", ts=ts, fraction=fraction)
+        self.pubs["selector"].publish(f"exit.{setup}", "exit_advice", a, ts)
+
+    def close(self):
+        rc = None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                rc = self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.rpc.close()
+        self.sub.close()
+        for p in self.pubs.values():
+            p.close()
+        self.ctx.destroy(linger=0)
+        return rc

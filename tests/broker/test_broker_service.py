@@ -1,0 +1,129 @@
+"""The broker process end to end on real sockets: the embedded default (paper broker) and Tradier mode
+against the fake Tradier server (REST + account-events websocket)."""
+
+from __future__ import annotations
+
+import pytest
+
+from spx_common.flags import FlagStore
+from tests.broker.harness import SYM, T0, Harness
+from tests.conftest import eventually
+from tests.fakes.tradier import FakeTradier
+
+S = 1_000_000_000
+
+
+def test_embedded_default_paper_trigger_entry_t1_scale_out(run_dir):
+    h = Harness(run_dir)
+    try:
+        st = h.call("status")["broker"]
+        assert st["mode"] == "paper" and st["send_allowed"] == {"default": True}
+        assert "access_token" not in st["config"] and st["config"]["access_token_set"] is False
+        h.quote_live(1.95, 2.0, T0)
+        eventually(lambda: h.trigger("vwap-1", T0 + S) or h.seen("fill.default"), 10, what="entry filled")
+        [entry_fill] = h.seen("fill.default")
+        assert entry_fill.side == "buy_to_open" and entry_fill.quantity == 4 and entry_fill.price == 2.0
+        pos = h.seen("position.default")[-1]
+        assert pos.quantity == 4 and pos.avg_price == 2.0
+        orders = h.seen("order.default")
+        assert orders[0].status == "new" and orders[-1].status == "filled" and orders[0].side == "buy_to_open"
+        # T1: the option rallies; the exit advisor scales half out at the bid
+        h.quote(3.0, 3.1, T0 + 60 * S)
+        eventually(lambda: h.advice("vwap-1", "scale_out", T0 + 61 * S, 0.5) or
+                   len(h.seen("fill.default")) >= 2, 10, what="scale-out filled")
+        scale = h.seen("fill.default")[1]
+        assert scale.side == "sell_to_close" and scale.quantity == 2 and scale.price == 3.0
+        pos = h.seen("position.default")[-1]
+        assert pos.quantity == 2 and pos.realized_pnl == 200.0
+        ledger = h.call("ledger", {"user": "default"})["default"]
+        assert ledger["positions"][0]["quantity"] == 2 and ledger["pnl"]["realized"] == 200.0
+        assert [f["side"] for f in ledger["fills"]] == ["buy_to_open", "sell_to_close"]
+        st = h.call("status")["broker"]
+        assert st["slippage"]["count"] == 2
+        assert h.seen("block.") == []
+        # operator flatten closes the runner
+        res = h.call("flatten", {})
+        assert res["orders"] and not res["blocked"]
+        eventually(lambda: h.seen("position.default")[-1].quantity == 0, 10, what="flattened")
+        assert 'broker_fills_total 3' in h.call("metrics")
+    finally:
+        assert h.close() == 0
+
+
+def test_kill_switch_refuses_entries_with_published_reason(run_dir):
+    FlagStore(run_dir / "flags.json").set("kill_switch", True)
+    h = Harness(run_dir)
+    try:
+        h.quote_live(1.95, 2.0, T0)
+        eventually(lambda: h.trigger("k-1", T0 + S) or h.seen("block.broker"), 10)
+        b = h.seen("block.broker")[0]
+        assert b.reason == "kill_switch" and b.subject == "default:k-1"
+        assert h.seen("order.") == []
+        assert 'broker_blocks_total{reason="kill_switch"}' in h.call("metrics")
+    finally:
+        h.close()
+
+
+def _tradier_env(fake, **extra):
+    return {"TRADIER_ACCESS_TOKEN": fake.token, "TRADIER_BASE_URL": fake.base_url,
+            "TRADIER_ACCOUNT_ID": fake.account, **extra}
+
+
+def test_tradier_mode_flags_off_sends_nothing(run_dir):
+    with FakeTradier() as fake:
+        h = Harness(run_dir, _tradier_env(fake, SPX_BROKER_AUTO_EXECUTION_USERS="default"))
+        try:
+            st = h.call("status")["broker"]
+            assert st["mode"] == "tradier" and st["refusal_reason"] == {"default": "execution_disabled"}
+            assert fake.token not in str(st)
+            h.quote_live(1.95, 2.0, T0)
+            eventually(lambda: h.trigger("t-1", T0 + S) or h.seen("block.broker"), 10)
+            assert h.seen("block.broker")[0].reason == "execution_disabled"
+            assert fake.count("POST", "/orders") == 0
+        finally:
+            h.close()
+        assert fake.violations == []
+
+
+def test_tradier_mode_production_url_needs_second_flag(run_dir):
+    with FakeTradier() as fake:
+        FlagStore(run_dir / "flags.json").set("auto_execution", True)
+        h = Harness(run_dir, _tradier_env(fake, TRADIER_EXECUTION_ENABLED="true",
+                                          SPX_BROKER_AUTO_EXECUTION_USERS="default"))
+        try:
+            assert h.call("status")["broker"]["refusal_reason"] == {"default": "production_not_enabled"}
+        finally:
+            h.close()
+
+
+def test_tradier_mode_enabled_places_streams_partial_fills_and_reconciles(run_dir):
+    with FakeTradier() as fake:
+        FlagStore(run_dir / "flags.json").set("auto_execution", True)
+        h = Harness(run_dir, _tradier_env(fake, TRADIER_EXECUTION_ENABLED="true",
+                                          TRADIER_EXECUTION_PRODUCTION_ENABLED="true",
+                                          SPX_BROKER_AUTO_EXECUTION_USERS="default",
+                                          SPX_BROKER_RECONCILE_INTERVAL_S="0.5"))
+        try:
+            eventually(lambda: h.call("status")["broker"]["stream"] == "up" or fake._sockets, 10,
+                       what="account events connected")
+            h.quote_live(1.95, 2.0, T0)
+            eventually(lambda: h.trigger("t-2", T0 + S) or fake.orders, 10, what="order placed at Tradier")
+            [(oid, o)] = fake.orders.items()
+            assert o["side"] == "buy_to_open" and o["quantity"] == 4 and o["price"] == 2.0
+            assert o["tag"].startswith("spx-default-t-2-entry")
+            fake.fill(oid, 1, 2.0)
+            eventually(lambda: len(h.seen("fill.default")) == 1, 10, what="partial fill via stream")
+            fake.fill(oid, 3, 1.95)
+            eventually(lambda: len(h.seen("fill.default")) == 2, 10)
+            fills = h.seen("fill.default")
+            assert [f.quantity for f in fills] == [1, 3] and fills[1].price == pytest.approx(1.95)
+            assert h.seen("position.default")[-1].quantity == 4
+            assert [o.status for o in h.seen("order.default")][-1] == "filled"
+            # drift: a position appears at the broker that the ledger does not know
+            fake.add_position("SPXW260220P04900000", 1, 100.0)
+            eventually(lambda: [a for a in h.seen("alert.default") if a["kind"].startswith("drift:")], 10)
+            assert h.call("status")["broker"]["drift"][0]["symbol"] == "SPXW260220P04900000"
+            assert fake.count("POST", "/orders") == 1
+        finally:
+            h.close()
+        assert fake.violations == []
