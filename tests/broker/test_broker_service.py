@@ -127,3 +127,26 @@ def test_tradier_mode_enabled_places_streams_partial_fills_and_reconciles(run_di
         finally:
             h.close()
         assert fake.violations == []
+
+
+def test_cli_broker_status_and_flatten(run_dir):
+    import subprocess
+    import sys
+
+    h = Harness(run_dir)
+    try:
+        h.quote_live(1.95, 2.0, T0)
+        eventually(lambda: h.trigger("c-1", T0 + S, qty=2) or h.seen("fill.default"), 10)
+        out = subprocess.run([sys.executable, "-m", "services.cli.main", "broker", "status"], capture_output=True,
+                             text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert "mode        paper" in out.stdout and SYM in out.stdout and "qty     2" in out.stdout
+        out = subprocess.run([sys.executable, "-m", "services.cli.main", "broker", "flatten"], capture_output=True,
+                             text=True, timeout=30)
+        assert out.returncode == 0 and "1 exit order(s) queued" in out.stdout, out.stdout + out.stderr
+        eventually(lambda: h.seen("position.default")[-1].quantity == 0, 10)
+    finally:
+        h.close()
+    out = subprocess.run([sys.executable, "-m", "services.cli.main", "broker", "status"], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 1 and "not answering" in out.stderr

@@ -1,0 +1,80 @@
+"""``spx broker status|flatten``: balances, positions and open orders; flatten open positions."""
+
+from __future__ import annotations
+
+from services.cli.common import RpcError, call, fail, print_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("broker", help="broker balances, positions, open orders; flatten",
+                       description="Talks to the running broker process (python -m services.broker).")
+    sp = p.add_subparsers(dest="broker_cmd", metavar="ACTION", required=True)
+    s = sp.add_parser("status", help="mode, safety gates, balances, positions and open orders")
+    s.add_argument("--json", action="store_true", help="print the raw status document")
+    s.set_defaults(func=cmd_status)
+    f = sp.add_parser("flatten", help="close every open position the broker holds for a user (or everyone)")
+    f.add_argument("--user", help="only this user")
+    f.add_argument("--reason", default="operator flatten (spx broker flatten)")
+    f.set_defaults(func=cmd_flatten)
+
+
+def _money(v) -> str:
+    return "-" if v is None else f"${v:,.2f}"
+
+
+def cmd_status(args) -> int:
+    try:
+        st = call("broker", "status", timeout_s=2.0)
+    except RpcError as exc:
+        return fail(f"broker not answering ({exc.code}): is it running? ('spx status')")
+    b = st.get("broker") or {}
+    if args.json:
+        print_json(b)
+        return 0
+    print(f"mode        {b.get('mode')}   stream {b.get('stream')}   kill switch "
+          f"{'ON' if (b.get('engine') or {}).get('kill_switch') else 'off'}")
+    for user, ok in (b.get("send_allowed") or {}).items():
+        why = (b.get("refusal_reason") or {}).get(user, "")
+        print(f"user        {user:<12} {'orders allowed' if ok else 'orders refused: ' + why}")
+    bal = b.get("balances") or {}
+    print(f"balances    equity {_money(bal.get('total_equity'))}  cash {_money(bal.get('total_cash'))}  "
+          f"option BP {_money(bal.get('option_buying_power'))}  day-trade BP {_money(bal.get('day_trade_buying_power'))}")
+    ledger = b.get("ledger") or {}
+    print("positions")
+    rows = 0
+    for user, doc in ledger.items():
+        for p in doc.get("positions", []):
+            rows += 1
+            print(f"  {user:<12} {p['option_symbol']:<22} qty {p['quantity']:>5g}  avg {p['avg_price']:.2f}  "
+                  f"realized {_money(p.get('realized_pnl'))}  unrealized {_money(p.get('unrealized_pnl'))}")
+    if not rows:
+        print("  (none)")
+    print("open orders")
+    rows = 0
+    for user, doc in ledger.items():
+        for o in doc.get("working_orders", []):
+            rows += 1
+            px = o.get("price") if o.get("price") is not None else o.get("stop")
+            print(f"  {user:<12} {o['order_id']:<36} {o['side']:<14} {o['quantity']:>3} {o['option_symbol']} "
+                  f"{o['type']} {px if px is not None else ''} [{o['status']}]")
+    if not rows:
+        print("  (none)")
+    if b.get("drift"):
+        print(f"drift       {b['drift']}")
+    slip = b.get("slippage") or {}
+    if slip.get("count"):
+        print(f"slippage    n={slip['count']} mean {slip['mean']:+.3f} p90 {slip['p90']:+.3f} per contract")
+    return 0
+
+
+def cmd_flatten(args) -> int:
+    params = {"reason": args.reason}
+    if args.user:
+        params["user"] = args.user
+    try:
+        res = call("broker", "flatten", params, timeout_s=5.0)
+    except RpcError as exc:
+        return fail(f"flatten failed ({exc.code}): {exc.message}")
+    print(f"flatten: {len(res.get('orders', []))} exit order(s) queued"
+          + (f"; refused: {', '.join(res['blocked'])}" if res.get("blocked") else ""))
+    return 1 if res.get("blocked") else 0
