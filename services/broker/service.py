@@ -44,6 +44,7 @@ from spx_common.models import BlockEvent, ContractRecommendation, ExitAdvice, Qu
 from spx_common.service import BusService
 
 QUEUE_MAX = 1000
+FLATTEN_RETRY_S = 30.0
 
 
 class BrokerService(BusService):
@@ -85,6 +86,7 @@ class BrokerService(BusService):
         self.last_balances: dict[str, Any] = {}
         self.last_drift: list[dict] = []
         self.stream_state = "n/a"
+        self._last_flatten = float("-inf")
         self.paper: PaperBroker | None = None
         self.tradier: TradierClient | None = None
         if cfg.mode == "paper":
@@ -224,7 +226,7 @@ class BrokerService(BusService):
                 if res.get("resolved_by_tag") and isinstance(res.get("order"), dict):
                     events = [res["order"]]
         except router.OrderRefused as exc:
-            return self._refused(order, exc.reason, exc.detail, ts)
+            return self._refused(order, exc.reason, exc.detail, ts, p.role)
         except PlacementUnresolved as exc:
             self.m_order_errors.inc(kind="unresolved")
             self.unresolved[order.order_id] = 0
@@ -235,15 +237,20 @@ class BrokerService(BusService):
             return
         except TradierError as exc:
             self.m_order_errors.inc(kind=type(exc).__name__)
-            return self._refused(order, "broker_rejected", str(exc), ts)
+            return self._refused(order, "broker_rejected", str(exc), ts, p.role)
         self.m_orders.inc(role=p.role)
         self.broker_ids[broker_id] = order.order_id
         self._publish_order(self.ledger.update_order(order.order_id, broker_id=broker_id, status="open", ts=ts))
         for e in events:
             self._apply_broker_event(e, ts)
 
-    def _refused(self, order, reason: str, detail: str, ts: int) -> None:
+    def _refused(self, order, reason: str, detail: str, ts: int, role: str) -> None:
         self._block(order.user, reason, order.order_id, detail)
+        if role == "exit":
+            self.log.warning("exit order %s refused: %s %s", order.order_id, reason, detail)
+            self._alert(order.user, "exit_failed", "critical",
+                        f"Exit order for {order.option_symbol} was refused ({reason}); the position is still open "
+                        "and the exit will be retried.", ts)
         self._publish_order(self.ledger.update_order(order.order_id, status="rejected", reason=f"{reason}: {detail}"[:300],
                                                      ts=ts))
         self._submit(self.engine.on_order_event(order.order_id, "rejected", 0.0, 0.0, ts))
@@ -379,12 +386,25 @@ class BrokerService(BusService):
             if known is not None and (known.status not in FINAL_STATUSES or o.get("status") != known.status):
                 self._apply_broker_event(o, ts)
 
+    def periodic(self) -> None:
+        self.check_flatten()
+
     def check_flatten(self) -> list[Intent]:
+        """Late-day flatten (event time), guarded by ``TRADIER_FORCE_FLATTEN_ENABLED``.
+
+        Runs within a second of becoming due, then at most every ``FLATTEN_RETRY_S`` while 0DTE trades
+        stay open: a failed exit is logged, alerted and retried, never escalated to anything else.
+        """
         ts = self._now()
         if not self.cfg.force_flatten_enabled or not pf.flatten_due(ts, self.cfg.flatten_minutes):
             return []
+        now = time.monotonic()
+        if now - self._last_flatten < FLATTEN_RETRY_S:
+            return []
         intents = self.engine.flatten(ts, "late-day flatten of 0DTE", only=lambda sym: pf.is_zero_dte(sym, ts))
         if intents:
+            self._last_flatten = now
+            self.log.warning("late-day flatten: %d intent(s)", len(intents))
             for user in {i.order.user if isinstance(i, Place) else i.user for i in intents if not isinstance(i, Block)}:
                 self._alert(user, "flatten", "warning", "Flattening open 0DTE positions before the 16:00 ET close.", ts)
         self._submit(intents)
@@ -417,11 +437,6 @@ class BrokerService(BusService):
             except asyncio.TimeoutError:
                 pass
 
-    async def _flatten_loop(self) -> None:
-        async def once() -> None:
-            self.check_flatten()
-        await self._every(30.0, once, "flatten")
-
     async def _stream_loop(self) -> None:
         """Account events over the websocket; while it is down, poll order status."""
         assert self.tradier is not None
@@ -452,7 +467,6 @@ class BrokerService(BusService):
         self.spawn(self._worker(), "broker-worker")
         self.spawn(self._every(self.cfg.portfolio_interval_s, self.sync_portfolio, "portfolio"), "portfolio")
         self.spawn(self._every(self.cfg.reconcile_interval_s, self.reconcile, "reconcile"), "reconcile")
-        self.spawn(self._flatten_loop(), "flatten")
         if self.tradier is not None:
             self.stream_state = "starting"
             self.spawn(self._stream_loop(), "account-events")

@@ -150,3 +150,27 @@ def test_cli_broker_status_and_flatten(run_dir):
     out = subprocess.run([sys.executable, "-m", "services.cli.main", "broker", "status"], capture_output=True,
                          text=True, timeout=30)
     assert out.returncode == 1 and "not answering" in out.stderr
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_late_day_flatten_guarded_by_flag(run_dir, enabled):
+    import datetime as dt
+
+    env = {"TRADIER_FORCE_FLATTEN_ENABLED": "true"} if enabled else {}
+    h = Harness(run_dir, env)
+    try:
+        h.quote_live(1.95, 2.0, T0)
+        eventually(lambda: h.trigger("f-1", T0 + S, qty=2) or h.seen("fill.default"), 10)
+        late = int(dt.datetime(2026, 2, 20, 20, 52, tzinfo=dt.timezone.utc).timestamp() * 1e9)  # 15:52 ET
+        h.quote_live(1.5, 1.6, late)
+        if enabled:
+            eventually(lambda: h.seen("position.default")[-1].quantity == 0, 10, what="flattened")
+            assert [a["kind"] for a in h.seen("alert.default") if a["kind"] == "flatten"] == ["flatten"]
+            assert h.seen("fill.default")[-1].price == 1.5
+        else:
+            import time
+            time.sleep(1.5)  # two periodic() ticks: nothing may happen with the guard off
+            assert h.seen("position.default")[-1].quantity == 2
+            assert len(h.seen("order.default")) == 3  # entry: new, open, filled
+    finally:
+        h.close()
