@@ -174,3 +174,39 @@ def test_late_day_flatten_guarded_by_flag(run_dir, enabled):
             assert len(h.seen("order.default")) == 3  # entry: new, open, filled
     finally:
         h.close()
+
+
+def test_sealed_credentials_select_tradier_mode_and_never_leak(run_dir):
+    import subprocess
+    import sys
+
+    from spx_common.crypto import generate_key
+
+    with FakeTradier() as fake:
+        key = generate_key("k1")
+        env = {"SPX_CREDENTIALS_KEYS": key}
+        import os
+
+        cli = [sys.executable, "-m", "services.cli.main", "broker", "credentials"]
+        out = subprocess.run(cli + ["set", "--account", fake.account], input=fake.token + "\n", text=True,
+                             capture_output=True, timeout=30, env={**os.environ, **env})
+        assert out.returncode == 0, out.stderr
+        raw = (run_dir / "credentials.json").read_text()
+        assert fake.token not in raw and fake.account not in raw
+        out = subprocess.run(cli + ["show"], text=True, capture_output=True, timeout=30, env={**os.environ, **env})
+        assert "access_token" in out.stdout and fake.token not in out.stdout
+        h = Harness(run_dir, {**env, "TRADIER_BASE_URL": fake.base_url})
+        try:
+            st = h.call("status")
+            assert st["broker"]["mode"] == "tradier" and st["broker"]["config"]["account_id"] == fake.account
+            assert fake.token not in str(st)
+            eventually(lambda: fake.count("POST", "/accounts/events/session") >= 1, 10)  # token works
+        finally:
+            h.close()
+        log = h.proc.stdout.read().decode() if h.proc.stdout else ""
+        assert fake.token not in log
+        # a store that cannot be opened stops the broker with a clear message (no silent paper fallback)
+        proc = subprocess.run([sys.executable, "-m", "services.broker"], capture_output=True, text=True, timeout=30,
+                              env={**os.environ, "SPX_CREDENTIALS_KEYS": generate_key("other")})
+        assert proc.returncode == 2 and "not in the key ring" in proc.stderr
+    assert fake.violations == []

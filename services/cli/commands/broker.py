@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from services.cli.common import RpcError, call, fail, print_json
+import sys
+
+from services.cli.common import RpcError, call, configs, fail, print_json
+from spx_common.crypto import CredentialStore, CryptoError, KeyRing
 
 
 def register(sub) -> None:
@@ -16,6 +19,16 @@ def register(sub) -> None:
     f.add_argument("--user", help="only this user")
     f.add_argument("--reason", default="operator flatten (spx broker flatten)")
     f.set_defaults(func=cmd_flatten)
+    c = sp.add_parser("credentials", help="store the Tradier token sealed at rest (AES-GCM, key from "
+                                         "SPX_CREDENTIALS_KEYS or SPX_CREDENTIALS_KEY_FILE)")
+    csp = c.add_subparsers(dest="cred_cmd", metavar="ACTION", required=True)
+    cs = csp.add_parser("set", help="read the access token from stdin (or a prompt) and seal it")
+    cs.add_argument("--account", required=True, help="Tradier account id")
+    cs.set_defaults(func=cmd_cred_set)
+    csp.add_parser("show", help="which credentials are stored (names only, never values)").set_defaults(
+        func=cmd_cred_show)
+    csp.add_parser("rotate", help="re-seal every stored secret with the first (primary) key").set_defaults(
+        func=cmd_cred_rotate)
 
 
 def _money(v) -> str:
@@ -78,3 +91,53 @@ def cmd_flatten(args) -> int:
     print(f"flatten: {len(res.get('orders', []))} exit order(s) queued"
           + (f"; refused: {', '.join(res['blocked'])}" if res.get("blocked") else ""))
     return 1 if res.get("blocked") else 0
+
+
+def _store() -> CredentialStore:
+    from services.broker.service import CREDENTIALS_FILE
+
+    runtime, _ = configs()
+    return CredentialStore(runtime.path(CREDENTIALS_FILE), KeyRing.from_env())
+
+
+def cmd_cred_set(args) -> int:
+    from services.broker.service import CREDENTIALS_OWNER
+
+    if sys.stdin.isatty():
+        import getpass
+
+        token = getpass.getpass("Tradier access token: ")
+    else:
+        token = sys.stdin.readline().strip()
+    if not token:
+        return fail("empty token", 2)
+    try:
+        store = _store()
+        store.put(CREDENTIALS_OWNER, "access_token", token)
+        store.put(CREDENTIALS_OWNER, "account_id", args.account)
+    except CryptoError as exc:
+        return fail(str(exc), 2)
+    print(f"sealed Tradier credentials in {store.path} (key {store.ring.primary}); restart the broker to use them")
+    return 0
+
+
+def cmd_cred_show(args) -> int:
+    from services.broker.service import CREDENTIALS_OWNER
+
+    try:
+        store = _store()
+        fields = store.fields(CREDENTIALS_OWNER)
+    except CryptoError as exc:
+        return fail(str(exc), 2)
+    print(f"{store.path}: {', '.join(fields) if fields else '(nothing stored)'}")
+    return 0
+
+
+def cmd_cred_rotate(args) -> int:
+    try:
+        store = _store()
+        n = store.rotate_all()
+    except CryptoError as exc:
+        return fail(str(exc), 2)
+    print(f"re-sealed {n} secret(s) with key {store.ring.primary}")
+    return 0
