@@ -39,7 +39,7 @@ from spx_common.models import IndexValue, MarketEvent, Quote, Trade, Source
 
 Price = Annotated[float, Meta(ge=0)]
 Size = Annotated[float, Meta(ge=0)]
-Ms = Annotated[int, Meta(ge=0)]
+Ms = Annotated[int, Meta(ge=0, le=9_999_999_999_999)]  # ms; bounded so ns fits int64 (year 2286)
 Sym = Annotated[str, Meta(min_length=1, max_length=64)]
 
 #: 2025-11-03 00:00 America/New_York (05:00 UTC), in ns: stock quote sizes are shares from here on.

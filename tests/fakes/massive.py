@@ -161,9 +161,13 @@ class FakeMassive:
         try:
             await ws.send(json.dumps([{"ev": "status", "status": "connected", "message": "Connected Successfully"}]))
             async for raw in ws:
+                if isinstance(raw, bytes):  # the protocol is JSON text frames
+                    await ws.send(json.dumps([{"ev": "status", "status": "error", "message": "invalid message"}]))
+                    continue
                 try:
                     msg = json.loads(raw)
                 except ValueError:
+                    await ws.send(json.dumps([{"ev": "status", "status": "error", "message": "invalid json"}]))
                     continue
                 with self._lock:
                     self.client_messages.append((market, msg))

@@ -11,6 +11,7 @@ import zmq
 
 from spx_common.bus import Subscriber
 from spx_common.config import BusConfig, RuntimeConfig
+from tests.conftest import eventually
 
 from services.feed.config import FeedConfig
 from services.feed.service import FeedService
@@ -19,11 +20,11 @@ from services.feed.service import FeedService
 class RunningFeed:
     """Context manager: start a FeedService, subscribe to its PUB socket, stop it on exit."""
 
-    def __init__(self, run_dir, prefixes: list[str] | None = None, *, source=None, **cfg: Any) -> None:
+    def __init__(self, run_dir, prefixes: list[str] | None = None, *, replay_source=None, **cfg: Any) -> None:
         self.runtime = RuntimeConfig(run_dir=run_dir)
         self.bus = BusConfig()
         self.cfg = FeedConfig(**cfg)
-        self.service = FeedService(self.runtime, self.bus, config=self.cfg, source=source)
+        self.service = FeedService(self.runtime, self.bus, config=self.cfg, source=replay_source)
         self.prefixes = prefixes if prefixes is not None else ["tick.", "status.feed", "chain."]
         self.frames: dict[str, list] = defaultdict(list)
         self._lock = threading.Lock()
@@ -43,6 +44,9 @@ class RunningFeed:
 
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
+        if "status.feed" in self.prefixes:
+            # the subscriber is connected once the first periodic status arrives (no slow-joiner races)
+            eventually(lambda: self.topics("status.feed"), 5, what="first status.feed frame")
         return self
 
     def _read(self) -> None:

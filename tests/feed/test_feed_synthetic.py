@@ -93,7 +93,7 @@ def test_compress_and_next_session():
 def test_feed_replays_synthetic_as_tick_frames_with_status_and_chain(run_dir):
     session = SyntheticSession(seed=5, duration_s=40)
     src = SyntheticSource(session)
-    with RunningFeed(run_dir, source=src, replay_speed="max", chain_every_s=10,
+    with RunningFeed(run_dir, replay_source=src, replay_speed="max", chain_every_s=10,
                      replay_start_delay_s=0.5) as feed:
         eventually(lambda: feed.service.replay_done, 30, what="replay finished")
         eventually(lambda: feed.bodies("status.feed"), 5, what="feed status")

@@ -1,0 +1,362 @@
+"""Live ingest: Massive streams -> parser -> pipeline, with poll fallback, gap backfill and ATM tracking.
+
+Tasks (all owned by :class:`LiveIngest`, started by ``FeedService.main``):
+
+* one :class:`~services.feed.ws.MassiveStream` per market: ``stocks`` (``T.``/``Q.`` of each
+  stock), ``indices`` (``V.`` of each index), ``options`` (``T.``/``Q.`` of the 0DTE contracts
+  within ``strikes_each_side`` of the at-the-money strike, at most ``max_option_contracts``);
+* the consumer: drains the raw-frame queue, parses, handles status messages, feeds
+  :meth:`FeedService.ingest`, tracks the ATM strike (re-subscribing when it moved
+  ``resubscribe_strikes`` strikes: hysteresis, so a price hovering on a boundary does not churn);
+* the watchdog: when no stream event arrived for ``poll_after_s`` (during market hours unless
+  configured otherwise) the feed switches to ``poll`` mode and polls REST last trade / NBBO /
+  index snapshot every ``poll_interval_s`` (``source="poll"``); the first stream event switches it
+  back to ``tick``.  Each switch publishes a ``FeedStatus`` at once;
+* backfill: after a reconnect, trades and quotes of the stocks (and 1-second index aggregates)
+  for the gap ``[last event, reconnect]`` (at most ``backfill_max_s``) are fetched from REST and
+  published with ``source="backfill", backfilled=True``; the pipeline's dedupe removes overlap;
+* the chain poller: every ``chain_every_s`` the 0DTE chain snapshot around the money is published
+  on ``chain.<root>`` like the synthetic source does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections import deque
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from spx_common.models import IndexValue, MarketEvent, Quote, Trade
+
+from services.feed.parsing import MassiveParser
+from services.feed.rest import MassiveRest, RestError
+from services.feed.synthetic import option_symbol
+from services.feed.ws import AuthFailed, MassiveStream
+
+ET = ZoneInfo("America/New_York")
+
+
+def in_market_hours(now_ns: int) -> bool:
+    """09:30-16:00 New York on a weekday (holidays are not known here; polling then finds nothing new)."""
+    t = dt.datetime.fromtimestamp(now_ns / 1e9, ET)
+    return t.weekday() < 5 and dt.time(9, 30) <= t.time() < dt.time(16, 0)
+
+
+def option_topics(root: str, date: dt.date, atm: float, step: float, each_side: int, max_contracts: int,
+                  quotes: bool) -> set[str]:
+    """``T.``/``Q.`` topics for calls and puts around ``atm``, nearest strikes first, within the contract limit."""
+    strikes = [atm]
+    for i in range(1, each_side + 1):
+        strikes += [atm + i * step, atm - i * step]
+    topics: set[str] = set()
+    n = 0
+    for k in strikes:
+        for call in (True, False):
+            if n >= max_contracts:
+                return topics
+            sym = option_symbol(date, call, k, root)
+            topics.add(f"T.{sym}")
+            if quotes:
+                topics.add(f"Q.{sym}")
+            n += 1
+    return topics
+
+
+class LiveIngest:
+    """See module docstring."""
+
+    def __init__(self, service: Any) -> None:
+        self.svc = service
+        cfg = self.cfg = service.cfg
+        m = service.metrics
+        self.rest = MassiveRest(cfg.rest_url, cfg.api_key, timeout_s=cfg.rest_timeout_s, retries=cfg.rest_retries,
+                                requests_per_s=cfg.rest_requests_per_s, registry=m)
+        self.parser = MassiveParser("tick")
+        self.raw: deque = deque(maxlen=cfg.raw_queue_max)
+        self.wake = asyncio.Event()
+        self._counters = {
+            "feed_reconnects_total": (service.m_reconnects, "market"),
+            "tick_drop_count": (service.m_drops, "reason"),
+            "feed_vendor_status_total": (m.counter("feed_vendor_status_total", "Vendor status messages.",
+                                                   ["status"], max_series=32), "status"),
+            "feed_connect_throttled_total": (m.counter("feed_connect_throttled_total", "Connection attempts delayed "
+                                                       "by the per-minute limit.", ["market"]), "market"),
+            "feed_disconnects_total": (m.counter("feed_disconnects_total", "Connections lost.", ["market"]), "market"),
+        }
+        self.m_backfilled = m.counter("feed_backfilled_events_total", "Events fetched from REST after a reconnect.")
+        self.m_poll = m.counter("feed_poll_events_total", "Events published from REST polling.")
+        self.m_contracts = m.gauge("feed_option_contracts", "Option contracts subscribed.")
+        self.streams: dict[str, MassiveStream] = {}
+        for market in ("stocks", "indices", "options"):
+            self.streams[market] = MassiveStream(market, cfg, self.raw, self.wake, on_connected=self._connected,
+                                                 on_reconnect=self._reconnected, count=self._count)
+        self.streams["stocks"].topics = {f"{ev}.{s}" for s in cfg.stocks for ev in ("T", "Q")}
+        self.streams["indices"].topics = {f"V.{s}" for s in cfg.indices}
+        self.atm_center: float | None = None
+        self.last_stream_wall = time.monotonic()
+        self.polling = False
+        self.fatal = ""
+        self._last_ts: dict[str, int] = {}  # symbol -> newest stream event ts (for backfill gaps)
+        self._poll_seen: dict[tuple[str, str], int] = {}
+        self._parse_seen: dict[str, int] = {}
+        self._unknown_seen: dict[str, int] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._backfills: set[asyncio.Task] = set()
+
+    def _count(self, name: str, label: str) -> None:
+        c = self._counters.get(name)
+        if c is not None:
+            c[0].inc(**{c[1]: label})
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        stop = self.svc.stop_event
+        for market, stream in self.streams.items():
+            self._tasks.append(asyncio.ensure_future(self._stream_task(stream, stop)))
+        self._tasks += [asyncio.ensure_future(self._consume(stop)), asyncio.ensure_future(self._watchdog(stop)),
+                        asyncio.ensure_future(self._chain_loop(stop))]
+        await stop.wait()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, *self._backfills, return_exceptions=True)
+
+    async def _stream_task(self, stream: MassiveStream, stop: asyncio.Event) -> None:
+        try:
+            await stream.run(stop)
+        except AuthFailed as exc:
+            self.fatal = str(exc)
+            self.svc.log.error("%s - the feed stays down (no retry loop); fix the key and restart", exc)
+            self.svc.connected = False
+            self.svc.set_mode("down", f"auth_failed: {stream.last_error}")
+            # the other streams use the same key: they fail the same way, once each, and stop
+
+    async def close(self) -> None:
+        for s in self.streams.values():
+            await s.close()
+        await self.rest.aclose()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "fatal": self.fatal,
+            "polling": self.polling,
+            "atm_center": self.atm_center,
+            "raw_queue": len(self.raw),
+            "streams": {m: {"connected": s.connected, "topics": len(s.topics), "acked": len(s.acked),
+                            "reconnects": s.reconnects, "last_error": s.last_error} for m, s in self.streams.items()},
+        }
+
+    def periodic(self) -> None:
+        self.svc.reconnects = sum(s.reconnects for s in self.streams.values())
+        self.svc.connected = any(s.connected for s in self.streams.values())
+        for reason, n in self.parser.errors.items():
+            d = n - self._parse_seen.get(reason, 0)
+            if d:
+                self.svc.m_parse.inc(d, reason=reason)
+                self._parse_seen[reason] = n
+        for ev, n in self.parser.unknown.items():
+            d = n - self._unknown_seen.get(ev, 0)
+            if d:
+                self.svc.m_unknown.inc(d, ev=ev)
+                self._unknown_seen[ev] = n
+        if not self.fatal and not self.polling:
+            self.svc.set_mode("tick" if self.svc.connected else "down",
+                              "" if self.svc.connected else self._errors())
+
+    def _errors(self) -> str:
+        return "; ".join(f"{m}: {s.last_error}" for m, s in self.streams.items() if s.last_error)[:300]
+
+    # ------------------------------------------------------------------ stream callbacks
+
+    def _connected(self, stream: MassiveStream) -> None:
+        self.svc.connected = True
+        if not self.polling and not self.fatal:
+            self.svc.set_mode("tick")
+
+    def _reconnected(self, stream: MassiveStream, down_since_ns: int) -> None:
+        if not self.cfg.backfill or stream.market == "options":
+            return
+        syms = self.cfg.stocks if stream.market == "stocks" else self.cfg.indices
+        now = time.time_ns()
+        for sym in syms:
+            start = max(self._last_ts.get(sym, down_since_ns), now - int(self.cfg.backfill_max_s * 1e9))
+            task = asyncio.ensure_future(self._backfill(stream.market, sym, start, now))
+            self._backfills.add(task)
+            task.add_done_callback(self._backfills.discard)
+
+    async def _backfill(self, market: str, sym: str, start_ns: int, end_ns: int) -> None:
+        """Fetch the reconnect gap from REST and publish it as backfilled events, in time order."""
+        events: list[MarketEvent] = []
+        try:
+            if market == "stocks":
+                events += [t async for t in self.rest.trades(sym, gte_ns=start_ns, lt_ns=end_ns)]
+                events += [q async for q in self.rest.quotes(sym, gte_ns=start_ns, lt_ns=end_ns)]
+            else:
+                bars = await self.rest.aggregates(sym, 1, "second", start_ns // 1_000_000, end_ns // 1_000_000)
+                for b in bars:
+                    if b.get("c") is not None and b.get("t") is not None and b["t"] * 1_000_000 >= start_ns:
+                        events.append(IndexValue(sym=sym, value=float(b["c"]), ts=int(b["t"]) * 1_000_000,
+                                                 source="backfill", backfilled=True))
+        except RestError as exc:
+            self.svc.log.warning("backfill of %s failed: %s", sym, exc)
+            return
+        events.sort(key=lambda e: e.ts)
+        for i in range(0, len(events), 1000):
+            n = self.svc.ingest(events[i:i + 1000])
+            self.m_backfilled.inc(n)
+        self.svc.log.info("backfilled %d events of %s for a %.1fs gap", len(events), sym, (end_ns - start_ns) / 1e9)
+
+    # ------------------------------------------------------------------ consumer
+
+    async def _consume(self, stop: asyncio.Event) -> None:
+        raw, wake, parser, svc = self.raw, self.wake, self.parser, self.svc
+        underlying = self.cfg.option_underlying
+        while not stop.is_set():
+            if not raw:
+                wake.clear()
+                try:
+                    await asyncio.wait_for(wake.wait(), 0.5)
+                except asyncio.TimeoutError:
+                    continue
+            n = 0
+            while raw and n < 500:
+                stream, frame, _recv_ns = raw.popleft()
+                n += 1
+                events, statuses = parser.parse(frame)
+                for st in statuses:
+                    stream.on_status(st)
+                    if st.status in ("max_connections", "slow_consumer", "force_disconnect", "error"):
+                        svc.log.warning("Massive %s on %s: %s", st.status, stream.market, st.message)
+                if not events:
+                    continue
+                stream.got_data = True
+                self.last_stream_wall = time.monotonic()
+                if self.polling:
+                    self.polling = False
+                    svc.set_mode("tick", "stream recovered")
+                svc.ingest(events)
+                for ev in events:
+                    if ev.ts > self._last_ts.get(ev.sym, 0):
+                        self._last_ts[ev.sym] = ev.ts
+                    if isinstance(ev, IndexValue) and ev.sym == underlying:
+                        await self._track_atm(ev)
+            await asyncio.sleep(0)
+
+    async def _track_atm(self, ev: IndexValue) -> None:
+        step = self.cfg.strike_step
+        atm = round(ev.value / step) * step
+        if self.atm_center is not None and abs(atm - self.atm_center) < self.cfg.resubscribe_strikes * step:
+            return
+        self.atm_center = atm
+        date = dt.datetime.fromtimestamp(ev.ts / 1e9, ET).date()
+        topics = option_topics(self.cfg.option_root, date, atm, step, self.cfg.strikes_each_side,
+                               self.cfg.max_option_contracts, self.cfg.option_quotes)
+        self.m_contracts.set(len({t[2:] for t in topics}))
+        await self.streams["options"].set_topics(topics)
+
+    # ------------------------------------------------------------------ poll fallback
+
+    async def _watchdog(self, stop: asyncio.Event) -> None:
+        cfg = self.cfg
+        while not stop.is_set():
+            silent = time.monotonic() - self.last_stream_wall
+            if (not self.fatal and silent >= cfg.poll_after_s
+                    and (not cfg.poll_market_hours_only or in_market_hours(time.time_ns()))):
+                if not self.polling:
+                    self.polling = True
+                    self.svc.set_mode("poll", f"stream silent {silent:.1f}s")
+                await self._poll_once()
+                wait = cfg.poll_interval_s
+            else:
+                wait = min(0.25, cfg.poll_after_s / 4)
+            try:
+                await asyncio.wait_for(stop.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _poll_once(self) -> None:
+        cfg = self.cfg
+        events: list[MarketEvent] = []
+        try:
+            for sym in cfg.stocks:
+                for ev in (await self.rest.last_trade(sym), await self.rest.last_quote(sym)):
+                    if ev is not None:
+                        events.append(ev)
+            if cfg.indices:
+                events += await self.rest.index_values(list(cfg.indices))
+        except RestError as exc:
+            self.svc.log.warning("poll failed: %s", exc)
+        fresh = []
+        for ev in events:
+            key = (ev.sym, type(ev).__name__)
+            if self._poll_seen.get(key) == ev.ts:
+                continue  # unchanged since the last poll: not a new event
+            self._poll_seen[key] = ev.ts
+            fresh.append(ev)
+        if fresh and self.polling:
+            fresh.sort(key=lambda e: e.ts)
+            self.m_poll.inc(self.svc.ingest(fresh))
+            for ev in fresh:
+                if isinstance(ev, IndexValue) and ev.sym == cfg.option_underlying:
+                    await self._track_atm(ev)
+
+    # ------------------------------------------------------------------ chain snapshots
+
+    async def _chain_loop(self, stop: asyncio.Event) -> None:
+        cfg = self.cfg
+        while not stop.is_set():
+            if self.atm_center is not None and not self.fatal:
+                try:
+                    await self._publish_chain()
+                except RestError as exc:
+                    self.svc.log.warning("chain snapshot failed: %s", exc)
+            try:
+                await asyncio.wait_for(stop.wait(), cfg.chain_every_s)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _publish_chain(self) -> None:
+        cfg = self.cfg
+        assert self.atm_center is not None
+        width = cfg.strikes_each_side * cfg.strike_step
+        today = dt.datetime.now(ET).date().isoformat()
+        rows = await self.rest.option_chain(cfg.option_underlying, expiration=today,
+                                            strike_gte=self.atm_center - width, strike_lte=self.atm_center + width)
+        contracts, underlying = chain_contracts(rows, cfg.option_root)
+        now = self.svc.clock.now_ns() or time.time_ns()
+        self.svc.publish(f"chain.{cfg.option_root}", "doc", {"ts": now, "root": cfg.option_root,
+                                                            "underlying": underlying, "contracts": contracts}, now)
+        self.svc.m_chain.inc()
+
+
+def chain_contracts(rows: list[dict], root: str) -> tuple[list[dict], float | None]:
+    """Vendor option snapshot rows -> the chain contract dicts the synthetic source also produces."""
+    out, underlying = [], None
+    prefix = f"O:{root}"
+    for r in rows:
+        d = r.get("details") or {}
+        sym = str(d.get("ticker", ""))
+        if not sym.startswith(prefix) or sym[len(prefix):len(prefix) + 1].isalpha():
+            continue
+        q = r.get("last_quote") or {}
+        g = r.get("greeks") or {}
+        try:
+            bid, ask = float(q.get("bid", 0) or 0), float(q.get("ask", 0) or 0)
+            out.append({"symbol": sym, "strike": float(d["strike_price"]), "type": str(d.get("contract_type")),
+                        "expiration": str(d.get("expiration_date")), "bid": bid, "ask": ask,
+                        "mid": round((bid + ask) / 2, 3), "open_interest": int(r.get("open_interest") or 0),
+                        "volume": int((r.get("day") or {}).get("volume") or 0),
+                        "iv": r.get("implied_volatility"), "delta": g.get("delta")})
+        except (KeyError, TypeError, ValueError):
+            continue
+        ua = r.get("underlying_asset") or {}
+        if underlying is None:
+            v = ua.get("value", ua.get("price"))
+            underlying = float(v) if isinstance(v, (int, float)) else None
+    out.sort(key=lambda c: (c["strike"], c["type"]))
+    return out, underlying
+
+
+__all__ = ["LiveIngest", "chain_contracts", "in_market_hours", "option_topics", "Quote", "Trade"]

@@ -1,0 +1,179 @@
+"""Live ingest against the fake Massive server: real WebSocket, real REST, real ZeroMQ frames out."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from spx_common.models import IndexValue, Quote, Trade
+from tests.conftest import eventually
+
+from services.feed.ws import Backoff, ConnectLimiter
+from tests.fakes.massive import FakeMassive
+from tests.feed.helpers import RunningFeed
+
+
+@pytest.fixture
+def fake():
+    with FakeMassive(api_key="k") as f:
+        yield f
+
+
+def live(run_dir, fake, key="k", **kw):
+    opts = dict(source="live", api_key=key, ws_url=fake.ws_url, rest_url=fake.rest_url, backoff_initial_s=0.05,
+                backoff_max_s=0.3, backoff_stable_s=0.5, poll_after_s=30, poll_market_hours_only=False,
+                chain_every_s=30, ping_interval_s=5, ping_timeout_s=5, connect_timeout_s=3)
+    opts.update(kw)
+    return RunningFeed(run_dir, **opts)
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+def _metric(feed, name: str, **labels) -> float:
+    return feed.service.metrics.counter(name, "", list(labels)).value(**labels)
+
+
+def test_handshake_subscribe_every_event_type_and_bad_input(run_dir, fake):
+    with live(run_dir, fake) as feed:
+        fake.wait_subscribed("stocks", "T.SPY")
+        fake.wait_subscribed("stocks", "Q.SPY")
+        fake.wait_subscribed("indices", "V.I:SPX")
+        t = now_ns()
+        fake.push("indices", [IndexValue(sym="I:SPX", value=5902.4, ts=t)])
+        # the ATM strike (5900) picks the option contracts: +-20 strikes, calls and puts, T and Q
+        eventually(lambda: len(fake.subscriptions["options"]) == 41 * 2 * 2, 5, what="option subscriptions")
+        assert any("C05900000" in s for s in fake.subscriptions["options"])
+        trade = Trade(sym="SPY", price=590.1, size=100, ts=t, seq=11, exch=4, cond=[12])
+        quote = Quote(sym="SPY", bid=590.09, ask=590.1, bid_size=300, ask_size=500, ts=t + 1_000_000, seq=12)
+        fake.push("stocks", [trade, quote, trade,  # a duplicate (same seq)
+                             {"ev": "AM", "sym": "SPY", "v": 1, "o": 1, "c": 1, "h": 1, "l": 1, "s": 1, "e": 2},
+                             {"ev": "T", "sym": "SPY", "p": "not a price", "t": t // 10**6},  # malformed
+                             {"ev": "T", "sym": "SPY", "p": 590.2, "t": t},  # ns where ms belong: refused
+                             {"ev": "T", "sym": "SPY", "p": 590.2, "s": 5, "t": t // 10**6 - 10_000,
+                              "q": 13}])  # 10 s older than the newest SPY event: stale
+        fake.push_raw("stocks", "this is not json")
+        fake.push("stocks", [Trade(sym="SPY", price=590.3, size=1, ts=t + 2_000_000, seq=14)])
+        eventually(lambda: len(feed.events("tick.SPY")) == 3, 5, what="SPY events")
+        got = feed.events("tick.SPY")
+        assert [(type(e).__name__, e.seq) for e in got] == [("Trade", 11), ("Quote", 12), ("Trade", 14)]
+        assert got[0].ts == t // 1_000_000 * 1_000_000 and got[0].source == "tick"  # ms on the wire -> ns
+        assert got[1].bid_size == 300  # shares, unchanged after 2025-11-03
+        assert feed.events("tick.I:SPX")[0].value == 5902.4
+        eventually(lambda: _metric(feed, "feed_parse_errors_total", reason="bad_json") == 1, 3)
+        assert _metric(feed, "tick_drop_count", reason="duplicate") == 1
+        assert _metric(feed, "tick_drop_count", reason="stale") == 1
+        assert _metric(feed, "feed_parse_errors_total", reason="bad_T") == 2
+        assert _metric(feed, "feed_unknown_events_total", ev="AM") == 1
+        eventually(lambda: any(s.mode == "tick" and s.connected for s in feed.bodies("status.feed")), 3)
+        # the ATM moves 3 strikes: the option set is re-centred (unsubscribe far, subscribe new)
+        fake.push("indices", [IndexValue(sym="I:SPX", value=5917.0, ts=t + 10**9)])
+        eventually(lambda: any("C06015000" in s for s in fake.subscriptions["options"]), 5, what="re-centred")
+        assert len(fake.subscriptions["options"]) == 164
+        assert feed.service.live.streams["stocks"].reconnects == 0
+
+
+def test_auth_failure_stops_without_retry_loop(run_dir, fake):
+    with live(run_dir, fake, key="wrong") as feed:
+        eventually(lambda: feed.service.live is not None and feed.service.live.fatal, 5, what="auth failure seen")
+        eventually(lambda: any(s.mode == "down" and "auth_failed" in s.detail for s in feed.bodies("status.feed")), 5)
+        time.sleep(0.8)  # several backoff periods: there must be no further attempt
+        assert all(n == 1 for n in fake.connects.values()), dict(fake.connects)
+        assert "MASSIVE_API_KEY" in feed.service.live.fatal
+
+
+def test_drop_mid_stream_reconnects_resubscribes_and_backfills_the_gap(run_dir, fake):
+    with live(run_dir, fake) as feed:
+        fake.wait_subscribed("stocks", "Q.SPY")
+        t = now_ns() - 2 * 10**9
+        sent = [Trade(sym="SPY", price=590 + i / 100, size=100, ts=t + i * 10**7, seq=i) for i in range(1, 6)]
+        fake.push("stocks", sent)
+        eventually(lambda: len(feed.events("tick.SPY")) == 5, 5)
+        # while we are disconnected the vendor keeps trading; REST history has it (and what we saw)
+        fake.trades["SPY"] = sent + [Trade(sym="SPY", price=591 + i / 100, size=100, ts=t + i * 10**7, seq=i)
+                                     for i in range(6, 11)]
+        fake.drop("stocks")
+        eventually(lambda: fake.connects["stocks"] == 2, 5, what="reconnected")
+        fake.wait_subscribed("stocks", "T.SPY")  # re-authenticated and re-subscribed
+        eventually(lambda: len(feed.events("tick.SPY")) == 10, 5, what="gap backfilled")
+        got = feed.events("tick.SPY")
+        assert [e.seq for e in got] == list(range(1, 11))  # nothing lost, nothing twice
+        assert all(e.backfilled and e.source == "backfill" for e in got[5:])
+        assert not any(e.backfilled for e in got[:5])
+        fake.push("stocks", [Trade(sym="SPY", price=592, size=1, ts=now_ns(), seq=11)])
+        eventually(lambda: len(feed.events("tick.SPY")) == 11, 5)
+        assert _metric(feed, "feed_reconnects_total", market="stocks") == 1
+        eventually(lambda: any(s.reconnects >= 1 for s in feed.bodies("status.feed")), 3)
+        assert len(fake.auth_attempts["stocks"]) == 2
+
+
+def test_stalled_server_is_detected_by_ping_and_left(run_dir, fake):
+    with live(run_dir, fake, ping_interval_s=0.2, ping_timeout_s=0.3) as feed:
+        fake.wait_subscribed("stocks", "T.SPY")
+        fake.stall("stocks", 3.0)
+        eventually(lambda: fake.connects["stocks"] >= 2, 6, what="reconnect after a stall")
+        fake.wait_subscribed("stocks", "T.SPY")
+        fake.push("stocks", [Trade(sym="SPY", price=590, size=1, ts=now_ns(), seq=1)])
+        eventually(lambda: feed.events("tick.SPY"), 5)
+        assert "ping" in feed.service.live.streams["stocks"].last_error.lower() or \
+            feed.service.live.streams["stocks"].reconnects >= 1
+
+
+def test_vendor_status_messages_are_handled(run_dir, fake):
+    with live(run_dir, fake) as feed:
+        fake.wait_subscribed("stocks", "T.SPY")
+        fake.status("stocks", "slow_consumer", "You are falling behind", close=True, code=1008)
+        eventually(lambda: fake.connects["stocks"] == 2, 5)
+        fake.wait_subscribed("stocks", "T.SPY")
+        fake.max_connections_on_auth = True
+        fake.status("stocks", "force_disconnect", "Forced disconnect", close=True)
+        eventually(lambda: _metric(feed, "feed_vendor_status_total", status="max_connections") >= 1, 5)
+        stream = feed.service.live.streams["stocks"]
+        eventually(lambda: stream.last_error.startswith("max_connections"), 3)
+        fake.max_connections_on_auth = False
+        eventually(lambda: stream.connected, 5, what="connected again after eviction")
+        for st in ("slow_consumer", "force_disconnect", "max_connections", "auth_success"):
+            assert _metric(feed, "feed_vendor_status_total", status=st) >= 1, st
+        assert stream.backoff.attempt >= 1  # not reset by auth_success
+
+
+def test_silent_stream_switches_to_poll_and_back(run_dir, fake):
+    t = now_ns()
+    fake.trades["SPY"] = [Trade(sym="SPY", price=590.5, size=100, ts=t, seq=77)]
+    fake.quotes["SPY"] = [Quote(sym="SPY", bid=590.49, ask=590.51, bid_size=100, ask_size=200, ts=t, seq=78)]
+    fake.index_values["I:SPX"] = IndexValue(sym="I:SPX", value=5905.0, ts=t)
+    with live(run_dir, fake, poll_after_s=0.6, poll_interval_s=0.2) as feed:
+        fake.wait_subscribed("stocks", "T.SPY")
+        eventually(lambda: any(s.mode == "poll" for s in feed.bodies("status.feed")), 3, what="poll mode")
+        eventually(lambda: feed.events("tick.SPY"), 3, what="polled events")
+        polled = feed.events("tick.")
+        assert {e.source for e in polled} == {"poll"}
+        assert {(type(e).__name__, e.sym) for e in polled} == {("Trade", "SPY"), ("Quote", "SPY"),
+                                                              ("IndexValue", "I:SPX")}
+        time.sleep(0.5)  # unchanged last trade/NBBO is not published again
+        assert len(feed.events("tick.SPY")) == 2
+        fake.push("stocks", [Trade(sym="SPY", price=591, size=1, ts=now_ns(), seq=100)])
+        def modes_after_poll():
+            modes = [s.mode for s in feed.bodies("status.feed")]
+            return "tick" in modes[modes.index("poll"):]
+
+        eventually(modes_after_poll, 3, what="a tick status after the poll status")
+        assert feed.events("tick.SPY")[-1].source == "tick"
+
+
+def test_backoff_full_jitter_capped_and_connect_limiter():
+    b = Backoff(0.5, 30.0, random.Random(1))
+    caps = []
+    for _ in range(10):
+        caps.append(b.cap())
+        assert 0 <= b.next_delay() <= caps[-1]
+    assert caps[:4] == [0.5, 1.0, 2.0, 4.0] and max(caps) == 30.0
+    lim = ConnectLimiter(3)
+    for t in (0.0, 1.0, 2.0):
+        assert lim.wait_s(t) == 0
+        lim.record(t)
+    assert lim.wait_s(3.0) == pytest.approx(57.0)
+    assert lim.wait_s(60.5) == 0
