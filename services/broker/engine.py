@@ -149,7 +149,8 @@ class Engine:
         self.triggered: OrderedDict[str, SetupTransition] = OrderedDict()
         self.recos: OrderedDict[str, ContractRecommendation] = OrderedDict()
         self.quotes: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tradier symbol -> (bid, ask)
-        self.trades: dict[tuple[str, str], TradeState] = {}
+        self.trades: dict[tuple[str, str], TradeState] = {}  # open trades only
+        self.done: OrderedDict[tuple[str, str], float] = OrderedDict()  # closed today -> realized premium
         self.orders: dict[str, OrderState] = {}
         self.entries_today: dict[str, int] = {}
         self.day: dt.date | None = None
@@ -169,10 +170,17 @@ class Engine:
         if d != self.day:
             self.day = d
             self.entries_today = {}
-            for key in [k for k, t in self.trades.items() if t.closed]:
-                del self.trades[key]
+            self.done.clear()
             for oid in [o for o, s in self.orders.items() if not s.working]:
                 del self.orders[oid]
+
+    def _close(self, trade: TradeState) -> None:
+        """A flat trade with nothing working: forget its orders, remember it (no re-entry today)."""
+        trade.closed = True
+        self.trades.pop((trade.user, trade.setup_id), None)
+        for oid in trade.orders:
+            self.orders.pop(oid, None)
+        self._remember(self.done, (trade.user, trade.setup_id), trade.avg_price)
 
     def _new_id(self, user: str, setup_id: str, role: str) -> str:
         self._seq += 1
@@ -239,7 +247,7 @@ class Engine:
         out: list[Intent] = []
         subject = t.setup_id
         for user in self.users:
-            if (user, t.setup_id) in self.trades:
+            if (user, t.setup_id) in self.trades or (user, t.setup_id) in self.done:
                 continue  # one entry per setup and user
             ok, why = self.gates.allowed(user)
             if not ok:
@@ -364,7 +372,7 @@ class Engine:
                 out.append(Cancel(trade.user, oid, f"exit: {reason}"))
         out += self._exit_rest(trade, ts, reason)
         if trade.held <= 0 and not any(self.orders[o].working for o in trade.orders if o in self.orders):
-            trade.closed = True
+            self._close(trade)
         return out
 
     def _exit_rest(self, trade: TradeState, ts: int, reason: str) -> list[Intent]:
@@ -433,7 +441,7 @@ class Engine:
         elif trade.exiting and not o.working and gate_ok:
             out += self._exit_rest(trade, ts, "exit after cancel")
         if trade.held <= 0 and not any(self.orders[x].working for x in trade.orders if x in self.orders):
-            trade.closed = True
+            self._close(trade)
         return out
 
     def snapshot(self) -> dict:
@@ -443,6 +451,7 @@ class Engine:
                         "avg_price": round(t.avg_price, 4), "exiting": t.exiting, "stop": t.stop_price,
                         "closed": t.closed} for t in self.trades.values()],
             "working_orders": [o.order_id for o in self.orders.values() if o.working],
+            "closed_today": len(self.done),
             "entries_today": dict(self.entries_today),
             "open_risk": {u: round(self.open_risk(u), 2) for u in self.users},
             "kill_switch": self.gates.kill_switch,

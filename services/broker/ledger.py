@@ -46,6 +46,7 @@ class Ledger:
     def __init__(self, slippage_window: int = 200) -> None:
         self.orders: OrderedDict[str, _OrderRec] = OrderedDict()
         self.positions: dict[tuple[str, str], _Pos] = {}
+        self._users_by_symbol: dict[str, set[str]] = {}
         self.fills: deque[Fill] = deque(maxlen=1000)
         self.slippage: deque[float] = deque(maxlen=slippage_window)
         self.fill_count = 0
@@ -101,6 +102,7 @@ class Ledger:
 
     def _apply_fill(self, f: Fill) -> Position:
         p = self.positions.setdefault((f.user, f.option_symbol), _Pos())
+        self._users_by_symbol.setdefault(f.option_symbol, set()).add(f.user)
         if f.side.startswith("buy"):
             total = p.quantity + f.quantity
             p.avg_price = (p.avg_price * p.quantity + f.price * f.quantity) / total if total else 0.0
@@ -117,12 +119,16 @@ class Ledger:
         """Mark open positions on ``symbol`` at the mid; returns the positions whose P&L changed."""
         if bid <= 0 or ask <= 0:
             return []
+        users = self._users_by_symbol.get(symbol)
+        if not users:
+            return []
         mid = (bid + ask) / 2
         out = []
-        for (user, sym), p in self.positions.items():
-            if sym == symbol and p.quantity and p.mark != mid:
+        for user in users:
+            p = self.positions[(user, symbol)]
+            if p.quantity and p.mark != mid:
                 p.mark = mid
-                out.append(self.position(user, sym, ts))
+                out.append(self.position(user, symbol, ts))
         return out
 
     def position(self, user: str, symbol: str, ts: int) -> Position:

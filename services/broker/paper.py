@@ -70,10 +70,18 @@ class PaperBroker:
 
     def __post_init__(self) -> None:
         self.cash = self.starting_cash
+        self._working: dict[str, dict[int, PaperOrder]] = {}  # symbol -> working orders (quotes touch only these)
 
     def _working_sells(self, symbol: str) -> float:
-        return sum(o.remaining for o in self.orders.values()
-                   if o.option_symbol == symbol and o.side == "sell_to_close" and o.status not in FINAL)
+        return sum(o.remaining for o in self._working.get(symbol, {}).values() if o.side == "sell_to_close")
+
+    def _settle(self, o: PaperOrder) -> None:
+        if o.status in FINAL:
+            w = self._working.get(o.option_symbol)
+            if w is not None:
+                w.pop(o.id, None)
+                if not w:
+                    del self._working[o.option_symbol]
 
     def place(self, payload: dict[str, str], ts: int) -> tuple[PaperOrder, list[dict]]:
         """Accept an order (raises :class:`router.OrderRefused`) and try to fill it at once."""
@@ -84,6 +92,7 @@ class PaperBroker:
                        float(payload["quantity"]), float(payload["price"]) if "price" in payload else None,
                        float(payload["stop"]) if "stop" in payload else None, create_ns=ts)
         self.orders[o.id] = o
+        self._working.setdefault(sym, {})[o.id] = o
         events = [o.event(ts)]
         q = self.quotes.get(sym)
         if q is not None:
@@ -97,6 +106,7 @@ class PaperBroker:
         if o.status in FINAL:
             raise ValueError("order already in finalized state")
         o.status = "canceled"
+        self._settle(o)
         return [o.event(ts)]
 
     def modify(self, order_id: int, fields: dict[str, str], ts: int) -> list[dict]:
@@ -116,9 +126,8 @@ class PaperBroker:
         q = (bid, ask, bid_size, ask_size)
         self.quotes[symbol] = q
         events: list[dict] = []
-        for o in list(self.orders.values()):
-            if o.option_symbol == symbol and o.status not in FINAL:
-                events += self._try_fill(o, q, ts)
+        for o in list(self._working.get(symbol, {}).values()):
+            events += self._try_fill(o, q, ts)
         return events
 
     def _try_fill(self, o: PaperOrder, q: tuple[float, float, float, float], ts: int) -> list[dict]:
@@ -153,6 +162,7 @@ class PaperBroker:
         o.exec_quantity += qty
         o.last_fill_price, o.last_fill_quantity = price, qty
         o.status = "filled" if o.remaining <= 1e-9 else "partially_filled"
+        self._settle(o)
         pos = self.positions.setdefault(o.option_symbol, [0.0, 0.0])
         if o.side == "buy_to_open":
             pos[0] += qty
@@ -178,7 +188,7 @@ class PaperBroker:
         return [{"symbol": s, "quantity": q, "cost_basis": round(c, 2)} for s, (q, c) in self.positions.items()]
 
     def open_orders(self) -> list[dict]:
-        return [o.event(0) for o in self.orders.values() if o.status not in FINAL]
+        return [o.event(0) for w in self._working.values() for o in w.values()]
 
     def balances(self) -> dict:
         """Balances in Tradier's shape (margin account, option buying power = cash)."""

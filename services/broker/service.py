@@ -70,6 +70,8 @@ def with_stored_credentials(cfg: BrokerConfig, path: Path) -> BrokerConfig:
     return cfg.model_copy(update={"access_token": token.reveal(),
                                   "account_id": account.reveal() if account else cfg.account_id})
 FLATTEN_RETRY_S = 30.0
+MAX_UNRESOLVED_CHECKS = 10
+MARK_PUBLISH_NS = 1_000_000_000
 
 
 class BrokerService(BusService):
@@ -111,6 +113,7 @@ class BrokerService(BusService):
         self.last_balances: dict[str, Any] = {}
         self.last_drift: list[dict] = []
         self.stream_state = "n/a"
+        self._marked: dict[tuple[str, str], int] = {}
         self._last_flatten = float("-inf")
         self.paper: PaperBroker | None = None
         self.tradier: TradierClient | None = None
@@ -178,7 +181,10 @@ class BrokerService(BusService):
             sym = ev.sym[2:]
             self.engine.on_quote(sym, ev.bid, ev.ask)
             for pos in self.ledger.mark(sym, ev.bid, ev.ask, ev.ts):
-                self.publish(f"position.{pos.user}", "position", pos, ev.ts)
+                key = (pos.user, sym)
+                if ev.ts - self._marked.get(key, 0) >= MARK_PUBLISH_NS:  # P&L marks at most 1/s per position
+                    self._marked[key] = ev.ts
+                    self.publish(f"position.{pos.user}", "position", pos, ev.ts)
             if self.paper is not None:
                 for e in self.paper.on_quote(sym, ev.bid, ev.ask, ev.ts, ev.bid_size, ev.ask_size):
                     self._apply_broker_event(e, ev.ts)
@@ -384,7 +390,27 @@ class BrokerService(BusService):
                 self._alert(user, a["kind"], a["severity"], a["message"], ts)
         self.last_balances = {**snap, "ts": ts}
 
+    async def resolve_unknown(self) -> None:
+        """Look unresolved placements up by tag; after ``MAX_UNRESOLVED_CHECKS`` give their risk back."""
+        if not self.unresolved or self.tradier is None:
+            return
+        await self.poll_orders()
+        ts = self._now()
+        for oid in list(self.unresolved):
+            self.unresolved[oid] += 1
+            if self.unresolved[oid] >= MAX_UNRESOLVED_CHECKS:
+                del self.unresolved[oid]
+                order = self.ledger.get(oid)
+                self._block(order.user if order else "", "placement_not_found", oid,
+                            f"no order with this tag after {MAX_UNRESOLVED_CHECKS} lookups")
+                self._refused_quietly(oid, ts)
+
+    def _refused_quietly(self, order_id: str, ts: int) -> None:
+        self._publish_order(self.ledger.update_order(order_id, status="rejected", reason="placement_not_found", ts=ts))
+        self._submit(self.engine.on_order_event(order_id, "rejected", 0.0, 0.0, ts))
+
     async def reconcile(self) -> list[dict]:
+        await self.resolve_unknown()
         ts = self._now()
         drift = pf.reconcile(self.ledger.open_positions(), await self._broker_positions())
         self.last_drift = drift

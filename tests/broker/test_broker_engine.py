@@ -57,7 +57,7 @@ def test_entry_scale_out_stop_and_exit_scenario():
     [x] = places(e.on_order_event(st_.order.order_id, "canceled", 0, 0, T0))
     assert x.payload["quantity"] == "2" and x.payload["price"] == "4.00"
     e.on_order_event(x.order.order_id, "filled", 2, 4.0, T0)
-    assert e.trades[("u1", "s1")].closed and e.open_risk("u1") == 0
+    assert ("u1", "s1") in e.done and ("u1", "s1") not in e.trades and e.open_risk("u1") == 0 and not e.orders
 
 
 def test_reco_before_trigger_and_duplicates():

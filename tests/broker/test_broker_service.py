@@ -210,3 +210,26 @@ def test_sealed_credentials_select_tradier_mode_and_never_leak(run_dir):
                               env={**os.environ, "SPX_CREDENTIALS_KEYS": generate_key("other")})
         assert proc.returncode == 2 and "not in the key ring" in proc.stderr
     assert fake.violations == []
+
+
+def test_tradier_mode_lost_placement_answer_is_found_by_tag_and_never_resent(run_dir):
+    with FakeTradier() as fake:
+        FlagStore(run_dir / "flags.json").set("auto_execution", True)
+        h = Harness(run_dir, _tradier_env(fake, TRADIER_EXECUTION_ENABLED="true",
+                                          TRADIER_EXECUTION_PRODUCTION_ENABLED="true",
+                                          SPX_BROKER_AUTO_EXECUTION_USERS="default", SPX_BROKER_PLACE_TIMEOUT_S="0.3"))
+        try:
+            eventually(lambda: fake._sockets, 10, what="account events connected")
+            fake.script("hang", "place", delay_s=3.0)
+            h.quote_live(1.95, 2.0, T0)
+            eventually(lambda: h.trigger("lost-1", T0 + S, qty=2) or fake.orders, 10)
+            eventually(lambda: [o for o in h.seen("order.default") if o.broker_id], 10, what="resolved by tag")
+            [(oid, _)] = fake.orders.items()
+            assert [o for o in h.seen("order.default") if o.broker_id][0].broker_id == str(oid)
+            fake.fill(oid, 2, 2.0)
+            eventually(lambda: h.seen("fill.default"), 10)
+            assert fake.count("POST", "/orders") == 1 and len(fake.orders) == 1
+            assert h.call("status")["broker"]["unresolved"] == []
+        finally:
+            h.close()
+        assert fake.violations == []

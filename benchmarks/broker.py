@@ -1,0 +1,99 @@
+"""Broker hot paths: what one option quote and one decision cost inside the broker process.
+
+    python benchmarks/broker.py [--n 100000]
+
+* quote path: the work ``BrokerService`` does per ``tick.O:`` quote (engine quote cache, ledger
+  mark, paper broker fill check), over 500 option symbols with 2 held and 6 working orders;
+* decision path: a whole trade per setup: entry decision (trigger + recommendation -> payload),
+  T1 scale-out, exit, and the three fills;
+* the payload guard (:func:`router.check_payload`) alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import time
+
+from services.broker import router
+from services.broker.engine import Engine, Gates, Limits, Place
+from services.broker.ledger import Ledger
+from services.broker.paper import PaperBroker
+from spx_common.models import ContractRecommendation, ExitAdvice, SetupTransition
+
+T0 = int(dt.datetime(2026, 2, 20, 15, 0, tzinfo=dt.timezone.utc).timestamp() * 1e9)
+
+
+def report(label: str, seconds: float, n: int, unit: str) -> None:
+    us = seconds / n * 1e6
+    print(f"{label:<52} {us:8.2f} us/{unit}  {1e6 / us:>12,.0f} {unit}s/s")
+
+
+def syms(n: int) -> list[str]:
+    return [f"SPXW260220{'C' if i % 2 else 'P'}0{4800 + 5 * (i // 2):04d}000" for i in range(n)]
+
+
+def quote_path(n: int) -> None:
+    symbols = syms(500)
+    eng = Engine(["u"], Limits(max_open_risk=1e9, max_orders_per_day=1000), Gates(lambda u: (True, "")))
+    ledger, paper = Ledger(), PaperBroker(starting_cash=1e9)
+    for s in symbols[:2]:
+        paper.on_quote(s, 1.0, 1.05, T0)
+        o, evs = paper.place(router.entry_payload(s, 5, 1.05, f"e-{s}"), T0)
+        from spx_common.models import Order
+
+        ledger.record_order(Order(order_id=f"e-{s}", user="u", option_symbol=s, side="buy_to_open", quantity=5,
+                                  type="limit", price=1.05, ts=T0))
+        ledger.apply_event(f"e-{s}", "filled", 5, 1.05, T0)
+    for s in symbols[2:8]:
+        paper.place(router.entry_payload(s, 1, 0.05, f"w-{s}"), T0)  # working, never filled
+    t0 = time.perf_counter()
+    for i in range(n):
+        s = symbols[i % 500]
+        bid = 1.0 + (i % 7) * 0.05
+        eng.on_quote(s, bid, bid + 0.05)
+        ledger.mark(s, bid, bid + 0.05, T0 + i)
+        paper.on_quote(s, bid, bid + 0.05, T0 + i)
+    report("quote path (engine + ledger mark + paper)", time.perf_counter() - t0, n, "quote")
+
+
+def decision_path(n: int) -> None:
+    eng = Engine(["u"], Limits(max_open_risk=1e12, max_orders_per_day=10**9, max_contracts_per_order=10),
+                 Gates(lambda u: (True, "")))
+    sym = syms(1)[0]
+    eng.on_quote(sym, 2.9, 3.0)
+    t0 = time.perf_counter()
+    for i in range(n):
+        sid = f"s{i}"
+        eng.on_transition(SetupTransition(setup_id=sid, detector="d", family="f", sym="I:SPX", direction="long",
+                                          to_state="triggered", reason="r", ts=T0))
+        [p] = [x for x in eng.on_recommendation(ContractRecommendation(
+            setup_id=sid, ok=True, reason="ok", tradier_symbol=sym, bid=1.9, ask=2.0, suggestedContracts=4, ts=T0))
+            if isinstance(x, Place)]
+        eng.on_order_event(p.order.order_id, "filled", 4, 2.0, T0)
+        [s] = eng.on_advice(ExitAdvice(setup_id=sid, action="scale_out", fraction=0.5, reason="T1", ts=T0))
+        eng.on_order_event(s.order.order_id, "filled", 2, 2.9, T0)
+        [x] = eng.on_advice(ExitAdvice(setup_id=sid, action="exit_all", reason="T2", ts=T0))
+        eng.on_order_event(x.order.order_id, "filled", 2, 2.9, T0)
+    report("decision path (entry, T1 scale-out, exit; 3 fills)", time.perf_counter() - t0, n, "setup")
+
+
+def guard(n: int) -> None:
+    payload = router.scale_out_payload(syms(1)[0], 2, 2.97, "tag-1")
+    t0 = time.perf_counter()
+    for _ in range(n):
+        router.check_payload(payload, 4, 1)
+    report("router.check_payload", time.perf_counter() - t0, n, "order")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100_000)
+    n = ap.parse_args().n
+    quote_path(n)
+    decision_path(max(n // 20, 100))
+    guard(n // 2)
+
+
+if __name__ == "__main__":
+    main()
