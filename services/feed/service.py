@@ -67,6 +67,10 @@ class FeedService(BusService):
         self.replay_source: Source | None = None
         self.replay_done = False
         self.live = None  # services.feed.live.LiveIngest when source == live
+        #: stop the process when a (non-looping) replay ends (``spx replay``)
+        self.exit_when_done = False
+        #: called with the event time of each replayed batch (``spx replay``'s progress bar)
+        self.progress = None
 
     # ------------------------------------------------------------------ hot path
 
@@ -169,7 +173,9 @@ class FeedService(BusService):
                 await self.live.run()
                 return
             src = self.build_source(kind)
-        await self.run_replay(src)
+        await self.run_replay(src, self.progress)
+        if self.exit_when_done:
+            self.request_stop()
         await self.stop_event.wait()
 
     def build_source(self, kind: str) -> Source:
