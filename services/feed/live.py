@@ -145,7 +145,8 @@ class LiveIngest:
             "atm_center": self.atm_center,
             "raw_queue": len(self.raw),
             "streams": {m: {"connected": s.connected, "topics": len(s.topics), "acked": len(s.acked),
-                            "reconnects": s.reconnects, "last_error": s.last_error} for m, s in self.streams.items()},
+                            "reconnects": s.reconnects, "last_error": s.last_error,
+                            "last_status": s.last_status, "evictions": s.evictions} for m, s in self.streams.items()},
         }
 
     def periodic(self) -> None:

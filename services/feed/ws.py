@@ -118,7 +118,9 @@ class MassiveStream:
         self.got_data = False
         self.connections = 0
         self.reconnects = 0
-        self.last_error = ""
+        self.last_error = ""  # why the last connection ended
+        self.last_status = ""  # the last notable vendor status (max_connections, slow_consumer, ...)
+        self.evictions = 0  # max_connections received
         self.fatal: str = ""
         self._down_since_ns: int | None = None
         self._evicted = False
@@ -151,11 +153,8 @@ class MassiveStream:
                 self.acked.add(msg[len("subscribed to: "):].strip())
             elif msg.startswith("unsubscribed to: "):
                 self.acked.discard(msg[len("unsubscribed to: "):].strip())
-        elif st.status == "max_connections":
-            self._evicted = True
-            self.last_error = f"max_connections: {st.message}"
-        elif st.status in ("slow_consumer", "force_disconnect", "error", "auth_timeout"):
-            self.last_error = f"{st.status}: {st.message}"
+        elif st.status in ("max_connections", "slow_consumer", "force_disconnect", "error", "auth_timeout"):
+            self.last_status = f"{st.status}: {st.message}"
 
     # ------------------------------------------------------------------ connection loop
 
@@ -239,6 +238,10 @@ class MassiveStream:
     async def _read(self, ws: ClientConnection, sink: deque, wake: asyncio.Event) -> None:
         maxlen = sink.maxlen
         async for raw in ws:
+            if isinstance(raw, str) and '"max_connections"' in raw:
+                # seen here, not in the consumer: the backoff decision right after the close needs it
+                self._evicted = True
+                self.evictions += 1
             if maxlen is not None and len(sink) >= maxlen:
                 self.count("tick_drop_count", "queue_overflow")
             sink.append((self, raw, time.time_ns()))
@@ -264,9 +267,10 @@ class MassiveStream:
                                      "Check MASSIVE_API_KEY and that the plan includes WebSocket access.")
                 elif status == "max_connections":
                     self._evicted = True
-                    self.last_error = f"max_connections: {message}"
+                    self.evictions += 1
+                    self.last_status = f"max_connections: {message}"
                 elif status in ("auth_timeout", "error"):
-                    self.last_error = f"{status}: {message}"
+                    self.last_status = f"{status}: {message}"
 
     async def close(self) -> None:
         ws = self.ws

@@ -132,7 +132,7 @@ def test_vendor_status_messages_are_handled(run_dir, fake):
         fake.status("stocks", "force_disconnect", "Forced disconnect", close=True)
         eventually(lambda: _metric(feed, "feed_vendor_status_total", status="max_connections") >= 1, 5)
         stream = feed.service.live.streams["stocks"]
-        eventually(lambda: stream.last_error.startswith("max_connections"), 3)
+        eventually(lambda: stream.evictions >= 1 and stream.last_status.startswith("max_connections"), 3)
         fake.max_connections_on_auth = False
         eventually(lambda: stream.connected, 5, what="connected again after eviction")
         for st in ("slow_consumer", "force_disconnect", "max_connections", "auth_success"):
