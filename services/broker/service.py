@@ -72,6 +72,8 @@ def with_stored_credentials(cfg: BrokerConfig, path: Path) -> BrokerConfig:
 FLATTEN_RETRY_S = 30.0
 MAX_UNRESOLVED_CHECKS = 10
 MARK_PUBLISH_NS = 1_000_000_000
+SELECT_GRACE_S = 0.5
+MAX_SELECT_INFLIGHT = 20
 
 
 class BrokerService(BusService):
@@ -97,6 +99,10 @@ class BrokerService(BusService):
         self.m_alerts = m.counter("broker_alerts_total", "Behavioural alerts sent.", ["kind"])
         self.m_bad = m.counter("broker_bad_input_total", "Inputs refused at the boundary.", ["kind"])
         self.m_queue = m.gauge("broker_intent_queue", "Intents waiting for the broker worker.")
+        self.m_select = m.counter("broker_select_requests_total",
+                                  "select requests to the selector when no reco frame came.", ["outcome"])
+        self._selecting: set[str] = set()
+        self._select_tasks: set[asyncio.Future] = set()
         self.clock = EventClock()
         self.ledger = Ledger(cfg.slippage_window)
         self.engine = Engine(
@@ -163,6 +169,35 @@ class BrokerService(BusService):
     def _on_transition(self, frame, t: SetupTransition) -> None:
         self.clock.advance(t.ts)
         self._submit(self.engine.on_transition(t))
+        if t.to_state == "triggered" and t.setup_id not in self.engine.recos \
+                and len(self._selecting) < MAX_SELECT_INFLIGHT and t.setup_id not in self._selecting:
+            self._selecting.add(t.setup_id)
+            task = asyncio.ensure_future(self._select_fallback(t))
+            self._select_tasks.add(task)
+            task.add_done_callback(self._select_tasks.discard)
+
+    async def _select_fallback(self, t: SetupTransition) -> None:
+        """No ``reco.<setup_id>`` yet: after a grace period ask the selector (``select`` request with
+        ``{"setup_id", "transition"}``) and feed its ContractRecommendation answer to the engine."""
+        try:
+            await asyncio.sleep(SELECT_GRACE_S)
+            if t.setup_id in self.engine.recos or self.stop_event.is_set():
+                return
+            try:
+                res = await self.client("selector", timeout_s=1.0, retries=0).call(
+                    "select", {"setup_id": t.setup_id, "transition": msgspec.to_builtins(t)})
+                reco = msgspec.convert(res, ContractRecommendation)
+            except RpcError as exc:
+                self.m_select.inc(outcome=exc.code)
+                return
+            except msgspec.ValidationError as exc:
+                self.m_select.inc(outcome="bad_answer")
+                self.log.warning("selector answered select with a bad recommendation: %s", exc)
+                return
+            self.m_select.inc(outcome="ok")
+            self._submit(self.engine.on_recommendation(reco))
+        finally:
+            self._selecting.discard(t.setup_id)
 
     def _on_reco(self, frame, r: ContractRecommendation) -> None:
         if r.ts:
@@ -524,6 +559,8 @@ class BrokerService(BusService):
         await self.stop_event.wait()
 
     async def drain(self) -> None:
+        for task in list(self._select_tasks):
+            task.cancel()
         deadline = time.monotonic() + 2.0
         while not self.queue.empty() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

@@ -233,3 +233,55 @@ def test_tradier_mode_lost_placement_answer_is_found_by_tag_and_never_resent(run
         finally:
             h.close()
         assert fake.violations == []
+
+
+def test_select_request_when_no_reco_frame_arrives(run_dir):
+    import asyncio
+    import threading
+
+    import zmq.asyncio
+
+    from spx_common.bus import RpcServer
+    from spx_common.config import BusConfig, RuntimeConfig
+    from spx_common.models import ContractRecommendation, SetupTransition
+
+    asked: list[dict] = []
+    stop = threading.Event()
+
+    def serve():
+        async def main():
+            actx = zmq.asyncio.Context()
+            server = RpcServer(actx, BusConfig().rep_endpoint("selector", RuntimeConfig(run_dir=run_dir), bind=True))
+
+            def select(params):
+                asked.append(params)
+                return ContractRecommendation(setup_id=params["setup_id"], ok=True, reason="ok",
+                                              tradier_symbol=SYM, bid=1.95, ask=2.0, suggestedContracts=1,
+                                              ts=params["transition"]["ts"])
+
+            server.register("select", select)
+            ev = asyncio.Event()
+            task = asyncio.ensure_future(server.serve(ev))
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            ev.set()
+            await task
+            server.close()
+            actx.destroy(linger=0)
+        asyncio.run(main())
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    h = Harness(run_dir)
+    try:
+        h.quote_live(1.95, 2.0, T0)
+        t = SetupTransition(setup_id="sel-1", detector="d", family="f", sym="I:SPX", direction="long",
+                            to_state="triggered", reason="r", ts=T0 + S)
+        eventually(lambda: h.pubs["detector"].publish("setup.transition", "setup_transition", t, T0 + S) and
+                   h.seen("fill.default"), 10, what="entry via select request")
+        assert asked[0]["setup_id"] == "sel-1" and h.seen("fill.default")[0].quantity == 1
+        assert 'broker_select_requests_total{outcome="ok"}' in h.call("metrics")
+    finally:
+        h.close()
+        stop.set()
+        th.join(5)
