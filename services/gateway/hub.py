@@ -1,0 +1,398 @@
+"""The gateway's pure core: channel state, sequencing, snapshots, throttling and client queues.
+
+No sockets and no clock: the service shell feeds it decoded bus bodies and a monotonic ``now``,
+and drains each :class:`Client`'s queue onto its websocket. Everything here is synchronous, so a
+snapshot and the registration of its subscriber happen atomically between two bus frames: the
+snapshot carries the channel's current ``seq`` and the first update the client gets is ``seq+1``.
+
+Bounds: every per-channel history is a bounded deque, remembered symbols and users are LRU-bounded,
+and each client queue holds at most ``queue_max`` messages (price and in-progress bar updates are
+conflated in place, so a slow client always ends up with the latest value).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import msgspec
+
+from services.gateway.protocol import USER_CHANNELS, ChannelError, bar_json, parse_channel
+from spx_common import models as m
+
+_encode = msgspec.json.Encoder().encode
+TERMINAL = {"invalidated", "stopped", "expired", "target2_hit", "blocked"}
+
+
+def encode(msg: dict[str, Any]) -> str:
+    return _encode(msg).decode()
+
+
+class Client:
+    """One connection's subscriptions and bounded outbound queue (filled by the hub, drained by the shell)."""
+
+    def __init__(self, cid: int, user: str | None, queue_max: int, wake: Callable[[], None] = lambda: None):
+        self.id = cid
+        self.user = user
+        self.queue_max = queue_max
+        self.latency = False
+        self.wake = wake
+        self.subs: dict[str, str] = {}  # internal channel key -> name the client used
+        self._pending: dict[int, list] = {}  # entry id -> [text, pub_ns, folded, conflation key]
+        self._conflate: dict[str, int] = {}  # conflation key -> pending entry id
+        self._next = 0
+        self.overflowed = False
+        self.high_since: float | None = None
+        self.sent = 0
+        self.conflated = 0
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def push(self, text: str, pub_ns: int = 0, conflate: str | None = None, seal: str | None = None) -> None:
+        """Queue one encoded message. ``conflate``: replace a queued message with the same key in place.
+        ``seal``: a non-conflatable message of that key's stream; later updates must queue behind it."""
+        if self.overflowed:
+            return
+        if seal is not None:
+            self._conflate.pop(seal, None)
+        if conflate is not None:
+            eid = self._conflate.get(conflate)
+            entry = self._pending.get(eid) if eid is not None else None
+            if entry is not None:
+                entry[0], entry[1] = text, pub_ns
+                entry[2] += 1  # folded count
+                self.conflated += 1
+                return
+        if len(self._pending) >= self.queue_max:
+            self.overflowed = True
+            self._pending.clear()
+            self._conflate.clear()
+            self.wake()
+            return
+        self._next += 1
+        self._pending[self._next] = [text, pub_ns, 0, conflate]
+        if conflate is not None:
+            self._conflate[conflate] = self._next
+        if len(self._pending) == 1:
+            self.wake()
+
+    def pop(self, now_ns: int = 0) -> str | None:
+        """Next message text (with ``conflated``/``latencyMs`` spliced in when due), or None."""
+        if not self._pending:
+            return None
+        eid = next(iter(self._pending))
+        text, pub_ns, folded, ckey = self._pending.pop(eid)
+        if ckey is not None and self._conflate.get(ckey) == eid:
+            del self._conflate[ckey]
+        extra = ""
+        if folded:
+            extra += f',"conflated":{folded}'
+        if self.latency and pub_ns and now_ns:
+            extra += f',"latencyMs":{(now_ns - pub_ns) / 1e6:.3f}'
+        self.sent += 1
+        return text[:-1] + extra + "}" if extra else text
+
+    def check_slow(self, now: float, slow_timeout_s: float) -> bool:
+        """True when the queue has stayed above half its bound for longer than ``slow_timeout_s``."""
+        if len(self._pending) > self.queue_max // 2:
+            if self.high_since is None:
+                self.high_since = now
+            return now - self.high_since > slow_timeout_s
+        self.high_since = None
+        return False
+
+
+@dataclass(slots=True)
+class Channel:
+    name: str  # the name clients use
+    seq: int = 0
+    subs: set = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class BarSeries:
+    bars: deque
+    current: dict | None = None
+
+
+class Throttle:
+    """Per-key leading-edge throttle that always delivers the latest value (pure; caller gives ``now``)."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.last_sent: dict[str, float] = {}
+        self.held: dict[str, Any] = {}
+
+    def offer(self, key: str, value: Any, now: float) -> bool:
+        """True: send ``value`` now. False: it is held (replacing any older held value) until :meth:`due`."""
+        if now - self.last_sent.get(key, float("-inf")) >= self.interval_s:
+            self.last_sent[key] = now
+            self.held.pop(key, None)
+            return True
+        self.held[key] = value
+        return False
+
+    def next_due(self, key: str) -> float:
+        return self.last_sent.get(key, 0.0) + self.interval_s
+
+    def due(self, now: float) -> list[tuple[str, Any]]:
+        """Held values whose window has ended (their key's window restarts now)."""
+        out = []
+        for key in [k for k in self.held if now - self.last_sent.get(k, float("-inf")) >= self.interval_s - 1e-9]:
+            out.append((key, self.held.pop(key)))
+            self.last_sent[key] = now
+        if len(self.last_sent) > 50_000:  # bounded: forget keys idle for a long time
+            for k in [k for k, t in self.last_sent.items() if now - t > 60 and k not in self.held]:
+                del self.last_sent[k]
+        return out
+
+
+class Hub:
+    """Channel state and fan-out. See the module docstring."""
+
+    def __init__(self, *, price_throttle_s: float = 0.25, history_bars: int = 600, max_symbols: int = 20_000,
+                 max_channels_per_client: int = 64, keep_setups: int = 200, keep_user_items: int = 100,
+                 max_users: int = 1000) -> None:
+        self.history_bars = history_bars
+        self.max_symbols = max_symbols
+        self.max_channels_per_client = max_channels_per_client
+        self.keep_setups = keep_setups
+        self.keep_user_items = keep_user_items
+        self.max_users = max_users
+        self.throttle = Throttle(price_throttle_s)
+        self.channels: dict[str, Channel] = {}
+        self.prices: OrderedDict[str, dict] = OrderedDict()
+        self._price_source: dict[str, str] = {}
+        self.series: OrderedDict[str, BarSeries] = OrderedDict()
+        self.setups: OrderedDict[str, dict] = OrderedDict()
+        self.market: dict | None = None
+        self.user_data: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.status: dict | None = None
+        self.mode = "tick"
+        self.price_broadcasts = 0
+        self.messages_out = 0
+
+    # ------------------------------------------------------------------ channels and subscriptions
+
+    def _channel(self, key: str, name: str) -> Channel:
+        ch = self.channels.get(key)
+        if ch is None:
+            ch = self.channels[key] = Channel(name)
+            if len(self.channels) > 4 * self.max_symbols:
+                for k in [k for k, c in self.channels.items() if not c.subs][: self.max_symbols]:
+                    del self.channels[k]
+        return ch
+
+    def key_for(self, client: Client, name: str) -> str:
+        """Internal channel key of ``name`` for ``client`` (user channels are per user); raises ChannelError."""
+        kind, _ = parse_channel(name)
+        if kind in USER_CHANNELS:
+            if client.user is None:
+                raise ChannelError("unauthorized", f"channel {name!r} needs a token: connect to /ws?token=<spx token USER>")
+            return f"{kind}@{client.user}"
+        return name
+
+    def subscribe(self, client: Client, name: str) -> None:
+        """Queue the channel's snapshot to ``client`` and register it for the updates that follow."""
+        key = self.key_for(client, name)
+        if key in client.subs:
+            return
+        if len(client.subs) >= self.max_channels_per_client:
+            raise ChannelError("too_many_channels", f"at most {self.max_channels_per_client} channels per connection")
+        ch = self._channel(key, name)
+        data, ts = self._snapshot(key)
+        client.push(encode({"channel": name, "type": "snapshot", "seq": ch.seq, "source": self._source(key),
+                            "ts": ts, "data": data}), seal=key)
+        ch.subs.add(client)
+        client.subs[key] = name
+
+    def unsubscribe(self, client: Client, name: str) -> bool:
+        try:
+            key = self.key_for(client, name)
+        except ChannelError:
+            return False
+        if client.subs.pop(key, None) is None:
+            return False
+        ch = self.channels.get(key)
+        if ch is not None:
+            ch.subs.discard(client)
+        return True
+
+    def drop_user_channels(self, client: Client) -> list[str]:
+        """Unsubscribe every user-scoped channel (token expired); return the names dropped."""
+        names = [name for key, name in client.subs.items() if "@" in key]
+        for name in names:
+            self.unsubscribe(client, name)
+        return names
+
+    def remove(self, client: Client) -> None:
+        for key in list(client.subs):
+            ch = self.channels.get(key)
+            if ch is not None:
+                ch.subs.discard(client)
+        client.subs.clear()
+
+    def subscribers(self, key: str) -> int:
+        ch = self.channels.get(key)
+        return len(ch.subs) if ch else 0
+
+    def _source(self, key: str) -> str:
+        if key.startswith("price:"):
+            return self._price_source.get(key[6:], "tick")
+        return "poll" if self.mode == "poll" else "tick"
+
+    def broadcast(self, key: str, name: str, data: Any, ts: int | None, pub_ns: int, source: str,
+                  conflate: bool = False) -> int:
+        """Assign the channel's next seq and queue one encoded update to every subscriber."""
+        ch = self.channels.get(key)
+        if ch is None:
+            ch = self._channel(key, name)
+        ch.seq += 1
+        if not ch.subs:
+            return ch.seq
+        text = encode({"channel": ch.name, "type": "update", "seq": ch.seq, "source": source, "ts": ts,
+                       "data": data})
+        if conflate:
+            for client in ch.subs:
+                client.push(text, pub_ns, conflate=key)
+        else:
+            for client in ch.subs:
+                client.push(text, pub_ns, seal=key)
+        self.messages_out += len(ch.subs)
+        return ch.seq
+
+    # ------------------------------------------------------------------ snapshots
+
+    def _snapshot(self, key: str) -> tuple[Any, int | None]:
+        if key.startswith("price:"):
+            data = self.prices.get(key[6:])
+            return data, data["ts"] if data else None
+        if key.startswith("microbar:"):
+            s = self.series.get(key)
+            if s is None:
+                return {"bars": [], "current": None}, None
+            last = s.current or (s.bars[-1] if s.bars else None)
+            return {"bars": list(s.bars), "current": s.current}, last["startNs"] if last else None
+        if key == "setups":
+            items = list(self.setups.values())
+            return {"setups": items}, items[-1]["ts"] if items else None
+        if key == "snapshot":
+            return self.market, (self.market or {}).get("ts")
+        if key == "status":
+            return self.status, None
+        kind, _, user = key.partition("@")
+        store = self.user_data.get(user, {})
+        if kind == "positions":
+            items = list(store.get("positions", {}).values())
+        else:
+            items = list(store.get(kind, ()))
+        return {"events" if kind == "coach" else kind: items}, items[-1]["ts"] if items else None
+
+    # ------------------------------------------------------------------ ingest (bus bodies)
+
+    def on_ticks(self, sym: str, events: Iterable[m.Trade | m.Quote | m.IndexValue], pub_ns: int, now: float) -> bool:
+        """Fold a tick batch into the symbol's last price; returns True when a window is now held."""
+        prev = self.prices.get(sym)
+        data = dict(prev) if prev else {"sym": sym, "price": None, "bid": None, "ask": None, "size": None, "ts": 0}
+        source = "tick"
+        have_trade = prev is not None and prev.get("_trade", False)
+        for ev in events:
+            if isinstance(ev, m.Trade):
+                data["price"], data["size"], have_trade = ev.price, ev.size, True
+            elif isinstance(ev, m.Quote):
+                data["bid"], data["ask"] = ev.bid, ev.ask
+                if not have_trade and ev.bid > 0 and ev.ask > 0:
+                    data["price"] = round((ev.bid + ev.ask) / 2, 4)
+            else:
+                data["price"], have_trade = ev.value, True
+            data["ts"] = ev.ts
+            source = "poll" if ev.source == "poll" else "tick"
+        data.pop("_trade", None)
+        stored = dict(data, _trade=have_trade)
+        self.prices[sym] = stored
+        self.prices.move_to_end(sym)
+        if len(self.prices) > self.max_symbols:
+            self.prices.popitem(last=False)
+        self._price_source[sym] = source
+        key = f"price:{sym}"
+        if not self.subscribers(key):
+            return False
+        if self.throttle.offer(sym, pub_ns, now):
+            self._send_price(sym, pub_ns)
+            return False
+        return True
+
+    def _send_price(self, sym: str, pub_ns: int) -> None:
+        data = {k: v for k, v in self.prices[sym].items() if k != "_trade"}
+        key = f"price:{sym}"
+        self.broadcast(key, key, data, data["ts"], pub_ns, self._price_source.get(sym, "tick"), conflate=True)
+        self.price_broadcasts += 1
+
+    def flush_prices(self, now: float) -> None:
+        """Send held prices whose throttle window ended (always the latest price of the symbol)."""
+        for sym, pub_ns in self.throttle.due(now):
+            if sym in self.prices:
+                self._send_price(sym, pub_ns)
+
+    def next_price_due(self) -> float | None:
+        if not self.throttle.held:
+            return None
+        return min(self.throttle.next_due(k) for k in self.throttle.held)
+
+    def on_bar(self, bar: m.MicroBar, pub_ns: int) -> None:
+        key = f"microbar:{bar.sym}:{bar.interval}"
+        s = self.series.get(key)
+        if s is None:
+            s = self.series[key] = BarSeries(deque(maxlen=self.history_bars))
+            if len(self.series) > self.max_symbols:
+                self.series.popitem(last=False)
+        data = bar_json(bar)
+        if bar.closed:
+            if s.bars and s.bars[-1]["startNs"] >= bar.start_ns:
+                if s.bars[-1]["startNs"] == bar.start_ns:
+                    s.bars[-1] = data  # a correction of the last closed bar
+            else:
+                s.bars.append(data)
+            if s.current is not None and s.current["startNs"] <= bar.start_ns:
+                s.current = None
+        else:
+            s.current = data
+        source = "poll" if bar.source == "poll" else "tick"
+        self.broadcast(key, key, data, bar.start_ns, pub_ns, source, conflate=not bar.closed)
+
+    def on_transition(self, t: m.SetupTransition, pub_ns: int) -> None:
+        data = msgspec.to_builtins(t)
+        self.setups[t.setup_id] = data
+        self.setups.move_to_end(t.setup_id)
+        while len(self.setups) > self.keep_setups:
+            self.setups.popitem(last=False)
+        self.broadcast("setups", "setups", data, t.ts, pub_ns, self._source("setups"))
+
+    def on_market(self, doc: dict, event_ns: int, pub_ns: int) -> None:
+        self.market = dict(doc)
+        self.market.setdefault("ts", event_ns)
+        self.broadcast("snapshot", "snapshot", self.market, event_ns, pub_ns, self._source("snapshot"))
+
+    def on_user(self, kind: str, user: str, body: m.CoachEvent | m.Position | m.Order | m.Fill, pub_ns: int) -> None:
+        """A user-scoped body for channel ``kind`` (coach, positions, orders, fills)."""
+        store = self.user_data.get(user)
+        if store is None:
+            store = self.user_data[user] = {}
+            if len(self.user_data) > self.max_users:
+                self.user_data.popitem(last=False)
+        self.user_data.move_to_end(user)
+        data = msgspec.to_builtins(body)
+        if kind == "positions":
+            pos = store.setdefault("positions", OrderedDict())
+            pos[body.option_symbol] = data
+            while len(pos) > self.keep_user_items:
+                pos.popitem(last=False)
+        else:
+            store.setdefault(kind, deque(maxlen=self.keep_user_items)).append(data)
+        self.broadcast(f"{kind}@{user}", kind, data, body.ts, pub_ns, self._source(kind))
+
+    def on_status(self, data: dict) -> None:
+        self.status = data
+        self.broadcast("status", "status", data, None, 0, self._source("status"))

@@ -1,0 +1,264 @@
+"""The browser-facing protocol: client requests, server messages, channels, and their JSON Schemas.
+
+Everything a UI developer needs is in ``docs/gateway.md``, generated from the pydantic models
+here (``python -m services.gateway.protocol > docs/gateway.md``; a test keeps the two equal).
+Bus bodies keep their snake_case names on the bus; towards browsers bar fields are camelCase.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any, Literal, Union
+
+import msgspec
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
+
+from spx_common import models as m
+from spx_common.schemas import model_for
+
+# --------------------------------------------------------------------------- channels
+
+SYMBOL = r"[A-Za-z0-9:._-]{1,48}"
+INTERVAL = r"[0-9]{1,4}[smh]"
+PUBLIC_CHANNELS = {
+    "price": re.compile(rf"^price:({SYMBOL})$"),
+    "microbar": re.compile(rf"^microbar:({SYMBOL}):({INTERVAL})$"),
+}
+SIMPLE_CHANNELS = ("setups", "snapshot", "status")
+#: channels that carry one user's data and need a token; a connection only gets its own user's
+USER_CHANNELS = ("coach", "positions", "orders", "fills")
+
+
+class ChannelError(ValueError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse_channel(name: str) -> tuple[str, tuple[str, ...]]:
+    """``"microbar:SPY:1s"`` -> ``("microbar", ("SPY", "1s"))``; raise :class:`ChannelError` when unknown."""
+    if not isinstance(name, str):
+        raise ChannelError("bad_channel", "channel names are strings")
+    if name in SIMPLE_CHANNELS or name in USER_CHANNELS:
+        return name, ()
+    for kind, rx in PUBLIC_CHANNELS.items():
+        match = rx.match(name)
+        if match:
+            return kind, match.groups()
+    raise ChannelError("bad_channel", f"unknown channel {name[:80]!r}; see docs/gateway.md for channel names")
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+_BAR_FIELDS = [(f.name, camel(f.name)) for f in msgspec.structs.fields(m.MicroBar)]
+
+
+def bar_json(bar: m.MicroBar) -> dict[str, Any]:
+    """A bar as the browser sees it: camelCase keys, every field present (null when unknown)."""
+    return {c: getattr(bar, n) for n, c in _BAR_FIELDS}
+
+
+# --------------------------------------------------------------------------- client -> server
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Subscribe(_Strict):
+    """Start receiving channels: each first gets a ``snapshot`` message, then ``update`` messages."""
+
+    op: Literal["subscribe"]
+    channels: Annotated[list[str], Field(min_length=1, max_length=64)]
+    latency: bool = Field(False, description="Add latencyMs (bus publish to gateway send) to every message.")
+    id: str | None = Field(None, max_length=64, description="Echoed back in the 'subscribed' acknowledgement.")
+
+
+class Unsubscribe(_Strict):
+    """Stop receiving channels (unknown or unsubscribed names are ignored)."""
+
+    op: Literal["unsubscribe"]
+    channels: Annotated[list[str], Field(min_length=1, max_length=64)]
+    id: str | None = Field(None, max_length=64)
+
+
+class Ping(_Strict):
+    """Liveness check; answered with a ``pong`` message."""
+
+    op: Literal["ping"]
+    id: str | None = Field(None, max_length=64)
+
+
+ClientMessage = Annotated[Union[Subscribe, Unsubscribe, Ping], Field(discriminator="op")]
+CLIENT_ADAPTER: TypeAdapter = TypeAdapter(ClientMessage)
+
+
+# --------------------------------------------------------------------------- server -> client
+
+MessageType = Literal["welcome", "snapshot", "update", "subscribed", "unsubscribed", "pong", "error"]
+
+
+class ServerMessage(_Strict):
+    """Every server message. ``seq`` counts per channel: a snapshot carries the channel's current
+    sequence and the updates after it carry the following ones, so a client stitches them with no
+    gap and no duplicate. Only ``price`` and in-progress bars may be conflated for a slow client:
+    a conflated update carries a later seq (``conflated`` says how many were folded into it)."""
+
+    channel: str | None = Field(description="The channel name as subscribed; null for connection-level messages.")
+    type: MessageType
+    seq: int = Field(ge=0, description="Per-channel sequence; 0 for control messages.")
+    source: Literal["tick", "poll"] = Field(description="How the data reached the mesh: live stream or REST polling.")
+    data: Any = Field(description="Channel payload (schemas below), or error/control details.")
+    ts: int | None = Field(None, description="Event time of the data, ns since the Unix epoch.")
+    latencyMs: float | None = Field(None, description="Only when subscribed with latency: true.")
+    conflated: int | None = Field(None, description="Updates replaced by this one in a slow client's queue.")
+
+
+class ErrorData(_Strict):
+    """``data`` of a ``type: error`` message. The connection stays open (except for close codes below)."""
+
+    code: Literal["bad_json", "bad_request", "too_large", "rate_limited", "bad_channel", "unauthorized",
+                  "token_expired", "too_many_channels"]
+    message: str
+    id: str | None = None
+
+
+class PriceData(_Strict):
+    """``price:<symbol>`` data: the last trade (index value for indices) and the last quote."""
+
+    sym: str
+    price: float | None = Field(description="Last trade price or index value (quote mid when none yet).")
+    bid: float | None = None
+    ask: float | None = None
+    size: float | None = None
+    ts: int
+
+
+_bar_model = model_for(m.MicroBar)
+BarData = create_model(
+    "BarData",
+    __config__=ConfigDict(extra="forbid"),
+    __doc__="``microbar:<symbol>:<interval>`` update data: one bar, camelCase (``closed`` false while in progress).",
+    **{camel(name): (info.annotation, info.default if not info.is_required() else ...)
+       for name, info in _bar_model.model_fields.items()},
+)
+
+
+class BarSnapshot(_Strict):
+    """``microbar`` snapshot data: recent closed bars (oldest first) and the bar in progress."""
+
+    bars: list[BarData]  # type: ignore[valid-type]
+    current: BarData | None = None  # type: ignore[valid-type]
+
+
+class SetupsSnapshot(_Strict):
+    """``setups`` snapshot data: latest transition of each recent setup (update data is one transition)."""
+
+    setups: list[model_for(m.SetupTransition)]  # type: ignore[valid-type]
+
+
+class MarketSnapshot(_Strict):
+    """``snapshot`` channel data: the detector's market-state document (levels, VWAP bands, GEX, regime)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class CoachSnapshot(_Strict):
+    """``coach`` snapshot data: this user's recent tactical alerts (update data is one CoachEvent)."""
+
+    events: list[model_for(m.CoachEvent)]  # type: ignore[valid-type]
+
+
+class PositionsSnapshot(_Strict):
+    """``positions`` snapshot data: this user's open and closed positions (update data is one Position)."""
+
+    positions: list[model_for(m.Position)]  # type: ignore[valid-type]
+
+
+class OrdersSnapshot(_Strict):
+    """``orders`` snapshot data: recent orders (update: one Order)."""
+
+    orders: list[model_for(m.Order)]  # type: ignore[valid-type]
+
+
+class FillsSnapshot(_Strict):
+    """``fills`` snapshot data: recent fills (update: one Fill)."""
+
+    fills: list[model_for(m.Fill)]  # type: ignore[valid-type]
+
+
+class ServiceStatus(_Strict):
+    alive: bool
+    state: str
+    detail: str = ""
+    heartbeatAgeS: float | None = None
+
+
+class FeedStatusData(_Strict):
+    mode: Literal["tick", "poll", "replay", "down"]
+    connected: bool
+    eventsPerS: float
+    lastEventAgeMs: float | None = None
+
+
+class StatusData(_Strict):
+    """``status`` data (snapshot and every update, about once a second)."""
+
+    services: dict[str, ServiceStatus]
+    feed: FeedStatusData | None = None
+    clients: int
+    priceBroadcastRate: float
+
+
+class Welcome(_Strict):
+    """``welcome`` data, sent first on every connection."""
+
+    user: str | None = Field(description="The token's user, null without a token.")
+    channels: list[str] = Field(description="Channel name forms this gateway serves.")
+    priceThrottleMs: float
+    protocol: int
+
+
+CHANNEL_DATA: dict[str, tuple[type[BaseModel] | None, type[BaseModel]]] = {
+    "price:<symbol>": (PriceData, PriceData),
+    "microbar:<symbol>:<interval>": (BarSnapshot, BarData),
+    "setups": (SetupsSnapshot, model_for(m.SetupTransition)),
+    "snapshot": (MarketSnapshot, MarketSnapshot),
+    "status": (StatusData, StatusData),
+    "coach": (CoachSnapshot, model_for(m.CoachEvent)),
+    "positions": (PositionsSnapshot, model_for(m.Position)),
+    "orders": (OrdersSnapshot, model_for(m.Order)),
+    "fills": (FillsSnapshot, model_for(m.Fill)),
+}
+PROTOCOL = 1
+
+
+def schema_doc() -> str:
+    """The generated part of ``docs/gateway.md``: one JSON Schema per message and payload."""
+    out = ["## JSON Schemas (generated)", "",
+           "Generated from `services/gateway/protocol.py` by `python -m services.gateway.protocol`; "
+           "a test fails when this section and the code disagree.", ""]
+
+    def block(title: str, model: Any) -> None:
+        schema = model.model_json_schema() if isinstance(model, type) else TypeAdapter(model).json_schema()
+        out.extend([f"### {title}", "", "```json", json.dumps(schema, indent=2, sort_keys=True), "```", ""])
+
+    block("Client message (subscribe | unsubscribe | ping)", ClientMessage)
+    block("Server message envelope", ServerMessage)
+    block("Error data", ErrorData)
+    block("Welcome data", Welcome)
+    for channel, (snap, upd) in CHANNEL_DATA.items():
+        if snap is upd:
+            block(f"`{channel}` data (snapshot and update)", snap)
+        else:
+            block(f"`{channel}` snapshot data", snap)
+            block(f"`{channel}` update data", upd)
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(schema_doc(), end="")

@@ -1,0 +1,395 @@
+"""The gateway process: bus frames in, websocket JSON out, dashboard and /metrics over HTTP.
+
+A :class:`~spx_common.service.BusService` whose ``main()`` runs a ``websockets`` server on one
+port: ``/ws`` upgrades to the protocol of ``docs/gateway.md``; plain GETs are answered by
+``process_request`` (``/`` the dashboard, ``/static/*``, ``/metrics``, ``/healthz``). Channel state,
+sequencing, throttling and queues live in the pure :mod:`services.gateway.hub`; this shell only
+decodes, authenticates, rate-limits and writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import itertools
+import logging
+import mimetypes
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import msgspec
+import pydantic
+import websockets
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from services.gateway import auth
+from services.gateway.config import GatewayConfig
+from services.gateway.hub import Client, Hub, encode
+from services.gateway.protocol import (
+    CLIENT_ADAPTER, PROTOCOL, SIMPLE_CHANNELS, USER_CHANNELS, ChannelError, Ping, Subscribe, Unsubscribe,
+)
+from spx_common import models as m
+from spx_common.codec import Frame
+from spx_common.config import BusConfig, RuntimeConfig, load
+from spx_common.service import BusService
+
+STATIC_DIR = Path(__file__).with_name("static")
+CLOSE_TOO_SLOW = 4008
+CLOSE_ABUSE = 1008
+_json_decode = msgspec.json.Decoder().decode
+
+
+class TokenBucket:
+    """Client message rate limit: ``rate`` per second sustained, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = burst
+        self.at = time.monotonic()
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class Connection:
+    """Shell-side state of one websocket: the hub client, its writer task and its limits."""
+
+    def __init__(self, ws: ServerConnection, client: Client, bucket: TokenBucket, expires_s: int | None) -> None:
+        self.ws = ws
+        self.client = client
+        self.bucket = bucket
+        self.expires_s = expires_s
+        self.event = asyncio.Event()
+        self.refused = 0
+        self.closing = False
+
+
+class GatewayService(BusService):
+    """Websocket gateway and dashboard server for browsers and UI clients."""
+
+    name = "gateway"
+    subscriptions = {
+        "feed": ["tick.", "status."],
+        "aggregator": ["bar."],
+        "detector": ["setup.transition", "state.market"],
+        "selector": [],
+        "broker": ["position.", "order.", "fill."],
+        "coach": ["coach."],
+        "recorder": [],
+    }
+
+    def __init__(self, runtime: RuntimeConfig | None = None, bus: BusConfig | None = None, *,
+                 instance: str | None = None, config: GatewayConfig | None = None) -> None:
+        super().__init__(runtime, bus, instance=instance)
+        self.config = config or load(GatewayConfig)
+        self.port: int | None = None
+        self.static_dir = self.config.static_dir or STATIC_DIR
+        self.conns: dict[int, Connection] = {}
+        self._ids = itertools.count(1)
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self.feed_status: m.FeedStatus | None = None
+        self._rate_prev = (0, time.monotonic())
+        self.ready = asyncio.Event()
+        reg = self.metrics
+        self.m_clients = reg.gauge("ws_clients", "Open websocket connections.")
+        self.m_price_rate = reg.gauge("ws_price_broadcast_rate", "Price updates broadcast per second (after throttling).")
+        self.m_price_total = reg.counter("ws_price_broadcasts_total", "Price updates broadcast (after throttling).")
+        self.m_out = reg.counter("ws_messages_out_total", "Messages written to websocket clients.")
+        self.m_conflated = reg.counter("ws_conflated_total", "Price/in-progress bar updates folded in slow client queues.")
+        self.m_disconnects = reg.counter("ws_disconnects_total", "Connections closed by the gateway, by reason.", ["reason"])
+        self.m_errors = reg.counter("ws_client_errors_total", "Error messages sent to clients, by code.", ["code"])
+        self.m_auth = reg.counter("ws_auth_refused_total", "Connections whose token was refused, by code.", ["code"])
+        self.m_http = reg.counter("http_requests_total", "Plain HTTP requests, by status.", ["status"])
+
+    # ------------------------------------------------------------------ bus side
+
+    def setup(self) -> None:
+        cfg = self.config
+        self.secret = auth.load_secret(cfg.token_secret, cfg.secret_path(self.runtime))
+        self.hub = Hub(price_throttle_s=cfg.price_throttle_ms / 1000, history_bars=cfg.history_bars,
+                       max_symbols=cfg.max_symbols, max_channels_per_client=cfg.max_channels)
+        self.on("tick.", self._on_ticks)
+        self.on("bar.", self._on_bar)
+        self.on("setup.transition", lambda f, b: self.hub.on_transition(b, f.pub_ns))
+        self.on("state.market", lambda f, b: self.hub.on_market(b, f.event_ns, f.pub_ns))
+        self.on("status.feed", self._on_feed_status)
+        for prefix, kind in (("coach.", "coach"), ("position.", "positions"), ("order.", "orders"),
+                             ("fill.", "fills")):
+            self.on(prefix, self._user_handler(kind, prefix))
+
+    def _on_ticks(self, frame: Frame, events: list) -> None:
+        sym = frame.topic[5:]
+        if events and self.hub.on_ticks(sym, events, frame.pub_ns, time.monotonic()):
+            self._schedule_flush()
+
+    def _on_bar(self, frame: Frame, bar: m.MicroBar) -> None:
+        self.hub.on_bar(bar, frame.pub_ns)
+
+    def _on_feed_status(self, frame: Frame, body: m.FeedStatus) -> None:
+        self.feed_status = body
+        self.hub.mode = body.mode
+
+    def _user_handler(self, kind: str, prefix: str):
+        def handle(frame: Frame, body: Any) -> None:
+            user = frame.topic[len(prefix):]
+            if getattr(body, "user", user) != user:
+                raise ValueError(f"{frame.topic} carries a body for user {body.user!r}")
+            self.hub.on_user(kind, user, body, frame.pub_ns)
+        return handle
+
+    def _schedule_flush(self) -> None:
+        if self._flush_handle is not None:
+            return
+        due = self.hub.next_price_due()
+        if due is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._flush_handle = loop.call_later(max(0.0, due - time.monotonic()), self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        self.hub.flush_prices(time.monotonic())
+        self._schedule_flush()
+
+    def periodic(self) -> None:
+        now = time.monotonic()
+        total = self.hub.price_broadcasts
+        prev_total, prev_at = self._rate_prev
+        rate = (total - prev_total) / max(now - prev_at, 1e-3)
+        self._rate_prev = (total, now)
+        self.m_price_rate.set(round(rate, 2))
+        self.m_price_total.inc(total - prev_total)
+        self.m_clients.set(len(self.conns))
+        self.hub.on_status(self.status_doc(rate))
+        wall = time.time()
+        for conn in list(self.conns.values()):
+            c = conn.client
+            if c.check_slow(now, self.config.slow_timeout_s):
+                self._close(conn, CLOSE_TOO_SLOW, "too slow: queue stayed above half its bound", "slow")
+            elif conn.expires_s is not None and conn.expires_s <= wall:
+                conn.expires_s = None
+                dropped = self.hub.drop_user_channels(c)
+                if dropped:
+                    self._error(conn, "token_expired", f"token expired; unsubscribed from {', '.join(dropped)}")
+
+    def status_doc(self, price_rate: float = 0.0) -> dict:
+        """The ``status`` channel payload: every peer's health, the feed mode, gateway counters."""
+        now = time.monotonic()
+        services = {}
+        for peer in self.core.peers.values():
+            hb = peer.heartbeat
+            services[peer.service] = {
+                "alive": peer.alive, "state": hb.state if hb else "unknown", "detail": hb.detail if hb else "",
+                "heartbeatAgeS": round(now - peer.last_seen, 2)}
+        feed = None
+        if self.feed_status is not None:
+            f = self.feed_status
+            feed = {"mode": f.mode, "connected": f.connected, "eventsPerS": f.events_per_s,
+                    "lastEventAgeMs": f.last_event_age_ms}
+        return {"services": services, "feed": feed, "clients": len(self.conns),
+                "priceBroadcastRate": round(price_rate, 2)}
+
+    def status(self) -> dict[str, Any]:
+        doc = super().status()
+        doc["gateway"] = {
+            "url": f"ws://{self.config.host}:{self.port}/ws", "clients": len(self.conns),
+            "users": sorted({c.client.user for c in self.conns.values() if c.client.user}),
+            "price_broadcast_rate": self.m_price_rate.value(), "messages_out": self.hub.messages_out,
+            "conflated": sum(c.client.conflated for c in self.conns.values()),
+            "disconnects": {"slow": self.m_disconnects.value(reason="slow")},
+        }
+        return doc
+
+    # ------------------------------------------------------------------ HTTP side
+
+    def _origins(self) -> list[str | None]:
+        port = self.port or self.config.port
+        return [None, f"http://127.0.0.1:{port}", f"http://localhost:{port}", *self.config.allowed_origins]
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == "/ws":
+            if len(self.conns) >= self.config.max_clients:
+                self.m_http.inc(status="503")
+                return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
+            origin = request.headers.get("Origin")
+            if origin not in self._origins():
+                self.m_auth.inc(code="origin")
+                self.m_http.inc(status="403")
+                return connection.respond(http.HTTPStatus.FORBIDDEN, f"origin {origin} is not allowed\n")
+            return None
+        if path == "/metrics":
+            return self._respond(200, self.metrics.render().encode(), "text/plain; version=0.0.4")
+        if path == "/healthz":
+            return self._respond(200, b'{"ok":true}', "application/json")
+        if path == "/":
+            path = "/index.html"
+        elif path.startswith("/static/"):
+            path = path[len("/static"):]
+        target = (self.static_dir / path.lstrip("/")).resolve()
+        if self.static_dir.resolve() not in target.parents or not target.is_file():
+            return self._respond(404, b"not found\n", "text/plain")
+        ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        if ctype.startswith("text/") or ctype.endswith("javascript"):
+            ctype += "; charset=utf-8"
+        return self._respond(200, target.read_bytes(), ctype)
+
+    def _respond(self, status: int, body: bytes, ctype: str) -> Response:
+        self.m_http.inc(status=str(status))
+        headers = Headers([("Content-Type", ctype), ("Content-Length", str(len(body))),
+                           ("Cache-Control", "no-store"), ("Connection", "close")])
+        return Response(status, http.HTTPStatus(status).phrase, headers, body)
+
+    # ------------------------------------------------------------------ websocket side
+
+    async def main(self) -> None:
+        cfg = self.config
+        logging.getLogger("websockets.server").setLevel(logging.WARNING)  # no line per connection
+        async with serve(self._handle, cfg.host, cfg.port, process_request=self._process_request,
+                         compression=None, max_size=cfg.max_frame_bytes, max_queue=16,
+                         write_limit=cfg.write_limit_bytes, ping_interval=20, close_timeout=2,
+                         server_header="spx-gateway") as server:
+            self.port = server.sockets[0].getsockname()[1]
+            self.detail = f"ws://{cfg.host}:{self.port}/ws"
+            self.log.info("gateway listening", extra={"url": self.detail})
+            self.ready.set()
+            await self.stop_event.wait()
+            for conn in list(self.conns.values()):
+                self._close(conn, 1001, "gateway shutting down", "shutdown")
+
+    def _close(self, conn: Connection, code: int, reason: str, label: str) -> None:
+        if conn.closing:
+            return
+        conn.closing = True
+        self.m_disconnects.inc(reason=label)
+        self.hub.remove(conn.client)
+        conn.event.set()
+        asyncio.ensure_future(conn.ws.close(code, reason))
+
+    def _send_now(self, conn: Connection, msg: dict) -> None:
+        conn.client.push(encode(msg))
+
+    def _error(self, conn: Connection, code: str, message: str, channel: str | None = None,
+               rid: str | None = None) -> None:
+        self.m_errors.inc(code=code)
+        data = {"code": code, "message": message}
+        if rid is not None:
+            data["id"] = rid
+        self._send_now(conn, {"channel": channel, "type": "error", "seq": 0, "source": "tick", "data": data})
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        cfg = self.config
+        query = parse_qs(urlsplit(ws.request.path).query) if ws.request else {}
+        token = (query.get("token") or [None])[0]
+        if token is None and ws.request is not None:
+            header = ws.request.headers.get("Authorization", "")
+            if header.startswith("Bearer "):
+                token = header[7:].strip()
+        user, expires = None, None
+        token_error = None
+        if token:
+            try:
+                user, expires = auth.verify(token, self.secret, time.time())
+            except auth.TokenError as exc:
+                self.m_auth.inc(code=exc.code)
+                token_error = exc
+        cid = next(self._ids)
+        conn: Connection
+        client = Client(cid, user, cfg.queue_max, wake=lambda: conn.event.set())
+        conn = Connection(ws, client, TokenBucket(cfg.client_msgs_per_s, 2 * cfg.client_msgs_per_s), expires)
+        self.conns[cid] = conn
+        self.m_clients.set(len(self.conns))
+        self._send_now(conn, {"channel": None, "type": "welcome", "seq": 0, "source": "tick", "data": {
+            "user": user, "priceThrottleMs": cfg.price_throttle_ms, "protocol": PROTOCOL,
+            "channels": ["price:<symbol>", "microbar:<symbol>:<interval>", *SIMPLE_CHANNELS, *USER_CHANNELS]}})
+        if token_error is not None:
+            self._error(conn, token_error.code, str(token_error))
+        writer = asyncio.ensure_future(self._writer(conn))
+        try:
+            async for raw in ws:
+                if conn.closing:
+                    break
+                self._on_message(conn, raw)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.conns.pop(cid, None)
+            self.hub.remove(client)
+            self.m_clients.set(len(self.conns))
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+
+    async def _writer(self, conn: Connection) -> None:
+        client, ws = conn.client, conn.ws
+        try:
+            while not conn.closing:
+                await conn.event.wait()
+                conn.event.clear()
+                if client.overflowed:
+                    self._close(conn, CLOSE_TOO_SLOW, "too slow: outbound queue overflowed", "overflow")
+                    return
+                before = client.conflated
+                while not conn.closing:
+                    text = client.pop(time.time_ns())
+                    if text is None:
+                        break
+                    await ws.send(text)
+                    self.m_out.inc()
+                if client.conflated != before:
+                    self.m_conflated.inc(client.conflated - before)
+        except websockets.ConnectionClosed:
+            pass
+
+    def _on_message(self, conn: Connection, raw: str | bytes) -> None:
+        cfg = self.config
+        if not conn.bucket.take(time.monotonic()):
+            conn.refused += 1
+            if conn.refused > 10 * cfg.client_msgs_per_s:
+                self._close(conn, CLOSE_ABUSE, "message rate far above the limit", "abuse")
+            elif conn.refused == 1 or conn.refused % 10 == 0:
+                self._error(conn, "rate_limited", f"more than {cfg.client_msgs_per_s:g} messages/s; message dropped")
+            return
+        conn.refused = 0
+        if len(raw) > cfg.max_message_bytes:
+            self._error(conn, "too_large", f"message of {len(raw)} bytes exceeds {cfg.max_message_bytes}")
+            return
+        try:
+            doc = _json_decode(raw)
+        except msgspec.DecodeError as exc:
+            self._error(conn, "bad_json", f"not JSON: {exc}")
+            return
+        try:
+            req = CLIENT_ADAPTER.validate_python(doc)
+        except pydantic.ValidationError as exc:
+            detail = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'message'}: {e['msg']}"
+                               for e in exc.errors()[:5])
+            rid = doc.get("id") if isinstance(doc, dict) and isinstance(doc.get("id"), str) else None
+            self._error(conn, "bad_request", detail, rid=rid)
+            return
+        if isinstance(req, Subscribe):
+            conn.client.latency = conn.client.latency or req.latency
+            ok = []
+            for name in req.channels:
+                try:
+                    self.hub.subscribe(conn.client, name)
+                    ok.append(name)
+                except ChannelError as exc:
+                    self._error(conn, exc.code, str(exc), channel=name, rid=req.id)
+            self._send_now(conn, {"channel": None, "type": "subscribed", "seq": 0, "source": "tick",
+                                  "data": {"channels": ok, "id": req.id}})
+        elif isinstance(req, Unsubscribe):
+            done = [name for name in req.channels if self.hub.unsubscribe(conn.client, name)]
+            self._send_now(conn, {"channel": None, "type": "unsubscribed", "seq": 0, "source": "tick",
+                                  "data": {"channels": done, "id": req.id}})
+        elif isinstance(req, Ping):
+            self._send_now(conn, {"channel": None, "type": "pong", "seq": 0, "source": "tick",
+                                  "data": {"id": req.id, "ts": time.time_ns()}})
