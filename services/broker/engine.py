@@ -234,13 +234,13 @@ class Engine:
     def on_recommendation(self, r: ContractRecommendation) -> list[Intent]:
         if r.ts:
             self._roll_day(r.ts)
-        first = r.setup_id not in self.recos
+        prev = self.recos.get(r.setup_id)
         self._remember(self.recos, r.setup_id, r)
         if r.bid is not None and r.ask is not None and r.tradier_symbol:
             self.on_quote(r.tradier_symbol, r.bid, r.ask)
         t = self.triggered.get(r.setup_id)
-        if t is None or not first:
-            return []
+        if t is None or (prev is not None and (prev.ok or not r.ok)):
+            return []  # decided on the first recommendation; a later one only helps after a refusal
         return self._enter(t, r)
 
     def _enter(self, t: SetupTransition, r: ContractRecommendation) -> list[Intent]:

@@ -73,6 +73,7 @@ FLATTEN_RETRY_S = 30.0
 MAX_UNRESOLVED_CHECKS = 10
 MARK_PUBLISH_NS = 1_000_000_000
 SELECT_GRACE_S = 0.5
+MAX_ORPHANS = 200
 MAX_SELECT_INFLIGHT = 20
 
 
@@ -120,6 +121,7 @@ class BrokerService(BusService):
         self.last_drift: list[dict] = []
         self.stream_state = "n/a"
         self._marked: dict[tuple[str, str], int] = {}
+        self._orphans: dict[str, list[dict]] = {}
         self._last_flatten = float("-inf")
         self.paper: PaperBroker | None = None
         self.tradier: TradierClient | None = None
@@ -307,7 +309,7 @@ class BrokerService(BusService):
         self.m_orders.inc(role=p.role)
         self.broker_ids[broker_id] = order.order_id
         self._publish_order(self.ledger.update_order(order.order_id, broker_id=broker_id, status="open", ts=ts))
-        for e in events:
+        for e in events + self._orphans.pop(broker_id, []):
             self._apply_broker_event(e, ts)
 
     def _refused(self, order, reason: str, detail: str, ts: int, role: str) -> None:
@@ -374,7 +376,12 @@ class BrokerService(BusService):
             self.broker_ids[broker_id] = order_id
             self.unresolved.pop(order_id, None)
         if order_id is None:
+            # may be an event for a placement whose HTTP answer is still on its way: keep it (bounded)
             self.m_bad.inc(kind="unknown_order_event")
+            if broker_id:
+                self._orphans.setdefault(broker_id, []).append(e)
+                while len(self._orphans) > MAX_ORPHANS:
+                    self._orphans.pop(next(iter(self._orphans)))
             return
         status = str(e.get("status") or "")
         qty = float(exec_quantity(e))
@@ -445,7 +452,11 @@ class BrokerService(BusService):
         self._submit(self.engine.on_order_event(order_id, "rejected", 0.0, 0.0, ts))
 
     async def reconcile(self) -> list[dict]:
-        await self.resolve_unknown()
+        """Unknown placements, missed order events (a poll even while the stream is up), then positions."""
+        if self.unresolved:
+            await self.resolve_unknown()
+        elif self.tradier is not None:
+            await self.poll_orders()
         ts = self._now()
         drift = pf.reconcile(self.ledger.open_positions(), await self._broker_positions())
         self.last_drift = drift

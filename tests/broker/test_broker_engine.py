@@ -282,3 +282,12 @@ def test_property_flags_off_nothing_is_sent(ops):
 def test_property_kill_switch_no_entries(ops):
     sim = run_ops(ops, kill=True)
     assert sim.sent == 0  # no entry means nothing to exit either
+
+
+def test_later_ok_recommendation_after_a_refusal_enters_once():
+    e = engine()
+    e.on_transition(tr("s1", "triggered"))
+    assert [i.reason for i in e.on_recommendation(reco("s1", ok=False))] == ["no_contract"]
+    assert e.on_recommendation(reco("s1", ok=False)) == []
+    assert len(places(e.on_recommendation(reco("s1")))) == 1
+    assert e.on_recommendation(reco("s1")) == []

@@ -285,3 +285,24 @@ def test_select_request_when_no_reco_frame_arrives(run_dir):
         h.close()
         stop.set()
         th.join(5)
+
+
+def test_tradier_mode_stream_event_before_the_placement_answer_is_kept_and_applied(run_dir):
+    with FakeTradier(stream_tags=False) as fake:
+        FlagStore(run_dir / "flags.json").set("auto_execution", True)
+        h = Harness(run_dir, _tradier_env(fake, TRADIER_EXECUTION_ENABLED="true",
+                                          TRADIER_EXECUTION_PRODUCTION_ENABLED="true",
+                                          SPX_BROKER_AUTO_EXECUTION_USERS="default", SPX_BROKER_PLACE_TIMEOUT_S="5"))
+        try:
+            eventually(lambda: fake._sockets, 10, what="account events connected")
+            fake.script("hang", "place", delay_s=1.0)  # the answer comes after the fill event
+            h.quote_live(1.95, 2.0, T0)
+            eventually(lambda: h.trigger("early-1", T0 + S, qty=2) or fake.orders, 10)
+            [(oid, _)] = fake.orders.items()
+            fake.fill(oid, 2, 2.0)
+            eventually(lambda: h.seen("fill.default"), 10, what="early event applied after the answer")
+            assert h.seen("fill.default")[0].quantity == 2 and fake.count("POST", "/orders") == 1
+            assert 'broker_bad_input_total{kind="unknown_order_event"} 1' in h.call("metrics")  # it came early
+        finally:
+            h.close()
+        assert fake.violations == []

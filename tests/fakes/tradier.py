@@ -68,6 +68,7 @@ class FakeTradier:
         "close_pl": 0.0, "market_value": 0.0, "pending_orders_count": 0,
         "margin": {"option_buying_power": 40000.0, "stock_buying_power": 80000.0}})
     rate_allowed: int = 60
+    stream_tags: bool = True  # the docs list ``tag`` as optional in stream events: tests can leave it out
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -191,7 +192,7 @@ class FakeTradier:
              "exec_quantity": o["exec_quantity"], "last_fill_quantity": o["last_fill_quantity"],
              "last_fill_price": o["last_fill_price"], "remaining_quantity": o["remaining_quantity"],
              "transaction_date": o["transaction_date"], "create_date": o["create_date"], "account": self.account}
-        if o.get("tag"):
+        if o.get("tag") and self.stream_tags:
             e["tag"] = o["tag"]
         return e
 
