@@ -225,7 +225,12 @@ class LiveIngest:
             while raw and n < 500:
                 stream, frame, _recv_ns = raw.popleft()
                 n += 1
-                events, statuses = parser.parse(frame)
+                try:
+                    events, statuses = parser.parse(frame)
+                except Exception as exc:  # a parser bug must cost one frame, never the feed
+                    parser.errors["internal"] = parser.errors.get("internal", 0) + 1
+                    svc.log.exception("parser failed on a %s frame: %r", stream.market, exc)
+                    continue
                 for st in statuses:
                     stream.on_status(st)
                     if st.status in ("max_connections", "slow_consumer", "force_disconnect", "error"):

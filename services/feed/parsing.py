@@ -107,7 +107,7 @@ class MassiveParser:
             items = _ARRAY.decode(raw)
         except msgspec.ValidationError:
             items = self._slow(raw)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # RecursionError: absurdly deep nesting
             self._err("bad_json")
             return [], []
         events: list[MarketEvent] = []
@@ -135,7 +135,7 @@ class MassiveParser:
         """Element by element: keep the good, count the unknown and the malformed."""
         try:
             parts = _RAWS.decode(raw)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
             self._err("not_array")
             return []
         out = []
@@ -143,11 +143,11 @@ class MassiveParser:
             try:
                 out.append(_ONE.decode(part))
                 continue
-            except (msgspec.ValidationError, msgspec.DecodeError):
+            except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
                 pass
             try:
                 obj = _EV_ONLY.decode(part)
-            except (msgspec.ValidationError, msgspec.DecodeError):
+            except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
                 self._err("not_object")
                 continue
             ev = obj.get("ev")

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from spx_common.journal import iter_events
 from spx_common.models import IndexValue, Quote, Trade
 from tests.conftest import eventually
 
@@ -108,6 +109,29 @@ def test_drop_mid_stream_reconnects_resubscribes_and_backfills_the_gap(run_dir, 
         assert _metric(feed, "feed_reconnects_total", market="stocks") == 1
         eventually(lambda: any(s.reconnects >= 1 for s in feed.bodies("status.feed")), 3)
         assert len(fake.auth_attempts["stocks"]) == 2
+        # the journal has no hole either
+        eventually(lambda: [e.seq for e in iter_events(run_dir / "journal", symbols=["SPY"])] == list(range(1, 12)), 3,
+                   what="journal holds every SPY event once")
+
+
+def test_garbage_from_the_vendor_never_crashes_the_feed(run_dir, fake):
+    nasty = ["", "[]", "{}", "null", "[null]", "[[]]", "[1,2,3]", '["T"]', '[{"ev": null}]', '[{"ev": 5}]',
+             '[{"ev":"T"}]', '[{"ev":"Q","sym":"SPY","bp":-1,"ap":1,"t":1}]', '[{"ev":"V","T":"","val":1,"t":1}]',
+             '[{"ev":"T","sym":"SPY","p":1e400,"t":1}]', '[{"ev":"T","sym":"SPY","p":1,"t":-5}]',
+             '[{"ev":"status"}]', '[{"ev":"status","status":5}]', "[" * 5000, '[{"ev":"T","sym":"' + "X" * 500 + '"}]',
+             r'[{"ev":"\ud800"}]', "\x00\xff", '[{"ev":"T","sym":"SPY","p":1,"t":1,"c":"notalist"}]']
+    with live(run_dir, fake) as feed:
+        fake.wait_subscribed("stocks", "T.SPY")
+        for text in nasty:
+            fake.push_raw("stocks", text)
+        good = Trade(sym="SPY", price=590, size=1, ts=now_ns(), seq=1)
+        fake.push("stocks", [{"ev": "T", "sym": "SPY", "p": "x", "t": 1}, good, {"ev": "XYZ"}])
+        eventually(lambda: feed.events("tick.SPY"), 5, what="the good event after the garbage")
+        assert [e.seq for e in feed.events("tick.SPY")] == [1]
+        stocks = feed.service.live.streams["stocks"]
+        assert stocks.connected and stocks.reconnects == 0 and feed.service.state == "running"
+        errors = feed.service.live.parser.errors
+        assert sum(errors.values()) >= len(nasty) - 3, errors  # "[]" and "[[]]"-like arrays are not errors
 
 
 def test_stalled_server_is_detected_by_ping_and_left(run_dir, fake):
