@@ -342,6 +342,41 @@ def _ts_filter(items: list, q: dict) -> list:
     return out
 
 
+def _chain_filter(rows: list[dict], q: dict) -> list[dict]:
+    """The option snapshot filters: expiration_date, contract_type, strike_price.gte/lte."""
+    out = []
+    for r in rows:
+        d = r.get("details", {})
+        if "expiration_date" in q and d.get("expiration_date") != q["expiration_date"]:
+            continue
+        if "contract_type" in q and d.get("contract_type") != q["contract_type"]:
+            continue
+        k = float(d.get("strike_price", 0))
+        if "strike_price.gte" in q and k < float(q["strike_price.gte"]):
+            continue
+        if "strike_price.lte" in q and k > float(q["strike_price.lte"]):
+            continue
+        out.append(r)
+    return out
+
+
+def option_snapshot_row(symbol: str, strike: float, call: bool, expiration: str, bid: float, ask: float,
+                        underlying: float, oi: int = 100, iv: float | None = 0.15, delta: float | None = 0.5) -> dict:
+    """One ``/v3/snapshot/options`` result in the vendor's shape (greeks and IV may be absent)."""
+    row = {"details": {"contract_type": "call" if call else "put", "exercise_style": "european",
+                       "expiration_date": expiration, "shares_per_contract": 100, "strike_price": strike,
+                       "ticker": symbol},
+           "last_quote": {"ask": ask, "ask_size": 10, "bid": bid, "bid_size": 12, "midpoint": (bid + ask) / 2,
+                          "last_updated": 0, "timeframe": "REAL-TIME"},
+           "open_interest": oi, "day": {"volume": 7},
+           "underlying_asset": {"ticker": "I:SPX", "value": underlying}}
+    if iv is not None:
+        row["implied_volatility"] = iv
+    if delta is not None:
+        row["greeks"] = {"delta": delta, "gamma": 0.01, "theta": -1.0, "vega": 0.5}
+    return row
+
+
 def _trade_json(t: Trade) -> dict:
     return {"conditions": list(t.cond), "exchange": t.exch, "id": str(t.seq), "participant_timestamp": t.ts - 1000,
             "price": t.price, "sequence_number": t.seq, "sip_timestamp": t.ts, "size": t.size, "tape": 3}
@@ -408,7 +443,8 @@ def _make_handler(fake: FakeMassive):
                 if parts[:3] == ["v3", "snapshot", "indices"]:
                     return self._indices(q)
                 if parts[:3] == ["v3", "snapshot", "options"]:
-                    return self._page(path, q, fake.options_snapshot.get(parts[3], []), lambda d: d, 250)
+                    return self._page(path, q, _chain_filter(fake.options_snapshot.get(parts[3], []), q),
+                                      lambda d: d, 250)
                 if parts[:2] == ["v3", "trades"]:
                     items = sorted(_ts_filter(fake.trades.get(parts[2], []), q), key=lambda e: e.ts,
                                    reverse=q.get("order", "desc") == "desc")

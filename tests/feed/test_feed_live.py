@@ -201,3 +201,33 @@ def test_backoff_full_jitter_capped_and_connect_limiter():
         lim.record(t)
     assert lim.wait_s(3.0) == pytest.approx(57.0)
     assert lim.wait_s(60.5) == 0
+
+
+def test_live_chain_snapshot_is_published_like_the_synthetic_one(run_dir, fake):
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from services.feed.synthetic import option_symbol
+    from tests.fakes.massive import option_snapshot_row
+
+    today = dt.datetime.now(ZoneInfo("America/New_York")).date()
+    rows = []
+    for k in (5850.0, 5900.0, 5950.0, 6500.0):
+        for call in (True, False):
+            rows.append(option_snapshot_row(option_symbol(today, call, k), k, call, today.isoformat(), 10.0, 10.4,
+                                            5901.0, iv=None if k == 5950 else 0.15))
+    rows.append(option_snapshot_row("O:SPX" + option_symbol(today, True, 5900.0)[6:], 5900.0, True,
+                                    today.isoformat(), 10, 11, 5901.0))  # AM-settled SPX monthly: not SPXW
+    fake.options_snapshot["I:SPX"] = rows
+    with live(run_dir, fake, chain_every_s=0.3) as feed:
+        fake.wait_subscribed("indices", "V.I:SPX")
+        fake.push("indices", [IndexValue(sym="I:SPX", value=5901.0, ts=now_ns())])
+        doc = eventually(lambda: feed.bodies("chain.SPXW"), 5, what="chain document")[0]
+    strikes = sorted({c["strike"] for c in doc["contracts"]})
+    assert strikes == [5850.0, 5900.0, 5950.0]  # within +-20 strikes of 5900; 6500 filtered by the request
+    assert doc["underlying"] == 5901.0 and doc["root"] == "SPXW"
+    c = next(c for c in doc["contracts"] if c["strike"] == 5900.0 and c["type"] == "call")
+    assert set(c) == {"symbol", "strike", "type", "expiration", "bid", "ask", "mid", "open_interest", "volume", "iv",
+                      "delta"}
+    assert c["mid"] == 10.2 and c["iv"] == 0.15 and c["symbol"].startswith("O:SPXW")
+    assert next(c for c in doc["contracts"] if c["strike"] == 5950.0)["iv"] is None
