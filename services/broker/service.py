@@ -74,6 +74,7 @@ MAX_UNRESOLVED_CHECKS = 10
 MARK_PUBLISH_NS = 1_000_000_000
 SELECT_GRACE_S = 0.5
 MAX_ORPHANS = 200
+STARTUP_DELAY_S = 2.0
 MAX_SELECT_INFLIGHT = 20
 
 
@@ -519,7 +520,12 @@ class BrokerService(BusService):
 
     # ------------------------------------------------------------------ loops
 
-    async def _every(self, interval_s: float, fn, what: str) -> None:
+    async def _every(self, interval_s: float, fn, what: str, first_delay_s: float = 0.0) -> None:
+        try:
+            await asyncio.wait_for(self.stop_event.wait(), first_delay_s)
+            return
+        except asyncio.TimeoutError:
+            pass
         while not self.stop_event.is_set():
             try:
                 await fn()
@@ -562,8 +568,11 @@ class BrokerService(BusService):
 
     async def main(self) -> None:
         self.spawn(self._worker(), "broker-worker")
-        self.spawn(self._every(self.cfg.portfolio_interval_s, self.sync_portfolio, "portfolio"), "portfolio")
-        self.spawn(self._every(self.cfg.reconcile_interval_s, self.reconcile, "reconcile"), "reconcile")
+        # the first snapshot waits for subscribers (the recorder) to connect: PUB drops frames before that
+        self.spawn(self._every(self.cfg.portfolio_interval_s, self.sync_portfolio, "portfolio", STARTUP_DELAY_S),
+                   "portfolio")
+        self.spawn(self._every(self.cfg.reconcile_interval_s, self.reconcile, "reconcile", STARTUP_DELAY_S),
+                   "reconcile")
         if self.tradier is not None:
             self.stream_state = "starting"
             self.spawn(self._stream_loop(), "account-events")

@@ -306,3 +306,25 @@ def test_tradier_mode_stream_event_before_the_placement_answer_is_kept_and_appli
         finally:
             h.close()
         assert fake.violations == []
+
+
+def test_tradier_portfolio_snapshots_on_1pct_moves_and_pdt_alert_with_cooldown(run_dir):
+    with FakeTradier() as fake:
+        fake.balances = {"account_type": "pdt", "total_equity": 20000.0, "total_cash": 20000.0,
+                         "pdt": {"option_buying_power": 15000.0, "day_trade_buying_power": 0.0}}
+        h = Harness(run_dir, _tradier_env(fake, SPX_BROKER_PORTFOLIO_INTERVAL_S="0.2"))
+        try:
+            eventually(lambda: h.seen("portfolio.default"), 10, what="first snapshot")
+            snap = h.seen("portfolio.default")[0]
+            assert snap["total_equity"] == 20000 and snap["day_trade_buying_power"] == 0 and snap["mode"] == "tradier"
+            fake.balances = {**fake.balances, "total_equity": 20100.0}  # +0.5 %: not persisted
+            eventually(lambda: fake.count("GET", "/balances") >= 4, 10)
+            assert len(h.seen("portfolio.default")) == 1
+            fake.balances = {**fake.balances, "total_equity": 21000.0}  # +5 %
+            eventually(lambda: len(h.seen("portfolio.default")) == 2, 10)
+            alerts = [a["kind"] for a in h.seen("alert.default")]
+            assert alerts.count("pdt_equity") == 1 and alerts.count("pdt_dtbp") == 1  # cooldown: once each
+            assert fake.count("POST", "/orders") == 0
+        finally:
+            h.close()
+        assert fake.violations == []
