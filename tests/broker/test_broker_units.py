@@ -164,3 +164,45 @@ def test_reconcile_and_flatten_timing():
     assert not pf.flatten_due(at(20, 49), 10) and pf.flatten_due(at(20, 50), 10) and not pf.flatten_due(at(21, 0), 10)
     assert pf.is_zero_dte(SYM, ET_NOON) and not pf.is_zero_dte("SPXW260223C05000000", ET_NOON)
     assert not pf.is_zero_dte("garbage", ET_NOON)
+
+
+paper_ops = st.lists(st.one_of(
+    st.tuples(st.just("buy"), st.integers(1, 5), st.floats(0.05, 10)),
+    st.tuples(st.just("sell"), st.integers(1, 5), st.floats(0.05, 10), st.sampled_from(["limit", "stop", "market"])),
+    st.tuples(st.just("quote"), st.floats(0.0, 10), st.floats(0.0, 2), st.integers(0, 4)),
+    st.tuples(st.just("cancel"), st.integers(0, 30)),
+), max_size=60)
+
+
+@given(paper_ops, st.floats(0, 0.5))
+def test_paper_property_limits_honoured_never_short(ops, slippage):
+    pb = PaperBroker(slippage=slippage)
+    fills = []
+    for i, o in enumerate(ops):
+        try:
+            if o[0] == "buy":
+                _, ev = pb.place(router.entry_payload(SYM, o[1], o[2], f"b{i}"), i)
+            elif o[0] == "sell":
+                if o[3] == "limit":
+                    payload = router.scale_out_payload(SYM, o[1], o[2], f"s{i}")
+                elif o[3] == "stop":
+                    payload = router.stop_payload(SYM, o[1], o[2], f"s{i}")
+                else:
+                    payload = router.exit_payload(SYM, o[1], f"s{i}")
+                _, ev = pb.place(payload, i)
+            elif o[0] == "quote":
+                ev = pb.on_quote(SYM, o[1], o[1] + o[2], i, bid_size=o[3], ask_size=o[3])
+            else:
+                ev = pb.cancel(o[1] % max(len(pb.orders), 1) + 1, i) if pb.orders else []
+        except (router.OrderRefused, ValueError, KeyError):
+            continue
+        fills += [e for e in ev if e["last_fill_quantity"] and e["status"] in ("filled", "partially_filled")]
+        assert pb.positions.get(SYM, [0.0])[0] >= 0
+        assert sum(o.remaining for o in pb._working.get(SYM, {}).values() if o.side == "sell_to_close") <= \
+            pb.positions.get(SYM, [0.0])[0] + 1e-9
+    for e in fills:
+        o = pb.orders[e["id"]]
+        if o.side == "buy_to_open":
+            assert e["last_fill_price"] <= o.price + 1e-9
+        elif o.type == "limit":
+            assert e["last_fill_price"] >= o.price - 1e-9
