@@ -49,7 +49,7 @@ MAX_RECORD_BYTES = 64 * 1024 * 1024
 
 def trading_date(ts_ns: int) -> dt.date:
     """The New York calendar date of an event time."""
-    return dt.datetime.fromtimestamp(ts_ns / 1e9, ET).date()
+    return dt.datetime.fromtimestamp(ts_ns // 1_000_000_000, ET).date()
 
 
 class JournalWriter:

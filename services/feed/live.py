@@ -40,7 +40,7 @@ ET = ZoneInfo("America/New_York")
 
 def in_market_hours(now_ns: int) -> bool:
     """09:30-16:00 New York on a weekday (holidays are not known here; polling then finds nothing new)."""
-    t = dt.datetime.fromtimestamp(now_ns / 1e9, ET)
+    t = dt.datetime.fromtimestamp(now_ns // 1_000_000_000, ET)  # floor: no float rounding at the edges
     return t.weekday() < 5 and dt.time(9, 30) <= t.time() < dt.time(16, 0)
 
 
@@ -256,7 +256,7 @@ class LiveIngest:
         if self.atm_center is not None and abs(atm - self.atm_center) < self.cfg.resubscribe_strikes * step:
             return
         self.atm_center = atm
-        date = dt.datetime.fromtimestamp(ev.ts / 1e9, ET).date()
+        date = dt.datetime.fromtimestamp(ev.ts // 1_000_000_000, ET).date()
         topics = option_topics(self.cfg.option_root, date, atm, step, self.cfg.strikes_each_side,
                                self.cfg.max_option_contracts, self.cfg.option_quotes)
         self.m_contracts.set(len({t[2:] for t in topics}))

@@ -74,6 +74,7 @@ class FakeMassive:
         self.subscriptions: dict[str, set[str]] = defaultdict(set)  # market -> current topics (last conn)
         self.reject_auth = False
         self.max_connections_on_auth = False
+        self.drop_after_auth = False  # abort right after auth_success (a flapping server)
         self.trades: dict[str, list[Trade]] = {}
         self.quotes: dict[str, list[Quote]] = {}
         self.index_values: dict[str, IndexValue] = {}
@@ -183,6 +184,9 @@ class FakeMassive:
                     conn.authed = True
                     await ws.send(json.dumps([{"ev": "status", "status": "auth_success",
                                                "message": "authenticated"}]))
+                    if self.drop_after_auth:
+                        ws.transport.abort()
+                        return
                     if self.max_connections_on_auth:
                         await ws.send(json.dumps([{"ev": "status", "status": "max_connections",
                                                    "message": "Maximum number of websocket connections exceeded. "

@@ -231,3 +231,31 @@ def test_live_chain_snapshot_is_published_like_the_synthetic_one(run_dir, fake):
                       "delta"}
     assert c["mid"] == 10.2 and c["iv"] == 0.15 and c["symbol"].startswith("O:SPXW")
     assert next(c for c in doc["contracts"] if c["strike"] == 5950.0)["iv"] is None
+
+
+def test_flapping_server_cannot_cause_a_reconnect_storm(run_dir, fake):
+    fake.drop_after_auth = True
+    with live(run_dir, fake, backoff_initial_s=0.01, backoff_max_s=0.02, max_connects_per_minute=3) as feed:
+        throttled = lambda: _metric(feed, "feed_connect_throttled_total", market="stocks")  # noqa: E731
+        eventually(lambda: throttled() >= 1, 5, what="connect attempts throttled")
+        time.sleep(0.5)
+        assert fake.connects["stocks"] == 3  # per rolling minute, despite the 10 ms backoff
+        assert len(fake.auth_attempts["stocks"]) == 3
+
+
+def test_option_topics_respect_the_vendor_contract_limit_and_market_hours():
+    import datetime as dt
+
+    from services.feed.live import in_market_hours, option_topics
+
+    d = dt.date(2026, 11, 20)
+    t = option_topics("SPXW", d, 5900.0, 5.0, 20, 1000, True)
+    assert len(t) == 41 * 2 * 2 and "Q.O:SPXW261120P05800000" in t and "T.O:SPXW261120C06000000" in t
+    small = option_topics("SPXW", d, 5900.0, 5.0, 300, 10, False)
+    assert len(small) == 10 and all(x.startswith("T.") for x in small)
+    assert "T.O:SPXW261120C05900000" in small and "T.O:SPXW261120P05890000" in small  # nearest strikes first
+    ny_0930 = 1_795_185_000 * 10**9  # 2026-11-20 09:30 New York (a Friday)
+    assert in_market_hours(ny_0930) and in_market_hours(ny_0930 + 6 * 3600 * 10**9 + 29 * 60 * 10**9)
+    assert not in_market_hours(ny_0930 - 1)  # 09:29:59.999...
+    assert not in_market_hours(ny_0930 + 390 * 60 * 10**9)  # 16:00
+    assert not in_market_hours(ny_0930 + 86_400 * 10**9)  # Saturday
