@@ -141,8 +141,10 @@ def et_day(ts_ns: int) -> dt.date:
 class Engine:
     """Decision core for a set of users (see module docstring)."""
 
-    def __init__(self, users: list[str], limits: Limits, gates: Gates, *, entry_price: str = "ask") -> None:
+    def __init__(self, users: list[str], limits: Limits, gates: Gates, *, entry_price: str = "ask",
+                 session: str = "") -> None:
         self.users = list(users)
+        self.session = session  # makes order ids (Tradier tags) unique across restarts
         self.limits = limits
         self.gates = gates
         self.entry_price = entry_price
@@ -184,7 +186,7 @@ class Engine:
 
     def _new_id(self, user: str, setup_id: str, role: str) -> str:
         self._seq += 1
-        return router.make_tag("spx", user, setup_id[-40:], role, str(self._seq))
+        return router.make_tag("spx", user, setup_id[-40:], role, str(self._seq), self.session)
 
     def open_risk(self, user: str) -> float:
         risk = sum(t.held * t.avg_price * 100 for t in self.trades.values() if t.user == user and not t.closed)

@@ -74,6 +74,7 @@ MAX_UNRESOLVED_CHECKS = 10
 MARK_PUBLISH_NS = 1_000_000_000
 SELECT_GRACE_S = 0.5
 MAX_ORPHANS = 200
+MAX_BROKER_IDS = 10_000
 STARTUP_DELAY_S = 2.0
 MAX_SELECT_INFLIGHT = 20
 
@@ -112,6 +113,7 @@ class BrokerService(BusService):
             Limits(cfg.max_contracts_per_order, cfg.max_orders_per_day, cfg.max_open_risk),
             Gates(self.allowed, kill_switch=bool(self.flags.get("kill_switch"))),
             entry_price=cfg.entry_price,
+            session=self.pub.session[:6] if self.pub else "",
         )
         self.queue: asyncio.Queue[Intent] = asyncio.Queue(QUEUE_MAX)
         self.broker_ids: dict[str, str] = {}  # broker order id -> our order id
@@ -308,7 +310,7 @@ class BrokerService(BusService):
             self.m_order_errors.inc(kind=type(exc).__name__)
             return self._refused(order, "broker_rejected", str(exc), ts, p.role)
         self.m_orders.inc(role=p.role)
-        self.broker_ids[broker_id] = order.order_id
+        self._map(broker_id, order.order_id)
         self._publish_order(self.ledger.update_order(order.order_id, broker_id=broker_id, status="open", ts=ts))
         for e in events + self._orphans.pop(broker_id, []):
             self._apply_broker_event(e, ts)
@@ -368,13 +370,18 @@ class BrokerService(BusService):
         for e in events:
             self._apply_broker_event(e, ts)
 
+    def _map(self, broker_id: str, order_id: str) -> None:
+        self.broker_ids[broker_id] = order_id
+        while len(self.broker_ids) > MAX_BROKER_IDS:
+            self.broker_ids.pop(next(iter(self.broker_ids)))
+
     def _apply_broker_event(self, e: dict, ts: int) -> None:
         """One order event (paper, stream or polled order): ledger -> publish -> engine -> intents."""
         broker_id = str(e.get("id", ""))
         order_id = self.broker_ids.get(broker_id)
         if order_id is None and e.get("tag") and self.ledger.get(str(e["tag"])) is not None:
             order_id = str(e["tag"])
-            self.broker_ids[broker_id] = order_id
+            self._map(broker_id, order_id)
             self.unresolved.pop(order_id, None)
         if order_id is None:
             # may be an event for a placement whose HTTP answer is still on its way: keep it (bounded)
