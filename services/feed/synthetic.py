@@ -168,10 +168,24 @@ class SyntheticSession:
     # ------------------------------------------------------------------ the day's script
 
     def _draw_regimes(self) -> list[Regime]:
+        """A fixed skeleton that guarantees the classic 0DTE shapes, then a random afternoon.
+
+        opening range -> trend -> reversal through VWAP -> range -> reversal back (a VWAP reclaim or
+        loss, with a volume burst) -> random trends, ranges, reversals and bursts until the close.
+        """
         rng = self._rng
+        d = rng.choice((-1.0, 1.0))
         out = [Regime(0, "opening_range", 0.0, 1.3, 2.2)]
         t = rng.randint(15, 30) * 60
-        direction = rng.choice((-1.0, 1.0))
+        for kind, sign, lo, hi, dur, noise, act in (
+            ("trend", d, 0.5, 1.0, (30, 60), 1.0, 1.3),
+            ("reversal", -d, 1.2, 1.8, (30, 50), 1.2, 2.0),
+            ("range", 0.0, 0.0, 0.0, (15, 30), 0.8, 0.8),
+            ("reversal", d, 1.2, 1.8, (25, 40), 1.3, 3.0),
+        ):
+            out.append(Regime(t, kind, sign * rng.uniform(lo, hi), noise, act))
+            t += rng.randint(*dur) * 60
+        direction = d
         while t < SESSION_SECONDS:
             kind = rng.choices(("trend", "reversal", "range", "burst"), (4, 2, 3, 1))[0]
             if kind == "trend":

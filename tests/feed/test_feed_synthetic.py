@@ -82,6 +82,26 @@ def test_day_has_structure_for_detectors():
     assert max(s.activity) > 2 * min(s.activity)  # volume bursts and the U-shape
 
 
+def test_vwap_reclaim_and_opening_range_break_for_every_seed():
+    for seed in (1, 7, 42):
+        s = SyntheticSession(seed=seed)
+        or_end = s.regimes[1].start_s
+        or_hi, or_lo = max(s.path[:or_end]), min(s.path[:or_end])
+        assert max(s.path[or_end:]) > or_hi or min(s.path[or_end:]) < or_lo  # the opening range breaks
+        pv = vol = 0.0
+        side, run, flips = None, 0, 0
+        for minute in range(390):
+            for sec in range(minute * 60, minute * 60 + 60):
+                pv += s.path[sec] * s.activity[sec]
+                vol += s.activity[sec]
+            above = s.path[minute * 60 + 59] > pv / vol
+            if side is not None and above != side and run >= 10:
+                flips += 1  # price crossed VWAP after 10+ minutes on the other side: reclaim or loss
+            run = run + 1 if above == side else 1
+            side = above
+        assert flips >= 1, seed
+
+
 def test_compress_and_next_session():
     s = SyntheticSession(seed=1, compress=60)
     assert s.end_ns - s.open_ns == 390 * 10**9
