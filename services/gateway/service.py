@@ -330,6 +330,7 @@ class GatewayService(BusService):
 
     async def _writer(self, conn: Connection) -> None:
         client, ws = conn.client, conn.ws
+        seen = 0
         try:
             while not conn.closing:
                 await conn.event.wait()
@@ -337,15 +338,15 @@ class GatewayService(BusService):
                 if client.overflowed:
                     self._close(conn, CLOSE_TOO_SLOW, "too slow: outbound queue overflowed", "overflow")
                     return
-                before = client.conflated
                 while not conn.closing:
                     text = client.pop(time.time_ns())
                     if text is None:
                         break
                     await ws.send(text)
                     self.m_out.inc()
-                if client.conflated != before:
-                    self.m_conflated.inc(client.conflated - before)
+                    if client.conflated != seen:
+                        self.m_conflated.inc(client.conflated - seen)
+                        seen = client.conflated
         except websockets.ConnectionClosed:
             pass
 

@@ -1,0 +1,124 @@
+"""The gateway's pure parts: throttle, client queue conflation/ordering/bounds, tokens, channel names."""
+
+import json
+
+import pytest
+
+from services.gateway import auth
+from services.gateway.hub import Client, Hub, Throttle
+from services.gateway.protocol import ChannelError, bar_json, parse_channel
+from spx_common.models import MicroBar, Trade
+
+
+def test_throttle_leading_edge_then_latest():
+    t = Throttle(0.25)
+    assert t.offer("SPY", 1, now=10.0) is True  # leading edge goes out at once
+    assert t.offer("SPY", 2, now=10.1) is False
+    assert t.offer("SPY", 3, now=10.2) is False  # replaces the held value
+    assert t.due(10.2) == []
+    assert t.due(10.25) == [("SPY", 3)]  # the latest, when the window ends
+    assert t.offer("SPY", 4, now=10.3) is False  # a new window started at 10.25
+    assert t.offer("QQQ", 1, now=10.3) is True  # per symbol
+    assert t.due(10.5) == [("SPY", 4)]
+
+
+def test_client_conflates_in_place_and_keeps_order_behind_sealed_messages():
+    c = Client(1, None, queue_max=100)
+    c.push('{"n":1}', conflate="bar")
+    c.push('{"n":2}', conflate="bar")  # folds into n=1's slot
+    c.push('{"n":3}', seal="bar")  # a closed bar: later partials must queue behind it
+    c.push('{"n":4}', conflate="bar")
+    c.push('{"n":5}', conflate="bar")
+    out = [json.loads(c.pop()) for _ in range(3)]
+    assert out == [{"n": 2, "conflated": 1}, {"n": 3}, {"n": 5, "conflated": 1}]
+    assert c.pop() is None and c.conflated == 2
+
+
+def test_client_overflow_clears_and_flags():
+    woke = []
+    c = Client(1, None, queue_max=3, wake=lambda: woke.append(1))
+    for i in range(3):
+        c.push(f'{{"n":{i}}}')
+    assert not c.overflowed
+    c.push('{"n":3}')
+    assert c.overflowed and len(c) == 0 and woke
+    c.push('{"n":4}')
+    assert len(c) == 0  # nothing more is queued for a client being disconnected
+
+
+def test_client_slow_detection_needs_sustained_backlog():
+    c = Client(1, None, queue_max=10)
+    for i in range(6):
+        c.push(f'{{"n":{i}}}')
+    assert c.check_slow(0.0, 5.0) is False
+    assert c.check_slow(4.0, 5.0) is False
+    assert c.check_slow(5.5, 5.0) is True
+    while c.pop():
+        pass
+    assert c.check_slow(6.0, 5.0) is False and c.high_since is None
+
+
+def test_latency_is_spliced_per_client():
+    c = Client(1, None, queue_max=10)
+    c.latency = True
+    c.push('{"a":1}', pub_ns=1_000_000)
+    assert json.loads(c.pop(now_ns=3_500_000)) == {"a": 1, "latencyMs": 2.5}
+
+
+def test_hub_snapshot_seq_stitches_with_updates():
+    hub = Hub(price_throttle_s=0)
+    bars = [MicroBar(sym="SPY", interval="1s", start_ns=i * 10**9, open=1, high=2, low=0.5, close=1.5, closed=True)
+            for i in range(5)]
+    for b in bars[:3]:
+        hub.on_bar(b, 0)
+    c = Client(1, None, queue_max=100)
+    hub.subscribe(c, "microbar:SPY:1s")
+    for b in bars[3:]:
+        hub.on_bar(b, 0)
+    msgs = [json.loads(t) for t in iter(c.pop, None)]
+    snap, *updates = msgs
+    assert snap["type"] == "snapshot" and snap["seq"] == 3 and [b["startNs"] for b in snap["data"]["bars"]] == [0, 10**9, 2 * 10**9]
+    assert [u["seq"] for u in updates] == [4, 5] and [u["data"]["startNs"] for u in updates] == [3 * 10**9, 4 * 10**9]
+
+
+def test_hub_price_prefers_trades_and_falls_back_to_mid():
+    hub = Hub(price_throttle_s=0)
+    c = Client(1, None, queue_max=100)
+    hub.subscribe(c, "price:SPY")
+    hub.on_ticks("SPY", [Trade(sym="SPY", price=600.5, size=3, ts=5)], 0, now=1.0)
+    msgs = [json.loads(t) for t in iter(c.pop, None)]
+    assert msgs[-1]["data"] == {"sym": "SPY", "price": 600.5, "bid": None, "ask": None, "size": 3, "ts": 5}
+
+
+def test_bar_json_is_camel_case_and_complete():
+    b = MicroBar(sym="SPY", interval="1s", start_ns=1, open=1, high=1, low=1, close=1, delta_volume=3.0)
+    d = bar_json(b)
+    assert d["deltaVolume"] == 3.0 and d["bidAskImbalance"] is None and d["startNs"] == 1
+    assert not any("_" in k for k in d)
+
+
+def test_channel_names():
+    assert parse_channel("price:I:SPX") == ("price", ("I:SPX",))
+    assert parse_channel("microbar:SPY:5s") == ("microbar", ("SPY", "5s"))
+    assert parse_channel("coach") == ("coach", ())
+    for bad in ("coach:bob", "price:", "microbar:SPY", "microbar:SPY:1x", "price:a b", "x" * 300, 7):
+        with pytest.raises(ChannelError):
+            parse_channel(bad)
+
+
+def test_tokens_sign_expire_and_refuse_tampering(tmp_path):
+    secret = auth.load_secret("", tmp_path / "k" / "gw.key")
+    assert auth.load_secret("", tmp_path / "k" / "gw.key") == secret  # created once, then read
+    assert (tmp_path / "k" / "gw.key").stat().st_mode & 0o777 == 0o600
+    tok = auth.mint("alice", secret, 2000)
+    assert auth.verify(tok, secret, 1999) == ("alice", 2000)
+    with pytest.raises(auth.TokenError) as exc:
+        auth.verify(tok, secret, 2000)
+    assert exc.value.code == "token_expired"
+    forged = tok.replace("alice", "bob")
+    for bad in (forged, tok + "x", "v2." + tok[3:], "garbage", auth.mint("alice", b"other", 2000)):
+        with pytest.raises(auth.TokenError) as exc:
+            auth.verify(bad, secret, 1000)
+        assert exc.value.code == "bad_token"
+    with pytest.raises(ValueError):
+        auth.mint("bad user", secret, 10)
