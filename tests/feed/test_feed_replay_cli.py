@@ -89,3 +89,26 @@ def test_pacer_holds_speed_and_skips_long_gaps():
     assert n == len(evs) + len(late) == sum(map(len, batches))
     assert 0.8 <= took <= 2.5  # ~4 s of events at x4 (+ <=1 s after the gap), not hours
     assert all(b[-1].ts - b[0].ts <= 50_000_000 for b in batches)
+
+
+def test_spx_feed_journal_and_status(run_dir, capsys):
+    w = JournalWriter(run_dir / "journal", flush_interval_s=0.05)
+    w.append([Trade(sym="SPY", price=500, size=1, ts=DAY1 + i, seq=i + 1) for i in range(7)])
+    w.close()
+    assert spx_main(["feed", "journal"]) == 0
+    out = capsys.readouterr().out
+    assert "2026-11-20.ticks" in out and "7 events" in out and "09:30:00-09:30:00 ET" in out
+    assert spx_main(["feed", "status"]) == 1  # no feed running: a clear refusal, not a hang
+    assert "feed not answering" in capsys.readouterr().err
+
+
+def test_spx_feed_status_asks_the_running_feed(run_dir, capsys):
+    from services.feed.replay import SyntheticSource
+    from tests.feed.helpers import RunningFeed
+
+    with RunningFeed(run_dir, replay_source=SyntheticSource(SyntheticSession(seed=1, duration_s=5)),
+                     replay_speed="max", replay_start_delay_s=0):
+        assert spx_main(["feed", "status"]) == 0
+    out = capsys.readouterr().out
+    assert "mode replay" in out or "mode down" in out
+    assert "source synthetic" in out
