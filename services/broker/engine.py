@@ -42,6 +42,7 @@ from spx_common.models import ContractRecommendation, ExitAdvice, Order, SetupTr
 ET = ZoneInfo("America/New_York")
 MAX_TRACKED = 2000  # bounded memory for triggers, recommendations, quotes and finished trades
 CLOSING_STATES = ("stopped", "invalidated", "expired")
+REPRICE_NS = 2_000_000_000  # exit limits follow the bid at most every 2 s per order (Tradier: 60 trading calls/min)
 MAX_EXIT_ATTEMPTS = 5  # exit orders per trade before giving up until the next flatten (no retry storm)
 WORKING = ("new", "open", "partially_filled", "pending", "unknown", "accepted_for_bidding", "held", "calculated")
 
@@ -107,6 +108,7 @@ class OrderState:
     price: float | None
     stop: float | None = None
     filled: float = 0.0
+    repriced_ns: int = 0
     avg_price: float = 0.0
     status: str = "new"
 
@@ -154,6 +156,7 @@ class Engine:
         self.trades: dict[tuple[str, str], TradeState] = {}  # open trades only
         self.done: OrderedDict[tuple[str, str], float] = OrderedDict()  # closed today -> realized premium
         self.orders: dict[str, OrderState] = {}
+        self._exits: dict[str, set[str]] = {}  # symbol -> working exit limit orders (repriced on quotes)
         self.entries_today: dict[str, int] = {}
         self.day: dt.date | None = None
         self._seq = 0
@@ -215,9 +218,33 @@ class Engine:
 
     # ------------------------------------------------------------------ inputs
 
-    def on_quote(self, symbol: str, bid: float, ask: float) -> None:
-        """Remember the latest quote of an option (Tradier form symbol)."""
+    def on_quote(self, symbol: str, bid: float, ask: float, ts: int = 0) -> list[Intent]:
+        """Remember the latest quote of an option (Tradier form symbol); chase working exits.
+
+        A working exit (``exit_all``, closing states, flatten) must get out: when the bid falls below
+        its limit, the limit follows the bid down (rounded down), at most once per ``REPRICE_NS`` per
+        order. Scale-outs are targets and are left alone.
+        """
         self._remember(self.quotes, symbol, (bid, ask))
+        ids = self._exits.get(symbol)
+        if not ids or bid <= 0:
+            return []
+        out: list[Intent] = []
+        for oid in list(ids):
+            o = self.orders.get(oid)
+            if o is None or not o.working:
+                ids.discard(oid)
+                continue
+            if o.price is None or ts - o.repriced_ns < REPRICE_NS:
+                continue
+            new = float(router.round_to_tick(bid, "down"))
+            if new >= o.price or not self.gates.allowed(o.user)[0]:
+                continue
+            o.price, o.repriced_ns = new, ts
+            out.append(Modify(o.user, oid, {"price": f"{new:.2f}"}))
+        if not ids:
+            self._exits.pop(symbol, None)
+        return out
 
     def on_transition(self, t: SetupTransition) -> list[Intent]:
         self._roll_day(t.ts)
@@ -343,6 +370,8 @@ class Engine:
             payload = router.scale_out_payload(trade.symbol, qty, limit, oid)
         else:
             payload = router.exit_payload(trade.symbol, qty, oid, limit)
+            if limit is not None:
+                self._exits.setdefault(trade.symbol, set()).add(oid)
         return self._place(trade, role, "sell_to_close", qty, payload, ts, reason)
 
     def _protect(self, trade: TradeState, ts: int, level: float, reason: str) -> list[Intent]:

@@ -219,7 +219,7 @@ class BrokerService(BusService):
                 continue
             self.clock.advance(ev.ts)
             sym = ev.sym[2:]
-            self.engine.on_quote(sym, ev.bid, ev.ask)
+            self._submit(self.engine.on_quote(sym, ev.bid, ev.ask, ev.ts))
             for pos in self.ledger.mark(sym, ev.bid, ev.ask, ev.ts):
                 key = (pos.user, sym)
                 if ev.ts - self._marked.get(key, 0) >= MARK_PUBLISH_NS:  # P&L marks at most 1/s per position

@@ -238,8 +238,8 @@ def run_ops(ops, allowed=True, kill=False):
         elif kind == "state":
             out = eng.on_transition(tr(f"s{o[1]}", o[2], ts))
         elif kind == "quote":
-            eng.on_quote(SYMS[o[1]], o[2] * (1 - o[3] / 2), o[2])
-            out = []
+            ts += 3 * 10**9
+            out = eng.on_quote(SYMS[o[1]], o[2] * (1 - o[3] / 2), o[2], ts)
         elif kind == "fill":
             out = sim.fill(eng, o[1], o[2])
         elif kind == "reject":
@@ -291,3 +291,22 @@ def test_later_ok_recommendation_after_a_refusal_enters_once():
     assert e.on_recommendation(reco("s1", ok=False)) == []
     assert len(places(e.on_recommendation(reco("s1")))) == 1
     assert e.on_recommendation(reco("s1")) == []
+
+
+def test_exit_limit_follows_a_falling_bid_but_scale_out_does_not():
+    e = engine()
+    e.on_transition(tr("s1", "triggered"))
+    [p] = places(e.on_recommendation(reco("s1", qty=3)))
+    e.on_order_event(p.order.order_id, "filled", 3, 2.0, T0)
+    e.on_quote(SYMS[0], 3.0, 3.1, T0)
+    [s] = places(e.on_advice(ExitAdvice(setup_id="s1", action="scale_out", fraction=0.34, reason="T1", ts=T0)))
+    assert e.on_quote(SYMS[0], 2.5, 2.6, T0 + 5 * 10**9) == []  # a target is not chased
+    e.on_order_event(s.order.order_id, "filled", 1, 3.0, T0)
+    [x] = places(e.on_advice(ExitAdvice(setup_id="s1", action="exit_all", reason="stop", ts=T0 + 6 * 10**9)))
+    assert x.payload["price"] == "2.50"
+    [m] = e.on_quote(SYMS[0], 2.27, 2.4, T0 + 9 * 10**9)
+    assert isinstance(m, Modify) and m.fields == {"price": "2.25"}
+    assert e.on_quote(SYMS[0], 2.1, 2.2, T0 + 10 * 10**9) == []  # throttled
+    assert e.on_quote(SYMS[0], 2.3, 2.4, T0 + 12 * 10**9) == []  # never raised
+    e.on_order_event(x.order.order_id, "filled", 2, 2.25, T0 + 12 * 10**9)
+    assert ("u1", "s1") in e.done and e.on_quote(SYMS[0], 1.0, 1.1, T0 + 20 * 10**9) == []
