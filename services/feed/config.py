@@ -50,6 +50,8 @@ class FeedConfig(Section):
         "this is dropped (reason stale); within it, it is published in arrival order.")
     backfill: bool = Field(True, description="After a reconnect, fetch the gap from REST trades/quotes "
                            "(events marked backfilled=true).")
+    backfill_option_contracts: int = Field(82, ge=0, le=1000, description="After an options reconnect, backfill "
+                                           "trades (not quotes) of this many contracts nearest the money.")
     backfill_max_s: float = Field(600.0, gt=0, description="Longest gap backfilled after a reconnect.")
     poll_after_s: float = Field(5.0, gt=0, description="Stream silent this long (market hours) -> poll mode.")
     poll_interval_s: float = Field(1.0, gt=0, description="REST poll period in poll mode.")

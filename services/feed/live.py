@@ -12,8 +12,8 @@ Tasks (all owned by :class:`LiveIngest`, started by ``FeedService.main``):
   configured otherwise) the feed switches to ``poll`` mode and polls REST last trade / NBBO /
   index snapshot every ``poll_interval_s`` (``source="poll"``); the first stream event switches it
   back to ``tick``.  Each switch publishes a ``FeedStatus`` at once;
-* backfill: after a reconnect, trades and quotes of the stocks (and 1-second index aggregates)
-  for the gap ``[last event, reconnect]`` (at most ``backfill_max_s``) are fetched from REST and
+* backfill: after a reconnect, trades and quotes of the stocks, 1-second index aggregates and
+  trades of the ``backfill_option_contracts`` option contracts nearest the money, for the gap ``[last event, reconnect]`` (at most ``backfill_max_s``) are fetched from REST and
   published with ``source="backfill", backfilled=True``; the pipeline's dedupe removes overlap;
 * the chain poller: every ``chain_every_s`` the 0DTE chain snapshot around the money is published
   on ``chain.<root>`` like the synthetic source does.
@@ -104,6 +104,7 @@ class LiveIngest:
         self._unknown_seen: dict[str, int] = {}
         self._tasks: list[asyncio.Task] = []
         self._backfills: set[asyncio.Task] = set()
+        self._backfill_slots = asyncio.Semaphore(4)
 
     def _count(self, name: str, label: str) -> None:
         c = self._counters.get(name)
@@ -177,12 +178,22 @@ class LiveIngest:
             self.svc.set_mode("tick")
 
     def _reconnected(self, stream: MassiveStream, down_since_ns: int) -> None:
-        if not self.cfg.backfill or stream.market == "options":
+        if not self.cfg.backfill:
             return
-        syms = self.cfg.stocks if stream.market == "stocks" else self.cfg.indices
+        if stream.market == "options":
+            # trades only (option quotes are far too many to fetch), nearest strikes first, bounded
+            syms = sorted({t[2:] for t in stream.topics if t.startswith("T.")},
+                          key=lambda s: abs(float(s[-8:]) / 1000 - (self.atm_center or 0.0)))
+            syms = syms[: self.cfg.backfill_option_contracts]
+        else:
+            syms = self.cfg.stocks if stream.market == "stocks" else self.cfg.indices
         now = time.time_ns()
         for sym in syms:
-            start = max(self._last_ts.get(sym, down_since_ns), now - int(self.cfg.backfill_max_s * 1e9))
+            # data may have stopped before the loss was noticed (at most one ping period), never earlier
+            # than the symbol's last event; an idle contract does not stretch the window back further
+            blind_ns = int((self.cfg.ping_interval_s + self.cfg.ping_timeout_s) * 1e9)
+            start = max(min(self._last_ts.get(sym, down_since_ns), down_since_ns), down_since_ns - blind_ns,
+                        now - int(self.cfg.backfill_max_s * 1e9))
             task = asyncio.ensure_future(self._backfill(stream.market, sym, start, now))
             self._backfills.add(task)
             task.add_done_callback(self._backfills.discard)
@@ -194,6 +205,9 @@ class LiveIngest:
             if market == "stocks":
                 events += [t async for t in self.rest.trades(sym, gte_ns=start_ns, lt_ns=end_ns)]
                 events += [q async for q in self.rest.quotes(sym, gte_ns=start_ns, lt_ns=end_ns)]
+            elif market == "options":
+                async with self._backfill_slots:
+                    events += [t async for t in self.rest.trades(sym, gte_ns=start_ns, lt_ns=end_ns)]
             else:
                 bars = await self.rest.aggregates(sym, 1, "second", start_ns // 1_000_000, end_ns // 1_000_000)
                 for b in bars:

@@ -259,3 +259,25 @@ def test_option_topics_respect_the_vendor_contract_limit_and_market_hours():
     assert not in_market_hours(ny_0930 - 1)  # 09:29:59.999...
     assert not in_market_hours(ny_0930 + 390 * 60 * 10**9)  # 16:00
     assert not in_market_hours(ny_0930 + 86_400 * 10**9)  # Saturday
+
+
+def test_options_reconnect_backfills_option_trades(run_dir, fake):
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from services.feed.synthetic import option_symbol
+
+    with live(run_dir, fake) as feed:
+        fake.wait_subscribed("indices", "V.I:SPX")
+        t = now_ns()
+        fake.push("indices", [IndexValue(sym="I:SPX", value=5900.0, ts=t)])
+        sym = option_symbol(dt.datetime.fromtimestamp(t // 10**9, ZoneInfo("America/New_York")).date(), True, 5900.0)
+        fake.wait_subscribed("options", f"T.{sym}")
+        fake.push("options", [Trade(sym=sym, price=10.0, size=2, ts=t, seq=1, exch=302)])
+        eventually(lambda: feed.events(f"tick.{sym}"), 5)
+        fake.trades[sym] = [Trade(sym=sym, price=10.0, size=2, ts=t, seq=1, exch=302),
+                            Trade(sym=sym, price=10.5, size=3, ts=t + 5 * 10**6, seq=2, exch=302)]
+        fake.drop("options")
+        eventually(lambda: len(feed.events(f"tick.{sym}")) == 2, 5, what="option trade backfilled")
+        got = feed.events(f"tick.{sym}")
+    assert [(e.seq, e.backfilled) for e in got] == [(1, False), (2, True)]
