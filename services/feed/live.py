@@ -28,7 +28,7 @@ from collections import deque
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from spx_common.models import IndexValue, MarketEvent, Quote, Trade
+from spx_common.models import IndexValue, MarketEvent
 
 from services.feed.parsing import MassiveParser
 from services.feed.rest import MassiveRest, RestError
@@ -379,4 +379,4 @@ def chain_contracts(rows: list[dict], root: str) -> tuple[list[dict], float | No
     return out, underlying
 
 
-__all__ = ["LiveIngest", "chain_contracts", "in_market_hours", "option_topics", "Quote", "Trade"]
+__all__ = ["LiveIngest", "chain_contracts", "in_market_hours", "option_topics"]

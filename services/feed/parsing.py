@@ -30,7 +30,7 @@ Speed: the whole array is first decoded in one typed ``msgspec`` pass; only when
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 from msgspec import Meta, Struct, field
@@ -179,7 +179,3 @@ def to_wire(ev: MarketEvent) -> dict:
         return {"ev": "Q", "sym": ev.sym, "bx": ev.bid_exch, "bp": ev.bid, "bs": ev.bid_size, "ax": ev.ask_exch,
                 "ap": ev.ask, "as": ev.ask_size, "t": t, "q": ev.seq}
     return {"ev": "V", "val": ev.value, "T": ev.sym, "t": t}
-
-
-StatusKind = Literal["connected", "auth_success", "auth_failed", "auth_timeout", "success", "error",
-                     "max_connections", "force_disconnect", "slow_consumer"]

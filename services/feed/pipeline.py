@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Iterable
 
-from spx_common.models import IndexValue, MarketEvent, Quote, Trade
+from spx_common.models import MarketEvent, Quote, Trade
 
 
 def event_key(ev: MarketEvent) -> tuple:
@@ -106,4 +106,4 @@ def topic_for(sym: str) -> str:
     return f"tick.{sym}"
 
 
-__all__ = ["Dedupe", "TickPipeline", "event_key", "topic_for", "IndexValue", "Quote", "Trade"]
+__all__ = ["Dedupe", "TickPipeline", "event_key", "topic_for"]

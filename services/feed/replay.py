@@ -16,7 +16,7 @@ than ``max_gap_ns`` (nights, weekends, a stopped recorder) are skipped rather th
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import heapq
 import time
 from pathlib import Path
 from typing import Awaitable, Callable, Iterable, Iterator
@@ -65,9 +65,6 @@ class SyntheticSource(Source):
             if not self.loop or (self.max_sessions is not None and n >= self.max_sessions):
                 return
             self.session = self.session.next_session()
-
-    def _session_for(self, t_ns: int) -> SyntheticSession:
-        return self.session
 
     def chain(self, t_ns: int) -> list[dict]:
         return self.session.chain(t_ns)
@@ -119,8 +116,6 @@ class FlatFileSource(Source):
         self.symbols = set(symbols) if symbols is not None else None
 
     def events(self) -> Iterator[MarketEvent]:
-        import heapq
-
         streams = [self._flatfiles.iter_events(p) for p in self.paths]
         merged = heapq.merge(*streams, key=lambda e: e.ts) if len(streams) > 1 else streams[0]
         for ev in merged:
@@ -201,7 +196,3 @@ async def pace(
     if batch and not (stop is not None and stop.is_set()):
         await release()
     return total
-
-
-def parse_date(value: str) -> dt.date:
-    return dt.date.fromisoformat(value)

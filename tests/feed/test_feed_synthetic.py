@@ -7,7 +7,7 @@ import math
 import re
 from zoneinfo import ZoneInfo
 
-from spx_common.models import IndexValue, Quote, Trade
+from spx_common.models import IndexValue, Quote
 from tests.conftest import eventually
 
 from services.feed.replay import SyntheticSource
