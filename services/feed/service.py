@@ -14,6 +14,7 @@ publishes the same frames:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from typing import Any
@@ -124,6 +125,8 @@ class FeedService(BusService):
     # ------------------------------------------------------------------ BusService hooks
 
     def setup(self) -> None:
+        # httpx logs every request at INFO: one poll per second would flood the log
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         src = self.cfg.resolved_source()
         if self.cfg.journal == "on" or (self.cfg.journal == "auto" and src == "live"):
             self.journal = JournalWriter(self.runtime.path("journal"), flush_interval_s=self.cfg.journal_flush_s,
