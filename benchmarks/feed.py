@@ -73,6 +73,36 @@ def main() -> None:
     for label, t in (("parse (JSON -> models)", t_parse), ("pipeline (dedupe, guard, group)", t_pipe),
                      ("frame encode (msgpack envelope)", t_enc), ("end to end", t_all)):
         print(f"{label:<36} {t / n * 1e6:7.3f} us/event  {n / t:>12,.0f} events/s")
+    journal_figures([ev for b in parsed for ev in b])
+
+
+def journal_figures(events: list) -> None:
+    """Tick journal: caller-side append cost, background write throughput, read-back speed, size."""
+    import os
+    import shutil
+    import tempfile
+
+    from spx_common.journal import JournalWriter, iter_events
+
+    d = tempfile.mkdtemp(prefix="spx-journal-bench-")
+    try:
+        w = JournalWriter(d, flush_interval_s=0.25, max_pending=len(events) + 1)
+        t0 = time.perf_counter()
+        for i in range(0, len(events), 50):
+            w.append(events[i:i + 50])
+        t_append = time.perf_counter() - t0
+        w.close()
+        t_write = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        n = sum(1 for _ in iter_events(d))
+        t_read = time.perf_counter() - t0
+        size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    print(f"{'journal append (hot path)':<36} {t_append / n * 1e6:7.3f} us/event  {n / t_append:>12,.0f} events/s")
+    print(f"{'journal write (thread, until closed)':<36} {t_write / n * 1e6:7.3f} us/event  {n / t_write:>12,.0f} events/s")
+    print(f"{'journal read (iter_events)':<36} {t_read / n * 1e6:7.3f} us/event  {n / t_read:>12,.0f} events/s")
+    print(f"journal size: {size / n:.0f} bytes/event")
 
 
 if __name__ == "__main__":
