@@ -74,6 +74,9 @@ def test_handshake_subscribe_every_event_type_and_bad_input(run_dir, fake):
         fake.push("indices", [IndexValue(sym="I:SPX", value=5917.0, ts=t + 10**9)])
         eventually(lambda: any("C06015000" in s for s in fake.subscriptions["options"]), 5, what="re-centred")
         assert len(fake.subscriptions["options"]) == 164
+        opts = feed.service.live.streams["options"]
+        eventually(lambda: opts.acked == opts.topics == fake.subscriptions["options"], 3,
+                   what="every subscription confirmed by the vendor's acks")
         assert feed.service.live.streams["stocks"].reconnects == 0
 
 
