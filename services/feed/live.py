@@ -368,7 +368,7 @@ def chain_contracts(rows: list[dict], root: str) -> tuple[list[dict], float | No
                         "expiration": str(d.get("expiration_date")), "bid": bid, "ask": ask,
                         "mid": round((bid + ask) / 2, 3), "open_interest": int(r.get("open_interest") or 0),
                         "volume": int((r.get("day") or {}).get("volume") or 0),
-                        "iv": r.get("implied_volatility"), "delta": g.get("delta")})
+                        "iv": r.get("implied_volatility"), "delta": g.get("delta"), "gamma": g.get("gamma")})
         except (KeyError, TypeError, ValueError):
             continue
         ua = r.get("underlying_asset") or {}

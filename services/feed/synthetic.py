@@ -305,7 +305,7 @@ class SyntheticSession:
         """The 0DTE chain at event time ``t_ns``: one dict per contract around the money.
 
         Keys: symbol, strike, type ("call"/"put"), expiration (ISO date), bid, ask, mid, open_interest,
-        volume (contracts traded so far today), iv, delta.
+        volume (contracts traded so far today), iv, delta, gamma (per index point, for GEX).
         """
         s = self.sim_seconds(t_ns)
         spot = self.spot(s)
@@ -328,6 +328,7 @@ class SyntheticSession:
                     "volume": cum[i - 1] if i else 0,
                     "iv": round(iv, 5),
                     "delta": round(_delta(spot, k, self._t_years(s), iv, call), 4),
+                    "gamma": round(_gamma(spot, k, self._t_years(s), iv), 6),
                 })
         return out
 
@@ -415,6 +416,13 @@ def _delta(spot: float, strike: float, t_years: float, vol: float, call: bool) -
     t = max(t_years, 60.0 / _YEAR_S)
     d1 = (math.log(spot / strike) + (0.04 - 0.013 + 0.5 * vol * vol) * t) / (vol * math.sqrt(t))
     return _ncdf(d1) if call else _ncdf(d1) - 1.0
+
+
+def _gamma(spot: float, strike: float, t_years: float, vol: float) -> float:
+    t = max(t_years, 60.0 / _YEAR_S)
+    sd = vol * math.sqrt(t)
+    d1 = (math.log(spot / strike) + (0.04 - 0.013 + 0.5 * vol * vol) * t) / sd
+    return math.exp(-0.013 * t) * math.exp(-0.5 * d1 * d1) / (math.sqrt(2 * math.pi) * spot * sd)
 
 
 def _poisson(rng: random.Random, lam: float) -> int:

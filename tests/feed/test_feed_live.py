@@ -11,6 +11,7 @@ from spx_common.journal import iter_events
 from spx_common.models import IndexValue, Quote, Trade
 from tests.conftest import eventually
 
+from services.feed.synthetic import SyntheticSession
 from services.feed.ws import Backoff, ConnectLimiter
 from tests.fakes.massive import FakeMassive
 from tests.feed.helpers import RunningFeed
@@ -231,7 +232,8 @@ def test_live_chain_snapshot_is_published_like_the_synthetic_one(run_dir, fake):
     assert doc["underlying"] == 5901.0 and doc["root"] == "SPXW"
     c = next(c for c in doc["contracts"] if c["strike"] == 5900.0 and c["type"] == "call")
     assert set(c) == {"symbol", "strike", "type", "expiration", "bid", "ask", "mid", "open_interest", "volume", "iv",
-                      "delta"}
+                      "delta", "gamma"}
+    assert set(c) == set(SyntheticSession(seed=1).chain(SyntheticSession(seed=1).open_ns)[0])  # same shape
     assert c["mid"] == 10.2 and c["iv"] == 0.15 and c["symbol"].startswith("O:SPXW")
     assert next(c for c in doc["contracts"] if c["strike"] == 5950.0)["iv"] is None
 

@@ -65,7 +65,9 @@ def test_chain_prices_follow_black_scholes_with_skew():
     assert smile_iv(0.16, spot, spot - 100) > smile_iv(0.16, spot, spot) < smile_iv(0.16, spot, spot + 100) * 1.2
     calls = sorted((c for c in chain if c["type"] == "call"), key=lambda c: c["strike"])
     assert all(a["mid"] >= b["mid"] for a, b in zip(calls, calls[1:]))  # call value falls with strike
-    assert all(-1 <= c["delta"] <= 1 and c["open_interest"] > 0 for c in chain)
+    assert all(-1 <= c["delta"] <= 1 and c["open_interest"] > 0 and c["gamma"] >= 0 for c in chain)
+    peak = max(chain, key=lambda c: c["gamma"])
+    assert abs(peak["strike"] - spot) <= 5.0  # gamma peaks at the money
     # put-call parity holds for the theoretical values
     c = black_scholes(spot, 5900, 0.01, 0.2, True)
     p = black_scholes(spot, 5900, 0.01, 0.2, False)
