@@ -112,3 +112,25 @@ def test_spx_feed_status_asks_the_running_feed(run_dir, capsys):
     out = capsys.readouterr().out
     assert "mode replay" in out or "mode down" in out
     assert "source synthetic" in out
+
+
+def test_docs_name_every_feed_metric_and_config_key(run_dir):
+    from pathlib import Path
+
+    from services.feed.config import FeedConfig
+    from services.feed.live import LiveIngest
+    from services.feed.service import FeedService
+
+    svc = FeedService(RuntimeConfig(run_dir=run_dir), BusConfig(), config=FeedConfig(api_key="k"))
+    try:
+        LiveIngest(svc)
+        names = {n for n in svc.metrics._metrics if n.startswith(("tick_", "feed_", "rest_", "journal_", "chain_"))}
+    finally:
+        svc.ctx.destroy(linger=0)
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "feed.md").read_text()
+    missing = sorted(n for n in names if f"`{n}" not in doc)
+    assert not missing, f"docs/feed.md does not document metrics {missing}"
+    assert len(names) >= 15
+    keys_in_doc = {k for k in FeedConfig.model_fields if f"`{k}`" in doc}
+    assert {"poll_after_s", "journal_flush_s", "backoff_stable_s", "reorder_tolerance_ms", "dedupe_keys",
+            "max_connects_per_minute", "replay_speed"} <= keys_in_doc
