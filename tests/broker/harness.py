@@ -22,12 +22,11 @@ T0 = int(dt.datetime(2026, 2, 20, 15, 0, tzinfo=dt.timezone.utc).timestamp() * 1
 
 
 class Harness:
-    def __init__(self, run_dir, env: dict[str, str] | None = None):
+    def __init__(self, run_dir, env: dict[str, str] | None = None, stand_ins=("detector", "selector", "feed")):
         self.rt = RuntimeConfig(run_dir=run_dir)
         self.bus = BusConfig()
         self.ctx = zmq.Context()
-        self.pubs = {s: Publisher(self.ctx, self.bus.pub_endpoint(s, self.rt, bind=True), s)
-                     for s in ("detector", "selector", "feed")}
+        self.pubs = {s: Publisher(self.ctx, self.bus.pub_endpoint(s, self.rt, bind=True), s) for s in stand_ins}
         full_env = {**os.environ, "SPX_RUNTIME_RUN_DIR": str(run_dir), **(env or {})}
         for k in [k for k in full_env if k.startswith("TRADIER_") and k not in (env or {})]:
             full_env.pop(k)
