@@ -1,0 +1,1 @@
+"""Coach: derived tactical events per user (``coach.<user>``), never raw market data."""

@@ -1,0 +1,88 @@
+"""The coach process: a thin shell around :class:`services.coach.core.CoachCore`.
+
+Consumes ``setup.transition`` and ``state.market`` (detector), closed ``bar.<interval>.*`` (aggregator),
+``exit.*`` (selector) and ``alert.<user>``/``position.<user>`` (broker); publishes ``coach.<user>``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+from services.coach.config import CoachConfig
+from services.coach.core import TACTICAL, CoachCore
+from spx_common.codec import Frame
+from spx_common.config import BusConfig, RuntimeConfig, load
+from spx_common.service import BusService
+
+
+class CoachService(BusService):
+    """Coach: tactical alerts per user and setup, with cooldowns (never raw ticks)."""
+
+    name = "coach"
+    subscriptions: dict[str, list[str]] = {}
+
+    def __init__(self, runtime: RuntimeConfig | None = None, bus: BusConfig | None = None, *,
+                 instance: str | None = None, config: CoachConfig | None = None) -> None:
+        self.config = config or load(CoachConfig)
+        self.subscriptions = {
+            "detector": ["setup.transition", "state.market"],
+            "aggregator": [f"bar.{self.config.bar_interval}."],
+            "selector": ["exit."],
+            "broker": ["alert.", "position."],
+        }
+        super().__init__(runtime, bus, instance=instance)
+        c = self.config
+        self.coach = CoachCore(c.users, cooldown_s=c.cooldown_s, stop_threat_fraction=c.stop_threat_fraction,
+                              divergence_bars=c.divergence_bars, divergence_min_delta=c.divergence_min_delta,
+                              max_setups=c.max_setups, max_users=c.max_users)
+        reg = self.metrics
+        self.m_alerts = reg.counter("coach_alerts_total", "Coach events published, by kind.", ["kind"])
+        self.m_suppressed = reg.counter("coach_alerts_coalesced_total", "Alerts suppressed by the cooldown, by kind.", ["kind"])
+        self.m_rate = reg.gauge("coach_tactical_alert_rate", "Tactical alerts per minute over the last minute (all users).")
+        self.m_bad = reg.counter("coach_bad_input_total", "Inputs refused by the coach (kept running), by topic.", ["topic"])
+        self._recent: deque[float] = deque(maxlen=100_000)
+
+    def setup(self) -> None:
+        core = self.coach
+        self.on("setup.transition", lambda f, b: self._publish(core.on_transition(b)))
+        self.on("state.market", lambda f, b: core.on_market(b))
+        self.on("bar.", lambda f, b: self._publish(core.on_bar(b)))
+        self.on("exit.", lambda f, b: self._publish(core.on_exit(b)))
+        self.on("alert.", self._on_alert)
+        self.on("position.", lambda f, b: core.see_user(f.topic[len("position."):]))
+
+    def _on_alert(self, frame: Frame, doc: dict[str, Any]) -> None:
+        user = frame.topic[len("alert."):]
+        try:
+            events = self.coach.on_alert(user, doc)
+        except ValueError as exc:
+            self.m_bad.inc(topic="alert")
+            self._rate_log.warning("bad:alert", f"refused alert on {frame.topic}: {exc}")
+            return
+        self._publish(events)
+
+    def _publish(self, events: list) -> None:
+        now = time.monotonic()
+        for ev in events:
+            self.publish(f"coach.{ev.user}", "coach", ev, ev.ts)
+            self.m_alerts.inc(kind=ev.kind)
+            if ev.kind in TACTICAL:
+                self._recent.append(now)
+
+    def periodic(self) -> None:
+        now = time.monotonic()
+        while self._recent and now - self._recent[0] > 60:
+            self._recent.popleft()
+        self.m_rate.set(len(self._recent))
+        for kind, n in self.coach.suppressed.items():
+            delta = n - self.m_suppressed.value(kind=kind)
+            if delta > 0:
+                self.m_suppressed.inc(delta, kind=kind)
+
+    def status(self) -> dict[str, Any]:
+        doc = super().status()
+        doc["coach"] = {"users": list(self.coach.users), "active_setups": len(self.coach.setups),
+                        "emitted": dict(self.coach.emitted), "coalesced": dict(self.coach.suppressed)}
+        return doc
