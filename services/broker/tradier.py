@@ -23,7 +23,8 @@ Retry policy: reads (GET) and cancels (DELETE, idempotent: a second cancel answe
 finalized") are retried up to ``max_retries`` on transport errors, 429 and 5xx.  A modify (PUT)
 is retried only on 429 (the request was refused before processing).  An order placement (POST)
 is retried only on 429; on a timeout, transport error or 5xx the order may exist, so it is NEVER
-sent again: the client looks the order up by its ``tag`` (:meth:`TradierClient.find_order_by_tag`)
+sent again (the same holds for an answer that is not JSON, e.g. an HTML page with status 200): the
+client looks the order up by its ``tag`` (:meth:`TradierClient.find_order_by_tag`)
 and returns it when found, else raises :class:`PlacementUnresolved` (the caller keeps the order as
 ``unknown`` and reconciliation resolves it later by the same tag).
 
@@ -396,7 +397,8 @@ class TradierClient:
                     raise
                 log.warning("placement rate limited; retry %d in %.2fs (%s)", attempt, delay, exc)
                 await asyncio.sleep(max(delay, self.backoff_s))
-            except (TradierTransportError, TradierServerError) as exc:
+            except (TradierTransportError, TradierServerError, TradierBadResponse) as exc:
+                # no usable answer (timeout, 5xx, an HTML page with 200): the order may exist
                 if preview:
                     raise
                 log.warning("placement of tag %s has no answer (%s): looking it up by tag", payload["tag"], exc)

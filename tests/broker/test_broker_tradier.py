@@ -7,7 +7,8 @@ import pytest
 
 from services.broker import router
 from services.broker.tradier import (
-    PlacementUnresolved, TradierAuthError, TradierBadRequest, TradierClient, TradierRateLimited, TradierRejected,
+    PlacementUnresolved, TradierAuthError, TradierBadRequest, TradierBadResponse, TradierClient, TradierRateLimited,
+    TradierRejected,
     TradierServerError, account_events, collection,
 )
 from tests.fakes.tradier import FakeTradier
@@ -211,6 +212,21 @@ def test_account_events_stream_partial_fills(fake):
             assert [e["status"] for e in events] == ["partially_filled", "filled"]
             assert events[0]["exec_quantity"] == 1 and events[1]["remaining_quantity"] == 0
             assert events[0]["tag"] == "ev1"
+        finally:
+            await c.aclose()
+    run(go())
+
+
+def test_html_answer_to_a_placement_is_resolved_by_tag(fake):
+    async def go():
+        c = client(fake)
+        try:
+            fake.script("html", "place")
+            placed = await c.place_order(router.entry_payload(SYM, 1, 1.0, "html-1"))
+            assert placed["resolved_by_tag"] and fake.count("POST", "/orders") == 1 and len(fake.orders) == 1
+            fake.script("html", "balances")
+            with pytest.raises(TradierBadResponse, match="not a JSON object"):
+                await c.balances()
         finally:
             await c.aclose()
     run(go())

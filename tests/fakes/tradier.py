@@ -12,7 +12,8 @@ request it receives; anything off is appended to ``violations`` (tests assert it
 
 Behaviour is scriptable per request kind with :meth:`FakeTradier.script`: ``reject`` (HTTP 200 with
 ``errors``), ``400``, ``429`` (with rate-limit headers and an expiry), ``500``, ``hang`` (the order is
-created, the answer never arrives within the client's timeout).  :meth:`fill` executes (part of) an
+created, the answer never arrives within the client's timeout), ``html`` (the work is done, the answer
+is an HTML page with status 200).  :meth:`fill` executes (part of) an
 order, updates positions and pushes an order event on every connected account-events socket.
 """
 
@@ -287,6 +288,9 @@ class FakeTradier:
             if s.kind == "429":
                 return self._send(h, 429, "Rate limit exceeded", {
                     "X-Ratelimit-Available": "0", "X-Ratelimit-Expiry": str(int(time.time() * 1000) + 300)})
+            if s.kind == "html":  # seen in the wild: an HTML page with status 200 (after doing the work)
+                getattr(self, f"_do_{what}")(req, arg)
+                return self._send(h, 200, "<html><body>Service temporarily unavailable</body></html>")
             if s.kind == "500":
                 return self._send(h, 500, {"fault": {"faultstring": "Datastore Error"}})
         status, body = getattr(self, f"_do_{what}")(req, arg)
