@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import msgspec
@@ -122,7 +123,7 @@ class ErrorData(_Strict):
     """``data`` of a ``type: error`` message. The connection stays open (except for close codes below)."""
 
     code: Literal["bad_json", "bad_request", "too_large", "rate_limited", "bad_channel", "unauthorized",
-                  "token_expired", "too_many_channels"]
+                  "bad_token", "token_expired", "too_many_channels"]
     message: str
     id: str | None = None
 
@@ -240,8 +241,8 @@ PROTOCOL = 1
 def schema_doc() -> str:
     """The generated part of ``docs/gateway.md``: one JSON Schema per message and payload."""
     out = ["## JSON Schemas (generated)", "",
-           "Generated from `services/gateway/protocol.py` by `python -m services.gateway.protocol`; "
-           "a test fails when this section and the code disagree.", ""]
+           "Generated from `services/gateway/protocol.py` by `python -m services.gateway.protocol --write`; "
+           "`tests/gateway/test_gateway_docs.py` fails when this section and the code disagree.", ""]
 
     def block(title: str, model: Any) -> None:
         schema = model.model_json_schema() if isinstance(model, type) else TypeAdapter(model).json_schema()
@@ -260,5 +261,19 @@ def schema_doc() -> str:
     return "\n".join(out)
 
 
+MARKER = "<!-- generated from services/gateway/protocol.py: everything below this line -->"
+
+
+def write_doc(path: Path) -> None:
+    """Replace the generated part of ``docs/gateway.md`` (after :data:`MARKER`) with :func:`schema_doc`."""
+    head = path.read_text().split(MARKER)[0]
+    path.write_text(head + MARKER + "\n\n" + schema_doc())
+
+
 if __name__ == "__main__":
-    print(schema_doc(), end="")
+    import sys
+
+    if sys.argv[1:] == ["--write"]:
+        write_doc(Path(__file__).resolve().parents[2] / "docs" / "gateway.md")
+    else:
+        print(schema_doc(), end="")
