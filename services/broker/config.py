@@ -70,6 +70,8 @@ class BrokerConfig(Section):
     pdt_min_equity: float = Field(25_000.0, ge=0, description="PDT minimum equity for alerts.")
     slippage_window: int = Field(200, ge=10, le=100_000, description="Fills kept for rolling slippage stats.")
     entry_price: Literal["ask", "mid"] = Field("ask", description="Entry limit: the ask (marketable) or the mid.")
+    entry_timeout_s: float = Field(60.0, gt=0, le=3600, description="Cancel an entry not filled this long after "
+                                   "it was sent (event time); a filled part stays and is managed.")
 
     @property
     def is_sandbox(self) -> bool:

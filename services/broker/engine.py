@@ -53,6 +53,7 @@ class Limits:
     max_orders_per_day: int = 20
     max_open_risk: float = 5000.0
     trail_fraction: float = 0.25  # trail_stop: stop at bid * (1 - trail_fraction), never lowered
+    entry_timeout_s: float = 60.0  # an entry not (fully) filled this long after it was sent is cancelled
 
 
 @dataclass
@@ -109,6 +110,7 @@ class OrderState:
     stop: float | None = None
     filled: float = 0.0
     repriced_ns: int = 0
+    created_ns: int = 0
     avg_price: float = 0.0
     status: str = "new"
 
@@ -157,6 +159,7 @@ class Engine:
         self.done: OrderedDict[tuple[str, str], float] = OrderedDict()  # closed today -> realized premium
         self.orders: dict[str, OrderState] = {}
         self._exits: dict[str, set[str]] = {}  # symbol -> working exit limit orders (repriced on quotes)
+        self._entries: set[str] = set()  # working entries (cancelled after entry_timeout_s)
         self.entries_today: dict[str, int] = {}
         self.day: dt.date | None = None
         self._seq = 0
@@ -210,7 +213,10 @@ class Engine:
         oid = payload["tag"]
         price = float(payload["price"]) if "price" in payload else None
         stop = float(payload["stop"]) if "stop" in payload else None
-        self.orders[oid] = OrderState(oid, trade.user, trade.setup_id, trade.symbol, side, role, qty, price, stop)
+        self.orders[oid] = OrderState(oid, trade.user, trade.setup_id, trade.symbol, side, role, qty, price, stop,
+                                      created_ns=ts)
+        if role == "entry":
+            self._entries.add(oid)
         trade.orders.append(oid)
         order = Order(order_id=oid, user=trade.user, setup_id=trade.setup_id, option_symbol=trade.symbol, side=side,
                       quantity=qty, type=payload["type"], price=price, stop=stop, status="new", reason=reason, ts=ts)
@@ -244,6 +250,26 @@ class Engine:
             out.append(Modify(o.user, oid, {"price": f"{new:.2f}"}))
         if not ids:
             self._exits.pop(symbol, None)
+        return out
+
+    def expire_entries(self, ts: int) -> list[Intent]:
+        """Cancel entries still working ``entry_timeout_s`` after they were sent (event time).
+
+        A 0DTE entry that did not fill at its price is stale; the filled part stays and is managed
+        like any position.
+        """
+        out: list[Intent] = []
+        limit_ns = int(self.limits.entry_timeout_s * 1e9)
+        for oid in list(self._entries):
+            o = self.orders.get(oid)
+            if o is None or not o.working:
+                self._entries.discard(oid)
+                continue
+            if ts - o.created_ns >= limit_ns:
+                if not self.gates.allowed(o.user)[0]:
+                    continue
+                self._entries.discard(oid)  # one cancel; the broker's answer settles the order
+                out.append(Cancel(o.user, oid, f"entry not filled within {self.limits.entry_timeout_s:g}s"))
         return out
 
     def on_transition(self, t: SetupTransition) -> list[Intent]:

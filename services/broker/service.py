@@ -110,7 +110,8 @@ class BrokerService(BusService):
         self.ledger = Ledger(cfg.slippage_window)
         self.engine = Engine(
             cfg.users,
-            Limits(cfg.max_contracts_per_order, cfg.max_orders_per_day, cfg.max_open_risk),
+            Limits(cfg.max_contracts_per_order, cfg.max_orders_per_day, cfg.max_open_risk,
+                   entry_timeout_s=cfg.entry_timeout_s),
             Gates(self.allowed, kill_switch=bool(self.flags.get("kill_switch"))),
             entry_price=cfg.entry_price,
             session=self.pub.session[:6] if self.pub else "",
@@ -492,6 +493,7 @@ class BrokerService(BusService):
                 self._apply_broker_event(o, ts)
 
     def periodic(self) -> None:
+        self._submit(self.engine.expire_entries(self._now()))
         self.check_flatten()
 
     def check_flatten(self) -> list[Intent]:

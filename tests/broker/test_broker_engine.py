@@ -239,7 +239,7 @@ def run_ops(ops, allowed=True, kill=False):
             out = eng.on_transition(tr(f"s{o[1]}", o[2], ts))
         elif kind == "quote":
             ts += 3 * 10**9
-            out = eng.on_quote(SYMS[o[1]], o[2] * (1 - o[3] / 2), o[2], ts)
+            out = eng.on_quote(SYMS[o[1]], o[2] * (1 - o[3] / 2), o[2], ts) + eng.expire_entries(ts)
         elif kind == "fill":
             out = sim.fill(eng, o[1], o[2])
         elif kind == "reject":
@@ -310,3 +310,17 @@ def test_exit_limit_follows_a_falling_bid_but_scale_out_does_not():
     assert e.on_quote(SYMS[0], 2.3, 2.4, T0 + 12 * 10**9) == []  # never raised
     e.on_order_event(x.order.order_id, "filled", 2, 2.25, T0 + 12 * 10**9)
     assert ("u1", "s1") in e.done and e.on_quote(SYMS[0], 1.0, 1.1, T0 + 20 * 10**9) == []
+
+
+def test_stale_entry_is_cancelled_after_the_timeout_filled_part_kept():
+    e = engine(entry_timeout_s=60)
+    e.on_transition(tr("s1", "triggered"))
+    [p] = places(e.on_recommendation(reco("s1", qty=3)))
+    e.on_order_event(p.order.order_id, "partially_filled", 1, 2.0, T0)
+    assert e.expire_entries(T0 + 59 * 10**9) == []
+    [c] = e.expire_entries(T0 + 60 * 10**9)
+    assert isinstance(c, Cancel) and c.order_id == p.order.order_id
+    assert e.expire_entries(T0 + 61 * 10**9) == []  # one cancel
+    e.on_order_event(p.order.order_id, "canceled", 1, 2.0, T0 + 61 * 10**9)
+    assert e.trades[("u1", "s1")].held == 1 and e.open_risk("u1") == 200
+    assert engine(allowed=False).expire_entries(T0) == []
