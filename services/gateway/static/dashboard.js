@@ -146,6 +146,7 @@
     let pv = 0, vol = 0; const vwap = [];
     for (const b of bars) { const v = b.volume || 0, p = b.vwap ?? b.close; pv += p * v; vol += v; vwap.push(vol ? pv / vol : p); }
     const vwapView = vwap.slice(-n), lv = levels();
+    canvas.dataset.levels = lv.map((l) => l[0]).join(",");
     let lo = Infinity, hi = -Infinity;
     for (const b of view) { lo = Math.min(lo, b.low); hi = Math.max(hi, b.high); }
     for (const v of vwapView) { lo = Math.min(lo, v); hi = Math.max(hi, v); }

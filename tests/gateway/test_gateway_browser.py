@@ -1,0 +1,158 @@
+"""The dashboard in headless Chromium (Debian's ``chromium``) against a real gateway fed by real bus
+frames: the page loads, candles render and update, a setup appears, the badge says ``tick``, coach
+alerts and positions show for the token's user. Driven over the DevTools protocol; the screenshot is
+saved to ``artifacts/dashboard.png``."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import websockets.sync.client as wsc
+
+from services.gateway import auth
+from spx_common.config import PROJECT_DIR
+from spx_common.models import CoachEvent, FeedStatus, Position
+from tests.conftest import eventually
+from tests.gateway.harness import SECRET, T0, GatewayRunner
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--window-size=1280,800", "--remote-debugging-port=0"]
+
+
+class DevTools:
+    """Minimal DevTools-protocol client over the websockets library."""
+
+    def __init__(self, url: str) -> None:
+        self.ws = wsc.connect(url, open_timeout=10, max_size=50_000_000).__enter__()
+        self.ids = itertools.count(1)
+
+    def call(self, method: str, **params):
+        rid = next(self.ids)
+        self.ws.send(json.dumps({"id": rid, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=15))
+            if msg.get("id") == rid:
+                assert "error" not in msg, msg
+                return msg["result"]
+
+    def js(self, expr: str):
+        res = self.call("Runtime.evaluate", expression=expr, returnByValue=True)
+        return res["result"].get("value")
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+@pytest.fixture
+def browser():
+    profile = tempfile.mkdtemp(prefix="spx-chromium-")
+    procs = []
+
+    def launch(url: str) -> DevTools:
+        proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", url],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(proc)
+        port_file = Path(profile) / "DevToolsActivePort"
+        eventually(lambda: port_file.exists() and port_file.read_text().strip(), 30, 0.1, what="chromium DevTools")
+        dport = int(port_file.read_text().split()[0])
+
+        def page():
+            with urllib.request.urlopen(f"http://127.0.0.1:{dport}/json/list", timeout=5) as r:
+                pages = [t for t in json.load(r) if t["type"] == "page"]
+            return pages[0]["webSocketDebuggerUrl"] if pages else None
+        return DevTools(eventually(page, 20, 0.2, what="a page target"))
+
+    yield launch
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_dashboard_renders_live_candles_setups_badge_and_coach(run_dir, browser):
+    gw = GatewayRunner(run_dir, price_throttle_ms=100)
+    stop = threading.Event()
+    bars_sent = [0]
+
+    def feed():
+        i = 0
+        while not stop.is_set() and i < 2000:
+            px = 600 + (i % 40) * 0.05 - (i % 7) * 0.03
+            gw.bar(i, px, closed=False)
+            gw.trade(px + 0.01)
+            gw.bar(i, px, closed=True)
+            bars_sent[0] = i + 1
+            if i % 10 == 0:
+                gw.pubs["feed"].publish("status.feed", "feed_status",
+                                        FeedStatus(mode="tick", connected=True, events_per_s=120.0, ts=gw.ts), gw.ts)
+            i += 1
+            stop.wait(0.05)
+
+    try:
+        for i in range(30):  # history before the page opens: the snapshot
+            gw.bar(-30 + i, 599 + i * 0.03, closed=True)
+        gw.transition("vwap-1", "forming", ts=T0, entry_low=599.8, entry_high=600.2, stop=599.0, targets=[601.5])
+        gw.transition("vwap-1", "ready", ts=T0 + 1, price=600.0)
+        gw.pubs["coach"].publish("coach.alice", "coach", CoachEvent(
+            user="alice", kind="entry_window_opened", message="reclaim long on SPY: entry window open", ts=T0), T0)
+        gw.pubs["broker"].publish("position.alice", "position", Position(
+            user="alice", option_symbol="SPXW260220C05000000", quantity=2, avg_price=1.5, realized_pnl=40.0,
+            unrealized_pnl=12.5, ts=T0), T0)
+        gw.pubs["detector"].publish("state.market", "doc", {"levels": {"PDH": 601.2, "ORL": 599.4}, "regime": "trend",
+                                                            "ts": T0}, T0)
+        eventually(lambda: "alice" in gw.svc.hub.user_data and len(gw.svc.hub.setups) == 1 and gw.svc.hub.market, 5)
+        t = threading.Thread(target=feed, daemon=True)
+        t.start()
+        token = auth.mint("alice", SECRET.encode(), int(time.time()) + 600)
+        dt = browser(f"http://127.0.0.1:{gw.port}/?token={token}")
+        try:
+            bars = lambda: int(dt.js("document.getElementById('chart').dataset.bars") or 0)  # noqa: E731
+            first = eventually(lambda: bars() >= 31 and bars(), 20, 0.2, what="candles rendered")
+            renders = int(dt.js("document.getElementById('chart').dataset.renders"))
+            eventually(lambda: bars() >= first + 5, 15, 0.2, what="candles update live")
+            assert int(dt.js("document.getElementById('chart').dataset.renders")) > renders
+            assert eventually(lambda: dt.js("document.getElementById('badge-mode').textContent") == "tick", 10, 0.2)
+            state = dt.js("document.querySelector('#setups tr[data-setup-id=\"vwap-1\"]')?.dataset.state")
+            assert state == "ready"
+            gw.transition("vwap-1", "triggered", ts=T0 + 2, price=600.1)
+            eventually(lambda: dt.js("document.querySelector('#setups tr[data-setup-id=\"vwap-1\"]')?.dataset.state")
+                       == "triggered", 10, 0.2, what="setup state updates")
+            coach = dt.js("[...document.querySelectorAll('#coach li')].map(li => li.dataset.kind)")
+            assert coach == ["entry_window_opened"]
+            assert "52.50" in dt.js("document.getElementById('pnl').textContent")
+            assert dt.js("document.getElementById('user').textContent") == "user alice"
+            assert dt.js("document.getElementById('chart').dataset.levels") == "PDH,ORL"
+            # render throttling: at most one draw per animation frame however fast messages come
+            res = dt.call("Runtime.evaluate", awaitPromise=True, returnByValue=True, expression=(
+                "new Promise(r => { const c = document.getElementById('chart'); const r0 = +c.dataset.renders; "
+                "let n = 0; const t0 = performance.now(); (function f() { n++; if (performance.now() - t0 < 1000) "
+                "requestAnimationFrame(f); else r({frames: n, renders: +c.dataset.renders - r0}); })(); })"))
+            fr = res["result"]["value"]
+            assert fr["renders"] <= fr["frames"] + 1, fr
+            shot = dt.call("Page.captureScreenshot", format="png")
+            out = PROJECT_DIR / "artifacts" / "dashboard.png"
+            out.parent.mkdir(exist_ok=True)
+            out.write_bytes(base64.b64decode(shot["data"]))
+            assert out.stat().st_size > 10_000
+        finally:
+            dt.close()
+    finally:
+        stop.set()
+        gw.close()
