@@ -231,6 +231,8 @@ class Engine:
         its limit, the limit follows the bid down (rounded down), at most once per ``REPRICE_NS`` per
         order. Scale-outs are targets and are left alone.
         """
+        if not (math.isfinite(bid) and math.isfinite(ask)) or bid < 0 or ask < 0:
+            return []
         self._remember(self.quotes, symbol, (bid, ask))
         ids = self._exits.get(symbol)
         if not ids or bid <= 0:
@@ -372,6 +374,8 @@ class Engine:
     def _scale_out(self, trade: TradeState, a: ExitAdvice) -> list[Intent]:
         if trade.exiting or trade.held <= 0:
             return []
+        if a.fraction is not None and not math.isfinite(a.fraction):
+            return [Block(trade.user, "bad_advice", trade.setup_id, f"scale_out fraction {a.fraction!r}")]
         frac = min(max(a.fraction if a.fraction is not None else 0.5, 0.0), 1.0)
         held = int(trade.held)
         qty = max(1, round(held * frac))

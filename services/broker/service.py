@@ -23,6 +23,7 @@ one worker task draining a bounded intent queue in order.  Requests: ``status``,
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -217,6 +218,9 @@ class BrokerService(BusService):
     def _on_ticks(self, frame, events: list) -> None:
         for ev in events:
             if not isinstance(ev, Quote) or not ev.sym.startswith("O:"):
+                continue
+            if not (math.isfinite(ev.bid) and math.isfinite(ev.ask)):
+                self.m_bad.inc(kind="quote")
                 continue
             self.clock.advance(ev.ts)
             sym = ev.sym[2:]

@@ -324,3 +324,18 @@ def test_stale_entry_is_cancelled_after_the_timeout_filled_part_kept():
     e.on_order_event(p.order.order_id, "canceled", 1, 2.0, T0 + 61 * 10**9)
     assert e.trades[("u1", "s1")].held == 1 and e.open_risk("u1") == 200
     assert engine(allowed=False).expire_entries(T0) == []
+
+
+def test_non_finite_inputs_are_refused_not_crashing():
+    nan, inf = float("nan"), float("inf")
+    e = engine()
+    e.on_transition(tr("s1", "triggered"))
+    assert [i.reason for i in e.on_recommendation(reco("s1", ask=nan, bid=nan))] == ["no_price"]
+    e.on_transition(tr("s2", "triggered"))
+    assert [i.reason for i in e.on_recommendation(reco("s2", ask=inf, bid=1.0))] == ["no_price"]
+    e.on_transition(tr("s3", "triggered"))
+    [p] = places(e.on_recommendation(reco("s3")))
+    e.on_order_event(p.order.order_id, "filled", 4, 2.0, T0)
+    assert e.on_quote(SYMS[0], inf, inf, T0) == [] and e.quotes[SYMS[0]] != (inf, inf)
+    [b] = e.on_advice(ExitAdvice(setup_id="s3", action="scale_out", fraction=nan, reason="x", ts=T0))
+    assert b.reason == "bad_advice"
