@@ -339,3 +339,20 @@ def test_non_finite_inputs_are_refused_not_crashing():
     assert e.on_quote(SYMS[0], inf, inf, T0) == [] and e.quotes[SYMS[0]] != (inf, inf)
     [b] = e.on_advice(ExitAdvice(setup_id="s3", action="scale_out", fraction=nan, reason="x", ts=T0))
     assert b.reason == "bad_advice"
+
+
+ANY = st.floats(allow_nan=True, allow_infinity=True)
+wild_op = st.one_of(
+    st.tuples(st.just("trigger"), SETUP),
+    st.tuples(st.just("reco"), SETUP, st.integers(-10, 10**6), ANY, st.integers(0, 2)),
+    st.tuples(st.just("advice"), SETUP, st.sampled_from(["scale_out", "move_stop", "trail_stop", "exit_all"]), ANY),
+    st.tuples(st.just("quote"), st.integers(0, 2), ANY, st.floats(0, 1)),
+    st.tuples(st.just("fill"), st.integers(0, 50), st.floats(0.1, 1.0)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(wild_op, max_size=40))
+def test_property_wild_numbers_never_crash_or_break_a_limit(ops):
+    sim = run_ops(ops)
+    assert sim.violations == []
