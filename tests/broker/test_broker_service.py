@@ -328,3 +328,26 @@ def test_tradier_portfolio_snapshots_on_1pct_moves_and_pdt_alert_with_cooldown(r
         finally:
             h.close()
         assert fake.violations == []
+
+
+def test_tradier_mode_polls_order_status_while_the_stream_is_down(run_dir):
+    with FakeTradier() as fake:
+        fake.script("500", "session", times=1000)  # the account-events session cannot be created
+        FlagStore(run_dir / "flags.json").set("auto_execution", True)
+        h = Harness(run_dir, _tradier_env(fake, TRADIER_EXECUTION_ENABLED="true",
+                                          TRADIER_EXECUTION_PRODUCTION_ENABLED="true",
+                                          SPX_BROKER_AUTO_EXECUTION_USERS="default",
+                                          SPX_BROKER_POLL_INTERVAL_S="0.2", SPX_BROKER_MAX_RETRIES="0"))
+        try:
+            eventually(lambda: h.call("status")["broker"]["stream"] == "down", 10, what="stream down")
+            h.quote_live(1.95, 2.0, T0)
+            eventually(lambda: h.trigger("poll-1", T0 + S, qty=3) or fake.orders, 10)
+            [(oid, _)] = fake.orders.items()
+            fake.fill(oid, 1, 2.0)
+            eventually(lambda: len(h.seen("fill.default")) == 1, 10, what="partial fill found by polling")
+            fake.fill(oid, 2, 2.0)
+            eventually(lambda: len(h.seen("fill.default")) == 2, 10, what="rest found by polling")
+            assert h.seen("position.default")[-1].quantity == 3 and not fake._sockets
+        finally:
+            h.close()
+        assert fake.violations == []
