@@ -351,3 +351,19 @@ def test_tradier_mode_polls_order_status_while_the_stream_is_down(run_dir):
         finally:
             h.close()
         assert fake.violations == []
+
+
+def test_kill_switch_at_runtime_refuses_new_entries_but_lets_exits_out(run_dir):
+    h = Harness(run_dir)
+    try:
+        h.quote_live(1.95, 2.0, T0)
+        eventually(lambda: h.trigger("rk-1", T0 + S, qty=2) or h.seen("fill.default"), 10)
+        FlagStore(run_dir / "flags.json").set("kill_switch", True)
+        assert h.call("flags.reload")["flags"]["kill_switch"] is True
+        eventually(lambda: h.trigger("rk-2", T0 + 2 * S) or h.seen("block.broker"), 10)
+        assert h.seen("block.broker")[0].reason == "kill_switch"
+        h.quote(2.5, 2.6, T0 + 3 * S)
+        eventually(lambda: h.advice("rk-1", "exit_all", T0 + 4 * S) or
+                   h.seen("position.default")[-1].quantity == 0, 10, what="exit allowed under the kill switch")
+    finally:
+        h.close()
