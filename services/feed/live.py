@@ -105,6 +105,9 @@ class LiveIngest:
         self._tasks: list[asyncio.Task] = []
         self._backfills: set[asyncio.Task] = set()
         self._backfill_slots = asyncio.Semaphore(4)
+        self._overflow_marks: dict[str, tuple[int, dict[str, int]]] = {}
+        for s in self.streams.values():
+            s.on_overflow = self._overflowed
 
     def _count(self, name: str, label: str) -> None:
         c = self._counters.get(name)
@@ -177,7 +180,22 @@ class LiveIngest:
         if not self.polling and not self.fatal:
             self.svc.set_mode("tick")
 
-    def _reconnected(self, stream: MassiveStream, down_since_ns: int) -> None:
+    def _overflowed(self, stream: MassiveStream, recv_ns: int) -> None:
+        """First drop since the last catch-up: remember where each symbol's published data ends.
+
+        A symbol with nothing published yet starts one ping period before the dropped frame arrived.
+        """
+        if stream.market not in self._overflow_marks:
+            blind_ns = int((self.cfg.ping_interval_s + self.cfg.ping_timeout_s) * 1e9)
+            self._overflow_marks[stream.market] = (recv_ns - blind_ns, dict(self._last_ts))
+
+    def _reconnected(self, stream: MassiveStream, down_since_ns: int,
+                     last_ts: dict[str, int] | None = None) -> None:
+        """Backfill a gap of ``stream`` that began at ``down_since_ns`` (wall ns).
+
+        ``last_ts`` (queue overflow) is the exact per-symbol end of what was published before the
+        gap; after a reconnect the window starts at most one ping period before the loss was seen.
+        """
         if not self.cfg.backfill:
             return
         if stream.market == "options":
@@ -188,12 +206,16 @@ class LiveIngest:
         else:
             syms = self.cfg.stocks if stream.market == "stocks" else self.cfg.indices
         now = time.time_ns()
+        floor = now - int(self.cfg.backfill_max_s * 1e9)
+        blind_ns = int((self.cfg.ping_interval_s + self.cfg.ping_timeout_s) * 1e9)
         for sym in syms:
-            # data may have stopped before the loss was noticed (at most one ping period), never earlier
-            # than the symbol's last event; an idle contract does not stretch the window back further
-            blind_ns = int((self.cfg.ping_interval_s + self.cfg.ping_timeout_s) * 1e9)
-            start = max(min(self._last_ts.get(sym, down_since_ns), down_since_ns), down_since_ns - blind_ns,
-                        now - int(self.cfg.backfill_max_s * 1e9))
+            if last_ts is not None:
+                start = max(last_ts.get(sym, down_since_ns), floor)
+            else:
+                # data may have stopped before the loss was noticed (at most one ping period), never
+                # earlier than the symbol's last event; an idle contract does not stretch the window
+                start = max(min(self._last_ts.get(sym, down_since_ns), down_since_ns), down_since_ns - blind_ns,
+                            floor)
             task = asyncio.ensure_future(self._backfill(stream.market, sym, start, now))
             self._backfills.add(task)
             task.add_done_callback(self._backfills.discard)
@@ -262,6 +284,11 @@ class LiveIngest:
                         self._last_ts[ev.sym] = ev.ts
                     if isinstance(ev, IndexValue) and ev.sym == underlying:
                         await self._track_atm(ev)
+            if not raw and self._overflow_marks:
+                # caught up after dropping frames: fetch what was dropped, like a reconnect gap
+                marks, self._overflow_marks = self._overflow_marks, {}
+                for market, (since_ns, last_ts) in marks.items():
+                    self._reconnected(self.streams[market], since_ns, last_ts)
             await asyncio.sleep(0)
 
     async def _track_atm(self, ev: IndexValue) -> None:

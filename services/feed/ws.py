@@ -121,6 +121,8 @@ class MassiveStream:
         self.last_error = ""  # why the last connection ended
         self.last_status = ""  # the last notable vendor status (max_connections, slow_consumer, ...)
         self.evictions = 0  # max_connections received
+        #: called when a raw frame of a stream is dropped because the queue is full
+        self.on_overflow: Callable[["MassiveStream", int], None] | None = None
         self.fatal: str = ""
         self._down_since_ns: int | None = None
         self._evicted = False
@@ -244,6 +246,8 @@ class MassiveStream:
                 self.evictions += 1
             if maxlen is not None and len(sink) >= maxlen:
                 self.count("tick_drop_count", "queue_overflow")
+                if self.on_overflow is not None:
+                    self.on_overflow(sink[0][0], sink[0][2])  # stream and receive time of the dropped frame
             sink.append((self, raw, time.time_ns()))
             wake.set()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 
@@ -13,6 +14,7 @@ from tests.conftest import eventually
 
 from services.feed.synthetic import SyntheticSession
 from services.feed.ws import Backoff, ConnectLimiter
+from services.feed.parsing import to_wire
 from tests.fakes.massive import FakeMassive
 from tests.feed.helpers import RunningFeed
 
@@ -286,3 +288,23 @@ def test_options_reconnect_backfills_option_trades(run_dir, fake):
         eventually(lambda: len(feed.events(f"tick.{sym}")) == 2, 5, what="option trade backfilled")
         got = feed.events(f"tick.{sym}")
     assert [(e.seq, e.backfilled) for e in got] == [(1, False), (2, True)]
+
+
+def test_raw_queue_overflow_is_counted_and_backfilled(run_dir, fake):
+    with live(run_dir, fake, raw_queue_max=10) as feed:
+        fake.wait_subscribed("stocks", "T.SPY")
+        t = now_ns() - 10**9
+        trades = [Trade(sym="SPY", price=590 + i / 100, size=1, ts=t + i * 10**6, seq=i + 1) for i in range(300)]
+        fake.trades["SPY"] = trades
+
+        async def burst():  # 300 frames in one go: far more than the 10-frame queue
+            for c in fake._live("stocks"):
+                for tr in trades:
+                    await c.ws.send(json.dumps([to_wire(tr)]))
+
+        fake._call(burst)
+        eventually(lambda: len(feed.events("tick.SPY")) == 300, 10, what="every trade, via stream or backfill")
+        got = feed.events("tick.SPY")
+        assert sorted(e.seq for e in got) == list(range(1, 301))
+        assert _metric(feed, "tick_drop_count", reason="queue_overflow") >= 1
+        assert any(e.backfilled for e in got)
