@@ -1,0 +1,1 @@
+"""Cache/aggregator service: bounded tick cache and microbars with quote microstructure."""

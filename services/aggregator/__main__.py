@@ -1,0 +1,3 @@
+from services.aggregator.service import Aggregator
+
+Aggregator.cli()

@@ -1,0 +1,40 @@
+"""``[aggregator]`` configuration."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field, field_validator
+
+from spx_common.config import Section, env_field
+
+
+class AggregatorConfig(Section):
+    """The cache/aggregator: microbars (docs/microbars.md) and the bounded tick cache."""
+
+    section: ClassVar[str] = "aggregator"
+
+    intervals: list[str] = Field(["1s", "5s"], description="Bar intervals (1s, 5s, 250ms, 1m, ...).")
+    l2_microstructure: bool = env_field(
+        True, "Compute quote microstructure fields; false makes them null (OHLCV unchanged).",
+        "ENABLE_L2_MICROSTRUCTURE")
+    fill_gaps: bool = Field(False, description="Emit zero-volume bars at the previous close for buckets "
+                            "without a trade (microstructure null).")
+    allowed_lateness_ms: int = Field(250, ge=0, le=60_000, description="A bar closes when the feed's event-time "
+                                     "watermark passes its end by this much (quiet markets still close bars).")
+    progress_ms: int = Field(250, ge=10, description="In-progress bar updates: at most one per symbol and "
+                             "interval per this many wall milliseconds.")
+    cache_window_s: int = Field(600, ge=1, description="Tick cache keeps events this recent (event time).")
+    cache_max_events: int = Field(200_000, ge=100, description="Tick cache bound per symbol (events).")
+    bars_kept: int = Field(7200, ge=10, description="Closed bars kept per symbol and interval for queries.")
+    max_symbols: int = Field(5000, ge=1, description="Symbols tracked at most; more are refused and counted.")
+    warmup_from_journal: bool = Field(True, description="On start, rebuild cache and bars from today's journal.")
+
+    @field_validator("intervals")
+    @classmethod
+    def _intervals(cls, v: list[str]) -> list[str]:
+        from services.aggregator.bars import parse_interval
+
+        for name in v:
+            parse_interval(name)
+        return v

@@ -1,0 +1,190 @@
+"""The aggregator process: ``tick.<sym>`` in; ``bar.<interval>.<sym>`` out; tick/bar queries answered.
+
+Requests (REQ/REP on the aggregator's request socket; shapes are plain maps):
+
+``last {sym}``
+    ``{sym, seq, trade, quote, value}``: last trade, quote and index value, and the cache's
+    per-symbol sequence number.
+``ticks_since {sym, seq?, since_ns?, limit?}``
+    ``{sym, seq, events: [{seq, event}], truncated}``: cached events after a cache sequence or
+    at/after an event time (``truncated`` when older events were already evicted).
+``bars_since {sym, interval, since_ns?, limit?}``
+    ``{sym, interval, bars: [...closed bars...], current: in-progress bar | null, topic_seq}``.
+    ``topic_seq`` is the sequence number of the last frame published on ``bar.<interval>.<sym>``
+    when the snapshot was taken: a client applies live frames with a larger seq and drops the
+    rest, which stitches snapshot and stream with no gap and no duplicate.
+``symbols {}``
+    tracked symbols with cache sizes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+from services.aggregator.bars import BarAggregator
+from services.aggregator.cache import TickCache
+from services.aggregator.config import AggregatorConfig
+from spx_common import journal
+from spx_common.bus import RpcError
+from spx_common.config import load
+from spx_common.models import MicroBar
+from spx_common.service import BusService
+
+ADVANCE_EVERY_NS = 100_000_000
+
+
+class Aggregator(BusService):
+    """Cache/aggregator: bounded tick cache and 1s/5s microbars with quote microstructure."""
+
+    name = "aggregator"
+    subscriptions = {"feed": ["tick."]}
+
+    def __init__(self, *args, config: AggregatorConfig | None = None, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.cfg = config or load(AggregatorConfig)
+        self.agg = self._new_aggregator(self.cfg.l2_microstructure and self.flag_store.get("l2_microstructure"))
+        self.cache = TickCache(self.cfg.cache_window_s * 1_000_000_000, self.cfg.cache_max_events,
+                               self.cfg.max_symbols)
+        self.bars: dict[tuple[str, str], deque[MicroBar]] = {}
+        self._dirty: set[tuple[str, str]] = set()
+        self._advanced_at = 0
+        m = self.metrics
+        self.events_in = m.counter("aggregator_events_total", "Market events aggregated.")
+        self.bars_out = m.counter("aggregator_bars_closed_total", "Closed bars published.", ["interval"])
+        self.late = m.gauge("aggregator_late_events", "Events for an already closed bar (counted, dropped).")
+        self.progress_out = m.counter("aggregator_bar_updates_total", "In-progress bar updates published.")
+        self.cache_size = m.gauge("aggregator_cache_events", "Events held by the tick cache.")
+
+    def _new_aggregator(self, l2: bool) -> BarAggregator:
+        return BarAggregator(self.cfg.intervals, l2=l2, fill_gaps=self.cfg.fill_gaps,
+                             allowed_lateness_ns=self.cfg.allowed_lateness_ms * 1_000_000,
+                             max_symbols=self.cfg.max_symbols)
+
+    def setup(self) -> None:
+        if self.cfg.warmup_from_journal:
+            self.warm_up()
+        self.on("tick.", self.on_ticks)
+        self.rpc("last", lambda p: self.cache.last(_sym(p)))
+        self.rpc("ticks_since", self.rpc_ticks_since)
+        self.rpc("bars_since", self.rpc_bars_since)
+        self.rpc("symbols", lambda p: {s: len(st.buf) for s, st in self.cache.syms.items()})
+
+    # ------------------------------------------------------------------ data path
+
+    def on_ticks(self, frame, events) -> None:
+        if not events:
+            return
+        self.cache.add(events)
+        self.agg.on_events(events)
+        self.events_in.inc(len(events))
+        sym = events[0].sym
+        for name, _ in self.agg.intervals:
+            self._dirty.add((sym, name))
+        wm = self.agg.watermark
+        if wm - self._advanced_at >= ADVANCE_EVERY_NS:
+            self._advanced_at = wm
+            self.agg.advance(wm)
+        if self.agg.closed:
+            self._publish_closed()
+
+    def _publish_closed(self) -> None:
+        for bar in self.agg.drain():
+            key = (bar.sym, bar.interval)
+            ring = self.bars.get(key)
+            if ring is None:
+                ring = self.bars[key] = deque(maxlen=self.cfg.bars_kept)
+            ring.append(bar)
+            self.publish(f"bar.{bar.interval}.{bar.sym}", "bar", bar, self.agg.watermark)
+            self.bars_out.inc(interval=bar.interval)
+
+    async def main(self) -> None:
+        period = self.cfg.progress_ms / 1000
+        while not self.stop_event.is_set():
+            await asyncio.sleep(period)
+            dirty, self._dirty = self._dirty, set()
+            for sym, interval in dirty:
+                bar = self.agg.current(sym, interval)
+                if bar is not None:
+                    self.publish(f"bar.{interval}.{sym}", "bar", bar, self.agg.watermark)
+                    self.progress_out.inc()
+
+    def periodic(self) -> None:
+        self.late.set(self.agg.late)
+        self.cache_size.set(self.cache.size())
+        self.detail = f"{len(self.agg.symbols)} symbols, watermark {self.agg.watermark}"
+
+    def on_flags(self, changed: dict) -> None:
+        if "l2_microstructure" in changed:
+            # takes effect from the next bar: bars already open keep their accumulators
+            self.agg.l2 = bool(changed["l2_microstructure"]) and self.cfg.l2_microstructure
+
+    async def drain(self) -> None:
+        self._publish_closed()
+
+    # ------------------------------------------------------------------ warm-up and queries
+
+    def warm_up(self) -> int:
+        """Rebuild cache and recent bars from the newest journal day (nothing is republished)."""
+        directory = self.runtime.path("journal")
+        files = journal.journal_files(directory) if directory.is_dir() else []
+        if not files:
+            return 0
+        day = files[-1].name.split(".")[0]
+        stats = journal.ReadStats()
+        t0 = time.monotonic()
+        count = 0
+        for f in (f for f in files if f.name.startswith(day)):
+            for batch in journal.iter_batches(f, stats):
+                self.cache.add(batch)
+                self.agg.on_events(batch)
+                count += len(batch)
+        for bar in self.agg.drain():
+            ring = self.bars.setdefault((bar.sym, bar.interval), deque(maxlen=self.cfg.bars_kept))
+            ring.append(bar)
+        self.log.info("warm-up from journal", extra={"day": day, "events": count, "torn": stats.torn,
+                                                      "corrupt": stats.corrupt,
+                                                      "seconds": round(time.monotonic() - t0, 2)})
+        return count
+
+    def rpc_ticks_since(self, p: dict) -> dict:
+        limit = _int(p, "limit", 10_000, 1, 100_000)
+        return self.cache.since(_sym(p), seq=_opt_int(p, "seq"), ts_ns=_opt_int(p, "since_ns"), limit=limit)
+
+    def rpc_bars_since(self, p: dict) -> dict:
+        sym = _sym(p)
+        interval = p.get("interval", "1s")
+        if interval not in dict(self.agg.intervals):
+            raise RpcError("bad_request", f"interval {interval!r} not aggregated; have {self.cfg.intervals}")
+        since = _opt_int(p, "since_ns") or 0
+        limit = _int(p, "limit", 1000, 1, 100_000)
+        ring = self.bars.get((sym, interval), ())
+        bars = [b for b in ring if b.start_ns >= since][-limit:]
+        return {"sym": sym, "interval": interval, "bars": bars, "current": self.agg.current(sym, interval),
+                "topic_seq": self.pub.last_seq(f"bar.{interval}.{sym}") if self.pub else 0}
+
+
+def _sym(p: dict) -> str:
+    sym = p.get("sym")
+    if not isinstance(sym, str) or not sym:
+        raise RpcError("bad_request", "'sym' (a symbol such as SPY or I:SPX) is required")
+    return sym
+
+
+def _opt_int(p: dict, key: str) -> int | None:
+    v = p.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise RpcError("bad_request", f"{key!r} must be an integer")
+    return v
+
+
+def _int(p: dict, key: str, default: int, lo: int, hi: int) -> int:
+    v = _opt_int(p, key)
+    if v is None:
+        return default
+    if not lo <= v <= hi:
+        raise RpcError("bad_request", f"{key!r} must be in [{lo}, {hi}]")
+    return v

@@ -1,0 +1,186 @@
+"""Microbar formulas against the independent reference, property-based and on named edge cases."""
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.aggregator.bars import BarAggregator, bars_from_events, parse_interval
+from services.aggregator.cache import TickCache
+from spx_common.models import IndexValue, Quote, Trade
+from tests.aggregator.reference import as_dicts, normalize, reference_bars
+
+S = 1_000_000_000
+PRICES = [99.98, 99.99, 100.0, 100.01, 100.02]
+
+
+@st.composite
+def streams(draw):
+    n = draw(st.integers(0, 60))
+    ts = 10 * S
+    events = []
+    for _ in range(n):
+        ts += draw(st.sampled_from([0, 0, 1, 1_000_000, 250_000_000, 700_000_000, S, 3 * S]))
+        sym = draw(st.sampled_from(["SPY", "QQQ"]))
+        if draw(st.booleans()):
+            events.append(Trade(sym=sym, price=draw(st.sampled_from(PRICES)), size=draw(st.sampled_from([0, 1, 100, 250])),
+                                ts=ts))
+        else:
+            bid = draw(st.sampled_from([0.0] + PRICES))
+            ask = draw(st.sampled_from([0.0] + PRICES))  # crossed and zero quotes included
+            events.append(Quote(sym=sym, bid=bid, ask=ask, bid_size=draw(st.sampled_from([0, 100, 300])),
+                                ask_size=draw(st.sampled_from([0, 100, 500])), ts=ts))
+    return events
+
+
+@settings(max_examples=300, deadline=None)
+@given(streams(), st.sampled_from(["1s", "5s", "250ms"]), st.booleans())
+def test_bars_match_the_reference_exactly(events, interval, l2):
+    got = as_dicts(bars_from_events(events, [interval], l2=l2))
+    want = normalize(reference_bars(events, parse_interval(interval), interval, l2=l2))
+    assert got == want
+
+
+@settings(max_examples=100, deadline=None)
+@given(streams())
+def test_imbalance_in_range_and_volumes_add_up(events):
+    for bar in bars_from_events(events, ["1s"]):
+        if bar.bid_ask_imbalance is not None:
+            assert -1 <= bar.bid_ask_imbalance <= 1
+        assert math.isclose(bar.buy_volume + bar.sell_volume + bar.neutral_volume, bar.volume)
+        assert bar.low <= min(bar.open, bar.close) <= max(bar.open, bar.close) <= bar.high
+
+
+def q(ts, bid, ask, bs=100, as_=200, sym="SPY"):
+    return Quote(sym=sym, bid=bid, ask=ask, bid_size=bs, ask_size=as_, ts=ts)
+
+
+def t(ts, price, size=100, sym="SPY"):
+    return Trade(sym=sym, price=price, size=size, ts=ts)
+
+
+def one(events, **kw):
+    bars = bars_from_events(events, ["1s"], **kw)
+    assert len(bars) == 1, bars
+    return bars[0]
+
+
+def test_no_quotes_at_all_every_trade_neutral_microstructure_null():
+    bar = one([t(S, 100.0), t(S + 1, 100.5, 50)])
+    assert (bar.buy_volume, bar.sell_volume, bar.neutral_volume, bar.delta_volume) == (0, 0, 150, 0)
+    assert bar.bid_ask_imbalance is None and bar.avg_spread_bps is None
+    assert bar.bid_size_at_close is None and bar.ask_bid_size_ratio is None
+    assert bar.quote_coverage_pct == 0.0
+    assert bar.vwap == pytest.approx((100 * 100 + 100.5 * 50) / 150)
+
+
+def test_trade_exactly_at_ask_is_buyer_at_bid_is_seller_inside_is_neutral():
+    bar = one([q(S, 100.0, 100.02), t(S + 1, 100.02, 10), t(S + 2, 100.0, 20), t(S + 3, 100.01, 30)])
+    assert (bar.buy_volume, bar.sell_volume, bar.neutral_volume, bar.delta_volume) == (10, 20, 30, -10)
+
+
+def test_crossed_and_zero_quotes():
+    # zero bid: price <= bid cannot make a seller; crossed quote excluded from spread but counted in sizes
+    bar = one([q(S, 0.0, 100.02, 0, 100), t(S + 1, 99.0, 5), q(S + 2, 100.05, 100.0, 300, 100), t(S + 3, 100.0, 7)])
+    assert bar.buy_volume == 7  # 100.0 >= ask 100.0 (crossed quote) -> buyer by the rule
+    assert bar.neutral_volume == 5
+    assert bar.avg_spread_bps is None  # no observation with bid > 0, ask > 0, ask >= bid
+    assert bar.bid_ask_imbalance == pytest.approx((300 - 200) / (300 + 200))
+    assert bar.quote_coverage_pct == 50.0
+
+
+def test_zero_size_trades_count_in_trades_and_ohlc_not_volume():
+    bar = one([t(S, 100.0, 0), t(S + 5, 101.0, 0)])
+    assert (bar.trades, bar.volume, bar.high, bar.close, bar.vwap) == (2, 0, 101.0, 101.0, None)
+
+
+def test_quote_at_bar_start_is_inside_and_quote_in_force_at_start_counts():
+    events = [q(S - 1, 100.0, 100.02, 100, 100), q(2 * S, 100.0, 100.02, 500, 100), t(2 * S + 1, 100.01)]
+    bar = one(events)
+    assert bar.start_ns == 2 * S
+    # observations: in force at start (S-1) + the one stamped exactly at the start
+    assert bar.bid_ask_imbalance == pytest.approx((600 - 200) / 800)
+    assert (bar.bid_size_at_close, bar.ask_size_at_close, bar.ask_bid_size_ratio) == (500, 100, 0.2)
+
+
+def test_burst_in_one_bucket_and_gaps_with_and_without_fill():
+    burst = [t(S + i, 100.0 + (i % 3) * 0.01, 1) for i in range(1000)] + [t(4 * S, 101.0, 1)]
+    bars = bars_from_events(burst, ["1s"])
+    assert [b.start_ns for b in bars] == [S, 4 * S] and bars[0].trades == 1000
+    filled = bars_from_events(burst, ["1s"], fill_gaps=True)
+    assert [b.start_ns for b in filled] == [S, 2 * S, 3 * S, 4 * S]
+    gap = filled[1]
+    assert gap.gap_fill and gap.volume == 0 and gap.open == gap.close == bars[0].close
+    assert gap.bid_ask_imbalance is None and gap.buy_volume is None
+
+
+def test_flag_off_nulls_microstructure_and_keeps_ohlcv():
+    events = [q(S, 100.0, 100.02), t(S + 1, 100.02, 10), t(S + 2, 100.0, 20)]
+    on, off = one(events), one(events, l2=False)
+    assert (off.open, off.high, off.low, off.close, off.volume, off.trades, off.vwap) == (
+        on.open, on.high, on.low, on.close, on.volume, on.trades, on.vwap)
+    assert all(getattr(off, f) is None for f in ("buy_volume", "delta_volume", "bid_ask_imbalance",
+                                                 "avg_spread_bps", "quote_coverage_pct", "bid_size_at_close"))
+
+
+def test_index_values_make_ohlc_bars_with_zero_volume():
+    bars = bars_from_events([IndexValue(sym="I:SPX", value=v, ts=S + i) for i, v in enumerate([5900, 5905, 5899])],
+                            ["1s"])
+    b = bars[0]
+    assert (b.open, b.high, b.low, b.close, b.volume, b.trades, b.vwap, b.bid_ask_imbalance) == (
+        5900, 5905, 5899, 5899, 0, 3, None, None)
+
+
+def test_watermark_closes_quiet_bars_and_late_events_are_counted_and_dropped():
+    agg = BarAggregator(["1s"], allowed_lateness_ns=200_000_000)
+    agg.on_event(t(S, 100.0))
+    agg.advance(2 * S + 100_000_000)
+    assert agg.drain() == []  # end + lateness not yet passed
+    agg.advance(2 * S + 200_000_000)
+    closed = agg.drain()
+    assert [b.start_ns for b in closed] == [S] and closed[0].closed
+    agg.on_event(t(S + 5, 99.0))  # late for a closed bar
+    assert agg.late == 1 and agg.flush() == []
+
+
+def test_in_progress_bar_is_exposed_not_closed():
+    agg = BarAggregator(["1s"])
+    agg.on_event(t(S, 100.0))
+    cur = agg.current("SPY", "1s")
+    assert cur is not None and not cur.closed and cur.close == 100.0
+    assert agg.current("SPY", "5s") is None
+
+
+def test_memory_bounds_hold_under_far_more_input_than_the_buffers_hold():
+    cache = TickCache(window_ns=10 * S, max_events=1000, max_symbols=3)
+    for i in range(50_000):
+        cache.add([t(S + i * 1_000_000, 100.0, sym="SPY")])
+    assert len(cache.syms["SPY"].buf) == 1000 and cache.evicted == 49_000
+    for i in range(20):
+        cache.add([t(S, 100.0, sym=f"X{i}")])
+    assert len(cache.syms) == 3 and cache.refused == 18
+    # time bound: events older than the window are evicted
+    cache2 = TickCache(window_ns=S, max_events=10**6)
+    for i in range(100):
+        cache2.add([t(i * 100_000_000, 100.0)])
+    assert cache2.syms["SPY"].buf[0][1].ts >= 99 * 100_000_000 - S
+    agg = BarAggregator(["1s"], max_symbols=2)
+    agg.on_events([t(S, 1.0, sym=f"S{i}") for i in range(10)])
+    assert len(agg.symbols) == 2 and agg.refused_symbols == 8
+
+
+def test_cache_since_by_seq_and_time():
+    cache = TickCache(window_ns=100 * S, max_events=5)
+    for i in range(8):
+        cache.add([t(S + i, 100.0 + i)])
+    r = cache.since("SPY", seq=5)
+    assert [e["seq"] for e in r["events"]] == [6, 7, 8] and not r["truncated"]
+    assert cache.since("SPY", seq=1)["truncated"]  # seqs 2..3 were evicted
+    assert [e["seq"] for e in cache.since("SPY", ts_ns=S + 6)["events"]] == [7, 8]
+    assert cache.last("SPY")["trade"].price == 107.0
+
+
+def test_bad_interval_is_refused():
+    with pytest.raises(ValueError, match="bad bar interval"):
+        parse_interval("2x")
