@@ -60,7 +60,8 @@ class FeedConfig(Section):
     chain_every_s: float = Field(5.0, gt=0, description="Publish the option chain on chain.<root> this often "
                                  "(event seconds in replay, wall seconds live).")
     replay_speed: str = Field("1", description="Replay speed multiplier (e.g. 1, 10, 0.5) or 'max'.")
-    replay_path: Path | None = Field(None, description="Journal file/dir or flat file for source=journal/flatfile.")
+    replay_path: Path | None = Field(None, description="source=journal: a .ticks file or journal directory; "
+                                       "source=flatfile: a trades/quotes CSV(.gz) file or a directory of them.")
     replay_start_delay_s: float = Field(1.0, ge=0, le=60, description="Wait before the first replayed event so "
                                         "subscribers started alongside the feed are connected (slow joiners).")
     replay_loop: bool = Field(True, description="Synthetic source: continue with the next session at the end.")

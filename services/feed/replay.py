@@ -16,7 +16,6 @@ than ``max_gap_ns`` (nights, weekends, a stopped recorder) are skipped rather th
 from __future__ import annotations
 
 import asyncio
-import heapq
 import time
 from pathlib import Path
 from typing import Awaitable, Callable, Iterable, Iterator
@@ -104,24 +103,28 @@ class JournalSource(Source):
 
 
 class FlatFileSource(Source):
-    """Vendor flat files (trades and/or quotes day files, CSV or CSV.gz) merged in time order."""
+    """Vendor flat files (trades and/or quotes day files, CSV or CSV.gz) merged in time order.
+
+    Reading is ``spx_common.flatfiles`` (the aggregator's readers: columns by header name, bad rows
+    counted in ``stats`` and skipped); events carry ``source="replay"``.
+    """
 
     name = "flatfile"
 
     def __init__(self, paths: list[Path | str], *, symbols: Iterable[str] | None = None) -> None:
-        from spx_common import flatfiles  # owned by the aggregator engineer; imported where needed
+        from spx_common import flatfiles
 
         self._flatfiles = flatfiles
         self.paths = [Path(p) for p in paths]
-        self.symbols = set(symbols) if symbols is not None else None
+        for p in self.paths:
+            if not p.is_file():
+                raise FileNotFoundError(f"no flat file at {p}")
+            flatfiles.kind_of(p)  # refuses a file with neither the trades nor the quotes header, now
+        self.symbols = list(symbols) if symbols is not None else None
+        self.stats = flatfiles.ReadStats()
 
     def events(self) -> Iterator[MarketEvent]:
-        streams = [self._flatfiles.iter_events(p) for p in self.paths]
-        merged = heapq.merge(*streams, key=lambda e: e.ts) if len(streams) > 1 else streams[0]
-        for ev in merged:
-            if self.symbols is None or ev.sym in self.symbols:
-                ev.source = "replay"
-                yield ev
+        return self._flatfiles.read_merged(self.paths, symbols=self.symbols, stats=self.stats)
 
 
 Emit = Callable[[list[MarketEvent]], None]

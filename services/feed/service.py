@@ -194,7 +194,9 @@ class FeedService(BusService):
             return JournalSource(cfg.replay_path)
         from services.feed.replay import FlatFileSource
 
-        return FlatFileSource([cfg.replay_path])
+        path = cfg.replay_path
+        files = sorted([*path.glob("*.csv"), *path.glob("*.csv.gz")]) if path.is_dir() else [path]
+        return FlatFileSource(files)
 
     async def run_replay(self, src: Source, progress=None) -> int:
         """Publish a replay source at the configured speed; returns events published."""

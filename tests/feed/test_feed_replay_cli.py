@@ -134,3 +134,80 @@ def test_docs_name_every_feed_metric_and_config_key(run_dir):
     keys_in_doc = {k for k in FeedConfig.model_fields if f"`{k}`" in doc}
     assert {"poll_after_s", "journal_flush_s", "backoff_stable_s", "reorder_tolerance_ms", "dedupe_keys",
             "max_connects_per_minute", "replay_speed"} <= keys_in_doc
+
+
+def _capture(run_dir, argv: list[str], want: int) -> tuple[int, list]:
+    """Run ``spx`` in-process while a subscriber collects tick frames from the feed socket."""
+    runtime = RuntimeConfig(run_dir=run_dir)
+    ctx = zmq.Context()
+    sub = Subscriber(ctx, [BusConfig().pub_endpoint("feed", runtime)], ["tick."])
+    got: list = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            f = sub.recv(0.1)
+            if f is not None:
+                got.extend(f.body())
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    try:
+        code = spx_main(argv)
+        deadline = time.monotonic() + 5
+        while len(got) < want and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        t.join(2)
+        sub.close()
+        ctx.destroy(linger=0)
+    return code, got
+
+
+def test_spx_replay_flat_files_merges_trades_and_quotes(run_dir, monkeypatch, capsys):
+    import gzip
+
+    from spx_common.models import Quote
+
+    monkeypatch.setenv("SPX_FEED_REPLAY_START_DELAY_S", "0.5")
+    trades = run_dir / "2026-11-20-trades.csv.gz"
+    with gzip.open(trades, "wt") as fh:  # the vendor's layout and sample rows, plus SPY and one bad row
+        fh.write("ticker,conditions,correction,exchange,id,participant_timestamp,price,sequence_number,"
+                 "sip_timestamp,size,tape,trf_id,trf_timestamp\n")
+        fh.write('A,"12,37",0,11,52983525035312,1712306654208705342,142.99,3807,1712306654208740096,5,1,0,0\n')
+        fh.write("SPY,12,0,11,52983525035314,1712306654429439337,520.5,3809,1712306654429468160,187,1,0,0\n")
+        fh.write("SPY,,0,11,x,1712306654429439338,not-a-price,3810,1712306654429468161,1,1,0,0\n")
+    quotes = run_dir / "2026-11-20-quotes.csv"
+    quotes.write_text("ticker,ask_exchange,ask_price,ask_size,bid_exchange,bid_price,bid_size,conditions,indicators,"
+                      "participant_timestamp,sequence_number,sip_timestamp,tape,trf_timestamp\n"
+                      "SPY,12,520.51,300,11,520.49,200,1,,1712306654429439000,77,1712306654429468160,1,0\n")
+    code, got = _capture(run_dir, ["replay", "flatfile", str(trades), str(quotes), "--speed", "max",
+                                   "--no-progress"], 3)
+    assert code == 0
+    assert sorted((e.ts, e.sym, type(e).__name__, e.seq) for e in got) == [
+        (1712306654208740096, "A", "Trade", 3807), (1712306654429468160, "SPY", "Quote", 77),
+        (1712306654429468160, "SPY", "Trade", 3809)]  # the bad row is skipped, the good ones kept
+    spy = [e for e in got if e.sym == "SPY"]
+    assert isinstance(spy[0], Quote) and spy[1].cond == [12]  # a quote before a trade with the same time
+    assert {e.source for e in got} == {"replay"}
+    err = capsys.readouterr().err
+    assert "skipped 1 bad rows" in err
+    assert spx_main(["replay", "flatfile", str(run_dir / "nope.csv"), "--no-progress"]) == 2
+
+
+def test_supervised_feed_replays_a_flat_file_directory(run_dir):
+    from services.feed.config import FeedConfig
+    from services.feed.service import FeedService
+
+    d = run_dir / "flat"
+    d.mkdir()
+    (d / "q.csv").write_text("ticker,ask_price,ask_size,bid_price,bid_size,sip_timestamp,sequence_number\n"
+                             f"SPY,1.01,100,1.00,200,{DAY1},1\nSPY,1.02,100,1.01,200,{DAY1 + 5},2\n")
+    svc = FeedService(RuntimeConfig(run_dir=run_dir), BusConfig(),
+                      config=FeedConfig(source="flatfile", replay_path=d))
+    try:
+        src = svc.build_source("flatfile")
+        assert [e.seq for e in src.events()] == [1, 2]
+    finally:
+        svc.ctx.destroy(linger=0)

@@ -117,10 +117,8 @@ def cmd_replay(args) -> int:
                                                    compress=args.compress or cfg.synthetic_compress,
                                                    strikes_each_side=cfg.strikes_each_side,
                                                    strike_step=cfg.strike_step, root=cfg.option_root))
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # includes flatfiles.FlatFileError (a bad header)
         return fail(str(exc), 2)
-    except ImportError as exc:
-        return fail(f"flat-file replay needs spx_common.flatfiles: {exc}", 2)
 
     progress = Progress(src.start_ns, src.end_ns, not args.no_progress and sys.stderr.isatty() or False)
     service = FeedService(runtime, bus, config=cfg, source=src)
@@ -132,6 +130,8 @@ def cmd_replay(args) -> int:
     print(f"replayed {service._published:,} events from {src.name}"
           f"{'' if service.replay_done else ' (interrupted)'}; drops {service.pipeline.drops or 'none'}")
     stats = getattr(src, "stats", None)
-    if stats is not None and (stats.torn or stats.corrupt):
+    if stats is not None and (getattr(stats, "torn", 0) or getattr(stats, "corrupt", 0)):
         print(f"journal: skipped {stats.torn} torn and {stats.corrupt} corrupt records", file=sys.stderr)
+    if stats is not None and getattr(stats, "bad_rows", 0):
+        print(f"flat files: skipped {stats.bad_rows} bad rows, e.g. {stats.errors[:3]}", file=sys.stderr)
     return code
