@@ -32,7 +32,6 @@ import datetime as dt
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Callable
 from zoneinfo import ZoneInfo
 
@@ -231,7 +230,7 @@ class Engine:
         its limit, the limit follows the bid down (rounded down), at most once per ``REPRICE_NS`` per
         order. Scale-outs are targets and are left alone.
         """
-        if not (math.isfinite(bid) and math.isfinite(ask)) or bid < 0 or ask < 0:
+        if not (0 <= bid <= router.MAX_PRICE and 0 <= ask <= router.MAX_PRICE):  # also NaN/inf
             return []
         self._remember(self.quotes, symbol, (bid, ask))
         ids = self._exits.get(symbol)
@@ -324,7 +323,7 @@ class Engine:
                 out.append(Block(user, "bad_symbol", subject, str(exc)))
                 continue
             raw = r.ask if self.entry_price == "ask" or r.mid is None else r.mid
-            if raw is None or raw <= 0 or not math.isfinite(raw):
+            if raw is None or not 0 < raw <= router.MAX_PRICE:
                 out.append(Block(user, "no_price", subject, f"recommendation has no usable {self.entry_price}"))
                 continue
             limit = float(router.round_to_tick(raw, "nearest"))
@@ -405,7 +404,7 @@ class Engine:
         return self._place(trade, role, "sell_to_close", qty, payload, ts, reason)
 
     def _protect(self, trade: TradeState, ts: int, level: float, reason: str) -> list[Intent]:
-        if trade.exiting or trade.held <= 0 or level <= 0:
+        if trade.exiting or trade.held <= 0 or not 0 < level <= router.MAX_PRICE:
             return []
         stop = float(router.round_to_tick(level, "down"))
         if trade.stop_price is not None and stop <= trade.stop_price:

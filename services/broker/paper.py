@@ -18,7 +18,6 @@ Fill rules (event time = the quote's time):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from services.broker import router
@@ -124,7 +123,7 @@ class PaperBroker:
     def on_quote(self, symbol: str, bid: float, ask: float, ts: int, bid_size: float = 0.0,
                  ask_size: float = 0.0) -> list[dict]:
         """A new quote: fill what it crosses; returns the order events (non-finite quotes are ignored)."""
-        if not (math.isfinite(bid) and math.isfinite(ask)):
+        if not (0 <= bid <= router.MAX_PRICE and 0 <= ask <= router.MAX_PRICE):  # also NaN/inf
             return []
         q = (bid, ask, bid_size, ask_size)
         self.quotes[symbol] = q

@@ -23,6 +23,7 @@ from spx_common import occ
 TICK_SMALL = Decimal("0.05")
 TICK_LARGE = Decimal("0.10")
 TICK_BREAK = Decimal("3.00")
+MAX_PRICE = 100_000.0  # no SPX option premium comes near this; anything above is bad input
 _TAG_RE = re.compile(r"^[A-Za-z0-9-]{1,255}$")
 SIDES_ALLOWED = ("buy_to_open", "sell_to_close")
 TYPES = ("market", "limit", "stop", "stop_limit")
@@ -49,8 +50,8 @@ def round_to_tick(price: float | str | Decimal, direction: str = "nearest") -> D
     (never below: marketable buys).  The result is at least one tick ($0.05).
     """
     p = Decimal(str(price))
-    if not p.is_finite() or p < 0:
-        raise OrderRefused("bad_price", f"price {price!r} is not a finite non-negative number")
+    if not p.is_finite() or p < 0 or p > Decimal(MAX_PRICE):
+        raise OrderRefused("bad_price", f"price {price!r} is not a finite number in [0, {MAX_PRICE:g}]")
     mode = {"nearest": ROUND_HALF_UP, "down": ROUND_FLOOR, "up": ROUND_CEILING}[direction]
     tick = tick_for(p)
     out = (p / tick).to_integral_value(rounding=mode) * tick
