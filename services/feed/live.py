@@ -118,10 +118,13 @@ class LiveIngest:
 
     async def run(self) -> None:
         stop = self.svc.stop_event
+        # spawned through the service: an unexpected exception is logged and stops the process
+        # (supervisord restarts it) instead of silently ending ingestion
+        spawn = self.svc.spawn
         for market, stream in self.streams.items():
-            self._tasks.append(asyncio.ensure_future(self._stream_task(stream, stop)))
-        self._tasks += [asyncio.ensure_future(self._consume(stop)), asyncio.ensure_future(self._watchdog(stop)),
-                        asyncio.ensure_future(self._chain_loop(stop))]
+            self._tasks.append(spawn(self._stream_task(stream, stop), f"ws-{market}"))
+        self._tasks += [spawn(self._consume(stop), "consume"), spawn(self._watchdog(stop), "watchdog"),
+                        spawn(self._chain_loop(stop), "chain")]
         await stop.wait()
         for t in self._tasks:
             t.cancel()
