@@ -30,6 +30,10 @@ class GatewayConfig(Section):
         description="A client whose queue stays above half of queue_max this long is disconnected as too slow.")
     write_limit_bytes: int = Field(
         65536, ge=1024, description="Kernel-side write buffer per connection before sends wait (backpressure).")
+    send_buffer_bytes: int = Field(
+        262_144, ge=0, le=64 * 1024 * 1024,
+        description="Kernel send buffer (SO_SNDBUF) per connection, so a slow client's backlog stays bounded in "
+        "the kernel too and shows up in its conflating queue; 0 leaves the OS default (autotuned, up to MBs).")
     max_message_bytes: int = Field(
         4096, ge=64, le=1_000_000,
         description="Largest client message answered; bigger ones get an error (type 'error', code 'too_large').")

@@ -16,6 +16,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+import time
+
 import msgspec
 
 from services.gateway.protocol import USER_CHANNELS, ChannelError, bar_json, parse_channel
@@ -25,15 +27,19 @@ _encode = msgspec.json.Encoder().encode
 TERMINAL = {"invalidated", "stopped", "expired", "target2_hit", "blocked"}
 
 
-def encode(msg: dict[str, Any]) -> str:
-    return _encode(msg).decode()
+def encode(msg: dict[str, Any]) -> bytes:
+    """One JSON object as UTF-8 bytes (encoded once per broadcast, shared by every subscriber)."""
+    return _encode(msg)
 
 
 class Client:
     """One connection's subscriptions and bounded outbound queue (filled by the hub, drained by the shell)."""
 
-    def __init__(self, cid: int, user: str | None, queue_max: int, wake: Callable[[], None] = lambda: None):
+    def __init__(self, cid: int, user: str | None, queue_max: int, wake: Callable[[], None] = lambda: None,
+                 direct: Callable[[bytes], bool] | None = None):
         self.id = cid
+        #: optional fast path: write at once when nothing is queued (returns False when it cannot)
+        self.direct = direct
         self.user = user
         self.queue_max = queue_max
         self.latency = False
@@ -50,11 +56,15 @@ class Client:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def push(self, text: str, pub_ns: int = 0, conflate: str | None = None, seal: str | None = None) -> None:
+    def push(self, text: bytes, pub_ns: int = 0, conflate: str | None = None, seal: str | None = None) -> None:
         """Queue one encoded message. ``conflate``: replace a queued message with the same key in place.
         ``seal``: a non-conflatable message of that key's stream; later updates must queue behind it."""
         if self.overflowed:
             return
+        if not self._pending and self.direct is not None:
+            if self.direct(self._splice(text, pub_ns, 0, time.time_ns() if self.latency else 0)):
+                self.sent += 1
+                return
         if seal is not None:
             self._conflate.pop(seal, None)
         if conflate is not None:
@@ -78,7 +88,7 @@ class Client:
         if len(self._pending) == 1:
             self.wake()
 
-    def pop(self, now_ns: int = 0) -> str | None:
+    def pop(self, now_ns: int = 0) -> bytes | None:
         """Next message text (with ``conflated``/``latencyMs`` spliced in when due), or None."""
         if not self._pending:
             return None
@@ -86,13 +96,16 @@ class Client:
         text, pub_ns, folded, ckey = self._pending.pop(eid)
         if ckey is not None and self._conflate.get(ckey) == eid:
             del self._conflate[ckey]
+        self.sent += 1
+        return self._splice(text, pub_ns, folded, now_ns)
+
+    def _splice(self, text: bytes, pub_ns: int, folded: int, now_ns: int) -> bytes:
         extra = ""
         if folded:
             extra += f',"conflated":{folded}'
         if self.latency and pub_ns and now_ns:
             extra += f',"latencyMs":{(now_ns - pub_ns) / 1e6:.3f}'
-        self.sent += 1
-        return text[:-1] + extra + "}" if extra else text
+        return text[:-1] + extra.encode() + b"}" if extra else text
 
     def check_slow(self, now: float, slow_timeout_s: float) -> bool:
         """True when the queue has stayed above half its bound for longer than ``slow_timeout_s``."""

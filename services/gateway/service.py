@@ -14,6 +14,7 @@ import http
 import itertools
 import logging
 import mimetypes
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import websockets
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from services.gateway import auth
 from services.gateway.config import GatewayConfig
@@ -71,12 +73,14 @@ class Connection:
         self.event = asyncio.Event()
         self.refused = 0
         self.closing = False
+        self.writing = False
 
 
 class GatewayService(BusService):
     """Websocket gateway and dashboard server for browsers and UI clients."""
 
     name = "gateway"
+    handler_budget_ms = 250.0  # a handler fans out to every subscriber
     subscriptions = {
         "feed": ["tick.", "status."],
         "aggregator": ["bar."],
@@ -98,12 +102,13 @@ class GatewayService(BusService):
         self._flush_handle: asyncio.TimerHandle | None = None
         self.feed_status: m.FeedStatus | None = None
         self._rate_prev = (0, time.monotonic())
+        self._out_prev = 0
         self.ready = asyncio.Event()
         reg = self.metrics
         self.m_clients = reg.gauge("ws_clients", "Open websocket connections.")
         self.m_price_rate = reg.gauge("ws_price_broadcast_rate", "Price updates broadcast per second (after throttling).")
         self.m_price_total = reg.counter("ws_price_broadcasts_total", "Price updates broadcast (after throttling).")
-        self.m_out = reg.counter("ws_messages_out_total", "Messages written to websocket clients.")
+        self.m_out = reg.counter("ws_messages_out_total", "Channel updates fanned out to websocket clients.")
         self.m_conflated = reg.counter("ws_conflated_total", "Price/in-progress bar updates folded in slow client queues.")
         self.m_disconnects = reg.counter("ws_disconnects_total", "Connections closed by the gateway, by reason.", ["reason"])
         self.m_errors = reg.counter("ws_client_errors_total", "Error messages sent to clients, by code.", ["code"])
@@ -169,6 +174,9 @@ class GatewayService(BusService):
         self.m_price_rate.set(round(rate, 2))
         self.m_price_total.inc(total - prev_total)
         self.m_clients.set(len(self.conns))
+        out = self.hub.messages_out
+        self.m_out.inc(out - self._out_prev)
+        self._out_prev = out
         self.hub.on_status(self.status_doc(rate))
         wall = time.time()
         for conn in list(self.conns.values()):
@@ -302,9 +310,12 @@ class GatewayService(BusService):
             except auth.TokenError as exc:
                 self.m_auth.inc(code=exc.code)
                 token_error = exc
+        sock = ws.transport.get_extra_info("socket") if ws.transport is not None else None
+        if cfg.send_buffer_bytes and sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, cfg.send_buffer_bytes)
         cid = next(self._ids)
         conn: Connection
-        client = Client(cid, user, cfg.queue_max, wake=lambda: conn.event.set())
+        client = Client(cid, user, cfg.queue_max, wake=lambda: conn.event.set(), direct=lambda data: self._direct(conn, data))
         conn = Connection(ws, client, TokenBucket(cfg.client_msgs_per_s, 2 * cfg.client_msgs_per_s), expires)
         self.conns[cid] = conn
         self.m_clients.set(len(self.conns))
@@ -342,13 +353,30 @@ class GatewayService(BusService):
                     text = client.pop(time.time_ns())
                     if text is None:
                         break
-                    await ws.send(text)
-                    self.m_out.inc()
+                    conn.writing = True
+                    try:
+                        await ws.send(text, text=True)  # waits while the kernel-side buffer is over write_limit
+                    finally:
+                        conn.writing = False
                     if client.conflated != seen:
                         self.m_conflated.inc(client.conflated - seen)
                         seen = client.conflated
         except websockets.ConnectionClosed:
             pass
+
+    def _direct(self, conn: Connection, data: bytes) -> bool:
+        """Write now, without a task switch, when nothing is queued and the socket keeps up (what
+        ``websockets.broadcast`` does); otherwise the message is queued for the writer task."""
+        ws = conn.ws
+        if (conn.closing or conn.writing or ws.protocol.state is not State.OPEN or ws.send_in_progress is not None
+                or ws.transport.get_write_buffer_size() > self.config.write_limit_bytes):
+            return False
+        try:
+            ws.protocol.send_text(data)
+            ws.send_data()
+        except Exception:
+            return False
+        return True
 
     def _on_message(self, conn: Connection, raw: str | bytes) -> None:
         cfg = self.config

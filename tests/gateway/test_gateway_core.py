@@ -24,11 +24,11 @@ def test_throttle_leading_edge_then_latest():
 
 def test_client_conflates_in_place_and_keeps_order_behind_sealed_messages():
     c = Client(1, None, queue_max=100)
-    c.push('{"n":1}', conflate="bar")
-    c.push('{"n":2}', conflate="bar")  # folds into n=1's slot
-    c.push('{"n":3}', seal="bar")  # a closed bar: later partials must queue behind it
-    c.push('{"n":4}', conflate="bar")
-    c.push('{"n":5}', conflate="bar")
+    c.push(b'{"n":1}', conflate="bar")
+    c.push(b'{"n":2}', conflate="bar")  # folds into n=1's slot
+    c.push(b'{"n":3}', seal="bar")  # a closed bar: later partials must queue behind it
+    c.push(b'{"n":4}', conflate="bar")
+    c.push(b'{"n":5}', conflate="bar")
     out = [json.loads(c.pop()) for _ in range(3)]
     assert out == [{"n": 2, "conflated": 1}, {"n": 3}, {"n": 5, "conflated": 1}]
     assert c.pop() is None and c.conflated == 2
@@ -38,18 +38,18 @@ def test_client_overflow_clears_and_flags():
     woke = []
     c = Client(1, None, queue_max=3, wake=lambda: woke.append(1))
     for i in range(3):
-        c.push(f'{{"n":{i}}}')
+        c.push(f'{{"n":{i}}}'.encode())
     assert not c.overflowed
-    c.push('{"n":3}')
+    c.push(b'{"n":3}')
     assert c.overflowed and len(c) == 0 and woke
-    c.push('{"n":4}')
+    c.push(b'{"n":4}')
     assert len(c) == 0  # nothing more is queued for a client being disconnected
 
 
 def test_client_slow_detection_needs_sustained_backlog():
     c = Client(1, None, queue_max=10)
     for i in range(6):
-        c.push(f'{{"n":{i}}}')
+        c.push(f'{{"n":{i}}}'.encode())
     assert c.check_slow(0.0, 5.0) is False
     assert c.check_slow(4.0, 5.0) is False
     assert c.check_slow(5.5, 5.0) is True
@@ -61,7 +61,7 @@ def test_client_slow_detection_needs_sustained_backlog():
 def test_latency_is_spliced_per_client():
     c = Client(1, None, queue_max=10)
     c.latency = True
-    c.push('{"a":1}', pub_ns=1_000_000)
+    c.push(b'{"a":1}', pub_ns=1_000_000)
     assert json.loads(c.pop(now_ns=3_500_000)) == {"a": 1, "latencyMs": 2.5}
 
 

@@ -104,7 +104,7 @@ def _tiny_socket(port: int) -> socket.socket:
     return s
 
 
-@pytest.mark.parametrize("gw", [{"price_throttle_ms": 0, "write_limit_bytes": 1024}], indirect=True)
+@pytest.mark.parametrize("gw", [{"price_throttle_ms": 0, "write_limit_bytes": 1024, "send_buffer_bytes": 4096}], indirect=True)
 def test_slow_consumer_gets_conflated_latest_price(gw):
     ws = wsc.connect(gw.url, sock=_tiny_socket(gw.port), max_queue=1, open_timeout=5).__enter__()
     ws.send(json.dumps({"op": "subscribe", "channels": ["price:SPY"]}))
@@ -128,7 +128,7 @@ def test_slow_consumer_gets_conflated_latest_price(gw):
     ws.close()
 
 
-@pytest.mark.parametrize("gw", [{"price_throttle_ms": 0, "queue_max": 8, "write_limit_bytes": 1024}], indirect=True)
+@pytest.mark.parametrize("gw", [{"price_throttle_ms": 0, "queue_max": 8, "write_limit_bytes": 1024, "send_buffer_bytes": 4096}], indirect=True)
 def test_client_that_stays_too_slow_is_disconnected_and_others_keep_streaming(gw):
     slow = wsc.connect(gw.url, sock=_tiny_socket(gw.port), max_queue=1, open_timeout=5).__enter__()
     slow.send(json.dumps({"op": "subscribe", "channels": ["microbar:SPY:1s"]}))

@@ -1,0 +1,198 @@
+"""Websocket fan-out: N concurrent clients on loopback subscribed to price and 1s bars.
+
+    python benchmarks/gateway.py                    # 1,000 clients, 10 s of stream
+    python benchmarks/gateway.py --clients 200 --seconds 5
+
+The gateway runs as its own process (``python -m services.gateway``, default config: 250 ms price
+throttle) in a private run directory. This process publishes real ``tick.SPY`` frames (as the feed)
+and ``bar.1s.SPY`` frames (as the aggregator); each tick's ``ts`` is its wall-clock publish time.
+Client processes (asyncio ``websockets`` clients) subscribe to ``price:SPY`` and
+``microbar:SPY:1s`` and record, for every price update, receipt time minus the tick's ``ts``: the
+latency from tick ingest on the bus to client receipt, including the throttle's hold of a trailing
+price. Clients also ask for ``latencyMs`` (bus publish to the gateway's socket write) to separate
+the gateway's share from the client processes' own scheduling on a small machine. Gateway memory per client is the gateway's RSS growth from before the clients connected to
+the steady stream, divided by the number of clients. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import zmq
+
+from spx_common.bus import Publisher
+from spx_common.config import BusConfig, RuntimeConfig
+from spx_common.models import MicroBar, Quote, Trade
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def client_proc(url: str, n: int, seconds: float, start_at: float, q: mp.Queue) -> None:
+    """n websocket clients in one asyncio loop; put (latencies_ms, price msgs, bar msgs, connected)."""
+    import websockets
+
+    lat: list[float] = []
+    wlat: list[float] = []  # the gateway's own latencyMs: bus publish -> written to the client's socket
+    counts = {"price": 0, "bar": 0, "connected": 0, "errors": 0}
+
+    async def one(i: int) -> None:
+        try:
+            async with websockets.connect(url, open_timeout=60, compression=None, max_queue=64) as ws:
+                await ws.send(json.dumps({"op": "subscribe", "channels": ["price:SPY", "microbar:SPY:1s"],
+                                          "latency": True}))
+                counts["connected"] += 1
+                end = start_at + seconds + 8
+                while time.time() < end:
+                    try:
+                        raw = await asyncio.wait_for(ws.recv(), max(0.05, end - time.time()))
+                    except asyncio.TimeoutError:
+                        break
+                    now = time.time_ns()
+                    # only price messages are parsed: the client's JSON cost is not the gateway's
+                    if raw.startswith('{"channel":"price:SPY","type":"update"'):
+                        counts["price"] += 1
+                        if now > start_at * 1e9:
+                            msg = json.loads(raw)
+                            lat.append((now - msg["data"]["ts"]) / 1e6)
+                            wlat.append(msg["latencyMs"])
+                    elif raw.startswith('{"channel":"microbar:SPY:1s","type":"update"'):
+                        counts["bar"] += 1
+        except Exception:
+            counts["errors"] += 1
+
+    async def main() -> None:
+        await asyncio.gather(*(one(i) for i in range(n)))
+
+    asyncio.run(main())
+    q.put((lat, counts, wlat))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", type=int, default=1000)
+    ap.add_argument("--procs", type=int, default=2, help="client processes")
+    ap.add_argument("--seconds", type=float, default=10.0, help="measured stream duration")
+    ap.add_argument("--tick-rate", type=float, default=200.0, help="tick frames per second")
+    args = ap.parse_args()
+
+    run_dir = tempfile.mkdtemp(prefix="spx-bench-gw-", dir="/tmp")
+    port = _free_port()
+    env = {**os.environ, "SPX_RUNTIME_RUN_DIR": run_dir, "SPX_GATEWAY_PORT": str(port),
+           "SPX_GATEWAY_MAX_CLIENTS": str(args.clients + 100), "SPX_RUNTIME_LOG_LEVEL": "WARNING"}
+    rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
+    ctx = zmq.Context()
+    feed = Publisher(ctx, bus.pub_endpoint("feed", rt, bind=True), "feed", linger_ms=0)
+    agg = Publisher(ctx, bus.pub_endpoint("aggregator", rt, bind=True), "aggregator", linger_ms=0)
+    gw = subprocess.Popen([sys.executable, "-m", "services.gateway"], env=env)
+    procs: list[mp.Process] = []
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or gw.poll() is not None:
+                    raise SystemExit("gateway did not start")
+                time.sleep(0.2)
+        time.sleep(1.0)
+        rss0 = _rss_kb(gw.pid)
+        q: mp.Queue = mp.Queue()
+        start_at = time.time() + 5 + args.clients / 250  # time for every client to connect and subscribe
+        per = [args.clients // args.procs + (1 if i < args.clients % args.procs else 0) for i in range(args.procs)]
+        url = f"ws://127.0.0.1:{port}/ws"
+        for n in per:
+            p = mp.Process(target=client_proc, args=(url, n, args.seconds, start_at, q), daemon=True)
+            p.start()
+            procs.append(p)
+        period = 1.0 / args.tick_rate
+        t_next = time.time()
+        bar_i, bar_start, ticks = 0, int(time.time()) * 1_000_000_000, 0
+        rss_peak = rss0
+        end = start_at + args.seconds
+        price = 600.0
+        cpu0: float | None = None
+        while time.time() < end:
+            now = time.time_ns()
+            if cpu0 is None and now > start_at * 1e9:
+                cpu0 = _cpu_s(gw.pid)
+            price = round(price + (0.01 if ticks % 3 else -0.01), 2)
+            feed.publish("tick.SPY", "ticks", [Quote(sym="SPY", bid=price - 0.01, ask=price + 0.01, ts=now),
+                                               Trade(sym="SPY", price=price, size=100, ts=now)], now)
+            ticks += 1
+            if now - bar_start >= 1_000_000_000:
+                agg.publish("bar.1s.SPY", "bar", MicroBar(sym="SPY", interval="1s", start_ns=bar_start, open=price,
+                            high=price + 0.1, low=price - 0.1, close=price, volume=1000, closed=True), now)
+                bar_start += 1_000_000_000
+                bar_i += 1
+            elif ticks % 20 == 0:
+                agg.publish("bar.1s.SPY", "bar", MicroBar(sym="SPY", interval="1s", start_ns=bar_start, open=price,
+                            high=price + 0.1, low=price - 0.1, close=price, volume=500, closed=False), now)
+            if ticks % 200 == 0:
+                rss_peak = max(rss_peak, _rss_kb(gw.pid))
+            t_next += period
+            time.sleep(max(0.0, t_next - time.time()))
+        rss1 = _rss_kb(gw.pid)
+        cpu = (_cpu_s(gw.pid) - (cpu0 or 0.0)) / args.seconds
+        results = [q.get(timeout=60 + args.seconds) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.terminate()
+        gw.terminate()
+        gw.wait(15)
+        feed.close()
+        agg.close()
+        ctx.destroy(linger=0)
+    lat = sorted(x for r in results for x in r[0])
+    wlat = sorted(x for r in results for x in r[2])
+    counts = {k: sum(r[1][k] for r in results) for k in results[0][1]}
+
+    def pct(p: float, xs: list[float] = lat) -> float:
+        return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
+
+    print(f"gateway fan-out: {args.clients} clients ({counts['connected']} connected, {counts['errors']} errors), "
+          f"{args.seconds:.0f} s at {args.tick_rate:.0f} tick frames/s, price throttle 250 ms")
+    print(f"  price updates received: {counts['price']:,} ({counts['price'] / max(1, counts['connected']) / args.seconds:.1f}"
+          f" per client per s); bar updates: {counts['bar']:,}")
+    print(f"  tick publish -> client receipt latency: p50 {pct(50):.1f} ms, p95 {pct(95):.1f} ms, "
+          f"p99 {pct(99):.1f} ms, max {lat[-1] if lat else float('nan'):.1f} ms ({len(lat):,} samples)")
+    print(f"  of which tick publish -> written to the client socket (gateway latencyMs): p50 {pct(50, wlat):.1f} ms, "
+          f"p95 {pct(95, wlat):.1f} ms, p99 {pct(99, wlat):.1f} ms; the rest is client processes waiting for CPU")
+    print(f"  gateway RSS: {rss0 / 1024:.1f} MiB idle -> {rss1 / 1024:.1f} MiB with clients (peak "
+          f"{rss_peak / 1024:.1f}); {(rss1 - rss0) / max(1, counts['connected']):.1f} KiB per client")
+    print(f"  gateway CPU: {cpu * 100:.0f}% of one core during the measured stream "
+          f"(machine: {os.cpu_count()} cores shared with the client processes)")
+
+
+if __name__ == "__main__":
+    main()
