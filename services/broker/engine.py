@@ -253,6 +253,14 @@ class Engine:
             self._exits.pop(symbol, None)
         return out
 
+    def adopt(self, user: str, symbol: str, quantity: float, avg_price: float, ts: int) -> None:
+        """Manage a long position found at the broker (after a restart) like a trade of setup
+        ``adopted-<symbol>``: exits, flatten and the late-day flatten cover it. Nothing is sent."""
+        self._roll_day(ts)
+        key = (user, f"adopted-{symbol}")
+        if quantity > 0 and key not in self.trades:
+            self.trades[key] = TradeState(user, key[1], symbol, held=float(quantity), avg_price=avg_price)
+
     def expire_entries(self, ts: int) -> list[Intent]:
         """Cancel entries still working ``entry_timeout_s`` after they were sent (event time).
 

@@ -100,6 +100,12 @@ class Ledger:
             order = rec.order
         return order, fill, position
 
+    def adopt(self, user: str, symbol: str, quantity: float, avg_price: float, ts: int) -> Position:
+        """Take over a position found at the broker (restart): no fill, no P&L history."""
+        self.positions[(user, symbol)] = _Pos(quantity=quantity, avg_price=avg_price)
+        self._users_by_symbol.setdefault(symbol, set()).add(user)
+        return self.position(user, symbol, ts)
+
     def _apply_fill(self, f: Fill) -> Position:
         p = self.positions.setdefault((f.user, f.option_symbol), _Pos())
         self._users_by_symbol.setdefault(f.option_symbol, set()).add(f.user)

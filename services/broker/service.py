@@ -127,6 +127,8 @@ class BrokerService(BusService):
         self._marked: dict[tuple[str, str], int] = {}
         self._orphans: dict[str, list[dict]] = {}
         self._last_flatten = float("-inf")
+        self._adopted = False  # the first reconcile adopts positions held at the broker (restart)
+        self._last_position_rows: list[dict] = []
         self.paper: PaperBroker | None = None
         self.tradier: TradierClient | None = None
         if cfg.mode == "paper":
@@ -424,6 +426,7 @@ class BrokerService(BusService):
 
     async def _broker_positions(self) -> dict[str, float]:
         rows = self.paper.position_list() if self.paper is not None else await self.tradier.positions()
+        self._last_position_rows = rows
         out: dict[str, float] = {}
         for r in rows:
             q = dec(r.get("quantity"))
@@ -470,7 +473,10 @@ class BrokerService(BusService):
         elif self.tradier is not None:
             await self.poll_orders()
         ts = self._now()
-        drift = pf.reconcile(self.ledger.open_positions(), await self._broker_positions())
+        broker = await self._broker_positions()
+        if not self._adopted:
+            self._adopt(broker, ts)
+        drift = pf.reconcile(self.ledger.open_positions(), broker)
         self.last_drift = drift
         for d in drift:
             self.m_drift.inc()
@@ -479,6 +485,27 @@ class BrokerService(BusService):
                             f"Position drift on {d['symbol']}: ledger {d['internal']:g}, broker {d['broker']:g}.", ts,
                             **d)
         return drift
+
+    def _adopt(self, broker: dict[str, float], ts: int) -> None:
+        """First reconcile after start: take over the broker's long option positions the ledger does not
+        know (a restart), so exits and flatten cover them; a short one is only alerted (never touched)."""
+        self._adopted = True
+        user = (self.cfg.auto_execution_users or self.cfg.users)[0]
+        known = self.ledger.open_positions()
+        rows = {r.get("symbol"): r for r in (self._last_position_rows or [])}
+        for sym, qty in broker.items():
+            if sym in known:
+                continue
+            if qty < 0:
+                self._alert(user, f"short:{sym}", "critical", f"The broker holds a SHORT {sym} ({qty:g}); "
+                            "this service never opens shorts and will not touch it.", ts)
+                continue
+            cost = dec((rows.get(sym) or {}).get("cost_basis"))
+            avg = float(cost) / (qty * 100) if cost is not None and qty else 0.0
+            self.engine.adopt(user, sym, qty, avg, ts)
+            pos = self.ledger.adopt(user, sym, qty, avg, ts)
+            self.publish(f"position.{user}", "position", pos, ts)
+            self.log.warning("adopted broker position %s x%g for %s", sym, qty, user)
 
     async def poll_orders(self) -> None:
         """Fallback when the stream is down: order status by polling; resolves unknown placements by tag."""

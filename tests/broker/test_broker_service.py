@@ -367,3 +367,29 @@ def test_kill_switch_at_runtime_refuses_new_entries_but_lets_exits_out(run_dir):
                    h.seen("position.default")[-1].quantity == 0, 10, what="exit allowed under the kill switch")
     finally:
         h.close()
+
+
+def test_tradier_restart_adopts_broker_positions_and_flatten_covers_them(run_dir):
+    with FakeTradier() as fake:
+        fake.add_position(SYM, 3, 600.0)  # held before this broker process started
+        fake.add_position("SPXW260220P04900000", -1, -100.0)  # a short we never opened: alerted, untouched
+        FlagStore(run_dir / "flags.json").set("auto_execution", True)
+        h = Harness(run_dir, _tradier_env(fake, TRADIER_EXECUTION_ENABLED="true",
+                                          TRADIER_EXECUTION_PRODUCTION_ENABLED="true",
+                                          SPX_BROKER_AUTO_EXECUTION_USERS="default"))
+        try:
+            eventually(lambda: [t for t in h.call("status")["broker"]["engine"]["trades"]
+                                if t["setup_id"] == f"adopted-{SYM}"], 10, what="adopted")
+            trade = [t for t in h.call("status")["broker"]["engine"]["trades"]][0]
+            assert trade["held"] == 3 and trade["avg_price"] == 2.0
+            kinds = {a["kind"] for a in h.seen("alert.default")}
+            assert "short:SPXW260220P04900000" in kinds and f"drift:{SYM}" not in kinds  # adopted: no drift
+            h.quote(1.5, 1.6, T0)
+            res = h.call("flatten", {})
+            assert len(res["orders"]) == 1
+            eventually(lambda: [o for o in fake.orders.values() if o["side"] == "sell_to_close"], 10)
+            [o] = fake.orders.values()
+            assert o["option_symbol"] == SYM and o["quantity"] == 3 and o["price"] == 1.5
+        finally:
+            h.close()
+        assert fake.violations == []
