@@ -19,6 +19,11 @@ ignored by the reader, which counts it.
 The queue is bounded (``max_pending`` events); beyond it batches are dropped and counted in
 ``JournalWriter.dropped`` rather than growing memory without limit.
 
+Side documents (the option chain snapshots published on ``chain.<root>``) go to
+``<date>.<kind>.docs`` with the same record framing (msgpack of ``{"ts": ns, ...}``), so a
+journal replay can republish them: :meth:`JournalWriter.append_doc`, :func:`iter_docs`.  At
+most ``max_pending_docs`` are queued.
+
 Readers: :func:`iter_events` (files or a directory, optional time/symbol filter) is what replay,
 ``spx bars`` and the aggregator's warm-up use.
 """
@@ -41,6 +46,7 @@ from spx_common.models import MarketEvent
 
 ET = ZoneInfo("America/New_York")
 SUFFIX = ".ticks"
+DOC_SUFFIX = ".docs"
 _LEN = struct.Struct("<I")
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(list[MarketEvent])
@@ -63,6 +69,7 @@ class JournalWriter:
         max_pending: int = 500_000,
         max_file_bytes: int = 2_000_000_000,
         fsync: bool = False,
+        max_pending_docs: int = 1000,
     ) -> None:
         if flush_interval_s <= 0:
             raise ValueError("flush_interval_s must be > 0")
@@ -77,6 +84,9 @@ class JournalWriter:
         self.errors = 0  # failed writes (disk full, permissions); counted, logged by the owner
         self.last_error: str = ""
         self._pending: deque[list[MarketEvent]] = deque()
+        self._docs: deque[tuple[str, dict]] = deque()
+        self.max_pending_docs = max_pending_docs
+        self.docs_dropped = 0
         self._pending_events = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -98,6 +108,17 @@ class JournalWriter:
             self._pending_events += n
         return True
 
+    def append_doc(self, kind: str, doc: dict) -> bool:
+        """Queue a side document (``doc["ts"]`` in ns is required) for ``<date>.<kind>.docs``."""
+        if not kind.isidentifier() or not isinstance(doc.get("ts"), int):
+            raise ValueError("append_doc needs an identifier kind and an integer doc['ts']")
+        with self._lock:
+            if self._closed or len(self._docs) >= self.max_pending_docs:
+                self.docs_dropped += 1
+                return False
+            self._docs.append((kind, doc))
+        return True
+
     @property
     def pending(self) -> int:
         return self._pending_events
@@ -108,6 +129,10 @@ class JournalWriter:
             batches = list(self._pending)
             self._pending.clear()
             self._pending_events = 0
+            docs = list(self._docs)
+            self._docs.clear()
+        if docs:
+            self._write_docs(docs)
         if not batches:
             return
         by_day: dict[dt.date, list[bytes]] = {}
@@ -129,6 +154,23 @@ class JournalWriter:
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self._drop_file(day)
+
+    def _write_docs(self, docs: list[tuple[str, dict]]) -> None:
+        by_file: dict[Path, list[bytes]] = {}
+        for kind, doc in docs:
+            payload = _ENCODER.encode(doc)
+            path = self.directory / f"{trading_date(doc['ts']).isoformat()}.{kind}{DOC_SUFFIX}"
+            by_file.setdefault(path, []).append(_LEN.pack(len(payload)) + payload)
+        for path, chunks in by_file.items():
+            try:
+                with open(path, "ab") as fh:
+                    fh.write(b"".join(chunks))
+                    if self.fsync:
+                        fh.flush()
+                        os.fsync(fh.fileno())
+            except OSError as exc:
+                self.errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
 
     def _file(self, day: dt.date):
         entry = self._files.get(day)
@@ -236,6 +278,28 @@ def iter_batches(path: Path | str, stats: ReadStats | None = None) -> Iterator[l
             stats.records += 1
             stats.events += len(batch)
             yield batch
+
+
+def iter_docs(path: Path | str, kind: str, stats: ReadStats | None = None) -> Iterator[dict]:
+    """Side documents of ``kind`` from a journal directory (or the directory of a ``.ticks`` file), in order."""
+    p = Path(path)
+    d = p if p.is_dir() else p.parent
+    stats = stats if stats is not None else ReadStats()
+    dec = msgspec.msgpack.Decoder(dict)
+    for f in sorted(d.glob(f"*.{kind}{DOC_SUFFIX}")):
+        data = f.read_bytes()
+        off, end = 0, len(data)
+        while off + 4 <= end:
+            (n,) = _LEN.unpack_from(data, off)
+            if n > MAX_RECORD_BYTES or off + 4 + n > end:
+                stats.torn += 1
+                break
+            try:
+                yield dec.decode(data[off + 4: off + 4 + n])
+                stats.records += 1
+            except msgspec.DecodeError:
+                stats.corrupt += 1
+            off += 4 + n
 
 
 def iter_events(

@@ -376,9 +376,8 @@ class LiveIngest:
                                             strike_gte=self.atm_center - width, strike_lte=self.atm_center + width)
         contracts, underlying = chain_contracts(rows, cfg.option_root)
         now = self.svc.clock.now_ns() or time.time_ns()
-        self.svc.publish(f"chain.{cfg.option_root}", "doc", {"ts": now, "root": cfg.option_root,
-                                                            "underlying": underlying, "contracts": contracts}, now)
-        self.svc.m_chain.inc()
+        self.svc.publish_chain({"ts": now, "root": cfg.option_root, "underlying": underlying,
+                                "contracts": contracts})
 
 
 def chain_contracts(rows: list[dict], root: str) -> tuple[list[dict], float | None]:

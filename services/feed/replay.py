@@ -36,12 +36,9 @@ class Source:
     def events(self) -> Iterator[MarketEvent]:
         raise NotImplementedError
 
-    def chain(self, t_ns: int) -> list[dict] | None:
-        """The option chain at ``t_ns`` when the source has one."""
-        return None
-
-    def underlying(self, t_ns: int) -> float | None:
-        return None
+    def chain_docs(self, t_ns: int, every_ns: int, root: str) -> list[dict]:
+        """Chain documents due at event time ``t_ns`` (none for sources without a chain)."""
+        return []
 
 
 class SyntheticSource(Source):
@@ -65,11 +62,15 @@ class SyntheticSource(Source):
                 return
             self.session = self.session.next_session()
 
-    def chain(self, t_ns: int) -> list[dict]:
-        return self.session.chain(t_ns)
+    _next_chain_ns = 0
 
-    def underlying(self, t_ns: int) -> float:
-        return self.session.spot(self.session.sim_seconds(t_ns))
+    def chain_docs(self, t_ns: int, every_ns: int, root: str) -> list[dict]:
+        """One generated chain every ``every_ns`` of event time."""
+        if t_ns < self._next_chain_ns:
+            return []
+        self._next_chain_ns = t_ns + every_ns
+        s = self.session
+        return [{"ts": t_ns, "root": root, "underlying": s.spot(s.sim_seconds(t_ns)), "contracts": s.chain(t_ns)}]
 
 
 class JournalSource(Source):
@@ -100,6 +101,22 @@ class JournalSource(Source):
     def events(self) -> Iterator[MarketEvent]:
         start, end, syms = self._filter
         return journal.iter_events(self.path, start_ns=start, end_ns=end, symbols=syms, stats=self.stats)
+
+    _docs: Iterator[dict] | None = None
+    _next_doc: dict | None = None
+
+    def chain_docs(self, t_ns: int, every_ns: int, root: str) -> list[dict]:
+        """The recorded chain documents with ``ts <= t_ns`` not yet replayed, at their recorded times."""
+        if self._docs is None:
+            self._docs = journal.iter_docs(self.path, "chain")
+            self._next_doc = next(self._docs, None)
+        start = self._filter[0]
+        out = []
+        while self._next_doc is not None and self._next_doc.get("ts", 0) <= t_ns:
+            if start is None or self._next_doc["ts"] >= start:
+                out.append(self._next_doc)
+            self._next_doc = next(self._docs, None)
+        return out
 
 
 class FlatFileSource(Source):

@@ -64,7 +64,6 @@ class FeedService(BusService):
         self._last_event_wall: float | None = None
         self._rate_window: deque[tuple[float, int]] = deque(maxlen=16)
         self._published = 0
-        self._next_chain_ns = 0
         self.replay_source: Source | None = None
         self.replay_done = False
         self.live = None  # services.feed.live.LiveIngest when source == live
@@ -212,14 +211,8 @@ class FeedService(BusService):
         root = self.cfg.option_root
 
         def before(last_ts: int) -> None:
-            if last_ts >= self._next_chain_ns:
-                contracts = src.chain(last_ts)
-                if contracts is not None:
-                    self.publish(f"chain.{root}", "doc", {"ts": last_ts, "root": root,
-                                                         "underlying": src.underlying(last_ts),
-                                                         "contracts": contracts}, last_ts)
-                    self.m_chain.inc()
-                self._next_chain_ns = last_ts + chain_every
+            for doc in src.chain_docs(last_ts, chain_every, root):
+                self.publish_chain(doc)
             if progress is not None:
                 progress(last_ts)
 
@@ -230,6 +223,13 @@ class FeedService(BusService):
         self.status_detail = f"{src.name} replay {'finished' if self.replay_done else 'stopped'}: {n} events"
         self.log.info(self.status_detail)
         return n
+
+    def publish_chain(self, doc: dict) -> None:
+        """Publish a chain document on ``chain.<root>`` and journal it (so journal replays have it)."""
+        self.publish(f"chain.{doc['root']}", "doc", doc, doc["ts"])
+        self.m_chain.inc()
+        if self.journal is not None:
+            self.journal.append_doc("chain", doc)
 
     async def drain(self) -> None:
         if self.live is not None:

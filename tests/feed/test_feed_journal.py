@@ -109,6 +109,7 @@ def test_feed_journal_then_replay_from_journal_publishes_the_same_frames(run_dir
         eventually(lambda: feed.service.replay_done, 20)
         eventually(lambda: len(feed.events()) == feed.service._published, 10)
         first = feed.events()
+        chains = feed.bodies("chain.SPXW")
     eventually(lambda: list(iter_events(run_dir / "journal")), 5)
     recorded = list(iter_events(run_dir / "journal"))
     assert recorded == first or sorted(recorded, key=lambda e: (e.ts, e.sym)) == sorted(first, key=lambda e: (e.ts, e.sym))
@@ -120,4 +121,23 @@ def test_feed_journal_then_replay_from_journal_publishes_the_same_frames(run_dir
         eventually(lambda: feed2.service.replay_done, 20)
         eventually(lambda: len(feed2.events()) == feed2.service._published, 10)
         again = feed2.events()
+        eventually(lambda: len(feed2.bodies("chain.SPXW")) == len(chains), 5, what="chain documents replayed")
+        chains2 = feed2.bodies("chain.SPXW")
     assert sorted(again, key=lambda e: (e.ts, e.sym)) == sorted(first, key=lambda e: (e.ts, e.sym))
+    assert len(chains) >= 3 and chains2 == chains  # the journal keeps the chain too, replayed at its times
+
+
+def test_side_documents_round_trip_and_are_validated(tmp_path):
+    w = JournalWriter(tmp_path, flush_interval_s=0.05)
+    w.append_doc("chain", {"ts": DAY1, "root": "SPXW", "contracts": [{"strike": 5900.0}]})
+    w.append_doc("chain", {"ts": DAY1 + 5, "root": "SPXW", "contracts": []})
+    import pytest
+
+    with pytest.raises(ValueError):
+        w.append_doc("chain", {"root": "no ts"})
+    with pytest.raises(ValueError):
+        w.append_doc("../x", {"ts": 1})
+    w.close()
+    assert [d["ts"] for d in journal.iter_docs(tmp_path, "chain")] == [DAY1, DAY1 + 5]
+    assert (tmp_path / "2026-11-20.chain.docs").exists()
+    assert list(iter_events(tmp_path)) == []  # docs never show up as events
