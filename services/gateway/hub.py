@@ -375,6 +375,29 @@ class Hub:
         source = "poll" if bar.source == "poll" else "tick"
         self.broadcast(key, key, data, bar.start_ns, pub_ns, source, conflate=not bar.closed)
 
+    def has_history(self, key: str) -> bool:
+        s = self.series.get(key)
+        return bool(s and s.bars)
+
+    def seed_bars(self, key: str, bars: list[m.MicroBar], current: m.MicroBar | None) -> int:
+        """Merge history from the aggregator's query API into a series (closed bars are identified by
+        their start, so bars the gateway already has from the stream are kept and none is doubled).
+        Returns the number of bars added. Clients are not notified: call before subscribing them."""
+        s = self.series.get(key)
+        if s is None:
+            s = self.series[key] = BarSeries(deque(maxlen=self.history_bars))
+        have = {b["startNs"] for b in s.bars}
+        merged = list(s.bars) + [bar_json(b) for b in bars if b.closed and b.start_ns not in have]
+        merged.sort(key=lambda b: b["startNs"])
+        added = len(merged) - len(s.bars)
+        s.bars = deque(merged[-self.history_bars:], maxlen=self.history_bars)
+        last_start = s.bars[-1]["startNs"] if s.bars else -1
+        if s.current is None and current is not None and not current.closed and current.start_ns > last_start:
+            s.current = bar_json(current)
+        if s.current is not None and s.current["startNs"] <= last_start:
+            s.current = None
+        return added
+
     def on_transition(self, t: m.SetupTransition, pub_ns: int) -> None:
         data = msgspec.to_builtins(t)
         self.setups[t.setup_id] = data

@@ -33,8 +33,10 @@ from services.gateway.config import GatewayConfig
 from services.gateway.hub import Client, Hub, encode
 from services.gateway.protocol import (
     CLIENT_ADAPTER, PROTOCOL, SIMPLE_CHANNELS, USER_CHANNELS, ChannelError, Ping, Subscribe, Unsubscribe,
+    parse_channel,
 )
 from spx_common import models as m
+from spx_common.bus import RpcError
 from spx_common.codec import Frame
 from spx_common.config import BusConfig, RuntimeConfig, load
 from spx_common.service import BusService
@@ -114,6 +116,11 @@ class GatewayService(BusService):
         self.m_errors = reg.counter("ws_client_errors_total", "Error messages sent to clients, by code.", ["code"])
         self.m_auth = reg.counter("ws_auth_refused_total", "Connections whose token was refused, by code.", ["code"])
         self.m_http = reg.counter("http_requests_total", "Plain HTTP requests, by status.", ["status"])
+        self.m_seed = reg.counter("ws_snapshot_rpc_total", "Bar history asked from the aggregator for a snapshot, "
+                                  "by result.", ["result"])
+        self._seeded: dict[str, tuple[bool, float]] = {}  # series -> (answered, when)
+        self._seeding: dict[str, asyncio.Future] = {}
+        self._client_tasks: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ bus side
 
@@ -364,6 +371,69 @@ class GatewayService(BusService):
         except websockets.ConnectionClosed:
             pass
 
+    def _subscribe(self, conn: Connection, req: Subscribe) -> None:
+        if conn.closing or self.conns.get(conn.client.id) is not conn:  # gone while history was fetched
+            return
+        ok = []
+        for name in req.channels:
+            try:
+                self.hub.subscribe(conn.client, name)
+                ok.append(name)
+            except ChannelError as exc:
+                self._error(conn, exc.code, str(exc), channel=name, rid=req.id)
+        self._send_now(conn, {"channel": None, "type": "subscribed", "seq": 0, "source": "tick",
+                              "data": {"channels": ok, "id": req.id}})
+
+    def _needs_seed(self, name: str) -> bool:
+        """A bar series without closed history in the gateway (e.g. after a gateway restart), not yet
+        asked from the aggregator (or asked and failed more than 5 s ago)."""
+        try:
+            kind, _ = parse_channel(name)
+        except ChannelError:
+            return False
+        if kind != "microbar" or self.hub.has_history(name):
+            return False
+        done = self._seeded.get(name)
+        return done is None or (not done[0] and done[1] < time.monotonic() - 5.0) or name in self._seeding
+
+    def spawn_client_task(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._client_tasks.add(task)
+        task.add_done_callback(self._client_tasks.discard)
+
+    async def _seed_then_subscribe(self, conn: Connection, req: Subscribe, names: list[str]) -> None:
+        """Merge history from the aggregator into the hub, then subscribe: the snapshot includes it and
+        the stream continues from there. Concurrent subscribers share one request per series."""
+        tasks = []
+        for name in names:
+            task = self._seeding.get(name)
+            if task is None:
+                task = self._seeding[name] = asyncio.ensure_future(self._seed(name))
+                task.add_done_callback(lambda t, n=name: self._seeding.pop(n, None))
+            tasks.append(task)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._subscribe(conn, req)
+
+    async def _seed(self, name: str) -> None:
+        """One ``bars_since`` request (1 s timeout, no retry). Without an answer the gateway's own
+        history is used; results are counted in ``ws_snapshot_rpc_total``."""
+        sym, interval = name[len("microbar:"):].rsplit(":", 1)  # symbols may hold a colon (I:SPX)
+        ok = False
+        try:
+            res = await self.client("aggregator", timeout_s=1.0, retries=0).call(
+                "bars_since", {"sym": sym, "interval": interval, "limit": self.config.history_bars})
+            bars = [msgspec.convert(b, m.MicroBar) for b in res.get("bars", [])]
+            cur = res.get("current")
+            added = self.hub.seed_bars(name, bars, msgspec.convert(cur, m.MicroBar) if cur else None)
+            ok = True
+            self.log.debug("seeded %s with %d bars from the aggregator", name, added)
+        except (RpcError, msgspec.ValidationError, AttributeError, TypeError) as exc:
+            self._rate_log.warning("seed", f"no aggregator history for {name}: {exc}")
+        self.m_seed.inc(result="ok" if ok else "error")
+        if len(self._seeded) > 10_000:
+            self._seeded.clear()
+        self._seeded[name] = (ok, time.monotonic())
+
     def _direct(self, conn: Connection, data: bytes) -> bool:
         """Write now, without a task switch, when nothing is queued and the socket keeps up (what
         ``websockets.broadcast`` does); otherwise the message is queued for the writer task."""
@@ -406,16 +476,13 @@ class GatewayService(BusService):
             return
         if isinstance(req, Subscribe):
             conn.client.latency = conn.client.latency or req.latency
-            ok = []
-            for name in req.channels:
-                try:
-                    self.hub.subscribe(conn.client, name)
-                    ok.append(name)
-                except ChannelError as exc:
-                    self._error(conn, exc.code, str(exc), channel=name, rid=req.id)
-            self._send_now(conn, {"channel": None, "type": "subscribed", "seq": 0, "source": "tick",
-                                  "data": {"channels": ok, "id": req.id}})
+            unseeded = [name for name in req.channels if self._needs_seed(name)]
+            if unseeded and self.config.snapshot_rpc:
+                self.spawn_client_task(self._seed_then_subscribe(conn, req, unseeded))
+            else:
+                self._subscribe(conn, req)
         elif isinstance(req, Unsubscribe):
+
             done = [name for name in req.channels if self.hub.unsubscribe(conn.client, name)]
             self._send_now(conn, {"channel": None, "type": "unsubscribed", "seq": 0, "source": "tick",
                                   "data": {"channels": done, "id": req.id}})

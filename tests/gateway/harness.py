@@ -23,12 +23,17 @@ SECRET = "test-secret-0123456789"
 
 
 class GatewayRunner:
-    def __init__(self, run_dir, **overrides: Any) -> None:
+    def __init__(self, run_dir, publishers: dict[str, Publisher] | None = None,
+                 stand_ins: tuple[str, ...] = ("feed", "aggregator", "detector", "broker", "coach"),
+                 **overrides: Any) -> None:
+        """``stand_ins``: services this harness publishes for; ``publishers``: ones the test already bound."""
         self.rt = RuntimeConfig(run_dir=run_dir)
         self.bus = BusConfig()
         self.ctx = zmq.Context()
-        self.pubs = {s: Publisher(self.ctx, self.bus.pub_endpoint(s, self.rt, bind=True), s, linger_ms=0)
-                     for s in ("feed", "aggregator", "detector", "broker", "coach")}
+        self.pubs = dict(publishers or {})
+        for s in stand_ins:
+            if s not in self.pubs:
+                self.pubs[s] = Publisher(self.ctx, self.bus.pub_endpoint(s, self.rt, bind=True), s, linger_ms=0)
         cfg = {"port": 0, "token_secret": SECRET, **overrides}
         self.svc = GatewayService(self.rt, self.bus, config=GatewayConfig(**cfg))
         self.loop: asyncio.AbstractEventLoop | None = None
