@@ -64,6 +64,9 @@ class FeedService(BusService):
         self._last_event_wall: float | None = None
         self._rate_window: deque[tuple[float, int]] = deque(maxlen=16)
         self._published = 0
+        self._frames = 0
+        self._source_counts: dict[str, int] = {}
+        self._drops_seen: dict[str, int] = {}
         self.replay_source: Source | None = None
         self.replay_done = False
         self.live = None  # services.feed.live.LiveIngest when source == live
@@ -75,26 +78,46 @@ class FeedService(BusService):
     # ------------------------------------------------------------------ hot path
 
     def ingest(self, events: list[MarketEvent]) -> int:
-        """Dedupe/guard, group by symbol, publish one frame per symbol, journal. Returns events published."""
-        before = dict(self.pipeline.drops)
+        """Dedupe/guard, group by symbol, publish one frame per symbol, journal. Returns events published.
+
+        Per-frame work is kept to the publish itself: counters are summed here and moved into the
+        labelled metrics once a second (``periodic``), and the journal gets one record per call.
+        """
         groups = self.pipeline.process(events)
-        for reason, n in self.pipeline.drops.items():
-            d = n - before.get(reason, 0)
-            if d:
-                self.m_drops.inc(d, reason=reason)
         n = 0
+        publish, counts = self.publish, self._source_counts
         for sym, evs in groups:
-            self.publish(f"tick.{sym}", "ticks", evs, evs[-1].ts)
-            self.clock.advance(evs[-1].ts)
-            n += len(evs)
-            self.m_events.inc(len(evs), source=evs[0].source)
-            if self.journal is not None:
-                self.journal.append(evs)
+            last = evs[-1].ts
+            publish(f"tick.{sym}", "ticks", evs, last)
+            self.clock.advance(last)
+            k = len(evs)
+            n += k
+            src = evs[0].source
+            counts[src] = counts.get(src, 0) + k
         if n:
-            self.m_frames.inc(len(groups))
+            self._frames += len(groups)
             self._published += n
             self._last_event_wall = time.monotonic()
+            if self.journal is not None:
+                self.journal.append(events if n == len(events) and len(groups) == 1
+                                    else [ev for _, evs in groups for ev in evs])
         return n
+
+    def _flush_counters(self) -> None:
+        """Move the hot path's plain counters into the labelled metrics (once a second, and on demand)."""
+        for src, k in self._source_counts.items():
+            if k:
+                self.m_events.inc(k, source=src)
+        self._source_counts = {}
+        if self._frames:
+            self.m_frames.inc(self._frames)
+            self._frames = 0
+        drops = self.pipeline.drops
+        for reason, k in drops.items():
+            d = k - self._drops_seen.get(reason, 0)
+            if d:
+                self.m_drops.inc(d, reason=reason)
+                self._drops_seen[reason] = k
 
     def set_mode(self, mode: str, detail: str = "") -> None:
         """Switch mode; a switch publishes a FeedStatus at once (not only on the next second)."""
@@ -134,6 +157,7 @@ class FeedService(BusService):
         self.set_mode("down", "starting")
 
     def periodic(self) -> None:
+        self._flush_counters()
         now = time.monotonic()
         self._rate_window.append((now, self._published))
         while len(self._rate_window) > 2 and now - self._rate_window[0][0] > 5.0:
@@ -144,6 +168,10 @@ class FeedService(BusService):
             self.m_journal_dropped.set(self.journal.dropped)
         if self.live is not None:
             self.live.periodic()
+
+    def _metrics_rpc(self, params: dict) -> str:
+        self._flush_counters()
+        return super()._metrics_rpc(params)
 
     def status(self) -> dict[str, Any]:
         out = super().status()
