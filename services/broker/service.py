@@ -129,6 +129,7 @@ class BrokerService(BusService):
         self._last_flatten = float("-inf")
         self._adopted = False  # the first reconcile adopts positions held at the broker (restart)
         self._last_position_rows: list[dict] = []
+        self._notices: list[tuple[str, str, Any]] = []
         self.paper: PaperBroker | None = None
         self.tradier: TradierClient | None = None
         if cfg.mode == "paper":
@@ -476,6 +477,9 @@ class BrokerService(BusService):
         broker = await self._broker_positions()
         if not self._adopted:
             self._adopt(broker, ts)
+        for topic, type_name, body in self._notices:
+            self.publish(topic, type_name, body, ts)
+        self._notices.clear()
         drift = pf.reconcile(self.ledger.open_positions(), broker)
         self.last_drift = drift
         for d in drift:
@@ -487,8 +491,9 @@ class BrokerService(BusService):
         return drift
 
     def _adopt(self, broker: dict[str, float], ts: int) -> None:
-        """First reconcile after start: take over the broker's long option positions the ledger does not
-        know (a restart), so exits and flatten cover them; a short one is only alerted (never touched)."""
+        """At start: take over the broker's long option positions the ledger does not know (a restart),
+        so exits and flatten cover them; a short one is only alerted (never touched). The position frames
+        go out with the first reconcile, when subscribers are connected."""
         self._adopted = True
         user = (self.cfg.auto_execution_users or self.cfg.users)[0]
         known = self.ledger.open_positions()
@@ -497,14 +502,17 @@ class BrokerService(BusService):
             if sym in known:
                 continue
             if qty < 0:
-                self._alert(user, f"short:{sym}", "critical", f"The broker holds a SHORT {sym} ({qty:g}); "
-                            "this service never opens shorts and will not touch it.", ts)
+                self.m_alerts.inc(kind="short")
+                self._notices.append((f"alert.{user}", "doc", {
+                    "kind": f"short:{sym}", "severity": "critical", "ts": ts, "user": user, "data": {},
+                    "message": f"The broker holds a SHORT {sym} ({qty:g}); this service never opens shorts "
+                               "and will not touch it."}))
                 continue
             cost = dec((rows.get(sym) or {}).get("cost_basis"))
             avg = float(cost) / (qty * 100) if cost is not None and qty else 0.0
             self.engine.adopt(user, sym, qty, avg, ts)
             pos = self.ledger.adopt(user, sym, qty, avg, ts)
-            self.publish(f"position.{user}", "position", pos, ts)
+            self._notices.append((f"position.{user}", "position", pos))
             self.log.warning("adopted broker position %s x%g for %s", sym, qty, user)
 
     async def poll_orders(self) -> None:
@@ -613,6 +621,10 @@ class BrokerService(BusService):
         self.spawn(self._every(self.cfg.reconcile_interval_s, self.reconcile, "reconcile", STARTUP_DELAY_S),
                    "reconcile")
         if self.tradier is not None:
+            try:
+                self._adopt(await self._broker_positions(), self._now())
+            except TradierError as exc:
+                self.log.warning("positions at start unavailable (%s); adopting at the first reconcile", exc)
             self.stream_state = "starting"
             self.spawn(self._stream_loop(), "account-events")
         await self.stop_event.wait()

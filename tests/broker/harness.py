@@ -26,7 +26,8 @@ class Harness:
         self.bus = BusConfig()
         self.ctx = zmq.Context()
         self.pubs = {s: Publisher(self.ctx, self.bus.pub_endpoint(s, self.rt, bind=True), s) for s in stand_ins}
-        full_env = {**os.environ, "SPX_RUNTIME_RUN_DIR": str(run_dir), **(env or {})}
+        # fast heartbeats: the harness waits for one before trading (slow joiner), so tests start sooner
+        full_env = {**os.environ, "SPX_RUNTIME_RUN_DIR": str(run_dir), "SPX_BUS_HEARTBEAT_S": "0.2", **(env or {})}
         for k in [k for k in full_env if k.startswith("TRADIER_") and k not in (env or {})]:
             full_env.pop(k)
         self.proc = subprocess.Popen([sys.executable, "-m", "services.broker"], env=full_env,

@@ -382,8 +382,10 @@ def test_tradier_restart_adopts_broker_positions_and_flatten_covers_them(run_dir
                                 if t["setup_id"] == f"adopted-{SYM}"], 10, what="adopted")
             trade = [t for t in h.call("status")["broker"]["engine"]["trades"]][0]
             assert trade["held"] == 3 and trade["avg_price"] == 2.0
+            eventually(lambda: h.seen("alert.default"), 10, what="alerts after the first reconcile")
             kinds = {a["kind"] for a in h.seen("alert.default")}
             assert "short:SPXW260220P04900000" in kinds and f"drift:{SYM}" not in kinds  # adopted: no drift
+            assert h.seen("position.default")[0].quantity == 3
             h.quote(1.5, 1.6, T0)
             res = h.call("flatten", {})
             assert len(res["orders"]) == 1
