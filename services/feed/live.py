@@ -98,7 +98,6 @@ class LiveIngest:
         self.last_stream_wall = time.monotonic()
         self.polling = False
         self.fatal = ""
-        self._last_ts: dict[str, int] = {}  # symbol -> newest stream event ts (for backfill gaps)
         self._poll_seen: dict[tuple[str, str], int] = {}
         self._parse_seen: dict[str, int] = {}
         self._unknown_seen: dict[str, int] = {}
@@ -108,6 +107,11 @@ class LiveIngest:
         self._overflow_marks: dict[str, tuple[int, dict[str, int]]] = {}
         for s in self.streams.values():
             s.on_overflow = self._overflowed
+
+    @property
+    def _last_ts(self) -> dict[str, int]:
+        """Newest published event time per symbol (the pipeline tracks it): where a gap starts."""
+        return self.svc.pipeline.newest
 
     def _count(self, name: str, label: str) -> None:
         c = self._counters.get(name)
@@ -282,11 +286,10 @@ class LiveIngest:
                     self.polling = False
                     svc.set_mode("tick", "stream recovered")
                 svc.ingest(events)
-                for ev in events:
-                    if ev.ts > self._last_ts.get(ev.sym, 0):
-                        self._last_ts[ev.sym] = ev.ts
-                    if isinstance(ev, IndexValue) and ev.sym == underlying:
-                        await self._track_atm(ev)
+                if stream.market == "indices":
+                    for ev in events:
+                        if isinstance(ev, IndexValue) and ev.sym == underlying:
+                            await self._track_atm(ev)
             if not raw and self._overflow_marks:
                 # caught up after dropping frames: fetch what was dropped, like a reconnect gap
                 marks, self._overflow_marks = self._overflow_marks, {}
