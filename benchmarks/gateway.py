@@ -47,6 +47,26 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _bucket_q(metrics: str, q: float, name: str = "handler_latency_ms") -> str:
+    """Upper bucket bound holding quantile q of a Prometheus histogram in ``metrics`` text."""
+    buckets = []
+    for line in metrics.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    if not buckets or buckets[-1][1] == 0:
+        return "n/a"
+    total = buckets[-1][1]
+    return next(f"{le:g}" for le, n in buckets if n >= q * total)
+
+
+def _value(metrics: str, name: str) -> str:
+    for line in metrics.splitlines():
+        if line.startswith(name + " "):
+            return line.split()[1]
+    return "0"
+
+
 def _rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
@@ -153,7 +173,7 @@ def main() -> None:
                             high=price + 0.1, low=price - 0.1, close=price, volume=1000, closed=True), now)
                 bar_start += 1_000_000_000
                 bar_i += 1
-            elif ticks % 20 == 0:
+            elif ticks % max(1, int(args.tick_rate / 4)) == 0:  # in-progress bars 4/s ([aggregator] progress_ms=250)
                 agg.publish("bar.1s.SPY", "bar", MicroBar(sym="SPY", interval="1s", start_ns=bar_start, open=price,
                             high=price + 0.1, low=price - 0.1, close=price, volume=500, closed=False), now)
             if ticks % 200 == 0:
@@ -161,6 +181,7 @@ def main() -> None:
             t_next += period
             time.sleep(max(0.0, t_next - time.time()))
         rss1 = _rss_kb(gw.pid)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         cpu = (_cpu_s(gw.pid) - (cpu0 or 0.0)) / args.seconds
         results = [q.get(timeout=60 + args.seconds) for _ in procs]
     finally:
@@ -190,6 +211,9 @@ def main() -> None:
           f"p95 {pct(95, wlat):.1f} ms, p99 {pct(99, wlat):.1f} ms; the rest is client processes waiting for CPU")
     print(f"  gateway RSS: {rss0 / 1024:.1f} MiB idle -> {rss1 / 1024:.1f} MiB with clients (peak "
           f"{rss_peak / 1024:.1f}); {(rss1 - rss0) / max(1, counts['connected']):.1f} KiB per client")
+    print(f"  gateway frame handler (ingest + fan-out to every subscriber): p50 <= {_bucket_q(metrics, 0.5)} ms, "
+          f"p99 <= {_bucket_q(metrics, 0.99)} ms; slow handlers (> 250 ms): "
+          f"{_value(metrics, 'handler_slow_total')}")
     print(f"  gateway CPU: {cpu * 100:.0f}% of one core during the measured stream "
           f"(machine: {os.cpu_count()} cores shared with the client processes)")
 
