@@ -130,6 +130,8 @@ def ws_figures(raw: list[bytes], n: int) -> None:
 
     from spx_common.bus import Subscriber
     from spx_common.config import BusConfig, RuntimeConfig
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the fake server lives in tests/
     from tests.fakes.massive import FakeMassive
 
     run_dir = Path(tempfile.mkdtemp(prefix="spx-feed-bench-"))
