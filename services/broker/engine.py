@@ -135,6 +135,7 @@ class TradeState:
     pending_scale: tuple[int, float | None] | None = None  # (qty, limit) waiting for a stop cancel
     closed: bool = False
     exit_attempts: int = 0
+    advice_seen: set = field(default_factory=set)  # scale-outs already acted on (republished advice is ignored)
 
 
 def et_day(ts_ns: int) -> dt.date:
@@ -367,6 +368,11 @@ class Engine:
                 out.append(Block(trade.user, why, a.setup_id, f"{a.action} not sent"))
                 continue
             if a.action == "scale_out":
+                key = (a.reason, a.fraction, a.r_multiple)
+                if key in trade.advice_seen:
+                    continue  # the same advice again (publishers may repeat it): act once
+                if len(trade.advice_seen) < 32:
+                    trade.advice_seen.add(key)
                 out += self._scale_out(trade, a)
             elif a.action == "move_stop":
                 out += self._protect(trade, a.ts, max(trade.avg_price, trade.stop_price or 0.0), a.reason)
@@ -430,7 +436,11 @@ class Engine:
         payload = router.stop_payload(trade.symbol, min(free, self.limits.max_contracts_per_order), stop, oid)
         return [self._place(trade, "stop", "sell_to_close", int(payload["quantity"]), payload, ts, reason)]
 
-    def _exit_all(self, trade: TradeState, ts: int, reason: str) -> list[Intent]:
+    def _exit_all(self, trade: TradeState, ts: int, reason: str, retry: bool = False) -> list[Intent]:
+        """Cancel working entry/stop/scale orders and sell the rest. Idempotent (repeated advice does
+        nothing) unless ``retry`` (flatten): then cancels and the exit are sent again."""
+        if trade.exiting and not retry:
+            return []
         trade.exiting = True
         trade.pending_scale = None
         out: list[Intent] = []
@@ -471,7 +481,7 @@ class Engine:
             if not ok:
                 out.append(Block(trade.user, why, trade.setup_id, "flatten not sent"))
                 continue
-            out += self._exit_all(trade, ts, reason)
+            out += self._exit_all(trade, ts, reason, retry=True)
         return out
 
     def on_order_event(self, order_id: str, status: str, exec_qty: float, avg_price: float, ts: int) -> list[Intent]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import msgspec
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from services.broker import router
@@ -356,3 +357,40 @@ wild_op = st.one_of(
 def test_property_wild_numbers_never_crash_or_break_a_limit(ops):
     sim = run_ops(ops)
     assert sim.violations == []
+
+
+def test_repeated_scale_out_advice_acts_once_a_different_one_again():
+    e = engine()
+    e.on_transition(tr("s1", "triggered"))
+    [p] = places(e.on_recommendation(reco("s1", qty=6)))
+    e.on_order_event(p.order.order_id, "filled", 6, 2.0, T0)
+    e.on_quote(SYMS[0], 3.0, 3.1, T0)
+    t1 = ExitAdvice(setup_id="s1", action="scale_out", fraction=0.5, reason="T1", r_multiple=1.0, ts=T0)
+    [s] = places(e.on_advice(t1))
+    e.on_order_event(s.order.order_id, "filled", 3, 3.0, T0)
+    assert e.on_advice(msgspec.structs.replace(t1, ts=T0 + 10**9)) == []
+    t2 = ExitAdvice(setup_id="s1", action="scale_out", fraction=0.5, reason="T2", r_multiple=2.0, ts=T0)
+    [s2] = places(e.on_advice(t2))
+    assert s2.payload["quantity"] == "2"
+
+
+def test_repeated_exit_all_is_idempotent_flatten_retries():
+    e = engine()
+    e.on_transition(tr("s1", "triggered"))
+    [p] = places(e.on_recommendation(reco("s1", qty=2)))
+    e.on_order_event(p.order.order_id, "filled", 2, 2.0, T0)
+    e.on_quote(SYMS[0], 2.5, 2.6, T0)
+    [x] = places(e.on_advice(ExitAdvice(setup_id="s1", action="exit_all", reason="T2", ts=T0)))
+    assert e.on_advice(ExitAdvice(setup_id="s1", action="exit_all", reason="T2", ts=T0 + 1)) == []
+    assert e.on_transition(tr("s1", "stopped", T0 + 2)) == []
+    [y] = places(e.on_order_event(x.order.order_id, "rejected", 0, 0, T0 + 3))  # refused: retried at once
+    assert y.payload["quantity"] == "2"
+    assert places(e.flatten(T0 + 4, "operator")) == []  # the retry already covers the position
+    for i in range(6):  # a broker that keeps refusing: bounded retries, then a published reason
+        out = e.on_order_event(y.order.order_id, "rejected", 0, 0, T0 + 5 + i)
+        if not places(out):
+            break
+        [y] = places(out)
+    assert [b.reason for b in out] == ["exit_retries_exhausted"]
+    [z] = places(e.flatten(T0 + 60, "late-day flatten"))  # the next flatten is a fresh retry budget
+    assert z.payload["quantity"] == "2"
