@@ -230,6 +230,8 @@ class BrokerService(BusService):
             for pos in self.ledger.mark(sym, ev.bid, ev.ask, ev.ts):
                 key = (pos.user, sym)
                 if ev.ts - self._marked.get(key, 0) >= MARK_PUBLISH_NS:  # P&L marks at most 1/s per position
+                    if len(self._marked) >= MAX_BROKER_IDS:
+                        self._marked.clear()
                     self._marked[key] = ev.ts
                     self.publish(f"position.{pos.user}", "position", pos, ev.ts)
             if self.paper is not None:
