@@ -58,6 +58,7 @@ class FeedService(BusService):
         self.m_parse = m.counter("feed_parse_errors_total", "Vendor events that could not be parsed.", ["reason"])
         self.m_unknown = m.counter("feed_unknown_events_total", "Vendor events of unknown type (skipped).", ["ev"])
         self.m_journal_dropped = m.gauge("journal_dropped_events", "Events the journal queue refused (full).")
+        self.m_journal_errors = m.gauge("journal_write_errors", "Journal writes that failed (disk full, permissions).")
         self.m_frames = m.counter("tick_frames_total", "tick.<sym> frames published.")
         self.m_chain = m.counter("chain_snapshots_total", "Option chain documents published.")
         self.journal: JournalWriter | None = None
@@ -164,8 +165,12 @@ class FeedService(BusService):
             self._rate_window.popleft()
         st = self.publish_status()
         self.m_rate.set(st.events_per_s)
-        if self.journal is not None:
-            self.m_journal_dropped.set(self.journal.dropped)
+        j = self.journal
+        if j is not None:
+            self.m_journal_dropped.set(j.dropped)
+            if j.errors > self.m_journal_errors.value():
+                self._rate_log.warning("journal", f"journal write failed ({j.errors} so far): {j.last_error}")
+            self.m_journal_errors.set(j.errors)
         if self.live is not None:
             self.live.periodic()
 

@@ -141,3 +141,11 @@ def test_side_documents_round_trip_and_are_validated(tmp_path):
     assert [d["ts"] for d in journal.iter_docs(tmp_path, "chain")] == [DAY1, DAY1 + 5]
     assert (tmp_path / "2026-11-20.chain.docs").exists()
     assert list(iter_events(tmp_path)) == []  # docs never show up as events
+
+
+def test_write_failure_is_counted_not_raised(tmp_path):
+    (tmp_path / "2026-11-20.ticks").mkdir()  # the day file cannot be opened: like a full or broken disk
+    w = JournalWriter(tmp_path, flush_interval_s=0.05)
+    w.append(_batch(DAY1))
+    w.close()
+    assert w.errors >= 1 and "IsADirectoryError" in w.last_error and w.written == 0
