@@ -76,6 +76,7 @@ class Connection:
         self.refused = 0
         self.closing = False
         self.writing = False
+        self.close_code, self.close_reason = 1000, ""
 
 
 class GatewayService(BusService):
@@ -285,6 +286,7 @@ class GatewayService(BusService):
         if conn.closing:
             return
         conn.closing = True
+        conn.close_code, conn.close_reason = code, reason
         self.m_disconnects.inc(reason=label)
         self.hub.remove(conn.client)
         conn.event.set()
@@ -345,6 +347,8 @@ class GatewayService(BusService):
             self.m_clients.set(len(self.conns))
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
+            if conn.closing:  # our close code must win over the library's normal close on return
+                await ws.close(conn.close_code, conn.close_reason)
 
     async def _writer(self, conn: Connection) -> None:
         client, ws = conn.client, conn.ws
