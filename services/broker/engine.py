@@ -262,6 +262,11 @@ class Engine:
         if quantity > 0 and key not in self.trades:
             self.trades[key] = TradeState(user, key[1], symbol, held=float(quantity), avg_price=avg_price)
 
+    def seed_entries(self, user: str, count: int, ts: int) -> None:
+        """Entries already sent today (found at the broker after a restart) count against the daily limit."""
+        self._roll_day(ts)
+        self.entries_today[user] = max(self.entries_today.get(user, 0), count)
+
     def expire_entries(self, ts: int) -> list[Intent]:
         """Cancel entries still working ``entry_timeout_s`` after they were sent (event time).
 

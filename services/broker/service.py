@@ -492,6 +492,26 @@ class BrokerService(BusService):
                             **d)
         return drift
 
+    async def _startup_sync(self) -> None:
+        """Tradier mode, at start: adopt held positions; count today's entries sent before a restart
+        (our tags ``spx-<user>-...-entry-...``) against ``max_orders_per_day``."""
+        ts = self._now()
+        try:
+            self._adopt(await self._broker_positions(), ts)
+        except TradierError as exc:
+            self.log.warning("positions at start unavailable (%s); adopting at the first reconcile", exc)
+        try:
+            orders = await self.tradier.orders() if self.tradier is not None else []
+        except TradierError as exc:
+            self.log.warning("today's orders unavailable at start (%s); daily entry count starts at 0", exc)
+            return
+        for user in self.cfg.users:
+            prefix = router.make_tag("spx", user) + "-"
+            n = sum(1 for o in orders if str(o.get("tag") or "").startswith(prefix) and "-entry-" in str(o.get("tag")))
+            if n:
+                self.engine.seed_entries(user, n, ts)
+                self.log.info("%d entries already sent today for %s", n, user)
+
     def _adopt(self, broker: dict[str, float], ts: int) -> None:
         """At start: take over the broker's long option positions the ledger does not know (a restart),
         so exits and flatten cover them; a short one is only alerted (never touched). The position frames
@@ -623,10 +643,7 @@ class BrokerService(BusService):
         self.spawn(self._every(self.cfg.reconcile_interval_s, self.reconcile, "reconcile", STARTUP_DELAY_S),
                    "reconcile")
         if self.tradier is not None:
-            try:
-                self._adopt(await self._broker_positions(), self._now())
-            except TradierError as exc:
-                self.log.warning("positions at start unavailable (%s); adopting at the first reconcile", exc)
+            await self._startup_sync()
             self.stream_state = "starting"
             self.spawn(self._stream_loop(), "account-events")
         await self.stop_event.wait()

@@ -373,6 +373,9 @@ def test_tradier_restart_adopts_broker_positions_and_flatten_covers_them(run_dir
     with FakeTradier() as fake:
         fake.add_position(SYM, 3, 600.0)  # held before this broker process started
         fake.add_position("SPXW260220P04900000", -1, -100.0)  # a short we never opened: alerted, untouched
+        fake.orders[1] = {"id": 1, "tag": "spx-default-old-setup-entry-1-abc123", "status": "filled",
+                          "side": "buy_to_open", "option_symbol": SYM, "quantity": 3.0, "exec_quantity": 3.0,
+                          "remaining_quantity": 0.0, "type": "limit"}  # sent before the restart
         FlagStore(run_dir / "flags.json").set("auto_execution", True)
         h = Harness(run_dir, _tradier_env(fake, TRADIER_EXECUTION_ENABLED="true",
                                           TRADIER_EXECUTION_PRODUCTION_ENABLED="true",
@@ -380,8 +383,10 @@ def test_tradier_restart_adopts_broker_positions_and_flatten_covers_them(run_dir
         try:
             eventually(lambda: [t for t in h.call("status")["broker"]["engine"]["trades"]
                                 if t["setup_id"] == f"adopted-{SYM}"], 10, what="adopted")
-            trade = [t for t in h.call("status")["broker"]["engine"]["trades"]][0]
+            engine = h.call("status")["broker"]["engine"]
+            trade = engine["trades"][0]
             assert trade["held"] == 3 and trade["avg_price"] == 2.0
+            assert engine["entries_today"] == {"default": 1}  # counted against the daily limit
             eventually(lambda: h.seen("alert.default"), 10, what="alerts after the first reconcile")
             kinds = {a["kind"] for a in h.seen("alert.default")}
             assert "short:SPXW260220P04900000" in kinds and f"drift:{SYM}" not in kinds  # adopted: no drift
@@ -390,7 +395,7 @@ def test_tradier_restart_adopts_broker_positions_and_flatten_covers_them(run_dir
             res = h.call("flatten", {})
             assert len(res["orders"]) == 1
             eventually(lambda: [o for o in fake.orders.values() if o["side"] == "sell_to_close"], 10)
-            [o] = fake.orders.values()
+            [o] = [o for o in fake.orders.values() if o["side"] == "sell_to_close"]
             assert o["option_symbol"] == SYM and o["quantity"] == 3 and o["price"] == 1.5
         finally:
             h.close()
