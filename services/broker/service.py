@@ -23,6 +23,7 @@ one worker task draining a bounded intent queue in order.  Requests: ``status``,
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,8 @@ class BrokerService(BusService):
         if cfg.mode == "paper":
             self.paper = PaperBroker(cfg.paper_starting_cash, cfg.paper_slippage)
         else:
+            # httpx logs every request at INFO: order polling would flood the log
+            logging.getLogger("httpx").setLevel(logging.WARNING)
             self.tradier = TradierClient(cfg.base_url, cfg.access_token, cfg.account_id,
                                          timeout_s=cfg.request_timeout_s, place_timeout_s=cfg.place_timeout_s,
                                          max_retries=cfg.max_retries, max_rate_wait_s=cfg.max_rate_wait_s)
