@@ -400,3 +400,30 @@ def test_tradier_restart_adopts_broker_positions_and_flatten_covers_them(run_dir
         finally:
             h.close()
         assert fake.violations == []
+
+
+def test_tradier_late_day_flatten_failure_is_logged_alerted_and_bounded(run_dir):
+    import datetime as dt
+
+    with FakeTradier() as fake:
+        fake.add_position(SYM, 2, 400.0)  # adopted at start
+        FlagStore(run_dir / "flags.json").set("auto_execution", True)
+        h = Harness(run_dir, _tradier_env(fake, TRADIER_EXECUTION_ENABLED="true",
+                                          TRADIER_EXECUTION_PRODUCTION_ENABLED="true",
+                                          TRADIER_FORCE_FLATTEN_ENABLED="true",
+                                          SPX_BROKER_AUTO_EXECUTION_USERS="default"))
+        try:
+            eventually(lambda: h.call("status")["broker"]["engine"]["trades"], 10, what="adopted")
+            fake.script("reject", "place", times=100)  # the broker refuses every exit
+            late = int(dt.datetime(2026, 2, 20, 20, 52, tzinfo=dt.timezone.utc).timestamp() * 1e9)  # 15:52 ET
+            h.quote_live(1.5, 1.6, late)
+            eventually(lambda: [b for b in h.seen("block.broker") if b.reason == "exit_retries_exhausted"], 15,
+                       what="bounded retries")
+            kinds = [a["kind"] for a in h.seen("alert.default")]
+            assert "flatten" in kinds and "exit_failed" in kinds
+            assert [b.reason for b in h.seen("block.broker")].count("broker_rejected") == 5
+            assert fake.count("POST", "/orders") == 5 and fake.positions[SYM]["quantity"] == 2  # untouched
+            assert h.call("status")["state"] == "running"
+        finally:
+            h.close()
+        assert fake.violations == []
