@@ -61,6 +61,8 @@ class Gates:
 
     allowed: Callable[[str], tuple[bool, str]]
     kill_switch: bool = False
+    #: option buying power of the user's account (last balances), None when unknown: entries are sized to fit
+    buying_power: Callable[[str], float | None] = lambda user: None
 
 
 @dataclass(frozen=True)
@@ -356,6 +358,13 @@ class Engine:
                                  f"open risk {self.open_risk(user):.0f} + {limit * 100:.0f}/contract > "
                                  f"{self.limits.max_open_risk:.0f}"))
                 continue
+            bp = self.gates.buying_power(user)
+            if bp is not None and math.isfinite(bp):
+                qty = min(qty, max(int(bp // (limit * 100)), 0))
+                if qty <= 0:
+                    out.append(Block(user, "buying_power", subject,
+                                     f"option buying power {bp:.0f} < {limit * 100:.0f} for one contract"))
+                    continue
             trade = TradeState(user, t.setup_id, symbol)
             self.trades[(user, t.setup_id)] = trade
             self.entries_today[user] = self.entries_today.get(user, 0) + 1

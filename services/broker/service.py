@@ -113,7 +113,8 @@ class BrokerService(BusService):
             cfg.users,
             Limits(cfg.max_contracts_per_order, cfg.max_orders_per_day, cfg.max_open_risk,
                    entry_timeout_s=cfg.entry_timeout_s),
-            Gates(self.allowed, kill_switch=bool(self.flags.get("kill_switch"))),
+            Gates(self.allowed, kill_switch=bool(self.flags.get("kill_switch")),
+                  buying_power=lambda user: self.last_balances.get("option_buying_power")),
             entry_price=cfg.entry_price,
             session=self.pub.session[:6] if self.pub else "",
         )

@@ -394,3 +394,14 @@ def test_repeated_exit_all_is_idempotent_flatten_retries():
     assert [b.reason for b in out] == ["exit_retries_exhausted"]
     [z] = places(e.flatten(T0 + 60, "late-day flatten"))  # the next flatten is a fresh retry budget
     assert z.payload["quantity"] == "2"
+
+
+def test_entries_sized_to_option_buying_power():
+    bp = {"u1": 500.0}
+    e = Engine(["u1"], Limits(), Gates(lambda u: (True, ""), buying_power=lambda u: bp.get(u)))
+    e.on_transition(tr("s1", "triggered"))
+    [p] = places(e.on_recommendation(reco("s1", qty=4)))
+    assert p.payload["quantity"] == "2"  # $500 buys two $200 contracts
+    bp["u1"] = 100.0
+    e.on_transition(tr("s2", "triggered"))
+    assert [b.reason for b in e.on_recommendation(reco("s2"))] == ["buying_power"]
