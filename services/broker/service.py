@@ -412,6 +412,8 @@ class BrokerService(BusService):
         if fill is not None:
             self.m_fills.inc()
             self.publish(f"fill.{fill.user}", "fill", fill, ts)
+            if self.paper is not None:  # keep the buying power the engine sizes with current (cheap locally)
+                self.last_balances = {**pf.summarize_balances(self.paper.balances()), "ts": ts}
         if position is not None:
             self.publish(f"position.{position.user}", "position", position, ts)
         self._submit(self.engine.on_order_event(order_id, status, qty, avg, ts))
