@@ -310,13 +310,15 @@ class TradierClient:
                 retry_ok = (retry == "safe" and exc.retryable) or (retry == "rate" and isinstance(exc, TradierRateLimited))
                 if not retry_ok or attempt > self.max_retries:
                     raise
+                backoff = self.backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random())
                 if isinstance(exc, TradierRateLimited):
+                    # wait for the window to reset when the headers say when; else back off exponentially
                     delay = self.limits[endpoint_class(method, path)].wait_s(self.clock())
                     if delay > self.max_rate_wait_s:
                         raise
-                    delay = max(delay, self.backoff_s)
+                    delay = delay or backoff
                 else:
-                    delay = self.backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random())
+                    delay = backoff
                 log.warning("tradier %s %s failed (%s); retry %d in %.2fs", method, path, exc, attempt, delay)
                 await asyncio.sleep(delay)
 
@@ -395,8 +397,9 @@ class TradierClient:
                 delay = self.limits["trading"].wait_s(self.clock())
                 if attempt > self.max_retries or delay > self.max_rate_wait_s:
                     raise
-                log.warning("placement rate limited; retry %d in %.2fs (%s)", attempt, delay, exc)
-                await asyncio.sleep(max(delay, self.backoff_s))
+                delay = delay or self.backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random())
+                log.warning("placement rate limited (not accepted); retry %d in %.2fs (%s)", attempt, delay, exc)
+                await asyncio.sleep(delay)
             except (TradierTransportError, TradierServerError, TradierBadResponse) as exc:
                 # no usable answer (timeout, 5xx, an HTML page with 200): the order may exist
                 if preview:
