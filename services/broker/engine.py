@@ -308,8 +308,9 @@ class Engine:
             self._roll_day(r.ts)
         prev = self.recos.get(r.setup_id)
         self._remember(self.recos, r.setup_id, r)
-        if r.bid is not None and r.ask is not None and r.tradier_symbol:
-            self.on_quote(r.tradier_symbol, r.bid, r.ask)
+        if r.bid is not None and r.ask is not None and r.tradier_symbol and r.tradier_symbol not in self.quotes \
+                and 0 <= r.bid <= router.MAX_PRICE and 0 <= r.ask <= router.MAX_PRICE:
+            self._remember(self.quotes, r.tradier_symbol, (r.bid, r.ask))  # until a live quote arrives
         t = self.triggered.get(r.setup_id)
         if t is None or (prev is not None and (prev.ok or not r.ok)):
             return []  # decided on the first recommendation; a later one only helps after a refusal
