@@ -516,6 +516,7 @@ class Engine:
                     trade.held = total
                 else:
                     trade.held = max(trade.held - delta, 0.0)
+                    trade.exit_attempts = 0  # progress: the retry budget is for refusals, not for chunks
         if status:
             o.status = "filled" if status == "filled" else status
         out: list[Intent] = []

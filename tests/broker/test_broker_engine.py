@@ -405,3 +405,19 @@ def test_entries_sized_to_option_buying_power():
     bp["u1"] = 100.0
     e.on_transition(tr("s2", "triggered"))
     assert [b.reason for b in e.on_recommendation(reco("s2"))] == ["buying_power"]
+
+
+def test_large_adopted_position_exits_in_capped_chunks():
+    e = engine(max_contracts_per_order=10)
+    e.adopt("u1", SYMS[0], 60, 2.0, T0)
+    e.on_quote(SYMS[0], 2.5, 2.6, T0)
+    out = e.flatten(T0, "close all")
+    sold = 0
+    for _ in range(20):
+        [x] = places(out)
+        assert int(x.payload["quantity"]) <= 10
+        sold += int(x.payload["quantity"])
+        out = e.on_order_event(x.order.order_id, "filled", int(x.payload["quantity"]), 2.5, T0)
+        if not places(out):
+            break
+    assert sold == 60 and ("u1", f"adopted-{SYMS[0]}") in e.done
