@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import multiprocessing as mp
 import os
@@ -47,17 +48,25 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _bucket_q(metrics: str, q: float, name: str = "handler_latency_ms") -> str:
-    """Upper bucket bound holding quantile q of a Prometheus histogram in ``metrics`` text."""
-    buckets = []
+def _bucket_q(metrics: str, q: float, name: str = "handler_latency_ms", label: str = "") -> str:
+    """Upper bucket bound holding quantile q of a Prometheus histogram in ``metrics`` text (summed
+    over series unless ``label`` selects one)."""
+    sums: dict[float, float] = {}
     for line in metrics.splitlines():
-        if line.startswith(name + "_bucket{"):
+        if line.startswith(name + "_bucket{") and label in line:
             le = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+            key = float("inf") if le == "+Inf" else float(le)
+            sums[key] = sums.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    buckets = sorted(sums.items())
     if not buckets or buckets[-1][1] == 0:
         return "n/a"
     total = buckets[-1][1]
     return next(f"{le:g}" for le, n in buckets if n >= q * total)
+
+
+def _count(metrics: str, name: str, label: str) -> str:
+    return str(int(sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                       if line.startswith(name + "_count") and label in line)))
 
 
 def _value(metrics: str, name: str) -> str:
@@ -115,18 +124,132 @@ def client_proc(url: str, n: int, seconds: float, start_at: float, q: mp.Queue) 
     q.put((lat, counts, wlat))
 
 
+class RawClient(asyncio.Protocol):
+    """A minimal RFC 6455 client (handshake, masked client frames, unmasked server frames, pong): the
+    benchmark's clients must cost far less CPU than the gateway on a 2-core machine, and the
+    ``websockets`` library's per-message overhead on 500 connections per process does not."""
+
+    def __init__(self, port: int, sub: bytes, on_text, done: asyncio.Future) -> None:
+        self.port, self.sub, self.on_text, self.done = port, sub, on_text, done
+        self.buf = bytearray()
+        self.upgraded = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nUpgrade: websocket\r\n"
+                         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                        .encode())
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        n = len(payload)
+        head = bytes([0x80 | opcode]) + (bytes([0x80 | n]) if n < 126 else bytes([0xFE]) + n.to_bytes(2, "big"))
+        self.transport.write(head + mask + masked)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time_ns()
+        self.buf += data
+        if not self.upgraded:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if b" 101 " not in bytes(self.buf[:end].split(b"\r\n", 1)[0]):
+                self.transport.close()
+                return
+            del self.buf[: end + 4]
+            self.upgraded = True
+            self._send(1, self.sub)
+            if not self.done.done():
+                self.done.set_result(True)
+        buf, pos = self.buf, 0
+        while len(buf) - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            n, hdr = b1 & 0x7F, 2
+            if n == 126:
+                if len(buf) - pos < 4:
+                    break
+                n, hdr = int.from_bytes(buf[pos + 2: pos + 4], "big"), 4
+            elif n == 127:
+                if len(buf) - pos < 10:
+                    break
+                n, hdr = int.from_bytes(buf[pos + 2: pos + 10], "big"), 10
+            if len(buf) - pos < hdr + n:
+                break
+            payload = bytes(buf[pos + hdr: pos + hdr + n])
+            pos += hdr + n
+            opcode = b0 & 0x0F
+            if opcode == 1:
+                self.on_text(payload, now)
+            elif opcode == 9:
+                self._send(10, payload)
+            elif opcode == 8:
+                self.transport.close()
+        del buf[:pos]
+
+    def connection_lost(self, exc) -> None:
+        if not self.done.done():
+            self.done.set_result(False)
+
+
+def raw_client_proc(port: int, n: int, seconds: float, start_at: float, q: mp.Queue) -> None:
+    """Like :func:`client_proc` with :class:`RawClient` connections."""
+    lat: list[float] = []
+    wlat: list[float] = []
+    counts = {"price": 0, "bar": 0, "connected": 0, "errors": 0}
+    sub = json.dumps({"op": "subscribe", "channels": ["price:SPY", "microbar:SPY:1s"], "latency": True}).encode()
+    start_ns = start_at * 1e9
+
+    def on_text(payload: bytes, now: int) -> None:
+        if payload.startswith(b'{"channel":"price:SPY","type":"update"'):
+            counts["price"] += 1
+            if now > start_ns:
+                msg = json.loads(payload)
+                lat.append((now - msg["data"]["ts"]) / 1e6)
+                wlat.append(msg["latencyMs"])
+        elif payload.startswith(b'{"channel":"microbar:SPY:1s","type":"update"'):
+            counts["bar"] += 1
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        conns = []
+        for _ in range(n):
+            done = loop.create_future()
+            try:
+                tr, _ = await loop.create_connection(lambda: RawClient(port, sub, on_text, done), "127.0.0.1", port)
+                conns.append(tr)
+                if await asyncio.wait_for(done, 30):
+                    counts["connected"] += 1
+                else:
+                    counts["errors"] += 1
+            except (OSError, asyncio.TimeoutError):
+                counts["errors"] += 1
+        await asyncio.sleep(max(0.0, start_at + seconds + 3 - time.time()))
+        for tr in conns:
+            tr.close()
+
+    asyncio.run(run())
+    q.put((lat, counts, wlat))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=1000)
     ap.add_argument("--procs", type=int, default=2, help="client processes")
     ap.add_argument("--seconds", type=float, default=10.0, help="measured stream duration")
     ap.add_argument("--tick-rate", type=float, default=200.0, help="tick frames per second")
+    ap.add_argument("--throttle-ms", type=float, default=250.0, help="[gateway] price_throttle_ms (0: every tick)")
+    ap.add_argument("--client", choices=["raw", "websockets"], default="raw",
+                    help="raw: minimal RFC 6455 clients (cheap, measure the gateway); websockets: the library")
     args = ap.parse_args()
 
     run_dir = tempfile.mkdtemp(prefix="spx-bench-gw-", dir="/tmp")
     port = _free_port()
     env = {**os.environ, "SPX_RUNTIME_RUN_DIR": run_dir, "SPX_GATEWAY_PORT": str(port),
-           "SPX_GATEWAY_MAX_CLIENTS": str(args.clients + 100), "SPX_RUNTIME_LOG_LEVEL": "WARNING"}
+           "SPX_GATEWAY_MAX_CLIENTS": str(args.clients + 100), "SPX_RUNTIME_LOG_LEVEL": "WARNING",
+           "SPX_GATEWAY_PRICE_THROTTLE_MS": str(args.throttle_ms)}
     rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
     ctx = zmq.Context()
     feed = Publisher(ctx, bus.pub_endpoint("feed", rt, bind=True), "feed", linger_ms=0)
@@ -150,7 +273,10 @@ def main() -> None:
         per = [args.clients // args.procs + (1 if i < args.clients % args.procs else 0) for i in range(args.procs)]
         url = f"ws://127.0.0.1:{port}/ws"
         for n in per:
-            p = mp.Process(target=client_proc, args=(url, n, args.seconds, start_at, q), daemon=True)
+            if args.client == "raw":
+                p = mp.Process(target=raw_client_proc, args=(port, n, args.seconds, start_at, q), daemon=True)
+            else:
+                p = mp.Process(target=client_proc, args=(url, n, args.seconds, start_at, q), daemon=True)
             p.start()
             procs.append(p)
         period = 1.0 / args.tick_rate
@@ -201,8 +327,8 @@ def main() -> None:
     def pct(p: float, xs: list[float] = lat) -> float:
         return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
 
-    print(f"gateway fan-out: {args.clients} clients ({counts['connected']} connected, {counts['errors']} errors), "
-          f"{args.seconds:.0f} s at {args.tick_rate:.0f} tick frames/s, price throttle 250 ms")
+    print(f"gateway fan-out: {args.clients} {args.client} clients ({counts['connected']} connected, {counts['errors']} errors), "
+          f"{args.seconds:.0f} s at {args.tick_rate:.0f} tick frames/s, price throttle {args.throttle_ms:g} ms")
     print(f"  price updates received: {counts['price']:,} ({counts['price'] / max(1, counts['connected']) / args.seconds:.1f}"
           f" per client per s); bar updates: {counts['bar']:,}")
     print(f"  tick publish -> client receipt latency: p50 {pct(50):.1f} ms, p95 {pct(95):.1f} ms, "
@@ -214,6 +340,10 @@ def main() -> None:
     print(f"  gateway frame handler (ingest + fan-out to every subscriber): p50 <= {_bucket_q(metrics, 0.5)} ms, "
           f"p99 <= {_bucket_q(metrics, 0.99)} ms; slow handlers (> 250 ms): "
           f"{_value(metrics, 'handler_slow_total')}")
+    gen2 = 'generation="2"'
+    print(f"  gateway GC pauses: generation 2 max <= {_bucket_q(metrics, 1.0, 'gc_pause_ms', gen2)} ms "
+          f"({_count(metrics, 'gc_pause_ms', gen2)} collections), all generations p99 <= "
+          f"{_bucket_q(metrics, 0.99, 'gc_pause_ms')} ms")
     print(f"  gateway CPU: {cpu * 100:.0f}% of one core during the measured stream "
           f"(machine: {os.cpu_count()} cores shared with the client processes)")
 
