@@ -10,7 +10,10 @@ Client processes (asyncio ``websockets`` clients) subscribe to ``price:SPY`` and
 ``microbar:SPY:1s`` and record, for every price update, receipt time minus the tick's ``ts``: the
 latency from tick ingest on the bus to client receipt, including the throttle's hold of a trailing
 price. Clients also ask for ``latencyMs`` (bus publish to the gateway's socket write) to separate
-the gateway's share from the client processes' own scheduling on a small machine. Gateway memory per client is the gateway's RSS growth from before the clients connected to
+the gateway's share from the client processes' own scheduling on a small machine. Only updates
+received while the stream runs count: after the last tick, the throttle still sends that latest
+price when its window ends (up to ``price_throttle_ms`` later), which measures the quiet feed, not
+the gateway. Gateway memory per client is the gateway's RSS growth from before the clients connected to
 the steady stream, divided by the number of clients. Every wait is bounded.
 """
 
@@ -108,7 +111,7 @@ def client_proc(url: str, n: int, seconds: float, start_at: float, q: mp.Queue) 
                     # only price messages are parsed: the client's JSON cost is not the gateway's
                     if raw.startswith('{"channel":"price:SPY","type":"update"'):
                         counts["price"] += 1
-                        if now > start_at * 1e9:
+                        if start_at * 1e9 < now < (start_at + seconds) * 1e9:
                             msg = json.loads(raw)
                             lat.append((now - msg["data"]["ts"]) / 1e6)
                             wlat.append(msg["latencyMs"])
@@ -200,12 +203,12 @@ def raw_client_proc(port: int, n: int, seconds: float, start_at: float, q: mp.Qu
     wlat: list[float] = []
     counts = {"price": 0, "bar": 0, "connected": 0, "errors": 0}
     sub = json.dumps({"op": "subscribe", "channels": ["price:SPY", "microbar:SPY:1s"], "latency": True}).encode()
-    start_ns = start_at * 1e9
+    start_ns, end_ns = start_at * 1e9, (start_at + seconds) * 1e9
 
     def on_text(payload: bytes, now: int) -> None:
         if payload.startswith(b'{"channel":"price:SPY","type":"update"'):
             counts["price"] += 1
-            if now > start_ns:
+            if start_ns < now < end_ns:  # steady stream only (see the module docstring)
                 msg = json.loads(payload)
                 lat.append((now - msg["data"]["ts"]) / 1e6)
                 wlat.append(msg["latencyMs"])
@@ -286,10 +289,14 @@ def main() -> None:
         end = start_at + args.seconds
         price = 600.0
         cpu0: float | None = None
+        prev_ns, max_gap_ms = 0, 0.0  # publisher stalls make the throttle's latest price older
         while time.time() < end:
             now = time.time_ns()
             if cpu0 is None and now > start_at * 1e9:
                 cpu0 = _cpu_s(gw.pid)
+            if cpu0 is not None and prev_ns:
+                max_gap_ms = max(max_gap_ms, (now - prev_ns) / 1e6)
+            prev_ns = now
             price = round(price + (0.01 if ticks % 3 else -0.01), 2)
             feed.publish("tick.SPY", "ticks", [Quote(sym="SPY", bid=price - 0.01, ask=price + 0.01, ts=now),
                                                Trade(sym="SPY", price=price, size=100, ts=now)], now)
@@ -335,6 +342,8 @@ def main() -> None:
           f"p99 {pct(99):.1f} ms, max {lat[-1] if lat else float('nan'):.1f} ms ({len(lat):,} samples)")
     print(f"  of which tick publish -> written to the client socket (gateway latencyMs): p50 {pct(50, wlat):.1f} ms, "
           f"p95 {pct(95, wlat):.1f} ms, p99 {pct(99, wlat):.1f} ms; the rest is client processes waiting for CPU")
+    print(f"  longest gap between two published ticks in the window: {max_gap_ms:.1f} ms (a throttled price "
+          f"sent at the end of its window is the latest tick, as old as that gap)")
     print(f"  gateway RSS: {rss0 / 1024:.1f} MiB idle -> {rss1 / 1024:.1f} MiB with clients (peak "
           f"{rss_peak / 1024:.1f}); {(rss1 - rss0) / max(1, counts['connected']):.1f} KiB per client")
     print(f"  gateway frame handler (ingest + fan-out to every subscriber): p50 <= {_bucket_q(metrics, 0.5)} ms, "
