@@ -4,7 +4,6 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import eventually
 from tests.gateway.harness import GatewayRunner, WsClient
 
 
