@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.gateway import auth
 from services.gateway.hub import Client, Hub, Throttle
@@ -122,3 +124,37 @@ def test_tokens_sign_expire_and_refuse_tampering(tmp_path):
         assert exc.value.code == "bad_token"
     with pytest.raises(ValueError):
         auth.mint("bad user", secret, 10)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b"]), st.booleans(), st.integers(0, 3)), max_size=60),
+       st.integers(1, 80))
+def test_queue_keeps_stream_order_and_always_ends_with_the_latest(ops, pops_every):
+    """Any interleaving of sealed (closed bar) and conflatable (partial) updates on two streams: per
+    stream, delivered seqs increase, every sealed update arrives, and the last update is delivered."""
+    c = Client(1, None, queue_max=10_000)
+    seq = {"a": 0, "b": 0}
+    sent_sealed = {"a": [], "b": []}
+    got = {"a": [], "b": []}
+    for i, (stream, sealed, _) in enumerate(ops):
+        seq[stream] += 1
+        text = json.dumps({"s": stream, "seq": seq[stream], "sealed": sealed}).encode()
+        if sealed:
+            c.push(text, seal=stream)
+            sent_sealed[stream].append(seq[stream])
+        else:
+            c.push(text, conflate=stream)
+        if i % pops_every == 0:
+            msg = c.pop()
+            if msg:
+                m = json.loads(msg)
+                got[m["s"]].append(m)
+    for msg in iter(c.pop, None):
+        m = json.loads(msg)
+        got[m["s"]].append(m)
+    for stream in ("a", "b"):
+        seqs = [m["seq"] for m in got[stream]]
+        assert seqs == sorted(set(seqs))
+        assert [m["seq"] for m in got[stream] if m["sealed"]] == sent_sealed[stream]
+        if seq[stream]:
+            assert seqs[-1] == seq[stream]
