@@ -184,6 +184,9 @@ class GatewayService(BusService):
         self.m_price_rate.set(round(rate, 2))
         self.m_price_total.inc(total - prev_total)
         self.m_clients.set(len(self.conns))
+        if self.port:  # shown by 'spx status' (heartbeat detail)
+            self.detail = (f"ws://{self.config.host}:{self.port}/ws clients={len(self.conns)} "
+                           f"price/s={rate:.1f} users={len({c.client.user for c in self.conns.values()} - {None})}")
         out = self.hub.messages_out
         self.m_out.inc(out - self._out_prev)
         self._out_prev = out

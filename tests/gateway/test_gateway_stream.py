@@ -4,6 +4,9 @@ import urllib.request
 
 import pytest
 
+from spx_common.bus import RpcClient
+from tests.conftest import eventually
+
 from tests.gateway.harness import GatewayRunner, WsClient
 
 
@@ -41,3 +44,15 @@ def test_http_dashboard_metrics_and_404(gw):
     with pytest.raises(urllib.error.HTTPError) as exc:
         urllib.request.urlopen(base + "/static/../../service.py", timeout=5)
     assert exc.value.code == 404
+
+
+def test_status_rpc_and_heartbeat_detail_describe_the_gateway(gw):
+    c = WsClient(gw.url)
+    rpc = RpcClient(gw.ctx, gw.bus.rep_endpoint("gateway", gw.rt), timeout_s=2.0, retries=0)
+    try:
+        doc = eventually(lambda: (d := rpc.call("status"))["gateway"]["clients"] == 1 and d, 5)
+        assert doc["gateway"]["url"] == gw.url
+        eventually(lambda: "clients=1" in gw.svc.detail, 5, what="heartbeat detail shows the clients")
+    finally:
+        rpc.close()
+        c.close()
