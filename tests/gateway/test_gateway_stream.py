@@ -6,7 +6,6 @@ import pytest
 
 from spx_common.bus import RpcClient
 from tests.conftest import eventually
-
 from tests.gateway.harness import GatewayRunner, WsClient
 
 
