@@ -280,7 +280,8 @@ class Hub:
 
     def _snapshot(self, key: str) -> tuple[Any, int | None]:
         if key.startswith("price:"):
-            data = self.prices.get(key[6:])
+            last = self.prices.get(key[6:])
+            data = {k: v for k, v in last.items() if k != "_trade"} if last else None
             return data, data["ts"] if data else None
         if key.startswith("microbar:"):
             s = self.series.get(key)

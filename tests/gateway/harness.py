@@ -12,6 +12,7 @@ import websockets.sync.client as wsc
 import zmq
 
 from services.gateway.config import GatewayConfig
+from services.gateway.protocol import CHANNEL_DATA, ErrorData, ServerMessage, Welcome
 from services.gateway.service import GatewayService
 from spx_common.bus import Publisher
 from spx_common.config import BusConfig, RuntimeConfig
@@ -86,6 +87,21 @@ class GatewayRunner:
         return t
 
 
+def check_schema(msg: dict) -> None:
+    """Every message must match the schemas documented in docs/gateway.md."""
+    ServerMessage.model_validate(msg)
+    if msg["type"] == "error":
+        ErrorData.model_validate(msg["data"])
+    elif msg["type"] == "welcome":
+        Welcome.model_validate(msg["data"])
+    elif msg["type"] in ("snapshot", "update") and msg["data"] is not None:
+        name = msg["channel"]
+        key = ("price:<symbol>" if name.startswith("price:") else
+               "microbar:<symbol>:<interval>" if name.startswith("microbar:") else name)
+        snap_model, update_model = CHANNEL_DATA[key]
+        (snap_model if msg["type"] == "snapshot" else update_model).model_validate(msg["data"])
+
+
 class WsClient:
     """A blocking websocket client with bounded receives."""
 
@@ -106,6 +122,7 @@ class WsClient:
         msg = json.loads(self.ws.recv(timeout=timeout_s))
         for key in ("channel", "type", "seq", "source", "data"):
             assert key in msg, (key, msg)
+        check_schema(msg)
         self.messages.append(msg)
         return msg
 

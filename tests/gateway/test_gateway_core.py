@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from services.gateway import auth
 from services.gateway.hub import Client, Hub, Throttle
-from services.gateway.protocol import ChannelError, bar_json, parse_channel
+from services.gateway.protocol import ChannelError, PriceData, bar_json, parse_channel
 from spx_common.models import MicroBar, Trade
 
 
@@ -90,6 +90,11 @@ def test_hub_price_prefers_trades_and_falls_back_to_mid():
     hub.on_ticks("SPY", [Trade(sym="SPY", price=600.5, size=3, ts=5)], 0, now=1.0)
     msgs = [json.loads(t) for t in iter(c.pop, None)]
     assert msgs[-1]["data"] == {"sym": "SPY", "price": 600.5, "bid": None, "ask": None, "size": 3, "ts": 5}
+    late = Client(2, None, queue_max=100)
+    hub.subscribe(late, "price:SPY")
+    snap = json.loads(late.pop())
+    assert snap["type"] == "snapshot" and snap["data"] == msgs[-1]["data"] and snap["seq"] == msgs[-1]["seq"]
+    PriceData.model_validate(snap["data"])  # the documented schema
 
 
 def test_bar_json_is_camel_case_and_complete():
