@@ -142,6 +142,8 @@ class GatewayService(BusService):
             self.on(prefix, self._user_handler(kind, prefix))
 
     def _on_ticks(self, frame: Frame, events: list) -> None:
+        # The throttle runs on the monotonic wall clock on purpose: it protects browsers, which live in
+        # wall time, and never changes which price is delivered last (event time stays in the data).
         sym = frame.topic[5:]
         if events and self.hub.on_ticks(sym, events, frame.pub_ns, time.monotonic()):
             self._schedule_flush()
