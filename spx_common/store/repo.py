@@ -1,0 +1,392 @@
+"""The typed repository other services call. Every write is an idempotent upsert keyed by a
+natural id, so replaying a spool, a journal or a backfill never duplicates a row."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable, Sequence
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from spx_common import models as m
+from spx_common.store import tables as t
+from spx_common.store.engine import make_engine
+from spx_common.store.profile import FamilyStats, Profile, evaluate, profile_from_body
+
+TERMINAL = {"target2_hit", "stopped", "invalidated", "expired", "blocked"}
+_ORDER = ["forming", "ready", "triggered", "target1_hit", "target2_hit", "invalidated", "stopped", "expired",
+          "blocked"]
+
+
+def _insert(conn: Connection, table: sa.Table):
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
+
+
+def upsert(conn: Connection, table: sa.Table, rows: Sequence[dict], *, newer_col: str | None = None,
+           update: bool = True) -> None:
+    """Insert ``rows``; on a primary-key conflict update (only when ``newer_col`` is not older) or skip."""
+    if not rows:
+        return
+    keys = [c.name for c in table.primary_key.columns]
+    stmt = _insert(conn, table)
+    if not update:
+        conn.execute(stmt.on_conflict_do_nothing(index_elements=keys), list(rows))
+        return
+    cols = [c for c in rows[0] if c not in keys]
+    where = None
+    if newer_col is not None:
+        where = table.c[newer_col] <= stmt.excluded[newer_col]
+    stmt = stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in cols}, where=where)
+    conn.execute(stmt, list(rows))
+
+
+# --------------------------------------------------------------------------- pure row builders
+
+
+def _entry_mid(row: dict) -> float | None:
+    lo, hi = row.get("entry_low"), row.get("entry_high")
+    if lo is None or hi is None:
+        return None
+    return (lo + hi) / 2.0
+
+
+def r_of(row: dict, price: float | None) -> float | None:
+    """R multiple of ``price`` for the setup in ``row`` (entry price or entry-zone mid vs stop)."""
+    entry = row.get("entry_price") or _entry_mid(row)
+    stop = row.get("stop")
+    if price is None or entry is None or stop is None or entry == stop:
+        return None
+    risk = abs(entry - stop)
+    sign = 1.0 if row["direction"] == "long" else -1.0
+    return round(sign * (price - entry) / risk, 6)
+
+
+def merge_transition(row: dict | None, tr: m.SetupTransition, source: str = "live") -> dict:
+    """Fold one transition into a setup-instance row. Idempotent and order-tolerant: flags only
+    turn on, MFE/MAE are max/min, state and last time follow the newest event."""
+    if row is None:
+        row = {"setup_id": tr.setup_id, "detector": tr.detector, "family": tr.family, "sym": tr.sym,
+               "direction": tr.direction, "state": tr.to_state, "first_ns": tr.ts, "last_ns": tr.ts,
+               "triggered_ns": None, "entry_low": None, "entry_high": None, "stop": None, "targets": [],
+               "confidence": None, "entry_price": None, "bid_ask_imbalance_at_trigger": None,
+               "aggressor_skew_at_trigger": None, "macro_alignment_score": None,
+               "microstructure_at_trigger": None, "trailing_stop_path": None, "t1_hit": False, "t2_hit": False,
+               "stopped": False, "r_multiple": None, "mfe_r": None, "mae_r": None, "resolved_at": None,
+               "resolution": None, "source": source}
+    else:
+        row = dict(row)
+    newer = tr.ts >= row["last_ns"]
+    row["first_ns"] = min(row["first_ns"], tr.ts)
+    if newer:
+        row["last_ns"] = tr.ts
+        row["state"] = tr.to_state
+        for k in ("entry_low", "entry_high", "stop", "confidence", "macro_alignment_score"):
+            v = getattr(tr, k)
+            if v is not None:
+                row[k] = v
+        if tr.targets:
+            row["targets"] = list(tr.targets)
+    else:
+        for k in ("entry_low", "entry_high", "stop", "confidence", "macro_alignment_score"):
+            if row.get(k) is None and getattr(tr, k) is not None:
+                row[k] = getattr(tr, k)
+    if tr.to_state == "triggered" and (row["triggered_ns"] is None or tr.ts <= row["triggered_ns"]):
+        row["triggered_ns"] = tr.ts
+        row["entry_price"] = tr.price
+        ms = dict(tr.microstructure)
+        row["microstructure_at_trigger"] = ms
+        row["bid_ask_imbalance_at_trigger"] = ms.get("bid_ask_imbalance")
+        row["aggressor_skew_at_trigger"] = ms.get("aggressor_skew")
+        if tr.macro_alignment_score is not None:
+            row["macro_alignment_score"] = tr.macro_alignment_score
+    r = r_of(row, tr.price) if row["triggered_ns"] is not None and tr.ts >= row["triggered_ns"] else None
+    if r is not None:
+        row["mfe_r"] = r if row["mfe_r"] is None else max(row["mfe_r"], r)
+        row["mae_r"] = r if row["mae_r"] is None else min(row["mae_r"], r)
+    if tr.to_state == "target1_hit":
+        row["t1_hit"] = True
+    elif tr.to_state == "target2_hit":
+        row["t1_hit"] = row["t2_hit"] = True
+    elif tr.to_state == "stopped":
+        row["stopped"] = True
+    if tr.to_state in TERMINAL and (row["resolved_at"] is None or tr.ts <= row["resolved_at"]):
+        row["resolved_at"] = tr.ts
+        row["resolution"] = tr.to_state
+        if row["triggered_ns"] is not None:
+            row["r_multiple"] = r if r is not None else (-1.0 if tr.to_state == "stopped" else None)
+    return row
+
+
+def order_row(o: m.Order) -> dict:
+    return {"order_id": o.order_id, "user": o.user, "setup_id": o.setup_id, "option_symbol": o.option_symbol,
+            "side": o.side, "quantity": o.quantity, "type": o.type, "price": o.price, "stop": o.stop,
+            "status": o.status, "broker_id": o.broker_id, "reason": o.reason, "ts": o.ts}
+
+
+def fill_key(f: m.Fill) -> str:
+    """A fill's natural id: the broker's fill id, else (order, time, quantity, price)."""
+    return f"{f.order_id}:{f.fill_id}" if f.fill_id else f"{f.order_id}@{f.ts}:{f.quantity:g}x{f.price:g}"
+
+
+def fill_row(f: m.Fill) -> dict:
+    return {"fill_key": fill_key(f), "order_id": f.order_id, "user": f.user, "option_symbol": f.option_symbol,
+            "side": f.side, "quantity": f.quantity, "price": f.price, "ts": f.ts, "broker_id": f.broker_id}
+
+
+def position_row(p: m.Position) -> dict:
+    return {"user": p.user, "option_symbol": p.option_symbol, "quantity": p.quantity, "avg_price": p.avg_price,
+            "realized_pnl": p.realized_pnl, "unrealized_pnl": p.unrealized_pnl, "ts": p.ts}
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def snapshot_row(doc: dict) -> dict:
+    """A ``portfolio.<user>`` document as a row (raises ValueError without user/ts)."""
+    user, ts = doc.get("user"), doc.get("ts")
+    if not isinstance(user, str) or not user or not isinstance(ts, int) or isinstance(ts, bool) or ts < 0:
+        raise ValueError("portfolio snapshot needs a user and an integer ts")
+    body = msgspec.json.decode(msgspec.json.encode(doc))
+    return {"user": user, "ts": ts, "total_equity": _num(doc.get("total_equity")),
+            "option_buying_power": _num(doc.get("option_buying_power")), "body": body}
+
+
+_BAR_CORE = {"sym", "interval", "start_ns", "open", "high", "low", "close", "volume", "trades", "vwap", "source"}
+
+
+def bar_row(b: m.MicroBar) -> dict:
+    d = msgspec.structs.asdict(b)
+    extra = {k: v for k, v in d.items() if k not in _BAR_CORE and k not in ("closed", "gap_fill") and v is not None}
+    return {"sym": b.sym, "interval": b.interval, "start_ns": b.start_ns, "open": b.open, "high": b.high,
+            "low": b.low, "close": b.close, "volume": b.volume, "trades": b.trades, "vwap": b.vwap,
+            "source": b.source, "extra": extra or None}
+
+
+def event_row(e: m.Trade | m.Quote) -> dict:
+    if isinstance(e, m.Trade):
+        return {"sym": e.sym, "kind": "t", "ts": e.ts, "seq": e.seq, "price": e.price, "size": e.size,
+                "bid": None, "ask": None, "bid_size": None, "ask_size": None}
+    return {"sym": e.sym, "kind": "q", "ts": e.ts, "seq": e.seq, "price": None, "size": None, "bid": e.bid,
+            "ask": e.ask, "bid_size": e.bid_size, "ask_size": e.ask_size}
+
+
+# --------------------------------------------------------------------------- repository
+
+
+class Store:
+    """Repository over one engine. Thread-safe for use from one writer thread plus readers."""
+
+    def __init__(self, engine: Engine | str | None = None) -> None:
+        self.engine = engine if isinstance(engine, Engine) else make_engine(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---------------------------------------------------------------- setups
+    def record_transitions(self, transitions: Iterable[m.SetupTransition], *, source: str = "live",
+                           conn: Connection | None = None) -> None:
+        trs = list(transitions)
+        if not trs:
+            return
+        if conn is None:
+            with self.engine.begin() as c:
+                return self.record_transitions(trs, source=source, conn=c)
+        upsert(conn, t.setup_transitions, [
+            {"setup_id": x.setup_id, "to_state": x.to_state, "ts": x.ts, "from_state": x.from_state,
+             "reason": x.reason, "price": x.price} for x in trs], update=False)
+        ids = sorted({x.setup_id for x in trs})
+        rows: dict[str, dict] = {}
+        for i in range(0, len(ids), 500):
+            for r in conn.execute(sa.select(t.setup_instances).where(t.setup_instances.c.setup_id.in_(ids[i:i + 500]))):
+                rows[r.setup_id] = dict(r._mapping)
+        for x in sorted(trs, key=lambda x: (x.ts, _ORDER.index(x.to_state))):
+            rows[x.setup_id] = merge_transition(rows.get(x.setup_id), x, source)
+        upsert(conn, t.setup_instances, [rows[i] for i in ids])
+
+    def record_trailing_stop(self, advice: Iterable[m.ExitAdvice], conn: Connection | None = None) -> None:
+        """Keep the newest trailing-stop path the exit advisor published for each setup."""
+        latest: dict[str, m.ExitAdvice] = {}
+        for a in advice:
+            if a.trailing_stop_path and (a.setup_id not in latest or a.ts >= latest[a.setup_id].ts):
+                latest[a.setup_id] = a
+        if not latest:
+            return
+        if conn is None:
+            with self.engine.begin() as c:
+                return self.record_trailing_stop(latest.values(), conn=c)
+        for sid, a in latest.items():
+            conn.execute(t.setup_instances.update().where(t.setup_instances.c.setup_id == sid)
+                         .values(trailing_stop_path=list(a.trailing_stop_path)))
+
+    def setup_instance(self, setup_id: str) -> dict | None:
+        with self.engine.connect() as c:
+            r = c.execute(sa.select(t.setup_instances).where(t.setup_instances.c.setup_id == setup_id)).first()
+            return dict(r._mapping) if r else None
+
+    # ---------------------------------------------------------------- execution
+    def record_orders(self, orders: Iterable[m.Order], conn: Connection | None = None) -> None:
+        rows = _latest([order_row(o) for o in orders], ("order_id",))
+        self._write(t.orders, rows, conn, newer_col="ts")
+
+    def record_fills(self, fills: Iterable[m.Fill], conn: Connection | None = None) -> None:
+        self._write(t.fills, _latest([fill_row(f) for f in fills], ("fill_key",)), conn, update=False)
+
+    def record_positions(self, positions: Iterable[m.Position], conn: Connection | None = None) -> None:
+        rows = _latest([position_row(p) for p in positions], ("user", "option_symbol"))
+        self._write(t.positions, rows, conn, newer_col="ts")
+
+    def record_snapshots(self, docs: Iterable[dict], conn: Connection | None = None) -> None:
+        self._write(t.portfolio_snapshots, _latest([snapshot_row(d) for d in docs], ("user", "ts")), conn,
+                    update=False)
+
+    # ---------------------------------------------------------------- market data
+    def upsert_bars(self, bars: Iterable[m.MicroBar], conn: Connection | None = None) -> int:
+        rows = _latest([bar_row(b) for b in bars], ("sym", "interval", "start_ns"))
+        self._write(t.bars, rows, conn)
+        return len(rows)
+
+    def insert_events(self, events: Iterable[m.Trade | m.Quote], conn: Connection | None = None) -> int:
+        rows = _latest([event_row(e) for e in events], ("sym", "kind", "ts", "seq"))
+        self._write(t.market_events, rows, conn, update=False)
+        return len(rows)
+
+    def bars(self, sym: str, interval: str, start_ns: int = 0, end_ns: int = 2**62) -> list[m.MicroBar]:
+        """Stored bars of ``sym`` in ``[start_ns, end_ns)``, oldest first, as bus models (for replay)."""
+        b = t.bars.c
+        q = (sa.select(t.bars).where(b.sym == sym, b.interval == interval, b.start_ns >= start_ns,
+                                     b.start_ns < end_ns).order_by(b.start_ns))
+        out = []
+        with self.engine.connect() as c:
+            for r in c.execute(q):
+                d = dict(r._mapping)
+                extra = d.pop("extra") or {}
+                out.append(m.MicroBar(**{k: v for k, v in d.items() if v is not None}, **extra, closed=True))
+        return out
+
+    def count(self, table: str) -> int:
+        with self.engine.connect() as c:
+            return c.execute(sa.select(sa.func.count()).select_from(t.metadata.tables[table])).scalar_one()
+
+    # ---------------------------------------------------------------- backfill checkpoints
+    def checkpoint(self, task: str) -> dict | None:
+        with self.engine.connect() as c:
+            r = c.execute(sa.select(t.backfill_checkpoints).where(t.backfill_checkpoints.c.task == task)).first()
+            return dict(r._mapping) if r else None
+
+    def set_checkpoint(self, task: str, status: str, rows: int, detail: str = "",
+                       conn: Connection | None = None) -> None:
+        self._write(t.backfill_checkpoints, [{"task": task, "status": status, "rows": rows, "detail": detail,
+                                              "updated_ns": time.time_ns()}], conn)
+
+    # ---------------------------------------------------------------- broker credentials (ciphertext only)
+    def put_credentials(self, user: str, broker: str, ciphertext: bytes, key_id: str, *,
+                        account_id: str | None = None, now_ns: int | None = None) -> None:
+        """Store sealed credentials (the caller encrypts with spx_common.crypto; plaintext never comes here)."""
+        now = now_ns or time.time_ns()
+        old = self.credentials(user, broker)
+        row = {"user": user, "broker": broker, "account_id": account_id, "ciphertext": bytes(ciphertext),
+               "key_id": key_id, "created_ns": old["created_ns"] if old else now,
+               "rotated_ns": now if old else None}
+        self._write(t.broker_credentials, [row], None)
+
+    def credentials(self, user: str, broker: str) -> dict | None:
+        c_ = t.broker_credentials.c
+        with self.engine.connect() as c:
+            r = c.execute(sa.select(t.broker_credentials).where(c_.user == user, c_.broker == broker)).first()
+            return dict(r._mapping) if r else None
+
+    # ---------------------------------------------------------------- optimizer profile
+    def get_active_profile(self) -> Profile:
+        """The newest profile version (the built-in default, version 0, when none was saved)."""
+        p = t.optimizer_profiles
+        with self.engine.connect() as c:
+            r = c.execute(sa.select(p).order_by(p.c.version.desc()).limit(1)).first()
+        return Profile() if r is None else _profile(r)
+
+    def profile_history(self, limit: int = 50) -> list[Profile]:
+        p = t.optimizer_profiles
+        with self.engine.connect() as c:
+            return [_profile(r) for r in c.execute(sa.select(p).order_by(p.c.version.desc()).limit(limit))]
+
+    def profile_version(self, version: int) -> Profile | None:
+        p = t.optimizer_profiles
+        with self.engine.connect() as c:
+            r = c.execute(sa.select(p).where(p.c.version == version)).first()
+        return _profile(r) if r else None
+
+    def save_profile(self, profile: Profile, *, author: str, reason: str, now_ns: int | None = None) -> Profile:
+        """Append ``profile`` as the next version (history is never rewritten)."""
+        p = t.optimizer_profiles
+        body = profile.body()
+        with self.engine.begin() as c:
+            top = c.execute(sa.select(sa.func.max(p.c.version))).scalar_one() or 0
+            row = {"version": top + 1, "created_ns": now_ns or time.time_ns(), "author": author,
+                   "reason": reason, "body": body}
+            c.execute(p.insert(), [row])
+        return profile_from_body(body, version=row["version"], created_ns=row["created_ns"], author=author,
+                                 reason=reason)
+
+    def revert_profile(self, version: int, *, author: str = "cli") -> Profile:
+        """Make an older version active again by saving a copy of it as the newest version."""
+        old = self.profile_version(version)
+        if old is None:
+            raise KeyError(f"no profile version {version}")
+        return self.save_profile(old, author=author, reason=f"revert to version {version}")
+
+    def family_stats(self, since_ns: int, until_ns: int) -> list[FamilyStats]:
+        """Resolved, triggered trades per family with ``resolved_at`` in ``[since_ns, until_ns)``."""
+        s = t.setup_instances.c
+        q = (sa.select(s.family, sa.func.count(), sa.func.sum(sa.case((s.t1_hit, 1), else_=0)),
+                       sa.func.sum(sa.case((s.t2_hit, 1), else_=0)), sa.func.sum(sa.case((s.stopped, 1), else_=0)),
+                       sa.func.coalesce(sa.func.sum(s.r_multiple), 0.0))
+             .where(s.resolved_at >= since_ns, s.resolved_at < until_ns, s.triggered_ns.is_not(None),
+                    s.r_multiple.is_not(None))
+             .group_by(s.family).order_by(s.family))
+        with self.engine.connect() as c:
+            return [FamilyStats(family=f, trades=int(n), t1_hits=int(a or 0), t2_hits=int(b or 0),
+                                stops=int(d or 0), sum_r=float(r)) for f, n, a, b, d, r in c.execute(q)]
+
+    def requarantine(self, now_ns: int, window_ns: int, *, window: str = "live rolling window",
+                     stats: list[FamilyStats] | None = None) -> dict[str, str]:
+        """Quarantine families failing their floors (live window, or given backtest ``stats``);
+        saves a new profile version when anything changed and returns {family: reason}."""
+        profile = self.get_active_profile()
+        new, changes = evaluate(profile, stats if stats is not None else self.family_stats(now_ns - window_ns,
+                                                                                             now_ns + 1),
+                                window=window)
+        if changes:
+            self.save_profile(new, author="auto", reason="re-quarantine: " + ", ".join(sorted(changes)),
+                              now_ns=now_ns)
+        return changes
+
+    # ---------------------------------------------------------------- internals
+    def _write(self, table: sa.Table, rows: list[dict], conn: Connection | None, **kw: Any) -> None:
+        if not rows:
+            return
+        if conn is None:
+            with self.engine.begin() as c:
+                upsert(c, table, rows, **kw)
+        else:
+            upsert(conn, table, rows, **kw)
+
+
+def _latest(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
+    """One row per key (the newest by ``ts`` when present): a multi-row upsert may not touch a key twice."""
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        k = tuple(r[x] for x in keys)
+        old = out.get(k)
+        if old is None or r.get("ts", 0) >= old.get("ts", 0):
+            out[k] = r
+    return list(out.values())
+
+
+def _profile(r) -> Profile:
+    return profile_from_body(r.body, version=r.version, created_ns=r.created_ns, author=r.author, reason=r.reason)
