@@ -1,0 +1,1 @@
+"""Recorder: persists transitions, orders, fills, positions and snapshots off the hot path."""

@@ -1,0 +1,3 @@
+from services.recorder.service import Recorder
+
+Recorder.cli()

@@ -1,0 +1,119 @@
+"""The recorder process: ``python -m services.recorder``.
+
+Subscribes to ``setup.transition`` (detector), ``exit.`` (selector: trailing-stop paths),
+``order.``, ``fill.``, ``position.``, ``portfolio.`` (broker) and persists them through
+:class:`spx_common.store.Store`.  Handlers only enqueue (never blocking the subscriber loop);
+a writer thread writes batches; during a database outage records go to
+``<run_dir>/recorder/spool.bin`` and are replayed when the database returns.  Every write is
+keyed by a natural id, so nothing is written twice.  Every ``requarantine_every_s`` of event
+time it re-checks setup families against the optimizer profile floors over the rolling window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+from sqlalchemy.exc import SQLAlchemyError
+
+from spx_common.codec import Frame
+from spx_common.config import load
+from spx_common.service import BusService
+from spx_common.store import StoreConfig, open_store
+from spx_common.store.engine import make_engine, upgrade
+from spx_common.store.repo import Store, snapshot_row
+from services.recorder.spool import Spool
+from services.recorder.writer import Writer
+
+
+class Recorder(BusService):
+    """Recorder: persists setups, orders, fills, positions and portfolio snapshots."""
+
+    name = "recorder"
+    subscriptions = {
+        "detector": ["setup.transition"],
+        "selector": ["exit."],
+        "broker": ["order.", "fill.", "position.", "portfolio."],
+    }
+
+    def __init__(self, *args: Any, store_config: StoreConfig | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.cfg = store_config or load(StoreConfig)
+        self.url = self.cfg.resolved_url(self.runtime)
+        self.store: Store | None = None
+        self.writer: Writer | None = None
+        self._last_check_ns = 0
+        self.bad = self.metrics.counter("recorder_bad_records_total", "Records refused before queueing.", ["reason"])
+        self.requarantined = self.metrics.counter("recorder_requarantines_total",
+                                                  "Families quarantined by the live rolling window.")
+
+    def setup(self) -> None:
+        try:
+            upgrade(self.url)
+        except SQLAlchemyError as exc:  # an outage at start: spool until it answers (migrated on replay)
+            self.log.warning("database not migrated at start (%s); will spool", type(exc).__name__)
+        self.store = Store(make_engine(self.url, busy_timeout_s=self.cfg.sqlite_busy_timeout_s))
+        self.writer = Writer(self.store, Spool(self.runtime.path("recorder", "spool.bin"), self.cfg.spool_max_bytes),
+                             self.metrics, batch_size=self.cfg.batch_size, queue_max=self.cfg.queue_max,
+                             flush_s=self.cfg.flush_s, retry_s=self.cfg.retry_s,
+                             before_replay=lambda: upgrade(self.url))
+        self.writer.start()
+        self.on("setup.transition", self._record("transition"))
+        self.on("exit.", self._record("exit"))
+        self.on("order.", self._record("order"))
+        self.on("fill.", self._record("fill"))
+        self.on("position.", self._record("position"))
+        self.on("portfolio.", self._snapshot)
+        self.rpc("profile", lambda p: msgspec.to_builtins(self.store.get_active_profile()))
+
+    def _record(self, kind: str):
+        def handler(frame: Frame, body: Any) -> None:
+            self.writer.submit(kind, msgspec.to_builtins(body))
+            self._maybe_requarantine(frame.event_ns)
+        return handler
+
+    def _snapshot(self, frame: Frame, body: Any) -> None:
+        if not isinstance(body, dict):
+            self.bad.inc(reason="snapshot_not_a_document")
+            return
+        try:
+            snapshot_row(body)
+        except (ValueError, TypeError) as exc:
+            self.bad.inc(reason="snapshot_invalid")
+            self._rate_log.warning("snapshot", f"refused portfolio snapshot on {frame.topic}: {exc}")
+            return
+        self.writer.submit("snapshot", body)
+
+    def _maybe_requarantine(self, event_ns: int) -> None:
+        every = int(self.cfg.requarantine_every_s * 1e9)
+        if event_ns - self._last_check_ns < every:
+            return
+        self._last_check_ns = event_ns
+        self.spawn(asyncio.to_thread(self._requarantine, event_ns), "requarantine")
+
+    def _requarantine(self, now_ns: int) -> None:
+        try:
+            changes = self.store.requarantine(now_ns, int(self.cfg.requarantine_window_s * 1e9))
+        except SQLAlchemyError as exc:
+            self.log.warning("re-quarantine check skipped: %s", type(exc).__name__)
+            return
+        for family, reason in changes.items():
+            self.requarantined.inc()
+            self.log.warning("family %s quarantined: %s", family, reason)
+
+    def status(self) -> dict[str, Any]:
+        st = super().status()
+        if self.writer is not None:
+            st.update(url=self.store.engine.url.render_as_string(hide_password=True), db_up=self.writer.db_ok,
+                      queue=self.writer.pending(), spool_bytes=self.writer.spool.size())
+        return st
+
+    async def drain(self) -> None:
+        if self.writer is not None:
+            await asyncio.to_thread(self.writer.stop, max(self.runtime.shutdown_grace_s - 0.5, 0.5))
+        if self.store is not None:
+            self.store.close()
+
+
+__all__ = ["Recorder", "open_store"]

@@ -1,0 +1,180 @@
+"""The recorder's writer thread: bounded queue in, batched idempotent writes out, spool on outage.
+
+The subscriber loop only calls :meth:`Writer.submit` (a non-blocking ``put_nowait``); the
+database is touched by one thread.  Order of records is kept across an outage: while the
+spool holds anything, new batches are appended behind it, and the spool is replayed first
+when the database answers again.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+import msgspec
+from sqlalchemy.exc import SQLAlchemyError
+
+from spx_common import models as m
+from spx_common.metrics import Registry
+from spx_common.store.repo import Store
+from services.recorder.spool import Spool, SpoolFull
+
+log = logging.getLogger("spx.recorder.writer")
+
+#: record kind -> bus model (None: a plain document)
+KINDS: dict[str, Any] = {"transition": m.SetupTransition, "order": m.Order, "fill": m.Fill,
+                         "position": m.Position, "snapshot": None, "exit": m.ExitAdvice}
+
+
+def write_batch(store: Store, records: list[tuple[str, Any]]) -> None:
+    """Write one batch in one transaction (all or nothing)."""
+    groups: dict[str, list] = {k: [] for k in KINDS}
+    for kind, body in records:
+        model = KINDS[kind]
+        groups[kind].append(body if model is None else msgspec.convert(body, model))
+    with store.engine.begin() as conn:
+        store.record_transitions(groups["transition"], conn=conn)
+        store.record_trailing_stop(groups["exit"], conn=conn)
+        store.record_orders(groups["order"], conn=conn)
+        store.record_fills(groups["fill"], conn=conn)
+        store.record_positions(groups["position"], conn=conn)
+        store.record_snapshots(groups["snapshot"], conn=conn)
+
+
+class Writer:
+    """Batches records from a bounded queue into the store on its own thread."""
+
+    def __init__(self, store: Store, spool: Spool, registry: Registry, *, batch_size: int = 500,
+                 queue_max: int = 100_000, flush_s: float = 0.2, retry_s: float = 1.0,
+                 before_replay: Callable[[], None] | None = None) -> None:
+        self.store, self.spool = store, spool
+        self.batch_size, self.flush_s, self.retry_s = batch_size, flush_s, retry_s
+        self.q: queue.Queue = queue.Queue(maxsize=queue_max)
+        self.before_replay = before_replay
+        self.db_ok = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="recorder-writer", daemon=True)
+        self.written = registry.counter("recorder_rows_written_total", "Records written to the database.", ["kind"])
+        self.spooled = registry.counter("recorder_rows_spooled_total", "Records written to the outage spool.")
+        self.replayed = registry.counter("recorder_rows_replayed_total", "Spooled records replayed into the database.")
+        self.dropped = registry.counter("recorder_rows_dropped_total",
+                                        "Records lost (queue and spool both full, or not decodable).", ["reason"])
+        self.failures = registry.counter("recorder_db_failures_total", "Database write attempts that failed.")
+        self.batches = registry.histogram("recorder_batch_ms", "Time to write one batch.")
+        self.queue_depth = registry.gauge("recorder_queue_depth", "Records waiting for the writer.")
+        self.spool_bytes = registry.gauge("recorder_spool_bytes", "Size of the outage spool.")
+        self.db_up = registry.gauge("recorder_db_up", "1 when the last database write succeeded.")
+        self.db_up.set(1)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, kind: str, body: Any) -> None:
+        """Hand a record to the writer without blocking; a full queue overflows to the spool."""
+        try:
+            self.q.put_nowait((kind, body))
+        except queue.Full:
+            self._to_spool([(kind, body)], reason="queue_full")
+
+    def stop(self, timeout_s: float) -> None:
+        """Stop taking time: flush what is queued (to the database or the spool) within ``timeout_s``."""
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    def pending(self) -> int:
+        return self.q.qsize()
+
+    # ------------------------------------------------------------------ thread
+    def _take(self, wait_s: float) -> list[tuple[str, Any]]:
+        batch: list[tuple[str, Any]] = []
+        deadline = time.monotonic() + wait_s
+        while len(batch) < self.batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                batch.append(self.q.get(timeout=max(remaining, 0)) if remaining > 0 else self.q.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _run(self) -> None:
+        next_retry = 0.0
+        while True:
+            stopping = self._stop.is_set()
+            batch = self._take(0 if stopping else self.flush_s)
+            self.queue_depth.set(self.q.qsize())
+            if self.spool and time.monotonic() >= next_retry:
+                if not self._replay():
+                    next_retry = time.monotonic() + self.retry_s
+            if batch:
+                if self.spool:
+                    self._to_spool(batch, reason="outage")
+                elif not self._write(batch):
+                    self._to_spool(batch, reason="outage")
+                    next_retry = time.monotonic() + self.retry_s
+            self.spool_bytes.set(self.spool.size())
+            if stopping and not batch:
+                return
+
+    def _write(self, batch: list[tuple[str, Any]]) -> bool:
+        t0 = time.perf_counter()
+        try:
+            write_batch(self.store, batch)
+        except (SQLAlchemyError, OSError) as exc:
+            self.failures.inc()
+            if self.db_ok:
+                log.warning("database unavailable (%s); spooling to %s", type(exc).__name__, self.spool.path)
+            self.db_ok = False
+            self.db_up.set(0)
+            return False
+        except (msgspec.ValidationError, ValueError, KeyError, TypeError) as exc:
+            # a bad record must not sink the good ones around it: write this batch record by record
+            log.warning("batch with a bad record (%r); writing records singly", exc)
+            for i, rec in enumerate(batch):
+                try:
+                    write_batch(self.store, [rec])
+                    self.written.inc(kind=rec[0])
+                except (SQLAlchemyError, OSError):
+                    self._to_spool(batch[i:], reason="outage")
+                    self.db_ok = False
+                    self.db_up.set(0)
+                    return True
+                except (msgspec.ValidationError, ValueError, KeyError, TypeError):
+                    self.dropped.inc(reason="invalid")
+            return True
+        self.batches.observe((time.perf_counter() - t0) * 1000)
+        if not self.db_ok:
+            log.info("database available again")
+        self.db_ok = True
+        self.db_up.set(1)
+        for kind, _ in batch:
+            self.written.inc(kind=kind)
+        return True
+
+    def _to_spool(self, records: list[tuple[str, Any]], reason: str) -> None:
+        try:
+            self.spool.append(records)
+            self.spooled.inc(len(records))
+        except (SpoolFull, OSError) as exc:
+            self.dropped.inc(len(records), reason="spool_full" if isinstance(exc, SpoolFull) else "spool_error")
+            log.error("dropped %d records (%s): %s", len(records), reason, exc)
+
+    def _replay(self) -> bool:
+        """Write the whole spool, then remove it. False (spool kept) when the database still fails."""
+        n = 0
+        if self.before_replay is not None:
+            try:
+                self.before_replay()
+            except (SQLAlchemyError, OSError):
+                self.failures.inc()
+                return False
+        for chunk in self.spool.read(self.batch_size):
+            if not self._write(chunk):
+                return False
+            n += len(chunk)
+        self.spool.clear()
+        self.replayed.inc(n)
+        log.info("replayed %d spooled records", n)
+        return True

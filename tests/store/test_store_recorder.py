@@ -1,0 +1,174 @@
+"""The recorder process end to end over real ZeroMQ, with a real database outage mid-run.
+
+Publishers bind the detector, selector and broker endpoints; ``python -m services.recorder`` runs
+as its own process.  The database is made unavailable (SQLite: another connection holds an
+exclusive lock; PostgreSQL: a dedicated database stops accepting connections and its backends
+are terminated), records keep flowing (some repeated), the database comes back, and every row
+is counted exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import zmq
+
+from spx_common import models as m
+from spx_common.bus import Publisher, RpcClient
+from spx_common.config import PROJECT_DIR, BusConfig, RuntimeConfig
+from spx_common.store import Store, make_engine
+from tests.conftest import eventually
+from tests.store.conftest import _PG_SKIP, PG_BASE, pg_dsn
+
+
+class SqliteOutage:
+    def __init__(self, run_dir):
+        self.path = run_dir / "spx.sqlite3"
+        self.url = f"sqlite:///{self.path}"
+        self.conn: sqlite3.Connection | None = None
+
+    def down(self):
+        self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=5)
+        self.conn.execute("BEGIN EXCLUSIVE")
+
+    def up(self):
+        self.conn.execute("ROLLBACK")
+        self.conn.close()
+
+    def close(self):
+        pass
+
+
+class PgOutage:
+    def __init__(self):
+        import psycopg
+
+        self.psycopg = psycopg
+        self.db = f"spx_rec_{uuid.uuid4().hex[:10]}"
+        self.admin = pg_dsn(PG_BASE)
+        with psycopg.connect(self.admin, autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{self.db}"')
+        self.url = PG_BASE.rsplit("/", 1)[0] + f"/{self.db}"
+
+    def _admin(self, *sql):
+        with self.psycopg.connect(self.admin, autocommit=True) as c:
+            for s in sql:
+                c.execute(s)
+
+    def down(self):
+        self._admin(f'ALTER DATABASE "{self.db}" ALLOW_CONNECTIONS false',
+                    f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{self.db}'")
+
+    def up(self):
+        self._admin(f'ALTER DATABASE "{self.db}" ALLOW_CONNECTIONS true')
+
+    def close(self):
+        self._admin(f'ALTER DATABASE "{self.db}" ALLOW_CONNECTIONS true',
+                    f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{self.db}'",
+                    f'DROP DATABASE IF EXISTS "{self.db}"')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def outage(request, run_dir):
+    if request.param == "postgresql" and _PG_SKIP:
+        pytest.skip(_PG_SKIP)
+    o = SqliteOutage(run_dir) if request.param == "sqlite" else PgOutage()
+    yield o
+    o.close()
+
+
+def records(i: int):
+    """One transition, order, fill, position and snapshot with natural ids derived from ``i``."""
+    ts = 1_700_000_000_000_000_000 + i * 1_000_000
+    return [
+        ("setup.transition", "setup_transition", m.SetupTransition(
+            setup_id=f"s{i}", detector="orb_v1", family="orb", sym="I:SPX", direction="long", to_state="forming",
+            reason="new", ts=ts, price=5000.0, entry_low=4999.0, entry_high=5001.0, stop=4995.0)),
+        ("order.alice", "order", m.Order(order_id=f"o{i}", user="alice", option_symbol="SPXW260220C05000000",
+                                         side="buy_to_open", quantity=1, type="limit", price=2.0, ts=ts)),
+        ("fill.alice", "fill", m.Fill(order_id=f"o{i}", user="alice", option_symbol="SPXW260220C05000000",
+                                      side="buy_to_open", quantity=1, price=2.0, ts=ts, fill_id=f"f{i}")),
+        ("position.alice", "position", m.Position(user="alice", option_symbol=f"SPXW260220C0{5000 + i}000",
+                                                  quantity=1, avg_price=2.0, ts=ts)),
+        ("portfolio.alice", "doc", {"user": "alice", "ts": ts, "total_equity": 10_000.0 + i}),
+    ]
+
+
+TABLES = ("setup_instances", "setup_transitions", "orders", "fills", "positions", "portfolio_snapshots")
+
+
+def test_recorder_survives_database_outage_every_row_once(outage, run_dir):
+    env = dict(os.environ, SPX_RUNTIME_RUN_DIR=str(run_dir), DATABASE_URL=outage.url, SPX_STORE_RETRY_S="0.2",
+               SPX_STORE_SQLITE_BUSY_TIMEOUT_S="0.3", SPX_STORE_FLUSH_S="0.05", SPX_STORE_BATCH_SIZE="40")
+    proc = subprocess.Popen([sys.executable, "-m", "services.recorder"], cwd=PROJECT_DIR, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    runtime, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
+    ctx = zmq.Context()
+    pubs = {s: Publisher(ctx, bus.pub_endpoint(s, runtime, bind=True), s, linger_ms=0)
+            for s in ("detector", "selector", "broker")}
+    rpc = RpcClient(ctx, bus.rep_endpoint("recorder", runtime), timeout_s=1.0, retries=0)
+
+    def status():
+        for p in pubs.values():
+            p.heartbeat(0)
+        try:
+            return rpc.call("status")
+        except Exception:  # noqa: BLE001 - not up yet
+            rpc.close()
+            return None
+
+    def send(ids):
+        for i in ids:
+            for topic, type_name, body in records(i):
+                pub = pubs["detector" if topic.startswith("setup") else "broker"]
+                pub.publish(topic, type_name, body, 0 if isinstance(body, dict) else body.ts)
+
+    store = None
+    try:
+        eventually(lambda: (s := status()) and all(s["peers"].get(p) for p in pubs), 20, 0.1,
+                   "recorder up and subscribed")
+        store = Store(make_engine(outage.url))
+
+        def counts():
+            return [store.count(t) for t in TABLES]
+
+        send(range(0, 50))
+        eventually(lambda: counts() == [50] * 6, 15, 0.1, "first 50 of each recorded")
+
+        store.close()
+        outage.down()
+        send(range(50, 120))
+        send(range(40, 60))  # repeats across the outage boundary
+        eventually(lambda: (s := status()) and not s["db_up"] and s["spool_bytes"] > 0, 15, 0.1,
+                   "recorder noticed the outage and spooled")
+        send(range(120, 150))
+        outage.up()
+        eventually(lambda: (s := status()) and s["db_up"] and s["spool_bytes"] == 0 and s["queue"] == 0, 20,
+                   0.1, "spool replayed")
+        store = Store(make_engine(outage.url))
+        eventually(lambda: counts() == [150] * 6, 10, 0.1, "every row exactly once")
+        metrics = rpc.call("metrics")
+        assert "recorder_rows_spooled_total" in metrics and "recorder_rows_replayed_total" in metrics
+        spooled = [ln for ln in metrics.splitlines() if ln.startswith("recorder_rows_spooled_total")]
+        assert float(spooled[0].split()[-1]) > 0
+    finally:
+        if store is not None:
+            store.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        rpc.close()
+        for p in pubs.values():
+            p.close()
+        ctx.destroy(linger=0)
+    assert proc.returncode == 0, err.decode()[-2000:]
