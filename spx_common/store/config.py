@@ -10,6 +10,8 @@ from spx_common.config import RuntimeConfig, Section, env_field
 
 
 class StoreConfig(Section):
+    """The store (docs/store.md): database URL and the recorder's batching, spool and re-quarantine."""
+
     section: ClassVar[str] = "store"
 
     url: str = env_field(
