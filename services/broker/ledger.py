@@ -100,9 +100,10 @@ class Ledger:
             order = rec.order
         return order, fill, position
 
-    def adopt(self, user: str, symbol: str, quantity: float, avg_price: float, ts: int) -> Position:
-        """Take over a position found at the broker (restart): no fill, no P&L history."""
-        self.positions[(user, symbol)] = _Pos(quantity=quantity, avg_price=avg_price)
+    def adopt(self, user: str, symbol: str, quantity: float, avg_price: float, ts: int,
+              realized: float = 0.0) -> Position:
+        """Take over a position found at the broker or in the store (restart): no fill history."""
+        self.positions[(user, symbol)] = _Pos(quantity=quantity, avg_price=avg_price, realized=realized)
         self._users_by_symbol.setdefault(symbol, set()).add(user)
         return self.position(user, symbol, ts)
 

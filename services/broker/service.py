@@ -36,6 +36,7 @@ from services.broker.config import BrokerConfig
 from services.broker.engine import Block, Cancel, Engine, Gates, Intent, Limits, Modify, Place
 from services.broker.ledger import Ledger
 from services.broker.paper import PaperBroker
+from services.broker.restore import load as restore_state
 from services.broker.tradier import (
     FINAL_STATUSES, PlacementUnresolved, TradierClient, TradierError, account_events, dec, exec_quantity,
 )
@@ -641,7 +642,39 @@ class BrokerService(BusService):
                     pass
             delay = min(delay * 2, 60.0)
 
+    async def restore(self) -> None:
+        """Rebuild the ledger from the store after a restart (positions, today's entries, paper cash)."""
+        from spx_common.store.config import StoreConfig
+
+        try:
+            url = load(StoreConfig).resolved_url(self.runtime)
+            state = await asyncio.to_thread(restore_state, url, list(self.cfg.users), time.time_ns())
+        except Exception as exc:  # the store is optional for trading: log loudly, start empty
+            self.log.warning("ledger not restored from the store: %r", exc)
+            return
+        ts = self._now()
+        for row in state.positions:
+            user, sym, qty = row["user"], row["option_symbol"], float(row["quantity"])
+            if qty <= 0:
+                continue
+            avg = float(row["avg_price"])
+            pos = self.ledger.adopt(user, sym, qty, avg, ts, realized=float(row.get("realized_pnl") or 0.0))
+            self.engine.adopt(user, sym, qty, avg, ts)
+            if self.paper is not None and user in self.cfg.paper_users:
+                held = self.paper.positions.setdefault(sym, [0.0, 0.0])
+                held[0] += qty
+                held[1] += qty * avg * 100
+            self._notices.append((f"position.{user}", "position", pos))
+        for user, n in state.entries.items():
+            self.engine.seed_entries(user, n, ts)
+        if self.paper is not None and self.cfg.paper_users and self.cfg.paper_users[0] in state.cash:
+            self.paper.cash = state.cash[self.cfg.paper_users[0]]
+        if state.positions or state.entries:
+            self.log.info("restored from the store: %d position(s), entries today %s", len(state.positions),
+                          state.entries)
+
     async def main(self) -> None:
+        await self.restore()
         self.spawn(self._worker(), "broker-worker")
         # the first snapshot waits for subscribers (the recorder) to connect: PUB drops frames before that
         self.spawn(self._every(self.cfg.portfolio_interval_s, self.sync_portfolio, "portfolio", STARTUP_DELAY_S),

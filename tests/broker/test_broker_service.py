@@ -427,3 +427,36 @@ def test_tradier_late_day_flatten_failure_is_logged_alerted_and_bounded(run_dir)
         finally:
             h.close()
         assert fake.violations == []
+
+
+def test_restart_restores_the_ledger_from_the_store(run_dir):
+    import time as _time
+
+    from spx_common.models import Order, Position
+    from spx_common.store import open_store
+
+    now = _time.time_ns()
+    store = open_store(f"sqlite:///{run_dir / 'spx.sqlite3'}")  # what the recorder wrote before the restart
+    store.record_orders([Order(order_id="spx-default-s9-entry-1-old", user="default", setup_id="s9",
+                               option_symbol=SYM, side="buy_to_open", quantity=2, type="limit", price=2.0,
+                               status="filled", ts=now)])
+    store.record_positions([Position(user="default", option_symbol=SYM, quantity=2, avg_price=2.0,
+                                     realized_pnl=50.0, ts=now)])
+    store.record_snapshots([{"user": "default", "ts": now, "total_cash": 99_600.0, "total_equity": 100_000.0}])
+    store.close()
+    h = Harness(run_dir)
+    try:
+        st = h.call("status")["broker"]
+        assert st["engine"]["entries_today"] == {"default": 1}
+        assert st["engine"]["trades"][0]["held"] == 2 and st["ledger"]["default"]["pnl"]["realized"] == 50.0
+        eventually(lambda: h.seen("position.default"), 10, what="restored position published")
+        h.quote(2.4, 2.5, now)
+        assert h.call("flatten", {})["orders"]  # the restored position is managed like any other
+        eventually(lambda: h.seen("position.default")[-1].quantity == 0, 10, what="flattened")
+        pos = h.seen("position.default")[-1]
+        assert pos.realized_pnl == 50.0 + (2.4 - 2.0) * 2 * 100
+        eventually(lambda: h.call("portfolio").get("total_cash") is not None, 10)
+        assert h.call("portfolio")["total_cash"] == 99_600.0 + 2.4 * 2 * 100
+        assert h.seen("block.") == [] and [a for a in h.seen("alert.") if a["kind"].startswith("drift")] == []
+    finally:
+        h.close()
