@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from spx_common.codec import Frame
 from spx_common.config import load
 from spx_common.service import BusService
-from spx_common.store import StoreConfig, open_store
+from spx_common.store import StoreConfig
 from spx_common.store.engine import make_engine, upgrade
 from spx_common.store.repo import Store, snapshot_row
 from services.recorder.spool import Spool
@@ -115,5 +115,3 @@ class Recorder(BusService):
         if self.store is not None:
             self.store.close()
 
-
-__all__ = ["Recorder", "open_store"]

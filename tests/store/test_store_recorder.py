@@ -14,7 +14,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
@@ -104,71 +103,119 @@ def records(i: int):
 TABLES = ("setup_instances", "setup_transitions", "orders", "fills", "positions", "portfolio_snapshots")
 
 
-def test_recorder_survives_database_outage_every_row_once(outage, run_dir):
-    env = dict(os.environ, SPX_RUNTIME_RUN_DIR=str(run_dir), DATABASE_URL=outage.url, SPX_STORE_RETRY_S="0.2",
-               SPX_STORE_SQLITE_BUSY_TIMEOUT_S="0.3", SPX_STORE_FLUSH_S="0.05", SPX_STORE_BATCH_SIZE="40")
-    proc = subprocess.Popen([sys.executable, "-m", "services.recorder"], cwd=PROJECT_DIR, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    runtime, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
-    ctx = zmq.Context()
-    pubs = {s: Publisher(ctx, bus.pub_endpoint(s, runtime, bind=True), s, linger_ms=0)
-            for s in ("detector", "selector", "broker")}
-    rpc = RpcClient(ctx, bus.rep_endpoint("recorder", runtime), timeout_s=1.0, retries=0)
+class Mesh:
+    """The recorder as its own process plus bound detector/selector/broker publishers in this one."""
 
-    def status():
-        for p in pubs.values():
+    def __init__(self, run_dir, url: str, **env_extra: str) -> None:
+        env = dict(os.environ, SPX_RUNTIME_RUN_DIR=str(run_dir), DATABASE_URL=url, SPX_STORE_RETRY_S="0.2",
+                   SPX_STORE_SQLITE_BUSY_TIMEOUT_S="0.3", SPX_STORE_FLUSH_S="0.05", SPX_STORE_BATCH_SIZE="40",
+                   **env_extra)
+        self.proc = subprocess.Popen([sys.executable, "-m", "services.recorder"], cwd=PROJECT_DIR, env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        runtime, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
+        self.ctx = zmq.Context()
+        self.pubs = {s: Publisher(self.ctx, bus.pub_endpoint(s, runtime, bind=True), s, linger_ms=0)
+                     for s in ("detector", "selector", "broker")}
+        self.rpc = RpcClient(self.ctx, bus.rep_endpoint("recorder", runtime), timeout_s=1.0, retries=0)
+        eventually(lambda: (st := self.status()) and all(st["peers"].get(p) for p in self.pubs), 20, 0.1,
+                   "recorder up and subscribed")
+
+    def status(self):
+        for p in self.pubs.values():
             p.heartbeat(0)
         try:
-            return rpc.call("status")
+            return self.rpc.call("status")
         except Exception:  # noqa: BLE001 - not up yet
-            rpc.close()
+            self.rpc.close()
             return None
 
-    def send(ids):
+    def publish(self, topic, type_name, body):
+        pub = self.pubs["detector" if topic.startswith("setup") else "broker"]
+        pub.publish(topic, type_name, body, body["ts"] if isinstance(body, dict) else body.ts)
+
+    def send(self, ids):
         for i in ids:
             for topic, type_name, body in records(i):
-                pub = pubs["detector" if topic.startswith("setup") else "broker"]
-                pub.publish(topic, type_name, body, 0 if isinstance(body, dict) else body.ts)
+                self.publish(topic, type_name, body)
 
+    def close(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        self.rpc.close()
+        for p in self.pubs.values():
+            p.close()
+        self.ctx.destroy(linger=0)
+        return self.proc.returncode, err.decode()[-2000:]
+
+
+def test_recorder_survives_database_outage_every_row_once(outage, run_dir):
+    mesh = Mesh(run_dir, outage.url)
     store = None
     try:
-        eventually(lambda: (s := status()) and all(s["peers"].get(p) for p in pubs), 20, 0.1,
-                   "recorder up and subscribed")
         store = Store(make_engine(outage.url))
 
         def counts():
             return [store.count(t) for t in TABLES]
 
-        send(range(0, 50))
+        mesh.send(range(0, 50))
         eventually(lambda: counts() == [50] * 6, 15, 0.1, "first 50 of each recorded")
 
         store.close()
         outage.down()
-        send(range(50, 120))
-        send(range(40, 60))  # repeats across the outage boundary
-        eventually(lambda: (s := status()) and not s["db_up"] and s["spool_bytes"] > 0, 15, 0.1,
+        mesh.send(range(50, 120))
+        mesh.send(range(40, 60))  # repeats across the outage boundary
+        eventually(lambda: (s := mesh.status()) and not s["db_up"] and s["spool_bytes"] > 0, 15, 0.1,
                    "recorder noticed the outage and spooled")
-        send(range(120, 150))
+        mesh.send(range(120, 150))
         outage.up()
-        eventually(lambda: (s := status()) and s["db_up"] and s["spool_bytes"] == 0 and s["queue"] == 0, 20,
+        eventually(lambda: (s := mesh.status()) and s["db_up"] and s["spool_bytes"] == 0 and s["queue"] == 0, 20,
                    0.1, "spool replayed")
         store = Store(make_engine(outage.url))
         eventually(lambda: counts() == [150] * 6, 10, 0.1, "every row exactly once")
-        metrics = rpc.call("metrics")
-        assert "recorder_rows_spooled_total" in metrics and "recorder_rows_replayed_total" in metrics
+        metrics = mesh.rpc.call("metrics")
         spooled = [ln for ln in metrics.splitlines() if ln.startswith("recorder_rows_spooled_total")]
         assert float(spooled[0].split()[-1]) > 0
+        assert "recorder_rows_replayed_total" in metrics
     finally:
         if store is not None:
             store.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-        rpc.close()
-        for p in pubs.values():
-            p.close()
-        ctx.destroy(linger=0)
-    assert proc.returncode == 0, err.decode()[-2000:]
+        code, err = mesh.close()
+    assert code == 0, err
+
+
+def test_recorder_requarantines_a_failing_family_live(db_url, run_dir):
+    from spx_common.store import Floors, Profile, open_store
+
+    store = open_store(db_url)
+    store.save_profile(Profile(defaults=Floors(min_t1_hit_rate=0.5, min_expectancy_r=0.0, min_trades=3)),
+                       author="test", reason="floors")
+    mesh = Mesh(run_dir, db_url, SPX_STORE_REQUARANTINE_EVERY_S="60", SPX_STORE_REQUARANTINE_WINDOW_S="3600")
+    try:
+        t0 = 1_700_000_000_000_000_000
+        for i, fam in enumerate(["orb"] * 3 + ["vwap_reclaim"] * 3):
+            base = dict(setup_id=f"{fam}{i}", detector=fam, family=fam, sym="I:SPX", direction="long")
+            ts = t0 + i * 10**9
+            mesh.publish("setup.transition", "setup_transition", m.SetupTransition(
+                **base, to_state="triggered", reason="t", ts=ts, price=100.0, entry_low=99.0, entry_high=101.0,
+                stop=98.0))
+            end = ("stopped", 98.0) if fam == "orb" else ("target2_hit", 104.0)
+            mesh.publish("setup.transition", "setup_transition", m.SetupTransition(
+                **base, to_state=end[0], reason="r", ts=ts + 5 * 10**8, price=end[1]))
+        eventually(lambda: store.count("setup_transitions") == 12, 15, 0.1, "transitions recorded")
+        assert store.get_active_profile().allows("orb")
+        # a later event (event time, past requarantine_every_s) makes the recorder check the window
+        mesh.publish("setup.transition", "setup_transition", m.SetupTransition(
+            setup_id="late", detector="orb", family="orb", sym="I:SPX", direction="long", to_state="forming",
+            reason="f", ts=t0 + 120 * 10**9))
+        p = eventually(lambda: (p := store.get_active_profile()).version == 2 and p, 15, 0.1, "re-quarantined")
+        assert not p.allows("orb") and p.allows("vwap_reclaim") and p.author == "auto"
+        assert "t1_hit_rate 0.000 < 0.500" in p.families["orb"].reason
+        assert mesh.rpc.call("profile")["version"] == 2
+    finally:
+        store.close()
+        code, err = mesh.close()
+    assert code == 0, err

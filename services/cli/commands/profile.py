@@ -6,7 +6,7 @@ import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.cli.common import fail, print_json
-from spx_common.store import FamilyPolicy, Floors, open_store
+from spx_common.store import open_store
 from spx_common.store.profile import Profile
 
 
@@ -125,5 +125,3 @@ def cmd_set(args) -> int:
     print(_describe(saved))
     return 0
 
-
-__all__ = ["FamilyPolicy", "Floors", "register"]
