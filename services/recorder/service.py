@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from spx_common.codec import Frame
 from spx_common.config import load
+from spx_common.models import BlockEvent
 from spx_common.service import BusService
 from spx_common.store import StoreConfig
 from spx_common.store.engine import make_engine, upgrade
@@ -44,6 +45,8 @@ class Recorder(BusService):
         self.store: Store | None = None
         self.writer: Writer | None = None
         self._last_check_ns = 0
+        self._checking = False
+        self._check_task: asyncio.Future | None = None
         self.bad = self.metrics.counter("recorder_bad_records_total", "Records refused before queueing.", ["reason"])
         self.requarantined = self.metrics.counter("recorder_requarantines_total",
                                                   "Families quarantined by the live rolling window.")
@@ -87,20 +90,30 @@ class Recorder(BusService):
 
     def _maybe_requarantine(self, event_ns: int) -> None:
         every = int(self.cfg.requarantine_every_s * 1e9)
-        if event_ns - self._last_check_ns < every:
+        if event_ns - self._last_check_ns < every or self._checking:
             return
         self._last_check_ns = event_ns
-        self.spawn(asyncio.to_thread(self._requarantine, event_ns), "requarantine")
+        self._checking = True
+        self._check_task = asyncio.ensure_future(self._requarantine(event_ns))
 
-    def _requarantine(self, now_ns: int) -> None:
+    async def _requarantine(self, now_ns: int) -> None:
+        """One check at a time, off the loop; each quarantine is published on ``block.recorder``."""
         try:
-            changes = self.store.requarantine(now_ns, int(self.cfg.requarantine_window_s * 1e9))
+            changes = await asyncio.to_thread(self.store.requarantine, now_ns,
+                                              int(self.cfg.requarantine_window_s * 1e9))
         except SQLAlchemyError as exc:
             self.log.warning("re-quarantine check skipped: %s", type(exc).__name__)
             return
+        except Exception:  # a bad stored profile must not stop recording
+            self.log.exception("re-quarantine check failed")
+            return
+        finally:
+            self._checking = False
         for family, reason in changes.items():
             self.requarantined.inc()
             self.log.warning("family %s quarantined: %s", family, reason)
+            self.publish("block.recorder", "block", BlockEvent(service=self.instance, reason="family_quarantined",
+                                                               ts=now_ns, subject=family, detail=reason), now_ns)
 
     def status(self) -> dict[str, Any]:
         st = super().status()

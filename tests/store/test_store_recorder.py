@@ -20,7 +20,7 @@ import pytest
 import zmq
 
 from spx_common import models as m
-from spx_common.bus import Publisher, RpcClient
+from spx_common.bus import Publisher, RpcClient, Subscriber
 from spx_common.config import PROJECT_DIR, BusConfig, RuntimeConfig
 from spx_common.store import Store, make_engine
 from tests.conftest import eventually
@@ -194,6 +194,7 @@ def test_recorder_requarantines_a_failing_family_live(db_url, run_dir):
     store.save_profile(Profile(defaults=Floors(min_t1_hit_rate=0.5, min_expectancy_r=0.0, min_trades=3)),
                        author="test", reason="floors")
     mesh = Mesh(run_dir, db_url, SPX_STORE_REQUARANTINE_EVERY_S="60", SPX_STORE_REQUARANTINE_WINDOW_S="3600")
+    blocks = Subscriber(mesh.ctx, [BusConfig().pub_endpoint("recorder", RuntimeConfig(run_dir=run_dir))], ["block."])
     try:
         t0 = 1_700_000_000_000_000_000
         for i, fam in enumerate(["orb"] * 3 + ["vwap_reclaim"] * 3):
@@ -215,7 +216,12 @@ def test_recorder_requarantines_a_failing_family_live(db_url, run_dir):
         assert not p.allows("orb") and p.allows("vwap_reclaim") and p.author == "auto"
         assert "t1_hit_rate 0.000 < 0.500" in p.families["orb"].reason
         assert mesh.rpc.call("profile")["version"] == 2
+        frame = blocks.recv(5)
+        assert frame is not None and frame.topic == "block.recorder"
+        body = frame.body()
+        assert (body.reason, body.subject) == ("family_quarantined", "orb") and "t1_hit_rate" in body.detail
     finally:
+        blocks.close()
         store.close()
         code, err = mesh.close()
     assert code == 0, err
