@@ -115,3 +115,19 @@ def test_flat_file_import(store, tmp_path):
     assert [b.trades for b in bars] == [10, 10, 10] and bars[0].open == 600.0
     s2 = import_flat_files(store, [path], symbols=["SPY"])
     assert s2.skipped == 1 and store.count("market_events") == 30
+
+
+def test_trades_and_quotes_paginated_into_market_events(store, fake):
+    from spx_common.models import Quote, Trade
+
+    t0 = int(dt.datetime.combine(DAY, dt.time(15), dt.timezone.utc).timestamp()) * 10**9
+    fake.trades["SPY"] = [Trade(sym="SPY", price=600 + i * 0.01, size=10, ts=t0 + i * 10**6, seq=i)
+                          for i in range(2300)]
+    fake.quotes["SPY"] = [Quote(sym="SPY", bid=599.9, ask=600.1, bid_size=100, ask_size=200, ts=t0 + i * 10**6,
+                                seq=i) for i in range(1500)]
+    fake.fail_next("/v3/quotes", 429)
+    tasks = plan(["SPY"], [DAY], [], True, True)
+    s = run(store, fake, tasks)
+    assert (s.fetched, s.failed, s.rows) == (2, 0, 3800)
+    assert store.count("market_events") == 3800
+    assert run(store, fake, tasks, force=True).rows == 3800 and store.count("market_events") == 3800
