@@ -225,3 +225,49 @@ def test_recorder_requarantines_a_failing_family_live(db_url, run_dir):
         store.close()
         code, err = mesh.close()
     assert code == 0, err
+
+
+class SqliteMissingDir:
+    """SQLite at a path whose directory does not exist yet: every connect fails until it does."""
+
+    def __init__(self, run_dir):
+        self.dir = run_dir / "later"
+        self.url = f"sqlite:///{self.dir}/spx.sqlite3"
+
+    def down(self):
+        pass
+
+    def up(self):
+        self.dir.mkdir()
+
+    def close(self):
+        pass
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def down_at_start(request, run_dir):
+    if request.param == "postgresql" and _PG_SKIP:
+        pytest.skip(_PG_SKIP)
+    o = SqliteMissingDir(run_dir) if request.param == "sqlite" else PgOutage()
+    yield o
+    o.close()
+
+
+def test_recorder_started_while_database_down_migrates_and_replays(down_at_start, run_dir):
+    down_at_start.down()
+    mesh = Mesh(run_dir, down_at_start.url)
+    store = None
+    try:
+        mesh.send(range(0, 30))
+        eventually(lambda: (s := mesh.status()) and not s["db_up"] and s["spool_bytes"] > 0, 15, 0.1, "spooling")
+        down_at_start.up()
+        mesh.send(range(20, 40))
+        eventually(lambda: (s := mesh.status()) and s["db_up"] and s["spool_bytes"] == 0 and s["queue"] == 0, 20,
+                   0.1, "migrated and replayed")
+        store = Store(make_engine(down_at_start.url))
+        eventually(lambda: [store.count(t) for t in TABLES] == [40] * 6, 10, 0.1, "every row exactly once")
+    finally:
+        if store is not None:
+            store.close()
+        code, err = mesh.close()
+    assert code == 0, err
