@@ -11,23 +11,23 @@ A sealed secret is the text ``v1.<key id>.<urlsafe base64(nonce | ciphertext+tag
 ``context`` (e.g. ``"tradier:alice:access_token"``) is authenticated as associated data, so a
 ciphertext copied onto another user or field does not open.  Plaintext is handed out wrapped in
 :class:`Secret`, whose ``repr``/``str`` never show the value (safe in logs and status replies).
+Where sealed secrets are kept is the caller's business (the broker keeps them in the store's
+``broker_credentials`` table: ``services/broker/credentials.py``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 import secrets
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-__all__ = ["CryptoError", "Secret", "KeyRing", "CredentialStore", "generate_key"]
+__all__ = ["CryptoError", "Secret", "KeyRing", "generate_key"]
 
 _VERSION = "v1"
 _NONCE = 12
@@ -159,71 +159,3 @@ class KeyRing:
     def rotate(self, token: str, context: str) -> str:
         """Re-seal with the primary key (a no-op when already sealed with it)."""
         return token if not self.needs_rotation(token) else self.seal(self.open(token, context), context)
-
-
-class CredentialStore:
-    """Per-user broker credentials, sealed in one JSON file (mode 600, written atomically).
-
-    The file maps ``user -> {field -> sealed}``; the context of each secret is
-    ``"<user>:<field>"``.  Nothing here ever returns plaintext except :meth:`get`, as a :class:`Secret`.
-    """
-
-    def __init__(self, path: Path, ring: KeyRing) -> None:
-        self.path = Path(path)
-        self.ring = ring
-
-    def _read(self) -> dict[str, dict[str, str]]:
-        if not self.path.exists():
-            return {}
-        try:
-            data = json.loads(self.path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CryptoError(f"credential file {self.path} is not JSON: {exc.msg}") from None
-        if not isinstance(data, dict):
-            raise CryptoError(f"credential file {self.path} must hold an object")
-        return data
-
-    def _write(self, data: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".cred-")
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                json.dump(data, fh, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    def put(self, user: str, field: str, value: str | Secret) -> None:
-        data = self._read()
-        data.setdefault(user, {})[field] = self.ring.seal(value, f"{user}:{field}")
-        self._write(data)
-
-    def get(self, user: str, field: str) -> Secret | None:
-        sealed = self._read().get(user, {}).get(field)
-        return None if sealed is None else self.ring.open(sealed, f"{user}:{field}")
-
-    def fields(self, user: str) -> list[str]:
-        """Which fields are stored for ``user`` (names only, never values)."""
-        return sorted(self._read().get(user, {}))
-
-    def delete(self, user: str) -> bool:
-        data = self._read()
-        if data.pop(user, None) is None:
-            return False
-        self._write(data)
-        return True
-
-    def rotate_all(self) -> int:
-        """Re-seal every stored secret with the primary key; returns how many changed."""
-        data = self._read()
-        changed = 0
-        for user, fields in data.items():
-            for field, sealed in fields.items():
-                if self.ring.needs_rotation(sealed):
-                    fields[field] = self.ring.rotate(sealed, f"{user}:{field}")
-                    changed += 1
-        if changed:
-            self._write(data)
-        return changed

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -33,6 +32,7 @@ import msgspec
 from services.broker import portfolio as pf
 from services.broker import router
 from services.broker.config import BrokerConfig
+from services.broker.credentials import with_stored_credentials
 from services.broker.engine import Block, Cancel, Engine, Gates, Intent, Limits, Modify, Place
 from services.broker.ledger import Ledger
 from services.broker.paper import PaperBroker
@@ -42,35 +42,11 @@ from services.broker.tradier import (
 )
 from spx_common.bus import RpcError
 from spx_common.clock import EventClock
-from spx_common.config import ConfigError, load
-from spx_common.crypto import CredentialStore, CryptoError, KeyRing
+from spx_common.config import load
 from spx_common.models import BlockEvent, ContractRecommendation, ExitAdvice, Quote, SetupTransition
 from spx_common.service import BusService
 
 QUEUE_MAX = 1000
-CREDENTIALS_OWNER = "tradier"  # one Tradier account until per-user records land
-CREDENTIALS_FILE = "credentials.json"
-
-
-def with_stored_credentials(cfg: BrokerConfig, path: Path) -> BrokerConfig:
-    """Fill the Tradier token/account from the sealed credential store when the environment has none.
-
-    The store (``spx broker credentials set``) is ``<run_dir>/credentials.json`` sealed with the key ring of
-    ``SPX_CREDENTIALS_KEYS`` / ``SPX_CREDENTIALS_KEY_FILE``; a store that cannot be opened stops the process
-    (``ConfigError``) rather than silently falling back to paper.
-    """
-    if cfg.access_token or not path.exists():
-        return cfg
-    try:
-        store = CredentialStore(path, KeyRing.from_env())
-        token = store.get(CREDENTIALS_OWNER, "access_token")
-        account = store.get(CREDENTIALS_OWNER, "account_id")
-    except CryptoError as exc:
-        raise ConfigError(f"[broker] sealed credentials {path}: {exc}") from None
-    if not token:
-        return cfg
-    return cfg.model_copy(update={"access_token": token.reveal(),
-                                  "account_id": account.reveal() if account else cfg.account_id})
 FLATTEN_RETRY_S = 30.0
 MAX_UNRESOLVED_CHECKS = 10
 MARK_PUBLISH_NS = 1_000_000_000
@@ -89,7 +65,7 @@ class BrokerService(BusService):
 
     def __init__(self, *args: Any, config: BrokerConfig | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self.cfg = with_stored_credentials(config or load(BrokerConfig), self.runtime.path(CREDENTIALS_FILE))
+        self.cfg = with_stored_credentials(config or load(BrokerConfig), self.runtime)
 
     # ------------------------------------------------------------------ setup
 

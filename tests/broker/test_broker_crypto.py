@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from spx_common.crypto import CredentialStore, CryptoError, KeyRing, Secret, generate_key
+from spx_common.crypto import CryptoError, KeyRing, Secret, generate_key
 
 
 def test_seal_open_round_trip_and_context_binding():
@@ -54,20 +54,26 @@ def test_key_file_and_env(tmp_path):
     assert KeyRing.from_env({"SPX_CREDENTIALS_KEYS": generate_key("e1")}).primary == "e1"
 
 
-def test_store_and_rotation(tmp_path):
-    old = generate_key("old")
-    store = CredentialStore(tmp_path / "creds.json", KeyRing.parse(old))
-    store.put("alice", "access_token", "tok-a")
-    store.put("bob", "access_token", Secret("tok-b"))
-    assert (tmp_path / "creds.json").stat().st_mode & 0o777 == 0o600
-    assert "tok-a" not in (tmp_path / "creds.json").read_text()
-    assert store.fields("alice") == ["access_token"]
-    # rotate: new key first, old still readable, re-seal all, then drop the old key
-    new = generate_key("new")
-    rotated = CredentialStore(tmp_path / "creds.json", KeyRing.parse(new + "," + old))
-    assert rotated.get("alice", "access_token").reveal() == "tok-a"
-    assert rotated.rotate_all() == 2 and rotated.rotate_all() == 0
-    new_only = CredentialStore(tmp_path / "creds.json", KeyRing.parse(new))
-    assert new_only.get("bob", "access_token").reveal() == "tok-b"
-    assert new_only.get("carol", "access_token") is None
-    assert new_only.delete("bob") and not new_only.delete("bob")
+def test_sealed_in_the_store_with_rotation(tmp_path):
+    from services.broker import credentials
+    from spx_common.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    try:
+        old = generate_key("old")
+        credentials.save(store, KeyRing.parse(old), "alice", "tok-a", "VA1")
+        row = store.credentials("alice", "tradier")
+        assert b"tok-a" not in bytes(row["ciphertext"]) and row["key_id"] == "old" and row["account_id"] == "VA1"
+        token, account = credentials.read(store, KeyRing.parse(old), "alice")
+        assert token.reveal() == "tok-a" and account == "VA1"
+        assert credentials.read(store, KeyRing.parse(old), "bob") is None
+        # rotate: new key first, old still readable, re-seal, then drop the old key
+        new = generate_key("new")
+        both = KeyRing.parse(new + "," + old)
+        assert credentials.rotate(store, both, "alice") and not credentials.rotate(store, both, "alice")
+        assert store.credentials("alice", "tradier")["key_id"] == "new"
+        assert credentials.read(store, KeyRing.parse(new), "alice")[0].reveal() == "tok-a"
+        with pytest.raises(CryptoError, match="not in the key ring"):
+            credentials.read(store, KeyRing.parse(old), "alice")
+    finally:
+        store.close()

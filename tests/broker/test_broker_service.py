@@ -191,10 +191,10 @@ def test_sealed_credentials_select_tradier_mode_and_never_leak(run_dir):
         out = subprocess.run(cli + ["set", "--account", fake.account], input=fake.token + "\n", text=True,
                              capture_output=True, timeout=30, env={**os.environ, **env})
         assert out.returncode == 0, out.stderr
-        raw = (run_dir / "credentials.json").read_text()
-        assert fake.token not in raw and fake.account not in raw
+        raw = (run_dir / "spx.sqlite3").read_bytes()
+        assert fake.token.encode() not in raw  # only ciphertext at rest
         out = subprocess.run(cli + ["show"], text=True, capture_output=True, timeout=30, env={**os.environ, **env})
-        assert "access_token" in out.stdout and fake.token not in out.stdout
+        assert "sealed with key k1" in out.stdout and fake.token not in out.stdout
         h = Harness(run_dir, {**env, "TRADIER_BASE_URL": fake.base_url})
         try:
             st = h.call("status")

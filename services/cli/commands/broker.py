@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from services.cli.common import RpcError, call, configs, fail, print_json
-from spx_common.crypto import CredentialStore, CryptoError, KeyRing
+from spx_common.crypto import CryptoError, KeyRing
 
 
 def register(sub) -> None:
@@ -22,13 +22,15 @@ def register(sub) -> None:
     c = sp.add_parser("credentials", help="store the Tradier token sealed at rest (AES-GCM, key from "
                                          "SPX_CREDENTIALS_KEYS or SPX_CREDENTIALS_KEY_FILE)")
     csp = c.add_subparsers(dest="cred_cmd", metavar="ACTION", required=True)
-    cs = csp.add_parser("set", help="read the access token from stdin (or a prompt) and seal it")
+    cs = csp.add_parser("set", help="read the access token from stdin (or a prompt), seal it into the store")
     cs.add_argument("--account", required=True, help="Tradier account id")
     cs.set_defaults(func=cmd_cred_set)
-    csp.add_parser("show", help="which credentials are stored (names only, never values)").set_defaults(
+    csp.add_parser("show", help="what is stored (account and key id, never the token)").set_defaults(
         func=cmd_cred_show)
-    csp.add_parser("rotate", help="re-seal every stored secret with the first (primary) key").set_defaults(
+    csp.add_parser("rotate", help="re-seal the stored token with the first (primary) key").set_defaults(
         func=cmd_cred_rotate)
+    for p_ in csp.choices.values():
+        p_.add_argument("--user", default="default", help="whose credentials (the broker reads its first user's)")
 
 
 def _money(v) -> str:
@@ -93,16 +95,14 @@ def cmd_flatten(args) -> int:
     return 1 if res.get("blocked") else 0
 
 
-def _store() -> CredentialStore:
-    from services.broker.service import CREDENTIALS_FILE
+def _ring_and_store():
+    from services.broker import credentials
 
     runtime, _ = configs()
-    return CredentialStore(runtime.path(CREDENTIALS_FILE), KeyRing.from_env())
+    return credentials, KeyRing.from_env(), credentials.open_for_cli(runtime)
 
 
 def cmd_cred_set(args) -> int:
-    from services.broker.service import CREDENTIALS_OWNER
-
     if sys.stdin.isatty():
         import getpass
 
@@ -112,32 +112,44 @@ def cmd_cred_set(args) -> int:
     if not token:
         return fail("empty token", 2)
     try:
-        store = _store()
-        store.put(CREDENTIALS_OWNER, "access_token", token)
-        store.put(CREDENTIALS_OWNER, "account_id", args.account)
+        creds, ring, store = _ring_and_store()
     except CryptoError as exc:
         return fail(str(exc), 2)
-    print(f"sealed Tradier credentials in {store.path} (key {store.ring.primary}); restart the broker to use them")
+    try:
+        creds.save(store, ring, args.user, token, args.account)
+    finally:
+        store.close()
+    print(f"sealed the Tradier token of {args.user} (key {ring.primary}) in the store; restart the broker to use it")
     return 0
 
 
 def cmd_cred_show(args) -> int:
-    from services.broker.service import CREDENTIALS_OWNER
-
     try:
-        store = _store()
-        fields = store.fields(CREDENTIALS_OWNER)
+        creds, ring, store = _ring_and_store()
     except CryptoError as exc:
         return fail(str(exc), 2)
-    print(f"{store.path}: {', '.join(fields) if fields else '(nothing stored)'}")
+    try:
+        row = store.credentials(args.user, creds.BROKER)
+    finally:
+        store.close()
+    if row is None:
+        print(f"{args.user}: nothing stored")
+        return 0
+    print(f"{args.user}: account {row['account_id']}, sealed with key {row['key_id']}"
+          + (" (rotation pending: primary is " + ring.primary + ")" if row["key_id"] != ring.primary else ""))
     return 0
 
 
 def cmd_cred_rotate(args) -> int:
     try:
-        store = _store()
-        n = store.rotate_all()
+        creds, ring, store = _ring_and_store()
     except CryptoError as exc:
         return fail(str(exc), 2)
-    print(f"re-sealed {n} secret(s) with key {store.ring.primary}")
+    try:
+        changed = creds.rotate(store, ring, args.user)
+    except CryptoError as exc:
+        return fail(str(exc), 2)
+    finally:
+        store.close()
+    print(f"{args.user}: " + (f"re-sealed with key {ring.primary}" if changed else "nothing to rotate"))
     return 0
