@@ -19,9 +19,20 @@ def open_store(url: str | None = None, *, migrate: bool = True) -> Store:
     return Store(make_engine(url))
 
 
+_migrated: set[str] = set()
+
+
 def get_active_profile(url: str | None = None) -> Profile:
-    """The active optimizer profile of the configured database (the detector host calls this)."""
-    store = open_store(url)
+    """The active optimizer profile of the configured database (the detector host calls this).
+
+    Migrates the database the first time per process and URL; later calls are one indexed
+    select. Raises ``sqlalchemy.exc.SQLAlchemyError`` when the database is unavailable: the
+    caller decides (the detector host keeps its last profile). A long-lived caller may keep a
+    :class:`Store` and call ``store.get_active_profile()`` instead.
+    """
+    url = url or database_url()
+    store = open_store(url, migrate=url not in _migrated)
+    _migrated.add(url)
     try:
         return store.get_active_profile()
     finally:
