@@ -169,7 +169,7 @@ def test_late_day_flatten_guarded_by_flag(run_dir, enabled):
             assert h.seen("fill.default")[-1].price == 1.5
         else:
             import time
-            time.sleep(1.5)  # two periodic() ticks: nothing may happen with the guard off
+            time.sleep(0.6)  # three periodic() ticks (heartbeat 0.2 s in the harness): nothing may happen
             assert h.seen("position.default")[-1].quantity == 2
             assert len(h.seen("order.default")) == 3  # entry: new, open, filled
     finally:
