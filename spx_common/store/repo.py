@@ -123,6 +123,10 @@ def merge_transition(row: dict | None, tr: m.SetupTransition, source: str = "liv
     return row
 
 
+def _fold_key(x: m.SetupTransition) -> tuple[int, int]:
+    return (x.ts, _ORDER.index(x.to_state))
+
+
 def order_row(o: m.Order) -> dict:
     return {"order_id": o.order_id, "user": o.user, "setup_id": o.setup_id, "option_symbol": o.option_symbol,
             "side": o.side, "quantity": o.quantity, "type": o.type, "price": o.price, "stop": o.stop,
@@ -200,14 +204,31 @@ class Store:
                 return self.record_transitions(trs, source=source, conn=c)
         upsert(conn, t.setup_transitions, [
             {"setup_id": x.setup_id, "to_state": x.to_state, "ts": x.ts, "from_state": x.from_state,
-             "reason": x.reason, "price": x.price} for x in trs], update=False)
+             "reason": x.reason, "price": x.price, "body": msgspec.to_builtins(x)} for x in trs], update=False)
         ids = sorted({x.setup_id for x in trs})
         rows: dict[str, dict] = {}
+        logs: dict[str, list] = {i: [] for i in ids}
+        st = t.setup_transitions.c
         for i in range(0, len(ids), 500):
-            for r in conn.execute(sa.select(t.setup_instances).where(t.setup_instances.c.setup_id.in_(ids[i:i + 500]))):
+            part = ids[i:i + 500]
+            for r in conn.execute(sa.select(t.setup_instances).where(t.setup_instances.c.setup_id.in_(part))):
                 rows[r.setup_id] = dict(r._mapping)
-        for x in sorted(trs, key=lambda x: (x.ts, _ORDER.index(x.to_state))):
-            rows[x.setup_id] = merge_transition(rows.get(x.setup_id), x, source)
+            for r in conn.execute(sa.select(st.setup_id, st.body).where(st.setup_id.in_(part))):
+                logs[r.setup_id].append(r.body)
+        for sid in ids:
+            old = rows.get(sid)
+            if all(b is not None for b in logs[sid]):
+                # re-fold the whole log: the result does not depend on arrival order or repeats
+                new = None
+                for x in sorted((msgspec.convert(b, m.SetupTransition) for b in logs[sid]), key=_fold_key):
+                    new = merge_transition(new, x, old["source"] if old else source)
+                if old is not None:
+                    new["trailing_stop_path"] = old["trailing_stop_path"]
+            else:  # transitions logged before revision 0002 carry no body: fold the new ones in
+                new = old
+                for x in sorted((x for x in trs if x.setup_id == sid), key=_fold_key):
+                    new = merge_transition(new, x, source)
+            rows[sid] = new
         upsert(conn, t.setup_instances, [rows[i] for i in ids])
 
     def record_trailing_stop(self, advice: Iterable[m.ExitAdvice], conn: Connection | None = None) -> None:

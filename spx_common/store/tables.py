@@ -53,6 +53,7 @@ setup_transitions = Table(
     Column("from_state", String(32)),
     Column("reason", Text, nullable=False),
     Column("price", Float),
+    Column("body", JSON),  # the whole SetupTransition (revision 0002), so instances can be re-folded
     PrimaryKeyConstraint("setup_id", "to_state", "ts", name="pk_setup_transitions"),
 )
 
