@@ -1,14 +1,18 @@
 """Append-only outage spool: length-prefixed msgpack records ``[kind, body]`` in one file.
 
-Written while the database is unavailable, replayed in order when it returns, then removed.
-Replays are safe to repeat (every store write is idempotent), so a crash mid-replay loses
-nothing and duplicates nothing.
+Written while the database is unavailable (by the writer thread) and when the writer's queue
+is full (by the subscriber loop, without fsync so the loop never waits on the disk).  To replay,
+the writer renames the file aside (:meth:`Spool.take`) under a short lock, writes it to the
+database and deletes it (:meth:`Spool.done`); records appended meanwhile go to a fresh file, so
+nothing appended during a replay can be deleted with it.  Replays are safe to repeat (every
+store write is idempotent), so a crash mid-replay loses nothing and duplicates nothing.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,37 +28,60 @@ class SpoolFull(Exception):
 class Spool:
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
+        self.replaying = path.with_name(path.name + ".replaying")
         self.max_bytes = max_bytes
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._enc = msgspec.msgpack.Encoder()
+        self._lock = threading.Lock()
 
     def size(self) -> int:
-        try:
-            return self.path.stat().st_size
-        except FileNotFoundError:
-            return 0
+        """Bytes waiting: the spool plus a file being replayed."""
+        total = 0
+        for p in (self.path, self.replaying):
+            try:
+                total += p.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
 
     def __bool__(self) -> bool:
         return self.size() > 0
 
-    def append(self, records: list[tuple[str, Any]]) -> None:
-        """Append records and fsync (raises :class:`SpoolFull` past the bound)."""
+    def append(self, records: list[tuple[str, Any]], *, fsync: bool = True) -> None:
+        """Append records (raises :class:`SpoolFull` past the bound). Thread-safe."""
         data = bytearray()
         for rec in records:
-            payload = self._enc.encode(rec)
+            payload = msgspec.msgpack.encode(rec)
             data += _LEN.pack(len(payload)) + payload
-        if self.size() + len(data) > self.max_bytes:
-            raise SpoolFull(f"spool {self.path} would exceed {self.max_bytes} bytes")
-        with self.path.open("ab") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        with self._lock:
+            if self.size() + len(data) > self.max_bytes:
+                raise SpoolFull(f"spool {self.path} would exceed {self.max_bytes} bytes")
+            with self.path.open("ab") as fh:
+                fh.write(data)
+                fh.flush()
+                if fsync:
+                    os.fsync(fh.fileno())
 
-    def read(self, chunk: int = 1000) -> Iterator[list[tuple[str, Any]]]:
-        """Records in write order, ``chunk`` at a time; a torn last record (crash mid-write) is ignored."""
-        if not self.path.exists():
+    def take(self) -> Path | None:
+        """The file to replay next: an unfinished replay, else the spool renamed aside; None when empty."""
+        with self._lock:
+            if self.replaying.exists():
+                return self.replaying
+            if self.path.exists() and self.path.stat().st_size > 0:
+                os.replace(self.path, self.replaying)
+                return self.replaying
+            return None
+
+    def done(self, path: Path) -> None:
+        """Remove a file whose records are all written."""
+        path.unlink(missing_ok=True)
+
+    def read(self, chunk: int = 1000, path: Path | None = None) -> Iterator[list[tuple[str, Any]]]:
+        """Records of ``path`` (default: the spool) in write order, ``chunk`` at a time; a torn last
+        record (crash mid-write) is ignored."""
+        path = path or self.path
+        if not path.exists():
             return
-        buf = self.path.read_bytes()
+        buf = path.read_bytes()
         out: list[tuple[str, Any]] = []
         pos = 0
         while pos + 4 <= len(buf):
@@ -69,6 +96,3 @@ class Spool:
                 out = []
         if out:
             yield out
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)

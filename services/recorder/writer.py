@@ -77,7 +77,7 @@ class Writer:
         try:
             self.q.put_nowait((kind, body))
         except queue.Full:
-            self._to_spool([(kind, body)], reason="queue_full")
+            self._to_spool([(kind, body)], reason="queue_full", fsync=False)
 
     def stop(self, timeout_s: float) -> None:
         """Stop taking time: flush what is queued (to the database or the spool) within ``timeout_s``."""
@@ -153,9 +153,9 @@ class Writer:
             self.written.inc(kind=kind)
         return True
 
-    def _to_spool(self, records: list[tuple[str, Any]], reason: str) -> None:
+    def _to_spool(self, records: list[tuple[str, Any]], reason: str, fsync: bool = True) -> None:
         try:
-            self.spool.append(records)
+            self.spool.append(records, fsync=fsync)
             self.spooled.inc(len(records))
         except (SpoolFull, OSError) as exc:
             self.dropped.inc(len(records), reason="spool_full" if isinstance(exc, SpoolFull) else "spool_error")
@@ -170,11 +170,12 @@ class Writer:
             except (SQLAlchemyError, OSError):
                 self.failures.inc()
                 return False
-        for chunk in self.spool.read(self.batch_size):
-            if not self._write(chunk):
-                return False
-            n += len(chunk)
-        self.spool.clear()
-        self.replayed.inc(n)
+        while (path := self.spool.take()) is not None:
+            for chunk in self.spool.read(self.batch_size, path):
+                if not self._write(chunk):
+                    return False
+                n += len(chunk)
+                self.replayed.inc(len(chunk))
+            self.spool.done(path)
         log.info("replayed %d spooled records", n)
         return True
