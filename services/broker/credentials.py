@@ -9,6 +9,7 @@ client needs it.  ``spx broker credentials set|show|rotate`` writes; the broker 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -20,6 +21,7 @@ from spx_common.store import Store, make_engine, open_store
 from spx_common.store.config import StoreConfig
 
 BROKER = "tradier"
+log = logging.getLogger("spx.broker.credentials")
 
 
 def context(user: str) -> str:
@@ -85,6 +87,10 @@ def with_stored_credentials(cfg: BrokerConfig, runtime: RuntimeConfig) -> Broker
             found = read(store, KeyRing.from_env(), user)
         except CryptoError as exc:
             raise ConfigError(f"[broker] sealed Tradier credentials of {user!r}: {exc}") from None
+    except sa.exc.SQLAlchemyError as exc:
+        # database down: run without the stored token (paper mode sends nothing anywhere), say so loudly
+        log.error("cannot read stored Tradier credentials (%s); running without them", type(exc).__name__)
+        return cfg
     finally:
         engine.dispose()
     if found is None:
