@@ -208,6 +208,7 @@ class Store:
         ids = sorted({x.setup_id for x in trs})
         rows: dict[str, dict] = {}
         logs: dict[str, list] = {i: [] for i in ids}
+        paths: dict[str, Any] = {}
         st = t.setup_transitions.c
         for i in range(0, len(ids), 500):
             part = ids[i:i + 500]
@@ -215,6 +216,9 @@ class Store:
                 rows[r.setup_id] = dict(r._mapping)
             for r in conn.execute(sa.select(st.setup_id, st.body).where(st.setup_id.in_(part))):
                 logs[r.setup_id].append(r.body)
+            for r in conn.execute(sa.select(t.trailing_stops.c.setup_id, t.trailing_stops.c.path)
+                                  .where(t.trailing_stops.c.setup_id.in_(part))):
+                paths[r.setup_id] = r.path
         for sid in ids:
             old = rows.get(sid)
             if all(b is not None for b in logs[sid]):
@@ -222,17 +226,17 @@ class Store:
                 new = None
                 for x in sorted((msgspec.convert(b, m.SetupTransition) for b in logs[sid]), key=_fold_key):
                     new = merge_transition(new, x, old["source"] if old else source)
-                if old is not None:
-                    new["trailing_stop_path"] = old["trailing_stop_path"]
             else:  # transitions logged before revision 0002 carry no body: fold the new ones in
                 new = old
                 for x in sorted((x for x in trs if x.setup_id == sid), key=_fold_key):
                     new = merge_transition(new, x, source)
+            new["trailing_stop_path"] = paths.get(sid, new["trailing_stop_path"])
             rows[sid] = new
         upsert(conn, t.setup_instances, [rows[i] for i in ids])
 
     def record_trailing_stop(self, advice: Iterable[m.ExitAdvice], conn: Connection | None = None) -> None:
-        """Keep the newest trailing-stop path the exit advisor published for each setup."""
+        """Keep the newest trailing-stop path the exit advisor published for each setup (also when
+        the advice arrives before the setup's first transition: it is applied when that lands)."""
         latest: dict[str, m.ExitAdvice] = {}
         for a in advice:
             if a.trailing_stop_path and (a.setup_id not in latest or a.ts >= latest[a.setup_id].ts):
@@ -242,9 +246,12 @@ class Store:
         if conn is None:
             with self.engine.begin() as c:
                 return self.record_trailing_stop(latest.values(), conn=c)
-        for sid, a in latest.items():
-            conn.execute(t.setup_instances.update().where(t.setup_instances.c.setup_id == sid)
-                         .values(trailing_stop_path=list(a.trailing_stop_path)))
+        upsert(conn, t.trailing_stops, [{"setup_id": a.setup_id, "ts": a.ts, "path": list(a.trailing_stop_path)}
+                                        for a in latest.values()], newer_col="ts")
+        ts_ = t.trailing_stops.c
+        for r in conn.execute(sa.select(ts_.setup_id, ts_.path).where(ts_.setup_id.in_(sorted(latest)))):
+            conn.execute(t.setup_instances.update().where(t.setup_instances.c.setup_id == r.setup_id)
+                         .values(trailing_stop_path=r.path))
 
     def setup_instance(self, setup_id: str) -> dict | None:
         with self.engine.connect() as c:

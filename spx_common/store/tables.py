@@ -57,6 +57,13 @@ setup_transitions = Table(
     PrimaryKeyConstraint("setup_id", "to_state", "ts", name="pk_setup_transitions"),
 )
 
+trailing_stops = Table(
+    "trailing_stops", metadata,
+    Column("setup_id", String(128), primary_key=True),
+    Column("ts", BigInteger, nullable=False),
+    Column("path", JSON, nullable=False),
+)
+
 orders = Table(
     "orders", metadata,
     Column("order_id", String(128), primary_key=True),

@@ -130,7 +130,8 @@ class Mesh:
             return None
 
     def publish(self, topic, type_name, body):
-        pub = self.pubs["detector" if topic.startswith("setup") else "broker"]
+        pub = self.pubs["detector" if topic.startswith("setup") else "selector" if topic.startswith("exit")
+                         else "broker"]
         pub.publish(topic, type_name, body, body["ts"] if isinstance(body, dict) else body.ts)
 
     def send(self, ids):
@@ -206,7 +207,12 @@ def test_recorder_requarantines_a_failing_family_live(db_url, run_dir):
             end = ("stopped", 98.0) if fam == "orb" else ("target2_hit", 104.0)
             mesh.publish("setup.transition", "setup_transition", m.SetupTransition(
                 **base, to_state=end[0], reason="r", ts=ts + 5 * 10**8, price=end[1]))
+        mesh.publish("exit.vwap_reclaim3", "exit_advice", m.ExitAdvice(
+            setup_id="vwap_reclaim3", action="trail_stop", reason="trail", ts=t0 + 3 * 10**9 + 1,
+            trailing_stop_path=[98.0, 99.5, 101.0]))
         eventually(lambda: store.count("setup_transitions") == 12, 15, 0.1, "transitions recorded")
+        eventually(lambda: store.setup_instance("vwap_reclaim3")["trailing_stop_path"] == [98.0, 99.5, 101.0],
+                   10, 0.1, "trailing stop path recorded from exit advice")
         assert store.get_active_profile().allows("orb")
         # a later event (event time, past requarantine_every_s) makes the recorder check the window
         mesh.publish("setup.transition", "setup_transition", m.SetupTransition(

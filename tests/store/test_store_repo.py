@@ -42,6 +42,14 @@ def test_setup_outcome_fields_and_replay_idempotent(store):
     store.record_trailing_stop([m.ExitAdvice(setup_id="s1", action="trail_stop", reason="t", ts=1_002,
                                              trailing_stop_path=[98.0, 100.0, 101.5])])
     assert store.setup_instance("s1")["trailing_stop_path"] == [98.0, 100.0, 101.5]
+    store.record_trailing_stop([m.ExitAdvice(setup_id="s1", action="trail_stop", reason="t", ts=1_001,
+                                             trailing_stop_path=[1.0])])  # older advice loses
+    assert store.setup_instance("s1")["trailing_stop_path"] == [98.0, 100.0, 101.5]
+    # advice that arrives before the setup's first transition is applied when the setup lands
+    store.record_trailing_stop([m.ExitAdvice(setup_id="s2", action="trail_stop", reason="t", ts=5,
+                                             trailing_stop_path=[97.0, 99.0])])
+    store.record_transitions(lifecycle("s2"))
+    assert store.setup_instance("s2")["trailing_stop_path"] == [97.0, 99.0]
 
 
 def test_orders_fills_positions_snapshots_idempotent(store):
