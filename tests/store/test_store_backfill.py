@@ -97,6 +97,16 @@ def test_cli_backfill_summary(fake, run_dir, monkeypatch, capsys):
     assert main(["backfill", "2026-11-20", "2026-11-20", "--symbols", "SPY", "--resolution", "minute"]) == 0
     assert "0 fetched (0 rows), 1 skipped" in capsys.readouterr().out
     assert main(["backfill", "2026-11-21", "2026-11-20"]) == 2
+    assert main(["backfill"]) == 2 and "FROM is required" in capsys.readouterr().err
+    assert main(["backfill", "--flat-file", str(run_dir / "missing.csv")]) == 2
+    flat = run_dir / "2026-11-20.quotes.csv"
+    flat.write_text("ticker,ask_exchange,ask_price,ask_size,bid_exchange,bid_price,bid_size,conditions,indicators,"
+                    "participant_timestamp,sequence_number,sip_timestamp,tape,trf_timestamp\n"
+                    "SPY,1,600.1,100,1,600.0,200,,,1763649000000000000,1,1763649000000000000,1,\n"
+                    "QQQ,1,500.1,100,1,500.0,200,,,1763649000000000000,2,1763649000000000000,1,\n")
+    capsys.readouterr()
+    assert main(["backfill", "--flat-file", str(flat), "--symbols", "SPY"]) == 0
+    assert "1 fetched" in capsys.readouterr().out
 
 
 def test_flat_file_import(store, tmp_path):

@@ -22,15 +22,16 @@ from spx_common.store import open_store
 def register(sub) -> None:
     p = sub.add_parser("backfill", help="backfill bars (and trades/quotes) from Massive into the store",
                        description=__doc__)
-    p.add_argument("start", metavar="FROM", type=dt.date.fromisoformat, help="first day, YYYY-MM-DD")
-    p.add_argument("end", metavar="TO", type=dt.date.fromisoformat, help="last day (inclusive), YYYY-MM-DD")
+    p.add_argument("start", metavar="FROM", nargs="?", type=dt.date.fromisoformat, help="first day, YYYY-MM-DD")
+    p.add_argument("end", metavar="TO", nargs="?", type=dt.date.fromisoformat,
+                   help="last day (inclusive), YYYY-MM-DD; default FROM")
     p.add_argument("--symbols", default="SPY,I:SPX", help="comma-separated vendor symbols (default SPY,I:SPX)")
     p.add_argument("--resolution", default="second,minute",
                    help="bar resolutions: second, minute or both (default second,minute)")
     p.add_argument("--trades", action="store_true", help="also trades (v3/trades) into market_events")
     p.add_argument("--quotes", action="store_true", help="also quotes (v3/quotes) into market_events")
     p.add_argument("--flat-file", action="append", type=Path, default=[], metavar="PATH",
-                   help="import a vendor flat file instead of REST (repeatable); FROM/TO are not used")
+                   help="import a vendor flat file instead of REST (repeatable; FROM/TO not needed)")
     p.add_argument("--retries", type=int, default=4, help="retries per request on 429/5xx/timeouts (default 4)")
     p.add_argument("--force", action="store_true", help="re-fetch tasks already marked done")
     p.set_defaults(func=cmd_backfill)
@@ -40,6 +41,8 @@ def cmd_backfill(args) -> int:
     from services.recorder.backfill import Progress, import_flat_files, plan, run_rest, trading_days
 
     symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
+    if not args.flat_file and args.start is None:
+        return fail("FROM is required (or --flat-file PATH)", 2)
     try:
         store = open_store()
     except SQLAlchemyError as exc:
@@ -57,7 +60,7 @@ def cmd_backfill(args) -> int:
             if bad:
                 return fail(f"unknown resolution {bad[0]!r} (second, minute)", 2)
             try:
-                days = trading_days(args.start, args.end)
+                days = trading_days(args.start, args.end or args.start)
             except ValueError as exc:
                 return fail(str(exc), 2)
             from services.feed.config import FeedConfig
