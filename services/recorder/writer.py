@@ -80,9 +80,20 @@ class Writer:
             self._to_spool([(kind, body)], reason="queue_full", fsync=False)
 
     def stop(self, timeout_s: float) -> None:
-        """Stop taking time: flush what is queued (to the database or the spool) within ``timeout_s``."""
+        """Flush what is queued (to the database or the spool) within ``timeout_s``; whatever the
+        writer could not reach in time (a database call hanging) is moved to the spool."""
         self._stop.set()
-        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        left: list[tuple[str, Any]] = []
+        while True:
+            try:
+                left.append(self.q.get_nowait())
+            except queue.Empty:
+                break
+        if left:
+            log.warning("writer did not finish in %.1fs; %d queued records moved to the spool", timeout_s, len(left))
+            self._to_spool(left, reason="shutdown")
 
     def pending(self) -> int:
         return self.q.qsize()

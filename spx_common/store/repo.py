@@ -196,6 +196,7 @@ class Store:
     # ---------------------------------------------------------------- setups
     def record_transitions(self, transitions: Iterable[m.SetupTransition], *, source: str = "live",
                            conn: Connection | None = None) -> None:
+        """Log transitions (natural key: setup, state, time) and re-fold their setup instances."""
         trs = list(transitions)
         if not trs:
             return

@@ -68,3 +68,16 @@ def test_records_appended_during_a_replay_survive_it(run_dir):
     assert [r for c in sp.read(10, nxt) for r in c] == [("order", {"n": 2})]
     sp.done(nxt)
     assert sp.take() is None and sp.size() == 0 and not sp
+
+
+def test_stop_moves_what_the_writer_cannot_reach_to_the_spool(store, run_dir):
+    reg = Registry()
+    w = Writer(store, Spool(run_dir / "spool.bin", 10_000_000), reg, batch_size=50)
+    for i in range(30):  # never started: as if the writer thread were stuck in a database call
+        w.submit("order", order(i))
+    w.stop(0.1)
+    assert w.pending() == 0 and reg.summary().get("recorder_rows_spooled_total") == 30
+    w2 = Writer(store, Spool(run_dir / "spool.bin", 10_000_000), Registry(), batch_size=50, retry_s=0.05)
+    w2.start()  # the next process replays them
+    eventually(lambda: store.count("orders") == 30 and not w2.spool, 10, 0.05, "replayed after restart")
+    w2.stop(5)
