@@ -5,7 +5,7 @@
 Prints records/s for (1) the recorder writer draining a mixed stream of transitions, orders,
 fills, positions and snapshots from its queue into the database (batch 500, one transaction
 each), (2) a replay of the same stream (idempotent no-op writes), (3) bar upserts as backfill
-does them, and (4) the outage spool: append and read back.  PostgreSQL runs in a private schema
+does them and bar reads for replay, and (4) the outage spool: append and read back.  PostgreSQL runs in a private schema
 dropped afterwards; it is skipped when unreachable.
 """
 
@@ -79,6 +79,11 @@ def bench_engine(label: str, url: str, n: int, run_dir: Path) -> None:
             store.upsert_bars(bars[i:i + 5000])
         dt = time.perf_counter() - t0
         print(f"{label:<11} bar upsert (backfill)         {n / dt:>12,.0f} bars/s")
+        t0 = time.perf_counter()
+        back = store.bars("SPY", "1s")
+        dt = time.perf_counter() - t0
+        assert len(back) == n
+        print(f"{label:<11} bar read as MicroBar (replay) {n / dt:>12,.0f} bars/s")
     finally:
         store.close()
 

@@ -289,15 +289,45 @@ class Store:
     def bars(self, sym: str, interval: str, start_ns: int = 0, end_ns: int = 2**62) -> list[m.MicroBar]:
         """Stored bars of ``sym`` in ``[start_ns, end_ns)``, oldest first, as bus models (for replay)."""
         b = t.bars.c
-        q = (sa.select(t.bars).where(b.sym == sym, b.interval == interval, b.start_ns >= start_ns,
+        q = (sa.select(b.sym, b.interval, b.start_ns, b.open, b.high, b.low, b.close, b.volume, b.trades, b.vwap,
+                       b.source, b.extra).where(b.sym == sym, b.interval == interval, b.start_ns >= start_ns,
                                      b.start_ns < end_ns).order_by(b.start_ns))
         out = []
+        bar = m.MicroBar
+        with self.engine.connect() as c:
+            for (sym_, iv, start, o, h, lo, cl, vol, n, vwap, src, extra) in c.execute(q):
+                out.append(bar(sym=sym_, interval=iv, start_ns=start, open=o, high=h, low=lo, close=cl, volume=vol,
+                               trades=n, vwap=vwap, source=src, closed=True, **(extra or {})))
+        return out
+
+    def events(self, syms: Iterable[str], start_ns: int = 0, end_ns: int = 2**62) -> list[m.Trade | m.Quote]:
+        """Stored trades and quotes of ``syms`` in ``[start_ns, end_ns)`` in aggregation order (time,
+        a quote before a trade at the same time, then vendor sequence), for tick-resolution replay."""
+        e = t.market_events.c
+        q = (sa.select(t.market_events).where(e.sym.in_(sorted(set(syms))), e.ts >= start_ns, e.ts < end_ns)
+             .order_by(e.ts, sa.case((e.kind == "q", 0), else_=1), e.sym, e.seq))
+        out: list[m.Trade | m.Quote] = []
         with self.engine.connect() as c:
             for r in c.execute(q):
-                d = dict(r._mapping)
-                extra = d.pop("extra") or {}
-                out.append(m.MicroBar(**{k: v for k, v in d.items() if v is not None}, **extra, closed=True))
+                if r.kind == "t":
+                    out.append(m.Trade(sym=r.sym, price=r.price, size=r.size or 0.0, ts=r.ts, seq=r.seq,
+                                       source="replay"))
+                else:
+                    out.append(m.Quote(sym=r.sym, bid=r.bid, ask=r.ask, bid_size=r.bid_size or 0.0,
+                                       ask_size=r.ask_size or 0.0, ts=r.ts, seq=r.seq, source="replay"))
         return out
+
+    def setup_instances(self, since_ns: int = 0, until_ns: int = 2**62, *, family: str | None = None,
+                        source: str | None = None) -> list[dict]:
+        """Setup instances first seen in ``[since_ns, until_ns)``, oldest first (reports, backtests)."""
+        s = t.setup_instances.c
+        q = sa.select(t.setup_instances).where(s.first_ns >= since_ns, s.first_ns < until_ns)
+        if family is not None:
+            q = q.where(s.family == family)
+        if source is not None:
+            q = q.where(s.source == source)
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(q.order_by(s.first_ns, s.setup_id))]
 
     def count(self, table: str) -> int:
         with self.engine.connect() as c:

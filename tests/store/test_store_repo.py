@@ -131,3 +131,19 @@ def test_evaluate_needs_min_trades():
     many = FamilyStats(family="x", trades=10, t1_hits=9, t2_hits=0, stops=1, sum_r=-0.5)
     new, changes = evaluate(p, [many], window="backtest")
     assert "expectancy_r -0.050 < 0.000" in changes["x"] and not new.allows("x")
+
+
+def test_events_round_trip_in_aggregation_order_and_instance_queries(store):
+    evs = [m.Trade(sym="SPY", price=600.0, size=5, ts=100, seq=2), m.Quote(sym="SPY", bid=599.9, ask=600.1,
+                                                                          bid_size=3, ask_size=4, ts=100, seq=1),
+           m.Trade(sym="QQQ", price=500.0, size=1, ts=50, seq=1), m.Trade(sym="IWM", price=1.0, ts=60, seq=1)]
+    assert store.insert_events(evs + evs[:1]) == 4
+    back = store.events(["SPY", "QQQ"], 0, 1000)
+    assert [(type(e).__name__, e.sym, e.ts) for e in back] == [("Trade", "QQQ", 50), ("Quote", "SPY", 100),
+                                                               ("Trade", "SPY", 100)]
+    assert back[1].bid == 599.9 and back[1].ask_size == 4 and back[2].size == 5
+    store.record_transitions(lifecycle("a", t0=1_000, family="orb"), source="backtest")
+    store.record_transitions(lifecycle("b", t0=2_000, family="fade"))
+    assert [r["setup_id"] for r in store.setup_instances()] == ["a", "b"]
+    assert [r["setup_id"] for r in store.setup_instances(source="backtest")] == ["a"]
+    assert [r["setup_id"] for r in store.setup_instances(1_500, family="fade")] == ["b"]
