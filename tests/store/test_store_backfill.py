@@ -141,3 +141,32 @@ def test_trades_and_quotes_paginated_into_market_events(store, fake):
     assert (s.fetched, s.failed, s.rows) == (2, 0, 3800)
     assert store.count("market_events") == 3800
     assert run(store, fake, tasks, force=True).rows == 3800 and store.count("market_events") == 3800
+
+
+class Interrupt(Progress):
+    """Ctrl-C after ``after`` tasks (raised from inside the run, like a SIGINT between two steps)."""
+
+    def __init__(self, total, after):
+        super().__init__(total, io.StringIO())
+        self.after = after
+
+    def step(self, rows, label=""):
+        super().step(rows, label)
+        if self.done == self.after:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_backfill_resumes_without_duplicates(store, fake):
+    tasks = plan(["SPY"], [DAY, DAY2], ["second", "minute"], False, False)
+
+    async def go(progress):
+        async with MassiveRest(fake.rest_url, "k", retries=1, backoff_initial_s=0.01) as rest:
+            return await run_rest(store, rest, tasks, progress=progress)
+
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(go(Interrupt(len(tasks), 2)))
+    done = [k for k in (f"rest:{kd}:SPY:{d.isoformat()}" for kd, _, d in tasks) if store.checkpoint(k)]
+    assert len(done) == 2
+    s = asyncio.run(go(Progress(len(tasks), io.StringIO())))
+    assert (s.fetched, s.skipped, s.failed) == (2, 2, 0)
+    assert store.count("bars") == 2500 + 1200 + 780
