@@ -78,6 +78,8 @@ def cmd_backfill(args) -> int:
             summary = asyncio.run(go())
     except SQLAlchemyError as exc:
         return fail(f"database error: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+    except KeyboardInterrupt:
+        return fail("interrupted; finished tasks are checkpointed, run the same command again to resume", 130)
     finally:
         store.close()
     print(summary.text())
