@@ -32,6 +32,27 @@ class Spool:
         self.max_bytes = max_bytes
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        for p in (self.path, self.replaying):
+            self._cut_torn_tail(p)
+
+    @staticmethod
+    def _cut_torn_tail(path: Path) -> None:
+        """Truncate a record torn by a crash mid-write, so later appends stay readable."""
+        if not path.exists():
+            return
+        good = 0
+        with path.open("rb") as fh:
+            while True:
+                head = fh.read(4)
+                if len(head) < 4:
+                    break
+                (n,) = _LEN.unpack(head)
+                if len(fh.read(n)) < n:
+                    break
+                good = fh.tell()
+        if good < path.stat().st_size:
+            with path.open("r+b") as fh:
+                fh.truncate(good)
 
     def size(self) -> int:
         """Bytes waiting: the spool plus a file being replayed."""
@@ -81,18 +102,20 @@ class Spool:
         path = path or self.path
         if not path.exists():
             return
-        buf = path.read_bytes()
         out: list[tuple[str, Any]] = []
-        pos = 0
-        while pos + 4 <= len(buf):
-            (n,) = _LEN.unpack_from(buf, pos)
-            if pos + 4 + n > len(buf):
-                break
-            kind, body = msgspec.msgpack.decode(buf[pos + 4:pos + 4 + n])
-            out.append((kind, body))
-            pos += 4 + n
-            if len(out) >= chunk:
-                yield out
-                out = []
+        with path.open("rb") as fh:  # streamed: memory stays one chunk, whatever the spool size
+            while True:
+                head = fh.read(4)
+                if len(head) < 4:
+                    break
+                (n,) = _LEN.unpack(head)
+                payload = fh.read(n)
+                if len(payload) < n:
+                    break
+                kind, body = msgspec.msgpack.decode(payload)
+                out.append((kind, body))
+                if len(out) >= chunk:
+                    yield out
+                    out = []
         if out:
             yield out

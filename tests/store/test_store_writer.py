@@ -53,6 +53,10 @@ def test_spool_ignores_a_torn_tail(run_dir):
     with sp.path.open("ab") as fh:
         fh.write(b"\x00\x00\x01\x00partial")
     assert [r for chunk in sp.read(1) for r in chunk] == [("order", {"a": 1}), ("fill", {"b": 2})]
+    reopened = Spool(run_dir / "s.bin", 1_000_000)  # the next process start cuts the torn record
+    reopened.append([("order", {"c": 3})])
+    assert [r for chunk in reopened.read(10) for r in chunk] == [("order", {"a": 1}), ("fill", {"b": 2}),
+                                                                 ("order", {"c": 3})]
 
 
 def test_records_appended_during_a_replay_survive_it(run_dir):
