@@ -1,0 +1,89 @@
+"""The selector process: the bus shell around :class:`services.selector.core.SelectorCore`.
+
+Consumes ``chain.<root>`` and ``tick.O:<root>`` / ``tick.I:SPX`` (feed), ``setup.transition`` and
+``state.market`` (detector), closed ``bar.<interval>.<sym>`` (aggregator). Publishes
+``reco.<setup_id>``, ``exit.<setup_id>`` and ``block.selector``. Answers ``select``, ``chain`` and
+``exits`` requests (shapes in :mod:`services.selector.core` and ``docs/selector.md``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.selector.config import SelectorConfig
+from services.selector.core import BadRequest, SelectorCore
+from spx_common.bus import RpcError
+from spx_common.config import load
+from spx_common.service import BusService
+
+
+class Selector(BusService):
+    """Selector: option chains, regime-aware contract choice, risk sizing and exit advice."""
+
+    name = "selector"
+
+    def __init__(self, *args: Any, cfg: SelectorConfig | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.cfg = cfg or load(SelectorConfig)
+        root = self.cfg.root
+        self.subscriptions = {"feed": [f"chain.{root}", f"tick.O:{root}", "tick.I:SPX"],
+                              "detector": ["setup.transition", "state.market"], "aggregator": ["bar."]}
+        self.core = SelectorCore(self.cfg)
+        self.m_bad = self.metrics.counter("selector_bad_input_total", "Refused inputs, by kind.", ["kind"])
+        self.m_reco = self.metrics.counter("selector_recommendations_total", "Recommendations, by outcome.",
+                                           ["outcome"])
+        self.m_exit = self.metrics.counter("selector_exit_advice_total", "Exit advice published, by action.",
+                                           ["action"])
+        self.m_blocks = self.metrics.counter("selector_blocks_total", "Refusals published on block.selector.",
+                                             ["reason"])
+
+    def setup(self) -> None:
+        self.on(f"chain.{self.cfg.root}", self._on_chain)
+        self.on("tick.", lambda f, evs: self.core.on_ticks(evs))
+        self.on("setup.transition", lambda f, t: self._emit(self.core.on_transition(t)))
+        self.on("state.market", lambda f, doc: self.core.on_market(doc))
+        self.on("bar.", self._on_bar)
+        self.rpc("select", self._select)
+        self.rpc("chain", lambda p: self.core.chain_view())
+        self.rpc("exits", lambda p: self.core.exits_view())
+
+    def _on_chain(self, frame, doc: dict) -> None:
+        try:
+            self.core.on_chain_doc(doc)
+        except ValueError as exc:
+            self.m_bad.inc(kind="chain_doc")
+            self.log.warning("refused chain document: %s", exc)
+
+    def _on_bar(self, frame, bar) -> None:
+        parts = frame.topic.split(".", 2)
+        if len(parts) == 3:
+            self._emit(self.core.on_bar(parts[1], bar, frame.event_ns))
+
+    def _emit(self, out: list) -> None:
+        for topic, type_name, body in out:
+            if type_name == "recommendation":
+                self.m_reco.inc(outcome="ok" if body.ok else "refused")
+            elif type_name == "exit_advice":
+                self.m_exit.inc(action=body.action)
+            elif type_name == "block":
+                self.m_blocks.inc(reason=body.reason)
+            self.publish(topic, type_name, body, body.ts)
+
+    def _select(self, params: dict):
+        try:
+            reco = self.core.select_request(params)
+        except BadRequest as exc:
+            self.m_bad.inc(kind="select_request")
+            raise RpcError("bad_request", str(exc)) from None
+        self.m_reco.inc(outcome="ok" if reco.ok else "refused")
+        return reco
+
+    def periodic(self) -> None:
+        self.core.refresh()
+
+    def status(self) -> dict[str, Any]:
+        st = super().status()
+        st["selector"] = {"counts": dict(self.core.counts), "cache": len(self.core.cache),
+                          "cache_hits": self.core.cache.hits, "plans": len(self.core.plans),
+                          "chain_ok": self.core.chain_view()["ok"]}
+        return st
