@@ -14,11 +14,11 @@ from spx_common.models import IndexValue, MarketEvent, Quote, Trade
 
 @dataclass
 class _Sym:
-    seq: int = 0
+    seq: int = 0  # sequence number of the newest event
     last_trade: Trade | None = None
     last_quote: Quote | None = None
     last_value: IndexValue | None = None
-    buf: deque = field(default_factory=deque)  # (seq, event)
+    buf: deque = field(default_factory=deque)  # events; buf[i] has seq  seq - len(buf) + 1 + i
 
 
 class TickCache:
@@ -31,6 +31,7 @@ class TickCache:
         self.refused = 0
 
     def add(self, events: list[MarketEvent]) -> None:
+        """Append a one-symbol batch (as the feed publishes them)."""
         if not events:
             return
         sym = events[0].sym
@@ -41,22 +42,29 @@ class TickCache:
                 return
             st = self.syms[sym] = _Sym()
         buf = st.buf
-        for ev in events:
-            st.seq += 1
-            buf.append((st.seq, ev))
+        buf.extend(events)
+        st.seq += len(events)
+        need = 3
+        seen_t = seen_q = seen_v = False
+        for ev in reversed(events):
             t = type(ev)
-            if t is Trade:
-                st.last_trade = ev
-            elif t is Quote:
-                st.last_quote = ev
-            else:
-                st.last_value = ev
+            if t is Quote:
+                if not seen_q:
+                    st.last_quote, seen_q, need = ev, True, need - 1
+            elif t is Trade:
+                if not seen_t:
+                    st.last_trade, seen_t, need = ev, True, need - 1
+            elif not seen_v:
+                st.last_value, seen_v, need = ev, True, need - 1
+            if not need:
+                break
         over = len(buf) - self.max_events
-        for _ in range(max(over, 0)):
-            buf.popleft()
-        self.evicted += max(over, 0)
+        if over > 0:
+            for _ in range(over):
+                buf.popleft()
+            self.evicted += over
         horizon = events[-1].ts - self.window_ns
-        while buf and buf[0][1].ts < horizon:
+        while buf and buf[0].ts < horizon:
             buf.popleft()
             self.evicted += 1
 
@@ -70,15 +78,16 @@ class TickCache:
         st = self.syms.get(sym)
         if st is None:
             return {"sym": sym, "seq": 0, "events": [], "truncated": False}
+        first = st.seq - len(st.buf) + 1
         out = []
-        oldest = st.buf[0][0] if st.buf else st.seq + 1
-        for s, ev in st.buf:
+        for i, ev in enumerate(st.buf):
+            s = first + i
             if seq is not None and s <= seq:
                 continue
             if ts_ns is not None and ev.ts < ts_ns:
                 continue
             out.append({"seq": s, "event": ev})
-        truncated = len(out) > limit or (seq is not None and seq + 1 < oldest)
+        truncated = len(out) > limit or (seq is not None and seq + 1 < first)
         return {"sym": sym, "seq": st.seq, "events": out[-limit:], "truncated": truncated}
 
     def size(self) -> int:

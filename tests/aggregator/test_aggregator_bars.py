@@ -164,7 +164,7 @@ def test_memory_bounds_hold_under_far_more_input_than_the_buffers_hold():
     cache2 = TickCache(window_ns=S, max_events=10**6)
     for i in range(100):
         cache2.add([t(i * 100_000_000, 100.0)])
-    assert cache2.syms["SPY"].buf[0][1].ts >= 99 * 100_000_000 - S
+    assert cache2.syms["SPY"].buf[0].ts >= 99 * 100_000_000 - S
     agg = BarAggregator(["1s"], max_symbols=2)
     agg.on_events([t(S, 1.0, sym=f"S{i}") for i in range(10)])
     assert len(agg.symbols) == 2 and agg.refused_symbols == 8
