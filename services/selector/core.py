@@ -217,7 +217,8 @@ class SelectorCore:
     # ------------------------------------------------------------------ views
 
     def chain_view(self) -> dict:
-        """The ``chain`` RPC: health and the contracts nearest the money."""
+        """The ``chain`` RPC: health and the contracts nearest the money (greeks refreshed first)."""
+        self.refresh()
         h = chains.health(self.chain, self.clock.now_ns(), stale_s=self.cfg.stale_s,
                           min_contracts=self.cfg.min_chain_contracts)
         near = []

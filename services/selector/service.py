@@ -28,7 +28,7 @@ class Selector(BusService):
         root = self.cfg.root
         self.subscriptions = {"feed": [f"chain.{root}", f"tick.O:{root}", "tick.I:SPX"],
                               "detector": ["setup.transition", "state.market"], "aggregator": ["bar."]}
-        self.core = SelectorCore(self.cfg)
+        self.sel = SelectorCore(self.cfg)
         self.m_bad = self.metrics.counter("selector_bad_input_total", "Refused inputs, by kind.", ["kind"])
         self.m_reco = self.metrics.counter("selector_recommendations_total", "Recommendations, by outcome.",
                                            ["outcome"])
@@ -39,17 +39,17 @@ class Selector(BusService):
 
     def setup(self) -> None:
         self.on(f"chain.{self.cfg.root}", self._on_chain)
-        self.on("tick.", lambda f, evs: self.core.on_ticks(evs))
-        self.on("setup.transition", lambda f, t: self._emit(self.core.on_transition(t)))
-        self.on("state.market", lambda f, doc: self.core.on_market(doc))
+        self.on("tick.", lambda f, evs: self.sel.on_ticks(evs))
+        self.on("setup.transition", lambda f, t: self._emit(self.sel.on_transition(t)))
+        self.on("state.market", lambda f, doc: self.sel.on_market(doc))
         self.on("bar.", self._on_bar)
         self.rpc("select", self._select)
-        self.rpc("chain", lambda p: self.core.chain_view())
-        self.rpc("exits", lambda p: self.core.exits_view())
+        self.rpc("chain", lambda p: self.sel.chain_view())
+        self.rpc("exits", lambda p: self.sel.exits_view())
 
     def _on_chain(self, frame, doc: dict) -> None:
         try:
-            self.core.on_chain_doc(doc)
+            self.sel.on_chain_doc(doc)
         except ValueError as exc:
             self.m_bad.inc(kind="chain_doc")
             self.log.warning("refused chain document: %s", exc)
@@ -57,7 +57,7 @@ class Selector(BusService):
     def _on_bar(self, frame, bar) -> None:
         parts = frame.topic.split(".", 2)
         if len(parts) == 3:
-            self._emit(self.core.on_bar(parts[1], bar, frame.event_ns))
+            self._emit(self.sel.on_bar(parts[1], bar, frame.event_ns))
 
     def _emit(self, out: list) -> None:
         for topic, type_name, body in out:
@@ -71,7 +71,7 @@ class Selector(BusService):
 
     def _select(self, params: dict):
         try:
-            reco = self.core.select_request(params)
+            reco = self.sel.select_request(params)
         except BadRequest as exc:
             self.m_bad.inc(kind="select_request")
             raise RpcError("bad_request", str(exc)) from None
@@ -79,11 +79,11 @@ class Selector(BusService):
         return reco
 
     def periodic(self) -> None:
-        self.core.refresh()
+        self.sel.refresh()
 
     def status(self) -> dict[str, Any]:
         st = super().status()
-        st["selector"] = {"counts": dict(self.core.counts), "cache": len(self.core.cache),
-                          "cache_hits": self.core.cache.hits, "plans": len(self.core.plans),
-                          "chain_ok": self.core.chain_view()["ok"]}
+        st["selector"] = {"counts": dict(self.sel.counts), "cache": len(self.sel.cache),
+                          "cache_hits": self.sel.cache.hits, "plans": len(self.sel.plans),
+                          "chain_ok": self.sel.chain_view()["ok"]}
         return st
