@@ -57,7 +57,7 @@ def _collect(sub, pred, timeout_s=5.0):
     return got
 
 
-def test_selector_process_end_to_end(selector):
+def test_selector_process_end_to_end(selector, capsys):
     pubs, sub, rpc = selector
     doc = chain_doc()
     spot = doc["underlying"]
@@ -114,6 +114,18 @@ def test_selector_process_end_to_end(selector):
     metrics = rpc.call("metrics")
     assert 'selector_bad_input_total{kind="chain_doc"} 1' in metrics
     assert 'selector_exit_advice_total{action="scale_out"} 2' in metrics
+
+    # spx select asks the running process and prints readably
+    from services.cli.main import main
+    capsys.readouterr()
+    assert main(["select", "long", "--entry", str(spot), "--stop", str(spot - 8), "--risk", "800",
+                 "--dtbp", "50000", "--regime", "trending"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("OK  ") and "suggested  " in out and "by buying power" in out and a["tradier_symbol"] in out
+    assert main(["select", "short", "--entry", str(spot), "--stop", str(spot - 8), "--dtbp", "1"]) == 1
+    assert capsys.readouterr().out.startswith("NO  stop_wrong_side")
+    assert main(["select", "--chain"]) == 0 and "chain OK: 82 contracts" in capsys.readouterr().out
+    assert main(["select", "long"]) == 2
 
 
 def _builtins(t):
