@@ -1,0 +1,1 @@
+"""Detector host: pluggy detector plugins, market state, gating and the setup lifecycle."""

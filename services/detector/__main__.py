@@ -1,0 +1,3 @@
+from services.detector.service import DetectorService
+
+DetectorService.cli()

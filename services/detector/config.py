@@ -1,0 +1,34 @@
+"""``[detector]`` configuration."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from spx_common.config import Section
+
+
+class DetectorConfig(Section):
+    """The detector host: plugins, market state, gating and the setup lifecycle (docs/plugins.md)."""
+
+    section: ClassVar[str] = "detector"
+
+    symbols: list[str] = Field(["SPY", "I:SPX"], description="Symbols detectors run on (a shard's symbols).")
+    interval: str = Field("1s", description="Closed bars of this interval drive the detectors.")
+    plugins: list[str] = Field([], description="Extra plugin modules to load by dotted name (besides entry points).")
+    entry_points: bool = Field(True, description="Load plugins from the 'spx.detectors' entry-point group.")
+    plugin_config: dict[str, dict] = Field({}, description="Per-plugin config maps, by plugin name.")
+    max_failures: int = Field(3, ge=1, description="A plugin that raises this many times is disabled.")
+    budget_ms: float = Field(20.0, gt=0, description="Per-call time budget of a plugin.")
+    max_slow: int = Field(5, ge=1, description="Budget overruns before a plugin is disabled.")
+    bars_kept: int = Field(600, ge=10, description="Recent closed bars per symbol in the plugin context.")
+    opening_range_min: float = Field(15.0, gt=0, description="Opening range length in minutes (event time).")
+    confirm_ticks: int = Field(3, ge=1, description="Trigger debounce: consecutive ticks beyond the trigger.")
+    confirm_ms: int = Field(500, ge=0, description="Trigger debounce: event-time ms beyond the trigger.")
+    ttl_min: float = Field(30.0, gt=0, description="A setup not triggered within this many minutes expires.")
+    max_active: int = Field(200, ge=1, description="Active setups held at most (bounded memory).")
+    family_cap: int = Field(2, ge=1, description="Diversification: active setups per family at most.")
+    macro_block_below: float = Field(-0.5, ge=-1, le=1, description="Macro-alignment kill switch: candidates "
+                                     "scoring below this are blocked.")
+    state_every_s: float = Field(2.0, gt=0, description="Market-state snapshot cadence (wall seconds).")

@@ -1,0 +1,158 @@
+"""``DetectorEngine``: the detector host's logic with no sockets (the backtester drives it too).
+
+Bars in -> plugin candidates -> gating -> lifecycle; ticks in -> lifecycle transitions.
+Gating, in order, each refusal with a reason: the optimizer profile (family disabled or
+quarantined), the diversification cap per family, and the macro-alignment kill switch
+(regime/VWAP position and aggressor flow combined into a score in [-1, 1]).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from services.detector.config import DetectorConfig
+from services.detector.context import DetectorContext
+from services.detector.host import PluginHost
+from services.detector.lifecycle import Lifecycle
+from services.detector.market import SessionState, gex
+from spx_common.models import IndexValue, MicroBar, SetupCandidate, SetupTransition, Trade
+
+
+class DetectorEngine:
+    def __init__(self, cfg: DetectorConfig, host: PluginHost) -> None:
+        self.cfg = cfg
+        self.host = host
+        self.watched = set(cfg.symbols)
+        self.lifecycle = Lifecycle(confirm_ticks=cfg.confirm_ticks, confirm_ns=cfg.confirm_ms * 1_000_000,
+                                   ttl_ns=int(cfg.ttl_min * 60e9), max_active=cfg.max_active)
+        self.sessions: dict[str, SessionState] = {}
+        self.bars: dict[str, deque[MicroBar]] = {}
+        self.candidates: dict[str, SetupCandidate] = {}
+        self.chain: dict | None = None
+        self.profile = None
+        self.now_ns = 0
+        self._blocks: list[tuple[str, str]] = []
+
+    # ------------------------------------------------------------------ inputs
+
+    def on_chain(self, doc: dict) -> None:
+        if isinstance(doc, dict) and isinstance(doc.get("contracts"), list):
+            self.chain = doc
+
+    def on_bar(self, bar: MicroBar) -> list[SetupTransition]:
+        if bar.sym not in self.watched or bar.interval != self.cfg.interval:
+            return []
+        self.now_ns = max(self.now_ns, bar.start_ns)
+        ss = self.sessions.get(bar.sym)
+        if ss is None:
+            ss = self.sessions[bar.sym] = SessionState(opening_range_min=self.cfg.opening_range_min)
+        ss.on_bar(bar)
+        ring = self.bars.setdefault(bar.sym, deque(maxlen=self.cfg.bars_kept))
+        ring.append(bar)
+        state = self.state_for(bar.sym)
+        ctx = DetectorContext.build(bar.sym, self.now_ns, list(ring), state,
+                                    self.cfg.plugin_config, (bar.start_ns - ss.day_open_ns) / 60e9)
+        out = []
+        for cand in self.host.on_bar(ctx, bar):
+            tr = self._admit(cand, bar, state)
+            if tr is not None:
+                out.append(tr)
+        self._blocks.extend(self.host.events.refused)
+        self.host.events.refused.clear()
+        return out
+
+    def on_ticks(self, events) -> list[SetupTransition]:
+        out: list[SetupTransition] = []
+        for ev in events:
+            t = type(ev)
+            if t is Trade:
+                price = ev.price
+            elif t is IndexValue:
+                price = ev.value
+            else:
+                continue
+            if ev.ts > self.now_ns:
+                self.now_ns = ev.ts
+            out.extend(self.lifecycle.on_price(ev.sym, price, ev.ts))
+        return out
+
+    # ------------------------------------------------------------------ gating
+
+    def _admit(self, cand: SetupCandidate, bar: MicroBar, state: dict) -> SetupTransition | None:
+        if self.profile is not None and not self.profile.allows(cand.family):
+            return self._block("family_quarantined", cand)
+        active = sum(1 for syms in self.lifecycle.active.values() for s in syms.values()
+                     if s.cand.family == cand.family)
+        if active >= self.cfg.family_cap:
+            return self._block("family_cap", cand)
+        score = self.macro_score(cand, bar, state)
+        if score < self.cfg.macro_block_below:
+            return self._block("macro_misaligned", cand, f"score {score:.2f}")
+        micro = {"bid_ask_imbalance": bar.bid_ask_imbalance, "aggressor_skew": _skew(bar),
+                 "quote_coverage_pct": bar.quote_coverage_pct, "avg_spread_bps": bar.avg_spread_bps}
+        tr = self.lifecycle.add(cand, micro, score)
+        if tr is None:
+            return self._block("duplicate" if self.lifecycle.count() < self.lifecycle.max_active else "capacity",
+                               cand)
+        self.candidates[tr.setup_id] = cand
+        if len(self.candidates) > 4 * self.cfg.max_active:
+            self.candidates.pop(next(iter(self.candidates)))
+        return tr
+
+    def macro_score(self, cand: SetupCandidate, bar: MicroBar, state: dict) -> float:
+        """Alignment of the candidate's direction with regime/VWAP and order flow, in [-1, 1].
+
+        Mean of: +-1 for price above/below session VWAP (half weight unless the regime is
+        trending or breakout) and the bar's aggressor skew, each signed by the direction.
+        """
+        sign = 1.0 if cand.direction == "long" else -1.0
+        parts = []
+        vwap = state.get("vwap")
+        if vwap is not None:
+            above = 1.0 if bar.close > vwap else -1.0
+            weight = 1.0 if state.get("regime") in ("trending", "breakout") else 0.5
+            parts.append(sign * above * weight)
+        skew = _skew(bar)
+        if skew is not None:
+            parts.append(sign * skew)
+        return sum(parts) / len(parts) if parts else 0.0
+
+    def _block(self, reason: str, cand: SetupCandidate, detail: str = "") -> None:
+        self._blocks.append((reason, f"{cand.detector} {cand.sym} {cand.direction} {detail}".strip()))
+        return None
+
+    def drain_blocks(self) -> list[tuple[str, str]]:
+        out, self._blocks = self._blocks, []
+        return out
+
+    # ------------------------------------------------------------------ market state
+
+    def basis(self) -> float | None:
+        spx, spy = self.bars.get("I:SPX"), self.bars.get("SPY")
+        if not spx or not spy:
+            return None
+        return spx[-1].close - 10 * spy[-1].close
+
+    def state_for(self, sym: str) -> dict:
+        ss = self.sessions.get(sym)
+        return ss.snapshot() if ss else {}
+
+    def market_state(self) -> dict:
+        if not self.sessions:
+            return {}
+        doc = {"ts": self.now_ns, "symbols": {s: self.state_for(s) for s in self.sessions}, "basis": self.basis()}
+        spx = self.sessions.get("I:SPX")
+        doc["regime"] = (spx or next(iter(self.sessions.values()))).regime()
+        if self.chain is not None:
+            spot = self.chain.get("underlying") or (spx.close if spx else None)
+            if isinstance(spot, (int, float)) and spot > 0:
+                doc["gex"] = gex(self.chain["contracts"], float(spot))
+        return doc
+
+
+def _skew(bar: MicroBar) -> float | None:
+    """Aggressor skew in [-1, 1]: (buy - sell) / (buy + sell), null without microstructure."""
+    if bar.buy_volume is None or bar.sell_volume is None:
+        return None
+    tot = bar.buy_volume + bar.sell_volume
+    return (bar.buy_volume - bar.sell_volume) / tot if tot > 0 else None

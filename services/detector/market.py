@@ -1,0 +1,154 @@
+"""Market-state snapshot: pure functions of closed bars and the option chain (event time).
+
+Recomputed on a cadence (not per tick) by the detector host and published on ``state.market``:
+prior-day high/low/close and floor pivots, opening range, session VWAP with 1σ/2σ bands,
+GEX from the chain (per-strike gamma exposure, call wall, put wall, zero-gamma flip), regime
+(``trending``, ``ranging``, ``compression``, ``breakout``) and the SPX–SPY basis.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
+
+from spx_common.models import MicroBar
+
+ET = ZoneInfo("America/New_York")
+
+
+def session_open_ns(ts_ns: int) -> int:
+    d = dt.datetime.fromtimestamp(ts_ns / 1e9, ET).date()
+    return int(dt.datetime(d.year, d.month, d.day, 9, 30, tzinfo=ET).timestamp() * 1e9)
+
+
+@dataclass
+class SessionState:
+    """Running session statistics of one symbol (bounded: scalars only)."""
+
+    opening_range_min: float = 15.0
+    day_open_ns: int = 0
+    high: float = -math.inf
+    low: float = math.inf
+    close: float | None = None
+    prior: dict | None = None
+    or_high: float | None = None
+    or_low: float | None = None
+    pv: float = 0.0
+    vol: float = 0.0
+    p2v: float = 0.0
+    n: int = 0
+    closes: list = field(default_factory=list)  # last 120 closes for the regime
+
+    def on_bar(self, bar: MicroBar) -> None:
+        start = session_open_ns(bar.start_ns)
+        if start != self.day_open_ns:
+            if self.close is not None and self.high > -math.inf:
+                self.prior = {"high": self.high, "low": self.low, "close": self.close}
+            self.day_open_ns = start
+            self.high, self.low, self.close = -math.inf, math.inf, None
+            self.or_high = self.or_low = None
+            self.pv = self.vol = self.p2v = 0.0
+            self.n = 0
+            self.closes = []
+        self.high = max(self.high, bar.high)
+        self.low = min(self.low, bar.low)
+        self.close = bar.close
+        if bar.start_ns < self.day_open_ns + self.opening_range_min * 60e9:
+            self.or_high = bar.high if self.or_high is None else max(self.or_high, bar.high)
+            self.or_low = bar.low if self.or_low is None else min(self.or_low, bar.low)
+        typical = (bar.high + bar.low + bar.close) / 3
+        w = bar.volume if bar.volume > 0 else 1.0  # index bars have no volume: time-weighted
+        self.pv += typical * w
+        self.p2v += typical * typical * w
+        self.vol += w
+        self.n += 1
+        self.closes.append(bar.close)
+        if len(self.closes) > 120:
+            del self.closes[0]
+
+    def or_complete(self, now_ns: int) -> bool:
+        return now_ns >= self.day_open_ns + self.opening_range_min * 60e9 and self.or_high is not None
+
+    def vwap(self) -> tuple[float | None, float | None]:
+        if self.vol <= 0:
+            return None, None
+        v = self.pv / self.vol
+        var = max(self.p2v / self.vol - v * v, 0.0)
+        return v, math.sqrt(var)
+
+    def regime(self) -> str:
+        c = self.closes
+        if len(c) < 30:
+            return "ranging"
+        window = c[-30:]
+        rng = max(window) - min(window)
+        full = max(c) - min(c)
+        drift = window[-1] - window[0]
+        if self.or_high is not None and (c[-1] > self.or_high or c[-1] < self.or_low) and \
+                abs(c[-1] - c[-2]) > 0.3 * rng:
+            return "breakout"
+        if full > 0 and rng < 0.25 * full:
+            return "compression"
+        if rng > 0 and abs(drift) > 0.6 * rng:
+            return "trending"
+        return "ranging"
+
+    def snapshot(self) -> dict:
+        v, sd = self.vwap()
+        doc = {"open_ns": self.day_open_ns, "high": _f(self.high), "low": _f(self.low), "last": self.close,
+               "opening_range": {"high": self.or_high, "low": self.or_low},
+               "vwap": v, "vwap_bands": None if v is None else
+               {"upper1": v + sd, "lower1": v - sd, "upper2": v + 2 * sd, "lower2": v - 2 * sd},
+               "prior_day": self.prior, "pivots": pivots(self.prior), "regime": self.regime()}
+        return doc
+
+
+def _f(x: float) -> float | None:
+    return None if math.isinf(x) else x
+
+
+def pivots(prior: dict | None) -> dict | None:
+    """Classic floor pivots from the prior day's high, low and close."""
+    if not prior:
+        return None
+    h, lo, c = prior["high"], prior["low"], prior["close"]
+    p = (h + lo + c) / 3
+    return {"P": p, "R1": 2 * p - lo, "S1": 2 * p - h, "R2": p + (h - lo), "S2": p - (h - lo)}
+
+
+def gex(contracts: list[dict], spot: float) -> dict | None:
+    """Dealer gamma exposure per strike (calls +, puts -), call wall, put wall and zero-gamma flip.
+
+    GEX per contract = gamma × open interest × 100 × spot² × 1% (dollars per 1% move).
+    """
+    per: dict[float, float] = {}
+    calls: dict[float, float] = {}
+    puts: dict[float, float] = {}
+    for c in contracts:
+        g, oi, k = c.get("gamma"), c.get("open_interest"), c.get("strike")
+        if not isinstance(g, (int, float)) or not isinstance(oi, (int, float)) or not isinstance(k, (int, float)):
+            continue
+        if math.isnan(g) or g < 0 or oi < 0:
+            continue
+        value = g * oi * 100 * spot * spot * 0.01
+        if c.get("type") == "put":
+            puts[k] = puts.get(k, 0.0) + value
+            per[k] = per.get(k, 0.0) - value
+        else:
+            calls[k] = calls.get(k, 0.0) + value
+            per[k] = per.get(k, 0.0) + value
+    if not per:
+        return None
+    strikes = sorted(per)
+    flip, cum, prev = None, 0.0, None
+    for k in strikes:
+        before = cum
+        cum += per[k]
+        if prev is not None and before < 0 <= cum or prev is not None and before > 0 >= cum:
+            flip = k
+        prev = k
+    return {"per_strike": {str(k): per[k] for k in strikes}, "total": sum(per.values()),
+            "call_wall": max(calls, key=calls.get) if calls else None,
+            "put_wall": max(puts, key=puts.get) if puts else None, "zero_gamma": flip}
