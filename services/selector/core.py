@@ -101,8 +101,7 @@ class SelectorCore:
                     self.dirty = True
             elif isinstance(ev, IndexValue) and self.chain is not None and math.isfinite(ev.value) and ev.value > 0:
                 self.clock.advance(ev.ts)
-                self.chain.underlying = ev.value
-                self.chain.last_quote_ts = max(self.chain.last_quote_ts, ev.ts)
+                self.chain.underlying = ev.value  # index values move greeks but do not make option data fresh
                 self.dirty = True
 
     def refresh(self) -> int:

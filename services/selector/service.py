@@ -34,6 +34,10 @@ class Selector(BusService):
                                            ["outcome"])
         self.m_exit = self.metrics.counter("selector_exit_advice_total", "Exit advice published, by action.",
                                            ["action"])
+        self.m_chain_ok = self.metrics.gauge("selector_chain_ok", "1 when the chain is fresh and complete, else 0.")
+        self.m_chain_issue = self.metrics.counter("selector_chain_issue_total", "Chain health changes to not ok, by "
+                                                  "issue kind (stale, partial, no_chain).", ["kind"])
+        self._chain_issues: list[str] = []
         self.m_blocks = self.metrics.counter("selector_blocks_total", "Refusals published on block.selector.",
                                              ["reason"])
 
@@ -79,7 +83,19 @@ class Selector(BusService):
         return reco
 
     def periodic(self) -> None:
+        """Refresh computed greeks; report chain health changes (gauge, counter, one log line per change)."""
         self.sel.refresh()
+        view = self.sel.chain_view()
+        self.m_chain_ok.set(1.0 if view["ok"] else 0.0)
+        kinds = sorted({i.split(":", 1)[0] for i in view["issues"]})
+        if kinds != self._chain_issues:
+            for k in set(kinds) - set(self._chain_issues):
+                self.m_chain_issue.inc(kind=k)
+            if view["issues"]:
+                self.log.warning("chain not ok: %s", "; ".join(view["issues"]))
+            elif self._chain_issues:
+                self.log.info("chain ok again: %d contracts", view["contracts"])
+            self._chain_issues = kinds
 
     def status(self) -> dict[str, Any]:
         st = super().status()

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from services.selector.select import DELTA_TABLE, Policy, RecoCache, RiskContext, SetupSpec, regime_key, select
+from services.selector.select import DELTA_TABLE, Policy, per_contract_risk, RecoCache, RiskContext, SetupSpec, regime_key, select
 from tests.selector.helpers import T, chain
 
 RICH = RiskContext(maxRiskDollars=100_000, dayTradeBuyingPower=1_000_000, equity=200_000)
@@ -58,7 +58,10 @@ def test_sizing_arithmetic(max_risk, bp, bound):
     assert s.perContractDebit == pytest.approx(r.ask * 100)
     assert s.contractsByBuyingPower == math.floor(bp / s.perContractDebit)
     assert s.maxRiskDollars == max_risk
-    assert 0 < s.contractsByRisk * 1 <= max_risk / 0.01
+    c = chain()
+    best = c.contracts[r.tradier_symbol]
+    each = per_contract_risk(best, spec(), T, POLICY.rate, s.perContractDebit)
+    assert 0 < each <= s.perContractDebit and s.contractsByRisk == math.floor(max_risk / each)
     assert r.suggestedContracts == min(s.contractsByRisk, s.contractsByBuyingPower)
     assert s.margin_limit_blocked == (s.contractsByBuyingPower < s.contractsByRisk)
     if bound == "risk":

@@ -113,6 +113,7 @@ def test_selector_process_end_to_end(selector, capsys):
     assert rpc.call("exits") == []
     metrics = rpc.call("metrics")
     assert 'selector_bad_input_total{kind="chain_doc"} 1' in metrics
+    assert 'selector_chain_issue_total{kind="no_chain"} 1' in metrics
     assert 'selector_exit_advice_total{action="scale_out"} 2' in metrics
 
     # spx select asks the running process and prints readably
