@@ -74,11 +74,12 @@ class Chain:
 
     def apply_quote(self, symbol: str, bid: float, ask: float, ts: int) -> bool:
         """Fold a live quote into a known contract (any symbol form); unknown symbols are ignored."""
-        try:
-            key = occ.parse(symbol).tradier
-        except occ.OptionSymbolError:
-            return False
-        c = self.contracts.get(key)
+        c = self.contracts.get(symbol[2:]) if symbol.startswith("O:") else None  # Massive form: no parse needed
+        if c is None:
+            try:
+                c = self.contracts.get(occ.parse(symbol).tradier)
+            except occ.OptionSymbolError:
+                return False
         if c is None or ts < c.quote_ts:
             return False
         c.bid, c.ask, c.quote_ts = bid, ask, ts
