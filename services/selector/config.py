@@ -32,9 +32,12 @@ class SelectorConfig(Section):
     rate: float = Field(0.04, ge=-0.05, le=0.5, description="Risk-free rate for implied-vol and greek computation.")
     default_max_risk_dollars: float = Field(500.0, ge=0, description="Risk context of published reco.<id> frames: "
                                             "dollars at risk per trade.")
-    default_buying_power: float = Field(0.0, ge=0, description="Risk context of published reco.<id> frames: day-trade "
-                                        "buying power (0 = fail closed: published recos size 0 contracts).")
-    default_equity: float = Field(0.0, ge=0, description="Risk context of published reco.<id> frames: account equity.")
+    default_buying_power: float = Field(100_000.0, ge=0, description="Risk context of published reco.<id> frames: "
+                                        "day-trade buying power. Default = the paper account's starting cash so the "
+                                        "embedded default trades on paper; the broker re-checks each real account's "
+                                        "own buying power before any order (0 = published recos size 0 contracts).")
+    default_equity: float = Field(100_000.0, ge=0, description="Risk context of published reco.<id> frames: account "
+                                  "equity (default: the paper account's starting cash).")
     scale1_fraction: float = Field(0.5, gt=0, le=1, description="Fraction scaled out at 1R (target 1).")
     scale2_fraction: float = Field(0.5, gt=0, le=1, description="Fraction of what remains scaled out at 2R.")
     bar_interval: str = Field("60s", pattern=r"^[0-9]{1,4}[smh]$", description="Closed bars whose confirmed swing "
