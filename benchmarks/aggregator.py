@@ -74,6 +74,8 @@ def bench_loop(frames: list[list[bytes]], n_events: int) -> None:
           f"(decode + cache + 1s/5s bars + publish; {int(bars):,} closed bars)")
     svc.pub.close()
     svc.rpc_server.close()
+    if svc.sub is not None:  # the service's SUB socket, or context termination waits for it
+        svc.sub.close()
     svc.ctx.destroy(linger=0)
 
 
