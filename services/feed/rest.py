@@ -197,15 +197,21 @@ class MassiveRest:
             if q is not None:
                 yield q
 
-    async def last_trade(self, ticker: str) -> Trade | None:
-        """``/v2/last/trade``: the latest trade as ``Trade(source="poll")``; None when there is none (404)."""
+    async def _last_results(self, path: str) -> dict | None:
+        """The ``results`` object of a last-trade/NBBO answer; None when the vendor has none (404)."""
         try:
-            body = await self.get_json(f"/v2/last/trade/{ticker}")
+            body = await self.get_json(path)
         except RestError as exc:
             if exc.status == 404:
                 return None
             raise
-        r = body.get("results") or {}
+        return body.get("results") or {}
+
+    async def last_trade(self, ticker: str) -> Trade | None:
+        """``/v2/last/trade``: the latest trade as ``Trade(source="poll")``; None when there is none (404)."""
+        r = await self._last_results(f"/v2/last/trade/{ticker}")
+        if r is None:
+            return None
         try:
             return Trade(sym=ticker, price=_nonneg(r["p"]), size=_nonneg(r.get("s", 0)), ts=int(r["t"]),
                          seq=int(r.get("q", 0)), exch=int(r.get("x", 0)), cond=[int(c) for c in r.get("c") or []],
@@ -216,13 +222,9 @@ class MassiveRest:
 
     async def last_quote(self, ticker: str) -> Quote | None:
         """``/v2/last/nbbo``: the latest NBBO as ``Quote(source="poll")``; None when there is none (404)."""
-        try:
-            body = await self.get_json(f"/v2/last/nbbo/{ticker}")
-        except RestError as exc:
-            if exc.status == 404:
-                return None
-            raise
-        r = body.get("results") or {}
+        r = await self._last_results(f"/v2/last/nbbo/{ticker}")
+        if r is None:
+            return None
         try:
             ts = int(r["t"])
             mult = 100 if ts < SHARES_SINCE_NS and not ticker.startswith("O:") else 1
