@@ -33,7 +33,9 @@ class Recorder(BusService):
 
     name = "recorder"
     subscriptions = {
-        "detector": ["setup.transition"],
+        # setup.shadow: transitions computed while the evaluator is in logging-only mode
+        # (rollout switch evaluator_logging_only): recorded, never shown to users
+        "detector": ["setup.transition", "setup.shadow"],
         "selector": ["exit."],
         "broker": ["order.", "fill.", "position.", "portfolio."],
     }
@@ -63,6 +65,7 @@ class Recorder(BusService):
                              before_replay=lambda: upgrade(self.url))
         self.writer.start()
         self.on("setup.transition", self._record("transition"))
+        self.on("setup.shadow", self._record("transition"))
         self.on("exit.", self._record("exit"))
         self.on("order.", self._record("order"))
         self.on("fill.", self._record("fill"))

@@ -211,6 +211,11 @@ def test_recorder_requarantines_a_failing_family_live(db_url, run_dir):
             setup_id="vwap_reclaim3", action="trail_stop", reason="trail", ts=t0 + 3 * 10**9 + 1,
             trailing_stop_path=[98.0, 99.5, 101.0]))
         eventually(lambda: store.count("setup_transitions") == 12, 15, 0.1, "transitions recorded")
+        # logging-only evaluator: shadow transitions are recorded too
+        mesh.publish("setup.shadow", "setup_transition", m.SetupTransition(
+            setup_id="shadow1", detector="orb", family="orb", sym="I:SPX", direction="long", to_state="forming",
+            reason="logging-only", ts=t0 + 9 * 10**9))
+        eventually(lambda: store.count("setup_transitions") == 13, 15, 0.1, "shadow transition recorded")
         eventually(lambda: store.setup_instance("vwap_reclaim3")["trailing_stop_path"] == [98.0, 99.5, 101.0],
                    10, 0.1, "trailing stop path recorded from exit advice")
         assert store.get_active_profile().allows("orb")
