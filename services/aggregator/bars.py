@@ -124,6 +124,8 @@ class BarAggregator:
         self.late = 0
         self.refused_symbols = 0
         self.closed: list[MicroBar] = []
+        #: earliest watermark at which ``advance`` can close something (callers skip it before)
+        self.next_due = 1 << 62
 
     # ------------------------------------------------------------------ input
 
@@ -271,6 +273,9 @@ class BarAggregator:
                 self.late += 1
                 return None
         acc = st.accs[iv] = _Acc(bucket, st.quote, st.index)
+        due = (bucket + 1) * iv + self.allowed_lateness_ns
+        if due < self.next_due:
+            self.next_due = due
         return acc
 
     def advance(self, watermark_ns: int) -> None:
@@ -278,11 +283,21 @@ class BarAggregator:
         if watermark_ns > self.watermark:
             self.watermark = watermark_ns
         limit = self.watermark - self.allowed_lateness_ns
+        if limit + self.allowed_lateness_ns < self.next_due:
+            return
+        next_due = 1 << 62
+        lateness = self.allowed_lateness_ns
         for sym, st in self.symbols.items():
             for name, iv in self.intervals:
                 acc = st.accs.get(iv)
-                if acc is not None and (acc.bucket + 1) * iv <= limit:
+                if acc is None:
+                    continue
+                end = (acc.bucket + 1) * iv
+                if end <= limit:
                     self._close(sym, st, name, iv, acc)
+                elif end + lateness < next_due:
+                    next_due = end + lateness
+        self.next_due = next_due
 
     # ------------------------------------------------------------------ output
 

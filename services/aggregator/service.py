@@ -32,7 +32,6 @@ from spx_common.config import load
 from spx_common.models import MicroBar
 from spx_common.service import BusService
 
-ADVANCE_EVERY_NS = 100_000_000
 
 
 class Aggregator(BusService):
@@ -49,7 +48,6 @@ class Aggregator(BusService):
                                self.cfg.max_symbols)
         self.bars: dict[tuple[str, str], deque[MicroBar]] = {}
         self._dirty: set[tuple[str, str]] = set()
-        self._advanced_at = 0
         m = self.metrics
         self.events_in = m.counter("aggregator_events_total", "Market events aggregated.")
         self.bars_out = m.counter("aggregator_bars_closed_total", "Closed bars published.", ["interval"])
@@ -82,10 +80,8 @@ class Aggregator(BusService):
         sym = events[0].sym
         for name, _ in self.agg.intervals:
             self._dirty.add((sym, name))
-        wm = self.agg.watermark
-        if wm - self._advanced_at >= ADVANCE_EVERY_NS:
-            self._advanced_at = wm
-            self.agg.advance(wm)
+        if self.agg.watermark >= self.agg.next_due:
+            self.agg.advance(self.agg.watermark)
         if self.agg.closed:
             self._publish_closed()
 
