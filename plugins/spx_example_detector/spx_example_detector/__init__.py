@@ -1,0 +1,1 @@
+"""An example third-party detector package (see docs/plugins.md)."""
