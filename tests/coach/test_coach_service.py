@@ -1,51 +1,21 @@
 """The real coach process (``python -m services.coach``) on real sockets: transitions and alerts in,
 ``coach.<user>`` out, bad input counted, metric exposed."""
 
-import os
-import subprocess
-import sys
 
 import pytest
-import zmq
 
-from spx_common.bus import Publisher, RpcClient, RpcError, Subscriber
-from spx_common.config import BusConfig, RuntimeConfig
 from spx_common.models import SetupTransition
 from tests.conftest import eventually
+from tests.harness import service_process
 
 T0 = 1_771_599_600_000_000_000
 
 
 @pytest.fixture
 def coach(run_dir):
-    rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
-    ctx = zmq.Context()
-    pubs = {s: Publisher(ctx, bus.pub_endpoint(s, rt, bind=True), s, linger_ms=0) for s in ("detector", "broker")}
-    env = {**os.environ, "SPX_RUNTIME_RUN_DIR": str(run_dir), "SPX_COACH_USERS": "alice,bob"}
-    proc = subprocess.Popen([sys.executable, "-m", "services.coach"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    rpc = RpcClient(ctx, bus.rep_endpoint("coach", rt), timeout_s=1.0, retries=0)
-    sub = Subscriber(ctx, [bus.pub_endpoint("coach", rt)], ["coach."], heartbeats=True)
-
-    def ping():
-        try:
-            return rpc.call("ping")
-        except RpcError:
-            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
-    try:
-        eventually(ping, 20, what="coach answers ping")
-        eventually(lambda: sub.recv(0.2) is not None, 10, what="coach heartbeat")
-        for name, pub in pubs.items():  # slow joiner: until the coach sees each publisher
-            eventually(lambda p=pub, n=name: p.heartbeat(T0) or n in rpc.call("status")["peers"], 10)
-        yield pubs, sub, rpc
-    finally:
-        proc.terminate()
-        assert proc.wait(10) == 0
-        rpc.close()
-        sub.close()
-        for p in pubs.values():
-            p.close()
-        ctx.destroy(linger=0)
+    with service_process(run_dir, "coach", peers=("detector", "broker"), topics=["coach."], heartbeat_ns=T0,
+                         env={"SPX_COACH_USERS": "alice,bob"}) as handles:
+        yield handles
 
 
 def _collect(sub, n, timeout_s=5.0):

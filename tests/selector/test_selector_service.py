@@ -1,17 +1,13 @@
 """The real selector process (``python -m services.selector``) on real sockets: chain doc and quotes
 in, ``select`` answered, ``reco.<id>`` on a trigger, ``exit.<id>`` from bars, bad input counted."""
 
-import os
-import subprocess
-import sys
 
 import pytest
-import zmq
 
-from spx_common.bus import Publisher, RpcClient, RpcError, Subscriber
-from spx_common.config import BusConfig, RuntimeConfig
+from spx_common.bus import RpcError
 from spx_common.models import MicroBar, Quote, SetupTransition
 from tests.conftest import eventually
+from tests.harness import service_process
 from tests.selector.helpers import T, chain_doc
 
 PUBS = ("feed", "detector", "aggregator")
@@ -19,35 +15,10 @@ PUBS = ("feed", "detector", "aggregator")
 
 @pytest.fixture
 def selector(run_dir):
-    rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
-    ctx = zmq.Context()
-    pubs = {s: Publisher(ctx, bus.pub_endpoint(s, rt, bind=True), s, linger_ms=0) for s in PUBS}
-    env = {**os.environ, "SPX_RUNTIME_RUN_DIR": str(run_dir), "SPX_SELECTOR_DEFAULT_BUYING_POWER": "20000",
-           "SPX_SELECTOR_BAR_INTERVAL": "1s", "SPX_SELECTOR_PIVOT_LEFT": "1", "SPX_SELECTOR_PIVOT_RIGHT": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "services.selector"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    rpc = RpcClient(ctx, bus.rep_endpoint("selector", rt), timeout_s=1.0, retries=0)
-    sub = Subscriber(ctx, [bus.pub_endpoint("selector", rt)], ["reco.", "exit.", "block."], heartbeats=True)
-
-    def ping():
-        try:
-            return rpc.call("ping")
-        except RpcError:
-            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
-    try:
-        eventually(ping, 20, what="selector answers ping")
-        eventually(lambda: sub.recv(0.2) is not None, 10, what="selector heartbeat")
-        for name, pub in pubs.items():
-            eventually(lambda p=pub, n=name: p.heartbeat(T) or n in rpc.call("status")["peers"], 10)
-        yield pubs, sub, rpc
-    finally:
-        proc.terminate()
-        assert proc.wait(10) == 0
-        rpc.close()
-        sub.close()
-        for p in pubs.values():
-            p.close()
-        ctx.destroy(linger=0)
+    with service_process(run_dir, "selector", peers=PUBS, topics=["reco.", "exit.", "block."], heartbeat_ns=T,
+                         env={"SPX_SELECTOR_DEFAULT_BUYING_POWER": "20000", "SPX_SELECTOR_BAR_INTERVAL": "1s",
+                              "SPX_SELECTOR_PIVOT_LEFT": "1", "SPX_SELECTOR_PIVOT_RIGHT": "1"}) as handles:
+        yield handles
 
 
 def _collect(sub, pred, timeout_s=5.0):
