@@ -177,8 +177,8 @@ def test_silent_stream_switches_to_poll_and_back(run_dir, fake):
     fake.index_values["I:SPX"] = IndexValue(sym="I:SPX", value=5905.0, ts=t)
     with live(run_dir, fake, poll_after_s=0.6, poll_interval_s=0.2) as feed:
         fake.wait_subscribed("stocks", "T.SPY")
-        eventually(lambda: any(s.mode == "poll" for s in feed.bodies("status.feed")), 3, what="poll mode")
-        eventually(lambda: feed.events("tick.SPY"), 3, what="polled events")
+        eventually(lambda: any(s.mode == "poll" for s in feed.bodies("status.feed")), 10, what="poll mode")
+        eventually(lambda: feed.events("tick.SPY"), 10, what="polled events")
         polled = feed.events("tick.")
         assert {e.source for e in polled} == {"poll"}
         assert {(type(e).__name__, e.sym) for e in polled} == {("Trade", "SPY"), ("Quote", "SPY"),
@@ -190,7 +190,7 @@ def test_silent_stream_switches_to_poll_and_back(run_dir, fake):
             modes = [s.mode for s in feed.bodies("status.feed")]
             return "tick" in modes[modes.index("poll"):]
 
-        eventually(modes_after_poll, 3, what="a tick status after the poll status")
+        eventually(modes_after_poll, 10, what="a tick status after the poll status")
         assert feed.events("tick.SPY")[-1].source == "tick"
 
 
