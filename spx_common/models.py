@@ -98,8 +98,11 @@ class IndexValue(Base, kw_only=True, tag="v", tag_field="k", gc=False):
 MarketEvent = Trade | Quote | IndexValue
 
 
-class MicroBar(Base, kw_only=True, gc=False):
+class MicroBar(Base, kw_only=True, gc=False, frozen=True):
     """A 1s/5s (or any interval) bar with quote microstructure.
+
+    Frozen: a bar is a fact once published; detectors and the backtester share bars without
+    copying them (``msgspec.structs.replace`` makes a changed copy).
 
     Formulas are specified in ``docs/microbars.md``; field names are snake_case on the
     bus and camelCase towards browsers.

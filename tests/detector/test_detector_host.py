@@ -45,7 +45,10 @@ def test_broken_plugins_are_isolated_counted_and_disabled():
         time.sleep(0.005)
 
     def mutator(ctx, bar):
-        bar.close = -1  # a copy: the host's bar is unaffected
+        with pytest.raises(AttributeError):
+            bar.close = -1  # bars are frozen: nobody can change what the host and others read
+        with pytest.raises(AttributeError):
+            ctx.bars[-1].close = -1
         with pytest.raises(TypeError):
             ctx.state["x"] = 1
         calls.append(1)
