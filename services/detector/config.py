@@ -23,6 +23,12 @@ class DetectorConfig(Section):
     budget_ms: float = Field(20.0, gt=0, description="Per-call time budget of a plugin.")
     max_slow: int = Field(5, ge=1, description="Budget overruns before a plugin is disabled.")
     bars_kept: int = Field(600, ge=10, description="Recent closed bars per symbol in the plugin context.")
+    baseline_bars: int = Field(60, ge=5, le=10_000, description="Bars in the rolling volume/range baseline "
+                               "(ctx.state['baseline']).")
+    flow_bars: int = Field(300, ge=5, le=100_000, description="Bars in the rolling flow-pressure window "
+                           "(ctx.state['flow']).")
+    flow_proxy: str = Field("SPY", description="Symbol whose order flow is the intraday flow proxy for every "
+                            "symbol (the index has no volume).")
     opening_range_min: float = Field(15.0, gt=0, description="Opening range length in minutes (event time).")
     confirm_ticks: int = Field(3, ge=1, description="Trigger debounce: consecutive ticks beyond the trigger.")
     confirm_ms: int = Field(500, ge=0, description="Trigger debounce: event-time ms beyond the trigger.")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 
 from services.detector.config import DetectorConfig
-from services.detector.context import DetectorContext
+from services.detector.context import DetectorContext, freeze
 from services.detector.host import PluginHost
 from services.detector.lifecycle import Lifecycle
 from services.detector.market import SessionState, gex
@@ -29,6 +29,9 @@ class DetectorEngine:
         self.bars: dict[str, deque[MicroBar]] = {}
         self.candidates: dict[str, SetupCandidate] = {}
         self.chain: dict | None = None
+        self.gex: dict | None = None  # computed once per chain update, never per bar
+        self.rolling: dict[str, Rolling] = {}
+        self._config = freeze(dict(cfg.plugin_config))
         self.profile = None
         self.now_ns = 0
         self._blocks: list[tuple[str, str]] = []
@@ -38,6 +41,17 @@ class DetectorEngine:
     def on_chain(self, doc: dict) -> None:
         if isinstance(doc, dict) and isinstance(doc.get("contracts"), list):
             self.chain = doc
+            self.gex = None
+            spot = doc.get("underlying")
+            if not isinstance(spot, (int, float)) or spot <= 0:
+                spx = self.sessions.get("I:SPX")
+                spot = spx.close if spx else None
+            if isinstance(spot, (int, float)) and spot > 0:
+                g = gex(doc["contracts"], float(spot))
+                if g is not None:
+                    self.gex = {"call_wall": g["call_wall"], "put_wall": g["put_wall"],
+                                "zero_gamma": g["zero_gamma"], "total": g["total"], "spot": float(spot),
+                                "as_of_ns": doc.get("ts") or self.now_ns, "source": "chain open interest"}
 
     def on_bar(self, bar: MicroBar) -> list[SetupTransition]:
         if bar.sym not in self.watched or bar.interval != self.cfg.interval:
@@ -47,11 +61,21 @@ class DetectorEngine:
         if ss is None:
             ss = self.sessions[bar.sym] = SessionState(opening_range_min=self.cfg.opening_range_min)
         ss.on_bar(bar)
-        ring = self.bars.setdefault(bar.sym, deque(maxlen=self.cfg.bars_kept))
+        ring = self.bars.get(bar.sym)
+        if ring is None:
+            ring = self.bars[bar.sym] = deque(maxlen=self.cfg.bars_kept)
         ring.append(bar)
+        roll = self.rolling.get(bar.sym)
+        if roll is None:
+            roll = self.rolling[bar.sym] = Rolling(self.cfg.baseline_bars, self.cfg.flow_bars)
         state = self.state_for(bar.sym)
-        ctx = DetectorContext.build(bar.sym, self.now_ns, list(ring), state,
-                                    self.cfg.plugin_config, (bar.start_ns - ss.day_open_ns) / 60e9)
+        state["baseline"] = roll.baseline()  # the bars BEFORE this one
+        roll.add(bar)
+        proxy = self.rolling.get(self.cfg.flow_proxy)
+        state["flow"] = proxy.flow(self.cfg.flow_proxy) if proxy is not None else None
+        state["gex"] = self.gex
+        ctx = DetectorContext.build(bar.sym, self.now_ns, ring, state, self._config,
+                                    (bar.start_ns - ss.day_open_ns) / 60e9)
         out = []
         for cand in self.host.on_bar(ctx, bar):
             tr = self._admit(cand, bar, state)
@@ -148,6 +172,70 @@ class DetectorEngine:
             if isinstance(spot, (int, float)) and spot > 0:
                 doc["gex"] = gex(self.chain["contracts"], float(spot))
         return doc
+
+
+class Rolling:
+    """O(1) rolling sums over the last closed bars of one symbol (bounded deques).
+
+    ``baseline``: mean volume and mean range over the last ``baseline_bars`` bars.
+    ``flow``: intraday flow pressure over the last ``flow_bars`` bars — aggressor delta volume
+    from microstructure when the bars carry it, else a bar-direction proxy (volume signed by
+    close - open), labelled so plugins can say which one they used.
+    """
+
+    __slots__ = ("nb", "nf", "base", "fl", "vol", "rng", "delta", "aggr", "micro", "signed", "fvol")
+
+    def __init__(self, baseline_bars: int, flow_bars: int) -> None:
+        self.nb, self.nf = baseline_bars, flow_bars
+        self.base: deque = deque()
+        self.fl: deque = deque()
+        self.vol = self.rng = 0.0
+        self.delta = self.aggr = self.signed = self.fvol = 0.0
+        self.micro = 0
+
+    def add(self, bar: MicroBar) -> None:
+        v, r = bar.volume, bar.high - bar.low
+        self.base.append((v, r))
+        self.vol += v
+        self.rng += r
+        if len(self.base) > self.nb:
+            ov, orr = self.base.popleft()
+            self.vol -= ov
+            self.rng -= orr
+        bv, sv = bar.buy_volume, bar.sell_volume
+        has = bv is not None and sv is not None
+        d, a = (bv - sv, bv + sv) if has else (0.0, 0.0)
+        sg = v if bar.close > bar.open else -v if bar.close < bar.open else 0.0
+        self.fl.append((d, a, has, sg, v))
+        self.delta += d
+        self.aggr += a
+        self.micro += has
+        self.signed += sg
+        self.fvol += v
+        if len(self.fl) > self.nf:
+            od, oa, oh, osg, ov = self.fl.popleft()
+            self.delta -= od
+            self.aggr -= oa
+            self.micro -= oh
+            self.signed -= osg
+            self.fvol -= ov
+
+    def baseline(self) -> dict:
+        n = len(self.base)
+        return {"bars": n, "volume_avg": self.vol / n if n else None, "range_avg": self.rng / n if n else None}
+
+    def flow(self, sym: str) -> dict:
+        n = len(self.fl)
+        if n and self.micro == n and self.aggr > 0:
+            pressure, source = self.delta / self.aggr, "intraday aggressor delta volume"
+        elif self.fvol > 0:
+            pressure, source = self.signed / self.fvol, "bar-direction volume proxy (no microstructure)"
+        else:
+            pressure, source = None, "none"
+        if pressure is not None:
+            pressure = max(-1.0, min(1.0, pressure))
+        return {"sym": sym, "bars": n, "pressure": pressure, "source": source, "delta_volume": self.delta,
+                "volume": self.fvol}
 
 
 def _skew(bar: MicroBar) -> float | None:

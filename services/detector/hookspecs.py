@@ -37,7 +37,7 @@ def spx_detector_describe() -> dict:
 def spx_detector_on_bar(ctx, bar) -> list | None:
     """A closed microbar of a watched symbol, with the read-only context.
 
-    ``bar``: :class:`spx_common.models.MicroBar` (a copy: mutating it changes nothing).
+    ``bar``: :class:`spx_common.models.MicroBar` (frozen: it cannot be changed).
     ``ctx``: :class:`services.detector.context.DetectorContext` — recent closed bars with
     microstructure (``ctx.bars``), the market state (levels, VWAP bands, opening range, regime,
     GEX when a chain is known), the session clock in event time (``ctx.now_ns``,

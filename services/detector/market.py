@@ -39,6 +39,7 @@ class SessionState:
     vol: float = 0.0
     p2v: float = 0.0
     n: int = 0
+    last_ns: int = 0
     closes: list = field(default_factory=list)  # last 120 closes for the regime
 
     def on_bar(self, bar: MicroBar) -> None:
@@ -52,6 +53,7 @@ class SessionState:
             self.pv = self.vol = self.p2v = 0.0
             self.n = 0
             self.closes = []
+        self.last_ns = bar.start_ns
         self.high = max(self.high, bar.high)
         self.low = min(self.low, bar.low)
         self.close = bar.close
@@ -98,7 +100,9 @@ class SessionState:
     def snapshot(self) -> dict:
         v, sd = self.vwap()
         doc = {"open_ns": self.day_open_ns, "high": _f(self.high), "low": _f(self.low), "last": self.close,
-               "opening_range": {"high": self.or_high, "low": self.or_low},
+               "opening_range": {"high": self.or_high, "low": self.or_low,
+                                 "complete": self.or_high is not None and
+                                 self.last_ns >= self.day_open_ns + self.opening_range_min * 60e9},
                "vwap": v, "vwap_bands": None if v is None else
                {"upper1": v + sd, "lower1": v - sd, "upper2": v + 2 * sd, "lower2": v - 2 * sd},
                "prior_day": self.prior, "pivots": pivots(self.prior), "regime": self.regime()}

@@ -28,16 +28,23 @@ class PluginRun:
 
 
 def run_plugin(plugin: Any, bars: Iterable[MicroBar], *, config: dict | None = None,
-               opening_range_min: float = 15.0) -> PluginRun:
-    """Run ``plugin`` (module or object with hook implementations) over ``bars`` in order."""
+               opening_range_min: float = 15.0, chain: dict | None = None, **settings: Any) -> PluginRun:
+    """Run ``plugin`` (module or object with hook implementations) over ``bars`` in order.
+
+    ``chain`` is an option-chain document as published on ``chain.SPXW`` (``underlying`` and
+    ``contracts`` with ``strike``, ``type``, ``gamma``, ``open_interest``): it feeds the GEX part of
+    the market state. Other keyword arguments are ``[detector]`` settings (e.g. ``flow_bars``).
+    """
     bars = list(bars)
     host = PluginHost()
     host.register(plugin, source="testing harness")
     symbols = sorted({b.sym for b in bars}) or ["SPY"]
     interval = bars[0].interval if bars else "1s"
     cfg = DetectorConfig(symbols=symbols, interval=interval, plugin_config=config or {},
-                         opening_range_min=opening_range_min, family_cap=1000, macro_block_below=-1.0)
+                         opening_range_min=opening_range_min, family_cap=1000, macro_block_below=-1.0, **settings)
     engine = DetectorEngine(cfg, host)
+    if chain is not None:
+        engine.on_chain(chain)
     run = PluginRun()
     for bar in bars:
         trs = engine.on_bar(bar)

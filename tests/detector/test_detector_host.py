@@ -132,17 +132,17 @@ def test_lifecycle_dedupes_invalidates_stops_and_expires():
     assert ranks == sorted(ranks)
 
 
-def _engine():
+def _engine(plugin_config: dict | None = None):
     import spx_builtin_detectors
 
     host = PluginHost()
     host.register(spx_builtin_detectors, "test")
-    return DetectorEngine(DetectorConfig(symbols=["SPY"], opening_range_min=1, family_cap=5), host)
+    return DetectorEngine(DetectorConfig(symbols=["SPY"], opening_range_min=1, family_cap=5,
+                                         plugin_config=plugin_config or {}), host)
 
 
 def test_orb_fires_on_a_breakout_after_the_opening_range_and_not_inside_it():
-    eng = _engine()
-    eng.cfg.plugin_config["orb"] = {"after_min": 1}
+    eng = _engine({"orb": {"after_min": 1}})
     trs = []
     for i in range(60):  # opening range 99.5..100.5
         trs += eng.on_bar(bar(i, 100.0 + (0.4 if i % 2 else -0.4)))
