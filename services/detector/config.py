@@ -37,4 +37,8 @@ class DetectorConfig(Section):
     family_cap: int = Field(2, ge=1, description="Diversification: active setups per family at most.")
     macro_block_below: float = Field(-0.5, ge=-1, le=1, description="Macro-alignment kill switch: candidates "
                                      "scoring below this are blocked.")
+    restore_setups: bool = Field(True, description="At start, restore unresolved setups of the newest session from "
+                                 "the store so their lifecycle continues after a restart.")
+    warmup: bool = Field(True, description="At start, re-read recent closed bars from the aggregator (bars_since) "
+                         "to rebuild market state before handling live bars.")
     state_every_s: float = Field(2.0, gt=0, description="Market-state snapshot cadence (wall seconds).")

@@ -13,7 +13,7 @@ from collections import deque
 from services.detector.config import DetectorConfig
 from services.detector.context import DetectorContext, freeze
 from services.detector.host import PluginHost
-from services.detector.lifecycle import Lifecycle
+from services.detector.lifecycle import RANK, TERMINAL, Lifecycle, Setup
 from services.detector.market import SessionState, gex
 from spx_common.models import IndexValue, MicroBar, SetupCandidate, SetupTransition, Trade
 
@@ -99,6 +99,55 @@ class DetectorEngine:
                 self.now_ns = ev.ts
             out.extend(self.lifecycle.on_price(ev.sym, price, ev.ts))
         return out
+
+    def restore(self, rows: list[dict]) -> int:
+        """Bring persisted, unresolved setup instances back into the lifecycle (restart).
+
+        Each keeps its id, state, geometry, microstructure at trigger and macro score, so its next
+        transition continues where the published sequence stopped and nothing already published is
+        published again (transitions are forward-only). The trigger debounce restarts from zero.
+        Rows of unwatched symbols, terminal states or broken geometry are skipped. Returns how many
+        setups were restored.
+        """
+        n = 0
+        for r in rows:
+            state = r.get("state")
+            if r.get("sym") not in self.watched or state in TERMINAL or state not in RANK:
+                continue
+            try:
+                cand = SetupCandidate(detector=r["detector"], family=r["family"], sym=r["sym"],
+                                      direction=r["direction"], entry_low=float(r["entry_low"]),
+                                      entry_high=float(r["entry_high"]), stop=float(r["stop"]),
+                                      targets=[float(x) for x in (r.get("targets") or [])],
+                                      confidence=float(r["confidence"] if r.get("confidence") is not None else 0.5),
+                                      ts=int(r["first_ns"]), evidence={"restored": True})
+            except (KeyError, TypeError, ValueError):
+                continue
+            if self.lifecycle.count() >= self.lifecycle.max_active:
+                break
+            self.lifecycle.restore(Setup(r["setup_id"], cand, state=state, created_ns=cand.ts,
+                                         micro=dict(r.get("microstructure_at_trigger") or {}),
+                                         macro_score=r.get("macro_alignment_score")))
+            self.now_ns = max(self.now_ns, int(r.get("last_ns") or 0))
+            n += 1
+        return n
+
+    def warm(self, bar: MicroBar) -> None:
+        """Rebuild market state and recent bars from an older closed bar without running plugins."""
+        if bar.sym not in self.watched or bar.interval != self.cfg.interval:
+            return
+        ss = self.sessions.get(bar.sym)
+        if ss is None:
+            ss = self.sessions[bar.sym] = SessionState(opening_range_min=self.cfg.opening_range_min)
+        ss.on_bar(bar)
+        ring = self.bars.get(bar.sym)
+        if ring is None:
+            ring = self.bars[bar.sym] = deque(maxlen=self.cfg.bars_kept)
+        ring.append(bar)
+        roll = self.rolling.get(bar.sym)
+        if roll is None:
+            roll = self.rolling[bar.sym] = Rolling(self.cfg.baseline_bars, self.cfg.flow_bars)
+        roll.add(bar)
 
     # ------------------------------------------------------------------ gating
 

@@ -7,18 +7,27 @@ lifecycle of active setups; the chain (``chain.SPXW``) feeds GEX. Publishes
 
 Requests: ``plugins`` (loaded plugins with version, status, error counts), ``active``
 (active setups), ``state`` (last market-state snapshot).
+
+Restart: before the first frame is handled, unresolved setups of the newest session are restored
+from the store (``restore_setups``) so their lifecycle continues where the published sequence
+stopped; then the recent closed bars are re-read from the aggregator (``bars_since``) to rebuild
+market state and plugin context (``warmup``). Live bars arriving during the warm-up are held
+(bounded) and handled after it, so the bar order plugins see is the event-time order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
+
+import msgspec
 
 from services.detector.config import DetectorConfig
 from services.detector.core import DetectorEngine
 from services.detector.host import PluginHost
 from spx_common.config import load
-from spx_common.models import BlockEvent
+from spx_common.models import BlockEvent, MicroBar
 from spx_common.service import BusService
 
 
@@ -45,7 +54,11 @@ class DetectorService(BusService):
         self.latency = m.histogram("setup_transition_latency_ms",
                                    "Tick publish (feed) to transition publish, wall ms.")
         self.plugin_status = m.gauge("detector_plugins", "Plugins by status.", ["status"])
+        self.restored = m.counter("detector_setups_restored_total", "Unresolved setups restored from the store "
+                                  "at start.")
         self._last_state: dict = {}
+        self._warming = self.cfg.warmup
+        self._held: deque = deque(maxlen=10_000)
 
     def setup(self) -> None:
         for err in self.host.load_errors:
@@ -59,6 +72,52 @@ class DetectorService(BusService):
                                       for syms in self.engine.lifecycle.active.values() for s in syms.values()])
         self.rpc("state", lambda p: self._last_state)
         self.refresh_profile()
+        if self.cfg.restore_setups:
+            self.restore_setups()
+
+    def restore_setups(self) -> int:
+        try:
+            from spx_common.store import open_store
+
+            store = open_store()
+            try:
+                rows = store.active_setups(limit=self.cfg.max_active)
+            finally:
+                store.close()
+        except Exception as exc:  # the database may be down: start empty, say so
+            self.log.error("could not restore active setups from the store: %r", exc)
+            self.blocked.inc(reason="restore_failed")
+            return 0
+        n = self.engine.restore(rows)
+        self.restored.inc(n)
+        if n:
+            self.log.info("restored %d active setups from the store", n)
+        return n
+
+    async def warmup(self) -> None:
+        """Re-read recent closed bars from the aggregator; live bars wait (bounded) meanwhile."""
+        try:
+            client = self.client("aggregator", timeout_s=2.0, retries=1)
+            for sym in sorted(self.engine.watched):
+                try:
+                    doc = await client.call("bars_since", {"sym": sym, "interval": self.cfg.interval,
+                                                           "limit": self.cfg.bars_kept})
+                except Exception as exc:
+                    self.log.warning("warm-up of %s skipped: %r", sym, exc)
+                    continue
+                first_live = next((b.start_ns for b in self._held if b.sym == sym), None)
+                for raw in doc.get("bars", []) if isinstance(doc, dict) else []:
+                    try:
+                        bar = msgspec.convert(raw, MicroBar)
+                    except msgspec.ValidationError:
+                        continue
+                    if first_live is None or bar.start_ns < first_live:
+                        self.engine.warm(bar)
+        finally:
+            self._warming = False
+            held, self._held = list(self._held), deque(maxlen=self._held.maxlen)
+            for bar in held:
+                self._handle_bar(bar, time.time_ns())
 
     def refresh_profile(self) -> None:
         try:
@@ -71,8 +130,14 @@ class DetectorService(BusService):
     def _on_bar(self, frame, bar) -> None:
         if not bar.closed:
             return
+        if self._warming:
+            self._held.append(bar)
+            return
+        self._handle_bar(bar, frame.pub_ns)
+
+    def _handle_bar(self, bar, origin_pub_ns: int) -> None:
         for tr in self.engine.on_bar(bar):
-            self._publish_transition(tr, frame.pub_ns)
+            self._publish_transition(tr, origin_pub_ns)
         self._flush_refusals()
 
     def _on_ticks(self, frame, events) -> None:
@@ -100,6 +165,8 @@ class DetectorService(BusService):
         self.host.events.status.clear()
 
     async def main(self) -> None:
+        if self._warming:
+            await self.warmup()
         last_profile = time.monotonic()
         while not self.stop_event.is_set():
             await asyncio.sleep(self.cfg.state_every_s)

@@ -329,6 +329,20 @@ class Store:
         with self.engine.connect() as c:
             return [dict(r._mapping) for r in c.execute(q.order_by(s.first_ns, s.setup_id))]
 
+    def active_setups(self, *, limit: int = 200, source: str = "live", within_ns: int = 24 * 3600 * 10**9) -> list[dict]:
+        """Setup instances not yet resolved, of the newest ``within_ns`` of event time (the detector
+        host restores these on restart), oldest first, at most ``limit`` (the newest ones)."""
+        s = t.setup_instances.c
+        with self.engine.connect() as c:
+            newest = c.execute(sa.select(sa.func.max(s.last_ns)).where(s.source == source)).scalar()
+            if newest is None:
+                return []
+            q = (sa.select(t.setup_instances)
+                 .where(s.source == source, s.state.not_in(sorted(TERMINAL)), s.last_ns >= newest - within_ns)
+                 .order_by(s.first_ns.desc(), s.setup_id).limit(limit))
+            rows = [dict(r._mapping) for r in c.execute(q)]
+        return rows[::-1]
+
     def count(self, table: str) -> int:
         with self.engine.connect() as c:
             return c.execute(sa.select(sa.func.count()).select_from(t.metadata.tables[table])).scalar_one()

@@ -1,0 +1,130 @@
+"""A detector host SIGKILLed mid-setup comes back with its active setups restored from the store
+(SQLite and PostgreSQL): the setup continues to its next states, and no transition is published or
+stored twice. Real detector and recorder processes, real ZeroMQ, real databases."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import zmq
+
+from spx_common.bus import Publisher, RpcClient, RpcError, Subscriber
+from spx_common.config import BusConfig, RuntimeConfig
+from spx_common.models import MicroBar, Trade
+from spx_common.store import open_store
+from tests.conftest import eventually
+from tests.store.conftest import db_url  # noqa: F401  (fixture: SQLite and PostgreSQL)
+
+S = 1_000_000_000
+T0 = 1_795_185_000 * S
+
+
+def _start(name, env):
+    return subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_detector_restart_restores_active_setups_without_duplicates(db_url, run_dir):  # noqa: F811
+    rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
+    env = {**os.environ, "SPX_RUNTIME_RUN_DIR": str(run_dir), "DATABASE_URL": db_url,
+           "SPX_DETECTOR_ENTRY_POINTS": "false", "SPX_DETECTOR_PLUGINS": "tests.detector.restore_plugin",
+           "SPX_DETECTOR_SYMBOLS": "SPY", "SPX_DETECTOR_CONFIRM_MS": "0", "SPX_DETECTOR_WARMUP": "false",
+           "SPX_DETECTOR_MACRO_BLOCK_BELOW": "-1"}
+    ctx = zmq.Context()
+    agg = Publisher(ctx, bus.pub_endpoint("aggregator", rt, bind=True), "aggregator", linger_ms=0)
+    feed = Publisher(ctx, bus.pub_endpoint("feed", rt, bind=True), "feed", linger_ms=0)
+    watch = Subscriber(ctx, [bus.pub_endpoint("detector", rt)], ["setup.transition"], heartbeats=True)
+    rpc = RpcClient(ctx, bus.rep_endpoint("detector", rt), timeout_s=1.0, retries=0)
+    rec_rpc = RpcClient(ctx, bus.rep_endpoint("recorder", rt), timeout_s=1.0, retries=0)
+    open_store(db_url).close()  # migrated before either process touches it
+    procs = {"recorder": _start("recorder", env), "detector": _start("detector", env)}
+    seen: list = []
+    sessions: set = set()
+
+    def drain():
+        while (f := watch.recv(0.05)) is not None:
+            sessions.add(f.session)
+            if f.topic == "setup.transition":
+                seen.append(f.body())
+
+    def up(client, name):
+        def ok():
+            try:
+                st = client.call("status")
+            except RpcError:
+                assert procs[name].poll() is None, f"{name} exited"
+                return False
+            if name == "detector":
+                agg.heartbeat(T0)
+                feed.heartbeat(T0)
+                return {"aggregator", "feed"} <= set(st["peers"])
+            return "detector" in st["peers"]
+        eventually(ok, 20, what=f"{name} up and subscribed")
+
+    def ticks(prices, t):
+        for i, p in enumerate(prices):
+            feed.publish("tick.SPY", "ticks", [Trade(sym="SPY", price=p, size=1, ts=t + i * 1000)], t + i * 1000)
+
+    def stored_states(store, sid):
+        import sqlalchemy as sa
+        from spx_common.store import tables as t
+        with store.engine.connect() as c:
+            return sorted(r.to_state for r in c.execute(
+                sa.select(t.setup_transitions.c.to_state).where(t.setup_transitions.c.setup_id == sid)))
+
+    store = open_store(db_url, migrate=False)
+    try:
+        up(rpc, "detector")
+        up(rec_rpc, "recorder")
+        eventually(lambda: (drain(), sessions)[1], 10, what="our SUB hears the detector")
+        agg.publish("bar.1s.SPY", "bar", MicroBar(sym="SPY", interval="1s", start_ns=T0, open=100.4, high=100.9,
+                                                 low=100.4, close=100.8, volume=10, closed=True), T0)
+        ticks([100.8], T0 + S)  # in the entry zone: ready
+        eventually(lambda: (drain(), [t.to_state for t in seen])[1] == ["forming", "ready"], 10,
+                   what="forming and ready published")
+        sid = seen[0].setup_id
+        eventually(lambda: stored_states(store, sid) == ["forming", "ready"], 10, what="recorder stored both")
+
+        procs["detector"].send_signal(signal.SIGKILL)
+        procs["detector"].wait(10)
+        procs["detector"] = _start("detector", env)
+        up(rpc, "detector")
+        active = rpc.call("active")
+        assert [(a["setup_id"], a["state"]) for a in active] == [(sid, "ready")]
+        old = set(sessions)
+        eventually(lambda: (drain(), sessions - old)[1], 10, what="our SUB hears the restarted detector")
+        # the same bar again: the plugin fires again, the lifecycle refuses the duplicate
+        agg.publish("bar.1s.SPY", "bar", MicroBar(sym="SPY", interval="1s", start_ns=T0 + 2 * S, open=100.8,
+                                                 high=100.9, low=100.7, close=100.85, volume=10, closed=True),
+                    T0 + 2 * S)
+        ticks([101.2, 101.3, 101.4], T0 + 3 * S)  # beyond the trigger 3 ticks: triggered
+        ticks([102.1], T0 + 4 * S)  # target 1
+        try:
+            eventually(lambda: (drain(), [t.to_state for t in seen])[1][-2:] == ["triggered", "target1_hit"], 10)
+        except AssertionError:
+            raise AssertionError(f"after the restart expected triggered, target1_hit; seen {seen}") from None
+        states = [t.to_state for t in seen if t.setup_id == sid]
+        assert states == ["forming", "ready", "triggered", "target1_hit"], states
+        assert [t.to_state for t in seen if t.setup_id != sid] == []  # nothing re-formed
+        eventually(lambda: stored_states(store, sid) == ["forming", "ready", "target1_hit", "triggered"], 10,
+                   what="each transition stored exactly once")
+        inst = store.setup_instance(sid)
+        assert inst["state"] == "target1_hit" and inst["t1_hit"] and inst["entry_price"] == 101.4
+        metrics = rpc.call("metrics")
+        assert "detector_setups_restored_total 1" in (metrics if isinstance(metrics, str) else str(metrics))
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        store.close()
+        for s in (watch, rpc, rec_rpc, agg, feed):
+            s.close()
+        ctx.destroy(linger=0)
