@@ -4,7 +4,9 @@ selector recommendation -> paper broker fills -> recorder rows -> coach alerts.
 Replays the generated day at 60x so the opening range completes within the test's bounds.
 """
 
+import json
 import sqlite3
+import threading
 import time
 
 import pytest
@@ -18,9 +20,37 @@ from tests.conftest import free_port
 pytestmark = pytest.mark.mesh
 
 
+def _watch_setups(port: int, out: list, stop: threading.Event) -> None:
+    """A browser-like client of the gateway's ``setups`` channel: (setup id, state) in arrival order."""
+    from websockets.sync.client import connect
+
+    deadline = time.monotonic() + 30
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            ws = connect(f"ws://127.0.0.1:{port}/ws", open_timeout=2)
+            break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        return
+    with ws:
+        ws.send(json.dumps({"op": "subscribe", "channels": ["setups"]}))
+        while not stop.is_set():
+            try:
+                msg = json.loads(ws.recv(timeout=0.5))
+            except TimeoutError:
+                continue
+            if msg.get("channel") == "setups" and msg.get("type") == "update":
+                out.append((msg["data"]["setup_id"], msg["data"]["to_state"]))
+
+
 def test_setup_triggers_paper_broker_fills_and_everything_is_recorded(run_dir):
     runtime = RuntimeConfig(run_dir=run_dir)
-    supervise.start(runtime, {"SPX_GATEWAY_PORT": str(free_port()), "SPX_FEED_REPLAY_SPEED": "60"})
+    port = free_port()
+    supervise.start(runtime, {"SPX_GATEWAY_PORT": str(port), "SPX_FEED_REPLAY_SPEED": "60"})
+    ws_seen: list = []
+    ws_stop = threading.Event()
+    ws_thread = threading.Thread(target=_watch_setups, args=(port, ws_seen, ws_stop), daemon=True)
     ctx = zmq.Context()
     bus = BusConfig()
     sub = Subscriber(ctx, [bus.pub_endpoint(s, runtime) for s in ("detector", "selector", "broker", "coach")],
@@ -28,6 +58,7 @@ def test_setup_triggers_paper_broker_fills_and_everything_is_recorded(run_dir):
     seen: dict[str, int] = {}
     try:
         supervise.wait_running(runtime, 60)
+        ws_thread.start()
         deadline = time.monotonic() + 150
         want = {"triggered", "reco_ok", "fill", "coach"}
         while time.monotonic() < deadline and not want <= set(seen):
@@ -44,6 +75,19 @@ def test_setup_triggers_paper_broker_fills_and_everything_is_recorded(run_dir):
             elif frame.topic.startswith("coach."):
                 seen["coach"] = seen.get("coach", 0) + 1
         assert want <= set(seen), f"saw only {seen}; logs in {runtime.path('logs')}"
+        # the gateway's setups channel showed setups appearing and moving through their states
+        rank = {"forming": 0, "ready": 1, "triggered": 2, "target1_hit": 3, "target2_hit": 4}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(st == "triggered" for _, st in ws_seen):
+            time.sleep(0.2)
+        by_id: dict[str, list] = {}
+        for sid, st in ws_seen:
+            by_id.setdefault(sid, []).append(st)
+        moved = [sts for sts in by_id.values() if "forming" in sts and "triggered" in sts]
+        assert moved, f"no setup seen going forming -> triggered on the setups channel: {by_id}"
+        for sts in by_id.values():  # forward-only, no state twice
+            live = [rank[x] for x in sts if x in rank]
+            assert live == sorted(live) and len(set(sts)) == len(sts), sts
         db = sqlite3.connect(runtime.path("spx.sqlite3"))
 
         def rows(table):
@@ -55,6 +99,9 @@ def test_setup_triggers_paper_broker_fills_and_everything_is_recorded(run_dir):
         assert rows("fills") > 0 and rows("orders") > 0 and rows("setup_instances") > 0
         db.close()
     finally:
+        ws_stop.set()
+        if ws_thread.is_alive():
+            ws_thread.join(5)
         sub.close()
         ctx.destroy(linger=0)
         supervise.stop(runtime, 30)
