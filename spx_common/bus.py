@@ -108,7 +108,7 @@ class Publisher:
         self.frames_out += 1
         return seq
 
-    def heartbeat(self, started_ns: int, state: str = "running", detail: str = "", stats=None) -> None:
+    def heartbeat(self, started_ns: int, state: str = "running", detail: str = "", stats=None, flags=None) -> None:
         import os
 
         now = time.time_ns()
@@ -122,6 +122,7 @@ class Publisher:
             state=state,  # type: ignore[arg-type]
             detail=detail,
             stats=stats or {},
+            flags=flags or {},
         )
         self.publish(HEARTBEAT_PREFIX + self.service, "heartbeat", hb, now)
 

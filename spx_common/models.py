@@ -153,7 +153,8 @@ class Heartbeat(Base, kw_only=True):
 
     ``session`` changes when the process restarts; ``topics`` maps each topic the
     publisher has sent on to its last sequence number, so a subscriber can detect
-    loss at the tail of a stream, not only between frames.
+    loss at the tail of a stream, not only between frames. ``flags`` are the rollout
+    switches the process is applying now (``spx status`` and the dashboard show them).
     """
 
     service: str
@@ -165,6 +166,7 @@ class Heartbeat(Base, kw_only=True):
     state: Literal["starting", "running", "degraded", "stopping"] = "running"
     detail: str = ""
     stats: dict[str, float] = {}
+    flags: dict[str, bool | str] = {}
 
 
 # --------------------------------------------------------------------------- detection

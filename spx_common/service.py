@@ -266,7 +266,7 @@ class BusService:
                 self.periodic()
             except Exception:
                 self.log.exception("periodic() failed")
-            self.pub.heartbeat(self.started_ns, self.state, self.detail, self._heartbeat_stats())
+            self.pub.heartbeat(self.started_ns, self.state, self.detail, self._heartbeat_stats(), self.flags)
             try:
                 await asyncio.wait_for(self.stop_event.wait(), self.bus.heartbeat_s)
             except asyncio.TimeoutError:
