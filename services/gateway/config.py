@@ -34,6 +34,10 @@ class GatewayConfig(Section):
         262_144, ge=0, le=64 * 1024 * 1024,
         description="Kernel send buffer (SO_SNDBUF) per connection, so a slow client's backlog stays bounded in "
         "the kernel too and shows up in its conflating queue; 0 leaves the OS default (autotuned, up to MBs).")
+    poll_cadence_ms: float = Field(
+        1000.0, ge=50, le=60_000,
+        description="Cadence of the poll-cadence price stream served to users the tick_fanout switch leaves out "
+        "(one conflated price per symbol per period, source 'poll'; docs/rollout.md).")
     max_message_bytes: int = Field(
         4096, ge=64, le=1_000_000,
         description="Largest client message answered; bigger ones get an error (type 'error', code 'too_large').")

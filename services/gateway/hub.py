@@ -5,6 +5,13 @@ and drains each :class:`Client`'s queue onto its websocket. Everything here is s
 snapshot and the registration of its subscriber happen atomically between two bus frames: the
 snapshot carries the channel's current ``seq`` and the first update the client gets is ``seq+1``.
 
+Tick fan-out (the ``tick_fanout`` rollout switch, docs/rollout.md): a ``price:<symbol>`` subscriber
+whose user the :class:`FanoutPolicy` allows is on the tick-cadence stream (internal key ``price:SYM``,
+throttled by ``price_throttle_s``); everyone else is on the poll-cadence stream (key ``poll:SYM``):
+one conflated price per ``poll_cadence_s`` when it changed, ``source: "poll"`` and ``cadenceMs``.
+Both streams have their own ``seq``; a client moved between them by a policy change gets a fresh
+snapshot of its new stream first, so its sequence stitching restarts cleanly.
+
 Bounds: every per-channel history is a bounded deque, remembered symbols and users are LRU-bounded,
 and each client queue holds at most ``queue_max`` messages (price and in-progress bar updates are
 conflated in place, so a slow client always ends up with the latest value).
@@ -117,6 +124,30 @@ class Client:
         return False
 
 
+class FanoutPolicy:
+    """Who gets tick-cadence prices: ``all``, ``none``, or a comma-separated allow-list of users.
+    Connections without a token only get tick cadence under ``all``."""
+
+    def __init__(self, value: str = "all") -> None:
+        text = str(value).strip()
+        self.value = text
+        if text.lower() in ("all", "*", ""):
+            self.mode, self.users = "all", frozenset()
+        elif text.lower() == "none":
+            self.mode, self.users = "none", frozenset()
+        else:
+            self.mode = "users"
+            self.users = frozenset(u.strip() for u in text.split(",") if u.strip())
+
+    def allows(self, user: str | None) -> bool:
+        if self.mode == "all":
+            return True
+        return self.mode == "users" and user is not None and user in self.users
+
+    def __repr__(self) -> str:
+        return f"FanoutPolicy({self.value!r})"
+
+
 @dataclass(slots=True)
 class Channel:
     name: str  # the name clients use
@@ -167,8 +198,14 @@ class Hub:
 
     def __init__(self, *, price_throttle_s: float = 0.25, history_bars: int = 600, max_symbols: int = 20_000,
                  max_channels_per_client: int = 64, keep_setups: int = 200, keep_user_items: int = 100,
-                 max_users: int = 1000) -> None:
+                 max_users: int = 1000, poll_cadence_s: float = 1.0, fanout: str = "all") -> None:
         self.history_bars = history_bars
+        self.poll_cadence_s = poll_cadence_s
+        self.fanout = FanoutPolicy(fanout)
+        self._poll_keys: set[str] = set()  # poll-cadence price channels that may have subscribers
+        self._poll_sent: dict[str, int] = {}  # symbol -> ts of the price last sent at poll cadence
+        self.poll_broadcasts = 0
+        self.fanout_moves = 0
         self.max_symbols = max_symbols
         self.max_channels_per_client = max_channels_per_client
         self.keep_setups = keep_setups
@@ -200,11 +237,13 @@ class Hub:
 
     def key_for(self, client: Client, name: str) -> str:
         """Internal channel key of ``name`` for ``client`` (user channels are per user); raises ChannelError."""
-        kind, _ = parse_channel(name)
+        kind, args = parse_channel(name)
         if kind in USER_CHANNELS:
             if client.user is None:
                 raise ChannelError("unauthorized", f"channel {name!r} needs a token: connect to /ws?token=<spx token USER>")
             return f"{kind}@{client.user}"
+        if kind == "price" and not self.fanout.allows(client.user):
+            return f"poll:{args[0]}"
         return name
 
     def subscribe(self, client: Client, name: str) -> None:
@@ -214,10 +253,18 @@ class Hub:
             return
         if len(client.subs) >= self.max_channels_per_client:
             raise ChannelError("too_many_channels", f"at most {self.max_channels_per_client} channels per connection")
+        self._attach(client, key, name)
+
+    def _attach(self, client: Client, key: str, name: str) -> None:
+        """Queue the snapshot of channel ``key`` to ``client`` and add it to the channel's subscribers."""
         ch = self._channel(key, name)
         data, ts = self._snapshot(key)
-        client.push(encode({"channel": name, "type": "snapshot", "seq": ch.seq, "source": self._source(key),
-                            "ts": ts, "data": data}), seal=key)
+        msg = {"channel": name, "type": "snapshot", "seq": ch.seq, "source": self._source(key), "ts": ts,
+               "data": data}
+        if key.startswith("poll:"):
+            msg["cadenceMs"] = self.poll_cadence_s * 1000
+            self._poll_keys.add(key)
+        client.push(encode(msg), seal=key)
         ch.subs.add(client)
         client.subs[key] = name
 
@@ -226,6 +273,8 @@ class Hub:
             key = self.key_for(client, name)
         except ChannelError:
             return False
+        if key not in client.subs and name.startswith("price:"):
+            key = f"poll:{name[6:]}" if key == name else name  # subscribed under the other fan-out stream
         if client.subs.pop(key, None) is None:
             return False
         ch = self.channels.get(key)
@@ -251,13 +300,69 @@ class Hub:
         ch = self.channels.get(key)
         return len(ch.subs) if ch else 0
 
+    # ------------------------------------------------------------------ tick fan-out switch
+
+    def set_fanout(self, value: str) -> int:
+        """Apply a new ``tick_fanout`` policy: move every price subscriber whose stream changes to its
+        new stream (with a fresh snapshot). Returns the number of subscriptions moved."""
+        self.fanout = FanoutPolicy(value)
+        moves = []
+        for key, ch in self.channels.items():
+            if not ch.subs or not (key.startswith("price:") or key.startswith("poll:")):
+                continue
+            sym = key.partition(":")[2]
+            for client in ch.subs:
+                want = f"price:{sym}" if self.fanout.allows(client.user) else f"poll:{sym}"
+                if want != key:
+                    moves.append((client, key, want))
+        for client, old, new in moves:
+            name = client.subs.pop(old, f"price:{old.partition(':')[2]}")
+            self.channels[old].subs.discard(client)
+            self._attach(client, new, name)
+        self.fanout_moves += len(moves)
+        return len(moves)
+
+    def fanout_counts(self) -> dict[str, int]:
+        """Price subscriptions per stream: ``{"tick": n, "poll": n}``."""
+        out = {"tick": 0, "poll": 0}
+        for key, ch in self.channels.items():
+            if key.startswith("price:"):
+                out["tick"] += len(ch.subs)
+            elif key.startswith("poll:"):
+                out["poll"] += len(ch.subs)
+        return out
+
+    def poll_prices(self) -> int:
+        """The poll-cadence tick (call every ``poll_cadence_s``): send each poll-stream symbol's latest
+        price when it changed since the last poll send. Returns the number of prices sent."""
+        sent = 0
+        for key in list(self._poll_keys):
+            ch = self.channels.get(key)
+            sym = key[5:]
+            if ch is None or not ch.subs:
+                self._poll_keys.discard(key)
+                self._poll_sent.pop(sym, None)
+                continue
+            last = self.prices.get(sym)
+            if last is None or self._poll_sent.get(sym) == last["ts"]:
+                continue
+            self._poll_sent[sym] = last["ts"]
+            data = {k: v for k, v in last.items() if k != "_trade"}
+            self.broadcast(key, ch.name, data, data["ts"], 0, "poll", conflate=True,
+                           extra={"cadenceMs": self.poll_cadence_s * 1000})
+            sent += 1
+        self.poll_broadcasts += sent
+        return sent
+
     def _source(self, key: str) -> str:
+        if key.startswith("poll:"):
+            return "poll"
         if key.startswith("price:"):
             return self._price_source.get(key[6:], "tick")
         return "poll" if self.mode == "poll" else "tick"
 
     def broadcast(self, key: str, name: str, data: Any, ts: int | None, pub_ns: int, source: str,
-                  conflate: bool = False) -> int:
+                  conflate: bool = False, extra: dict | None = None) -> int:
         """Assign the channel's next seq and queue one encoded update to every subscriber."""
         ch = self.channels.get(key)
         if ch is None:
@@ -265,8 +370,10 @@ class Hub:
         ch.seq += 1
         if not ch.subs:
             return ch.seq
-        text = encode({"channel": ch.name, "type": "update", "seq": ch.seq, "source": source, "ts": ts,
-                       "data": data})
+        msg = {"channel": ch.name, "type": "update", "seq": ch.seq, "source": source, "ts": ts, "data": data}
+        if extra:
+            msg.update(extra)
+        text = encode(msg)
         if conflate:
             for client in ch.subs:
                 client.push(text, pub_ns, conflate=key)
@@ -279,8 +386,8 @@ class Hub:
     # ------------------------------------------------------------------ snapshots
 
     def _snapshot(self, key: str) -> tuple[Any, int | None]:
-        if key.startswith("price:"):
-            last = self.prices.get(key[6:])
+        if key.startswith("price:") or key.startswith("poll:"):
+            last = self.prices.get(key.partition(":")[2])
             data = {k: v for k, v in last.items() if k != "_trade"} if last else None
             return data, data["ts"] if data else None
         if key.startswith("microbar:"):

@@ -117,6 +117,9 @@ class ServerMessage(_Strict):
     ts: int | None = Field(None, description="Event time of the data, ns since the Unix epoch.")
     latencyMs: float | None = Field(None, description="Only when subscribed with latency: true.")
     conflated: int | None = Field(None, description="Updates replaced by this one in a slow client's queue.")
+    cadenceMs: float | None = Field(
+        None, description="Only on price channels served at poll cadence (tick_fanout switch, docs/rollout.md): "
+        "one conflated price per this many ms, with source 'poll'. Absent at tick cadence.")
 
 
 class ErrorData(_Strict):
@@ -213,6 +216,9 @@ class StatusData(_Strict):
     feed: FeedStatusData | None = None
     clients: int
     priceBroadcastRate: float
+    switches: dict[str, dict[str, bool | str]] = Field(
+        {}, description="Rollout switches each running service applies now (service -> switch -> value), "
+        "from their heartbeats; see docs/rollout.md.")
 
 
 class Welcome(_Strict):

@@ -112,6 +112,9 @@ class GatewayService(BusService):
         self.m_clients = reg.gauge("ws_clients", "Open websocket connections.")
         self.m_price_rate = reg.gauge("ws_price_broadcast_rate", "Price updates broadcast per second (after throttling).")
         self.m_price_total = reg.counter("ws_price_broadcasts_total", "Price updates broadcast (after throttling).")
+        self.m_poll = reg.counter("ws_poll_price_broadcasts_total", "Prices broadcast on the poll-cadence stream "
+                                  "(tick_fanout leaves the subscriber out).")
+        self._poll_prev = 0
         self.m_out = reg.counter("ws_messages_out_total", "Channel updates fanned out to websocket clients.")
         self.m_conflated = reg.counter("ws_conflated_total", "Price/in-progress bar updates folded in slow client queues.")
         self.m_disconnects = reg.counter("ws_disconnects_total", "Connections closed by the gateway, by reason.", ["reason"])
@@ -131,7 +134,8 @@ class GatewayService(BusService):
         cfg = self.config
         self.secret = auth.load_secret(cfg.token_secret, cfg.secret_path(self.runtime))
         self.hub = Hub(price_throttle_s=cfg.price_throttle_ms / 1000, history_bars=cfg.history_bars,
-                       max_symbols=cfg.max_symbols, max_channels_per_client=cfg.max_channels)
+                       max_symbols=cfg.max_symbols, max_channels_per_client=cfg.max_channels,
+                       poll_cadence_s=cfg.poll_cadence_ms / 1000, fanout=self.flags["tick_fanout"])
         self.on("tick.", self._on_ticks)
         self.on("bar.", self._on_bar)
         self.on("setup.transition", lambda f, b: self.hub.on_transition(b, f.pub_ns))
@@ -147,6 +151,22 @@ class GatewayService(BusService):
         sym = frame.topic[5:]
         if events and self.hub.on_ticks(sym, events, frame.pub_ns, time.monotonic()):
             self._schedule_flush()
+
+    def on_flags(self, changed: dict[str, Any]) -> None:
+        if "tick_fanout" in changed:
+            moved = self.hub.set_fanout(changed["tick_fanout"])
+            self.log.info("tick_fanout -> %r: %d price subscriptions changed stream", changed["tick_fanout"], moved)
+
+    async def _poll_loop(self) -> None:
+        """The poll-cadence price stream (users the tick_fanout switch leaves out; wall clock, like the
+        throttle: it paces browsers and never changes which price is delivered)."""
+        period = self.config.poll_cadence_ms / 1000
+        while not self.stop_event.is_set():
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), period)
+            except asyncio.TimeoutError:
+                pass
+            self.hub.poll_prices()
 
     def _on_bar(self, frame: Frame, bar: m.MicroBar) -> None:
         self.hub.on_bar(bar, frame.pub_ns)
@@ -191,6 +211,8 @@ class GatewayService(BusService):
                            f"price/s={rate:.1f} users={len({c.client.user for c in self.conns.values()} - {None})}")
         out = self.hub.messages_out
         self.m_out.inc(out - self._out_prev)
+        self.m_poll.inc(self.hub.poll_broadcasts - self._poll_prev)
+        self._poll_prev = self.hub.poll_broadcasts
         self._out_prev = out
         self.hub.on_status(self.status_doc(rate))
         wall = time.time()
@@ -218,8 +240,11 @@ class GatewayService(BusService):
             f = self.feed_status
             feed = {"mode": f.mode, "connected": f.connected, "eventsPerS": f.events_per_s,
                     "lastEventAgeMs": f.last_event_age_ms}
+        switches = {peer.service: dict(peer.heartbeat.flags) for peer in self.core.peers.values()
+                    if peer.alive and peer.heartbeat is not None}
+        switches[self.instance] = self.flags
         return {"services": services, "feed": feed, "clients": len(self.conns),
-                "priceBroadcastRate": round(price_rate, 2)}
+                "priceBroadcastRate": round(price_rate, 2), "switches": switches}
 
     def status(self) -> dict[str, Any]:
         doc = super().status()
@@ -229,6 +254,8 @@ class GatewayService(BusService):
             "price_broadcast_rate": self.m_price_rate.value(), "messages_out": self.hub.messages_out,
             "conflated": sum(c.client.conflated for c in self.conns.values()),
             "disconnects": {"slow": self.m_disconnects.value(reason="slow")},
+            "fanout": {"policy": self.hub.fanout.value, "subscriptions": self.hub.fanout_counts(),
+                       "poll_cadence_ms": self.config.poll_cadence_ms, "poll_broadcasts": self.hub.poll_broadcasts},
         }
         return doc
 
@@ -276,6 +303,7 @@ class GatewayService(BusService):
 
     async def main(self) -> None:
         cfg = self.config
+        self.spawn(self._poll_loop(), "poll-cadence")
         logging.getLogger("websockets.server").setLevel(logging.WARNING)  # no line per connection
         async with serve(self._handle, cfg.host, cfg.port, process_request=self._process_request,
                          compression=None, max_size=cfg.max_frame_bytes, max_queue=16,
