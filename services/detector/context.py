@@ -17,13 +17,16 @@ from typing import Any, Mapping
 from spx_common.models import MicroBar
 
 
+_SCALARS = frozenset({float, int, str, bool, type(None)})
+
+
 def freeze(value: Any) -> Any:
     """A deep read-only view: dicts -> MappingProxyType, lists/tuples -> tuples, scalars as they are."""
     t = type(value)
     if t is dict:
-        return MappingProxyType({k: freeze(v) for k, v in value.items()})
+        return MappingProxyType({k: v if type(v) in _SCALARS else freeze(v) for k, v in value.items()})
     if t is list or t is tuple:
-        return tuple(freeze(v) for v in value)
+        return tuple(v if type(v) in _SCALARS else freeze(v) for v in value)
     return value
 
 

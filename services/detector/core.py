@@ -9,6 +9,7 @@ quarantined), the diversification cap per family, and the macro-alignment kill s
 from __future__ import annotations
 
 from collections import deque
+from types import MappingProxyType
 
 from services.detector.config import DetectorConfig
 from services.detector.context import DetectorContext, freeze
@@ -30,6 +31,7 @@ class DetectorEngine:
         self.candidates: dict[str, SetupCandidate] = {}
         self.chain: dict | None = None
         self.gex: dict | None = None  # computed once per chain update, never per bar
+        self._gex_frozen = None
         self.rolling: dict[str, Rolling] = {}
         self._config = freeze(dict(cfg.plugin_config))
         self.profile = None
@@ -41,7 +43,7 @@ class DetectorEngine:
     def on_chain(self, doc: dict) -> None:
         if isinstance(doc, dict) and isinstance(doc.get("contracts"), list):
             self.chain = doc
-            self.gex = None
+            self.gex = self._gex_frozen = None
             spot = doc.get("underlying")
             if not isinstance(spot, (int, float)) or spot <= 0:
                 spx = self.sessions.get("I:SPX")
@@ -52,6 +54,7 @@ class DetectorEngine:
                     self.gex = {"call_wall": g["call_wall"], "put_wall": g["put_wall"],
                                 "zero_gamma": g["zero_gamma"], "total": g["total"], "spot": float(spot),
                                 "as_of_ns": doc.get("ts") or self.now_ns, "source": "chain open interest"}
+            self._gex_frozen = freeze(self.gex)
 
     def on_bar(self, bar: MicroBar) -> list[SetupTransition]:
         if bar.sym not in self.watched or bar.interval != self.cfg.interval:
@@ -68,14 +71,14 @@ class DetectorEngine:
         roll = self.rolling.get(bar.sym)
         if roll is None:
             roll = self.rolling[bar.sym] = Rolling(self.cfg.baseline_bars, self.cfg.flow_bars)
-        state = self.state_for(bar.sym)
-        state["baseline"] = roll.baseline()  # the bars BEFORE this one
+        state = ss.frozen_snapshot()
+        state["baseline"] = MappingProxyType(roll.baseline())  # the bars BEFORE this one
         roll.add(bar)
         proxy = self.rolling.get(self.cfg.flow_proxy)
-        state["flow"] = proxy.flow(self.cfg.flow_proxy) if proxy is not None else None
-        state["gex"] = self.gex
-        ctx = DetectorContext.build(bar.sym, self.now_ns, ring, state, self._config,
-                                    (bar.start_ns - ss.day_open_ns) / 60e9)
+        state["flow"] = MappingProxyType(proxy.flow(self.cfg.flow_proxy)) if proxy is not None else None
+        state["gex"] = self._gex_frozen
+        ctx = DetectorContext(bar.sym, self.now_ns, tuple(ring), MappingProxyType(state), self._config,
+                              (bar.start_ns - ss.day_open_ns) / 60e9)
         out = []
         for cand in self.host.on_bar(ctx, bar):
             tr = self._admit(cand, bar, state)

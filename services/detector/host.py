@@ -44,6 +44,7 @@ class LoadedPlugin:
     calls: int = 0
     last_error: str = ""
     refused: int = 0
+    invoke: Callable | None = None  # on_bar called with only the arguments it declares
 
 
 @dataclass
@@ -123,6 +124,8 @@ class PluginHost:
         plugin = LoadedPlugin(name=name, family=str(desc["family"]), version=str(desc.get("version", "0")),
                               source=source, impl=obj, on_bar=getattr(obj, "spx_detector_on_bar", None),
                               symbols=desc.get("symbols"))
+        if plugin.on_bar is not None:
+            plugin.invoke = _invoker(plugin.on_bar)
         self.plugins[name] = plugin
         return plugin
 
@@ -138,7 +141,7 @@ class PluginHost:
             p.calls += 1
             t0 = time.perf_counter()
             try:
-                result = _call(p.on_bar, ctx=ctx, bar=bar)
+                result = p.invoke(ctx, bar)
             except Exception as exc:
                 p.errors += 1
                 p.last_error = repr(exc)[:300]
@@ -194,6 +197,23 @@ class PluginHost:
 
 
 _ACCEPTS: dict[Callable, frozenset | None] = {}
+
+
+def _invoker(fn: Callable) -> Callable:
+    """``f(ctx, bar)`` calling ``fn`` with the keyword arguments it declares (resolved once, at load)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return lambda ctx, bar: _call(fn, ctx=ctx, bar=bar)
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()) or {"ctx", "bar"} <= set(params):
+        return lambda ctx, bar: fn(ctx=ctx, bar=bar)
+    if "ctx" in params:
+        return lambda ctx, bar: fn(ctx=ctx)
+    if "bar" in params:
+        return lambda ctx, bar: fn(bar=bar)
+    return lambda ctx, bar: fn()
 
 
 def _call(fn: Callable, **kwargs: Any) -> Any:

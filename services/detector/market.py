@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from zoneinfo import ZoneInfo
 
 from spx_common.models import MicroBar
@@ -96,6 +97,23 @@ class SessionState:
         if rng > 0 and abs(drift) > 0.6 * rng:
             return "trending"
         return "ranging"
+
+    def frozen_snapshot(self) -> dict:
+        """:meth:`snapshot` with read-only nested maps; the prior-day ones are built once per session."""
+        prior = self.prior
+        cache = self.__dict__.get("_frozen_prior")
+        if cache is None or cache[0] is not prior:
+            cache = self._frozen_prior = (prior, None if prior is None else MappingProxyType(dict(prior)),
+                                          None if prior is None else MappingProxyType(pivots(prior)))
+        v, sd = self.vwap()
+        return {"open_ns": self.day_open_ns, "high": _f(self.high), "low": _f(self.low), "last": self.close,
+                "opening_range": MappingProxyType({
+                    "high": self.or_high, "low": self.or_low,
+                    "complete": self.or_high is not None and
+                    self.last_ns >= self.day_open_ns + self.opening_range_min * 60e9}),
+                "vwap": v, "vwap_bands": None if v is None else MappingProxyType(
+                    {"upper1": v + sd, "lower1": v - sd, "upper2": v + 2 * sd, "lower2": v - 2 * sd}),
+                "prior_day": cache[1], "pivots": cache[2], "regime": self.regime()}
 
     def snapshot(self) -> dict:
         v, sd = self.vwap()

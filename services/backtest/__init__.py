@@ -1,0 +1,1 @@
+"""Backtests: stored data replayed through the live detector host, lifecycle and exit advisor."""

@@ -1,0 +1,195 @@
+"""Run a backtest over stored data and write its report (Markdown, PNG, JSON).
+
+Data, per trading day (Monday–Friday in New York between FROM and TO) and symbol:
+``--resolution second``: stored 1s bars; a day without them falls back to stored vendor minute
+bars (``60s``) and the report says so (promotion is then refused). ``--resolution tick``: stored
+trades and quotes through the live aggregator (no fallback: a day without ticks is reported as
+missing). The report records the data source and resolution actually used per day, the sample
+size, the config hash and the plugin versions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import msgspec
+
+from services.aggregator.bars import BarAggregator
+from services.backtest import report as rpt
+from services.backtest import stats as st
+from services.backtest.engine import Backtester, merge_bars
+from services.detector.config import DetectorConfig
+from services.detector.host import PluginHost
+from services.detector.market import ET
+from services.selector.exits import ExitRules
+from spx_common.store import Store
+from spx_common.store.profile import FamilyStats
+
+REPORT_VERSION = 1
+
+
+@dataclass
+class Options:
+    start: dt.date
+    end: dt.date
+    resolution: str = "second"  # second | tick
+    symbols: list[str] = field(default_factory=lambda: ["SPY", "I:SPX"])
+    families: list[str] | None = None
+    criteria: st.Criteria = field(default_factory=st.Criteria)
+    baseline: dict | None = None
+    pivot_every: int = 60
+    record: bool = True
+
+
+def trading_days(start: dt.date, end: dt.date) -> list[dt.date]:
+    out, d = [], start
+    while d <= end:
+        if d.weekday() < 5:
+            out.append(d)
+        d += dt.timedelta(days=1)
+    return out
+
+
+def day_range(d: dt.date) -> tuple[int, int]:
+    a = dt.datetime(d.year, d.month, d.day, tzinfo=ET)
+    b = a + dt.timedelta(days=1)
+    return int(a.timestamp()) * 10**9, int(b.timestamp()) * 10**9
+
+
+def config_hash(cfg: DetectorConfig, opts: Options, plugins: list[dict]) -> str:
+    doc = {"detector": cfg.model_dump(mode="json"), "resolution": opts.resolution, "symbols": sorted(opts.symbols),
+           "families": sorted(opts.families) if opts.families else None, "pivot_every": opts.pivot_every,
+           "plugins": sorted((p["name"], p["version"]) for p in plugins)}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def make_host(cfg: DetectorConfig, families: list[str] | None) -> PluginHost:
+    host = PluginHost(max_failures=cfg.max_failures, budget_ms=1e9, max_slow=cfg.max_slow)
+    if cfg.entry_points:
+        host.load_entry_points()
+    for mod in cfg.plugins:
+        host.load_module(mod)
+    if families:
+        for name in [n for n, p in host.plugins.items() if p.family not in families]:
+            del host.plugins[name]
+    return host
+
+
+def run(store: Store, opts: Options, cfg: DetectorConfig | None = None, *,
+        progress: Callable[[int, int, str], None] | None = None) -> dict:
+    """The backtest's result document (deterministic for the same data, config and options)."""
+    cfg = cfg or DetectorConfig()
+    cfg = cfg.model_copy(update={"symbols": list(opts.symbols)})
+    host = make_host(cfg, opts.families)
+    plugins = [{"name": p["name"], "family": p["family"], "version": p["version"]} for p in host.describe()]
+    chash = config_hash(cfg, opts, plugins)
+    tag = f"bt-{chash}"
+    profile = store.get_active_profile()
+    bt = Backtester(cfg, host, rules=ExitRules(), pivot_every=opts.pivot_every, tag=tag, profile=profile)
+    days = trading_days(opts.start, opts.end)
+    data: list[dict] = []
+    for i, d in enumerate(days):
+        a, b = day_range(d)
+        if progress:
+            progress(i, len(days), d.isoformat())
+        if opts.resolution == "tick":
+            events = store.events(opts.symbols, a, b)
+            used = {"day": d.isoformat(), "source": "store ticks" if events else "missing", "resolution": "tick",
+                    "rows": len(events)}
+            if events:
+                bt.on_events(events, BarAggregator([cfg.interval], l2=True))
+        else:
+            per: dict[str, list] = {}
+            sources = set()
+            for sym in opts.symbols:
+                bars = store.bars(sym, "1s", a, b)
+                if bars:
+                    sources.add("store second bars")
+                else:
+                    bars = store.bars(sym, "60s", a, b)
+                    if bars:
+                        sources.add("vendor minute bars (fallback)")
+                        bars = [msgspec.structs.replace(x, interval=cfg.interval) for x in bars]
+                if bars:
+                    per[sym] = bars
+            rows = sum(len(v) for v in per.values())
+            used = {"day": d.isoformat(), "resolution": "second" if sources == {"store second bars"} else
+                    "minute" if sources == {"vendor minute bars (fallback)"} else "mixed" if sources else "none",
+                    "source": ", ".join(sorted(sources)) or "missing", "rows": rows}
+            for bar in merge_bars(per):
+                bt.on_bar(bar)
+        data.append(used)
+    if progress:
+        progress(len(days), len(days), "done")
+    bt.finish()
+    trades = [t.as_dict() for t in bt.trades]
+    fams = sorted({t["family"] for t in trades} | {p["family"] for p in plugins})
+    fallback = any("fallback" in x["source"] for x in data)
+    per_family = {f: st.summarize([t for t in trades if t["family"] == f]).as_dict() for f in fams}
+    overall = st.summarize(trades).as_dict()
+    if opts.baseline is not None:
+        promotion = st.compare(trades, opts.baseline.get("trades", []), opts.criteria, fallback=fallback)
+    else:
+        promotion = st.promotion_without_baseline(trades, opts.criteria, fallback=fallback)
+    if opts.record:
+        store.record_transitions(bt.transitions, source="backtest")
+        store.record_trailing_stop(bt.advice)
+    return {
+        "report_version": REPORT_VERSION,
+        "range": {"from": opts.start.isoformat(), "to": opts.end.isoformat(), "trading_days": len(days)},
+        "evidence": {"requested_resolution": opts.resolution, "data": data, "fallback_to_minute_bars": fallback,
+                     "sample": {"bars": bt.bars_seen, "ticks": bt.ticks_seen, "setups": len({
+                         t.setup_id for t in bt.transitions}), "resolved_trades": len(trades)},
+                     "config_hash": chash, "plugins": plugins, "symbols": sorted(opts.symbols),
+                     "profile_version": profile.version,
+                     "selector": "not replayed: outcomes are measured in R on the underlying with the live exit "
+                                 "advisor; stored data holds no option chains to size contracts against"},
+        "criteria": {"min_t1_delta_pp": opts.criteria.min_t1_delta_pp,
+                     "min_expectancy_delta_r": opts.criteria.min_expectancy_delta_r,
+                     "min_trades": opts.criteria.min_trades},
+        "overall": overall, "families": per_family, "blocks": dict(sorted(bt.blocks.items())),
+        "promotion": promotion, "trades": trades,
+    }
+
+
+def family_stats(result: dict) -> list[FamilyStats]:
+    """The result as optimizer-profile statistics (for ``--apply-profile``)."""
+    out = []
+    for fam, s in result["families"].items():
+        out.append(FamilyStats(family=fam, trades=s["trades"], t1_hits=s["t1_hits"], t2_hits=s["t2_hits"],
+                               stops=s["stops"], sum_r=s["sum_r"]))
+    return out
+
+
+def write(result: dict, out_dir: Path) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "report.json", "md": out_dir / "report.md", "png": out_dir / "report.png"}
+    paths["json"].write_text(json.dumps(result, sort_keys=True, indent=1) + "\n")
+    paths["md"].write_text(rpt.markdown(result))
+    rpt.picture(result, paths["png"])
+    return paths
+
+
+class Progress:
+    """A one-line progress bar with ETA on stderr (silent when stderr is not a terminal and quiet)."""
+
+    def __init__(self, stream=sys.stderr, width: int = 30) -> None:
+        self.stream, self.width, self.t0 = stream, width, time.monotonic()
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        frac = done / total if total else 1.0
+        el = time.monotonic() - self.t0
+        eta = el / frac - el if frac > 0 else 0.0
+        bar = "#" * int(frac * self.width)
+        self.stream.write(f"\r[{bar:<{self.width}}] {done}/{total} days  {what:<10}  "
+                          f"elapsed {el:5.1f}s  eta {eta:5.1f}s")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
