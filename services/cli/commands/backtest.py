@@ -12,6 +12,8 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.cli.common import fail
+from services.detector.config import DetectorConfig
+from spx_common.config import ConfigError, load
 from spx_common.store import open_store
 
 
@@ -76,7 +78,11 @@ def cmd_backtest(args) -> int:
     except SQLAlchemyError as exc:
         return fail(f"database unavailable: {exc}")
     try:
-        result = bt.run(store, opts, progress=None if args.quiet else bt.Progress())
+        try:
+            cfg = load(DetectorConfig)
+        except ConfigError as exc:
+            return fail(str(exc))
+        result = bt.run(store, opts, cfg, progress=None if args.quiet else bt.Progress())
         if args.apply_profile:
             last = max((t["exit_ns"] or 0 for t in result["trades"]), default=0)
             changes = store.requarantine(last, 0, window="backtest", stats=bt.family_stats(result))

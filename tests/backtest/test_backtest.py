@@ -1,0 +1,193 @@
+"""The backtester on a generated three-day dataset with planted setups whose outcomes are known by
+hand; determinism; baseline comparison and promotion both ways; minute-bar fallback refused; the
+CLI end to end. Real stores (SQLite and PostgreSQL), the real detector host, lifecycle and exit
+advisor."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.backtest import run as bt
+from services.backtest.stats import Criteria, max_drawdown, newcombe, wilson
+from services.detector.config import DetectorConfig
+from services.detector.market import ET
+from spx_common.models import MicroBar
+from spx_common.store import open_store
+from tests.store.conftest import db_url  # noqa: F401  (SQLite and PostgreSQL)
+
+S = 10**9
+DAYS = [dt.date(2026, 11, 16), dt.date(2026, 11, 17), dt.date(2026, 11, 18)]
+CFG = DetectorConfig(entry_points=False, plugins=["tests.backtest.planted_plugin"], symbols=["SPY"])
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def open_ns(d: dt.date) -> int:
+    return int(dt.datetime(d.year, d.month, d.day, 9, 30, tzinfo=ET).timestamp()) * S
+
+
+def bar(t0, i, c, *, hi=None, lo=None, v=100.0, interval="1s"):
+    return MicroBar(sym="SPY", interval=interval, start_ns=t0 + i * S, open=c, high=c if hi is None else hi,
+                    low=c if lo is None else lo, close=c, volume=v, trades=1, closed=True)
+
+
+def planted_day(d: dt.date, after: list[tuple[float, float, float]]) -> list[MicroBar]:
+    """Flat at 100, the planted signal bar (close 101.05 in the entry zone, volume 777), a trigger bar
+    at 101.3 (entry 101.3: stop 100.3 is exactly 1R below, targets 1R and 2R above), then ``after``
+    bars as (close, high, low)."""
+    t0 = open_ns(d)
+    bars = [bar(t0, i, 100.0) for i in range(10)]
+    bars.append(bar(t0, 10, 101.05, v=777))
+    bars.append(bar(t0, 11, 101.3))
+    for j, (c, h, lo) in enumerate(after):
+        bars.append(bar(t0, 12 + j, c, hi=h, lo=lo))
+    return bars
+
+
+# day 1: T1, T2, then the runner stops at breakeven -> 0.5*1 + 0.25*2 + 0.25*0 = +1.0 R
+# day 2: the stop                                  -> -1.0 R
+# day 3: T1, then breakeven stop                   -> 0.5*1 + 0.5*0 = +0.5 R
+PLANTED = {
+    DAYS[0]: [(102.5, 102.5, 101.5), (103.5, 103.5, 102.5), (101.0, 103.0, 101.0)],
+    DAYS[1]: [(100.5, 101.3, 100.2)],
+    DAYS[2]: [(102.5, 102.5, 101.5), (101.0, 102.0, 101.0)],
+}
+
+
+def seed(store, minute_day: dt.date | None = None) -> None:
+    for d, after in PLANTED.items():
+        bars = planted_day(d, after)
+        if d == minute_day:  # only vendor minute bars stored for this day
+            bars = [MicroBar(**{**{f: getattr(b, f) for f in b.__struct_fields__}, "interval": "60s"}) for b in bars]
+        store.upsert_bars(bars)
+
+
+def test_planted_setups_are_found_and_figures_match_a_hand_computation(db_url):  # noqa: F811
+    store = open_store(db_url)
+    try:
+        seed(store)
+        res = bt.run(store, bt.Options(start=DAYS[0], end=DAYS[-1], symbols=["SPY"],
+                                       criteria=Criteria(min_trades=3)), CFG)
+        trades = res["trades"]
+        assert [(t["t1_hit"], t["t2_hit"], t["r"]) for t in trades] == [
+            (True, True, 1.0), (False, False, -1.0), (True, False, 0.5)]
+        assert all(t["entry"] == 101.3 and t["stop"] == 100.3 for t in trades)
+        o = res["overall"]
+        assert (o["trades"], o["t1_hits"], o["t2_hits"]) == (3, 2, 1)
+        assert o["t1_rate"] == pytest.approx(2 / 3, abs=1e-6) and o["t2_rate"] == pytest.approx(1 / 3, abs=1e-6)
+        assert o["expectancy_r"] == pytest.approx(0.5 / 3, abs=1e-6)
+        assert o["max_drawdown_r"] == pytest.approx(1.0)  # +1, then -1: from the peak 1.0 down to 0.0
+        lo, hi = wilson(2, 3)
+        assert o["t1_ci"] == [round(lo, 6), round(hi, 6)]
+        assert res["families"]["planted"]["trades"] == 3
+        ev = res["evidence"]
+        assert [d["resolution"] for d in ev["data"]] == ["second"] * 3 and not ev["fallback_to_minute_bars"]
+        assert ev["sample"]["resolved_trades"] == 3 and ev["plugins"] == [
+            {"name": "planted", "family": "planted", "version": "1.0"}]
+        assert res["promotion"]["promote"] is False  # no baseline given
+        # the setup instances were written with source "backtest", apart from live rows
+        rows = store.setup_instances(source="backtest")
+        assert len(rows) == 3 and all(r["setup_id"].startswith("bt-") for r in rows)
+        assert {r["state"] for r in rows} >= {"stopped"}
+        assert store.setup_instances(source="live") == []
+    finally:
+        store.close()
+
+
+def test_same_data_and_config_give_identical_results(run_dir):
+    store = open_store(f"sqlite:///{run_dir}/a.sqlite3")
+    try:
+        seed(store)
+        opts = bt.Options(start=DAYS[0], end=DAYS[-1], symbols=["SPY"])
+        a = json.dumps(bt.run(store, opts, CFG), sort_keys=True)
+        b = json.dumps(bt.run(store, opts, CFG), sort_keys=True)
+        assert a == b
+        assert len(store.setup_instances(source="backtest")) == 3  # re-running rewrote the same rows
+    finally:
+        store.close()
+
+
+def test_baseline_comparison_promotes_and_refuses_with_reasons(run_dir):
+    store = open_store(f"sqlite:///{run_dir}/a.sqlite3")
+    try:
+        seed(store)
+        worse = {"trades": [{"r": -1.0, "t1_hit": False, "t2_hit": False, "family": "planted"}] * 3}
+        better = {"trades": [{"r": 2.0, "t1_hit": True, "t2_hit": True, "family": "planted"}] * 3}
+        opts = bt.Options(start=DAYS[0], end=DAYS[-1], symbols=["SPY"], criteria=Criteria(min_trades=3),
+                          baseline=worse, record=False)
+        p = bt.run(store, opts, CFG)["promotion"]
+        assert p["promote"] is True and p["refusals"] == []
+        assert p["t1_delta_pp"] == pytest.approx(200 / 3, abs=1e-4)
+        lo, hi = newcombe(2, 3, 0, 3)
+        assert p["t1_delta_ci_pp"] == [round(lo * 100, 6), round(hi * 100, 6)]
+        assert p["expectancy_delta_r"] == pytest.approx(0.5 / 3 + 1.0, abs=1e-6)
+        opts.baseline = better
+        p = bt.run(store, opts, CFG)["promotion"]
+        assert p["promote"] is False
+        assert any(r.startswith("T1 delta") for r in p["refusals"])
+        assert any(r.startswith("expectancy delta") for r in p["refusals"])
+        opts.baseline, opts.criteria = worse, Criteria(min_trades=30)
+        p = bt.run(store, opts, CFG)["promotion"]
+        assert p["promote"] is False and p["refusals"] == ["sample 3 resolved trades < minimum 30"]
+    finally:
+        store.close()
+
+
+def test_minute_bar_fallback_is_reported_and_refused_for_promotion(run_dir):
+    store = open_store(f"sqlite:///{run_dir}/a.sqlite3")
+    try:
+        seed(store, minute_day=DAYS[1])
+        worse = {"trades": [{"r": -1.0, "t1_hit": False, "t2_hit": False, "family": "planted"}] * 3}
+        res = bt.run(store, bt.Options(start=DAYS[0], end=DAYS[-1], symbols=["SPY"], baseline=worse,
+                                       criteria=Criteria(min_trades=3), record=False), CFG)
+        ev = res["evidence"]
+        assert [d["resolution"] for d in ev["data"]] == ["second", "minute", "second"]
+        assert ev["data"][1]["source"] == "vendor minute bars (fallback)" and ev["fallback_to_minute_bars"]
+        p = res["promotion"]
+        assert p["promote"] is False
+        assert p["refusals"] == ["data fell back to vendor minute bars for at least one day "
+                                 "(second bars or ticks required)"]
+    finally:
+        store.close()
+
+
+def test_statistics_helpers():
+    assert max_drawdown([1, -1, -1, 2, -3]) == 3
+    assert wilson(0, 0) == (0.0, 1.0)
+    lo, hi = wilson(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
+
+
+def test_cli_writes_markdown_png_and_json(run_dir, tmp_path):
+    url = f"sqlite:///{run_dir}/cli.sqlite3"
+    store = open_store(url)
+    seed(store)
+    store.close()
+    out = tmp_path / "report"
+    env = {**os.environ, "DATABASE_URL": url, "SPX_RUNTIME_RUN_DIR": str(run_dir),
+           "SPX_DETECTOR_ENTRY_POINTS": "false", "SPX_DETECTOR_PLUGINS": "tests.backtest.planted_plugin"}
+    p = subprocess.run([sys.executable, "-m", "services.cli.main", "backtest", "2026-11-16", "2026-11-18",
+                        "--symbols", "SPY", "--out", str(out), "--save-baseline", str(tmp_path / "base.json"),
+                        "--min-trades", "3"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "3 resolved trades" in p.stdout and "REFUSED: no baseline" in p.stdout
+    md = (out / "report.md").read_text()
+    assert "| planted | 3 |" in md and "REFUSED" in md and "report.png" in md
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["overall"]["trades"] == 3
+    again = subprocess.run([sys.executable, "-m", "services.cli.main", "backtest", "2026-11-16", "2026-11-18",
+                            "--symbols", "SPY", "--out", str(tmp_path / "r2"), "--baseline",
+                            str(tmp_path / "base.json"), "--min-trades", "3", "--quiet"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "REFUSED: T1 delta +0.00 pp" in again.stdout  # the same run is no improvement on itself
+    bad = subprocess.run([sys.executable, "-m", "services.cli.main", "backtest", "2026-11-18", "2026-11-16"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "is before FROM" in bad.stderr
