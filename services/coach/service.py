@@ -2,6 +2,12 @@
 
 Consumes ``setup.transition`` and ``state.market`` (detector), closed ``bar.<interval>.*`` (aggregator),
 ``exit.*`` (selector) and ``alert.<user>``/``position.<user>`` (broker); publishes ``coach.<user>``.
+
+The ``tactical_alerts`` rollout switch (docs/rollout.md): when off, tactical alerts are still computed
+(cooldowns, setup tracking and counts move on exactly as when on) but withheld from users: counted in
+``coach_alerts_withheld_total{kind}`` and kept in a bounded list shown by the ``status`` request.
+Behavioural alerts from the broker (``pdt_alert``, ``portfolio_alert``) are risk notices and are
+always published.
 """
 
 from __future__ import annotations
@@ -42,7 +48,11 @@ class CoachService(BusService):
         self.m_suppressed = reg.counter("coach_alerts_coalesced_total", "Alerts suppressed by the cooldown, by kind.", ["kind"])
         self.m_rate = reg.gauge("coach_tactical_alert_rate", "Tactical alerts per minute over the last minute (all users).")
         self.m_bad = reg.counter("coach_bad_input_total", "Inputs refused by the coach (kept running), by topic.", ["topic"])
+        self.m_withheld = reg.counter("coach_alerts_withheld_total", "Tactical alerts computed but not published "
+                                      "because the tactical_alerts switch is off, by kind.", ["kind"])
         self._recent: deque[float] = deque(maxlen=100_000)
+        self.tactical = bool(self.flag_store.get("tactical_alerts"))
+        self.withheld: deque[dict[str, Any]] = deque(maxlen=100)  # latest withheld alerts (status request)
 
     def setup(self) -> None:
         core = self.coach
@@ -66,10 +76,18 @@ class CoachService(BusService):
     def _publish(self, events: list) -> None:
         now = time.monotonic()
         for ev in events:
+            if not self.tactical and ev.kind in TACTICAL:
+                self.m_withheld.inc(kind=ev.kind)
+                self.withheld.append({"user": ev.user, "kind": ev.kind, "setup_id": ev.setup_id, "ts": ev.ts})
+                continue
             self.publish(f"coach.{ev.user}", "coach", ev, ev.ts)
             self.m_alerts.inc(kind=ev.kind)
             if ev.kind in TACTICAL:
                 self._recent.append(now)
+
+    def on_flags(self, changed: dict[str, Any]) -> None:
+        if "tactical_alerts" in changed:
+            self.tactical = bool(changed["tactical_alerts"])
 
     def periodic(self) -> None:
         now = time.monotonic()
@@ -84,5 +102,8 @@ class CoachService(BusService):
     def status(self) -> dict[str, Any]:
         doc = super().status()
         doc["coach"] = {"users": list(self.coach.users), "active_setups": len(self.coach.setups),
-                        "emitted": dict(self.coach.emitted), "coalesced": dict(self.coach.suppressed)}
+                        "emitted": dict(self.coach.emitted), "coalesced": dict(self.coach.suppressed),
+                        "tactical_alerts": self.tactical,
+                        "withheld": {k: self.m_withheld.value(kind=k) for k in TACTICAL},
+                        "recent_withheld": list(self.withheld)[-10:]}
         return doc

@@ -56,6 +56,9 @@ class FeedConfig(Section):
     poll_after_s: float = Field(5.0, gt=0, description="Stream silent this long (market hours) -> poll mode.")
     poll_interval_s: float = Field(1.0, gt=0, description="REST poll period in poll mode.")
     poll_market_hours_only: bool = Field(True, description="Only switch to polling 09:30-16:00 New York.")
+    passive_cadence_s: float = Field(1.0, gt=0, le=60, description="tick_ingest_passive switch (docs/rollout.md): "
+                                     "ticks are journaled but only one conflated frame per symbol is published "
+                                     "this often (event time), marked source=poll, like the REST poll fallback.")
     status_interval_s: float = Field(1.0, gt=0, description="FeedStatus period.")
     chain_every_s: float = Field(5.0, gt=0, description="Publish the option chain on chain.<root> this often "
                                  "(event seconds in replay, wall seconds live).")

@@ -9,6 +9,12 @@ publishes the same frames:
 * ``tick.<sym>`` type ``ticks``: ``list[Trade | Quote | IndexValue]`` of one symbol, arrival order;
 * ``status.feed`` type ``feed_status``: mode, connection, events/s, last event age, reconnects (1/s);
 * ``chain.<root>`` type ``doc``: ``{ts, root, underlying, contracts: [...]}`` on a cadence.
+
+Passive ingest (the ``tick_ingest_passive`` rollout switch, docs/rollout.md): every event is still
+deduplicated, guarded and journaled, but no tick-cadence frame is published. Instead the latest
+trade, quote and index value of each symbol are published once per ``passive_cadence_s`` of event
+time, marked ``source="poll"``: the rest of the mesh sees what it sees when the feed falls back to
+REST polling. Turning the switch off publishes what is held and returns to tick fan-out.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import logging
 import time
 from collections import deque
 from typing import Any
+
+import msgspec
 
 from spx_common.clock import EventClock
 from spx_common.config import load
@@ -61,6 +69,16 @@ class FeedService(BusService):
         self.m_journal_errors = m.gauge("journal_write_errors", "Journal writes that failed (disk full, permissions).")
         self.m_frames = m.counter("tick_frames_total", "tick.<sym> frames published.")
         self.m_chain = m.counter("chain_snapshots_total", "Option chain documents published.")
+        self.m_passive = m.counter("tick_passive_events_total", "Events ingested and journaled while "
+                                   "tick_ingest_passive held them back from tick-cadence fan-out.")
+        self.m_passive_frames = m.counter("tick_passive_frames_total", "Poll-cadence frames published while "
+                                          "tick_ingest_passive is on.")
+        self.passive = bool(self.flag_store.get("tick_ingest_passive"))
+        #: passive mode: symbol -> event kind -> latest event since the last poll-cadence frame
+        self._held: dict[str, dict[str, MarketEvent]] = {}
+        self._passive_due = 0
+        self._passive_flushed = time.monotonic()
+        self._passive_count = 0
         self.journal: JournalWriter | None = None
         self._last_event_wall: float | None = None
         self._rate_window: deque[tuple[float, int]] = deque(maxlen=16)
@@ -85,6 +103,8 @@ class FeedService(BusService):
         labelled metrics once a second (``periodic``), and the journal gets one record per call.
         """
         groups = self.pipeline.process(events)
+        if self.passive:
+            return self._ingest_passive(events, groups)
         n = 0
         publish, counts = self.publish, self._source_counts
         for sym, evs in groups:
@@ -104,6 +124,57 @@ class FeedService(BusService):
                                     else [ev for _, evs in groups for ev in evs])
         return n
 
+    def _ingest_passive(self, events: list[MarketEvent], groups: list[tuple[str, list[MarketEvent]]]) -> int:
+        """tick_ingest_passive: journal everything, hold the latest event of each kind per symbol and
+        publish the held ones once per ``passive_cadence_s`` of event time. Returns events ingested."""
+        n = 0
+        held = self._held
+        for sym, evs in groups:
+            kinds = held.get(sym)
+            if kinds is None:
+                kinds = held[sym] = {}
+            for ev in evs:
+                k = type(ev).__name__
+                prev = kinds.get(k)
+                if prev is None or ev.ts >= prev.ts:
+                    kinds[k] = ev
+            self.clock.advance(evs[-1].ts)
+            n += len(evs)
+        if n:
+            self._published += n
+            self._passive_count += n
+            self._last_event_wall = time.monotonic()
+            if self.journal is not None:
+                self.journal.append(events if n == len(events) and len(groups) == 1
+                                    else [ev for _, evs in groups for ev in evs])
+            if self.clock.now_ns() >= self._passive_due:
+                self.flush_passive()
+        return n
+
+    def flush_passive(self) -> int:
+        """Publish the held latest events (one ``tick.<sym>`` frame per symbol, ``source="poll"``)."""
+        held, self._held = self._held, {}
+        for sym, kinds in held.items():
+            evs = sorted((msgspec.structs.replace(ev, source="poll") for ev in kinds.values()), key=lambda e: e.ts)
+            self.publish(f"tick.{sym}", "ticks", evs, evs[-1].ts)
+        cadence = int(self.cfg.passive_cadence_s * 1e9)
+        self._passive_due = (self.clock.now_ns() // cadence + 1) * cadence
+        self._passive_flushed = time.monotonic()
+        if held:
+            self.m_passive_frames.inc(len(held))
+        return len(held)
+
+    def on_flags(self, changed: dict[str, Any]) -> None:
+        if "tick_ingest_passive" in changed:
+            passive = bool(changed["tick_ingest_passive"])
+            if self.passive and not passive:
+                self.flush_passive()  # the held latest values go out; tick fan-out continues from here
+            self.passive = passive
+            self._passive_due = 0
+            self.log.info("tick ingest %s", "passive (poll-cadence fan-out)" if passive else "active (tick fan-out)")
+            if self.pub is not None:
+                self.publish_status()
+
     def _flush_counters(self) -> None:
         """Move the hot path's plain counters into the labelled metrics (once a second, and on demand)."""
         for src, k in self._source_counts.items():
@@ -113,6 +184,9 @@ class FeedService(BusService):
         if self._frames:
             self.m_frames.inc(self._frames)
             self._frames = 0
+        if self._passive_count:
+            self.m_passive.inc(self._passive_count)
+            self._passive_count = 0
         drops = self.pipeline.drops
         for reason, k in drops.items():
             d = k - self._drops_seen.get(reason, 0)
@@ -140,8 +214,9 @@ class FeedService(BusService):
             if now > t0:
                 rate = (self._published - n0) / (now - t0)
         age = None if self._last_event_wall is None else round((now - self._last_event_wall) * 1000, 1)
+        detail = f"passive ingest (poll-cadence fan-out); {self.status_detail}" if self.passive else self.status_detail
         st = FeedStatus(mode=self.mode, connected=self.connected, events_per_s=round(rate, 2), last_event_age_ms=age,
-                        reconnects=self.reconnects, ts=self.clock.now_ns() or time.time_ns(), detail=self.status_detail)
+                        reconnects=self.reconnects, ts=self.clock.now_ns() or time.time_ns(), detail=detail)
         self.publish("status.feed", "feed_status", st, st.ts)
         return st
 
@@ -158,6 +233,8 @@ class FeedService(BusService):
         self.set_mode("down", "starting")
 
     def periodic(self) -> None:
+        if self.passive and self._held and time.monotonic() - self._passive_flushed >= self.cfg.passive_cadence_s:
+            self.flush_passive()  # the stream went quiet: what is held still goes out within a cadence
         self._flush_counters()
         now = time.monotonic()
         self._rate_window.append((now, self._published))
@@ -189,6 +266,7 @@ class FeedService(BusService):
             "drops": dict(self.pipeline.drops),
             "event_ns": self.clock.now_ns(),
             "replay_done": self.replay_done,
+            "passive": self.passive,
             "journal": None if self.journal is None else {
                 "dir": str(self.journal.directory), "written": self.journal.written,
                 "pending": self.journal.pending, "dropped": self.journal.dropped, "errors": self.journal.errors},
