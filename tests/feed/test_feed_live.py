@@ -191,7 +191,8 @@ def test_silent_stream_switches_to_poll_and_back(run_dir, fake):
             return "tick" in modes[modes.index("poll"):]
 
         eventually(modes_after_poll, 10, what="a tick status after the poll status")
-        assert feed.events("tick.SPY")[-1].source == "tick"
+        # the status frame goes out just before the stream event's frame: wait for that frame too
+        eventually(lambda: feed.events("tick.SPY")[-1].source == "tick", 5, what="the stream event after the polls")
 
 
 def test_backoff_full_jitter_capped_and_connect_limiter():
