@@ -11,6 +11,7 @@ from services.cli import supervise
 from services.cli.common import configs, fail
 from spx_common.bus import Subscriber
 from spx_common.config import SERVICES
+from spx_common.flags import FLAGS
 
 
 def register(sub) -> None:
@@ -105,6 +106,16 @@ def collect_heartbeats(listen_s: float) -> tuple[dict, dict | None]:
     return beats, feed
 
 
+def switch_table(rows: list[dict]) -> dict[str, dict[str, list[str]]]:
+    """Switch -> value (as text) -> services reporting it in their last heartbeat."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for name in FLAGS:
+        for r in rows:
+            if name in r["flags"]:
+                out.setdefault(name, {}).setdefault(str(r["flags"][name]), []).append(r["service"])
+    return out
+
+
 def cmd_status(args) -> int:
     runtime, _ = configs()
     procs = {}
@@ -126,14 +137,17 @@ def cmd_status(args) -> int:
             "detail": hb.detail if hb else "",
             "frames_out": hb.frames_out if hb else None,
             "stats": hb.stats if hb else {},
+            "flags": dict(hb.flags) if hb else {},
         })
     feed_doc = None
     if feed is not None:
         feed_doc = {"mode": feed.mode, "connected": feed.connected, "events_per_s": feed.events_per_s,
                     "last_event_age_ms": feed.last_event_age_ms, "reconnects": feed.reconnects,
                     "detail": feed.detail}
+    switches = switch_table(rows)
     if args.json:
-        print(json.dumps({"supervisord": bool(procs), "services": rows, "feed": feed_doc}, indent=2, default=str))
+        print(json.dumps({"supervisord": bool(procs), "services": rows, "feed": feed_doc, "switches": switches},
+                         indent=2, default=str))
         return 0 if procs else 3
     if not procs:
         print(f"mesh is not running (run dir {runtime.path()}); start it with 'spx up'")
@@ -154,6 +168,14 @@ def cmd_status(args) -> int:
         print(f"\nfeed: mode={feed_doc['mode']} connected={feed_doc['connected']} "
               f"events/s={feed_doc['events_per_s']:,.0f} last event age="
               f"{'-' if age is None else f'{age:.0f} ms'} reconnects={feed_doc['reconnects']} {feed_doc['detail']}")
+    if switches:
+        print("\nswitches (value each running service applies; 'spx flags set NAME VALUE' changes them):")
+        for name, by_value in switches.items():
+            flag = FLAGS[name]
+            shown = "; ".join(f"{v} ({', '.join(svcs)})" for v, svcs in by_value.items()) if len(by_value) > 1 \
+                else f"{next(iter(by_value))} (all {sum(len(s) for s in by_value.values())} services)"
+            mark = "" if len(by_value) == 1 and next(iter(by_value)) == str(flag.default) else "  *"
+            print(f"  {name:<24} {shown}{mark}")
     bad = {r["service"]: r["stats"].get("bus_bad_frames_total", 0) for r in rows if r["stats"]}
     lost = {r["service"]: r["stats"].get("bus_frames_lost_total", 0) for r in rows if r["stats"]}
     if any(bad.values()) or any(lost.values()):

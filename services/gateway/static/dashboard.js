@@ -48,12 +48,14 @@
     const ch = m.channel, d = m.data;
     if (ch.startsWith("price:")) {
       if (ch !== `price:${state.sym}` || !d) return;
-      state.price = d; state.mode = m.source; state.lastTickAt = performance.now(); state.updates++;
+      state.price = d; state.lastTickAt = performance.now(); state.updates++;
+      state.mode = m.cadenceMs ? `${m.source} ${m.cadenceMs / 1000}s` : m.source;  // poll-cadence fallback (tick_fanout)
     } else if (ch.startsWith("microbar:")) {
       if (ch !== `microbar:${state.sym}:${state.interval}`) return;
       if (m.type === "snapshot") { state.bars = d.bars.slice(-MAX_BARS); state.current = d.current; }
       else addBar(d);
-      state.mode = m.source; state.updates++;
+      if (!state.price) state.mode = m.source;  // the price channel's source and cadence win
+      state.updates++;
     } else if (ch === "setups") {
       if (m.type === "snapshot") { state.setups.clear(); d.setups.forEach((s) => state.setups.set(s.setup_id, s)); }
       else state.setups.set(d.setup_id, d);
@@ -108,6 +110,28 @@
     $("services").innerHTML = Object.entries(s.services).map(([name, v]) =>
       `<span class="svc ${v.alive ? "" : "dead"}" title="${esc(v.detail)}">${v.alive ? "●" : "○"} ${esc(name)}</span>`).join("") +
       (s.feed ? `<div class="muted">feed ${esc(s.feed.mode)} · ${fmt(s.feed.eventsPerS, 0)} ev/s</div>` : "");
+    renderSwitches(s.switches || {});
+  }
+  // Rollout switches: the value each running service applies (from heartbeats); a switch whose
+  // services disagree (a reload still under way, or a service that missed it) shows every value.
+  function renderSwitches(byService) {
+    const bySwitch = new Map();
+    for (const [svc, flags] of Object.entries(byService)) {
+      for (const [name, value] of Object.entries(flags)) {
+        if (!bySwitch.has(name)) bySwitch.set(name, new Map());
+        const vals = bySwitch.get(name), key = String(value);
+        if (!vals.has(key)) vals.set(key, []);
+        vals.get(key).push(svc);
+      }
+    }
+    $("switches").tBodies[0].innerHTML = [...bySwitch.entries()].sort().map(([name, vals]) => {
+      const mixed = vals.size > 1;
+      const value = [...vals.keys()].join(" / ");
+      const who = mixed ? [...vals.entries()].map(([v, svcs]) => `${v}: ${svcs.sort().join(",")}`).join("; ")
+        : `all ${[...vals.values()][0].length}`;
+      return `<tr data-switch="${esc(name)}" data-value="${esc(value)}" class="${mixed ? "warning" : ""}">` +
+        `<td>${esc(name)}</td><td><b>${esc(value)}</b></td><td class="muted">${esc(who)}</td></tr>`;
+    }).join("") || '<tr><td class="muted" colspan="3">no heartbeat yet</td></tr>';
   }
 
   setInterval(() => { state.rate = state.updates; state.updates = 0; }, 1000);
