@@ -92,20 +92,58 @@ class Backtester:
         self._close_bar(bar)
 
     def on_events(self, events: Iterable[Trade | Quote | IndexValue], agg: BarAggregator) -> None:
-        """Tick resolution: events in stream order through the live aggregator and lifecycle."""
+        """Tick resolution: events in stream order through the live aggregator and lifecycle.
+
+        Events are taken one event-time second at a time: the lifecycle sees that second's trades
+        and index values (only symbols with active setups cost anything), then the aggregator takes
+        the same events and the bars they close go to the detectors and exit plans — the order in
+        which the live detector receives a tick and the bar that tick's arrival closed.
+        """
+        lifecycle = self.engine.lifecycle
         on_ticks = self.engine.on_ticks
+        interval = self.engine.cfg.interval
+        group: list = []
+        sec = None
         for ev in events:
-            agg.on_event(ev)
-            if type(ev) is not Quote:
-                self.ticks_seen += 1
-                self._record(on_ticks((ev,)))
+            s = ev.ts // 1_000_000_000
+            if s != sec and group:
+                self._second(group, agg, lifecycle, on_ticks, interval)
+                group = []
+            sec = s
+            group.append(ev)
+        if group:
+            self._second(group, agg, lifecycle, on_ticks, interval)
+        for bar in agg.flush():
+            if bar.interval == interval:
+                self._close_bar(bar)
+
+    def _second(self, group: list, agg: BarAggregator, lifecycle, on_ticks, interval: str) -> None:
+        """One event-time second: each symbol's first event of the second closes that symbol's
+        previous bar; the lifecycle sees that event, then the bar it closed, then the rest."""
+        self.ticks_seen += len(group)
+        cuts, seen = [], set()
+        for i, ev in enumerate(group):
+            if ev.sym not in seen:
+                seen.add(ev.sym)
+                cuts.append(i)
+        cuts.append(len(group))
+        for a, b in zip(cuts, cuts[1:]):
+            chunk = group[a:b]
+            agg.on_events(chunk)
+            if lifecycle.active:
+                self._ticks(chunk[:1], lifecycle, on_ticks)
             if agg.closed:
                 for bar in agg.drain():
-                    if bar.interval == self.engine.cfg.interval:
+                    if bar.interval == interval:
                         self._close_bar(bar)
-        for bar in agg.flush():
-            if bar.interval == self.engine.cfg.interval:
-                self._close_bar(bar)
+            if lifecycle.active and len(chunk) > 1:
+                self._ticks(chunk[1:], lifecycle, on_ticks)
+
+    def _ticks(self, evs: list, lifecycle, on_ticks) -> None:
+        active = lifecycle.active
+        live = [ev for ev in evs if type(ev) is not Quote and active.get(ev.sym)]
+        if live:
+            self._record(on_ticks(live))
 
     def finish(self) -> None:
         """Close every trade still open at the last price of its symbol (end of the data)."""

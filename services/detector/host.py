@@ -133,13 +133,14 @@ class PluginHost:
 
     def on_bar(self, ctx, bar) -> list[SetupCandidate]:
         out: list[SetupCandidate] = []
+        clock = time.perf_counter
+        budget_s = self.budget_ms / 1000
+        sym = bar.sym
         for p in self.plugins.values():
-            if p.status != "active" or p.on_bar is None:
-                continue
-            if p.symbols and bar.sym not in p.symbols:
+            if p.status != "active" or p.invoke is None or (p.symbols and sym not in p.symbols):
                 continue
             p.calls += 1
-            t0 = time.perf_counter()
+            t0 = clock()
             try:
                 result = p.invoke(ctx, bar)
             except Exception as exc:
@@ -148,13 +149,15 @@ class PluginHost:
                 if p.errors >= self.max_failures:
                     self._disable(p, f"raised {p.errors} times; last: {p.last_error}")
                 continue
-            ms = (time.perf_counter() - t0) * 1000
-            if ms > self.budget_ms:
+            took = clock() - t0
+            if took > budget_s:
+                ms = took * 1000
                 p.slow += 1
                 p.last_error = f"took {ms:.1f} ms (budget {self.budget_ms} ms)"
                 if p.slow >= self.max_slow:
                     self._disable(p, f"over its time budget {p.slow} times; last {ms:.1f} ms")
-            out.extend(self._validate(p, result, bar))
+            if result is not None:
+                out.extend(self._validate(p, result, bar))
         return out
 
     def _validate(self, p: LoadedPlugin, result: Any, bar) -> list[SetupCandidate]:

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 from spx_common.models import MicroBar
 
 ET = ZoneInfo("America/New_York")
+NS_PER_S = 1_000_000_000
 
 
 def session_open_ns(ts_ns: int) -> int:
@@ -44,7 +45,12 @@ class SessionState:
     closes: list = field(default_factory=list)  # last 120 closes for the regime
 
     def on_bar(self, bar: MicroBar) -> None:
-        start = session_open_ns(bar.start_ns)
+        t = bar.start_ns
+        # the session open only changes with the New York date: recompute it only off today's window
+        if self.day_open_ns <= t < self.day_open_ns + 14 * 3600 * NS_PER_S:
+            start = self.day_open_ns
+        else:
+            start = session_open_ns(t)
         if start != self.day_open_ns:
             if self.close is not None and self.high > -math.inf:
                 self.prior = {"high": self.high, "low": self.low, "close": self.close}

@@ -191,3 +191,29 @@ def test_cli_writes_markdown_png_and_json(run_dir, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "services.cli.main", "backtest", "2026-11-18", "2026-11-16"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "is before FROM" in bad.stderr
+
+
+def test_tick_resolution_replays_stored_trades_through_the_live_aggregator(db_url):  # noqa: F811
+    from spx_common.models import Quote, Trade
+
+    t0 = open_ns(DAYS[0])
+    evs = []
+    for i in range(10):
+        evs.append(Quote(sym="SPY", bid=99.99, ask=100.01, bid_size=100, ask_size=100, ts=t0 + i * S))
+        evs.append(Trade(sym="SPY", price=100.0, size=10, ts=t0 + i * S + 1))
+    evs.append(Trade(sym="SPY", price=101.05, size=777, ts=t0 + 10 * S))  # the planted bar: volume 777
+    # the first tick of second 11 closes the planted bar (the setup forms after it, as live); the
+    # next four, 600 ms beyond the trigger, pass the 3-tick / 500 ms debounce: triggered at 101.3
+    evs += [Trade(sym="SPY", price=101.3, size=1, ts=t0 + 11 * S + k * 200_000_000) for k in range(5)]
+    evs += [Trade(sym="SPY", price=p, size=1, ts=t0 + (12 + j) * S) for j, p in enumerate((102.5, 103.5, 101.0))]
+    store = open_store(db_url)
+    try:
+        store.insert_events(evs)
+        res = bt.run(store, bt.Options(start=DAYS[0], end=DAYS[0], resolution="tick", symbols=["SPY"],
+                                       record=False), CFG)
+        assert [(t["t1_hit"], t["t2_hit"], t["r"], t["entry"]) for t in res["trades"]] == [(True, True, 1.0, 101.3)]
+        ev = res["evidence"]
+        assert ev["data"] == [{"day": "2026-11-16", "source": "store ticks", "resolution": "tick", "rows": len(evs)}]
+        assert ev["sample"]["ticks"] == len(evs) and not ev["fallback_to_minute_bars"]
+    finally:
+        store.close()
