@@ -166,7 +166,11 @@ class GatewayService(BusService):
                 await asyncio.wait_for(self.stop_event.wait(), period)
             except asyncio.TimeoutError:
                 pass
-            self.hub.poll_prices()
+            try:
+                self.hub.poll_prices()
+            except Exception as exc:  # one bad pass must not stop the stream (nor the gateway)
+                self.handler_errors.inc(topic="poll-cadence")
+                self._rate_log.warning("poll-cadence", f"poll-cadence pass failed: {exc!r}")
 
     def _on_bar(self, frame: Frame, bar: m.MicroBar) -> None:
         self.hub.on_bar(bar, frame.pub_ns)
