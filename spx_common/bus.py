@@ -21,6 +21,8 @@ Every reply is a :class:`~spx_common.models.Reply`; failures carry one error sha
 
 from __future__ import annotations
 
+from collections import deque
+
 import asyncio
 import logging
 import time
@@ -89,6 +91,9 @@ class Publisher:
         self.endpoint = endpoint
         self.frames_out = 0
         self._seq: dict[str, int] = {}
+        #: frames of these topic prefixes are also kept, newest ``kept.maxlen``, for ``replay``
+        self.keep_prefixes: tuple[str, ...] = ()
+        self.kept: deque[tuple[str, bytes]] = deque(maxlen=0)
         _ensure_ipc_dir(endpoint)
         self.sock = ctx.socket(zmq.PUB)
         _prep(self.sock, hwm, linger_ms)
@@ -106,7 +111,25 @@ class Publisher:
         )
         self.sock.send_multipart((topic.encode(), payload), copy=False)
         self.frames_out += 1
+        if self.keep_prefixes and topic.startswith(self.keep_prefixes):
+            self.kept.append((topic, bytes(payload)))
         return seq
+
+    def keep(self, prefixes: tuple[str, ...], max_frames: int) -> None:
+        """Keep the newest ``max_frames`` frames of ``prefixes`` (bounded) for consumers that missed them."""
+        self.keep_prefixes = tuple(prefixes)
+        self.kept = deque(self.kept, maxlen=max_frames)
+
+    def replay(self, prefixes: list[str] | None = None, after_event_ns: int = 0) -> list[tuple[str, bytes]]:
+        """Kept frames (oldest first) whose topic starts with one of ``prefixes``, as sent."""
+        pre = tuple(prefixes) if prefixes else self.keep_prefixes
+        out = []
+        for topic, payload in self.kept:
+            if topic.startswith(pre):
+                out.append((topic, payload))
+        if after_event_ns:
+            out = [(t, p) for t, p in out if codec.decode_frames([t.encode(), p]).event_ns > after_event_ns]
+        return out
 
     def heartbeat(self, started_ns: int, state: str = "running", detail: str = "", stats=None, flags=None) -> None:
         import os

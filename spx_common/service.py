@@ -38,7 +38,7 @@ import zmq
 import zmq.asyncio
 
 from spx_common import codec, logs
-from spx_common.bus import AsyncRpcClient, AsyncSubscriber, Publisher, RpcServer, SubscriberCore
+from spx_common.bus import AsyncRpcClient, RpcError, AsyncSubscriber, Publisher, RpcServer, SubscriberCore
 from spx_common.codec import Frame, FrameError
 from spx_common.config import BusConfig, RuntimeConfig, load
 from spx_common.curve import CurveKeys
@@ -76,6 +76,11 @@ class BusService:
     subscriptions: dict[str, list[str]] = {}
     #: handlers slower than this are counted in ``handler_slow_total`` and logged
     handler_budget_ms: float = 50.0
+    #: topic prefixes whose newest ``replay_keep`` frames are kept for the ``replay`` request, so a
+    #: consumer that restarted or saw a sequence gap can fetch what it missed (records that must not
+    #: be lost: transitions, orders, fills); bounded memory
+    replayable: tuple[str, ...] = ()
+    replay_keep: int = 20_000
 
     def __init__(
         self,
@@ -157,6 +162,14 @@ class BusService:
     def publish(self, topic: str, type_name: str, body: Any, event_ns: int) -> int:
         assert self.pub is not None
         return self.pub.publish(topic, type_name, body, event_ns)
+
+    def _replay_rpc(self, p: dict) -> dict:
+        """``replay {prefixes?}``: the kept frames (topic, payload as published), oldest first."""
+        prefixes = p.get("prefixes") if isinstance(p, dict) else None
+        if prefixes is not None and (not isinstance(prefixes, list) or not all(isinstance(x, str) for x in prefixes)):
+            raise RpcError("bad_request", "'prefixes' must be a list of topic prefixes")
+        frames = self.pub.replay(prefixes)
+        return {"session": self.pub.session, "frames": [[t, f] for t, f in frames]}
 
     def client(self, service: str, *, timeout_s: float | None = None, retries: int | None = None) -> AsyncRpcClient:
         """A lazy-pirate client to another service's request socket (cached per service)."""
@@ -309,6 +322,9 @@ class BusService:
         self.rpc_server.register("status", lambda p: self.status())
         self.rpc_server.register("metrics", self._metrics_rpc)
         self.rpc_server.register("flags.reload", lambda p: {"changed": self.reload_flags(), "flags": self.flags})
+        if self.replayable:
+            self.pub.keep(self.replayable, self.replay_keep)
+            self.rpc_server.register("replay", self._replay_rpc)
         endpoints, prefixes, peers = [], [], []
         for service, topics in self.subscriptions.items():
             for instance in self.bus.instances_of(service):

@@ -62,6 +62,7 @@ class BrokerService(BusService):
 
     name = "broker"
     subscriptions = {"detector": ["setup.transition"], "selector": ["reco.", "exit."], "feed": ["tick.O:"]}
+    replayable = ("order.", "fill.", "position.")  # the recorder catches up after a restart or a gap
 
     def __init__(self, *args: Any, config: BrokerConfig | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)

@@ -36,6 +36,7 @@ class DetectorService(BusService):
 
     name = "detector"
     subscriptions = {"aggregator": ["bar."], "feed": ["tick.", "chain."]}
+    replayable = ("setup.transition", "setup.shadow")  # the recorder catches up after a restart or a gap
 
     def __init__(self, *args, config: DetectorConfig | None = None, **kw) -> None:
         super().__init__(*args, **kw)

@@ -7,6 +7,12 @@ a writer thread writes batches; during a database outage records go to
 ``<run_dir>/recorder/spool.bin`` and are replayed when the database returns.  Every write is
 keyed by a natural id, so nothing is written twice.  Every ``requarantine_every_s`` of event
 time it re-checks setup families against the optimizer profile floors over the rolling window.
+
+Catch-up: the detector, selector and broker keep their newest transitions, exit advice, orders,
+fills and positions (``replayable``); at start, and whenever the subscriber sees a sequence gap,
+the recorder asks each of them for those frames (``replay``) and records them again — the writes
+are idempotent, so what it already had is unchanged and what it missed while it was down (or that
+the network dropped) is recorded. Counted in ``recorder_replayed_frames_total{peer}``.
 """
 
 from __future__ import annotations
@@ -52,6 +58,11 @@ class Recorder(BusService):
         self.bad = self.metrics.counter("recorder_bad_records_total", "Records refused before queueing.", ["reason"])
         self.requarantined = self.metrics.counter("recorder_requarantines_total",
                                                   "Families quarantined by the live rolling window.")
+        self.replayed = self.metrics.counter("recorder_replayed_frames_total",
+                                             "Frames fetched again from a publisher's replay ring.", ["peer"])
+        self._lost_seen = 0.0
+        self._catch_up_due = True
+        self._catch_up_tries = 0
 
     def setup(self) -> None:
         try:
@@ -90,6 +101,53 @@ class Recorder(BusService):
             self._rate_log.warning("snapshot", f"refused portfolio snapshot on {frame.topic}: {exc}")
             return
         self.writer.submit("snapshot", body)
+
+    async def catch_up(self) -> int:
+        """Fetch and record every replayable frame of each peer (idempotent); returns frames fetched."""
+        from spx_common.codec import FrameError, decode_frames
+
+        total = 0
+        for peer, prefixes in self.subscriptions.items():
+            for instance in self.bus.instances_of(peer):
+                try:
+                    doc = await self.client(instance, timeout_s=2.0, retries=0).call("replay", {"prefixes": prefixes})
+                except Exception as exc:  # the peer is down or does not keep frames: retry, bounded
+                    self.log.info("catch-up from %s skipped: %r", instance, exc)
+                    self._catch_up_tries += 1
+                    if self._catch_up_tries < 5:
+                        self._catch_up_due = True
+                    continue
+                frames = doc.get("frames", []) if isinstance(doc, dict) else []
+                for item in frames:
+                    try:
+                        topic, payload = item
+                        frame = decode_frames([topic.encode(), bytes(payload)])
+                    except (FrameError, ValueError, TypeError, AttributeError):
+                        self.bad.inc(reason="replay_frame")
+                        continue
+                    self.dispatch(frame)
+                self.replayed.inc(len(frames), peer=instance)
+                total += len(frames)
+        return total
+
+    def periodic(self) -> None:
+        lost = self.core.lost.total()
+        if lost > self._lost_seen:
+            self._lost_seen = lost
+            self._catch_up_due = True
+            self._catch_up_tries = 0
+
+    async def main(self) -> None:
+        while not self.stop_event.is_set():
+            if self._catch_up_due:
+                self._catch_up_due = False
+                n = await self.catch_up()
+                if n:
+                    self.log.info("caught up: %d frames fetched again from publishers' replay rings", n)
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), 2.0)
+            except asyncio.TimeoutError:
+                pass
 
     def _maybe_requarantine(self, event_ns: int) -> None:
         every = int(self.cfg.requarantine_every_s * 1e9)

@@ -21,6 +21,7 @@ class Selector(BusService):
     """Selector: option chains, regime-aware contract choice, risk sizing and exit advice."""
 
     name = "selector"
+    replayable = ("exit.",)  # the recorder catches up after a restart or a gap
 
     def __init__(self, *args: Any, cfg: SelectorConfig | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
