@@ -23,6 +23,8 @@ Usage (synchronous tests; the server runs its own event loop on a thread)::
         fake.aggs[("SPY", "minute")] = [{"o":..,"h":..,"l":..,"c":..,"v":..,"t": ms}]
         fake.fail_next("/v3/trades", 429, 500)             # next matching requests fail
         fake.requests                                      # [(path, query dict, headers dict)]
+        h = fake.stream("stocks", make, rate=20_000, duration_s=30)  # paced load (benchmarks/load.py)
+        h.done.wait(40); h.sent, h.frames, h.behind_ms     # make(n, now_ns) -> one JSON array text
 
 Other engineers use it for backfill tests: the REST part alone is ``fake.rest_url``.
 """
@@ -58,6 +60,25 @@ class _Conn:
         self.market = market
         self.authed = False
         self.subs: set[str] = set()
+
+
+class RateStream:
+    """Handle of one paced stream started by :meth:`FakeMassive.stream` (counters read live)."""
+
+    def __init__(self, market: str, rate: float, duration_s: float) -> None:
+        self.market = market
+        self.rate = rate
+        self.duration_s = duration_s
+        self.sent = 0  # events written to at least one connection
+        self.unsent = 0  # events due while no authenticated connection was open (lost, as at the vendor)
+        self.frames = 0
+        self.behind_ms = 0.0  # longest an event waited past its due time (tick_ms + a slow reader's push-back)
+        self.elapsed_s = 0.0
+        self.cancelled = False
+        self.done = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 class FakeMassive:
@@ -291,6 +312,56 @@ class FakeMassive:
             self.loop.call_later(seconds, resume)  # type: ignore[union-attr]
 
         self._call(go)
+
+    def stream(self, market: str, make, rate: float, duration_s: float, *, tick_ms: float = 5.0,
+               max_batch: int = 2_000) -> RateStream:
+        """Send ``rate`` events/s to every authenticated ``market`` connection for ``duration_s``.
+
+        Every ``tick_ms`` the events due by then (at most ``max_batch``) are built by ``make(n, now_ns)``,
+        which returns one JSON array text, and sent as one WebSocket message - the vendor batches the
+        same way. A slow reader pushes back through TCP: the schedule then falls behind (``behind_ms``)
+        instead of queueing without bound. Returns at once; ``handle.done`` is set at the end.
+        """
+        h = RateStream(market, rate, duration_s)
+
+        async def run() -> None:
+            start = time.perf_counter()
+            due_total = 0
+            try:
+                while not h.cancelled:
+                    el = time.perf_counter() - start
+                    if el >= duration_s:
+                        break
+                    want = int(rate * el) - due_total
+                    if want > 0:
+                        n = min(want, max_batch)
+                        due_total += n
+                        h.behind_ms = max(h.behind_ms, want / rate * 1000)
+                        conns = self._live(market)
+                        if not conns:
+                            h.unsent += n
+                        else:
+                            text = make(n, time.time_ns())
+                            ok = False
+                            for c in conns:
+                                try:
+                                    await c.ws.send(text)
+                                    ok = True
+                                except websockets.ConnectionClosed:
+                                    pass
+                            if ok:
+                                h.sent += n
+                                h.frames += 1
+                            else:
+                                h.unsent += n
+                    await asyncio.sleep(tick_ms / 1000)
+            finally:
+                h.elapsed_s = time.perf_counter() - start
+                h.done.set()
+
+        assert self.loop is not None
+        asyncio.run_coroutine_threadsafe(run(), self.loop)
+        return h
 
     def wait_subscribed(self, market: str, topic: str, timeout_s: float = 10.0) -> None:
         """Block until an authenticated connection of ``market`` is subscribed to ``topic``."""
