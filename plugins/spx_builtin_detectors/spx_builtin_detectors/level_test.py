@@ -1,91 +1,134 @@
-"""Level test: price comes to a known level, tests it, and holds (a bounce) — long at support,
-short at resistance.
+"""Level test: price comes to a known level, tests it, and the level holds — a bounce off support
+(long, pattern ``hold``) or a rejection at resistance (short, pattern ``rejection``).
 
 Levels, from the market state: prior-day high/low/close, floor pivots (P, R1, S1, R2, S2), the
 opening range once it is complete, the VWAP 1σ/2σ bands, and for the index the GEX call wall,
 put wall and zero-gamma flip. For each level ``L`` with tolerance ``tol = L * tol_bps / 10^4``:
 
-* support test (long): the bar ``lookback`` bars ago closed above ``L + tol`` (price came from
-  above); within the last ``lookback`` bars some low reached ``L + tol`` or below; no close in
-  that window fell below ``L - tol`` (the level held); this bar closes at or above
+* support (long): the bar ``lookback`` bars ago closed above ``L + tol`` (price came from
+  above); within the last ``lookback`` bars some low reached ``L + tol`` or below (the touch);
+  no close in that window fell below ``L - tol`` (the level held); this bar closes at or above
   ``L + 2 tol`` and the previous bar did not (the edge: fires once per bounce);
-* resistance test (short): mirrored.
+* resistance (short): mirrored — came from below, a high reached ``L - tol``, no close above
+  ``L + tol``, this bar closes at or below ``L - 2 tol`` and the previous one did not.
 
-Entry zone ``[L, close]``, stop beyond the extreme of the test minus ``tol``, targets 1R and 2R.
-Microstructure confirmation: see ``_common.confirm`` (skew / imbalance / coverage / spread);
-without it the candidate still fires with lower confidence. Only the nearest level that tests
-fires. Config (``[detector.plugin_config.level_test]``): ``lookback`` (10), ``tol_bps`` (2.0),
-``min_skew`` (0.0), ``min_imbalance`` (-0.2), ``min_coverage_pct`` (50), ``max_spread_bps`` (25),
-``confidence`` (0.55).
+A bar that closes up can only complete a support test and one that closes down only a
+resistance test, and the window is scanned only for a level whose edge this bar crosses, so
+the cost per bar is one comparison per level. Only the nearest level that tests fires. Entry
+zone ``[L, close]``, stop beyond the extreme of the test by ``tol``, targets 1R and 2R.
+Microstructure confirmation on the bounce bar (``_common.confirm``); without it the candidate
+still fires with lower confidence. Config (``[detector.plugin_config.level_test]``):
+``lookback`` (10), ``tol_bps`` (2.0), ``confidence`` (0.55) and the confirm keys ``min_skew``
+(0.0), ``min_imbalance`` (-0.2), ``min_coverage_pct`` (50), ``max_spread_bps`` (25).
 """
 
 from __future__ import annotations
 
 from services.detector.hookspecs import API_VERSION, hookimpl
-from spx_builtin_detectors._common import candidate, confirm
+from spx_builtin_detectors._common import CONFIRM_DEFAULTS, MICRO_EVIDENCE, candidate, confirm, settings
 
 NAME = "level_test"
+DEFAULTS = {"lookback": 10, "tol_bps": 2.0, "confidence": 0.55, **CONFIRM_DEFAULTS}
+EVIDENCE = ("level", "level_price", "pattern", "test_extreme", "lookback_bars") + MICRO_EVIDENCE
+GEX_LEVELS = ("call_wall", "put_wall", "zero_gamma")
+BAND_NAMES = {k: f"vwap_{k}" for k in ("upper1", "lower1", "upper2", "lower2")}
+INF = float("inf")
 
 
 @hookimpl
 def spx_detector_describe():
-    return {"name": NAME, "family": "level", "version": "1.0", "api_version": API_VERSION,
-            "inputs": ["bar.1s", "prior_day", "pivots", "opening_range", "vwap_bands", "gex"]}
+    return {"name": NAME, "family": "level", "version": "1.1", "api_version": API_VERSION,
+            "inputs": ["bar.1s", "prior_day", "pivots", "opening_range", "vwap_bands", "gex", "microstructure"]}
+
+
+def _valid(pairs) -> tuple[tuple[str, float], ...]:
+    return tuple((n, float(v)) for n, v in pairs
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < INF)
+
+
+_STATIC: dict[str, tuple] = {}  # sym -> (prior_day, pivots, gex, levels): identity memo, bounded by symbols
+
+
+def static_levels(ctx) -> tuple[tuple[str, float], ...]:
+    """Prior-day, pivot and (index) GEX levels. Their maps change once per session or chain update,
+    so the list is memoised on their identity: a bar costs three identity checks, not a rebuild."""
+    st = ctx.state
+    prior, pivots = st.get("prior_day"), st.get("pivots")
+    g = st.get("gex") if ctx.sym.startswith("I:SPX") else None
+    hit = _STATIC.get(ctx.sym)
+    if hit is not None and hit[0] is prior and hit[1] is pivots and hit[2] is g:
+        return hit[3]
+    pairs: list = []
+    if prior:
+        pairs += [("prior_high", prior.get("high")), ("prior_low", prior.get("low")),
+                  ("prior_close", prior.get("close"))]
+    if pivots:
+        pairs += [(f"pivot_{k}", v) for k, v in pivots.items()]
+    if g:
+        pairs += [(f"gex_{k}", g.get(k)) for k in GEX_LEVELS]
+    out = _valid(pairs)
+    _STATIC[ctx.sym] = (prior, pivots, g, out)
+    return out
 
 
 def levels(ctx) -> list[tuple[str, float]]:
+    """Every level of the symbol's market state, as (name, price), positive finite prices only."""
     st = ctx.state
-    out: list[tuple[str, float]] = []
-    prior = st.get("prior_day")
-    if prior:
-        out += [("prior_high", prior["high"]), ("prior_low", prior["low"]), ("prior_close", prior["close"])]
-    for k, v in (st.get("pivots") or {}).items():
-        out.append((f"pivot_{k}", v))
-    orng = st.get("opening_range") or {}
-    if orng.get("complete"):
-        out += [("or_high", orng["high"]), ("or_low", orng["low"])]
-    for k, v in (st.get("vwap_bands") or {}).items():
-        out.append((f"vwap_{k}", v))
-    g = st.get("gex")
-    if g and ctx.sym.startswith("I:SPX"):
-        for k in ("call_wall", "put_wall", "zero_gamma"):
-            if g.get(k) is not None:
-                out.append((f"gex_{k}", float(g[k])))
-    return [(n, float(v)) for n, v in out if isinstance(v, (int, float)) and v > 0]
+    out = list(static_levels(ctx))
+    orng = st.get("opening_range")
+    if orng and orng.get("complete"):
+        for key, name in (("high", "or_high"), ("low", "or_low")):
+            v = orng.get(key)
+            if v is not None and 0 < v < INF:  # host-computed floats: comparisons suffice
+                out.append((name, v))
+    bands = st.get("vwap_bands")
+    if bands:
+        for key, v in bands.items():
+            if v is not None and 0 < v < INF:
+                out.append((BAND_NAMES.get(key) or f"vwap_{key}", v))
+    return out
 
 
 @hookimpl
 def spx_detector_on_bar(ctx, bar):
-    cfg = ctx.config.get(NAME, {})
-    k = int(cfg.get("lookback", 10))
+    cfg = settings(ctx, NAME, DEFAULTS)
+    k = cfg["lookback"]
     bars = ctx.bars
     if len(bars) < k + 2:
         return None
-    window = bars[-k:]          # includes this bar
-    before = bars[-k - 1]       # where price came from
-    prev = bars[-2]
-    tol_bps = cfg.get("tol_bps", 2.0)
+    prev, close = bars[-2].close, bar.close
+    if close == prev:
+        return None
+    up = close > prev
+    before = bars[-k - 1].close  # where price came from
+    window = bars[-k:]           # the test, this bar included
+    tol_bps = cfg["tol_bps"] / 1e4
     best = None
     for name, lvl in levels(ctx):
-        tol = lvl * tol_bps / 1e4
-        if before.close > lvl + tol and bar.close >= lvl + 2 * tol > prev.close:
-            low = min(b.low for b in window)
-            if low <= lvl + tol and all(b.close >= lvl - tol for b in window):
-                d = abs(bar.close - lvl)
-                if best is None or d < best[0]:
-                    best = (d, "long", name, lvl, tol, low)
-        elif before.close < lvl - tol and bar.close <= lvl - 2 * tol < prev.close:
-            high = max(b.high for b in window)
-            if high >= lvl - tol and all(b.close <= lvl + tol for b in window):
-                d = abs(bar.close - lvl)
-                if best is None or d < best[0]:
-                    best = (d, "short", name, lvl, tol, high)
+        tol = lvl * tol_bps
+        if up:
+            if not (close >= lvl + 2 * tol > prev and before > lvl + tol):
+                continue
+            extreme = min(b.low for b in window)
+            if extreme > lvl + tol or any(b.close < lvl - tol for b in window):
+                continue
+        else:
+            if not (close <= lvl - 2 * tol < prev and before < lvl - tol):
+                continue
+            extreme = max(b.high for b in window)
+            if extreme < lvl - tol or any(b.close > lvl + tol for b in window):
+                continue
+        d = abs(close - lvl)
+        if best is None or d < best[0]:
+            best = (d, name, lvl, tol, extreme)
     if best is None:
         return None
-    _, direction, name, lvl, tol, extreme = best
-    ok, present, ev = confirm(bar, direction, cfg)
+    _, name, lvl, tol, extreme = best
+    direction = "long" if up else "short"
+    ok, penalty, ev = confirm(bar, direction, cfg)
     if not ok:
         return None
-    ev.update({"level": name, "level_price": lvl, "test_extreme": extreme, "lookback_bars": k})
-    stop = extreme - tol if direction == "long" else extreme + tol
-    return candidate(direction, (lvl, bar.close), stop, cfg.get("confidence", 0.55), present, ev)
+    ev.update({"level": name, "level_price": lvl, "pattern": "hold" if up else "rejection",
+               "test_extreme": extreme, "lookback_bars": k})
+    stop = extreme - tol if up else extreme + tol
+    return candidate(direction, (lvl, close), stop, cfg["confidence"], penalty, ev)

@@ -1,46 +1,57 @@
-"""Opening-range breakout: the first close beyond the opening range after it completes.
+"""Opening-range breakout: a close out of the completed opening range.
 
-Long when a bar closes above the opening-range high with buyers in control (aggressor skew
->= ``min_skew`` when microstructure is present; ignored when it is null), short mirrored.
-Entry zone: the broken level to the close; stop: the range midpoint; targets: 1R and 2R.
+With the opening range ``[lo, hi]`` complete (``ctx.state["opening_range"]``) and at least
+``after_min`` minutes since the open:
+
+* long when the previous close was at or below ``hi`` and this bar closes above it;
+* short when the previous close was at or above ``lo`` and this bar closes below it.
+
+Each crossing from inside the range fires once (the next bar's previous close is already
+outside). Entry zone: the broken edge to the close; stop: the range midpoint; targets 1R and 2R
+from the close. Microstructure confirmation on the breakout bar (``_common.confirm``: buyers must
+lead a long, sellers a short, the book must not lean hard against it, quotes must be there and
+tight); without microstructure the breakout still fires with lower confidence. Config
+(``[detector.plugin_config.orb]``): ``after_min`` (15), ``confidence`` (0.6) and the confirm keys
+``min_skew`` (0.0), ``min_imbalance`` (-0.2), ``min_coverage_pct`` (50), ``max_spread_bps`` (25).
 """
 
+from __future__ import annotations
+
 from services.detector.hookspecs import API_VERSION, hookimpl
+from spx_builtin_detectors._common import CONFIRM_DEFAULTS, MICRO_EVIDENCE, candidate, confirm, settings
 
 NAME = "orb"
+DEFAULTS = {"after_min": 15.0, "confidence": 0.6, **CONFIRM_DEFAULTS}
+EVIDENCE = ("or_high", "or_low", "or_width") + MICRO_EVIDENCE
 
 
 @hookimpl
 def spx_detector_describe():
-    return {"name": NAME, "family": "orb", "version": "1.0", "api_version": API_VERSION,
-            "inputs": ["bar.1s", "opening_range"]}
+    return {"name": NAME, "family": "orb", "version": "1.1", "api_version": API_VERSION,
+            "inputs": ["bar.1s", "opening_range", "microstructure"]}
 
 
 @hookimpl
 def spx_detector_on_bar(ctx, bar):
-    orng = ctx.state.get("opening_range") or {}
+    cfg = settings(ctx, NAME, DEFAULTS)  # first, so a bad config fails on the first bar
+    orng = ctx.state.get("opening_range")
+    if not orng or not orng.get("complete") or len(ctx.bars) < 2:
+        return None
     hi, lo = orng.get("high"), orng.get("low")
-    cfg = ctx.config.get(NAME, {})
-    if hi is None or lo is None or hi <= lo or ctx.minutes_since_open < cfg.get("after_min", 15):
+    if hi is None or lo is None or not hi > lo:
         return None
-    prev = ctx.bars[-2].close if len(ctx.bars) >= 2 else None
-    if prev is None:
+    prev = ctx.bars[-2].close
+    close = bar.close
+    if prev <= hi < close:
+        direction, zone = "long", (hi, close)
+    elif prev >= lo > close:
+        direction, zone = "short", (close, lo)
+    else:
         return None
-    skew = None
-    if bar.buy_volume is not None and (bar.buy_volume + bar.sell_volume) > 0:
-        skew = (bar.buy_volume - bar.sell_volume) / (bar.buy_volume + bar.sell_volume)
-    min_skew = cfg.get("min_skew", 0.0)
-    mid = (hi + lo) / 2
-    if prev <= hi < bar.close and (skew is None or skew >= min_skew):
-        risk = bar.close - mid
-        return [{"direction": "long", "entry_low": hi, "entry_high": bar.close, "stop": mid,
-                 "targets": [bar.close + risk, bar.close + 2 * risk], "confidence": 0.6,
-                 "evidence": {"or_high": hi, "or_low": lo, "aggressor_skew": skew,
-                              "microstructure": skew is not None}}]
-    if prev >= lo > bar.close and (skew is None or -skew >= min_skew):
-        risk = mid - bar.close
-        return [{"direction": "short", "entry_low": bar.close, "entry_high": lo, "stop": mid,
-                 "targets": [bar.close - risk, bar.close - 2 * risk], "confidence": 0.6,
-                 "evidence": {"or_high": hi, "or_low": lo, "aggressor_skew": skew,
-                              "microstructure": skew is not None}}]
-    return None
+    if ctx.minutes_since_open < cfg["after_min"]:
+        return None
+    ok, penalty, ev = confirm(bar, direction, cfg)
+    if not ok:
+        return None
+    ev.update({"or_high": hi, "or_low": lo, "or_width": hi - lo})
+    return candidate(direction, zone, (hi + lo) / 2, cfg["confidence"], penalty, ev)
