@@ -1,5 +1,6 @@
-"""The plugin docs are tested (datasette's habit): a hook, a context field, a state key or a
-built-in detector that docs/plugins.md does not mention fails the suite."""
+"""The plugin docs are tested (datasette's habit): a hook, a context field, a state key, a
+built-in detector, one of its config keys (with its default) or one of its evidence keys that
+docs/plugins.md does not mention fails the suite."""
 
 from __future__ import annotations
 
@@ -66,3 +67,47 @@ def test_every_builtin_detector_is_documented_with_its_family():
         desc = module.spx_detector_describe()
         assert f"| `{desc['name']}` | `{desc['family']}` |" in section, f"{desc['name']} is not in the table"
         assert module.__doc__ and len(module.__doc__) > 200, f"{desc['name']} has no rule docstring"
+
+
+def _subsection(name: str, code: bool = True) -> str:
+    head = f"### `{name}`\n" if code else f"### {name}\n"
+    assert head in DOC, f"docs/plugins.md has no '{head.strip()}' section"
+    body = DOC[DOC.index(head) + len(head):]
+    return body[:body.index("\n#")] if "\n#" in body else body
+
+
+def _doc_value(v) -> str:
+    if isinstance(v, tuple):
+        return "[" + ", ".join(f'"{x}"' for x in v) + "]"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v)
+
+
+def test_every_builtin_config_key_is_documented_with_its_default():
+    for module in spx_builtin_detectors.DETECTORS:
+        body = _subsection(module.NAME)
+        rows = dict(re.findall(r"^\| `([a-z_]+)` \| ([^|]+?) \|", body, re.M))
+        for key, default in module.DEFAULTS.items():
+            assert key in rows, f"config key {module.NAME}.{key} is not documented in its section"
+            assert rows[key] == _doc_value(default), (f"{module.NAME}.{key}: docs say {rows[key]}, "
+                                                     f"the code's default is {_doc_value(default)}")
+        extra = set(rows) - set(module.DEFAULTS)
+        assert not extra, f"{module.NAME}: documented keys the detector does not read: {sorted(extra)}"
+
+
+def test_every_builtin_evidence_key_is_documented():
+    from spx_builtin_detectors._common import CONFIRM_DEFAULTS, MICRO_EVIDENCE, MICRO_WEIGHTS
+
+    shared = _subsection("Microstructure confirmation", code=False)
+    for key in MICRO_EVIDENCE + tuple(CONFIRM_DEFAULTS):
+        assert f"`{key}`" in shared, f"shared evidence/config key {key} is not in the microstructure section"
+    for key, weight in MICRO_WEIGHTS.items():
+        assert f"| {weight} |" in shared, f"the confidence cost of a null {key} ({weight}) is not documented"
+    for module in spx_builtin_detectors.DETECTORS:
+        body = _subsection(module.NAME)
+        evidence = body[body.index("Evidence:"):]
+        for key in module.EVIDENCE:
+            if key in MICRO_EVIDENCE and "microstructure keys" in evidence:
+                continue
+            assert f"`{key}`" in evidence, f"evidence key {module.NAME}.{key} is not documented"
