@@ -125,6 +125,10 @@ class MassiveStream:
         self.on_overflow: Callable[["MassiveStream", int], None] | None = None
         self.fatal: str = ""
         self._down_since_ns: int | None = None
+        #: arrival of the newest frame (or of the handshake): where a gap can begin. A connection that
+        #: timed out on a stalled server keeps waiting for the close handshake (``close_timeout``) and
+        #: drops what arrives meanwhile, so the loss starts here, not when the session ended.
+        self._last_recv_ns = 0
         self._evicted = False
         self._closing = False
 
@@ -182,7 +186,7 @@ class MassiveStream:
                 self.last_error = f"{type(exc).__name__}: {exc}"
             finally:
                 if self.connected:
-                    self._down_since_ns = time.time_ns()
+                    self._down_since_ns = min(time.time_ns(), self._last_recv_ns or time.time_ns())
                 self.connected = False
                 self.ws = None
             if stop.is_set():
@@ -204,6 +208,7 @@ class MassiveStream:
                            user_agent_header="spx-command-center-feed") as ws:
             await asyncio.wait_for(self._handshake(ws), cfg.connect_timeout_s)
             self.ws = ws
+            self._last_recv_ns = time.time_ns()
             self.connected = True
             self.connections += 1
             reconnected = self.connections > 1
@@ -248,7 +253,8 @@ class MassiveStream:
                 self.count("tick_drop_count", "queue_overflow")
                 if self.on_overflow is not None:
                     self.on_overflow(sink[0][0], sink[0][2])  # stream and receive time of the dropped frame
-            sink.append((self, raw, time.time_ns()))
+            now = self._last_recv_ns = time.time_ns()
+            sink.append((self, raw, now))
             wake.set()
 
     async def _handshake(self, ws: ClientConnection) -> None:
