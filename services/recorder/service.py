@@ -9,8 +9,10 @@ keyed by a natural id, so nothing is written twice.  Every ``requarantine_every_
 time it re-checks setup families against the optimizer profile floors over the rolling window.
 
 Catch-up: the detector, selector and broker keep their newest transitions, exit advice, orders,
-fills and positions (``replayable``); at start, and whenever the subscriber sees a sequence gap,
-the recorder asks each of them for those frames (``replay``) and records them again — the writes
+fills and positions (``replayable``); at start, whenever the subscriber sees a sequence gap,
+and whenever a publisher's heartbeat (re)appears on its subscription (so nothing published
+before the connection was up slips through), the recorder asks each of them for those frames
+(``replay``) and records them again — the writes
 are idempotent, so what it already had is unchanged and what it missed while it was down (or that
 the network dropped) is recorded. Counted in ``recorder_replayed_frames_total{peer}``.
 """
@@ -129,6 +131,14 @@ class Recorder(BusService):
                 self.replayed.inc(len(frames), peer=instance)
                 total += len(frames)
         return total
+
+    def _peer_changed(self, peer) -> None:
+        super()._peer_changed(peer)
+        if peer.alive:
+            # our subscription to this peer now delivers: what it published before (including
+            # between a catch-up and the connection) is fetched once more; writes are idempotent
+            self._catch_up_due = True
+            self._catch_up_tries = 0
 
     def periodic(self) -> None:
         lost = self.core.lost.total()
