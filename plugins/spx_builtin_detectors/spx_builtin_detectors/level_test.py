@@ -13,8 +13,9 @@ put wall and zero-gamma flip. For each level ``L`` with tolerance ``tol = L * to
   ``L + tol``, this bar closes at or below ``L - 2 tol`` and the previous one did not.
 
 A bar that closes up can only complete a support test and one that closes down only a
-resistance test, and the window is scanned only for a level whose edge this bar crosses, so
-the cost per bar is one comparison per level. Only the nearest level that tests fires. Entry
+resistance test, and the edge bounds the levels that can fire to a narrow price band: the
+session levels are memoised per session/chain, each level costs one comparison per bar, and
+the test window is scanned only for a level inside the band. Only the nearest level that tests fires. Entry
 zone ``[L, close]``, stop beyond the extreme of the test by ``tol``, targets 1R and 2R.
 Microstructure confirmation on the bounce bar (``_common.confirm``); without it the candidate
 still fires with lower confidence. Config (``[detector.plugin_config.level_test]``):
@@ -71,24 +72,6 @@ def static_levels(ctx) -> tuple[tuple[str, float], ...]:
     return out
 
 
-def levels(ctx) -> list[tuple[str, float]]:
-    """Every level of the symbol's market state, as (name, price), positive finite prices only."""
-    st = ctx.state
-    out = list(static_levels(ctx))
-    orng = st.get("opening_range")
-    if orng and orng.get("complete"):
-        for key, name in (("high", "or_high"), ("low", "or_low")):
-            v = orng.get(key)
-            if v is not None and 0 < v < INF:  # host-computed floats: comparisons suffice
-                out.append((name, v))
-    bands = st.get("vwap_bands")
-    if bands:
-        for key, v in bands.items():
-            if v is not None and 0 < v < INF:
-                out.append((BAND_NAMES.get(key) or f"vwap_{key}", v))
-    return out
-
-
 @hookimpl
 def spx_detector_on_bar(ctx, bar):
     cfg = settings(ctx, NAME, DEFAULTS)
@@ -100,12 +83,37 @@ def spx_detector_on_bar(ctx, bar):
     if close == prev:
         return None
     up = close > prev
+    tb = cfg["tol_bps"] / 1e4
+    # the edge (close at or beyond L +- 2 tol, the previous close not) bounds the levels that can fire:
+    # a prefilter on plain floats, slightly widened, before the exact test below
+    f = 1 + 2 * tb if up else 1 - 2 * tb
+    if f > 0:
+        lo_e, hi_e = (prev / f, close / f) if up else (close / f, prev / f)
+        lo_e, hi_e = lo_e * (1 - 1e-12), hi_e * (1 + 1e-12)
+    else:  # a tolerance of 50 % or more: no useful bound
+        lo_e, hi_e = -INF, INF
+    hits = [(n, v) for n, v in static_levels(ctx) if lo_e <= v <= hi_e]
+    st = ctx.state
+    orng = st.get("opening_range")
+    if orng and orng.get("complete"):
+        for key, name in (("high", "or_high"), ("low", "or_low")):
+            v = orng.get(key)
+            if v is not None and lo_e <= v <= hi_e:
+                hits.append((name, v))
+    bands = st.get("vwap_bands")
+    if bands:
+        for key, v in bands.items():
+            if v is not None and lo_e <= v <= hi_e:
+                hits.append((BAND_NAMES.get(key) or f"vwap_{key}", v))
+    if not hits:
+        return None
     before = bars[-k - 1].close  # where price came from
     window = bars[-k:]           # the test, this bar included
-    tol_bps = cfg["tol_bps"] / 1e4
     best = None
-    for name, lvl in levels(ctx):
-        tol = lvl * tol_bps
+    for name, lvl in hits:
+        if not 0 < lvl < INF:
+            continue
+        tol = lvl * tb
         if up:
             if not (close >= lvl + 2 * tol > prev and before > lvl + tol):
                 continue
