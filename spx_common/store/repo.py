@@ -413,20 +413,22 @@ class Store:
             raise KeyError(f"no profile version {version}")
         return self.save_profile(old, author=author, reason=f"revert to version {version}")
 
-    def family_stats(self, since_ns: int, until_ns: int) -> list[FamilyStats]:
-        """Resolved, triggered trades per family with ``resolved_at`` in ``[since_ns, until_ns)``."""
+    def family_stats(self, since_ns: int, until_ns: int, *, source: str | None = "live") -> list[FamilyStats]:
+        """Resolved, triggered trades per family with ``resolved_at`` in ``[since_ns, until_ns)``, of
+        ``source`` (``live`` by default: backtest rows never move the live rolling window; None: all)."""
         s = t.setup_instances.c
         q = (sa.select(s.family, sa.func.count(), sa.func.sum(sa.case((s.t1_hit, 1), else_=0)),
                        sa.func.sum(sa.case((s.t2_hit, 1), else_=0)), sa.func.sum(sa.case((s.stopped, 1), else_=0)),
                        sa.func.coalesce(sa.func.sum(s.r_multiple), 0.0))
              .where(s.resolved_at >= since_ns, s.resolved_at < until_ns, s.triggered_ns.is_not(None),
-                    s.r_multiple.is_not(None))
+                    s.r_multiple.is_not(None), *(() if source is None else (s.source == source,)))
              .group_by(s.family).order_by(s.family))
         with self.engine.connect() as c:
             return [FamilyStats(family=f, trades=int(n), t1_hits=int(a or 0), t2_hits=int(b or 0),
                                 stops=int(d or 0), sum_r=float(r)) for f, n, a, b, d, r in c.execute(q)]
 
-    def requarantine(self, now_ns: int, window_ns: int, *, window: str = "live rolling window",
+    def requarantine(self, now_ns: int, window_ns: int, *,
+                     window: str = "live rolling window (data: live ticks, tick resolution)",
                      stats: list[FamilyStats] | None = None) -> dict[str, str]:
         """Quarantine families failing their floors (live window, or given backtest ``stats``);
         saves a new profile version when anything changed and returns {family: reason}."""

@@ -217,3 +217,31 @@ def test_tick_resolution_replays_stored_trades_through_the_live_aggregator(db_ur
         assert ev["sample"]["ticks"] == len(evs) and not ev["fallback_to_minute_bars"]
     finally:
         store.close()
+
+
+def test_apply_profile_requarantines_with_the_evidence_in_the_reason(run_dir, tmp_path):
+    """A family failing its floors in the backtest is quarantined; the profile reason names the data
+    the backtest used; backtest rows never count in the live rolling window."""
+    url = f"sqlite:///{run_dir}/p.sqlite3"
+    store = open_store(url)
+    seed(store)
+    from spx_common.store.profile import Floors, Profile
+    store.save_profile(Profile(defaults=Floors(min_t1_hit_rate=0.9, min_expectancy_r=0.5, min_trades=3)),
+                       author="test", reason="strict floors")
+    store.close()
+    env = {**os.environ, "DATABASE_URL": url, "SPX_RUNTIME_RUN_DIR": str(run_dir),
+           "SPX_DETECTOR_ENTRY_POINTS": "false", "SPX_DETECTOR_PLUGINS": "tests.backtest.planted_plugin"}
+    p = subprocess.run([sys.executable, "-m", "services.cli.main", "backtest", "2026-11-16", "2026-11-18",
+                        "--symbols", "SPY", "--out", str(tmp_path / "r"), "--apply-profile", "--quiet"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "quarantined planted: backtest 2026-11-16..2026-11-18 (data: store second bars; config" in p.stdout
+    store = open_store(url)
+    try:
+        assert not store.get_active_profile().allows("planted")
+        assert store.family_stats(0, 2**62) == []  # live window: backtest rows excluded
+        # stored instances carry the lifecycle's own resolution: day 3's setup is still open there
+        # (the lifecycle does not trail its stop to breakeven; the exit advisor in the report does)
+        assert [s.trades for s in store.family_stats(0, 2**62, source="backtest")] == [2]
+    finally:
+        store.close()

@@ -85,7 +85,10 @@ def cmd_backtest(args) -> int:
         result = bt.run(store, opts, cfg, progress=None if args.quiet else bt.Progress())
         if args.apply_profile:
             last = max((t["exit_ns"] or 0 for t in result["trades"]), default=0)
-            changes = store.requarantine(last, 0, window="backtest", stats=bt.family_stats(result))
+            used = sorted({d["source"] for d in result["evidence"]["data"]})
+            window = (f"backtest {args.start}..{args.end} (data: {', '.join(used)}; "
+                      f"config {result['evidence']['config_hash']})")
+            changes = store.requarantine(last, 0, window=window, stats=bt.family_stats(result))
             result["profile_changes"] = changes
     finally:
         store.close()
