@@ -611,3 +611,34 @@ def test_all_builtins_on_a_generated_session_fire_validly_deterministically_and_
         assert set(c.evidence) == declared[c.detector]
     key = [(c.detector, c.sym, c.direction, c.ts, c.entry_low, c.stop) for c in run.candidates]
     assert key == [(c.detector, c.sym, c.direction, c.ts, c.entry_low, c.stop) for c in runs[1].candidates]
+
+
+def _thaw(v):
+    from types import MappingProxyType
+
+    if isinstance(v, (dict, MappingProxyType)):
+        return {k: _thaw(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_thaw(x) for x in v]
+    return v
+
+
+def test_builtins_leave_the_shared_context_as_they_found_it():
+    import types
+
+    from services.detector.hookspecs import API_VERSION, hookimpl
+
+    def spy(name, seen):
+        mod = types.SimpleNamespace()
+        mod.spx_detector_describe = hookimpl(lambda: {"name": name, "family": "spy", "api_version": API_VERSION})
+        mod.spx_detector_on_bar = hookimpl(lambda ctx, bar: seen.append(
+            (ctx.sym, ctx.now_ns, ctx.minutes_since_open, ctx.bars, _thaw(ctx.state), _thaw(ctx.config))) and None)
+        return mod
+
+    before, after = [], []
+    package = types.SimpleNamespace(DETECTORS=[spy("before", before), *spx_builtin_detectors.DETECTORS,
+                                               spy("after", after)])
+    for name, (module, build, kw, direction) in FIRING.items():
+        run = run_plugin(package, build(True), **kw)
+        assert (name, direction) in fired(run)
+    assert before and before == after  # every plugin saw the same, untouched context
