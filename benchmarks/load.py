@@ -33,8 +33,6 @@ the mesh is stopped at the end whatever happens.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import datetime as dt
 import json
 import os
 import re
@@ -43,7 +41,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -51,17 +48,11 @@ sys.path.insert(0, str(ROOT))
 import zmq  # noqa: E402
 
 from services.cli import supervise  # noqa: E402
-from services.feed.synthetic import option_symbol  # noqa: E402
 from spx_common.bus import RpcClient, RpcError, Subscriber  # noqa: E402
 from spx_common.config import BusConfig, RuntimeConfig  # noqa: E402
-from tests.fakes.massive import FakeMassive  # noqa: E402
+from tests.fakes.massive import MIX, FakeMassive, MarketMix as Mix, prime_options  # noqa: E402
 
-ET = ZoneInfo("America/New_York")
 SERVICES = ["feed", "aggregator", "detector", "selector", "broker", "coach", "gateway", "recorder"]
-#: share of the event rate per (market, kind)
-MIX = {("stocks", "T"): 0.10, ("stocks", "Q"): 0.30, ("indices", "V"): 0.01, ("options", "Q"): 0.50,
-       ("options", "T"): 0.09}
-SPX_BASE = 5900.0
 
 
 def pct(xs: list[float], q: float) -> float | None:
@@ -74,60 +65,6 @@ def pct(xs: list[float], q: float) -> float | None:
 def summary(xs: list[float]) -> dict:
     return {"n": len(xs), "p50": pct(xs, 0.5), "p90": pct(xs, 0.9), "p99": pct(xs, 0.99),
             "max": round(max(xs), 2) if xs else None}
-
-
-def spy_price(now_ns: int) -> float:
-    """Sawtooth: 0.5 point up over 2.5 s, then down (the probe plugin's setups trigger and resolve)."""
-    phase = (now_ns / 1e9) % 5.0
-    return round(590.0 + (phase if phase < 2.5 else 5.0 - phase) * 0.2, 2)
-
-
-class Mix:
-    """Builds the vendor JSON arrays; sequence numbers are unique per symbol (the feed dedupes on them)."""
-
-    def __init__(self, contracts: list[str]) -> None:
-        self.contracts = contracts
-        self.seq = 0
-
-    def _next(self) -> int:
-        self.seq += 1
-        return self.seq
-
-    def stocks(self, n: int, now_ns: int) -> str:
-        t, px = now_ns // 1_000_000, spy_price(now_ns)
-        out = []
-        share_t = MIX[("stocks", "T")] / (MIX[("stocks", "T")] + MIX[("stocks", "Q")])
-        n_t = max(1, round(n * share_t))
-        for i in range(n):
-            q = self._next()
-            if i < n_t:
-                out.append(f'{{"ev":"T","sym":"SPY","x":4,"p":{px},"s":{100 + i % 7},"t":{t},"q":{q}}}')
-            else:
-                out.append(f'{{"ev":"Q","sym":"SPY","bx":4,"bp":{px - 0.01:.2f},"bs":{200 + i % 5},"ax":7,'
-                           f'"ap":{px + 0.01:.2f},"as":{300 + i % 3},"t":{t},"q":{q}}}')
-        return "[" + ",".join(out) + "]"
-
-    def indices(self, n: int, now_ns: int) -> str:
-        t, v = now_ns // 1_000_000, round(spy_price(now_ns) * 10 - 0.0, 2)
-        return "[" + ",".join(f'{{"ev":"V","val":{v + i * 0.01:.2f},"T":"I:SPX","t":{t}}}'
-                              for i in range(n)) + "]"
-
-    def options(self, n: int, now_ns: int) -> str:
-        t = now_ns // 1_000_000
-        share_t = MIX[("options", "T")] / (MIX[("options", "T")] + MIX[("options", "Q")])
-        n_t = max(1, round(n * share_t))
-        cs, k = self.contracts, len(self.contracts)
-        out = []
-        for i in range(n):
-            sym = cs[(self.seq + i) % k]
-            q = self._next()
-            mid = 1.0 + (q % 400) * 0.05
-            if i < n_t:
-                out.append(f'{{"ev":"T","sym":"{sym}","x":65,"p":{mid:.2f},"s":{1 + i % 5},"t":{t},"q":{q}}}')
-            else:
-                out.append(f'{{"ev":"Q","sym":"{sym}","bx":65,"bp":{mid - 0.05:.2f},"bs":{10 + i % 9},"ax":65,'
-                           f'"ap":{mid + 0.05:.2f},"as":{12 + i % 4},"t":{t},"q":{q}}}')
-        return "[" + ",".join(out) + "]"
 
 
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$')
@@ -269,15 +206,7 @@ def run(args) -> dict:
         fake.wait_subscribed("stocks", "T.SPY", 30)
         fake.wait_subscribed("indices", "V.I:SPX", 30)
         # the feed picks the at-the-money strike from the first I:SPX value and subscribes options
-        today = dt.datetime.now(ET).date()
-        atm_sym = option_symbol(today, True, SPX_BASE, "SPXW")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and f"T.{atm_sym}" not in fake.subscriptions.get("options", set()):
-            fake.push_raw("indices", Mix([]).indices(1, time.time_ns()))
-            time.sleep(0.3)
-        contracts = sorted({t[2:] for t in fake.subscriptions.get("options", set()) if t.startswith("Q.")})
-        if not contracts:
-            raise RuntimeError("the feed did not subscribe option contracts")
+        contracts = prime_options(fake, 30)
         mix = Mix(contracts)
         sub = Subscriber(ctx, [bus.pub_endpoint("aggregator", rt), bus.pub_endpoint("detector", rt)],
                          ["bar.1s.SPY", "setup.transition"])

@@ -389,6 +389,83 @@ class FakeMassive:
         return None
 
 
+#: share of the event rate per (market, kind): SPY trades and quotes, I:SPX values, SPXW quotes and trades
+MIX = {("stocks", "T"): 0.10, ("stocks", "Q"): 0.30, ("indices", "V"): 0.01, ("options", "Q"): 0.50,
+       ("options", "T"): 0.09}
+SPX_BASE = 5900.0
+
+
+def spy_price(now_ns: int) -> float:
+    """Sawtooth: 0.5 point up over 2.5 s, then down (the probe plugin's setups trigger and resolve)."""
+    phase = (now_ns / 1e9) % 5.0
+    return round(590.0 + (phase if phase < 2.5 else 5.0 - phase) * 0.2, 2)
+
+
+class MarketMix:
+    """A realistic vendor mix for :meth:`FakeMassive.stream` (``benchmarks/load.py``, mesh chaos test).
+
+    ``stocks``/``indices``/``options`` build one JSON array of ``n`` events stamped ``now_ns`` (ms on the
+    wire); sequence numbers are unique (the feed dedupes on them). Shares of the rate: :data:`MIX`.
+    """
+
+    def __init__(self, contracts: list[str]) -> None:
+        self.contracts = contracts
+        self.seq = 0
+
+    def _next(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def stocks(self, n: int, now_ns: int) -> str:
+        t, px = now_ns // 1_000_000, spy_price(now_ns)
+        out = []
+        share_t = MIX[("stocks", "T")] / (MIX[("stocks", "T")] + MIX[("stocks", "Q")])
+        n_t = max(1, round(n * share_t))
+        for i in range(n):
+            q = self._next()
+            if i < n_t:
+                out.append(f'{{"ev":"T","sym":"SPY","x":4,"p":{px},"s":{100 + i % 7},"t":{t},"q":{q}}}')
+            else:
+                out.append(f'{{"ev":"Q","sym":"SPY","bx":4,"bp":{px - 0.01:.2f},"bs":{200 + i % 5},"ax":7,'
+                           f'"ap":{px + 0.01:.2f},"as":{300 + i % 3},"t":{t},"q":{q}}}')
+        return "[" + ",".join(out) + "]"
+
+    def indices(self, n: int, now_ns: int) -> str:
+        t, v = now_ns // 1_000_000, round(spy_price(now_ns) * 10 - 0.0, 2)
+        return "[" + ",".join(f'{{"ev":"V","val":{v + i * 0.01:.2f},"T":"I:SPX","t":{t}}}'
+                              for i in range(n)) + "]"
+
+    def options(self, n: int, now_ns: int) -> str:
+        t = now_ns // 1_000_000
+        share_t = MIX[("options", "T")] / (MIX[("options", "T")] + MIX[("options", "Q")])
+        n_t = max(1, round(n * share_t))
+        cs, k = self.contracts, len(self.contracts)
+        out = []
+        for i in range(n):
+            sym = cs[(self.seq + i) % k]
+            q = self._next()
+            mid = 1.0 + (q % 400) * 0.05
+            if i < n_t:
+                out.append(f'{{"ev":"T","sym":"{sym}","x":65,"p":{mid:.2f},"s":{1 + i % 5},"t":{t},"q":{q}}}')
+            else:
+                out.append(f'{{"ev":"Q","sym":"{sym}","bx":65,"bp":{mid - 0.05:.2f},"bs":{10 + i % 9},"ax":65,'
+                           f'"ap":{mid + 0.05:.2f},"as":{12 + i % 4},"t":{t},"q":{q}}}')
+        return "[" + ",".join(out) + "]"
+
+
+
+def prime_options(fake: FakeMassive, timeout_s: float = 30.0) -> list[str]:
+    """Send I:SPX values until the feed subscribed option contracts around the money; return them."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        contracts = sorted({t[2:] for t in fake.subscriptions.get("options", set()) if t.startswith("Q.")})
+        if contracts:
+            return contracts
+        fake.push_raw("indices", MarketMix([]).indices(1, time.time_ns()))
+        time.sleep(0.3)
+    raise AssertionError(f"the feed subscribed no option contracts within {timeout_s}s")
+
+
 def _encode_cursor(offset: int, query: dict) -> str:
     """Like the vendor's: an opaque base64url string holding the whole query and the position."""
     q = {k: v for k, v in query.items() if k not in ("cursor", "apiKey")}
