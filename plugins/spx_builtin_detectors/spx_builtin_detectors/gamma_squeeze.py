@@ -16,7 +16,8 @@ Two inputs, blended, each labelled with its source in the evidence:
 ``blend = w_flow * pressure * sign + w_oi * oi_score`` (sign +1 long, -1 short). Long when the
 previous close is at or below the flip and this close is above it, the signed flow pressure >=
 ``min_flow`` and the blend >= ``threshold``; short mirrored. A chain older than
-``max_chain_age_min`` minutes of event time is stale: no squeeze (fail closed). Entry zone: the
+``max_chain_age_min`` minutes of event time, or of unknown age, is stale: no squeeze (fail
+closed). Entry zone: the
 flip to the close; stop: beyond the extreme of the last ``stop_bars`` bars (and the flip) by
 ``tol_bps``; targets: halfway to the call wall (put wall for shorts) and the wall itself when the
 wall lies beyond the zone, else 1R/2R. When the bar itself carries microstructure (e.g. the
@@ -50,9 +51,14 @@ def spx_detector_describe():
             "inputs": ["bar.1s", "gex", "flow"]}
 
 
-def _iso(ns: int | None) -> str:
-    if not isinstance(ns, int) or isinstance(ns, bool) or ns <= 0:
-        return "unknown"
+def _ns(x) -> int | None:
+    """An event time in ns from the chain document, or None when it is missing or not a time."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x < 4e18:
+        return None
+    return int(x)
+
+
+def _iso(ns: int) -> str:
     return dt.datetime.fromtimestamp(ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -75,9 +81,11 @@ def spx_detector_on_bar(ctx, bar):
         direction, sign, wall = "short", -1.0, g.get("put_wall")
     else:
         return None
-    as_of = g.get("as_of_ns")
-    age_s = (ctx.now_ns - as_of) / 1e9 if isinstance(as_of, int) else None
-    if age_s is None or age_s > cfg["max_chain_age_min"] * 60:
+    as_of = _ns(g.get("as_of_ns"))
+    if as_of is None:  # a chain of unknown age is treated as stale (fail closed)
+        return None
+    age_s = (ctx.now_ns - as_of) / 1e9
+    if age_s > cfg["max_chain_age_min"] * 60:
         return None
     total = num(g.get("total"))
     oi_score = 1.0 if total is not None and total < 0 else cfg["long_gamma_score"]

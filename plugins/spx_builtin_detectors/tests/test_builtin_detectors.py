@@ -451,6 +451,9 @@ def test_gamma_squeeze_refuses_a_stale_chain():
     run = run_plugin(gamma_squeeze, _squeeze_bars(900, 100), chain=stale,
                      config={"gamma_squeeze": {"max_chain_age_min": 180}})
     assert fired(run) == [("gamma_squeeze", "long")] and run.candidates[0].evidence["chain_age_s"] > 7200
+    undated = {**_chain(), "ts": None}  # loaded before any bar: its age is unknown
+    assert fired(run_plugin(gamma_squeeze, _squeeze_bars(900, 100), chain=undated,
+                            config={"gamma_squeeze": {"max_chain_age_min": 180}})) == []
 
 
 # ------------------------------------------------------------------ ORB + pullback: short side
