@@ -541,7 +541,7 @@ def test_null_or_nan_fields_on_the_firing_bar_never_crash_and_never_count_as_zer
     assert ev["aggressor_skew"] is None and ev["bid_ask_imbalance"] is None and ev["microstructure"] is False
 
 
-@pytest.mark.parametrize("name", sorted(set(FIRING) - {"gamma_squeeze", "volume_climax"}))
+@pytest.mark.parametrize("name", sorted(set(FIRING) - {"gamma_squeeze"}))
 def test_partial_microstructure_costs_only_the_missing_fields(name):
     import msgspec
 
@@ -645,3 +645,16 @@ def test_builtins_leave_the_shared_context_as_they_found_it():
         run = run_plugin(package, build(True), **kw)
         assert (name, direction) in fired(run)
     assert before and before == after  # every plugin saw the same, untouched context
+
+
+def test_gamma_squeeze_on_a_symbol_with_microstructure_needs_its_confirmation_too():
+    def bars(**cross):
+        out = [mk(i, 5140.0 + 0.5 * i, o=5140.0 + 0.5 * i - 0.1, buy=900, sell=100) for i in range(20)]
+        return out + [mk(20, 5153.0, o=5149.5, buy=900, sell=100, **cross)]
+
+    cfg = {"gamma_squeeze": {"symbols": ["SPY"]}}
+    run = run_plugin(gamma_squeeze, bars(), chain=_chain(), config=cfg)
+    assert fired(run) == [("gamma_squeeze", "long")] and run.candidates[0].sym == "SPY"
+    assert fired(run_plugin(gamma_squeeze, bars(avg_spread_bps=40.0), chain=_chain(), config=cfg)) == []
+    assert fired(run_plugin(gamma_squeeze, bars(bid_ask_imbalance=-0.6), chain=_chain(), config=cfg)) == []
+    assert fired(run_plugin(gamma_squeeze, bars(), chain=_chain())) == []  # not on SPY by default
