@@ -266,6 +266,14 @@ class BarAggregator:
             if bucket < acc.bucket:
                 self.late += 1
                 return None
+            if acc.open is None:
+                # a quotes-only bucket ends: no bar; reuse the accumulator for the new bucket (quote-only
+                # symbols such as option contracts do this on every quote, so it is worth no allocation)
+                acc.__init__(bucket, st.quote, st.index)
+                due = (bucket + 1) * iv + self.allowed_lateness_ns
+                if due < self.next_due:
+                    self.next_due = due
+                return acc
             self._close(sym, st, name, iv, acc)
         else:
             last = st.last_close.get(iv)
