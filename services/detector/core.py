@@ -60,17 +60,7 @@ class DetectorEngine:
         if bar.sym not in self.watched or bar.interval != self.cfg.interval:
             return []
         self.now_ns = max(self.now_ns, bar.start_ns)
-        ss = self.sessions.get(bar.sym)
-        if ss is None:
-            ss = self.sessions[bar.sym] = SessionState(opening_range_min=self.cfg.opening_range_min)
-        ss.on_bar(bar)
-        ring = self.bars.get(bar.sym)
-        if ring is None:
-            ring = self.bars[bar.sym] = deque(maxlen=self.cfg.bars_kept)
-        ring.append(bar)
-        roll = self.rolling.get(bar.sym)
-        if roll is None:
-            roll = self.rolling[bar.sym] = Rolling(self.cfg.baseline_bars, self.cfg.flow_bars)
+        ss, ring, roll = self._track(bar)
         state = ss.frozen_snapshot()
         state["baseline"] = MappingProxyType(roll.baseline())  # the bars BEFORE this one
         roll.add(bar)
@@ -139,18 +129,24 @@ class DetectorEngine:
         """Rebuild market state and recent bars from an older closed bar without running plugins."""
         if bar.sym not in self.watched or bar.interval != self.cfg.interval:
             return
-        ss = self.sessions.get(bar.sym)
+        self._track(bar)[2].add(bar)
+
+    def _track(self, bar: MicroBar) -> tuple[SessionState, deque, "Rolling"]:
+        """Fold ``bar`` into its symbol's session state and recent bars; its rolling window (not yet
+        updated: on_bar reads the baseline of the bars before this one first)."""
+        sym = bar.sym
+        ss = self.sessions.get(sym)
         if ss is None:
-            ss = self.sessions[bar.sym] = SessionState(opening_range_min=self.cfg.opening_range_min)
+            ss = self.sessions[sym] = SessionState(opening_range_min=self.cfg.opening_range_min)
         ss.on_bar(bar)
-        ring = self.bars.get(bar.sym)
+        ring = self.bars.get(sym)
         if ring is None:
-            ring = self.bars[bar.sym] = deque(maxlen=self.cfg.bars_kept)
+            ring = self.bars[sym] = deque(maxlen=self.cfg.bars_kept)
         ring.append(bar)
-        roll = self.rolling.get(bar.sym)
+        roll = self.rolling.get(sym)
         if roll is None:
-            roll = self.rolling[bar.sym] = Rolling(self.cfg.baseline_bars, self.cfg.flow_bars)
-        roll.add(bar)
+            roll = self.rolling[sym] = Rolling(self.cfg.baseline_bars, self.cfg.flow_bars)
+        return ss, ring, roll
 
     # ------------------------------------------------------------------ gating
 
