@@ -128,3 +128,26 @@ def test_detector_restart_restores_active_setups_without_duplicates(db_url, run_
         for s in (watch, rpc, rec_rpc, agg, feed):
             s.close()
         ctx.destroy(linger=0)
+
+
+def test_warm_rebuilds_the_same_market_state_as_live_bars_without_running_plugins():
+    from services.detector.config import DetectorConfig
+    from services.detector.core import DetectorEngine
+    from services.detector.host import PluginHost
+    from tests.detector import restore_plugin
+
+    def engine():
+        host = PluginHost()
+        host.register(restore_plugin, "test")
+        return DetectorEngine(DetectorConfig(symbols=["SPY"], opening_range_min=1), host)
+
+    bars = [MicroBar(sym="SPY", interval="1s", start_ns=T0 + i * S, open=100.0, high=100.2 + i % 3 * 0.1,
+                     low=99.9 - i % 2 * 0.1, close=100.1, volume=10 + i, closed=True) for i in range(90)]
+    live, warmed = engine(), engine()
+    for b in bars:
+        live.on_bar(b)
+        warmed.warm(b)
+    assert warmed.state_for("SPY") == live.state_for("SPY")
+    assert list(warmed.bars["SPY"]) == list(live.bars["SPY"])
+    assert warmed.rolling["SPY"].baseline() == live.rolling["SPY"].baseline()
+    assert warmed.lifecycle.count() == 0  # no plugin ran: nothing formed
