@@ -27,6 +27,7 @@ Behaviour:
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from typing import Any, AsyncIterator
@@ -82,6 +83,8 @@ class MassiveRest:
         self.m_requests = reg.counter("rest_requests_total", "REST requests by outcome "
                                       "(ok, retryable_<status|timeout|connect>, fatal_<status|body>).", ["outcome"])
         self.m_retries = reg.counter("rest_retries_total", "REST retries after a retryable failure.")
+        self.m_refused = reg.counter("rest_rows_refused_total", "Rows of an answer refused (malformed, out of "
+                                     "range); the good rows around them are kept.", ["kind"])
         self._tokens = requests_per_s
         self._last_refill = time.monotonic()
         self._bucket_lock = asyncio.Lock()
@@ -160,13 +163,26 @@ class MassiveRest:
         body = await self.get_json(path, params)
         pages = 1
         while True:
-            for r in body.get("results") or []:
+            for r in self._rows(body, path):
                 yield r
             nxt = body.get("next_url")
             if not nxt or pages >= max_pages:
                 return
+            if not isinstance(nxt, str):
+                self.m_refused.inc(kind="next_url")
+                raise RestError("fatal", 200, f"next_url is not a string: {nxt!r:.60}", path)
             body = await self.get_json(nxt)
             pages += 1
+
+    def _rows(self, body: dict, where: str) -> list:
+        """``results`` of an answer: a list (absent/null = none); anything else is refused with an error."""
+        rows = body.get("results")
+        if rows is None:
+            return []
+        if not isinstance(rows, list):
+            self.m_refused.inc(kind="results")
+            raise RestError("fatal", 200, f"'results' is not a list: {type(rows).__name__}", where)
+        return rows
 
     # ------------------------------------------------------------------ endpoints
 
@@ -186,6 +202,8 @@ class MassiveRest:
             t = trade_from_rest(ticker, r, source)
             if t is not None:
                 yield t
+            else:
+                self.m_refused.inc(kind="trade")
 
     async def quotes(self, ticker: str, *, gte_ns: int, lt_ns: int, limit: int = 50_000,
                      source: Source = "backfill") -> AsyncIterator[Quote]:
@@ -196,6 +214,8 @@ class MassiveRest:
             q = quote_from_rest(ticker, r, source)
             if q is not None:
                 yield q
+            else:
+                self.m_refused.inc(kind="quote")
 
     async def _last_results(self, path: str) -> dict | None:
         """The ``results`` object of a last-trade/NBBO answer; None when the vendor has none (404)."""
@@ -213,11 +233,11 @@ class MassiveRest:
         if r is None:
             return None
         try:
-            return Trade(sym=ticker, price=_nonneg(r["p"]), size=_nonneg(r.get("s", 0)), ts=int(r["t"]),
-                         seq=int(r.get("q", 0)), exch=int(r.get("x", 0)), cond=[int(c) for c in r.get("c") or []],
+            return Trade(sym=ticker, price=_nonneg(r["p"]), size=_nonneg(r.get("s", 0)), ts=_ns(r["t"]),
+                         seq=_int(r.get("q", 0)), exch=_int(r.get("x", 0)), cond=_ints(r.get("c")),
                          source="poll")
-        except (KeyError, TypeError, ValueError):
-            self.m_requests.inc(outcome="fatal_body")
+        except _BAD_ROW:
+            self.m_refused.inc(kind="last_trade")
             return None
 
     async def last_quote(self, ticker: str) -> Quote | None:
@@ -226,27 +246,27 @@ class MassiveRest:
         if r is None:
             return None
         try:
-            ts = int(r["t"])
+            ts = _ns(r["t"])
             mult = 100 if ts < SHARES_SINCE_NS and not ticker.startswith("O:") else 1
             return Quote(sym=ticker, bid=_nonneg(r["p"]), ask=_nonneg(r["P"]), bid_size=_nonneg(r.get("s", 0)) * mult,
-                         ask_size=_nonneg(r.get("S", 0)) * mult, ts=ts, seq=int(r.get("q", 0)),
-                         bid_exch=int(r.get("x", 0)), ask_exch=int(r.get("X", 0)), source="poll")
-        except (KeyError, TypeError, ValueError):
-            self.m_requests.inc(outcome="fatal_body")
+                         ask_size=_nonneg(r.get("S", 0)) * mult, ts=ts, seq=_int(r.get("q", 0)),
+                         bid_exch=_int(r.get("x", 0)), ask_exch=_int(r.get("X", 0)), source="poll")
+        except _BAD_ROW:
+            self.m_refused.inc(kind="last_quote")
             return None
 
     async def index_values(self, tickers: list[str]) -> list[IndexValue]:
         """``/v3/snapshot/indices``: current values as ``IndexValue(source="poll")`` (missing tickers skipped)."""
         body = await self.get_json("/v3/snapshot/indices", {"ticker.any_of": ",".join(tickers)})
         out = []
-        for r in body.get("results") or []:
+        for r in self._rows(body, "/v3/snapshot/indices"):
             try:
                 if "error" in r:
                     continue
-                out.append(IndexValue(sym=str(r["ticker"]), value=_nonneg(r["value"]), ts=int(r["last_updated"]),
+                out.append(IndexValue(sym=str(r["ticker"]), value=_nonneg(r["value"]), ts=_ns(r["last_updated"]),
                                       source="poll"))
-            except (KeyError, TypeError, ValueError):
-                self.m_requests.inc(outcome="fatal_body")
+            except _BAD_ROW:
+                self.m_refused.inc(kind="index_value")
         return out
 
     async def option_chain(self, underlying: str, *, expiration: str | None = None, strike_gte: float | None = None,
@@ -262,33 +282,61 @@ class MassiveRest:
         return [r async for r in self.paginate(f"/v3/snapshot/options/{underlying}", params)]
 
 
+#: what a malformed row raises in the converters below (OverflowError: int() of an infinite float)
+_BAD_ROW = (KeyError, TypeError, ValueError, OverflowError)
+_I64 = 2**63
+
+
 def _nonneg(x: Any) -> float:
     v = float(x)
-    if not v >= 0:  # also refuses NaN
-        raise ValueError(f"negative or NaN value {x!r}")
+    if not 0 <= v < math.inf:  # also refuses NaN and infinities
+        raise ValueError(f"negative, infinite or NaN value {x!r}")
     return v
+
+
+def _int(x: Any) -> int:
+    """An integer field; must fit the wire's int64 (a larger one would make the whole frame unpublishable)."""
+    v = int(x)
+    if not -_I64 <= v < _I64:
+        raise ValueError(f"integer out of range {x!r:.40}")
+    return v
+
+
+def _ns(x: Any) -> int:
+    v = _int(x)
+    if v < 0:
+        raise ValueError(f"negative timestamp {x!r}")
+    return v
+
+
+def _ints(x: Any) -> list[int]:
+    if x is None:
+        return []
+    if not isinstance(x, list):
+        raise TypeError("conditions must be a list")
+    return [_int(c) for c in x]
 
 
 def trade_from_rest(ticker: str, r: dict, source: Source = "backfill") -> Trade | None:
     """A ``/v3/trades`` result -> Trade (None when malformed)."""
     try:
-        return Trade(sym=ticker, price=_nonneg(r["price"]), size=_nonneg(r.get("size", 0)), ts=int(r["sip_timestamp"]),
-                     seq=int(r.get("sequence_number", 0)), exch=int(r.get("exchange", 0)),
-                     cond=[int(c) for c in r.get("conditions") or []], source=source, backfilled=True)
-    except (KeyError, TypeError, ValueError):
+        return Trade(sym=ticker, price=_nonneg(r["price"]), size=_nonneg(r.get("size", 0)), ts=_ns(r["sip_timestamp"]),
+                     seq=_int(r.get("sequence_number", 0)), exch=_int(r.get("exchange", 0)),
+                     cond=_ints(r.get("conditions")), source=source, backfilled=True)
+    except _BAD_ROW:
         return None
 
 
 def quote_from_rest(ticker: str, r: dict, source: Source = "backfill") -> Quote | None:
     """A ``/v3/quotes`` result -> Quote (None when malformed); sizes in shares (see module docstring)."""
     try:
-        ts = int(r["sip_timestamp"])
+        ts = _ns(r["sip_timestamp"])
         mult = 100 if ts < SHARES_SINCE_NS and not ticker.startswith("O:") else 1
         return Quote(sym=ticker, bid=_nonneg(r.get("bid_price", 0)), ask=_nonneg(r.get("ask_price", 0)),
                      bid_size=_nonneg(r.get("bid_size", 0)) * mult, ask_size=_nonneg(r.get("ask_size", 0)) * mult,
-                     ts=ts, seq=int(r.get("sequence_number", 0)), bid_exch=int(r.get("bid_exchange", 0)),
-                     ask_exch=int(r.get("ask_exchange", 0)), source=source, backfilled=True)
-    except (KeyError, TypeError, ValueError):
+                     ts=ts, seq=_int(r.get("sequence_number", 0)), bid_exch=_int(r.get("bid_exchange", 0)),
+                     ask_exch=_int(r.get("ask_exchange", 0)), source=source, backfilled=True)
+    except _BAD_ROW:
         return None
 
 
