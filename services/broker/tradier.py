@@ -156,13 +156,21 @@ def error_messages(body: Any) -> list[str]:
     return []
 
 
+_DEC_MAX = Decimal("1e15")
+
+
 def dec(value: Any, default: Decimal | None = None) -> Decimal | None:
+    """A Tradier number (string or number) as Decimal; ``default`` when absent, malformed, not finite
+    (``NaN``, ``sNaN``, ``Infinity``: ``float()`` of a signalling NaN raises) or absurdly large."""
     if value is None or value == "" or value == "null":
         return default
     try:
-        return Decimal(str(value))
+        d = Decimal(str(value))
     except ArithmeticError:
         return default
+    if not d.is_finite() or abs(d) >= _DEC_MAX:
+        return default
+    return d
 
 
 def exec_quantity(order: dict) -> Decimal:
