@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -178,6 +179,9 @@ class PluginHost:
                 cand = schemas.validate(SetupCandidate, data)
             except (ValidationError, Exception) as exc:
                 self._refuse(p, "candidate_invalid", str(exc).splitlines()[0])
+                continue
+            if not all(math.isfinite(x) for x in (cand.entry_low, cand.entry_high, cand.stop, *cand.targets)):
+                self._refuse(p, "candidate_not_finite", "entry, stop and targets must be finite numbers")
                 continue
             if not _geometry_ok(cand):
                 self._refuse(p, "candidate_geometry", "stop/targets on the wrong side of the entry zone")

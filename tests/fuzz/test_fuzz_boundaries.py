@@ -74,7 +74,8 @@ def test_plugin_output_never_breaks_the_host_and_the_good_candidate_is_kept(junk
     if isinstance(out, list):
         assert accepted_or_refused >= 1 or not out  # every item is accounted for, at least in part
     for reason, _ in refused:
-        assert reason in {"candidate_invalid", "candidate_geometry", "candidate_not_a_map", "plugin_output_not_a_list",
+        assert reason in {"candidate_invalid", "candidate_geometry", "candidate_not_finite", "candidate_not_a_map",
+                          "plugin_output_not_a_list",
                           "duplicate", "capacity", "family_cap", "macro_misaligned", "family_quarantined"}
 
 
