@@ -8,10 +8,12 @@ Tasks (all owned by :class:`LiveIngest`, started by ``FeedService.main``):
 * the consumer: drains the raw-frame queue, parses, handles status messages, feeds
   :meth:`FeedService.ingest`, tracks the ATM strike (re-subscribing when it moved
   ``resubscribe_strikes`` strikes: hysteresis, so a price hovering on a boundary does not churn);
-* the watchdog: when no stream event arrived for ``poll_after_s`` (during market hours unless
-  configured otherwise) the feed switches to ``poll`` mode and polls REST last trade / NBBO /
-  index snapshot every ``poll_interval_s`` (``source="poll"``); the first stream event switches it
-  back to ``tick``.  Each switch publishes a ``FeedStatus`` at once;
+* the watchdog: when no stream event arrived for ``poll_after_s`` (during the regular session of
+  a trading day by the exchange calendar, :mod:`spx_common.calendar`, unless configured otherwise;
+  "now" is the last stream event's time plus the silence) the feed switches to ``poll`` mode and
+  polls REST last trade / NBBO / index snapshot every ``poll_interval_s`` (``source="poll"``); the
+  first stream event, or the session's close, switches it back to ``tick``.  Each switch
+  publishes a ``FeedStatus`` at once;
 * backfill: after a reconnect, trades and quotes of the stocks, 1-second index aggregates and
   trades of the ``backfill_option_contracts`` option contracts nearest the money, for the gap ``[last event, reconnect]`` (at most ``backfill_max_s``) are fetched from REST and
   published with ``source="backfill", backfilled=True``; the pipeline's dedupe removes overlap;
@@ -28,6 +30,7 @@ from collections import deque
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from spx_common import calendar as mcal
 from spx_common.models import IndexValue, MarketEvent
 
 from services.feed.parsing import MassiveParser
@@ -39,9 +42,9 @@ ET = ZoneInfo("America/New_York")
 
 
 def in_market_hours(now_ns: int) -> bool:
-    """09:30-16:00 New York on a weekday (holidays are not known here; polling then finds nothing new)."""
-    t = dt.datetime.fromtimestamp(now_ns // 1_000_000_000, ET)  # floor: no float rounding at the edges
-    return t.weekday() < 5 and dt.time(9, 30) <= t.time() < dt.time(16, 0)
+    """Inside the regular session: 09:30-16:00 New York (13:00 on early closes), trading days only
+    (exchange holidays by rule, :mod:`spx_common.calendar`)."""
+    return mcal.is_open(now_ns)
 
 
 def option_topics(root: str, date: dt.date, atm: float, step: float, each_side: int, max_contracts: int,
@@ -96,6 +99,9 @@ class LiveIngest:
         self.streams["indices"].topics = {f"V.{s}" for s in cfg.indices}
         self.atm_center: float | None = None
         self.last_stream_wall = time.monotonic()
+        #: newest event time the stream delivered (0: none yet); with ``last_stream_wall`` it gives the
+        #: market's "now" while the stream is silent (see ``market_now_ns``)
+        self.last_stream_ns = 0
         self.polling = False
         self.fatal = ""
         self._poll_seen: dict[tuple[str, str], int] = {}
@@ -282,6 +288,8 @@ class LiveIngest:
                     continue
                 stream.got_data = True
                 self.last_stream_wall = time.monotonic()
+                if events[-1].ts > self.last_stream_ns:
+                    self.last_stream_ns = events[-1].ts
                 if self.polling:
                     self.polling = False
                     svc.set_mode("tick", "stream recovered")
@@ -311,18 +319,29 @@ class LiveIngest:
 
     # ------------------------------------------------------------------ poll fallback
 
+    def market_now_ns(self) -> int:
+        """The market's time while the stream is silent: the last stream event's time plus the time
+        elapsed since it arrived (the wall clock only before the first event)."""
+        if not self.last_stream_ns:
+            return time.time_ns()
+        return self.last_stream_ns + int((time.monotonic() - self.last_stream_wall) * 1e9)
+
     async def _watchdog(self, stop: asyncio.Event) -> None:
         cfg = self.cfg
         while not stop.is_set():
             silent = time.monotonic() - self.last_stream_wall
-            if (not self.fatal and silent >= cfg.poll_after_s
-                    and (not cfg.poll_market_hours_only or in_market_hours(time.time_ns()))):
+            market_open = not cfg.poll_market_hours_only or in_market_hours(self.market_now_ns())
+            if not self.fatal and silent >= cfg.poll_after_s and market_open:
                 if not self.polling:
                     self.polling = True
                     self.svc.set_mode("poll", f"stream silent {silent:.1f}s")
                 await self._poll_once()
                 wait = cfg.poll_interval_s
             else:
+                if self.polling and not market_open and not self.fatal:
+                    # the session closed (16:00, 13:00 on an early close): a quiet stream is expected now
+                    self.polling = False
+                    self.svc.set_mode("tick" if self.svc.connected else "down", "market closed")
                 wait = min(0.25, cfg.poll_after_s / 4)
             try:
                 await asyncio.wait_for(stop.wait(), wait)
