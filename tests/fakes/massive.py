@@ -19,6 +19,8 @@ Usage (synchronous tests; the server runs its own event loop on a thread)::
         fake.stall("stocks", 5.0)                          # stop reading (no pongs) and sending
         fake.trades["SPY"] = [Trade(...), ...]            # /v3/trades, /v2/last/trade
         fake.quotes["SPY"] = [Quote(...), ...]            # /v3/quotes, /v2/last/nbbo
+        fake.quotes["O:SPXW..."] = [Quote(...), ...]      # /v3/quotes of an option (the 8 documented fields)
+        fake.option_quotes_entitled = False               # option /v3/quotes -> 403 NOT_AUTHORIZED
         fake.index_values["I:SPX"] = IndexValue(...)      # /v3/snapshot/indices
         fake.aggs[("SPY", "minute")] = [{"o":..,"h":..,"l":..,"c":..,"v":..,"t": ms}]
         fake.fail_next("/v3/trades", 429, 500)             # next matching requests fail
@@ -104,6 +106,8 @@ class FakeMassive:
         self.requests: list[tuple[str, dict, dict]] = []
         self._failures: list[tuple[str, int]] = []
         self.rest_stall_s = 0.0
+        #: False: /v3/quotes of option tickers answers 403 NOT_AUTHORIZED (a plan without options NBBO history)
+        self.option_quotes_entitled = True
         self._lock = threading.Lock()
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -454,6 +458,20 @@ class MarketMix:
 
 
 
+def chain_rows(contracts: list[str], underlying: float = SPX_BASE) -> list[dict]:
+    """``/v3/snapshot/options`` rows for ``contracts`` (``O:SPXW...`` symbols) around ``underlying``."""
+    rows = []
+    for sym in contracts:
+        call, strike = sym[-9] == "C", int(sym[-8:]) / 1000
+        intrinsic = max(0.0, (underlying - strike) if call else (strike - underlying))
+        mid = round(intrinsic + 2.0, 2)
+        delta = max(0.02, min(0.98, 0.5 + ((underlying - strike) if call else (strike - underlying)) / 100))
+        exp = f"20{sym[-15:-13]}-{sym[-13:-11]}-{sym[-11:-9]}"
+        rows.append(option_snapshot_row(sym, strike, call, exp, mid - 0.05, mid + 0.05, underlying, oi=500,
+                                        delta=delta if call else -delta))
+    return rows
+
+
 def prime_options(fake: FakeMassive, timeout_s: float = 30.0) -> list[str]:
     """Send I:SPX values until the feed subscribed option contracts around the money; return them."""
     deadline = time.monotonic() + timeout_s
@@ -535,6 +553,9 @@ def _trade_json(t: Trade) -> dict:
 
 
 def _quote_json(q: Quote) -> dict:
+    if q.sym.startswith("O:"):  # the options quotes endpoint's documented row: no participant time, no tape
+        return {"ask_exchange": q.ask_exch, "ask_price": q.ask, "ask_size": q.ask_size, "bid_exchange": q.bid_exch,
+                "bid_price": q.bid, "bid_size": q.bid_size, "sequence_number": q.seq, "sip_timestamp": q.ts}
     return {"ask_exchange": q.ask_exch, "ask_price": q.ask, "ask_size": q.ask_size, "bid_exchange": q.bid_exch,
             "bid_price": q.bid, "bid_size": q.bid_size, "participant_timestamp": q.ts - 1000,
             "sequence_number": q.seq, "sip_timestamp": q.ts, "tape": 3}
@@ -601,6 +622,10 @@ def _make_handler(fake: FakeMassive):
                     items = sorted(_ts_filter(fake.trades.get(parts[2], []), q), key=lambda e: e.ts,
                                    reverse=q.get("order", "desc") == "desc")
                     return self._page(path, q, items, _trade_json, 50_000)
+                if parts[:2] == ["v3", "quotes"] and parts[2].startswith("O:") and not fake.option_quotes_entitled:
+                    return self._send(403, {"status": "NOT_AUTHORIZED", "request_id": "r403",
+                                            "message": "You are not entitled to this data. Please upgrade your "
+                                                       "plan at https://massive.com/pricing"})
                 if parts[:2] == ["v3", "quotes"]:
                     items = sorted(_ts_filter(fake.quotes.get(parts[2], []), q), key=lambda e: e.ts,
                                    reverse=q.get("order", "desc") == "desc")
