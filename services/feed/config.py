@@ -51,7 +51,13 @@ class FeedConfig(Section):
     backfill: bool = Field(True, description="After a reconnect, fetch the gap from REST trades/quotes "
                            "(events marked backfilled=true).")
     backfill_option_contracts: int = Field(82, ge=0, le=1000, description="After an options reconnect, backfill "
-                                           "trades (not quotes) of this many contracts nearest the money.")
+                                           "trades of this many contracts nearest the money.")
+    backfill_option_quote_contracts: int = Field(
+        20, ge=0, le=1000, description="After an options reconnect, backfill quotes of this many subscribed "
+        "contracts nearest the money (0: no option quote backfill).")
+    backfill_option_quote_max: int = Field(
+        5000, ge=1, le=200_000, description="Option quotes fetched per contract and gap at most: the newest are "
+        "kept, an older remainder is left and counted (feed_backfill_truncated_total).")
     backfill_max_s: float = Field(600.0, gt=0, description="Longest gap backfilled after a reconnect.")
     poll_after_s: float = Field(5.0, gt=0, description="Stream silent this long (market hours) -> poll mode.")
     poll_interval_s: float = Field(1.0, gt=0, description="REST poll period in poll mode.")

@@ -14,9 +14,14 @@ Tasks (all owned by :class:`LiveIngest`, started by ``FeedService.main``):
   polls REST last trade / NBBO / index snapshot every ``poll_interval_s`` (``source="poll"``); the
   first stream event, or the session's close, switches it back to ``tick``.  Each switch
   publishes a ``FeedStatus`` at once;
-* backfill: after a reconnect, trades and quotes of the stocks, 1-second index aggregates and
-  trades of the ``backfill_option_contracts`` option contracts nearest the money, for the gap ``[last event, reconnect]`` (at most ``backfill_max_s``) are fetched from REST and
-  published with ``source="backfill", backfilled=True``; the pipeline's dedupe removes overlap;
+* backfill: after a reconnect (or a raw-queue overflow), the gap ``[last event, reconnect)`` (at
+  most ``backfill_max_s``) is fetched from REST: trades and quotes of the stocks, 1-second index
+  aggregates, trades of the ``backfill_option_contracts`` and quotes of the
+  ``backfill_option_quote_contracts`` subscribed option contracts nearest the money (the newest
+  ``backfill_option_quote_max`` quotes per contract: an older remainder is left and reported).
+  Each symbol's events are published in event-time order with ``source="backfill",
+  backfilled=True``; the pipeline's dedupe removes what the stream already delivered.  Every gap
+  is counted (``feed_backfill_*``) and summarised on ``status.backfill``;
 * the chain poller: every ``chain_every_s`` the 0DTE chain snapshot around the money is published
   on ``chain.<root>`` like the synthetic source does.
 """
@@ -88,7 +93,20 @@ class LiveIngest:
                                                        "by the per-minute limit.", ["market"]), "market"),
             "feed_disconnects_total": (m.counter("feed_disconnects_total", "Connections lost.", ["market"]), "market"),
         }
-        self.m_backfilled = m.counter("feed_backfilled_events_total", "Events fetched from REST after a reconnect.")
+        self.m_backfilled = m.counter("feed_backfilled_events_total", "Events published from REST after a gap "
+                                      "(reconnect or queue overflow), after dedupe.")
+        self.m_backfill_fetched = m.counter("feed_backfill_fetched_total", "Events fetched from REST for a gap, by "
+                                            "kind (trade, quote, index, option_trade, option_quote).", ["kind"])
+        self.m_overlap = m.counter("feed_backfill_overlap_total", "Backfilled events the stream had already "
+                                   "delivered (removed by the dedupe).", ["market"])
+        self.m_truncated = m.counter("feed_backfill_truncated_total", "Gaps of one contract whose option quotes "
+                                     "exceeded backfill_option_quote_max (older ones left).", ["kind"])
+        self.m_backfill_failed = m.counter("feed_backfill_failed_total", "REST fetches of a gap that failed after "
+                                           "the bounded retries, by kind.", ["kind"])
+        #: market -> summary of its last backfilled gap (also published on status.backfill)
+        self.last_backfill: dict[str, dict[str, Any]] = {}
+        #: why option quote backfill is off ("": on); set when the vendor refuses it (401/403)
+        self.option_quotes_refused = ""
         self.m_poll = m.counter("feed_poll_events_total", "Events published from REST polling.")
         self.m_contracts = m.gauge("feed_option_contracts", "Option contracts subscribed.")
         self.streams: dict[str, MassiveStream] = {}
@@ -161,6 +179,7 @@ class LiveIngest:
             "polling": self.polling,
             "atm_center": self.atm_center,
             "raw_queue": len(self.raw),
+            "backfill": {"last": self.last_backfill, "option_quotes_refused": self.option_quotes_refused},
             "streams": {m: {"connected": s.connected, "topics": len(s.topics), "acked": len(s.acked),
                             "reconnects": s.reconnects, "last_error": s.last_error,
                             "last_status": s.last_status, "evictions": s.evictions} for m, s in self.streams.items()},
@@ -211,52 +230,148 @@ class LiveIngest:
         """
         if not self.cfg.backfill:
             return
+        cfg = self.cfg
         if stream.market == "options":
-            # trades only (option quotes are far too many to fetch), nearest strikes first, bounded
-            syms = sorted({t[2:] for t in stream.topics if t.startswith("T.")},
-                          key=lambda s: abs(float(s[-8:]) / 1000 - (self.atm_center or 0.0)))
-            syms = syms[: self.cfg.backfill_option_contracts]
+            plan = self._option_plan(stream.topics)
+        elif stream.market == "stocks":
+            plan = {s: (True, True) for s in cfg.stocks}
         else:
-            syms = self.cfg.stocks if stream.market == "stocks" else self.cfg.indices
+            plan = {s: (True, False) for s in cfg.indices}
+        if not plan:
+            return
         now = time.time_ns()
-        floor = now - int(self.cfg.backfill_max_s * 1e9)
-        blind_ns = int((self.cfg.ping_interval_s + self.cfg.ping_timeout_s) * 1e9)
-        for sym in syms:
+        floor = now - int(cfg.backfill_max_s * 1e9)
+        blind_ns = int((cfg.ping_interval_s + cfg.ping_timeout_s) * 1e9)
+        starts: dict[str, int] = {}
+        for sym in plan:
             if last_ts is not None:
-                start = max(last_ts.get(sym, down_since_ns), floor)
+                starts[sym] = max(last_ts.get(sym, down_since_ns), floor)
             else:
                 # data may have stopped before the loss was noticed (at most one ping period), never
                 # earlier than the symbol's last event; an idle contract does not stretch the window
-                start = max(min(self._last_ts.get(sym, down_since_ns), down_since_ns), down_since_ns - blind_ns,
-                            floor)
-            task = asyncio.ensure_future(self._backfill(stream.market, sym, start, now))
-            self._backfills.add(task)
-            task.add_done_callback(self._backfills.discard)
+                starts[sym] = max(min(self._last_ts.get(sym, down_since_ns), down_since_ns), down_since_ns - blind_ns,
+                                  floor)
+        task = asyncio.ensure_future(self._backfill_gap(stream.market, plan, starts, now))
+        self._backfills.add(task)
+        task.add_done_callback(self._backfills.discard)
 
-    async def _backfill(self, market: str, sym: str, start_ns: int, end_ns: int) -> None:
-        """Fetch the reconnect gap from REST and publish it as backfilled events, in time order."""
-        events: list[MarketEvent] = []
+    def _option_plan(self, topics: set[str]) -> dict[str, tuple[bool, bool]]:
+        """Contract -> (trades, quotes) to backfill: the subscribed contracts nearest the money, trades of
+        ``backfill_option_contracts`` and quotes of ``backfill_option_quote_contracts`` of them."""
+        atm = self.atm_center or 0.0
+
+        def near(syms: set[str]) -> list[str]:
+            return sorted(syms, key=lambda s: (abs(float(s[-8:]) / 1000 - atm), s))
+
+        cfg = self.cfg
+        trades = set(near({t[2:] for t in topics if t.startswith("T.")})[: cfg.backfill_option_contracts])
+        quotes: set[str] = set()
+        if not self.option_quotes_refused:
+            quotes = set(near({t[2:] for t in topics if t.startswith("Q.")})[: cfg.backfill_option_quote_contracts])
+        return {s: (s in trades, s in quotes) for s in near(trades | quotes)}
+
+    async def _backfill_gap(self, market: str, plan: dict[str, tuple[bool, bool]], starts: dict[str, int],
+                            end_ns: int) -> None:
+        """Backfill every symbol of one gap (at most 4 at a time, nearest the money first), then count
+        it and publish a summary on ``status.backfill`` (type ``doc``)."""
+        results = await asyncio.gather(*(self._backfill_symbol(market, sym, t, q, starts[sym], end_ns)
+                                         for sym, (t, q) in plan.items()))
+        fetched: dict[str, int] = {}
+        for r in results:
+            for kind, n in r["fetched"].items():
+                fetched[kind] = fetched.get(kind, 0) + n
+        published = sum(r["published"] for r in results)
+        overlap = sum(sum(r["fetched"].values()) - r["published"] for r in results)
+        summary = {
+            "ts": end_ns, "market": market, "gap_start_ns": min(starts.values()), "gap_end_ns": end_ns,
+            "symbols": len(plan), "fetched": fetched, "published": published, "overlap": overlap,
+            # option quotes older than from_ns in the gap were left unfetched (backfill_option_quote_max)
+            "truncated": [{"sym": r["sym"], "from_ns": r["truncated_from_ns"]} for r in results
+                          if r["truncated_from_ns"] is not None],
+            "failed": {r["sym"]: r["error"] for r in results if r["error"]},
+        }
+        self.last_backfill[market] = summary
+        if overlap:
+            self.m_overlap.inc(overlap, market=market)
+        if self.svc.pub is not None:
+            self.svc.publish("status.backfill", "doc", summary, end_ns)
+        self.svc.log.info("backfilled %s gap of %.1fs: %d symbols, fetched %s, published %d (%d already delivered)%s",
+                          market, (end_ns - summary["gap_start_ns"]) / 1e9, len(plan), fetched, published, overlap,
+                          f", {len(summary['truncated'])} truncated" if summary["truncated"] else "")
+
+    async def _fetch(self, sym: str, kind: str, result: dict, coro) -> list[MarketEvent]:
+        """Await one REST fetch of a symbol's gap; a failure (after the client's bounded retries) costs
+        this kind only: it is counted, logged and noted in ``result``."""
         try:
-            if market == "stocks":
-                events += [t async for t in self.rest.trades(sym, gte_ns=start_ns, lt_ns=end_ns)]
-                events += [q async for q in self.rest.quotes(sym, gte_ns=start_ns, lt_ns=end_ns)]
-            elif market == "options":
-                async with self._backfill_slots:
-                    events += [t async for t in self.rest.trades(sym, gte_ns=start_ns, lt_ns=end_ns)]
-            else:
-                bars = await self.rest.aggregates(sym, 1, "second", start_ns // 1_000_000, end_ns // 1_000_000)
-                for b in bars:
-                    if b.get("c") is not None and b.get("t") is not None and b["t"] * 1_000_000 >= start_ns:
-                        events.append(IndexValue(sym=sym, value=float(b["c"]), ts=int(b["t"]) * 1_000_000,
-                                                 source="backfill", backfilled=True))
+            events = await coro
         except RestError as exc:
-            self.svc.log.warning("backfill of %s failed: %s", sym, exc)
-            return
-        events.sort(key=lambda e: e.ts)
+            self.m_backfill_failed.inc(kind=kind)
+            result["error"] = f"{kind}: {exc}"[:200]
+            if kind == "option_quote" and exc.status in (401, 403):
+                # the plan has no options NBBO history: stop asking (until restart), keep the trades
+                self.option_quotes_refused = exc.message or f"HTTP {exc.status}"
+                self.svc.log.error("option quote backfill off: the vendor refused it (%s)", exc)
+            else:
+                self.svc.log.warning("backfill of %s %s failed: %s", kind, sym, exc)
+            return []
+        self.m_backfill_fetched.inc(len(events), kind=kind)
+        result["fetched"][kind] = result["fetched"].get(kind, 0) + len(events)
+        return events
+
+    async def _backfill_symbol(self, market: str, sym: str, want_trades: bool, want_quotes: bool, start_ns: int,
+                               end_ns: int) -> dict[str, Any]:
+        """Fetch one symbol's gap from REST and publish it as backfilled events, in event-time order.
+
+        Overlap with what the stream already delivered (the window starts at the symbol's last
+        published event; the stream resumes before the window ends) is removed by the pipeline's
+        dedupe on the vendor sequence number.
+        """
+        res: dict[str, Any] = {"sym": sym, "fetched": {}, "published": 0, "truncated_from_ns": None, "error": ""}
+        rest = self.rest
+        events: list[MarketEvent] = []
+        async with self._backfill_slots:
+            if market == "indices":
+                events += await self._fetch(sym, "index", res, self._index_values(sym, start_ns, end_ns))
+            else:
+                prefix = "option_" if market == "options" else ""
+                if want_trades:
+                    events += await self._fetch(sym, prefix + "trade", res,
+                                                _collect(rest.trades(sym, gte_ns=start_ns, lt_ns=end_ns)))
+                if want_quotes and market == "options":
+                    if not self.option_quotes_refused:
+                        quotes = await self._fetch(sym, "option_quote", res,
+                                                   self._option_quotes(sym, start_ns, end_ns, res))
+                        events += quotes
+                elif want_quotes:
+                    events += await self._fetch(sym, "quote", res,
+                                                _collect(rest.quotes(sym, gte_ns=start_ns, lt_ns=end_ns)))
+        events.sort(key=lambda e: e.ts)  # stable: same-time events keep trades-then-quotes, vendor order
         for i in range(0, len(events), 1000):
             n = self.svc.ingest(events[i:i + 1000])
+            res["published"] += n
             self.m_backfilled.inc(n)
-        self.svc.log.info("backfilled %d events of %s for a %.1fs gap", len(events), sym, (end_ns - start_ns) / 1e9)
+            await asyncio.sleep(0)  # a large gap must not starve the stream consumer
+        return res
+
+    async def _option_quotes(self, sym: str, start_ns: int, end_ns: int, res: dict) -> list[MarketEvent]:
+        quotes, truncated = await self.rest.recent_quotes(sym, gte_ns=start_ns, lt_ns=end_ns,
+                                                          max_rows=self.cfg.backfill_option_quote_max)
+        if truncated:
+            res["truncated_from_ns"] = quotes[0].ts if quotes else end_ns
+            self.m_truncated.inc(kind="option_quote")
+        return list(quotes)
+
+    async def _index_values(self, sym: str, start_ns: int, end_ns: int) -> list[MarketEvent]:
+        bars = await self.rest.aggregates(sym, 1, "second", start_ns // 1_000_000, end_ns // 1_000_000)
+        out: list[MarketEvent] = []
+        for b in bars:
+            try:
+                ts = int(b["t"]) * 1_000_000
+                if b.get("c") is not None and ts >= start_ns:
+                    out.append(IndexValue(sym=sym, value=float(b["c"]), ts=ts, source="backfill", backfilled=True))
+            except (KeyError, TypeError, ValueError, OverflowError):
+                self.rest.m_refused.inc(kind="aggregate")
+        return out
 
     # ------------------------------------------------------------------ consumer
 
@@ -400,6 +515,10 @@ class LiveIngest:
         now = self.svc.clock.now_ns() or time.time_ns()
         self.svc.publish_chain({"ts": now, "root": cfg.option_root, "underlying": underlying,
                                 "contracts": contracts})
+
+
+async def _collect(it) -> list[MarketEvent]:
+    return [e async for e in it]
 
 
 def chain_contracts(rows: list[dict], root: str) -> tuple[list[dict], float | None]:

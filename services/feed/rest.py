@@ -6,6 +6,7 @@
         bars = await rest.aggregates("SPY", 1, "minute", "2026-11-20", "2026-11-20")
         async for t in rest.trades("SPY", gte_ns=a, lt_ns=b):   # Trade(source="backfill", backfilled=True)
             ...
+        quotes, truncated = await rest.recent_quotes("O:SPXW261120C05900000", gte_ns=a, lt_ns=b, max_rows=5000)
         q = await rest.last_quote("SPY")                         # Quote(source="poll") or None
 
 Behaviour:
@@ -216,6 +217,49 @@ class MassiveRest:
                 yield q
             else:
                 self.m_refused.inc(kind="quote")
+
+    async def recent_quotes(self, ticker: str, *, gte_ns: int, lt_ns: int, max_rows: int,
+                            source: Source = "backfill") -> tuple[list[Quote], bool]:
+        """The newest ``max_rows`` quotes in ``[gte_ns, lt_ns)``, returned ascending, and ``truncated``.
+
+        For tickers whose quotes are too many to fetch whole (option contracts): the vendor is asked
+        newest first (``order=desc``) in pages of ``min(max_rows, 50_000)``, at most
+        ``ceil(max_rows / page) + 1`` pages (a short page still moves on), so the latest part of
+        the window is complete and ``truncated`` tells that older quotes were left unfetched.
+        Malformed rows are skipped and counted like in :meth:`quotes`.
+        """
+        limit = max(1, min(max_rows, 50_000))
+        max_pages = -(-max_rows // limit) + 1
+        path = f"/v3/quotes/{ticker}"
+        body = await self.get_json(path, {"timestamp.gte": gte_ns, "timestamp.lt": lt_ns, "order": "desc",
+                                          "sort": "timestamp", "limit": limit})
+        out: list[Quote] = []
+        rows_seen, pages = 0, 1
+        while True:
+            rows = self._rows(body, path)
+            for r in rows:
+                if rows_seen >= max_rows:
+                    out.reverse()
+                    return out, True
+                rows_seen += 1
+                q = quote_from_rest(ticker, r, source)
+                if q is not None:
+                    out.append(q)
+                else:
+                    self.m_refused.inc(kind="quote")
+            nxt = body.get("next_url")
+            if not nxt:
+                break
+            if rows_seen >= max_rows or pages >= max_pages:
+                out.reverse()
+                return out, True
+            if not isinstance(nxt, str):
+                self.m_refused.inc(kind="next_url")
+                raise RestError("fatal", 200, f"next_url is not a string: {nxt!r:.60}", path)
+            body = await self.get_json(nxt)
+            pages += 1
+        out.reverse()
+        return out, False
 
     async def _last_results(self, path: str) -> dict | None:
         """The ``results`` object of a last-trade/NBBO answer; None when the vendor has none (404)."""
