@@ -34,6 +34,10 @@ class BrokerConfig(Section):
         "", "Tradier access token. Empty = paper broker. Never logged, never sent to a client.",
         "TRADIER_ACCESS_TOKEN", repr=False)
     account_id: str = env_field("", "Tradier account id.", "TRADIER_ACCOUNT_ID")
+    sandbox_url: str = Field(SANDBOX_URL, description="Tradier base URL for users in the sandbox environment "
+                             "(per-user records; the users table).")
+    production_url: str = Field(PRODUCTION_URL, description="Tradier base URL for users in the production "
+                                "environment (also needs TRADIER_EXECUTION_PRODUCTION_ENABLED to send orders).")
     execution_enabled: bool = env_field(
         False, "Master switch for sending orders to Tradier.", "TRADIER_EXECUTION_ENABLED")
     production_enabled: bool = env_field(
@@ -90,6 +94,10 @@ class BrokerConfig(Section):
         if not self.is_sandbox and not self.production_enabled:
             return False, "production_not_enabled"
         return True, ""
+
+    def user_url(self, environment: str) -> str:
+        """Base URL of a stored user's environment (``sandbox`` or ``production``)."""
+        return self.production_url if environment == "production" else self.sandbox_url
 
     def public(self) -> dict:
         """Settings safe to show to a client (no token)."""

@@ -5,12 +5,18 @@ The access token is sealed (AES-256-GCM, key ring from ``SPX_CREDENTIALS_KEYS`` 
 store's ``broker_credentials`` table (ciphertext and key id only; the account id is not secret).
 Plaintext only ever exists in memory, wrapped in :class:`~spx_common.crypto.Secret` until the HTTP
 client needs it.  ``spx broker credentials set|show|rotate`` writes; the broker reads at start.
+
+Per-user records (the ``users`` table): ``spx users credentials set|test|remove|status USER``;
+:func:`user_allowed` is the one place that decides whether execution is allowed for a stored user and
+names the exact reason when not (the broker and ``status`` both call it).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -97,3 +103,107 @@ def with_stored_credentials(cfg: BrokerConfig, runtime: RuntimeConfig) -> Broker
         return cfg
     token, account = found
     return cfg.model_copy(update={"access_token": token.reveal(), "account_id": account or cfg.account_id})
+
+
+def user_allowed(cfg: BrokerConfig, user: dict, *, token_stored: bool, flags: dict[str, Any]) -> tuple[bool, str]:
+    """Whether orders may be sent for the stored ``user`` record, and the exact reason when not.
+
+    Order of checks (the first failing one is the reason): ``user_disabled``, ``kill_switch``,
+    ``not_opted_in`` (the user's auto-execution opt-in), then paper: ``paper_auto_execution_off``;
+    Tradier: ``auto_execution_flag_off`` (rollout switch), ``no_token``, ``execution_disabled``
+    (TRADIER_EXECUTION_ENABLED), ``production_not_enabled`` (production without
+    TRADIER_EXECUTION_PRODUCTION_ENABLED).  Limits (``daily_loss_limit``, ``max_open_risk`` ...) are
+    checked per order by the engine.
+    """
+    if not user.get("enabled"):
+        return False, "user_disabled"
+    if flags.get("kill_switch"):
+        return False, "kill_switch"
+    if not user.get("auto_execution"):
+        return False, "not_opted_in"
+    if user.get("broker") == "paper":
+        return (True, "") if cfg.paper_auto_execution else (False, "paper_auto_execution_off")
+    if not flags.get("auto_execution"):
+        return False, "auto_execution_flag_off"
+    if not token_stored:
+        return False, "no_token"
+    if not cfg.execution_enabled:
+        return False, "execution_disabled"
+    if user.get("environment") == "production" and not cfg.production_enabled:
+        return False, "production_not_enabled"
+    return True, ""
+
+
+def client_for(cfg: BrokerConfig, user: dict, token: Secret, account_id: str | None):
+    """A Tradier client for a stored user's environment, token and account."""
+    from services.broker.tradier import TradierClient
+
+    return TradierClient(cfg.user_url(str(user.get("environment"))), token.reveal(), account_id or "",
+                         timeout_s=cfg.request_timeout_s, place_timeout_s=cfg.place_timeout_s,
+                         max_retries=cfg.max_retries, max_rate_wait_s=cfg.max_rate_wait_s)
+
+
+def test(store: Store, ring: KeyRing, user: str, cfg: BrokerConfig) -> dict[str, Any]:
+    """Fetch balances with ``user``'s stored token from their environment's URL; record the outcome.
+
+    Returns ``{ok, environment, account_id, account_type, option_buying_power, total_equity, error}``;
+    the token is never part of it (a failure names the error class and HTTP status only).
+    """
+    import asyncio
+
+    from services.broker.portfolio import summarize_balances
+    from services.broker.tradier import TradierError
+
+    row = store.user(user) or {"environment": "sandbox"}
+    env = str(row.get("environment"))
+    found = read(store, ring, user)
+    out: dict[str, Any] = {"ok": False, "environment": env, "account_id": None, "error": None}
+    if found is None:
+        out["error"] = "no token stored"
+        return out
+    token, account = found
+    out["account_id"] = account
+
+    async def fetch() -> dict:
+        client = client_for(cfg, row, token, account)
+        try:
+            return await client.balances()
+        finally:
+            await client.aclose()
+
+    try:
+        bal = asyncio.run(fetch())
+    except TradierError as exc:
+        out["error"] = _safe_error(exc, token)
+        store.set_credential_status(user, error=out["error"])
+        return out
+    snap = summarize_balances(bal)
+    out.update(ok=True, account_type=snap["account_type"], option_buying_power=snap["option_buying_power"],
+               total_equity=snap["total_equity"])
+    store.set_credential_status(user, ok_ns=time.time_ns())
+    return out
+
+
+def _safe_error(exc: BaseException, token: Secret) -> str:
+    text = f"{type(exc).__name__}: {exc}"[:300]
+    secret = token.reveal()
+    return text.replace(secret, "***") if secret else text
+
+
+def status(store: Store, user: dict, cfg: BrokerConfig, flags: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Environment, whether a token is stored, last successful call / last error, and whether execution
+    would be allowed for ``user`` (a users-table row) with the exact reason when not."""
+    if flags is None:
+        from spx_common.config import RuntimeConfig
+        from spx_common.flags import FlagStore
+
+        fs = FlagStore(load(RuntimeConfig).path("flags.json"))
+        fs.reload()
+        flags = fs.snapshot()
+    cred = store.credentials(user["user"], BROKER)
+    ok, why = user_allowed(cfg, user, token_stored=cred is not None, flags=flags)
+    return {"user": user["user"], "broker": user["broker"], "environment": user["environment"],
+            "base_url": cfg.user_url(user["environment"]) if user["broker"] == "tradier" else None,
+            "token_stored": cred is not None, "account_id": cred.get("account_id") if cred else None,
+            "last_ok_ns": user.get("last_ok_ns"), "last_error": user.get("last_error"),
+            "execution_allowed": ok, "reason": why}

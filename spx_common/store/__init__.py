@@ -1,7 +1,7 @@
 """Persistence: SQLAlchemy Core tables, alembic migrations, an idempotent repository.
 
 ``Store`` is the API other services call (setup instances, orders, fills, positions,
-portfolio snapshots, bars, broker credential ciphertext, optimizer profiles);
+portfolio snapshots, bars, broker credential ciphertext, users, optimizer profiles);
 ``get_active_profile()`` is what the detector host reads.
 """
 

@@ -441,6 +441,63 @@ class Store:
                               now_ns=now_ns)
         return changes
 
+    # ---------------------------------------------------------------- users
+    def add_user(self, user: str, *, now_ns: int | None = None, **settings: Any) -> dict:
+        """Create ``user`` with the defaults overridden by ``settings``; UserError when invalid or taken."""
+        from spx_common.store.users import DEFAULTS, UserError, check_id, validate
+
+        check_id(user)
+        row = {**DEFAULTS, "display_name": user, **validate(settings)}
+        now = now_ns or time.time_ns()
+        row.update(user=user, created_ns=now, updated_ns=now, last_ok_ns=None, last_error=None, last_error_ns=None)
+        try:
+            with self.engine.begin() as c:
+                c.execute(t.users.insert().values(**row))
+        except sa.exc.IntegrityError:
+            raise UserError(f"user {user!r} already exists (change it with 'spx users set')") from None
+        return row
+
+    def user(self, user: str) -> dict | None:
+        with self.engine.connect() as c:
+            r = c.execute(sa.select(t.users).where(t.users.c.user == user)).first()
+            return dict(r._mapping) if r else None
+
+    def users(self, *, enabled_only: bool = False) -> list[dict]:
+        q = sa.select(t.users).order_by(t.users.c.user)
+        if enabled_only:
+            q = q.where(t.users.c.enabled.is_(True))
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(q)]
+
+    def update_user(self, user: str, *, now_ns: int | None = None, **settings: Any) -> dict:
+        """Change settings of an existing user; UserError when unknown or invalid."""
+        from spx_common.store.users import UserError, validate
+
+        clean = validate(settings)
+        with self.engine.begin() as c:
+            n = c.execute(t.users.update().where(t.users.c.user == user)
+                          .values(**clean, updated_ns=now_ns or time.time_ns())).rowcount
+        if not n:
+            raise UserError(f"no user {user!r} (add it with 'spx users add')")
+        return self.user(user)  # type: ignore[return-value]
+
+    def set_credential_status(self, user: str, *, ok_ns: int | None = None, error: str | None = None,
+                              now_ns: int | None = None) -> None:
+        """Record the outcome of a broker call made with ``user``'s credentials (never the token)."""
+        vals: dict[str, Any] = {}
+        if ok_ns is not None:
+            vals["last_ok_ns"] = ok_ns
+        if error is not None:
+            vals.update(last_error=error[:500], last_error_ns=now_ns or time.time_ns())
+        if vals:
+            with self.engine.begin() as c:
+                c.execute(t.users.update().where(t.users.c.user == user).values(**vals))
+
+    def delete_credentials(self, user: str, broker: str) -> bool:
+        c_ = t.broker_credentials.c
+        with self.engine.begin() as c:
+            return bool(c.execute(t.broker_credentials.delete().where(c_.user == user, c_.broker == broker)).rowcount)
+
     # ---------------------------------------------------------------- internals
     def _write(self, table: sa.Table, rows: list[dict], conn: Connection | None, **kw: Any) -> None:
         if not rows:

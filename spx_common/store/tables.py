@@ -179,3 +179,23 @@ optimizer_profiles = Table(
     Column("reason", Text, nullable=False),
     Column("body", JSON, nullable=False),
 )
+
+users = Table(
+    "users", metadata,
+    Column("user", String(64), primary_key=True),
+    Column("display_name", String(128), nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("max_risk_per_trade", Float, nullable=False),  # dollars of premium per entry
+    Column("max_contracts", Integer, nullable=False),
+    Column("daily_loss_limit", Float, nullable=False),  # dollars of realized loss per ET day
+    Column("day_trading_policy", String(16), nullable=False),  # alert | off (the broker's PDT alert policy)
+    Column("auto_execution", Boolean, nullable=False),  # opt-in, default off
+    Column("broker", String(16), nullable=False),  # paper | tradier
+    Column("environment", String(16), nullable=False),  # sandbox | production
+    Column("coach", JSON, nullable=False),  # channels / kinds / min_severity / quiet
+    Column("created_ns", BigInteger, nullable=False),
+    Column("updated_ns", BigInteger, nullable=False),
+    Column("last_ok_ns", BigInteger),  # last successful broker call with this user's credentials
+    Column("last_error", Text),
+    Column("last_error_ns", BigInteger),
+)
