@@ -165,7 +165,9 @@ class MarketCalendar:
         return d in self.extra_closures or any(h == d for h, _ in _holidays(d.year))
 
     def is_early_close(self, d: dt.date) -> bool:
-        return self.is_trading_day(d) and (d in self.extra_early_closes or any(e == d for e, _ in _early_closes(d.year)))
+        if not self.is_trading_day(d):
+            return False
+        return d in self.extra_early_closes or any(e == d for e, _ in _early_closes(d.year))
 
     def is_trading_day(self, d: dt.date) -> bool:
         """A weekday that is not a holiday."""

@@ -274,8 +274,18 @@ class LiveIngest:
                             end_ns: int) -> None:
         """Backfill every symbol of one gap (at most 4 at a time, nearest the money first), then count
         it and publish a summary on ``status.backfill`` (type ``doc``)."""
-        results = await asyncio.gather(*(self._backfill_symbol(market, sym, t, q, starts[sym], end_ns)
-                                         for sym, (t, q) in plan.items()))
+        outcomes = await asyncio.gather(*(self._backfill_symbol(market, sym, t, q, starts[sym], end_ns)
+                                          for sym, (t, q) in plan.items()), return_exceptions=True)
+        results: list[dict[str, Any]] = []
+        for sym, r in zip(plan, outcomes):
+            if isinstance(r, asyncio.CancelledError):
+                raise r
+            if isinstance(r, BaseException):  # a bug must cost this symbol's backfill, never the summary
+                self.m_backfill_failed.inc(kind="internal")
+                self.svc.log.error("backfill of %s failed: %r", sym, r, exc_info=r)
+                r = {"sym": sym, "fetched": {}, "published": 0, "truncated_from_ns": None,
+                     "error": f"internal: {r!r}"[:200]}
+            results.append(r)
         fetched: dict[str, int] = {}
         for r in results:
             for kind, n in r["fetched"].items():
