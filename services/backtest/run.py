@@ -1,6 +1,6 @@
 """Run a backtest over stored data and write its report (Markdown, PNG, JSON).
 
-Data, per trading day (Monday–Friday in New York between FROM and TO) and symbol:
+Data, per trading day (NYSE/Cboe sessions between FROM and TO, holidays excluded) and symbol:
 ``--resolution second``: stored 1s bars; a day without them falls back to stored vendor minute
 bars (``60s``) and the report says so (promotion is then refused). ``--resolution tick``: stored
 trades and quotes through the live aggregator (no fallback: a day without ticks is reported as
@@ -49,12 +49,10 @@ class Options:
 
 
 def trading_days(start: dt.date, end: dt.date) -> list[dt.date]:
-    out, d = [], start
-    while d <= end:
-        if d.weekday() < 5:
-            out.append(d)
-        d += dt.timedelta(days=1)
-    return out
+    """NYSE/Cboe trading days (holidays excluded: ``spx_common.calendar``)."""
+    from spx_common.calendar import MarketCalendar
+
+    return MarketCalendar().trading_days(start, end)
 
 
 def day_range(d: dt.date) -> tuple[int, int]:
