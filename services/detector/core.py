@@ -8,12 +8,15 @@ quarantined), the diversification cap per family, and the macro-alignment kill s
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from types import MappingProxyType
 
+import msgspec
+
 from services.detector.config import DetectorConfig
 from services.detector.context import DetectorContext, freeze
-from services.detector.host import PluginHost
+from services.detector.host import PluginHost, _geometry_ok
 from services.detector.lifecycle import RANK, TERMINAL, Lifecycle, Setup
 from services.detector.market import SessionState, gex
 from spx_common.models import IndexValue, MicroBar, SetupCandidate, SetupTransition, Trade
@@ -99,25 +102,36 @@ class DetectorEngine:
         Each keeps its id, state, geometry, microstructure at trigger and macro score, so its next
         transition continues where the published sequence stopped and nothing already published is
         published again (transitions are forward-only). The trigger debounce restarts from zero.
-        Rows of unwatched symbols, terminal states or broken geometry are skipped. Returns how many
-        setups were restored.
+        Rows of unwatched symbols or terminal states are skipped; a row with an unknown state or
+        broken geometry, or beyond ``max_active``, is refused with a reason (``restore_refused``,
+        ``capacity``) like any other block. Returns how many setups were restored.
         """
         n = 0
         for r in rows:
             state = r.get("state")
-            if r.get("sym") not in self.watched or state in TERMINAL or state not in RANK:
+            if r.get("sym") not in self.watched or state in TERMINAL:
+                continue
+            subject = f"{r.get('setup_id')} {r.get('sym')} {state}"
+            if state not in RANK:
+                self.refuse("restore_refused", f"{subject}: unknown state")
                 continue
             try:
-                cand = SetupCandidate(detector=r["detector"], family=r["family"], sym=r["sym"],
-                                      direction=r["direction"], entry_low=float(r["entry_low"]),
-                                      entry_high=float(r["entry_high"]), stop=float(r["stop"]),
-                                      targets=[float(x) for x in (r.get("targets") or [])],
-                                      confidence=float(r["confidence"] if r.get("confidence") is not None else 0.5),
-                                      ts=int(r["first_ns"]), evidence={"restored": True})
-            except (KeyError, TypeError, ValueError):
+                cand = msgspec.convert(
+                    {"detector": r["detector"], "family": r["family"], "sym": r["sym"], "direction": r["direction"],
+                     "entry_low": float(r["entry_low"]), "entry_high": float(r["entry_high"]),
+                     "stop": float(r["stop"]), "targets": [float(x) for x in (r.get("targets") or [])],
+                     "confidence": float(r["confidence"] if r.get("confidence") is not None else 0.5),
+                     "ts": int(r["first_ns"]), "evidence": {"restored": True}}, SetupCandidate)
+            except (KeyError, TypeError, ValueError, msgspec.ValidationError) as exc:
+                self.refuse("restore_refused", f"{subject}: {(str(exc) or repr(exc)).splitlines()[0]}")
+                continue
+            if not all(math.isfinite(x) for x in (cand.entry_low, cand.entry_high, cand.stop, *cand.targets)) \
+                    or not _geometry_ok(cand):
+                self.refuse("restore_refused", f"{subject}: non-finite or wrong-sided entry/stop/targets")
                 continue
             if self.lifecycle.count() >= self.lifecycle.max_active:
-                break
+                self.refuse("capacity", f"{subject}: not restored, {self.lifecycle.max_active} active")
+                continue
             self.lifecycle.restore(Setup(r["setup_id"], cand, state=state, created_ns=cand.ts,
                                          micro=dict(r.get("microstructure_at_trigger") or {}),
                                          macro_score=r.get("macro_alignment_score")))
@@ -162,10 +176,10 @@ class DetectorEngine:
             return self._block("macro_misaligned", cand, f"score {score:.2f}")
         micro = {"bid_ask_imbalance": bar.bid_ask_imbalance, "aggressor_skew": _skew(bar),
                  "quote_coverage_pct": bar.quote_coverage_pct, "avg_spread_bps": bar.avg_spread_bps}
+        duplicates = self.lifecycle.duplicates
         tr = self.lifecycle.add(cand, micro, score)
-        if tr is None:
-            return self._block("duplicate" if self.lifecycle.count() < self.lifecycle.max_active else "capacity",
-                               cand)
+        if tr is None:  # the lifecycle counts which refusal it was (a duplicate is checked first)
+            return self._block("duplicate" if self.lifecycle.duplicates > duplicates else "capacity", cand)
         self.candidates[tr.setup_id] = cand
         if len(self.candidates) > 4 * self.cfg.max_active:
             self.candidates.pop(next(iter(self.candidates)))
@@ -192,6 +206,10 @@ class DetectorEngine:
     def _block(self, reason: str, cand: SetupCandidate, detail: str = "") -> None:
         self._blocks.append((reason, f"{cand.detector} {cand.sym} {cand.direction} {detail}".strip()))
         return None
+
+    def refuse(self, reason: str, subject: str) -> None:
+        """Queue a refusal; the service publishes it on ``block.detector`` and counts it."""
+        self._blocks.append((reason, subject))
 
     def drain_blocks(self) -> list[tuple[str, str]]:
         out, self._blocks = self._blocks, []

@@ -87,7 +87,7 @@ class DetectorService(BusService):
                 store.close()
         except Exception as exc:  # the database may be down: start empty, say so
             self.log.error("could not restore active setups from the store: %r", exc)
-            self.blocked.inc(reason="restore_failed")
+            self.engine.refuse("restore_failed", repr(exc)[:300])  # published and counted in main()
             return 0
         n = self.engine.restore(rows)
         self.restored.inc(n)
@@ -166,6 +166,7 @@ class DetectorService(BusService):
         self.host.events.status.clear()
 
     async def main(self) -> None:
+        self._flush_refusals()  # refusals of the restore, before any frame
         if self._warming:
             await self.warmup()
         last_profile = time.monotonic()
