@@ -192,8 +192,10 @@ def run(args) -> dict:
         "SPX_RUNTIME_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT),
         "SPX_DETECTOR_PLUGINS": "benchmarks.lifecycle_plugin", "SPX_DETECTOR_FAMILY_CAP": "1000",
         "SPX_DETECTOR_MACRO_BLOCK_BELOW": "-1", "SPX_DETECTOR_CONFIRM_MS": "50",
+        **dict(kv.split("=", 1) for kv in args.env),
     }
-    result: dict = {"rate_target": args.rate, "duration_s": args.duration, "run_dir": str(run_dir)}
+    result: dict = {"rate_target": args.rate, "duration_s": args.duration, "run_dir": str(run_dir),
+                    "env": args.env}
     ctx = zmq.Context()
     stop = threading.Event()
     lat: dict = {"measuring": False, "bar": [], "transition": []}
@@ -293,7 +295,8 @@ def run(args) -> dict:
             half = vals[len(vals) // 2:]
             rss_doc[s] = {"first_mib": round(vals[0] / 1024, 1), "peak_mib": round(max(vals) / 1024, 1),
                           "last_mib": round(vals[-1] / 1024, 1),
-                          "second_half_growth_mib": round((half[-1] - min(half)) / 1024, 1), "samples": len(vals)}
+                          "second_half_growth_mib": round((half[-1] - min(half)) / 1024, 1), "samples": len(vals),
+                          "series_mib": [[t, round(v / 1024, 1)] for t, v in samples[::max(1, len(samples) // 60)]]}
         result.update({
             "measured_s": round(elapsed, 1),
             "rate_achieved": round(sent / elapsed),
@@ -382,6 +385,8 @@ def main() -> int:
     ap.add_argument("--gateway-port", type=int, default=0, help="gateway port (default: a free one)")
     ap.add_argument("--json", type=Path, help="also write the result here")
     ap.add_argument("--keep", action="store_true", help="keep the run directory (logs, journal, database)")
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra mesh configuration, e.g. SPX_AGGREGATOR_CACHE_WINDOW_S=120 (repeatable)")
     args = ap.parse_args()
     r = run(args)
     print_table(r)
