@@ -133,7 +133,7 @@ class DetectorEngine:
                 self.refuse("capacity", f"{subject}: not restored, {self.lifecycle.max_active} active")
                 continue
             self.lifecycle.restore(Setup(r["setup_id"], cand, state=state, created_ns=cand.ts,
-                                         micro=dict(r.get("microstructure_at_trigger") or {}),
+                                         micro=dict(r.get("microstructure_at_trigger") or r.get("microstructure") or {}),
                                          macro_score=r.get("macro_alignment_score")))
             self.now_ns = max(self.now_ns, int(r.get("last_ns") or 0))
             n += 1

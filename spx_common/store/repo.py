@@ -341,6 +341,16 @@ class Store:
                  .where(s.source == source, s.state.not_in(sorted(TERMINAL)), s.last_ns >= newest - within_ns)
                  .order_by(s.first_ns.desc(), s.setup_id).limit(limit))
             rows = [dict(r._mapping) for r in c.execute(q)]
+            # not yet triggered: the microstructure the setup was formed with is only in its transitions
+            missing = [r["setup_id"] for r in rows if r.get("microstructure_at_trigger") is None]
+            if missing:
+                tr = t.setup_transitions.c
+                latest = {sid: body for sid, body in c.execute(
+                    sa.select(tr.setup_id, tr.body).where(tr.setup_id.in_(missing)).order_by(tr.ts))}
+                for r in rows:
+                    body = latest.get(r["setup_id"])
+                    if isinstance(body, dict) and isinstance(body.get("microstructure"), dict):
+                        r["microstructure"] = body["microstructure"]
         return rows[::-1]
 
     def count(self, table: str) -> int:

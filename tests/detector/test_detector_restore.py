@@ -13,7 +13,7 @@ import zmq
 
 from spx_common.bus import Publisher, RpcClient, RpcError, Subscriber
 from spx_common.config import BusConfig, RuntimeConfig
-from spx_common.models import MicroBar, Trade
+from spx_common.models import ExitAdvice, MicroBar, Trade
 from spx_common.store import open_store
 from tests.conftest import eventually
 from tests.store.conftest import db_url  # noqa: F401  (fixture: SQLite and PostgreSQL)
@@ -36,6 +36,7 @@ def test_detector_restart_restores_active_setups_without_duplicates(db_url, run_
     ctx = zmq.Context()
     agg = Publisher(ctx, bus.pub_endpoint("aggregator", rt, bind=True), "aggregator", linger_ms=0)
     feed = Publisher(ctx, bus.pub_endpoint("feed", rt, bind=True), "feed", linger_ms=0)
+    selector = Publisher(ctx, bus.pub_endpoint("selector", rt, bind=True), "selector", linger_ms=0)
     watch = Subscriber(ctx, [bus.pub_endpoint("detector", rt)], ["setup.transition"], heartbeats=True)
     rpc = RpcClient(ctx, bus.rep_endpoint("detector", rt), timeout_s=1.0, retries=0)
     rec_rpc = RpcClient(ctx, bus.rep_endpoint("recorder", rt), timeout_s=1.0, retries=0)
@@ -61,7 +62,8 @@ def test_detector_restart_restores_active_setups_without_duplicates(db_url, run_
                 agg.heartbeat(T0)
                 feed.heartbeat(T0)
                 return {"aggregator", "feed"} <= set(st["peers"])
-            return "detector" in st["peers"]
+            selector.heartbeat(T0)
+            return {"detector", "selector"} <= set(st["peers"])
         eventually(ok, 20, what=f"{name} up and subscribed")
 
     def ticks(prices, t):
@@ -81,7 +83,8 @@ def test_detector_restart_restores_active_setups_without_duplicates(db_url, run_
         up(rec_rpc, "recorder")
         eventually(lambda: (drain(), sessions)[1], 10, what="our SUB hears the detector")
         agg.publish("bar.1s.SPY", "bar", MicroBar(sym="SPY", interval="1s", start_ns=T0, open=100.4, high=100.9,
-                                                 low=100.4, close=100.8, volume=10, closed=True), T0)
+                                                 low=100.4, close=100.8, volume=10, buy_volume=8, sell_volume=2,
+                                                 bid_ask_imbalance=0.3, closed=True), T0)
         ticks([100.8], T0 + S)  # in the entry zone: ready
         eventually(lambda: (drain(), [t.to_state for t in seen])[1] == ["forming", "ready"], 10,
                    what="forming and ready published")
@@ -111,8 +114,21 @@ def test_detector_restart_restores_active_setups_without_duplicates(db_url, run_
         assert [t.to_state for t in seen if t.setup_id != sid] == []  # nothing re-formed
         eventually(lambda: stored_states(store, sid) == ["forming", "ready", "target1_hit", "triggered"], 10,
                    what="each transition stored exactly once")
+        # the restored setup carries its microstructure at trigger and macro score on, and the recorder
+        # persists them with the selector's trailing stop path on the instance
+        trig = next(t for t in seen if t.to_state == "triggered")
+        assert trig.microstructure == seen[0].microstructure and trig.microstructure["bid_ask_imbalance"] == 0.3
+        assert trig.macro_alignment_score == seen[0].macro_alignment_score is not None
+        selector.publish(f"exit.{sid}", "exit_advice", ExitAdvice(
+            setup_id=sid, action="trail_stop", reason="trail", ts=T0 + 5 * S, trailing_stop_path=[99.0, 100.9]),
+            T0 + 5 * S)
+        eventually(lambda: store.setup_instance(sid)["trailing_stop_path"] == [99.0, 100.9], 10,
+                   what="trailing stop path recorded")
         inst = store.setup_instance(sid)
         assert inst["state"] == "target1_hit" and inst["t1_hit"] and inst["entry_price"] == 101.4
+        assert inst["bid_ask_imbalance_at_trigger"] == 0.3
+        assert abs(inst["aggressor_skew_at_trigger"] - 0.6) < 1e-9
+        assert abs(inst["macro_alignment_score"] - seen[0].macro_alignment_score) < 1e-9
         metrics = rpc.call("metrics")
         assert "detector_setups_restored_total 1" in (metrics if isinstance(metrics, str) else str(metrics))
     finally:
@@ -125,7 +141,7 @@ def test_detector_restart_restores_active_setups_without_duplicates(db_url, run_
             except subprocess.TimeoutExpired:
                 p.kill()
         store.close()
-        for s in (watch, rpc, rec_rpc, agg, feed):
+        for s in (watch, rpc, rec_rpc, agg, feed, selector):
             s.close()
         ctx.destroy(linger=0)
 
