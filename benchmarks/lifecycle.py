@@ -2,6 +2,7 @@
 
     python benchmarks/lifecycle.py                      # 10,000 events/s for 30 s
     python benchmarks/lifecycle.py --rate 20000 --seconds 15
+    python benchmarks/lifecycle.py --feed massive        # the real feed on the fake Massive WebSocket
 
 Real ``services.aggregator`` and ``services.detector`` processes run in a private run directory;
 this process is the feed: it binds the feed's endpoint and publishes ``tick.<sym>`` frames (trades
@@ -12,6 +13,12 @@ closed bar) and evaluates every tick against the active setups; a price sawtooth
 ready, triggered, targets and stops. A subscriber here receives every ``setup.transition``; its
 latency is receipt time minus the ``ts`` of the tick that caused it (a transition carries that
 tick's event time). Target: p99 under 10 ms at 10,000 events/s. Every wait is bounded.
+
+``--feed massive`` puts the real ``services.feed`` process in front (``source=live``) on the fake
+Massive WebSocket (``tests/fakes/massive.py``) streaming SPY trades and quotes at the rate; ingest is
+then the vendor time ``t`` of the tick (the millisecond the fake sent it, truncated: the figure
+over-states by up to 1 ms), and the detector's own histogram (feed publish -> transition publish)
+is printed beside it.
 """
 
 from __future__ import annotations
@@ -48,6 +55,9 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=10_000, help="events per second (default 10000)")
     ap.add_argument("--seconds", type=float, default=30.0, help="how long to stream (default 30)")
     ap.add_argument("--batch", type=int, default=10, help="events per tick frame (default 10)")
+    ap.add_argument("--feed", choices=("bench", "massive"), default="bench",
+                    help="bench: this process publishes tick frames as the feed; massive: the real feed "
+                         "process on the fake Massive WebSocket")
     args = ap.parse_args()
 
     run_dir = Path(tempfile.mkdtemp(prefix="spx-bench-lifecycle-"))
@@ -58,11 +68,23 @@ def main() -> int:
            "SPX_DETECTOR_MACRO_BLOCK_BELOW": "-1", "SPX_DETECTOR_CONFIRM_MS": "50",
            "SPX_DETECTOR_RESTORE_SETUPS": "false", "SPX_DETECTOR_WARMUP": "false",
            "SPX_AGGREGATOR_INTERVALS": "1s"}
+    fake = None
+    names = ["aggregator", "detector"]
+    if args.feed == "massive":
+        sys.path.insert(0, str(ROOT))  # tests.fakes is not an installed package
+        from tests.fakes.massive import FakeMassive, MarketMix
+
+        fake = FakeMassive(api_key="bench-key")
+        fake.start()
+        env.update({"SPX_FEED_SOURCE": "live", "MASSIVE_API_KEY": "bench-key", "MASSIVE_WS_URL": fake.ws_url,
+                    "MASSIVE_REST_URL": fake.rest_url, "SPX_FEED_JOURNAL": "off", "SPX_DETECTOR_SYMBOLS": "SPY",
+                    "SPX_RUNTIME_LOG_LEVEL": "WARNING"})
+        names.insert(0, "feed")
     ctx = zmq.Context()
-    feed = Publisher(ctx, bus.pub_endpoint("feed", rt, bind=True), "feed", linger_ms=0)
+    feed = Publisher(ctx, bus.pub_endpoint("feed", rt, bind=True), "feed", linger_ms=0) if fake is None else None
     procs = [subprocess.Popen([sys.executable, "-m", f"services.{n}"], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for n in ("aggregator", "detector")]
+             for n in names]
     sub = Subscriber(ctx, [bus.pub_endpoint("detector", rt)], ["setup.transition"], heartbeats=True)
     det = RpcClient(ctx, bus.rep_endpoint("detector", rt), timeout_s=1.0, retries=0)
     agg = RpcClient(ctx, bus.rep_endpoint("aggregator", rt), timeout_s=1.0, retries=0)
@@ -73,7 +95,8 @@ def main() -> int:
         deadline = time.monotonic() + 30
         ready = False
         while time.monotonic() < deadline and not ready:
-            feed.heartbeat(time.time_ns())
+            if feed is not None:
+                feed.heartbeat(time.time_ns())
             try:
                 ready = ("feed" in det.call("status")["peers"] and "feed" in agg.call("status")["peers"]
                          and "aggregator" in det.call("status")["peers"])
@@ -83,10 +106,13 @@ def main() -> int:
         if not ready:
             print("processes did not come up within 30 s", file=sys.stderr)
             return 1
+        if fake is not None:
+            fake.wait_subscribed("stocks", "T.SPY", 30)
         frame_every = args.batch / args.rate
         n_frames = int(args.seconds * args.rate / args.batch)
-        print(f"streaming {args.rate:,} events/s for {args.seconds:.0f} s ({n_frames:,} frames of {args.batch}) "
-              f"over {len(SYMS)} symbols ...", file=sys.stderr)
+        print(f"streaming {args.rate:,} events/s for {args.seconds:.0f} s " + (
+              f"({n_frames:,} frames of {args.batch}) over {len(SYMS)} symbols ..." if fake is None else
+              "of SPY trades and quotes from the fake Massive WebSocket ..."), file=sys.stderr)
         t_start = time.perf_counter()
         sent = 0
         stop = threading.Event()
@@ -105,6 +131,11 @@ def main() -> int:
 
         rx = threading.Thread(target=receive, daemon=True)
         rx.start()
+        if fake is not None:
+            handle = fake.stream("stocks", MarketMix([]).stocks, args.rate, args.seconds)
+            handle.done.wait(args.seconds + 30)
+            n_frames, sent = 0, handle.sent
+            print(f"fake Massive: {handle.sent:,} events sent, {handle.unsent:,} unsent", file=sys.stderr)
         for i in range(n_frames):
             target = t_start + i * frame_every
             delay = target - time.perf_counter()
@@ -139,6 +170,7 @@ def main() -> int:
             text = text if isinstance(text, str) else str(text)
             for line in text.splitlines():
                 if line.startswith(("setup_transition_latency_ms_count", "setup_transition_latency_ms_sum",
+                                    "setup_transition_latency_ms_bucket",
                                     "spx_frames_dropped", "frames_dropped", "bus_gap")):
                     print("detector metric:", line)
         except RpcError:
@@ -153,8 +185,11 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 p.kill()
         for s in (sub, det, agg, feed):
-            s.close()
+            if s is not None:
+                s.close()
         ctx.destroy(linger=0)
+        if fake is not None:
+            fake.stop()
 
 
 if __name__ == "__main__":
