@@ -39,6 +39,9 @@ class DetectorEngine:
         self._config = freeze(dict(cfg.plugin_config))
         self.profile = None
         self.now_ns = 0
+        #: why the market data is degraded (feed on poll cadence or down), None when it is healthy:
+        #: new setups are blocked with reason ``data_degraded`` meanwhile (fail closed)
+        self.degraded: str | None = None
         self._blocks: list[tuple[str, str]] = []
 
     # ------------------------------------------------------------------ inputs
@@ -164,7 +167,15 @@ class DetectorEngine:
 
     # ------------------------------------------------------------------ gating
 
+    def on_feed_status(self, mode: str, detail: str = "") -> None:
+        """The feed's mode: ``poll`` (REST cadence, stream lost) and ``down`` degrade the data."""
+        self.degraded = None if mode in ("tick", "replay") else f"feed {mode}{': ' + detail if detail else ''}"
+
     def _admit(self, cand: SetupCandidate, bar: MicroBar, state: dict) -> SetupTransition | None:
+        if self.degraded is not None:
+            return self._block("data_degraded", cand, self.degraded[:120])
+        if bar.gap_fill:
+            return self._block("data_degraded", cand, "gap-fill bar (no trade in the bucket)")
         if self.profile is not None and not self.profile.allows(cand.family):
             return self._block("family_quarantined", cand)
         active = sum(1 for syms in self.lifecycle.active.values() for s in syms.values()

@@ -35,7 +35,7 @@ class DetectorService(BusService):
     """Detector host: plugins, market state, gating and the setup lifecycle."""
 
     name = "detector"
-    subscriptions = {"aggregator": ["bar."], "feed": ["tick.", "chain."]}
+    subscriptions = {"aggregator": ["bar."], "feed": ["tick.", "chain.", "status.feed"]}
     replayable = ("setup.transition", "setup.shadow")  # the recorder catches up after a restart or a gap
 
     def __init__(self, *args, config: DetectorConfig | None = None, **kw) -> None:
@@ -67,6 +67,7 @@ class DetectorService(BusService):
         self.on("bar.", self._on_bar)
         self.on("tick.", self._on_ticks)
         self.on("chain.", lambda f, doc: self.engine.on_chain(doc))
+        self.on("status.feed", lambda f, st: self.engine.on_feed_status(st.mode, st.detail))
         self.rpc("plugins", lambda p: {"plugins": self.host.describe(), "load_errors": self.host.load_errors})
         self.rpc("active", lambda p: [{"setup_id": s.id, "state": s.state, "detector": s.cand.detector,
                                        "sym": s.cand.sym, "direction": s.cand.direction}

@@ -167,3 +167,20 @@ def test_vwap_reclaim_fires_after_a_run_below_vwap_and_degrades_without_microstr
     trs += eng.on_bar(bar(62, 100.5))  # back above after 20 closes below; microstructure null: still fires
     vr = [t for t in trs if t.detector == "vwap_reclaim"]
     assert [t.direction for t in vr] == ["short", "long"]
+
+
+def test_degraded_data_blocks_new_setups_with_a_reason_and_healthy_data_lifts_it():
+    import msgspec
+
+    host = PluginHost()
+    host.register(plugin("good", good), "test")
+    eng = DetectorEngine(DetectorConfig(symbols=["SPY"], family_cap=10, macro_block_below=-1.0), host)
+    eng.on_feed_status("poll", "stream silent for 5 s")
+    assert eng.on_bar(bar(0, 100.0)) == []
+    assert eng.drain_blocks() == [("data_degraded", "good SPY long feed poll: stream silent for 5 s")]
+    eng.on_feed_status("tick")
+    assert [t.to_state for t in eng.on_bar(bar(1, 100.0))] == ["forming"]
+    eng2 = DetectorEngine(DetectorConfig(symbols=["SPY"], family_cap=10, macro_block_below=-1.0), host)
+    filled = msgspec.structs.replace(bar(2, 100.0), gap_fill=True, volume=0.0)
+    assert eng2.on_bar(filled) == []
+    assert [r for r, _ in eng2.drain_blocks()] == ["data_degraded"]
