@@ -32,6 +32,7 @@ import msgspec
 from services.broker import portfolio as pf
 from services.broker import router
 from services.broker.config import BrokerConfig
+from services.broker import credentials_rpc
 from services.broker.credentials import with_stored_credentials
 from services.broker.engine import Block, Cancel, Engine, Gates, Intent, Limits, Modify, Place
 from services.broker.ledger import Ledger
@@ -128,6 +129,7 @@ class BrokerService(BusService):
         self.rpc("flatten", self._rpc_flatten)
         self.rpc("slippage", lambda p: self.ledger.slippage_stats())
         self.rpc("portfolio", lambda p: self.last_balances)
+        credentials_rpc.register(self)  # credentials.set|test|remove|status for the gateway (users' own tokens)
         self.log.info("broker mode %s", cfg.mode, extra={"mode": cfg.mode, "sandbox": cfg.is_sandbox,
                                                         "tradier_send": cfg.tradier_send_allowed()[0]})
 

@@ -94,13 +94,49 @@ class Ping(_Strict):
     id: str | None = Field(None, max_length=64)
 
 
-ClientMessage = Annotated[Union[Subscribe, Unsubscribe, Ping], Field(discriminator="op")]
+class CredentialsSet(_Strict):
+    """Store this user's Tradier access token and account id (needs a token on the connection). The
+    gateway forwards it to the broker, which seals it at once; it is never echoed, logged or returned.
+    Answered with a ``credentials`` message (``data.op`` ``credentials.set``)."""
+
+    op: Literal["credentials.set"]
+    token: str = Field(min_length=8, max_length=512, description="Tradier access token (write-only).")
+    accountId: str = Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$", description="Tradier account id.")
+    id: str | None = Field(None, max_length=64)
+
+
+class CredentialsTest(_Strict):
+    """Fetch balances with the stored token from the user's environment (sandbox or production base
+    URL); answered with the account type and option buying power, or ``ok: false`` and why."""
+
+    op: Literal["credentials.test"]
+    id: str | None = Field(None, max_length=64)
+
+
+class CredentialsRemove(_Strict):
+    """Delete the stored token of this user (``data.removed`` says whether one was stored)."""
+
+    op: Literal["credentials.remove"]
+    id: str | None = Field(None, max_length=64)
+
+
+class CredentialsStatus(_Strict):
+    """Environment, whether a token is stored, last successful call / last error, and whether execution
+    would be allowed now and, if not, the exact reason."""
+
+    op: Literal["credentials.status"]
+    id: str | None = Field(None, max_length=64)
+
+
+CREDENTIAL_REQUESTS = (CredentialsSet, CredentialsTest, CredentialsRemove, CredentialsStatus)
+ClientMessage = Annotated[Union[Subscribe, Unsubscribe, Ping, CredentialsSet, CredentialsTest, CredentialsRemove,
+                                CredentialsStatus], Field(discriminator="op")]
 CLIENT_ADAPTER: TypeAdapter = TypeAdapter(ClientMessage)
 
 
 # --------------------------------------------------------------------------- server -> client
 
-MessageType = Literal["welcome", "snapshot", "update", "subscribed", "unsubscribed", "pong", "error"]
+MessageType = Literal["welcome", "snapshot", "update", "subscribed", "unsubscribed", "pong", "credentials", "error"]
 
 
 class ServerMessage(_Strict):
@@ -126,9 +162,38 @@ class ErrorData(_Strict):
     """``data`` of a ``type: error`` message. The connection stays open (except for close codes below)."""
 
     code: Literal["bad_json", "bad_request", "too_large", "rate_limited", "bad_channel", "unauthorized",
-                  "bad_token", "token_expired", "too_many_channels"]
+                  "bad_token", "token_expired", "too_many_channels", "broker_unavailable", "busy"]
     message: str
     id: str | None = None
+
+
+class CredentialsData(_Strict):
+    """``data`` of a ``type: credentials`` message, the answer to one ``credentials.*`` request of this
+    connection's user. Never holds the token. When ``ok`` is false, ``code`` and ``message`` say why:
+    ``no_user`` (no user record: an operator adds it with ``spx users add``), ``bad_request``,
+    ``no_store``, ``no_key``, ``test_failed`` (the balances call failed: error class and HTTP status)."""
+
+    op: Literal["credentials.set", "credentials.test", "credentials.remove", "credentials.status"]
+    id: str | None = None
+    ok: bool
+    user: str
+    code: str | None = None
+    message: str | None = None
+    stored: bool | None = Field(None, description="set: the token was sealed into the store.")
+    removed: bool | None = Field(None, description="remove: a token was stored and is gone.")
+    broker: Literal["paper", "tradier"] | None = None
+    environment: Literal["sandbox", "production"] | None = None
+    tokenStored: bool | None = None
+    accountId: str | None = None
+    accountType: str | None = Field(None, description="test: margin, cash or pdt, as Tradier reports it.")
+    optionBuyingPower: float | None = Field(None, description="test: option buying power in dollars.")
+    totalEquity: float | None = None
+    lastOkNs: int | None = Field(None, description="status: last successful broker call with this token.")
+    lastError: str | None = None
+    executionAllowed: bool | None = Field(None, description="status: would the broker send this user's orders now.")
+    reason: str | None = Field(None, description="status: why not - user_disabled, kill_switch, not_opted_in, "
+                               "paper_auto_execution_off, auto_execution_flag_off, no_token, execution_disabled, "
+                               "production_not_enabled.")
 
 
 class PriceData(_Strict):
@@ -254,10 +319,11 @@ def schema_doc() -> str:
         schema = model.model_json_schema() if isinstance(model, type) else TypeAdapter(model).json_schema()
         out.extend([f"### {title}", "", "```json", json.dumps(schema, indent=2, sort_keys=True), "```", ""])
 
-    block("Client message (subscribe | unsubscribe | ping)", ClientMessage)
+    block("Client message (subscribe | unsubscribe | ping | credentials.*)", ClientMessage)
     block("Server message envelope", ServerMessage)
     block("Error data", ErrorData)
     block("Welcome data", Welcome)
+    block("Credentials data (answer to credentials.*)", CredentialsData)
     for channel, (snap, upd) in CHANNEL_DATA.items():
         if snap is upd:
             block(f"`{channel}` data (snapshot and update)", snap)

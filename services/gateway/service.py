@@ -33,8 +33,8 @@ from services.gateway import auth
 from services.gateway.config import GatewayConfig
 from services.gateway.hub import Client, Hub, encode
 from services.gateway.protocol import (
-    CLIENT_ADAPTER, PROTOCOL, SIMPLE_CHANNELS, USER_CHANNELS, ChannelError, Ping, Subscribe, Unsubscribe,
-    parse_channel,
+    CLIENT_ADAPTER, CREDENTIAL_REQUESTS, PROTOCOL, SIMPLE_CHANNELS, USER_CHANNELS, ChannelError, CredentialsSet, Ping,
+    Subscribe, Unsubscribe, parse_channel,
 )
 from spx_common import models as m
 from spx_common.bus import RpcError
@@ -78,6 +78,7 @@ class Connection:
         self.closing = False
         self.writing = False
         self.close_code, self.close_reason = 1000, ""
+        self.credentials_busy = False  # one credentials.* request in flight per connection
 
 
 class GatewayService(BusService):
@@ -119,6 +120,8 @@ class GatewayService(BusService):
         self.m_conflated = reg.counter("ws_conflated_total", "Price/in-progress bar updates folded in slow client queues.")
         self.m_disconnects = reg.counter("ws_disconnects_total", "Connections closed by the gateway, by reason.", ["reason"])
         self.m_errors = reg.counter("ws_client_errors_total", "Error messages sent to clients, by code.", ["code"])
+        self.m_cred = reg.counter("ws_credentials_requests_total", "credentials.* requests forwarded to the broker, "
+                                  "by op and outcome (ok, a refusal code, broker_unavailable).", ["op", "outcome"])
         self.m_auth = reg.counter("ws_auth_refused_total", "Connections whose token was refused, by code.", ["code"])
         self.m_http = reg.counter("http_requests_total", "Plain HTTP requests, by status.", ["status"])
         self.m_seed = reg.counter("ws_snapshot_rpc_total", "Bar history asked from the aggregator for a snapshot, "
@@ -554,3 +557,47 @@ class GatewayService(BusService):
         elif isinstance(req, Ping):
             self._send_now(conn, {"channel": None, "type": "pong", "seq": 0, "source": "tick",
                                   "data": {"id": req.id, "ts": time.time_ns()}})
+        elif isinstance(req, CREDENTIAL_REQUESTS):
+            if conn.client.user is None:
+                self._error(conn, "unauthorized", f"{req.op} needs a token (the user it acts for)", rid=req.id)
+            elif conn.credentials_busy:
+                self._error(conn, "busy", "one credentials request at a time; wait for the answer", rid=req.id)
+            else:
+                conn.credentials_busy = True
+                self.spawn_client_task(self._credentials(conn, req))
+
+    #: broker RPC timeout per credentials op (test waits for the broker's bounded balances call)
+    CREDENTIALS_TIMEOUT_S = {"credentials.test": 12.0}
+    _CRED_FIELDS = {"account_id": "accountId", "token_stored": "tokenStored", "account_type": "accountType",
+                    "option_buying_power": "optionBuyingPower", "total_equity": "totalEquity",
+                    "last_ok_ns": "lastOkNs", "last_error": "lastError", "execution_allowed": "executionAllowed"}
+    _CRED_KEEP = ("ok", "code", "message", "stored", "removed", "broker", "environment", "reason")
+
+    async def _credentials(self, conn: Connection, req) -> None:
+        """Forward one credentials request to the broker (the broker owns the key ring and the store; the
+        gateway keeps no token) for the connection's own user, and answer with a ``credentials`` message."""
+        user = conn.client.user
+        params: dict[str, Any] = {"user": user}
+        if isinstance(req, CredentialsSet):
+            params.update(token=req.token, account_id=req.accountId)
+        try:
+            res = await self.client("broker", timeout_s=self.CREDENTIALS_TIMEOUT_S.get(req.op, 3.0), retries=0).call(
+                req.op, params)
+            if not isinstance(res, dict):
+                raise RpcError("bad_reply", "not a map")
+        except RpcError as exc:
+            self.m_cred.inc(op=req.op, outcome="broker_unavailable")
+            self._rate_log.warning("credentials", f"{req.op} for {user}: broker did not answer ({exc.code})")
+            if not conn.closing:
+                self._error(conn, "broker_unavailable", f"the broker did not answer ({exc.code}); try again", rid=req.id)
+            return
+        finally:
+            conn.credentials_busy = False
+            params.clear()
+        data = {"op": req.op, "id": req.id, "user": user}
+        data.update({k: res[k] for k in self._CRED_KEEP if res.get(k) is not None})
+        data.update({c: res[k] for k, c in self._CRED_FIELDS.items() if res.get(k) is not None})
+        data["ok"] = bool(res.get("ok"))
+        self.m_cred.inc(op=req.op, outcome="ok" if data["ok"] else str(res.get("code") or "refused")[:32])
+        if not conn.closing and self.conns.get(conn.client.id) is conn:
+            self._send_now(conn, {"channel": None, "type": "credentials", "seq": 0, "source": "tick", "data": data})
