@@ -53,6 +53,8 @@ class Limits:
     max_open_risk: float = 5000.0
     trail_fraction: float = 0.25  # trail_stop: stop at bid * (1 - trail_fraction), never lowered
     entry_timeout_s: float = 60.0  # an entry not (fully) filled this long after it was sent is cancelled
+    max_risk_per_trade: float = math.inf  # dollars of premium per entry (a user record's setting)
+    daily_loss_limit: float = math.inf  # dollars of loss today past which no new entry is sent
 
 
 @dataclass
@@ -63,6 +65,8 @@ class Gates:
     kill_switch: bool = False
     #: option buying power of the user's account (last balances), None when unknown: entries are sized to fit
     buying_power: Callable[[str], float | None] = lambda user: None
+    #: dollars lost today by the user (realized + unrealized, positive = loss); entries stop at the daily limit
+    loss_today: Callable[[str], float] = lambda user: 0.0
 
 
 @dataclass(frozen=True)
@@ -148,10 +152,11 @@ class Engine:
     """Decision core for a set of users (see module docstring)."""
 
     def __init__(self, users: list[str], limits: Limits, gates: Gates, *, entry_price: str = "ask",
-                 session: str = "") -> None:
+                 session: str = "", user_limits: dict[str, Limits] | None = None) -> None:
         self.users = list(users)
         self.session = session  # makes order ids (Tradier tags) unique across restarts
         self.limits = limits
+        self.user_limits = dict(user_limits or {})  # per-user records; ``limits`` for the others
         self.gates = gates
         self.entry_price = entry_price
         self.triggered: OrderedDict[str, SetupTransition] = OrderedDict()
@@ -167,6 +172,10 @@ class Engine:
         self._seq = 0
 
     # ------------------------------------------------------------------ helpers
+
+    def lim(self, user: str) -> Limits:
+        """The limits of ``user`` (their record's, else the shared ones)."""
+        return self.user_limits.get(user, self.limits)
 
     @staticmethod
     def _remember(store: OrderedDict, key, value) -> None:
@@ -344,12 +353,24 @@ class Engine:
                 out.append(Block(user, "no_price", subject, f"recommendation has no usable {self.entry_price}"))
                 continue
             limit = float(router.round_to_tick(raw, "nearest"))
-            if self.entries_today.get(user, 0) >= self.limits.max_orders_per_day:
+            lim = self.lim(user)
+            if self.entries_today.get(user, 0) >= lim.max_orders_per_day:
                 out.append(Block(user, "max_orders_per_day", subject,
-                                 f"{self.limits.max_orders_per_day} entries already today"))
+                                 f"{lim.max_orders_per_day} entries already today"))
                 continue
-            qty = min(int(r.suggestedContracts), self.limits.max_contracts_per_order)
-            room = self.limits.max_open_risk - self.open_risk(user)
+            lost = self.gates.loss_today(user)
+            if lost >= lim.daily_loss_limit:
+                out.append(Block(user, "daily_loss_limit", subject,
+                                 f"lost {lost:.0f} today >= daily loss limit {lim.daily_loss_limit:.0f}"))
+                continue
+            qty = min(int(r.suggestedContracts), lim.max_contracts_per_order)
+            if math.isfinite(lim.max_risk_per_trade):
+                qty = min(qty, int(lim.max_risk_per_trade // (limit * 100)))
+                if qty <= 0 < int(r.suggestedContracts):
+                    out.append(Block(user, "max_risk_per_trade", subject,
+                                     f"{limit * 100:.0f}/contract > max risk per trade {lim.max_risk_per_trade:.0f}"))
+                    continue
+            room = lim.max_open_risk - self.open_risk(user)
             qty = min(qty, int(room // (limit * 100)) if room > 0 else 0)
             if int(r.suggestedContracts) <= 0:
                 out.append(Block(user, "zero_size", subject, "selector sized the trade at 0 contracts"))
@@ -357,7 +378,7 @@ class Engine:
             if qty <= 0:
                 out.append(Block(user, "max_open_risk", subject,
                                  f"open risk {self.open_risk(user):.0f} + {limit * 100:.0f}/contract > "
-                                 f"{self.limits.max_open_risk:.0f}"))
+                                 f"{lim.max_open_risk:.0f}"))
                 continue
             bp = self.gates.buying_power(user)
             if bp is not None and math.isfinite(bp):
@@ -409,7 +430,7 @@ class Engine:
         qty = max(1, round(held * frac))
         if held > 1 and frac < 1 and qty >= held:
             qty = held - 1
-        qty = min(qty, self.limits.max_contracts_per_order)
+        qty = min(qty, self.lim(trade.user).max_contracts_per_order)
         bid = self.quotes.get(trade.symbol, (0.0, 0.0))[0]
         limit = bid if bid > 0 else None
         free = held - self.working_sells(trade)
@@ -448,7 +469,7 @@ class Engine:
         if free <= 0:
             return []
         oid = self._new_id(trade.user, trade.setup_id, "stop")
-        payload = router.stop_payload(trade.symbol, min(free, self.limits.max_contracts_per_order), stop, oid)
+        payload = router.stop_payload(trade.symbol, min(free, self.lim(trade.user).max_contracts_per_order), stop, oid)
         return [self._place(trade, "stop", "sell_to_close", int(payload["quantity"]), payload, ts, reason)]
 
     def _exit_all(self, trade: TradeState, ts: int, reason: str, retry: bool = False) -> list[Intent]:
@@ -478,7 +499,7 @@ class Engine:
             return [Block(trade.user, "exit_retries_exhausted", trade.setup_id,
                           f"{MAX_EXIT_ATTEMPTS} exit orders failed; position left open, retried on the next flatten")]
         bid = self.quotes.get(trade.symbol, (0.0, 0.0))[0]
-        qty = min(free, self.limits.max_contracts_per_order)
+        qty = min(free, self.lim(trade.user).max_contracts_per_order)
         return [self._sell(trade, "exit", qty, bid if bid > 0 else None, ts, reason)]
 
     def flatten(self, ts: int, reason: str, user: str | None = None,

@@ -15,8 +15,15 @@ Brokers:
   ``auto_execution`` rollout switch is on and the user opted in (``auto_execution_users``).
   Order events come from the account-events websocket; while it is down, order status is polled.
 
-Decisions run in event time (the newest ``event_ns`` of the frames received); the broker I/O runs in
-one worker task draining a bounded intent queue in order.  Requests: ``status``, ``ledger``,
+Users: with users in the store (``spx users``), every enabled user gets an isolated account runner
+(:mod:`services.broker.accounts`): their own broker client (paper, or Tradier with their sealed token,
+account and environment), bounded intent queue, worker task, balances, portfolio sync, reconciliation
+and order polling, and their own limits (max contracts, max risk per trade, daily loss limit) and
+opt-in; a user whose broker fails (500s, 429s, bad token) is alerted and blocked with a reason while
+the others trade.  With no users in the store, one shared account serves the config lists as before.
+
+Decisions run in event time (the newest ``event_ns`` of the frames received); the broker I/O of each
+account runs in its own worker task draining its bounded intent queue in order.  Requests: ``status``, ``ledger``,
 ``flatten``, ``slippage``, ``portfolio``.
 """
 
@@ -29,17 +36,18 @@ from typing import Any
 
 import msgspec
 
+from services.broker import accounts as acc
+from services.broker import credentials as creds
 from services.broker import portfolio as pf
 from services.broker import router
 from services.broker.config import BrokerConfig
 from services.broker import credentials_rpc
 from services.broker.credentials import with_stored_credentials
-from services.broker.engine import Block, Cancel, Engine, Gates, Intent, Limits, Modify, Place
+from services.broker.engine import Block, Cancel, Engine, Gates, Intent, Modify, Place
 from services.broker.ledger import Ledger
-from services.broker.paper import PaperBroker
 from services.broker.restore import load as restore_state
 from services.broker.tradier import (
-    FINAL_STATUSES, PlacementUnresolved, TradierClient, TradierError, account_events, dec, exec_quantity,
+    FINAL_STATUSES, PlacementUnresolved, TradierError, account_events, dec, exec_quantity,
 )
 from spx_common.bus import RpcError
 from spx_common.clock import EventClock
@@ -68,6 +76,16 @@ class BrokerService(BusService):
     def __init__(self, *args: Any, config: BrokerConfig | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.cfg = with_stored_credentials(config or load(BrokerConfig), self.runtime)
+        self.records = self._stored_users()
+
+    def _stored_users(self) -> list[dict] | None:
+        from spx_common.store.config import StoreConfig
+
+        try:
+            return acc.stored_users(load(StoreConfig).resolved_url(self.runtime))
+        except Exception as exc:  # noqa: BLE001 - the store is optional: trade the config lists, say so loudly
+            logging.getLogger("spx.broker").error("users not read from the store (%r); using the config lists", exc)
+            return None
 
     # ------------------------------------------------------------------ setup
 
@@ -88,39 +106,40 @@ class BrokerService(BusService):
         self._select_tasks: set[asyncio.Future] = set()
         self.clock = EventClock()
         self.ledger = Ledger(cfg.slippage_window)
+        if not self.records:
+            # httpx logs every request at INFO: order polling would flood the log
+            logging.getLogger("httpx").setLevel(logging.WARNING)
+        self.accounts = acc.build(cfg, self.records, QUEUE_MAX)
+        self.account_of: dict[str, acc.Account] = {u: a for a in self.accounts for u in a.users}
+        self.users = [u for a in self.accounts for u in a.users]
         self.engine = Engine(
-            cfg.users,
-            Limits(cfg.max_contracts_per_order, cfg.max_orders_per_day, cfg.max_open_risk,
-                   entry_timeout_s=cfg.entry_timeout_s),
+            self.users,
+            acc.limits_of(cfg, None),
             Gates(self.allowed, kill_switch=bool(self.flags.get("kill_switch")),
-                  buying_power=lambda user: self.last_balances.get("option_buying_power")),
+                  buying_power=lambda user: self._balances_of(user).get("option_buying_power"),
+                  loss_today=self._loss_today),
             entry_price=cfg.entry_price,
             session=self.pub.session[:6] if self.pub else "",
+            user_limits={a.name: acc.limits_of(cfg, a.record) for a in self.accounts if a.record is not None},
         )
-        self.queue: asyncio.Queue[Intent] = asyncio.Queue(QUEUE_MAX)
-        self.broker_ids: dict[str, str] = {}  # broker order id -> our order id
+        self._pnl_day: Any = None
+        self._store = None
+        if self.records:
+            from spx_common.store import Store, make_engine
+            from spx_common.store.config import StoreConfig
+
+            self._store = Store(make_engine(load(StoreConfig).resolved_url(self.runtime)))
+        self._pnl_base: dict[str, float] = {}
+        self.broker_ids: dict[tuple[str, str], str] = {}  # (account, broker order id) -> our order id
         self.unresolved: dict[str, int] = {}  # tags whose placement outcome is unknown -> attempts
         self.snapshots = pf.SnapshotGate(cfg.portfolio_change_pct)
         self.cooldown = pf.Cooldown(cfg.alert_cooldown_s)
-        self.last_balances: dict[str, Any] = {}
-        self.last_drift: list[dict] = []
-        self.stream_state = "n/a"
         self._marked: dict[tuple[str, str], int] = {}
-        self._orphans: dict[str, list[dict]] = {}
+        self._orphans: dict[tuple[str, str], list[dict]] = {}
         self._last_flatten = float("-inf")
-        self._adopted = False  # the first reconcile adopts positions held at the broker (restart)
-        self._last_position_rows: list[dict] = []
         self._notices: list[tuple[str, str, Any]] = []
-        self.paper: PaperBroker | None = None
-        self.tradier: TradierClient | None = None
-        if cfg.mode == "paper":
-            self.paper = PaperBroker(cfg.paper_starting_cash, cfg.paper_slippage)
-        else:
-            # httpx logs every request at INFO: order polling would flood the log
+        if any(a.tradier is not None for a in self.accounts):
             logging.getLogger("httpx").setLevel(logging.WARNING)
-            self.tradier = TradierClient(cfg.base_url, cfg.access_token, cfg.account_id,
-                                         timeout_s=cfg.request_timeout_s, place_timeout_s=cfg.place_timeout_s,
-                                         max_retries=cfg.max_retries, max_rate_wait_s=cfg.max_rate_wait_s)
         self.on("setup.transition", self._on_transition)
         self.on("reco.", self._on_reco)
         self.on("exit.", self._on_exit)
@@ -128,14 +147,42 @@ class BrokerService(BusService):
         self.rpc("ledger", lambda p: self.ledger.snapshot(p.get("user")))
         self.rpc("flatten", self._rpc_flatten)
         self.rpc("slippage", lambda p: self.ledger.slippage_stats())
-        self.rpc("portfolio", lambda p: self.last_balances)
+        self.rpc("portfolio", lambda p: self._balances_of(str((p or {}).get("user") or self.users[0])))
         credentials_rpc.register(self)  # credentials.set|test|remove|status for the gateway (users' own tokens)
-        self.log.info("broker mode %s", cfg.mode, extra={"mode": cfg.mode, "sandbox": cfg.is_sandbox,
-                                                        "tradier_send": cfg.tradier_send_allowed()[0]})
+        self.log.info("broker mode %s", self.mode, extra={
+            "mode": self.mode, "sandbox": cfg.is_sandbox, "tradier_send": cfg.tradier_send_allowed()[0],
+            "accounts": {a.name: a.kind for a in self.accounts}})
+
+    @property
+    def mode(self) -> str:
+        """``paper``/``tradier`` (the shared config-list account) or ``users`` (per-user accounts)."""
+        return "users" if self.records else self.cfg.mode
+
+    def _balances_of(self, user: str) -> dict[str, Any]:
+        a = self.account_of.get(user)
+        return a.balances if a is not None else {}
+
+    def _loss_today(self, user: str) -> float:
+        """Dollars lost today (ET): P&L now vs at the first decision of the day; positive = loss."""
+        from services.broker.engine import et_day
+
+        day = et_day(self._now())
+        if day != self._pnl_day:
+            self._pnl_day = day
+            self._pnl_base = {u: sum(self.ledger.pnl(u).values()) for u in self.users}
+        return self._pnl_base.get(user, 0.0) - sum(self.ledger.pnl(user).values())
 
     def allowed(self, user: str) -> tuple[bool, str]:
         """Whether orders may be sent for ``user`` (checked by the engine before every send)."""
         cfg = self.cfg
+        a = self.account_of.get(user)
+        if a is None:
+            return False, "unknown_user"
+        if a.record is not None:
+            if a.credential_error:
+                return False, "credentials_unreadable"
+            return creds.user_allowed(cfg, a.record, token_stored=a.tradier is not None or a.paper is not None,
+                                      flags=self.flags)
         if cfg.mode == "paper":
             if not cfg.paper_auto_execution:
                 return False, "paper_auto_execution_off"
@@ -218,9 +265,10 @@ class BrokerService(BusService):
                         self._marked.clear()
                     self._marked[key] = ev.ts
                     self.publish(f"position.{pos.user}", "position", pos, ev.ts)
-            if self.paper is not None:
-                for e in self.paper.on_quote(sym, ev.bid, ev.ask, ev.ts, ev.bid_size, ev.ask_size):
-                    self._apply_broker_event(e, ev.ts)
+            for a in self.accounts:
+                if a.paper is not None:
+                    for e in a.paper.on_quote(sym, ev.bid, ev.ask, ev.ts, ev.bid_size, ev.ask_size):
+                        self._apply_broker_event(e, ev.ts, a)
 
     # ------------------------------------------------------------------ intents
 
@@ -229,12 +277,17 @@ class BrokerService(BusService):
             if isinstance(it, Block):
                 self._block(it.user, it.reason, it.subject, it.detail)
                 continue
+            user = it.order.user if isinstance(it, Place) else it.user
+            a = self.account_of.get(user)
+            if a is None:
+                self._block(user, "unknown_user", "", "no account for this user")
+                continue
             try:
-                self.queue.put_nowait(it)
+                a.queue.put_nowait(it)
             except asyncio.QueueFull:
-                self._block(getattr(it, "user", ""), "queue_full", getattr(it, "order_id", ""),
-                            "broker worker is behind; intent dropped")
-        self.m_queue.set(self.queue.qsize())
+                self._block(user, "queue_full", getattr(it, "order_id", ""),
+                            f"broker worker of {a.name} is behind; intent dropped")
+        self.m_queue.set(sum(a.queue.qsize() for a in self.accounts))
 
     def _block(self, user: str, reason: str, subject: str, detail: str = "") -> None:
         self.m_blocks.inc(reason=reason)
@@ -246,46 +299,48 @@ class BrokerService(BusService):
         if order is not None:
             self.publish(f"order.{order.user}", "order", order, order.ts)
 
-    async def _worker(self) -> None:
+    async def _worker(self, a: acc.Account) -> None:
+        """One account's broker I/O, in order; a slow or failing broker only delays this account."""
         while not self.stop_event.is_set():
             try:
-                it = await asyncio.wait_for(self.queue.get(), 0.2)
+                it = await asyncio.wait_for(a.queue.get(), 0.2)
             except asyncio.TimeoutError:
                 continue
             try:
-                await self._execute(it)
+                await self._execute(it, a)
             except Exception as exc:  # a bug must not stop execution of the next intents
                 self.m_order_errors.inc(kind="internal")
                 self.log.exception("intent %r failed", it)
                 self._block(getattr(it, "user", "") or getattr(getattr(it, "order", None), "user", ""),
                             "internal_error", "", repr(exc))
-            self.m_queue.set(self.queue.qsize())
+            self.m_queue.set(sum(x.queue.qsize() for x in self.accounts))
 
-    async def _execute(self, it: Intent) -> None:
+    async def _execute(self, it: Intent, a: acc.Account) -> None:
         ts = self._now()
         if isinstance(it, Place):
-            await self._place(it, ts)
+            await self._place(it, ts, a)
         elif isinstance(it, Cancel):
-            await self._cancel(it, ts)
+            await self._cancel(it, ts, a)
         elif isinstance(it, Modify):
-            await self._modify(it, ts)
+            await self._modify(it, ts, a)
 
     def _broker_id(self, order_id: str) -> str | None:
         o = self.ledger.get(order_id)
         return o.broker_id if o else None
 
-    async def _place(self, p: Place, ts: int) -> None:
+    async def _place(self, p: Place, ts: int, a: acc.Account) -> None:
         order = msgspec.structs.replace(p.order, ts=ts)
         self.ledger.record_order(order, p.decision_mid)
         self._publish_order(order)
         events: list[dict] = []
         try:
-            if self.paper is not None:
-                po, events = self.paper.place(p.payload, ts)
+            if a.paper is not None:
+                po, events = a.paper.place(p.payload, ts)
                 broker_id = str(po.id)
+            elif a.tradier is None:
+                return self._refused(order, "no_token", "no broker credentials for this user", ts, p.role)
             else:
-                assert self.tradier is not None
-                res = await self.tradier.place_order(p.payload)
+                res = await a.tradier.place_order(p.payload)
                 broker_id = str(res["id"])
                 if res.get("resolved_by_tag") and isinstance(res.get("order"), dict):
                     events = [res["order"]]
@@ -301,12 +356,16 @@ class BrokerService(BusService):
             return
         except TradierError as exc:
             self.m_order_errors.inc(kind=type(exc).__name__)
+            if p.role != "exit":  # an exit refusal has its own critical alert
+                self._alert(order.user, "broker_error", "critical",
+                            f"Your broker refused or failed the {p.role} order for {order.option_symbol} "
+                            f"({type(exc).__name__}); nothing was opened.", ts)
             return self._refused(order, "broker_rejected", str(exc), ts, p.role)
         self.m_orders.inc(role=p.role)
-        self._map(broker_id, order.order_id)
+        self._map(a, broker_id, order.order_id)
         self._publish_order(self.ledger.update_order(order.order_id, broker_id=broker_id, status="open", ts=ts))
-        for e in events + self._orphans.pop(broker_id, []):
-            self._apply_broker_event(e, ts)
+        for e in events + self._orphans.pop((a.name, broker_id), []):
+            self._apply_broker_event(e, ts, a)
 
     def _refused(self, order, reason: str, detail: str, ts: int, role: str) -> None:
         self._block(order.user, reason, order.order_id, detail)
@@ -319,40 +378,40 @@ class BrokerService(BusService):
                                                      ts=ts))
         self._submit(self.engine.on_order_event(order.order_id, "rejected", 0.0, 0.0, ts))
 
-    async def _cancel(self, c: Cancel, ts: int) -> None:
+    async def _cancel(self, c: Cancel, ts: int, a: acc.Account) -> None:
         bid = self._broker_id(c.order_id)
         if bid is None:
             return
         try:
-            if self.paper is not None:
-                events = self.paper.cancel(int(bid), ts)
+            if a.paper is not None:
+                events = a.paper.cancel(int(bid), ts)
             else:
-                assert self.tradier is not None
-                await self.tradier.cancel_order(bid)
-                events = [await self.tradier.order(bid)]
+                assert a.tradier is not None
+                await a.tradier.cancel_order(bid)
+                events = [await a.tradier.order(bid)]
         except (KeyError, ValueError, TradierError) as exc:
             self.m_order_errors.inc(kind="cancel")
             self.log.warning("cancel %s failed: %s", c.order_id, exc)
-            if self.tradier is not None:
+            if a.tradier is not None:
                 try:
-                    events = [await self.tradier.order(bid)]
+                    events = [await a.tradier.order(bid)]
                 except TradierError:
                     return
             else:
                 return
         for e in events:
-            self._apply_broker_event(e, ts)
+            self._apply_broker_event(e, ts, a)
 
-    async def _modify(self, mo: Modify, ts: int) -> None:
+    async def _modify(self, mo: Modify, ts: int, a: acc.Account) -> None:
         bid = self._broker_id(mo.order_id)
         if bid is None:
             return
         try:
-            if self.paper is not None:
-                events = self.paper.modify(int(bid), mo.fields, ts)
+            if a.paper is not None:
+                events = a.paper.modify(int(bid), mo.fields, ts)
             else:
-                assert self.tradier is not None
-                await self.tradier.modify_order(bid, **mo.fields)
+                assert a.tradier is not None
+                await a.tradier.modify_order(bid, **mo.fields)
                 events = []
         except (ValueError, TradierError, router.OrderRefused) as exc:
             self.m_order_errors.inc(kind="modify")
@@ -361,26 +420,27 @@ class BrokerService(BusService):
         changes = {k: float(v) for k, v in mo.fields.items() if k in ("price", "stop")}
         self._publish_order(self.ledger.update_order(mo.order_id, ts=ts, **changes))
         for e in events:
-            self._apply_broker_event(e, ts)
+            self._apply_broker_event(e, ts, a)
 
-    def _map(self, broker_id: str, order_id: str) -> None:
-        self.broker_ids[broker_id] = order_id
+    def _map(self, a: acc.Account, broker_id: str, order_id: str) -> None:
+        self.broker_ids[(a.name, broker_id)] = order_id
         while len(self.broker_ids) > MAX_BROKER_IDS:
             self.broker_ids.pop(next(iter(self.broker_ids)))
 
-    def _apply_broker_event(self, e: dict, ts: int) -> None:
-        """One order event (paper, stream or polled order): ledger -> publish -> engine -> intents."""
+    def _apply_broker_event(self, e: dict, ts: int, a: acc.Account) -> None:
+        """One order event of account ``a`` (paper, stream or polled order): ledger -> publish -> engine."""
         broker_id = str(e.get("id", ""))
-        order_id = self.broker_ids.get(broker_id)
-        if order_id is None and e.get("tag") and self.ledger.get(str(e["tag"])) is not None:
+        order_id = self.broker_ids.get((a.name, broker_id))
+        if order_id is None and e.get("tag") and self.ledger.get(str(e["tag"])) is not None \
+                and self.ledger.get(str(e["tag"])).user in a.users:
             order_id = str(e["tag"])
-            self._map(broker_id, order_id)
+            self._map(a, broker_id, order_id)
             self.unresolved.pop(order_id, None)
         if order_id is None:
             # may be an event for a placement whose HTTP answer is still on its way: keep it (bounded)
             self.m_bad.inc(kind="unknown_order_event")
             if broker_id:
-                self._orphans.setdefault(broker_id, []).append(e)
+                self._orphans.setdefault((a.name, broker_id), []).append(e)
                 while len(self._orphans) > MAX_ORPHANS:
                     self._orphans.pop(next(iter(self._orphans)))
             return
@@ -392,8 +452,8 @@ class BrokerService(BusService):
         if fill is not None:
             self.m_fills.inc()
             self.publish(f"fill.{fill.user}", "fill", fill, ts)
-            if self.paper is not None:  # keep the buying power the engine sizes with current (cheap locally)
-                self.last_balances = {**pf.summarize_balances(self.paper.balances()), "ts": ts}
+            if a.paper is not None:  # keep the buying power the engine sizes with current (cheap locally)
+                a.balances = {**pf.summarize_balances(a.paper.balances()), "ts": ts}
         if position is not None:
             self.publish(f"position.{position.user}", "position", position, ts)
         self._submit(self.engine.on_order_event(order_id, status, qty, avg, ts))
@@ -407,15 +467,19 @@ class BrokerService(BusService):
         self.publish(f"alert.{user}", "doc", {"kind": kind, "severity": severity, "message": message, "ts": ts,
                                                "user": user, "data": data}, ts)
 
-    async def _balances(self) -> dict:
-        if self.paper is not None:
-            return self.paper.balances()
-        assert self.tradier is not None
-        return await self.tradier.balances()
+    async def _balances(self, a: acc.Account) -> dict:
+        if a.paper is not None:
+            return a.paper.balances()
+        if a.tradier is None:
+            return {}
+        return await a.tradier.balances()
 
-    async def _broker_positions(self) -> dict[str, float]:
-        rows = self.paper.position_list() if self.paper is not None else await self.tradier.positions()
-        self._last_position_rows = rows
+    async def _broker_positions(self, a: acc.Account) -> dict[str, float]:
+        if a.paper is not None:
+            rows = a.paper.position_list()
+        else:
+            rows = await a.tradier.positions() if a.tradier is not None else []
+        a.last_position_rows = rows
         out: dict[str, float] = {}
         for r in rows:
             q = dec(r.get("quantity"))
@@ -423,26 +487,59 @@ class BrokerService(BusService):
                 out[str(r["symbol"])] = out.get(str(r["symbol"]), 0.0) + float(q)
         return out
 
-    async def sync_portfolio(self) -> None:
-        ts = self._now()
-        bal = await self._balances()
-        snap = pf.summarize_balances(bal)
-        for user in self.cfg.users:
-            if self.snapshots.should_publish(user, snap):
-                self.publish(f"portfolio.{user}", "doc", {**snap, "user": user, "ts": ts, "mode": self.cfg.mode,
-                                                          "pnl": self.ledger.pnl(user)}, ts)
-            for a in pf.behaviour_alerts(snap, policy=self.cfg.pdt_policy, pdt_min_equity=self.cfg.pdt_min_equity,
-                                         entries_today=self.engine.entries_today.get(user, 0)):
-                self._alert(user, a["kind"], a["severity"], a["message"], ts)
-        self.last_balances = {**snap, "ts": ts}
-
-    async def resolve_unknown(self) -> None:
-        """Look unresolved placements up by tag; after ``MAX_UNRESOLVED_CHECKS`` give their risk back."""
-        if not self.unresolved or self.tradier is None:
+    async def _note_call(self, a: acc.Account, error: BaseException | None) -> None:
+        """A stored user's credential status (last successful call / last error) for ``spx users``."""
+        if a.record is None or a.tradier is None or self._store is None:
             return
-        await self.poll_orders()
+        try:
+            if error is None:
+                await asyncio.to_thread(self._store.set_credential_status, a.name, ok_ns=time.time_ns())
+            else:
+                await asyncio.to_thread(self._store.set_credential_status, a.name,
+                                        error=f"{type(error).__name__}: {error}"[:300])
+        except Exception as exc:  # noqa: BLE001 - bookkeeping only
+            self.log.warning("credential status of %s not stored: %r", a.name, exc)
+
+    async def sync_portfolio(self, a: acc.Account | None = None) -> None:
+        for a in [a] if a is not None else self.accounts:
+            await self._sync_portfolio(a)
+
+    async def _sync_portfolio(self, a: acc.Account) -> None:
+        if a.paper is None and a.tradier is None:
+            return
         ts = self._now()
-        for oid in list(self.unresolved):
+        try:
+            bal = await self._balances(a)
+        except TradierError as exc:
+            await self._note_call(a, exc)
+            for user in a.users:
+                self._alert(user, "broker_unreachable", "warning",
+                            f"Your broker account could not be read ({type(exc).__name__}).", ts)
+            raise
+        await self._note_call(a, None)
+        snap = pf.summarize_balances(bal)
+        mode = a.kind
+        for user in a.users:
+            if self.snapshots.should_publish(user, snap):
+                self.publish(f"portfolio.{user}", "doc", {**snap, "user": user, "ts": ts, "mode": mode,
+                                                          "pnl": self.ledger.pnl(user)}, ts)
+            policy = (a.record or {}).get("day_trading_policy") or self.cfg.pdt_policy
+            for al in pf.behaviour_alerts(snap, policy=policy, pdt_min_equity=self.cfg.pdt_min_equity,
+                                          entries_today=self.engine.entries_today.get(user, 0)):
+                self._alert(user, al["kind"], al["severity"], al["message"], ts)
+        a.balances = {**snap, "ts": ts}
+
+    async def resolve_unknown(self, a: acc.Account) -> None:
+        """Look unresolved placements up by tag; after ``MAX_UNRESOLVED_CHECKS`` give their risk back."""
+        mine = [oid for oid in self.unresolved if (self.ledger.get(oid) is not None and
+                                                   self.ledger.get(oid).user in a.users)]
+        if not mine or a.tradier is None:
+            return
+        await self.poll_orders(a)
+        ts = self._now()
+        for oid in mine:
+            if oid not in self.unresolved:
+                continue
             self.unresolved[oid] += 1
             if self.unresolved[oid] >= MAX_UNRESOLVED_CHECKS:
                 del self.unresolved[oid]
@@ -455,57 +552,73 @@ class BrokerService(BusService):
         self._publish_order(self.ledger.update_order(order_id, status="rejected", reason="placement_not_found", ts=ts))
         self._submit(self.engine.on_order_event(order_id, "rejected", 0.0, 0.0, ts))
 
-    async def reconcile(self) -> list[dict]:
+    async def reconcile(self, a: acc.Account | None = None) -> list[dict]:
+        out: list[dict] = []
+        for a in [a] if a is not None else self.accounts:
+            out += await self._reconcile(a)
+        return out
+
+    async def _reconcile(self, a: acc.Account) -> list[dict]:
         """Unknown placements, missed order events (a poll even while the stream is up), then positions."""
-        if self.unresolved:
-            await self.resolve_unknown()
-        elif self.tradier is not None:
-            await self.poll_orders()
+        if a.paper is None and a.tradier is None:
+            return []
+        await self.resolve_unknown(a)
+        if a.tradier is not None:
+            await self.poll_orders(a)
         ts = self._now()
-        broker = await self._broker_positions()
-        if not self._adopted:
-            self._adopt(broker, ts)
+        broker = await self._broker_positions(a)
+        if not a.adopted:
+            self._adopt(a, broker, ts)
         for topic, type_name, body in self._notices:
             self.publish(topic, type_name, body, ts)
         self._notices.clear()
-        drift = pf.reconcile(self.ledger.open_positions(), broker)
-        self.last_drift = drift
+        drift = pf.reconcile(self._ledger_positions(a), broker)
+        a.last_drift = drift
         for d in drift:
             self.m_drift.inc()
-            for user in self.cfg.users:
+            for user in a.users:
                 self._alert(user, f"drift:{d['symbol']}", "warning",
                             f"Position drift on {d['symbol']}: ledger {d['internal']:g}, broker {d['broker']:g}.", ts,
                             **d)
         return drift
 
-    async def _startup_sync(self) -> None:
-        """Tradier mode, at start: adopt held positions; count today's entries sent before a restart
+    def _ledger_positions(self, a: acc.Account) -> dict[str, float]:
+        """The ledger's positions held at ``a``'s broker (the shared account holds every config user's)."""
+        return self.ledger.open_positions(a.name if a.record is not None else None)
+
+    async def _startup_sync(self, a: acc.Account) -> None:
+        """Tradier, at start: adopt held positions; count today's entries sent before a restart
         (our tags ``spx-<user>-...-entry-...``) against ``max_orders_per_day``."""
         ts = self._now()
+        assert a.tradier is not None
         try:
-            self._adopt(await self._broker_positions(), ts)
+            self._adopt(a, await self._broker_positions(a), ts)
         except TradierError as exc:
-            self.log.warning("positions at start unavailable (%s); adopting at the first reconcile", exc)
+            await self._note_call(a, exc)
+            self.log.warning("%s: positions at start unavailable (%s); adopting at the first reconcile", a.name, exc)
         try:
-            orders = await self.tradier.orders() if self.tradier is not None else []
+            orders = await a.tradier.orders()
         except TradierError as exc:
-            self.log.warning("today's orders unavailable at start (%s); daily entry count starts at 0", exc)
+            self.log.warning("%s: today's orders unavailable at start (%s); daily entry count starts at 0", a.name, exc)
             return
-        for user in self.cfg.users:
+        for user in a.users:
             prefix = router.make_tag("spx", user) + "-"
             n = sum(1 for o in orders if str(o.get("tag") or "").startswith(prefix) and "-entry-" in str(o.get("tag")))
             if n:
                 self.engine.seed_entries(user, n, ts)
                 self.log.info("%d entries already sent today for %s", n, user)
 
-    def _adopt(self, broker: dict[str, float], ts: int) -> None:
+    def _adopt(self, a: acc.Account, broker: dict[str, float], ts: int) -> None:
         """At start: take over the broker's long option positions the ledger does not know (a restart),
         so exits and flatten cover them; a short one is only alerted (never touched). The position frames
         go out with the first reconcile, when subscribers are connected."""
-        self._adopted = True
-        user = (self.cfg.auto_execution_users or self.cfg.users)[0]
-        known = self.ledger.open_positions()
-        rows = {r.get("symbol"): r for r in (self._last_position_rows or [])}
+        a.adopted = True
+        if a.record is not None:
+            user = a.name
+        else:
+            user = (self.cfg.auto_execution_users or a.users)[0]
+        known = self._ledger_positions(a)
+        rows = {r.get("symbol"): r for r in (a.last_position_rows or [])}
         for sym, qty in broker.items():
             if sym in known:
                 continue
@@ -523,20 +636,21 @@ class BrokerService(BusService):
             self._notices.append((f"position.{user}", "position", pos))
             self.log.warning("adopted broker position %s x%g for %s", sym, qty, user)
 
-    async def poll_orders(self) -> None:
+    async def poll_orders(self, a: acc.Account) -> None:
         """Fallback when the stream is down: order status by polling; resolves unknown placements by tag."""
-        if self.tradier is None:
+        if a.tradier is None:
             return
         ts = self._now()
-        for o in await self.tradier.orders():
-            oid = self.broker_ids.get(str(o.get("id")))
+        for o in await a.tradier.orders():
+            oid = self.broker_ids.get((a.name, str(o.get("id"))))
             if oid is None and o.get("tag") in self.unresolved:
                 oid = str(o["tag"])
             if oid is None:
                 continue
             known = self.ledger.get(oid)
-            if known is not None and (known.status not in FINAL_STATUSES or o.get("status") != known.status):
-                self._apply_broker_event(o, ts)
+            if known is not None and known.user in a.users and \
+                    (known.status not in FINAL_STATUSES or o.get("status") != known.status):
+                self._apply_broker_event(o, ts, a)
 
     def periodic(self) -> None:
         self._submit(self.engine.expire_entries(self._now()))
@@ -565,7 +679,7 @@ class BrokerService(BusService):
 
     def _rpc_flatten(self, params: dict) -> dict:
         user = params.get("user")
-        if user is not None and user not in self.cfg.users:
+        if user is not None and user not in self.account_of:
             raise RpcError("bad_request", f"unknown user {user!r}")
         intents = self.engine.flatten(self._now(), str(params.get("reason") or "operator flatten"), user=user)
         self._submit(intents)
@@ -595,31 +709,36 @@ class BrokerService(BusService):
             except asyncio.TimeoutError:
                 pass
 
-    async def _stream_loop(self) -> None:
+    async def _stream_loop(self, a: acc.Account) -> None:
         """Account events over the websocket; while it is down, poll order status."""
-        assert self.tradier is not None
+        assert a.tradier is not None
         delay = 1.0
         while not self.stop_event.is_set():
             try:
-                self.stream_state = "connecting"
-                async for ev in account_events(self.tradier):
-                    self.stream_state = "up"
+                a.stream_state = "connecting"
+                async for ev in account_events(a.tradier):
+                    a.stream_state = "up"
                     delay = 1.0
-                    self._apply_broker_event(ev, self._now())
+                    self._apply_broker_event(ev, self._now(), a)
             except (TradierError, OSError, asyncio.TimeoutError, Exception) as exc:
-                self.stream_state = "down"
-                self.log.warning("account events stream down (%s); polling orders", exc)
+                a.stream_state = "down"
+                self.log.warning("%s: account events stream down (%s); polling orders", a.name, exc)
             end = time.monotonic() + delay
             while time.monotonic() < end and not self.stop_event.is_set():
                 try:
-                    await self.poll_orders()
+                    await self.poll_orders(a)
                 except TradierError as exc:
-                    self.log.warning("order polling failed: %s", exc)
+                    self.log.warning("%s: order polling failed: %s", a.name, exc)
                 try:
                     await asyncio.wait_for(self.stop_event.wait(), self.cfg.poll_interval_s)
                 except asyncio.TimeoutError:
                     pass
             delay = min(delay * 2, 60.0)
+
+    async def _tradier_account(self, a: acc.Account) -> None:
+        await self._startup_sync(a)
+        a.stream_state = "starting"
+        await self._stream_loop(a)
 
     async def restore(self) -> None:
         """Rebuild the ledger from the store after a restart (positions, today's entries, paper cash)."""
@@ -627,7 +746,7 @@ class BrokerService(BusService):
 
         try:
             url = load(StoreConfig).resolved_url(self.runtime)
-            state = await asyncio.to_thread(restore_state, url, list(self.cfg.users), time.time_ns())
+            state = await asyncio.to_thread(restore_state, url, list(self.users), time.time_ns())
         except Exception as exc:  # the store is optional for trading: log loudly, start empty
             self.log.warning("ledger not restored from the store: %r", exc)
             return
@@ -639,57 +758,71 @@ class BrokerService(BusService):
             avg = float(row["avg_price"])
             pos = self.ledger.adopt(user, sym, qty, avg, ts, realized=float(row.get("realized_pnl") or 0.0))
             self.engine.adopt(user, sym, qty, avg, ts)
-            if self.paper is not None and user in self.cfg.paper_users:
-                held = self.paper.positions.setdefault(sym, [0.0, 0.0])
+            a = self.account_of.get(user)
+            if a is not None and a.paper is not None and (a.record is not None or user in self.cfg.paper_users):
+                held = a.paper.positions.setdefault(sym, [0.0, 0.0])
                 held[0] += qty
                 held[1] += qty * avg * 100
             self._notices.append((f"position.{user}", "position", pos))
         for user, n in state.entries.items():
             self.engine.seed_entries(user, n, ts)
-        if self.paper is not None and self.cfg.paper_users and self.cfg.paper_users[0] in state.cash:
-            self.paper.cash = state.cash[self.cfg.paper_users[0]]
+        for a in self.accounts:
+            if a.paper is None:
+                continue
+            owner = a.name if a.record is not None else (self.cfg.paper_users or [""])[0]
+            if owner in state.cash:
+                a.paper.cash = state.cash[owner]
         if state.positions or state.entries:
             self.log.info("restored from the store: %d position(s), entries today %s", len(state.positions),
                           state.entries)
 
     async def main(self) -> None:
         await self.restore()
-        self.spawn(self._worker(), "broker-worker")
-        # the first snapshot waits for subscribers (the recorder) to connect: PUB drops frames before that
-        self.spawn(self._every(self.cfg.portfolio_interval_s, self.sync_portfolio, "portfolio", STARTUP_DELAY_S),
-                   "portfolio")
-        self.spawn(self._every(self.cfg.reconcile_interval_s, self.reconcile, "reconcile", STARTUP_DELAY_S),
-                   "reconcile")
-        if self.tradier is not None:
-            await self._startup_sync()
-            self.stream_state = "starting"
-            self.spawn(self._stream_loop(), "account-events")
+        for a in self.accounts:
+            self.spawn(self._worker(a), f"broker-worker-{a.name}")
+            # the first snapshot waits for subscribers (the recorder) to connect: PUB drops frames before that
+            self.spawn(self._every(self.cfg.portfolio_interval_s, lambda a=a: self.sync_portfolio(a),
+                                   f"portfolio", STARTUP_DELAY_S), f"portfolio-{a.name}")
+            self.spawn(self._every(self.cfg.reconcile_interval_s, lambda a=a: self.reconcile(a), "reconcile",
+                                   STARTUP_DELAY_S), f"reconcile-{a.name}")
+            if a.tradier is not None:
+                self.spawn(self._tradier_account(a), f"account-events-{a.name}")
         await self.stop_event.wait()
 
     async def drain(self) -> None:
         for task in list(self._select_tasks):
             task.cancel()
         deadline = time.monotonic() + 2.0
-        while not self.queue.empty() and time.monotonic() < deadline:
+        while any(not a.queue.empty() for a in self.accounts) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        if self.tradier is not None:
-            await self.tradier.aclose()
+        for a in self.accounts:
+            if a.tradier is not None:
+                await a.tradier.aclose()
+        if self._store is not None:
+            self._store.close()
 
     def status(self) -> dict[str, Any]:
         base = super().status()
+        first = self.accounts[0]
+        streams = [a.stream_state for a in self.accounts if a.tradier is not None]
         base["broker"] = {
-            "mode": self.cfg.mode,
+            "mode": self.mode,
             "config": self.cfg.public(),
-            "send_allowed": {u: self.allowed(u)[0] for u in self.cfg.users},
-            "refusal_reason": {u: self.allowed(u)[1] for u in self.cfg.users if not self.allowed(u)[0]},
-            "stream": self.stream_state,
-            "balances": self.last_balances,
+            "send_allowed": {u: self.allowed(u)[0] for u in self.users},
+            "refusal_reason": {u: self.allowed(u)[1] for u in self.users if not self.allowed(u)[0]},
+            "stream": streams[0] if len(streams) == 1 and first.record is None else
+            ({a.name: a.stream_state for a in self.accounts if a.tradier is not None} or "n/a"),
+            "balances": first.balances if first.record is None else {a.name: a.balances for a in self.accounts},
+            "accounts": {a.name: a.describe() for a in self.accounts},
             "ledger": self.ledger.snapshot(),
             "engine": self.engine.snapshot(),
-            "drift": self.last_drift,
+            "drift": [d for a in self.accounts for d in a.last_drift],
             "slippage": self.ledger.slippage_stats(),
-            "rate_limits": {k: v.as_dict() for k, v in self.tradier.limits.items()} if self.tradier else {},
+            "rate_limits": {a.name: {k: v.as_dict() for k, v in a.tradier.limits.items()}
+                            for a in self.accounts if a.tradier is not None},
             "unresolved": sorted(self.unresolved),
             "event_ns": self.clock.now_ns(),
         }
+        if first.record is None:  # the shared account: the same shape as before per-user accounts
+            base["broker"]["rate_limits"] = base["broker"]["rate_limits"].get(acc.SHARED, {})
         return base
