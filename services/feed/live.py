@@ -128,6 +128,7 @@ class LiveIngest:
         self._tasks: list[asyncio.Task] = []
         self._backfills: set[asyncio.Task] = set()
         self._backfill_slots = asyncio.Semaphore(4)
+        self._gap_order: dict[str, asyncio.Lock] = {}  # market -> its gaps are filled one at a time, in order
         self._overflow_marks: dict[str, tuple[int, dict[str, int]]] = {}
         for s in self.streams.values():
             s.on_overflow = self._overflowed
@@ -272,6 +273,14 @@ class LiveIngest:
 
     async def _backfill_gap(self, market: str, plan: dict[str, tuple[bool, bool]], starts: dict[str, int],
                             end_ns: int) -> None:
+        """Backfill one gap of ``market`` once the market's earlier gaps are done (FIFO): stacked gaps
+        (repeated queue overflows in a burst) publish a symbol's backfilled events in event-time
+        order across gaps too, not interleaved."""
+        async with self._gap_order.setdefault(market, asyncio.Lock()):
+            await self._fill_gap(market, plan, starts, end_ns)
+
+    async def _fill_gap(self, market: str, plan: dict[str, tuple[bool, bool]], starts: dict[str, int],
+                        end_ns: int) -> None:
         """Backfill every symbol of one gap (at most 4 at a time, nearest the money first), then count
         it and publish a summary on ``status.backfill`` (type ``doc``)."""
         outcomes = await asyncio.gather(*(self._backfill_symbol(market, sym, t, q, starts[sym], end_ns)
