@@ -125,3 +125,31 @@ def test_daily_loss_limit_and_unreadable_credentials(run_dir):
             ["hal:g-1", "hal:g-2"]
     finally:
         assert h.close() == 0
+
+
+def test_a_hanging_broker_never_delays_another_users_orders(run_dir):
+    """ann's Tradier placement hangs; zed (paper, after ann in every user loop) fills meanwhile."""
+    key = generate_key("k1")
+    FlagStore(run_dir / "flags.json").set("auto_execution", True)
+    with FakeTradier(token="ann-token") as fake:
+        fake.script("hang", "place", delay_s=6.0)
+        store = open_store(f"sqlite:///{run_dir}/spx.sqlite3")
+        try:
+            from services.broker import credentials
+
+            store.add_user("ann", broker="tradier", auto_execution=True)
+            store.add_user("zed", auto_execution=True, max_risk_per_trade=1000)
+            credentials.save(store, KeyRing.parse(key), "ann", fake.token, fake.account)
+        finally:
+            store.close()
+        h = Harness(run_dir, {"SPX_CREDENTIALS_KEYS": key, "SPX_BROKER_SANDBOX_URL": fake.base_url,
+                              "TRADIER_EXECUTION_ENABLED": "true", "SPX_BROKER_PLACE_TIMEOUT_S": "5"})
+        try:
+            h.quote_live(1.95, 2.0, T0)
+            h.trigger("h-1", T0 + S)
+            eventually(lambda: h.seen("fill.zed"), 4, what="zed filled while ann's placement hangs")
+            assert fake.count("POST", "/orders") == 1
+            assert [o.status for o in h.seen("order.ann")] == ["new"]  # still waiting for its answer
+        finally:
+            fake._released.set()
+            assert h.close() == 0
