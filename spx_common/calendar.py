@@ -29,8 +29,9 @@ Early closes at 13:00 New York: July 3 when it is a Monday to Thursday (the day 
 Independence Day; when July 4 is a Saturday, July 3 is the holiday itself), the Friday after
 Thanksgiving, and Dec 24 when it is a Monday to Thursday.
 
-The regular session is 09:30-16:00 New York (13:00 on early closes); SPXW 0DTE options stop
-trading at the same close (SPX AM-settled options trade 15 minutes longer; not modelled here).
+The regular session is 09:30-16:00 New York (13:00 on early closes); expiring (0DTE) SPXW
+options stop trading at the same close.  Non-expiring SPX/SPXW options trade 15 minutes longer
+(16:15, 13:15 on early closes); not modelled here.
 
 Not rules, so not here: unscheduled closures (national days of mourning such as 2025-01-09,
 weather such as 2012-10-29/30).  Pass them as ``extra_closures`` to :class:`MarketCalendar`.
