@@ -95,7 +95,7 @@ def test_no_users_in_the_store_keeps_the_config_lists(run_dir):
         assert h.close() == 0
 
 
-def test_daily_loss_limit_and_unreadable_credentials(run_dir):
+def test_daily_loss_limit_and_unreadable_credentials(run_dir, capsys):
     key = generate_key("k1")
     FlagStore(run_dir / "flags.json").set("auto_execution", True)
     store = open_store(f"sqlite:///{run_dir}/spx.sqlite3")
@@ -112,6 +112,12 @@ def test_daily_loss_limit_and_unreadable_credentials(run_dir):
         st = h.call("status")["broker"]
         assert st["refusal_reason"] == {"hal": "credentials_unreadable"}
         assert "not in the key ring" in st["accounts"]["hal"]["credential_error"]
+        from services.cli.main import main
+
+        assert main(["broker", "status"]) == 0
+        out = capsys.readouterr().out
+        assert "account     gil          paper sandbox" in out and "hal" in out and "not in the key ring" in out
+        assert "orders refused: credentials_unreadable" in out
         h.quote_live(1.95, 2.0, T0)
         eventually(lambda: h.trigger("g-1", T0 + S) or h.seen("fill.gil"), 10, what="gil filled")
         assert h.seen("fill.gil")[0].quantity == 3

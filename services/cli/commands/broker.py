@@ -51,9 +51,19 @@ def cmd_status(args) -> int:
     for user, ok in (b.get("send_allowed") or {}).items():
         why = (b.get("refusal_reason") or {}).get(user, "")
         print(f"user        {user:<12} {'orders allowed' if ok else 'orders refused: ' + why}")
-    bal = b.get("balances") or {}
-    print(f"balances    equity {_money(bal.get('total_equity'))}  cash {_money(bal.get('total_cash'))}  "
-          f"option BP {_money(bal.get('option_buying_power'))}  day-trade BP {_money(bal.get('day_trade_buying_power'))}")
+    accounts = b.get("accounts") or {}
+    if b.get("mode") == "users":  # one isolated account per stored user
+        for name, a in accounts.items():
+            bal = a.get("balances") or {}
+            print(f"account     {name:<12} {a.get('kind')} {a.get('environment') or ''}  queue {a.get('queue')}  "
+                  f"stream {a.get('stream')}  equity {_money(bal.get('total_equity'))}  "
+                  f"option BP {_money(bal.get('option_buying_power'))}"
+                  + (f"  credentials: {a['credential_error']}" if a.get("credential_error") else ""))
+    else:
+        bal = b.get("balances") or {}
+        print(f"balances    equity {_money(bal.get('total_equity'))}  cash {_money(bal.get('total_cash'))}  "
+              f"option BP {_money(bal.get('option_buying_power'))}  "
+              f"day-trade BP {_money(bal.get('day_trade_buying_power'))}")
     ledger = b.get("ledger") or {}
     print("positions")
     rows = 0
