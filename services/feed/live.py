@@ -101,6 +101,8 @@ class LiveIngest:
                                    "delivered (removed by the dedupe).", ["market"])
         self.m_truncated = m.counter("feed_backfill_truncated_total", "Gaps of one contract whose option quotes "
                                      "exceeded backfill_option_quote_max (older ones left).", ["kind"])
+        self.m_gaps_merged = m.counter("feed_backfill_gaps_merged_total", "Gaps merged into the gap already "
+                                       "waiting behind a running backfill of the same market.", ["market"])
         self.m_backfill_failed = m.counter("feed_backfill_failed_total", "REST fetches of a gap that failed after "
                                            "the bounded retries, by kind.", ["kind"])
         #: market -> summary of its last backfilled gap (also published on status.backfill)
@@ -129,6 +131,8 @@ class LiveIngest:
         self._backfills: set[asyncio.Task] = set()
         self._backfill_slots = asyncio.Semaphore(4)
         self._gap_order: dict[str, asyncio.Lock] = {}  # market -> its gaps are filled one at a time, in order
+        #: market -> [plan, starts, end_ns, task] of the gap waiting for the running one (new gaps merge into it)
+        self._waiting_gap: dict[str, list] = {}
         self._overflow_marks: dict[str, tuple[int, dict[str, int]]] = {}
         for s in self.streams.values():
             s.on_overflow = self._overflowed
@@ -252,7 +256,23 @@ class LiveIngest:
                 # earlier than the symbol's last event; an idle contract does not stretch the window
                 starts[sym] = max(min(self._last_ts.get(sym, down_since_ns), down_since_ns), down_since_ns - blind_ns,
                                   floor)
-        task = asyncio.ensure_future(self._backfill_gap(stream.market, plan, starts, now))
+        market = stream.market
+        waiting = self._waiting_gap.get(market)
+        if waiting is not None and not waiting[3].done():
+            # a gap of this market is already waiting behind the running one: widen it instead of
+            # queueing another (at most one running and one waiting gap per market, however many
+            # overflows a burst causes; the stretch between them was streamed and is deduplicated)
+            w_plan, w_starts = waiting[0], waiting[1]
+            for sym, (t, q) in plan.items():
+                wt, wq = w_plan.get(sym, (False, False))
+                w_plan[sym] = (t or wt, q or wq)
+                w_starts[sym] = max(min(w_starts.get(sym, starts[sym]), starts[sym]), floor)
+            waiting[2] = now
+            self.m_gaps_merged.inc(market=market)
+            return
+        entry: list = [plan, starts, now, None]
+        self._waiting_gap[market] = entry
+        entry[3] = task = asyncio.ensure_future(self._backfill_gap(market, entry))
         self._backfills.add(task)
         task.add_done_callback(self._backfills.discard)
 
@@ -271,12 +291,14 @@ class LiveIngest:
             quotes = set(near({t[2:] for t in topics if t.startswith("Q.")})[: cfg.backfill_option_quote_contracts])
         return {s: (s in trades, s in quotes) for s in near(trades | quotes)}
 
-    async def _backfill_gap(self, market: str, plan: dict[str, tuple[bool, bool]], starts: dict[str, int],
-                            end_ns: int) -> None:
-        """Backfill one gap of ``market`` once the market's earlier gaps are done (FIFO): stacked gaps
-        (repeated queue overflows in a burst) publish a symbol's backfilled events in event-time
-        order across gaps too, not interleaved."""
+    async def _backfill_gap(self, market: str, entry: list) -> None:
+        """Backfill the gap ``entry`` (``[plan, starts, end_ns, task]``, widened by later gaps while it
+        waits) once the market's running gap is done: stacked gaps (repeated queue overflows in a
+        burst) publish a symbol's backfilled events in event-time order across gaps too."""
         async with self._gap_order.setdefault(market, asyncio.Lock()):
+            if self._waiting_gap.get(market) is entry:
+                del self._waiting_gap[market]  # running now: the next gap waits (and widens) anew
+            plan, starts, end_ns = entry[0], entry[1], entry[2]
             await self._fill_gap(market, plan, starts, end_ns)
 
     async def _fill_gap(self, market: str, plan: dict[str, tuple[bool, bool]], starts: dict[str, int],

@@ -121,9 +121,10 @@ def test_an_options_queue_overflow_backfills_the_dropped_quotes(run_dir, fake):
         assert metric(feed, "feed_backfill_fetched_total", kind="option_quote") >= len(back)
 
 
-def test_stacked_gaps_publish_their_backfill_in_event_time_order(run_dir, fake):
-    # gap 1's quote fetch is held up (a 429 waits >= 1 s) while a second overflow opens gap 2, whose
-    # fetch answers at once: gap 2 must not publish its (newer) quotes before gap 1's
+def test_stacked_gaps_publish_in_event_time_order_and_at_most_one_waits(run_dir, fake):
+    # gap 1's quote fetch is held up (two 429s wait >= 2 s) while two more overflows open gap 2 and
+    # then gap 3: gap 3 widens the waiting gap 2 instead of queueing, and nothing newer is published
+    # before gap 1's older quotes
     with live(run_dir, fake, raw_queue_max=10) as feed:
         t0, s = atm_call(fake)
         quotes = [quote(s, t0 + i * MS, i) for i in range(1, 601)]
@@ -139,14 +140,22 @@ def test_stacked_gaps_publish_their_backfill_in_event_time_order(run_dir, fake):
         def quote_requests() -> int:
             return sum(1 for p, _, _ in list(fake.requests) if p == f"/v3/quotes/{s}")
 
-        fake.fail_next(f"/v3/quotes/{s}", 429)
+        def published(seq: int) -> bool:
+            return any(e.seq == seq for e in feed.events(f"tick.{s}"))
+
+        fake.fail_next(f"/v3/quotes/{s}", 429, 429)
         burst(quotes[:300])
         eventually(lambda: quote_requests() >= 1, 5, what="gap 1 asking for quotes (answered 429)")
-        burst(quotes[300:])
+        burst(quotes[300:450])
+        eventually(lambda: published(450), 5, what="the stream caught up after the second burst")
+        burst(quotes[450:])
         eventually(lambda: len(feed.events(f"tick.{s}")) == 600, 15, what="every quote, via stream or backfill")
         got = feed.events(f"tick.{s}")
         assert sorted(e.seq for e in got) == list(range(1, 601))
         back = [e for e in got if e.backfilled]
         assert any(e.seq <= 300 for e in back) and any(e.seq > 300 for e in back)
         assert [e.ts for e in back] == sorted(e.ts for e in back)
-        eventually(lambda: len(backfill_docs(feed)) >= 2, 5, what="a summary per gap")
+        eventually(lambda: len(backfill_docs(feed)) >= 2, 10, what="a summary per gap")
+        assert metric(feed, "feed_backfill_gaps_merged_total", market="options") >= 1
+        assert len(backfill_docs(feed)) == 2  # the running gap and the one that waited (widened)
+        assert quote_requests() == 2 + 1 + 1  # gap 1: two 429s and the answer; gap 2: one request
