@@ -26,7 +26,6 @@ the quote in force for later trades, since that is defined in stream order).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Iterable
 
 from spx_common.models import IndexValue, MicroBar, Quote, Trade
@@ -54,7 +53,7 @@ class _Acc:
         "obs", "sum_bid", "sum_ask", "spread_sum", "spread_n", "index",
     )
 
-    def __init__(self, bucket: int, in_force: tuple | None, index: bool) -> None:
+    def __init__(self, bucket: int, in_force: Quote | None, index: bool) -> None:
         self.bucket = bucket
         self.open = self.high = self.low = self.close = None
         self.volume = 0.0
@@ -70,11 +69,11 @@ class _Acc:
         if in_force is not None:
             self.observe(in_force)
 
-    def observe(self, q: tuple) -> None:
-        bid, ask, bsz, asz = q
+    def observe(self, q: Quote) -> None:
+        bid, ask = q.bid, q.ask
         self.obs += 1
-        self.sum_bid += bsz
-        self.sum_ask += asz
+        self.sum_bid += q.bid_size
+        self.sum_ask += q.ask_size
         if bid > 0 and ask > 0 and ask >= bid:
             self.spread_sum += (ask - bid) / ((ask + bid) / 2) * 10_000
             self.spread_n += 1
@@ -90,12 +89,20 @@ class _Acc:
         self.close = p
 
 
-@dataclass
 class _SymbolState:
-    quote: tuple | None = None  # (bid, ask, bid_size, ask_size) in force
-    accs: dict[int, _Acc] = field(default_factory=dict)  # interval ns -> open bar
-    last_close: dict[int, tuple[int, float]] = field(default_factory=dict)  # interval -> (bucket, close)
-    index: bool = False
+    """Per-symbol state. ``lo``/``hi``/``accl``: while every interval has an open bar, ``accl`` lists them
+    in interval order and ``[lo, hi)`` is the event-time range inside all of their buckets (an event there
+    goes to every open bar without a bucket check); ``hi == 0`` means "recompute" (see ``_refresh``)."""
+
+    __slots__ = ("quote", "accs", "last_close", "index", "lo", "hi", "accl")
+
+    def __init__(self) -> None:
+        self.quote: Quote | None = None  # the quote in force
+        self.accs: dict[int, _Acc] = {}  # interval ns -> open bar
+        self.last_close: dict[int, tuple[int, float]] = {}  # interval -> (bucket, close)
+        self.index = False
+        self.lo = self.hi = 0
+        self.accl: list[_Acc] = []
 
 
 class BarAggregator:
@@ -146,7 +153,7 @@ class BarAggregator:
             return
         ts = ev.ts
         if type(ev) is Quote:
-            q = (ev.bid, ev.ask, ev.bid_size, ev.ask_size)
+            q = ev
             for name, iv in self.intervals:
                 acc = self._acc_for(ev.sym, st, name, iv, ts // iv)
                 if acc is not None:
@@ -166,7 +173,7 @@ class BarAggregator:
                 if q is None:
                     acc.neutral += size
                 else:
-                    bid, ask = q[0], q[1]
+                    bid, ask = q.bid, q.ask
                     if ask > 0 and price >= ask:
                         acc.buy += size
                     elif bid > 0 and price <= bid:
@@ -185,58 +192,102 @@ class BarAggregator:
                     acc.trades += 1
 
     def on_events(self, events: Iterable[Trade | Quote | IndexValue]) -> None:
-        """Same result as ``on_event`` per event; the hot path for one-symbol batches is inlined."""
+        """Same result as ``on_event`` per event (the live, replay and offline path).
+
+        Hot path: an event of a known symbol inside ``[lo, hi)`` of its state (every interval's open
+        bar contains it) updates the open bars with no bucket arithmetic; an event outside it finds
+        each interval's bar (``_acc_for``: close, reuse or late) and sets the range anew; new symbols
+        and index values go through ``on_event``.
+        """
         on_event = self.on_event
+        symbols = self.symbols
         intervals = self.intervals
-        sym = None
-        st = None
+        sym = st = None
+        lo = hi = 0
+        accl: list[_Acc] = []
         wm = self.watermark
         for ev in events:
             if ev.sym != sym:
                 sym = ev.sym
-                st = self.symbols.get(sym)
+                st = symbols.get(sym)
+                if st is None:
+                    lo = hi = 0
+                else:
+                    if not st.hi:
+                        self._refresh(st)
+                    lo, hi, accl = st.lo, st.hi, st.accl
             ts = ev.ts
-            if st is None or type(ev) is IndexValue:
+            if ts >= hi or ts < lo:
+                if st is None or type(ev) is IndexValue:
+                    self.watermark = wm
+                    on_event(ev)
+                    wm = self.watermark
+                    st = symbols.get(sym)
+                    lo = hi = 0
+                    continue
+                # a bucket changes (or the event is late for some interval): find each interval's bar
+                accs = st.accs
+                accl = []
+                lo, hi = 0, 1 << 62
+                for name, iv in intervals:
+                    b = ts // iv
+                    acc = accs.get(iv)
+                    if acc is None or acc.bucket != b:
+                        acc = self._acc_for(sym, st, name, iv, b)
+                        if acc is None:
+                            hi = 0
+                            continue
+                    start = b * iv
+                    if start > lo:
+                        lo = start
+                    if start + iv < hi:
+                        hi = start + iv
+                    accl.append(acc)
+                if hi:
+                    st.lo, st.hi, st.accl = lo, hi, accl
+                else:
+                    st.hi = lo = 0  # late for some interval: this event goes to the bars that took it only
+            elif type(ev) is IndexValue:
                 self.watermark = wm
                 on_event(ev)
                 wm = self.watermark
-                st = self.symbols.get(sym)
+                lo, hi, accl = st.lo, st.hi, st.accl  # on_event keeps them valid or marks them stale (hi 0)
                 continue
             if ts > wm:
                 wm = ts
-            accs = st.accs
             if type(ev) is Quote:
-                q = (ev.bid, ev.ask, ev.bid_size, ev.ask_size)
-                bid, ask, bsz, asz = q
-                spread = (ask - bid) / ((ask + bid) / 2) * 10_000 if bid > 0 and ask > 0 and ask >= bid else None
-                for name, iv in intervals:
-                    acc = accs.get(iv)
-                    if acc is None or acc.bucket != ts // iv:
-                        acc = self._acc_for(sym, st, name, iv, ts // iv)
-                        if acc is None:
-                            continue
-                    acc.obs += 1
-                    acc.sum_bid += bsz
-                    acc.sum_ask += asz
-                    if spread is not None:
+                bid = ev.bid
+                ask = ev.ask
+                bsz = ev.bid_size
+                asz = ev.ask_size
+                if bid > 0 and ask >= bid:
+                    spread = (ask - bid) / ((ask + bid) / 2) * 10_000
+                    for acc in accl:
+                        acc.obs += 1
+                        acc.sum_bid += bsz
+                        acc.sum_ask += asz
                         acc.spread_sum += spread
                         acc.spread_n += 1
-                st.quote = q
+                else:
+                    for acc in accl:
+                        acc.obs += 1
+                        acc.sum_bid += bsz
+                        acc.sum_ask += asz
+                st.quote = ev
             else:
-                price, size = ev.price, ev.size
+                price = ev.price
+                size = ev.size
+                pv = price * size
                 q = st.quote
                 if q is None:
-                    side, covered = 0, False
+                    side = 0
+                    covered = False
                 else:
-                    bid, ask = q[0], q[1]
+                    bid = q.bid
+                    ask = q.ask
                     side = 1 if ask > 0 and price >= ask else (2 if bid > 0 and price <= bid else 0)
                     covered = bid > 0 and ask > 0
-                for name, iv in intervals:
-                    acc = accs.get(iv)
-                    if acc is None or acc.bucket != ts // iv:
-                        acc = self._acc_for(sym, st, name, iv, ts // iv)
-                        if acc is None:
-                            continue
+                for acc in accl:
                     if acc.open is None:
                         acc.open = acc.high = acc.low = price
                     elif price > acc.high:
@@ -246,7 +297,7 @@ class BarAggregator:
                     acc.close = price
                     acc.trades += 1
                     acc.volume += size
-                    acc.pv += price * size
+                    acc.pv += pv
                     if side == 1:
                         acc.buy += size
                     elif side == 2:
@@ -257,6 +308,26 @@ class BarAggregator:
                         acc.covered += 1
         if wm > self.watermark:
             self.watermark = wm
+
+    def _refresh(self, st: _SymbolState) -> None:
+        """Recompute ``st.lo``/``st.hi``/``st.accl`` from the open bars (an empty range if one is missing)."""
+        accs = st.accs
+        lo, hi = 0, 1 << 62
+        accl = []
+        for _, iv in self.intervals:
+            acc = accs.get(iv)
+            if acc is None:
+                st.lo, st.hi, st.accl = 0, -1, []  # -1: valid but empty, every event takes the slow path
+                return
+            start = acc.bucket * iv
+            if start > lo:
+                lo = start
+            if start + iv < hi:
+                hi = start + iv
+            accl.append(acc)
+        if lo >= hi:
+            lo, hi = 0, -1
+        st.lo, st.hi, st.accl = lo, hi, accl
 
     def _acc_for(self, sym: str, st: _SymbolState, name: str, iv: int, bucket: int) -> _Acc | None:
         acc = st.accs.get(iv)
@@ -270,6 +341,7 @@ class BarAggregator:
                 # a quotes-only bucket ends: no bar; reuse the accumulator for the new bucket (quote-only
                 # symbols such as option contracts do this on every quote, so it is worth no allocation)
                 acc.__init__(bucket, st.quote, st.index)
+                st.hi = 0
                 due = (bucket + 1) * iv + self.allowed_lateness_ns
                 if due < self.next_due:
                     self.next_due = due
@@ -281,6 +353,7 @@ class BarAggregator:
                 self.late += 1
                 return None
         acc = st.accs[iv] = _Acc(bucket, st.quote, st.index)
+        st.hi = 0
         due = (bucket + 1) * iv + self.allowed_lateness_ns
         if due < self.next_due:
             self.next_due = due
@@ -311,6 +384,7 @@ class BarAggregator:
 
     def _close(self, sym: str, st: _SymbolState, name: str, iv: int, acc: _Acc) -> None:
         del st.accs[iv]
+        st.hi = 0
         if acc.open is None:
             return  # quotes only: no bar (the bucket had no trade)
         last = st.last_close.get(iv)
@@ -329,8 +403,8 @@ class BarAggregator:
                             low=acc.low, close=acc.close, volume=acc.volume, trades=acc.trades,
                             vwap=None if acc.index else vwap, closed=closed)
         tot = acc.sum_bid + acc.sum_ask
-        bsz = q_close[2] if q_close is not None else None
-        asz = q_close[3] if q_close is not None else None
+        bsz = q_close.bid_size if q_close is not None else None
+        asz = q_close.ask_size if q_close is not None else None
         return MicroBar(
             sym=sym, interval=name, start_ns=acc.bucket * iv, open=acc.open, high=acc.high, low=acc.low,
             close=acc.close, volume=acc.volume, trades=acc.trades, vwap=vwap,
