@@ -369,8 +369,11 @@ class BarAggregator:
         next_due = 1 << 62
         lateness = self.allowed_lateness_ns
         for sym, st in self.symbols.items():
+            accs = st.accs
+            if not accs:
+                continue  # e.g. a quote-only contract whose buckets were all closed
             for name, iv in self.intervals:
-                acc = st.accs.get(iv)
+                acc = accs.get(iv)
                 if acc is None:
                     continue
                 end = (acc.bucket + 1) * iv

@@ -44,20 +44,19 @@ class TickCache:
         buf = st.buf
         buf.extend(events)
         st.seq += len(events)
-        need = 3
-        seen_t = seen_q = seen_v = False
-        for ev in reversed(events):
-            t = type(ev)
+        last = {type(ev): ev for ev in events}  # the newest event of each type, in one pass
+        if len(last) == 1:
+            t, ev = last.popitem()
             if t is Quote:
-                if not seen_q:
-                    st.last_quote, seen_q, need = ev, True, need - 1
+                st.last_quote = ev
             elif t is Trade:
-                if not seen_t:
-                    st.last_trade, seen_t, need = ev, True, need - 1
-            elif not seen_v:
-                st.last_value, seen_v, need = ev, True, need - 1
-            if not need:
-                break
+                st.last_trade = ev
+            else:
+                st.last_value = ev
+        else:
+            st.last_quote = last.get(Quote, st.last_quote)
+            st.last_trade = last.get(Trade, st.last_trade)
+            st.last_value = last.get(IndexValue, st.last_value)
         over = len(buf) - self.max_events
         if over > 0:
             for _ in range(over):
