@@ -442,11 +442,13 @@ class TradierClient:
             if key in fields and not router.on_grid(Decimal(fields[key])):
                 raise router.OrderRefused("off_grid", f"{key} {fields[key]} is not on the SPX tick grid")
         body = await self._request("PUT", f"{self._acct}/orders/{order_id}", data=fields, retry="rate")
-        return body.get("order") or {}
+        o = body.get("order")
+        return o if isinstance(o, dict) else {}
 
     async def cancel_order(self, order_id: str | int) -> dict:
         body = await self._request("DELETE", f"{self._acct}/orders/{order_id}", retry="safe")
-        return body.get("order") or {}
+        o = body.get("order")
+        return o if isinstance(o, dict) else {}
 
     # ---------------------------------------------------------------- market data
 

@@ -104,6 +104,7 @@ async def _call(client: TradierClient, name: str):
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(CALLS), st.lists(answers, min_size=1, max_size=4))
+@example("cancel", [(200, '{"order": [null]}', {})])
 @example("long_and_working", [(200, json.dumps({"positions": {"position": {"symbol": SYM, "quantity": "sNaN"}}}), {})])
 @example("place_exit", [(200, json.dumps({"orders": {"order": {"option_symbol": SYM, "side": "sell_to_close",
                                                                   "status": "open", "remaining_quantity": "sNaN"}}}),
