@@ -140,8 +140,20 @@ def is_zero_dte(symbol: str, ts: int) -> bool:
         return False
 
 
+_CALENDAR = None
+
+
 def flatten_due(ts: int, minutes_before: float) -> bool:
-    """True from ``minutes_before`` 16:00 ET until 16:00 ET (expiring SPXW stop trading at 16:00)."""
+    """True from ``minutes_before`` the session close until the close (expiring SPXW stop trading at the
+    close): 16:00 ET, 13:00 ET on exchange early closes (``spx_common.calendar``); 16:00 on a date the
+    calendar has no session for (a generated replay day on a holiday still flattens)."""
+    global _CALENDAR
+    if _CALENDAR is None:
+        from spx_common.calendar import MarketCalendar
+
+        _CALENDAR = MarketCalendar()
     now = dt.datetime.fromtimestamp(ts / 1e9, ET)
-    close = dt.datetime.combine(now.date(), CLOSE_ET, ET)
-    return close - dt.timedelta(minutes=minutes_before) <= now < close
+    session = _CALENDAR.session(now.date())
+    close_ns = session.close_ns if session is not None else \
+        int(dt.datetime.combine(now.date(), CLOSE_ET, ET).timestamp() * 1e9)
+    return close_ns - int(minutes_before * 60e9) <= ts < close_ns

@@ -206,3 +206,18 @@ def test_paper_property_limits_honoured_never_short(ops, slippage):
             assert e["last_fill_price"] <= o.price + 1e-9
         elif o.type == "limit":
             assert e["last_fill_price"] >= o.price - 1e-9
+
+
+def test_flatten_window_follows_the_exchange_calendar_early_close():
+    import datetime as dt
+
+    from services.broker.portfolio import ET, flatten_due
+
+    def ns(d, h, m):
+        return int(dt.datetime(d.year, d.month, d.day, h, m, tzinfo=ET).timestamp() * 1e9)
+
+    regular, early = dt.date(2026, 11, 25), dt.date(2026, 11, 27)  # day after Thanksgiving: 13:00 close
+    assert flatten_due(ns(regular, 15, 55), 10) and not flatten_due(ns(regular, 15, 45), 10)
+    assert not flatten_due(ns(regular, 16, 0), 10)
+    assert flatten_due(ns(early, 12, 55), 10) and not flatten_due(ns(early, 15, 55), 10)
+    assert flatten_due(ns(dt.date(2026, 11, 26), 15, 55), 10)  # no session (holiday): 16:00 fallback
