@@ -27,3 +27,5 @@ class CoachConfig(Section):
     divergence_min_delta: float = Field(0.0, ge=0, description="Minimum |sum of delta volume| over those bars.")
     max_setups: int = Field(500, ge=10, description="Active setups tracked (oldest dropped beyond).")
     max_users: int = Field(1000, ge=1, description="Users tracked (configured plus seen).")
+    prefs_refresh_s: float = Field(30.0, gt=0, description="How often users' coach preferences are re-read from the "
+                                   "store (spx users set USER --coach ...).")

@@ -12,6 +12,7 @@ always published.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from typing import Any
@@ -21,6 +22,28 @@ from services.coach.core import TACTICAL, CoachCore
 from spx_common.codec import Frame
 from spx_common.config import BusConfig, RuntimeConfig, load
 from spx_common.service import BusService
+
+
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+
+
+def preference_filter(prefs: dict | None, kind: str, severity: str) -> str | None:
+    """Why a user's coach preferences hold an event back (``quiet``, ``kind``, ``severity``), or None.
+
+    ``quiet``: only critical events; ``kinds`` (non-empty): only those kinds; ``min_severity``: at least
+    that severity. Critical events always pass ``kinds`` (a PDT or flatten alert is never filtered out).
+    """
+    if not prefs:
+        return None
+    rank = SEVERITY_RANK.get(severity, 0)
+    if prefs.get("quiet") and rank < 2:
+        return "quiet"
+    kinds = prefs.get("kinds") or []
+    if kinds and kind not in kinds and rank < 2:
+        return "kind"
+    if rank < SEVERITY_RANK.get(prefs.get("min_severity", "info"), 0):
+        return "severity"
+    return None
 
 
 class CoachService(BusService):
@@ -48,13 +71,42 @@ class CoachService(BusService):
         self.m_suppressed = reg.counter("coach_alerts_coalesced_total", "Alerts suppressed by the cooldown, by kind.", ["kind"])
         self.m_rate = reg.gauge("coach_tactical_alert_rate", "Tactical alerts per minute over the last minute (all users).")
         self.m_bad = reg.counter("coach_bad_input_total", "Inputs refused by the coach (kept running), by topic.", ["topic"])
+        self.m_filtered = reg.counter("coach_alerts_filtered_total", "Events held back by the user's coach "
+                                      "preferences (quiet, kinds, min_severity), by reason.", ["reason"])
+        self.prefs: dict[str, dict] = {}
+        self._prefs_at = time.monotonic()
         self.m_withheld = reg.counter("coach_alerts_withheld_total", "Tactical alerts computed but not published "
                                       "because the tactical_alerts switch is off, by kind.", ["kind"])
         self._recent: deque[float] = deque(maxlen=100_000)
         self.tactical = bool(self.flag_store.get("tactical_alerts"))
         self.withheld: deque[dict[str, Any]] = deque(maxlen=100)  # latest withheld alerts (status request)
 
+    def load_preferences(self) -> None:
+        """Each user's coach preferences from the store (``spx users set USER --coach ...``); kept as they
+        were when the database cannot be read. Users without a record get everything."""
+        try:
+            from sqlalchemy import inspect
+
+            from spx_common.store import Store, make_engine
+            from spx_common.store.engine import database_url
+
+            url = database_url()
+            if url.startswith("sqlite:///") and not os.path.exists(url[len("sqlite:///"):]):
+                return
+            engine = make_engine(url)
+            try:
+                if not inspect(engine).has_table("users"):
+                    return
+                rows = Store(engine).users()
+            finally:
+                engine.dispose()
+        except Exception as exc:  # the database may be down: keep the last preferences
+            self._rate_log.warning("prefs", f"coach preferences not refreshed: {exc!r}")
+            return
+        self.prefs = {r["user"]: r.get("coach") or {} for r in rows if r.get("enabled", True)}
+
     def setup(self) -> None:
+        self.load_preferences()
         core = self.coach
         self.on("setup.transition", lambda f, b: self._publish(core.on_transition(b)))
         self.on("state.market", lambda f, b: core.on_market(b))
@@ -80,6 +132,10 @@ class CoachService(BusService):
                 self.m_withheld.inc(kind=ev.kind)
                 self.withheld.append({"user": ev.user, "kind": ev.kind, "setup_id": ev.setup_id, "ts": ev.ts})
                 continue
+            why = preference_filter(self.prefs.get(ev.user), ev.kind, getattr(ev, "severity", "info"))
+            if why is not None:
+                self.m_filtered.inc(reason=why)
+                continue
             self.publish(f"coach.{ev.user}", "coach", ev, ev.ts)
             self.m_alerts.inc(kind=ev.kind)
             if ev.kind in TACTICAL:
@@ -91,6 +147,9 @@ class CoachService(BusService):
 
     def periodic(self) -> None:
         now = time.monotonic()
+        if now - self._prefs_at > self.config.prefs_refresh_s:
+            self._prefs_at = now
+            self.load_preferences()
         while self._recent and now - self._recent[0] > 60:
             self._recent.popleft()
         self.m_rate.set(len(self._recent))

@@ -41,3 +41,28 @@ def test_coach_process_publishes_user_scoped_tactical_alerts(coach):
     metrics = eventually(lambda: (lambda t: "coach_tactical_alert_rate 2" in t and t)(rpc.call("metrics")), 5)
     assert 'coach_bad_input_total{topic="alert"} 1' in metrics
     assert rpc.call("status")["coach"]["emitted"] == {"entry_window_opened": 2, "pdt_alert": 1}
+
+
+def test_coach_applies_each_users_stored_preferences(run_dir):
+    """alice wants warnings and up, carol is quiet (critical only), bob has no record: everything."""
+    from spx_common.store import open_store
+
+    url = f"sqlite:///{run_dir}/spx.sqlite3"
+    store = open_store(url)
+    store.add_user("alice", coach={"min_severity": "warning"})
+    store.add_user("carol", coach={"quiet": True})
+    store.close()
+    with service_process(run_dir, "coach", peers=("detector", "broker"), topics=["coach."], heartbeat_ns=T0,
+                         env={"SPX_COACH_USERS": "alice,bob,carol", "DATABASE_URL": url}) as (pubs, sub, rpc):
+        t = SetupTransition(setup_id="s1", detector="vwap", family="reclaim", sym="I:SPX", direction="long",
+                            from_state="forming", to_state="ready", reason="t", ts=T0, entry_low=6000,
+                            entry_high=6002, stop=5996)
+        pubs["detector"].publish("setup.transition", "setup_transition", t, T0)  # info: entry window
+        pubs["broker"].publish("alert.carol", "doc", {"kind": "pdt_equity", "severity": "critical",
+                                                      "message": "equity under 25k", "ts": T0, "user": "carol"}, T0)
+        got = _collect(sub, 2)
+        metrics = eventually(lambda: (lambda m: 'coach_alerts_filtered_total{reason="quiet"} 1' in m and m)(
+            rpc.call("metrics")), 5)
+        assert sorted((topic, ev.kind) for topic, ev in got) == [("coach.bob", "entry_window_opened"),
+                                                                 ("coach.carol", "pdt_alert")]
+        assert 'coach_alerts_filtered_total{reason="severity"} 1' in metrics
