@@ -133,6 +133,10 @@ def cmd_status(args) -> int:
             "pid": p.get("pid") or None,
             "uptime_s": (p["now"] - p["start"]) if p.get("statename") == "RUNNING" else None,
             "heartbeat_age_s": round((now - hb.ts) / 1e9, 2) if hb else None,
+            # event time of the newest frame handled vs the wall clock: how far behind live the service is
+            # (meaningful in live mode; a replay runs in its own event time)
+            "event_lag_s": round((now - hb.stats["last_event_ns"]) / 1e9, 3)
+            if hb and hb.stats.get("last_event_ns") else None,
             "health": hb.state if hb else "no heartbeat",
             "detail": hb.detail if hb else "",
             "frames_out": hb.frames_out if hb else None,
@@ -153,16 +157,18 @@ def cmd_status(args) -> int:
         print(f"mesh is not running (run dir {runtime.path()}); start it with 'spx up'")
         return 3
     print(f"{'service':<11} {'state':<9} {'pid':>7} {'uptime':>8} {'hb age':>7} {'health':<10} {'frames out':>11} "
-          f"{'in/s':>9} {'input age':>9}  detail")
+          f"{'in/s':>9} {'input age':>9} {'event lag':>9}  detail")
     for r in rows:
         up = f"{r['uptime_s']}s" if r["uptime_s"] is not None else "-"
         age = f"{r['heartbeat_age_s']}s" if r["heartbeat_age_s"] is not None else "-"
         fo = f"{r['frames_out']:,}" if r["frames_out"] is not None else "-"
         rate = r["stats"].get("bus_frames_in_total:rate")
         in_age = r["stats"].get("last_input_age_s")
+        lag = r["event_lag_s"]
+        lag_s = "-" if lag is None else (f"{lag:.3f}s" if abs(lag) < 100 else f"{lag / 3600:.1f}h")
         print(f"{r['service']:<11} {r['state']:<9} {r['pid'] or '-':>7} {up:>8} {age:>7} {r['health']:<10} {fo:>11} "
-              f"{'-' if rate is None else f'{rate:,.0f}':>9} {'-' if in_age is None else f'{in_age:.1f}s':>9}  "
-              f"{r['detail']}")
+              f"{'-' if rate is None else f'{rate:,.0f}':>9} {'-' if in_age is None else f'{in_age:.1f}s':>9} "
+              f"{lag_s:>9}  {r['detail']}")
     if feed_doc:
         age = feed_doc["last_event_age_ms"]
         print(f"\nfeed: mode={feed_doc['mode']} connected={feed_doc['connected']} "
