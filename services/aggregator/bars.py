@@ -69,6 +69,28 @@ class _Acc:
         if in_force is not None:
             self.observe(in_force)
 
+    def requote(self, bucket: int, in_force: Quote | None, index: bool) -> None:
+        """Same as ``__init__`` for an accumulator that saw no trade and no index value (its price,
+        volume and side fields are still at their initial values): only the quote fields are reset."""
+        self.bucket = bucket
+        self.index = index
+        if in_force is None:
+            self.obs = 0
+            self.sum_bid = self.sum_ask = 0.0
+            self.spread_sum = 0.0
+            self.spread_n = 0
+            return
+        bid, ask = in_force.bid, in_force.ask
+        self.obs = 1
+        self.sum_bid = 0.0 + in_force.bid_size
+        self.sum_ask = 0.0 + in_force.ask_size
+        if bid > 0 and ask > 0 and ask >= bid:
+            self.spread_sum = 0.0 + (ask - bid) / ((ask + bid) / 2) * 10_000
+            self.spread_n = 1
+        else:
+            self.spread_sum = 0.0
+            self.spread_n = 0
+
     def observe(self, q: Quote) -> None:
         bid, ask = q.bid, q.ask
         self.obs += 1
@@ -340,7 +362,7 @@ class BarAggregator:
             if acc.open is None:
                 # a quotes-only bucket ends: no bar; reuse the accumulator for the new bucket (quote-only
                 # symbols such as option contracts do this on every quote, so it is worth no allocation)
-                acc.__init__(bucket, st.quote, st.index)
+                acc.requote(bucket, st.quote, st.index)
                 st.hi = 0
                 due = (bucket + 1) * iv + self.allowed_lateness_ns
                 if due < self.next_due:
