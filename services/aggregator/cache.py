@@ -2,23 +2,49 @@
 
 Bounded by event-time window and by count per symbol; every stored event gets a per-symbol
 monotonic sequence number so clients can ask "ticks since seq N" and stitch live updates.
+
+Events are kept as the batches they arrived in (the feed publishes one-symbol batches), so adding
+a batch costs the same whatever its length: no per-event work on the hot path. The count bound is
+exact (a partly evicted oldest batch keeps an offset). The time bound takes a batch's events to be in
+event-time order, as the feed's are: whole batches older than the window are dropped and the oldest
+remaining batch is cut by binary search (the events a scan from the oldest would evict).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
-from dataclasses import dataclass, field
+from operator import attrgetter
 
 from spx_common.models import IndexValue, MarketEvent, Quote, Trade
 
 
-@dataclass
 class _Sym:
-    seq: int = 0  # sequence number of the newest event
-    last_trade: Trade | None = None
-    last_quote: Quote | None = None
-    last_value: IndexValue | None = None
-    buf: deque = field(default_factory=deque)  # events; buf[i] has seq  seq - len(buf) + 1 + i
+    """One symbol's cache. ``chunks[0][head:]`` and the later chunks are the ``n`` cached events;
+    the newest has sequence number ``seq``."""
+
+    __slots__ = ("seq", "last_trade", "last_quote", "last_value", "chunks", "head", "n")
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.last_trade: Trade | None = None
+        self.last_quote: Quote | None = None
+        self.last_value: IndexValue | None = None
+        self.chunks: deque[list[MarketEvent]] = deque()
+        self.head = 0
+        self.n = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def events(self) -> list[MarketEvent]:
+        """The cached events, oldest first (a copy)."""
+        out: list[MarketEvent] = []
+        head = self.head
+        for c in self.chunks:
+            out.extend(c[head:] if head else c)
+            head = 0
+        return out
 
 
 class TickCache:
@@ -31,7 +57,8 @@ class TickCache:
         self.refused = 0
 
     def add(self, events: list[MarketEvent]) -> None:
-        """Append a one-symbol batch (as the feed publishes them)."""
+        """Append a one-symbol batch (as the feed publishes them). The cache keeps the list itself: callers hand
+        it over and do not change it afterwards."""
         if not events:
             return
         sym = events[0].sym
@@ -41,31 +68,55 @@ class TickCache:
                 self.refused += len(events)
                 return
             st = self.syms[sym] = _Sym()
-        buf = st.buf
-        buf.extend(events)
-        st.seq += len(events)
-        last = {type(ev): ev for ev in events}  # the newest event of each type, in one pass
-        if len(last) == 1:
-            t, ev = last.popitem()
-            if t is Quote:
-                st.last_quote = ev
-            elif t is Trade:
-                st.last_trade = ev
-            else:
-                st.last_value = ev
-        else:
-            st.last_quote = last.get(Quote, st.last_quote)
-            st.last_trade = last.get(Trade, st.last_trade)
-            st.last_value = last.get(IndexValue, st.last_value)
-        over = len(buf) - self.max_events
+        k = len(events)
+        st.chunks.append(events)
+        st.seq += k
+        n = st.n + k
+        last = events[-1]
+        kinds = set(map(type, events))
+        if len(kinds) == 1:
+            _set_last(st, last)
+        else:  # the newest event of each kind, scanning back from the end (usually a few steps)
+            for ev in reversed(events):
+                t = type(ev)
+                if t in kinds:
+                    _set_last(st, ev)
+                    kinds.discard(t)
+                    if not kinds:
+                        break
+        chunks = st.chunks
+        over = n - self.max_events
         if over > 0:
-            for _ in range(over):
-                buf.popleft()
             self.evicted += over
-        horizon = events[-1].ts - self.window_ns
-        while buf and buf[0].ts < horizon:
-            buf.popleft()
-            self.evicted += 1
+            n -= over
+            head = st.head
+            while over:
+                left = len(chunks[0]) - head
+                if left <= over:
+                    chunks.popleft()
+                    over -= left
+                    head = 0
+                else:
+                    head += over
+                    over = 0
+            st.head = head
+        horizon = last.ts - self.window_ns
+        first = chunks[0]
+        if first[st.head].ts < horizon:
+            head = st.head
+            while first[-1].ts < horizon:  # the whole oldest batch is out of the window
+                chunks.popleft()
+                n -= len(first) - head
+                self.evicted += len(first) - head
+                head = 0
+                first = chunks[0]  # never empty: the newest batch ends at ``last``, inside the window
+            if first[head].ts < horizon:
+                cut = bisect_left(first, horizon, head, len(first), key=_ts)
+                n -= cut - head
+                self.evicted += cut - head
+                head = cut
+            st.head = head
+        st.n = n
 
     def last(self, sym: str) -> dict:
         st = self.syms.get(sym)
@@ -77,9 +128,9 @@ class TickCache:
         st = self.syms.get(sym)
         if st is None:
             return {"sym": sym, "seq": 0, "events": [], "truncated": False}
-        first = st.seq - len(st.buf) + 1
+        first = st.seq - st.n + 1
         out = []
-        for i, ev in enumerate(st.buf):
+        for i, ev in enumerate(st.events()):
             s = first + i
             if seq is not None and s <= seq:
                 continue
@@ -90,4 +141,17 @@ class TickCache:
         return {"sym": sym, "seq": st.seq, "events": out[-limit:], "truncated": truncated}
 
     def size(self) -> int:
-        return sum(len(s.buf) for s in self.syms.values())
+        return sum(s.n for s in self.syms.values())
+
+
+_ts = attrgetter("ts")
+
+
+def _set_last(st: _Sym, ev: MarketEvent) -> None:
+    t = type(ev)
+    if t is Quote:
+        st.last_quote = ev
+    elif t is Trade:
+        st.last_trade = ev
+    else:
+        st.last_value = ev

@@ -156,7 +156,7 @@ def test_memory_bounds_hold_under_far_more_input_than_the_buffers_hold():
     cache = TickCache(window_ns=10 * S, max_events=1000, max_symbols=3)
     for i in range(50_000):
         cache.add([t(S + i * 1_000_000, 100.0, sym="SPY")])
-    assert len(cache.syms["SPY"].buf) == 1000 and cache.evicted == 49_000
+    assert len(cache.syms["SPY"]) == 1000 and cache.evicted == 49_000
     for i in range(20):
         cache.add([t(S, 100.0, sym=f"X{i}")])
     assert len(cache.syms) == 3 and cache.refused == 18
@@ -164,7 +164,7 @@ def test_memory_bounds_hold_under_far_more_input_than_the_buffers_hold():
     cache2 = TickCache(window_ns=S, max_events=10**6)
     for i in range(100):
         cache2.add([t(i * 100_000_000, 100.0)])
-    assert cache2.syms["SPY"].buf[0].ts >= 99 * 100_000_000 - S
+    assert cache2.syms["SPY"].events()[0].ts >= 99 * 100_000_000 - S
     agg = BarAggregator(["1s"], max_symbols=2)
     agg.on_events([t(S, 1.0, sym=f"S{i}") for i in range(10)])
     assert len(agg.symbols) == 2 and agg.refused_symbols == 8
@@ -179,6 +179,36 @@ def test_cache_since_by_seq_and_time():
     assert cache.since("SPY", seq=1)["truncated"]  # seqs 2..3 were evicted
     assert [e["seq"] for e in cache.since("SPY", ts_ns=S + 6)["events"]] == [7, 8]
     assert cache.last("SPY")["trade"].price == 107.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 7), st.integers(0, 3 * S), st.booleans()), max_size=40),
+       st.integers(1, 12), st.integers(1, 4 * S))
+def test_cache_batches_evict_exactly_like_a_per_event_buffer(batches, max_events, window_ns):
+    """The cache keeps whole batches; what it holds must equal a plain per-event buffer with the same bounds."""
+    cache = TickCache(window_ns=window_ns, max_events=max_events)
+    model, ts, seq = [], S, 0  # (seq, event) oldest first
+    last_trade = last_quote = None
+    for size, step, quote in batches:
+        batch = []
+        for _ in range(size):
+            ts += step // size
+            batch.append(q(ts, 99.0, 100.0) if quote and not batch else t(ts, 100.0 + len(batch)))
+        cache.add(batch)
+        for ev in batch:
+            seq += 1
+            model.append((seq, ev))
+        model = model[-max_events:]
+        while model and model[0][1].ts < batch[-1].ts - window_ns:
+            model.pop(0)
+        assert len(cache.syms["SPY"]) == len(model) and cache.size() == len(model)
+        assert cache.evicted == seq - len(model)
+        got = cache.since("SPY", seq=0, limit=100)
+        assert [(e["seq"], e["event"]) for e in got["events"]] == model
+        assert got["truncated"] == (bool(model) and model[0][0] > 1)
+        newest = {type(ev): ev for ev in batch}
+        last_trade, last_quote = newest.get(Trade, last_trade), newest.get(Quote, last_quote)
+        assert (cache.last("SPY")["trade"], cache.last("SPY")["quote"]) == (last_trade, last_quote)
 
 
 def test_bad_interval_is_refused():
