@@ -103,7 +103,7 @@ def test_disconnect_storm_stall_rest_bursts_and_auth_failure(run_dir, fake):
             fake.fail_next("/v3/trades", 429, 500, 429)
             before = fake.connects["stocks"]
             fake.drop("stocks")
-            eventually(lambda: fake.connects["stocks"] > before and fake.connected("stocks"), 5, what="reconnect")
+            eventually(lambda: fake.connects["stocks"] > before and fake.connected("stocks"), 15, what="reconnect")
             eventually(lambda: _metric(feed, "rest_retries_total") >= retries0 + 3, 10,
                        what="the 429/500 burst retried")
 
