@@ -26,6 +26,7 @@ the quote in force for later trades, since that is defined in stream order).
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Iterable
 
 from spx_common.models import IndexValue, MicroBar, Quote, Trade
@@ -45,60 +46,56 @@ def parse_interval(text: str) -> int:
     raise ValueError(f"bad bar interval {text!r}; use e.g. 1s, 5s, 250ms, 1m")
 
 
-class _Acc:
-    """Accumulator of one open bar."""
+# Positions in ``_Acc.f``: the float sums of a bar, each added in stream order (the contract's sums).
+VOL, PV, BUY, SELL, NEUTRAL, SUM_BID, SUM_ASK, SPREAD = range(8)
+#: pending quote observations of one bar folded into its sums at this many (bounds ``_Acc.qs``)
+MAX_PENDING_QUOTES = 256
 
-    __slots__ = (
-        "bucket", "open", "high", "low", "close", "volume", "trades", "pv", "buy", "sell", "neutral", "covered",
-        "obs", "sum_bid", "sum_ask", "spread_sum", "spread_n", "index",
-    )
+
+class _Acc:
+    """Accumulator of one open bar. ``f`` holds the float sums (see ``VOL`` ...) as one list so the hot
+    path loads and stores them with one unpack and one list per run of events.
+
+    Quote observations are kept pending in ``qs`` (in stream order) and folded into the quote sums
+    (``fold``: the same additions in the same order) only when they are needed: before the next sum
+    is added directly, and when the bar is built. Most buckets of a quote-only contract never get a
+    trade, so their quotes are never summed at all."""
+
+    __slots__ = ("bucket", "open", "high", "low", "close", "trades", "covered", "obs", "spread_n", "index", "f",
+                 "qs")
 
     def __init__(self, bucket: int, in_force: Quote | None, index: bool) -> None:
         self.bucket = bucket
         self.open = self.high = self.low = self.close = None
-        self.volume = 0.0
         self.trades = 0
-        self.pv = 0.0
-        self.buy = self.sell = self.neutral = 0.0
         self.covered = 0
-        self.obs = 0
-        self.sum_bid = self.sum_ask = 0.0
-        self.spread_sum = 0.0
-        self.spread_n = 0
-        self.index = index
-        if in_force is not None:
-            self.observe(in_force)
+        self.requote(bucket, in_force, index)
 
     def requote(self, bucket: int, in_force: Quote | None, index: bool) -> None:
         """Same as ``__init__`` for an accumulator that saw no trade and no index value (its price,
         volume and side fields are still at their initial values): only the quote fields are reset."""
         self.bucket = bucket
         self.index = index
-        if in_force is None:
-            self.obs = 0
-            self.sum_bid = self.sum_ask = 0.0
-            self.spread_sum = 0.0
-            self.spread_n = 0
-            return
-        bid, ask = in_force.bid, in_force.ask
-        self.obs = 1
-        self.sum_bid = 0.0 + in_force.bid_size
-        self.sum_ask = 0.0 + in_force.ask_size
-        if bid > 0 and ask > 0 and ask >= bid:
-            self.spread_sum = 0.0 + (ask - bid) / ((ask + bid) / 2) * 10_000
-            self.spread_n = 1
-        else:
-            self.spread_sum = 0.0
-            self.spread_n = 0
+        self.f = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+        self.obs = self.spread_n = 0
+        self.qs = [] if in_force is None else [in_force]  # the quote in force at the start is observed
 
-    def observe(self, q: Quote) -> None:
-        bid, ask = q.bid, q.ask
-        self.obs += 1
-        self.sum_bid += q.bid_size
-        self.sum_ask += q.ask_size
-        if bid > 0 and ask > 0 and ask >= bid:
-            self.spread_sum += (ask - bid) / ((ask + bid) / 2) * 10_000
-            self.spread_n += 1
+    def fold(self) -> None:
+        """Add the pending quote observations to the quote sums, in order."""
+        f = self.f
+        sb, sa, ss = f[SUM_BID], f[SUM_ASK], f[SPREAD]
+        nsp = 0
+        for q in self.qs:
+            bid, ask = q.bid, q.ask
+            sb += q.bid_size
+            sa += q.ask_size
+            if bid > 0 and ask > 0 and ask >= bid:
+                ss += (ask - bid) / ((ask + bid) / 2) * 10_000
+                nsp += 1
+        f[SUM_BID], f[SUM_ASK], f[SPREAD] = sb, sa, ss
+        self.obs += len(self.qs)
+        self.spread_n += nsp
+        self.qs = []
 
     def price(self, p: float) -> None:
         if self.open is None:
@@ -112,11 +109,12 @@ class _Acc:
 
 
 class _SymbolState:
-    """Per-symbol state. ``lo``/``hi``/``accl``: while every interval has an open bar, ``accl`` lists them
-    in interval order and ``[lo, hi)`` is the event-time range inside all of their buckets (an event there
-    goes to every open bar without a bucket check); ``hi == 0`` means "recompute" (see ``_refresh``)."""
+    """Per-symbol state. ``lo``/``hi``/``pair``: while every interval has an open bar, ``[lo, hi)`` is the
+    event-time range inside all of their buckets (an event there goes to every open bar without a bucket
+    check) and ``pair`` holds the first two intervals' bars (the same bar twice with one interval);
+    ``hi <= lo`` means "find the bars again" (see ``BarAggregator._position``)."""
 
-    __slots__ = ("quote", "accs", "last_close", "index", "lo", "hi", "accl")
+    __slots__ = ("quote", "accs", "last_close", "index", "lo", "hi", "pair")
 
     def __init__(self) -> None:
         self.quote: Quote | None = None  # the quote in force
@@ -124,7 +122,7 @@ class _SymbolState:
         self.last_close: dict[int, tuple[int, float]] = {}  # interval -> (bucket, close)
         self.index = False
         self.lo = self.hi = 0
-        self.accl: list[_Acc] = []
+        self.pair: tuple[_Acc, _Acc] | None = None
 
 
 class BarAggregator:
@@ -168,188 +166,279 @@ class BarAggregator:
         return st
 
     def on_event(self, ev: Trade | Quote | IndexValue) -> None:
-        if ev.ts > self.watermark:
-            self.watermark = ev.ts
-        st = self.symbols.get(ev.sym) or self._state(ev.sym)
-        if st is None:
-            return
-        ts = ev.ts
-        if type(ev) is Quote:
-            q = ev
-            for name, iv in self.intervals:
-                acc = self._acc_for(ev.sym, st, name, iv, ts // iv)
-                if acc is not None:
-                    acc.observe(q)
-            st.quote = q
-        elif type(ev) is Trade:
-            price, size = ev.price, ev.size
-            q = st.quote
-            for name, iv in self.intervals:
-                acc = self._acc_for(ev.sym, st, name, iv, ts // iv)
-                if acc is None:
-                    continue
-                acc.price(price)
-                acc.trades += 1
-                acc.volume += size
-                acc.pv += price * size
-                if q is None:
-                    acc.neutral += size
-                else:
-                    bid, ask = q.bid, q.ask
-                    if ask > 0 and price >= ask:
-                        acc.buy += size
-                    elif bid > 0 and price <= bid:
-                        acc.sell += size
-                    else:
-                        acc.neutral += size
-                    if bid > 0 and ask > 0:
-                        acc.covered += 1
-        else:  # IndexValue
-            st.index = True
-            for name, iv in self.intervals:
-                acc = self._acc_for(ev.sym, st, name, iv, ts // iv)
-                if acc is not None:
-                    acc.index = True
-                    acc.price(ev.value)
-                    acc.trades += 1
+        self.on_events((ev,))
 
     def on_events(self, events: Iterable[Trade | Quote | IndexValue]) -> None:
-        """Same result as ``on_event`` per event (the live, replay and offline path).
+        """Aggregate events in stream order (the live, replay and offline path).
 
-        Hot path: an event of a known symbol inside ``[lo, hi)`` of its state (every interval's open
-        bar contains it) updates the open bars with no bucket arithmetic; an event outside it finds
-        each interval's bar (``_acc_for``: close, reuse or late) and sets the range anew; new symbols
-        and index values go through ``on_event``.
+        Hot path: consecutive trades and quotes of one symbol inside ``[lo, hi)`` of its state (a "run":
+        with the feed's one-symbol batches, usually the whole batch) are summed in local variables and
+        stored once per run. Quantities that compose exactly (counts, first/last price, high, low) are
+        taken once per run for all intervals; the float sums are added per interval, in stream order,
+        exactly as the contract specifies. An event outside the range finds each interval's bar
+        (``_position``: close, reuse or late); index values and events late for some interval take
+        ``_single``. More than two intervals: every event takes ``_single``.
         """
-        on_event = self.on_event
         symbols = self.symbols
-        intervals = self.intervals
-        sym = st = None
-        lo = hi = 0
-        accl: list[_Acc] = []
         wm = self.watermark
-        for ev in events:
-            if ev.sym != sym:
-                sym = ev.sym
-                st = symbols.get(sym)
-                if st is None:
-                    lo = hi = 0
-                else:
-                    if not st.hi:
-                        self._refresh(st)
-                    lo, hi, accl = st.lo, st.hi, st.accl
+        ivs = [iv for _, iv in self.intervals]
+        iv1, iv2 = ivs[0], ivs[-1]
+        lateness = self.allowed_lateness_ns
+        if len(ivs) > 2:
+            for ev in events:
+                if ev.ts > wm:
+                    wm = ev.ts
+                st = symbols.get(ev.sym) or self._state(ev.sym)
+                if st is not None:
+                    self._single(ev.sym, st, ev)
+            self.watermark = wm
+            return
+        it = iter(events)
+        ev = next(it, None)
+        sym = st = None
+        while ev is not None:
             ts = ev.ts
-            if ts >= hi or ts < lo:
-                if st is None or type(ev) is IndexValue:
-                    self.watermark = wm
-                    on_event(ev)
-                    wm = self.watermark
-                    st = symbols.get(sym)
-                    lo = hi = 0
-                    continue
-                # a bucket changes (or the event is late for some interval): find each interval's bar
-                accs = st.accs
-                accl = []
-                lo, hi = 0, 1 << 62
-                for name, iv in intervals:
-                    b = ts // iv
-                    acc = accs.get(iv)
-                    if acc is None or acc.bucket != b:
-                        acc = self._acc_for(sym, st, name, iv, b)
-                        if acc is None:
-                            hi = 0
-                            continue
-                    start = b * iv
-                    if start > lo:
-                        lo = start
-                    if start + iv < hi:
-                        hi = start + iv
-                    accl.append(acc)
-                if hi:
-                    st.lo, st.hi, st.accl = lo, hi, accl
-                else:
-                    st.hi = lo = 0  # late for some interval: this event goes to the bars that took it only
-            elif type(ev) is IndexValue:
-                self.watermark = wm
-                on_event(ev)
-                wm = self.watermark
-                lo, hi, accl = st.lo, st.hi, st.accl  # on_event keeps them valid or marks them stale (hi 0)
-                continue
             if ts > wm:
                 wm = ts
-            if type(ev) is Quote:
-                bid = ev.bid
-                ask = ev.ask
-                bsz = ev.bid_size
-                asz = ev.ask_size
-                if bid > 0 and ask >= bid:
-                    spread = (ask - bid) / ((ask + bid) / 2) * 10_000
-                    for acc in accl:
-                        acc.obs += 1
-                        acc.sum_bid += bsz
-                        acc.sum_ask += asz
-                        acc.spread_sum += spread
-                        acc.spread_n += 1
-                else:
-                    for acc in accl:
-                        acc.obs += 1
-                        acc.sum_bid += bsz
-                        acc.sum_ask += asz
-                st.quote = ev
+            if ev.sym != sym or st is None:
+                sym = ev.sym
+                st = symbols.get(sym) or self._state(sym)
+                if st is None:
+                    ev = next(it, None)
+                    continue
+            if type(ev) is IndexValue:
+                self._single(sym, st, ev)
+                ev = next(it, None)
+                continue
+            if not st.lo <= ts < st.hi:
+                pair = st.pair
+                if pair is not None and type(ev) is Quote:
+                    # a quote in a later bucket of a quotes-only symbol (option contracts: nearly every quote):
+                    # the same as ``_position`` + ``_acc_for`` reusing the bars (``requote``), unrolled
+                    a1, a2 = pair
+                    if a1.open is None and a2.open is None:
+                        nb1 = ts // iv1
+                        nb2 = ts // iv2 if a2 is not a1 else nb1
+                        if nb1 >= a1.bucket and nb2 >= a2.bucket:
+                            q0 = st.quote
+                            if nb1 != a1.bucket:
+                                a1.bucket = nb1
+                                a1.index = st.index
+                                if a1.obs:  # quotes were folded: reset the sums (else they are all still 0.0)
+                                    a1.f = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+                                    a1.obs = a1.spread_n = 0
+                                a1.qs = [ev] if q0 is None else [q0, ev]
+                                due = (nb1 + 1) * iv1 + lateness
+                                if due < self.next_due:
+                                    self.next_due = due
+                            else:
+                                a1.qs.append(ev)
+                                if len(a1.qs) >= MAX_PENDING_QUOTES:
+                                    a1.fold()
+                            if a2 is not a1:
+                                if nb2 != a2.bucket:
+                                    a2.bucket = nb2
+                                    a2.index = st.index
+                                    if a2.obs:  # quotes were folded: reset the sums (else they are all still 0.0)
+                                        a2.f = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+                                        a2.obs = a2.spread_n = 0
+                                    a2.qs = [ev] if q0 is None else [q0, ev]
+                                    due = (nb2 + 1) * iv2 + lateness
+                                    if due < self.next_due:
+                                        self.next_due = due
+                                else:
+                                    a2.qs.append(ev)
+                                    if len(a2.qs) >= MAX_PENDING_QUOTES:
+                                        a2.fold()
+                            lo = nb1 * iv1
+                            hi = lo + iv1
+                            if a2 is not a1:
+                                lo2 = nb2 * iv2
+                                if lo2 > lo:
+                                    lo = lo2
+                                if lo2 + iv2 < hi:
+                                    hi = lo2 + iv2
+                            st.lo = lo
+                            st.hi = hi
+                            st.quote = ev
+                            ev = next(it, None)
+                            continue
+                took = self._position(sym, st, ts)
+                if took is not None:  # late for some interval: only the bars that took it
+                    self._single(sym, st, ev, took)
+                    ev = next(it, None)
+                    continue
+            # a run: this event and the following ones of the same symbol inside [lo, hi)
+            lo, hi = st.lo, st.hi
+            a1, a2 = st.pair
+            if a1.qs:
+                a1.fold()
+            if a2.qs:
+                a2.fold()
+            v1, pv1, b1, s1, n1, sb1, sa1, ss1 = a1.f
+            v2, pv2, b2, s2, n2, sb2, sa2, ss2 = a2.f
+            nt = ncov = nq = nsp = 0
+            first = high = low = last = 0.0
+            q = st.quote
+            if q is None:
+                qbid = qask = 0.0  # no quote in force: neutral, not covered
+                qcov = False
             else:
-                price = ev.price
-                size = ev.size
-                pv = price * size
-                q = st.quote
-                if q is None:
-                    side = 0
-                    covered = False
-                else:
-                    bid = q.bid
-                    ask = q.ask
-                    side = 1 if ask > 0 and price >= ask else (2 if bid > 0 and price <= bid else 0)
-                    covered = bid > 0 and ask > 0
-                for acc in accl:
-                    if acc.open is None:
-                        acc.open = acc.high = acc.low = price
-                    elif price > acc.high:
-                        acc.high = price
-                    elif price < acc.low:
-                        acc.low = price
-                    acc.close = price
-                    acc.trades += 1
-                    acc.volume += size
-                    acc.pv += pv
-                    if side == 1:
-                        acc.buy += size
-                    elif side == 2:
-                        acc.sell += size
+                qbid, qask = q.bid, q.ask
+                qcov = qbid > 0 and qask > 0
+            pending = None
+            for ev in chain((ev,), it):
+                ts = ev.ts
+                if ts >= hi or ts < lo or ev.sym != sym:
+                    pending = ev
+                    break
+                if ts > wm:
+                    wm = ts
+                if type(ev) is Quote:
+                    bid = ev.bid
+                    ask = ev.ask
+                    bsz = ev.bid_size
+                    asz = ev.ask_size
+                    sb1 += bsz
+                    sa1 += asz
+                    sb2 += bsz
+                    sa2 += asz
+                    nq += 1
+                    if bid > 0 and ask >= bid:
+                        spread = (ask - bid) / ((ask + bid) / 2) * 10_000
+                        ss1 += spread
+                        ss2 += spread
+                        nsp += 1
+                    q = ev
+                    qbid = bid
+                    qask = ask
+                    qcov = bid > 0 and ask > 0
+                elif type(ev) is Trade:
+                    price = ev.price
+                    size = ev.size
+                    if not nt:
+                        first = high = low = price
+                    elif price > high:
+                        high = price
+                    elif price < low:
+                        low = price
+                    last = price
+                    nt += 1
+                    v1 += size
+                    v2 += size
+                    pv = price * size
+                    pv1 += pv
+                    pv2 += pv
+                    if qask > 0 and price >= qask:
+                        b1 += size
+                        b2 += size
+                    elif qbid > 0 and price <= qbid:
+                        s1 += size
+                        s2 += size
                     else:
-                        acc.neutral += size
-                    if covered:
-                        acc.covered += 1
-        if wm > self.watermark:
-            self.watermark = wm
+                        n1 += size
+                        n2 += size
+                    if qcov:
+                        ncov += 1
+                else:  # an index value among trades and quotes
+                    pending = ev
+                    break
+            a1.f = [v1, pv1, b1, s1, n1, sb1, sa1, ss1]
+            if a2 is not a1:
+                a2.f = [v2, pv2, b2, s2, n2, sb2, sa2, ss2]
+            if nq:
+                st.quote = q
+                a1.obs += nq
+                a1.spread_n += nsp
+                if a2 is not a1:
+                    a2.obs += nq
+                    a2.spread_n += nsp
+            if nt:
+                for acc in (a1, a2) if a2 is not a1 else (a1,):
+                    if acc.open is None:
+                        acc.open = first
+                        acc.high = high
+                        acc.low = low
+                    else:
+                        if high > acc.high:
+                            acc.high = high
+                        if low < acc.low:
+                            acc.low = low
+                    acc.close = last
+                    acc.trades += nt
+                    acc.covered += ncov
+            ev = pending if pending is not None else next(it, None)
+        self.watermark = wm
 
-    def _refresh(self, st: _SymbolState) -> None:
-        """Recompute ``st.lo``/``st.hi``/``st.accl`` from the open bars (an empty range if one is missing)."""
+    def _position(self, sym: str, st: _SymbolState, ts: int) -> list[_Acc] | None:
+        """Find (close, reuse or open) each interval's bar for an event at ``ts`` and set ``[lo, hi)`` and
+        ``pair``. An event late for some interval leaves an empty range and returns the bars that took it."""
         accs = st.accs
         lo, hi = 0, 1 << 62
-        accl = []
-        for _, iv in self.intervals:
+        got = []
+        for name, iv in self.intervals:
+            b = ts // iv
             acc = accs.get(iv)
-            if acc is None:
-                st.lo, st.hi, st.accl = 0, -1, []  # -1: valid but empty, every event takes the slow path
-                return
-            start = acc.bucket * iv
+            if acc is None or acc.bucket != b:
+                acc = self._acc_for(sym, st, name, iv, b)
+                if acc is None:
+                    hi = 0
+                    continue
+            start = b * iv
             if start > lo:
                 lo = start
             if start + iv < hi:
                 hi = start + iv
-            accl.append(acc)
-        if lo >= hi:
-            lo, hi = 0, -1
-        st.lo, st.hi, st.accl = lo, hi, accl
+            got.append(acc)
+        if not hi:
+            st.lo = st.hi = 0
+            return got
+        st.lo, st.hi = lo, hi
+        st.pair = (got[0], got[-1])
+        return None
+
+    def _single(self, sym: str, st: _SymbolState, ev: Trade | Quote | IndexValue, accs: list | None = None) -> None:
+        """One event, interval by interval (index values, events late for some interval, 3+ intervals);
+        ``accs``: the bars already found for it (``_position``), else each interval's bar is found here."""
+        ts = ev.ts
+        kind = type(ev)
+        q = st.quote
+        if kind is IndexValue:
+            st.index = True
+        if accs is None:
+            accs = [self._acc_for(sym, st, name, iv, ts // iv) for name, iv in self.intervals]
+        for acc in accs:
+            if acc is None:
+                continue
+            f = acc.f
+            if kind is Quote:
+                acc.qs.append(ev)
+                if len(acc.qs) >= MAX_PENDING_QUOTES:
+                    acc.fold()
+            elif kind is Trade:
+                price, size = ev.price, ev.size
+                acc.price(price)
+                acc.trades += 1
+                f[VOL] += size
+                f[PV] += price * size
+                if q is None:
+                    f[NEUTRAL] += size
+                else:
+                    bid, ask = q.bid, q.ask
+                    if ask > 0 and price >= ask:
+                        f[BUY] += size
+                    elif bid > 0 and price <= bid:
+                        f[SELL] += size
+                    else:
+                        f[NEUTRAL] += size
+                    if bid > 0 and ask > 0:
+                        acc.covered += 1
+            else:
+                acc.index = True
+                acc.price(ev.value)
+                acc.trades += 1
+        if kind is Quote:
+            st.quote = ev
 
     def _acc_for(self, sym: str, st: _SymbolState, name: str, iv: int, bucket: int) -> _Acc | None:
         acc = st.accs.get(iv)
@@ -410,6 +499,7 @@ class BarAggregator:
     def _close(self, sym: str, st: _SymbolState, name: str, iv: int, acc: _Acc) -> None:
         del st.accs[iv]
         st.hi = 0
+        st.pair = None
         if acc.open is None:
             return  # quotes only: no bar (the bucket had no trade)
         last = st.last_close.get(iv)
@@ -422,22 +512,25 @@ class BarAggregator:
         self.closed.append(self._bar(sym, name, iv, acc, st.quote, closed=True))
 
     def _bar(self, sym: str, name: str, iv: int, acc: _Acc, q_close: tuple | None, closed: bool) -> MicroBar:
-        vwap = acc.pv / acc.volume if acc.volume > 0 else None
+        if acc.qs:
+            acc.fold()
+        volume, pv, buy, sell, neutral, sum_bid, sum_ask, spread_sum = acc.f
+        vwap = pv / volume if volume > 0 else None
         if acc.index or not self.l2:
             return MicroBar(sym=sym, interval=name, start_ns=acc.bucket * iv, open=acc.open, high=acc.high,
-                            low=acc.low, close=acc.close, volume=acc.volume, trades=acc.trades,
+                            low=acc.low, close=acc.close, volume=volume, trades=acc.trades,
                             vwap=None if acc.index else vwap, closed=closed)
-        tot = acc.sum_bid + acc.sum_ask
+        tot = sum_bid + sum_ask
         bsz = q_close.bid_size if q_close is not None else None
         asz = q_close.ask_size if q_close is not None else None
         return MicroBar(
             sym=sym, interval=name, start_ns=acc.bucket * iv, open=acc.open, high=acc.high, low=acc.low,
-            close=acc.close, volume=acc.volume, trades=acc.trades, vwap=vwap,
-            buy_volume=acc.buy, sell_volume=acc.sell, neutral_volume=acc.neutral, delta_volume=acc.buy - acc.sell,
-            bid_ask_imbalance=(acc.sum_bid - acc.sum_ask) / tot if acc.obs and tot > 0 else None,
+            close=acc.close, volume=volume, trades=acc.trades, vwap=vwap,
+            buy_volume=buy, sell_volume=sell, neutral_volume=neutral, delta_volume=buy - sell,
+            bid_ask_imbalance=(sum_bid - sum_ask) / tot if acc.obs and tot > 0 else None,
             ask_bid_size_ratio=asz / bsz if bsz else None,
             quote_coverage_pct=100.0 * acc.covered / acc.trades if acc.trades else None,
-            avg_spread_bps=acc.spread_sum / acc.spread_n if acc.spread_n else None,
+            avg_spread_bps=spread_sum / acc.spread_n if acc.spread_n else None,
             bid_size_at_close=bsz, ask_size_at_close=asz, closed=closed,
         )
 

@@ -16,7 +16,7 @@ PRICES = [99.98, 99.99, 100.0, 100.01, 100.02]
 
 
 @st.composite
-def streams(draw):
+def streams(draw, sizes=(0, 1, 100, 250)):
     n = draw(st.integers(0, 60))
     ts = 10 * S
     events = []
@@ -24,7 +24,7 @@ def streams(draw):
         ts += draw(st.sampled_from([0, 0, 1, 1_000_000, 250_000_000, 700_000_000, S, 3 * S]))
         sym = draw(st.sampled_from(["SPY", "QQQ"]))
         if draw(st.booleans()):
-            events.append(Trade(sym=sym, price=draw(st.sampled_from(PRICES)), size=draw(st.sampled_from([0, 1, 100, 250])),
+            events.append(Trade(sym=sym, price=draw(st.sampled_from(PRICES)), size=draw(st.sampled_from(sizes)),
                                 ts=ts))
         else:
             bid = draw(st.sampled_from([0.0] + PRICES))
@@ -40,6 +40,42 @@ def test_bars_match_the_reference_exactly(events, interval, l2):
     got = as_dicts(bars_from_events(events, [interval], l2=l2))
     want = normalize(reference_bars(events, parse_interval(interval), interval, l2=l2))
     assert got == want
+
+
+@settings(max_examples=300, deadline=None)
+@given(streams(sizes=[0, 1, 100, 250, 0.1, 0.3, 1.7]),
+       st.sampled_from([["1s", "5s"], ["5s", "1s"], ["250ms", "1s"], ["250ms", "1s", "5s"], ["1s", "1m"]]),
+       st.booleans(), st.lists(st.integers(1, 25), min_size=1, max_size=8))
+def test_several_intervals_batched_with_watermarks_match_the_reference(events, intervals, l2, cuts):
+    """Live shape: several intervals at once, events in batches of any size (runs start and stop at batch
+    and symbol edges), the watermark advanced between batches; fractional sizes make any change in the
+    order of the float additions visible."""
+    agg = BarAggregator(intervals, l2=l2, allowed_lateness_ns=0)
+    got, i, k = [], 0, 0
+    while i < len(events):
+        n = cuts[k % len(cuts)]
+        agg.on_events(events[i:i + n])
+        i, k = i + n, k + 1
+        if agg.watermark >= agg.next_due:
+            agg.advance(agg.watermark)
+        got.extend(agg.drain())
+    got.extend(agg.flush())
+    assert agg.late == 0  # in-order input is never late, whatever the watermark
+    for name in intervals:
+        want = normalize(reference_bars(events, parse_interval(name), name, l2=l2))
+        assert as_dicts([b for b in got if b.interval == name]) == want, name
+
+
+def test_a_long_quote_only_stretch_then_a_trade_matches_the_reference():
+    """More quotes in one bar than are kept pending before they are summed (MAX_PENDING_QUOTES)."""
+    events = [q(S + i * 1000, 99.0 + (i % 7) * 0.01, 100.0 + (i % 5) * 0.01, bs=100 + i % 3, as_=50 + i % 11)
+              for i in range(1, 700)]
+    events.append(t(S + 800_000, 100.0, 3))
+    for intervals in (["1s"], ["1s", "5s"]):
+        got = as_dicts(bars_from_events(events, intervals))
+        for name in intervals:
+            want = normalize(reference_bars(events, parse_interval(name), name))
+            assert [b for b in got if b["interval"] == name] == want
 
 
 @settings(max_examples=100, deadline=None)
