@@ -31,6 +31,13 @@ def mesh(run_dir, monkeypatch):
     supervise.start(runtime, env)
     try:
         supervise.wait_running(runtime, 60)
+
+        def listening() -> bool:  # RUNNING can come before the gateway's port is bound
+            import socket
+            with socket.socket() as sock:
+                sock.settimeout(0.5)
+                return sock.connect_ex(("127.0.0.1", port)) == 0
+        eventually(listening, 30, what="gateway port listening")
         yield runtime, port
     finally:
         supervise.stop(runtime, 30)
