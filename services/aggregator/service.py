@@ -74,7 +74,7 @@ class Aggregator(BusService):
     def on_ticks(self, frame, events) -> None:
         if not events:
             return
-        self.cache.add(events)
+        self.cache.add(events, frame.env.body)
         self.agg.on_events(events)
         self.events_in.inc(len(events))
         sym = events[0].sym

@@ -220,10 +220,11 @@ def test_cache_since_by_seq_and_time():
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 7), st.integers(0, 3 * S), st.booleans()), max_size=40),
        st.integers(1, 12), st.integers(1, 4 * S))
-def test_cache_batches_evict_exactly_like_a_per_event_buffer(batches, max_events, window_ns):
-    """The cache keeps whole batches; what it holds must equal a plain per-event buffer with the same bounds."""
+def test_cache_batches_evict_like_a_plain_buffer(batches, max_events, window_ns):
+    """The cache keeps whole batches as bytes; what it holds must equal a plain buffer with the same bounds (the
+    count bound per event, the time bound per batch: a batch goes once its last event is out of the window)."""
     cache = TickCache(window_ns=window_ns, max_events=max_events)
-    model, ts, seq = [], S, 0  # (seq, event) oldest first
+    model, ts, seq = [], S, 0  # (seq, event, its batch's last ts) oldest first
     last_trade = last_quote = None
     for size, step, quote in batches:
         batch = []
@@ -233,15 +234,21 @@ def test_cache_batches_evict_exactly_like_a_per_event_buffer(batches, max_events
         cache.add(batch)
         for ev in batch:
             seq += 1
-            model.append((seq, ev))
-        model = model[-max_events:]
-        while model and model[0][1].ts < batch[-1].ts - window_ns:
+            model.append((seq, ev, batch[-1].ts))
+        model = model[-max_events:]  # exact count bound
+        while model and model[0][2] < batch[-1].ts - window_ns:  # time bound: whole batches
             model.pop(0)
         assert len(cache.syms["SPY"]) == len(model) and cache.size() == len(model)
         assert cache.evicted == seq - len(model)
         got = cache.since("SPY", seq=0, limit=100)
-        assert [(e["seq"], e["event"]) for e in got["events"]] == model
+        assert [(e["seq"], e["event"]) for e in got["events"]] == [(s, ev) for s, ev, _ in model]
         assert got["truncated"] == (bool(model) and model[0][0] > 1)
+        for k in (0, len(model) // 2, len(model) - 1):  # queries from inside the buffer skip older batches
+            if model:
+                since_seq = cache.since("SPY", seq=model[k][0])["events"]
+                assert [(e["seq"], e["event"]) for e in since_seq] == [(s, ev) for s, ev, _ in model[k + 1:]]
+                since_ts = cache.since("SPY", ts_ns=model[k][1].ts)["events"]
+                assert [e["event"] for e in since_ts] == [ev for _, ev, _ in model if ev.ts >= model[k][1].ts]
         newest = {type(ev): ev for ev in batch}
         last_trade, last_quote = newest.get(Trade, last_trade), newest.get(Quote, last_quote)
         assert (cache.last("SPY")["trade"], cache.last("SPY")["quote"]) == (last_trade, last_quote)
