@@ -69,7 +69,10 @@ class _Acc:
         self.open = self.high = self.low = self.close = None
         self.trades = 0
         self.covered = 0
-        self.requote(bucket, in_force, index)
+        self.index = index
+        self.f = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+        self.obs = self.spread_n = 0
+        self.qs = [] if in_force is None else [in_force]  # the quote in force at the start is observed
 
     def requote(self, bucket: int, in_force: Quote | None, index: bool) -> None:
         """Same as ``__init__`` for an accumulator that saw no trade and no index value (its price,
@@ -483,6 +486,11 @@ class BarAggregator:
             accs = st.accs
             if not accs:
                 continue  # e.g. a quote-only contract whose buckets were all closed
+            hi = st.hi
+            if hi > limit and st.lo < hi:  # a valid range: its bars end at hi at the earliest, none closes
+                if hi + lateness < next_due:
+                    next_due = hi + lateness
+                continue
             for name, iv in self.intervals:
                 acc = accs.get(iv)
                 if acc is None:

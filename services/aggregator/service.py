@@ -47,7 +47,7 @@ class Aggregator(BusService):
         self.cache = TickCache(self.cfg.cache_window_s * 1_000_000_000, self.cfg.cache_max_events,
                                self.cfg.max_symbols)
         self.bars: dict[tuple[str, str], deque[MicroBar]] = {}
-        self._dirty: set[tuple[str, str]] = set()
+        self._dirty: set[str] = set()  # symbols with events since the last in-progress updates
         m = self.metrics
         self.events_in = m.counter("aggregator_events_total", "Market events aggregated.")
         self.bars_out = m.counter("aggregator_bars_closed_total", "Closed bars published.", ["interval"])
@@ -77,34 +77,37 @@ class Aggregator(BusService):
         self.cache.add(events, frame.env.body)
         self.agg.on_events(events)
         self.events_in.inc(len(events))
-        sym = events[0].sym
-        for name, _ in self.agg.intervals:
-            self._dirty.add((sym, name))
+        self._dirty.add(events[0].sym)
         if self.agg.watermark >= self.agg.next_due:
             self.agg.advance(self.agg.watermark)
         if self.agg.closed:
             self._publish_closed()
 
     def _publish_closed(self) -> None:
+        counts: dict[str, int] = {}
+        bars, publish, wm = self.bars, self.publish, self.agg.watermark
         for bar in self.agg.drain():
             key = (bar.sym, bar.interval)
-            ring = self.bars.get(key)
+            ring = bars.get(key)
             if ring is None:
-                ring = self.bars[key] = deque(maxlen=self.cfg.bars_kept)
+                ring = bars[key] = deque(maxlen=self.cfg.bars_kept)
             ring.append(bar)
-            self.publish(f"bar.{bar.interval}.{bar.sym}", "bar", bar, self.agg.watermark)
-            self.bars_out.inc(interval=bar.interval)
+            publish(f"bar.{bar.interval}.{bar.sym}", "bar", bar, wm)
+            counts[bar.interval] = counts.get(bar.interval, 0) + 1
+        for interval, n in counts.items():
+            self.bars_out.inc(n, interval=interval)
 
     async def main(self) -> None:
         period = self.cfg.progress_ms / 1000
         while not self.stop_event.is_set():
             await asyncio.sleep(period)
             dirty, self._dirty = self._dirty, set()
-            for sym, interval in dirty:
-                bar = self.agg.current(sym, interval)
-                if bar is not None:
-                    self.publish(f"bar.{interval}.{sym}", "bar", bar, self.agg.watermark)
-                    self.progress_out.inc()
+            for sym in dirty:
+                for interval, _ in self.agg.intervals:
+                    bar = self.agg.current(sym, interval)
+                    if bar is not None:
+                        self.publish(f"bar.{interval}.{sym}", "bar", bar, self.agg.watermark)
+                        self.progress_out.inc()
 
     def periodic(self) -> None:
         self.late.set(self.agg.late)
