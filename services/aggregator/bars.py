@@ -169,7 +169,12 @@ class BarAggregator:
         return st
 
     def on_event(self, ev: Trade | Quote | IndexValue) -> None:
-        self.on_events((ev,))
+        """One event (``on_events`` is the batch path; both give the same bars in any mix)."""
+        if ev.ts > self.watermark:
+            self.watermark = ev.ts
+        st = self.symbols.get(ev.sym) or self._state(ev.sym)
+        if st is not None:
+            self._single(ev.sym, st, ev)
 
     def on_events(self, events: Iterable[Trade | Quote | IndexValue]) -> None:
         """Aggregate events in stream order (the live, replay and offline path).
