@@ -13,6 +13,11 @@ Liveness: every publisher sends a :class:`~spx_common.models.Heartbeat` on
 ``hb.<service>`` each second; subscribers always listen to ``hb.`` and report a peer
 down after ``peer_timeout_s`` (3 s by default).
 
+Outbox: a publisher of records that must not be lost (transitions, orders, fills) appends each
+kept frame to a local journal (:class:`Outbox`) *before* sending it, and reloads the journal's
+tail into its replay ring at start, so a consumer that missed frames (the recorder, dead at the
+same moment) fetches them from the next session.
+
 Requests: the client is the ZeroMQ guide's "lazy pirate": a REQ socket with a
 timeout; after a missed reply the socket is closed with LINGER 0 and replaced, and
 the request is retried a bounded number of times, so a dead server can never wedge it.
@@ -25,10 +30,14 @@ from collections import deque
 
 import asyncio
 import logging
+import os
+import struct
 import time
 import uuid
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import msgspec
@@ -94,6 +103,8 @@ class Publisher:
         #: frames of these topic prefixes are also kept, newest ``kept.maxlen``, for ``replay``
         self.keep_prefixes: tuple[str, ...] = ()
         self.kept: deque[tuple[str, bytes]] = deque(maxlen=0)
+        #: kept frames are journalled here before they are sent (see :meth:`attach_outbox`)
+        self.outbox: Outbox | None = None
         _ensure_ipc_dir(endpoint)
         self.sock = ctx.socket(zmq.PUB)
         _prep(self.sock, hwm, linger_ms)
@@ -109,16 +120,28 @@ class Publisher:
         payload = codec.encode_payload(
             type_name, body, src=self.service, session=self.session, seq=seq, event_ns=event_ns
         )
+        if self.keep_prefixes and topic.startswith(self.keep_prefixes):
+            # journalled before it is sent: a frame a subscriber saw is always in the outbox
+            if self.outbox is not None:
+                self.outbox.append(topic, payload, event_ns, self.kept)
+            self.kept.append((topic, payload))
         self.sock.send_multipart((topic.encode(), payload), copy=False)
         self.frames_out += 1
-        if self.keep_prefixes and topic.startswith(self.keep_prefixes):
-            self.kept.append((topic, bytes(payload)))
         return seq
 
     def keep(self, prefixes: tuple[str, ...], max_frames: int) -> None:
         """Keep the newest ``max_frames`` frames of ``prefixes`` (bounded) for consumers that missed them."""
         self.keep_prefixes = tuple(prefixes)
         self.kept = deque(self.kept, maxlen=max_frames)
+
+    def attach_outbox(self, outbox: "Outbox") -> list[tuple[str, bytes]]:
+        """Journal every kept frame to ``outbox`` from now on, after loading the previous sessions'
+        frames from it into the replay ring (call after :meth:`keep`). Returns the loaded frames
+        (oldest first), e.g. for a service restoring its own state from what it published."""
+        loaded = [(t, p) for t, p in outbox.load() if t.startswith(self.keep_prefixes)]
+        self.kept = deque([*loaded, *self.kept], maxlen=self.kept.maxlen)
+        self.outbox = outbox
+        return loaded
 
     def replay(self, prefixes: list[str] | None = None, after_event_ns: int = 0) -> list[tuple[str, bytes]]:
         """Kept frames (oldest first) whose topic starts with one of ``prefixes``, as sent."""
@@ -154,6 +177,184 @@ class Publisher:
 
     def close(self) -> None:
         self.sock.close()
+
+
+# ----------------------------------------------------------------------------- outbox
+
+_REC = struct.Struct("<IIH")  # record length (after this header), crc32 of the rest, topic length
+
+
+class Outbox:
+    """A bounded, append-only local journal of the frames a publisher keeps for replay.
+
+    Each kept frame is appended (one ``write(2)`` on an ``O_APPEND`` descriptor) before it is
+    sent, so a SIGKILL right after the send cannot lose it: the bytes are in the kernel's page
+    cache and reach the file whatever happens to the process. (A kernel crash or power loss can
+    lose the unsynced tail; ``fsync=True`` closes that too, at the price of one disk flush per
+    record.) At start :meth:`load` reads the previous sessions' frames back (the publisher puts
+    them into its replay ring, so a consumer's catch-up fetches them) and rewrites the file
+    without a torn or corrupt tail.
+
+    Record: ``<u32 length><u32 crc32><u16 topic length><topic><payload>`` (the payload exactly
+    as published). Bounds: the file never grows past ``max_bytes``; when it would, it is
+    compacted to the newest kept frames that fit in half of it (written to a temporary file,
+    then renamed over, so a kill during compaction leaves the old file whole); frames older
+    than ``max_age_ns`` of *event time* behind the newest one are dropped at load. Failures to write are counted and logged, never raised: the frame is still
+    sent (the live path to the recorder is untouched; only the crash guarantee is lost, visibly).
+    """
+
+    def __init__(self, path: Path, *, max_bytes: int = 32 << 20, max_age_ns: int = 86_400 * 10**9,
+                 fsync: bool = False, registry: Registry | None = None) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.max_age_ns = max_age_ns
+        self.fsync = fsync
+        self.size = 0
+        self.newest_ns = 0
+        self._fd: int | None = None
+        metrics = registry or Registry()
+        self.m_written = metrics.counter("outbox_frames_written_total", "Kept frames journalled before sending.")
+        self.m_errors = metrics.counter("outbox_write_errors_total",
+                                        "Kept frames that could not be journalled (sent anyway).")
+        self.m_loaded = metrics.counter("outbox_frames_loaded_total",
+                                        "Frames of previous sessions reloaded into the replay ring at start.")
+        self.m_refused = metrics.counter("outbox_frames_refused_total",
+                                         "Journal records refused at load, by reason.", ["reason"])
+        self.m_compactions = metrics.counter("outbox_compactions_total", "Journal rewrites to stay within bounds.")
+        self.m_bytes = metrics.gauge("outbox_bytes", "Size of the outbox journal.")
+
+    # ---------------------------------------------------------------- read
+    def load(self) -> list[tuple[str, bytes]]:
+        """The valid frames of the journal, oldest first (bounded by age and size), after which the
+        file holds exactly those; opens the journal for appending."""
+        frames: list[tuple[str, bytes, int]] = []
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        except OSError as exc:
+            log.error("outbox %s unreadable (%r); starting it empty", self.path, exc)
+            self.m_refused.inc(reason="unreadable")
+            data = b""
+        pos, end = 0, len(data)
+        while pos < end:
+            if end - pos < _REC.size:
+                self.m_refused.inc(reason="torn")
+                break
+            length, crc, tlen = _REC.unpack_from(data, pos)
+            body_end = pos + 8 + length
+            if length < 2 + tlen or body_end > end:
+                self.m_refused.inc(reason="torn")  # a record cut short: the end of what was written
+                break
+            if zlib.crc32(data[pos + 8:body_end]) != crc:
+                self.m_refused.inc(reason="crc")  # framing intact, contents damaged: skip this record
+                pos = body_end
+                continue
+            topic_b = data[pos + 10:pos + 10 + tlen]
+            payload = data[pos + 10 + tlen:body_end]
+            pos = body_end
+            try:
+                frame = codec.decode_frames([topic_b, payload])
+            except FrameError as exc:
+                self.m_refused.inc(reason=exc.reason)
+                continue
+            frames.append((frame.topic, payload, frame.env.event_ns))
+        if frames:
+            self.newest_ns = max(ns for _, _, ns in frames)
+        kept = self._bounded(frames)
+        self.m_loaded.inc(len(kept))
+        self._rewrite(kept)
+        return [(t, p) for t, p, _ in kept]
+
+    def _bounded(self, frames: list[tuple[str, bytes, int]]) -> list[tuple[str, bytes, int]]:
+        """The newest frames within the age bound whose records fit in half of ``max_bytes``."""
+        floor = self.newest_ns - self.max_age_ns
+        budget, out = self.max_bytes // 2, []
+        for t, p, ns in reversed(frames):
+            if ns < floor:
+                continue
+            n = _REC.size + len(t.encode()) + len(p)
+            if n > budget:
+                break  # a contiguous newest tail: every later frame of a record's history stays
+            budget -= n
+            out.append((t, p, ns))
+        return out[::-1]
+
+    # ---------------------------------------------------------------- write
+    @staticmethod
+    def _record(topic: str, payload: bytes) -> bytes:
+        tb = topic.encode()
+        rest = len(tb).to_bytes(2, "little") + tb + payload
+        return struct.pack("<II", len(rest), zlib.crc32(rest)) + rest
+
+    def append(self, topic: str, payload: bytes, event_ns: int, ring=None) -> None:
+        """Journal one frame (before it is sent). ``ring`` (the publisher's kept frames, this one
+        not yet among them) is what a compaction keeps when the file reaches ``max_bytes``."""
+        rec = self._record(topic, payload)
+        if event_ns > self.newest_ns:
+            self.newest_ns = event_ns
+        try:
+            if self._fd is None:
+                self._open()
+            if self.size + len(rec) > self.max_bytes:
+                self.compact(list(ring or ()))
+            os.write(self._fd, rec)
+            if self.fsync:
+                os.fsync(self._fd)
+        except OSError as exc:
+            self._failed(exc)
+            return
+        self.size += len(rec)
+        self.m_written.inc()
+        self.m_bytes.set(self.size)
+
+    def compact(self, ring: list[tuple[str, bytes]]) -> None:
+        """Rewrite the journal as the newest of ``ring`` that fit in half of ``max_bytes`` (atomic
+        rename). The age bound is left to the next :meth:`load` (no frame is decoded here)."""
+        self._rewrite(self._bounded([(t, p, self.newest_ns) for t, p in ring]))
+        self.m_compactions.inc()
+
+    def _rewrite(self, frames: list[tuple[str, bytes, int]]) -> None:
+        self.close()
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            blob = b"".join(self._record(t, p) for t, p, _ in frames)
+            with open(tmp, "wb") as fh:
+                fh.write(blob)
+                if self.fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+            self.size = len(blob)
+            self._open()
+        except OSError as exc:
+            self._failed(exc)
+        self.m_bytes.set(self.size)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.size = os.fstat(self._fd).st_size
+
+    _last_error_log = 0.0
+
+    def _failed(self, exc: OSError) -> None:
+        self.m_errors.inc()
+        now = time.monotonic()
+        if now - self._last_error_log > 10:
+            self._last_error_log = now
+            log.error("outbox %s not written (%r): frames are still sent, but not kept across a crash",
+                      self.path, exc)
+        self.close()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
 
 
 # ----------------------------------------------------------------------------- subscribe

@@ -31,21 +31,41 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, ClassVar
 
 import msgspec
 import zmq
 import zmq.asyncio
 
 from spx_common import codec, logs
-from spx_common.bus import AsyncRpcClient, RpcError, AsyncSubscriber, Publisher, RpcServer, SubscriberCore
+from pydantic import Field
+
+from spx_common.bus import AsyncRpcClient, AsyncSubscriber, Outbox, Publisher, RpcError, RpcServer, SubscriberCore
 from spx_common.codec import Frame, FrameError
-from spx_common.config import BusConfig, RuntimeConfig, load
+from spx_common.config import BusConfig, RuntimeConfig, Section, load
 from spx_common.curve import CurveKeys
 from spx_common.flags import FlagStore
 from spx_common.metrics import Registry, serve_http
 
 FrameHandler = Callable[[Frame, Any], Any]
+
+
+class OutboxConfig(Section):
+    """Outbox journal of the services that keep records for replay (detector, selector, broker; docs/reliability.md)."""
+
+    # <run_dir>/outbox/<instance>.bin: each kept frame is journalled before it is sent and reloaded
+    # into the replay ring at start, so the recorder's catch-up gets what it had not written when
+    # both processes died together, and the detector restores its setups from what it published.
+    section: ClassVar[str] = "outbox"
+
+    enabled: bool = Field(True, description="Journal kept frames before sending them and reload them at start. "
+                          "Off: a record the recorder had not written when it died with its publisher is lost.")
+    max_bytes: int = Field(32 << 20, ge=1 << 16, description="Journal size bound in bytes; past it the journal is "
+                           "rewritten with the newest kept frames that fit in half of it.")
+    max_age_s: float = Field(86_400.0, gt=0, description="Frames older than this (event time) behind the newest "
+                             "journalled frame are dropped when the journal is loaded at start.")
+    fsync: bool = Field(False, description="Also fsync every record: survives a kernel crash or power loss, not only "
+                        "a killed process, at the price of one disk flush per transition, order or fill.")
 
 
 class DeadLetters:
@@ -81,6 +101,9 @@ class BusService:
     #: be lost: transitions, orders, fills); bounded memory
     replayable: tuple[str, ...] = ()
     replay_keep: int = 20_000
+    #: outbox settings (default: the ``[outbox]`` section); frames of previous sessions loaded from it
+    outbox_config: OutboxConfig | None = None
+    outbox_frames: list[tuple[str, bytes]] = []
 
     def __init__(
         self,
@@ -325,6 +348,14 @@ class BusService:
         if self.replayable:
             self.pub.keep(self.replayable, self.replay_keep)
             self.rpc_server.register("replay", self._replay_rpc)
+            ocfg = self.outbox_config or load(OutboxConfig)
+            if ocfg.enabled:
+                outbox = Outbox(self.runtime.path("outbox", f"{self.instance}.bin"), max_bytes=ocfg.max_bytes,
+                                max_age_ns=int(ocfg.max_age_s * 1e9), fsync=ocfg.fsync, registry=self.metrics)
+                self.outbox_frames = self.pub.attach_outbox(outbox)
+                if self.outbox_frames:
+                    self.log.info("outbox: %d frames of previous sessions back in the replay ring",
+                                  len(self.outbox_frames))
         endpoints, prefixes, peers = [], [], []
         for service, topics in self.subscriptions.items():
             for instance in self.bus.instances_of(service):
@@ -377,6 +408,8 @@ class BusService:
             self.sub.close()
         self.rpc_server.close()
         self.pub.close()
+        if self.pub.outbox is not None:
+            self.pub.outbox.close()
         if self.curve is not None:
             self._authenticator.stop()
         if http:

@@ -251,6 +251,49 @@ class DetectorEngine:
         return doc
 
 
+def newest_of(rows: list[dict], published: list[SetupTransition], *, within_ns: int = 24 * 3600 * 10**9,
+              limit: int = 200) -> list[dict]:
+    """The setups to restore: the store's unresolved rows brought up to date with the transitions
+    this detector published itself (its outbox), oldest first, at most ``limit`` (the newest).
+
+    The recorder may not have written a setup's newest transition yet (its write lag), or at all
+    (it died with us): the outbox has it. Transitions only move forward, so a setup's state is the
+    highest-ranked one published or stored; a setup whose published state is terminal is dropped,
+    one never stored is restored from its transitions (they carry the geometry). The outbox is a
+    contiguous tail of what was published, so any setup it knows, it knows up to its newest state.
+    Pure: the service passes the rows and the decoded outbox frames.
+    """
+    out = {r["setup_id"]: dict(r) for r in rows if r.get("setup_id") is not None}
+    for tr in sorted(published, key=lambda x: (x.ts, RANK.get(x.to_state, -1))):
+        r = out.get(tr.setup_id)
+        if r is None:
+            r = out[tr.setup_id] = {
+                "setup_id": tr.setup_id, "detector": tr.detector, "family": tr.family, "sym": tr.sym,
+                "direction": tr.direction, "state": tr.to_state, "first_ns": tr.ts, "last_ns": tr.ts,
+                "microstructure_at_trigger": None}
+        elif RANK.get(tr.to_state, -1) < RANK.get(r.get("state"), -1):
+            continue  # the store is ahead (only when the outbox lost part of its history)
+        r["first_ns"] = min(int(r.get("first_ns") or tr.ts), tr.ts)
+        r["last_ns"] = max(int(r.get("last_ns") or 0), tr.ts)
+        r["state"] = tr.to_state
+        for k in ("entry_low", "entry_high", "stop", "confidence", "macro_alignment_score"):
+            v = getattr(tr, k)
+            if v is not None:
+                r[k] = v
+        if tr.targets:
+            r["targets"] = list(tr.targets)
+        r["microstructure"] = dict(tr.microstructure)
+        if tr.to_state == "triggered":
+            r["microstructure_at_trigger"] = dict(tr.microstructure)
+    live = [r for r in out.values() if r.get("state") not in TERMINAL]
+    if not live:
+        return []
+    newest = max(int(r.get("last_ns") or 0) for r in live)
+    live = [r for r in live if int(r.get("last_ns") or 0) >= newest - within_ns]
+    live.sort(key=lambda r: (int(r.get("first_ns") or 0), str(r["setup_id"])))
+    return live[-limit:]
+
+
 class Rolling:
     """O(1) rolling sums over the last closed bars of one symbol (bounded deques).
 

@@ -9,8 +9,9 @@ Requests: ``plugins`` (loaded plugins with version, status, error counts), ``act
 (active setups), ``state`` (last market-state snapshot).
 
 Restart: before the first frame is handled, unresolved setups of the newest session are restored
-from the store (``restore_setups``) so their lifecycle continues where the published sequence
-stopped; then the recent closed bars are re-read from the aggregator (``bars_since``) to rebuild
+from the store, brought up to date with the transitions this detector published itself (its
+outbox journal, which the recorder may not have written yet: ``restore_setups``), so their
+lifecycle continues exactly where the published sequence stopped; then the recent closed bars are re-read from the aggregator (``bars_since``) to rebuild
 market state and plugin context (``warmup``). Live bars arriving during the warm-up are held
 (bounded) and handled after it, so the bar order plugins see is the event-time order.
 """
@@ -24,8 +25,9 @@ from collections import deque
 import msgspec
 
 from services.detector.config import DetectorConfig
-from services.detector.core import DetectorEngine
+from services.detector.core import DetectorEngine, newest_of
 from services.detector.host import PluginHost
+from spx_common.codec import FrameError, decode_frames
 from spx_common.config import load
 from spx_common.models import BlockEvent, MicroBar
 from spx_common.service import BusService
@@ -78,6 +80,10 @@ class DetectorService(BusService):
             self.restore_setups()
 
     def restore_setups(self) -> int:
+        """Restore unresolved setups from the store rows brought up to date with this detector's own
+        outbox (``newest_of``): never one state behind the recorder's write lag, never a state
+        published twice. With the database down, the outbox alone (the refusal is published)."""
+        rows: list[dict] = []
         try:
             from spx_common.store import open_store
 
@@ -86,14 +92,22 @@ class DetectorService(BusService):
                 rows = store.active_setups(limit=self.cfg.max_active)
             finally:
                 store.close()
-        except Exception as exc:  # the database may be down: start empty, say so
+        except Exception as exc:  # the database may be down: restore what we published, say so
             self.log.error("could not restore active setups from the store: %r", exc)
             self.engine.refuse("restore_failed", repr(exc)[:300])  # published and counted in main()
-            return 0
-        n = self.engine.restore(rows)
+        published = []
+        for topic, payload in self.outbox_frames:
+            try:
+                frame = decode_frames([topic.encode(), payload])
+                if frame.type == "setup_transition":
+                    published.append(frame.body())
+            except FrameError as exc:  # the outbox validated it at load; a schema change can still refuse it
+                self.engine.refuse("restore_refused", f"outbox frame on {topic}: {exc.reason}")
+        n = self.engine.restore(newest_of(rows, published, limit=self.cfg.max_active))
         self.restored.inc(n)
         if n:
-            self.log.info("restored %d active setups from the store", n)
+            self.log.info("restored %d active setups (%d store rows, %d transitions of our outbox)", n,
+                          len(rows), len(published))
         return n
 
     async def warmup(self) -> None:
