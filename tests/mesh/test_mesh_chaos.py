@@ -9,8 +9,8 @@ from the heartbeats. Then, while the vendor keeps streaming, SIGKILL in turn:
 
 * the aggregator: supervisord restarts it and it warms up from the tick journal (bars from before
   the kill are served again by ``bars_since`` right after the restart);
-* the detector, with active setups: they are restored from the store (counted) and no transition is
-  published twice;
+* the detector, with active setups: they are restored from the store and its outbox (counted) and no
+  transition is published twice, even when the recorder had not yet written a setup's newest state;
 * the gateway: a new websocket client is served prices again;
 * the feed: it reconnects to the vendor and ticks flow again (live mode: no replayed day);
 * the recorder: it catches up from the publishers' replay rings.
@@ -189,7 +189,6 @@ def test_live_mesh_under_load_survives_sigkill_with_warm_up_restore_and_nothing_
 
         # detector: active setups restored from the store
         active = wait_for(lambda: call("detector", "active"), 20, "active setups before the detector kill")
-        detector_killed_ns = time.time_ns()
         kill_and_wait("detector")
         restored = wait_for(lambda: _scrape(metrics_ports["detector"])[1].get("detector_setups_restored_total"),
                             10, "restored setups counted")
@@ -228,13 +227,10 @@ def test_live_mesh_under_load_survives_sigkill_with_warm_up_restore_and_nothing_
         with lock:
             published = list(seen["transitions"])
         keys = [(sid, st) for sid, st, _ in published]
-        dup = {k for k in keys if keys.count(k) > 1}
-        first_ts = {k: min(ts for sid, st, ts in published if (sid, st) == k) for k in dup}
-        # Known defect (docs/reliability.md): the restarted detector restores setups from the store
-        # while the recorder may not have written their newest transition yet (its write lag, about
-        # [store] flush_s); such a setup is restored one state behind and publishes that state again.
-        race = {k for k, ts in first_ts.items() if detector_killed_ns - 2_000_000_000 <= ts <= detector_killed_ns}
-        assert not dup - race, f"published twice: {sorted(dup - race)[:5]}"
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        # the restarted detector restores from the store *and its outbox*: even when the recorder had
+        # not written a setup's newest transition yet, nothing is published again (issue 8)
+        assert not dup, f"published twice: {dup[:5]}"
         db = sqlite3.connect(runtime.path("spx.sqlite3"))
         try:
             def missing():
@@ -252,9 +248,6 @@ def test_live_mesh_under_load_survives_sigkill_with_warm_up_restore_and_nothing_
         finally:
             db.close()
         assert len(published) >= 20, f"too few transitions to account for: {len(published)}"
-        if race:
-            pytest.xfail(f"known defect: detector restore raced the recorder's write lag and re-published "
-                         f"{sorted(race)} (stored once; everything else held)")
     finally:
         for h in handles:
             h.cancel()

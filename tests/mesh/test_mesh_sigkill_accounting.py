@@ -1,8 +1,10 @@
 """CI-sized chaos on the real mesh (embedded default, replay at 60x, supervisord from
-supervisord.conf): every process is SIGKILLed in turn while data flows; supervisord restarts it;
-the mesh recovers without manual action (the process answers again, bars keep flowing); and the
-accounting holds: every setup transition, order and fill seen on the bus is in the store exactly
-once, and no transition was published twice.
+supervisord.conf): every process is SIGKILLed in turn while data flows, then the publishers of records
+(detector, broker, selector) together with the recorder right after a record was published;
+supervisord restarts them; the mesh recovers without manual action (the process answers again, bars
+keep flowing); and the accounting holds: every setup transition, order and fill seen on the bus is in
+the store exactly once (what the recorder had not written when it died with the publishers comes back
+from their outboxes), and no transition or fill was published twice.
 
 The feed is killed last, then the whole group at once, both outside the accounting: a restarted
 replay feed starts its generated day again (a replay property, documented in docs/reliability.md),
@@ -89,6 +91,35 @@ def test_sigkill_each_process_in_turn_recovers_with_nothing_lost_or_duplicated(r
         pump(4)
         assert bars[0] > before, f"bars stopped after {name} was killed"
 
+    def kill_together(names: list[str]) -> None:
+        """SIGKILL the publishers of records and the recorder at once, right after a record was
+        published (the recorder cannot have written it yet): the outboxes must bring it back."""
+        olds = {n: pid_of(n) for n in names}
+        before = len(transitions) + len(fills) + len(orders)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(transitions) + len(fills) + len(orders) == before:
+            f = sub.recv(0.05)
+            if f is None:
+                continue
+            b = f.body()
+            if f.topic == "setup.transition":
+                transitions.append((b.setup_id, b.to_state, b.ts))
+            elif f.topic.startswith("order."):
+                orders.add(b.order_id)
+            elif f.topic.startswith("fill."):
+                fills.append(fill_key(b))
+        assert len(transitions) + len(fills) + len(orders) > before, "no record published to kill after"
+        for pid in olds.values():
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline and not all(pid_of(n) not in (0, old) and answers(n)
+                                                      for n, old in olds.items()):
+            pump(0.3)
+        assert all(pid_of(n) not in (0, old) and answers(n) for n, old in olds.items()), f"{names} not back"
+        before = bars[0]
+        pump(4)
+        assert bars[0] > before, f"bars stopped after {names} were killed together"
+
     try:
         supervise.wait_running(runtime, 60)
         deadline = time.monotonic() + 30
@@ -98,6 +129,8 @@ def test_sigkill_each_process_in_turn_recovers_with_nothing_lost_or_duplicated(r
         pump(3)
         for name in ORDER:
             kill_and_recover(name)
+        # issue 8: publishers and the recorder die together right after a record (inside the accounting)
+        kill_together(["detector", "broker", "selector", "recorder"])
         pump(3)  # let the recorder write the last batch
         seen_tr, seen_orders, seen_fills = list(transitions), set(orders), list(fills)
         assert seen_tr and seen_orders and seen_fills, "the session produced no setups/orders/fills to account for"
