@@ -741,15 +741,22 @@ class BrokerService(BusService):
         await self._stream_loop(a)
 
     async def restore(self) -> None:
-        """Rebuild the ledger from the store after a restart (positions, today's entries, paper cash)."""
+        """Rebuild the ledger after a restart from the store (positions, today's entries, paper cash),
+        brought up to date with this broker's own outbox (what the recorder may not have written)."""
         from spx_common.store.config import StoreConfig
 
+        url = load(StoreConfig).resolved_url(self.runtime)
         try:
-            url = load(StoreConfig).resolved_url(self.runtime)
             state = await asyncio.to_thread(restore_state, url, list(self.users), time.time_ns())
-        except Exception as exc:  # the store is optional for trading: log loudly, start empty
+        except Exception as exc:  # the store is optional for trading: log loudly, restore what we published
             self.log.warning("ledger not restored from the store: %r", exc)
-            return
+            from services.broker.restore import Restored
+
+            state = Restored()
+        try:
+            await asyncio.to_thread(self._newest_of_outbox, state, url, time.time_ns())
+        except Exception as exc:  # noqa: BLE001 - the store's view stands; say so
+            self.log.error("ledger not brought up to date with the outbox: %r", exc)
         ts = self._now()
         for row in state.positions:
             user, sym, qty = row["user"], row["option_symbol"], float(row["quantity"])
@@ -775,6 +782,63 @@ class BrokerService(BusService):
         if state.positions or state.entries:
             self.log.info("restored from the store: %d position(s), entries today %s", len(state.positions),
                           state.entries)
+
+    def _newest_of_outbox(self, state, url: str, now_ns: int) -> None:
+        """Bring the store's view (``state``) up to date with what this broker published itself (its
+        outbox): the recorder may not have written the newest orders, fills and positions when it died
+        with us (issue 8). The outbox is a contiguous tail of what was published, so a position it
+        has a frame for is at that frame's state; today's entries are the stored ones plus those
+        only the outbox knows."""
+        from spx_common.codec import FrameError, decode_frames
+
+        from services.broker.restore import et_midnight_ns
+
+        users = set(self.users)
+        positions: dict[tuple[str, str], Any] = {}
+        entries: dict[str, set[str]] = {}
+        midnight = et_midnight_ns(now_ns)
+        for topic, payload in self.outbox_frames:
+            try:
+                frame = decode_frames([topic.encode(), payload])
+                if frame.type not in ("position", "order"):
+                    continue
+                body = frame.body()
+            except FrameError:
+                continue
+            if body.user not in users:
+                continue
+            if frame.type == "position":
+                positions[(body.user, body.option_symbol)] = body
+            elif body.side == "buy_to_open" and body.ts >= midnight:
+                entries.setdefault(body.user, set()).add(body.order_id)
+        if positions:
+            rows = {(r["user"], r["option_symbol"]): r for r in state.positions}
+            for key, pos in positions.items():
+                rows[key] = {"user": pos.user, "option_symbol": pos.option_symbol, "quantity": pos.quantity,
+                             "avg_price": pos.avg_price, "realized_pnl": pos.realized_pnl}
+            state.positions = [r for r in rows.values() if float(r["quantity"]) > 0]
+        ids = sorted(set().union(*entries.values())) if entries else []
+        if ids:
+            import sqlalchemy as sa
+
+            from spx_common.store import make_engine
+            from spx_common.store import tables as t
+
+            stored: set[str] = set()
+            engine = make_engine(url)
+            try:
+                if sa.inspect(engine).has_table("orders"):
+                    with engine.connect() as c:
+                        for i in range(0, len(ids), 500):
+                            stored.update(r[0] for r in c.execute(
+                                sa.select(t.orders.c.order_id).where(t.orders.c.order_id.in_(ids[i:i + 500]))))
+            finally:
+                engine.dispose()
+            for user, oids in entries.items():
+                state.entries[user] = state.entries.get(user, 0) + len(oids - stored)
+        if positions or ids:
+            self.log.info("ledger brought up to date with the outbox: %d position frame(s), %d entries today",
+                          len(positions), len(ids))
 
     async def main(self) -> None:
         await self.restore()
