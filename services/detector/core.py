@@ -9,7 +9,7 @@ quarantined), the diversification cap per family, and the macro-alignment kill s
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from types import MappingProxyType
 
 import msgspec
@@ -17,7 +17,7 @@ import msgspec
 from services.detector.config import DetectorConfig
 from services.detector.context import DetectorContext, freeze
 from services.detector.host import PluginHost, _geometry_ok
-from services.detector.lifecycle import RANK, TERMINAL, Lifecycle, Setup
+from services.detector.lifecycle import RANK, TERMINAL, Lifecycle, Setup, setup_id
 from services.detector.market import SessionState, gex
 from spx_common.models import IndexValue, MicroBar, SetupCandidate, SetupTransition, Trade
 
@@ -43,6 +43,12 @@ class DetectorEngine:
         #: new setups are blocked with reason ``data_degraded`` meanwhile (fail closed)
         self.degraded: str | None = None
         self._blocks: list[tuple[str, str]] = []
+        #: ids of setups already published (by this session or, via restore, the previous ones), newest
+        #: last, bounded: a bar evaluated again after a restart (held during warm-up, re-published by a
+        #: restarted aggregator) yields the same candidate and id; it must not form the setup again
+        #: once it resolved and left the lifecycle
+        self.published_ids: OrderedDict[str, None] = OrderedDict()
+        self.published_ids_max = max(10_000, 50 * cfg.max_active)
 
     # ------------------------------------------------------------------ inputs
 
@@ -142,6 +148,15 @@ class DetectorEngine:
             n += 1
         return n
 
+    def remember(self, ids) -> None:
+        """Mark setup ids as published (bounded, oldest forgotten first)."""
+        seen = self.published_ids
+        for sid in ids:
+            seen[sid] = None
+            seen.move_to_end(sid)
+        while len(seen) > self.published_ids_max:
+            seen.popitem(last=False)
+
     def warm(self, bar: MicroBar) -> None:
         """Rebuild market state and recent bars from an older closed bar without running plugins."""
         if bar.sym not in self.watched or bar.interval != self.cfg.interval:
@@ -185,6 +200,8 @@ class DetectorEngine:
         score = self.macro_score(cand, bar, state)
         if score < self.cfg.macro_block_below:
             return self._block("macro_misaligned", cand, f"score {score:.2f}")
+        if setup_id(cand) in self.published_ids:
+            return self._block("duplicate", cand, "setup already published")
         micro = {"bid_ask_imbalance": bar.bid_ask_imbalance, "aggressor_skew": _skew(bar),
                  "quote_coverage_pct": bar.quote_coverage_pct, "avg_spread_bps": bar.avg_spread_bps}
         duplicates = self.lifecycle.duplicates
@@ -192,6 +209,7 @@ class DetectorEngine:
         if tr is None:  # the lifecycle counts which refusal it was (a duplicate is checked first)
             return self._block("duplicate" if self.lifecycle.duplicates > duplicates else "capacity", cand)
         self.candidates[tr.setup_id] = cand
+        self.remember([tr.setup_id])
         if len(self.candidates) > 4 * self.cfg.max_active:
             self.candidates.pop(next(iter(self.candidates)))
         return tr

@@ -103,6 +103,9 @@ class DetectorService(BusService):
                     published.append(frame.body())
             except FrameError as exc:  # the outbox validated it at load; a schema change can still refuse it
                 self.engine.refuse("restore_refused", f"outbox frame on {topic}: {exc.reason}")
+        # every setup we published, resolved ones too: a bar evaluated again must not form them again
+        self.engine.remember(tr.setup_id for tr in sorted(published, key=lambda x: x.ts))
+        self.engine.remember(r["setup_id"] for r in rows)
         n = self.engine.restore(newest_of(rows, published, limit=self.cfg.max_active))
         self.restored.inc(n)
         if n:

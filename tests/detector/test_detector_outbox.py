@@ -6,7 +6,9 @@ lag deterministically (SIGSTOP: it receives and writes nothing while stopped):
    again (before the fix it came back one state behind and re-published ``triggered``);
 2. the detector and the (stopped) recorder are SIGKILLed together and both restarted: what the
    recorder never wrote is recorded from the detector's reloaded outbox, each transition exactly
-   once, and the setup carries on to its next state, published once.
+   once, and the setup carries on to its next state, published once;
+3. the bar that formed the setup is evaluated again after it resolved (a restarted aggregator can
+   re-publish a closed bar): the same candidate (same id) is refused, not formed again.
 
 Accounting is what a subscriber saw on the bus vs the store.
 """
@@ -48,13 +50,15 @@ def test_restore_while_the_recorder_lags_and_both_killed_together_lose_and_repea
     ctx = zmq.Context()
     agg = Publisher(ctx, bus.pub_endpoint("aggregator", rt, bind=True), "aggregator", linger_ms=0)
     feed = Publisher(ctx, bus.pub_endpoint("feed", rt, bind=True), "feed", linger_ms=0)
-    watch = Subscriber(ctx, [bus.pub_endpoint("detector", rt)], ["setup.transition"], heartbeats=True)
+    watch = Subscriber(ctx, [bus.pub_endpoint("detector", rt)], ["setup.transition", "block.detector"],
+                       heartbeats=True)
     det = RpcClient(ctx, bus.rep_endpoint("detector", rt), timeout_s=1.0, retries=0)
     rec = RpcClient(ctx, bus.rep_endpoint("recorder", rt), timeout_s=1.0, retries=0)
     open_store(db_url).close()
     procs = {"recorder": _start("recorder", env), "detector": _start("detector", env)}
     store = open_store(db_url, migrate=False)
     seen: list[SetupTransition] = []
+    blocks: list = []
     sessions: set = set()
 
     def drain():
@@ -62,6 +66,8 @@ def test_restore_while_the_recorder_lags_and_both_killed_together_lose_and_repea
             sessions.add(f.session)
             if f.topic == "setup.transition":
                 seen.append(f.body())
+            elif f.topic == "block.detector":
+                blocks.append(f.body())
         return seen
 
     def detector_up():
@@ -130,6 +136,14 @@ def test_restore_while_the_recorder_lags_and_both_killed_together_lose_and_repea
         ticks([103.1], T0 + 5 * S)  # target 2: terminal
         eventually(lambda: [x.to_state for x in drain()][-1] == "target2_hit", 10, what="target2_hit published")
         eventually(lambda: stored() == sorted(want + [(sid, "target2_hit")]), 20, what="target2_hit stored")
+        # 3. the first bar evaluated again (as a restarted aggregator or the warm-up can deliver it): the
+        #    plugin proposes the same candidate, same id; the setup resolved and left the lifecycle, but it
+        #    was published, so it is refused, not formed again
+        agg.publish("bar.1s.SPY", "bar", MicroBar(sym="SPY", interval="1s", start_ns=T0, open=100.4, high=100.9,
+                                                 low=100.4, close=100.8, volume=10, buy_volume=8, sell_volume=2,
+                                                 closed=True), T0 + 6 * S)
+        eventually(lambda: (drain(), [b for b in blocks if b.reason == "duplicate"])[1], 10,
+                   what="the re-evaluated candidate refused as a duplicate")
 
         drain()
         assert [(x.setup_id, x.to_state) for x in seen] == [
