@@ -15,6 +15,9 @@ before the connection was up slips through), the recorder asks each of them for 
 (``replay``) and records them again — the writes
 are idempotent, so what it already had is unchanged and what it missed while it was down (or that
 the network dropped) is recorded. Counted in ``recorder_replayed_frames_total{peer}``.
+The publishers journal those frames to their outbox before sending them and reload it into the
+ring at start (``spx_common.bus.Outbox``), so what this recorder had queued but not written when it
+died together with a publisher comes back from the publisher's next session.
 """
 
 from __future__ import annotations
