@@ -198,10 +198,14 @@ class Outbox:
     Record: ``<u32 length><u32 crc32><u16 topic length><topic><payload>`` (the payload exactly
     as published). Bounds: the file never grows past ``max_bytes``; when it would, it is
     compacted to the newest kept frames that fit in half of it (written to a temporary file,
-    then renamed over, so a kill during compaction leaves the old file whole); frames older
-    than ``max_age_ns`` of *event time* behind the newest one are dropped at load. Failures to write are counted and logged, never raised: the frame is still
-    sent (the live path to the recorder is untouched; only the crash guarantee is lost, visibly).
+    then renamed over, so a kill during compaction leaves the old file whole; a failed compaction
+    is retried after ``RETRY_S``, not on every frame); frames older than ``max_age_ns`` of *event
+    time* behind the newest one are dropped at load. Failures to write are counted and logged,
+    never raised: the frame is still sent (the live path to the recorder is untouched; only the
+    crash guarantee is lost, visibly).
     """
+
+    RETRY_S = 10.0
 
     def __init__(self, path: Path, *, max_bytes: int = 32 << 20, max_age_ns: int = 86_400 * 10**9,
                  fsync: bool = False, registry: Registry | None = None) -> None:
@@ -215,7 +219,7 @@ class Outbox:
         metrics = registry or Registry()
         self.m_written = metrics.counter("outbox_frames_written_total", "Kept frames journalled before sending.")
         self.m_errors = metrics.counter("outbox_write_errors_total",
-                                        "Kept frames that could not be journalled (sent anyway).")
+                                        "Outbox writes, opens or compactions that failed (frames are sent anyway).")
         self.m_loaded = metrics.counter("outbox_frames_loaded_total",
                                         "Frames of previous sessions reloaded into the replay ring at start.")
         self.m_refused = metrics.counter("outbox_frames_refused_total",
@@ -232,10 +236,14 @@ class Outbox:
             data = self.path.read_bytes()
         except FileNotFoundError:
             data = b""
-        except OSError as exc:
-            log.error("outbox %s unreadable (%r); starting it empty", self.path, exc)
+        except OSError as exc:  # left as it is (not rewritten): appending goes on if it can
+            log.error("outbox %s unreadable (%r): nothing reloaded", self.path, exc)
             self.m_refused.inc(reason="unreadable")
-            data = b""
+            try:
+                self._open()
+            except OSError as exc2:
+                self._failed(exc2)
+            return []
         pos, end = 0, len(data)
         while pos < end:
             if end - pos < _REC.size:
@@ -296,7 +304,7 @@ class Outbox:
         try:
             if self._fd is None:
                 self._open()
-            if self.size + len(rec) > self.max_bytes:
+            if self.size + len(rec) > self.max_bytes and time.monotonic() >= self._compact_retry_at:
                 self.compact(list(ring or ()))
             os.write(self._fd, rec)
             if self.fsync:
@@ -311,10 +319,16 @@ class Outbox:
     def compact(self, ring: list[tuple[str, bytes]]) -> None:
         """Rewrite the journal as the newest of ``ring`` that fit in half of ``max_bytes`` (atomic
         rename). The age bound is left to the next :meth:`load` (no frame is decoded here)."""
-        self._rewrite(self._bounded([(t, p, self.newest_ns) for t, p in ring]))
-        self.m_compactions.inc()
+        if self._rewrite(self._bounded([(t, p, self.newest_ns) for t, p in ring])):
+            self.m_compactions.inc()
+        else:
+            self._compact_retry_at = time.monotonic() + self.RETRY_S
+            if self._fd is None:
+                self._open()  # keep appending to the old journal meanwhile
 
-    def _rewrite(self, frames: list[tuple[str, bytes, int]]) -> None:
+    _compact_retry_at = 0.0
+
+    def _rewrite(self, frames: list[tuple[str, bytes, int]]) -> bool:
         self.close()
         tmp = self.path.with_suffix(self.path.suffix + ".tmp")
         try:
@@ -326,11 +340,13 @@ class Outbox:
                     fh.flush()
                     os.fsync(fh.fileno())
             os.replace(tmp, self.path)
-            self.size = len(blob)
             self._open()
         except OSError as exc:
             self._failed(exc)
-        self.m_bytes.set(self.size)
+            return False
+        finally:
+            self.m_bytes.set(self.size)
+        return True
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -192,3 +192,17 @@ def test_an_unwritable_outbox_is_counted_and_the_frame_is_still_sent(tmp_path):
         sub.close()
     finally:
         ctx.destroy(linger=0)
+
+
+def test_an_unreadable_journal_is_left_alone_counted_and_publishing_goes_on(tmp_path):
+    (tmp_path / "outbox" / "detector.bin").mkdir(parents=True)  # a directory where the journal should be
+    ctx = zmq.Context()
+    try:
+        pub, loaded = _publisher(ctx, tmp_path)
+        assert loaded == [] and pub.outbox.m_refused.value(reason="unreadable") == 1
+        pub.publish("setup.transition", "setup_transition", _tr(0), T0)
+        assert pub.outbox.m_errors.total() >= 1 and len(pub.replay()) == 1
+        assert (tmp_path / "outbox" / "detector.bin").is_dir()  # not replaced by an empty journal
+        pub.close()
+    finally:
+        ctx.destroy(linger=0)
