@@ -29,9 +29,13 @@ from __future__ import annotations
 from itertools import chain
 from typing import Iterable
 
+import cython
+
 from spx_common.models import IndexValue, MicroBar, Quote, Trade
 
 NS = 1_000_000_000
+#: True when this module runs compiled by Cython (setup.py); False when it runs as plain Python
+COMPILED: bool = cython.compiled
 
 
 def parse_interval(text: str) -> int:
@@ -52,6 +56,7 @@ VOL, PV, BUY, SELL, NEUTRAL, SUM_BID, SUM_ASK, SPREAD = range(8)
 MAX_PENDING_QUOTES = 256
 
 
+@cython.cclass
 class _Acc:
     """Accumulator of one open bar. ``f`` holds the float sums (see ``VOL`` ...) as one list so the hot
     path loads and stores them with one unpack and one list per run of events.
@@ -61,8 +66,19 @@ class _Acc:
     is added directly, and when the bar is built. Most buckets of a quote-only contract never get a
     trade, so their quotes are never summed at all."""
 
-    __slots__ = ("bucket", "open", "high", "low", "close", "trades", "covered", "obs", "spread_n", "index", "f",
-                 "qs")
+    # C fields when compiled (``cython.cclass``); plain attributes when run as Python
+    bucket = cython.declare(cython.longlong, visibility="public")
+    open = cython.declare(object, visibility="public")  # None until the first trade or index value
+    high = cython.declare(object, visibility="public")
+    low = cython.declare(object, visibility="public")
+    close = cython.declare(object, visibility="public")
+    trades = cython.declare(cython.longlong, visibility="public")
+    covered = cython.declare(cython.longlong, visibility="public")
+    obs = cython.declare(cython.longlong, visibility="public")
+    spread_n = cython.declare(cython.longlong, visibility="public")
+    index = cython.declare(cython.bint, visibility="public")
+    f = cython.declare(list, visibility="public")
+    qs = cython.declare(list, visibility="public")
 
     def __init__(self, bucket: int, in_force: Quote | None, index: bool) -> None:
         self.bucket = bucket
@@ -111,13 +127,20 @@ class _Acc:
         self.close = p
 
 
+@cython.cclass
 class _SymbolState:
     """Per-symbol state. ``lo``/``hi``/``pair``: while every interval has an open bar, ``[lo, hi)`` is the
     event-time range inside all of their buckets (an event there goes to every open bar without a bucket
     check) and ``pair`` holds the first two intervals' bars (the same bar twice with one interval);
     ``hi <= lo`` means "find the bars again" (see ``BarAggregator._position``)."""
 
-    __slots__ = ("quote", "accs", "last_close", "index", "lo", "hi", "pair")
+    quote = cython.declare(object, visibility="public")
+    accs = cython.declare(dict, visibility="public")
+    last_close = cython.declare(dict, visibility="public")
+    index = cython.declare(cython.bint, visibility="public")
+    lo = cython.declare(cython.longlong, visibility="public")
+    hi = cython.declare(cython.longlong, visibility="public")
+    pair = cython.declare(object, visibility="public")
 
     def __init__(self) -> None:
         self.quote: Quote | None = None  # the quote in force
@@ -187,6 +210,18 @@ class BarAggregator:
         (``_position``: close, reuse or late); index values and events late for some interval take
         ``_single``. More than two intervals: every event takes ``_single``.
         """
+        # C types when compiled (Cython reads annotations: ``float`` is a C double); no effect in Python
+        v1: float; pv1: float; b1: float; s1: float; n1: float; sb1: float; sa1: float; ss1: float  # noqa: E702
+        v2: float; pv2: float; b2: float; s2: float; n2: float; sb2: float; sa2: float; ss2: float  # noqa: E702
+        first: float; high: float; low: float; last: float; qbid: float; qask: float  # noqa: E702
+        bid: float; ask: float; bsz: float; asz: float; price: float; size: float; pv: float  # noqa: E702
+        spread: float
+        st: _SymbolState; a1: _Acc; a2: _Acc  # noqa: E702
+        ts: cython.longlong; wm: cython.longlong; lo: cython.longlong; hi: cython.longlong  # noqa: E702
+        lo2: cython.longlong; iv1: cython.longlong; iv2: cython.longlong; nb1: cython.longlong  # noqa: E702
+        nb2: cython.longlong; lateness: cython.longlong; due: cython.longlong  # noqa: E702
+        nt: cython.longlong; ncov: cython.longlong; nq: cython.longlong; nsp: cython.longlong  # noqa: E702
+        qcov: cython.bint
         symbols = self.symbols
         wm = self.watermark
         ivs = [iv for _, iv in self.intervals]
@@ -524,7 +559,7 @@ class BarAggregator:
         st.last_close[iv] = (acc.bucket, acc.close)
         self.closed.append(self._bar(sym, name, iv, acc, st.quote, closed=True))
 
-    def _bar(self, sym: str, name: str, iv: int, acc: _Acc, q_close: tuple | None, closed: bool) -> MicroBar:
+    def _bar(self, sym: str, name: str, iv: int, acc: _Acc, q_close: Quote | None, closed: bool) -> MicroBar:
         if acc.qs:
             acc.fold()
         volume, pv, buy, sell, neutral, sum_bid, sum_ask, spread_sum = acc.f

@@ -23,7 +23,7 @@ import asyncio
 import time
 from collections import deque
 
-from services.aggregator.bars import BarAggregator
+from services.aggregator.bars import COMPILED, BarAggregator
 from services.aggregator.cache import TickCache
 from services.aggregator.config import AggregatorConfig
 from spx_common import journal
@@ -112,7 +112,8 @@ class Aggregator(BusService):
     def periodic(self) -> None:
         self.late.set(self.agg.late)
         self.cache_size.set(self.cache.size())
-        self.detail = f"{len(self.agg.symbols)} symbols, watermark {self.agg.watermark}"
+        self.detail = (f"{len(self.agg.symbols)} symbols, watermark {self.agg.watermark}, "
+                       f"bars {'compiled' if COMPILED else 'pure Python'}")
 
     def on_flags(self, changed: dict) -> None:
         if "l2_microstructure" in changed:
