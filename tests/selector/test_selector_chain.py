@@ -102,3 +102,22 @@ def test_health_reports_stale_and_partial():
     h = chains.health(c, T, min_contracts=500)
     assert any("valid two-sided" in i for i in h.issues) and any("no underlying" in i for i in h.issues)
     assert any(i.startswith("partial: 82 contracts") for i in h.issues) and math.isfinite(h.age_s)
+
+
+def test_expiry_is_the_sessions_close_1300_on_an_early_close_1600_otherwise():
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    et = ZoneInfo("America/New_York")
+
+    def at(d, h):
+        return int(dt.datetime.combine(d, dt.time(h, 0), et).timestamp()) * 1_000_000_000
+
+    black_friday, monday = dt.date(2026, 11, 27), dt.date(2026, 11, 30)  # day after Thanksgiving: 13:00 close
+    assert chains.expiry_ns(black_friday) == at(black_friday, 13)
+    assert chains.expiry_ns(monday) == at(monday, 16)
+    christmas_eve = dt.date(2026, 12, 24)
+    assert chains.expiry_ns(christmas_eve) == at(christmas_eve, 13)
+    # time to expiry on the early close shrinks by the three missing hours
+    now = at(black_friday, 10)
+    assert chains.expiry_ns(black_friday) - now == 3 * 3600 * 1_000_000_000
