@@ -15,10 +15,8 @@ Accounting is what a subscriber saw on the bus vs the store.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 
 import sqlalchemy as sa
 import zmq
@@ -30,23 +28,16 @@ from spx_common.models import MicroBar, SetupTransition, Trade
 from spx_common.store import open_store
 from spx_common.store import tables as t
 from tests.conftest import eventually
+from tests.detector.rig import restore_env, start
 from tests.store.conftest import db_url  # noqa: F401  (fixture: SQLite and PostgreSQL)
 
 S = 1_000_000_000
 T0 = 1_795_185_000 * S
 
 
-def _start(name, env):
-    return subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def test_restore_while_the_recorder_lags_and_both_killed_together_lose_and_repeat_nothing(db_url, run_dir):  # noqa: F811
     rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
-    env = {**os.environ, "SPX_RUNTIME_RUN_DIR": str(run_dir), "DATABASE_URL": db_url,
-           "SPX_DETECTOR_ENTRY_POINTS": "false", "SPX_DETECTOR_PLUGINS": "tests.detector.restore_plugin",
-           "SPX_DETECTOR_SYMBOLS": "SPY", "SPX_DETECTOR_CONFIRM_MS": "0", "SPX_DETECTOR_WARMUP": "false",
-           "SPX_DETECTOR_MACRO_BLOCK_BELOW": "-1"}
+    env = restore_env(run_dir, db_url)
     ctx = zmq.Context()
     agg = Publisher(ctx, bus.pub_endpoint("aggregator", rt, bind=True), "aggregator", linger_ms=0)
     feed = Publisher(ctx, bus.pub_endpoint("feed", rt, bind=True), "feed", linger_ms=0)
@@ -55,7 +46,7 @@ def test_restore_while_the_recorder_lags_and_both_killed_together_lose_and_repea
     det = RpcClient(ctx, bus.rep_endpoint("detector", rt), timeout_s=1.0, retries=0)
     rec = RpcClient(ctx, bus.rep_endpoint("recorder", rt), timeout_s=1.0, retries=0)
     open_store(db_url).close()
-    procs = {"recorder": _start("recorder", env), "detector": _start("detector", env)}
+    procs = {"recorder": start("recorder", env), "detector": start("detector", env)}
     store = open_store(db_url, migrate=False)
     seen: list[SetupTransition] = []
     blocks: list = []
@@ -115,7 +106,7 @@ def test_restore_while_the_recorder_lags_and_both_killed_together_lose_and_repea
 
         # 1. detector SIGKILLed while the store is one state behind: restored at 'triggered'
         kill("detector")
-        procs["detector"] = _start("detector", env)
+        procs["detector"] = start("detector", env)
         detector_up()
         assert [(a["setup_id"], a["state"]) for a in det.call("active")] == [(sid, "triggered")]
         assert stored() == [(sid, "forming"), (sid, "ready")]  # the store really was behind
@@ -127,8 +118,8 @@ def test_restore_while_the_recorder_lags_and_both_killed_together_lose_and_repea
         kill("detector")
         kill("recorder")
         assert stored() == [(sid, "forming"), (sid, "ready")]
-        procs["recorder"] = _start("recorder", env)
-        procs["detector"] = _start("detector", env)
+        procs["recorder"] = start("recorder", env)
+        procs["detector"] = start("detector", env)
         detector_up()
         assert [(a["setup_id"], a["state"]) for a in det.call("active")] == [(sid, "target1_hit")]
         want = sorted((sid, s) for s in ("forming", "ready", "triggered", "target1_hit"))

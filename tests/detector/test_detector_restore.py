@@ -4,10 +4,8 @@ stored twice. Real detector and recorder processes, real ZeroMQ, real databases.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 
 import zmq
 
@@ -16,23 +14,16 @@ from spx_common.config import BusConfig, RuntimeConfig
 from spx_common.models import ExitAdvice, MicroBar, Trade
 from spx_common.store import open_store
 from tests.conftest import eventually
+from tests.detector.rig import restore_env, start
 from tests.store.conftest import db_url  # noqa: F401  (fixture: SQLite and PostgreSQL)
 
 S = 1_000_000_000
 T0 = 1_795_185_000 * S
 
 
-def _start(name, env):
-    return subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def test_detector_restart_restores_active_setups_without_duplicates(db_url, run_dir):  # noqa: F811
     rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
-    env = {**os.environ, "SPX_RUNTIME_RUN_DIR": str(run_dir), "DATABASE_URL": db_url,
-           "SPX_DETECTOR_ENTRY_POINTS": "false", "SPX_DETECTOR_PLUGINS": "tests.detector.restore_plugin",
-           "SPX_DETECTOR_SYMBOLS": "SPY", "SPX_DETECTOR_CONFIRM_MS": "0", "SPX_DETECTOR_WARMUP": "false",
-           "SPX_DETECTOR_MACRO_BLOCK_BELOW": "-1"}
+    env = restore_env(run_dir, db_url)
     ctx = zmq.Context()
     agg = Publisher(ctx, bus.pub_endpoint("aggregator", rt, bind=True), "aggregator", linger_ms=0)
     feed = Publisher(ctx, bus.pub_endpoint("feed", rt, bind=True), "feed", linger_ms=0)
@@ -41,7 +32,7 @@ def test_detector_restart_restores_active_setups_without_duplicates(db_url, run_
     rpc = RpcClient(ctx, bus.rep_endpoint("detector", rt), timeout_s=1.0, retries=0)
     rec_rpc = RpcClient(ctx, bus.rep_endpoint("recorder", rt), timeout_s=1.0, retries=0)
     open_store(db_url).close()  # migrated before either process touches it
-    procs = {"recorder": _start("recorder", env), "detector": _start("detector", env)}
+    procs = {"recorder": start("recorder", env), "detector": start("detector", env)}
     seen: list = []
     sessions: set = set()
 
@@ -93,7 +84,7 @@ def test_detector_restart_restores_active_setups_without_duplicates(db_url, run_
 
         procs["detector"].send_signal(signal.SIGKILL)
         procs["detector"].wait(10)
-        procs["detector"] = _start("detector", env)
+        procs["detector"] = start("detector", env)
         up(rpc, "detector")
         active = rpc.call("active")
         assert [(a["setup_id"], a["state"]) for a in active] == [(sid, "ready")]

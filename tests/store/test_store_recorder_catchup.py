@@ -4,9 +4,7 @@ ZeroMQ, SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 import sqlalchemy as sa
 import zmq
@@ -17,6 +15,7 @@ from spx_common.models import MicroBar, Trade
 from spx_common.store import open_store
 from spx_common.store import tables as t
 from tests.conftest import eventually
+from tests.detector.rig import restore_env, start
 from tests.store.conftest import db_url  # noqa: F401
 
 S = 1_000_000_000
@@ -25,10 +24,7 @@ T0 = 1_795_185_000 * S
 
 def test_recorder_started_late_records_what_it_missed_exactly_once(db_url, run_dir):  # noqa: F811
     rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
-    env = {**os.environ, "SPX_RUNTIME_RUN_DIR": str(run_dir), "DATABASE_URL": db_url,
-           "SPX_DETECTOR_ENTRY_POINTS": "false", "SPX_DETECTOR_PLUGINS": "tests.detector.restore_plugin",
-           "SPX_DETECTOR_SYMBOLS": "SPY", "SPX_DETECTOR_CONFIRM_MS": "0", "SPX_DETECTOR_WARMUP": "false",
-           "SPX_DETECTOR_MACRO_BLOCK_BELOW": "-1"}
+    env = restore_env(run_dir, db_url)
     ctx = zmq.Context()
     agg = Publisher(ctx, bus.pub_endpoint("aggregator", rt, bind=True), "aggregator", linger_ms=0)
     feed = Publisher(ctx, bus.pub_endpoint("feed", rt, bind=True), "feed", linger_ms=0)
@@ -36,8 +32,7 @@ def test_recorder_started_late_records_what_it_missed_exactly_once(db_url, run_d
     det = RpcClient(ctx, bus.rep_endpoint("detector", rt), timeout_s=1.0, retries=0)
     rec = RpcClient(ctx, bus.rep_endpoint("recorder", rt), timeout_s=1.0, retries=0)
     open_store(db_url).close()
-    procs = [subprocess.Popen([sys.executable, "-m", "services.detector"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs = [start("detector", env)]
     store = open_store(db_url, migrate=False)
     seen = []
     try:
@@ -62,8 +57,7 @@ def test_recorder_started_late_records_what_it_missed_exactly_once(db_url, run_d
             return seen
         eventually(lambda: transitions() == ["forming", "ready", "triggered"], 10, what="three transitions")
         # only now does the recorder start: everything above was published while it was down
-        procs.append(subprocess.Popen([sys.executable, "-m", "services.recorder"], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(start("recorder", env))
 
         def rows():
             with store.engine.connect() as c:
