@@ -11,10 +11,16 @@ when they are cold, and the cache holds about a quarter of the memory (measured:
 events cost ~20% of the live loop). The count bound is exact (a partly evicted oldest batch keeps
 an offset). The time bound works per batch: a batch is dropped once its last event is older than
 the window, so up to one batch per symbol may be older than the window.
+
+A third bound holds across symbols: ``max_bytes`` of kept batch bodies in all (``[aggregator]
+cache_max_mb``). Above it, the batches with the oldest last event time go first, whatever their symbol,
+until the cache is at 90% of the bound (one heap over the symbols' oldest batches per shrink, so the
+cost is paid in bulk, not per batch).
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 
 import msgspec
@@ -56,13 +62,17 @@ class _Sym:
 
 
 class TickCache:
-    def __init__(self, window_ns: int, max_events: int, max_symbols: int = 5000) -> None:
+    def __init__(self, window_ns: int, max_events: int, max_symbols: int = 5000,
+                 max_bytes: int = 256 << 20) -> None:
         self.window_ns = window_ns
         self.max_events = max_events
         self.max_symbols = max_symbols
+        self.max_bytes = max_bytes
         self.syms: dict[str, _Sym] = {}
         self.evicted = 0
         self.refused = 0
+        self.bytes = 0  # kept batch bodies, all symbols
+        self.shrinks = 0  # times the byte bound evicted across symbols
 
     def add(self, events: list[MarketEvent], body: bytes | msgspec.Raw | None = None) -> None:
         """Append a one-symbol batch (as the feed publishes them). ``body``: the msgpack the batch was decoded
@@ -79,7 +89,10 @@ class TickCache:
         k = len(events)
         last = events[-1]
         chunks = st.chunks
-        chunks.append((_ENCODER.encode(events) if body is None else body, k, last.ts))
+        if body is None:
+            body = _ENCODER.encode(events)
+        chunks.append((body, k, last.ts))
+        self.bytes += len(body)
         st.seq += k
         n = st.n + k
         kinds = set(map(type, events))
@@ -101,7 +114,7 @@ class TickCache:
             while over:
                 left = chunks[0][1] - head
                 if left <= over:
-                    chunks.popleft()
+                    self.bytes -= len(chunks.popleft()[0])
                     over -= left
                     head = 0
                 else:
@@ -112,12 +125,33 @@ class TickCache:
         if chunks[0][2] < horizon:  # whole batches whose last event is older than the window
             head = st.head
             while chunks[0][2] < horizon:  # never empties: the newest batch ends at ``last``
-                dropped = chunks.popleft()[1] - head
+                old_body, count, _ = chunks.popleft()
+                self.bytes -= len(old_body)
+                dropped = count - head
                 head = 0
                 n -= dropped
                 self.evicted += dropped
             st.head = 0
         st.n = n
+        if self.bytes > self.max_bytes:
+            self._shrink()
+
+    def _shrink(self) -> None:
+        """Evict the batches with the oldest last event time, across symbols, to 90% of ``max_bytes``."""
+        self.shrinks += 1
+        target = self.max_bytes * 9 // 10
+        heap = [(st.chunks[0][2], i, st) for i, st in enumerate(self.syms.values()) if st.chunks]
+        heapq.heapify(heap)
+        while self.bytes > target and heap:
+            _, i, st = heapq.heappop(heap)
+            body, count, _ = st.chunks.popleft()
+            self.bytes -= len(body)
+            dropped = count - st.head
+            st.head = 0
+            st.n -= dropped
+            self.evicted += dropped
+            if st.chunks:
+                heapq.heappush(heap, (st.chunks[0][2], i, st))
 
     def last(self, sym: str) -> dict:
         st = self.syms.get(sym)

@@ -26,6 +26,8 @@ class AggregatorConfig(Section):
                              "interval per this many wall milliseconds.")
     cache_window_s: int = Field(600, ge=1, description="Tick cache keeps events this recent (event time).")
     cache_max_events: int = Field(200_000, ge=100, description="Tick cache bound per symbol (events).")
+    cache_max_mb: int = Field(256, ge=1, le=65_536, description="Tick cache bound over all symbols (MiB of kept "
+                              "msgpack batches, ~110 bytes per event); above it the oldest batches go first.")
     bars_kept: int = Field(7200, ge=10, description="Closed bars kept per symbol and interval for queries.")
     max_symbols: int = Field(5000, ge=1, description="Symbols tracked at most; more are refused and counted.")
     warmup_from_journal: bool = Field(True, description="On start, rebuild cache and bars from today's journal.")

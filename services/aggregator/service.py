@@ -45,7 +45,7 @@ class Aggregator(BusService):
         self.cfg = config or load(AggregatorConfig)
         self.agg = self._new_aggregator(self.cfg.l2_microstructure and self.flag_store.get("l2_microstructure"))
         self.cache = TickCache(self.cfg.cache_window_s * 1_000_000_000, self.cfg.cache_max_events,
-                               self.cfg.max_symbols)
+                               self.cfg.max_symbols, self.cfg.cache_max_mb << 20)
         self.bars: dict[tuple[str, str], deque[MicroBar]] = {}
         self._dirty: set[str] = set()  # symbols with events since the last in-progress updates
         m = self.metrics
@@ -54,6 +54,8 @@ class Aggregator(BusService):
         self.late = m.gauge("aggregator_late_events", "Events for an already closed bar (counted, dropped).")
         self.progress_out = m.counter("aggregator_bar_updates_total", "In-progress bar updates published.")
         self.cache_size = m.gauge("aggregator_cache_events", "Events held by the tick cache.")
+        self.cache_bytes = m.gauge("aggregator_cache_bytes", "Bytes of msgpack batches held by the tick cache "
+                                   "(bound: cache_max_mb).")
 
     def _new_aggregator(self, l2: bool) -> BarAggregator:
         return BarAggregator(self.cfg.intervals, l2=l2, fill_gaps=self.cfg.fill_gaps,
@@ -112,6 +114,7 @@ class Aggregator(BusService):
     def periodic(self) -> None:
         self.late.set(self.agg.late)
         self.cache_size.set(self.cache.size())
+        self.cache_bytes.set(self.cache.bytes)
         self.detail = (f"{len(self.agg.symbols)} symbols, watermark {self.agg.watermark}, "
                        f"bars {'compiled' if COMPILED else 'pure Python'}")
 

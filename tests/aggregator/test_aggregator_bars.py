@@ -206,6 +206,28 @@ def test_memory_bounds_hold_under_far_more_input_than_the_buffers_hold():
     assert len(agg.symbols) == 2 and agg.refused_symbols == 8
 
 
+def test_byte_bound_across_symbols_evicts_the_oldest_batches_first():
+    """Far more input than ``max_bytes`` over many symbols: the kept bytes never exceed the bound and are
+    exactly the kept bodies; what goes is the oldest by event time, whatever the symbol; each symbol still
+    answers a contiguous newest tail of its sequence numbers."""
+    cache = TickCache(window_ns=10**6 * S, max_events=10**6, max_bytes=20_000)
+    for i in range(3000):
+        sym = f"S{i % 7}" if i % 3 else "SPY"
+        cache.add([t(S + i * 1_000_000 + j, 100.0 + j, sym=sym) for j in range(1 + i % 5)])
+        assert cache.bytes <= cache.max_bytes
+    kept = [c for st in cache.syms.values() for c in st.chunks]
+    assert cache.bytes == sum(len(body) for body, _, _ in kept) > cache.max_bytes * 0.8
+    assert cache.shrinks > 0 and cache.evicted > 0
+    assert cache.size() + cache.evicted == sum(1 + i % 5 for i in range(3000))
+    oldest_kept = min(last_ts for _, _, last_ts in kept)
+    assert oldest_kept > S + 2000 * 1_000_000  # every symbol lost its old batches, not one symbol all of its
+    for sym, st in cache.syms.items():
+        got = cache.since(sym, seq=0, limit=10**6)
+        seqs = [e["seq"] for e in got["events"]]
+        assert seqs == list(range(st.seq - st.n + 1, st.seq + 1)) and got["truncated"]
+        assert all(e["event"].ts >= oldest_kept - 5 for e in got["events"][-1:])
+
+
 def test_cache_since_by_seq_and_time():
     cache = TickCache(window_ns=100 * S, max_events=5)
     for i in range(8):
