@@ -273,6 +273,8 @@ class BrokerService(BusService):
     # ------------------------------------------------------------------ intents
 
     def _submit(self, intents: list[Intent]) -> None:
+        if not intents:  # every option quote comes through here; most make no intent
+            return
         for it in intents:
             if isinstance(it, Block):
                 self._block(it.user, it.reason, it.subject, it.detail)

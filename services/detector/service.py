@@ -43,6 +43,10 @@ class DetectorService(BusService):
     def __init__(self, *args, config: DetectorConfig | None = None, **kw) -> None:
         super().__init__(*args, **kw)
         self.cfg = config or load(DetectorConfig)
+        # ticks of the watched symbols only: the lifecycle reads nothing else, and at load the option
+        # quotes (most of the tick traffic) would cost a receive and a decode each for nothing
+        self.subscriptions = {"aggregator": ["bar."],
+                              "feed": [f"tick.{s}" for s in self.cfg.symbols] + ["chain.", "status.feed"]}
         self.host = PluginHost(max_failures=self.cfg.max_failures, budget_ms=self.cfg.budget_ms,
                                max_slow=self.cfg.max_slow)
         if self.cfg.entry_points:

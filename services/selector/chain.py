@@ -75,8 +75,9 @@ class Chain:
 
     def apply_quote(self, symbol: str, bid: float, ask: float, ts: int) -> bool:
         """Fold a live quote into a known contract (any symbol form); unknown symbols are ignored."""
-        c = self.contracts.get(symbol[2:]) if symbol.startswith("O:") else None  # Massive form: no parse needed
-        if c is None:
+        if symbol.startswith("O:"):  # Massive form = "O:" + the Tradier form: the key itself, no parse
+            c = self.contracts.get(symbol[2:])
+        else:
             try:
                 c = self.contracts.get(occ.parse(symbol).tradier)
             except occ.OptionSymbolError:
