@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 import msgspec
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from services.broker import router
 from services.broker.engine import Block, Cancel, Engine, Gates, Limits, Modify, Place
@@ -138,7 +138,8 @@ class SimBroker:
 
     def __init__(self):
         self.held: dict[tuple[str, str], float] = {}
-        self.cost: dict[tuple[str, str], float] = {}
+        self.cost: dict[tuple[str, str, str], float] = {}  # per trade: (user, symbol, setup)
+        self.theld: dict[tuple[str, str, str], float] = {}  # contracts held per trade
         self.working: dict[str, dict] = {}
         self.violations: list[str] = []
         self.sent = 0
@@ -148,7 +149,9 @@ class SimBroker:
                    if o["user"] == user and o["sym"] == sym and o["side"] == "sell_to_close")
 
     def risk(self, user):
-        r = sum(c for (u, _), c in self.cost.items() if u == user)
+        # cost is kept per trade (user, symbol, setup), as the engine books it: two setups on one contract
+        # are two positions, and selling one does not move the other's cost basis to the average
+        r = sum(c for (u, _, _), c in self.cost.items() if u == user)
         r += sum((o["qty"] - o["filled"]) * o["price"] * 100 for o in self.working.values()
                  if o["user"] == user and o["side"] == "buy_to_open")
         return r
@@ -171,7 +174,8 @@ class SimBroker:
                 except router.OrderRefused as exc:
                     self.violations.append(f"engine produced a refused order: {exc}")
                 self.working[i.order.order_id] = {"user": user, "sym": sym, "side": p["side"], "qty": int(p["quantity"]),
-                                                  "filled": 0.0, "price": float(p.get("price", p.get("stop", 0.05)))}
+                                                  "filled": 0.0, "price": float(p.get("price", p.get("stop", 0.05))),
+                                                  "setup": i.order.setup_id}
                 if self.risk(user) > LIM["max_open_risk"] + 1e-6:
                     self.violations.append(f"open risk {self.risk(user)}")
             elif isinstance(i, Cancel) and i.order_id in self.working:
@@ -198,12 +202,16 @@ class SimBroker:
                 qty = self.held.get(key, 0.0)
             if qty <= 0:
                 return []
-            avg = self.cost.get(key, 0.0) / self.held[key] if self.held.get(key) else 0.0
+            tkey = (o["user"], o["sym"], o["setup"])
+            avg = self.cost.get(tkey, 0.0) / self.theld[tkey] if self.theld.get(tkey) else 0.0
             self.held[key] -= qty
-            self.cost[key] = self.cost.get(key, 0.0) - avg * qty
+            self.theld[tkey] = self.theld.get(tkey, 0.0) - qty
+            self.cost[tkey] = self.cost.get(tkey, 0.0) - avg * qty
         else:
+            tkey = (o["user"], o["sym"], o["setup"])
             self.held[key] = self.held.get(key, 0.0) + qty
-            self.cost[key] = self.cost.get(key, 0.0) + qty * o["price"] * 100
+            self.theld[tkey] = self.theld.get(tkey, 0.0) + qty
+            self.cost[tkey] = self.cost.get(tkey, 0.0) + qty * o["price"] * 100
         o["filled"] += qty
         price = o["price"]
         prev = eng.orders[oid]
@@ -266,6 +274,8 @@ def run_ops(ops, allowed=True, kill=False):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenario)
+@example([("trigger", 0), ("reco", 0, 1, 5.0, 2), ("fill", 0, 1.0), ("trigger", 1), ("reco", 1, 3, 3.0, 2),
+          ("fill", 0, 1.0), ("advice", 0, "scale_out", 0.0), ("fill", 0, 1.0), ("nextday",), ("trigger", 0)])
 def test_property_never_short_never_past_a_limit(ops):
     sim = run_ops(ops)
     assert sim.violations == []

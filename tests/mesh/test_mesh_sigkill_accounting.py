@@ -52,21 +52,24 @@ def test_sigkill_each_process_in_turn_recovers_with_nothing_lost_or_duplicated(r
     fills: list[str] = []
     bars = [0]
 
+    def take(f) -> None:
+        """Account one frame from the bus."""
+        b = f.body()
+        if f.topic == "setup.transition":
+            transitions.append((b.setup_id, b.to_state, b.ts))
+        elif f.topic.startswith("order."):
+            orders.add(b.order_id)
+        elif f.topic.startswith("fill."):
+            fills.append(fill_key(b))
+        else:
+            bars[0] += 1
+
     def pump(seconds: float) -> None:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             f = sub.recv(0.1)
-            if f is None:
-                continue
-            b = f.body()
-            if f.topic == "setup.transition":
-                transitions.append((b.setup_id, b.to_state, b.ts))
-            elif f.topic.startswith("order."):
-                orders.add(b.order_id)
-            elif f.topic.startswith("fill."):
-                fills.append(fill_key(b))
-            else:
-                bars[0] += 1
+            if f is not None:
+                take(f)
 
     def pid_of(name: str) -> int:
         return next(p["pid"] for p in supervise.processes(runtime) if p["name"] == name)
@@ -99,15 +102,8 @@ def test_sigkill_each_process_in_turn_recovers_with_nothing_lost_or_duplicated(r
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(transitions) + len(fills) + len(orders) == before:
             f = sub.recv(0.05)
-            if f is None:
-                continue
-            b = f.body()
-            if f.topic == "setup.transition":
-                transitions.append((b.setup_id, b.to_state, b.ts))
-            elif f.topic.startswith("order."):
-                orders.add(b.order_id)
-            elif f.topic.startswith("fill."):
-                fills.append(fill_key(b))
+            if f is not None:
+                take(f)
         assert len(transitions) + len(fills) + len(orders) > before, "no record published to kill after"
         for pid in olds.values():
             os.kill(pid, signal.SIGKILL)
