@@ -77,3 +77,15 @@ class RunningFeed:
         self.sub.close()
         self.ctx.destroy(linger=0)
         assert not self._thread.is_alive(), "feed service did not stop"
+
+
+#: a live feed against the fake Massive server, with reconnects fast enough for tests
+LIVE_TEST_CONFIG = dict(source="live", backoff_initial_s=0.05, backoff_max_s=0.3, backoff_stable_s=0.5,
+                        poll_after_s=30, poll_market_hours_only=False, chain_every_s=30, ping_interval_s=5,
+                        ping_timeout_s=5, connect_timeout_s=3)
+
+
+def live_feed(run_dir, fake, prefixes: list[str] | None = None, *, key: str = "k", **cfg: Any) -> RunningFeed:
+    """A :class:`RunningFeed` in live mode on ``fake`` (``LIVE_TEST_CONFIG``; any key can be overridden)."""
+    opts = {**LIVE_TEST_CONFIG, "api_key": key, "ws_url": fake.ws_url, "rest_url": fake.rest_url, **cfg}
+    return RunningFeed(run_dir, prefixes, **opts)

@@ -14,12 +14,10 @@ import json
 import time
 from zoneinfo import ZoneInfo
 
-import pytest
 
 from spx_common.models import IndexValue, Quote
 from tests.conftest import eventually
-from tests.fakes.massive import FakeMassive
-from tests.feed.helpers import RunningFeed
+from tests.feed.helpers import live_feed
 
 from services.feed.parsing import to_wire
 from services.feed.synthetic import option_symbol
@@ -27,19 +25,9 @@ from services.feed.synthetic import option_symbol
 MS = 1_000_000
 
 
-@pytest.fixture
-def fake():
-    with FakeMassive(api_key="k") as f:
-        yield f
-
-
 def live(run_dir, fake, **kw):
-    opts = dict(source="live", api_key="k", ws_url=fake.ws_url, rest_url=fake.rest_url, backoff_initial_s=0.05,
-                backoff_max_s=0.3, backoff_stable_s=0.5, poll_after_s=30, poll_market_hours_only=False,
-                chain_every_s=30, ping_interval_s=5, ping_timeout_s=5, connect_timeout_s=3, strikes_each_side=2,
-                backfill_option_contracts=1, backfill_option_quote_contracts=1)
-    opts.update(kw)
-    return RunningFeed(run_dir, ["tick.", "status.feed", "status.backfill"], **opts)
+    opts = dict(strikes_each_side=2, backfill_option_contracts=1, backfill_option_quote_contracts=1)
+    return live_feed(run_dir, fake, ["tick.", "status.feed", "status.backfill"], **{**opts, **kw})
 
 
 def metric(feed, name: str, **labels) -> float:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 
 from spx_common.models import Trade
 from tests.conftest import eventually
@@ -60,12 +59,6 @@ class Vendor(threading.Thread):
 
 def _metric(feed: RunningFeed, name: str, **labels) -> float:
     return feed.service.metrics.counter(name, "", list(labels)).value(**labels)
-
-
-@pytest.fixture
-def fake():
-    with FakeMassive(api_key="k") as f:
-        yield f
 
 
 def test_disconnect_storm_stall_rest_bursts_and_auth_failure(run_dir, fake):

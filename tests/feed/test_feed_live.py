@@ -15,22 +15,11 @@ from tests.conftest import eventually
 from services.feed.synthetic import SyntheticSession
 from services.feed.ws import Backoff, ConnectLimiter
 from services.feed.parsing import to_wire
-from tests.fakes.massive import FakeMassive
-from tests.feed.helpers import RunningFeed
-
-
-@pytest.fixture
-def fake():
-    with FakeMassive(api_key="k") as f:
-        yield f
+from tests.feed.helpers import live_feed
 
 
 def live(run_dir, fake, key="k", **kw):
-    opts = dict(source="live", api_key=key, ws_url=fake.ws_url, rest_url=fake.rest_url, backoff_initial_s=0.05,
-                backoff_max_s=0.3, backoff_stable_s=0.5, poll_after_s=30, poll_market_hours_only=False,
-                chain_every_s=30, ping_interval_s=5, ping_timeout_s=5, connect_timeout_s=3)
-    opts.update(kw)
-    return RunningFeed(run_dir, **opts)
+    return live_feed(run_dir, fake, key=key, **kw)
 
 
 def now_ns() -> int:

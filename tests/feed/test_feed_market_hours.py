@@ -10,19 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-import pytest
 
 from spx_common import calendar as mcal
 from spx_common.models import Trade
 from tests.conftest import eventually
-from tests.fakes.massive import FakeMassive
 from tests.feed.helpers import RunningFeed
-
-
-@pytest.fixture
-def fake():
-    with FakeMassive(api_key="k") as f:
-        yield f
 
 
 def ny_ns(y: int, m: int, d: int, hh: int, mm: int, ss: int = 0) -> int:

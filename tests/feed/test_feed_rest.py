@@ -10,19 +10,12 @@ from spx_common.metrics import Registry
 from spx_common.models import IndexValue, Quote, Trade
 
 from services.feed.rest import MassiveRest, RestError
-from tests.fakes.massive import FakeMassive
 
 T0 = 1_763_650_000_000_000_000  # 2025-11-20, after the shares cut-over
 
 
 def _trades(n: int, sym: str = "SPY") -> list[Trade]:
     return [Trade(sym=sym, price=590 + i / 100, size=100, ts=T0 + i * 1_000_000, seq=i + 1, exch=4) for i in range(n)]
-
-
-@pytest.fixture
-def fake():
-    with FakeMassive(api_key="k") as f:
-        yield f
 
 
 def _rest(fake, **kw) -> MassiveRest:
