@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import re
 import sys
@@ -106,6 +107,23 @@ def by_label(before: dict, after: dict, name: str) -> dict[str, float]:
     return out
 
 
+def hist_stats(before: dict, after: dict, name: str, label: str = "") -> dict:
+    """Observations of a histogram during the window: count, sum and the bucket bound the largest fell under."""
+    def series(m: dict, suffix: str) -> dict[str, float]:
+        return {k: v for k, v in m.items() if k.startswith(f"{name}_{suffix}") and label in k}
+
+    n = sum(series(after, "count").values()) - sum(series(before, "count").values())
+    total_ms = sum(series(after, "sum").values()) - sum(series(before, "sum").values())
+    top = None
+    if n:
+        by_le: dict[float, float] = {}
+        for k, v in series(after, "bucket").items():
+            le = float(re.search(r'le="([^"]+)"', k).group(1))
+            by_le[le] = by_le.get(le, 0.0) + v - before.get(k, 0.0)
+        top = next((le for le in sorted(by_le) if by_le[le] >= n), None)
+    return {"n": int(n), "sum_ms": round(total_ms, 1), "max_le_ms": top}
+
+
 def rss_kib(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -125,7 +143,7 @@ def cpu_s(pid: int) -> float | None:
         return None
 
 
-def ws_client(port: int, out: dict, stop: threading.Event) -> None:
+def ws_client(port: int, out: dict, stop) -> None:
     """A dashboard-like websocket client: price and bars of SPY, setups; latency receipt - ts."""
     from websockets.sync.client import connect
 
@@ -150,7 +168,7 @@ def ws_client(port: int, out: dict, stop: threading.Event) -> None:
                 return
             now = time.time_ns()
             msg = json.loads(raw)
-            if msg.get("type") != "update" or not out["measuring"]:
+            if msg.get("type") != "update" or not out["measuring"].is_set():
                 continue
             ch = msg.get("channel", "")
             if ch == "price:SPY" and msg.get("ts"):
@@ -163,10 +181,10 @@ def ws_client(port: int, out: dict, stop: threading.Event) -> None:
                 out["bars"] += 1
 
 
-def bus_listener(sub: Subscriber, out: dict, stop: threading.Event) -> None:
+def bus_listener(sub: Subscriber, out: dict, stop) -> None:
     while not stop.is_set():
         f = sub.recv(0.1)
-        if f is None or not out["measuring"]:
+        if f is None or not out["measuring"].is_set():
             continue
         now = time.time_ns()
         if f.topic.startswith("bar.1s."):
@@ -178,6 +196,24 @@ def bus_listener(sub: Subscriber, out: dict, stop: threading.Event) -> None:
             tr = f.body()
             if tr.to_state != "forming":  # forming is caused by a closed bar, not a tick
                 out["transition"].append((now - tr.ts) / 1e6)
+
+
+def probe_process(endpoints: list[str], gw_port: int, measuring, stop, results) -> None:
+    """The measuring clients, in their own process: sharing the load generator's interpreter (the fake vendor
+    encodes ~50k events/s of JSON there) would add its GIL waits to every latency they record."""
+    ctx = zmq.Context()
+    sub = Subscriber(ctx, endpoints, ["bar.1s.SPY", "setup.transition"])
+    lat: dict = {"measuring": measuring, "bar": [], "transition": []}
+    ws_out: dict = {"measuring": measuring, "price": [], "setups": [], "bars": 0, "errors": 0}
+    threads = [threading.Thread(target=bus_listener, args=(sub, lat, stop), daemon=True),
+               threading.Thread(target=ws_client, args=(gw_port, ws_out, stop), daemon=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sub.close()
+    ctx.destroy(linger=0)
+    results.put({k: v for k, v in {**lat, **ws_out}.items() if k != "measuring"})
 
 
 def run(args) -> dict:
@@ -197,11 +233,9 @@ def run(args) -> dict:
     result: dict = {"rate_target": args.rate, "duration_s": args.duration, "run_dir": str(run_dir),
                     "env": args.env}
     ctx = zmq.Context()
-    stop = threading.Event()
-    lat: dict = {"measuring": False, "bar": [], "transition": []}
-    ws_out: dict = {"measuring": False, "price": [], "setups": [], "bars": 0, "errors": 0}
-    threads: list[threading.Thread] = []
-    sub = None
+    mp = multiprocessing.get_context("spawn")
+    stop, measuring, results = mp.Event(), mp.Event(), mp.Queue()
+    probe = None
     try:
         supervise.start(rt, env)
         supervise.wait_running(rt, 60)
@@ -210,12 +244,9 @@ def run(args) -> dict:
         # the feed picks the at-the-money strike from the first I:SPX value and subscribes options
         contracts = prime_options(fake, 30)
         mix = Mix(contracts)
-        sub = Subscriber(ctx, [bus.pub_endpoint("aggregator", rt), bus.pub_endpoint("detector", rt)],
-                         ["bar.1s.SPY", "setup.transition"])
-        threads = [threading.Thread(target=bus_listener, args=(sub, lat, stop), daemon=True),
-                   threading.Thread(target=ws_client, args=(gw_port, ws_out, stop), daemon=True)]
-        for t in threads:
-            t.start()
+        probe = mp.Process(target=probe_process, daemon=True, args=(
+            [bus.pub_endpoint("aggregator", rt), bus.pub_endpoint("detector", rt)], gw_port, measuring, stop, results))
+        probe.start()
         pids = {p["name"]: p["pid"] for p in supervise.processes(rt)}
         rss: dict[str, list[tuple[float, int]]] = {s: [] for s in SERVICES}
         markets = {"stocks": (mix.stocks, MIX[("stocks", "T")] + MIX[("stocks", "Q")]),
@@ -230,8 +261,9 @@ def run(args) -> dict:
         sent0 = {m: h.sent for m, h in handles.items()}
         cpu0 = {s: cpu_s(pids.get(s, 0)) for s in SERVICES}
         own0 = sum(os.times()[:2])
+        probe_cpu0 = cpu_s(probe.pid)
         t0 = time.monotonic()
-        lat["measuring"] = ws_out["measuring"] = True
+        measuring.set()
         next_rss = t0
         while time.monotonic() - t0 < args.duration:
             now = time.monotonic()
@@ -247,14 +279,20 @@ def run(args) -> dict:
         cpu1 = {s: cpu_s(pids.get(s, 0)) for s in SERVICES}
         cpu = {s: round((cpu1[s] - cpu0[s]) / elapsed * 100, 1) for s in SERVICES
                if cpu0[s] is not None and cpu1[s] is not None}
-        cpu["load.py (fake vendor + clients)"] = round((sum(os.times()[:2]) - own0) / elapsed * 100, 1)
+        cpu["load.py (fake vendor)"] = round((sum(os.times()[:2]) - own0) / elapsed * 100, 1)
+        probe_cpu1 = cpu_s(probe.pid)
+        if probe_cpu0 is not None and probe_cpu1 is not None:
+            cpu["probe (clients)"] = round((probe_cpu1 - probe_cpu0) / elapsed * 100, 1)
         load_avg = os.getloadavg()[0]
-        lat["measuring"] = ws_out["measuring"] = False
+        measuring.clear()
         for h in handles.values():
             h.cancel()
         for h in handles.values():
             h.done.wait(10)
         time.sleep(2.0)  # let the queues drain before the final scrape
+        stop.set()
+        got = results.get(timeout=15)
+        lat, ws_out = got, got
         after = {s: scrape(ctx, bus, rt, s) for s in SERVICES}
         restarts = {p["name"]: p["pid"] for p in supervise.processes(rt) if p["pid"] != pids.get(p["name"])}
 
@@ -287,6 +325,10 @@ def run(args) -> dict:
                     drops[f"{s}:{name}"] = v
         conflated = d("gateway", "ws_conflated_total")
         slow = {s: d(s, "handler_slow_total") for s in SERVICES if d(s, "handler_slow_total")}
+        # what stops a process (every frame queued behind it waits): collector pauses, slow handlers
+        stalls = {s: {"gc_gen2": hist_stats(before[s], after[s], "gc_pause_ms", 'generation="2"'),
+                      "gc_all": hist_stats(before[s], after[s], "gc_pause_ms"),
+                      "handler": hist_stats(before[s], after[s], "handler_latency_ms")} for s in SERVICES}
         rss_doc = {}
         for s, samples in rss.items():
             if not samples:
@@ -309,6 +351,7 @@ def run(args) -> dict:
             "drops_total": int(sum(drops.values())),
             "gateway_conflated": int(conflated),
             "handler_slow": {k: int(v) for k, v in slow.items()},
+            "stalls": stalls,
             "latency_ms": {
                 "tick_to_bar": summary(lat["bar"]),
                 "tick_to_transition": summary(lat["transition"]),
@@ -321,6 +364,7 @@ def run(args) -> dict:
                                  / max(1.0, d("detector", "setup_transition_latency_ms_count")), 3),
             },
             "ws_client_errors": ws_out["errors"],
+            "probe": "bus listener and websocket client in their own process",
             "rss": rss_doc,
             "cpu_pct_of_one_core": cpu,
             "load_average_1m": round(load_avg, 2),
@@ -329,10 +373,10 @@ def run(args) -> dict:
         return result
     finally:
         stop.set()
-        for t in threads:
-            t.join(5)
-        if sub is not None:
-            sub.close()
+        if probe is not None:
+            probe.join(10)
+            if probe.is_alive():
+                probe.kill()
         ctx.destroy(linger=0)
         supervise.stop(rt, 30)
         fake.stop()
@@ -366,6 +410,12 @@ def print_table(r: dict) -> None:
     for k, v in r["latency_ms"].items():
         cells = [f"{x:>8}" if x is not None else f"{'-':>8}" for x in (v["p50"], v["p90"], v["p99"], v["max"])]
         print(f"{k:<22} {v['n']:>7} {' '.join(cells)}")
+    print(f"\n{'stalls':<12} {'gc n':>7} {'gc ms':>8} {'gc max<=':>9} {'gen2 n':>7} {'gen2 max<=':>10} "
+          f"{'handler n':>10} {'handler max<=':>14}")
+    for s, v in r["stalls"].items():
+        g, g2, h = v["gc_all"], v["gc_gen2"], v["handler"]
+        print(f"{s:<12} {g['n']:>7} {g['sum_ms']:>8} {str(g['max_le_ms']):>9} {g2['n']:>7} {str(g2['max_le_ms']):>10} "
+              f"{h['n']:>10} {str(h['max_le_ms']):>14}")
     print(f"\n{'RSS (MiB)':<12} {'first':>7} {'peak':>7} {'last':>7} {'2nd-half growth':>16}")
     for s, v in r["rss"].items():
         print(f"{s:<12} {v['first_mib']:>7} {v['peak_mib']:>7} {v['last_mib']:>7} {v['second_half_growth_mib']:>16}")

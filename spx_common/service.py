@@ -133,6 +133,8 @@ class BusService:
             "handler_errors_total", "Handler exceptions (frame skipped, service kept running).", ["topic"])
         self.handler_slow = self.metrics.counter("handler_slow_total", "Handler calls over the time budget.")
         self.handler_ms = self.metrics.histogram("handler_latency_ms", "Frame handler time.")
+        self.gc_ms = self.metrics.histogram("gc_pause_ms", "Cyclic garbage-collector pauses (they stop the whole "
+                                            "process: every queued frame waits), by generation.", ["generation"])
         self.flag_store = FlagStore(self.runtime.path("flags.json"))
         self.flag_store.reload()
         self.pub: Publisher | None = None
@@ -374,6 +376,7 @@ class BusService:
         # move them out of the cyclic collector's generations so its passes stay short.
         gc.collect()
         gc.freeze()
+        gc.callbacks.append(self._gc_timer)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -415,8 +418,18 @@ class BusService:
         if http:
             http.shutdown()
         self.ctx.destroy(linger=self.bus.linger_ms)
+        gc.callbacks.remove(self._gc_timer)
         self.log.info("stopped", extra={"exit_code": self.exit_code})
         return self.exit_code
+
+    _gc_t0 = 0.0
+
+    def _gc_timer(self, phase: str, info: dict) -> None:
+        """``gc.callbacks`` hook: each collection's pause in ``gc_pause_ms{generation}``."""
+        if phase == "start":
+            self._gc_t0 = time.perf_counter()
+        else:
+            self.gc_ms.observe((time.perf_counter() - self._gc_t0) * 1000, generation=str(info["generation"]))
 
     def request_stop(self) -> None:
         self.stop_event.set()

@@ -126,7 +126,6 @@ class GatewayService(BusService):
         self.m_http = reg.counter("http_requests_total", "Plain HTTP requests, by status.", ["status"])
         self.m_seed = reg.counter("ws_snapshot_rpc_total", "Bar history asked from the aggregator for a snapshot, "
                                   "by result.", ["result"])
-        self.m_gc = reg.histogram("gc_pause_ms", "Garbage-collector pauses of the gateway process.", ["generation"])
         self._seeded: dict[str, tuple[bool, float]] = {}  # series -> (answered, when)
         self._seeding: dict[str, asyncio.Future] = {}
         self._client_tasks: set[asyncio.Task] = set()
@@ -321,22 +320,9 @@ class GatewayService(BusService):
             self.log.info("gateway listening", extra={"url": self.detail})
             self.ready.set()
             gc.freeze()  # start-up objects (models, schemas, libraries) leave the collector's scans
-            gc.callbacks.append(self._gc_timer)
-            try:
-                await self.stop_event.wait()
-            finally:
-                gc.callbacks.remove(self._gc_timer)
+            await self.stop_event.wait()
             for conn in list(self.conns.values()):
                 self._close(conn, 1001, "gateway shutting down", "shutdown")
-
-    _gc_t0 = 0.0
-
-    def _gc_timer(self, phase: str, info: dict) -> None:
-        """Collector pauses stop every connection at once: measured in ``gc_pause_ms{generation}``."""
-        if phase == "start":
-            self._gc_t0 = time.perf_counter()
-        else:
-            self.m_gc.observe((time.perf_counter() - self._gc_t0) * 1000, generation=str(info.get("generation")))
 
     def _close(self, conn: Connection, code: int, reason: str, label: str) -> None:
         if conn.closing:
