@@ -23,6 +23,13 @@ The body is kept as ``msgspec.Raw`` until asked for, so routers and ``spx tail``
 can read headers without paying for the body.  A batch (the vendor sends arrays)
 is simply a body whose schema is a list, e.g. type ``ticks`` is
 ``list[Trade | Quote | IndexValue]``.
+
+``ticks`` frames, the bulk of the traffic, are the exception: every subscriber of a ``tick.``
+topic decodes their body, so they are decoded in one pass with a typed envelope
+(:class:`TicksEnvelope`). Skipping the body as ``Raw`` walks all of it, and then decoding it
+walks it again: one pass saves ~1.1 k of ~8.9 k instructions per event in the aggregator's live
+loop (docs/performance.md). Nothing changes on the wire or in what callers see: a frame that the
+typed envelope refuses takes the general path, which accepts or refuses it exactly as before.
 """
 
 from __future__ import annotations
@@ -47,6 +54,43 @@ class Envelope(msgspec.Struct, array_like=True):
     event_ns: int
     pub_ns: int
     body: msgspec.Raw
+
+
+class TicksEnvelope(msgspec.Struct, array_like=True):
+    """The envelope of a ``ticks`` frame with its body decoded in the same pass."""
+
+    v: int
+    type: str
+    src: str
+    session: str
+    seq: int
+    event_ns: int
+    pub_ns: int
+    body: list[m.MarketEvent]
+
+
+# payload prefix of every ticks frame of this version: fixarray(8), v, fixstr "ticks"
+_TICKS_HEAD = b"\x98" + msgspec.msgpack.encode(PROTOCOL_VERSION) + msgspec.msgpack.encode("ticks")
+# msgpack int formats (uint8..64, int8..64) and str formats (str8/16/32): bytes after the type byte
+_INT_WIDTH = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
+_STR_LEN_WIDTH = {0xD9: 1, 0xDA: 2, 0xDB: 4}
+
+
+def _ticks_body_at(payload: bytes) -> int:
+    """Offset of the body in a payload that :class:`TicksEnvelope` decoded: the body is the array's last
+    element, so its msgpack is the payload's suffix after the prefix, two strings and three ints."""
+    i = len(_TICKS_HEAD)
+    for _ in range(2):  # src, session
+        b = payload[i]
+        if b <= 0xBF:  # fixstr
+            i += 1 + (b & 0x1F)
+        else:
+            w = _STR_LEN_WIDTH[b]
+            i += 1 + w + int.from_bytes(payload[i + 1:i + 1 + w], "big")
+    for _ in range(3):  # seq, event_ns, pub_ns
+        b = payload[i]
+        i += 1 if b < 0x80 or b >= 0xE0 else 1 + _INT_WIDTH[b]
+    return i
 
 
 class FrameError(ValueError):
@@ -80,6 +124,7 @@ _REGISTRY: dict[str, Any] = {
 }
 _DECODERS: dict[str, msgspec.msgpack.Decoder] = {}
 _ENVELOPE_DECODER = msgspec.msgpack.Decoder(Envelope)
+_TICKS_DECODER = msgspec.msgpack.Decoder(TicksEnvelope)
 _ENCODER = msgspec.msgpack.Encoder()
 
 
@@ -129,10 +174,17 @@ def encode_payload(
 
 @dataclass(slots=True)
 class Frame:
-    """A received frame: header fields plus lazily decoded, validated body."""
+    """A received frame: header fields plus lazily decoded, validated body.
+
+    ``env`` is an :class:`Envelope` (body kept as ``msgspec.Raw``) or, for a ``ticks`` frame, a
+    :class:`TicksEnvelope` whose body is already decoded; read the body with :meth:`body` and its
+    msgpack with :meth:`raw_body`, not through ``env.body``.
+    """
 
     topic: str
-    env: Envelope
+    env: Envelope | TicksEnvelope
+    payload: bytes = b""  # with a TicksEnvelope: the payload it was decoded from
+    _taken: bool = False  # the TicksEnvelope's decoded body was handed out by body()
 
     @property
     def type(self) -> str:
@@ -159,13 +211,29 @@ class Frame:
         return self.env.session
 
     def body(self) -> Any:
-        """Decode and validate the body against its registered schema (raises FrameError)."""
+        """Decode and validate the body against its registered schema (raises FrameError).
+
+        Every call returns a new object, as if decoded anew (the first call of a ``ticks`` frame
+        returns the body decoded with the envelope)."""
+        env = self.env
+        if type(env) is TicksEnvelope:
+            if not self._taken:
+                self._taken = True
+                return env.body
+            return _decoder("ticks").decode(self.raw_body())
         try:
-            return _decoder(self.env.type).decode(self.env.body)
+            return _decoder(env.type).decode(env.body)
         except msgspec.ValidationError as exc:
             raise FrameError("schema", f"{self.env.type} body from {self.env.src}: {exc}") from exc
         except msgspec.DecodeError as exc:
             raise FrameError("garbage", f"{self.env.type} body from {self.env.src}: {exc}") from exc
+
+    def raw_body(self) -> bytes | msgspec.Raw:
+        """The body's msgpack, as it arrived (not decoded, not validated)."""
+        env = self.env
+        if type(env) is TicksEnvelope:
+            return self.payload[_ticks_body_at(self.payload):]
+        return env.body
 
 
 def decode_frames(parts: list[bytes]) -> Frame:
@@ -177,6 +245,11 @@ def decode_frames(parts: list[bytes]) -> Frame:
     except UnicodeDecodeError as exc:
         raise FrameError("garbage", "topic is not utf-8") from exc
     payload = parts[1]
+    if type(payload) is bytes and payload.startswith(_TICKS_HEAD):
+        try:
+            return Frame(topic, _TICKS_DECODER.decode(payload), payload)
+        except msgspec.DecodeError:  # ValidationError included: the general path below refuses it or not
+            pass
     if not payload or not (0x90 <= payload[0] <= 0x9F or payload[0] in (0xDC, 0xDD)):
         raise FrameError("garbage", f"payload on {topic!r} is not a msgpack array")
     try:

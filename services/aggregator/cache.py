@@ -76,7 +76,7 @@ class TickCache:
 
     def add(self, events: list[MarketEvent], body: bytes | msgspec.Raw | None = None) -> None:
         """Append a one-symbol batch (as the feed publishes them). ``body``: the msgpack the batch was decoded
-        from (a frame's ``env.body``), kept as it is; without it the batch is encoded here."""
+        from (a frame's ``raw_body()``), kept as it is; without it the batch is encoded here."""
         if not events:
             return
         sym = events[0].sym

@@ -76,7 +76,7 @@ class Aggregator(BusService):
     def on_ticks(self, frame, events) -> None:
         if not events:
             return
-        self.cache.add(events, frame.env.body)
+        self.cache.add(events, frame.raw_body())
         self.agg.on_events(events)
         self.events_in.inc(len(events))
         self._dirty.add(events[0].sym)

@@ -2,6 +2,8 @@
 
 import msgspec
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from spx_common import codec, schemas
 from spx_common.codec import FrameError, decode_frames, encode_payload
@@ -91,3 +93,52 @@ def test_pydantic_twins_mirror_structs_and_give_field_errors():
 
 def test_codec_self_check_passes():
     codec.check_codec()
+
+
+# ``ticks`` frames are decoded in one pass with a typed envelope; everything a caller sees must be what
+# the general path (envelope with the body as ``Raw``, then the body) gives.
+
+
+def _general(parts):
+    """The general path's view of a frame: header and ``Raw`` body, decoded as before the ticks path."""
+    return codec._ENVELOPE_DECODER.decode(parts[1])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    src=st.text(max_size=300), session=st.text(max_size=70000 // 60),
+    seq=st.integers(0, 2**64 - 1), event_ns=st.integers(-(2**63), 2**64 - 1), pub_ns=st.integers(-(2**63), 2**63 - 1),
+    n=st.integers(0, 3),
+)
+@example(src="f" * 31, session="s" * 255, seq=127, event_ns=-32, pub_ns=2**32, n=1)  # fixstr, str8, fixints
+@example(src="f" * 256, session="\u00e9" * 40000, seq=2**64 - 1, event_ns=-(2**63), pub_ns=-33, n=2)  # str16/32
+def test_ticks_frames_decode_in_one_pass_with_the_same_header_body_and_body_bytes(src, session, seq, event_ns,
+                                                                                  pub_ns, n):
+    batch = [Trade(sym="SPY", price=1.5 + i, size=i, ts=i, cond=[i]) for i in range(n)]
+    parts = _frame("ticks", batch, src=src, session=session, seq=seq, event_ns=event_ns, pub_ns=pub_ns)
+    frame = decode_frames(parts)
+    assert type(frame.env) is codec.TicksEnvelope
+    old = _general(parts)
+    assert (frame.src, frame.session, frame.seq, frame.event_ns, frame.pub_ns) == (
+        old.src, old.session, old.seq, old.event_ns, old.pub_ns)
+    assert bytes(frame.raw_body()) == bytes(old.body)
+    first = frame.body()
+    assert first == batch
+    again = frame.body()  # a new object each call, as when every call decoded the body
+    assert again == batch and again is not first
+
+
+def test_ticks_frame_with_a_bad_body_takes_the_general_path_and_fails_on_body_decode():
+    frame = decode_frames(_frame("ticks", [{"k": "t", "sym": "SPY", "price": -5.0, "ts": 1}]))
+    assert type(frame.env) is codec.Envelope
+    with pytest.raises(FrameError, match="price") as exc:
+        frame.body()
+    assert exc.value.reason == "schema"
+
+
+def test_ticks_frame_from_a_buffer_that_is_not_bytes_decodes_on_the_general_path():
+    parts = _frame("ticks", [Quote(sym="SPY", bid=1.0, ask=1.1, ts=5)])
+    frame = decode_frames([parts[0], memoryview(parts[1])])
+    assert type(frame.env) is codec.Envelope
+    assert frame.body() == [Quote(sym="SPY", bid=1.0, ask=1.1, ts=5)]
+    assert bytes(frame.raw_body()) == bytes(_general(parts).body)
