@@ -72,9 +72,13 @@ def test_units_ms_to_ns_and_round_lots_before_the_cutover():
 
 def test_dedupe_is_bounded_and_pipeline_policy():
     d = Dedupe(max_keys=3)
-    evs = [Trade(sym="SPY", price=1, size=1, ts=i, seq=i + 1) for i in range(5)]
-    assert [d.seen(e) for e in evs] == [False] * 5 and len(d) == 3
-    assert d.seen(evs[4]) and not d.seen(evs[0])  # the oldest key fell out of the bounded window
+    evs = [Trade(sym="SPY", price=1, size=1, ts=i, seq=i + 1) for i in range(7)]
+    assert [d.seen(e) for e in evs] == [False] * 7
+    assert len(d) == 4  # generations {4, 5, 6} and {7}: the first one was dropped whole
+    assert d.seen(evs[6]) and d.seen(evs[3])  # at least the newest max_keys keys are remembered
+    assert not d.seen(evs[0])  # the oldest key fell out of the bounded window
+    many = [Quote(sym="SPY", bid=1, ask=2, ts=i) for i in range(100)]  # no vendor seq: keyed by content
+    assert not any(d.seen(q) for q in many) and all(d.seen(q) for q in many[-3:]) and len(d) <= 6
     p = TickPipeline(reorder_tolerance_ns=1000)
     out = p.process([Trade(sym="SPY", price=1, size=1, ts=10_000, seq=1),
                      Trade(sym="SPY", price=1, size=1, ts=9_500, seq=2),  # within tolerance: kept
