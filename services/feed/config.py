@@ -59,6 +59,10 @@ class FeedConfig(Section):
         5000, ge=1, le=200_000, description="Option quotes fetched per contract and gap at most: the newest are "
         "kept, an older remainder is left and counted (feed_backfill_truncated_total).")
     backfill_max_s: float = Field(600.0, gt=0, description="Longest gap backfilled after a reconnect.")
+    restart_backfill_max_s: float = Field(
+        600.0, ge=0, description="Live start: when the tick journal's newest event is at most this old and of "
+        "today's New York trading date, the gap the previous run left (from each symbol's last journaled event "
+        "to the new stream's first event) is backfilled from REST; also capped by backfill_max_s. 0: off.")
     poll_after_s: float = Field(5.0, gt=0, description="Stream silent this long (market hours) -> poll mode.")
     poll_interval_s: float = Field(1.0, gt=0, description="REST poll period in poll mode.")
     poll_market_hours_only: bool = Field(True, description="Only switch to polling 09:30-16:00 New York.")

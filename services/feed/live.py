@@ -22,6 +22,11 @@ Tasks (all owned by :class:`LiveIngest`, started by ``FeedService.main``):
   Each symbol's events are published in event-time order with ``source="backfill",
   backfilled=True``; the pipeline's dedupe removes what the stream already delivered.  Every gap
   is counted (``feed_backfill_*``) and summarised on ``status.backfill``;
+* the restart gap: at a live start, the gap the previous run left (from each symbol's newest event in
+  the tick journal read back, :func:`read_journal_tail`, to the new stream's first event) is backfilled
+  the same way when that run is recent (``restart_backfill_max_s``) and of the same trading day; the
+  dedupe is first seeded with the journaled events and with what the aggregator's tick cache holds, so
+  what the mesh already has is not published again (``_prepare_restart``, docs/feed.md);
 * the chain poller: every ``chain_every_s`` the 0DTE chain snapshot around the money is published
   on ``chain.<root>`` like the synthetic source does.
 """
@@ -30,12 +35,19 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import struct
 import time
 from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import msgspec
+
 from spx_common import calendar as mcal
+from spx_common import journal
+from spx_common.bus import RpcError
 from spx_common.models import IndexValue, MarketEvent
 
 from services.feed.parsing import MassiveParser
@@ -44,6 +56,121 @@ from services.feed.synthetic import option_symbol
 from services.feed.ws import AuthFailed, MassiveStream
 
 ET = ZoneInfo("America/New_York")
+
+#: journal bytes read back at a live start to find where the previous run's data ends (newest parts of
+#: today, newest first): ~3 s of events at 50,000/s (~100 bytes an event), decoded in ~0.1 s
+RESUME_TAIL_BYTES = 16 << 20
+#: how far into a partly read journal part a record boundary is searched for (largest record assumed)
+RESUME_SYNC_BYTES = 4 << 20
+#: wall time a live start spends asking the aggregator which events of the previous run it holds
+RESUME_AGGREGATOR_BUDGET_S = 1.0
+_LEN = struct.Struct("<I")
+_BATCH = msgspec.msgpack.Decoder(list[MarketEvent])
+_ARRAY_HEADS = frozenset(range(0x91, 0xA0)) | {0xDC, 0xDD}  # msgpack array of >= 1 element
+
+
+@dataclass
+class JournalTail:
+    """The newest journaled events of one trading day (see :func:`read_journal_tail`)."""
+
+    events: list[MarketEvent] = field(default_factory=list)
+    #: symbol -> newest journaled event time
+    newest: dict[str, int] = field(default_factory=dict)
+    #: newest / oldest event time read (0: nothing)
+    newest_ns: int = 0
+    oldest_ns: int = 0
+    #: True when older records of the day exist before what was read
+    partial: bool = False
+    bytes_read: int = 0
+    torn: int = 0
+
+
+def _walk(data: memoryview, off: int) -> tuple[list[list[MarketEvent]], bool] | None:
+    """Decode records from ``off`` to the end; ``(batches, torn_tail)``, or None when a record is not a
+    valid batch (``off`` is not a record boundary)."""
+    out: list[list[MarketEvent]] = []
+    end = len(data)
+    while off < end:
+        if off + 4 > end:
+            return out, True
+        (n,) = _LEN.unpack_from(data, off)
+        if off + 4 + n > end:
+            return out, True
+        if n == 0 or n > journal.MAX_RECORD_BYTES:
+            return None
+        try:
+            batch = _BATCH.decode(data[off + 4:off + 4 + n])
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        if not batch:
+            return None
+        out.append(batch)
+        off += 4 + n
+    return out, False
+
+
+def _records(data: bytes, aligned: bool) -> tuple[list[list[MarketEvent]], bool]:
+    """The batches of a journal slice. ``aligned``: ``data`` starts at a record boundary (the file's
+    start); else the first offset from which every record decodes to the end (or a torn tail) is taken
+    (the framing has no sync marker; a false boundary would need a run of valid typed batches)."""
+    view = memoryview(data)
+    if aligned:
+        return _walk(view, 0) or ([], False)
+    heads = _ARRAY_HEADS
+    for off in range(min(len(data) - 5, RESUME_SYNC_BYTES)):
+        if data[off + 4] not in heads:
+            continue
+        got = _walk(view, off)
+        if got is not None and got[0]:
+            return got
+    return [], False
+
+
+def read_journal_tail(directory: Path, day: dt.date, max_bytes: int = RESUME_TAIL_BYTES) -> JournalTail:
+    """The last ``max_bytes`` of the tick journal of ``day`` (its newest parts), decoded.
+
+    Bounded whatever the day's size: a large part is read from ``max_bytes`` before its end and
+    re-synchronised on the first record boundary. A torn last record (crash during a write) is skipped
+    and counted.
+    """
+    tail = JournalTail()
+    if not directory.is_dir():
+        return tail
+    prefix = day.isoformat() + "."
+    parts = [f for f in journal.journal_files(directory) if f.name.startswith(prefix)]
+    budget = max_bytes
+    chunks: list[list[list[MarketEvent]]] = []
+    for f in reversed(parts):
+        if budget <= 0:
+            tail.partial = True
+            break
+        try:
+            with open(f, "rb") as fh:
+                size = fh.seek(0, 2)
+                start = max(0, size - budget)
+                fh.seek(start)
+                data = fh.read(size - start)
+        except OSError:
+            continue
+        budget -= len(data)
+        tail.bytes_read += len(data)
+        batches, torn = _records(data, aligned=start == 0)
+        tail.torn += int(torn)
+        chunks.append(batches)
+        if start > 0:
+            tail.partial = True
+            break
+    newest = tail.newest
+    for batches in reversed(chunks):
+        for batch in batches:
+            for ev in batch:
+                tail.events.append(ev)
+                if ev.ts > newest.get(ev.sym, 0):
+                    newest[ev.sym] = ev.ts
+    if tail.events:
+        tail.newest_ns = max(newest.values())
+        tail.oldest_ns = min(ev.ts for ev in tail.events)
+    return tail
 
 
 def in_market_hours(now_ns: int) -> bool:
@@ -136,6 +263,11 @@ class LiveIngest:
         self._overflow_marks: dict[str, tuple[int, dict[str, int]]] = {}
         for s in self.streams.values():
             s.on_overflow = self._overflowed
+        #: the restart gap (see ``_prepare_restart``): what was found and done, for the ``status`` RPC
+        self.restart: dict[str, Any] = {"state": "off"}
+        #: markets whose restart gap waits for their first stream event, and the events that wake them
+        self._first_pending: set[str] = set()
+        self._first_event: dict[str, asyncio.Event] = {m: asyncio.Event() for m in self.streams}
 
     @property
     def _last_ts(self) -> dict[str, int]:
@@ -154,6 +286,10 @@ class LiveIngest:
         # spawned through the service: an unexpected exception is logged and stops the process
         # (supervisord restarts it) instead of silently ending ingestion
         spawn = self.svc.spawn
+        # before the streams start: the journal read back must hold only the previous run's events
+        await self._prepare_restart()
+        for market in sorted(self._first_pending):
+            self._tasks.append(spawn(self._restart_gap(market), f"restart-gap-{market}"))
         for market, stream in self.streams.items():
             self._tasks.append(spawn(self._stream_task(stream, stop), f"ws-{market}"))
         self._tasks += [spawn(self._consume(stop), "consume"), spawn(self._watchdog(stop), "watchdog"),
@@ -184,7 +320,8 @@ class LiveIngest:
             "polling": self.polling,
             "atm_center": self.atm_center,
             "raw_queue": len(self.raw),
-            "backfill": {"last": self.last_backfill, "option_quotes_refused": self.option_quotes_refused},
+            "backfill": {"last": self.last_backfill, "option_quotes_refused": self.option_quotes_refused,
+                         "restart": self.restart},
             "streams": {m: {"connected": s.connected, "topics": len(s.topics), "acked": len(s.acked),
                             "reconnects": s.reconnects, "last_error": s.last_error,
                             "last_status": s.last_status, "evictions": s.evictions} for m, s in self.streams.items()},
@@ -227,14 +364,16 @@ class LiveIngest:
             self._overflow_marks[stream.market] = (recv_ns - blind_ns, dict(self._last_ts))
 
     def _reconnected(self, stream: MassiveStream, down_since_ns: int,
-                     last_ts: dict[str, int] | None = None) -> None:
+                     last_ts: dict[str, int] | None = None) -> dict[str, int] | None:
         """Backfill a gap of ``stream`` that began at ``down_since_ns`` (wall ns).
 
-        ``last_ts`` (queue overflow) is the exact per-symbol end of what was published before the
-        gap; after a reconnect the window starts at most one ping period before the loss was seen.
+        ``last_ts`` (queue overflow, feed restart) is the exact per-symbol end of what was published
+        before the gap (``down_since_ns`` for symbols it lacks); after a reconnect the window starts at
+        most one ping period before the loss was seen. Returns the window start per symbol (None: no
+        backfill); the window ends now.
         """
         if not self.cfg.backfill:
-            return
+            return None
         cfg = self.cfg
         if stream.market == "options":
             plan = self._option_plan(stream.topics)
@@ -243,7 +382,7 @@ class LiveIngest:
         else:
             plan = {s: (True, False) for s in cfg.indices}
         if not plan:
-            return
+            return None
         now = time.time_ns()
         floor = now - int(cfg.backfill_max_s * 1e9)
         blind_ns = int((cfg.ping_interval_s + cfg.ping_timeout_s) * 1e9)
@@ -269,12 +408,145 @@ class LiveIngest:
                 w_starts[sym] = max(min(w_starts.get(sym, starts[sym]), starts[sym]), floor)
             waiting[2] = now
             self.m_gaps_merged.inc(market=market)
-            return
+            return starts
         entry: list = [plan, starts, now, None]
         self._waiting_gap[market] = entry
         entry[3] = task = asyncio.ensure_future(self._backfill_gap(market, entry))
         self._backfills.add(task)
         task.add_done_callback(self._backfills.discard)
+        return starts
+
+    # ------------------------------------------------------------------ the gap a feed restart leaves
+
+    async def _prepare_restart(self) -> None:
+        """Live start: find where the previous run's published data ends; arm one backfill per market.
+
+        Done when ``backfill`` is on, ``restart_backfill_max_s`` > 0, the journal is on and its newest
+        event is of today's New York trading date and at most ``restart_backfill_max_s`` old. Each
+        symbol's gap starts at its newest journaled event minus ``reorder_tolerance_ms`` (events within
+        the tolerance may have been journaled out of order), but not before the oldest event read back;
+        a symbol absent from the journal read back starts at the oldest event read. The dedupe is seeded with every journaled event from
+        there on and with what the aggregator's tick cache holds from there on (that covers the last
+        ``journal_flush_s`` the journal lost to a crash but subscribers received), so the REST window
+        republishes nothing the mesh already has. Each market's gap ends at its first stream event
+        (``_restart_gap``).
+        """
+        cfg, svc = self.cfg, self.svc
+        info = self.restart
+        if not cfg.backfill or cfg.restart_backfill_max_s <= 0:
+            return
+        if svc.journal is None:
+            info.update(state="skipped", reason="journal off: the previous run's end is unknown")
+            return
+        now = time.time_ns()
+        today = journal.trading_date(now)
+        t0 = time.monotonic()
+        tail = await asyncio.get_running_loop().run_in_executor(None, read_journal_tail, svc.journal.directory, today)
+        info.update(journal_bytes=tail.bytes_read, journal_events=len(tail.events), journal_torn=tail.torn,
+                    journal_newest_ns=tail.newest_ns, journal_read_s=round(time.monotonic() - t0, 3))
+        if not tail.events:
+            info.update(state="skipped", reason=f"no journaled event of {today.isoformat()}")
+            svc.log.info("feed start: no restart gap to backfill (%s)", info["reason"])
+            return
+        age_s = (now - tail.newest_ns) / 1e9
+        if age_s > cfg.restart_backfill_max_s or age_s < -60:
+            info.update(state="skipped", reason=f"the previous run's newest event is {age_s:.1f}s old "
+                        f"(restart_backfill_max_s {cfg.restart_backfill_max_s:g})")
+            svc.log.info("feed start: no restart gap to backfill (%s)", info["reason"])
+            return
+        tol = cfg.reorder_tolerance_ms * 1_000_000
+        # never before what was read back: every journaled event REST returns is then in the dedupe
+        starts = {sym: max(ts - tol, tail.oldest_ns) for sym, ts in tail.newest.items()}
+        default_ns = tail.oldest_ns
+        seeded = 0
+        dedupe = svc.pipeline.dedupe
+        if dedupe is not None:
+            for ev in tail.events:
+                if ev.ts >= starts[ev.sym]:
+                    dedupe.seen(ev)
+                    seeded += 1
+        from_cache = await self._seed_from_aggregator(starts, default_ns) if dedupe is not None else 0
+        self._first_pending = {m for m in self.streams}
+        info.update(state="armed", reason="", previous_newest_ns=tail.newest_ns, default_start_ns=default_ns,
+                    starts=starts, seeded_journal=seeded, seeded_aggregator=from_cache, gaps={})
+        svc.log.info("feed start: the previous run published until %s (%.1fs ago, %d symbols in the journal "
+                     "read back); its gap is backfilled from REST once each market streams again; dedupe seeded "
+                     "with %d journaled and %d aggregator-cached events",
+                     _iso(tail.newest_ns), age_s, len(starts), seeded, from_cache)
+
+    async def _seed_from_aggregator(self, starts: dict[str, int], default_ns: int) -> int:
+        """Add to the dedupe what the aggregator's tick cache holds at or after each symbol's gap start
+        (``ticks_since``). Bounded by ``RESUME_AGGREGATOR_BUDGET_S``; an aggregator that does not answer
+        (down, restarting with the feed) costs that bound once. Returns events seeded."""
+        dedupe = self.svc.pipeline.dedupe
+        client = self.svc.client("aggregator")
+        deadline = time.monotonic() + RESUME_AGGREGATOR_BUDGET_S
+        syms = sorted(starts, key=lambda s: -starts[s])
+        try:
+            held = await client.call("symbols", {}, timeout_s=RESUME_AGGREGATOR_BUDGET_S, retries=0)
+        except RpcError as exc:
+            self.svc.log.info("feed start: the aggregator did not answer (%s); the dedupe is seeded from the "
+                              "journal only", exc)
+            return 0
+        if isinstance(held, dict):
+            syms += sorted(s for s in held if isinstance(s, str) and s not in starts)
+        n = 0
+        for sym in syms:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.svc.log.warning("feed start: aggregator cache read stopped after %.1fs (budget); the "
+                                     "remaining symbols rely on the journal", RESUME_AGGREGATOR_BUDGET_S)
+                break
+            start = starts.get(sym, default_ns)
+            try:
+                r = await client.call("ticks_since", {"sym": sym, "since_ns": start, "limit": 100_000},
+                                      timeout_s=left, retries=0)
+            except RpcError as exc:
+                self.svc.log.warning("feed start: aggregator ticks_since %s failed: %s", sym, exc)
+                if exc.code == "timeout":
+                    break
+                continue
+            for item in r.get("events", ()) if isinstance(r, dict) else ():
+                try:
+                    ev = msgspec.convert(item["event"], MarketEvent)
+                except (msgspec.ValidationError, KeyError, TypeError):
+                    continue
+                if ev.ts >= start:
+                    dedupe.seen(ev)
+                    n += 1
+        return n
+
+    async def _restart_gap(self, market: str) -> None:
+        """Backfill ``market``'s part of the restart gap once its stream delivered its first event (or,
+        for a quiet market, once connected for ``poll_after_s``): the window is [each symbol's start
+        from ``_prepare_restart``, now), through the reconnect machinery (``_reconnected``)."""
+        stream, first, stop = self.streams[market], self._first_event[market], self.svc.stop_event
+        connected_at: float | None = None
+        while not stop.is_set() and not first.is_set():
+            if stream.connected:
+                connected_at = connected_at or time.monotonic()
+                if time.monotonic() - connected_at >= self.cfg.poll_after_s:
+                    break
+            else:
+                connected_at = None
+            try:
+                await asyncio.wait_for(first.wait(), 0.25)
+            except asyncio.TimeoutError:
+                pass
+        self._first_pending.discard(market)
+        if stop.is_set():
+            return
+        info = self.restart
+        starts = self._reconnected(stream, info["default_start_ns"], last_ts=info["starts"])
+        end = time.time_ns()
+        if not starts:
+            info["gaps"][market] = {"symbols": 0}
+            self.svc.log.info("feed restart: nothing of %s to backfill (no symbols)", market)
+            return
+        lo = min(starts.values())
+        info["gaps"][market] = {"start_ns": lo, "end_ns": end, "symbols": len(starts)}
+        self.svc.log.info("feed restart: backfilling the %s gap the previous run left, %s .. %s (%.1fs, %d symbols)",
+                          market, _iso(lo), _iso(end), (end - lo) / 1e9, len(starts))
 
     def _option_plan(self, topics: set[str]) -> dict[str, tuple[bool, bool]]:
         """Contract -> (trades, quotes) to backfill: the subscribed contracts nearest the money, trades of
@@ -443,6 +715,8 @@ class LiveIngest:
                 if not events:
                     continue
                 stream.got_data = True
+                if self._first_pending and stream.market in self._first_pending:
+                    self._first_event[stream.market].set()  # its restart gap ends here
                 self.last_stream_wall = time.monotonic()
                 if events[-1].ts > self.last_stream_ns:
                     self.last_stream_ns = events[-1].ts
@@ -558,6 +832,10 @@ class LiveIngest:
                                 "contracts": contracts})
 
 
+def _iso(ts_ns: int) -> str:
+    return dt.datetime.fromtimestamp(ts_ns / 1e9, ET).isoformat(timespec="milliseconds")
+
+
 async def _collect(it) -> list[MarketEvent]:
     return [e async for e in it]
 
@@ -590,4 +868,4 @@ def chain_contracts(rows: list[dict], root: str) -> tuple[list[dict], float | No
     return out, underlying
 
 
-__all__ = ["LiveIngest", "chain_contracts", "in_market_hours", "option_topics"]
+__all__ = ["JournalTail", "LiveIngest", "chain_contracts", "in_market_hours", "option_topics", "read_journal_tail"]

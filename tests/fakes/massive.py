@@ -27,6 +27,8 @@ Usage (synchronous tests; the server runs its own event loop on a thread)::
         fake.requests                                      # [(path, query dict, headers dict)]
         h = fake.stream("stocks", make, rate=20_000, duration_s=30)  # paced load (benchmarks/load.py)
         h.done.wait(40); h.sent, h.frames, h.behind_ms     # make(n, now_ns) -> one JSON array text
+        h = fake.stream("stocks", make, 300, 60, history=True)  # also the vendor's REST history of every
+        h.missed                                           # trade/quote made, sent or not (no connection)
 
 Other engineers use it for backfill tests: the REST part alone is ``fake.rest_url``.
 """
@@ -78,6 +80,8 @@ class RateStream:
         self.elapsed_s = 0.0
         self.cancelled = False
         self.done = threading.Event()
+        #: ``history=True``: (sym, seq) of the trades and quotes made while no connection was open
+        self.missed: list[tuple[str, int]] = []
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -318,13 +322,18 @@ class FakeMassive:
         self._call(go)
 
     def stream(self, market: str, make, rate: float, duration_s: float, *, tick_ms: float = 5.0,
-               max_batch: int = 2_000) -> RateStream:
+               max_batch: int = 2_000, history: bool = False) -> RateStream:
         """Send ``rate`` events/s to every authenticated ``market`` connection for ``duration_s``.
 
         Every ``tick_ms`` the events due by then (at most ``max_batch``) are built by ``make(n, now_ns)``,
         which returns one JSON array text, and sent as one WebSocket message - the vendor batches the
         same way. A slow reader pushes back through TCP: the schedule then falls behind (``behind_ms``)
         instead of queueing without bound. Returns at once; ``handle.done`` is set at the end.
+
+        ``history``: the events are made whether or not a connection is open (the vendor's market does
+        not stop for a client) and every trade and quote is added to ``trades``/``quotes``, so REST
+        answers what the stream carried or would have carried; those made while no connection was open
+        are listed in ``handle.missed``.
         """
         h = RateStream(market, rate, duration_s)
 
@@ -342,10 +351,14 @@ class FakeMassive:
                         due_total += n
                         h.behind_ms = max(h.behind_ms, want / rate * 1000)
                         conns = self._live(market)
+                        text = make(n, time.time_ns()) if history or conns else ""
+                        if history:
+                            made = self._record(text)
+                            if not conns:
+                                h.missed += made
                         if not conns:
                             h.unsent += n
                         else:
-                            text = make(n, time.time_ns())
                             ok = False
                             for c in conns:
                                 try:
@@ -358,6 +371,8 @@ class FakeMassive:
                                 h.frames += 1
                             else:
                                 h.unsent += n
+                                if history:
+                                    h.missed += made
                     await asyncio.sleep(tick_ms / 1000)
             finally:
                 h.elapsed_s = time.perf_counter() - start
@@ -366,6 +381,25 @@ class FakeMassive:
         assert self.loop is not None
         asyncio.run_coroutine_threadsafe(run(), self.loop)
         return h
+
+    def _record(self, text: str) -> list[tuple[str, int]]:
+        """Add the trades and quotes of one stream message to the REST history; their (sym, seq)."""
+        made = []
+        with self._lock:
+            for d in json.loads(text):
+                ts = int(d["t"]) * 1_000_000
+                if d.get("ev") == "T":
+                    self.trades.setdefault(d["sym"], []).append(Trade(
+                        sym=d["sym"], price=d["p"], size=d["s"], ts=ts, seq=d["q"], exch=d.get("x", 0),
+                        cond=list(d.get("c", []))))
+                elif d.get("ev") == "Q":
+                    self.quotes.setdefault(d["sym"], []).append(Quote(
+                        sym=d["sym"], bid=d["bp"], ask=d["ap"], bid_size=d["bs"], ask_size=d["as"], ts=ts,
+                        seq=d["q"], bid_exch=d.get("bx", 0), ask_exch=d.get("ax", 0)))
+                else:
+                    continue
+                made.append((d["sym"], d["q"]))
+        return made
 
     def wait_subscribed(self, market: str, topic: str, timeout_s: float = 10.0) -> None:
         """Block until an authenticated connection of ``market`` is subscribed to ``topic``."""
