@@ -25,6 +25,7 @@ from collections import deque
 
 import msgspec
 
+from services.aggregator.bars import newest_by_kind
 from spx_common.models import IndexValue, MarketEvent, Quote, Trade
 
 _DECODER = msgspec.msgpack.Decoder(list[MarketEvent])
@@ -95,17 +96,13 @@ class TickCache:
         self.bytes += len(body)
         st.seq += k
         n = st.n + k
-        kinds = set(map(type, events))
-        if len(kinds) == 1:
-            _set_last(st, last)
-        else:  # the newest event of each kind, scanning back from the end (usually a few steps)
-            for ev in reversed(events):
-                t = type(ev)
-                if t in kinds:
-                    _set_last(st, ev)
-                    kinds.discard(t)
-                    if not kinds:
-                        break
+        trade, quote, value = newest_by_kind(events)
+        if trade is not None:
+            st.last_trade = trade
+        if quote is not None:
+            st.last_quote = quote
+        if value is not None:
+            st.last_value = value
         over = n - self.max_events
         if over > 0:
             self.evicted += over
@@ -184,12 +181,3 @@ class TickCache:
     def size(self) -> int:
         return sum(s.n for s in self.syms.values())
 
-
-def _set_last(st: _Sym, ev: MarketEvent) -> None:
-    t = type(ev)
-    if t is Quote:
-        st.last_quote = ev
-    elif t is Trade:
-        st.last_trade = ev
-    else:
-        st.last_value = ev

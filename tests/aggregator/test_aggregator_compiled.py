@@ -75,3 +75,18 @@ def test_a_synthetic_session_gives_byte_identical_bars_compiled_and_pure():
     a = run(bars, events, ["1s", "5s"], [50, 7, 1], allowed_lateness_ns=250_000_000)
     b = run(PURE, events, ["1s", "5s"], [50, 7, 1], allowed_lateness_ns=250_000_000)
     assert a[1] > 0 and a == b
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from("tqv"), max_size=30))
+def test_newest_by_kind_compiled_and_pure_agree_with_a_reverse_scan(kinds):
+    """The tick cache's last trade, quote and index value of a batch: the last event of each kind."""
+    make = {"t": lambda i: bars.Trade(sym="SPY", price=1.0 + i, ts=i),
+            "q": lambda i: bars.Quote(sym="SPY", bid=1.0, ask=2.0 + i, ts=i),
+            "v": lambda i: bars.IndexValue(sym="I:SPX", value=1.0 + i, ts=i)}
+    batch = [make[k](i) for i, k in enumerate(kinds)]
+    want = tuple(next((ev for ev in reversed(batch) if type(ev) is cls), None)
+                 for cls in (bars.Trade, bars.Quote, bars.IndexValue))
+    for mod in (bars, PURE):
+        got = mod.newest_by_kind(batch)
+        assert len(got) == 3 and all(g is w for g, w in zip(got, want))
