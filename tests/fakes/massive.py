@@ -16,6 +16,7 @@ Usage (synchronous tests; the server runs its own event loop on a thread)::
         fake.push_raw("stocks", '[{"ev":"T", ...}, garbage]')
         fake.status("stocks", "slow_consumer", "...", close=True)
         fake.drop("stocks")                                # abrupt TCP close, no close frame
+        fake.refuse_connections = True                     # new connections closed at once (1013)
         fake.stall("stocks", 5.0)                          # stop reading (no pongs) and sending
         fake.trades["SPY"] = [Trade(...), ...]            # /v3/trades, /v2/last/trade
         fake.quotes["SPY"] = [Quote(...), ...]            # /v3/quotes, /v2/last/nbbo
@@ -102,6 +103,7 @@ class FakeMassive:
         self.reject_auth = False
         self.max_connections_on_auth = False
         self.drop_after_auth = False  # abort right after auth_success (a flapping server)
+        self.refuse_connections = False  # close every new connection at once (1013 try again later)
         self.trades: dict[str, list[Trade]] = {}
         self.quotes: dict[str, list[Quote]] = {}
         self.index_values: dict[str, IndexValue] = {}
@@ -182,6 +184,9 @@ class FakeMassive:
         market = (ws.request.path if ws.request else "/").strip("/")
         if market not in MARKETS:
             await ws.close(1008, "unknown market")
+            return
+        if self.refuse_connections:
+            await ws.close(1013, "try again later")
             return
         conn = _Conn(ws, market)
         with self._lock:

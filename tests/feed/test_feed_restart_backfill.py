@@ -39,7 +39,7 @@ def _env(run_dir, fake) -> dict[str, str]:
             # a long flush interval: when the feed is killed, the journal lacks up to 3 s of what it
             # published, which only the aggregator's tick cache still holds (the dedupe must use it)
             "SPX_FEED_JOURNAL_FLUSH_S": "3", "SPX_FEED_INDICES": "[]",
-            # the test holds the restarted feed off the stream for a while (auth, then dropped): no throttle
+            # the test holds the restarted feed off the vendor for a while (refused): no connect throttle
             "SPX_FEED_MAX_CONNECTS_PER_MINUTE": "1000"}
 
 
@@ -116,8 +116,8 @@ def test_sigkilled_feed_backfills_the_vendors_events_of_its_downtime_once(run_di
         before_kill = {_key(ev) for _, ev in on_bus()}
         unjournaled = before_kill - journaled()
         assert unjournaled, "the kill must leave published events the journal lacks"
-        # keep the new feed off the stream until both subscribers are connected to it (slow joiners)
-        fake.drop_after_auth = True
+        # keep the new feed off the vendor until both subscribers are connected to it (slow joiners)
+        fake.refuse_connections = True
         eventually(lambda: len(stream.missed) >= 150, 10, 0.05, what="vendor events made while the feed is down")
         procs["feed"] = _start("feed", env)
         eventually(lambda: len(sessions) >= 2, 30, 0.1, what="the restarted feed's status on the bus")
@@ -127,7 +127,7 @@ def test_sigkilled_feed_backfills_the_vendors_events_of_its_downtime_once(run_di
             return m is not None and float(m.group(1)) >= 1
 
         eventually(aggregator_saw_restart, 10, 0.1, what="the aggregator connected to the restarted feed")
-        fake.drop_after_auth = False
+        fake.refuse_connections = False
         new_session = sessions[1]
         eventually(lambda: any(s == new_session and ev.backfilled for s, ev in on_bus()), 20, 0.1,
                    what="backfilled events from the restarted feed")
@@ -249,6 +249,7 @@ def test_restart_backfill_skipped_for_an_old_previous_run_and_seeded_from_the_jo
         fake.wait_subscribed("stocks", "T.SPY")
         eventually(lambda: feed.service.live.restart.get("state") == "armed", 5)
         assert feed.service.live.restart["seeded_journal"] == 10
+        assert feed.service.live.restart["seeded_aggregator"] == 0  # no aggregator: the journal alone (1 s bound)
         first = Trade(sym="SPY", price=592, size=3, ts=time.time_ns() // 10**6 * 10**6, seq=500)
         fake.trades["SPY"].append(first)
         fake.push("stocks", [first])
