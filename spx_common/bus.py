@@ -54,6 +54,7 @@ log = logging.getLogger("spx.bus")
 
 HEARTBEAT_PREFIX = "hb."
 MAX_TRACKED_STREAMS = 100_000
+_SNDMORE = int(zmq.SNDMORE)
 
 
 def new_session() -> str:
@@ -125,7 +126,11 @@ class Publisher:
             if self.outbox is not None:
                 self.outbox.append(topic, payload, event_ns, self.kept)
             self.kept.append((topic, payload))
-        self.sock.send_multipart((topic.encode(), payload), copy=False)
+        # two sends, not send_multipart (its checks and flag arithmetic cost ~1.5 us a frame, 4x the
+        # sends); zero-copy only where pyzmq would not copy anyway (below its copy_threshold)
+        sock = self.sock
+        sock.send(topic.encode(), _SNDMORE)
+        sock.send(payload, 0, copy=len(payload) < sock.copy_threshold)
         self.frames_out += 1
         return seq
 
