@@ -1,4 +1,4 @@
-"""Feed hot path: vendor JSON arrays in, normalized ``tick.<sym>`` frames out, on one core.
+"""Feed hot path: vendor JSON arrays in, normalized ``ticks`` frames out (``tick.<sym>``, ``tick.O:<root>``), on one core.
 
     python benchmarks/feed.py [--events 300000] [--array 50]
 

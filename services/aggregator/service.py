@@ -31,6 +31,7 @@ from spx_common.bus import RpcError
 from spx_common.config import load
 from spx_common.models import MicroBar
 from spx_common.service import BusService
+from spx_common.topics import group_by_symbol, is_one_symbol
 
 
 
@@ -76,14 +77,24 @@ class Aggregator(BusService):
     def on_ticks(self, frame, events) -> None:
         if not events:
             return
-        self.cache.add(events, frame.raw_body())
+        if is_one_symbol(frame.topic, events):  # the cache keeps the body as it arrived
+            self.cache.add(events, frame.raw_body())
+            self._dirty.add(events[0].sym)
+        else:  # an option root's batch (tick.O:<root>)
+            self._dirty.update(self._cache_by_symbol(events))
         self.agg.on_events(events)
         self.events_in.inc(len(events))
-        self._dirty.add(events[0].sym)
         if self.agg.watermark >= self.agg.next_due:
             self.agg.advance(self.agg.watermark)
         if self.agg.closed:
             self._publish_closed()
+
+    def _cache_by_symbol(self, events: list) -> dict[str, list]:
+        """Add a batch of several symbols to the tick cache, each symbol's events apart (in order)."""
+        by_sym = group_by_symbol(events)
+        for evs in by_sym.values():
+            self.cache.add(evs)
+        return by_sym
 
     def _publish_closed(self) -> None:
         counts: dict[str, int] = {}
@@ -140,7 +151,7 @@ class Aggregator(BusService):
         count = 0
         for f in (f for f in files if f.name.startswith(day)):
             for batch in journal.iter_batches(f, stats):
-                self.cache.add(batch)
+                self._cache_by_symbol(batch)  # a journal record holds every symbol of one vendor batch
                 self.agg.on_events(batch)
                 count += len(batch)
         for bar in self.agg.drain():

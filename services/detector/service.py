@@ -31,6 +31,7 @@ from spx_common.codec import FrameError, decode_frames
 from spx_common.config import load
 from spx_common.models import BlockEvent, MicroBar
 from spx_common.service import BusService
+from spx_common.topics import is_one_symbol, tick_topic
 
 
 class DetectorService(BusService):
@@ -46,7 +47,7 @@ class DetectorService(BusService):
         # ticks of the watched symbols only: the lifecycle reads nothing else, and at load the option
         # quotes (most of the tick traffic) would cost a receive and a decode each for nothing
         self.subscriptions = {"aggregator": ["bar."],
-                              "feed": [f"tick.{s}" for s in self.cfg.symbols] + ["chain.", "status.feed"]}
+                              "feed": sorted({tick_topic(s) for s in self.cfg.symbols}) + ["chain.", "status.feed"]}
         self.host = PluginHost(max_failures=self.cfg.max_failures, budget_ms=self.cfg.budget_ms,
                                max_slow=self.cfg.max_slow)
         if self.cfg.entry_points:
@@ -164,7 +165,10 @@ class DetectorService(BusService):
         self._flush_refusals()
 
     def _on_ticks(self, frame, events) -> None:
-        if events and events[0].sym in self.engine.watched:
+        watched = self.engine.watched
+        if not is_one_symbol(frame.topic, events):  # an option root's batch: the watched contracts only
+            events = [ev for ev in events if ev.sym in watched]
+        if events and events[0].sym in watched:
             for tr in self.engine.on_ticks(events):
                 self._publish_transition(tr, frame.pub_ns)
 

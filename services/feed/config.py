@@ -44,7 +44,9 @@ class FeedConfig(Section):
                                          "and market; more are delayed and counted (no reconnect storm).")
     raw_queue_max: int = Field(20_000, ge=10, description="Raw frames queued between socket reader and parser; "
                                "when full the oldest are dropped and counted (reason queue_overflow).")
-    dedupe_keys: int = Field(500_000, ge=1000, description="Keys remembered for duplicate detection (LRU bound).")
+    dedupe_keys: int = Field(500_000, ge=1000, description="Vendor sequence numbers remembered for duplicate "
+                             "detection (8 bytes each; when full, each symbol forgets its older half; events "
+                             "without one: a tenth of this, in two generations).")
     reorder_tolerance_ms: int = Field(
         2000, ge=0, description="Out-of-order guard: an event older than the symbol's newest event by more than "
         "this is dropped (reason stale); within it, it is published in arrival order.")

@@ -31,6 +31,7 @@ from spx_common.clock import EventClock
 from spx_common.config import load
 from spx_common.journal import JournalWriter
 from spx_common.models import FeedStatus, MarketEvent
+from spx_common.topics import tick_topic
 from spx_common.service import BusService
 
 from services.feed.config import FeedConfig
@@ -67,7 +68,7 @@ class FeedService(BusService):
         self.m_unknown = m.counter("feed_unknown_events_total", "Vendor events of unknown type (skipped).", ["ev"])
         self.m_journal_dropped = m.gauge("journal_dropped_events", "Events the journal queue refused (full).")
         self.m_journal_errors = m.gauge("journal_write_errors", "Journal writes that failed (disk full, permissions).")
-        self.m_frames = m.counter("tick_frames_total", "tick.<sym> frames published.")
+        self.m_frames = m.counter("tick_frames_total", "ticks frames published (tick.<sym>, tick.O:<root>).")
         self.m_chain = m.counter("chain_snapshots_total", "Option chain documents published.")
         self.m_passive = m.counter("tick_passive_events_total", "Events ingested and journaled while "
                                    "tick_ingest_passive held them back from tick-cadence fan-out.")
@@ -97,7 +98,8 @@ class FeedService(BusService):
     # ------------------------------------------------------------------ hot path
 
     def ingest(self, events: list[MarketEvent]) -> int:
-        """Dedupe/guard, group by symbol, publish one frame per symbol, journal. Returns events published.
+        """Dedupe/guard, group by topic (``tick.<sym>``; ``tick.O:<root>`` for options), publish one frame per
+        topic, journal. Returns events published.
 
         Per-frame work is kept to the publish itself: counters are summed here and moved into the
         labelled metrics once a second (``periodic``), and the journal gets one record per call.
@@ -107,9 +109,9 @@ class FeedService(BusService):
             return self._ingest_passive(events, groups)
         n = 0
         publish, counts = self.publish, self._source_counts
-        for sym, evs in groups:
+        for topic, evs in groups:
             last = evs[-1].ts
-            publish(f"tick.{sym}", "ticks", evs, last)
+            publish(topic, "ticks", evs, last)
             self.clock.advance(last)
             k = len(evs)
             n += k
@@ -129,11 +131,11 @@ class FeedService(BusService):
         publish the held ones once per ``passive_cadence_s`` of event time. Returns events ingested."""
         n = 0
         held = self._held
-        for sym, evs in groups:
-            kinds = held.get(sym)
-            if kinds is None:
-                kinds = held[sym] = {}
+        for _, evs in groups:
             for ev in evs:
+                kinds = held.get(ev.sym)
+                if kinds is None:
+                    kinds = held[ev.sym] = {}
                 k = type(ev).__name__
                 prev = kinds.get(k)
                 if prev is None or ev.ts >= prev.ts:
@@ -152,17 +154,21 @@ class FeedService(BusService):
         return n
 
     def flush_passive(self) -> int:
-        """Publish the held latest events (one ``tick.<sym>`` frame per symbol, ``source="poll"``)."""
+        """Publish the held latest events (one frame per topic, as ``ingest`` does, ``source="poll"``)."""
         held, self._held = self._held, {}
+        frames: dict[str, list[MarketEvent]] = {}
         for sym, kinds in held.items():
-            evs = sorted((msgspec.structs.replace(ev, source="poll") for ev in kinds.values()), key=lambda e: e.ts)
-            self.publish(f"tick.{sym}", "ticks", evs, evs[-1].ts)
+            frames.setdefault(tick_topic(sym), []).extend(msgspec.structs.replace(ev, source="poll")
+                                                          for ev in kinds.values())
+        for topic, evs in frames.items():
+            evs.sort(key=lambda e: e.ts)
+            self.publish(topic, "ticks", evs, evs[-1].ts)
         cadence = int(self.cfg.passive_cadence_s * 1e9)
         self._passive_due = (self.clock.now_ns() // cadence + 1) * cadence
         self._passive_flushed = time.monotonic()
-        if held:
-            self.m_passive_frames.inc(len(held))
-        return len(held)
+        if frames:
+            self.m_passive_frames.inc(len(frames))
+        return len(frames)
 
     def on_flags(self, changed: dict[str, Any]) -> None:
         if "tick_ingest_passive" in changed:

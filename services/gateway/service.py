@@ -41,6 +41,7 @@ from spx_common.bus import RpcError
 from spx_common.codec import Frame
 from spx_common.config import BusConfig, RuntimeConfig, load
 from spx_common.service import BusService
+from spx_common.topics import group_by_symbol, is_one_symbol
 
 STATIC_DIR = Path(__file__).with_name("static")
 CLOSE_TOO_SLOW = 4008
@@ -150,8 +151,14 @@ class GatewayService(BusService):
     def _on_ticks(self, frame: Frame, events: list) -> None:
         # The throttle runs on the monotonic wall clock on purpose: it protects browsers, which live in
         # wall time, and never changes which price is delivered last (event time stays in the data).
-        sym = frame.topic[5:]
-        if events and self.hub.on_ticks(sym, events, frame.pub_ns, time.monotonic()):
+        now, on_ticks = time.monotonic(), self.hub.on_ticks
+        if is_one_symbol(frame.topic, events):
+            held = on_ticks(events[0].sym, events, frame.pub_ns, now)
+        else:  # an option root's batch (tick.O:<root>): each contract's events in order
+            held = False
+            for sym, evs in group_by_symbol(events).items():
+                held = on_ticks(sym, evs, frame.pub_ns, now) or held
+        if held:
             self._schedule_flush()
 
     def on_flags(self, changed: dict[str, Any]) -> None:

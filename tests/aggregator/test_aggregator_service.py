@@ -9,7 +9,7 @@ import sys
 
 import zmq
 
-from services.aggregator.bars import CSV_COLUMNS, csv_row
+from services.aggregator.bars import CSV_COLUMNS, bars_from_events, csv_row
 from services.cli.main import main as spx
 from spx_common.bus import Publisher, RpcClient, RpcError, Subscriber
 from spx_common.config import BusConfig, RuntimeConfig
@@ -111,3 +111,66 @@ def test_live_service_and_spx_bars_agree_to_the_last_digit(run_dir, tmp_path):
     rows = list(csv.reader(out.open()))
     assert rows[0] == CSV_COLUMNS
     assert rows[1:] == [csv_row(b) for b in live]
+
+
+def test_option_root_batches_are_cached_and_barred_per_contract(run_dir):
+    """``tick.O:SPXW`` frames carry several contracts (docs/protocol.md): the real aggregator keeps each
+    contract's ticks apart in its cache and makes each contract's bars exactly as from its own stream."""
+    c1, c2 = "O:SPXW261120C05900000", "O:SPXW261120P05850000"
+    rnd = random.Random(7)
+    events, ts = [], T0
+    for i in range(600):
+        ts += rnd.randint(1, 20_000_000)
+        sym, mid = (c1, 4.0) if rnd.random() < 0.5 else (c2, 2.5)
+        if rnd.random() < 0.7:
+            events.append(Quote(sym=sym, bid=mid - 0.05, ask=mid + 0.05, bid_size=float(rnd.randint(1, 50)),
+                                ask_size=float(rnd.randint(1, 50)), ts=ts, seq=i + 1))
+        else:
+            events.append(Trade(sym=sym, price=mid + rnd.choice([-0.05, 0, 0.05]), size=float(rnd.randint(1, 9)),
+                                ts=ts, seq=i + 1))
+    rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
+    ctx = zmq.Context()
+    feed = Publisher(ctx, bus.pub_endpoint("feed", rt, bind=True), "feed")
+    proc = subprocess.Popen([sys.executable, "-m", "services.aggregator"], env={**os.environ},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = RpcClient(ctx, bus.rep_endpoint("aggregator", rt), timeout_s=1, retries=0)
+    sub = Subscriber(ctx, [bus.pub_endpoint("aggregator", rt)], ["bar.1s.O:SPXW"])
+    try:
+        def feed_seen():
+            feed.heartbeat(0)
+            try:
+                return client.call("status")["peers"].get("feed")
+            except RpcError:
+                return None
+
+        eventually(feed_seen, 20, interval_s=0.2)
+        for i in range(0, len(events), 25):
+            batch = events[i:i + 25]
+            feed.publish("tick.O:SPXW", "ticks", batch, batch[-1].ts)
+        # a later event of each contract closes every bar before it
+        end = (ts // S + 2) * S
+        closing = [Quote(sym=c, bid=1, ask=1.1, ts=end, seq=10_000 + k) for k, c in enumerate((c1, c2))]
+        feed.publish("tick.O:SPXW", "ticks", closing, end)
+        want = {c: [b for b in bars_from_events([e for e in events if e.sym == c]) if b.start_ns < end]
+                for c in (c1, c2)}
+        live: dict[str, list] = {c1: [], c2: []}
+        while sum(map(len, live.values())) < sum(map(len, want.values())):
+            frame = sub.recv(10)
+            assert frame is not None, f"bars so far: { {c: len(v) for c, v in live.items()} }"
+            bar = frame.body()
+            if bar.closed:
+                live[bar.sym].append(bar)
+        for c in (c1, c2):
+            assert [csv_row(b) for b in live[c]] == [csv_row(b) for b in want[c]]
+            mine = [e for e in events if e.sym == c] + [q for q in closing if q.sym == c]
+            last = client.call("last", {"sym": c})
+            assert last["seq"] == len(mine) and last["quote"]["sym"] == c
+            got = client.call("ticks_since", {"sym": c, "seq": 0})["events"]
+            assert [e["event"]["seq"] for e in got] == [e.seq for e in mine]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        client.close()
+        sub.close()
+        feed.close()
+        ctx.destroy(linger=0)

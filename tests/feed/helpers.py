@@ -65,7 +65,9 @@ class RunningFeed:
             return [t for t in self.frames if t.startswith(prefix)]
 
     def events(self, prefix: str = "tick.") -> list:
-        return [ev for body in self.bodies(prefix) for ev in body]
+        """Events published so far whose ``tick.<sym>`` starts with ``prefix`` (whatever topic carried
+        them: options travel on their root's topic, ``tick.O:<root>``)."""
+        return [ev for body in self.bodies("tick.") for ev in body if f"tick.{ev.sym}".startswith(prefix)]
 
     def __exit__(self, *exc) -> None:
         svc = self.service

@@ -71,14 +71,18 @@ def test_units_ms_to_ns_and_round_lots_before_the_cutover():
 
 
 def test_dedupe_is_bounded_and_pipeline_policy():
-    d = Dedupe(max_keys=3)
-    evs = [Trade(sym="SPY", price=1, size=1, ts=i, seq=i + 1) for i in range(7)]
-    assert [d.seen(e) for e in evs] == [False] * 7
-    assert len(d) == 4  # generations {4, 5, 6} and {7}: the first one was dropped whole
-    assert d.seen(evs[6]) and d.seen(evs[3])  # at least the newest max_keys keys are remembered
-    assert not d.seen(evs[0])  # the oldest key fell out of the bounded window
-    many = [Quote(sym="SPY", bid=1, ask=2, ts=i) for i in range(100)]  # no vendor seq: keyed by content
-    assert not any(d.seen(q) for q in many) and all(d.seen(q) for q in many[-3:]) and len(d) <= 6
+    d = Dedupe(max_keys=4, content_keys=3)
+    t = [Trade(sym="SPY", price=1, size=1, ts=i, seq=i) for i in range(12)]
+    assert [d.seen(e) for e in t[1:8]] == [False] * 7
+    assert len(d) == 3 and d.trims == 2  # full twice: each time the older half went, [5, 6, 7] are left
+    assert d.seen(t[7]) and d.seen(t[5])  # duplicates
+    assert not d.seen(t[1])  # fell out of the bounded memory: passes again
+    assert not d.seen(t[10]) and not d.seen(t[8])  # a gap event arriving late is new, once
+    assert d.seen(t[8]) and d.seen(t[10])
+    assert not d.seen(Quote(sym="SPY", bid=1, ask=2, ts=8, seq=8))  # quotes and trades number apart
+    v = [IndexValue(sym="I:SPX", value=5900 + i, ts=i) for i in range(8)]  # no vendor seq: keyed by content
+    assert [d.seen(e) for e in v[1:8]] == [False] * 7
+    assert d.seen(v[7]) and d.seen(v[4]) and not d.seen(v[1])  # generations {4, 5, 6} and {7}
     p = TickPipeline(reorder_tolerance_ns=1000)
     out = p.process([Trade(sym="SPY", price=1, size=1, ts=10_000, seq=1),
                      Trade(sym="SPY", price=1, size=1, ts=9_500, seq=2),  # within tolerance: kept
@@ -86,5 +90,10 @@ def test_dedupe_is_bounded_and_pipeline_policy():
                      Trade(sym="SPY", price=1, size=1, ts=8_000, seq=4, backfilled=True),  # backfill bypasses
                      Trade(sym="SPY", price=1, size=1, ts=10_000, seq=1),  # duplicate
                      IndexValue(sym="I:SPX", value=1, ts=1)])
-    assert [(s, [e.ts for e in evs]) for s, evs in out] == [("SPY", [10_000, 9_500, 8_000]), ("I:SPX", [1])]
+    assert [(s, [e.ts for e in evs]) for s, evs in out] == [("tick.SPY", [10_000, 9_500, 8_000]),
+                                                           ("tick.I:SPX", [1])]
     assert p.drops == {"stale": 1, "duplicate": 1}
+    # option contracts of one root share a frame, in arrival order; another root gets its own
+    c1, c2, m1 = "O:SPXW261120C05900000", "O:SPXW261120P05850000", "O:SPX261218C05900000"
+    out = p.process([Quote(sym=s, bid=1, ask=2, ts=20_000 + i, seq=10 + i) for i, s in enumerate((c1, c2, m1, c1))])
+    assert [(t, [e.sym for e in evs]) for t, evs in out] == [("tick.O:SPXW", [c1, c2, c1]), ("tick.O:SPX", [m1])]

@@ -8,6 +8,7 @@ import re
 from zoneinfo import ZoneInfo
 
 from spx_common.models import IndexValue, Quote
+from spx_common.topics import tick_topic
 from tests.conftest import eventually
 
 from services.feed.replay import SyntheticSource
@@ -127,11 +128,12 @@ def test_feed_replays_synthetic_as_tick_frames_with_status_and_chain(run_dir):
     expected = [e for e in SyntheticSession(seed=5, duration_s=40).events()]
     assert len(got) == len(expected)
     assert sorted(got, key=lambda e: (e.ts, e.sym)) == sorted(expected, key=lambda e: (e.ts, e.sym))
-    assert {"tick.I:SPX", "tick.SPY"} <= set(topics)
+    assert {"tick.I:SPX", "tick.SPY", "tick.O:SPXW"} == set(topics)
     for topic, frames in feed.frames.items():
         if topic.startswith("tick."):
             for frame, body in frames:
-                assert frame.type == "ticks" and {e.sym for e in body} == {topic[5:]}
+                # one symbol per frame, except options: one frame per root (tick.O:SPXW)
+                assert frame.type == "ticks" and {tick_topic(e.sym) for e in body} == {topic}
                 assert frame.event_ns == body[-1].ts
     assert chains and len(chains[0]["contracts"]) == 82 and chains[0]["underlying"] > 0
     assert any(s.mode == "replay" for s in status)

@@ -5,6 +5,7 @@ import urllib.request
 import pytest
 
 from spx_common.bus import RpcClient
+from spx_common.models import Quote, Trade
 from tests.conftest import eventually
 from tests.gateway.harness import GatewayRunner, WsClient
 
@@ -31,6 +32,23 @@ def test_price_and_bars_stream_with_envelope(gw):
     bar = c.until(lambda m: m["channel"] == "microbar:SPY:1s" and m["data"]["closed"])
     assert bar["data"]["deltaVolume"] == 12.0 and bar["data"]["bidAskImbalance"] == 0.2
     assert bar["data"]["close"] == 601.4 and "delta_volume" not in bar["data"]
+    c.close()
+
+
+def test_option_root_batch_prices_each_contract(gw):
+    """One ``tick.O:SPXW`` frame carries several contracts: each contract's channel gets its own price."""
+    c1, c2 = "O:SPXW261120C05900000", "O:SPXW261120P05850000"
+    c = WsClient(gw.url)
+    c.subscribe(f"price:{c1}", f"price:{c2}")
+    ts = gw.ts + 1_000_000
+    gw.pubs["feed"].publish("tick.O:SPXW", "ticks",
+                            [Quote(sym=c1, bid=4.0, ask=4.2, ts=ts), Quote(sym=c2, bid=2.1, ask=2.3, ts=ts + 1),
+                             Trade(sym=c1, price=4.1, size=3, ts=ts + 2), Quote(sym=c2, bid=2.0, ask=2.2, ts=ts + 3)],
+                            ts + 3)
+    p1 = c.until(lambda m: m["channel"] == f"price:{c1}" and m["type"] == "update" and m["data"]["price"] == 4.1)
+    assert (p1["data"]["bid"], p1["data"]["ask"], p1["data"]["sym"]) == (4.0, 4.2, c1)
+    p2 = c.until(lambda m: m["channel"] == f"price:{c2}" and m["type"] == "update" and m["data"]["bid"] == 2.0)
+    assert (p2["data"]["price"], p2["data"]["ask"], p2["data"]["sym"]) == (2.1, 2.2, c2)  # no trade: the mid
     c.close()
 
 

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from spx_common import journal
+from spx_common.topics import group_by_symbol, tick_topic
 from tests.conftest import eventually, free_port
 from tests.harness import service_process
 from tests.rollout.helpers import WsRecorder, spx_flags_set
@@ -84,8 +85,10 @@ def test_passive_ingest_journals_feeds_poll_cadence_and_restores_tick_fanout(run
         assert window, "no frames at all while passive"
         for _, f, body in window:  # only the latest trade / quote / value of a symbol, marked poll
             assert all(ev.source == "poll" for ev in body), f.topic
-            kinds = [type(ev).__name__ for ev in body]
-            assert len(kinds) == len(set(kinds)) <= 3
+            for sym, evs in group_by_symbol(body).items():  # options: one frame per root, several contracts
+                assert tick_topic(sym) == f.topic
+                kinds = [type(ev).__name__ for ev in evs]
+                assert len(kinds) == len(set(kinds)) <= 3
         spy = [at for at, f, _ in window if f.topic == "tick.SPY"]
         assert 2 <= len(spy) <= 4 / CADENCE_S + 2, len(spy)
         # ... while every event is still ingested and journaled
