@@ -63,9 +63,18 @@ def pct(xs: list[float], q: float) -> float | None:
     return round(xs[min(len(xs) - 1, int(q * len(xs)))], 2)
 
 
-def summary(xs: list[float]) -> dict:
+def summary(samples: list[tuple[int, float]], t0_ns: int) -> dict:
+    """Percentiles of (receipt wall ns, latency ms) samples, and the five worst with their receipt time
+    in seconds into the measured window (a spike that recurs at a period points at periodic work)."""
+    xs = [ms for _, ms in samples]
+    worst = sorted(samples, key=lambda s: -s[1])[:5]
     return {"n": len(xs), "p50": pct(xs, 0.5), "p90": pct(xs, 0.9), "p99": pct(xs, 0.99),
-            "max": round(max(xs), 2) if xs else None}
+            "max": round(max(xs), 2) if xs else None,
+            "worst": [[round((t - t0_ns) / 1e9, 2), round(ms, 1)] for t, ms in worst],
+            **({"series": [[round((t - t0_ns) / 1e9, 3), round(ms, 2)] for t, ms in samples]} if KEEP_SERIES else {})}
+
+
+KEEP_SERIES = False  # --series: every sample in the JSON
 
 
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$')
@@ -172,11 +181,11 @@ def ws_client(port: int, out: dict, stop) -> None:
                 continue
             ch = msg.get("channel", "")
             if ch == "price:SPY" and msg.get("ts"):
-                out["price"].append((now - msg["ts"]) / 1e6)
+                out["price"].append((now, (now - msg["ts"]) / 1e6))
             elif ch == "setups" and isinstance(msg.get("data"), dict):
                 d = msg["data"]
                 if d.get("to_state") != "forming" and d.get("ts"):
-                    out["setups"].append((now - d["ts"]) / 1e6)
+                    out["setups"].append((now, (now - d["ts"]) / 1e6))
             elif ch.startswith("microbar:"):
                 out["bars"] += 1
 
@@ -187,23 +196,28 @@ def bus_listener(sub: Subscriber, out: dict, stop) -> None:
         if f is None or not out["measuring"].is_set():
             continue
         now = time.time_ns()
-        if f.topic.startswith("bar.1s."):
+        if f.topic == "tick.SPY":
+            # the first event of the frame: its vendor time to the feed's publish, and to this receipt
+            first = f.body()[0].ts
+            out["feed_publish"].append((now, (f.pub_ns - first) / 1e6))
+            out["feed_bus"].append((now, (now - first) / 1e6))
+        elif f.topic.startswith("bar.1s."):
             b = f.body()
             if b.closed:
                 # event_ns of a closed bar = the event time of the tick whose arrival closed it
-                out["bar"].append((now - f.event_ns) / 1e6)
+                out["bar"].append((now, (now - f.event_ns) / 1e6))
         elif f.topic == "setup.transition":
             tr = f.body()
             if tr.to_state != "forming":  # forming is caused by a closed bar, not a tick
-                out["transition"].append((now - tr.ts) / 1e6)
+                out["transition"].append((now, (now - tr.ts) / 1e6))
 
 
 def probe_process(endpoints: list[str], gw_port: int, measuring, stop, results) -> None:
     """The measuring clients, in their own process: sharing the load generator's interpreter (the fake vendor
     encodes ~50k events/s of JSON there) would add its GIL waits to every latency they record."""
     ctx = zmq.Context()
-    sub = Subscriber(ctx, endpoints, ["bar.1s.SPY", "setup.transition"])
-    lat: dict = {"measuring": measuring, "bar": [], "transition": []}
+    sub = Subscriber(ctx, endpoints, ["bar.1s.SPY", "setup.transition", "tick.SPY"])
+    lat: dict = {"measuring": measuring, "bar": [], "transition": [], "feed_publish": [], "feed_bus": []}
     ws_out: dict = {"measuring": measuring, "price": [], "setups": [], "bars": 0, "errors": 0}
     threads = [threading.Thread(target=bus_listener, args=(sub, lat, stop), daemon=True),
                threading.Thread(target=ws_client, args=(gw_port, ws_out, stop), daemon=True)]
@@ -245,7 +259,7 @@ def run(args) -> dict:
         contracts = prime_options(fake, 30)
         mix = Mix(contracts)
         probe = mp.Process(target=probe_process, daemon=True, args=(
-            [bus.pub_endpoint("aggregator", rt), bus.pub_endpoint("detector", rt)], gw_port, measuring, stop, results))
+            [bus.pub_endpoint(s, rt) for s in ("feed", "aggregator", "detector")], gw_port, measuring, stop, results))
         probe.start()
         pids = {p["name"]: p["pid"] for p in supervise.processes(rt)}
         rss: dict[str, list[tuple[float, int]]] = {s: [] for s in SERVICES}
@@ -263,6 +277,7 @@ def run(args) -> dict:
         own0 = sum(os.times()[:2])
         probe_cpu0 = cpu_s(probe.pid)
         t0 = time.monotonic()
+        t0_ns = time.time_ns()
         measuring.set()
         next_rss = t0
         while time.monotonic() - t0 < args.duration:
@@ -353,10 +368,12 @@ def run(args) -> dict:
             "handler_slow": {k: int(v) for k, v in slow.items()},
             "stalls": stalls,
             "latency_ms": {
-                "tick_to_bar": summary(lat["bar"]),
-                "tick_to_transition": summary(lat["transition"]),
-                "tick_to_ws_price": summary(ws_out["price"]),
-                "tick_to_ws_setup": summary(ws_out["setups"]),
+                "tick_to_feed_publish": summary(lat["feed_publish"], t0_ns),
+                "tick_to_feed_on_bus": summary(lat["feed_bus"], t0_ns),
+                "tick_to_bar": summary(lat["bar"], t0_ns),
+                "tick_to_transition": summary(lat["transition"], t0_ns),
+                "tick_to_ws_price": summary(ws_out["price"], t0_ns),
+                "tick_to_ws_setup": summary(ws_out["setups"], t0_ns),
             },
             "detector_latency_histogram": {
                 "count": int(d("detector", "setup_transition_latency_ms_count")),
@@ -409,7 +426,7 @@ def print_table(r: dict) -> None:
     print(f"\n{'latency (ms)':<22} {'n':>7} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8}")
     for k, v in r["latency_ms"].items():
         cells = [f"{x:>8}" if x is not None else f"{'-':>8}" for x in (v["p50"], v["p90"], v["p99"], v["max"])]
-        print(f"{k:<22} {v['n']:>7} {' '.join(cells)}")
+        print(f"{k:<22} {v['n']:>7} {' '.join(cells)}   worst (s into run, ms): {v['worst']}")
     print(f"\n{'stalls':<12} {'gc n':>7} {'gc ms':>8} {'gc max<=':>9} {'gen2 n':>7} {'gen2 max<=':>10} "
           f"{'handler n':>10} {'handler max<=':>14}")
     for s, v in r["stalls"].items():
@@ -437,7 +454,10 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the run directory (logs, journal, database)")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra mesh configuration, e.g. SPX_AGGREGATOR_CACHE_WINDOW_S=120 (repeatable)")
+    ap.add_argument("--series", action="store_true", help="keep every latency sample in the JSON (time, ms)")
     args = ap.parse_args()
+    global KEEP_SERIES
+    KEEP_SERIES = args.series
     r = run(args)
     print_table(r)
     doc = json.dumps(r, indent=2)
