@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Sequence
 
 import time
 
@@ -413,30 +413,53 @@ class Hub:
 
     # ------------------------------------------------------------------ ingest (bus bodies)
 
-    def on_ticks(self, sym: str, events: Iterable[m.Trade | m.Quote | m.IndexValue], pub_ns: int, now: float) -> bool:
-        """Fold a tick batch into the symbol's last price; returns True when a window is now held."""
-        prev = self.prices.get(sym)
-        data = dict(prev) if prev else {"sym": sym, "price": None, "bid": None, "ask": None, "size": None, "ts": 0}
-        source = "tick"
-        have_trade = prev is not None and prev.get("_trade", False)
-        for ev in events:
-            if isinstance(ev, m.Trade):
-                data["price"], data["size"], have_trade = ev.price, ev.size, True
-            elif isinstance(ev, m.Quote):
-                data["bid"], data["ask"] = ev.bid, ev.ask
-                if not have_trade and ev.bid > 0 and ev.ask > 0:
-                    data["price"] = round((ev.bid + ev.ask) / 2, 4)
+    def on_ticks(self, sym: str, events: Sequence[m.Trade | m.Quote | m.IndexValue], pub_ns: int, now: float) -> bool:
+        """Fold a tick batch into the symbol's last price; returns True when a window is now held.
+
+        The price is the last trade (or index value) ever seen, else the mid of the last two-sided quote;
+        bid and ask are the last quote's. Only the batch's newest trade and quotes matter, so it is read
+        from the end (a 100-event SPY batch usually stops after a few steps). The stored dict is updated
+        in place: every reader copies it.
+        """
+        if not events:
+            return False
+        prices = self.prices
+        data = prices.get(sym)
+        if data is None:
+            if len(prices) >= self.max_symbols:
+                old, _ = prices.popitem(last=False)
+                self._price_source.pop(old, None)
+            data = prices[sym] = {"sym": sym, "price": None, "bid": None, "ask": None, "size": None, "ts": 0,
+                                  "_trade": False}
+        else:
+            prices.move_to_end(sym)
+        px = trade = quote = two_sided = None  # newest: trade or index value, trade, quote, two-sided quote
+        for ev in reversed(events):
+            t = type(ev)
+            if t is m.Quote:
+                if quote is None:
+                    quote = ev
+                if two_sided is None and ev.bid > 0 and ev.ask > 0:
+                    two_sided = ev
             else:
-                data["price"], have_trade = ev.value, True
-            data["ts"] = ev.ts
-            source = "poll" if ev.source == "poll" else "tick"
-        data.pop("_trade", None)
-        stored = dict(data, _trade=have_trade)
-        self.prices[sym] = stored
-        self.prices.move_to_end(sym)
-        if len(self.prices) > self.max_symbols:
-            self.prices.popitem(last=False)
-        self._price_source[sym] = source
+                if px is None:
+                    px = ev
+                if trade is None and t is m.Trade:
+                    trade = ev
+            if trade is not None and quote is not None:
+                break
+        if quote is not None:
+            data["bid"], data["ask"] = quote.bid, quote.ask
+        if px is not None:
+            data["price"] = px.price if px is trade else px.value
+            data["_trade"] = True
+        elif two_sided is not None and not data["_trade"]:
+            data["price"] = round((two_sided.bid + two_sided.ask) / 2, 4)
+        if trade is not None:
+            data["size"] = trade.size
+        last = events[-1]
+        data["ts"] = last.ts
+        self._price_source[sym] = "poll" if last.source == "poll" else "tick"
         key = f"price:{sym}"
         if not self.subscribers(key):
             return False

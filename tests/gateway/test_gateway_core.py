@@ -2,6 +2,8 @@
 
 import json
 
+import msgspec
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -9,7 +11,7 @@ from hypothesis import strategies as st
 from services.gateway import auth
 from services.gateway.hub import Client, Hub, Throttle
 from services.gateway.protocol import ChannelError, PriceData, bar_json, parse_channel
-from spx_common.models import MicroBar, Trade
+from spx_common.models import IndexValue, MicroBar, Quote, Trade
 
 
 def test_throttle_leading_edge_then_latest():
@@ -95,6 +97,52 @@ def test_hub_price_prefers_trades_and_falls_back_to_mid():
     snap = json.loads(late.pop())
     assert snap["type"] == "snapshot" and snap["data"] == msgs[-1]["data"] and snap["seq"] == msgs[-1]["seq"]
     PriceData.model_validate(snap["data"])  # the documented schema
+
+
+def _price_reference(batches) -> dict:
+    """The price rule read forward, event by event (what Hub.on_ticks computes from the batch's end)."""
+    d = {"sym": "X", "price": None, "bid": None, "ask": None, "size": None, "ts": 0}
+    have_trade = False
+    for batch in batches:
+        for ev in batch:
+            if isinstance(ev, Trade):
+                d["price"], d["size"], have_trade = ev.price, ev.size, True
+            elif isinstance(ev, Quote):
+                d["bid"], d["ask"] = ev.bid, ev.ask
+                if not have_trade and ev.bid > 0 and ev.ask > 0:
+                    d["price"] = round((ev.bid + ev.ask) / 2, 4)
+            else:
+                d["price"], have_trade = ev.value, True
+            d["ts"] = ev.ts
+    return d
+
+
+_px = st.sampled_from([0.0, 1.25, 2.5, 600.5])
+_tick = st.one_of(
+    st.builds(lambda p, s: Trade(sym="X", price=p, size=s, ts=1), _px, st.sampled_from([0.0, 1.0, 7.0])),
+    st.builds(lambda b, a: Quote(sym="X", bid=b, ask=a, ts=1), _px, _px),
+    st.builds(lambda v: IndexValue(sym="X", value=v, ts=1), _px))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_tick, max_size=6), max_size=5))
+def test_hub_price_from_the_batch_end_equals_the_forward_rule(batches):
+    hub = Hub(price_throttle_s=0)
+    ts = 0
+    stamped = []
+    for batch in batches:
+        out = []
+        for ev in batch:
+            ts += 1
+            out.append(msgspec.structs.replace(ev, ts=ts))
+        stamped.append(out)
+        hub.on_ticks("X", out, 0, now=1.0)
+    got = hub.prices.get("X")
+    want = _price_reference(stamped)
+    if not any(stamped):
+        assert got is None
+    else:
+        assert {k: v for k, v in got.items() if k != "_trade"} == want
 
 
 def test_bar_json_is_camel_case_and_complete():
