@@ -142,3 +142,21 @@ def test_ticks_frame_from_a_buffer_that_is_not_bytes_decodes_on_the_general_path
     assert type(frame.env) is codec.Envelope
     assert frame.body() == [Quote(sym="SPY", bid=1.0, ask=1.1, ts=5)]
     assert bytes(frame.raw_body()) == bytes(_general(parts).body)
+
+
+@pytest.mark.parametrize("type_name, body", [
+    ("ticks", [Trade(sym="SPY", price=590.25, size=100, ts=2**62, cond=[12, 37]),
+               Quote(sym="O:SPXW261204C05900000", bid=0.0, ask=1.05, ts=1)]),
+    ("ticks", []),
+    ("bar", MicroBar(sym="SPY", interval="1s", start_ns=1, open=1.0, high=2.0, low=0.5, close=1.5, closed=True)),
+    ("doc", {"levels": [1.5, 2.5], "regime": "trend", "nested": {"a": None}}),
+    ("doc", {}),
+])
+def test_payload_is_the_envelope_with_its_body_encoded_inline(type_name, body):
+    """encode_payload encodes in one pass; the bytes are those of the Envelope with a pre-encoded Raw body."""
+    enc = msgspec.msgpack.Encoder()
+    for kw in (dict(src="feed", session="s" * 40, seq=2**40, event_ns=-1, pub_ns=2**63 - 1),
+               dict(src="", session="", seq=1, event_ns=0, pub_ns=0)):
+        old = enc.encode(codec.Envelope(codec.PROTOCOL_VERSION, type_name, kw["src"], kw["session"], kw["seq"],
+                                        kw["event_ns"], kw["pub_ns"], msgspec.Raw(enc.encode(body))))
+        assert encode_payload(type_name, body, **kw) == old
