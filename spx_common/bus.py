@@ -127,7 +127,7 @@ class Publisher:
                 self.outbox.append(topic, payload, event_ns, self.kept)
             self.kept.append((topic, payload))
         # two sends, not send_multipart (its checks and flag arithmetic cost ~1.5 us a frame, 4x the
-        # sends); zero-copy only where pyzmq would not copy anyway (below its copy_threshold)
+        # sends); copy=False only at or above pyzmq's copy_threshold: below it pyzmq copies anyway
         sock = self.sock
         sock.send(topic.encode(), _SNDMORE)
         sock.send(payload, 0, copy=len(payload) < sock.copy_threshold)
