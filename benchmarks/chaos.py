@@ -109,8 +109,8 @@ def run(args) -> dict:
     handles = []
     result: dict = {"rate_target": args.rate, "rounds": args.rounds, "run_dir": str(run_dir), "kills": []}
 
-    def call(service: str, method: str, params: dict | None = None):
-        rpc = RpcClient(ctx, bus.rep_endpoint(service, rt), timeout_s=1.0, retries=0)
+    def call(service: str, method: str, params: dict | None = None, timeout_s: float = 1.0):
+        rpc = RpcClient(ctx, bus.rep_endpoint(service, rt), timeout_s=timeout_s, retries=0)
         try:
             return rpc.call(method, params or {})
         except RpcError:
@@ -159,9 +159,19 @@ def run(args) -> dict:
             extra["wall_ns"] = time.time_ns()
             for v in victims:
                 os.kill(old[v], signal.SIGKILL)
-            back = wait(lambda: all(pids().get(v) not in (0, old[v]) for v in victims)
-                        and all(call(v, "ping") for v in victims), 60)
-            t_back = time.monotonic()
+            answered: dict[str, float] = {}  # victim -> when its new process first answered
+
+            def all_back() -> bool:
+                # every victim probed on each pass with a short timeout: a 1 s ping to a process not yet
+                # listening made the figure a whole second coarse
+                now_pids = pids()
+                for v in victims:
+                    if v not in answered and now_pids.get(v) not in (0, old[v]) and call(v, "ping", timeout_s=0.1):
+                        answered[v] = time.monotonic()
+                return len(answered) == len(victims)
+
+            back = wait(all_back, 60)
+            t_back = max(answered.values()) if back else time.monotonic()
             t_bar = wait(lambda: listener.bar_after(max(t_back, t_kill)), 60)
             row = {"killed": "+".join(victims) if len(victims) < len(VICTIMS) else "whole group",
                    "restart_s": round(t_back - t_kill, 2) if back else None,
