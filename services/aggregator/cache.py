@@ -3,9 +3,10 @@
 Bounded by event-time window and by count per symbol; every stored event gets a per-symbol
 monotonic sequence number so clients can ask "ticks since seq N" and stitch live updates.
 
-Events are kept as the batches they arrived in (the feed publishes one-symbol batches), and a
-batch is kept as its msgpack body — the bytes it arrived in — not as decoded objects; queries
-decode the batches they read. So adding a batch costs the same whatever its length, the decoded
+Events are kept as the batches they arrived in (one symbol's; the aggregator splits an option root's
+batch per contract), and a batch is kept as its msgpack body — the bytes it arrived in — not as
+decoded objects, copied into large per-symbol segments (:class:`_Sym`: no Python object per batch,
+so the collector never walks the cache); queries decode the batches they read. So adding a batch costs the same whatever its length, the decoded
 events die young (right after the bars have used them) instead of being freed ten minutes later
 when they are cold, and the cache holds about a quarter of the memory (measured: keeping decoded
 events cost ~20% of the live loop). The count bound is exact (a partly evicted oldest batch keeps
@@ -21,6 +22,7 @@ cost is paid in bulk, not per batch).
 from __future__ import annotations
 
 import heapq
+from array import array
 from collections import deque
 
 import msgspec
@@ -32,31 +34,99 @@ _DECODER = msgspec.msgpack.Decoder(list[MarketEvent])
 _ENCODER = msgspec.msgpack.Encoder()
 
 
+#: bytes per storage segment of a symbol's batches (a batch larger than this gets a segment of its own)
+SEGMENT_BYTES = 256 << 10
+_SEG, _OFF, _SIZE, _COUNT, _LAST = range(5)
+
+
 class _Sym:
-    """One symbol's cache: ``chunks`` holds ``(body, count, last_ts)`` per batch, oldest first; the first
-    ``head`` events of the oldest batch are evicted. ``n`` events are cached; the newest has sequence
-    number ``seq``."""
+    """One symbol's cache: its batches, oldest first, of which the first ``head`` events of the oldest are
+    evicted; ``n`` events are cached; the newest has sequence number ``seq``.
 
-    __slots__ = ("seq", "last_trade", "last_quote", "last_value", "chunks", "head", "n")
+    The batches' bodies lie back to back in a few large ``bytearray`` segments and their positions, event
+    counts and last event times in ``int64`` arrays: no Python object per batch. A deque of per-batch
+    tuples and bytes meant the cyclic collector's full passes visited every cached batch (about a million
+    at 50,000 events/s: 250 ms pauses of the whole aggregator, measured) and ~100 bytes of object headers
+    per batch besides its body. A segment is freed once no live batch lies in it.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("seq", "last_trade", "last_quote", "last_value", "segs", "seg0", "pos", "first", "head", "n",
+                 "segment_bytes")
+
+    def __init__(self, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.segment_bytes = segment_bytes
         self.seq = 0
         self.last_trade: Trade | None = None
         self.last_quote: Quote | None = None
         self.last_value: IndexValue | None = None
-        self.chunks: deque[tuple[bytes | msgspec.Raw, int, int]] = deque()
+        self.segs: deque[bytearray] = deque()
+        self.seg0 = 0  # absolute number of segs[0]
+        # five int64 per batch (_SEG, _OFF, _SIZE, _COUNT, _LAST): absolute segment number, offset in it,
+        # body size, events, last event time; the live batches start at index ``first`` (a multiple of 5)
+        self.pos = array("q")
+        self.first = 0
         self.head = 0
         self.n = 0
 
     def __len__(self) -> int:
         return self.n
 
+    @property
+    def batches(self) -> int:
+        return (len(self.pos) - self.first) // 5
+
+    def oldest_last_ts(self) -> int:
+        return self.pos[self.first + _LAST]
+
+    def oldest_count(self) -> int:
+        return self.pos[self.first + _COUNT]
+
+    def push(self, body: bytes, count: int, last_ts: int) -> None:
+        segs = self.segs
+        if not segs or (len(segs[-1]) + len(body) > self.segment_bytes and segs[-1]):
+            segs.append(bytearray())
+        seg = segs[-1]
+        self.pos.extend((self.seg0 + len(segs) - 1, len(seg), len(body), count, last_ts))
+        seg += body
+
+    def pop(self) -> tuple[int, int]:
+        """Remove the oldest batch; returns its (body size, event count)."""
+        pos, i = self.pos, self.first
+        size, count = pos[i + _SIZE], pos[i + _COUNT]
+        i += 5
+        if i == len(pos):  # emptied (the byte bound can take a symbol's every batch)
+            self.segs.clear()
+            self.seg0 = 0
+            del pos[:]
+            i = 0
+        else:
+            keep = pos[i + _SEG]
+            while self.seg0 < keep:
+                self.segs.popleft()
+                self.seg0 += 1
+            if i >= 5 * 4096 and 2 * i >= len(pos):  # drop the spent prefix (amortised O(1))
+                del pos[:i]
+                i = 0
+        self.first = i
+        return size, count
+
+    def body(self, i: int) -> bytearray:
+        pos = self.pos
+        o = pos[i + _OFF]
+        return self.segs[pos[i + _SEG] - self.seg0][o:o + pos[i + _SIZE]]
+
+    def iter_batches(self):
+        """``(index, count, last_ts)`` of the live batches, oldest first."""
+        pos = self.pos
+        for i in range(self.first, len(pos), 5):
+            yield i, pos[i + _COUNT], pos[i + _LAST]
+
     def events(self) -> list[MarketEvent]:
         """The cached events, oldest first (decoded anew)."""
         out: list[MarketEvent] = []
         head = self.head
-        for body, _, _ in self.chunks:
-            batch = _DECODER.decode(body)
+        for i, _, _ in self.iter_batches():
+            batch = _DECODER.decode(self.body(i))
             out.extend(batch[head:] if head else batch)
             head = 0
         return out
@@ -64,7 +134,8 @@ class _Sym:
 
 class TickCache:
     def __init__(self, window_ns: int, max_events: int, max_symbols: int = 5000,
-                 max_bytes: int = 256 << 20) -> None:
+                 max_bytes: int = 256 << 20, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.segment_bytes = segment_bytes
         self.window_ns = window_ns
         self.max_events = max_events
         self.max_symbols = max_symbols
@@ -86,13 +157,14 @@ class TickCache:
             if len(self.syms) >= self.max_symbols:
                 self.refused += len(events)
                 return
-            st = self.syms[sym] = _Sym()
+            st = self.syms[sym] = _Sym(self.segment_bytes)
         k = len(events)
         last = events[-1]
-        chunks = st.chunks
         if body is None:
             body = _ENCODER.encode(events)
-        chunks.append((body, k, last.ts))
+        elif type(body) is not bytes:
+            body = bytes(body)
+        st.push(body, k, last.ts)
         self.bytes += len(body)
         st.seq += k
         n = st.n + k
@@ -109,9 +181,9 @@ class TickCache:
             n -= over
             head = st.head
             while over:
-                left = chunks[0][1] - head
+                left = st.oldest_count() - head
                 if left <= over:
-                    self.bytes -= len(chunks.popleft()[0])
+                    self.bytes -= st.pop()[0]
                     over -= left
                     head = 0
                 else:
@@ -119,11 +191,11 @@ class TickCache:
                     over = 0
             st.head = head
         horizon = last.ts - self.window_ns
-        if chunks[0][2] < horizon:  # whole batches whose last event is older than the window
+        if st.pos[st.first + _LAST] < horizon:  # whole batches whose last event is older than the window
             head = st.head
-            while chunks[0][2] < horizon:  # never empties: the newest batch ends at ``last``
-                old_body, count, _ = chunks.popleft()
-                self.bytes -= len(old_body)
+            while st.oldest_last_ts() < horizon:  # never empties: the newest batch ends at ``last``
+                size, count = st.pop()
+                self.bytes -= size
                 dropped = count - head
                 head = 0
                 n -= dropped
@@ -137,18 +209,18 @@ class TickCache:
         """Evict the batches with the oldest last event time, across symbols, to 90% of ``max_bytes``."""
         self.shrinks += 1
         target = self.max_bytes * 9 // 10
-        heap = [(st.chunks[0][2], i, st) for i, st in enumerate(self.syms.values()) if st.chunks]
+        heap = [(st.oldest_last_ts(), i, st) for i, st in enumerate(self.syms.values()) if st.batches]
         heapq.heapify(heap)
         while self.bytes > target and heap:
             _, i, st = heapq.heappop(heap)
-            body, count, _ = st.chunks.popleft()
-            self.bytes -= len(body)
+            size, count = st.pop()
+            self.bytes -= size
             dropped = count - st.head
             st.head = 0
             st.n -= dropped
             self.evicted += dropped
-            if st.chunks:
-                heapq.heappush(heap, (st.chunks[0][2], i, st))
+            if st.batches:
+                heapq.heappush(heap, (st.oldest_last_ts(), i, st))
 
     def last(self, sym: str) -> dict:
         st = self.syms.get(sym)
@@ -164,11 +236,11 @@ class TickCache:
         out = []
         s = first  # sequence number of the next cached event
         head = st.head
-        for body, count, last_ts in st.chunks:
+        for i, count, last_ts in st.iter_batches():
             end = s + count - head  # one past this batch's last sequence number
             # batches wholly before ``seq`` or older than ``ts_ns`` are not decoded
             if (seq is None or end - 1 > seq) and (ts_ns is None or last_ts >= ts_ns):
-                batch = _DECODER.decode(body)
+                batch = _DECODER.decode(st.body(i))
                 for ev in batch[head:] if head else batch:
                     if (seq is None or s > seq) and (ts_ns is None or ev.ts >= ts_ns):
                         out.append({"seq": s, "event": ev})

@@ -193,6 +193,11 @@ def test_memory_bounds_hold_under_far_more_input_than_the_buffers_hold():
     for i in range(50_000):
         cache.add([t(S + i * 1_000_000, 100.0, sym="SPY")])
     assert len(cache.syms["SPY"]) == 1000 and cache.evicted == 49_000
+    st_spy = cache.syms["SPY"]  # the spent prefix of the position arrays was dropped, segments freed
+    assert st_spy.batches == 1000 and len(st_spy.pos) < 5 * 8192 and len(st_spy.segs) <= 2
+    got = cache.since("SPY", seq=0, limit=10**6)["events"]
+    assert [e["seq"] for e in got] == list(range(49_001, 50_001))
+    assert [e["event"].ts for e in got] == [S + i * 1_000_000 for i in range(49_000, 50_000)]
     for i in range(20):
         cache.add([t(S, 100.0, sym=f"X{i}")])
     assert len(cache.syms) == 3 and cache.refused == 18
@@ -215,7 +220,7 @@ def test_byte_bound_across_symbols_evicts_the_oldest_batches_first():
         sym = f"S{i % 7}" if i % 3 else "SPY"
         cache.add([t(S + i * 1_000_000 + j, 100.0 + j, sym=sym) for j in range(1 + i % 5)])
         assert cache.bytes <= cache.max_bytes
-    kept = [c for st in cache.syms.values() for c in st.chunks]
+    kept = [(st.body(i), count, last_ts) for st in cache.syms.values() for i, count, last_ts in st.iter_batches()]
     assert cache.bytes == sum(len(body) for body, _, _ in kept) > cache.max_bytes * 0.8
     assert cache.shrinks > 0 and cache.evicted > 0
     assert cache.size() + cache.evicted == sum(1 + i % 5 for i in range(3000))
@@ -245,7 +250,8 @@ def test_cache_since_by_seq_and_time():
 def test_cache_batches_evict_like_a_plain_buffer(batches, max_events, window_ns):
     """The cache keeps whole batches as bytes; what it holds must equal a plain buffer with the same bounds (the
     count bound per event, the time bound per batch: a batch goes once its last event is out of the window)."""
-    cache = TickCache(window_ns=window_ns, max_events=max_events)
+    # segments of 200 bytes: a few batches each, so segments fill, roll over and are freed all the time
+    cache = TickCache(window_ns=window_ns, max_events=max_events, segment_bytes=200)
     model, ts, seq = [], S, 0  # (seq, event, its batch's last ts) oldest first
     last_trade = last_quote = None
     for size, step, quote in batches:
@@ -261,6 +267,8 @@ def test_cache_batches_evict_like_a_plain_buffer(batches, max_events, window_ns)
         while model and model[0][2] < batch[-1].ts - window_ns:  # time bound: whole batches
             model.pop(0)
         assert len(cache.syms["SPY"]) == len(model) and cache.size() == len(model)
+        spy = cache.syms["SPY"]  # a segment is freed once no live batch lies in it
+        assert len(spy.segs) <= spy.batches and spy.pos[spy.first] == spy.seg0
         assert cache.evicted == seq - len(model)
         got = cache.since("SPY", seq=0, limit=100)
         assert [(e["seq"], e["event"]) for e in got["events"]] == [(s, ev) for s, ev, _ in model]
