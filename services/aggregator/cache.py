@@ -28,9 +28,10 @@ from collections import deque
 import msgspec
 
 from services.aggregator.bars import newest_by_kind
-from spx_common.models import IndexValue, MarketEvent, Quote, Trade
+from spx_common.models import IndexValue, MarketEvent, MicroBar, Quote, Trade
 
 _DECODER = msgspec.msgpack.Decoder(list[MarketEvent])
+_BAR_DECODER = msgspec.msgpack.Decoder(MicroBar)
 _ENCODER = msgspec.msgpack.Encoder()
 
 
@@ -39,37 +40,27 @@ SEGMENT_BYTES = 256 << 10
 _SEG, _OFF, _SIZE, _COUNT, _LAST = range(5)
 
 
-class _Sym:
-    """One symbol's cache: its batches, oldest first, of which the first ``head`` events of the oldest are
-    evicted; ``n`` events are cached; the newest has sequence number ``seq``.
+class SegmentLog:
+    """Byte records (msgpack bodies), oldest first, each with an event count and a time, in bounded memory
+    the cyclic collector never walks.
 
-    The batches' bodies lie back to back in a few large ``bytearray`` segments and their positions, event
-    counts and last event times in ``int64`` arrays: no Python object per batch. A deque of per-batch
-    tuples and bytes meant the cyclic collector's full passes visited every cached batch (about a million
-    at 50,000 events/s: 250 ms pauses of the whole aggregator, measured) and ~100 bytes of object headers
-    per batch besides its body. A segment is freed once no live batch lies in it.
+    The bodies lie back to back in a few large ``bytearray`` segments and their positions, counts and
+    times in one ``int64`` array: no Python object per record. A deque of per-record tuples and bytes
+    meant the collector's full passes visited every record (the tick cache held about a million at
+    50,000 events/s: 250 ms pauses of the whole aggregator, measured) and ~100 bytes of object headers
+    per record besides its body. A segment is freed once no live record lies in it.
     """
 
-    __slots__ = ("seq", "last_trade", "last_quote", "last_value", "segs", "seg0", "pos", "first", "head", "n",
-                 "segment_bytes")
+    __slots__ = ("segs", "seg0", "pos", "first", "segment_bytes")
 
     def __init__(self, segment_bytes: int = SEGMENT_BYTES) -> None:
         self.segment_bytes = segment_bytes
-        self.seq = 0
-        self.last_trade: Trade | None = None
-        self.last_quote: Quote | None = None
-        self.last_value: IndexValue | None = None
         self.segs: deque[bytearray] = deque()
         self.seg0 = 0  # absolute number of segs[0]
-        # five int64 per batch (_SEG, _OFF, _SIZE, _COUNT, _LAST): absolute segment number, offset in it,
-        # body size, events, last event time; the live batches start at index ``first`` (a multiple of 5)
+        # five int64 per record (_SEG, _OFF, _SIZE, _COUNT, _LAST): absolute segment number, offset in it,
+        # body size, events, time; the live records start at index ``first`` (a multiple of 5)
         self.pos = array("q")
         self.first = 0
-        self.head = 0
-        self.n = 0
-
-    def __len__(self) -> int:
-        return self.n
 
     @property
     def batches(self) -> int:
@@ -90,7 +81,7 @@ class _Sym:
         seg += body
 
     def pop(self) -> tuple[int, int]:
-        """Remove the oldest batch; returns its (body size, event count)."""
+        """Remove the oldest record; returns its (body size, event count)."""
         pos, i = self.pos, self.first
         size, count = pos[i + _SIZE], pos[i + _COUNT]
         i += 5
@@ -116,10 +107,29 @@ class _Sym:
         return self.segs[pos[i + _SEG] - self.seg0][o:o + pos[i + _SIZE]]
 
     def iter_batches(self):
-        """``(index, count, last_ts)`` of the live batches, oldest first."""
+        """``(index, count, time)`` of the live records, oldest first (``body(index)`` is the record)."""
         pos = self.pos
         for i in range(self.first, len(pos), 5):
             yield i, pos[i + _COUNT], pos[i + _LAST]
+
+
+class _Sym(SegmentLog):
+    """One symbol's cache: its batches (records of a :class:`SegmentLog`), oldest first, of which the first
+    ``head`` events of the oldest are evicted; ``n`` events are cached; the newest has sequence number ``seq``."""
+
+    __slots__ = ("seq", "last_trade", "last_quote", "last_value", "head", "n")
+
+    def __init__(self, segment_bytes: int = SEGMENT_BYTES) -> None:
+        super().__init__(segment_bytes)
+        self.seq = 0
+        self.last_trade: Trade | None = None
+        self.last_quote: Quote | None = None
+        self.last_value: IndexValue | None = None
+        self.head = 0
+        self.n = 0
+
+    def __len__(self) -> int:
+        return self.n
 
     def events(self) -> list[MarketEvent]:
         """The cached events, oldest first (decoded anew)."""
@@ -130,6 +140,33 @@ class _Sym:
             out.extend(batch[head:] if head else batch)
             head = 0
         return out
+
+
+class BarRing(SegmentLog):
+    """The newest ``maxlen`` closed bars of one series (symbol and interval), msgpack-encoded in a
+    :class:`SegmentLog`: 170 series x 7,200 bars kept as ``MicroBar`` objects in deques were 1.2 M
+    entries for every full collector pass to visit. Decoded on query."""
+
+    __slots__ = ("maxlen",)
+
+    def __init__(self, maxlen: int, segment_bytes: int = 64 << 10) -> None:
+        super().__init__(segment_bytes)
+        self.maxlen = maxlen
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def append(self, bar: MicroBar) -> None:
+        self.push(_ENCODER.encode(bar), 1, bar.start_ns)
+        if self.batches > self.maxlen:
+            self.pop()
+
+    def since(self, start_ns: int = 0, limit: int | None = None) -> list[MicroBar]:
+        """Bars starting at or after ``start_ns``, oldest first; the newest ``limit`` of them."""
+        idx = [i for i, _, t in self.iter_batches() if t >= start_ns]
+        if limit is not None:
+            idx = idx[-limit:] if limit > 0 else []
+        return [_BAR_DECODER.decode(self.body(i)) for i in idx]
 
 
 class TickCache:

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.aggregator.bars import BarAggregator, bars_from_events, parse_interval
-from services.aggregator.cache import TickCache
-from spx_common.models import IndexValue, Quote, Trade
+from services.aggregator.cache import BarRing, TickCache
+from spx_common.models import IndexValue, MicroBar, Quote, Trade
 from tests.aggregator.reference import as_dicts, normalize, reference_bars
 
 S = 1_000_000_000
@@ -287,3 +287,15 @@ def test_cache_batches_evict_like_a_plain_buffer(batches, max_events, window_ns)
 def test_bad_interval_is_refused():
     with pytest.raises(ValueError, match="bad bar interval"):
         parse_interval("2x")
+
+
+def test_bar_ring_keeps_the_newest_bars_exactly():
+    ring = BarRing(maxlen=50, segment_bytes=300)  # a few bars per segment: segments roll and are freed
+    bars = [MicroBar(sym="SPY", interval="1s", start_ns=i * S, open=1.0 + i, high=2.0 + i, low=0.5, close=1.5,
+                     volume=float(i), trades=i, vwap=None if i % 3 else 1.25, closed=True) for i in range(400)]
+    for b in bars:
+        ring.append(b)
+    assert len(ring) == 50 and len(ring.segs) <= 50
+    assert ring.since() == bars[-50:]
+    assert ring.since(start_ns=380 * S) == bars[380:]
+    assert ring.since(start_ns=0, limit=7) == bars[-7:] and ring.since(limit=0) == []
