@@ -24,13 +24,16 @@ Side documents (the option chain snapshots published on ``chain.<root>``) go to
 journal replay can republish them: :meth:`JournalWriter.append_doc`, :func:`iter_docs`.  At
 most ``max_pending_docs`` are queued.
 
-Readers: :func:`iter_events` (files or a directory, optional time/symbol filter) is what replay,
-``spx bars`` and the aggregator's warm-up use.
+Readers: :func:`iter_events` (files or a directory, optional time/symbol filter) is what replay and
+``spx bars`` use.  :func:`iter_tail` reads only the newest ``max_bytes`` of one day, whatever the day's
+size (the aggregator's warm-up); :func:`read_journal_tail` is the same as a flat event list with each
+symbol's newest event time (the feed's restart backfill).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import mmap
 import os
 import struct
 import threading
@@ -51,6 +54,12 @@ _LEN = struct.Struct("<I")
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(list[MarketEvent])
 MAX_RECORD_BYTES = 64 * 1024 * 1024
+#: how far into a journal part read from its middle a record boundary is searched for (the largest record
+#: assumed; see :func:`iter_tail`)
+TAIL_SYNC_BYTES = 4 << 20
+#: records decoded to confirm a record boundary found mid-file (the length chain to the end is also checked)
+TAIL_SYNC_CONFIRM = 8
+_ARRAY_HEADS = frozenset(range(0x91, 0xA0)) | {0xDC, 0xDD}  # msgpack array of >= 1 element
 
 
 def trading_date(ts_ns: int) -> dt.date:
@@ -321,3 +330,215 @@ def iter_events(
             if wanted is not None and ev.sym not in wanted:
                 continue
             yield ev
+
+
+# ------------------------------------------------------------------ the newest part of a day
+
+
+@dataclass
+class TailStats:
+    """What :func:`iter_tail` read (filled in as the batches are yielded)."""
+
+    #: bytes read from the parts' ends (including what precedes the first record boundary and a torn tail)
+    bytes_read: int = 0
+    records: int = 0
+    event_count: int = 0
+    #: torn records skipped (a crash during a write; at most one per part, at its end)
+    torn: int = 0
+    #: records whose length was sound but whose content did not decode, skipped
+    corrupt: int = 0
+    #: True when older records of the day exist before what was read
+    partial: bool = False
+    #: True when the oldest part read was entered mid-file and re-synchronised on a record boundary;
+    #: ``skipped_bytes`` precede that boundary (the rest of a record cut by the byte bound)
+    resynced: bool = False
+    skipped_bytes: int = 0
+    #: parts of the day read (newest last)
+    parts: list[str] = field(default_factory=list)
+    #: oldest event time of the first record read (0: nothing read): what a reader of the tail knows
+    #: about where the journal before it ends (``Aggregator.warm_up``: which rebuilt bars are exact)
+    first_ns: int = 0
+    #: oldest and newest event time read (0: nothing)
+    oldest_ns: int = 0
+    newest_ns: int = 0
+
+
+def _chain_ok(data, off: int, end: int) -> bool:
+    """The length prefixes from ``off`` lead exactly to ``end`` or to a torn last record (no length of 0
+    or above ``MAX_RECORD_BYTES`` on the way)."""
+    unpack = _LEN.unpack_from
+    while off + 4 <= end:
+        (n,) = unpack(data, off)
+        if n == 0 or n > MAX_RECORD_BYTES:
+            return False
+        off += 4 + n
+    return True
+
+
+def _is_boundary(data, off: int, end: int) -> bool:
+    """``off`` starts a record: the length chain from it leads to ``end`` (or a torn last record) and its
+    first ``TAIL_SYNC_CONFIRM`` records decode to non-empty batches. The framing has no sync marker; a
+    false boundary needs typed batches at the right lengths, and the chain check then costs one length
+    read per record."""
+    pos = off
+    for _ in range(TAIL_SYNC_CONFIRM):
+        if pos + 4 > end:
+            break
+        (n,) = _LEN.unpack_from(data, pos)
+        if n == 0 or n > MAX_RECORD_BYTES or pos + 4 + n > end:
+            break
+        try:
+            if not _DECODER.decode(data[pos + 4:pos + 4 + n]):
+                return False
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        pos += 4 + n
+    if pos == off:  # not even one whole record
+        return False
+    return _chain_ok(data, pos, end)
+
+
+def _sync(data, end: int) -> int | None:
+    """The first record boundary of a slice that starts mid-file, searched in its first
+    ``TAIL_SYNC_BYTES``."""
+    heads = _ARRAY_HEADS
+    for off in range(min(end - 5, TAIL_SYNC_BYTES)):
+        if data[off + 4] in heads and _is_boundary(data, off, end):
+            return off
+    return None
+
+
+def _tail_parts(directory: Path, day: dt.date, max_bytes: int, stats: TailStats) -> list[tuple[Path, int, int]]:
+    """``(part, start, size)`` of the day's newest parts within ``max_bytes``, oldest first."""
+    prefix = day.isoformat() + "."
+    parts = [f for f in journal_files(directory) if f.name.startswith(prefix)]
+    budget = max_bytes
+    chosen: list[tuple[Path, int, int]] = []
+    for f in reversed(parts):
+        if budget <= 0:
+            stats.partial = True
+            break
+        try:
+            size = f.stat().st_size
+        except OSError:
+            continue
+        start = max(0, size - budget)
+        budget -= size - start
+        chosen.append((f, start, size))
+        if start > 0:
+            stats.partial = True
+            break
+    chosen.reverse()
+    return chosen
+
+
+def iter_tail(directory: Path | str, day: dt.date, max_bytes: int,
+              stats: TailStats | None = None) -> Iterator[list[MarketEvent]]:
+    """The batches of the newest ``max_bytes`` of ``day``'s tick journal, oldest first, in journal order.
+
+    Bounded whatever the day's size: the day's parts are taken newest first until ``max_bytes``; the
+    oldest one taken is read from ``max_bytes`` (what is left of them) before its end and re-synchronised
+    on the first record boundary (the first offset, within ``TAIL_SYNC_BYTES``, from which the length
+    prefixes lead to the end and the first records decode). A torn last record is skipped and counted, a
+    record that does not decode is skipped and counted. Memory: the parts are mapped, not copied, and the
+    batches are decoded one at a time as they are consumed. ``stats`` is filled in as the batches are
+    yielded (:class:`TailStats`).
+    """
+    stats = stats if stats is not None else TailStats()
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    for f, start, size in _tail_parts(directory, day, max_bytes, stats):
+        if size == 0:
+            continue
+        try:
+            with open(f, "rb") as fh:
+                mm = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            continue
+        stats.parts.append(f.name)
+        stats.bytes_read += size - start
+        try:
+            yield from _part_batches(mm, start, size, stats)
+        finally:
+            mm.close()
+
+
+def _part_batches(mm: mmap.mmap, start: int, size: int, stats: TailStats) -> Iterator[list[MarketEvent]]:
+    """The records of ``mm[start:size]`` (re-synchronised when ``start`` > 0). Decoded batches copy what they
+    hold, so no view of the map outlives the part."""
+    view = memoryview(mm)
+    data = view[start:size]
+    try:
+        end = size - start
+        off = 0
+        if start > 0:
+            found = _sync(data, end)
+            if found is None:
+                stats.skipped_bytes += end
+                return
+            stats.resynced = True
+            stats.skipped_bytes += found
+            off = found
+        unpack, decode = _LEN.unpack_from, _DECODER.decode
+        while off < end:
+            if off + 4 > end:
+                stats.torn += 1
+                return
+            (n,) = unpack(data, off)
+            if n > MAX_RECORD_BYTES or off + 4 + n > end:
+                stats.torn += 1
+                return
+            try:
+                batch = decode(data[off + 4:off + 4 + n])
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                stats.corrupt += 1
+                off += 4 + n
+                continue
+            off += 4 + n
+            if not batch:
+                continue
+            lo = hi = batch[0].ts
+            for ev in batch:
+                t = ev.ts
+                if t < lo:
+                    lo = t
+                elif t > hi:
+                    hi = t
+            if not stats.first_ns:
+                stats.first_ns = stats.oldest_ns = lo
+                stats.newest_ns = hi
+            else:
+                if lo < stats.oldest_ns:
+                    stats.oldest_ns = lo
+                if hi > stats.newest_ns:
+                    stats.newest_ns = hi
+            stats.records += 1
+            stats.event_count += len(batch)
+            yield batch
+    finally:
+        data.release()
+        view.release()
+
+
+@dataclass
+class JournalTail(TailStats):
+    """The newest journaled events of one trading day as one list (see :func:`read_journal_tail`)."""
+
+    events: list[MarketEvent] = field(default_factory=list)
+    #: symbol -> newest journaled event time
+    newest: dict[str, int] = field(default_factory=dict)
+
+
+def read_journal_tail(directory: Path | str, day: dt.date, max_bytes: int = 16 << 20) -> JournalTail:
+    """The last ``max_bytes`` (16 MiB by default) of the tick journal of ``day``, decoded into one list,
+    with each symbol's newest event time (:func:`iter_tail`; the feed's restart backfill, docs/feed.md).
+    A torn last record (crash during a write) is skipped and counted."""
+    tail = JournalTail()
+    events, newest = tail.events, tail.newest
+    for batch in iter_tail(directory, day, max_bytes, tail):
+        events.extend(batch)
+        for ev in batch:
+            if ev.ts > newest.get(ev.sym, 0):
+                newest[ev.sym] = ev.ts
+    return tail

@@ -30,7 +30,18 @@ class AggregatorConfig(Section):
                               "msgpack batches, ~110 bytes per event); above it the oldest batches go first.")
     bars_kept: int = Field(7200, ge=10, description="Closed bars kept per symbol and interval for queries.")
     max_symbols: int = Field(5000, ge=1, description="Symbols tracked at most; more are refused and counted.")
-    warmup_from_journal: bool = Field(True, description="On start, rebuild cache and bars from today's journal.")
+    warmup_from_journal: bool = Field(True, description="On start, rebuild cache and bars from the newest day of "
+                                      "the tick journal (its newest warmup_max_mb only).")
+    warmup_max_mb: int | None = Field(None, ge=1, le=65_536, description="Warm-up reads at most this many MiB "
+                                      "from the end of the journal's newest day (a restart stays within seconds "
+                                      "whatever the day's size); unset: cache_max_mb, what fills the tick cache. "
+                                      "Older events are not cached again; the first bars of the tail may be "
+                                      "partial (docs/reliability.md, failure modes).")
+
+    @property
+    def warmup_max_bytes(self) -> int:
+        """The warm-up's read bound in bytes (``warmup_max_mb``, else ``cache_max_mb``)."""
+        return (self.warmup_max_mb or self.cache_max_mb) << 20
 
     @field_validator("intervals")
     @classmethod

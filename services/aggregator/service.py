@@ -20,8 +20,10 @@ Requests (REQ/REP on the aggregator's request socket; shapes are plain maps):
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections import deque
+from typing import Any
 
 from services.aggregator.bars import COMPILED, BarAggregator
 from services.aggregator.cache import TickCache
@@ -33,6 +35,9 @@ from spx_common.models import MicroBar
 from spx_common.service import BusService
 from spx_common.topics import group_by_symbol, is_one_symbol
 
+#: events of one symbol cached as one batch at warm-up (a batch older than the cache window is dropped
+#: whole once its last event is, so this bounds how many events beyond the window a symbol may keep)
+WARMUP_CACHE_RUN = 256
 
 
 class Aggregator(BusService):
@@ -49,6 +54,8 @@ class Aggregator(BusService):
                                self.cfg.max_symbols, self.cfg.cache_max_mb << 20)
         self.bars: dict[tuple[str, str], deque[MicroBar]] = {}
         self._dirty: set[str] = set()  # symbols with events since the last in-progress updates
+        #: what the start-up warm-up read (``status`` RPC ``warm_up``; :meth:`warm_up`)
+        self.warmup: dict[str, Any] = {"state": "off"}
         m = self.metrics
         self.events_in = m.counter("aggregator_events_total", "Market events aggregated.")
         self.bars_out = m.counter("aggregator_bars_closed_total", "Closed bars published.", ["interval"])
@@ -140,27 +147,70 @@ class Aggregator(BusService):
     # ------------------------------------------------------------------ warm-up and queries
 
     def warm_up(self) -> int:
-        """Rebuild cache and recent bars from the newest journal day (nothing is republished)."""
+        """Rebuild the tick cache and recent bars from the end of the newest journal day (nothing is
+        republished); returns the events read.
+
+        Reads at most ``warmup_max_mb`` (default ``cache_max_mb``, what fills the cache) from the end of
+        the day (:func:`spx_common.journal.iter_tail`), batch by batch, so a restart costs the same on a
+        day of gigabytes as on a small one. What was read is logged and kept in :attr:`warmup` (the
+        ``status`` RPC's ``warm_up``).
+
+        Bars: those rebuilt are exactly the bars of the events read (``bars_from_events`` of that slice).
+        When the day is longer than the bound, a bar also equals the one a whole-day read (and ``spx bars
+        --journal``) makes when its bucket starts after ``first_ns`` + D (``first_ns``: the oldest event
+        time of the first record read; D: how much newer an event journaled before another can be, the
+        feed's ``reorder_tolerance_ms`` outside backfills) and, for a symbol with quotes, after its first
+        quote read (the quote in force at a bar's start). Earlier bars of the tail may miss events or
+        quote context; they are served as they are (docs/reliability.md, failure modes).
+        """
         directory = self.runtime.path("journal")
         files = journal.journal_files(directory) if directory.is_dir() else []
         if not files:
+            self.warmup = {"state": "empty", "day": None}
             return 0
-        day = files[-1].name.split(".")[0]
-        stats = journal.ReadStats()
+        day = dt.date.fromisoformat(files[-1].name.split(".")[0])
+        stats = journal.TailStats()
         t0 = time.monotonic()
-        count = 0
-        for f in (f for f in files if f.name.startswith(day)):
-            for batch in journal.iter_batches(f, stats):
-                self._cache_by_symbol(batch)  # a journal record holds every symbol of one vendor batch
-                self.agg.on_events(batch)
-                count += len(batch)
-        for bar in self.agg.drain():
+        agg, add = self.agg, self.cache.add
+        # A journal record holds every symbol of one vendor batch (~6 symbols in 20 events): split per
+        # symbol as live (``_cache_by_symbol``), but cached as runs of up to WARMUP_CACHE_RUN events of
+        # a symbol, since the cache's cost is per batch (~3 us) and would be most of the warm-up.
+        pending: dict[str, list] = {}
+        for batch in journal.iter_tail(directory, day, self.cfg.warmup_max_bytes, stats):
+            agg.on_events(batch)
+            for sym, evs in group_by_symbol(batch).items():
+                run = pending.get(sym)
+                if run is None:
+                    pending[sym] = evs
+                    continue
+                run += evs
+                if len(run) >= WARMUP_CACHE_RUN:
+                    add(run)
+                    pending[sym] = []
+        for run in pending.values():
+            add(run)
+        for bar in agg.drain():
             ring = self.bars.setdefault((bar.sym, bar.interval), deque(maxlen=self.cfg.bars_kept))
             ring.append(bar)
-        self.log.info("warm-up from journal", extra={"day": day, "events": count, "torn": stats.torn,
-                                                      "corrupt": stats.corrupt,
-                                                      "seconds": round(time.monotonic() - t0, 2)})
-        return count
+        seconds = round(time.monotonic() - t0, 3)
+        self.warmup = {
+            "state": "partial" if stats.partial else "whole_day", "day": day.isoformat(),
+            "max_bytes": self.cfg.warmup_max_bytes, "bytes": stats.bytes_read, "records": stats.records,
+            "events": stats.event_count, "first_ns": stats.first_ns, "oldest_ns": stats.oldest_ns,
+            "newest_ns": stats.newest_ns, "span_s": round((stats.newest_ns - stats.oldest_ns) / 1e9, 3),
+            "resynced": stats.resynced, "skipped_bytes": stats.skipped_bytes, "torn": stats.torn,
+            "corrupt": stats.corrupt, "parts": stats.parts, "seconds": seconds,
+        }
+        self.log.info("warm-up from journal %s: %.1f MiB of %s (%s), %d events over %.1f s of event time, "
+                      "%.2f s%s%s", day, stats.bytes_read / (1 << 20), "its tail" if stats.partial else "the day",
+                      ", ".join(stats.parts) or "no part", stats.event_count, self.warmup["span_s"], seconds,
+                      f", resynchronised after {stats.skipped_bytes} bytes" if stats.resynced else "",
+                      f", {stats.torn} torn and {stats.corrupt} corrupt records skipped"
+                      if stats.torn or stats.corrupt else "", extra=self.warmup)
+        return stats.event_count
+
+    def status(self) -> dict[str, Any]:
+        return {**super().status(), "warm_up": self.warmup}
 
     def rpc_ticks_since(self, p: dict) -> dict:
         limit = _int(p, "limit", 10_000, 1, 100_000)

@@ -23,10 +23,11 @@ Tasks (all owned by :class:`LiveIngest`, started by ``FeedService.main``):
   backfilled=True``; the pipeline's dedupe removes what the stream already delivered.  Every gap
   is counted (``feed_backfill_*``) and summarised on ``status.backfill``;
 * the restart gap: at a live start, the gap the previous run left (from each symbol's newest event in
-  the tick journal read back, :func:`read_journal_tail`, to the new stream's first event) is backfilled
-  the same way when that run is recent (``restart_backfill_max_s``) and of the same trading day; the
-  dedupe is first seeded with the journaled events and with what the aggregator's tick cache holds, so
-  what the mesh already has is not published again (``_prepare_restart``, docs/feed.md);
+  the tick journal read back, :func:`spx_common.journal.read_journal_tail`, to the new stream's first
+  event) is backfilled the same way when that run is recent (``restart_backfill_max_s``) and of the
+  same trading day; the dedupe is first seeded with the journaled events and with what the
+  aggregator's tick cache holds, so what the mesh already has is not published again
+  (``_prepare_restart``, docs/feed.md);
 * the chain poller: every ``chain_every_s`` the 0DTE chain snapshot around the money is published
   on ``chain.<root>`` like the synthetic source does.
 """
@@ -35,11 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import struct
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -48,6 +46,7 @@ import msgspec
 from spx_common import calendar as mcal
 from spx_common import journal
 from spx_common.bus import RpcError
+from spx_common.journal import read_journal_tail
 from spx_common.models import IndexValue, MarketEvent
 
 from services.feed.parsing import MassiveParser
@@ -58,119 +57,11 @@ from services.feed.ws import AuthFailed, MassiveStream
 ET = ZoneInfo("America/New_York")
 
 #: journal bytes read back at a live start to find where the previous run's data ends (newest parts of
-#: today, newest first): ~3 s of events at 50,000/s (~100 bytes an event), decoded in ~0.1 s
+#: today, newest first; :func:`spx_common.journal.read_journal_tail`): ~3 s of events at 50,000/s (~100 bytes
+#: an event), decoded in ~0.1 s
 RESUME_TAIL_BYTES = 16 << 20
-#: how far into a partly read journal part a record boundary is searched for (largest record assumed)
-RESUME_SYNC_BYTES = 4 << 20
 #: wall time a live start spends asking the aggregator which events of the previous run it holds
 RESUME_AGGREGATOR_BUDGET_S = 1.0
-_LEN = struct.Struct("<I")
-_BATCH = msgspec.msgpack.Decoder(list[MarketEvent])
-_ARRAY_HEADS = frozenset(range(0x91, 0xA0)) | {0xDC, 0xDD}  # msgpack array of >= 1 element
-
-
-@dataclass
-class JournalTail:
-    """The newest journaled events of one trading day (see :func:`read_journal_tail`)."""
-
-    events: list[MarketEvent] = field(default_factory=list)
-    #: symbol -> newest journaled event time
-    newest: dict[str, int] = field(default_factory=dict)
-    #: newest / oldest event time read (0: nothing)
-    newest_ns: int = 0
-    oldest_ns: int = 0
-    #: True when older records of the day exist before what was read
-    partial: bool = False
-    bytes_read: int = 0
-    torn: int = 0
-
-
-def _walk(data: memoryview, off: int) -> tuple[list[list[MarketEvent]], bool] | None:
-    """Decode records from ``off`` to the end; ``(batches, torn_tail)``, or None when a record is not a
-    valid batch (``off`` is not a record boundary)."""
-    out: list[list[MarketEvent]] = []
-    end = len(data)
-    while off < end:
-        if off + 4 > end:
-            return out, True
-        (n,) = _LEN.unpack_from(data, off)
-        if off + 4 + n > end:
-            return out, True
-        if n == 0 or n > journal.MAX_RECORD_BYTES:
-            return None
-        try:
-            batch = _BATCH.decode(data[off + 4:off + 4 + n])
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return None
-        if not batch:
-            return None
-        out.append(batch)
-        off += 4 + n
-    return out, False
-
-
-def _records(data: bytes, aligned: bool) -> tuple[list[list[MarketEvent]], bool]:
-    """The batches of a journal slice. ``aligned``: ``data`` starts at a record boundary (the file's
-    start); else the first offset from which every record decodes to the end (or a torn tail) is taken
-    (the framing has no sync marker; a false boundary would need a run of valid typed batches)."""
-    view = memoryview(data)
-    if aligned:
-        return _walk(view, 0) or ([], False)
-    heads = _ARRAY_HEADS
-    for off in range(min(len(data) - 5, RESUME_SYNC_BYTES)):
-        if data[off + 4] not in heads:
-            continue
-        got = _walk(view, off)
-        if got is not None and got[0]:
-            return got
-    return [], False
-
-
-def read_journal_tail(directory: Path, day: dt.date, max_bytes: int = RESUME_TAIL_BYTES) -> JournalTail:
-    """The last ``max_bytes`` of the tick journal of ``day`` (its newest parts), decoded.
-
-    Bounded whatever the day's size: a large part is read from ``max_bytes`` before its end and
-    re-synchronised on the first record boundary. A torn last record (crash during a write) is skipped
-    and counted.
-    """
-    tail = JournalTail()
-    if not directory.is_dir():
-        return tail
-    prefix = day.isoformat() + "."
-    parts = [f for f in journal.journal_files(directory) if f.name.startswith(prefix)]
-    budget = max_bytes
-    chunks: list[list[list[MarketEvent]]] = []
-    for f in reversed(parts):
-        if budget <= 0:
-            tail.partial = True
-            break
-        try:
-            with open(f, "rb") as fh:
-                size = fh.seek(0, 2)
-                start = max(0, size - budget)
-                fh.seek(start)
-                data = fh.read(size - start)
-        except OSError:
-            continue
-        budget -= len(data)
-        tail.bytes_read += len(data)
-        batches, torn = _records(data, aligned=start == 0)
-        tail.torn += int(torn)
-        chunks.append(batches)
-        if start > 0:
-            tail.partial = True
-            break
-    newest = tail.newest
-    for batches in reversed(chunks):
-        for batch in batches:
-            for ev in batch:
-                tail.events.append(ev)
-                if ev.ts > newest.get(ev.sym, 0):
-                    newest[ev.sym] = ev.ts
-    if tail.events:
-        tail.newest_ns = max(newest.values())
-        tail.oldest_ns = min(ev.ts for ev in tail.events)
-    return tail
 
 
 def in_market_hours(now_ns: int) -> bool:
@@ -441,7 +332,8 @@ class LiveIngest:
         now = time.time_ns()
         today = journal.trading_date(now)
         t0 = time.monotonic()
-        tail = await asyncio.get_running_loop().run_in_executor(None, read_journal_tail, svc.journal.directory, today)
+        tail = await asyncio.get_running_loop().run_in_executor(
+            None, read_journal_tail, svc.journal.directory, today, RESUME_TAIL_BYTES)
         info.update(journal_bytes=tail.bytes_read, journal_events=len(tail.events), journal_torn=tail.torn,
                     journal_newest_ns=tail.newest_ns, journal_read_s=round(time.monotonic() - t0, 3))
         if not tail.events:
@@ -868,4 +760,4 @@ def chain_contracts(rows: list[dict], root: str) -> tuple[list[dict], float | No
     return out, underlying
 
 
-__all__ = ["JournalTail", "LiveIngest", "chain_contracts", "in_market_hours", "option_topics", "read_journal_tail"]
+__all__ = ["LiveIngest", "chain_contracts", "in_market_hours", "option_topics"]

@@ -17,12 +17,11 @@ import zmq
 
 from spx_common.bus import RpcClient, RpcError, Subscriber
 from spx_common.config import BusConfig, RuntimeConfig
-from spx_common.journal import JournalWriter, iter_events
+from spx_common.journal import TAIL_SYNC_BYTES, JournalWriter, iter_events, read_journal_tail
 from spx_common.models import Quote, Trade
 from tests.conftest import eventually
 from tests.fakes.massive import MarketMix
 
-from services.feed.live import RESUME_SYNC_BYTES, read_journal_tail
 from tests.feed.helpers import LIVE_TEST_CONFIG, live_feed
 
 DAY = 1_795_185_000_000_000_000  # 2026-11-20 09:30 New York
@@ -218,7 +217,7 @@ def test_journal_tail_is_bounded_and_resynchronises_mid_file(tmp_path):
     assert 0 < len(part.events) < 2400 and part.events == whole.events[-len(part.events):]  # whole records only
     assert part.newest == whole.newest and part.oldest_ns > whole.oldest_ns
     assert read_journal_tail(tmp_path, dt.date(2026, 11, 21)).events == []  # another day: nothing
-    assert RESUME_SYNC_BYTES >= 1 << 20
+    assert TAIL_SYNC_BYTES >= 1 << 20
 
 
 def test_restart_backfill_skipped_for_an_old_previous_run_and_seeded_from_the_journal(run_dir, tmp_path, fake):
