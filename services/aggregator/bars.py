@@ -34,8 +34,57 @@ import cython
 from spx_common.models import IndexValue, MicroBar, Quote, Trade
 
 NS = 1_000_000_000
+
 #: True when this module runs compiled by Cython (setup.py); False when it runs as plain Python
 COMPILED: bool = cython.compiled
+
+
+def _field_offsets(cls, names: tuple) -> tuple | None:
+    """Byte offsets of ``names`` inside instances of the msgspec Struct ``cls``: an instance is made with a
+    distinct sentinel object in every field and its memory searched for each sentinel's address. None when
+    a field is not found exactly once (then the run loop reads attributes)."""
+    import ctypes
+
+    sentinels = {name: object() for name in cls.__struct_fields__}
+    inst = cls(**sentinels)  # Struct __init__ does not validate: any object fits any field
+    words = list((ctypes.c_void_p * (cls.__basicsize__ // ctypes.sizeof(ctypes.c_void_p))).from_address(id(inst)))
+    found = []
+    for name in names:
+        at = [i for i, w in enumerate(words) if w == id(sentinels[name])]
+        if len(at) != 1 or at[0] < 2:  # words 0 and 1: reference count and type
+            return None
+        found.append(at[0] * ctypes.sizeof(ctypes.c_void_p))
+    return tuple(found)
+
+
+# The compiled run loop reads a trade's and a quote's fields at their offsets in the object (checked: the
+# event's type is exactly Trade or Quote) instead of through generic attribute lookup (type lookup,
+# descriptor, ~100 instructions a field). Plain Python, or offsets not found: attribute reads.
+_TRADE_AT = _field_offsets(Trade, ("sym", "price", "size", "ts")) if cython.compiled else None
+_QUOTE_AT = _field_offsets(Quote, ("sym", "bid", "ask", "bid_size", "ask_size", "ts")) if cython.compiled else None
+#: True when the compiled run loop reads fields at their offsets (False as plain Python)
+FIELD_OFFSETS: bool = _TRADE_AT is not None and _QUOTE_AT is not None
+_T_SYM = cython.declare(cython.Py_ssize_t, _TRADE_AT[0] if FIELD_OFFSETS else 0)
+_T_PRICE = cython.declare(cython.Py_ssize_t, _TRADE_AT[1] if FIELD_OFFSETS else 0)
+_T_SIZE = cython.declare(cython.Py_ssize_t, _TRADE_AT[2] if FIELD_OFFSETS else 0)
+_T_TS = cython.declare(cython.Py_ssize_t, _TRADE_AT[3] if FIELD_OFFSETS else 0)
+_Q_SYM = cython.declare(cython.Py_ssize_t, _QUOTE_AT[0] if FIELD_OFFSETS else 0)
+_Q_BID = cython.declare(cython.Py_ssize_t, _QUOTE_AT[1] if FIELD_OFFSETS else 0)
+_Q_ASK = cython.declare(cython.Py_ssize_t, _QUOTE_AT[2] if FIELD_OFFSETS else 0)
+_Q_BSZ = cython.declare(cython.Py_ssize_t, _QUOTE_AT[3] if FIELD_OFFSETS else 0)
+_Q_ASZ = cython.declare(cython.Py_ssize_t, _QUOTE_AT[4] if FIELD_OFFSETS else 0)
+_Q_TS = cython.declare(cython.Py_ssize_t, _QUOTE_AT[5] if FIELD_OFFSETS else 0)
+_FAST = cython.declare(cython.bint, FIELD_OFFSETS)
+
+
+@cython.cfunc
+@cython.inline
+def _at(ev: object, off: cython.Py_ssize_t, name: str) -> object:
+    """Field of ``ev`` at byte offset ``off`` (compiled only); a cleared field reads as ``getattr`` does."""
+    p = cython.cast(cython.pointer(cython.p_void), cython.cast(cython.p_char, cython.cast(cython.p_void, ev)) + off)[0]
+    if p == cython.NULL:
+        return getattr(ev, name)
+    return cython.cast(object, p)
 
 
 def parse_interval(text: str) -> int:
@@ -240,11 +289,20 @@ class BarAggregator:
         ev = next(it, None)
         sym = st = None
         while ev is not None:
-            ts = ev.ts
+            t = type(ev)
+            if _FAST and t is Quote:
+                ts = _at(ev, _Q_TS, "ts")
+                esym = _at(ev, _Q_SYM, "sym")
+            elif _FAST and t is Trade:
+                ts = _at(ev, _T_TS, "ts")
+                esym = _at(ev, _T_SYM, "sym")
+            else:
+                ts = ev.ts
+                esym = ev.sym
             if ts > wm:
                 wm = ts
-            if ev.sym != sym or st is None:
-                sym = ev.sym
+            if esym != sym or st is None:
+                sym = esym
                 st = symbols.get(sym) or self._state(sym)
                 if st is None:
                     ev = next(it, None)
@@ -331,17 +389,35 @@ class BarAggregator:
                 qcov = qbid > 0 and qask > 0
             pending = None
             for ev in chain((ev,), it):
-                ts = ev.ts
-                if ts >= hi or ts < lo or ev.sym != sym:
-                    pending = ev
-                    break
+                t = type(ev)
+                if _FAST and t is Quote:
+                    ts = _at(ev, _Q_TS, "ts")
+                    if ts >= hi or ts < lo or _at(ev, _Q_SYM, "sym") != sym:
+                        pending = ev
+                        break
+                elif _FAST and t is Trade:
+                    ts = _at(ev, _T_TS, "ts")
+                    if ts >= hi or ts < lo or _at(ev, _T_SYM, "sym") != sym:
+                        pending = ev
+                        break
+                else:
+                    ts = ev.ts
+                    if ts >= hi or ts < lo or ev.sym != sym:
+                        pending = ev
+                        break
                 if ts > wm:
                     wm = ts
-                if type(ev) is Quote:
-                    bid = ev.bid
-                    ask = ev.ask
-                    bsz = ev.bid_size
-                    asz = ev.ask_size
+                if t is Quote:
+                    if _FAST:
+                        bid = _at(ev, _Q_BID, "bid")
+                        ask = _at(ev, _Q_ASK, "ask")
+                        bsz = _at(ev, _Q_BSZ, "bid_size")
+                        asz = _at(ev, _Q_ASZ, "ask_size")
+                    else:
+                        bid = ev.bid
+                        ask = ev.ask
+                        bsz = ev.bid_size
+                        asz = ev.ask_size
                     sb1 += bsz
                     sa1 += asz
                     sb2 += bsz
@@ -356,9 +432,13 @@ class BarAggregator:
                     qbid = bid
                     qask = ask
                     qcov = bid > 0 and ask > 0
-                elif type(ev) is Trade:
-                    price = ev.price
-                    size = ev.size
+                elif t is Trade:
+                    if _FAST:
+                        price = _at(ev, _T_PRICE, "price")
+                        size = _at(ev, _T_SIZE, "size")
+                    else:
+                        price = ev.price
+                        size = ev.size
                     if not nt:
                         first = high = low = price
                     elif price > high:

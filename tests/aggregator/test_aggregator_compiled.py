@@ -90,3 +90,28 @@ def test_newest_by_kind_compiled_and_pure_agree_with_a_reverse_scan(kinds):
     for mod in (bars, PURE):
         got = mod.newest_by_kind(batch)
         assert len(got) == 3 and all(g is w for g, w in zip(got, want))
+
+
+def test_the_compiled_run_loop_reads_trade_and_quote_fields_at_their_offsets():
+    """The offsets found at import point at each field's value (checked through the object's memory); a field
+    deleted from an event fails as an attribute read does, in both builds."""
+    import ctypes
+
+    assert bars.FIELD_OFFSETS and not PURE.FIELD_OFFSETS
+    q = bars.Quote(sym="O:SPXW261204C05900000", bid=1.25, ask=1.5, bid_size=10.0, ask_size=20.0, ts=7, seq=3)
+    tr = bars.Trade(sym="SPY", price=590.5, size=100.0, ts=9, exch=4)
+    for ev, names, offsets in ((q, ("sym", "bid", "ask", "bid_size", "ask_size", "ts"), bars._QUOTE_AT),
+                               (tr, ("sym", "price", "size", "ts"), bars._TRADE_AT)):
+        for name, off in zip(names, offsets):
+            assert ctypes.c_void_p.from_address(id(ev) + off).value == id(getattr(ev, name)), name
+    for mod in (bars, PURE):
+        broken = bars.Quote(sym="SPY", bid=1.0, ask=2.0, ts=5)
+        del broken.bid
+        agg = mod.BarAggregator(["1s"])
+        agg.on_events([bars.Trade(sym="SPY", price=1.5, size=1.0, ts=1)])
+        try:
+            agg.on_events([broken])
+        except AttributeError as exc:
+            assert "bid" in str(exc)
+        else:
+            raise AssertionError("a quote without bid was aggregated")
