@@ -156,6 +156,9 @@ class BarRing(SegmentLog):
     def __len__(self) -> int:
         return self.batches
 
+    def __iter__(self):
+        return iter(self.since())
+
     def append(self, bar: MicroBar) -> None:
         self.push(_ENCODER.encode(bar), 1, bar.start_ns)
         if self.batches > self.maxlen:

@@ -22,11 +22,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections import deque
 from typing import Any
 
 from services.aggregator.bars import COMPILED, BarAggregator
-from services.aggregator.cache import TickCache
+from services.aggregator.cache import BarRing, TickCache
 from services.aggregator.config import AggregatorConfig
 from spx_common import journal
 from spx_common.bus import RpcError
@@ -52,7 +51,7 @@ class Aggregator(BusService):
         self.agg = self._new_aggregator(self.cfg.l2_microstructure and self.flag_store.get("l2_microstructure"))
         self.cache = TickCache(self.cfg.cache_window_s * 1_000_000_000, self.cfg.cache_max_events,
                                self.cfg.max_symbols, self.cfg.cache_max_mb << 20)
-        self.bars: dict[tuple[str, str], deque[MicroBar]] = {}
+        self.bars: dict[tuple[str, str], BarRing] = {}  # closed bars per (symbol, interval), encoded
         self._dirty: set[str] = set()  # symbols with events since the last in-progress updates
         #: what the start-up warm-up read (``status`` RPC ``warm_up``; :meth:`warm_up`)
         self.warmup: dict[str, Any] = {"state": "off"}
@@ -103,15 +102,18 @@ class Aggregator(BusService):
             self.cache.add(evs)
         return by_sym
 
+    def _keep(self, bar: MicroBar) -> None:
+        """Add a closed bar to its series' history (``bars_since``)."""
+        ring = self.bars.get((bar.sym, bar.interval))
+        if ring is None:
+            ring = self.bars[(bar.sym, bar.interval)] = BarRing(self.cfg.bars_kept)
+        ring.append(bar)
+
     def _publish_closed(self) -> None:
         counts: dict[str, int] = {}
-        bars, publish, wm = self.bars, self.publish, self.agg.watermark
+        keep, publish, wm = self._keep, self.publish, self.agg.watermark
         for bar in self.agg.drain():
-            key = (bar.sym, bar.interval)
-            ring = bars.get(key)
-            if ring is None:
-                ring = bars[key] = deque(maxlen=self.cfg.bars_kept)
-            ring.append(bar)
+            keep(bar)
             publish(f"bar.{bar.interval}.{bar.sym}", "bar", bar, wm)
             counts[bar.interval] = counts.get(bar.interval, 0) + 1
         for interval, n in counts.items():
@@ -190,8 +192,7 @@ class Aggregator(BusService):
         for run in pending.values():
             add(run)
         for bar in agg.drain():
-            ring = self.bars.setdefault((bar.sym, bar.interval), deque(maxlen=self.cfg.bars_kept))
-            ring.append(bar)
+            self._keep(bar)
         seconds = round(time.monotonic() - t0, 3)
         self.warmup = {
             "state": "partial" if stats.partial else "whole_day", "day": day.isoformat(),
@@ -223,8 +224,8 @@ class Aggregator(BusService):
             raise RpcError("bad_request", f"interval {interval!r} not aggregated; have {self.cfg.intervals}")
         since = _opt_int(p, "since_ns") or 0
         limit = _int(p, "limit", 1000, 1, 100_000)
-        ring = self.bars.get((sym, interval), ())
-        bars = [b for b in ring if b.start_ns >= since][-limit:]
+        ring = self.bars.get((sym, interval))
+        bars = ring.since(since, limit) if ring is not None else []
         return {"sym": sym, "interval": interval, "bars": bars, "current": self.agg.current(sym, interval),
                 "topic_seq": self.pub.last_seq(f"bar.{interval}.{sym}") if self.pub else 0}
 
