@@ -34,6 +34,7 @@ from spx_common.bus import SubscriberCore
 from spx_common.codec import encode_payload
 from spx_common.config import BusConfig, RuntimeConfig
 from spx_common.models import Quote, Trade
+from spx_common.topics import tick_topic
 
 
 def make_events(n: int) -> list:
@@ -46,19 +47,21 @@ def make_events(n: int) -> list:
     return out
 
 
-def frames_for(events: list, batch: int = 50) -> tuple[list[list[bytes]], int]:
-    """Group consecutive events per symbol into frames, like the feed's batches; (frames, events framed)."""
+def frames_for(events: list, batch: int = 50, by_root: bool = True) -> tuple[list[list[bytes]], int]:
+    """Group consecutive events per topic into frames of ``batch`` events, like the feed's batches:
+    ``tick.<sym>``, and ``tick.O:<root>`` for options (``by_root=False``: one contract per frame, as the
+    feed published before 7524d31); (frames, events framed)."""
     frames, seqs, pending, count = [], {}, {}, 0
     for ev in events:
-        buf = pending.setdefault(ev.sym, [])
+        topic = tick_topic(ev.sym) if by_root else f"tick.{ev.sym}"
+        buf = pending.setdefault(topic, [])
         buf.append(ev)
         if len(buf) >= batch:
-            topic = f"tick.{ev.sym}"
             seqs[topic] = seqs.get(topic, 0) + 1
             frames.append([topic.encode(), encode_payload("ticks", buf, src="feed", session="b", seq=seqs[topic],
                                                           event_ns=buf[-1].ts)])
             count += len(buf)
-            pending[ev.sym] = []
+            pending[topic] = []
     return frames, count
 
 
@@ -115,12 +118,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=800_000)
     ap.add_argument("--repeat", type=int, default=3, help="live-loop runs (each on a new aggregator)")
+    ap.add_argument("--per-contract", action="store_true",
+                    help="one option contract per frame (the feed's framing before tick.O:<root> batches)")
     ap.add_argument("--reference-python", metavar="PY",
                     help="interpreter with nautilus_trader: also run benchmarks/nautilus_reference.py")
     args = ap.parse_args()
     print(f"generating {args.events:,} synthetic events ...", file=sys.stderr)
     events = make_events(args.events)
-    frames, framed = frames_for(events)
+    frames, framed = frames_for(events, by_root=not args.per_contract)
     print(f"aggregator benchmark (pid {os.getpid()}, {os.cpu_count()} cores)")
     from services.aggregator.bars import COMPILED
 

@@ -32,11 +32,8 @@ from spx_common.bus import RpcError
 from spx_common.config import load
 from spx_common.models import MicroBar
 from spx_common.service import BusService
-from spx_common.topics import group_by_symbol, is_one_symbol
+from spx_common.topics import is_one_symbol
 
-#: events of one symbol cached as one batch at warm-up (a batch older than the cache window is dropped
-#: whole once its last event is, so this bounds how many events beyond the window a symbol may keep)
-WARMUP_CACHE_RUN = 256
 
 
 class Aggregator(BusService):
@@ -76,7 +73,7 @@ class Aggregator(BusService):
         self.rpc("last", lambda p: self.cache.last(_sym(p)))
         self.rpc("ticks_since", self.rpc_ticks_since)
         self.rpc("bars_since", self.rpc_bars_since)
-        self.rpc("symbols", lambda p: {s: st.n for s, st in self.cache.syms.items()})
+        self.rpc("symbols", lambda p: self.cache.size() and {s: st.n for s, st in self.cache.syms.items()})
 
     # ------------------------------------------------------------------ data path
 
@@ -86,21 +83,14 @@ class Aggregator(BusService):
         if is_one_symbol(frame.topic, events):  # the cache keeps the body as it arrived
             self.cache.add(events, frame.raw_body())
             self._dirty.add(events[0].sym)
-        else:  # an option root's batch (tick.O:<root>)
-            self._dirty.update(self._cache_by_symbol(events))
+        else:  # an option root's batch (tick.O:<root>): held per contract, added in runs
+            self._dirty.update(self.cache.add_split(events))
         self.agg.on_events(events)
         self.events_in.inc(len(events))
         if self.agg.watermark >= self.agg.next_due:
             self.agg.advance(self.agg.watermark)
         if self.agg.closed:
             self._publish_closed()
-
-    def _cache_by_symbol(self, events: list) -> dict[str, list]:
-        """Add a batch of several symbols to the tick cache, each symbol's events apart (in order)."""
-        by_sym = group_by_symbol(events)
-        for evs in by_sym.values():
-            self.cache.add(evs)
-        return by_sym
 
     def _keep(self, bar: MicroBar) -> None:
         """Add a closed bar to its series' history (``bars_since``)."""
@@ -173,24 +163,13 @@ class Aggregator(BusService):
         day = dt.date.fromisoformat(files[-1].name.split(".")[0])
         stats = journal.TailStats()
         t0 = time.monotonic()
-        agg, add = self.agg, self.cache.add
-        # A journal record holds every symbol of one vendor batch (~6 symbols in 20 events): split per
-        # symbol as live (``_cache_by_symbol``), but cached as runs of up to WARMUP_CACHE_RUN events of
-        # a symbol, since the cache's cost is per batch (~3 us) and would be most of the warm-up.
-        pending: dict[str, list] = {}
+        agg, add_split = self.agg, self.cache.add_split
+        # A journal record holds every symbol of one vendor batch: split per symbol and held in runs, as live
+        # option root batches are (TickCache.add_split), since the cache's cost is per batch.
         for batch in journal.iter_tail(directory, day, self.cfg.warmup_max_bytes, stats):
             agg.on_events(batch)
-            for sym, evs in group_by_symbol(batch).items():
-                run = pending.get(sym)
-                if run is None:
-                    pending[sym] = evs
-                    continue
-                run += evs
-                if len(run) >= WARMUP_CACHE_RUN:
-                    add(run)
-                    pending[sym] = []
-        for run in pending.values():
-            add(run)
+            add_split(batch)
+        self.cache.flush()
         for bar in agg.drain():
             self._keep(bar)
         seconds = round(time.monotonic() - t0, 3)

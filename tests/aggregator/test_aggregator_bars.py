@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from services.aggregator.bars import BarAggregator, bars_from_events, parse_interval
 from services.aggregator.cache import BarRing, TickCache
 from spx_common.models import IndexValue, MicroBar, Quote, Trade
+from spx_common.topics import group_by_symbol
 from tests.aggregator.reference import as_dicts, normalize, reference_bars
 
 S = 1_000_000_000
@@ -299,3 +300,28 @@ def test_bar_ring_keeps_the_newest_bars_exactly():
     assert ring.since() == bars[-50:]
     assert ring.since(start_ns=380 * S) == bars[380:]
     assert ring.since(start_ns=0, limit=7) == bars[-7:] and ring.since(limit=0) == []
+
+
+def test_split_batches_are_held_per_symbol_and_answer_as_if_added_on_arrival():
+    """add_split holds each symbol's events of several-symbol batches and adds them in runs; every query
+    (last, since, size) answers exactly as a cache fed one symbol's batch at a time."""
+    held, plain = TickCache(window_ns=50 * S, max_events=300), TickCache(window_ns=50 * S, max_events=300)
+    syms = [f"O:SPXW261120C0{5800 + k}000" for k in range(5)]
+    ts = S
+    for i in range(2000):
+        batch = []
+        for j in range(1 + i % 4):
+            ts += 7_000_000
+            sym = syms[(i * 3 + j) % 5]
+            batch.append(q(ts, 1.0 + j, 1.2 + j, sym=sym) if (i + j) % 3 else t(ts, 1.1 + j, sym=sym))
+        held.add_split(batch)
+        for evs in group_by_symbol(batch).values():
+            plain.add(evs)
+        assert all(len(h) < 64 for h in held.pending.values())  # PENDING_MAX: held runs stay short
+        if i % 97 == 0:
+            s = syms[i % 5]
+            assert held.last(s) == plain.last(s)
+            assert held.since(s, seq=0, limit=10**6) == plain.since(s, seq=0, limit=10**6)
+    assert held.size() == plain.size() and not held.pending and held.evicted == plain.evicted
+    for s in syms:
+        assert held.since(s, ts_ns=ts - 20 * S) == plain.since(s, ts_ns=ts - 20 * S)
