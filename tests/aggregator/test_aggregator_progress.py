@@ -1,39 +1,17 @@
 """In-progress bar updates leave the live service at a bounded rate; the closed bar leaves once."""
 
-import os
-import subprocess
-import sys
 import time
 
-import zmq
-
-from spx_common.bus import Publisher, RpcClient, RpcError, Subscriber
-from spx_common.config import BusConfig, RuntimeConfig
 from spx_common.models import Trade
-from tests.conftest import eventually
+from tests.aggregator.rig import aggregator_process
 
 S = 1_000_000_000
 T0 = 1_795_185_000 * S
 
 
 def test_in_progress_updates_are_rate_bounded_and_close_once(run_dir):
-    rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
-    ctx = zmq.Context()
-    feed = Publisher(ctx, bus.pub_endpoint("feed", rt, bind=True), "feed")
-    env = {**os.environ, "SPX_AGGREGATOR_PROGRESS_MS": "200", "SPX_AGGREGATOR_INTERVALS": '["5s"]'}
-    proc = subprocess.Popen([sys.executable, "-m", "services.aggregator"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = RpcClient(ctx, bus.rep_endpoint("aggregator", rt), timeout_s=1, retries=0)
-    sub = Subscriber(ctx, [bus.pub_endpoint("aggregator", rt)], ["bar.5s.SPY"])
-    try:
-        def feed_seen():
-            feed.heartbeat(0)
-            try:
-                return client.call("status")["peers"].get("feed")
-            except RpcError:
-                return None
-
-        eventually(feed_seen, 20, interval_s=0.2)
+    env = {"SPX_AGGREGATOR_PROGRESS_MS": "200", "SPX_AGGREGATOR_INTERVALS": '["5s"]'}
+    with aggregator_process(run_dir, ["bar.5s.SPY"], env) as (feed, _, sub):
         # 1.2 s of wall time, 600 frames, all inside one 5 s event-time bucket
         t_start = time.monotonic()
         for i in range(600):
@@ -58,10 +36,3 @@ def test_in_progress_updates_are_rate_bounded_and_close_once(run_dir):
         while (frame := sub.recv(0.3)) is not None:
             later.append(frame.body())
         assert not any(b.closed and b.start_ns == T0 for b in later)  # closed exactly once
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        client.close()
-        sub.close()
-        feed.close()
-        ctx.destroy(linger=0)

@@ -2,19 +2,13 @@
 
 import csv
 import gzip
-import os
 import random
-import subprocess
-import sys
-
-import zmq
 
 from services.aggregator.bars import CSV_COLUMNS, bars_from_events, csv_row
 from services.cli.main import main as spx
-from spx_common.bus import Publisher, RpcClient, RpcError, Subscriber
-from spx_common.config import BusConfig, RuntimeConfig
+from spx_common.bus import RpcError
 from spx_common.models import IndexValue, Quote, Trade
-from tests.conftest import eventually
+from tests.aggregator.rig import aggregator_process
 
 S = 1_000_000_000
 T0 = 1_795_185_000 * S
@@ -60,22 +54,7 @@ def _write_flat_files(events, d):
 
 def test_live_service_and_spx_bars_agree_to_the_last_digit(run_dir, tmp_path):
     events = _stream()
-    rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
-    ctx = zmq.Context()
-    feed = Publisher(ctx, bus.pub_endpoint("feed", rt, bind=True), "feed")
-    proc = subprocess.Popen([sys.executable, "-m", "services.aggregator"], env={**os.environ},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = RpcClient(ctx, bus.rep_endpoint("aggregator", rt), timeout_s=1, retries=0)
-    sub = Subscriber(ctx, [bus.pub_endpoint("aggregator", rt)], ["bar.1s.SPY"])
-    try:
-        def feed_seen():
-            feed.heartbeat(0)
-            try:
-                return client.call("status")["peers"].get("feed")
-            except RpcError:
-                return None
-
-        eventually(feed_seen, 20, interval_s=0.2)
+    with aggregator_process(run_dir, ["bar.1s.SPY"]) as (feed, client, sub):
         for i in range(0, len(events), 10):
             feed.publish("tick.SPY", "ticks", events[i:i + 10], events[min(i + 9, len(events) - 1)].ts)
         feed.publish("tick.I:SPX", "ticks", [IndexValue(sym="I:SPX", value=5900, ts=events[-1].ts + 10 * S)], 0)
@@ -96,13 +75,6 @@ def test_live_service_and_spx_bars_agree_to_the_last_digit(run_dir, tmp_path):
             raise AssertionError("bad interval accepted")
         except RpcError as exc:
             assert exc.code == "bad_request"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        client.close()
-        sub.close()
-        feed.close()
-        ctx.destroy(linger=0)
 
     tp, qp = _write_flat_files(events, tmp_path)
     out = tmp_path / "bars.csv"
@@ -128,22 +100,7 @@ def test_option_root_batches_are_cached_and_barred_per_contract(run_dir):
         else:
             events.append(Trade(sym=sym, price=mid + rnd.choice([-0.05, 0, 0.05]), size=float(rnd.randint(1, 9)),
                                 ts=ts, seq=i + 1))
-    rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
-    ctx = zmq.Context()
-    feed = Publisher(ctx, bus.pub_endpoint("feed", rt, bind=True), "feed")
-    proc = subprocess.Popen([sys.executable, "-m", "services.aggregator"], env={**os.environ},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = RpcClient(ctx, bus.rep_endpoint("aggregator", rt), timeout_s=1, retries=0)
-    sub = Subscriber(ctx, [bus.pub_endpoint("aggregator", rt)], ["bar.1s.O:SPXW"])
-    try:
-        def feed_seen():
-            feed.heartbeat(0)
-            try:
-                return client.call("status")["peers"].get("feed")
-            except RpcError:
-                return None
-
-        eventually(feed_seen, 20, interval_s=0.2)
+    with aggregator_process(run_dir, ["bar.1s.O:SPXW"]) as (feed, client, sub):
         for i in range(0, len(events), 25):
             batch = events[i:i + 25]
             feed.publish("tick.O:SPXW", "ticks", batch, batch[-1].ts)
@@ -167,10 +124,3 @@ def test_option_root_batches_are_cached_and_barred_per_contract(run_dir):
             assert last["seq"] == len(mine) and last["quote"]["sym"] == c
             got = client.call("ticks_since", {"sym": c, "seq": 0})["events"]
             assert [e["event"]["seq"] for e in got] == [e.seq for e in mine]
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        client.close()
-        sub.close()
-        feed.close()
-        ctx.destroy(linger=0)
