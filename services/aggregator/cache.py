@@ -341,3 +341,8 @@ class TickCache:
         self.flush()
         return sum(s.n for s in self.syms.values())
 
+    def symbols(self) -> dict[str, int]:
+        """``{symbol: events cached}`` (the ``symbols`` request)."""
+        self.flush()
+        return {sym: st.n for sym, st in self.syms.items()}
+

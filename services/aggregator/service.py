@@ -73,7 +73,7 @@ class Aggregator(BusService):
         self.rpc("last", lambda p: self.cache.last(_sym(p)))
         self.rpc("ticks_since", self.rpc_ticks_since)
         self.rpc("bars_since", self.rpc_bars_since)
-        self.rpc("symbols", lambda p: self.cache.size() and {s: st.n for s, st in self.cache.syms.items()})
+        self.rpc("symbols", lambda p: self.cache.symbols())
 
     # ------------------------------------------------------------------ data path
 

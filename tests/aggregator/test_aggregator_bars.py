@@ -325,3 +325,10 @@ def test_split_batches_are_held_per_symbol_and_answer_as_if_added_on_arrival():
     assert held.size() == plain.size() and not held.pending and held.evicted == plain.evicted
     for s in syms:
         assert held.since(s, ts_ns=ts - 20 * S) == plain.since(s, ts_ns=ts - 20 * S)
+
+
+def test_symbols_answers_a_map_also_when_empty_and_counts_held_events():
+    cache = TickCache(window_ns=50 * S, max_events=300)
+    assert cache.symbols() == {}
+    cache.add_split([q(S, 1.0, 1.1, sym="O:SPXW261120C05800000"), t(S + 1, 1.05, sym="O:SPXW261120P05800000")])
+    assert cache.symbols() == {"O:SPXW261120C05800000": 1, "O:SPXW261120P05800000": 1}
