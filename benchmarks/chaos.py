@@ -41,7 +41,7 @@ import zmq  # noqa: E402
 
 from benchmarks.load import SERVICES, _free_port, scrape, total  # noqa: E402
 from services.cli import supervise  # noqa: E402
-from spx_common.bus import RpcClient, RpcError, Subscriber  # noqa: E402
+from spx_common.bus import Subscriber, call_once  # noqa: E402
 from spx_common.config import BusConfig, RuntimeConfig  # noqa: E402
 from spx_common.store.repo import fill_key  # noqa: E402
 from tests.fakes.massive import MIX, FakeMassive, MarketMix, chain_rows, prime_options  # noqa: E402
@@ -110,13 +110,7 @@ def run(args) -> dict:
     result: dict = {"rate_target": args.rate, "rounds": args.rounds, "run_dir": str(run_dir), "kills": []}
 
     def call(service: str, method: str, params: dict | None = None, timeout_s: float = 1.0):
-        rpc = RpcClient(ctx, bus.rep_endpoint(service, rt), timeout_s=timeout_s, retries=0)
-        try:
-            return rpc.call(method, params or {})
-        except RpcError:
-            return None
-        finally:
-            rpc.close()
+        return call_once(ctx, bus.rep_endpoint(service, rt), method, params, timeout_s=timeout_s)
 
     def pids() -> dict[str, int]:
         return {p["name"]: p["pid"] for p in supervise.processes(rt)}

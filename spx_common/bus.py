@@ -665,6 +665,18 @@ class RpcClient:
         self._reset()
 
 
+def call_once(ctx: zmq.Context, endpoint: str, method: str, params: Any = None, *, timeout_s: float = 1.0) -> Any:
+    """One request, no retry, on a socket closed after it: the answer, or None when there was none or it was
+    an error (probes of tools, benchmarks and tests that poll a service until it answers)."""
+    rpc = RpcClient(ctx, endpoint, timeout_s=timeout_s, retries=0)
+    try:
+        return rpc.call(method, params or {})
+    except RpcError:
+        return None
+    finally:
+        rpc.close()
+
+
 class AsyncRpcClient:
     """asyncio lazy-pirate client; concurrent callers are serialized by a lock."""
 

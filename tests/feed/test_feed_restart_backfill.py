@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 
 import zmq
 
-from spx_common.bus import RpcClient, RpcError, Subscriber
+from spx_common.bus import Subscriber, call_once
 from spx_common.config import BusConfig, RuntimeConfig
 from spx_common.journal import TAIL_SYNC_BYTES, JournalWriter, iter_events, read_journal_tail
 from spx_common.models import Quote, Trade
@@ -73,13 +73,7 @@ def test_sigkilled_feed_backfills_the_vendors_events_of_its_downtime_once(run_di
                     sessions.append(f.env.session)
 
     def call(service: str, method: str, params: dict | None = None, timeout_s: float = 2.0):
-        rpc = RpcClient(ctx, bus.rep_endpoint(service, runtime), timeout_s=timeout_s, retries=0)
-        try:
-            return rpc.call(method, params or {})
-        except RpcError:
-            return None
-        finally:
-            rpc.close()
+        return call_once(ctx, bus.rep_endpoint(service, runtime), method, params, timeout_s=timeout_s)
 
     def on_bus() -> list:
         with lock:

@@ -37,7 +37,7 @@ import pytest
 import zmq
 
 from services.cli import supervise
-from spx_common.bus import RpcClient, RpcError, Subscriber
+from spx_common.bus import Subscriber, call_once
 from spx_common.config import PROJECT_DIR, SERVICES, BusConfig, RuntimeConfig
 from tests.conftest import free_port
 from tests.fakes.massive import MIX, FakeMassive, MarketMix, prime_options
@@ -118,13 +118,7 @@ def test_live_mesh_under_load_survives_sigkill_with_warm_up_restore_and_nothing_
         raise AssertionError(f"not within {timeout_s}s: {what}; logs in {runtime.path('logs')}")
 
     def call(service: str, method: str, params: dict | None = None):
-        rpc = RpcClient(ctx, bus.rep_endpoint(service, runtime), timeout_s=1.0, retries=0)
-        try:
-            return rpc.call(method, params or {})
-        except RpcError:
-            return None
-        finally:
-            rpc.close()
+        return call_once(ctx, bus.rep_endpoint(service, runtime), method, params, timeout_s=1.0)
 
     def pid_of(name: str) -> int:
         return next(p["pid"] for p in supervise.processes(runtime) if p["name"] == name)
