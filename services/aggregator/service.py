@@ -142,7 +142,7 @@ class Aggregator(BusService):
         """Rebuild the tick cache and recent bars from the end of the newest journal day (nothing is
         republished); returns the events read.
 
-        Reads at most ``warmup_max_mb`` (default ``cache_max_mb``, what fills the cache) from the end of
+        Reads at most ``warmup_max_mb`` (default 64 MiB; unset: ``cache_max_mb``) from the end of
         the day (:func:`spx_common.journal.iter_tail`), batch by batch, so a restart costs the same on a
         day of gigabytes as on a small one. What was read is logged and kept in :attr:`warmup` (the
         ``status`` RPC's ``warm_up``).
