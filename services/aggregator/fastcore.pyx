@@ -1,0 +1,1145 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The aggregator's compiled core: ``ticks`` body bytes in, microbars and tick-cache batches out.
+
+``TickCore.feed(buf, start)`` reads the msgpack of a ``ticks`` body itself (one pass, no Python object per
+event), runs the microbar maths of ``docs/microbars.md`` on C doubles and copies each event's msgpack map
+into its symbol's *hold*, which goes to the tick cache ``hold_max`` events at a time. The decoded msgspec
+``Struct`` per event (its floats, its int, its symbol string) was two thirds of the live loop's
+instructions (callgrind, docs/performance.md); here an event costs its bytes.
+
+The reader accepts only what it can prove msgspec's ``list[MarketEvent]`` decoder turns into the same
+values: the maps msgspec writes for ``Trade``, ``Quote`` and ``IndexValue`` (keys in any order; floats as
+float64/float32 or non-negative integers; the ``Meta`` constraints ``ge=0`` checked, NaN refused) and
+symbols that are valid UTF-8. Anything else (an unknown or repeated key, a wrong type, trailing bytes)
+makes ``feed`` return -1 *before anything changes*; the caller then decodes the body with msgspec, which
+refuses it with its own message or accepts it, and feeds the events re-encoded (canonical, accepted).
+So frames are validated exactly as before, and the core never guesses.
+
+The bar maths is the plain sequential form of the contract: every event finds each interval's bar
+(close, reuse or late) and adds to it in stream order, the same additions in the same order as
+``services/aggregator/pybars.py`` (the pure-Python implementation, used without a compiler), so bars are
+bit-identical (tests/aggregator/test_aggregator_compiled.py compares the two on random streams).
+"""
+
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy, memcmp
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+
+import itertools
+
+import msgspec
+
+from services.aggregator.pybars import parse_interval
+from spx_common.models import MicroBar
+
+cdef object _ENCODER = msgspec.msgpack.Encoder()
+cdef object _EVENTS_DECODER = None  # built on first use (on_events' error message)
+
+#: intervals a core aggregates at most
+MAX_INTERVALS = 8
+
+
+# field bits of a tick map
+
+
+cdef enum:
+    _MAX_IV = 8
+    K_TRADE = 0
+    K_QUOTE = 1
+    K_VALUE = 2
+    F_K = 1 << 0
+    F_SYM = 1 << 1
+    F_TS = 1 << 2
+    F_SEQ = 1 << 3
+    F_PRICE = 1 << 4
+    F_SIZE = 1 << 5
+    F_EXCH = 1 << 6
+    F_COND = 1 << 7
+    F_SOURCE = 1 << 8
+    F_BACKFILLED = 1 << 9
+    F_BID = 1 << 10
+    F_ASK = 1 << 11
+    F_BSZ = 1 << 12
+    F_ASZ = 1 << 13
+    F_BEX = 1 << 14
+    F_AEX = 1 << 15
+    F_VALUE = 1 << 16
+    TRADE_OK = F_K | F_SYM | F_PRICE | F_SIZE | F_TS | F_SEQ | F_EXCH | F_COND | F_SOURCE | F_BACKFILLED
+    TRADE_NEED = F_K | F_SYM | F_PRICE | F_TS
+    QUOTE_OK = F_K | F_SYM | F_BID | F_ASK | F_BSZ | F_ASZ | F_TS | F_SEQ | F_BEX | F_AEX | F_SOURCE | F_BACKFILLED
+    QUOTE_NEED = F_K | F_SYM | F_BID | F_ASK | F_TS
+    VALUE_OK = F_K | F_SYM | F_VALUE | F_TS | F_SOURCE | F_BACKFILLED
+    VALUE_NEED = F_K | F_SYM | F_VALUE | F_TS
+
+cdef long long NO_DUE = 1LL << 62
+
+
+cdef struct Ev:
+    int kind
+    int sid            # symbol id; -1: not known when read (name in the pending list, at index -sid - 2)
+    const uint8_t* sym
+    Py_ssize_t sym_len
+    long long ts
+    double a, b, c, d  # trade: price, size; quote: bid, ask, bid size, ask size; value: value
+    Py_ssize_t start, end  # the event's map in the body
+
+
+cdef struct Acc:
+    long long bucket
+    long long start
+    long long end
+    bint active        # an open bar of this interval exists
+    bint has_open      # it has a price (a trade or an index value)
+    bint index
+    double open, high, low, close
+    long long trades, covered, obs, spread_n
+    double vol, pv, buy, sell, neutral, sb, sa, ss
+    bint has_last      # a bar of this interval was closed: its bucket and close
+    long long last_bucket
+    double last_close
+
+
+cdef struct Sym:
+    const char* key    # the name's UTF-8 (owned by a bytes object in TickCore._keys)
+    Py_ssize_t key_len
+    uint64_t hash
+    bint has_quote
+    double qbid, qask, qbsz, qasz
+    bint index
+    bint dirty
+    char* hold         # held events' maps, back to back
+    Py_ssize_t hold_len, hold_cap
+    long long hold_n, hold_last_ts
+    Py_ssize_t hnew_off[3]   # newest map of each kind inside the hold (-1: none held)
+    Py_ssize_t hnew_len[3]
+    char* newest[3]    # newest map of each kind already emitted
+    Py_ssize_t newest_len[3]
+    Py_ssize_t newest_cap[3]
+
+
+# ---------------------------------------------------------------------------------------- msgpack reading
+# Each reader takes the position of a value and returns the position after it, or -1 when the value is not
+# of the accepted formats (or runs past ``n``).
+
+cdef inline uint16_t _be16(const uint8_t* p) noexcept nogil:
+    return (<uint16_t>p[0] << 8) | p[1]
+
+
+cdef inline uint32_t _be32(const uint8_t* p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef inline uint64_t _be64(const uint8_t* p) noexcept nogil:
+    return (<uint64_t>_be32(p) << 32) | _be32(p + 4)
+
+
+cdef inline Py_ssize_t _rd_str(const uint8_t* p, Py_ssize_t i, Py_ssize_t n,
+                               const uint8_t** s, Py_ssize_t* ln) noexcept nogil:
+    cdef uint8_t b
+    cdef Py_ssize_t L
+    if i >= n:
+        return -1
+    b = p[i]
+    if 0xA0 <= b <= 0xBF:
+        L = b & 0x1F
+        i += 1
+    elif b == 0xD9:
+        if i + 2 > n:
+            return -1
+        L = p[i + 1]
+        i += 2
+    elif b == 0xDA:
+        if i + 3 > n:
+            return -1
+        L = _be16(p + i + 1)
+        i += 3
+    elif b == 0xDB:
+        if i + 5 > n:
+            return -1
+        L = _be32(p + i + 1)
+        i += 5
+    else:
+        return -1
+    if i + L > n:
+        return -1
+    s[0] = p + i
+    ln[0] = L
+    return i + L
+
+
+cdef inline Py_ssize_t _rd_int(const uint8_t* p, Py_ssize_t i, Py_ssize_t n, long long* out,
+                               bint* big) noexcept nogil:
+    """Any msgpack integer. ``big``: a uint64 above the int64 range (``out`` then undefined)."""
+    cdef uint8_t b
+    cdef uint64_t u
+    if i >= n:
+        return -1
+    b = p[i]
+    big[0] = False
+    if b <= 0x7F:
+        out[0] = b
+        return i + 1
+    if b >= 0xE0:
+        out[0] = <signed char>b
+        return i + 1
+    if b == 0xCC:
+        if i + 2 > n:
+            return -1
+        out[0] = p[i + 1]
+        return i + 2
+    if b == 0xCD:
+        if i + 3 > n:
+            return -1
+        out[0] = _be16(p + i + 1)
+        return i + 3
+    if b == 0xCE:
+        if i + 5 > n:
+            return -1
+        out[0] = _be32(p + i + 1)
+        return i + 5
+    if b == 0xCF:
+        if i + 9 > n:
+            return -1
+        u = _be64(p + i + 1)
+        if u > <uint64_t>0x7FFFFFFFFFFFFFFF:
+            big[0] = True
+        else:
+            out[0] = <long long>u
+        return i + 9
+    if b == 0xD0:
+        if i + 2 > n:
+            return -1
+        out[0] = <signed char>p[i + 1]
+        return i + 2
+    if b == 0xD1:
+        if i + 3 > n:
+            return -1
+        out[0] = <short>_be16(p + i + 1)
+        return i + 3
+    if b == 0xD2:
+        if i + 5 > n:
+            return -1
+        out[0] = <int>_be32(p + i + 1)
+        return i + 5
+    if b == 0xD3:
+        if i + 9 > n:
+            return -1
+        out[0] = <long long>_be64(p + i + 1)
+        return i + 9
+    return -1
+
+
+cdef inline Py_ssize_t _rd_ns(const uint8_t* p, Py_ssize_t i, Py_ssize_t n, long long* out) noexcept nogil:
+    """A non-negative integer that fits int64 (``Ns``: ge=0)."""
+    cdef bint big
+    i = _rd_int(p, i, n, out, &big)
+    if i < 0 or big or out[0] < 0:
+        return -1
+    return i
+
+
+cdef inline Py_ssize_t _rd_nonneg(const uint8_t* p, Py_ssize_t i, Py_ssize_t n, double* out) noexcept nogil:
+    """A ``NonNeg`` float: float64, float32 or an integer (msgspec converts it), >= 0, not NaN."""
+    cdef uint8_t b
+    cdef uint64_t u
+    cdef uint32_t w
+    cdef double v
+    cdef float f
+    cdef long long iv
+    cdef bint big
+    if i >= n:
+        return -1
+    b = p[i]
+    if b == 0xCB:
+        if i + 9 > n:
+            return -1
+        u = _be64(p + i + 1)
+        memcpy(&v, &u, 8)
+        i += 9
+    elif b == 0xCA:
+        if i + 5 > n:
+            return -1
+        w = _be32(p + i + 1)
+        memcpy(&f, &w, 4)
+        v = f
+        i += 5
+    else:
+        i = _rd_int(p, i, n, &iv, &big)
+        if i < 0:
+            return -1
+        if big:
+            v = <double>_be64(p + i - 8)
+        else:
+            v = <double>iv
+    if not v >= 0:  # negative or NaN: msgspec refuses (ge=0)
+        return -1
+    out[0] = v
+    return i
+
+
+cdef inline Py_ssize_t _rd_map(const uint8_t* p, Py_ssize_t i, Py_ssize_t n, Py_ssize_t* count) noexcept nogil:
+    cdef uint8_t b
+    if i >= n:
+        return -1
+    b = p[i]
+    if 0x80 <= b <= 0x8F:
+        count[0] = b & 0x0F
+        return i + 1
+    if b == 0xDE:
+        if i + 3 > n:
+            return -1
+        count[0] = _be16(p + i + 1)
+        return i + 3
+    if b == 0xDF:
+        if i + 5 > n:
+            return -1
+        count[0] = _be32(p + i + 1)
+        return i + 5
+    return -1
+
+
+cdef inline Py_ssize_t _rd_array(const uint8_t* p, Py_ssize_t i, Py_ssize_t n, Py_ssize_t* count) noexcept nogil:
+    cdef uint8_t b
+    if i >= n:
+        return -1
+    b = p[i]
+    if 0x90 <= b <= 0x9F:
+        count[0] = b & 0x0F
+        return i + 1
+    if b == 0xDC:
+        if i + 3 > n:
+            return -1
+        count[0] = _be16(p + i + 1)
+        return i + 3
+    if b == 0xDD:
+        if i + 5 > n:
+            return -1
+        count[0] = _be32(p + i + 1)
+        return i + 5
+    return -1
+
+
+cdef inline bint _eq(const uint8_t* s, Py_ssize_t ln, const char* lit, Py_ssize_t litlen) noexcept nogil:
+    return ln == litlen and memcmp(s, lit, litlen) == 0
+
+
+cdef inline int _field(const uint8_t* s, Py_ssize_t ln) noexcept nogil:
+    """The field bit of a key, 0 for a key no tick type has."""
+    if ln == 1:
+        return F_K if s[0] == b'k' else 0
+    if ln == 2:
+        return F_TS if s[0] == b't' and s[1] == b's' else 0
+    if ln == 3:
+        if memcmp(s, b"sym", 3) == 0:
+            return F_SYM
+        if memcmp(s, b"seq", 3) == 0:
+            return F_SEQ
+        if memcmp(s, b"bid", 3) == 0:
+            return F_BID
+        if memcmp(s, b"ask", 3) == 0:
+            return F_ASK
+        return 0
+    if ln == 4:
+        if memcmp(s, b"size", 4) == 0:
+            return F_SIZE
+        if memcmp(s, b"exch", 4) == 0:
+            return F_EXCH
+        if memcmp(s, b"cond", 4) == 0:
+            return F_COND
+        return 0
+    if ln == 5:
+        if memcmp(s, b"price", 5) == 0:
+            return F_PRICE
+        if memcmp(s, b"value", 5) == 0:
+            return F_VALUE
+        return 0
+    if ln == 6:
+        return F_SOURCE if memcmp(s, b"source", 6) == 0 else 0
+    if ln == 8:
+        if memcmp(s, b"bid_size", 8) == 0:
+            return F_BSZ
+        if memcmp(s, b"ask_size", 8) == 0:
+            return F_ASZ
+        if memcmp(s, b"bid_exch", 8) == 0:
+            return F_BEX
+        if memcmp(s, b"ask_exch", 8) == 0:
+            return F_AEX
+        return 0
+    if ln == 10:
+        return F_BACKFILLED if memcmp(s, b"backfilled", 10) == 0 else 0
+    return 0
+
+
+cdef inline Py_ssize_t _rd_event(const uint8_t* p, Py_ssize_t i, Py_ssize_t n, Ev* ev) noexcept nogil:
+    """One tick map into ``ev`` (symbol not resolved); -1 when it is not one the core accepts."""
+    cdef Py_ssize_t m, j, ln, cnt, c
+    cdef const uint8_t* s
+    cdef int f
+    cdef uint32_t seen = 0
+    cdef int kind = -1
+    cdef long long iv
+    cdef bint big
+    cdef double price = 0, size = 0, bid = 0, ask = 0, bsz = 0, asz = 0, value = 0
+    ev.start = i
+    i = _rd_map(p, i, n, &m)
+    if i < 0:
+        return -1
+    for j in range(m):
+        i = _rd_str(p, i, n, &s, &ln)
+        if i < 0:
+            return -1
+        f = _field(s, ln)
+        if f == 0 or (seen & f):
+            return -1
+        seen |= f
+        if f == F_K:
+            i = _rd_str(p, i, n, &s, &ln)
+            if i < 0 or ln != 1:
+                return -1
+            if s[0] == b't':
+                kind = K_TRADE
+            elif s[0] == b'q':
+                kind = K_QUOTE
+            elif s[0] == b'v':
+                kind = K_VALUE
+            else:
+                return -1
+        elif f == F_SYM:
+            i = _rd_str(p, i, n, &ev.sym, &ev.sym_len)
+        elif f == F_TS:
+            i = _rd_ns(p, i, n, &ev.ts)
+        elif f == F_PRICE:
+            i = _rd_nonneg(p, i, n, &price)
+        elif f == F_SIZE:
+            i = _rd_nonneg(p, i, n, &size)
+        elif f == F_BID:
+            i = _rd_nonneg(p, i, n, &bid)
+        elif f == F_ASK:
+            i = _rd_nonneg(p, i, n, &ask)
+        elif f == F_BSZ:
+            i = _rd_nonneg(p, i, n, &bsz)
+        elif f == F_ASZ:
+            i = _rd_nonneg(p, i, n, &asz)
+        elif f == F_VALUE:
+            i = _rd_nonneg(p, i, n, &value)
+        elif f == F_SEQ or f == F_EXCH or f == F_BEX or f == F_AEX:
+            i = _rd_int(p, i, n, &iv, &big)
+        elif f == F_COND:
+            i = _rd_array(p, i, n, &cnt)
+            c = 0
+            while i >= 0 and c < cnt:
+                i = _rd_int(p, i, n, &iv, &big)
+                c += 1
+        elif f == F_SOURCE:
+            i = _rd_str(p, i, n, &s, &ln)
+            if i >= 0 and not (_eq(s, ln, b"tick", 4) or _eq(s, ln, b"poll", 4) or _eq(s, ln, b"replay", 6)
+                               or _eq(s, ln, b"backfill", 8)):
+                return -1
+        elif f == F_BACKFILLED:
+            if i >= n or (p[i] != 0xC2 and p[i] != 0xC3):
+                return -1
+            i += 1
+        if i < 0:
+            return -1
+    if kind == K_TRADE:
+        if (seen & ~TRADE_OK) or (seen & TRADE_NEED) != TRADE_NEED:
+            return -1
+        ev.a = price
+        ev.b = size
+    elif kind == K_QUOTE:
+        if (seen & ~QUOTE_OK) or (seen & QUOTE_NEED) != QUOTE_NEED:
+            return -1
+        ev.a = bid
+        ev.b = ask
+        ev.c = bsz
+        ev.d = asz
+    elif kind == K_VALUE:
+        if (seen & ~VALUE_OK) or (seen & VALUE_NEED) != VALUE_NEED:
+            return -1
+        ev.a = value
+    else:
+        return -1
+    ev.kind = kind
+    ev.end = i
+    return i
+
+
+cdef inline uint64_t _hash(const uint8_t* s, Py_ssize_t n) noexcept nogil:
+    cdef uint64_t h = 1469598103934665603ULL
+    cdef Py_ssize_t i
+    for i in range(n):
+        h = (h ^ s[i]) * 1099511628211ULL
+    return h
+
+
+cdef inline Py_ssize_t _array_header(char* out, Py_ssize_t count) noexcept nogil:
+    if count < 16:
+        out[0] = <char>(0x90 | count)
+        return 1
+    if count < 65536:
+        out[0] = <char>0xDC
+        out[1] = <char>(count >> 8)
+        out[2] = <char>(count & 0xFF)
+        return 3
+    out[0] = <char>0xDD
+    out[1] = <char>((count >> 24) & 0xFF)
+    out[2] = <char>((count >> 16) & 0xFF)
+    out[3] = <char>((count >> 8) & 0xFF)
+    out[4] = <char>(count & 0xFF)
+    return 5
+
+
+cdef class TickCore:
+    """Microbars and the tick cache's per-symbol batches from ``ticks`` body bytes (see the module docstring;
+    the API is :class:`services.aggregator.pybars.PyTickCore`'s, with the same results)."""
+
+    cdef public list intervals
+    cdef public bint l2
+    cdef readonly bint fill_gaps
+    cdef readonly long long allowed_lateness_ns
+    cdef readonly Py_ssize_t max_symbols
+    cdef readonly long long hold_max
+    cdef public object on_hold
+    cdef public long long watermark
+    cdef public long long late
+    cdef public long long refused_symbols
+    cdef public long long next_due
+    cdef public list closed
+
+    cdef int niv
+    cdef long long ivs[_MAX_IV]
+    cdef list iv_names
+    cdef Sym* syms
+    cdef Acc* accs
+    cdef Py_ssize_t nsyms, cap
+    cdef int* table
+    cdef Py_ssize_t table_mask
+    cdef list names       # str per symbol id
+    cdef list _keys       # bytes per symbol id (owns Sym.key)
+    cdef dict ids         # name -> symbol id
+    cdef int* dirty
+    cdef Py_ssize_t ndirty
+    cdef Ev* evs
+    cdef Py_ssize_t evs_cap
+
+    def __cinit__(self):
+        self.syms = NULL
+        self.accs = NULL
+        self.table = NULL
+        self.dirty = NULL
+        self.evs = NULL
+
+    def __init__(self, intervals=("1s", "5s"), *, l2=True, fill_gaps=False, allowed_lateness_ns=250_000_000,
+                 max_symbols=5000, hold_max=64, on_hold=None):
+        cdef int k
+        self.intervals = [(name, parse_interval(name)) for name in intervals]
+        if not self.intervals:
+            raise ValueError("at least one bar interval is needed")
+        if len(self.intervals) > _MAX_IV:
+            raise ValueError(f"at most {_MAX_IV} bar intervals (got {len(self.intervals)})")
+        if max_symbols < 1:
+            raise ValueError("max_symbols must be at least 1")
+        if hold_max < 1:
+            raise ValueError("hold_max must be at least 1")
+        self.niv = len(self.intervals)
+        for k in range(self.niv):
+            self.ivs[k] = self.intervals[k][1]
+        self.iv_names = [name for name, _ in self.intervals]
+        self.l2 = l2
+        self.fill_gaps = fill_gaps
+        self.allowed_lateness_ns = allowed_lateness_ns
+        self.max_symbols = max_symbols
+        self.hold_max = hold_max
+        self.on_hold = on_hold
+        self.watermark = 0
+        self.late = 0
+        self.refused_symbols = 0
+        self.next_due = NO_DUE
+        self.closed = []
+        self.names = []
+        self._keys = []
+        self.ids = {}
+        self.nsyms = 0
+        self.cap = 0
+        self.ndirty = 0
+        self._grow_table(64)
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        cdef int k
+        if self.syms != NULL:
+            for i in range(self.nsyms):
+                free(self.syms[i].hold)
+                for k in range(3):
+                    free(self.syms[i].newest[k])
+        free(self.syms)
+        free(self.accs)
+        free(self.table)
+        free(self.dirty)
+        free(self.evs)
+
+    # ------------------------------------------------------------------------------------ symbols
+
+    cdef void _grow_table(self, Py_ssize_t size) except *:
+        cdef int* t = <int*>malloc(size * sizeof(int))
+        cdef Py_ssize_t i, j, mask = size - 1
+        if t == NULL:
+            raise MemoryError()
+        for i in range(size):
+            t[i] = -1
+        for i in range(self.nsyms):
+            j = self.syms[i].hash & mask
+            while t[j] >= 0:
+                j = (j + 1) & mask
+            t[j] = <int>i
+        free(self.table)
+        self.table = t
+        self.table_mask = mask
+
+    cdef inline int _find(self, const uint8_t* s, Py_ssize_t ln, uint64_t h) noexcept:
+        cdef Py_ssize_t j = h & self.table_mask
+        cdef int sid
+        cdef Sym* st
+        while True:
+            sid = self.table[j]
+            if sid < 0:
+                return -1
+            st = &self.syms[sid]
+            if st.hash == h and st.key_len == ln and memcmp(st.key, s, ln) == 0:
+                return sid
+            j = (j + 1) & self.table_mask
+
+    cdef int _add_symbol(self, str name) except -2:
+        """A new symbol id (the table has room: checked by the caller)."""
+        cdef Py_ssize_t newcap, i, j
+        cdef int k
+        cdef bytes key = name.encode()
+        cdef Sym* st
+        cdef Acc* acc
+        cdef int* k_
+        if self.nsyms == self.cap:
+            newcap = 16 if self.cap == 0 else 2 * self.cap
+            st = <Sym*>realloc(self.syms, newcap * sizeof(Sym))
+            if st == NULL:
+                raise MemoryError()
+            self.syms = st
+            acc = <Acc*>realloc(self.accs, newcap * self.niv * sizeof(Acc))
+            if acc == NULL:
+                raise MemoryError()
+            self.accs = acc
+            k_ = <int*>realloc(self.dirty, newcap * sizeof(int))
+            if k_ == NULL:
+                raise MemoryError()
+            self.dirty = k_
+            self.cap = newcap
+        if 2 * (self.nsyms + 1) > self.table_mask + 1:
+            self._grow_table(2 * (self.table_mask + 1))
+        i = self.nsyms
+        st = &self.syms[i]
+        st.key = PyBytes_AS_STRING(key)
+        st.key_len = PyBytes_GET_SIZE(key)
+        st.hash = _hash(<const uint8_t*>st.key, st.key_len)
+        st.has_quote = False
+        st.qbid = st.qask = st.qbsz = st.qasz = 0.0
+        st.index = False
+        st.dirty = False
+        st.hold = NULL
+        st.hold_len = st.hold_cap = 0
+        st.hold_n = st.hold_last_ts = 0
+        for k in range(3):
+            st.hnew_off[k] = -1
+            st.hnew_len[k] = 0
+            st.newest[k] = NULL
+            st.newest_len[k] = -1
+            st.newest_cap[k] = 0
+        for k in range(self.niv):
+            acc = &self.accs[i * self.niv + k]
+            acc.active = False
+            acc.has_open = False
+            acc.has_last = False
+            acc.bucket = acc.start = acc.end = 0
+            acc.last_bucket = 0
+            acc.last_close = 0.0
+        j = st.hash & self.table_mask
+        while self.table[j] >= 0:
+            j = (j + 1) & self.table_mask
+        self.table[j] = <int>i
+        self.names.append(name)
+        self._keys.append(key)
+        self.ids[name] = i
+        self.nsyms += 1
+        return <int>i
+
+    def symbol_count(self):
+        return self.nsyms
+
+    def symbol_names(self):
+        return list(self.names)
+
+    # ------------------------------------------------------------------------------------ bytes in
+
+    def feed(self, object buf, Py_ssize_t start=0):
+        """Aggregate the ``ticks`` body ``buf[start:]`` (bytes); the number of events, or -1 when the body is
+        not one the core accepts (nothing changed: decode it with msgspec)."""
+        cdef bytes b
+        if type(buf) is bytes:
+            b = <bytes>buf
+        else:
+            b = bytes(buf)
+        return self._feed(b, start)
+
+    cdef Py_ssize_t _feed(self, bytes buf, Py_ssize_t start) except -2:
+        cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(buf)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
+        cdef Py_ssize_t i, count, e, newcap
+        cdef Ev* ev
+        cdef Ev* evs
+        cdef const uint8_t* prev_sym = NULL
+        cdef Py_ssize_t prev_len = -1
+        cdef int prev_sid = -1
+        cdef int sid
+        cdef list pending = None
+        cdef object name
+        if start < 0 or start > n:
+            return -1
+        i = _rd_array(p, start, n, &count)
+        if i < 0:
+            return -1
+        if count > self.evs_cap:
+            newcap = max(count, 2 * self.evs_cap, 64)
+            evs = <Ev*>realloc(self.evs, newcap * sizeof(Ev))
+            if evs == NULL:
+                raise MemoryError()
+            self.evs = evs
+            self.evs_cap = newcap
+        evs = self.evs
+        # pass 1: read and check every event; resolve known symbols (nothing changes here)
+        for e in range(count):
+            ev = &evs[e]
+            i = _rd_event(p, i, n, ev)
+            if i < 0:
+                return -1
+            if ev.sym_len == prev_len and memcmp(ev.sym, prev_sym, prev_len) == 0:
+                ev.sid = prev_sid
+                continue
+            sid = self._find(ev.sym, ev.sym_len, _hash(ev.sym, ev.sym_len))
+            if sid < 0:  # a new name: valid UTF-8? (msgspec's str check)
+                try:
+                    name = PyUnicode_DecodeUTF8(<const char*>ev.sym, ev.sym_len, NULL)
+                except UnicodeDecodeError:
+                    return -1
+                if pending is None:
+                    pending = []
+                pending.append(name)
+                sid = -1 - len(pending)
+            ev.sid = sid
+            prev_sym, prev_len, prev_sid = ev.sym, ev.sym_len, sid
+        if i != n:
+            return -1  # trailing bytes
+        # pass 2: aggregate and hold
+        for e in range(count):
+            ev = &evs[e]
+            if ev.ts > self.watermark:
+                self.watermark = ev.ts
+            sid = ev.sid
+            if sid < 0:
+                name = pending[-sid - 2]
+                sid = self.ids.get(name, -1)
+                if sid < 0:
+                    if self.nsyms >= self.max_symbols:
+                        self.refused_symbols += 1
+                        continue
+                    sid = self._add_symbol(name)
+                # later events of this name in the batch carry the same pending index: resolve them too
+                for i in range(e + 1, count):
+                    if evs[i].sid == ev.sid:
+                        evs[i].sid = sid
+                ev.sid = sid
+            self._event(sid, ev)
+            if self.on_hold is not None:
+                self._hold(sid, p, ev)
+        return count
+
+    cdef void _hold(self, int sid, const uint8_t* p, Ev* ev) except *:
+        cdef Sym* st = &self.syms[sid]
+        cdef Py_ssize_t ln = ev.end - ev.start
+        cdef Py_ssize_t need = st.hold_len + ln
+        cdef Py_ssize_t cap
+        cdef char* h
+        if need > st.hold_cap:
+            cap = max(need, 2 * st.hold_cap, 1024)
+            h = <char*>realloc(st.hold, cap)
+            if h == NULL:
+                raise MemoryError()
+            st.hold = h
+            st.hold_cap = cap
+        memcpy(st.hold + st.hold_len, p + ev.start, ln)
+        st.hnew_off[ev.kind] = st.hold_len
+        st.hnew_len[ev.kind] = ln
+        st.hold_len = need
+        st.hold_n += 1
+        st.hold_last_ts = ev.ts
+        if st.hold_n >= self.hold_max:
+            self._emit(sid)
+
+    cdef void _emit(self, int sid) except *:
+        """Hand a symbol's held events to ``on_hold`` as one msgpack array."""
+        cdef Sym* st = &self.syms[sid]
+        cdef char head[5]
+        cdef Py_ssize_t hl = _array_header(head, st.hold_n)
+        cdef bytes body = PyBytes_FromStringAndSize(NULL, hl + st.hold_len)
+        cdef char* out = PyBytes_AS_STRING(body)
+        cdef long long count = st.hold_n
+        cdef long long last_ts = st.hold_last_ts
+        cdef int k
+        cdef Py_ssize_t ln
+        cdef char* nb
+        memcpy(out, head, hl)
+        memcpy(out + hl, st.hold, st.hold_len)
+        for k in range(3):
+            if st.hnew_off[k] >= 0:
+                ln = st.hnew_len[k]
+                if ln > st.newest_cap[k]:
+                    nb = <char*>realloc(st.newest[k], max(ln, 64))
+                    if nb == NULL:
+                        raise MemoryError()
+                    st.newest[k] = nb
+                    st.newest_cap[k] = max(ln, 64)
+                memcpy(st.newest[k], st.hold + st.hnew_off[k], ln)
+                st.newest_len[k] = ln
+                st.hnew_off[k] = -1
+        st.hold_len = 0
+        st.hold_n = 0
+        self.on_hold(self.names[sid], body, count, last_ts)
+
+    def hold_flush(self, sym=None):
+        """Emit what is held, for ``sym`` or for every symbol (in the order symbols were first seen)."""
+        cdef Py_ssize_t i
+        if self.on_hold is None:
+            return
+        if sym is not None:
+            i = self.ids.get(sym, -1)
+            if i >= 0 and self.syms[i].hold_n:
+                self._emit(<int>i)
+            return
+        for i in range(self.nsyms):
+            if self.syms[i].hold_n:
+                self._emit(<int>i)
+
+    def newest(self, sym):
+        """msgpack of the newest trade, quote and index value map of ``sym`` (None for a kind never seen);
+        tracked while ``on_hold`` is set."""
+        cdef Py_ssize_t i = self.ids.get(sym, -1)
+        cdef Sym* st
+        cdef int k
+        out = [None, None, None]
+        if i < 0:
+            return (None, None, None)
+        st = &self.syms[i]
+        for k in range(3):
+            if st.hnew_off[k] >= 0:
+                out[k] = PyBytes_FromStringAndSize(st.hold + st.hnew_off[k], st.hnew_len[k])
+            elif st.newest_len[k] >= 0:
+                out[k] = PyBytes_FromStringAndSize(st.newest[k], st.newest_len[k])
+        return tuple(out)
+
+    def take_dirty(self):
+        """Symbols with an aggregated event since the last call, in the order they first had one."""
+        cdef Py_ssize_t i
+        cdef int sid
+        out = []
+        for i in range(self.ndirty):
+            sid = self.dirty[i]
+            self.syms[sid].dirty = False
+            out.append(self.names[sid])
+        self.ndirty = 0
+        return out
+
+    # ------------------------------------------------------------------------------------ bars
+
+    cdef inline void _open(self, Acc* acc, Sym* st, long long bucket, long long iv) noexcept:
+        """A new bar (or a quotes-only bar's accumulator reused) at ``bucket``; the quote in force at its
+        start is its first observation."""
+        cdef long long due
+        acc.bucket = bucket
+        acc.start = bucket * iv
+        acc.end = acc.start + iv
+        acc.index = st.index
+        acc.vol = acc.pv = acc.buy = acc.sell = acc.neutral = 0.0
+        acc.sb = acc.sa = acc.ss = 0.0
+        acc.obs = acc.spread_n = 0
+        acc.trades = acc.covered = 0
+        if st.has_quote:
+            acc.sb += st.qbsz
+            acc.sa += st.qasz
+            acc.obs = 1
+            if st.qbid > 0 and st.qask > 0 and st.qask >= st.qbid:
+                acc.ss += (st.qask - st.qbid) / ((st.qask + st.qbid) / 2) * 10000.0
+                acc.spread_n = 1
+        due = acc.end + self.allowed_lateness_ns
+        if due < self.next_due:
+            self.next_due = due
+
+    cdef inline void _price(self, Acc* acc, double v) noexcept:
+        if not acc.has_open:
+            acc.has_open = True
+            acc.open = acc.high = acc.low = v
+        else:
+            if v > acc.high:
+                acc.high = v
+            if v < acc.low:
+                acc.low = v
+        acc.close = v
+
+    cdef void _event(self, int sid, Ev* ev) except *:
+        cdef Sym* st = &self.syms[sid]
+        cdef Acc* acc
+        cdef int k
+        cdef long long iv, bucket, ts = ev.ts
+        cdef int kind = ev.kind
+        cdef double price, size
+        if not st.dirty:
+            st.dirty = True
+            self.dirty[self.ndirty] = sid
+            self.ndirty += 1
+        if kind == K_VALUE:
+            st.index = True
+        for k in range(self.niv):
+            acc = &self.accs[sid * self.niv + k]
+            iv = self.ivs[k]
+            if acc.active:
+                if ts < acc.start or ts >= acc.end:
+                    bucket = ts // iv
+                    if bucket < acc.bucket:
+                        self.late += 1
+                        continue
+                    if acc.has_open:
+                        self._close(sid, k)  # may append bars; st and acc stay valid (no symbol added)
+                        acc.active = True
+                    self._open(acc, st, bucket, iv)
+            else:
+                bucket = ts // iv
+                if acc.has_last and bucket <= acc.last_bucket:
+                    self.late += 1
+                    continue
+                acc.active = True
+                acc.has_open = False
+                self._open(acc, st, bucket, iv)
+            if kind == K_QUOTE:
+                acc.sb += ev.c
+                acc.sa += ev.d
+                acc.obs += 1
+                if ev.a > 0 and ev.b > 0 and ev.b >= ev.a:
+                    acc.ss += (ev.b - ev.a) / ((ev.b + ev.a) / 2) * 10000.0
+                    acc.spread_n += 1
+            elif kind == K_TRADE:
+                price = ev.a
+                size = ev.b
+                self._price(acc, price)
+                acc.trades += 1
+                acc.vol += size
+                acc.pv += price * size
+                if not st.has_quote:
+                    acc.neutral += size
+                else:
+                    if st.qask > 0 and price >= st.qask:
+                        acc.buy += size
+                    elif st.qbid > 0 and price <= st.qbid:
+                        acc.sell += size
+                    else:
+                        acc.neutral += size
+                    if st.qbid > 0 and st.qask > 0:
+                        acc.covered += 1
+            else:
+                acc.index = True
+                self._price(acc, ev.a)
+                acc.trades += 1
+        if kind == K_QUOTE:
+            st.has_quote = True
+            st.qbid = ev.a
+            st.qask = ev.b
+            st.qbsz = ev.c
+            st.qasz = ev.d
+
+    cdef void _close(self, int sid, int k) except *:
+        """Close interval ``k``'s open bar of ``sid``: a bar when it has a price (after gap bars with
+        ``fill_gaps``), nothing for a quotes-only bucket."""
+        cdef Acc* acc = &self.accs[sid * self.niv + k]
+        cdef long long iv = self.ivs[k]
+        cdef long long b
+        acc.active = False
+        if not acc.has_open:
+            return
+        acc.has_open = False
+        name = self.names[sid]
+        interval = self.iv_names[k]
+        if self.fill_gaps and acc.has_last:
+            c = acc.last_close
+            for b in range(acc.last_bucket + 1, acc.bucket):
+                self.closed.append(MicroBar(sym=name, interval=interval, start_ns=b * iv, open=c, high=c,
+                                            low=c, close=c, volume=0.0, trades=0, closed=True, gap_fill=True))
+        acc.has_last = True
+        acc.last_bucket = acc.bucket
+        acc.last_close = acc.close
+        self.closed.append(self._bar(sid, k, True))
+
+    cdef object _bar(self, int sid, int k, bint closed):
+        cdef Acc* acc = &self.accs[sid * self.niv + k]
+        cdef Sym* st = &self.syms[sid]
+        cdef double tot
+        name = self.names[sid]
+        interval = self.iv_names[k]
+        vwap = acc.pv / acc.vol if acc.vol > 0 else None
+        if acc.index or not self.l2:
+            return MicroBar(sym=name, interval=interval, start_ns=acc.bucket * self.ivs[k], open=acc.open,
+                            high=acc.high, low=acc.low, close=acc.close, volume=acc.vol, trades=acc.trades,
+                            vwap=None if acc.index else vwap, closed=closed)
+        tot = acc.sb + acc.sa
+        bsz = st.qbsz if st.has_quote else None
+        asz = st.qasz if st.has_quote else None
+        return MicroBar(
+            sym=name, interval=interval, start_ns=acc.bucket * self.ivs[k], open=acc.open, high=acc.high,
+            low=acc.low, close=acc.close, volume=acc.vol, trades=acc.trades, vwap=vwap,
+            buy_volume=acc.buy, sell_volume=acc.sell, neutral_volume=acc.neutral, delta_volume=acc.buy - acc.sell,
+            bid_ask_imbalance=(acc.sb - acc.sa) / tot if acc.obs and tot > 0 else None,
+            ask_bid_size_ratio=asz / bsz if bsz else None,
+            quote_coverage_pct=100.0 * acc.covered / acc.trades if acc.trades else None,
+            avg_spread_bps=acc.ss / acc.spread_n if acc.spread_n else None,
+            bid_size_at_close=bsz, ask_size_at_close=asz, closed=closed,
+        )
+
+    def advance(self, long long watermark_ns):
+        """Close every bar whose end plus the allowed lateness is at or before ``watermark_ns``."""
+        cdef long long limit, next_due, end, lateness = self.allowed_lateness_ns
+        cdef Py_ssize_t i
+        cdef int k
+        cdef Acc* acc
+        if watermark_ns > self.watermark:
+            self.watermark = watermark_ns
+        if self.watermark < self.next_due:
+            return
+        limit = self.watermark - lateness
+        next_due = NO_DUE
+        for i in range(self.nsyms):
+            for k in range(self.niv):
+                acc = &self.accs[i * self.niv + k]
+                if not acc.active:
+                    continue
+                end = acc.end
+                if end <= limit:
+                    self._close(<int>i, k)
+                elif end + lateness < next_due:
+                    next_due = end + lateness
+        self.next_due = next_due
+
+    def drain(self):
+        """Closed bars since the last call, in closing order."""
+        out = self.closed
+        self.closed = []
+        return out
+
+    def current(self, sym, interval):
+        """The in-progress bar of ``sym`` (closed=False), or None."""
+        cdef Py_ssize_t i = self.ids.get(sym, -1)
+        cdef int k
+        cdef Acc* acc
+        if i < 0:
+            return None
+        for k in range(self.niv):
+            if self.iv_names[k] == interval:
+                acc = &self.accs[i * self.niv + k]
+                if acc.active and acc.has_open:
+                    return self._bar(<int>i, k, False)
+                return None
+        return None
+
+    def flush(self):
+        """Close every open bar (end of an offline run) and return all closed bars."""
+        cdef Py_ssize_t i
+        cdef int k
+        for i in range(self.nsyms):
+            for k in range(self.niv):
+                if self.accs[i * self.niv + k].active:
+                    self._close(<int>i, k)
+        return self.drain()
+
+    # ------------------------------------------------------------------------------------ objects in
+
+    def on_events(self, events):
+        """Aggregate msgspec tick events in stream order (offline paths, tests): encoded in chunks and fed,
+        so they take exactly the live path. Events msgspec would refuse raise ValueError."""
+        it = iter(events)
+        while True:
+            chunk = list(itertools.islice(it, 4096))
+            if not chunk:
+                return
+            self._feed_events(chunk)
+
+    def on_event(self, ev):
+        self._feed_events([ev])
+
+    cdef _feed_events(self, list chunk):
+        global _EVENTS_DECODER
+        body = _ENCODER.encode(chunk)
+        if self._feed(body, 0) >= 0:
+            return
+        if _EVENTS_DECODER is None:
+            from spx_common.models import MarketEvent
+            _EVENTS_DECODER = msgspec.msgpack.Decoder(list[MarketEvent])
+        try:
+            events = _EVENTS_DECODER.decode(body)
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"tick events not valid: {exc}") from None
+        if self._feed(_ENCODER.encode(events), 0) < 0:
+            raise ValueError("tick events not representable (a time beyond the int64 range?)")
+
+
+# ---------------------------------------------------------------------------------------- frame header
+
+from spx_common.codec import _TICKS_HEAD as _HEAD_OBJ
+
+cdef bytes _HEAD = _HEAD_OBJ
+cdef Py_ssize_t _HEAD_LEN = len(_HEAD_OBJ)
+
+
+def ticks_header(object payload):
+    """``(src, session, seq, event_ns, pub_ns, body_at)`` of a ``ticks`` payload of this protocol version, read
+    without decoding the body; None when the prefix or a header field is not in the expected form."""
+    cdef const uint8_t* p
+    cdef Py_ssize_t n, i
+    cdef const uint8_t* s
+    cdef Py_ssize_t ln
+    cdef long long seq, event_ns, pub_ns
+    cdef bint big
+    if type(payload) is not bytes:
+        return None
+    p = <const uint8_t*>PyBytes_AS_STRING(payload)
+    n = PyBytes_GET_SIZE(payload)
+    if n < _HEAD_LEN or memcmp(p, PyBytes_AS_STRING(_HEAD), _HEAD_LEN) != 0:
+        return None
+    i = _rd_str(p, _HEAD_LEN, n, &s, &ln)
+    if i < 0:
+        return None
+    try:
+        src = PyUnicode_DecodeUTF8(<const char*>s, ln, NULL)
+    except UnicodeDecodeError:
+        return None
+    i = _rd_str(p, i, n, &s, &ln)
+    if i < 0:
+        return None
+    try:
+        session = PyUnicode_DecodeUTF8(<const char*>s, ln, NULL)
+    except UnicodeDecodeError:
+        return None
+    i = _rd_int(p, i, n, &seq, &big)
+    if i < 0 or big:
+        return None
+    i = _rd_int(p, i, n, &event_ns, &big)
+    if i < 0 or big:
+        return None
+    i = _rd_int(p, i, n, &pub_ns, &big)
+    if i < 0 or big or i >= n:
+        return None
+    return (src, session, seq, event_ns, pub_ns, i)
