@@ -209,7 +209,7 @@ def test_memory_bounds_hold_under_far_more_input_than_the_buffers_hold():
     assert cache2.syms["SPY"].events()[0].ts >= 99 * 100_000_000 - S
     agg = BarAggregator(["1s"], max_symbols=2)
     agg.on_events([t(S, 1.0, sym=f"S{i}") for i in range(10)])
-    assert len(agg.symbols) == 2 and agg.refused_symbols == 8
+    assert agg.symbol_count() == 2 and agg.refused_symbols == 8
 
 
 def test_byte_bound_across_symbols_evicts_the_oldest_batches_first():
