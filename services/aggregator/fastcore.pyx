@@ -73,7 +73,10 @@ cdef enum:
     VALUE_OK = F_K | F_SYM | F_VALUE | F_TS | F_SOURCE | F_BACKFILLED
     VALUE_NEED = F_K | F_SYM | F_VALUE | F_TS
 
-cdef long long NO_DUE = 1LL << 62
+cdef long long NO_DUE = 0x7FFFFFFFFFFFFFFF
+#: event times at or beyond this (2116-02-20) are refused: bucket ends and close times stay inside int64
+MAX_TS = 1 << 62
+cdef long long _MAX_TS = 1LL << 62
 
 
 cdef struct Ev:
@@ -232,10 +235,10 @@ cdef inline Py_ssize_t _rd_int(const uint8_t* p, Py_ssize_t i, Py_ssize_t n, lon
 
 
 cdef inline Py_ssize_t _rd_ns(const uint8_t* p, Py_ssize_t i, Py_ssize_t n, long long* out) noexcept nogil:
-    """A non-negative integer that fits int64 (``Ns``: ge=0)."""
+    """An event time: a non-negative integer (``Ns``: ge=0) below ``MAX_TS``."""
     cdef bint big
     i = _rd_int(p, i, n, out, &big)
-    if i < 0 or big or out[0] < 0:
+    if i < 0 or big or out[0] < 0 or out[0] >= _MAX_TS:
         return -1
     return i
 
@@ -507,6 +510,8 @@ cdef class TickCore:
     cdef public long long refused_symbols
     cdef public long long next_due
     cdef public list closed
+    cdef readonly long long max_gap_bars
+    cdef public long long gaps_unfilled
 
     cdef int niv
     cdef long long ivs[_MAX_IV]
@@ -532,7 +537,7 @@ cdef class TickCore:
         self.evs = NULL
 
     def __init__(self, intervals=("1s", "5s"), *, l2=True, fill_gaps=False, allowed_lateness_ns=250_000_000,
-                 max_symbols=5000, hold_max=64, on_hold=None):
+                 max_symbols=5000, hold_max=64, on_hold=None, max_gap_bars=3600):
         cdef int k
         self.intervals = [(name, parse_interval(name)) for name in intervals]
         if not self.intervals:
@@ -553,6 +558,10 @@ cdef class TickCore:
         self.max_symbols = max_symbols
         self.hold_max = hold_max
         self.on_hold = on_hold
+        if max_gap_bars < 0:
+            raise ValueError("max_gap_bars must be >= 0")
+        self.max_gap_bars = max_gap_bars
+        self.gaps_unfilled = 0
         self.watermark = 0
         self.late = 0
         self.refused_symbols = 0
@@ -705,7 +714,7 @@ cdef class TickCore:
         if start < 0 or start > n:
             return -1
         i = _rd_array(p, start, n, &count)
-        if i < 0:
+        if i < 0 or count > n - i:  # every event takes at least one byte: a larger count is a lie
             return -1
         if count > self.evs_cap:
             newcap = max(count, 2 * self.evs_cap, 64)
@@ -975,7 +984,9 @@ cdef class TickCore:
         acc.has_open = False
         name = self.names[sid]
         interval = self.iv_names[k]
-        if self.fill_gaps and acc.has_last:
+        if self.fill_gaps and acc.has_last and acc.bucket - acc.last_bucket - 1 > self.max_gap_bars:
+            self.gaps_unfilled += 1  # a session break, not a quiet market: bounded, counted, not filled
+        elif self.fill_gaps and acc.has_last:
             c = acc.last_close
             for b in range(acc.last_bucket + 1, acc.bucket):
                 self.closed.append(MicroBar(sym=name, interval=interval, start_ns=b * iv, open=c, high=c,
@@ -1093,7 +1104,7 @@ cdef class TickCore:
         except msgspec.ValidationError as exc:
             raise ValueError(f"tick events not valid: {exc}") from None
         if self._feed(_ENCODER.encode(events), 0) < 0:
-            raise ValueError("tick events not representable (a time beyond the int64 range?)")
+            raise ValueError(f"tick events not accepted: an event time at or beyond {MAX_TS} (2116-02-20)")
 
 
 # ---------------------------------------------------------------------------------------- frame header

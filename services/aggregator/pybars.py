@@ -39,6 +39,8 @@ from spx_common.codec import _INT_WIDTH, _STR_LEN_WIDTH, _TICKS_HEAD, _TICKS_HEA
 from spx_common.models import IndexValue, MarketEvent, MicroBar, Quote, Trade
 
 NS = 1_000_000_000
+#: event times at or beyond this (2116-02-20) are refused by both cores: bucket ends stay inside int64
+MAX_TS = 1 << 62
 #: intervals a core aggregates at most (the compiled core's fixed table)
 MAX_INTERVALS = 8
 
@@ -151,8 +153,15 @@ class PyBarAggregator:
         fill_gaps: bool = False,
         allowed_lateness_ns: int = 250_000_000,
         max_symbols: int = 5000,
+        max_gap_bars: int = 3600,
     ) -> None:
         self.intervals = [(name, parse_interval(name)) for name in intervals]
+        if max_gap_bars < 0:
+            raise ValueError("max_gap_bars must be >= 0")
+        #: ``fill_gaps`` fills a gap of at most this many buckets; a longer one (a session break, not a quiet
+        #: market) is counted in ``gaps_unfilled`` and not filled, so one event cannot make unbounded bars
+        self.max_gap_bars = max_gap_bars
+        self.gaps_unfilled = 0
         self.l2 = l2
         self.fill_gaps = fill_gaps
         self.allowed_lateness_ns = allowed_lateness_ns
@@ -526,7 +535,9 @@ class PyBarAggregator:
         if acc.open is None:
             return  # quotes only: no bar (the bucket had no trade)
         last = st.last_close.get(iv)
-        if self.fill_gaps and last is not None:
+        if self.fill_gaps and last is not None and acc.bucket - last[0] - 1 > self.max_gap_bars:
+            self.gaps_unfilled += 1
+        elif self.fill_gaps and last is not None:
             for b in range(last[0] + 1, acc.bucket):
                 self.closed.append(MicroBar(sym=sym, interval=name, start_ns=b * iv, open=last[1], high=last[1],
                                             low=last[1], close=last[1], volume=0.0, trades=0, closed=True,
@@ -643,9 +654,10 @@ class PyTickCore(PyBarAggregator):
         max_symbols: int = 5000,
         hold_max: int = 64,
         on_hold: Callable[[str, bytes, int, int], object] | None = None,
+        max_gap_bars: int = 3600,
     ) -> None:
         super().__init__(intervals, l2=l2, fill_gaps=fill_gaps, allowed_lateness_ns=allowed_lateness_ns,
-                         max_symbols=max_symbols)
+                         max_symbols=max_symbols, max_gap_bars=max_gap_bars)
         if not self.intervals:
             raise ValueError("at least one bar interval is needed")
         if len(self.intervals) > MAX_INTERVALS:
@@ -671,16 +683,22 @@ class PyTickCore(PyBarAggregator):
             events = _DECODER.decode(memoryview(buf)[start:])
         except msgspec.DecodeError:  # ValidationError included
             return -1
+        if any(ev.ts >= MAX_TS for ev in events):
+            return -1  # as the compiled core: times stay inside int64
         self.on_events(events)
         return len(events)
 
     def on_event(self, ev: Trade | Quote | IndexValue) -> None:
+        if ev.ts >= MAX_TS:
+            raise ValueError(f"tick events not accepted: an event time at or beyond {MAX_TS} (2116-02-20)")
         super().on_event(ev)
         self._after((ev,))
 
     def on_events(self, events: Iterable[Trade | Quote | IndexValue]) -> None:
         if not isinstance(events, (list, tuple)):
             events = list(events)
+        if any(ev.ts >= MAX_TS for ev in events):
+            raise ValueError(f"tick events not accepted: an event time at or beyond {MAX_TS} (2116-02-20)")
         super().on_events(events)
         self._after(events)
 

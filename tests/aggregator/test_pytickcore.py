@@ -255,25 +255,22 @@ def test_constructor_bounds(core):
 
 
 @pytest.mark.parametrize("core", CORES)
-@pytest.mark.parametrize("intervals", [["1s"], ["1s", "5s"], ["250ms", "1s", "5s"]])
-def test_times_far_beyond_today_are_bars_like_any_other(core, intervals):
-    """Event times are validated as ``ge=0`` only: a time past 2**62 ns (year 2116; the cores' "never" for
-    ``next_due``) makes bars as any other (the plain-Python core used to spin forever on it)."""
-    for ts in (2**62 - 1, 2**62, 2**62 + 5 * S):
-        agg = core(intervals, allowed_lateness_ns=250_000_000)
-        assert agg.feed(ENC.encode([t(S, 1.0), t(ts, 2.0), q(ts), t(ts + 1, 3.0)])) == 4
-        agg.advance(agg.watermark)
-        assert [(b.start_ns, b.close) for b in agg.drain()] == [(0 if iv == 5 * S else S, 1.0)
-                                                                for _, iv in agg.intervals]
-        assert [(b.start_ns, b.close, b.trades) for b in agg.flush()] == [(ts // iv * iv, 3.0, 2)
-                                                                          for _, iv in agg.intervals]
-
-
-def test_the_python_core_takes_any_time_msgspec_accepts():
-    agg = PyTickCore(["1s", "5s"])
-    assert agg.feed(ENC.encode([t(S), t(2**64 - 1, 2.0)])) == 2
-    assert [(b.start_ns, b.close) for b in agg.flush()] == [(S, 100.0), (0, 100.0), (2**64 - 1 - (2**64 - 1) % S, 2.0),
-                                                            (2**64 - 1 - (2**64 - 1) % (5 * S), 2.0)]
+def test_event_times_from_2116_on_are_refused_by_both_cores(core):
+    """Event times are ``ge=0`` on the wire; both cores take them below 2**62 ns (2116-02-20) so bucket ends
+    and close times stay inside int64: ``feed`` answers -1 (the service refuses the frame) and ``on_events``
+    raises, with nothing changed. The last time before the bound makes bars as any other."""
+    agg = core(["1s", "5s"], allowed_lateness_ns=250_000_000)
+    for ts in (2**62, 2**63 - 1, 2**64 - 1):
+        assert agg.feed(ENC.encode([t(S, 1.0), t(ts, 2.0)])) == -1
+        with pytest.raises(ValueError):
+            agg.on_events([t(S, 1.0), t(ts, 2.0)])
+        assert agg.watermark == 0 and agg.flush() == []
+    last = 2**62 - 1
+    assert agg.feed(ENC.encode([t(S, 1.0), t(last, 2.0), q(last), t(last, 3.0)])) == 4
+    agg.advance(agg.watermark)
+    assert [(b.start_ns, b.close) for b in agg.drain()] == [(S, 1.0), (0, 1.0)]
+    assert [(b.start_ns, b.close, b.trades) for b in agg.flush()] == [(last // iv * iv, 3.0, 2)
+                                                                      for _, iv in agg.intervals]
 
 
 # ------------------------------------------------------------------ ticks header
@@ -345,3 +342,17 @@ def test_the_plain_python_aggregator_keeps_its_name():
     assert pybars.BarAggregator is pybars.PyBarAggregator and issubclass(PyTickCore, pybars.PyBarAggregator)
     assert bars.BarAggregator is (PyTickCore if not bars.COMPILED else bars.BarAggregator)
     assert bars.parse_interval("250ms") == 250_000_000 and bars.NS == 1_000_000_000
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_fill_gaps_fills_at_most_max_gap_bars_buckets_and_counts_a_longer_gap(core):
+    """``fill_gaps`` is bounded: a gap of more than ``max_gap_bars`` buckets (a session break, or one event
+    stamped far away) gets no gap bars and is counted in ``gaps_unfilled``; a gap at the bound is filled."""
+    agg = core(["1s"], fill_gaps=True, max_gap_bars=3)
+    agg.on_events([t(S, 1.0), t(5 * S, 2.0), t(10 * S, 3.0), t(10 * S + 1, 4.0)])
+    bars = agg.flush()
+    assert [(b.start_ns // S, b.close, b.gap_fill) for b in bars] == [
+        (1, 1.0, False), (2, 1.0, True), (3, 1.0, True), (4, 1.0, True), (5, 2.0, False), (10, 4.0, False)]
+    assert agg.gaps_unfilled == 1
+    with pytest.raises(ValueError):
+        core(["1s"], max_gap_bars=-1)
