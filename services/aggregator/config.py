@@ -20,6 +20,9 @@ class AggregatorConfig(Section):
         "ENABLE_L2_MICROSTRUCTURE")
     fill_gaps: bool = Field(False, description="Emit zero-volume bars at the previous close for buckets "
                             "without a trade (microstructure null).")
+    max_gap_bars: int = Field(3600, ge=0, le=1_000_000, description="fill_gaps fills a gap of at most this many "
+                              "buckets; a longer one (a session break) is counted (aggregator_gaps_unfilled) and "
+                              "left unfilled, so one far-stamped event cannot make unbounded bars.")
     allowed_lateness_ms: int = Field(250, ge=0, le=60_000, description="A bar closes when the feed's event-time "
                                      "watermark passes its end by this much (quiet markets still close bars).")
     progress_ms: int = Field(250, ge=10, description="In-progress bar updates: at most one per symbol and "
@@ -51,4 +54,6 @@ class AggregatorConfig(Section):
 
         for name in v:
             parse_interval(name)
+        if not 1 <= len(v) <= 8:
+            raise ValueError(f"give 1 to 8 bar intervals (got {len(v)})")
         return v
