@@ -4,9 +4,11 @@
 
 1. The live aggregation loop in one process on one core: pre-encoded ``tick.<sym>`` frames
    (a realistic mix from the synthetic session: SPY trades and quotes, I:SPX values, SPXW option
-   quotes, batched per symbol as the feed does) go through ``SubscriberCore.accept`` (envelope,
-   sequence check), the typed body decode, ``Aggregator.on_ticks`` (tick cache + bars) and the
-   encoding and sending of closed bars on a real PUB socket.
+   quotes, batched per symbol as the feed does) go through ``SubscriberCore.accept`` as the service's
+   (``lazy_ticks``: envelope header, sequence check), then what ``dispatch`` does for the aggregator's raw
+   ``tick.`` handler: ``Aggregator.on_ticks(frame, None)`` (the bar core parses the body: bars + tick
+   cache), and the encoding and sending of closed bars on a real PUB socket. Which core ran (compiled
+   ``TickCore`` or ``PyTickCore``) is printed.
 2. ``spx bars`` on a day of flat files of the same size (CSV read + merge + bars + CSV write).
 3. With ``--reference-python PY`` (an interpreter that has ``nautilus_trader``): NautilusTrader's compiled
    1s time-bar aggregator on the same machine, right after (``benchmarks/nautilus_reference.py``), and the
@@ -70,15 +72,17 @@ def bench_loop(frames: list[list[bytes]], n_events: int) -> float:
     svc = Aggregator(RuntimeConfig(run_dir=tmp), BusConfig(),
                      config=AggregatorConfig(warmup_from_journal=False))
     svc.open_sockets()
-    core = SubscriberCore("bench")
+    core = SubscriberCore("bench", lazy_ticks=svc.lazy_ticks)
+    accept, on_ticks = core.accept, svc.on_ticks
     t0 = time.perf_counter()
     for parts in frames:
-        frame = core.accept(parts)
-        svc.on_ticks(frame, frame.body())
+        frame = accept(parts)
+        on_ticks(frame, None)  # dispatch's call of a raw handler
     dt = time.perf_counter() - t0
+    assert svc.events_in.total() == n_events and not core.bad.total(), "frames refused or events not aggregated"
     bars = sum(svc.bars_out._series.values())
     print(f"live loop: {n_events:,} events in {len(frames):,} frames: {dt:.2f}s = {n_events / dt:,.0f} events/s "
-          f"(decode + cache + 1s/5s bars + publish; {int(bars):,} closed bars)")
+          f"(header + bar core: bars + cache holds + publish; {int(bars):,} closed bars)")
     svc.pub.close()
     svc.rpc_server.close()
     if svc.sub is not None:  # the service's SUB socket, or context termination waits for it
@@ -127,9 +131,10 @@ def main() -> None:
     events = make_events(args.events)
     frames, framed = frames_for(events, by_root=not args.per_contract)
     print(f"aggregator benchmark (pid {os.getpid()}, {os.cpu_count()} cores)")
-    from services.aggregator.bars import COMPILED
+    from services.aggregator.bars import COMPILED, BarAggregator
 
-    print(f"bar core: {'compiled (Cython)' if COMPILED else 'pure Python (not compiled: pip install -e .)'}")
+    print(f"bar core: {BarAggregator.__module__}.{BarAggregator.__name__}, COMPILED={COMPILED} "
+          f"({'Cython' if COMPILED else 'pure Python: not compiled, pip install -e . needs a C compiler'})")
     best = max(bench_loop(frames, framed) for _ in range(args.repeat))
     print(f"live loop best of {args.repeat}: {best:,.0f} events/s")
     bench_spx_bars(events)

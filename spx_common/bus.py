@@ -395,10 +395,15 @@ class SubscriberCore:
 
     Counts bad frames by reason, lost and duplicate frames by sequence, tracks peers
     from heartbeats.  Both the sync and asyncio subscribers wrap this.
+
+    ``lazy_ticks``: ``ticks`` frames are accepted on their header alone, the body left as bytes
+    (:func:`spx_common.codec.decode_frames`); whoever reads it validates it with ``frame.body()``.
     """
 
-    def __init__(self, service: str, registry: Registry | None = None, peer_timeout_s: float = 3.0) -> None:
+    def __init__(self, service: str, registry: Registry | None = None, peer_timeout_s: float = 3.0, *,
+                 lazy_ticks: bool = False) -> None:
         self.service = service
+        self.lazy_ticks = lazy_ticks
         self.metrics = registry or Registry()
         self.peer_timeout_s = peer_timeout_s
         self._last: OrderedDict[tuple[str, str], int] = OrderedDict()
@@ -414,7 +419,7 @@ class SubscriberCore:
     def accept(self, parts: list[bytes]) -> Frame | None:
         """Return the frame, or None when it is refused (counted) or is a heartbeat (absorbed)."""
         try:
-            frame = codec.decode_frames(parts)
+            frame = codec.decode_frames(parts, self.lazy_ticks)
         except FrameError as exc:
             self.bad.inc(reason=exc.reason)
             self.last_error = exc

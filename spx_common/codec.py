@@ -30,6 +30,11 @@ topic decodes their body, so they are decoded in one pass with a typed envelope
 walks it again: one pass saves ~1.1 k of ~8.9 k instructions per event in the aggregator's live
 loop (docs/performance.md). Nothing changes on the wire or in what callers see: a frame that the
 typed envelope refuses takes the general path, which accepts or refuses it exactly as before.
+
+A consumer that reads ``ticks`` bodies as bytes (the aggregator's compiled core) decodes with
+``lazy_ticks=True``: the header only (:class:`TicksHeader`, parsed by ``ticks_header`` of
+``services.aggregator.bars``), the body left in the payload at :attr:`Frame.body_at` until
+:meth:`Frame.body` is asked for it, which validates it exactly as the other paths do.
 """
 
 from __future__ import annotations
@@ -67,6 +72,18 @@ class TicksEnvelope(msgspec.Struct, array_like=True):
     event_ns: int
     pub_ns: int
     body: list[m.MarketEvent]
+
+
+class TicksHeader(msgspec.Struct, array_like=True, gc=False):
+    """The header of a ``ticks`` frame decoded with ``lazy_ticks``: the body is still bytes in the payload."""
+
+    v: int
+    type: str
+    src: str
+    session: str
+    seq: int
+    event_ns: int
+    pub_ns: int
 
 
 # payload prefix of every ticks frame of this version: fixarray(8), v, fixstr "ticks"
@@ -178,14 +195,16 @@ def encode_payload(
 class Frame:
     """A received frame: header fields plus lazily decoded, validated body.
 
-    ``env`` is an :class:`Envelope` (body kept as ``msgspec.Raw``) or, for a ``ticks`` frame, a
-    :class:`TicksEnvelope` whose body is already decoded; read the body with :meth:`body` and its
-    msgpack with :meth:`raw_body`, not through ``env.body``.
+    ``env`` is an :class:`Envelope` (body kept as ``msgspec.Raw``), for a ``ticks`` frame a
+    :class:`TicksEnvelope` whose body is already decoded, or with ``lazy_ticks`` a :class:`TicksHeader`
+    whose body is ``payload[body_at:]``, not decoded; read the body with :meth:`body` and its msgpack with
+    :meth:`raw_body`, not through ``env.body``.
     """
 
     topic: str
-    env: Envelope | TicksEnvelope
-    payload: bytes = b""  # with a TicksEnvelope: the payload it was decoded from
+    env: Envelope | TicksEnvelope | TicksHeader
+    payload: bytes = b""  # the payload as received
+    body_at: int = -1  # with a TicksHeader: where the body starts in ``payload``
     _taken: bool = False  # the TicksEnvelope's decoded body was handed out by body()
 
     @property
@@ -216,14 +235,17 @@ class Frame:
         """Decode and validate the body against its registered schema (raises FrameError).
 
         Every call returns a new object, as if decoded anew (the first call of a ``ticks`` frame
-        returns the body decoded with the envelope)."""
+        decoded without ``lazy_ticks`` returns the body decoded with the envelope)."""
         env = self.env
-        if type(env) is TicksEnvelope:
+        t = type(env)
+        if t is TicksEnvelope:
             if not self._taken:
                 self._taken = True
                 return env.body
             return _decoder("ticks").decode(self.raw_body())
         try:
+            if t is TicksHeader:
+                return _decoder("ticks").decode(memoryview(self.payload)[self.body_at:])
             return _decoder(env.type).decode(env.body)
         except msgspec.ValidationError as exc:
             raise FrameError("schema", f"{self.env.type} body from {self.env.src}: {exc}") from exc
@@ -233,13 +255,33 @@ class Frame:
     def raw_body(self) -> bytes | msgspec.Raw:
         """The body's msgpack, as it arrived (not decoded, not validated)."""
         env = self.env
-        if type(env) is TicksEnvelope:
+        t = type(env)
+        if t is TicksHeader:
+            return self.payload[self.body_at:]
+        if t is TicksEnvelope:
             return self.payload[_ticks_body_at(self.payload):]
         return env.body
 
 
-def decode_frames(parts: list[bytes]) -> Frame:
-    """Decode a multipart message's header. Raises :class:`FrameError` with a reason label."""
+def _ticks_header_parser(payload: bytes):
+    """``ticks_header`` of the aggregator's core (compiled when built), imported on first use:
+    spx_common never imports a service at import time."""
+    global _ticks_header
+    from services.aggregator.bars import ticks_header
+
+    _ticks_header = ticks_header
+    return ticks_header(payload)
+
+
+#: ``(payload) -> (src, session, seq, event_ns, pub_ns, body_at) | None`` for ``lazy_ticks``
+_ticks_header = _ticks_header_parser
+
+
+def decode_frames(parts: list[bytes], lazy_ticks: bool = False) -> Frame:
+    """Decode a multipart message's header. Raises :class:`FrameError` with a reason label.
+
+    ``lazy_ticks``: a ``ticks`` payload whose header parses is not decoded further (:class:`TicksHeader`,
+    body at :attr:`Frame.body_at`); its body is validated when :meth:`Frame.body` is called."""
     if len(parts) != 2:
         raise FrameError("frames", f"expected 2 parts (topic, payload), got {len(parts)}")
     try:
@@ -248,6 +290,12 @@ def decode_frames(parts: list[bytes]) -> Frame:
         raise FrameError("garbage", "topic is not utf-8") from exc
     payload = parts[1]
     if type(payload) is bytes and payload.startswith(_TICKS_HEAD):
+        if lazy_ticks:
+            head = _ticks_header(payload)
+            if head is not None:
+                src, session, seq, event_ns, pub_ns, body_at = head
+                return Frame(topic, TicksHeader(PROTOCOL_VERSION, "ticks", src, session, seq, event_ns, pub_ns),
+                             payload, body_at)
         try:
             return Frame(topic, _TICKS_DECODER.decode(payload), payload)
         except msgspec.DecodeError:  # ValidationError included: the general path below refuses it or not
@@ -262,7 +310,7 @@ def decode_frames(parts: list[bytes]) -> Frame:
         raise FrameError("garbage", f"envelope on {topic!r}: {exc}") from exc
     if env.v != PROTOCOL_VERSION:
         raise FrameError("version", f"protocol version {env.v} on {topic!r} (this build speaks {PROTOCOL_VERSION})")
-    return Frame(topic, env)
+    return Frame(topic, env, payload)
 
 
 def check_codec() -> None:

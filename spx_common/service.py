@@ -15,7 +15,9 @@ The base gives every process the same behaviour:
 
 * a PUB socket with per-topic sequence numbers and a heartbeat every second;
 * a SUB socket that validates every frame (bad ones are counted by reason, written to a
-  bounded dead-letter file and skipped), detects loss by sequence gap and tracks peers;
+  bounded dead-letter file and skipped), detects loss by sequence gap and tracks peers; a
+  service that reads ``ticks`` bodies as bytes (``lazy_ticks``, ``on(..., raw=True)``) validates
+  them itself and hands a bad one to :meth:`BusService.refuse`, which counts it the same way;
 * a ROUTER socket answering requests, with built-in ``ping``, ``status`` and ``metrics``;
 * per-handler time budget (slow handlers are counted and logged) and exception isolation;
 * structured JSON logs, a metrics registry, optional ``/metrics`` over HTTP;
@@ -101,6 +103,9 @@ class BusService:
     #: be lost: transitions, orders, fills); bounded memory
     replayable: tuple[str, ...] = ()
     replay_keep: int = 20_000
+    #: ``ticks`` frames are accepted on their header alone, the body left as bytes for raw handlers
+    #: (``on(..., raw=True)``) that read it themselves (:class:`~spx_common.bus.SubscriberCore`)
+    lazy_ticks: bool = False
     #: outbox settings (default: the ``[outbox]`` section); frames of previous sessions loaded from it
     outbox_config: OutboxConfig | None = None
     outbox_frames: list[tuple[str, bytes]] = []
@@ -123,10 +128,10 @@ class BusService:
         self.stop_event = asyncio.Event()
         self.state = "starting"
         self.detail = ""
-        self._handlers: list[tuple[str, FrameHandler]] = []
+        self._handlers: list[tuple[str, FrameHandler, bool]] = []
         self._tasks: list[asyncio.Task] = []
         self._rate_log = logs.RateLimitedLog(self.log)
-        self.core = SubscriberCore(self.instance, self.metrics, self.bus.peer_timeout_s)
+        self.core = SubscriberCore(self.instance, self.metrics, self.bus.peer_timeout_s, lazy_ticks=self.lazy_ticks)
         self.core.on_peer_change = self._peer_changed
         self.deadletters = DeadLetters(self.runtime.path("deadletter", f"{self.instance}.msgpack"))
         self.handler_errors = self.metrics.counter(
@@ -176,9 +181,13 @@ class BusService:
                 self.log.exception("on_flags() failed")
         return changed
 
-    def on(self, prefix: str, handler: FrameHandler) -> None:
-        """Call ``handler(frame, body)`` for accepted frames whose topic starts with ``prefix``."""
-        self._handlers.append((prefix, handler))
+    def on(self, prefix: str, handler: FrameHandler, raw: bool = False) -> None:
+        """Call ``handler(frame, body)`` for accepted frames whose topic starts with ``prefix``.
+
+        ``raw``: call ``handler(frame, None)`` without decoding the body; the handler reads it (``frame.body()``
+        validates it, ``frame.raw_body()`` is its msgpack) and passes a body that fails validation to
+        :meth:`refuse`, which counts it as every refused body is counted."""
+        self._handlers.append((prefix, handler, raw))
 
     def rpc(self, method: str, handler: Callable[[dict], Any]) -> None:
         assert self.rpc_server is not None, "register RPC methods in setup()"
@@ -252,19 +261,29 @@ class BusService:
         self.log.info("peer %s %s", peer.service, "up" if peer.alive else "DOWN",
                       extra={"peer": peer.service, "alive": peer.alive, "session": peer.session})
 
+    def refuse(self, frame: Frame, exc: FrameError) -> None:
+        """A frame whose body failed validation: counted in ``bus_bad_frames_total{reason}``, written to
+        the dead letters, logged (rate-limited)."""
+        topic = frame.topic
+        self.core.bad.inc(reason=exc.reason)
+        self.deadletters.write(exc.reason, [topic.encode(), frame.payload or msgspec.msgpack.encode(frame.env)],
+                               str(exc))
+        self._rate_log.warning(f"bad:{exc.reason}", f"refused frame on {topic}: {exc}", topic=topic)
+
     def dispatch(self, frame: Frame) -> None:
         """Route one accepted frame to its handlers with isolation and a time budget."""
         topic = frame.topic
-        for prefix, handler in self._handlers:
+        for prefix, handler, raw in self._handlers:
             if not topic.startswith(prefix):
                 continue
-            try:
-                body = frame.body()
-            except FrameError as exc:
-                self.core.bad.inc(reason=exc.reason)
-                self.deadletters.write(exc.reason, [topic.encode(), msgspec.msgpack.encode(frame.env)], str(exc))
-                self._rate_log.warning(f"bad:{exc.reason}", f"refused frame on {topic}: {exc}", topic=topic)
-                return
+            if raw:
+                body = None
+            else:
+                try:
+                    body = frame.body()
+                except FrameError as exc:
+                    self.refuse(frame, exc)
+                    return
             t0 = time.perf_counter()
             try:
                 handler(frame, body)

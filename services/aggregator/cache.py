@@ -1,17 +1,16 @@
-"""The bounded tick cache: last trade/quote/value per symbol and a rolling event buffer.
+"""The bounded tick cache: a rolling event buffer per symbol, and its last trade/quote/value (from the core).
 
 Bounded by event-time window and by count per symbol; every stored event gets a per-symbol
 monotonic sequence number so clients can ask "ticks since seq N" and stitch live updates.
 
-Events are kept as the batches they arrived in (one symbol's; the aggregator splits an option root's
-batch per contract), and a batch is kept as its msgpack body — the bytes it arrived in — not as
-decoded objects, copied into large per-symbol segments (:class:`_Sym`: no Python object per batch,
-so the collector never walks the cache); queries decode the batches they read. So adding a batch costs the same whatever its length, the decoded
-events die young (right after the bars have used them) instead of being freed ten minutes later
-when they are cold, and the cache holds about a quarter of the memory (measured: keeping decoded
-events cost ~20% of the live loop). The count bound is exact (a partly evicted oldest batch keeps
-an offset). The time bound works per batch: a batch is dropped once its last event is older than
-the window, so up to one batch per symbol may be older than the window.
+Events are kept as the batches the bar core hands over (:meth:`TickCache.add_body`: one symbol's events,
+held by the core in runs of up to 64), as msgpack — each event's bytes as they arrived, never decoded on
+the live path — copied into large per-symbol segments (:class:`_Sym`: no Python object per batch, so the
+collector never walks the cache); queries decode the batches they read. So adding a batch costs the same
+whatever its length, and the cache holds about a quarter of the memory decoded events would (measured:
+keeping decoded events cost ~20% of the live loop). The count bound is exact (a partly evicted oldest
+batch keeps an offset). The time bound works per batch: a batch is dropped once its last event is older
+than the window, so up to one batch per symbol may be older than the window.
 
 A third bound holds across symbols: ``max_bytes`` of kept batch bodies in all (``[aggregator]
 cache_max_mb``). Above it, the batches with the oldest last event time go first, whatever their symbol,
@@ -27,11 +26,10 @@ from collections import deque
 
 import msgspec
 
-from services.aggregator.bars import newest_by_kind
-from spx_common.models import IndexValue, MarketEvent, MicroBar, Quote, Trade
-from spx_common.topics import group_by_symbol
+from spx_common.models import MarketEvent, MicroBar
 
 _DECODER = msgspec.msgpack.Decoder(list[MarketEvent])
+_EVENT_DECODER = msgspec.msgpack.Decoder(MarketEvent)
 _BAR_DECODER = msgspec.msgpack.Decoder(MicroBar)
 _ENCODER = msgspec.msgpack.Encoder()
 
@@ -39,8 +37,6 @@ _ENCODER = msgspec.msgpack.Encoder()
 #: bytes per storage segment of a symbol's batches (a batch larger than this gets a segment of its own)
 SEGMENT_BYTES = 256 << 10
 _SEG, _OFF, _SIZE, _COUNT, _LAST = range(5)
-#: events of one symbol held from several-symbol batches before they are added as one (TickCache.add_split)
-PENDING_MAX = 64
 
 
 class SegmentLog:
@@ -130,14 +126,11 @@ class _Sym(SegmentLog):
     """One symbol's cache: its batches (records of a :class:`SegmentLog`), oldest first, of which the first
     ``head`` events of the oldest are evicted; ``n`` events are cached; the newest has sequence number ``seq``."""
 
-    __slots__ = ("seq", "last_trade", "last_quote", "last_value", "head", "n")
+    __slots__ = ("seq", "head", "n")
 
     def __init__(self, segment_bytes: int = SEGMENT_BYTES) -> None:
         super().__init__(segment_bytes)
         self.seq = 0
-        self.last_trade: Trade | None = None
-        self.last_quote: Quote | None = None
-        self.last_value: IndexValue | None = None
         self.head = 0
         self.n = 0
 
@@ -186,51 +179,43 @@ class BarRing(SegmentLog):
 
 
 class TickCache:
-    def __init__(self, window_ns: int, max_events: int, max_symbols: int = 5000,
-                 max_bytes: int = 256 << 20, segment_bytes: int = SEGMENT_BYTES) -> None:
+    """Per-symbol bounded event logs fed by the bar core's holds (:meth:`add_body` is its ``on_hold``).
+
+    The core (``services.aggregator.bars.BarAggregator``) holds each symbol's events as msgpack and hands
+    them over in runs of up to ``hold_max`` (the cache's cost is per run, and an option root's frame holds
+    ~1-2 events of each of ~80 contracts); it also keeps each symbol's newest trade, quote and value.
+    With :attr:`core` set, every query first has the core hand over what it holds (``hold_flush``), so each
+    answer is as if every event had been added on arrival, and ``last`` takes the newest events from it.
+    """
+
+    def __init__(self, window_ns: int, max_events: int, *, max_bytes: int = 256 << 20,
+                 segment_bytes: int = SEGMENT_BYTES, core=None) -> None:
         self.segment_bytes = segment_bytes
         self.window_ns = window_ns
         self.max_events = max_events
-        self.max_symbols = max_symbols
         self.max_bytes = max_bytes
+        #: the bar core that feeds :meth:`add_body`: ``hold_flush(sym=None)``, ``newest(sym)``, ``refused_symbols``
+        self.core = core
         self.syms: dict[str, _Sym] = {}
         self.evicted = 0
-        self.refused = 0
         self.bytes = 0  # kept batch bodies, all symbols
         self.shrinks = 0  # times the byte bound evicted across symbols
-        #: events of several-symbol batches not yet added, per symbol (at most PENDING_MAX each; added on
-        #: reaching it, by :meth:`flush` once a second, and before any query of the symbol)
-        self.pending: dict[str, list[MarketEvent]] = {}
 
-    def add(self, events: list[MarketEvent], body: bytes | msgspec.Raw | None = None) -> None:
-        """Append a one-symbol batch (as the feed publishes them). ``body``: the msgpack the batch was decoded
-        from (a frame's ``raw_body()``), kept as it is; without it the batch is encoded here."""
-        if not events:
-            return
-        sym = events[0].sym
+    @property
+    def refused(self) -> int:
+        """Events neither aggregated nor cached because ``max_symbols`` symbols were tracked (the core's count)."""
+        return self.core.refused_symbols if self.core is not None else 0
+
+    def add_body(self, sym: str, body: bytes, count: int, last_ts: int) -> None:
+        """Append one batch of ``sym``: ``body`` is a msgpack array of ``count`` events (kept as it is, not
+        decoded), the last stamped ``last_ts``; then apply the count, time and byte bounds."""
         st = self.syms.get(sym)
         if st is None:
-            if len(self.syms) >= self.max_symbols:
-                self.refused += len(events)
-                return
             st = self.syms[sym] = _Sym(self.segment_bytes)
-        k = len(events)
-        last = events[-1]
-        if body is None:
-            body = _ENCODER.encode(events)
-        elif type(body) is not bytes:
-            body = bytes(body)
-        st.push(body, k, last.ts)
+        st.push(body, count, last_ts)
         self.bytes += len(body)
-        st.seq += k
-        n = st.n + k
-        trade, quote, value = newest_by_kind(events)
-        if trade is not None:
-            st.last_trade = trade
-        if quote is not None:
-            st.last_quote = quote
-        if value is not None:
-            st.last_value = value
+        st.seq += count
+        n = st.n + count
         over = n - self.max_events
         if over > 0:
             self.evicted += over
@@ -246,10 +231,10 @@ class TickCache:
                     head += over
                     over = 0
             st.head = head
-        horizon = last.ts - self.window_ns
+        horizon = last_ts - self.window_ns
         if st.pos[st.first + _LAST] < horizon:  # whole batches whose last event is older than the window
             head = st.head
-            while st.oldest_last_ts() < horizon:  # never empties: the newest batch ends at ``last``
+            while st.oldest_last_ts() < horizon:  # never empties: the newest batch ends at ``last_ts``
                 size, count = st.pop()
                 self.bytes -= size
                 dropped = count - head
@@ -278,41 +263,21 @@ class TickCache:
             if st.batches:
                 heapq.heappush(heap, (st.oldest_last_ts(), i, st))
 
-    def add_split(self, events: list[MarketEvent]) -> dict[str, list[MarketEvent]]:
-        """Add a batch of several symbols (an option root's ``tick.O:<root>`` frame): each symbol's events
-        are held and added as one batch of up to ``PENDING_MAX`` (see :attr:`pending`), because the cost of
-        :meth:`add` is per batch and a root's frame holds ~1-2 events of each of ~80 contracts (measured:
-        1.4 us per add, 2 us per option event split one batch per contract). Queries add what is held
-        first, so every answer is as if each event had been added on arrival. Returns the events by symbol."""
-        by_sym = group_by_symbol(events)
-        pending = self.pending
-        for sym, evs in by_sym.items():
-            held = pending.get(sym)
-            if held is None:
-                pending[sym] = evs
-            else:
-                held.extend(evs)
-                if len(held) >= PENDING_MAX:
-                    self.add(pending.pop(sym))
-        return by_sym
-
     def flush(self, sym: str | None = None) -> None:
-        """Add what :meth:`add_split` holds, for ``sym`` or for every symbol."""
-        if sym is not None:
-            held = self.pending.pop(sym, None)
-            if held:
-                self.add(held)
-            return
-        pending, self.pending = self.pending, {}
-        for held in pending.values():
-            self.add(held)
+        """Have the core hand over what it holds, for ``sym`` or for every symbol."""
+        if self.core is not None:
+            self.core.hold_flush(sym)
 
     def last(self, sym: str) -> dict:
+        """``{sym, seq, trade, quote, value}``: the newest trade, quote and index value fed for ``sym`` (also
+        when evicted from the log) and its sequence number."""
         self.flush(sym)
         st = self.syms.get(sym)
         if st is None:
             return {"sym": sym, "seq": 0, "trade": None, "quote": None, "value": None}
-        return {"sym": sym, "seq": st.seq, "trade": st.last_trade, "quote": st.last_quote, "value": st.last_value}
+        newest = self.core.newest(sym) if self.core is not None else (None, None, None)
+        trade, quote, value = (None if b is None else _EVENT_DECODER.decode(b) for b in newest)
+        return {"sym": sym, "seq": st.seq, "trade": trade, "quote": quote, "value": value}
 
     def since(self, sym: str, *, seq: int | None = None, ts_ns: int | None = None, limit: int = 10_000) -> dict:
         self.flush(sym)
@@ -345,4 +310,3 @@ class TickCache:
         """``{symbol: events cached}`` (the ``symbols`` request)."""
         self.flush()
         return {sym: st.n for sym, st in self.syms.items()}
-

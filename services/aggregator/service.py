@@ -24,38 +24,50 @@ import datetime as dt
 import time
 from typing import Any
 
+import msgspec
+
 from services.aggregator.bars import COMPILED, BarAggregator
 from services.aggregator.cache import BarRing, TickCache
 from services.aggregator.config import AggregatorConfig
 from spx_common import journal
 from spx_common.bus import RpcError
+from spx_common.codec import Frame, FrameError
 from spx_common.config import load
 from spx_common.models import MicroBar
 from spx_common.service import BusService
-from spx_common.topics import is_one_symbol
 
+_ENCODER = msgspec.msgpack.Encoder()
 
 
 class Aggregator(BusService):
-    """Cache/aggregator: bounded tick cache and 1s/5s microbars with quote microstructure."""
+    """Cache/aggregator: bounded tick cache and 1s/5s microbars with quote microstructure.
+
+    The live path reads ``ticks`` bodies as bytes: frames are accepted on their header (``lazy_ticks``) and
+    the bar core (:data:`~services.aggregator.bars.BarAggregator`) parses the body itself, aggregates it and
+    holds each event's bytes for the tick cache, with no Python object per event. A body the core does not
+    take is decoded and validated as every frame is (a bad one is refused and counted), re-encoded and fed.
+    """
 
     name = "aggregator"
     subscriptions = {"feed": ["tick."]}
+    lazy_ticks = True
 
     def __init__(self, *args, config: AggregatorConfig | None = None, **kw) -> None:
         super().__init__(*args, **kw)
         self.cfg = config or load(AggregatorConfig)
-        self.agg = self._new_aggregator(self.cfg.l2_microstructure and self.flag_store.get("l2_microstructure"))
         self.cache = TickCache(self.cfg.cache_window_s * 1_000_000_000, self.cfg.cache_max_events,
-                               self.cfg.max_symbols, self.cfg.cache_max_mb << 20)
+                               max_bytes=self.cfg.cache_max_mb << 20)
+        self.agg = self._new_aggregator(self.cfg.l2_microstructure and self.flag_store.get("l2_microstructure"))
+        self.cache.core = self.agg
         self.bars: dict[tuple[str, str], BarRing] = {}  # closed bars per (symbol, interval), encoded
-        self._dirty: set[str] = set()  # symbols with events since the last in-progress updates
         #: what the start-up warm-up read (``status`` RPC ``warm_up``; :meth:`warm_up`)
         self.warmup: dict[str, Any] = {"state": "off"}
         m = self.metrics
         self.events_in = m.counter("aggregator_events_total", "Market events aggregated.")
         self.bars_out = m.counter("aggregator_bars_closed_total", "Closed bars published.", ["interval"])
         self.late = m.gauge("aggregator_late_events", "Events for an already closed bar (counted, dropped).")
+        self.gaps_unfilled = m.gauge("aggregator_gaps_unfilled", "Gaps longer than max_gap_bars buckets that "
+                                     "fill_gaps left unfilled (a session break).")
         self.progress_out = m.counter("aggregator_bar_updates_total", "In-progress bar updates published.")
         self.cache_size = m.gauge("aggregator_cache_events", "Events held by the tick cache.")
         self.cache_bytes = m.gauge("aggregator_cache_bytes", "Bytes of msgpack batches held by the tick cache "
@@ -64,12 +76,13 @@ class Aggregator(BusService):
     def _new_aggregator(self, l2: bool) -> BarAggregator:
         return BarAggregator(self.cfg.intervals, l2=l2, fill_gaps=self.cfg.fill_gaps,
                              allowed_lateness_ns=self.cfg.allowed_lateness_ms * 1_000_000,
-                             max_symbols=self.cfg.max_symbols)
+                             max_symbols=self.cfg.max_symbols, max_gap_bars=self.cfg.max_gap_bars,
+                             on_hold=self.cache.add_body)
 
     def setup(self) -> None:
         if self.cfg.warmup_from_journal:
             self.warm_up()
-        self.on("tick.", self.on_ticks)
+        self.on("tick.", self.on_ticks, raw=True)
         self.rpc("last", lambda p: self.cache.last(_sym(p)))
         self.rpc("ticks_since", self.rpc_ticks_since)
         self.rpc("bars_since", self.rpc_bars_since)
@@ -77,19 +90,27 @@ class Aggregator(BusService):
 
     # ------------------------------------------------------------------ data path
 
-    def on_ticks(self, frame, events) -> None:
-        if not events:
-            return
-        if is_one_symbol(frame.topic, events):  # the cache keeps the body as it arrived
-            self.cache.add(events, frame.raw_body())
-            self._dirty.add(events[0].sym)
-        else:  # an option root's batch (tick.O:<root>): held per contract, added in runs
-            self._dirty.update(self.cache.add_split(events))
-        self.agg.on_events(events)
-        self.events_in.inc(len(events))
-        if self.agg.watermark >= self.agg.next_due:
-            self.agg.advance(self.agg.watermark)
-        if self.agg.closed:
+    def on_ticks(self, frame: Frame, body: None) -> None:
+        """Raw handler of ``tick.`` frames (the body is not decoded by the dispatcher)."""
+        agg = self.agg
+        at = frame.body_at
+        n = agg.feed(frame.payload, at) if at >= 0 else -1
+        if n < 0:  # not a body the core takes as it is (or not a lazily decoded frame): validate, re-encode
+            try:
+                events = frame.body()
+            except FrameError as exc:
+                self.refuse(frame, exc)
+                return
+            n = agg.feed(_ENCODER.encode(events))
+            if n < 0:  # a body that validated, refused by the core even in msgspec's encoding: count, go on
+                self.handler_errors.inc(topic="tick.")
+                self._rate_log.warning("unfed", f"the bar core did not take a {frame.type} body that validated, "
+                                       f"on {frame.topic} from {frame.src}", topic=frame.topic)
+                return
+        self.events_in.inc(n)
+        if agg.watermark >= agg.next_due:
+            agg.advance(agg.watermark)
+        if agg.closed:
             self._publish_closed()
 
     def _keep(self, bar: MicroBar) -> None:
@@ -113,8 +134,7 @@ class Aggregator(BusService):
         period = self.cfg.progress_ms / 1000
         while not self.stop_event.is_set():
             await asyncio.sleep(period)
-            dirty, self._dirty = self._dirty, set()
-            for sym in dirty:
+            for sym in self.agg.take_dirty():
                 for interval, _ in self.agg.intervals:
                     bar = self.agg.current(sym, interval)
                     if bar is not None:
@@ -123,9 +143,10 @@ class Aggregator(BusService):
 
     def periodic(self) -> None:
         self.late.set(self.agg.late)
+        self.gaps_unfilled.set(self.agg.gaps_unfilled)
         self.cache_size.set(self.cache.size())
         self.cache_bytes.set(self.cache.bytes)
-        self.detail = (f"{len(self.agg.symbols)} symbols, watermark {self.agg.watermark}, "
+        self.detail = (f"{self.agg.symbol_count()} symbols, watermark {self.agg.watermark}, "
                        f"bars {'compiled' if COMPILED else 'pure Python'}")
 
     def on_flags(self, changed: dict) -> None:
@@ -163,13 +184,17 @@ class Aggregator(BusService):
         day = dt.date.fromisoformat(files[-1].name.split(".")[0])
         stats = journal.TailStats()
         t0 = time.monotonic()
-        agg, add_split = self.agg, self.cache.add_split
-        # A journal record holds every symbol of one vendor batch: split per symbol and held in runs, as live
-        # option root batches are (TickCache.add_split), since the cache's cost is per batch.
+        agg, encode = self.agg, _ENCODER.encode
+        # A journal record holds every symbol of one vendor batch: the core takes it as a live body (bars, and
+        # each symbol's events held and handed to the cache in runs, as a live option root's batch)
+        unfed = 0
         for batch in journal.iter_tail(directory, day, self.cfg.warmup_max_bytes, stats):
-            agg.on_events(batch)
-            add_split(batch)
-        self.cache.flush()
+            if agg.feed(encode(batch)) < 0:  # msgspec's own encoding of decoded events: never, unless a core bug
+                unfed += len(batch)
+        if unfed:
+            self.log.warning("warm-up: the bar core refused %d journal events", unfed)
+        agg.hold_flush()
+        agg.take_dirty()  # nothing is republished: the warmed symbols are not "updated since the last tick"
         for bar in agg.drain():
             self._keep(bar)
         seconds = round(time.monotonic() - t0, 3)

@@ -5,6 +5,7 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgspec.msgpack import Encoder
 
 from services.aggregator.bars import BarAggregator, bars_from_events, parse_interval
 from services.aggregator.cache import BarRing, TickCache
@@ -13,6 +14,7 @@ from spx_common.topics import group_by_symbol
 from tests.aggregator.reference import as_dicts, normalize, reference_bars
 
 S = 1_000_000_000
+ENCODER = Encoder()
 PRICES = [99.98, 99.99, 100.0, 100.01, 100.02]
 
 
@@ -189,23 +191,37 @@ def test_in_progress_bar_is_exposed_not_closed():
     assert agg.current("SPY", "5s") is None
 
 
+def _cache(max_symbols=5000, **kw) -> TickCache:
+    """A tick cache fed by a real bar core (its ``on_hold``), as in the service."""
+    cache = TickCache(**kw)
+    cache.core = BarAggregator(["1s"], max_symbols=max_symbols, hold_max=1 << 30, on_hold=cache.add_body)
+    return cache
+
+
+def _add(cache: TickCache, events: list) -> None:
+    """Feed one frame's body to the cache's core and have it hand the events over now: one cache batch per
+    symbol per call (the core otherwise holds them up to ``hold_max``)."""
+    assert cache.core.feed(ENCODER.encode(events)) == len(events)
+    cache.core.hold_flush()
+
+
 def test_memory_bounds_hold_under_far_more_input_than_the_buffers_hold():
-    cache = TickCache(window_ns=10 * S, max_events=1000, max_symbols=3)
+    cache = _cache(window_ns=10 * S, max_events=1000, max_symbols=3)
     for i in range(50_000):
-        cache.add([t(S + i * 1_000_000, 100.0, sym="SPY")])
+        _add(cache, [t(S + i * 1_000_000, 100.0, sym="SPY")])
     assert len(cache.syms["SPY"]) == 1000 and cache.evicted == 49_000
     st_spy = cache.syms["SPY"]  # the spent prefix of the position arrays was dropped, segments freed
     assert st_spy.batches == 1000 and len(st_spy.pos) < 5 * 8192 and len(st_spy.segs) <= 2
     got = cache.since("SPY", seq=0, limit=10**6)["events"]
     assert [e["seq"] for e in got] == list(range(49_001, 50_001))
     assert [e["event"].ts for e in got] == [S + i * 1_000_000 for i in range(49_000, 50_000)]
-    for i in range(20):
-        cache.add([t(S, 100.0, sym=f"X{i}")])
-    assert len(cache.syms) == 3 and cache.refused == 18
+    for i in range(20):  # the core tracks at most max_symbols: the others are neither aggregated nor cached
+        _add(cache, [t(S, 100.0, sym=f"X{i}")])
+    assert len(cache.syms) == 3 and cache.refused == cache.core.refused_symbols == 18
     # time bound: events older than the window are evicted
-    cache2 = TickCache(window_ns=S, max_events=10**6)
+    cache2 = _cache(window_ns=S, max_events=10**6)
     for i in range(100):
-        cache2.add([t(i * 100_000_000, 100.0)])
+        _add(cache2, [t(i * 100_000_000, 100.0)])
     assert cache2.syms["SPY"].events()[0].ts >= 99 * 100_000_000 - S
     agg = BarAggregator(["1s"], max_symbols=2)
     agg.on_events([t(S, 1.0, sym=f"S{i}") for i in range(10)])
@@ -216,10 +232,10 @@ def test_byte_bound_across_symbols_evicts_the_oldest_batches_first():
     """Far more input than ``max_bytes`` over many symbols: the kept bytes never exceed the bound and are
     exactly the kept bodies; what goes is the oldest by event time, whatever the symbol; each symbol still
     answers a contiguous newest tail of its sequence numbers."""
-    cache = TickCache(window_ns=10**6 * S, max_events=10**6, max_bytes=20_000)
+    cache = _cache(window_ns=10**6 * S, max_events=10**6, max_bytes=20_000)
     for i in range(3000):
         sym = f"S{i % 7}" if i % 3 else "SPY"
-        cache.add([t(S + i * 1_000_000 + j, 100.0 + j, sym=sym) for j in range(1 + i % 5)])
+        _add(cache, [t(S + i * 1_000_000 + j, 100.0 + j, sym=sym) for j in range(1 + i % 5)])
         assert cache.bytes <= cache.max_bytes
     kept = [(st.body(i), count, last_ts) for st in cache.syms.values() for i, count, last_ts in st.iter_batches()]
     assert cache.bytes == sum(len(body) for body, _, _ in kept) > cache.max_bytes * 0.8
@@ -235,9 +251,9 @@ def test_byte_bound_across_symbols_evicts_the_oldest_batches_first():
 
 
 def test_cache_since_by_seq_and_time():
-    cache = TickCache(window_ns=100 * S, max_events=5)
+    cache = _cache(window_ns=100 * S, max_events=5)
     for i in range(8):
-        cache.add([t(S + i, 100.0 + i)])
+        _add(cache, [t(S + i, 100.0 + i)])
     r = cache.since("SPY", seq=5)
     assert [e["seq"] for e in r["events"]] == [6, 7, 8] and not r["truncated"]
     assert cache.since("SPY", seq=1)["truncated"]  # seqs 2..3 were evicted
@@ -252,7 +268,7 @@ def test_cache_batches_evict_like_a_plain_buffer(batches, max_events, window_ns)
     """The cache keeps whole batches as bytes; what it holds must equal a plain buffer with the same bounds (the
     count bound per event, the time bound per batch: a batch goes once its last event is out of the window)."""
     # segments of 200 bytes: a few batches each, so segments fill, roll over and are freed all the time
-    cache = TickCache(window_ns=window_ns, max_events=max_events, segment_bytes=200)
+    cache = _cache(window_ns=window_ns, max_events=max_events, segment_bytes=200)
     model, ts, seq = [], S, 0  # (seq, event, its batch's last ts) oldest first
     last_trade = last_quote = None
     for size, step, quote in batches:
@@ -260,7 +276,7 @@ def test_cache_batches_evict_like_a_plain_buffer(batches, max_events, window_ns)
         for _ in range(size):
             ts += step // size
             batch.append(q(ts, 99.0, 100.0) if quote and not batch else t(ts, 100.0 + len(batch)))
-        cache.add(batch)
+        _add(cache, batch)
         for ev in batch:
             seq += 1
             model.append((seq, ev, batch[-1].ts))
@@ -302,10 +318,18 @@ def test_bar_ring_keeps_the_newest_bars_exactly():
     assert ring.since(start_ns=0, limit=7) == bars[-7:] and ring.since(limit=0) == []
 
 
-def test_split_batches_are_held_per_symbol_and_answer_as_if_added_on_arrival():
-    """add_split holds each symbol's events of several-symbol batches and adds them in runs; every query
-    (last, since, size) answers exactly as a cache fed one symbol's batch at a time."""
-    held, plain = TickCache(window_ns=50 * S, max_events=300), TickCache(window_ns=50 * S, max_events=300)
+def test_root_batches_held_by_the_core_answer_as_if_added_on_arrival():
+    """The core holds each symbol's events of several-symbol batches (an option root's frame) and hands them
+    to the cache in runs of up to ``hold_max``; every query (last, since, size) answers exactly as a cache fed
+    one symbol's batch at a time."""
+    held, plain = TickCache(window_ns=50 * S, max_events=300), _cache(window_ns=50 * S, max_events=300)
+    runs = []
+
+    def on_hold(sym, body, count, last_ts):
+        runs.append(count)
+        held.add_body(sym, body, count, last_ts)
+
+    held.core = BarAggregator(["1s"], on_hold=on_hold)  # default hold_max: 64
     syms = [f"O:SPXW261120C0{5800 + k}000" for k in range(5)]
     ts = S
     for i in range(2000):
@@ -314,21 +338,39 @@ def test_split_batches_are_held_per_symbol_and_answer_as_if_added_on_arrival():
             ts += 7_000_000
             sym = syms[(i * 3 + j) % 5]
             batch.append(q(ts, 1.0 + j, 1.2 + j, sym=sym) if (i + j) % 3 else t(ts, 1.1 + j, sym=sym))
-        held.add_split(batch)
+        assert held.core.feed(ENCODER.encode(batch)) == len(batch)
         for evs in group_by_symbol(batch).values():
-            plain.add(evs)
-        assert all(len(h) < 64 for h in held.pending.values())  # PENDING_MAX: held runs stay short
+            _add(plain, evs)
         if i % 97 == 0:
             s = syms[i % 5]
             assert held.last(s) == plain.last(s)
             assert held.since(s, seq=0, limit=10**6) == plain.since(s, seq=0, limit=10**6)
-    assert held.size() == plain.size() and not held.pending and held.evicted == plain.evicted
+    assert max(runs) == 64 and len(runs) < 2000  # held runs are bounded, and far fewer than the batches
+    assert held.size() == plain.size() and held.evicted == plain.evicted
     for s in syms:
         assert held.since(s, ts_ns=ts - 20 * S) == plain.since(s, ts_ns=ts - 20 * S)
+        assert held.last(s) == plain.last(s)
 
 
 def test_symbols_answers_a_map_also_when_empty_and_counts_held_events():
     cache = TickCache(window_ns=50 * S, max_events=300)
-    assert cache.symbols() == {}
-    cache.add_split([q(S, 1.0, 1.1, sym="O:SPXW261120C05800000"), t(S + 1, 1.05, sym="O:SPXW261120P05800000")])
+    cache.core = BarAggregator(["1s"], on_hold=cache.add_body)
+    assert cache.symbols() == {} and cache.size() == 0
+    cache.core.feed(ENCODER.encode([q(S, 1.0, 1.1, sym="O:SPXW261120C05800000"),
+                                    t(S + 1, 1.05, sym="O:SPXW261120P05800000")]))
     assert cache.symbols() == {"O:SPXW261120C05800000": 1, "O:SPXW261120P05800000": 1}
+
+
+def test_last_is_the_newest_of_each_kind_also_after_eviction():
+    """``last`` answers the newest trade, quote and index value the core saw for the symbol (decoded from
+    its bytes), also when the count bound has evicted them from the log; an unknown symbol answers nothing."""
+    cache = _cache(window_ns=50 * S, max_events=2)
+    trade, quote = t(S, 100.0), q(S + 1, 99.9, 100.1)
+    _add(cache, [trade, quote] + [q(S + 2 + i, 99.0 + i, 101.0) for i in range(3)])
+    _add(cache, [IndexValue(sym="I:SPX", value=5900.25, ts=S + 9)])
+    assert cache.last("SPY") == {"sym": "SPY", "seq": 5, "trade": trade, "quote": q(S + 4, 101.0, 101.0),
+                                 "value": None}
+    assert [e["event"] for e in cache.since("SPY", seq=0)["events"]] == [q(S + 3, 100.0, 101.0),
+                                                                         q(S + 4, 101.0, 101.0)]
+    assert cache.last("I:SPX")["value"] == IndexValue(sym="I:SPX", value=5900.25, ts=S + 9)
+    assert cache.last("QQQ") == {"sym": "QQQ", "seq": 0, "trade": None, "quote": None, "value": None}

@@ -4,11 +4,16 @@ import csv
 import gzip
 import random
 
+import msgpack
+import msgspec
+
 from services.aggregator.bars import CSV_COLUMNS, bars_from_events, csv_row
 from services.cli.main import main as spx
 from spx_common.bus import RpcError
+from spx_common.codec import encode_payload
 from spx_common.models import IndexValue, Quote, Trade
 from tests.aggregator.rig import aggregator_process
+from tests.conftest import eventually
 
 S = 1_000_000_000
 T0 = 1_795_185_000 * S
@@ -124,3 +129,47 @@ def test_option_root_batches_are_cached_and_barred_per_contract(run_dir):
             assert last["seq"] == len(mine) and last["quote"]["sym"] == c
             got = client.call("ticks_since", {"sym": c, "seq": 0})["events"]
             assert [e["event"]["seq"] for e in got] == [e.seq for e in mine]
+
+
+def test_bad_ticks_bodies_are_refused_counted_and_dead_lettered_and_odd_good_ones_aggregated(run_dir):
+    """The aggregator reads ``ticks`` bodies as bytes (its core parses them), yet a frame from another process
+    is still validated: a bad body is counted in ``bus_bad_frames_total{reason}`` and dead-lettered as it
+    arrived, and the service goes on; a valid body in a form the core may not take as it is (a key the schema
+    does not know, an integer price) is decoded, re-encoded and aggregated like any other."""
+    enc = msgspec.msgpack.encode
+    bad = [  # (reason, body bytes)
+        ("schema", enc([{"k": "t", "sym": "SPY", "price": -5.0, "ts": T0}])),
+        ("schema", enc([{"k": "q", "sym": "SPY", "bid": 1.0, "ask": 1.1}])),  # no ts
+        ("garbage", b"\xc1"),
+        ("garbage", enc([{"k": "t", "sym": "SPY", "price": 1.0, "ts": T0}]) + b"\x00"),  # trailing bytes
+    ]
+    odd = [{"k": "t", "sym": "SPY", "price": 590, "size": 100, "ts": T0 + 1, "venue": "X"},
+           {"ts": T0 + 2, "ask": 590.02, "bid": 590.0, "sym": "SPY", "k": "q"}]
+    with aggregator_process(run_dir, []) as (feed, client, sub):
+        sent = []
+        for seq, (_, body) in enumerate(bad, 1):
+            parts = [b"tick.SPY", encode_payload("ticks", msgspec.Raw(body), src="feed", session="raw", seq=seq,
+                                                 event_ns=T0)]
+            feed.sock.send_multipart(parts)
+            sent.append(parts)
+        feed.sock.send_multipart([b"tick.SPY", encode_payload("ticks", msgspec.Raw(enc(odd)), src="feed",
+                                                              session="raw", seq=len(bad) + 1, event_ns=T0 + 2)])
+        good = Trade(sym="SPY", price=590.01, size=1, ts=T0 + 3)
+        feed.publish("tick.SPY", "ticks", [good], good.ts)
+        last = eventually(lambda: (r := client.call("last", {"sym": "SPY"}))["seq"] == 3 and r, 10,
+                          what="the odd and the good frames aggregated")
+        assert last["trade"]["price"] == 590.01 and last["quote"]["bid"] == 590.0
+        events = [e["event"] for e in client.call("ticks_since", {"sym": "SPY", "seq": 0})["events"]]
+        assert [(e["k"], e["price"] if e["k"] == "t" else e["ask"], e["ts"]) for e in events] == [
+            ("t", 590.0, T0 + 1), ("q", 590.02, T0 + 2), ("t", 590.01, T0 + 3)]
+        metrics = client.call("metrics")
+        assert 'bus_bad_frames_total{reason="schema"} 2' in metrics
+        assert 'bus_bad_frames_total{reason="garbage"} 2' in metrics
+        assert 'handler_errors_total{topic="tick."}' not in metrics
+        assert "aggregator_events_total 3" in metrics
+        status = client.call("status")
+        assert status["state"] == "running" and status["bad_frames"] == 4 and status["dead_letters"] == 4
+    with open(run_dir / "deadletter" / "aggregator.msgpack", "rb") as fh:
+        letters = list(msgpack.Unpacker(fh, raw=True))
+    assert [(reason.decode(), parts) for _, reason, _, parts in letters] == [
+        (reason, parts) for (reason, _), parts in zip(bad, sent)]

@@ -79,7 +79,7 @@ def _by_key(bars) -> dict[tuple[str, str, int], list[str]]:
 def _warm_bars(svc: Aggregator) -> list:
     """What the warmed aggregator serves: closed bars of the rings and the in-progress bars."""
     out = [b for ring in svc.bars.values() for b in ring]
-    for sym in svc.agg.symbols:
+    for sym in svc.agg.symbol_names():
         for interval in INTERVALS:
             bar = svc.agg.current(sym, interval)
             if bar is not None:

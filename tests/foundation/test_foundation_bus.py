@@ -38,13 +38,16 @@ def test_sequence_numbers_are_per_topic_and_nothing_is_lost(zctx, run_dir):
     assert sub.core.lost.total() == 0 and sub.core.dups.total() == 0
 
 
-def test_gaps_duplicates_and_restarts_are_detected():
-    core = SubscriberCore("t")
+@pytest.mark.parametrize("lazy_ticks", [False, True])
+def test_gaps_duplicates_and_restarts_are_detected(lazy_ticks):
+    """The same accounting whether ticks frames are decoded or accepted on their header (``lazy_ticks``)."""
+    core = SubscriberCore("t", lazy_ticks=lazy_ticks)
 
     def frame(seq, session="A", topic=b"tick.SPY"):
         return [topic, encode_payload("ticks", _trade(seq), src="feed", session=session, seq=seq, event_ns=seq)]
 
-    assert core.accept(frame(5)) is not None  # late join: no loss counted
+    first = core.accept(frame(5))  # late join: no loss counted
+    assert first is not None and (first.body_at > 0) == lazy_ticks and first.body() == _trade(5)
     assert core.accept(frame(6)) is not None
     assert core.accept(frame(10)) is not None
     assert core.lost.value(src="feed") == 3

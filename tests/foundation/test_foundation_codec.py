@@ -160,3 +160,80 @@ def test_payload_is_the_envelope_with_its_body_encoded_inline(type_name, body):
         old = enc.encode(codec.Envelope(codec.PROTOCOL_VERSION, type_name, kw["src"], kw["session"], kw["seq"],
                                         kw["event_ns"], kw["pub_ns"], msgspec.Raw(enc.encode(body))))
         assert encode_payload(type_name, body, **kw) == old
+
+
+# ``lazy_ticks``: a ``ticks`` frame is accepted on its header alone and its body validated when read; what a
+# caller sees (header, body bytes, body, refusals and their reasons) must be what the other paths give.
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    src=st.text(max_size=300), session=st.text(max_size=70000 // 60),
+    seq=st.integers(0, 2**63 - 1), event_ns=st.integers(-(2**63), 2**63 - 1), pub_ns=st.integers(-(2**63), 2**63 - 1),
+    n=st.integers(0, 3),
+)
+@example(src="f" * 31, session="s" * 255, seq=127, event_ns=-32, pub_ns=2**32, n=1)  # fixstr, str8, fixints
+def test_lazy_ticks_frames_keep_the_body_as_bytes_and_decode_it_on_demand(src, session, seq, event_ns, pub_ns, n):
+    batch = [Quote(sym="SPY", bid=1.0, ask=1.5 + i, ts=i) if i % 2 else Trade(sym="SPY", price=1.5 + i, size=i, ts=i)
+             for i in range(n)]
+    parts = _frame("ticks", batch, src=src, session=session, seq=seq, event_ns=event_ns, pub_ns=pub_ns)
+    frame = decode_frames(parts, lazy_ticks=True)
+    assert type(frame.env) is codec.TicksHeader and frame.payload is parts[1]
+    old = _general(parts)
+    assert (frame.type, frame.src, frame.session, frame.seq, frame.event_ns, frame.pub_ns) == (
+        "ticks", old.src, old.session, old.seq, old.event_ns, old.pub_ns)
+    assert frame.raw_body() == parts[1][frame.body_at:] == bytes(old.body)
+    first = frame.body()
+    assert first == batch
+    again = frame.body()
+    assert again == batch and again is not first
+
+
+_BAD_TICKS_BODIES = {
+    "negative price": msgspec.msgpack.encode([{"k": "t", "sym": "SPY", "price": -5.0, "ts": 1}]),
+    "no ts": msgspec.msgpack.encode([{"k": "t", "sym": "SPY", "price": 1.0}]),
+    "unknown kind": msgspec.msgpack.encode([{"k": "z", "sym": "SPY", "ts": 1}]),
+    "a map, not a list": msgspec.msgpack.encode({"k": "t"}),
+    "never-used byte": b"\xc1",
+    "cut short": msgspec.msgpack.encode([{"k": "t", "sym": "SPY", "price": 1.0, "ts": 1}])[:-3],
+    "trailing bytes": msgspec.msgpack.encode([]) + b"\x01",
+    "no body": b"",
+}
+
+
+def _reason(fn):
+    try:
+        fn()
+    except FrameError as exc:
+        return exc.reason
+    return None
+
+
+@pytest.mark.parametrize("name", list(_BAD_TICKS_BODIES))
+def test_lazy_ticks_bad_bodies_are_refused_with_the_general_paths_reason(name):
+    """A bad body passes the header read and is refused by ``body()`` with the reason the general path gives
+    (which refuses a frame whose body breaks the envelope already when decoding the frame)."""
+    parts = _frame("ticks", msgspec.Raw(_BAD_TICKS_BODIES[name]))
+    general = _reason(lambda: decode_frames(parts).body())
+    assert general in ("schema", "garbage")
+    try:
+        lazy = decode_frames(parts, lazy_ticks=True)
+    except FrameError as exc:  # a frame whose header cannot be followed by a body is refused as before
+        assert exc.reason == general and name == "no body"
+        return
+    assert type(lazy.env) is codec.TicksHeader
+    assert _reason(lazy.body) == general
+
+
+def test_lazy_ticks_frames_take_the_other_paths_when_the_header_is_not_read(monkeypatch):
+    parts = _frame("ticks", [Quote(sym="SPY", bid=1.0, ask=1.1, ts=5)])
+    frame = decode_frames([parts[0], memoryview(parts[1])], lazy_ticks=True)  # not bytes: general path
+    assert type(frame.env) is codec.Envelope and frame.body_at == -1
+    assert frame.body() == [Quote(sym="SPY", bid=1.0, ask=1.1, ts=5)]
+    monkeypatch.setattr(codec, "_ticks_header", lambda payload: None)  # a header the parser does not take
+    frame = decode_frames(parts, lazy_ticks=True)
+    assert type(frame.env) is codec.TicksEnvelope and frame.body_at == -1
+    assert frame.body() == [Quote(sym="SPY", bid=1.0, ask=1.1, ts=5)]
+    other = decode_frames(_frame("bar", MicroBar(sym="SPY", interval="1s", start_ns=1, open=1.0, high=1.0, low=1.0,
+                                                 close=1.0)), lazy_ticks=True)
+    assert type(other.env) is codec.Envelope and other.body().sym == "SPY"  # only ticks frames are lazy
