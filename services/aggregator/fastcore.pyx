@@ -31,7 +31,7 @@ import itertools
 
 import msgspec
 
-from services.aggregator.pybars import parse_interval
+from services.aggregator.pybars import core_intervals
 from spx_common.models import MicroBar
 
 cdef object _ENCODER = msgspec.msgpack.Encoder()
@@ -282,41 +282,24 @@ cdef inline Py_ssize_t _rd_nonneg(const uint8_t* p, Py_ssize_t i, Py_ssize_t n, 
     return i
 
 
-cdef inline Py_ssize_t _rd_map(const uint8_t* p, Py_ssize_t i, Py_ssize_t n, Py_ssize_t* count) noexcept nogil:
+cdef inline Py_ssize_t _rd_head(const uint8_t* p, Py_ssize_t i, Py_ssize_t n, Py_ssize_t* count,
+                                uint8_t fix) noexcept nogil:
+    """A map (``fix`` = 0x80) or array (``fix`` = 0x90) header in any of its three forms: the fix form
+    ``fix``..``fix + 15`` and the 16/32-bit forms (0xDE/0xDF for maps, 0xDC/0xDD for arrays)."""
     cdef uint8_t b
+    cdef uint8_t b16 = 0xDE if fix == 0x80 else 0xDC
     if i >= n:
         return -1
     b = p[i]
-    if 0x80 <= b <= 0x8F:
+    if fix <= b <= fix + 0x0F:
         count[0] = b & 0x0F
         return i + 1
-    if b == 0xDE:
+    if b == b16:
         if i + 3 > n:
             return -1
         count[0] = _be16(p + i + 1)
         return i + 3
-    if b == 0xDF:
-        if i + 5 > n:
-            return -1
-        count[0] = _be32(p + i + 1)
-        return i + 5
-    return -1
-
-
-cdef inline Py_ssize_t _rd_array(const uint8_t* p, Py_ssize_t i, Py_ssize_t n, Py_ssize_t* count) noexcept nogil:
-    cdef uint8_t b
-    if i >= n:
-        return -1
-    b = p[i]
-    if 0x90 <= b <= 0x9F:
-        count[0] = b & 0x0F
-        return i + 1
-    if b == 0xDC:
-        if i + 3 > n:
-            return -1
-        count[0] = _be16(p + i + 1)
-        return i + 3
-    if b == 0xDD:
+    if b == b16 + 1:
         if i + 5 > n:
             return -1
         count[0] = _be32(p + i + 1)
@@ -386,7 +369,7 @@ cdef inline Py_ssize_t _rd_event(const uint8_t* p, Py_ssize_t i, Py_ssize_t n, E
     cdef bint big
     cdef double price = 0, size = 0, bid = 0, ask = 0, bsz = 0, asz = 0, value = 0
     ev.start = i
-    i = _rd_map(p, i, n, &m)
+    i = _rd_head(p, i, n, &m, 0x80)
     if i < 0:
         return -1
     for j in range(m):
@@ -430,7 +413,7 @@ cdef inline Py_ssize_t _rd_event(const uint8_t* p, Py_ssize_t i, Py_ssize_t n, E
         elif f == F_SEQ or f == F_EXCH or f == F_BEX or f == F_AEX:
             i = _rd_int(p, i, n, &iv, &big)
         elif f == F_COND:
-            i = _rd_array(p, i, n, &cnt)
+            i = _rd_head(p, i, n, &cnt, 0x90)
             c = 0
             while i >= 0 and c < cnt:
                 i = _rd_int(p, i, n, &iv, &big)
@@ -539,15 +522,7 @@ cdef class TickCore:
     def __init__(self, intervals=("1s", "5s"), *, l2=True, fill_gaps=False, allowed_lateness_ns=250_000_000,
                  max_symbols=5000, hold_max=64, on_hold=None, max_gap_bars=3600):
         cdef int k
-        self.intervals = [(name, parse_interval(name)) for name in intervals]
-        if not self.intervals:
-            raise ValueError("at least one bar interval is needed")
-        if len(self.intervals) > _MAX_IV:
-            raise ValueError(f"at most {_MAX_IV} bar intervals (got {len(self.intervals)})")
-        if max_symbols < 1:
-            raise ValueError("max_symbols must be at least 1")
-        if hold_max < 1:
-            raise ValueError("hold_max must be at least 1")
+        self.intervals = core_intervals(intervals, max_symbols, hold_max, max_gap_bars)
         self.niv = len(self.intervals)
         for k in range(self.niv):
             self.ivs[k] = self.intervals[k][1]
@@ -558,8 +533,6 @@ cdef class TickCore:
         self.max_symbols = max_symbols
         self.hold_max = hold_max
         self.on_hold = on_hold
-        if max_gap_bars < 0:
-            raise ValueError("max_gap_bars must be >= 0")
         self.max_gap_bars = max_gap_bars
         self.gaps_unfilled = 0
         self.watermark = 0
@@ -713,7 +686,7 @@ cdef class TickCore:
         cdef object name
         if start < 0 or start > n:
             return -1
-        i = _rd_array(p, start, n, &count)
+        i = _rd_head(p, start, n, &count, 0x90)
         if i < 0 or count > n - i:  # every event takes at least one byte: a larger count is a lie
             return -1
         if count > self.evs_cap:

@@ -57,6 +57,23 @@ def parse_interval(text: str) -> int:
     raise ValueError(f"bad bar interval {text!r}; use e.g. 1s, 5s, 250ms, 1m")
 
 
+def core_intervals(intervals: Iterable[str], max_symbols: int, hold_max: int,
+                   max_gap_bars: int) -> list[tuple[str, int]]:
+    """The constructor checks both cores (``TickCore``, :class:`PyTickCore`) share; ``[(name, ns), ...]``."""
+    ivs = [(name, parse_interval(name)) for name in intervals]
+    if not ivs:
+        raise ValueError("at least one bar interval is needed")
+    if len(ivs) > MAX_INTERVALS:
+        raise ValueError(f"at most {MAX_INTERVALS} bar intervals (got {len(ivs)})")
+    if max_symbols < 1:
+        raise ValueError("max_symbols must be at least 1")
+    if hold_max < 1:
+        raise ValueError("hold_max must be at least 1")
+    if max_gap_bars < 0:
+        raise ValueError("max_gap_bars must be >= 0")
+    return ivs
+
+
 # Positions in ``_Acc.f``: the float sums of a bar, each added in stream order (the contract's sums).
 VOL, PV, BUY, SELL, NEUTRAL, SUM_BID, SUM_ASK, SPREAD = range(8)
 #: pending quote observations of one bar folded into its sums at this many (bounds ``_Acc.qs``)
@@ -656,16 +673,9 @@ class PyTickCore(PyBarAggregator):
         on_hold: Callable[[str, bytes, int, int], object] | None = None,
         max_gap_bars: int = 3600,
     ) -> None:
+        core_intervals(intervals, max_symbols, hold_max, max_gap_bars)  # the compiled core's checks
         super().__init__(intervals, l2=l2, fill_gaps=fill_gaps, allowed_lateness_ns=allowed_lateness_ns,
                          max_symbols=max_symbols, max_gap_bars=max_gap_bars)
-        if not self.intervals:
-            raise ValueError("at least one bar interval is needed")
-        if len(self.intervals) > MAX_INTERVALS:
-            raise ValueError(f"at most {MAX_INTERVALS} bar intervals (got {len(self.intervals)})")
-        if max_symbols < 1:
-            raise ValueError("max_symbols must be at least 1")
-        if hold_max < 1:
-            raise ValueError("hold_max must be at least 1")
         self.hold_max = hold_max
         self.on_hold = on_hold
         self._held: dict[str, list] = {}  # sym -> events held, in stream order

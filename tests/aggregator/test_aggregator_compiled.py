@@ -174,6 +174,10 @@ def mutations(body: bytes, rnd: random.Random, n: int):
         yield bytes(b)
 
 
+def _decoded(holds: list) -> list:
+    return [(sym, DEC.decode(body), count, last) for sym, body, count, last in holds]
+
+
 def snapshot(agg) -> bytes:
     names = agg.symbol_names()
     return ENC.encode((agg.watermark, agg.late, agg.refused_symbols, names, [agg.newest(s) for s in names],
@@ -205,7 +209,9 @@ def test_the_compiled_feed_accepts_only_what_msgspec_reads_the_same(events, seed
             assert c_n < 0, bad
         if c_n >= 0:
             c.hold_flush(), p.hold_flush()
-            assert (snapshot(c), c_holds) == (snapshot(p), p_holds), bad
+            # held batches as events: the compiled core holds maps as they arrived, the plain one re-encodes them
+            # (an accepted non-canonical map, e.g. keys reordered by the damage, differs in bytes, not in events)
+            assert (snapshot(c), _decoded(c_holds)) == (snapshot(p), _decoded(p_holds)), bad
 
 
 @compiled
