@@ -71,7 +71,7 @@ def config_hash(cfg: DetectorConfig, opts: Options, plugins: list[dict]) -> str:
 def make_host(cfg: DetectorConfig, families: list[str] | None) -> PluginHost:
     host = PluginHost(max_failures=cfg.max_failures, budget_ms=1e9, max_slow=cfg.max_slow)
     if cfg.entry_points:
-        host.load_entry_points()
+        host.load_entry_points(enabled=cfg.entry_points_enabled)
     for mod in cfg.plugins:
         host.load_module(mod)
     if families:

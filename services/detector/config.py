@@ -18,6 +18,10 @@ class DetectorConfig(Section):
     interval: str = Field("1s", description="Closed bars of this interval drive the detectors.")
     plugins: list[str] = Field([], description="Extra plugin modules to load by dotted name (besides entry points).")
     entry_points: bool = Field(True, description="Load plugins from the 'spx.detectors' entry-point group.")
+    entry_points_enabled: list[str] = Field(
+        ["builtin"], description="Entry points of the 'spx.detectors' group that run (by entry-point name; '*': "
+        "every installed one). Others installed are listed by 'spx plugins' as available, not run: only the "
+        "built-in detectors run by default; e.g. [\"builtin\", \"inside_bar\"] adds the example plugin.")
     plugin_config: dict[str, dict] = Field({}, description="Per-plugin config maps, by plugin name.")
     max_failures: int = Field(3, ge=1, description="A plugin that raises this many times is disabled.")
     budget_ms: float = Field(20.0, gt=0, description="Per-call time budget of a plugin.")

@@ -72,11 +72,18 @@ class PluginHost:
         self.max_slow = max_slow
         self.events = HostEvents()
         self.load_errors: list[str] = []
+        #: installed entry points not enabled by configuration ("name (module)"): listed, never run
+        self.available: list[str] = []
 
     # ------------------------------------------------------------------ loading
 
-    def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
+    def load_entry_points(self, group: str = ENTRY_POINT_GROUP, enabled: list[str] | None = None) -> None:
+        """Register the plugins of ``group``'s entry points named in ``enabled`` (None or ``"*"``: all);
+        the others are only remembered in :attr:`available`."""
         for ep in importlib.metadata.entry_points(group=group):
+            if enabled is not None and "*" not in enabled and ep.name not in enabled:
+                self.available.append(f"{ep.name} ({ep.value})")
+                continue
             try:
                 self.register(ep.load(), source=f"entry point {ep.name} ({ep.value})")
             except Exception as exc:

@@ -51,7 +51,7 @@ class DetectorService(BusService):
         self.host = PluginHost(max_failures=self.cfg.max_failures, budget_ms=self.cfg.budget_ms,
                                max_slow=self.cfg.max_slow)
         if self.cfg.entry_points:
-            self.host.load_entry_points()
+            self.host.load_entry_points(enabled=self.cfg.entry_points_enabled)
         for mod in self.cfg.plugins:
             self.host.load_module(mod)
         self.engine = DetectorEngine(self.cfg, self.host)
@@ -75,7 +75,8 @@ class DetectorService(BusService):
         self.on("tick.", self._on_ticks)
         self.on("chain.", lambda f, doc: self.engine.on_chain(doc))
         self.on("status.feed", lambda f, st: self.engine.on_feed_status(st.mode, st.detail))
-        self.rpc("plugins", lambda p: {"plugins": self.host.describe(), "load_errors": self.host.load_errors})
+        self.rpc("plugins", lambda p: {"plugins": self.host.describe(), "load_errors": self.host.load_errors,
+                                         "available": self.host.available})
         self.rpc("active", lambda p: [{"setup_id": s.id, "state": s.state, "detector": s.cand.detector,
                                        "sym": s.cand.sym, "direction": s.cand.direction}
                                       for syms in self.engine.lifecycle.active.values() for s in syms.values()])

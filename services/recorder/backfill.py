@@ -157,24 +157,59 @@ async def _fetch(store: Store, rest: Any, kind: str, sym: str, day: dt.date, sum
     return n
 
 
+def flat_file_day(path: Path) -> str:
+    """The trading day a flat file holds: the ``YYYY-MM-DD`` in its name (the vendor names files by
+    day), else the New York date of its first row's SIP time; "" when neither can be read."""
+    import csv
+    import re
+
+    from spx_common.calendar import ET
+    from spx_common.flatfiles import _open
+
+    found = re.search(r"(\d{4}-\d{2}-\d{2})", path.name)
+    if found:
+        return found.group(1)
+    try:
+        with _open(path) as fh:
+            row = next(csv.DictReader(fh), None)
+        ts = int(row["sip_timestamp"]) if row else None
+    except (OSError, KeyError, TypeError, ValueError):
+        return ""
+    return "" if ts is None else dt.datetime.fromtimestamp(ts / 1e9, ET).date().isoformat()
+
+
+def pair_by_day(paths: Iterable[Path]) -> list[tuple[str, list[Path]]]:
+    """Group flat files by trading day (trades and quotes of one day together), oldest day first."""
+    days: dict[str, list[Path]] = {}
+    for p in paths:
+        days.setdefault(flat_file_day(p), []).append(p)
+    return sorted(days.items())
+
+
 def import_flat_files(store: Store, paths: list[Path], *, symbols: Iterable[str] | None = None,
                       intervals: tuple[str, ...] = ("1s", "60s"), force: bool = False,
                       progress: Progress | None = None) -> Summary:
-    """Import vendor flat files (trades and quotes): events into ``market_events`` and bars built by
-    the aggregator's own pure core into ``bars``. One checkpoint per file (name and size)."""
+    """Import vendor flat files (trades and quotes): events into ``market_events`` and bars into ``bars``.
+
+    The files of one trading day are read together, merged in aggregation order (a quote before a
+    trade at the same time) with :func:`spx_common.flatfiles.read_merged`, and aggregated by the
+    live aggregator's :class:`~services.aggregator.bars.BarAggregator`, exactly as ``spx bars
+    --trades T --quotes Q`` does: a day's bars carry the quotes' microstructure (aggressor split,
+    imbalance, coverage), not the trades alone. One checkpoint per day (its files' names and sizes).
+    ``summary.fetched``/``skipped`` count files."""
     from services.aggregator.bars import bars_from_events
-    from spx_common.flatfiles import FlatFileError, ReadStats, iter_events
+    from spx_common.flatfiles import FlatFileError, ReadStats, read_merged
 
     summary = Summary()
-    for path in paths:
-        key = f"flat:{path.name}:{path.stat().st_size if path.exists() else 0}"
+    for day, group in pair_by_day(paths):
+        key = "flat:" + "+".join(f"{p.name}:{p.stat().st_size if p.exists() else 0}" for p in sorted(group))
         cp = None if force else store.checkpoint(key)
         if cp is not None and cp["status"] == "done":
-            summary.skipped += 1
+            summary.skipped += len(group)
         else:
             stats = ReadStats()
             try:
-                events = list(iter_events(path, symbols=symbols, stats=stats))
+                events = list(read_merged(group, symbols=symbols, stats=stats))
                 n = 0
                 for i in range(0, len(events), CHUNK):
                     n += store.insert_events(events[i:i + CHUNK])
@@ -182,15 +217,15 @@ def import_flat_files(store: Store, paths: list[Path], *, symbols: Iterable[str]
                 for i in range(0, len(bars), CHUNK):
                     store.upsert_bars([msgspec.structs.replace(b, source="backfill") for b in bars[i:i + CHUNK]])
             except (FlatFileError, OSError, ValueError) as exc:
-                summary.failed += 1
-                summary.failures.append(f"{path}: {exc}")
+                summary.failed += len(group)
+                summary.failures.append(f"{', '.join(map(str, group))}: {exc}")
                 store.set_checkpoint(key, "failed", 0, str(exc)[:500])
             else:
-                summary.fetched += 1
+                summary.fetched += len(group)
                 summary.rows += n + len(bars)
                 summary.bad_rows += stats.bad_rows
                 store.set_checkpoint(key, "done", n + len(bars))
         if progress:
-            progress.step(summary.rows, path.name)
+            for p in group:
+                progress.step(summary.rows, p.name)
     return summary
-

@@ -18,9 +18,12 @@ def cmd_plugins(args) -> int:
     if args.offline:
         from services.detector.host import PluginHost
 
+        from services.detector.config import DetectorConfig
+        from spx_common.config import load
+
         host = PluginHost()
-        host.load_entry_points()
-        doc = {"plugins": host.describe(), "load_errors": host.load_errors}
+        host.load_entry_points(enabled=load(DetectorConfig).entry_points_enabled)
+        doc = {"plugins": host.describe(), "load_errors": host.load_errors, "available": host.available}
     else:
         try:
             doc = call("detector", "plugins")
@@ -37,6 +40,8 @@ def cmd_plugins(args) -> int:
               f"{p['errors']:>6} {p['slow']:>5} {p['refused']:>7}  {p['source']}")
         if p.get("last_error"):
             print(f"{'':<18} last error: {p['last_error']}")
+    for ep in doc.get("available", []):
+        print(f"available, not enabled ([detector] entry_points_enabled): {ep}")
     for err in doc.get("load_errors", []):
         print(f"not loaded: {err}")
     return 0
