@@ -219,11 +219,28 @@ class SetupTransition(Base, kw_only=True):
 
 
 class SizingBreakdown(Base, kw_only=True):
+    """Every term of a size (``spx_common/sizing.py``; formulas in docs/selector.md "Sizing"). Dollars per
+    contract; ``valueAtEntry``/``valueAtStop``/``spread`` per share; ``entry``/``stop`` underlying levels."""
+
     maxRiskDollars: float
     contractsByRisk: int
     contractsByBuyingPower: int
     perContractDebit: float
     margin_limit_blocked: bool = False
+    entry: float | None = None
+    stop: float | None = None
+    valueAtEntry: float | None = None
+    valueAtStop: float | None = None
+    spread: float | None = None
+    perContractLoss: float | None = None
+    minRiskPerContract: float | None = None
+    pricing: str | None = None  # "iv" (Black-Scholes with the contract's IV) | "delta_gamma"
+    buyingPower: float | None = None
+    maxPremiumDollars: float | None = None
+    contractsByPremium: int | None = None
+    maxContracts: int | None = None
+    contracts: int | None = None
+    bound: str | None = None  # the binding limit: risk | buying power | premium | max_contracts
 
 
 class ContractRecommendation(Base, kw_only=True):
@@ -242,6 +259,9 @@ class ContractRecommendation(Base, kw_only=True):
     mid: float | None = None
     suggestedContracts: int = 0
     sizing: SizingBreakdown | None = None
+    iv: float | None = None  # the contract's implied volatility at selection (the broker re-sizes with it)
+    gamma: float | None = None
+    underlying: float | None = None  # underlying value when delta/gamma/the quote were taken
     ts: Ns = 0
 
 

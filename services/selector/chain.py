@@ -14,8 +14,7 @@ import math
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
-from spx_common import greeks, occ
-from spx_common.calendar import MarketCalendar
+from spx_common import greeks, occ, sizing
 
 ET = ZoneInfo("America/New_York")
 MAX_CONTRACTS = 5000  # bound on one chain (a full SPXW day is ~1,000 listed strikes x 2)
@@ -115,17 +114,9 @@ class Chain:
         return n
 
 
-_CALENDAR = MarketCalendar()
-
-
 def expiry_ns(d: dt.date) -> int:
-    """The close of the expiration date's session (SPXW PM settlement), in epoch ns: 16:00
-    America/New_York, 13:00 on an exchange early close (spx_common/calendar.py); 16:00 on a date the
-    calendar has no session for (a listed expiration is a trading day; nothing is guessed earlier)."""
-    session = _CALENDAR.session(d)
-    if session is not None:
-        return session.close_ns
-    return int(dt.datetime.combine(d, dt.time(16, 0), ET).timestamp()) * 1_000_000_000
+    """The close of the expiration date's session (:func:`spx_common.sizing.expiry_ns`)."""
+    return sizing.expiry_ns(d)
 
 
 def _num(v, name: str, *, allow_none: bool = True) -> float | None:

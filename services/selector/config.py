@@ -19,6 +19,12 @@ class SelectorConfig(Section):
     min_open_interest: int = Field(100, ge=0, description="Minimum open interest of a selectable contract.")
     min_volume: int = Field(0, ge=0, description="Minimum contracts traded today of a selectable contract.")
     max_contracts: int = Field(50, ge=1, le=10_000, description="Hard cap on suggestedContracts.")
+    min_risk_per_contract: float = Field(
+        10.0, gt=0, description="Dollars per contract: a loss from entry to stop (repriced, plus the spread) at or "
+        "below this is refused (risk_below_floor) instead of sizing a huge position.")
+    max_premium_per_trade: float | None = Field(
+        None, gt=0, description="Premium cap in dollars per recommendation (contracts x ask x 100); empty = 4 x the "
+        "risk budget (maxRiskDollars).")
     day_trade_policy: Literal["buying_power", "pdt", "off"] = Field(
         "buying_power", description="0DTE gate: buying_power = needs day-trade / option buying power (post-2026 "
         "intraday-margin rule); pdt = also refuse when pdtQualified is false (brokers still applying the old rule); "

@@ -3,7 +3,8 @@
 :func:`select` never raises on bad input: every refusal is a ``ContractRecommendation`` with
 ``ok=False`` and a reason whose first word is a stable code (``empty_chain``, ``bad_setup``,
 ``stop_wrong_side``, ``no_buying_power``, ``day_trade_blocked``, ``no_contract``, ``zero_size``,
-``stale_chain``).
+``stale_chain``, ``bad_price``, ``risk_below_floor``). Sizing is :func:`spx_common.sizing.size`, the
+same function the broker re-sizes every entry with.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import msgspec
 
 from services.selector.chain import Chain, Contract, expiry_ns, health
-from spx_common import greeks
+from spx_common import sizing
 from spx_common.models import ContractRecommendation, SizingBreakdown
 
 #: regime -> (target |delta|, lowest, highest). Documented in docs/selector.md.
@@ -76,6 +77,8 @@ class Policy:
     stale_s: float = 30.0
     min_chain_contracts: int = 20
     rate: float = 0.04
+    min_risk_per_contract: float = sizing.DEFAULT_MIN_RISK
+    max_premium_per_trade: float | None = None  # None = sizing.PREMIUM_MULTIPLE x the risk budget
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Policy":
@@ -91,51 +94,30 @@ def _finite(*xs: Any) -> bool:
 
 
 def check_setup(s: SetupSpec) -> str | None:
-    """Reason the setup cannot be traded, or ``None``."""
-    if s.direction not in ("long", "short"):
-        return f"bad_setup: direction {s.direction!r} is not long/short"
-    if not _finite(s.entry, s.stop) or s.entry <= 0 or s.stop <= 0:
-        return f"bad_setup: entry {s.entry!r} and stop {s.stop!r} must be positive numbers"
-    if (s.direction == "long" and s.stop >= s.entry) or (s.direction == "short" and s.stop <= s.entry):
-        side = "below" if s.direction == "long" else "above"
-        return f"stop_wrong_side: a {s.direction} setup needs its stop {side} entry (entry {s.entry}, stop {s.stop})"
-    return None
+    """Reason the setup cannot be traded, or ``None`` (the shared sizing check)."""
+    return sizing.check_stop(s.direction, s.entry, s.stop)
 
 
 def buying_power(risk: RiskContext, zero_dte: bool, policy: Policy) -> tuple[float, str | None]:
     """Usable buying power and a blocking reason (``None`` when trading is allowed).
 
-    0DTE trades are day trades: ``dayTradeBuyingPower`` when given, else ``optionBuyingPower``. The
+    :func:`spx_common.sizing.usable_buying_power`: a 0DTE trade is a day trade and uses the smaller of
+    the known ``dayTradeBuyingPower`` and ``optionBuyingPower``; otherwise ``optionBuyingPower``. The
     ``pdt`` policy also refuses 0DTE when ``pdtQualified`` is false (or unknown with equity below
     ``pdt_min_equity``); ``off`` skips the day-trade gate (buying power still bounds the size).
     """
-    bp = risk.dayTradeBuyingPower if (zero_dte and risk.dayTradeBuyingPower is not None) else risk.optionBuyingPower
-    if bp is None:
-        bp = risk.dayTradeBuyingPower
-    bp = bp if _finite(bp) and bp > 0 else 0.0  # type: ignore[operator]
-    if zero_dte and policy.day_trade_policy == "pdt":
-        qualified = risk.pdtQualified
-        if qualified is None:
-            qualified = _finite(risk.equity) and risk.equity >= policy.pdt_min_equity  # type: ignore[operator]
-        if not qualified:
-            return bp, ("day_trade_blocked: account is not pattern-day-trader qualified "
-                        f"(policy pdt; equity {risk.equity}) and 0DTE options are day trades")
-    if bp <= 0:
-        return 0.0, "no_buying_power: zero " + ("day-trade" if zero_dte else "option") + " buying power"
-    return bp, None
+    bp, block = sizing.usable_buying_power(risk.optionBuyingPower, risk.dayTradeBuyingPower, zero_dte)
+    if zero_dte and policy.day_trade_policy == "pdt" and \
+            not sizing.pdt_qualified(risk.pdtQualified, risk.equity, policy.pdt_min_equity):
+        return bp, ("day_trade_blocked: account is not pattern-day-trader qualified "
+                    f"(policy pdt; equity {risk.equity}) and 0DTE options are day trades")
+    return bp, block
 
 
-def per_contract_risk(c: Contract, s: SetupSpec, now_ns: int, rate: float, debit: float) -> float:
-    """Dollars one contract loses if bought at the ask and the underlying then goes from entry to the
-    stop: the debit minus its Black-Scholes value at the stop with the contract's IV (a delta-gamma
-    move from mid without IV), capped at the debit."""
-    t = greeks.year_fraction(now_ns, expiry_ns(c.symbol.expiration))
-    if c.iv and c.iv > 0:
-        at_stop = greeks.bs_price(s.stop, c.strike, t, c.iv, rate, 0.0, c.call)
-    else:
-        move = s.stop - s.entry
-        at_stop = (c.mid or 0.0) + (c.delta or 0.0) * move + 0.5 * (c.gamma or 0.0) * move * move
-    return min(max(debit - max(at_stop, 0.0) * 100, 0.01), debit)
+def leg_of(c: Contract, underlying: float | None) -> sizing.Leg:
+    """The sizing view of a chain contract (its live quote, IV and greeks at ``underlying``)."""
+    return sizing.Leg(call=c.call, strike=c.strike, expiry_ns=expiry_ns(c.symbol.expiration), bid=c.bid,  # type: ignore[arg-type]
+                      ask=c.ask, iv=c.iv, delta=c.delta, gamma=c.gamma, underlying=underlying)  # type: ignore[arg-type]
 
 
 def candidates(chain: Chain, call: bool, policy: Policy) -> tuple[list[Contract], dict[str, int]]:
@@ -187,32 +169,30 @@ def select(setup: SetupSpec, chain: Chain | None, regime: str | None, risk: Risk
                         f"OI >= {policy.min_open_interest}, volume >= {policy.min_volume}); "
                         f"{len(pool)} passed filters outside the band; rejected: {counts or 'none'}", now_ns)
     best = min(in_band, key=lambda c: (abs(abs(c.delta) - target), c.spread_pct, c.strike))  # type: ignore[arg-type]
-    zero_dte = expiry_ns(best.symbol.expiration) - now_ns < 24 * 3600 * 1_000_000_000
-    debit = round(best.ask * 100, 2)  # type: ignore[operator]
-    risk_each = per_contract_risk(best, setup, now_ns, policy.rate, debit)
-    by_risk = int(risk.maxRiskDollars // risk_each)
+    leg = leg_of(best, chain.underlying)
+    zero_dte = sizing.is_zero_dte(leg.expiry_ns, now_ns)
     bp, block = buying_power(risk, zero_dte, policy)
-    by_bp = int(bp // debit) if debit > 0 else 0
-    n = min(by_risk, by_bp, policy.max_contracts)
-    sizing = SizingBreakdown(maxRiskDollars=risk.maxRiskDollars, contractsByRisk=by_risk, contractsByBuyingPower=by_bp,
-                             perContractDebit=debit, margin_limit_blocked=block is None and by_bp < by_risk)
+    budget = sizing.Budget(risk.maxRiskDollars, bp, policy.max_contracts, policy.max_premium_per_trade,
+                           policy.min_risk_per_contract)
+    sz = sizing.size(leg, setup.direction, setup.entry, setup.stop, budget, now_ns, policy.rate)
+    b = sz.breakdown
     base = dict(setup_id=sid, occ_symbol=best.symbol.occ, tradier_symbol=best.symbol.tradier,
                 massive_symbol=best.symbol.massive, option_type="call" if call else "put", strike=best.strike,
                 expiration=best.symbol.expiration.isoformat(), delta=round(best.delta, 4), bid=best.bid, ask=best.ask,
-                mid=round(best.mid, 4), sizing=sizing, ts=now_ns)  # type: ignore[arg-type]
+                mid=round(best.mid, 4), sizing=b, ts=now_ns, iv=best.iv, gamma=best.gamma,  # type: ignore[arg-type]
+                underlying=chain.underlying)
     if block:
         return ContractRecommendation(ok=False, reason=block, suggestedContracts=0, **base)
-    if n <= 0:
-        limit = "buying power" if by_bp < by_risk else "risk"
-        return ContractRecommendation(
-            ok=False, suggestedContracts=0, reason=f"zero_size: {limit} allows no contract (risk ${risk_each:.0f}/contract "
-            f"vs max ${risk.maxRiskDollars:.0f}; debit ${debit:.0f} vs buying power ${bp:.0f})", **base)
-    bound = "buying power" if by_bp < by_risk else "risk" if by_risk <= policy.max_contracts else "max_contracts"
+    if sz.reason is not None:
+        return ContractRecommendation(ok=False, reason=sz.reason, suggestedContracts=0, **base)
     reason = (f"{best.symbol.tradier} |delta| {abs(best.delta):.2f} (regime {rk}, target {target:.2f}); "  # type: ignore[arg-type]
-              f"{n} contracts, {bound}-bound: risk ${risk_each:.0f}/contract to stop {setup.stop} -> {by_risk} by risk, "
-              f"debit ${debit:.0f} -> {by_bp} by buying power ${bp:.0f}"
+              f"{sz.contracts} contracts, {sz.bound}-bound: loss ${b.perContractLoss:.0f}/contract from entry "
+              f"{setup.entry} to stop {setup.stop} (value {b.valueAtEntry:.2f} -> {b.valueAtStop:.2f}, "
+              f"spread {b.spread:.2f}, {b.pricing}) -> {b.contractsByRisk} by risk ${risk.maxRiskDollars:.0f}; "
+              f"debit ${b.perContractDebit:.0f} -> {b.contractsByBuyingPower} by buying power ${bp:.0f}, "
+              f"{b.contractsByPremium} by premium cap ${b.maxPremiumDollars:.0f}"
               + ("; quotes wide/illiquid" if h.issues else ""))
-    return ContractRecommendation(ok=True, reason=reason, suggestedContracts=n, **base)
+    return ContractRecommendation(ok=True, reason=reason, suggestedContracts=sz.contracts, **base)
 
 
 class RecoCache:

@@ -4,7 +4,9 @@ import math
 
 import pytest
 
-from services.selector.select import DELTA_TABLE, Policy, per_contract_risk, RecoCache, RiskContext, SetupSpec, regime_key, select
+from services.selector.chain import expiry_ns
+from services.selector.select import DELTA_TABLE, Policy, RecoCache, RiskContext, SetupSpec, regime_key, select
+from spx_common import greeks
 from tests.selector.helpers import T, chain
 
 RICH = RiskContext(maxRiskDollars=100_000, dayTradeBuyingPower=1_000_000, equity=200_000)
@@ -52,17 +54,25 @@ def test_regimes_pick_different_strikes():
     (5_000, 5_000, None),
 ])
 def test_sizing_arithmetic(max_risk, bp, bound):
+    """Behaviour changed by issue 18: the loss is priced from the entry to the stop (both repriced with the
+    contract's IV) plus the spread, and a premium cap (4 x the budget) also bounds the size."""
     risk = RiskContext(maxRiskDollars=max_risk, dayTradeBuyingPower=bp)
     r = select(spec(), chain(), "trending", risk, POLICY, T)
     s = r.sizing
     assert s.perContractDebit == pytest.approx(r.ask * 100)
     assert s.contractsByBuyingPower == math.floor(bp / s.perContractDebit)
     assert s.maxRiskDollars == max_risk
-    c = chain()
-    best = c.contracts[r.tradier_symbol]
-    each = per_contract_risk(best, spec(), T, POLICY.rate, s.perContractDebit)
-    assert 0 < each <= s.perContractDebit and s.contractsByRisk == math.floor(max_risk / each)
-    assert r.suggestedContracts == min(s.contractsByRisk, s.contractsByBuyingPower)
+    best = chain().contracts[r.tradier_symbol]
+    t = greeks.year_fraction(T, expiry_ns(best.symbol.expiration))
+    v_entry = greeks.bs_price(spec().entry, best.strike, t, best.iv, POLICY.rate, 0.0, True)
+    v_stop = greeks.bs_price(spec().stop, best.strike, t, best.iv, POLICY.rate, 0.0, True)
+    loss = (v_entry - v_stop + best.ask - best.bid) * 100
+    assert s.pricing == "iv" and s.perContractLoss == pytest.approx(loss, abs=0.01)
+    assert (s.valueAtEntry, s.valueAtStop) == (pytest.approx(v_entry, abs=1e-4), pytest.approx(v_stop, abs=1e-4))
+    assert s.contractsByRisk == math.floor(max_risk / s.perContractLoss)
+    assert s.contractsByPremium == math.floor(4 * max_risk / s.perContractDebit)
+    assert r.suggestedContracts == min(s.contractsByRisk, s.contractsByBuyingPower, s.contractsByPremium)
+    assert r.suggestedContracts * s.perContractLoss <= max_risk
     assert s.margin_limit_blocked == (s.contractsByBuyingPower < s.contractsByRisk)
     if bound == "risk":
         assert s.contractsByRisk < s.contractsByBuyingPower and "risk-bound" in r.reason
@@ -70,11 +80,33 @@ def test_sizing_arithmetic(max_risk, bp, bound):
         assert s.margin_limit_blocked and "buying power-bound" in r.reason
 
 
-def test_per_contract_risk_is_repriced_to_the_stop_and_capped_at_debit():
-    tight = select(spec(stop=chain().underlying - 2), chain(), "trending", RICH, POLICY, T).sizing
-    wide = select(spec(stop=chain().underlying - 200), chain(), "trending", RICH, POLICY, T).sizing
+def test_loss_is_repriced_from_the_entry_not_the_current_quote():
+    """The reproduced case of issue 18: SPX far below the entry; the old code priced the stop against the
+    current quote, got a negative loss, clamped it to $0.01 and sized 30 contracts of $19,800 premium."""
+    spot = chain().underlying
+    entry, stop = spot + 23, spot + 15  # like --entry 5900 --stop 5892 with SPX near 5877
+    risk = RiskContext(maxRiskDollars=500, dayTradeBuyingPower=20_000)
+    r = select(spec(entry=entry, stop=stop), chain(), None, risk, Policy(), T)
+    s = r.sizing
+    assert s.entry == entry and s.stop == stop and s.valueAtEntry > s.valueAtStop > 0
+    assert r.suggestedContracts * s.perContractLoss <= 500
+    assert r.suggestedContracts * s.perContractDebit <= 2000  # premium cap = 4 x $500
+    tight = select(spec(stop=spot - 2), chain(), "trending", RICH, POLICY, T).sizing
+    wide = select(spec(stop=spot - 200), chain(), "trending", RICH, POLICY, T).sizing
     assert tight.contractsByRisk > wide.contractsByRisk
-    assert wide.contractsByRisk == math.floor(RICH.maxRiskDollars / wide.perContractDebit)  # loss capped at debit
+
+
+def test_tiny_stop_is_refused_below_the_floor_and_premium_capped_above_it():
+    spot = chain().underlying
+    r = select(spec(stop=spot - 0.01), chain(), "trending", RICH, Policy(min_risk_per_contract=100), T)
+    assert not r.ok and r.reason.startswith("risk_below_floor") and r.suggestedContracts == 0
+    r = select(spec(stop=spot - 0.25), chain(), "trending", RiskContext(maxRiskDollars=500, dayTradeBuyingPower=1e6),
+               Policy(), T)
+    assert r.ok and r.sizing.bound == "premium"
+    assert r.suggestedContracts == math.floor(2000 / r.sizing.perContractDebit) < r.sizing.contractsByRisk
+    capped = select(spec(stop=spot - 0.25), chain(), "trending", RiskContext(maxRiskDollars=500,
+                    dayTradeBuyingPower=1e6), Policy(max_premium_per_trade=700), T)
+    assert capped.suggestedContracts == math.floor(700 / capped.sizing.perContractDebit)
 
 
 @pytest.mark.parametrize("policy,risk,ok,code", [

@@ -37,8 +37,16 @@ def _fmt_reco(r: dict) -> str:
                   f"suggested  {r.get('suggestedContracts', 0)} contracts"]
     s = r.get("sizing")
     if s:
+        if s.get("perContractLoss") is not None:
+            lines.append(f"loss       value {s['valueAtEntry']:.2f} at entry {s['entry']:g} - {s['valueAtStop']:.2f} at stop "
+                         f"{s['stop']:g} + spread {s['spread']:.2f} = ${s['perContractLoss']:,.2f}/contract "
+                         f"({s['pricing']}; floor ${s['minRiskPerContract']:,.2f})")
+        by_premium = s.get("contractsByPremium")
         lines.append(f"sizing     max risk ${s['maxRiskDollars']:,.0f}  by risk {s['contractsByRisk']}  "
-                     f"by buying power {s['contractsByBuyingPower']}  debit ${s['perContractDebit']:,.2f}/contract"
+                     f"by buying power {s['contractsByBuyingPower']}"
+                     + (f"  by premium cap ${s['maxPremiumDollars']:,.0f} {by_premium}" if by_premium is not None else "")
+                     + f"  debit ${s['perContractDebit']:,.2f}/contract"
+                     + (f"  ({s['bound']}-bound)" if s.get("bound") else "")
                      + ("  MARGIN LIMIT" if s.get("margin_limit_blocked") else ""))
     return "\n".join(lines)
 
