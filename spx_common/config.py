@@ -165,9 +165,24 @@ def _env_names(model: type[Section], name: str) -> list[str]:
     return [f"SPX_{model.section.upper()}_{name.upper()}", *extra.get("env", [])]
 
 
-def load(model: type[_T], environ: dict[str, str] | None = None, overrides: dict[str, Any] | None = None) -> _T:
-    """Build a section from defaults, the TOML file and the environment; raise ConfigError when invalid."""
-    env = os.environ if environ is None else environ
+def is_secret(model: type[Section], name: str) -> bool:
+    """A field whose value is never printed: declared ``repr=False`` (API keys, tokens, HMAC secrets)."""
+    info = model.model_fields.get(name)
+    return info is not None and info.repr is False
+
+
+def shown_value(model: type[Section], name: str, value: Any) -> Any:
+    """``value`` as it may be printed: secrets masked (``***`` when set), a URL's password replaced."""
+    if is_secret(model, name):
+        return "***" if value else value
+    if isinstance(value, str) and "://" in value and "@" in value:
+        import re
+
+        return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", value)
+    return value
+
+
+def _read_values(model: type[Section], env: Any) -> tuple[dict[str, Any], dict[str, str]]:
     values: dict[str, Any] = dict(_read_toml().get(model.section, {}))
     sources = {k: "config file" for k in values}
     for name in model.model_fields:
@@ -176,6 +191,21 @@ def load(model: type[_T], environ: dict[str, str] | None = None, overrides: dict
                 raw = env[var]
                 values[name] = _coerce_env(model, name, raw)
                 sources[name] = f"environment {var}"
+    return values, sources
+
+
+def sources(model: type[Section], environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Where each key of ``model`` comes from: ``default``, ``config file`` or ``environment VAR``."""
+    _, src = _read_values(model, os.environ if environ is None else environ)
+    return {name: src.get(name, "default") for name in model.model_fields}
+
+
+def load(model: type[_T], environ: dict[str, str] | None = None, overrides: dict[str, Any] | None = None) -> _T:
+    """Build a section from defaults, the TOML file and the environment; raise ConfigError when invalid.
+
+    The error names each bad key, the value given (secrets masked) and its source, one key a line."""
+    env = os.environ if environ is None else environ
+    values, src = _read_values(model, env)
     if overrides:
         values.update(overrides)
     try:
@@ -184,7 +214,11 @@ def load(model: type[_T], environ: dict[str, str] | None = None, overrides: dict
         lines = []
         for err in exc.errors():
             key = ".".join(str(x) for x in err["loc"])
-            lines.append(f"[{model.section}] {key} ({sources.get(str(err['loc'][0]), 'default')}): {err['msg']}")
+            top = str(err["loc"][0]) if err["loc"] else ""
+            given = ""
+            if top in values:
+                given = f" = {shown_value(model, top, values[top])!r}"
+            lines.append(f"[{model.section}] {key}{given} ({src.get(top, 'default')}): {err['msg']}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
 
 

@@ -39,12 +39,12 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from spx_common import codec, logs
+from spx_common import codec, health, logs
 from pydantic import Field
 
 from spx_common.bus import AsyncRpcClient, AsyncSubscriber, Outbox, Publisher, RpcError, RpcServer, SubscriberCore
 from spx_common.codec import Frame, FrameError
-from spx_common.config import BusConfig, RuntimeConfig, Section, load
+from spx_common.config import PROJECT_DIR, BusConfig, RuntimeConfig, Section, load
 from spx_common.curve import CurveKeys
 from spx_common.flags import FlagStore
 from spx_common.metrics import Registry, serve_http
@@ -405,6 +405,7 @@ class BusService:
         metrics_port = int(os.environ.get(f"SPX_METRICS_PORT_{self.instance.upper().replace('-', '_')}", "0"))
         http = serve_http(self.metrics, "127.0.0.1", metrics_port) if metrics_port else None
         self.state = "running"
+        health.clear_fatal(self.runtime.path(), self.instance)
         self.log.info("started", extra={"pub": self.pub.endpoint, "rep": self.rpc_server.endpoint})
         assert self.rpc_server is not None
         self.spawn(self.rpc_server.serve(self.stop_event), "rpc")
@@ -468,11 +469,19 @@ class BusService:
         )
         parser.add_argument("--instance", help="instance name (default: the service name)")
         args = parser.parse_args(argv)
+        instance = args.instance or cls.name
+        runtime = None
         try:
             runtime = load(RuntimeConfig)
-            logs.setup(args.instance or cls.name, runtime.log_level)
+            logs.setup(instance, runtime.log_level)
             service = cls(runtime, load(BusConfig), instance=args.instance)
+            code = asyncio.run(service.run_async())
         except ConfigError as exc:
-            print(f"{cls.name}: {exc}", file=sys.stderr)
+            # Exit 2 is 'expected' in supervisord.conf (exitcodes=2, autorestart=unexpected): the process
+            # stays down, and the fatal record tells spx up/status and the dashboard why.
+            print(f"{instance}: {exc}", file=sys.stderr)
+            run_dir = runtime.path() if runtime is not None else Path(
+                os.environ.get("SPX_RUNTIME_RUN_DIR") or PROJECT_DIR / "run")
+            health.record_fatal(run_dir, instance, health.config_reason(str(exc)))
             sys.exit(2)
-        sys.exit(asyncio.run(service.run_async()))
+        sys.exit(code)

@@ -13,6 +13,7 @@ import time
 import xmlrpc.client
 from pathlib import Path
 
+from spx_common import health
 from spx_common.config import PROJECT_DIR, RuntimeConfig
 
 CONF = PROJECT_DIR / "supervisord.conf"
@@ -73,6 +74,7 @@ def start(runtime: RuntimeConfig, extra_env: dict[str, str] | None = None, conf:
         raise MeshError(f"already running (supervisord pid {pid(runtime)}); use 'spx status' or 'spx down'")
     runtime.path("logs").mkdir(parents=True, exist_ok=True)
     runtime.path("sock").mkdir(parents=True, exist_ok=True)
+    health.clear_fatal(runtime.path())  # a record of a previous run must not speak for this one
     env = mesh_env(runtime, extra_env)
     proc = subprocess.run(
         [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)],

@@ -54,7 +54,7 @@ class GatewayConfig(Section):
     max_symbols: int = Field(20_000, ge=10, description="Symbols with a remembered last price (LRU beyond).")
     token_secret: str = env_field(
         "", "HMAC secret for user tokens. Empty: a random secret kept in <run_dir>/keys/gateway_token.key "
-        "(created 0600 by the gateway or 'spx token').", "SPX_TOKEN_SECRET")
+        "(created 0600 by the gateway or 'spx token').", "SPX_TOKEN_SECRET", repr=False)
     token_ttl_s: int = Field(12 * 3600, ge=60, le=90 * 86400, description="Default lifetime of 'spx token' tokens.")
     snapshot_rpc: bool = Field(
         True, description="Ask the aggregator's query API (last tick, bars since) for snapshots of series the "

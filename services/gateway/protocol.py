@@ -262,9 +262,13 @@ class FillsSnapshot(_Strict):
 
 class ServiceStatus(_Strict):
     alive: bool
-    state: str
+    state: str = Field(description="The heartbeat's state (running, degraded, ...); 'down' for a service not "
+                       "heard, 'fatal' for one that cannot start (its configuration: see reason).")
     detail: str = ""
-    heartbeatAgeS: float | None = None
+    heartbeatAgeS: float | None = Field(None, description="Seconds since its last heartbeat; null when never heard.")
+    healthy: bool = Field(True, description="Heard within the peer timeout and its state is 'running'.")
+    reason: str = Field("", description="Why it is not healthy (e.g. 'invalid configuration: [aggregator] "
+                        "allowed_lateness_ms = ...', 'no heartbeat for 5s'); empty when healthy.")
 
 
 class FeedStatusData(_Strict):

@@ -36,6 +36,7 @@ from services.gateway.protocol import (
     CLIENT_ADAPTER, CREDENTIAL_REQUESTS, PROTOCOL, SIMPLE_CHANNELS, USER_CHANNELS, ChannelError, CredentialsSet, Ping,
     Subscribe, Unsubscribe, parse_channel,
 )
+from spx_common import health
 from spx_common import models as m
 from spx_common.bus import RpcError
 from spx_common.codec import Frame
@@ -240,14 +241,28 @@ class GatewayService(BusService):
                     self._error(conn, "token_expired", f"token expired; unsubscribed from {', '.join(dropped)}")
 
     def status_doc(self, price_rate: float = 0.0) -> dict:
-        """The ``status`` channel payload: every peer's health, the feed mode, gateway counters."""
+        """The ``status`` channel payload: every service's health (each one this gateway expects, heard
+        or not, with the reason when it is not healthy), the feed mode, gateway counters."""
         now = time.monotonic()
-        services = {}
-        for peer in self.core.peers.values():
-            hb = peer.heartbeat
-            services[peer.service] = {
-                "alive": peer.alive, "state": hb.state if hb else "unknown", "detail": hb.detail if hb else "",
-                "heartbeatAgeS": round(now - peer.last_seen, 2)}
+        services = {self.instance: {"alive": True, "state": self.state, "detail": self.detail,
+                                    "heartbeatAgeS": 0.0, "healthy": True, "reason": ""}}
+        expected = [i for s in self.subscriptions for i in self.bus.instances_of(s)]
+        run_dir = self.runtime.path()
+        for name in [*expected, *sorted(set(self.core.peers) - set(expected))]:
+            peer = self.core.peers.get(name)
+            hb = peer.heartbeat if peer else None
+            age = round(now - peer.last_seen, 2) if peer else None
+            if peer is None or not peer.alive:
+                fatal = health.read_fatal(run_dir, name)
+                healthy, state = False, "fatal" if fatal else "down"
+                reason = fatal or (f"no heartbeat for {age:.0f}s" if peer else "no heartbeat yet")
+            else:
+                healthy, reason = health.assess(name, None, hb, age, run_dir, supervised=False,
+                                                peer_timeout_s=self.core.peer_timeout_s)
+                state = hb.state if hb else "unknown"
+            services[name] = {"alive": bool(peer and peer.alive), "state": state,
+                              "detail": hb.detail if hb else "", "heartbeatAgeS": age,
+                              "healthy": healthy, "reason": reason}
         feed = None
         if self.feed_status is not None:
             f = self.feed_status

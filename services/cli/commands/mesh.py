@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import zmq
 
 from services.cli import supervise
 from services.cli.common import configs, fail
+from spx_common import health
 from spx_common.bus import Subscriber
 from spx_common.config import SERVICES
 from spx_common.flags import FLAGS
 
 
 def register(sub) -> None:
-    p = sub.add_parser("up", help="start the whole mesh under supervisord (daemon)",
-                       description="Start supervisord with supervisord.conf and every service in group 'spx'. "
-                       "With no vendor key the feed replays a generated session; the broker is the paper broker.")
-    p.add_argument("--no-wait", action="store_true", help="return without waiting for every service to be RUNNING")
-    p.add_argument("--timeout", type=float, default=45.0, help="seconds to wait for RUNNING (default 45)")
+    p = sub.add_parser("up", help="start the whole mesh under supervisord and wait for every heartbeat",
+                       description="Start supervisord with supervisord.conf and every service in group 'spx', then "
+                       "wait until each service has sent its first heartbeat. Exits 1 naming each service that did "
+                       "not, with the reason (a configuration error names the key, its value and its source) or the "
+                       "last error line of its log. With no vendor key the feed replays a generated session; the "
+                       "broker is the paper broker.")
+    p.add_argument("--no-wait", action="store_true", help="return without waiting for the first heartbeats")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for every service's first heartbeat (default 30)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="stop every service and supervisord")
@@ -29,29 +35,86 @@ def register(sub) -> None:
     p.add_argument("service", nargs="?", choices=SERVICES, help="service name (default: all)")
     p.set_defaults(func=cmd_restart)
 
-    p = sub.add_parser("status", help="process states, heartbeats, rates and feed health",
+    p = sub.add_parser("status", help="health of every service with the reason when not healthy; exit 1 when degraded",
                        description="Shows supervisord's view of every process and, from the bus, each service's "
-                       "last heartbeat (age, frames out, counters) and the feed status.")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+                       "last heartbeat (age, frames out, counters) and the feed status. A service is healthy when "
+                       "supervisord has it RUNNING and its heartbeat is fresh and says 'running'; each other one is "
+                       "listed with why. Exit status: 0 all healthy, 1 degraded, 3 mesh not running.")
+    p.add_argument("--json", action="store_true", help="machine-readable output (same fields, same exit status)")
     p.add_argument("--listen", type=float, default=1.5, help="seconds to listen for heartbeats (default 1.5)")
     p.set_defaults(func=cmd_status)
 
 
 def cmd_up(args) -> int:
-    runtime, _ = configs()
+    runtime, bus = configs()
     try:
         supervise.start(runtime)
-        print(f"supervisord started (run dir {runtime.path()})")
-        if not args.no_wait:
-            supervise.wait_running(runtime, args.timeout)
-            print("all services RUNNING")
     except supervise.MeshError as exc:
         return fail(str(exc))
+    print(f"supervisord started (run dir {runtime.path()})")
+    if not args.no_wait:
+        missing = wait_heartbeats(runtime, bus, args.timeout)
+        if missing:
+            print(f"spx: {len(missing)} of {len(expected_instances(bus))} services did not start:", file=sys.stderr)
+            for name, reason in missing.items():
+                print(f"  {name}: {reason}", file=sys.stderr)
+            print(f"logs: {runtime.path('logs')}/<service>.log; the others keep running: fix it and "
+                  "'spx restart SERVICE', or 'spx down'", file=sys.stderr)
+            return 1
+        print(f"all {len(expected_instances(bus))} services up (first heartbeat from each)")
     from services.cli.common import gateway_url
 
     print(f"dashboard: {gateway_url()}   websocket: {gateway_url(ws=True)}")
     print("next: 'spx status', 'spx tail bar.1s.', 'spx down'")
     return 0
+
+
+def expected_instances(bus) -> list[str]:
+    return [i for s in SERVICES for i in bus.instances_of(s)]
+
+
+def wait_heartbeats(runtime, bus, timeout_s: float) -> dict[str, str]:
+    """Wait (bounded) for every instance's first heartbeat; return ``{instance: reason}`` for those that
+    did not send one: stopped early on a fatal record (configuration) or a FATAL/EXITED process."""
+    expected = expected_instances(bus)
+    ctx = zmq.Context.instance()
+    sub = Subscriber(ctx, [bus.pub_endpoint(i, runtime) for i in expected], ["hb."], heartbeats=True)
+    heard: set[str] = set()
+    failed: dict[str, str] = {}
+    deadline = time.monotonic() + timeout_s
+    next_check = 0.0
+    procs: dict[str, dict] = {}
+    try:
+        while time.monotonic() < deadline and len(heard) + len(failed) < len(expected):
+            frame = sub.recv(0.2)
+            if frame is not None and frame.type == "heartbeat":
+                try:
+                    heard.add(frame.body().service)
+                except Exception:
+                    pass
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + 0.5
+                try:
+                    procs = {p["name"]: p for p in supervise.processes(runtime)}
+                except OSError:
+                    procs = {}
+                for name in expected:
+                    if name in heard or name in failed:
+                        continue
+                    fatal = health.read_fatal(runtime.path(), name)
+                    state = procs.get(name, {}).get("statename")
+                    if fatal or state in ("FATAL", "EXITED", "STOPPED"):
+                        failed[name] = health.assess(name, procs.get(name), None, None, runtime.path())[1]
+    finally:
+        sub.close()
+    for name in expected:
+        if name not in heard and name not in failed:
+            reason = health.assess(name, procs.get(name), None, None, runtime.path())[1]
+            log_line = health.last_error_line(runtime.path("logs", f"{name}.log"))
+            if log_line and log_line not in reason:
+                reason += f"; last error in its log: {log_line}"
+            failed[name] = f"no heartbeat within {timeout_s:.0f}s ({reason})"
+    return {name: failed[name] for name in expected if name in failed}
 
 
 def cmd_down(args) -> int:
@@ -117,7 +180,7 @@ def switch_table(rows: list[dict]) -> dict[str, dict[str, list[str]]]:
 
 
 def cmd_status(args) -> int:
-    runtime, _ = configs()
+    runtime, bus = configs()
     procs = {}
     if supervise.is_up(runtime):
         procs = {p["name"]: p for p in supervise.processes(runtime)}
@@ -127,22 +190,29 @@ def cmd_status(args) -> int:
     for name in SERVICES:
         p = procs.get(name, {})
         hb = beats.get(name)
+        age = round((now - hb.ts) / 1e9, 2) if hb else None
+        healthy, reason = health.assess(name, p or None, hb, age, runtime.path(),
+                                        peer_timeout_s=bus.peer_timeout_s) if procs else (False, "mesh not running")
         rows.append({
             "service": name,
             "state": p.get("statename", "DOWN"),
             "pid": p.get("pid") or None,
             "uptime_s": (p["now"] - p["start"]) if p.get("statename") == "RUNNING" else None,
-            "heartbeat_age_s": round((now - hb.ts) / 1e9, 2) if hb else None,
+            "heartbeat_age_s": age,
             # event time of the newest frame handled vs the wall clock: how far behind live the service is
             # (meaningful in live mode; a replay runs in its own event time)
             "event_lag_s": round((now - hb.stats["last_event_ns"]) / 1e9, 3)
             if hb and hb.stats.get("last_event_ns") else None,
             "health": hb.state if hb else "no heartbeat",
+            "healthy": healthy,
+            "reason": reason,
             "detail": hb.detail if hb else "",
             "frames_out": hb.frames_out if hb else None,
             "stats": hb.stats if hb else {},
             "flags": dict(hb.flags) if hb else {},
         })
+    unhealthy = {r["service"]: r["reason"] for r in rows if not r["healthy"]}
+    code = 3 if not procs else (1 if unhealthy else 0)
     feed_doc = None
     if feed is not None:
         feed_doc = {"mode": feed.mode, "connected": feed.connected, "events_per_s": feed.events_per_s,
@@ -150,13 +220,13 @@ def cmd_status(args) -> int:
                     "detail": feed.detail}
     switches = switch_table(rows)
     if args.json:
-        print(json.dumps({"supervisord": bool(procs), "services": rows, "feed": feed_doc, "switches": switches},
-                         indent=2, default=str))
-        return 0 if procs else 3
+        print(json.dumps({"supervisord": bool(procs), "healthy": code == 0, "unhealthy": unhealthy,
+                          "services": rows, "feed": feed_doc, "switches": switches}, indent=2, default=str))
+        return code
     if not procs:
         print(f"mesh is not running (run dir {runtime.path()}); start it with 'spx up'")
         return 3
-    print(f"{'service':<11} {'state':<9} {'pid':>7} {'uptime':>8} {'hb age':>7} {'health':<10} {'frames out':>11} "
+    print(f"{'service':<11} {'state':<9} {'pid':>7} {'uptime':>8} {'hb age':>7} {'health':<12} {'frames out':>11} "
           f"{'in/s':>9} {'input age':>9} {'event lag':>9}  detail")
     for r in rows:
         up = f"{r['uptime_s']}s" if r["uptime_s"] is not None else "-"
@@ -166,7 +236,8 @@ def cmd_status(args) -> int:
         in_age = r["stats"].get("last_input_age_s")
         lag = r["event_lag_s"]
         lag_s = "-" if lag is None else (f"{lag:.3f}s" if abs(lag) < 100 else f"{lag / 3600:.1f}h")
-        print(f"{r['service']:<11} {r['state']:<9} {r['pid'] or '-':>7} {up:>8} {age:>7} {r['health']:<10} {fo:>11} "
+        shown = r["health"] if r["healthy"] else ("UNHEALTHY" if r["health"] == "running" else r["health"])
+        print(f"{r['service']:<11} {r['state']:<9} {r['pid'] or '-':>7} {up:>8} {age:>7} {shown:<12} {fo:>11} "
               f"{'-' if rate is None else f'{rate:,.0f}':>9} {'-' if in_age is None else f'{in_age:.1f}s':>9} "
               f"{lag_s:>9}  {r['detail']}")
     if feed_doc:
@@ -186,4 +257,10 @@ def cmd_status(args) -> int:
     lost = {r["service"]: r["stats"].get("bus_frames_lost_total", 0) for r in rows if r["stats"]}
     if any(bad.values()) or any(lost.values()):
         print("\nbus: bad frames", {k: v for k, v in bad.items() if v}, "lost frames", {k: v for k, v in lost.items() if v})
-    return 0
+    if unhealthy:
+        print(f"\nDEGRADED: {len(unhealthy)} of {len(rows)} services unhealthy")
+        for name, reason in unhealthy.items():
+            print(f"  {name}: {reason}")
+    else:
+        print(f"\nhealthy: all {len(rows)} services")
+    return code

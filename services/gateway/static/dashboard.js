@@ -107,8 +107,13 @@
   }
   function renderStatus() {
     const s = state.status; if (!s) return;
-    $("services").innerHTML = Object.entries(s.services).map(([name, v]) =>
-      `<span class="svc ${v.alive ? "" : "dead"}" title="${esc(v.detail)}">${v.alive ? "●" : "○"} ${esc(name)}</span>`).join("") +
+    // every service the gateway expects, heard or not: green when healthy, red with the reason otherwise
+    $("services").innerHTML = Object.entries(s.services).map(([name, v]) => {
+      const ok = v.healthy !== undefined ? v.healthy : v.alive;
+      return `<div class="svc ${ok ? "ok" : "dead"}" data-service="${esc(name)}" data-state="${esc(v.state)}" ` +
+        `title="${esc(v.detail)}"><span class="dot">●</span> ${esc(name)} <span class="muted">${esc(v.state)}</span>` +
+        (ok ? "" : ` <span class="reason">${esc(v.reason || "no heartbeat")}</span>`) + "</div>";
+    }).join("") +
       (s.feed ? `<div class="muted">feed ${esc(s.feed.mode)} · ${fmt(s.feed.eventsPerS, 0)} ev/s</div>` : "");
     renderSwitches(s.switches || {});
   }

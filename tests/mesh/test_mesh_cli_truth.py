@@ -1,0 +1,109 @@
+"""``spx up`` and ``spx status`` tell the truth on the real supervisord mesh.
+
+* A configuration error: ``spx up`` exits non-zero naming the service, the key, its value and its
+  source; ``spx status`` (text and ``--json``) exits 1 with the same reason; the gateway's ``status``
+  channel lists the service as ``fatal`` with the reason (a row, not a missing one); the service stays
+  down (exit 2 is 'expected' in supervisord.conf, so it is not restarted).
+* A stopped process (SIGSTOP): ``spx status`` exits 1 naming it, ``no heartbeat`` and why; after
+  SIGCONT it is healthy again and ``spx status`` exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from services.cli import supervise
+from spx_common.config import RuntimeConfig
+from tests.conftest import eventually, free_port
+
+pytestmark = pytest.mark.mesh
+
+KEY = "SPX_AGGREGATOR_ALLOWED_LATENESS_MS"
+
+
+def _spx(env: dict, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "services.cli.main", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _gateway_status(port: int) -> dict:
+    from websockets.sync.client import connect
+
+    with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5) as ws:
+        ws.send(json.dumps({"op": "subscribe", "channels": ["status"]}))
+        while True:
+            msg = json.loads(ws.recv(timeout=10))
+            if msg.get("channel") == "status" and msg["type"] in ("snapshot", "update") and msg["data"]:
+                return msg["data"]
+
+
+def test_bad_config_fails_spx_up_naming_the_key_and_status_says_why(run_dir):
+    port = free_port()
+    env = {**os.environ, "SPX_RUNTIME_RUN_DIR": str(run_dir), "SPX_GATEWAY_PORT": str(port), KEY: "-5"}
+    runtime = RuntimeConfig(run_dir=run_dir)
+    try:
+        up = _spx(env, "up", "--timeout", "60")
+        assert up.returncode != 0, up.stdout + up.stderr
+        line = next(ln for ln in up.stderr.splitlines() if ln.strip().startswith("aggregator:"))
+        assert "allowed_lateness_ms" in line and "'-5'" in line and f"environment {KEY}" in line, up.stderr
+        assert not any(ln.strip().startswith(("feed:", "gateway:", "detector:")) for ln in up.stderr.splitlines())
+
+        st = _spx(env, "status")
+        assert st.returncode == 1, st.stdout + st.stderr
+        assert "DEGRADED" in st.stdout
+        reason = next(ln for ln in st.stdout.splitlines() if ln.strip().startswith("aggregator:"))
+        assert "allowed_lateness_ms" in reason and KEY in reason, st.stdout
+        js = _spx(env, "status", "--json")
+        assert js.returncode == 1
+        doc = json.loads(js.stdout)
+        assert doc["healthy"] is False and set(doc["unhealthy"]) == {"aggregator"}, doc["unhealthy"]
+        assert "allowed_lateness_ms" in doc["unhealthy"]["aggregator"]
+        row = next(r for r in doc["services"] if r["service"] == "aggregator")
+        assert row["healthy"] is False and row["state"] != "RUNNING"
+
+        # the gateway's status channel: a row for the aggregator, fatal, with the reason
+        data = eventually(lambda: (lambda d: d if d["services"].get("aggregator", {}).get("state") == "fatal"
+                                   else None)(_gateway_status(port)), 30, 0.5, what="aggregator fatal in status")
+        agg = data["services"]["aggregator"]
+        assert agg["alive"] is False and agg["healthy"] is False and "allowed_lateness_ms" in agg["reason"]
+        assert data["services"]["feed"]["healthy"] is True
+        # still down, never restarted into a loop
+        states = {p["name"]: p["statename"] for p in supervise.processes(runtime)}
+        assert states["aggregator"] in ("EXITED", "FATAL", "BACKOFF"), states
+    finally:
+        supervise.stop(runtime, 30)
+
+
+def test_a_stopped_service_makes_spx_status_exit_1_with_the_reason(run_dir):
+    port = free_port()
+    env = {**os.environ, "SPX_RUNTIME_RUN_DIR": str(run_dir), "SPX_GATEWAY_PORT": str(port)}
+    env.pop(KEY, None)
+    runtime = RuntimeConfig(run_dir=run_dir)
+    try:
+        up = _spx(env, "up", "--timeout", "60")
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "services up" in up.stdout
+        eventually(lambda: _spx(env, "status").returncode == 0, 30, 0.5, what="spx status healthy")
+        pid = {p["name"]: p["pid"] for p in supervise.processes(runtime)}["detector"]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            def degraded():
+                st = _spx(env, "status", "--json")
+                doc = json.loads(st.stdout)
+                return st.returncode == 1 and "detector" in doc["unhealthy"] and doc
+            doc = eventually(degraded, 30, 0.5, what="spx status exit 1 naming the detector")
+            assert "no heartbeat" in doc["unhealthy"]["detector"] and "SIGSTOP" in doc["unhealthy"]["detector"]
+            text = _spx(env, "status")
+            assert text.returncode == 1
+            assert any(ln.strip().startswith("detector:") and "no heartbeat" in ln for ln in text.stdout.splitlines())
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        eventually(lambda: _spx(env, "status").returncode == 0, 30, 0.5, what="healthy again after SIGCONT")
+    finally:
+        supervise.stop(runtime, 30)
