@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -23,9 +23,27 @@ class DetectorConfig(Section):
         "every installed one). Others installed are listed by 'spx plugins' as available, not run: only the "
         "built-in detectors run by default; e.g. [\"builtin\", \"inside_bar\"] adds the example plugin.")
     plugin_config: dict[str, dict] = Field({}, description="Per-plugin config maps, by plugin name.")
-    max_failures: int = Field(3, ge=1, description="A plugin that raises this many times is disabled.")
-    budget_ms: float = Field(20.0, gt=0, description="Per-call time budget of a plugin.")
-    max_slow: int = Field(5, ge=1, description="Budget overruns before a plugin is disabled.")
+    isolation: Literal["process", "inline"] = Field(
+        "process", description="Where plugins run: 'process' = one supervised worker process per plugin package "
+        "(preemptive budgets, crash and hang recovery; docs/plugins.md), 'inline' = in the detector process.")
+    max_failures: int = Field(3, ge=1, description="A plugin that raises this many times (since it was last "
+                              "enabled) is disabled.")
+    budget_ms: float = Field(20.0, gt=0, description="Per-call CPU-time budget of a plugin (ms of CPU, not wall "
+                             "time); a call over it is an overrun.")
+    max_slow: int = Field(5, ge=1, description="CPU-budget overruns (since it was last enabled) before a plugin is "
+                          "disabled.")
+    stop_ms: float = Field(250.0, gt=0, description="Isolated: a call is interrupted after this many ms of CPU "
+                           "(an overrun and an error).")
+    hang_ms: float = Field(2000.0, gt=0, description="Isolated: wall ms a call may take before the plugin's worker "
+                           "is killed (the plugin is disabled; the other plugins wait at most this long once).")
+    mem_mb: int = Field(512, ge=64, description="Isolated: data-segment limit of each plugin package's worker, MiB "
+                        "(the worker is restarted when its resident size passes 90% of it).")
+    retry_s: float = Field(30.0, gt=0, description="A disabled plugin is probed with one call after this many "
+                           "seconds; each failed probe doubles it.")
+    retry_max_s: float = Field(1800.0, gt=0, description="The longest back-off between probes of a disabled plugin.")
+    plugin_limits: dict[str, dict[str, float]] = Field(
+        {}, description="Per-plugin budgets by plugin name (keys cpu_ms, stop_ms, hang_ms), and per package "
+        "worker by entry-point or module name (key mem_mb), overriding the defaults above.")
     bars_kept: int = Field(600, ge=10, description="Recent closed bars per symbol in the plugin context.")
     baseline_bars: int = Field(60, ge=5, le=10_000, description="Bars in the rolling volume/range baseline "
                                "(ctx.state['baseline']).")

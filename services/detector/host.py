@@ -1,10 +1,14 @@
-"""Plugin host: discovery, version checks, isolation, time budgets, disabling, validation.
+"""Plugin host: discovery, version checks, validation, CPU budgets, disabling and recovery.
 
 pluggy does not isolate plugins (one raising implementation aborts a hook call), so the
-host calls every implementation itself: each call has its own try/except and time budget.
-A plugin that raises is counted and, after ``max_failures``, disabled; a plugin over its
-time budget ``max_slow`` times is disabled too. Candidates are validated with the pydantic
-twin of :class:`~spx_common.models.SetupCandidate`; a bad one is refused with a reason.
+host calls every implementation itself: each call has its own try/except and CPU-time budget.
+:class:`PluginHost` calls plugins in this process (the backtester, the plugin author's harness
+with ``isolate=False``, ``spx plugins --offline``); :class:`services.detector.isolation.IsolatedHost`
+runs each plugin package in a supervised worker process with the same loading, validation and
+health rules (the detector service's default). A plugin's health (errors, overruns, disabling,
+half-open retries) is :class:`~services.detector.health.PluginHealth`. Outputs are normalized
+(:func:`normalize`) and validated (:func:`validate_output`) the same way on both paths, so a
+plugin gives the same candidates in process and isolated.
 """
 
 from __future__ import annotations
@@ -16,18 +20,44 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import msgspec
 import pluggy
 from pydantic import ValidationError
 
 from services.detector import hookspecs
+from services.detector.health import Backoff, PluginHealth
 from spx_common import schemas
 from spx_common.models import SetupCandidate
 
 ENTRY_POINT_GROUP = "spx.detectors"
+MAX_CANDIDATES = 20  # a plugin's output is read up to this many items per bar
+NOT_A_LIST = "not_a_list"  # normalize(): the plugin returned something other than a list
 
 
 class PluginError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A plugin's budgets (``[detector] budget_ms`` etc., overridden per plugin by ``plugin_limits``).
+
+    ``cpu_ms``: CPU time per call; more is an overrun (counted; ``max_slow`` of them disable it).
+    ``stop_ms``: CPU time at which an isolated call is interrupted (an overrun and an error).
+    ``hang_ms``: wall time an isolated call may take before its worker is killed (a crash).
+    ``mem_mb``: the data-segment limit of the plugin package's worker process.
+    """
+
+    cpu_ms: float = 20.0
+    stop_ms: float = 250.0
+    hang_ms: float = 2000.0
+    mem_mb: int = 512
+
+    def override(self, doc: dict | None) -> "Limits":
+        if not doc:
+            return self
+        known = {k: v for k, v in doc.items() if k in ("cpu_ms", "stop_ms", "hang_ms", "mem_mb")}
+        return Limits(**{**self.__dict__, **known})
 
 
 @dataclass
@@ -39,13 +69,23 @@ class LoadedPlugin:
     impl: Any
     on_bar: Callable | None
     symbols: list[str] | None = None
-    status: str = "active"
-    errors: int = 0
-    slow: int = 0
-    calls: int = 0
-    last_error: str = ""
+    health: PluginHealth = field(default_factory=PluginHealth)
+    limits: Limits = field(default_factory=Limits)
     refused: int = 0
     invoke: Callable | None = None  # on_bar called with only the arguments it declares
+    worker: str = ""  # the isolated worker (plugin package) that runs it; "" in process
+    remote: bool = False  # isolated: its worker reported an on_bar hook
+
+    @property
+    def status(self) -> str:
+        return self.health.status
+
+    @property
+    def errors(self) -> int:
+        return self.health.errors
+
+    def wants(self, sym: str) -> bool:
+        return (self.on_bar is not None or self.remote) and (not self.symbols or sym in self.symbols)
 
 
 @dataclass
@@ -63,24 +103,75 @@ def make_manager() -> pluggy.PluginManager:
     return pm
 
 
-class PluginHost:
-    def __init__(self, *, max_failures: int = 3, budget_ms: float = 20.0, max_slow: int = 5) -> None:
-        self.pm = make_manager()
+class HostBase:
+    """What both hosts share: plugin table, health accounting, validation, refusals, description."""
+
+    def __init__(self, *, max_failures: int = 3, budget_ms: float = 20.0, max_slow: int = 5,
+                 retry_s: float = 30.0, retry_max_s: float = 1800.0, limits: dict[str, dict] | None = None,
+                 defaults: Limits | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.plugins: dict[str, LoadedPlugin] = {}
         self.max_failures = max_failures
         self.budget_ms = budget_ms
         self.max_slow = max_slow
+        self.backoff = Backoff(retry_s, retry_max_s)
+        self.defaults = defaults or Limits(cpu_ms=budget_ms)
+        self.per_plugin = dict(limits or {})
+        self.clock = clock
         self.events = HostEvents()
         self.load_errors: list[str] = []
         #: installed entry points not enabled by configuration ("name (module)"): listed, never run
         self.available: list[str] = []
 
+    def _new_health(self) -> PluginHealth:
+        return PluginHealth(max_failures=self.max_failures, max_slow=self.max_slow, backoff=self.backoff)
+
+    def limits_of(self, name: str) -> Limits:
+        return self.defaults.override(self.per_plugin.get(name))
+
+    def _account(self, p: LoadedPlugin, now: float, *, error: str = "", slow: str = "", crash: str = "",
+                 call: bool = True) -> None:
+        was = p.health.status
+        why = p.health.record(now, error=error, slow=slow, crash=crash, call=call)
+        if why is not None:
+            self.events.status.append({"plugin": p.name, "status": "disabled", "reason": why,
+                                       "retry_in_s": round(p.health.retry_at - now, 1)})
+        elif was == "probing" and p.health.status == "active":
+            self.events.status.append({"plugin": p.name, "status": "active", "reason": "probe call succeeded"})
+
+    def _overrun(self, p: LoadedPlugin, cpu_ms: float) -> str:
+        return f"used {cpu_ms:.1f} ms of CPU (budget {p.limits.cpu_ms:g} ms)" if cpu_ms > p.limits.cpu_ms else ""
+
+    def _validate(self, p: LoadedPlugin, out: Any, bar) -> list[SetupCandidate]:
+        return validate_output(p.name, p.family, out, bar, lambda reason, detail="": self._refuse(p, reason, detail))
+
+    def _refuse(self, p: LoadedPlugin, reason: str, detail: str = "") -> None:
+        p.refused += 1
+        self.events.refused.append((reason, f"{p.name}: {detail}" if detail else p.name))
+
+    def describe(self) -> list[dict]:
+        now = self.clock()
+        return [{"name": p.name, "family": p.family, "version": p.version, "source": p.source,
+                 "refused": p.refused, "worker": p.worker, "cpu_budget_ms": p.limits.cpu_ms,
+                 **p.health.describe(now)} for p in self.plugins.values()]
+
+
+class PluginHost(HostBase):
+    """Plugins called in this process: no preemption (a call that never returns wedges the caller),
+    the CPU time of each call measured and budgeted as in the isolated host."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.pm = make_manager()
+
     # ------------------------------------------------------------------ loading
 
-    def load_entry_points(self, group: str = ENTRY_POINT_GROUP, enabled: list[str] | None = None) -> None:
+    def load_entry_points(self, group: str = ENTRY_POINT_GROUP, enabled: list[str] | None = None,
+                          only: str | None = None) -> None:
         """Register the plugins of ``group``'s entry points named in ``enabled`` (None or ``"*"``: all);
-        the others are only remembered in :attr:`available`."""
+        the others are only remembered in :attr:`available`. ``only``: that entry point alone (a worker)."""
         for ep in importlib.metadata.entry_points(group=group):
+            if only is not None and ep.name != only:
+                continue
             if enabled is not None and "*" not in enabled and ep.name not in enabled:
                 self.available.append(f"{ep.name} ({ep.value})")
                 continue
@@ -129,9 +220,11 @@ class PluginHost:
                               f"({self.plugins[name].source})")
         self.pm.register(obj, name=name)
         self.pm.check_pending()
+        symbols = desc.get("symbols")
         plugin = LoadedPlugin(name=name, family=str(desc["family"]), version=str(desc.get("version", "0")),
                               source=source, impl=obj, on_bar=getattr(obj, "spx_detector_on_bar", None),
-                              symbols=desc.get("symbols"))
+                              symbols=[str(x) for x in symbols] if isinstance(symbols, (list, tuple)) else None,
+                              health=self._new_health(), limits=self.limits_of(name))
         if plugin.on_bar is not None:
             plugin.invoke = _invoker(plugin.on_bar)
         self.plugins[name] = plugin
@@ -141,73 +234,82 @@ class PluginHost:
 
     def on_bar(self, ctx, bar) -> list[SetupCandidate]:
         out: list[SetupCandidate] = []
-        clock = time.perf_counter
-        budget_s = self.budget_ms / 1000
+        now = self.clock()
         sym = bar.sym
         for p in self.plugins.values():
-            if p.status != "active" or p.invoke is None or (p.symbols and sym not in p.symbols):
+            if not p.wants(sym) or not p.health.should_call(now):
                 continue
-            p.calls += 1
-            t0 = clock()
-            try:
-                result = p.invoke(ctx, bar)
-            except Exception as exc:
-                p.errors += 1
-                p.last_error = repr(exc)[:300]
-                if p.errors >= self.max_failures:
-                    self._disable(p, f"raised {p.errors} times; last: {p.last_error}")
-                continue
-            took = clock() - t0
-            if took > budget_s:
-                ms = took * 1000
-                p.slow += 1
-                p.last_error = f"took {ms:.1f} ms (budget {self.budget_ms} ms)"
-                if p.slow >= self.max_slow:
-                    self._disable(p, f"over its time budget {p.slow} times; last {ms:.1f} ms")
-            if result is not None:
-                out.extend(self._validate(p, result, bar))
+            result, error, cpu_ms = call_plugin(p, ctx, bar)
+            self._account(p, now, error=error, slow=self._overrun(p, cpu_ms))
+            if not error:
+                out.extend(self._validate(p, normalize(result), bar))
         return out
 
-    def _validate(self, p: LoadedPlugin, result: Any, bar) -> list[SetupCandidate]:
-        if result is None:
-            return []
-        if not isinstance(result, (list, tuple)):
-            self._refuse(p, "plugin_output_not_a_list")
-            return []
-        out = []
-        for item in result[:20]:
-            if isinstance(item, SetupCandidate):
-                item = item.to_dict()
-            if not isinstance(item, dict):
-                self._refuse(p, "candidate_not_a_map")
-                continue
-            data = {"detector": p.name, "family": p.family, "sym": bar.sym, "ts": bar.start_ns, **item}
-            try:
-                cand = schemas.validate(SetupCandidate, data)
-            except (ValidationError, Exception) as exc:
-                self._refuse(p, "candidate_invalid", str(exc).splitlines()[0])
-                continue
-            if not all(math.isfinite(x) for x in (cand.entry_low, cand.entry_high, cand.stop, *cand.targets)):
-                self._refuse(p, "candidate_not_finite", "entry, stop and targets must be finite numbers")
-                continue
-            if not _geometry_ok(cand):
-                self._refuse(p, "candidate_geometry", "stop/targets on the wrong side of the entry zone")
-                continue
-            out.append(cand)
-        return out
 
-    def _refuse(self, p: LoadedPlugin, reason: str, detail: str = "") -> None:
-        p.refused += 1
-        self.events.refused.append((reason, f"{p.name}: {detail}" if detail else p.name))
+def call_plugin(p: LoadedPlugin, ctx, bar) -> tuple[Any, str, float]:
+    """One call: (result, error text or "", CPU ms of this thread). Exceptions never escape."""
+    cpu = time.thread_time
+    t0 = cpu()
+    try:
+        result = p.invoke(ctx, bar)  # type: ignore[misc]  # wants() checked on_bar, so invoke is set
+    except Exception as exc:
+        return None, repr(exc)[:300], (cpu() - t0) * 1000
+    return result, "", (cpu() - t0) * 1000
 
-    def _disable(self, p: LoadedPlugin, why: str) -> None:
-        p.status = "disabled"
-        self.events.status.append({"plugin": p.name, "status": "disabled", "reason": why})
 
-    def describe(self) -> list[dict]:
-        return [{"name": p.name, "family": p.family, "version": p.version, "status": p.status, "source": p.source,
-                 "calls": p.calls, "errors": p.errors, "slow": p.slow, "refused": p.refused,
-                 "last_error": p.last_error} for p in self.plugins.values()]
+def normalize(result: Any) -> Any:
+    """A plugin's return value as plain data: ``None``, :data:`NOT_A_LIST`, or up to
+    :data:`MAX_CANDIDATES` items, each a map (a ``SetupCandidate`` becomes its map) or ``None`` for
+    an item that is not a map, or ``{"__unencodable__": why}`` for a map the wire cannot carry.
+    The isolated worker sends exactly this; the in-process host validates exactly this."""
+    if result is None:
+        return None
+    if not isinstance(result, (list, tuple)):
+        return NOT_A_LIST
+    out: list[Any] = []
+    for item in result[:MAX_CANDIDATES]:
+        if isinstance(item, SetupCandidate):
+            item = item.to_dict()
+        if not isinstance(item, dict):
+            out.append(None)
+            continue
+        try:
+            msgspec.msgpack.encode(item)
+        except Exception as exc:  # an object, a set, an int beyond 64 bits: it could never be published
+            item = {"__unencodable__": f"{type(exc).__name__}: {exc}"[:200]}
+        out.append(item)
+    return out
+
+
+def validate_output(name: str, family: str, out: Any, bar, refuse: Callable[..., None]) -> list[SetupCandidate]:
+    """Candidates from a normalized output; every item refused is refused with a reason."""
+    if out is None:
+        return []
+    if out == NOT_A_LIST or not isinstance(out, list):
+        refuse("plugin_output_not_a_list")
+        return []
+    accepted = []
+    for item in out:
+        if not isinstance(item, dict):
+            refuse("candidate_not_a_map")
+            continue
+        if "__unencodable__" in item:
+            refuse("candidate_invalid", f"not encodable: {item['__unencodable__']}")
+            continue
+        data = {"detector": name, "family": family, "sym": bar.sym, "ts": bar.start_ns, **item}
+        try:
+            cand = schemas.validate(SetupCandidate, data)
+        except (ValidationError, Exception) as exc:
+            refuse("candidate_invalid", str(exc).splitlines()[0])
+            continue
+        if not all(math.isfinite(x) for x in (cand.entry_low, cand.entry_high, cand.stop, *cand.targets)):
+            refuse("candidate_not_finite", "entry, stop and targets must be finite numbers")
+            continue
+        if not _geometry_ok(cand):
+            refuse("candidate_geometry", "stop/targets on the wrong side of the entry zone")
+            continue
+        accepted.append(cand)
+    return accepted
 
 
 _ACCEPTS: dict[Callable, frozenset | None] = {}

@@ -26,7 +26,7 @@ import msgspec
 
 from services.detector.config import DetectorConfig
 from services.detector.core import DetectorEngine, newest_of
-from services.detector.host import PluginHost
+from services.detector.isolation import build_host
 from spx_common.codec import FrameError, decode_frames
 from spx_common.config import load
 from spx_common.models import BlockEvent, MicroBar
@@ -48,12 +48,7 @@ class DetectorService(BusService):
         # quotes (most of the tick traffic) would cost a receive and a decode each for nothing
         self.subscriptions = {"aggregator": ["bar."],
                               "feed": sorted({tick_topic(s) for s in self.cfg.symbols}) + ["chain.", "status.feed"]}
-        self.host = PluginHost(max_failures=self.cfg.max_failures, budget_ms=self.cfg.budget_ms,
-                               max_slow=self.cfg.max_slow)
-        if self.cfg.entry_points:
-            self.host.load_entry_points(enabled=self.cfg.entry_points_enabled)
-        for mod in self.cfg.plugins:
-            self.host.load_module(mod)
+        self.host = build_host(self.cfg)
         self.engine = DetectorEngine(self.cfg, self.host)
         m = self.metrics
         self.transitions = m.counter("setup_transitions_total", "Setup transitions published.", ["to_state"])
@@ -62,6 +57,12 @@ class DetectorService(BusService):
         self.latency = m.histogram("setup_transition_latency_ms",
                                    "Tick publish (feed) to transition publish, wall ms.")
         self.plugin_status = m.gauge("detector_plugins", "Plugins by status.", ["status"])
+        self.plugin_calls = m.gauge("detector_plugin_calls", "Calls of each plugin since start.", ["plugin"])
+        self.plugin_errors = m.gauge("detector_plugin_errors", "Calls that raised (or were stopped), per plugin.",
+                                     ["plugin"])
+        self.plugin_overruns = m.gauge("detector_plugin_overruns", "Calls over the plugin's CPU budget.", ["plugin"])
+        self.plugin_crashes = m.gauge("detector_plugin_crashes", "Worker crashes and hangs during the plugin's "
+                                      "calls (each disables it until a probe succeeds).", ["plugin"])
         self.restored = m.counter("detector_setups_restored_total", "Unresolved setups restored from the store "
                                   "at start.")
         self._last_state: dict = {}
@@ -188,7 +189,7 @@ class DetectorService(BusService):
                          BlockEvent(service=self.instance, reason=reason, ts=self.engine.now_ns, subject=subject),
                          self.engine.now_ns)
         for st in self.host.events.status:
-            self.log.warning("plugin %s disabled: %s", st["plugin"], st["reason"])
+            self.log.warning("plugin %s %s: %s", st["plugin"], st["status"], st["reason"])
             self.publish("status.detector.plugin", "doc", st, self.engine.now_ns)
         self.host.events.status.clear()
 
@@ -206,11 +207,20 @@ class DetectorService(BusService):
                 last_profile = time.monotonic()
                 await asyncio.get_running_loop().run_in_executor(None, self.refresh_profile)
 
+    async def drain(self) -> None:
+        close = getattr(self.host, "close", None)
+        if close is not None:
+            close()  # the plugin workers (they also die with this process: PR_SET_PDEATHSIG)
+
     def periodic(self) -> None:
         counts: dict[str, int] = {}
         for p in self.host.plugins.values():
             counts[p.status] = counts.get(p.status, 0) + 1
-        for status in ("active", "disabled"):
+            h = p.health
+            for metric, value in ((self.plugin_calls, h.calls), (self.plugin_errors, h.errors),
+                                  (self.plugin_overruns, h.slow), (self.plugin_crashes, h.crashes)):
+                metric.set(value, plugin=p.name)
+        for status in ("active", "disabled", "probing"):
             self.plugin_status.set(counts.get(status, 0), status=status)
         self.detail = f"{len(self.host.plugins)} plugins, {self.engine.lifecycle.count()} active setups"
 

@@ -40,9 +40,11 @@ def test_broken_plugins_are_isolated_counted_and_disabled():
     def boom(ctx, bar):
         raise RuntimeError("bug")
 
-    def slow(ctx, bar):
+    def slow(ctx, bar):  # the budget is CPU time: a busy loop overruns it, a sleep would not
         import time
-        time.sleep(0.005)
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < 0.005:
+            pass
 
     def mutator(ctx, bar):
         with pytest.raises(AttributeError):
@@ -184,3 +186,20 @@ def test_degraded_data_blocks_new_setups_with_a_reason_and_healthy_data_lifts_it
     filled = msgspec.structs.replace(bar(2, 100.0), gap_fill=True, volume=0.0)
     assert eng2.on_bar(filled) == []
     assert [r for r, _ in eng2.drain_blocks()] == ["data_degraded"]
+
+
+def test_the_budget_is_cpu_time_so_a_wait_is_not_an_overrun():
+    """On a loaded machine a healthy plugin's call can take long in wall time while using little CPU;
+    only CPU time counts against the budget (wall-time budgets disabled healthy built-ins under load)."""
+    import time
+
+    def waits(ctx, bar):
+        time.sleep(0.01)
+
+    host = PluginHost(max_slow=1, budget_ms=1.0)
+    host.register(plugin("waits", waits), "test")
+    eng = DetectorEngine(DetectorConfig(symbols=["SPY"]), host)
+    for i in range(3):
+        eng.on_bar(bar(i, 100.0))
+    doc = host.describe()[0]
+    assert doc["status"] == "active" and doc["slow"] == 0 and doc["calls"] == 3
