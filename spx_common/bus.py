@@ -339,7 +339,9 @@ class Outbox:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             blob = b"".join(self._record(t, p) for t, p, _ in frames)
-            with open(tmp, "wb") as fh:
+            # 0600 whatever the umask, like the journal it replaces (it holds orders and fills)
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
+                os.fchmod(fh.fileno(), 0o600)
                 fh.write(blob)
                 if self.fsync:
                     fh.flush()

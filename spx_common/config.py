@@ -108,6 +108,28 @@ class BusConfig(Section):
     curve_identity: str | None = Field(
         None, description="Key name this process uses (default: its service name, e.g. 'feed')."
     )
+    allow_insecure_tcp: bool = Field(
+        False, description="tcp without CURVE: every local account can call every request (store a user's "
+        "Tradier token, flatten accounts, read orders). Refused at start unless this is true, and then only "
+        "with a loopback tcp_bind_host, with a warning. Across hosts use curve = true (docs/deployment.md)."
+    )
+
+    def check_transport_security(self) -> str | None:
+        """Refuse (ConfigError) an unauthenticated tcp bus unless explicitly allowed on loopback; the
+        warning to log when it is allowed, else None. ipc is guarded by the run directory's 0700."""
+        if self.transport != "tcp" or self.curve:
+            return None
+        if not self.allow_insecure_tcp:
+            raise ConfigError(
+                "[bus] transport = tcp without curve = true: anyone who can reach the ports could store a "
+                "user's Tradier token, flatten accounts and read every user's orders. Run 'spx keys generate' "
+                "and set curve = true (docs/deployment.md), or set allow_insecure_tcp = true for a loopback test")
+        if not _is_loopback(self.tcp_bind_host):
+            raise ConfigError(
+                f"[bus] allow_insecure_tcp = true is only accepted with a loopback tcp_bind_host, not "
+                f"{self.tcp_bind_host!r}: set curve = true to bind a network interface")
+        return ("INSECURE BUS: tcp without CURVE (allow_insecure_tcp = true): every local account can send "
+                "requests to this process (credentials, flatten, orders); set curve = true")
 
     def curve_keys_dir(self, runtime: "RuntimeConfig") -> Path:
         return self.curve_dir or runtime.path("keys")
@@ -132,6 +154,17 @@ class BusConfig(Section):
         port = self.tcp_base_port + 2 * len(SERVICES) * k + 2 * SERVICES.index(name) + offset
         host = self.tcp_bind_host if bind else self.hosts.get(service, self.hosts.get(name, self.tcp_bind_host))
         return f"tcp://{host}:{port}"
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 _T = TypeVar("_T", bound=Section)

@@ -20,8 +20,8 @@ from decimal import Decimal, InvalidOperation
 
 __all__ = ["OptionSymbolError", "OptionSymbol", "parse", "build", "to_occ", "to_tradier", "to_massive", "underlying_for_root"]
 
-_ROOT_RE = re.compile(r"^[A-Z][A-Z0-9]{0,5}$")
-_TAIL_RE = re.compile(r"^(\d{6})([CP])(\d{8})$")
+_ROOT_RE = re.compile(r"^[A-Z][A-Z0-9]{0,5}\Z")
+_TAIL_RE = re.compile(r"^(\d{6})([CP])(\d{8})\Z")
 _MAX_STRIKE = Decimal("99999.999")
 
 # Index option roots whose orders name a different underlying (Tradier ``symbol`` field).

@@ -70,6 +70,25 @@ class OutboxConfig(Section):
                         "a killed process, at the price of one disk flush per transition, order or fill.")
 
 
+#: the mode every file the mesh writes gets (umask 077): the database, journals, outboxes, logs and dead
+#: letters hold users' orders, fills and positions; no other local account reads them
+FILE_UMASK = 0o077
+
+
+def secure_run_dir(runtime: RuntimeConfig) -> Path:
+    """Set the process umask to 077 (files 0600, directories 0700 from now on) and make the run
+    directory 0700. Called at every process start (services, ``spx``, ``spx up``)."""
+    os.umask(FILE_UMASK)
+    run_dir = runtime.path()
+    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        if run_dir.stat().st_mode & 0o077:
+            run_dir.chmod(0o700)
+    except PermissionError:  # someone else's directory: the files inside are still 0600
+        pass
+    return run_dir
+
+
 class DeadLetters:
     """Append refused frames to ``run/deadletter/<service>.msgpack``, bounded by size (one rotation)."""
 
@@ -121,6 +140,7 @@ class BusService:
         self.bus = bus or load(BusConfig)
         self.instance = instance or self.name
         self.log = logging.getLogger(f"spx.{self.instance}")
+        self.insecure_bus = self.bus.check_transport_security()  # ConfigError: unauthenticated tcp refused
         self.metrics = Registry()
         self.started_ns = time.time_ns()
         self.ctx = zmq.Context()
@@ -407,6 +427,8 @@ class BusService:
         self.state = "running"
         health.clear_fatal(self.runtime.path(), self.instance)
         self.log.info("started", extra={"pub": self.pub.endpoint, "rep": self.rpc_server.endpoint})
+        if self.insecure_bus:
+            self.log.critical(self.insecure_bus, extra={"rep": self.rpc_server.endpoint})
         assert self.rpc_server is not None
         self.spawn(self.rpc_server.serve(self.stop_event), "rpc")
         self.spawn(self._heartbeat_loop(), "heartbeat")
@@ -473,6 +495,7 @@ class BusService:
         runtime = None
         try:
             runtime = load(RuntimeConfig)
+            secure_run_dir(runtime)
             logs.setup(instance, runtime.log_level)
             service = cls(runtime, load(BusConfig), instance=args.instance)
             code = asyncio.run(service.run_async())

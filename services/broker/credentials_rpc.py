@@ -25,7 +25,7 @@ from typing import Any
 from services.broker import credentials as creds
 from spx_common.crypto import CryptoError, KeyRing
 
-ACCOUNT = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+ACCOUNT = re.compile(r"^[A-Za-z0-9_-]{1,32}\Z")
 TOKEN_MAX = 512
 #: the longest a ``credentials.test`` may hold the broker's RPC loop (no retries, no rate waits)
 TEST_BOUND_S = 8.0

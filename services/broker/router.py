@@ -24,7 +24,7 @@ TICK_SMALL = Decimal("0.05")
 TICK_LARGE = Decimal("0.10")
 TICK_BREAK = Decimal("3.00")
 MAX_PRICE = 100_000.0  # no SPX option premium comes near this; anything above is bad input
-_TAG_RE = re.compile(r"^[A-Za-z0-9-]{1,255}$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9-]{1,255}\Z")
 SIDES_ALLOWED = ("buy_to_open", "sell_to_close")
 TYPES = ("market", "limit", "stop", "stop_limit")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import os
 import sys
 
 from services.cli import commands
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.umask(0o077)  # what spx writes (keys, tokens, flags, exports) is 0600, like the services' files
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -24,8 +24,22 @@ class MeshError(RuntimeError):
     pass
 
 
+#: The secrets each program needs; every other program starts without them. supervisord starts with
+#: none (its children inherit its environment) and hands each program its own in ``environment=`` of
+#: a 0600 copy of the configuration in the run directory (:func:`render_conf`).
+PROGRAM_SECRETS: dict[str, tuple[str, ...]] = {
+    "broker": ("SPX_CREDENTIALS_KEYS", "SPX_CREDENTIALS_KEY_FILE", "TRADIER_ACCESS_TOKEN",
+               "SPX_BROKER_ACCESS_TOKEN", "DATABASE_URL", "SPX_STORE_URL"),
+    "recorder": ("DATABASE_URL", "SPX_STORE_URL"),
+    "feed": ("MASSIVE_API_KEY", "SPX_FEED_API_KEY"),
+    "gateway": ("SPX_TOKEN_SECRET", "SPX_GATEWAY_TOKEN_SECRET"),
+}
+SECRET_NAMES = frozenset(name for names in PROGRAM_SECRETS.values() for name in names)
+
+
 def mesh_env(runtime: RuntimeConfig, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for supervisord and every service it starts."""
+    """Environment for supervisord and every service it starts (secrets included; :func:`start`
+    takes them out of supervisord's and gives each program only its own)."""
     env = dict(os.environ)
     env["SPX_RUNTIME_RUN_DIR"] = str(runtime.path())
     env["SPX_PYTHON"] = sys.executable
@@ -33,6 +47,43 @@ def mesh_env(runtime: RuntimeConfig, extra: dict[str, str] | None = None) -> dic
     if extra:
         env.update(extra)
     return env
+
+
+def _conf_value(name: str, value: str) -> str:
+    """``value`` quoted for supervisord's ``environment=``: its non-posix shlex keeps a quoted token
+    whole (no escapes inside) and strips quotes at both ends; ``%`` is interpolation."""
+    quote = '"' if '"' not in value else "'"
+    if quote in value or "\n" in value or "\r" in value or value[:1] in "'\"" or value[-1:] in "'\"":
+        raise MeshError(f"{name} holds both quote characters, a line break or a leading/trailing quote, which "
+                        "supervisord cannot pass on; use a file for it (e.g. SPX_CREDENTIALS_KEY_FILE)")
+    return quote + value.replace("%", "%%") + quote
+
+
+def render_conf(conf: Path, env: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """``conf`` with each program's secrets (:data:`PROGRAM_SECRETS`, those set in ``env``) added to its
+    ``environment=``, and supervisord's own environment without any secret."""
+    import configparser
+
+    text = conf.read_text().replace("%(here)s", str(conf.resolve().parent))
+    parser = configparser.RawConfigParser(interpolation=None, strict=False)
+    parser.read_string(text)
+    lines = text.splitlines()
+    for section in parser.sections():
+        if not section.startswith("program:"):
+            continue
+        secrets = [(k, env[k]) for k in PROGRAM_SECRETS.get(section.split(":", 1)[1], ()) if env.get(k)]
+        if not secrets:
+            continue
+        extra = ",".join(f"{k}={_conf_value(k, v)}" for k, v in secrets)
+        start = lines.index(f"[{section}]")
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
+        for i in range(start + 1, end):
+            if lines[i].startswith("environment="):
+                lines[i] = f"{lines[i]},{extra}"
+                break
+        else:
+            lines.insert(end, f"environment={extra}")
+    return "\n".join(lines) + "\n", {k: v for k, v in env.items() if k not in SECRET_NAMES}
 
 
 def proxy(runtime: RuntimeConfig) -> xmlrpc.client.ServerProxy:
@@ -72,12 +123,20 @@ def start(runtime: RuntimeConfig, extra_env: dict[str, str] | None = None, conf:
     """Start supervisord as a daemon with ``conf`` (returns once it answers)."""
     if is_up(runtime):
         raise MeshError(f"already running (supervisord pid {pid(runtime)}); use 'spx status' or 'spx down'")
+    from spx_common.service import secure_run_dir
+
+    secure_run_dir(runtime)
     runtime.path("logs").mkdir(parents=True, exist_ok=True)
     runtime.path("sock").mkdir(parents=True, exist_ok=True)
     health.clear_fatal(runtime.path())  # a record of a previous run must not speak for this one
-    env = mesh_env(runtime, extra_env)
+    text, env = render_conf(conf, mesh_env(runtime, extra_env))
+    rendered = runtime.path("supervisord.conf")
+    fd = os.open(rendered, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fh.fileno(), 0o600)  # it holds the programs' secrets
+        fh.write(text)
     proc = subprocess.run(
-        [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)],
+        [sys.executable, "-m", "supervisor.supervisord", "-c", str(rendered)],
         env=env, capture_output=True, text=True, timeout=30,
     )
     if proc.returncode != 0:

@@ -16,7 +16,7 @@ import re
 import secrets
 from pathlib import Path
 
-USER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+USER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 VERSION = "v1"
 
 

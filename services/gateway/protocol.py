@@ -23,8 +23,8 @@ from spx_common.schemas import model_for
 SYMBOL = r"[A-Za-z0-9:._-]{1,48}"
 INTERVAL = r"[0-9]{1,4}[smh]"
 PUBLIC_CHANNELS = {
-    "price": re.compile(rf"^price:({SYMBOL})$"),
-    "microbar": re.compile(rf"^microbar:({SYMBOL}):({INTERVAL})$"),
+    "price": re.compile(rf"^price:({SYMBOL})\Z"),
+    "microbar": re.compile(rf"^microbar:({SYMBOL}):({INTERVAL})\Z"),
 }
 SIMPLE_CHANNELS = ("setups", "snapshot", "status")
 #: channels that carry one user's data and need a token; a connection only gets its own user's
@@ -94,6 +94,17 @@ class Ping(_Strict):
     id: str | None = Field(None, max_length=64)
 
 
+class Auth(_Strict):
+    """Present a (new) token on an open connection: needed again after ``token_expired``, which drops
+    the user for good on that connection. Answered with an ``authenticated`` message (its user and
+    expiry); a refused token gets an error (``bad_token``, ``token_expired``) and leaves the connection
+    without a user. A token of another user first drops the previous user's channels."""
+
+    op: Literal["auth"]
+    token: str = Field(min_length=1, max_length=512)
+    id: str | None = Field(None, max_length=64)
+
+
 class CredentialsSet(_Strict):
     """Store this user's Tradier access token and account id (needs a token on the connection). The
     gateway forwards it to the broker, which seals it at once; it is never echoed, logged or returned.
@@ -129,14 +140,45 @@ class CredentialsStatus(_Strict):
 
 
 CREDENTIAL_REQUESTS = (CredentialsSet, CredentialsTest, CredentialsRemove, CredentialsStatus)
-ClientMessage = Annotated[Union[Subscribe, Unsubscribe, Ping, CredentialsSet, CredentialsTest, CredentialsRemove,
-                                CredentialsStatus], Field(discriminator="op")]
+ClientMessage = Annotated[Union[Subscribe, Unsubscribe, Ping, Auth, CredentialsSet, CredentialsTest,
+                                CredentialsRemove, CredentialsStatus], Field(discriminator="op")]
 CLIENT_ADAPTER: TypeAdapter = TypeAdapter(ClientMessage)
+
+#: deepest nesting of arrays/objects a client message may have (the protocol needs 2); deeper
+#: messages are answered ``bad_json`` before they are parsed (a 4,000-deep ``[[[...]]]`` used to
+#: exhaust the parser's recursion and close the connection)
+MAX_JSON_DEPTH = 8
+
+
+def json_depth_ok(raw: str | bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``raw`` nests arrays/objects at most ``limit`` deep (brackets inside strings ignored)."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else raw
+    if text.count("[") + text.count("{") <= limit:  # the usual case, at C speed
+        return True
+    depth, in_str, esc = 0, False, False
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return False
+        elif ch in "]}":
+            depth -= 1
+    return True
 
 
 # --------------------------------------------------------------------------- server -> client
 
-MessageType = Literal["welcome", "snapshot", "update", "subscribed", "unsubscribed", "pong", "credentials", "error"]
+MessageType = Literal["welcome", "snapshot", "update", "subscribed", "unsubscribed", "pong", "credentials",
+                      "authenticated", "error"]
 
 
 class ServerMessage(_Strict):
@@ -164,6 +206,14 @@ class ErrorData(_Strict):
     code: Literal["bad_json", "bad_request", "too_large", "rate_limited", "bad_channel", "unauthorized",
                   "bad_token", "token_expired", "too_many_channels", "broker_unavailable", "busy"]
     message: str
+    id: str | None = None
+
+
+class AuthenticatedData(_Strict):
+    """``data`` of a ``type: authenticated`` message, the answer to an ``auth`` request."""
+
+    user: str = Field(description="The token's user: user channels of this user may be subscribed now.")
+    expiresAt: int = Field(description="Token expiry, Unix seconds; then the user is dropped (token_expired).")
     id: str | None = None
 
 
@@ -323,11 +373,12 @@ def schema_doc() -> str:
         schema = model.model_json_schema() if isinstance(model, type) else TypeAdapter(model).json_schema()
         out.extend([f"### {title}", "", "```json", json.dumps(schema, indent=2, sort_keys=True), "```", ""])
 
-    block("Client message (subscribe | unsubscribe | ping | credentials.*)", ClientMessage)
+    block("Client message (subscribe | unsubscribe | ping | auth | credentials.*)", ClientMessage)
     block("Server message envelope", ServerMessage)
     block("Error data", ErrorData)
     block("Welcome data", Welcome)
     block("Credentials data (answer to credentials.*)", CredentialsData)
+    block("Authenticated data (answer to auth)", AuthenticatedData)
     for channel, (snap, upd) in CHANNEL_DATA.items():
         if snap is upd:
             block(f"`{channel}` data (snapshot and update)", snap)

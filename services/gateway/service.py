@@ -33,8 +33,8 @@ from services.gateway import auth
 from services.gateway.config import GatewayConfig
 from services.gateway.hub import Client, Hub, encode
 from services.gateway.protocol import (
-    CLIENT_ADAPTER, CREDENTIAL_REQUESTS, PROTOCOL, SIMPLE_CHANNELS, USER_CHANNELS, ChannelError, CredentialsSet, Ping,
-    Subscribe, Unsubscribe, parse_channel,
+    CLIENT_ADAPTER, CREDENTIAL_REQUESTS, MAX_JSON_DEPTH, PROTOCOL, SIMPLE_CHANNELS, USER_CHANNELS, Auth, ChannelError,
+    CredentialsSet, Ping, Subscribe, Unsubscribe, json_depth_ok, parse_channel,
 )
 from spx_common import health
 from spx_common import models as m
@@ -234,11 +234,20 @@ class GatewayService(BusService):
             c = conn.client
             if c.check_slow(now, self.config.slow_timeout_s):
                 self._close(conn, CLOSE_TOO_SLOW, "too slow: queue stayed above half its bound", "slow")
-            elif conn.expires_s is not None and conn.expires_s <= wall:
-                conn.expires_s = None
-                dropped = self.hub.drop_user_channels(c)
-                if dropped:
-                    self._error(conn, "token_expired", f"token expired; unsubscribed from {', '.join(dropped)}")
+            else:
+                self._check_expiry(conn, wall)
+
+    def _check_expiry(self, conn: Connection, wall: float) -> bool:
+        """Drop the user of a connection whose token expired, for good: its user channels are
+        unsubscribed and need a new token (``op: auth``), like credentials requests. True if dropped."""
+        if conn.expires_s is None or conn.expires_s > wall:
+            return False
+        conn.expires_s = None
+        dropped = self.hub.drop_user_channels(conn.client)
+        conn.client.user = None
+        msg = "token expired; send a new one ({\"op\": \"auth\"}) for user channels"
+        self._error(conn, "token_expired", f"{msg}; unsubscribed from {', '.join(dropped)}" if dropped else msg)
+        return True
 
     def status_doc(self, price_rate: float = 0.0) -> dict:
         """The ``status`` channel payload: every service's health (each one this gateway expects, heard
@@ -294,12 +303,27 @@ class GatewayService(BusService):
         return [None, f"http://127.0.0.1:{port}", f"http://localhost:{port}", *self.config.allowed_origins]
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = urlsplit(request.path).path
+        """Answer a plain HTTP request, or None to upgrade ``/ws``. Malformed requests get 400 and
+        nothing else (no traceback): control characters in the path, a repeated Origin."""
+        try:
+            return self._route(connection, request)
+        except Exception as exc:  # a request this code did not foresee: 400, counted, never a 500 + traceback
+            self._rate_log.warning("http", f"malformed HTTP request refused: {type(exc).__name__}")
+            return self._respond(400, b"bad request\n", "text/plain")
+
+    def _route(self, connection: ServerConnection, request: Request) -> Response | None:
+        raw_path = request.path
+        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in raw_path):
+            return self._respond(400, b"bad request: control character in path\n", "text/plain")
+        path = urlsplit(raw_path).path
         if path == "/ws":
             if len(self.conns) >= self.config.max_clients:
                 self.m_http.inc(status="503")
                 return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
-            origin = request.headers.get("Origin")
+            origins = request.headers.get_all("Origin")
+            if len(origins) > 1:
+                return self._respond(400, b"bad request: more than one Origin header\n", "text/plain")
+            origin = origins[0] if origins else None
             if origin not in self._origins():
                 self.m_auth.inc(code="origin")
                 self.m_http.inc(status="403")
@@ -537,11 +561,15 @@ class GatewayService(BusService):
         if len(raw) > cfg.max_message_bytes:
             self._error(conn, "too_large", f"message of {len(raw)} bytes exceeds {cfg.max_message_bytes}")
             return
+        if not json_depth_ok(raw):
+            self._error(conn, "bad_json", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+            return
         try:
             doc = _json_decode(raw)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             self._error(conn, "bad_json", f"not JSON: {exc}")
             return
+        self._check_expiry(conn, time.time())
         try:
             req = CLIENT_ADAPTER.validate_python(doc)
         except pydantic.ValidationError as exc:
@@ -562,6 +590,8 @@ class GatewayService(BusService):
             done = [name for name in req.channels if self.hub.unsubscribe(conn.client, name)]
             self._send_now(conn, {"channel": None, "type": "unsubscribed", "seq": 0, "source": "tick",
                                   "data": {"channels": done, "id": req.id}})
+        elif isinstance(req, Auth):
+            self._auth(conn, req)
         elif isinstance(req, Ping):
             self._send_now(conn, {"channel": None, "type": "pong", "seq": 0, "source": "tick",
                                   "data": {"id": req.id, "ts": time.time_ns()}})
@@ -573,6 +603,21 @@ class GatewayService(BusService):
             else:
                 conn.credentials_busy = True
                 self.spawn_client_task(self._credentials(conn, req))
+
+    def _auth(self, conn: Connection, req: Auth) -> None:
+        """``op: auth``: take a new token's user (a different user's channels are dropped first)."""
+        try:
+            user, expires = auth.verify(req.token, self.secret, time.time())
+        except auth.TokenError as exc:
+            self.m_auth.inc(code=exc.code)
+            self._error(conn, exc.code, str(exc), rid=req.id)
+            return
+        client = conn.client
+        if client.user is not None and client.user != user:
+            self.hub.drop_user_channels(client)
+        client.user, conn.expires_s = user, expires
+        self._send_now(conn, {"channel": None, "type": "authenticated", "seq": 0, "source": "tick",
+                              "data": {"user": user, "expiresAt": expires, "id": req.id}})
 
     #: broker RPC timeout per credentials op (test waits for the broker's bounded balances call)
     CREDENTIALS_TIMEOUT_S = {"credentials.test": 12.0}

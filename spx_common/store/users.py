@@ -14,7 +14,7 @@ import math
 import re
 from typing import Any
 
-USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # the gateway token's user pattern (topic-safe)
+USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # the gateway token's user pattern (topic-safe)
 POLICIES = ("alert", "off")
 BROKERS = ("paper", "tradier")
 ENVIRONMENTS = ("sandbox", "production")

@@ -38,6 +38,8 @@ def cmd_generate(args) -> int:
         except CurveError as exc:
             return fail(str(exc))
         print(f"{name}: public {pub}  secret {sec}")
+    print("next: [bus] curve = true (or SPX_BUS_CURVE=true) on every host; copy public/ to every host and each "
+          "secret only to the host that runs it (docs/deployment.md)")
     return 0
 
 
