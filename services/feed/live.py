@@ -353,9 +353,10 @@ class LiveIngest:
         seeded = 0
         dedupe = svc.pipeline.dedupe
         if dedupe is not None:
+            passes: dict[int, int] = {}  # one seeding pass (option prints without a sequence number)
             for ev in tail.events:
                 if ev.ts >= starts[ev.sym]:
-                    dedupe.seen(ev)
+                    dedupe.seen(ev, passes)
                     seeded += 1
         from_cache = await self._seed_from_aggregator(starts, default_ns) if dedupe is not None else 0
         self._first_pending = {m for m in self.streams}
@@ -398,13 +399,14 @@ class LiveIngest:
                 if exc.code == "timeout":
                     break
                 continue
+            passes: dict[int, int] = {}
             for item in r.get("events", ()) if isinstance(r, dict) else ():
                 try:
                     ev = msgspec.convert(item["event"], MarketEvent)
                 except (msgspec.ValidationError, KeyError, TypeError):
                     continue
                 if ev.ts >= start:
-                    dedupe.seen(ev)
+                    dedupe.seen(ev, passes)
                     n += 1
         return n
 
@@ -529,7 +531,8 @@ class LiveIngest:
 
         Overlap with what the stream already delivered (the window starts at the symbol's last
         published event; the stream resumes before the window ends) is removed by the pipeline's
-        dedupe on the vendor sequence number.
+        dedupe: on the vendor sequence number and time, and for option trades (REST gives them no
+        sequence number) on the print.
         """
         res: dict[str, Any] = {"sym": sym, "fetched": {}, "published": 0, "truncated_from_ns": None, "error": ""}
         rest = self.rest
@@ -551,8 +554,9 @@ class LiveIngest:
                     events += await self._fetch(sym, "quote", res,
                                                 _collect(rest.quotes(sym, gte_ns=start_ns, lt_ns=end_ns)))
         events.sort(key=lambda e: e.ts)  # stable: same-time events keep trades-then-quotes, vendor order
+        passes: dict[int, int] = {}  # the answer's option prints counted across its chunks (pipeline.Dedupe)
         for i in range(0, len(events), 1000):
-            n = self.svc.ingest(events[i:i + 1000])
+            n = self.svc.ingest(events[i:i + 1000], passes)
             res["published"] += n
             self.m_backfilled.inc(n)
             await asyncio.sleep(0)  # a large gap must not starve the stream consumer
@@ -567,16 +571,7 @@ class LiveIngest:
         return list(quotes)
 
     async def _index_values(self, sym: str, start_ns: int, end_ns: int) -> list[MarketEvent]:
-        bars = await self.rest.aggregates(sym, 1, "second", start_ns // 1_000_000, end_ns // 1_000_000)
-        out: list[MarketEvent] = []
-        for b in bars:
-            try:
-                ts = int(b["t"]) * 1_000_000
-                if b.get("c") is not None and ts >= start_ns:
-                    out.append(IndexValue(sym=sym, value=float(b["c"]), ts=ts, source="backfill", backfilled=True))
-            except (KeyError, TypeError, ValueError, OverflowError):
-                self.rest.m_refused.inc(kind="aggregate")
-        return out
+        return list(await self.rest.index_closes(sym, gte_ns=start_ns, lt_ns=end_ns))
 
     # ------------------------------------------------------------------ consumer
 

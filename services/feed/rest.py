@@ -12,7 +12,9 @@
 Behaviour:
 
 * Auth by ``Authorization: Bearer <key>`` on every request, including when following
-  ``next_url`` (the vendor never puts the key in it); ``next_url`` is followed verbatim.
+  ``next_url`` (the vendor never puts the key in it).  Only the path and query of a ``next_url``
+  are kept and sent to the configured base URL (as the vendor's own client does): whatever host
+  an answer names, the key goes nowhere else.
 * Retry taxonomy (:class:`RestError.kind`, each outcome counted in ``rest_requests_total``):
   *retryable* - 413, 429, 499, 500, 502, 503, 504 (the official client's list), timeouts and
   connection errors: retried up to ``retries`` times with capped exponential backoff and full
@@ -23,6 +25,11 @@ Behaviour:
   stay under ~100/s and documents no rate-limit headers).
 * Units: REST times are already ns; quote sizes follow the same shares rule as the stream
   (:data:`services.feed.parsing.SHARES_SINCE_NS`).
+* Answer shapes the vendor really sends (docs/feed.md has the table): option trades without
+  ``sequence_number`` (the options ``/v3/trades`` answer has none: the dedupe keys them by print,
+  :mod:`services.feed.pipeline`); index snapshot rows without ``last_updated`` (stamped with the
+  answer's arrival time); index aggregates, whose ``t`` is the bar's *start*, become index values
+  stamped at the bar's end (:meth:`MassiveRest.index_closes`).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import math
 import random
 import time
 from typing import Any, AsyncIterator
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -116,8 +124,9 @@ class MassiveRest:
         return random.uniform(0, min(self.backoff_max_s, self.backoff_initial_s * 2 ** attempt))
 
     async def get_json(self, path_or_url: str, params: dict[str, Any] | None = None) -> dict:
-        """GET with the retry policy; ``path_or_url`` is a path under the base URL or a full ``next_url``."""
-        url = path_or_url if path_or_url.startswith("http") else f"{self.base_url}{path_or_url}"
+        """GET with the retry policy; ``path_or_url`` is a path under the base URL or a full ``next_url``,
+        of which only the path and query are used (:func:`same_host_path`)."""
+        url = f"{self.base_url}{same_host_path(path_or_url)}"
         attempt = 0
         while True:
             await self._acquire()
@@ -300,17 +309,39 @@ class MassiveRest:
             return None
 
     async def index_values(self, tickers: list[str]) -> list[IndexValue]:
-        """``/v3/snapshot/indices``: current values as ``IndexValue(source="poll")`` (missing tickers skipped)."""
+        """``/v3/snapshot/indices``: current values as ``IndexValue(source="poll")`` (missing tickers skipped).
+
+        ``last_updated`` is optional in the vendor's answers (its own client treats it so; recorded
+        answers carry an ``I:SPX`` row with a ``value`` and no time): such a row is stamped with the
+        wall time the answer arrived, the time its value is known to hold.
+        """
         body = await self.get_json("/v3/snapshot/indices", {"ticker.any_of": ",".join(tickers)})
+        arrived_ns = time.time_ns()
         out = []
         for r in self._rows(body, "/v3/snapshot/indices"):
-            try:
-                if "error" in r:
-                    continue
-                out.append(IndexValue(sym=str(r["ticker"]), value=_nonneg(r["value"]), ts=_ns(r["last_updated"]),
-                                      source="poll"))
-            except _BAD_ROW:
+            ev = index_from_snapshot(r, arrived_ns)
+            if ev is not None:
+                out.append(ev)
+            elif not (isinstance(r, dict) and "error" in r):
                 self.m_refused.inc(kind="index_value")
+        return out
+
+    async def index_closes(self, ticker: str, *, gte_ns: int, lt_ns: int) -> list[IndexValue]:
+        """1-second index aggregates over ``[gte_ns, lt_ns)`` as the closes they are: ``IndexValue``
+        (backfilled) stamped at the **end** of each bar, ``t + 999 ms`` (``t`` is the bar's start; the
+        close is the last value inside the bar, so it stays in its own 1 s bucket and never opens it).
+        Bars ending before ``gte_ns`` or without a close are skipped; malformed ones counted."""
+        # from the start of the bar holding gte_ns (the vendor returns bars by their start time)
+        bars = await self.aggregates(ticker, 1, "second", gte_ns // 1_000_000_000 * 1_000, lt_ns // 1_000_000)
+        out: list[IndexValue] = []
+        for b in bars:
+            ev = index_close_from_bar(ticker, b, 1_000)
+            if ev is None:
+                if not (isinstance(b, dict) and b.get("c") is None and "t" in b):
+                    self.m_refused.inc(kind="aggregate")
+                continue
+            if gte_ns <= ev.ts < lt_ns:
+                out.append(ev)
         return out
 
     async def option_chain(self, underlying: str, *, expiration: str | None = None, strike_gte: float | None = None,
@@ -329,6 +360,7 @@ class MassiveRest:
 #: what a malformed row raises in the converters below (OverflowError: int() of an infinite float)
 _BAD_ROW = (KeyError, TypeError, ValueError, OverflowError)
 _I64 = 2**63
+_MS_MAX = 9_999_999_999_999  # ms; as the stream parser's bound, so the ns time fits int64
 
 
 def _nonneg(x: Any) -> float:
@@ -361,8 +393,44 @@ def _ints(x: Any) -> list[int]:
     return [_int(c) for c in x]
 
 
+def same_host_path(url: str) -> str:
+    """The path and query of ``url`` (a ``next_url`` or a path): what is sent to the configured base URL."""
+    if not url.startswith(("http://", "https://", "//")):
+        return url if url.startswith("/") else f"/{url}"
+    u = urlsplit(url)
+    return (u.path or "/") + (f"?{u.query}" if u.query else "")
+
+
+def index_from_snapshot(r: Any, arrived_ns: int) -> IndexValue | None:
+    """A ``/v3/snapshot/indices`` row -> ``IndexValue(source="poll")``; None for an error row or a
+    malformed one.  ``last_updated`` (ns) when given, else ``arrived_ns``."""
+    if not isinstance(r, dict) or "error" in r:
+        return None
+    try:
+        ts = _ns(r["last_updated"]) if r.get("last_updated") is not None else arrived_ns
+        return IndexValue(sym=str(r["ticker"]), value=_nonneg(r["value"]), ts=ts, source="poll")
+    except _BAD_ROW:
+        return None
+
+
+def index_close_from_bar(ticker: str, b: Any, span_ms: int) -> IndexValue | None:
+    """An aggregate bar ``{o,h,l,c,t}`` (``t``: the bar's start, ms) -> its close as a backfilled
+    ``IndexValue`` stamped at the bar's last millisecond, ``t + span_ms - 1``; None without a close."""
+    try:
+        if b.get("c") is None:
+            return None
+        t = _ns(b["t"])
+        if t > _MS_MAX:
+            raise ValueError(f"bar time out of range {t}")
+        return IndexValue(sym=ticker, value=_nonneg(b["c"]), ts=(t + span_ms - 1) * 1_000_000,
+                          source="backfill", backfilled=True)
+    except (*_BAD_ROW, AttributeError):
+        return None
+
+
 def trade_from_rest(ticker: str, r: dict, source: Source = "backfill") -> Trade | None:
-    """A ``/v3/trades`` result -> Trade (None when malformed)."""
+    """A ``/v3/trades`` result -> Trade (None when malformed).  Option trades come without
+    ``sequence_number`` (seq 0): the dedupe then matches them to the streamed print by content."""
     try:
         return Trade(sym=ticker, price=_nonneg(r["price"]), size=_nonneg(r.get("size", 0)), ts=_ns(r["sip_timestamp"]),
                      seq=_int(r.get("sequence_number", 0)), exch=_int(r.get("exchange", 0)),

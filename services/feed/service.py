@@ -97,14 +97,15 @@ class FeedService(BusService):
 
     # ------------------------------------------------------------------ hot path
 
-    def ingest(self, events: list[MarketEvent]) -> int:
+    def ingest(self, events: list[MarketEvent], passes: dict[int, int] | None = None) -> int:
         """Dedupe/guard, group by topic (``tick.<sym>``; ``tick.O:<root>`` for options), publish one frame per
-        topic, journal. Returns events published.
+        topic, journal. Returns events published. ``passes``: the print counts of the REST answer
+        ``events`` are part of (``TickPipeline.process``), when it is ingested in chunks.
 
         Per-frame work is kept to the publish itself: counters are summed here and moved into the
         labelled metrics once a second (``periodic``), and the journal gets one record per call.
         """
-        groups = self.pipeline.process(events)
+        groups = self.pipeline.process(events, passes)
         if self.passive:
             return self._ingest_passive(events, groups)
         n = 0

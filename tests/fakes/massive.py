@@ -23,6 +23,10 @@ Usage (synchronous tests; the server runs its own event loop on a thread)::
         fake.quotes["O:SPXW..."] = [Quote(...), ...]      # /v3/quotes of an option (the 8 documented fields)
         fake.option_quotes_entitled = False               # option /v3/quotes -> 403 NOT_AUTHORIZED
         fake.index_values["I:SPX"] = IndexValue(...)      # /v3/snapshot/indices
+        fake.index_untimed = {"I:SPX"}                    # ... its row without last_updated (recorded shape)
+        fake.next_url_base = other.rest_url               # next_url names another host (the vendor's own
+                                                          # answers name https://api.massive.com, whatever
+                                                          # host was asked)
         fake.aggs[("SPY", "minute")] = [{"o":..,"h":..,"l":..,"c":..,"v":..,"t": ms}]
         fake.fail_next("/v3/trades", 429, 500)             # next matching requests fail
         fake.requests                                      # [(path, query dict, headers dict)]
@@ -30,6 +34,11 @@ Usage (synchronous tests; the server runs its own event loop on a thread)::
         h.done.wait(40); h.sent, h.frames, h.behind_ms     # make(n, now_ns) -> one JSON array text
         h = fake.stream("stocks", make, 300, 60, history=True)  # also the vendor's REST history of every
         h.missed                                           # trade/quote made, sent or not (no connection)
+
+Answer shapes are the vendor's, as recorded answers show them (the OpenAPI examples, the vendor's
+client test mocks; docs/feed.md lists them): ``/v3/trades`` rows of **option** tickers carry no
+``sequence_number`` and no ``id`` (``option_trade_seq = True`` adds them back, the old fake's
+shape); index aggregates are ``{o,h,l,c,t}`` with ``t`` the bar's start.
 
 Other engineers use it for backfill tests: the REST part alone is ``fake.rest_url``.
 """
@@ -107,6 +116,12 @@ class FakeMassive:
         self.trades: dict[str, list[Trade]] = {}
         self.quotes: dict[str, list[Quote]] = {}
         self.index_values: dict[str, IndexValue] = {}
+        #: index tickers whose snapshot row has a value and no ``last_updated``
+        self.index_untimed: set[str] = set()
+        #: scheme://host:port put in ``next_url`` ("" = this server), e.g. another fake's ``rest_url``
+        self.next_url_base = ""
+        #: True: option ``/v3/trades`` rows carry ``sequence_number``/``id`` (the vendor's have none)
+        self.option_trade_seq = False
         self.aggs: dict[tuple[str, str], list[dict]] = {}
         self.options_snapshot: dict[str, list[dict]] = {}
         self.requests: list[tuple[str, dict, dict]] = []
@@ -591,6 +606,15 @@ def _trade_json(t: Trade) -> dict:
             "price": t.price, "sequence_number": t.seq, "sip_timestamp": t.ts, "size": t.size, "tape": 3}
 
 
+def _option_trade_json(t: Trade) -> dict:
+    """The options trades endpoint's row: no sequence_number, no id, no tape (conditions when any)."""
+    row = {"exchange": t.exch, "participant_timestamp": t.ts, "price": t.price, "sip_timestamp": t.ts,
+           "size": t.size}
+    if t.cond:
+        row["conditions"] = list(t.cond)
+    return row
+
+
 def _quote_json(q: Quote) -> dict:
     if q.sym.startswith("O:"):  # the options quotes endpoint's documented row: no participant time, no tape
         return {"ask_exchange": q.ask_exch, "ask_price": q.ask, "ask_size": q.ask_size, "bid_exchange": q.bid_exch,
@@ -660,7 +684,9 @@ def _make_handler(fake: FakeMassive):
                 if parts[:2] == ["v3", "trades"]:
                     items = sorted(_ts_filter(fake.trades.get(parts[2], []), q), key=lambda e: e.ts,
                                    reverse=q.get("order", "desc") == "desc")
-                    return self._page(path, q, items, _trade_json, 50_000)
+                    conv = _trade_json if fake.option_trade_seq or not parts[2].startswith("O:") \
+                        else _option_trade_json
+                    return self._page(path, q, items, conv, 50_000)
                 if parts[:2] == ["v3", "quotes"] and parts[2].startswith("O:") and not fake.option_quotes_entitled:
                     return self._send(403, {"status": "NOT_AUTHORIZED", "request_id": "r403",
                                             "message": "You are not entitled to this data. Please upgrade your "
@@ -700,8 +726,12 @@ def _make_handler(fake: FakeMassive):
                 if v is None:
                     results.append({"error": "NOT_FOUND", "message": "Ticker not found.", "ticker": t})
                 else:
-                    results.append({"ticker": t, "value": v.value, "last_updated": v.ts, "timeframe": "REAL-TIME",
-                                    "type": "indices", "market_status": "open"})
+                    row = {"ticker": t, "value": v.value, "last_updated": v.ts, "timeframe": "REAL-TIME",
+                           "type": "indices", "market_status": "open"}
+                    if t in fake.index_untimed:  # as in the vendor's recorded mocks: name, value, session only
+                        row = {"ticker": t, "name": "S&P 500", "value": v.value,
+                               "session": {"change": 0.0, "change_percent": 0.0}}
+                    results.append(row)
             return self._send(200, {"status": "OK", "request_id": "r", "results": results})
 
         def _aggs(self, parts: list[str], q: dict) -> None:
@@ -720,7 +750,8 @@ def _make_handler(fake: FakeMassive):
                 body.update({"ticker": aggs[0], "adjusted": True, "queryCount": aggs[1], "resultsCount": len(page),
                              "count": len(page)})
             if start + limit < len(items):
-                body["next_url"] = f"{fake.rest_url}{quote(path)}?cursor={_encode_cursor(start + limit, q)}"
+                body["next_url"] = (f"{fake.next_url_base or fake.rest_url}{quote(path)}"
+                                    f"?cursor={_encode_cursor(start + limit, q)}")
             return self._send(200, body)
 
     return Handler
