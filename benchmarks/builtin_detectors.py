@@ -11,6 +11,12 @@ timed). Then each built-in's ``spx_detector_on_bar`` is timed alone over the sam
 second-resolution backtest, whose whole-engine target is under 5 s — see benchmarks/backtest.py).
 Target here: the six built-ins together under 1 s per 117,000 bars (they must leave most of the
 backtest's budget to the engine and the lifecycle).
+
+Then the cost of plugin isolation (issue 24): the same bars through the whole detector engine
+(context, plugins, validation, gating, lifecycle) with the plugins in process (``[detector]
+isolation = "inline"``, the backtester's way) and in worker processes (``"process"``, the detector
+service's default), for the built-in package and for ``benchmarks/lifecycle_plugin.py`` (two
+candidates every bar): microseconds per bar each way and the difference, best of ``--repeat``.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per detector, best reported (default 3)")
     ap.add_argument("--bars-kept", type=int, default=60, help="[detector] bars_kept while capturing (default 60)")
+    ap.add_argument("--isolation-bars", type=int, default=5000, help="bars for the isolation comparison "
+                    "(default 5000)")
     args = ap.parse_args()
     t = time.perf_counter()
     session = SyntheticSession(seed=7, date=DATE)
@@ -85,7 +93,33 @@ def main() -> int:
               f"  ({fired} candidates on the day)")
     print(f"{'all six':14s} {total * 1e6:6.2f} us/bar  -> {total * PROJECT_BARS:5.3f} s per {PROJECT_BARS:,} bars"
           f"  target < 1 s")
+    isolation_overhead(bars[: args.isolation_bars], args.repeat)
     return 0
+
+
+def isolation_overhead(bars: list, repeat: int) -> None:
+    from services.detector.isolation import build_host
+
+    print(f"\nplugin isolation, whole engine per bar ({len(bars):,} bars, best of {repeat}):")
+    for label, kw in (("built-ins", {}),
+                      ("lifecycle_plugin", {"entry_points": False, "plugins": ["benchmarks.lifecycle_plugin"]})):
+        per = {}
+        for mode in ("inline", "process"):
+            best = float("inf")
+            for _ in range(repeat):
+                cfg = DetectorConfig(symbols=["SPY", "I:SPX"], isolation=mode, **kw)
+                host = build_host(cfg)
+                try:
+                    eng = DetectorEngine(cfg, host)
+                    t0 = time.perf_counter()
+                    for b in bars:
+                        eng.on_bar(b)
+                    best = min(best, time.perf_counter() - t0)
+                finally:
+                    getattr(host, "close", lambda: None)()
+            per[mode] = best / len(bars) * 1e6
+        print(f"  {label:17s} in process {per['inline']:7.1f} us/bar   isolated {per['process']:7.1f} us/bar   "
+              f"overhead {per['process'] - per['inline']:7.1f} us/bar")
 
 
 if __name__ == "__main__":

@@ -658,3 +658,12 @@ def test_gamma_squeeze_on_a_symbol_with_microstructure_needs_its_confirmation_to
     assert fired(run_plugin(gamma_squeeze, bars(avg_spread_bps=40.0), chain=_chain(), config=cfg)) == []
     assert fired(run_plugin(gamma_squeeze, bars(bid_ask_imbalance=-0.6), chain=_chain(), config=cfg)) == []
     assert fired(run_plugin(gamma_squeeze, bars(), chain=_chain())) == []  # not on SPY by default
+
+
+def test_the_harness_runs_a_plugin_in_a_worker_as_the_host_does_with_the_same_candidates():
+    bars = _opening_range() + [mk(i, 100.1) for i in range(60, 90)] + [mk(90, 100.8, o=100.1, buy=800, sell=200)]
+    inline = run_plugin(orb, bars, opening_range_min=1, config={"orb": {"after_min": 1}})
+    isolated = run_plugin(orb, bars, opening_range_min=1, config={"orb": {"after_min": 1}}, isolate=True)
+    assert fired(isolated) == fired(inline) == [("orb", "long")]
+    assert isolated.candidates == inline.candidates
+    assert isolated.status["orb"]["worker"] == "spx_builtin_detectors.orb" and isolated.status["orb"]["calls"] == 91

@@ -38,8 +38,14 @@ def cmd_plugins(args) -> int:
     for p in doc["plugins"]:
         print(f"{p['name']:<18} {p['family']:<8} {p['version']:<8} {p['status']:<9} {p['calls']:>7} "
               f"{p['errors']:>6} {p['slow']:>5} {p['refused']:>7}  {p['source']}")
+        if p.get("status") in ("disabled", "probing") and p.get("reason"):
+            retry = p.get("retry_in_s")
+            when = f"; next probe in {retry:.0f} s" if retry is not None else ""
+            print(f"{'':<18} {p['status']}: {p['reason']}{when}")
         if p.get("last_error"):
             print(f"{'':<18} last error: {p['last_error']}")
+        if p.get("crashes"):
+            print(f"{'':<18} worker crashes or hangs: {p['crashes']} (restarts {p.get('worker_restarts', 0)})")
     for ep in doc.get("available", []):
         print(f"available, not enabled ([detector] entry_points_enabled): {ep}")
     for err in doc.get("load_errors", []):
