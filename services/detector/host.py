@@ -32,6 +32,14 @@ from spx_common.models import SetupCandidate
 ENTRY_POINT_GROUP = "spx.detectors"
 MAX_CANDIDATES = 20  # a plugin's output is read up to this many items per bar
 NOT_A_LIST = "not_a_list"  # normalize(): the plugin returned something other than a list
+# Bounds on each field of a candidate, checked before anything is published (candidate_out_of_range):
+MAX_TS_SKEW_NS = 86_400 * 10**9  # ts within a day of the bar's event time (and so within int64)
+MAX_PRICE = 1e7  # |entry|, |stop|, |target| (finite is checked first: candidate_not_finite)
+MAX_TARGETS = 8
+MAX_EVIDENCE = 32  # evidence entries
+MAX_TEXT = 256  # characters of an evidence key or string value
+MAX_NAME = 64  # characters of detector, family, sym
+INT64 = (-(2**63), 2**63 - 1)
 
 
 class PluginError(RuntimeError):
@@ -305,11 +313,35 @@ def validate_output(name: str, family: str, out: Any, bar, refuse: Callable[...,
         if not all(math.isfinite(x) for x in (cand.entry_low, cand.entry_high, cand.stop, *cand.targets)):
             refuse("candidate_not_finite", "entry, stop and targets must be finite numbers")
             continue
+        bound = _out_of_range(cand, bar.start_ns)
+        if bound:
+            refuse("candidate_out_of_range", bound)
+            continue
         if not _geometry_ok(cand):
             refuse("candidate_geometry", "stop/targets on the wrong side of the entry zone")
             continue
         accepted.append(cand)
     return accepted
+
+
+def _out_of_range(c: SetupCandidate, event_ns: int) -> str:
+    """Why a schema-valid candidate is still outside the bounds publishing needs, or ``""``."""
+    if abs(c.ts - event_ns) > MAX_TS_SKEW_NS:
+        return f"ts {c.ts} is more than a day from the bar's event time {event_ns}"
+    if any(abs(x) > MAX_PRICE for x in (c.entry_low, c.entry_high, c.stop, *c.targets)):
+        return f"a price beyond +-{MAX_PRICE:g}"
+    if len(c.targets) > MAX_TARGETS:
+        return f"{len(c.targets)} targets (at most {MAX_TARGETS})"
+    if max(len(c.detector), len(c.family), len(c.sym)) > MAX_NAME:
+        return f"detector, family or sym longer than {MAX_NAME} characters"
+    if len(c.evidence) > MAX_EVIDENCE:
+        return f"{len(c.evidence)} evidence entries (at most {MAX_EVIDENCE})"
+    for key, value in c.evidence.items():
+        if len(key) > MAX_TEXT or (isinstance(value, str) and len(value) > MAX_TEXT):
+            return f"evidence key or text longer than {MAX_TEXT} characters"
+        if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+            return f"evidence {key[:40]!r} beyond int64"
+    return ""
 
 
 _ACCEPTS: dict[Callable, frozenset | None] = {}

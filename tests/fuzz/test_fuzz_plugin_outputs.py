@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from services.detector.hookspecs import API_VERSION, hookimpl
@@ -27,7 +27,8 @@ BAR = MicroBar(sym="SPY", interval="1s", start_ns=1_771_599_600_000_000_000, ope
 FIELDS = ["direction", "entry_low", "entry_high", "stop", "targets", "confidence", "evidence", "sym", "ts", "detector"]
 hostile = st.sampled_from([math.nan, math.inf, -math.inf, -1.0, 0.0, 1e308, -1e308, 10**30, "590", None, True, [],
                            {}, [math.nan], [math.inf], [1.0] * 500, {"k": [1, 2]}, {"k": math.nan}, "long", "short",
-                           "sideways", -5])
+                           "sideways", -5, 10**33, 2**63 - 1, 2**64 - 1, "x" * 5000, {"k": "x" * 5000},
+                           {"k": 2**64 - 1}, {str(i): i for i in range(100)}])
 anything = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
                         lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
                         max_leaves=8)
@@ -59,9 +60,12 @@ class Plugin:
 
 def publishable(c: SetupCandidate) -> bool:
     prices = [c.entry_low, c.entry_high, c.stop, *c.targets]
-    if not all(isinstance(p, float) and math.isfinite(p) for p in prices):
+    if not all(isinstance(p, float) and math.isfinite(p) and abs(p) <= 1e7 for p in prices):
         return False
-    payload = encode_payload("doc", {"candidate": c.to_dict()}, src="detector", session="s", seq=1, event_ns=0)
+    if abs(c.ts - BAR.start_ns) > 86_400 * 10**9 or len(c.targets) > 8 or len(c.evidence) > 32:
+        return False
+    # published at the candidate's event time, as the detector does
+    payload = encode_payload("doc", {"candidate": c.to_dict()}, src="detector", session="s", seq=1, event_ns=c.ts)
     decode_frames([b"x", payload]).body()
     return True
 
@@ -71,6 +75,9 @@ def publishable(c: SetupCandidate) -> bool:
     st.tuples(st.lists(items, max_size=25), st.lists(st.integers(0, 19), max_size=3, unique=True)),
     st.tuples(anything, st.just([])),
 ))
+@example(([{**good(1), "ts": 10**33}], [0]))  # found by hypothesis on main: OverflowError when published
+@example(([{**good(1), "ts": 2**64 - 1}, {**good(2), "ts": 2**63 - 1}, {**good(3), "ts": -1}], [1]))
+@example(([{**good(1), "evidence": {"k": 2**64 - 1}}, {**good(2), "targets": [591.0] * 9}], [2]))
 def test_any_plugin_output_is_validated_item_by_item(output_and_plants):
     output, plants = output_and_plants
     plugin = Plugin()
