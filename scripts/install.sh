@@ -28,7 +28,9 @@ for p in plugins/*/; do
   [ -f "$p/pyproject.toml" ] && args+=(-e "$p")
 done
 echo "==> installing ${args[*]}"
-.venv/bin/python -m pip install -q "${args[@]}"
+# setuptools warns on every editable build that a folder named like the package may shadow it
+# (that folder is the package itself here); the filter matches that one message only
+PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install -q "${args[@]}"
 
 if [ "$want_test" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

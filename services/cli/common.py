@@ -51,3 +51,18 @@ def gateway_url(ws: bool = False) -> str:
     except ImportError:
         pass
     return f"ws://{host}:{port}/ws" if ws else f"http://{host}:{port}/"
+
+
+def table(headers: list[str], rows: list[list[Any]], right: set[int] | frozenset[int] = frozenset()) -> str:
+    """Rows under headers, each column as wide as its widest cell (columns in ``right`` right-aligned),
+    two spaces between columns; the last column is never padded."""
+    cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+
+    def line(values: list[str]) -> str:
+        out = []
+        for i, v in enumerate(values):
+            last = i == len(values) - 1
+            out.append(v.rjust(widths[i]) if i in right else (v if last else v.ljust(widths[i])))
+        return "  ".join(out).rstrip()
+    return "\n".join([line(headers), *(line(r) for r in cells)])

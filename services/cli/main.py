@@ -8,17 +8,35 @@ touches another one.  Each command sets ``func(args) -> int`` (the exit code).
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import pkgutil
 import os
+import re
 import sys
 
 from services.cli import commands
 from spx_common.config import ConfigError
 
 
+class SpxParser(argparse.ArgumentParser):
+    """argparse with close-match suggestions: ``spx stauts`` says ``did you mean 'status'?`` (every
+    sub-command's parser is of this class, so ``spx config shwo`` gets one too)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            choices = re.findall(r"'([^']*)'", m.group(2)) or [c.strip() for c in m.group(2).split(",")]
+            close = difflib.get_close_matches(m.group(1), choices, n=3, cutoff=0.6)
+            if not close:
+                close = [c for c in choices if c.startswith(m.group(1)[:3])][:3] if len(m.group(1)) >= 3 else []
+            if close:
+                message += "\n  did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = SpxParser(
         prog="spx",
         description="SPX Command Center: run and inspect the SPX/SPXW 0DTE trading mesh.",
         epilog="Configuration: environment variables and spx.toml (docs/config.md). "
@@ -48,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # 'spx ... | head': the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -111,6 +111,12 @@ def make_manager() -> pluggy.PluginManager:
     return pm
 
 
+#: said loudly (log, heartbeat, 'spx status', 'spx up', 'spx plugins') when no detector is loaded
+NO_PLUGINS_WARNING = ("no detector plugin loaded: the detector runs with zero detectors and will never report a "
+                      "setup. Install the built-in detectors (pip install -e plugins/spx_builtin_detectors; "
+                      "scripts/install.sh does) or check [detector] entry_points_enabled / plugins")
+
+
 class HostBase:
     """What both hosts share: plugin table, health accounting, validation, refusals, description."""
 

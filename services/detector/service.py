@@ -26,6 +26,7 @@ import msgspec
 
 from services.detector.config import DetectorConfig
 from services.detector.core import DetectorEngine, newest_of
+from services.detector.host import NO_PLUGINS_WARNING
 from services.detector.isolation import build_host
 from spx_common.codec import FrameError, decode_frames
 from spx_common.config import load
@@ -72,6 +73,8 @@ class DetectorService(BusService):
     def setup(self) -> None:
         for err in self.host.load_errors:
             self.log.error("plugin not loaded: %s", err)
+        if not self.host.plugins:
+            self.log.error(NO_PLUGINS_WARNING)
         self.on("bar.", self._on_bar)
         self.on("tick.", self._on_ticks)
         self.on("chain.", lambda f, doc: self.engine.on_chain(doc))
@@ -222,5 +225,8 @@ class DetectorService(BusService):
                 metric.set(value, plugin=p.name)
         for status in ("active", "disabled", "probing"):
             self.plugin_status.set(counts.get(status, 0), status=status)
+        if not self.host.plugins:  # degraded, with the reason, in every heartbeat ('spx status' exits 1)
+            self.state, self.detail = "degraded", NO_PLUGINS_WARNING
+            return
         self.detail = f"{len(self.host.plugins)} plugins, {self.engine.lifecycle.count()} active setups"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import sys
 import time
@@ -13,11 +14,26 @@ from services.cli.common import fail
 from spx_common import flatfiles, journal
 
 
+def _wrap_columns(columns, width: int = 78) -> str:
+    """Column names joined by commas, broken between names (never inside one)."""
+    lines, line = [], "  "
+    for i, name in enumerate(columns):
+        item = name + ("," if i < len(columns) - 1 else "")
+        if len(line) + len(item) + 1 > width and line.strip():
+            lines.append(line.rstrip())
+            line = "  "
+        line += item + " "
+    lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "bars", help="build microbars offline from flat files or the tick journal (same code as live)",
         description="Reads Massive trades/quotes flat files (CSV or CSV.gz, any row order) or the tick journal and "
-        "writes bars with the live aggregator's code. Columns: " + ",".join(CSV_COLUMNS) + " (nulls empty).",
+        "writes bars with the live aggregator's code.",
+        epilog="output columns (CSV header; nulls empty):\n" + _wrap_columns(CSV_COLUMNS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--trades", type=Path, action="append", default=[], help="trades flat file (repeatable)")
     p.add_argument("--quotes", type=Path, action="append", default=[], help="quotes flat file (repeatable)")

@@ -53,7 +53,10 @@ def cmd_up(args) -> int:
         return fail(str(exc))
     print(f"supervisord started (run dir {runtime.path()})")
     if not args.no_wait:
-        missing = wait_heartbeats(runtime, bus, args.timeout)
+        missing, beats = wait_heartbeats(runtime, bus, args.timeout)
+        for name, hb in beats.items():  # up, but saying it is not fine (e.g. a detector without plugins)
+            if hb.state == "degraded":
+                print(f"WARNING: {name} is degraded: {hb.detail}", file=sys.stderr)
         if missing:
             print(f"spx: {len(missing)} of {len(expected_instances(bus))} services did not start:", file=sys.stderr)
             for name, reason in missing.items():
@@ -73,13 +76,14 @@ def expected_instances(bus) -> list[str]:
     return [i for s in SERVICES for i in bus.instances_of(s)]
 
 
-def wait_heartbeats(runtime, bus, timeout_s: float) -> dict[str, str]:
+def wait_heartbeats(runtime, bus, timeout_s: float) -> tuple[dict[str, str], dict]:
     """Wait (bounded) for every instance's first heartbeat; return ``{instance: reason}`` for those that
-    did not send one: stopped early on a fatal record (configuration) or a FATAL/EXITED process."""
+    did not send one (stopped early on a fatal record, i.e. configuration, or a FATAL/EXITED process) and
+    the first heartbeat of each that did."""
     expected = expected_instances(bus)
     ctx = zmq.Context.instance()
     sub = Subscriber(ctx, [bus.pub_endpoint(i, runtime) for i in expected], ["hb."], heartbeats=True)
-    heard: set[str] = set()
+    heard: dict = {}
     failed: dict[str, str] = {}
     deadline = time.monotonic() + timeout_s
     next_check = 0.0
@@ -89,9 +93,10 @@ def wait_heartbeats(runtime, bus, timeout_s: float) -> dict[str, str]:
             frame = sub.recv(0.2)
             if frame is not None and frame.type == "heartbeat":
                 try:
-                    heard.add(frame.body().service)
+                    hb = frame.body()
                 except Exception:
-                    pass
+                    continue
+                heard.setdefault(hb.service, hb)
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + 0.5
                 try:
@@ -114,7 +119,7 @@ def wait_heartbeats(runtime, bus, timeout_s: float) -> dict[str, str]:
             if log_line and log_line not in reason:
                 reason += f"; last error in its log: {log_line}"
             failed[name] = f"no heartbeat within {timeout_s:.0f}s ({reason})"
-    return {name: failed[name] for name in expected if name in failed}
+    return {name: failed[name] for name in expected if name in failed}, heard
 
 
 def cmd_down(args) -> int:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from services.cli.common import RpcError, call, print_json
+import sys
+
+from services.cli.common import RpcError, call, print_json, table
+from services.detector.host import NO_PLUGINS_WARNING
 
 
 def register(sub) -> None:
@@ -33,21 +36,27 @@ def cmd_plugins(args) -> int:
     if args.json:
         print_json(doc)
         return 0
-    print(f"{'name':<18} {'family':<8} {'version':<8} {'status':<9} {'calls':>7} {'errors':>6} {'slow':>5} "
-          f"{'refused':>7}  source")
+    rows = []
     for p in doc["plugins"]:
-        print(f"{p['name']:<18} {p['family']:<8} {p['version']:<8} {p['status']:<9} {p['calls']:>7} "
-              f"{p['errors']:>6} {p['slow']:>5} {p['refused']:>7}  {p['source']}")
+        rows.append([p["name"], p["family"], p["version"], p["status"], f"{p['calls']:,}", p["errors"], p["slow"],
+                     p["refused"], p["source"]])
+        notes = []
         if p.get("status") in ("disabled", "probing") and p.get("reason"):
             retry = p.get("retry_in_s")
             when = f"; next probe in {retry:.0f} s" if retry is not None else ""
-            print(f"{'':<18} {p['status']}: {p['reason']}{when}")
+            notes.append(f"{p['status']}: {p['reason']}{when}")
         if p.get("last_error"):
-            print(f"{'':<18} last error: {p['last_error']}")
+            notes.append(f"last error: {p['last_error']}")
         if p.get("crashes"):
-            print(f"{'':<18} worker crashes or hangs: {p['crashes']} (restarts {p.get('worker_restarts', 0)})")
+            notes.append(f"worker crashes or hangs: {p['crashes']} (restarts {p.get('worker_restarts', 0)})")
+        rows.extend(["", "", "", "", "", "", "", "", note] for note in notes)
+    print(table(["name", "family", "version", "status", "calls", "errors", "slow", "refused", "source"], rows,
+                right={4, 5, 6, 7}))
     for ep in doc.get("available", []):
         print(f"available, not enabled ([detector] entry_points_enabled): {ep}")
     for err in doc.get("load_errors", []):
         print(f"not loaded: {err}")
+    if not doc["plugins"]:
+        print(f"WARNING: {NO_PLUGINS_WARNING}", file=sys.stderr)
+        return 1
     return 0

@@ -7,7 +7,7 @@
 The command runs the feed service in this process (same frames, topics and status messages as
 ``python -m services.feed``) with a progress bar on stderr, and exits when the data is done.  The
 mesh's own feed must not be running at the same time (it owns the feed's socket): stop it first
-(``supervisorctl stop feed`` or ``spx down``), or set ``SPX_FEED_SOURCE=journal`` and
+(``supervisorctl -c supervisord.conf stop spx:feed`` with ``SPX_RUNTIME_RUN_DIR`` exported, or ``spx down``), or set ``SPX_FEED_SOURCE=journal`` and
 ``SPX_FEED_REPLAY_PATH`` for the supervised feed instead.
 """
 

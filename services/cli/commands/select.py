@@ -28,6 +28,16 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_select)
 
 
+def _num(x, spec: str) -> str:
+    """``x`` formatted with ``spec``; '-' for a missing value (a contract without a quote or greeks)."""
+    if x is None or isinstance(x, bool):
+        return "-"
+    try:
+        return format(int(x) if spec.endswith("d") else float(x), spec)
+    except (TypeError, ValueError):
+        return str(x)
+
+
 def _fmt_reco(r: dict) -> str:
     lines = [("OK  " if r.get("ok") else "NO  ") + str(r.get("reason", ""))]
     if r.get("occ_symbol"):
@@ -63,8 +73,9 @@ def cmd_select(args: argparse.Namespace) -> int:
             for issue in v["issues"]:
                 print(f"  issue: {issue}")
             for c in v["near"]:
-                print(f"  {c['symbol']:<22} bid {c['bid']!s:>8} ask {c['ask']!s:>8} delta {c['delta']!s:>8} "
-                      f"iv {c['iv']!s:>8} oi {c['open_interest']:>6} ({c['greeks']})")
+                print(f"  {c['symbol']:<22} bid {_num(c['bid'], '.2f'):>7} ask {_num(c['ask'], '.2f'):>7} "
+                      f"delta {_num(c['delta'], '+.3f'):>6} iv {_num(c['iv'], '.1%'):>6} "
+                      f"oi {_num(c['open_interest'], ',d'):>7} ({c['greeks']})")
             return 0 if v["ok"] else 1
         if not args.direction or args.entry is None or args.stop is None:
             return fail("give a direction, --entry and --stop (or --chain)", 2)
