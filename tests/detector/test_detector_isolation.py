@@ -177,3 +177,37 @@ def test_builtin_detectors_give_the_same_transitions_isolated_and_in_process():
     assert seen["inline"], "the day must make setups for the comparison to mean something"
     assert seen["process"] == seen["inline"]
     assert seen["process_blocks"] == seen["inline_blocks"]
+
+
+def _real_day_dir() -> Path | None:
+    """The shared real trading days: ``../shared/data/real`` beside the checkout (CI's layout), else the
+    session machine's ``/work/shared`` (SPX_REAL_DATA overrides)."""
+    for d in (os.environ.get("SPX_REAL_DATA"), ROOT.parent / "shared" / "data" / "real", "/work/shared/data/real"):
+        if d and Path(d, "2013-10-07-trades-SPY.csv.gz").exists():
+            return Path(d)
+    return None
+
+
+def test_builtin_detectors_on_a_real_day_give_the_same_transitions_isolated_and_in_process():
+    from services.aggregator.bars import bars_from_events
+    from spx_common.flatfiles import read_merged
+
+    real = _real_day_dir()
+    if real is None:
+        pytest.skip("the shared real days are not beside this checkout")
+    start = 1381152600 * S  # 2013-10-07 09:30 New York
+    events = [e for e in read_merged([real / "2013-10-07-trades-SPY.csv.gz", real / "2013-10-07-quotes-SPY.csv.gz"],
+                                     symbols=["SPY"]) if start - 600 * S <= e.ts < start + 5400 * S]
+    bars = [b for b in bars_from_events(events) if b.closed]
+    assert len(bars) > 4000  # 100 minutes of 1 s bars (a second without a trade makes no bar)
+    seen = {}
+    for mode in ("inline", "process"):
+        cfg = DetectorConfig(symbols=["SPY"], isolation=mode, family_cap=5)
+        host = build_host(cfg)
+        try:
+            engine = DetectorEngine(cfg, host)
+            seen[mode] = [(t.setup_id, t.detector, t.to_state, t.ts) for b in bars for t in engine.on_bar(b)]
+        finally:
+            getattr(host, "close", lambda: None)()
+    assert seen["inline"], "the window must make setups for the comparison to mean something"
+    assert seen["process"] == seen["inline"]
