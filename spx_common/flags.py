@@ -8,6 +8,12 @@ heartbeat), so a missed request costs at most one second.  Services read switche
 
 Turning a switch back returns the previous behaviour without losing state: switches only
 gate what is published or acted on, never what is kept.
+
+**Fail closed.** A flags file that cannot be read, is not valid JSON, holds an unknown switch or a
+bad value, or is missing although one was written before (the ``flags.json.expected`` marker that
+``set`` leaves beside it) puts every switch at its *safe* value: the kill switch ON, auto-execution
+off, the rest at their defaults.  :attr:`FlagStore.error` says why; every process reading the same
+file applies the same state, and it lasts until a valid file is written (``spx flags set``).
 """
 
 from __future__ import annotations
@@ -26,6 +32,12 @@ class Flag:
     default: Any
     description: str
     kind: type = bool
+    #: the value applied while the flags file is unreadable or invalid (fail closed); None = ``default``
+    safe: Any = None
+
+    @property
+    def safe_value(self) -> Any:
+        return self.default if self.safe is None else self.safe
 
 
 FLAGS: dict[str, Flag] = {
@@ -43,7 +55,8 @@ FLAGS: dict[str, Flag] = {
              "Microstructure fields on bars (ENABLE_L2_MICROSTRUCTURE); off makes them null, OHLCV unchanged."),
         Flag("auto_execution", False,
              "Auto-execution may run at all (users must still opt in; Tradier flags still apply)."),
-        Flag("kill_switch", False, "Refuse every new order immediately (exits still allowed)."),
+        Flag("kill_switch", False, "Refuse every new entry immediately (exits, stops and flatten always go "
+             "through).", safe=True),
     )
 }
 
@@ -68,51 +81,95 @@ def parse_value(name: str, raw: Any) -> Any:
     return flag.kind(raw)
 
 
+def safe_values() -> dict[str, Any]:
+    """Every switch at its fail-closed value (kill switch ON)."""
+    return {name: flag.safe_value for name, flag in FLAGS.items()}
+
+
+def parse_file(text: str) -> dict[str, Any]:
+    """The switches of a flags file; raises :class:`FlagError` for anything that is not a JSON object of
+    known switches with valid values (a file we do not fully understand is not trusted at all)."""
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise FlagError(f"not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise FlagError(f"not a JSON object but {type(raw).__name__}")
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        values[name] = parse_value(name, value)  # unknown names and bad values raise FlagError
+    return values
+
+
 class FlagStore:
-    """Reads and writes ``flags.json``; ``snapshot()`` is defaults overlaid with the file."""
+    """Reads and writes ``flags.json``; ``snapshot()`` is defaults overlaid with the file, or every
+    switch at its safe value while the file is invalid (:attr:`error` says why)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._mtime: float | None = None
+        self._mtime: object = ()  # never equal to a real (mtime, marker) pair: the first reload reads
         self._values: dict[str, Any] = {}
+        self.error: str | None = None  # why the switches are failed closed; None when the file is good
+
+    @property
+    def marker(self) -> Path:
+        """Left beside the file by :meth:`set`: from then on a missing file is an error, not "defaults"."""
+        return self.path.with_name(self.path.name + ".expected")
 
     def snapshot(self) -> dict[str, Any]:
+        if self.error is not None:
+            return safe_values()
         return {name: self._values.get(name, flag.default) for name, flag in FLAGS.items()}
 
     def get(self, name: str) -> Any:
-        return self._values.get(name, FLAGS[name].default)
+        return self.snapshot()[name]
 
-    def reload(self) -> dict[str, Any]:
-        """Re-read the file when it changed; return {name: new value} for switches that changed."""
+    def _stamp(self) -> object:
         try:
             mtime = self.path.stat().st_mtime_ns
         except FileNotFoundError:
             mtime = None
-        if mtime == self._mtime:
+        except OSError as exc:
+            return ("error", repr(exc))
+        return mtime, self.marker.exists()
+
+    def _read(self) -> tuple[dict[str, Any], str | None]:
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            if self.marker.exists():
+                return {}, f"{self.path} is missing (it was written before)"
+            return {}, None  # never written: the defaults
+        except (OSError, UnicodeDecodeError) as exc:
+            return {}, f"{self.path} unreadable: {exc}"
+        try:
+            return parse_file(text), None
+        except FlagError as exc:
+            return {}, f"{self.path} invalid: {exc}"
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read the file when it changed; return {name: new value} for switches that changed."""
+        stamp = self._stamp()
+        if stamp == self._mtime:
             return {}
         before = self.snapshot()
-        values: dict[str, Any] = {}
-        if mtime is not None:
-            try:
-                raw = json.loads(self.path.read_text())
-                for name, value in raw.items():
-                    if name in FLAGS:
-                        values[name] = parse_value(name, value)
-            except (OSError, ValueError):
-                return {}  # keep the last good values; a half-written or bad file is ignored
-        self._mtime = mtime
-        self._values = values
+        self._values, self.error = self._read()
+        self._mtime = stamp
         after = self.snapshot()
         return {k: v for k, v in after.items() if before.get(k) != v}
 
     def set(self, name: str, raw: Any) -> Any:
+        """Write ``name`` into the file (atomically). On an invalid file, the valid file written holds
+        only this switch (the others at their defaults): writing a valid file is how fail-closed ends."""
         value = parse_value(name, raw)
         self.reload()
-        values = dict(self._values)
+        values = dict(self._values) if self.error is None else {}
         values[name] = value
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.marker.touch()
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".flags-")
         with os.fdopen(fd, "w") as fh:
             json.dump(values, fh, indent=2, sort_keys=True)
         os.replace(tmp, self.path)
+        self.reload()
         return value

@@ -162,6 +162,11 @@ class BusService:
                                             "process: every queued frame waits), by generation.", ["generation"])
         self.flag_store = FlagStore(self.runtime.path("flags.json"))
         self.flag_store.reload()
+        self.m_flags_invalid = self.metrics.gauge(
+            "flags_invalid", "1 while the flags file is unreadable/invalid/missing: every switch at its safe "
+            "value (kill switch ON).")
+        self._flags_error: str | None = None
+        self._note_flags_error()
         self.pub: Publisher | None = None
         self.sub: AsyncSubscriber | None = None
         self.rpc_server: RpcServer | None = None
@@ -191,8 +196,19 @@ class BusService:
         """Current rollout switches (see spx_common/flags.py)."""
         return self.flag_store.snapshot()
 
+    def _note_flags_error(self) -> None:
+        err = self.flag_store.error
+        if err != self._flags_error:
+            self._flags_error = err
+            self.m_flags_invalid.set(1.0 if err else 0.0)
+            if err:
+                self.log.critical("flags file not usable (%s): every switch at its safe value, kill switch ON", err)
+            else:
+                self.log.warning("flags file valid again: switches as written")
+
     def reload_flags(self) -> dict[str, Any]:
         changed = self.flag_store.reload()
+        self._note_flags_error()
         if changed:
             self.log.info("flags changed", extra={"changed": changed})
             try:
@@ -261,6 +277,7 @@ class BusService:
             "lost_frames": self.core.lost.total(),
             "dead_letters": self.deadletters.count,
             "flags": self.flags,
+            "flags_error": self.flag_store.error,
         }
 
     # ------------------------------------------------------------------ machinery
@@ -367,6 +384,8 @@ class BusService:
         if self._last_input is not None:
             stats["last_input_age_s"] = round(now - self._last_input, 3)
             stats["last_event_ns"] = float(self._last_event_ns)
+        if self.flag_store.error:
+            stats["flags_invalid"] = 1.0  # spx status shows which processes apply the fail-closed switches
         return stats
 
     def _metrics_rpc(self, params: dict) -> str:

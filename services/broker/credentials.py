@@ -134,6 +134,22 @@ def user_allowed(cfg: BrokerConfig, user: dict, *, token_stored: bool, flags: di
     return True, ""
 
 
+def user_send_allowed(cfg: BrokerConfig, user: dict, *, token_stored: bool) -> tuple[bool, str]:
+    """Whether anything at all may be sent for the stored ``user`` (exits, stops, cancels, flatten):
+    paper always; Tradier needs a token, ``TRADIER_EXECUTION_ENABLED`` and, in production,
+    ``TRADIER_EXECUTION_PRODUCTION_ENABLED``. The switches, opt-in and a disabled user stop entries
+    only (:func:`user_allowed`), never an exit."""
+    if user.get("broker") == "paper":
+        return True, ""
+    if not token_stored:
+        return False, "no_token"
+    if not cfg.execution_enabled:
+        return False, "execution_disabled"
+    if user.get("environment") == "production" and not cfg.production_enabled:
+        return False, "production_not_enabled"
+    return True, ""
+
+
 def client_for(cfg: BrokerConfig, user: dict, token: Secret, account_id: str | None):
     """A Tradier client for a stored user's environment, token and account."""
     from services.broker.tradier import TradierClient

@@ -21,8 +21,11 @@ Safety, by construction:
 * only ``buy_to_open`` entries and ``sell_to_close`` exits are ever produced, and every sell is sized
   so that all working sells together never exceed the quantity held (a fill can never go short);
   the same payload is checked again by :func:`router.check_payload` at the broker boundary;
-* nothing is produced for a user unless ``Gates.send_allowed(user)`` (execution flags and opt-in,
-  decided by the service); the kill switch refuses entries (exits stay possible);
+* two gates, decided by the service: ``Gates.allowed(user)`` (entries: the execution flags, the
+  auto-execution switch, the user's opt-in) and ``Gates.send(user)`` (anything at all may be sent:
+  ``TRADIER_EXECUTION_ENABLED``, credentials). The kill switch, the auto-execution switch, opt-in and
+  the daily limits stop *entries* only: exits, stop maintenance, entry-timeout cancels, the late-day
+  flatten and the operator's flatten need only ``send`` (an emergency never blocks the exit);
 * contracts per order are capped; orders per day and open risk are refused past their limits.
 """
 
@@ -59,7 +62,9 @@ class Limits:
 
 @dataclass
 class Gates:
-    """What the service allows. ``allowed(user) -> (ok, reason)``; the kill switch stops entries."""
+    """What the service allows. ``allowed(user) -> (ok, reason)`` gates entries; ``send(user)`` gates
+    everything else (exits, stops, cancels, flatten; ``allowed`` when not given); the kill switch stops
+    entries only."""
 
     allowed: Callable[[str], tuple[bool, str]]
     kill_switch: bool = False
@@ -67,6 +72,11 @@ class Gates:
     buying_power: Callable[[str], float | None] = lambda user: None
     #: dollars lost today by the user (realized + unrealized, positive = loss); entries stop at the daily limit
     loss_today: Callable[[str], float] = lambda user: 0.0
+    #: whether anything at all may be sent for the user (exits need only this); None = ``allowed``
+    send: Callable[[str], tuple[bool, str]] | None = None
+
+    def can_send(self, user: str) -> tuple[bool, str]:
+        return (self.send or self.allowed)(user)
 
 
 @dataclass(frozen=True)
@@ -257,7 +267,7 @@ class Engine:
             if o.price is None or ts - o.repriced_ns < REPRICE_NS:
                 continue
             new = float(router.round_to_tick(bid, "down"))
-            if new >= o.price or not self.gates.allowed(o.user)[0]:
+            if new >= o.price or not self.gates.can_send(o.user)[0]:
                 continue
             o.price, o.repriced_ns = new, ts
             out.append(Modify(o.user, oid, {"price": f"{new:.2f}"}))
@@ -270,8 +280,39 @@ class Engine:
         ``adopted-<symbol>``: exits, flatten and the late-day flatten cover it. Nothing is sent."""
         self._roll_day(ts)
         key = (user, f"adopted-{symbol}")
-        if quantity > 0 and key not in self.trades:
+        if quantity <= 0:
+            return
+        trade = self.trades.get(key)
+        if trade is None:
             self.trades[key] = TradeState(user, key[1], symbol, held=float(quantity), avg_price=avg_price)
+        elif not trade.closed:  # more found at the broker (flatten reconciles first): add it
+            total = trade.held + quantity
+            trade.avg_price = (trade.avg_price * trade.held + avg_price * quantity) / total
+            trade.held = total
+
+    def held_by_symbol(self, users: list[str] | None = None) -> dict[str, float]:
+        """Contracts the engine believes are held, per symbol (of ``users``, or everyone)."""
+        out: dict[str, float] = {}
+        for t in self.trades.values():
+            if not t.closed and t.held > 0 and (users is None or t.user in users):
+                out[t.symbol] = out.get(t.symbol, 0.0) + t.held
+        return out
+
+    def trim(self, users: list[str], symbol: str, excess: float) -> float:
+        """The broker holds ``excess`` fewer contracts of ``symbol`` than the engine believes (a fill we
+        missed): take them off the trades (adopted first, then the newest), so exits are sized to what
+        is really held. Returns what was taken off."""
+        taken = 0.0
+        trades = [t for t in self.trades.values() if t.symbol == symbol and t.user in users and not t.closed
+                  and t.held > 0][::-1]  # newest first
+        trades.sort(key=lambda t: not t.setup_id.startswith("adopted-"))  # stable: adopted ones first
+        for t in trades:
+            if excess - taken <= 1e-9:
+                break
+            cut = min(t.held, excess - taken)
+            t.held -= cut
+            taken += cut
+        return taken
 
     def seed_entries(self, user: str, count: int, ts: int) -> None:
         """Entries already sent today (found at the broker after a restart) count against the daily limit."""
@@ -292,7 +333,7 @@ class Engine:
                 self._entries.discard(oid)
                 continue
             if ts - o.created_ns >= limit_ns:
-                if not self.gates.allowed(o.user)[0]:
+                if not self.gates.can_send(o.user)[0]:
                     continue
                 self._entries.discard(oid)  # one cancel; the broker's answer settles the order
                 out.append(Cancel(o.user, oid, f"entry not filled within {self.limits.entry_timeout_s:g}s"))
@@ -399,7 +440,7 @@ class Engine:
         self._roll_day(a.ts)
         out: list[Intent] = []
         for trade in [x for x in self.trades.values() if x.setup_id == a.setup_id and not x.closed]:
-            ok, why = self.gates.allowed(trade.user)
+            ok, why = self.gates.can_send(trade.user)
             if not ok and a.action != "hold":
                 out.append(Block(trade.user, why, a.setup_id, f"{a.action} not sent"))
                 continue
@@ -504,7 +545,8 @@ class Engine:
 
     def flatten(self, ts: int, reason: str, user: str | None = None,
                 only: Callable[[str], bool] | None = None) -> list[Intent]:
-        """Exit every open trade (of ``user``, or everyone; ``only`` filters symbols); gated like any send.
+        """Exit every open trade (of ``user``, or everyone; ``only`` filters symbols). Gated by
+        ``Gates.can_send`` only: the kill switch, auto-execution and opt-in never block a flatten.
 
         A repeated flatten is a retry: it resets the exit attempt budget of the trades it covers.
         """
@@ -513,7 +555,7 @@ class Engine:
         for trade in [t for t in self.trades.values() if not t.closed and (user is None or t.user == user)
                       and (only is None or only(t.symbol))]:
             trade.exit_attempts = 0
-            ok, why = self.gates.allowed(trade.user)
+            ok, why = self.gates.can_send(trade.user)
             if not ok:
                 out.append(Block(trade.user, why, trade.setup_id, "flatten not sent"))
                 continue
@@ -543,7 +585,7 @@ class Engine:
         out: list[Intent] = []
         if trade is None or trade.closed:
             return out
-        gate_ok, _ = self.gates.allowed(trade.user)
+        gate_ok, _ = self.gates.can_send(trade.user)
         if not o.working and trade.pending_scale is not None and gate_ok:
             qty, limit = trade.pending_scale
             free = int(trade.held - self.working_sells(trade))

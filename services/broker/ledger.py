@@ -107,6 +107,17 @@ class Ledger:
         self._users_by_symbol.setdefault(symbol, set()).add(user)
         return self.position(user, symbol, ts)
 
+    def align(self, user: str, symbol: str, delta: float, avg_price: float, ts: int) -> Position:
+        """The broker holds ``delta`` more (or fewer, negative) contracts than this ledger: take its word
+        (flatten reconciles first). Found contracts are blended in at ``avg_price``; realized P&L stays."""
+        p = self.positions.setdefault((user, symbol), _Pos())
+        self._users_by_symbol.setdefault(symbol, set()).add(user)
+        total = max(p.quantity + delta, 0.0)
+        if delta > 0 and total > 0:
+            p.avg_price = (p.avg_price * p.quantity + avg_price * delta) / total
+        p.quantity = total
+        return self.position(user, symbol, ts)
+
     def _apply_fill(self, f: Fill) -> Position:
         p = self.positions.setdefault((f.user, f.option_symbol), _Pos())
         self._users_by_symbol.setdefault(f.option_symbol, set()).add(f.user)

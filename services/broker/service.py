@@ -11,8 +11,9 @@ Brokers:
   the quotes on the bus; nothing is sent anywhere, so it auto-executes for ``paper_users`` unless
   ``paper_auto_execution=false`` (this is what makes the embedded default trade end to end);
 * **tradier**: :class:`~services.broker.tradier.TradierClient`; nothing is sent unless
-  ``TRADIER_EXECUTION_ENABLED`` (+ ``TRADIER_EXECUTION_PRODUCTION_ENABLED`` off the sandbox), the
-  ``auto_execution`` rollout switch is on and the user opted in (``auto_execution_users``).
+  ``TRADIER_EXECUTION_ENABLED`` (+ ``TRADIER_EXECUTION_PRODUCTION_ENABLED`` off the sandbox); a new
+  *entry* also needs the ``auto_execution`` rollout switch on, the kill switch off and the user's opt-in
+  (``auto_execution_users``). Exits, stops, cancels and flatten need only the first (:meth:`send_allowed`).
   Order events come from the account-events websocket; while it is down, order status is polled.
 
 Users: with users in the store (``spx users``), every enabled user gets an isolated account runner
@@ -45,9 +46,10 @@ from services.broker import credentials_rpc
 from services.broker.credentials import with_stored_credentials
 from services.broker.engine import Block, Cancel, Engine, Gates, Intent, Modify, Place
 from services.broker.ledger import Ledger
+from services.broker.reconcile import is_option, plan as reconcile_plan
 from services.broker.restore import load as restore_state
 from services.broker.tradier import (
-    FINAL_STATUSES, PlacementUnresolved, TradierError, account_events, dec, exec_quantity,
+    FINAL_STATUSES, OPEN_STATUSES, PlacementUnresolved, TradierError, account_events, dec, exec_quantity,
 )
 from spx_common.bus import RpcError
 from spx_common.clock import EventClock
@@ -57,6 +59,8 @@ from spx_common.service import BusService
 
 QUEUE_MAX = 1000
 FLATTEN_RETRY_S = 30.0
+FLAGS_ALERT_S = 60.0  # the critical "flags file not usable" alert repeats this often (wall clock) while it lasts
+FLATTEN_SYNC_S = 8.0  # operator flatten: longest wait for an account's positions before flattening the ledger's
 MAX_UNRESOLVED_CHECKS = 10
 MARK_PUBLISH_NS = 1_000_000_000
 SELECT_GRACE_S = 0.5
@@ -117,7 +121,7 @@ class BrokerService(BusService):
             acc.limits_of(cfg, None),
             Gates(self.allowed, kill_switch=bool(self.flags.get("kill_switch")),
                   buying_power=lambda user: self._balances_of(user).get("option_buying_power"),
-                  loss_today=self._loss_today),
+                  loss_today=self._loss_today, send=self.send_allowed),
             entry_price=cfg.entry_price,
             session=self.pub.session[:6] if self.pub else "",
             user_limits={a.name: acc.limits_of(cfg, a.record) for a in self.accounts if a.record is not None},
@@ -137,6 +141,8 @@ class BrokerService(BusService):
         self._marked: dict[tuple[str, str], int] = {}
         self._orphans: dict[tuple[str, str], list[dict]] = {}
         self._last_flatten = float("-inf")
+        self._flags_alerted = float("-inf")
+        self._started_mono = time.monotonic()
         self._notices: list[tuple[str, str, Any]] = []
         if any(a.tradier is not None for a in self.accounts):
             logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -172,8 +178,23 @@ class BrokerService(BusService):
             self._pnl_base = {u: sum(self.ledger.pnl(u).values()) for u in self.users}
         return self._pnl_base.get(user, 0.0) - sum(self.ledger.pnl(user).values())
 
+    def send_allowed(self, user: str) -> tuple[bool, str]:
+        """Whether anything at all may be sent for ``user``: exits, stop maintenance, cancels and
+        flatten need only this (never the kill switch, the auto-execution switch or opt-in)."""
+        a = self.account_of.get(user)
+        if a is None:
+            return False, "unknown_user"
+        if a.record is not None:
+            if a.credential_error:
+                return False, "credentials_unreadable"
+            return creds.user_send_allowed(self.cfg, a.record, token_stored=a.tradier is not None or
+                                           a.paper is not None)
+        if a.paper is not None:
+            return True, ""
+        return self.cfg.tradier_send_allowed()
+
     def allowed(self, user: str) -> tuple[bool, str]:
-        """Whether orders may be sent for ``user`` (checked by the engine before every send)."""
+        """Whether a new *entry* may be sent for ``user`` (checked by the engine before every entry)."""
         cfg = self.cfg
         a = self.account_of.get(user)
         if a is None:
@@ -200,6 +221,27 @@ class BrokerService(BusService):
 
     def on_flags(self, changed: dict[str, Any]) -> None:
         self.engine.gates.kill_switch = bool(self.flags.get("kill_switch"))
+        self._flags_alert()
+
+    def _flags_alert(self) -> None:
+        """A flags file that is not usable (the kill switch is then ON): a critical alert to every user,
+        repeated once per alert cooldown while it lasts."""
+        err = self.flag_store.error
+        now = time.monotonic()
+        if not err:
+            self._flags_alerted = float("-inf")
+            return
+        # wall clock, not event time: it must repeat in a replay too; the first waits for subscribers
+        if now - self._flags_alerted < FLAGS_ALERT_S or now - self._started_mono < STARTUP_DELAY_S:
+            return
+        self._flags_alerted = now
+        ts = self._now()
+        for user in self.users:
+            self.m_alerts.inc(kind="flags_invalid")
+            self.publish(f"alert.{user}", "doc", {
+                "kind": "flags_invalid", "severity": "critical", "ts": ts, "user": user, "data": {"error": err},
+                "message": f"The switches file is not usable ({err}); the kill switch is ON and no entry is sent "
+                           "until a valid file is written (spx flags set). Exits and flatten still go through."}, ts)
 
     # ------------------------------------------------------------------ bus input
 
@@ -571,9 +613,7 @@ class BrokerService(BusService):
         broker = await self._broker_positions(a)
         if not a.adopted:
             self._adopt(a, broker, ts)
-        for topic, type_name, body in self._notices:
-            self.publish(topic, type_name, body, ts)
-        self._notices.clear()
+        self._publish_notices(ts)
         drift = pf.reconcile(self._ledger_positions(a), broker)
         a.last_drift = drift
         for d in drift:
@@ -622,7 +662,7 @@ class BrokerService(BusService):
         known = self._ledger_positions(a)
         rows = {r.get("symbol"): r for r in (a.last_position_rows or [])}
         for sym, qty in broker.items():
-            if sym in known:
+            if sym in known or not is_option(sym):  # equities are never adopted (nor flattened)
                 continue
             if qty < 0:
                 self.m_alerts.inc(kind="short")
@@ -657,6 +697,7 @@ class BrokerService(BusService):
     def periodic(self) -> None:
         self._submit(self.engine.expire_entries(self._now()))
         self.check_flatten()
+        self._flags_alert()
 
     def check_flatten(self) -> list[Intent]:
         """Late-day flatten (event time), guarded by ``TRADIER_FORCE_FLATTEN_ENABLED``.
@@ -679,15 +720,86 @@ class BrokerService(BusService):
         self._submit(intents)
         return intents
 
-    def _rpc_flatten(self, params: dict) -> dict:
+    async def _rpc_flatten(self, params: dict) -> dict:
+        """Operator flatten: the broker's positions are the truth. Each account's ledger is first
+        reconciled with what its broker holds (found option contracts adopted, missing ones taken off),
+        then every open option position is exited. Gated only by ``send_allowed`` (never the kill
+        switch, the auto-execution switch or opt-in). An account whose broker cannot be read within
+        ``FLATTEN_SYNC_S`` is flattened from the ledger and named in ``reconcile_errors``."""
         user = params.get("user")
         if user is not None and user not in self.account_of:
             raise RpcError("bad_request", f"unknown user {user!r}")
+        accounts = [self.account_of[user]] if user is not None else list(self.accounts)
+        aligned: dict[str, dict[str, float]] = {}
+        errors: dict[str, str] = {}
+        for a in accounts:
+            try:
+                aligned[a.name] = await asyncio.wait_for(self._align_with_broker(a), FLATTEN_SYNC_S)
+            except (TradierError, asyncio.TimeoutError, OSError) as exc:
+                errors[a.name] = f"{type(exc).__name__}: {exc}"[:300]
+                self.log.warning("flatten: positions of %s not read (%s); flattening the ledger's", a.name, exc)
+        self._publish_notices(self._now())
         intents = self.engine.flatten(self._now(), str(params.get("reason") or "operator flatten"), user=user)
         self._submit(intents)
         return {"intents": len(intents),
                 "blocked": [i.reason for i in intents if isinstance(i, Block)],
-                "orders": [i.order.order_id for i in intents if isinstance(i, Place)]}
+                "orders": [i.order.order_id for i in intents if isinstance(i, Place)],
+                "cancels": [i.order_id for i in intents if isinstance(i, Cancel)],
+                "reconciled": aligned, "reconcile_errors": errors}
+
+    async def _align_with_broker(self, a: acc.Account) -> dict[str, float]:
+        """Make the engine and ledger hold what ``a``'s broker holds, option by option (equities and
+        shorts are never touched); returns ``{symbol: contracts added (+) or taken off (-)}``."""
+        broker = await self._broker_positions(a)
+        if a.tradier is not None:
+            await self._cancel_foreign(a)
+        ts = self._now()
+        if not a.adopted:
+            self._adopt(a, broker, ts)
+        owner = a.name if a.record is not None else (self.cfg.auto_execution_users or a.users)[0]
+        held = self.engine.held_by_symbol(a.users)
+        rows = {r.get("symbol"): r for r in (a.last_position_rows or [])}
+        changes = reconcile_plan(held, broker)
+        for sym, delta in changes.items():
+            if delta > 0:
+                cost = dec((rows.get(sym) or {}).get("cost_basis"))
+                qty = broker[sym]
+                avg = float(cost) / (qty * 100) if cost is not None and qty else 0.0
+                self.engine.adopt(owner, sym, delta, avg, ts)
+                self._notices.append((f"position.{owner}", "position", self.ledger.align(owner, sym, delta, avg, ts)))
+                self.log.warning("flatten: %s holds %g more %s than the ledger: adopted", a.name, delta, sym)
+            else:
+                self.engine.trim(a.users, sym, -delta)
+                if len(a.users) == 1:
+                    self._notices.append((f"position.{owner}", "position",
+                                          self.ledger.align(owner, sym, delta, 0.0, ts)))
+                self.log.warning("flatten: %s holds %g fewer %s than the ledger: taken off", a.name, -delta, sym)
+        return changes
+
+    async def _cancel_foreign(self, a: acc.Account) -> None:
+        """Before a flatten: cancel the working option orders at ``a``'s broker that this process does not
+        manage (placed before a restart, or by hand): a resting sell would make the exit exceed the held
+        quantity (the router refuses it), a resting entry could open a new position."""
+        assert a.tradier is not None
+        for o in await a.tradier.orders():
+            if o.get("status") not in OPEN_STATUSES or not o.get("option_symbol") or \
+                    o.get("side") not in ("buy_to_open", "sell_to_close"):
+                continue
+            oid = self.broker_ids.get((a.name, str(o.get("id"))))
+            mine = self.engine.orders.get(oid) if oid is not None else None
+            if mine is not None and mine.working:
+                continue  # the engine's own: its flatten cancels or keeps it
+            self.log.warning("flatten: cancelling working %s %s at %s (not managed by this process)",
+                             o.get("side"), o.get("option_symbol"), a.name)
+            try:
+                await a.tradier.cancel_order(o["id"])
+            except TradierError as exc:
+                self.log.warning("flatten: cancel of %s failed: %s", o.get("id"), exc)
+
+    def _publish_notices(self, ts: int) -> None:
+        for topic, type_name, body in self._notices:
+            self.publish(topic, type_name, body, ts)
+        self._notices.clear()
 
     # ------------------------------------------------------------------ loops
 

@@ -11,7 +11,7 @@ request it receives; anything off is appended to ``violations`` (tests assert it
   ``price``/``stop`` present as the type requires, ``tag`` letters/digits/``-`` up to 255.
 
 Behaviour is scriptable per request kind with :meth:`FakeTradier.script`: ``reject`` (HTTP 200 with
-``errors``), ``400``, ``429`` (with rate-limit headers and an expiry), ``500``, ``hang`` (the order is
+``errors``), ``400``, ``401`` (an expired token), ``429`` (with rate-limit headers and an expiry), ``500``, ``hang`` (the order is
 created, the answer never arrives within the client's timeout), ``html`` (the work is done, the answer
 is an HTML page with status 200).  :meth:`fill` executes (part of) an
 order, updates positions and pushes an order event on every connected account-events socket.
@@ -40,7 +40,7 @@ TAG_RE = re.compile(r"^[A-Za-z0-9-]{1,255}$")
 
 @dataclass
 class Scripted:
-    kind: str  # reject | 400 | 429 | 500 | hang
+    kind: str  # reject | 400 | 401 | 429 | 500 | hang | html
     times: int = 1
     delay_s: float = 3.0
 
@@ -293,6 +293,9 @@ class FakeTradier:
                 return self._send(h, 200, "<html><body>Service temporarily unavailable</body></html>")
             if s.kind == "500":
                 return self._send(h, 500, {"fault": {"faultstring": "Datastore Error"}})
+            if s.kind == "401":  # an expired / revoked token, as Tradier answers it
+                return self._send(h, 401, {"fault": {"faultstring": "Invalid Access Token",
+                                                     "detail": {"errorcode": "keymanagement.service.access_token_expired"}}})
         status, body = getattr(self, f"_do_{what}")(req, arg)
         if s is not None and s.kind == "hang":
             self._released.wait(s.delay_s)  # the order exists; the answer comes too late

@@ -18,6 +18,11 @@ def register(sub) -> None:
     f = sp.add_parser("flatten", help="close every open position the broker holds for a user (or everyone)")
     f.add_argument("--user", help="only this user")
     f.add_argument("--reason", default="operator flatten (spx broker flatten)")
+    f.add_argument("--direct", action="store_true",
+                   help="straight against Tradier (same client and router guard), for when the broker process "
+                        "is not answering: cancel working entries/exits, sell every long option at market")
+    f.add_argument("--rounds", type=int, default=3, help="--direct: attempts on errors (default 3)")
+    f.add_argument("--json", action="store_true", help="print the raw answer")
     f.set_defaults(func=cmd_flatten)
     c = sp.add_parser("credentials", help="store the Tradier token sealed at rest (AES-GCM, key from "
                                          "SPX_CREDENTIALS_KEYS or SPX_CREDENTIALS_KEY_FILE)")
@@ -93,16 +98,104 @@ def cmd_status(args) -> int:
 
 
 def cmd_flatten(args) -> int:
+    """Ask the broker process to flatten (it reconciles with the broker's positions first), or with
+    ``--direct`` do it straight against Tradier. Exit 1 when anything was refused or failed."""
+    if args.direct:
+        return _flatten_direct(args)
     params = {"reason": args.reason}
     if args.user:
         params["user"] = args.user
     try:
-        res = call("broker", "flatten", params, timeout_s=5.0)
+        res = call("broker", "flatten", params, timeout_s=20.0)
     except RpcError as exc:
-        return fail(f"flatten failed ({exc.code}): {exc.message}")
-    print(f"flatten: {len(res.get('orders', []))} exit order(s) queued"
-          + (f"; refused: {', '.join(res['blocked'])}" if res.get("blocked") else ""))
-    return 1 if res.get("blocked") else 0
+        hint = "; the broker is not answering: 'spx broker flatten --direct' works without it" \
+            if exc.code == "timeout" else ""
+        return fail(f"flatten failed ({exc.code}): {exc.message}{hint}")
+    if args.json:
+        print_json(res)
+    else:
+        found = {f"{acct}:{sym}": d for acct, doc in (res.get("reconciled") or {}).items() for sym, d in doc.items()}
+        print(f"flatten: {len(res.get('orders', []))} exit order(s) queued, {len(res.get('cancels', []))} cancel(s)"
+              + (f"; reconciled with the broker {found}" if found else "")
+              + (f"; positions not read: {res['reconcile_errors']}" if res.get("reconcile_errors") else "")
+              + (f"; refused: {', '.join(res['blocked'])}" if res.get("blocked") else ""))
+    return 1 if res.get("blocked") or res.get("reconcile_errors") else 0
+
+
+def _direct_targets(args):
+    """``[(name, make_client, refusal)]``: the stored Tradier users (or ``--user``), else the config's account."""
+    from services.broker import accounts, credentials as creds
+    from services.broker.config import BrokerConfig
+    from services.broker.tradier import TradierClient
+    from spx_common.config import load
+    from spx_common.store.config import StoreConfig
+
+    runtime, _ = configs()
+    cfg = load(BrokerConfig)
+    try:
+        rows = accounts.stored_users(load(StoreConfig).resolved_url(runtime))
+    except Exception as exc:  # noqa: BLE001 - the store is optional: the config's account
+        print(f"spx: users not read from the store ({type(exc).__name__}); using the configured account",
+              file=sys.stderr)
+        rows = None
+    out = []
+    if rows:
+        for row in rows:
+            if args.user and row["user"] != args.user:
+                continue
+            if row["broker"] != "tradier":
+                out.append((row["user"], None, "paper: positions live in the broker process (nothing at a broker)"))
+                continue
+            ok, why = creds.user_send_allowed(cfg, row, token_stored=row.get("token") is not None)
+            if row.get("credential_error"):
+                ok, why = False, row["credential_error"]
+            make = (lambda row=row: creds.client_for(cfg, row, row["token"], row.get("account_id"))) if ok else None
+            out.append((row["user"], make, why))
+        if args.user and not out:
+            raise ValueError(f"unknown user {args.user!r}")
+        return out
+    cfg = creds.with_stored_credentials(cfg, runtime)
+    ok, why = cfg.tradier_send_allowed()
+    make = (lambda: TradierClient(cfg.base_url, cfg.access_token, cfg.account_id, timeout_s=cfg.request_timeout_s,
+                                  place_timeout_s=cfg.place_timeout_s, max_retries=cfg.max_retries,
+                                  max_rate_wait_s=cfg.max_rate_wait_s)) if ok else None
+    return [(args.user or "account", make, why)]
+
+
+def _flatten_direct(args) -> int:
+    import asyncio
+
+    from services.broker import direct
+
+    try:
+        targets = _direct_targets(args)
+    except ValueError as exc:
+        return fail(str(exc), 2)
+    rc = 0
+    results = {}
+    for name, make, why in targets:
+        if make is None:
+            results[name] = {"ok": False, "refused": why}
+            if not why.startswith("paper"):
+                rc = 1
+            continue
+        rep = asyncio.run(direct.flatten(make, rounds=max(args.rounds, 1)))
+        results[name] = rep
+        if not rep["ok"]:
+            rc = 1
+    if args.json:
+        print_json(results)
+        return rc
+    for name, rep in results.items():
+        if "refused" in rep:
+            print(f"{name:<12} not flattened: {rep['refused']}")
+            continue
+        print(f"{name:<12} {'done' if rep['ok'] else 'FAILED'}: sold {rep['sold'] or 'nothing'}"
+              f"; canceled {len(rep['canceled'])} working order(s)"
+              + (f"; already covered {rep['covered']}" if rep["covered"] else "")
+              + (f"; untouched (not long options) {rep['untouched']}" if rep["untouched"] else "")
+              + (f"; errors {rep['errors']}" if rep["errors"] else ""))
+    return rc
 
 
 def _ring_and_store():

@@ -26,16 +26,23 @@ def _store() -> FlagStore:
 
 
 def cmd_list(args) -> int:
+    """Every switch as every process applies it; exit 1 while the flags file is failed closed."""
     store = _store()
+    if store.error:
+        print(f"FLAGS FILE NOT USABLE: {store.error}\n"
+              "every switch is at its safe value (kill switch ON) until a valid file is written "
+              "('spx flags set NAME VALUE')\n")
     for name, value in store.snapshot().items():
         flag = FLAGS[name]
-        mark = "" if value == flag.default else "  (changed)"
+        mark = "  (safe value: flags file not usable)" if store.error else \
+            ("" if value == flag.default else "  (changed)")
         print(f"{name:<24} {str(value):<8} default {str(flag.default):<6}{mark}  {flag.description}")
-    return 0
+    return 1 if store.error else 0
 
 
 def cmd_set(args) -> int:
     store = _store()
+    was = store.error
     try:
         value = store.set(args.name, args.value)
     except FlagError as exc:
@@ -48,4 +55,7 @@ def cmd_set(args) -> int:
         except RpcError:
             pass
     print(f"{args.name} = {value}; applied by {', '.join(told) if told else 'no running service (file updated)'}")
+    if was:
+        print(f"the flags file was not usable ({was}); it now holds only {args.name}, every other switch at its "
+              "default (check 'spx flags list')")
     return 0

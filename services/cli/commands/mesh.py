@@ -224,10 +224,22 @@ def cmd_status(args) -> int:
                     "last_event_age_ms": feed.last_event_age_ms, "reconnects": feed.reconnects,
                     "detail": feed.detail}
     switches = switch_table(rows)
+    from spx_common.flags import FlagStore
+
+    flag_file = FlagStore(runtime.path("flags.json"))
+    flag_file.reload()
+    failed_closed = [r["service"] for r in rows if r["stats"].get("flags_invalid")]
+    flags_error = flag_file.error or (f"applied by {', '.join(failed_closed)}" if failed_closed else None)
+    if flags_error and code == 0:
+        code = 4  # the mesh runs, but with every switch failed closed (kill switch ON)
     if args.json:
         print(json.dumps({"supervisord": bool(procs), "healthy": code == 0, "unhealthy": unhealthy,
-                          "services": rows, "feed": feed_doc, "switches": switches}, indent=2, default=str))
+                          "services": rows, "feed": feed_doc, "switches": switches, "flags_error": flags_error},
+                         indent=2, default=str))
         return code
+    if flags_error:
+        print(f"FLAGS FILE NOT USABLE ({flags_error}): every switch at its safe value, KILL SWITCH ON; "
+              "write a valid file with 'spx flags set NAME VALUE'\n")
     if not procs:
         print(f"mesh is not running (run dir {runtime.path()}); start it with 'spx up'")
         return 3

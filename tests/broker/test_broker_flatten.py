@@ -1,0 +1,214 @@
+"""Flatten and the kill switch against the fake Tradier (issue 18, items 3 and 4): the operator's flatten
+is gated only by whether sending is allowed at all (never the kill switch, the auto-execution switch or
+opt-in), reconciles with the broker's positions first, closes every SPXW position exactly once and never
+touches an equity; ``flatten --direct`` does the same without the broker process; an expired token and
+5xx answers during a flatten are retried without a double submission; a malformed flags file keeps the
+kill switch on across restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+from services.broker import direct
+from services.broker.tradier import TradierClient
+from spx_common.crypto import KeyRing, generate_key
+from spx_common.flags import FlagStore
+from spx_common.store import open_store
+from tests.broker.harness import SYM, T0, Harness
+from tests.conftest import eventually
+from tests.fakes.tradier import FakeTradier
+
+S = 1_000_000_000
+PUT = "SPXW260220P04990000"
+LATE = "SPXW260220C05010000"
+
+
+def _env(fake, **extra):
+    return {"TRADIER_ACCESS_TOKEN": fake.token, "TRADIER_BASE_URL": fake.base_url,
+            "TRADIER_ACCOUNT_ID": fake.account, "TRADIER_EXECUTION_ENABLED": "true",
+            "TRADIER_EXECUTION_PRODUCTION_ENABLED": "true", **extra}
+
+
+def _sells(fake, sym=None):
+    return [o for o in fake.orders.values() if o["side"] == "sell_to_close" and (sym is None or o["option_symbol"] == sym)
+            and "old" not in str(o.get("tag"))]
+
+
+def _cli(*args, env=None, timeout=60):
+    full = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "services.cli.main", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full)
+
+
+def test_operator_flatten_with_auto_execution_off_closes_every_spxw_position_once_spy_untouched(run_dir):
+    with FakeTradier() as fake:
+        fake.add_position(SYM, 3, 600.0)
+        fake.add_position(PUT, 2, 300.0)
+        fake.add_position("SPY", 10, 5910.0)  # an equity: never adopted, never sold
+        fake.orders[7] = {"id": 7, "tag": "spx-default-old-stop-1-abc", "status": "open", "side": "sell_to_close",
+                          "option_symbol": SYM, "symbol": "SPXW", "quantity": 3.0, "exec_quantity": 0.0,
+                          "remaining_quantity": 3.0, "type": "stop", "class": "option"}  # rests from before
+        h = Harness(run_dir, _env(fake))  # the auto_execution switch is off (its default); nobody opted in
+        try:
+            assert h.call("status")["broker"]["refusal_reason"] == {"default": "auto_execution_flag_off"}
+            eventually(lambda: len(h.call("status")["broker"]["engine"]["trades"]) == 2, 10, what="adopted")
+            fake.add_position(LATE, 1, 150.0)  # opened by hand after the broker started: flatten finds it
+            res = h.call("flatten", {})
+            assert res["blocked"] == [] and len(res["orders"]) == 3, res
+            assert res["reconciled"] == {"shared": {LATE: 1.0}}
+            eventually(lambda: len(_sells(fake)) == 3, 10, what="three exits at the broker")
+            assert fake.orders[7]["status"] == "canceled"  # the foreign stop would have blocked the exit
+            assert sorted((o["option_symbol"], o["quantity"]) for o in _sells(fake)) == \
+                [(SYM, 3.0), (LATE, 1.0), (PUT, 2.0)]
+            for o in _sells(fake):
+                fake.fill(o["id"], o["quantity"], 1.0)
+            eventually(lambda: h.call("status")["broker"]["engine"]["trades"] == [], 10, what="all closed")
+            again = h.call("flatten", {})
+            assert again["orders"] == [] and again["blocked"] == []  # exactly once
+            assert len(_sells(fake)) == 3 and set(fake.positions) == {"SPY"}
+            assert fake.positions["SPY"]["quantity"] == 10
+            assert not [o for o in fake.orders.values() if o.get("symbol") == "SPY"]
+        finally:
+            h.close()
+        assert fake.violations == []
+
+
+def test_flatten_under_the_kill_switch_for_a_stored_user_via_the_cli(run_dir):
+    from services.broker import credentials
+
+    key = generate_key("k1")
+    with FakeTradier(token="carol-token", account="VA333") as fake:
+        fake.add_position(SYM, 2, 400.0)
+        store = open_store(f"sqlite:///{run_dir}/spx.sqlite3")
+        try:
+            store.add_user("carol", broker="tradier", environment="sandbox", auto_execution=True)
+            store.add_user("alice", auto_execution=True)
+            credentials.save(store, KeyRing.parse(key), "carol", fake.token, fake.account)
+        finally:
+            store.close()
+        FlagStore(run_dir / "flags.json").set("kill_switch", True)
+        env = {"SPX_CREDENTIALS_KEYS": key, "SPX_BROKER_SANDBOX_URL": fake.base_url,
+               "TRADIER_EXECUTION_ENABLED": "true"}
+        h = Harness(run_dir, env)
+        try:
+            st = h.call("status")["broker"]
+            assert st["refusal_reason"] == {"carol": "kill_switch", "alice": "kill_switch"}
+            eventually(lambda: h.call("status")["broker"]["engine"]["trades"], 10, what="carol's position adopted")
+            out = _cli("broker", "flatten", "--user", "carol", env={"SPX_RUNTIME_RUN_DIR": str(run_dir), **env})
+            assert out.returncode == 0 and "1 exit order(s) queued" in out.stdout, out.stdout + out.stderr
+            assert "refused" not in out.stdout
+            eventually(lambda: _sells(fake), 10, what="carol's exit at the broker")
+            [o] = _sells(fake)
+            assert (o["option_symbol"], o["quantity"]) == (SYM, 2.0)
+            # the kill switch still refuses entries
+            h.quote_live(1.95, 2.0, T0)
+            eventually(lambda: h.trigger("k-1", T0 + S) or h.seen("block.broker"), 10)
+            assert {b.reason for b in h.seen("block.broker")} == {"kill_switch"}
+        finally:
+            h.close()
+        assert fake.violations == []
+
+
+def test_flatten_retries_an_expired_token_and_a_5xx_without_a_double_submission(run_dir):
+    with FakeTradier() as fake:
+        fake.add_position(SYM, 4, 800.0)
+        h = Harness(run_dir, _env(fake, SPX_BROKER_RECONCILE_INTERVAL_S="0.3"))
+        try:
+            eventually(lambda: h.call("status")["broker"]["engine"]["trades"], 10, what="adopted")
+            fake.script("401", "place")  # the token expired: refused, the exit is retried
+            fake.script("500", "place")  # a 5xx: the order's fate is unknown, looked up by tag, then retried
+            res = h.call("flatten", {})
+            assert res["blocked"] == [] and len(res["orders"]) == 1
+            eventually(lambda: _sells(fake), 30, what="an exit accepted after the 401 and the 500")
+            assert fake.count("POST", "/orders") == 3
+            [o] = _sells(fake)  # exactly one sell ever reached the book
+            assert o["quantity"] == 4.0
+            fake.fill(o["id"], 4, 1.2)
+            eventually(lambda: h.call("status")["broker"]["engine"]["trades"] == [], 10, what="closed")
+            kinds = {a["kind"] for a in h.seen("alert.default")}
+            assert "exit_failed" in kinds
+        finally:
+            h.close()
+        assert fake.violations == [] or all("Authorization" not in v for v in fake.violations)
+
+
+def _client(fake):
+    return lambda: TradierClient(fake.base_url, fake.token, fake.account, backoff_s=0.01, place_timeout_s=2.0)
+
+
+def test_direct_flatten_with_the_broker_process_stopped_via_the_cli(run_dir):
+    with FakeTradier() as fake:
+        fake.add_position(SYM, 3, 600.0)
+        fake.add_position("SPY", 10, 5910.0)
+        fake.orders[7] = {"id": 7, "tag": "spx-default-s1-stop-3-abc", "status": "open", "side": "sell_to_close",
+                          "option_symbol": SYM, "symbol": "SPXW", "quantity": 3.0, "exec_quantity": 0.0,
+                          "remaining_quantity": 3.0, "type": "stop", "class": "option"}
+        fake.orders[8] = {"id": 8, "tag": "spx-default-s2-entry-4-abc", "status": "open", "side": "buy_to_open",
+                          "option_symbol": PUT, "symbol": "SPXW", "quantity": 2.0, "exec_quantity": 0.0,
+                          "remaining_quantity": 2.0, "type": "limit", "class": "option"}
+        env = {"SPX_RUNTIME_RUN_DIR": str(run_dir), **_env(fake)}
+        out = _cli("broker", "flatten", "--direct", env=env)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "done" in out.stdout and "SPY" in out.stdout
+        assert fake.orders[7]["status"] == "canceled" and fake.orders[8]["status"] == "canceled"
+        [o] = [o for o in fake.orders.values() if o["side"] == "sell_to_close" and o["status"] == "open"]
+        assert (o["option_symbol"], o["quantity"], o["type"]) == (SYM, 3.0, "market")
+        assert o["tag"].startswith("spx-flatten-")
+        out = _cli("broker", "flatten", "--direct", "--json", env=env)  # a second run: already covered
+        assert out.returncode == 0 and json.loads(out.stdout)["account"]["covered"] == {SYM: 3.0}
+        assert len([o for o in fake.orders.values() if o["side"] == "sell_to_close"]) == 2  # 7 + ours
+        assert fake.positions["SPY"]["quantity"] == 10 and fake.violations == []
+        off = _cli("broker", "flatten", "--direct", env={**env, "TRADIER_EXECUTION_ENABLED": "false"})
+        assert off.returncode == 1 and "execution_disabled" in off.stdout
+
+
+def test_direct_flatten_expired_token_and_5xx_retried_exactly_once():
+    with FakeTradier() as fake:
+        fake.add_position(SYM, 2, 400.0)
+        fake.add_position(PUT, 1, 100.0)
+        fake.script("401", "positions")  # round 1: the token is refused
+        fake.script("500", "place")  # round 2: no order created, no answer: looked up by tag, then retried
+        fake.script("html", "place")  # the order is created, the answer is garbage: found by its tag
+        rep = asyncio.run(direct.flatten(_client(fake), rounds=4, backoff_s=0.01))
+        assert rep["ok"], rep
+        sells = [o for o in fake.orders.values() if o["side"] == "sell_to_close"]
+        assert sorted((o["option_symbol"], o["quantity"]) for o in sells) == [(SYM, 2.0), (PUT, 1.0)]
+        assert any("TradierAuthError" in e for e in rep["errors"])
+        assert fake.violations == [v for v in fake.violations if "Authorization" in v]  # only the scripted 401
+
+
+def test_malformed_flags_file_keeps_the_kill_switch_on_across_restarts(run_dir):
+    (run_dir / "flags.json").write_text('{"kill_switch": false, "auto_execution": true,}')  # a trailing comma
+    for attempt in range(2):  # a restart changes nothing
+        h = Harness(run_dir)
+        try:
+            st = h.call("status")
+            assert st["flags"]["kill_switch"] is True and "invalid" in st["flags_error"]
+            assert st["broker"]["engine"]["kill_switch"] is True
+            h.quote_live(1.95, 2.0, T0 + attempt * 100 * S)
+            eventually(lambda: h.trigger(f"m-{attempt}", T0 + (attempt * 100 + 1) * S) or h.seen("block.broker"), 10)
+            assert {b.reason for b in h.seen("block.broker")} == {"kill_switch"} and h.seen("order.") == []
+            eventually(lambda: [a for a in h.seen("alert.default") if a["kind"] == "flags_invalid"], 10,
+                       what="critical alert")
+            assert [a["severity"] for a in h.seen("alert.default") if a["kind"] == "flags_invalid"][0] == "critical"
+        finally:
+            assert h.close() == 0
+    out = _cli("flags", "list", env={"SPX_RUNTIME_RUN_DIR": str(run_dir)})
+    assert out.returncode == 1 and "NOT USABLE" in out.stdout and "kill_switch              True" in out.stdout
+    out = _cli("status", env={"SPX_RUNTIME_RUN_DIR": str(run_dir)})
+    assert out.returncode != 0 and "FLAGS FILE NOT USABLE" in out.stdout
+    h = Harness(run_dir)
+    try:
+        FlagStore(run_dir / "flags.json").set("kill_switch", False)  # a valid file ends it
+        assert h.call("flags.reload")["flags"]["kill_switch"] is False
+        assert h.call("status")["flags_error"] is None
+        h.quote_live(1.95, 2.0, T0 + 300 * S)
+        eventually(lambda: h.trigger("m-ok", T0 + 301 * S) or h.seen("fill.default"), 10, what="entries again")
+    finally:
+        h.close()
+    out = _cli("flags", "list", env={"SPX_RUNTIME_RUN_DIR": str(run_dir)})
+    assert out.returncode == 0 and "NOT USABLE" not in out.stdout
