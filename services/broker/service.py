@@ -729,6 +729,9 @@ class BrokerService(BusService):
         user = params.get("user")
         if user is not None and user not in self.account_of:
             raise RpcError("bad_request", f"unknown user {user!r}")
+        symbol = params.get("symbol")
+        if symbol is not None and not isinstance(symbol, str):
+            raise RpcError("bad_request", "'symbol' must be an option symbol")
         accounts = [self.account_of[user]] if user is not None else list(self.accounts)
         aligned: dict[str, dict[str, float]] = {}
         errors: dict[str, str] = {}
@@ -739,7 +742,8 @@ class BrokerService(BusService):
                 errors[a.name] = f"{type(exc).__name__}: {exc}"[:300]
                 self.log.warning("flatten: positions of %s not read (%s); flattening the ledger's", a.name, exc)
         self._publish_notices(self._now())
-        intents = self.engine.flatten(self._now(), str(params.get("reason") or "operator flatten"), user=user)
+        intents = self.engine.flatten(self._now(), str(params.get("reason") or "operator flatten"), user=user,
+                                      only=None if symbol is None else (lambda s: s == symbol))
         self._submit(intents)
         return {"intents": len(intents),
                 "blocked": [i.reason for i in intents if isinstance(i, Block)],

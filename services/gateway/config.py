@@ -55,6 +55,11 @@ class GatewayConfig(Section):
     token_secret: str = env_field(
         "", "HMAC secret for user tokens. Empty: a random secret kept in <run_dir>/keys/gateway_token.key "
         "(created 0600 by the gateway or 'spx token').", "SPX_TOKEN_SECRET", repr=False)
+    loopback_user: str = Field(
+        "default", max_length=64, description="User the dashboard acts for without a token when the gateway is "
+        "bound to a loopback address (127.0.0.1, ::1, localhost) and the connection comes from loopback: its "
+        "coach, positions, orders, fills and flatten. Empty: always ask for a token. Never applied on any "
+        "other bind address.")
     token_ttl_s: int = Field(12 * 3600, ge=60, le=90 * 86400, description="Default lifetime of 'spx token' tokens.")
     snapshot_rpc: bool = Field(
         True, description="Ask the aggregator's query API (last tick, bars since) for snapshots of series the "

@@ -139,9 +139,31 @@ class CredentialsStatus(_Strict):
     id: str | None = Field(None, max_length=64)
 
 
+class Flatten(_Strict):
+    """Close this user's open positions through the broker's flatten (the same rules as ``spx broker
+    flatten``: gated like any order, refused ones are listed). Needs a user on the connection (a token, or
+    the loopback dashboard user). ``symbol``: only that option contract; absent: every open position.
+    Answered with a ``flatten`` message."""
+
+    op: Literal["flatten"]
+    symbol: str | None = Field(None, min_length=1, max_length=64, description="Option symbol to close; absent: all.")
+    id: str | None = Field(None, max_length=64)
+
+
+class FlattenData(_Strict):
+    """``data`` of a ``type: flatten`` message, the answer to ``op: flatten``."""
+
+    ok: bool = Field(description="True when every exit order was queued (nothing refused).")
+    user: str
+    symbol: str | None = None
+    orders: list[str] = Field([], description="Exit orders queued.")
+    blocked: list[str] = Field([], description="Why exits were refused (kill switch, user disabled, ...).")
+    id: str | None = None
+
+
 CREDENTIAL_REQUESTS = (CredentialsSet, CredentialsTest, CredentialsRemove, CredentialsStatus)
 ClientMessage = Annotated[Union[Subscribe, Unsubscribe, Ping, Auth, CredentialsSet, CredentialsTest,
-                                CredentialsRemove, CredentialsStatus], Field(discriminator="op")]
+                                CredentialsRemove, CredentialsStatus, Flatten], Field(discriminator="op")]
 CLIENT_ADAPTER: TypeAdapter = TypeAdapter(ClientMessage)
 
 #: deepest nesting of arrays/objects a client message may have (the protocol needs 2); deeper
@@ -178,7 +200,7 @@ def json_depth_ok(raw: str | bytes, limit: int = MAX_JSON_DEPTH) -> bool:
 # --------------------------------------------------------------------------- server -> client
 
 MessageType = Literal["welcome", "snapshot", "update", "subscribed", "unsubscribed", "pong", "credentials",
-                      "authenticated", "error"]
+                      "authenticated", "flatten", "error"]
 
 
 class ServerMessage(_Strict):
@@ -326,6 +348,10 @@ class FeedStatusData(_Strict):
     connected: bool
     eventsPerS: float
     lastEventAgeMs: float | None = None
+    detail: str = Field("", description="The feed's own words: the vendor when live, the source and speed when "
+                        "replaying (e.g. 'synthetic x1', 'journal x10').")
+    eventTs: int | None = Field(None, description="Event time of the feed's newest event (ns): the session date "
+                                "of a replay.")
 
 
 class StatusData(_Strict):
@@ -373,12 +399,13 @@ def schema_doc() -> str:
         schema = model.model_json_schema() if isinstance(model, type) else TypeAdapter(model).json_schema()
         out.extend([f"### {title}", "", "```json", json.dumps(schema, indent=2, sort_keys=True), "```", ""])
 
-    block("Client message (subscribe | unsubscribe | ping | auth | credentials.*)", ClientMessage)
+    block("Client message (subscribe | unsubscribe | ping | auth | credentials.* | flatten)", ClientMessage)
     block("Server message envelope", ServerMessage)
     block("Error data", ErrorData)
     block("Welcome data", Welcome)
     block("Credentials data (answer to credentials.*)", CredentialsData)
     block("Authenticated data (answer to auth)", AuthenticatedData)
+    block("Flatten data (answer to flatten)", FlattenData)
     for channel, (snap, upd) in CHANNEL_DATA.items():
         if snap is upd:
             block(f"`{channel}` data (snapshot and update)", snap)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import http
+import ipaddress
 import itertools
 import logging
 import mimetypes
@@ -34,7 +35,7 @@ from services.gateway.config import GatewayConfig
 from services.gateway.hub import Client, Hub, encode
 from services.gateway.protocol import (
     CLIENT_ADAPTER, CREDENTIAL_REQUESTS, MAX_JSON_DEPTH, PROTOCOL, SIMPLE_CHANNELS, USER_CHANNELS, Auth, ChannelError,
-    CredentialsSet, Ping, Subscribe, Unsubscribe, json_depth_ok, parse_channel,
+    CredentialsSet, Flatten, Ping, Subscribe, Unsubscribe, json_depth_ok, parse_channel,
 )
 from spx_common import health
 from spx_common import models as m
@@ -81,6 +82,15 @@ class Connection:
         self.writing = False
         self.close_code, self.close_reason = 1000, ""
         self.credentials_busy = False  # one credentials.* request in flight per connection
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class GatewayService(BusService):
@@ -187,6 +197,7 @@ class GatewayService(BusService):
 
     def _on_feed_status(self, frame: Frame, body: m.FeedStatus) -> None:
         self.feed_status = body
+        self.feed_event_ns = frame.event_ns
         self.hub.mode = body.mode
 
     def _user_handler(self, kind: str, prefix: str):
@@ -276,7 +287,8 @@ class GatewayService(BusService):
         if self.feed_status is not None:
             f = self.feed_status
             feed = {"mode": f.mode, "connected": f.connected, "eventsPerS": f.events_per_s,
-                    "lastEventAgeMs": f.last_event_age_ms}
+                    "lastEventAgeMs": f.last_event_age_ms, "detail": f.detail or "",
+                    "eventTs": getattr(self, "feed_event_ns", None) or None}
         switches = {peer.service: dict(peer.heartbeat.flags) for peer in self.core.peers.values()
                     if peer.alive and peer.heartbeat is not None}
         switches[self.instance] = self.flags
@@ -407,6 +419,8 @@ class GatewayService(BusService):
             except auth.TokenError as exc:
                 self.m_auth.inc(code=exc.code)
                 token_error = exc
+        elif self._loopback_user(ws):
+            user = cfg.loopback_user
         sock = ws.transport.get_extra_info("socket") if ws.transport is not None else None
         if cfg.send_buffer_bytes and sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, cfg.send_buffer_bytes)
@@ -595,6 +609,14 @@ class GatewayService(BusService):
         elif isinstance(req, Ping):
             self._send_now(conn, {"channel": None, "type": "pong", "seq": 0, "source": "tick",
                                   "data": {"id": req.id, "ts": time.time_ns()}})
+        elif isinstance(req, Flatten):
+            if conn.client.user is None:
+                self._error(conn, "unauthorized", "flatten needs a token (the user whose positions close)", rid=req.id)
+            elif conn.credentials_busy:
+                self._error(conn, "busy", "one broker request at a time; wait for the answer", rid=req.id)
+            else:
+                conn.credentials_busy = True
+                self.spawn_client_task(self._flatten(conn, req))
         elif isinstance(req, CREDENTIAL_REQUESTS):
             if conn.client.user is None:
                 self._error(conn, "unauthorized", f"{req.op} needs a token (the user it acts for)", rid=req.id)
@@ -603,6 +625,41 @@ class GatewayService(BusService):
             else:
                 conn.credentials_busy = True
                 self.spawn_client_task(self._credentials(conn, req))
+
+    def _loopback_user(self, ws: ServerConnection) -> bool:
+        """Whether a connection without a token acts for ``[gateway] loopback_user``: only when it is set,
+        the gateway is bound to a loopback address and the peer is on loopback too."""
+        if not self.config.loopback_user or not _is_loopback(self.config.host):
+            return False
+        peer = ws.remote_address[0] if ws.remote_address else None
+        return peer is not None and _is_loopback(str(peer))
+
+    async def _flatten(self, conn: Connection, req: Flatten) -> None:
+        """Forward ``op: flatten`` to the broker's flatten for the connection's own user (the broker gates it
+        like ``spx broker flatten``) and answer with a ``flatten`` message."""
+        user = conn.client.user
+        params: dict[str, Any] = {"user": user, "reason": f"dashboard flatten ({user})"}
+        if req.symbol is not None:
+            params["symbol"] = req.symbol
+        try:
+            res = await self.client("broker", timeout_s=5.0, retries=0).call("flatten", params)
+            if not isinstance(res, dict):
+                raise RpcError("bad_reply", "not a map")
+        except RpcError as exc:
+            self._rate_log.warning("flatten", f"flatten for {user}: broker did not answer ({exc.code}: {exc})")
+            if not conn.closing:
+                code = "bad_request" if exc.code == "bad_request" else "broker_unavailable"
+                self._error(conn, code, f"flatten failed: {exc}", rid=req.id)
+            return
+        finally:
+            conn.credentials_busy = False
+        blocked = [str(b) for b in res.get("blocked") or []]
+        data = {"ok": not blocked, "user": user, "symbol": req.symbol, "orders": [str(o) for o in res.get("orders") or []],
+                "blocked": blocked, "id": req.id}
+        self.log.info("dashboard flatten", extra={"user": user, "symbol": req.symbol, "orders": len(data["orders"]),
+                                                  "blocked": blocked})
+        if not conn.closing and self.conns.get(conn.client.id) is conn:
+            self._send_now(conn, {"channel": None, "type": "flatten", "seq": 0, "source": "tick", "data": data})
 
     def _auth(self, conn: Connection, req: Auth) -> None:
         """``op: auth``: take a new token's user (a different user's channels are dropped first)."""

@@ -35,7 +35,8 @@ class GatewayRunner:
         for s in stand_ins:
             if s not in self.pubs:
                 self.pubs[s] = Publisher(self.ctx, self.bus.pub_endpoint(s, self.rt, bind=True), s, linger_ms=0)
-        cfg = {"port": 0, "token_secret": SECRET, **overrides}
+        # no loopback dashboard user unless a test asks for one: these tests are about tokens
+        cfg = {"port": 0, "token_secret": SECRET, "loopback_user": "", **overrides}
         self.svc = GatewayService(self.rt, self.bus, config=GatewayConfig(**cfg))
         self.loop: asyncio.AbstractEventLoop | None = None
         self.rc: int | None = None
