@@ -42,6 +42,7 @@ class Account:
     stream_state: str = "n/a"
     adopted: bool = False
     last_position_rows: list[dict] = field(default_factory=list)
+    other_positions: dict[str, float] = field(default_factory=dict)  # non-option holdings: reported, never touched
     last_drift: list[dict] = field(default_factory=list)
 
     @property
@@ -51,7 +52,8 @@ class Account:
     def describe(self) -> dict[str, Any]:
         return {"users": self.users, "kind": self.kind, "queue": self.queue.qsize(), "stream": self.stream_state,
                 "environment": (self.record or {}).get("environment"), "balances": self.balances,
-                "credential_error": self.credential_error or None}
+                "credential_error": self.credential_error or None,
+                "not_managed": dict(self.other_positions)}
 
 
 def limits_of(cfg: BrokerConfig, record: dict | None) -> Limits:

@@ -15,6 +15,7 @@ Safety defaults (fail closed):
 from __future__ import annotations
 
 from typing import ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field
 
@@ -22,6 +23,29 @@ from spx_common.config import Section, env_field
 
 SANDBOX_URL = "https://sandbox.tradier.com/v1"
 PRODUCTION_URL = "https://api.tradier.com/v1"
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def url_origin(url: str) -> tuple[str, str, int] | None:
+    """``(scheme, host, port)`` a client connects to for ``url`` (userinfo is not the host:
+    ``https://sandbox.tradier.com@api.tradier.com/v1`` connects to ``api.tradier.com``); None when
+    ``url`` has no scheme or host or an invalid port."""
+    try:
+        p = urlsplit(str(url).strip())
+        host, port = p.hostname, p.port
+    except ValueError:
+        return None
+    scheme = p.scheme.lower()
+    if not scheme or not host:
+        return None
+    return scheme, host.lower().rstrip("."), port if port is not None else DEFAULT_PORTS.get(scheme, 0)
+
+
+def is_sandbox_url(url: str, sandbox_url: str = SANDBOX_URL) -> bool:
+    """Whether ``url`` reaches the sandbox: its scheme and host (and port) equal those of the configured
+    ``sandbox_url``, and its host is never Tradier's production host. Everything else is production."""
+    origin, sandbox = url_origin(url), url_origin(sandbox_url)
+    return origin is not None and origin == sandbox and origin[1] != url_origin(PRODUCTION_URL)[1]  # type: ignore[index]
 
 
 class BrokerConfig(Section):
@@ -79,7 +103,8 @@ class BrokerConfig(Section):
 
     @property
     def is_sandbox(self) -> bool:
-        return self.base_url.rstrip("/").startswith("https://sandbox.tradier.com")
+        """``base_url`` reaches the sandbox (:func:`is_sandbox_url`: parsed scheme + host, not a prefix)."""
+        return is_sandbox_url(self.base_url, self.sandbox_url)
 
     @property
     def mode(self) -> Literal["tradier", "paper"]:
@@ -98,6 +123,11 @@ class BrokerConfig(Section):
     def user_url(self, environment: str) -> str:
         """Base URL of a stored user's environment (``sandbox`` or ``production``)."""
         return self.production_url if environment == "production" else self.sandbox_url
+
+    def user_is_sandbox(self, environment: str) -> bool:
+        """A stored user's URL checked like ``base_url``: sandbox only when the user is in the sandbox
+        environment AND their URL's scheme + host are the sandbox's."""
+        return environment != "production" and is_sandbox_url(self.user_url(environment), self.sandbox_url)
 
     def public(self) -> dict:
         """Settings safe to show to a client (no token)."""

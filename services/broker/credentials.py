@@ -111,8 +111,8 @@ def user_allowed(cfg: BrokerConfig, user: dict, *, token_stored: bool, flags: di
     Order of checks (the first failing one is the reason): ``user_disabled``, ``kill_switch``,
     ``not_opted_in`` (the user's auto-execution opt-in), then paper: ``paper_auto_execution_off``;
     Tradier: ``auto_execution_flag_off`` (rollout switch), ``no_token``, ``execution_disabled``
-    (TRADIER_EXECUTION_ENABLED), ``production_not_enabled`` (production without
-    TRADIER_EXECUTION_PRODUCTION_ENABLED).  Limits (``daily_loss_limit``, ``max_open_risk`` ...) are
+    (TRADIER_EXECUTION_ENABLED), ``production_not_enabled`` (a production environment, or a URL whose
+    scheme + host are not the sandbox's, without TRADIER_EXECUTION_PRODUCTION_ENABLED).  Limits (``daily_loss_limit``, ``max_open_risk`` ...) are
     checked per order by the engine.
     """
     if not user.get("enabled"):
@@ -129,7 +129,7 @@ def user_allowed(cfg: BrokerConfig, user: dict, *, token_stored: bool, flags: di
         return False, "no_token"
     if not cfg.execution_enabled:
         return False, "execution_disabled"
-    if user.get("environment") == "production" and not cfg.production_enabled:
+    if not cfg.user_is_sandbox(str(user.get("environment"))) and not cfg.production_enabled:
         return False, "production_not_enabled"
     return True, ""
 

@@ -7,6 +7,8 @@
   is being replaced by intraday-margin standards, fields may be missing); :class:`Cooldown` keeps each
   (user, kind) to one alert per cooldown, in event time.
 * :func:`reconcile` -- internal vs broker positions -> drift records.
+* :func:`split_positions` / :func:`adoption` -- broker positions: only options are managed or adopted
+  (average price = cost basis / (quantity x multiplier)); equities are reported, never touched.
 * :func:`flatten_due` / :func:`is_zero_dte` -- when to flatten expiring SPXW options (they stop trading
   at 16:00 ET on expiration day).
 """
@@ -19,6 +21,7 @@ from typing import Any
 
 from spx_common import occ
 from services.broker.engine import ET
+from services.broker.reconcile import is_option
 
 CLOSE_ET = dt.time(16, 0)
 
@@ -129,6 +132,64 @@ def reconcile(internal: dict[str, float], broker: dict[str, float]) -> list[dict
         a, b = internal.get(sym, 0.0), broker.get(sym, 0.0)
         if abs(a - b) > 1e-9:
             out.append({"symbol": sym, "internal": a, "broker": b, "drift": b - a})
+    return out
+
+
+def multiplier(row: dict) -> float:
+    """Shares per unit of a broker position row: its own ``multiplier`` when given, else 100 for an
+    OCC option symbol (standard equity and index options), 1 for anything else (shares)."""
+    m = _num(row.get("multiplier"))
+    if m is not None and m > 0:
+        return m
+    return 100.0 if is_option(str(row.get("symbol") or "")) else 1.0
+
+
+def split_positions(rows: list[dict]) -> tuple[dict[str, float], dict[str, float]]:
+    """Broker position rows -> ``(options, others)``: quantity per symbol (rows of one symbol summed).
+    Only ``options`` are ever managed; ``others`` (equities, anything that is not an option) are reported."""
+    options: dict[str, float] = {}
+    others: dict[str, float] = {}
+    for r in rows:
+        sym, q = r.get("symbol"), _num(r.get("quantity"))
+        if not sym or q is None:
+            continue
+        side = options if is_option(str(sym)) else others
+        side[str(sym)] = side.get(str(sym), 0.0) + q
+    return options, others
+
+
+def adoption(rows: list[dict], known: set[str] | dict) -> dict[str, list]:
+    """What to do at start with the broker's positions the ledger does not know (pure).
+
+    * ``adopt``: ``(symbol, quantity, avg_price)`` of long OPTION positions; ``avg_price`` = cost basis /
+      (quantity x the position's multiplier), per share like every option price (0 when the cost basis
+      is missing);
+    * ``shorts``: ``(symbol, quantity)`` of short options (alerted, never touched: we never open shorts);
+    * ``others``: ``(symbol, quantity)`` of non-option positions (equities: reported, never touched).
+    """
+    out: dict[str, list] = {"adopt": [], "shorts": [], "others": []}
+    cost: dict[str, float] = {}
+    qty: dict[str, float] = {}
+    mult: dict[str, float] = {}
+    for r in rows:
+        sym, q = r.get("symbol"), _num(r.get("quantity"))
+        if not sym or q is None or str(sym) in known:
+            continue
+        sym = str(sym)
+        qty[sym] = qty.get(sym, 0.0) + q
+        c = _num(r.get("cost_basis"))
+        cost[sym] = cost.get(sym, 0.0) + (c or 0.0)
+        mult[sym] = multiplier(r)
+    for sym, q in qty.items():
+        if q == 0:
+            continue
+        if not is_option(sym):
+            out["others"].append((sym, q))
+        elif q < 0:
+            out["shorts"].append((sym, q))
+        else:
+            avg = cost[sym] / (q * mult[sym]) if cost[sym] > 0 else 0.0
+            out["adopt"].append((sym, q, avg))
     return out
 
 

@@ -46,7 +46,7 @@ from services.broker import credentials_rpc
 from services.broker.credentials import with_stored_credentials
 from services.broker.engine import Block, Cancel, Engine, Gates, Intent, Modify, Place
 from services.broker.ledger import Ledger
-from services.broker.reconcile import is_option, plan as reconcile_plan
+from services.broker.reconcile import plan as reconcile_plan
 from services.broker.restore import load as restore_state
 from services.broker.tradier import (
     FINAL_STATUSES, OPEN_STATUSES, PlacementUnresolved, TradierError, account_events, dec, exec_quantity,
@@ -524,12 +524,8 @@ class BrokerService(BusService):
         else:
             rows = await a.tradier.positions() if a.tradier is not None else []
         a.last_position_rows = rows
-        out: dict[str, float] = {}
-        for r in rows:
-            q = dec(r.get("quantity"))
-            if r.get("symbol") and q is not None:
-                out[str(r["symbol"])] = out.get(str(r["symbol"]), 0.0) + float(q)
-        return out
+        options, a.other_positions = pf.split_positions(rows)  # equities are reported, never managed
+        return options
 
     async def _note_call(self, a: acc.Account, error: BaseException | None) -> None:
         """A stored user's credential status (last successful call / last error) for ``spx users``."""
@@ -612,7 +608,7 @@ class BrokerService(BusService):
         ts = self._now()
         broker = await self._broker_positions(a)
         if not a.adopted:
-            self._adopt(a, broker, ts)
+            self._adopt(a, ts)
         self._publish_notices(ts)
         drift = pf.reconcile(self._ledger_positions(a), broker)
         a.last_drift = drift
@@ -634,7 +630,8 @@ class BrokerService(BusService):
         ts = self._now()
         assert a.tradier is not None
         try:
-            self._adopt(a, await self._broker_positions(a), ts)
+            await self._broker_positions(a)  # the rows _adopt reads
+            self._adopt(a, ts)
         except TradierError as exc:
             await self._note_call(a, exc)
             self.log.warning("%s: positions at start unavailable (%s); adopting at the first reconcile", a.name, exc)
@@ -650,33 +647,36 @@ class BrokerService(BusService):
                 self.engine.seed_entries(user, n, ts)
                 self.log.info("%d entries already sent today for %s", n, user)
 
-    def _adopt(self, a: acc.Account, broker: dict[str, float], ts: int) -> None:
-        """At start: take over the broker's long option positions the ledger does not know (a restart),
-        so exits and flatten cover them; a short one is only alerted (never touched). The position frames
-        go out with the first reconcile, when subscribers are connected."""
+    def _adopt(self, a: acc.Account, ts: int) -> None:
+        """At start: take over the broker's long OPTION positions the ledger does not know (a restart),
+        so exits and flatten cover them (:func:`portfolio.adoption`: average price = cost basis /
+        (quantity x multiplier)); a short option is only alerted and an equity only reported (never
+        touched). The position frames go out with the first reconcile, when subscribers are connected."""
         a.adopted = True
         if a.record is not None:
             user = a.name
         else:
             user = (self.cfg.auto_execution_users or a.users)[0]
-        known = self._ledger_positions(a)
-        rows = {r.get("symbol"): r for r in (a.last_position_rows or [])}
-        for sym, qty in broker.items():
-            if sym in known or not is_option(sym):  # equities are never adopted (nor flattened)
-                continue
-            if qty < 0:
-                self.m_alerts.inc(kind="short")
-                self._notices.append((f"alert.{user}", "doc", {
-                    "kind": f"short:{sym}", "severity": "critical", "ts": ts, "user": user, "data": {},
-                    "message": f"The broker holds a SHORT {sym} ({qty:g}); this service never opens shorts "
-                               "and will not touch it."}))
-                continue
-            cost = dec((rows.get(sym) or {}).get("cost_basis"))
-            avg = float(cost) / (qty * 100) if cost is not None and qty else 0.0
+        plan = pf.adoption(a.last_position_rows or [], set(self._ledger_positions(a)))
+        for sym, qty in plan["shorts"]:
+            self.m_alerts.inc(kind="short")
+            self._notices.append((f"alert.{user}", "doc", {
+                "kind": f"short:{sym}", "severity": "critical", "ts": ts, "user": user, "data": {},
+                "message": f"The broker holds a SHORT {sym} ({qty:g}); this service never opens shorts "
+                           "and will not touch it."}))
+        for sym, qty in plan["others"]:
+            self.m_alerts.inc(kind="not_an_option")
+            self._notices.append((f"alert.{user}", "doc", {
+                "kind": f"not_an_option:{sym}", "severity": "info", "ts": ts, "user": user,
+                "data": {"symbol": sym, "quantity": qty},
+                "message": f"The broker account holds {sym} x{qty:g}, not an option: reported only, never "
+                           "adopted, exited or flattened."}))
+            self.log.info("%s: broker position %s x%g is not an option; left alone", a.name, sym, qty)
+        for sym, qty, avg in plan["adopt"]:
             self.engine.adopt(user, sym, qty, avg, ts)
             pos = self.ledger.adopt(user, sym, qty, avg, ts)
             self._notices.append((f"position.{user}", "position", pos))
-            self.log.warning("adopted broker position %s x%g for %s", sym, qty, user)
+            self.log.warning("adopted broker position %s x%g @ %.4f for %s", sym, qty, avg, user)
 
     async def poll_orders(self, a: acc.Account) -> None:
         """Fallback when the stream is down: order status by polling; resolves unknown placements by tag."""
@@ -759,16 +759,17 @@ class BrokerService(BusService):
             await self._cancel_foreign(a)
         ts = self._now()
         if not a.adopted:
-            self._adopt(a, broker, ts)
+            self._adopt(a, ts)
         owner = a.name if a.record is not None else (self.cfg.auto_execution_users or a.users)[0]
         held = self.engine.held_by_symbol(a.users)
         rows = {r.get("symbol"): r for r in (a.last_position_rows or [])}
         changes = reconcile_plan(held, broker)
         for sym, delta in changes.items():
             if delta > 0:
-                cost = dec((rows.get(sym) or {}).get("cost_basis"))
+                row = rows.get(sym) or {"symbol": sym}
+                cost = dec(row.get("cost_basis"))
                 qty = broker[sym]
-                avg = float(cost) / (qty * 100) if cost is not None and qty else 0.0
+                avg = float(cost) / (qty * pf.multiplier(row)) if cost is not None and qty else 0.0
                 self.engine.adopt(owner, sym, delta, avg, ts)
                 self._notices.append((f"position.{owner}", "position", self.ledger.align(owner, sym, delta, avg, ts)))
                 self.log.warning("flatten: %s holds %g more %s than the ledger: adopted", a.name, delta, sym)
