@@ -145,7 +145,7 @@ def user_send_allowed(cfg: BrokerConfig, user: dict, *, token_stored: bool) -> t
         return False, "no_token"
     if not cfg.execution_enabled:
         return False, "execution_disabled"
-    if user.get("environment") == "production" and not cfg.production_enabled:
+    if not cfg.user_is_sandbox(str(user.get("environment"))) and not cfg.production_enabled:
         return False, "production_not_enabled"
     return True, ""
 

@@ -8,7 +8,7 @@ import pytest
 
 from services.broker import portfolio as pf
 from services.broker.config import BrokerConfig, is_sandbox_url, url_origin
-from services.broker.credentials import user_allowed
+from services.broker.credentials import user_allowed, user_send_allowed
 from spx_common.flags import FlagStore
 from tests.broker.harness import SYM, T0, Harness
 from tests.conftest import eventually
@@ -62,6 +62,7 @@ def test_every_user_url_is_checked_the_same_way():
         cfg = BrokerConfig(execution_enabled=True, sandbox_url=bad)
         assert not cfg.user_is_sandbox("sandbox")
         assert user_allowed(cfg, rec, token_stored=True, flags=on) == (False, "production_not_enabled")
+        assert user_send_allowed(cfg, rec, token_stored=True) == (False, "production_not_enabled")  # exits too
         assert user_allowed(cfg.model_copy(update={"production_enabled": True}), rec, token_stored=True,
                             flags=on) == (True, "")
     assert url_origin("https://sandbox.tradier.com@api.tradier.com/v1") == ("https", "api.tradier.com", 443)
