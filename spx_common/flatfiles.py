@@ -8,8 +8,13 @@ Columns are read by header name, never by position (layouts in ``../shared/refer
   indicators,participant_timestamp,sequence_number,sip_timestamp,tape,trf_timestamp``
 
 Timestamps are integer nanoseconds (``sip_timestamp`` is the event time); ``conditions`` holds
-several comma-separated integers inside quotes, a single one bare, or nothing. Quote sizes are
-shares (the vendor's unit since 2025-11-03); no conversion is applied. The vendor sorts rows by
+several comma-separated integers inside quotes, a single one bare, or nothing; a trade with
+``correction`` != 0 is flagged ``excl=2`` (corrected or cancelled: out of bars, docs/microbars.md).
+Quote sizes: ``quote_sizes="vendor"`` (default) reads them in the vendor's unit for their date, as
+the WebSocket and REST readers do (stock sizes were round lots of 100 before 2025-11-03 on every
+vendor path: ``spx_common.marketrules.quote_size_factor``); ``"shares"`` for files that already
+hold shares whatever their date (files converted from another source, such as the two real days
+in ``../shared/data/real/``). Option sizes are contracts. The vendor sorts rows by
 ticker, then time; readers accept any order and yield events sorted by SIP time, and
 :func:`merge` interleaves trades and quotes applying a quote before a trade with the same
 timestamp (the aggregator's contract). Bad rows are counted in :class:`ReadStats` and skipped.
@@ -25,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from spx_common.marketrules import EXCL_CORRECTION, quote_size_factor
 from spx_common.models import Quote, Trade
 
 TRADE_COLUMNS = {"ticker", "price", "size", "sip_timestamp"}
@@ -70,7 +76,13 @@ def kind_of(path: Path) -> str:
     raise FlatFileError(f"{path}: header has neither the trades nor the quotes columns")
 
 
-def _read(path: Path, stats: ReadStats, symbols: set[str] | None) -> list[Trade | Quote]:
+QUOTE_SIZES = ("vendor", "shares")
+
+
+def _read(path: Path, stats: ReadStats, symbols: set[str] | None, quote_sizes: str = "vendor") -> list[Trade | Quote]:
+    if quote_sizes not in QUOTE_SIZES:
+        raise ValueError(f"quote_sizes must be one of {QUOTE_SIZES}, not {quote_sizes!r}")
+    vendor_units = quote_sizes == "vendor"
     kind = kind_of(path)
     out: list[Trade | Quote] = []
     with _open(path) as fh:
@@ -86,12 +98,15 @@ def _read(path: Path, stats: ReadStats, symbols: set[str] | None) -> list[Trade 
                 if kind == "trades":
                     ev = Trade(sym=sym, price=float(row["price"]), size=float(row["size"]), ts=ts, seq=seq,
                                exch=int(row.get("exchange") or 0), cond=_ints(row.get("conditions") or ""),
-                               source="replay")
+                               source="replay",
+                               excl=EXCL_CORRECTION if int(row.get("correction") or 0) else 0)
                     if ev.price < 0 or ev.size < 0:
                         raise ValueError("negative price or size")
                 else:
+                    mult = quote_size_factor(sym, ts) if vendor_units else 1
                     ev = Quote(sym=sym, bid=float(row["bid_price"]), ask=float(row["ask_price"]),
-                               bid_size=float(row["bid_size"]), ask_size=float(row["ask_size"]), ts=ts, seq=seq,
+                               bid_size=float(row["bid_size"]) * mult, ask_size=float(row["ask_size"]) * mult,
+                               ts=ts, seq=seq,
                                bid_exch=int(row.get("bid_exchange") or 0), ask_exch=int(row.get("ask_exchange") or 0),
                                source="replay")
                     if min(ev.bid, ev.ask, ev.bid_size, ev.ask_size) < 0:
@@ -110,9 +125,9 @@ def _read(path: Path, stats: ReadStats, symbols: set[str] | None) -> list[Trade 
 
 
 def iter_events(path: Path | str, *, symbols: Iterable[str] | None = None,
-                stats: ReadStats | None = None) -> Iterator[Trade | Quote]:
+                stats: ReadStats | None = None, quote_sizes: str = "vendor") -> Iterator[Trade | Quote]:
     """Events of one flat file, sorted by SIP time (any row order accepted)."""
-    yield from _read(Path(path), stats or ReadStats(), set(symbols) if symbols is not None else None)
+    yield from _read(Path(path), stats or ReadStats(), set(symbols) if symbols is not None else None, quote_sizes)
 
 
 def merge(*streams: Iterable[Trade | Quote]) -> Iterator[Trade | Quote]:
@@ -121,8 +136,8 @@ def merge(*streams: Iterable[Trade | Quote]) -> Iterator[Trade | Quote]:
 
 
 def read_merged(paths: Iterable[Path | str], *, symbols: Iterable[str] | None = None,
-                stats: ReadStats | None = None) -> Iterator[Trade | Quote]:
+                stats: ReadStats | None = None, quote_sizes: str = "vendor") -> Iterator[Trade | Quote]:
     """Several flat files (trades and quotes) merged into one stream in aggregation order."""
     stats = stats or ReadStats()
     syms = set(symbols) if symbols is not None else None
-    return merge(*[_read(Path(p), stats, syms) for p in paths])
+    return merge(*[_read(Path(p), stats, syms, quote_sizes) for p in paths])

@@ -67,6 +67,9 @@ class Trade(Base, kw_only=True, tag="t", tag_field="k", gc=False):
     cond: list[int] = []
     source: Source = "tick"
     backfilled: bool = False
+    #: not 0: the print stays out of bars and the lifecycle (1 condition, 2 correction, 3 outlier guard;
+    #: spx_common/marketrules.py, docs/microbars.md), kept in the tick cache and the journal
+    excl: int = 0
 
 
 class Quote(Base, kw_only=True, tag="q", tag_field="k", gc=False):

@@ -66,7 +66,8 @@ cdef enum:
     F_BEX = 1 << 14
     F_AEX = 1 << 15
     F_VALUE = 1 << 16
-    TRADE_OK = F_K | F_SYM | F_PRICE | F_SIZE | F_TS | F_SEQ | F_EXCH | F_COND | F_SOURCE | F_BACKFILLED
+    F_EXCL = 1 << 17
+    TRADE_OK = F_K | F_SYM | F_PRICE | F_SIZE | F_TS | F_SEQ | F_EXCH | F_COND | F_SOURCE | F_BACKFILLED | F_EXCL
     TRADE_NEED = F_K | F_SYM | F_PRICE | F_TS
     QUOTE_OK = F_K | F_SYM | F_BID | F_ASK | F_BSZ | F_ASZ | F_TS | F_SEQ | F_BEX | F_AEX | F_SOURCE | F_BACKFILLED
     QUOTE_NEED = F_K | F_SYM | F_BID | F_ASK | F_TS
@@ -86,6 +87,7 @@ cdef struct Ev:
     Py_ssize_t sym_len
     long long ts
     double a, b, c, d  # trade: price, size; quote: bid, ask, bid size, ask size; value: value
+    bint excl          # trade: ``excl`` != 0 (docs/microbars.md): held for the tick cache, no bar maths
     Py_ssize_t start, end  # the event's map in the body
 
 
@@ -334,6 +336,8 @@ cdef inline int _field(const uint8_t* s, Py_ssize_t ln) noexcept nogil:
             return F_EXCH
         if memcmp(s, b"cond", 4) == 0:
             return F_COND
+        if memcmp(s, b"excl", 4) == 0:
+            return F_EXCL
         return 0
     if ln == 5:
         if memcmp(s, b"price", 5) == 0:
@@ -369,6 +373,7 @@ cdef inline Py_ssize_t _rd_event(const uint8_t* p, Py_ssize_t i, Py_ssize_t n, E
     cdef bint big
     cdef double price = 0, size = 0, bid = 0, ask = 0, bsz = 0, asz = 0, value = 0
     ev.start = i
+    ev.excl = False
     i = _rd_head(p, i, n, &m, 0x80)
     if i < 0:
         return -1
@@ -412,6 +417,9 @@ cdef inline Py_ssize_t _rd_event(const uint8_t* p, Py_ssize_t i, Py_ssize_t n, E
             i = _rd_nonneg(p, i, n, &value)
         elif f == F_SEQ or f == F_EXCH or f == F_BEX or f == F_AEX:
             i = _rd_int(p, i, n, &iv, &big)
+        elif f == F_EXCL:
+            i = _rd_int(p, i, n, &iv, &big)
+            ev.excl = big or iv != 0
         elif f == F_COND:
             i = _rd_head(p, i, n, &cnt, 0x90)
             c = 0
@@ -739,7 +747,8 @@ cdef class TickCore:
                     if evs[i].sid == ev.sid:
                         evs[i].sid = sid
                 ev.sid = sid
-            self._event(sid, ev)
+            if not ev.excl:
+                self._event(sid, ev)
             if self.on_hold is not None:
                 self._hold(sid, p, ev)
         return count

@@ -207,11 +207,38 @@ class PyBarAggregator:
         if ev.ts > self.watermark:
             self.watermark = ev.ts
         st = self.symbols.get(ev.sym) or self._state(ev.sym)
-        if st is not None:
+        if st is not None and not (type(ev) is Trade and ev.excl):
             self._single(ev.sym, st, ev)
 
     def on_events(self, events: Iterable[Trade | Quote | IndexValue]) -> None:
         """Aggregate events in stream order (the live, replay and offline path).
+
+        An excluded trade (``excl`` != 0, docs/microbars.md) moves the watermark and makes its symbol
+        known, nothing else: the batch is cut around it (bars do not depend on batch cuts)."""
+        if not isinstance(events, (list, tuple)):
+            events = list(events)
+        for ev in events:
+            if type(ev) is Trade and ev.excl:
+                break
+        else:
+            return self._on_events(events)
+        run: list = []
+        for ev in events:
+            if type(ev) is Trade and ev.excl:
+                if run:
+                    self._on_events(run)
+                    run = []
+                if ev.ts > self.watermark:
+                    self.watermark = ev.ts
+                if ev.sym not in self.symbols:
+                    self._state(ev.sym)
+            else:
+                run.append(ev)
+        if run:
+            self._on_events(run)
+
+    def _on_events(self, events: Iterable[Trade | Quote | IndexValue]) -> None:
+        """Aggregate events in stream order, none of them an excluded trade.
 
         Hot path: consecutive trades and quotes of one symbol inside ``[lo, hi)`` of its state (a "run":
         with the feed's one-symbol batches, usually the whole batch) are summed in local variables and
@@ -717,7 +744,7 @@ class PyTickCore(PyBarAggregator):
         tracked after the batch iff it was tracked when the event came (the table only grows)."""
         symbols, dirty = self.symbols, self._dirty
         if self.on_hold is None:
-            for sym in dict.fromkeys([ev.sym for ev in events]):
+            for sym in dict.fromkeys([ev.sym for ev in events if not (type(ev) is Trade and ev.excl)]):
                 if sym in symbols:
                     dirty[sym] = None
             return
@@ -726,12 +753,13 @@ class PyTickCore(PyBarAggregator):
             sym = ev.sym
             if sym not in symbols:
                 continue  # refused
-            dirty[sym] = None
+            t = type(ev)
+            if not (t is Trade and ev.excl):  # an excluded trade is held, not aggregated
+                dirty[sym] = None
             h = held.get(sym)
             if h is None:
                 h = held[sym] = []
                 newest[sym] = [None, None, None]
-            t = type(ev)
             newest[sym][0 if t is Trade else 1 if t is Quote else 2] = ev
             h.append(ev)
             if len(h) >= hold_max:

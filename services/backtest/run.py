@@ -22,6 +22,7 @@ from typing import Callable
 import msgspec
 
 from services.aggregator.bars import BarAggregator
+from spx_common.marketrules import TradeRules
 from services.backtest import report as rpt
 from services.backtest import stats as st
 from services.backtest.engine import Backtester, merge_bars
@@ -93,6 +94,7 @@ def run(store: Store, opts: Options, cfg: DetectorConfig | None = None, *,
     bt = Backtester(cfg, host, rules=ExitRules(), pivot_every=opts.pivot_every, tag=tag, profile=profile)
     days = trading_days(opts.start, opts.end)
     data: list[dict] = []
+    excluded = 0
     for i, d in enumerate(days):
         a, b = day_range(d)
         if progress:
@@ -102,6 +104,7 @@ def run(store: Store, opts: Options, cfg: DetectorConfig | None = None, *,
             used = {"day": d.isoformat(), "source": "store ticks" if events else "missing", "resolution": "tick",
                     "rows": len(events)}
             if events:
+                excluded += TradeRules().apply(events)  # the feed's trade rules, as live (docs/microbars.md)
                 bt.on_events(events, BarAggregator([cfg.interval], l2=True))
         else:
             per: dict[str, list] = {}
@@ -143,7 +146,7 @@ def run(store: Store, opts: Options, cfg: DetectorConfig | None = None, *,
         "report_version": REPORT_VERSION,
         "range": {"from": opts.start.isoformat(), "to": opts.end.isoformat(), "trading_days": len(days)},
         "evidence": {"requested_resolution": opts.resolution, "data": data, "fallback_to_minute_bars": fallback,
-                     "sample": {"bars": bt.bars_seen, "ticks": bt.ticks_seen, "setups": len({
+                     "sample": {"bars": bt.bars_seen, "ticks": bt.ticks_seen, "excluded_trades": excluded, "setups": len({
                          t.setup_id for t in bt.transitions}), "resolved_trades": len(trades)},
                      "config_hash": chash, "plugins": plugins, "symbols": sorted(opts.symbols),
                      "profile_version": profile.version,

@@ -52,6 +52,10 @@ class DetectorConfig(Section):
     flow_proxy: str = Field("SPY", description="Symbol whose order flow is the intraday flow proxy for every "
                             "symbol (the index has no volume).")
     opening_range_min: float = Field(15.0, gt=0, description="Opening range length in minutes (event time).")
+    extended_hours: list[str] = Field(
+        [], description="Plugins (by name; \"*\" for all) that may form setups on bars outside the regular "
+        "session (09:30-16:00 New York, 13:00 on early closes, none on holidays: spx_common/calendar.py). By "
+        "default none: pre- and post-market bars only update the market state's 'extended' values.")
     confirm_ticks: int = Field(3, ge=1, description="Trigger debounce: consecutive ticks beyond the trigger.")
     confirm_ms: int = Field(500, ge=0, description="Trigger debounce: event-time ms beyond the trigger.")
     ttl_min: float = Field(30.0, gt=0, description="A setup not triggered within this many minutes expires.")

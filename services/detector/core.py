@@ -27,6 +27,10 @@ class DetectorEngine:
         self.cfg = cfg
         self.host = host
         self.watched = set(cfg.symbols)
+        #: plugins allowed to form setups outside the regular session (None: every plugin)
+        self.extended = None if "*" in cfg.extended_hours else frozenset(cfg.extended_hours)
+        #: bars outside the regular session on which no plugin ran (no plugin opted in)
+        self.off_session_bars = 0
         self.lifecycle = Lifecycle(confirm_ticks=cfg.confirm_ticks, confirm_ns=cfg.confirm_ms * 1_000_000,
                                    ttl_ns=int(cfg.ttl_min * 60e9), max_active=cfg.max_active)
         self.sessions: dict[str, SessionState] = {}
@@ -82,7 +86,13 @@ class DetectorEngine:
         ctx = DetectorContext(bar.sym, self.now_ns, tuple(ring), MappingProxyType(state), self._config,
                               (bar.start_ns - ss.day_open_ns) / 60e9)
         out = []
-        for cand in self.host.on_bar(ctx, bar):
+        only = None
+        if not ss.in_session(bar.start_ns):  # pre-/post-market or a closed day: opted-in plugins only
+            only = self.extended
+            if only is not None and not only:
+                self.off_session_bars += 1
+                return out
+        for cand in self.host.on_bar(ctx, bar, only):
             tr = self._admit(cand, bar, state)
             if tr is not None:
                 out.append(tr)
@@ -95,6 +105,8 @@ class DetectorEngine:
         for ev in events:
             t = type(ev)
             if t is Trade:
+                if ev.excl:  # out of bars, out of the lifecycle (docs/microbars.md)
+                    continue
                 price = ev.price
             elif t is IndexValue:
                 price = ev.value

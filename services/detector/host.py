@@ -246,12 +246,15 @@ class PluginHost(HostBase):
 
     # ------------------------------------------------------------------ calling
 
-    def on_bar(self, ctx, bar) -> list[SetupCandidate]:
+    def on_bar(self, ctx, bar, only=None) -> list[SetupCandidate]:
+        """Each active plugin's candidates for ``bar``; ``only``: run just the plugins with these names."""
         out: list[SetupCandidate] = []
         now = self.clock()
         sym = bar.sym
         for p in self.plugins.values():
             if not p.wants(sym) or not p.health.should_call(now):
+                continue
+            if only is not None and p.name not in only:
                 continue
             result, error, cpu_ms = call_plugin(p, ctx, bar)
             self._account(p, now, error=error, slow=self._overrun(p, cpu_ms))

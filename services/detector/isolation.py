@@ -338,14 +338,15 @@ class IsolatedHost(HostBase):
 
     # ------------------------------------------------------------------ calling
 
-    def on_bar(self, ctx, bar) -> list[SetupCandidate]:
+    def on_bar(self, ctx, bar, only=None) -> list[SetupCandidate]:
+        """Each plugin's candidates for ``bar`` from its worker; ``only``: just the plugins with these names."""
         now = self.clock()
         sym = bar.sym
         state = None
         running: dict[WorkerProc, tuple[int, list[LoadedPlugin]]] = {}
         for w in self.workers:
             due = [p for p in self.plugins.values()
-                   if p.worker == w.target and p.wants(sym) and _due(p, now)]
+                   if p.worker == w.target and p.wants(sym) and _due(p, now) and (only is None or p.name in only)]
             if not due or not self._ready(w, now, due):
                 continue
             calls = [p for p in due if p.health.should_call(now)]

@@ -4,6 +4,19 @@ Recomputed on a cadence (not per tick) by the detector host and published on ``s
 prior-day high/low/close and floor pivots, opening range, session VWAP with 1σ/2σ bands,
 GEX from the chain (per-strike gamma exposure, call wall, put wall, zero-gamma flip), regime
 (``trending``, ``ranging``, ``compression``, ``breakout``) and the SPX–SPY basis.
+
+**The regular session bounds them.** Session high/low, opening range, VWAP, the regime's closes and
+the prior day's high/low/close are taken over bars starting inside the regular session of their New
+York date (09:30-16:00, 13:00 on early closes, none on holidays and weekends: the exchange calendar,
+``spx_common/calendar.py``). Extended-hours bars (pre-market from 04:00, post-market to 20:00) are
+folded into ``extended`` (high, low, VWAP over every bar of the date) and ``last``; the snapshot's
+``session`` says which session the latest bar was in (``pre``, ``regular``, ``post``, ``closed``) and
+that the top-level values are ``regular`` ones. Setup formation outside the session is the
+detector host's rule (``[detector] extended_hours``, services/detector/core.py).
+
+VWAP is the volume-weighted price of the trades: each bar adds ``vwap × volume`` (Σ price·size of its
+trades) and its volume; a bar without a VWAP (index values, zero volume) adds its typical price
+``(high + low + close) / 3`` with weight ``volume`` or 1 (time-weighted for the index).
 """
 
 from __future__ import annotations
@@ -14,6 +27,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from zoneinfo import ZoneInfo
 
+from spx_common import calendar as mcal
 from spx_common.models import MicroBar
 
 ET = ZoneInfo("America/New_York")
@@ -25,15 +39,41 @@ def session_open_ns(ts_ns: int) -> int:
     return int(dt.datetime(d.year, d.month, d.day, 9, 30, tzinfo=ET).timestamp() * 1e9)
 
 
+def _session_bounds(day_open_ns: int) -> tuple[int, int, bool]:
+    """(open_ns, close_ns, early) of the regular session of the date whose 09:30 is ``day_open_ns``;
+    (0, 0, False) when the market is closed all day."""
+    s = mcal.session(mcal.et_date(day_open_ns))
+    return (0, 0, False) if s is None else (s.open_ns, s.close_ns, s.early)
+
+
+def _bar_vwap_terms(bar: MicroBar) -> tuple[float, float]:
+    """(price, weight) a bar adds to a VWAP: its trades' VWAP and volume, else typical price, volume or 1."""
+    if bar.vwap is not None and bar.volume > 0:
+        return bar.vwap, bar.volume
+    return (bar.high + bar.low + bar.close) / 3, bar.volume if bar.volume > 0 else 1.0
+
+
 @dataclass
 class SessionState:
-    """Running session statistics of one symbol (bounded: scalars only)."""
+    """Running session statistics of one symbol (bounded: scalars only); see the module docstring."""
 
     opening_range_min: float = 15.0
     day_open_ns: int = 0
+    #: the regular session of the current date: [open_ns, close_ns); both 0 when closed all day
+    open_ns: int = 0
+    close_ns: int = 0
+    early_close: bool = False
+    #: where the latest bar was: pre, regular, post or closed (a day without a session)
+    now: str = "closed"
+    x_high: float = -math.inf  # extended: every bar of the date
+    x_low: float = math.inf
+    x_pv: float = 0.0
+    x_vol: float = 0.0
+    x_p2v: float = 0.0
     high: float = -math.inf
     low: float = math.inf
-    close: float | None = None
+    close: float | None = None  # the latest bar's close, any session ("last")
+    reg_close: float | None = None  # the latest regular-session close (the prior day's close tomorrow)
     prior: dict | None = None
     or_high: float | None = None
     or_low: float | None = None
@@ -52,40 +92,67 @@ class SessionState:
         else:
             start = session_open_ns(t)
         if start != self.day_open_ns:
-            if self.close is not None and self.high > -math.inf:
-                self.prior = {"high": self.high, "low": self.low, "close": self.close}
+            if self.reg_close is not None and self.high > -math.inf:
+                self.prior = {"high": self.high, "low": self.low, "close": self.reg_close}
             self.day_open_ns = start
-            self.high, self.low, self.close = -math.inf, math.inf, None
+            self.open_ns, self.close_ns, self.early_close = _session_bounds(start)
+            self.high, self.low, self.reg_close = -math.inf, math.inf, None
+            self.x_high, self.x_low = -math.inf, math.inf
             self.or_high = self.or_low = None
             self.pv = self.vol = self.p2v = 0.0
+            self.x_pv = self.x_vol = self.x_p2v = 0.0
             self.n = 0
             self.closes = []
         self.last_ns = bar.start_ns
+        self.close = bar.close
+        price, w = _bar_vwap_terms(bar)
+        self.x_high = max(self.x_high, bar.high)
+        self.x_low = min(self.x_low, bar.low)
+        self.x_pv += price * w
+        self.x_p2v += price * price * w
+        self.x_vol += w
+        if not self.open_ns:
+            self.now = "closed"
+            return
+        if t < self.open_ns:
+            self.now = "pre"
+            return
+        if t >= self.close_ns:
+            self.now = "post"
+            return
+        self.now = "regular"
         self.high = max(self.high, bar.high)
         self.low = min(self.low, bar.low)
-        self.close = bar.close
-        if bar.start_ns < self.day_open_ns + self.opening_range_min * 60e9:
+        self.reg_close = bar.close
+        if t < self.open_ns + self.opening_range_min * 60e9:
             self.or_high = bar.high if self.or_high is None else max(self.or_high, bar.high)
             self.or_low = bar.low if self.or_low is None else min(self.or_low, bar.low)
-        typical = (bar.high + bar.low + bar.close) / 3
-        w = bar.volume if bar.volume > 0 else 1.0  # index bars have no volume: time-weighted
-        self.pv += typical * w
-        self.p2v += typical * typical * w
+        self.pv += price * w
+        self.p2v += price * price * w
         self.vol += w
         self.n += 1
         self.closes.append(bar.close)
         if len(self.closes) > 120:
             del self.closes[0]
 
+    def in_session(self, ts_ns: int) -> bool:
+        """``ts_ns`` is inside the regular session of the current date."""
+        return self.open_ns <= ts_ns < self.close_ns
+
     def or_complete(self, now_ns: int) -> bool:
         return now_ns >= self.day_open_ns + self.opening_range_min * 60e9 and self.or_high is not None
 
     def vwap(self) -> tuple[float | None, float | None]:
-        if self.vol <= 0:
-            return None, None
-        v = self.pv / self.vol
-        var = max(self.p2v / self.vol - v * v, 0.0)
-        return v, math.sqrt(var)
+        """Regular-session VWAP and the volume-weighted standard deviation around it."""
+        return _vwap(self.pv, self.p2v, self.vol)
+
+    def session_doc(self) -> dict:
+        return {"now": self.now, "values": "regular", "open_ns": self.open_ns or None,
+                "close_ns": self.close_ns or None, "early_close": self.early_close}
+
+    def extended_doc(self) -> dict:
+        xv, _ = _vwap(self.x_pv, self.x_p2v, self.x_vol)
+        return {"high": _f(self.x_high), "low": _f(self.x_low), "vwap": xv}
 
     def regime(self) -> str:
         c = self.closes
@@ -113,6 +180,8 @@ class SessionState:
                                           None if prior is None else MappingProxyType(pivots(prior)))
         v, sd = self.vwap()
         return {"open_ns": self.day_open_ns, "high": _f(self.high), "low": _f(self.low), "last": self.close,
+                "session": MappingProxyType(self.session_doc()),
+                "extended": MappingProxyType(self.extended_doc()),
                 "opening_range": MappingProxyType({
                     "high": self.or_high, "low": self.or_low,
                     "complete": self.or_high is not None and
@@ -124,6 +193,7 @@ class SessionState:
     def snapshot(self) -> dict:
         v, sd = self.vwap()
         doc = {"open_ns": self.day_open_ns, "high": _f(self.high), "low": _f(self.low), "last": self.close,
+               "session": self.session_doc(), "extended": self.extended_doc(),
                "opening_range": {"high": self.or_high, "low": self.or_low,
                                  "complete": self.or_high is not None and
                                  self.last_ns >= self.day_open_ns + self.opening_range_min * 60e9},
@@ -135,6 +205,13 @@ class SessionState:
 
 def _f(x: float) -> float | None:
     return None if math.isinf(x) else x
+
+
+def _vwap(pv: float, p2v: float, vol: float) -> tuple[float | None, float | None]:
+    if vol <= 0:
+        return None, None
+    v = pv / vol
+    return v, math.sqrt(max(p2v / vol - v * v, 0.0))
 
 
 def pivots(prior: dict | None) -> dict | None:

@@ -89,6 +89,14 @@ class FeedConfig(Section):
     journal: Literal["auto", "on", "off"] = Field("auto", description="Journal published events (auto: live only).")
     journal_flush_s: float = Field(0.25, gt=0, description="Journal flush interval: a crash loses at most this.")
     journal_fsync: bool = Field(False, description="fsync each journal flush (survives machine crash).")
+    outlier_guard_pct: float = Field(
+        0.0, ge=0, le=100, description="Trade outlier guard (docs/microbars.md): a stock or option print with no "
+        "condition priced more than this many percent outside the quote in force (bid and ask > 0) is excluded "
+        "from bars and counted (feed_trades_excluded_total{condition=\"outlier\"}). 0: off.")
+    flatfile_quote_sizes: Literal["vendor", "shares"] = Field(
+        "vendor", description="source=flatfile: vendor - stock quote sizes are the vendor's unit for the file's "
+        "date (round lots of 100 before 2025-11-03, multiplied to shares); shares - the files already hold shares "
+        "(files converted from another source, e.g. ../shared/data/real).")
     rest_timeout_s: float = Field(10.0, gt=0, description="REST request timeout.")
     rest_retries: int = Field(4, ge=0, le=10, description="Retries of a retryable REST failure (429, 5xx, timeout).")
     rest_requests_per_s: float = Field(50.0, gt=0, description="REST client rate limit (paid plans: stay < 100/s).")

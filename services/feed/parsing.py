@@ -17,8 +17,10 @@ vendor         mesh
 * Timestamps: the vendor sends Unix **milliseconds** (SIP time ``t``); the mesh uses ns, so
   ``ts = t * 1_000_000`` exactly (integer arithmetic, no float rounding).
 * Quote sizes: stock quote sizes are **shares** since 2025-11-03 and were round lots of 100
-  before; events stamped before :data:`SHARES_SINCE_NS` are multiplied by 100 so the mesh always
-  carries shares (replays of old data included).  Option quote sizes are contracts, unchanged.
+  before, on the WebSocket, REST and flat files alike; events stamped before :data:`SHARES_SINCE_NS`
+  are multiplied by 100 so the mesh always carries shares (replays of old data included): the rule
+  of :func:`spx_common.marketrules.quote_size_factor`, which the REST and flat-file readers call.
+  Option quote sizes are contracts, unchanged.
   Trade sizes are shares (stocks) or contracts (options), unchanged.
 * Unknown or unhandled event types (``A``, ``AM``, ``LULD``, anything new) are counted in
   ``unknown[ev]`` and skipped.  A malformed event (missing field, wrong type, negative price) is
@@ -35,6 +37,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta, Struct, field
 
+from spx_common.marketrules import SHARES_SINCE_NS
 from spx_common.models import IndexValue, MarketEvent, Quote, Trade, Source
 
 Price = Annotated[float, Meta(ge=0)]
@@ -42,8 +45,6 @@ Size = Annotated[float, Meta(ge=0)]
 Ms = Annotated[int, Meta(ge=0, le=9_999_999_999_999)]  # ms; bounded so ns fits int64 (year 2286)
 Sym = Annotated[str, Meta(min_length=1, max_length=64)]
 
-#: 2025-11-03 00:00 America/New_York (05:00 UTC), in ns: stock quote sizes are shares from here on.
-SHARES_SINCE_NS = 1_762_146_000 * 1_000_000_000
 _MS = 1_000_000
 
 
@@ -118,7 +119,7 @@ class MassiveParser:
             if cls is WQuote:
                 ts = w.t * _MS
                 bs, as_ = w.bs, w.as_
-                if ts < SHARES_SINCE_NS and not w.sym.startswith("O:"):
+                if ts < SHARES_SINCE_NS and not w.sym.startswith("O:"):  # quote_size_factor, inlined (hot path)
                     bs, as_ = bs * 100, as_ * 100
                 events.append(Quote(sym=w.sym, bid=w.bp, ask=w.ap, bid_size=bs, ask_size=as_, ts=ts, seq=w.q,
                                     bid_exch=w.bx, ask_exch=w.ax, source=src))

@@ -128,9 +128,13 @@ class FlatFileSource(Source):
 
     name = "flatfile"
 
-    def __init__(self, paths: list[Path | str], *, symbols: Iterable[str] | None = None) -> None:
+    def __init__(self, paths: list[Path | str], *, symbols: Iterable[str] | None = None,
+                 quote_sizes: str = "vendor") -> None:
         from spx_common import flatfiles
 
+        if quote_sizes not in flatfiles.QUOTE_SIZES:
+            raise ValueError(f"quote_sizes must be one of {flatfiles.QUOTE_SIZES}, not {quote_sizes!r}")
+        self.quote_sizes = quote_sizes
         self._flatfiles = flatfiles
         self.paths = [Path(p) for p in paths]
         for p in self.paths:
@@ -141,7 +145,8 @@ class FlatFileSource(Source):
         self.stats = flatfiles.ReadStats()
 
     def events(self) -> Iterator[MarketEvent]:
-        return self._flatfiles.read_merged(self.paths, symbols=self.symbols, stats=self.stats)
+        return self._flatfiles.read_merged(self.paths, symbols=self.symbols, stats=self.stats,
+                                           quote_sizes=self.quote_sizes)
 
 
 Emit = Callable[[list[MarketEvent]], None]

@@ -23,8 +23,9 @@ Behaviour:
   the documented JSON: raised at once.  5xx bodies are often nginx HTML; they are never parsed.
 * Rate limiting: a token bucket of ``requests_per_s`` (default 50; the vendor asks paid plans to
   stay under ~100/s and documents no rate-limit headers).
-* Units: REST times are already ns; quote sizes follow the same shares rule as the stream
-  (:data:`services.feed.parsing.SHARES_SINCE_NS`).
+* Units: REST times are already ns; quote sizes follow the same shares rule as the stream and the
+  flat files (:func:`spx_common.marketrules.quote_size_factor`). A trade with ``correction`` != 0 is
+  flagged ``excl=2`` (out of bars, docs/microbars.md).
 * Answer shapes the vendor really sends (docs/feed.md has the table): option trades without
   ``sequence_number`` (the options ``/v3/trades`` answer has none: the dedupe keys them by print,
   :mod:`services.feed.pipeline`); index snapshot rows without ``last_updated`` (stamped with the
@@ -43,10 +44,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from spx_common.marketrules import EXCL_CORRECTION, quote_size_factor
 from spx_common.metrics import Registry
 from spx_common.models import IndexValue, Quote, Source, Trade
-
-from services.feed.parsing import SHARES_SINCE_NS
 
 RETRYABLE_STATUS = frozenset({413, 429, 499, 500, 502, 503, 504})
 
@@ -300,7 +300,7 @@ class MassiveRest:
             return None
         try:
             ts = _ns(r["t"])
-            mult = 100 if ts < SHARES_SINCE_NS and not ticker.startswith("O:") else 1
+            mult = quote_size_factor(ticker, ts)
             return Quote(sym=ticker, bid=_nonneg(r["p"]), ask=_nonneg(r["P"]), bid_size=_nonneg(r.get("s", 0)) * mult,
                          ask_size=_nonneg(r.get("S", 0)) * mult, ts=ts, seq=_int(r.get("q", 0)),
                          bid_exch=_int(r.get("x", 0)), ask_exch=_int(r.get("X", 0)), source="poll")
@@ -434,7 +434,8 @@ def trade_from_rest(ticker: str, r: dict, source: Source = "backfill") -> Trade 
     try:
         return Trade(sym=ticker, price=_nonneg(r["price"]), size=_nonneg(r.get("size", 0)), ts=_ns(r["sip_timestamp"]),
                      seq=_int(r.get("sequence_number", 0)), exch=_int(r.get("exchange", 0)),
-                     cond=_ints(r.get("conditions")), source=source, backfilled=True)
+                     cond=_ints(r.get("conditions")), source=source, backfilled=True,
+                     excl=EXCL_CORRECTION if _int(r.get("correction") or 0) else 0)
     except _BAD_ROW:
         return None
 
@@ -443,7 +444,7 @@ def quote_from_rest(ticker: str, r: dict, source: Source = "backfill") -> Quote 
     """A ``/v3/quotes`` result -> Quote (None when malformed); sizes in shares (see module docstring)."""
     try:
         ts = _ns(r["sip_timestamp"])
-        mult = 100 if ts < SHARES_SINCE_NS and not ticker.startswith("O:") else 1
+        mult = quote_size_factor(ticker, ts)
         return Quote(sym=ticker, bid=_nonneg(r.get("bid_price", 0)), ask=_nonneg(r.get("ask_price", 0)),
                      bid_size=_nonneg(r.get("bid_size", 0)) * mult, ask_size=_nonneg(r.get("ask_size", 0)) * mult,
                      ts=ts, seq=_int(r.get("sequence_number", 0)), bid_exch=_int(r.get("bid_exchange", 0)),

@@ -30,6 +30,7 @@ import msgspec
 from spx_common.clock import EventClock
 from spx_common.config import load
 from spx_common.journal import JournalWriter
+from spx_common.marketrules import TradeRules
 from spx_common.models import FeedStatus, MarketEvent
 from spx_common.topics import tick_topic
 from spx_common.service import BusService
@@ -58,6 +59,10 @@ class FeedService(BusService):
         self.status_detail = ""
         self.pipeline = TickPipeline(max_keys=self.cfg.dedupe_keys,
                                      reorder_tolerance_ns=self.cfg.reorder_tolerance_ms * 1_000_000)
+        #: the one place every published trade is flagged (excl) by the condition table, correction and
+        #: outlier rules (spx_common/marketrules.py): live, backfill, poll and replays alike
+        self.rules = TradeRules(outlier_pct=self.cfg.outlier_guard_pct)
+        self._excluded_total: dict[str, int] = {}
         m = self.metrics
         self.m_events = m.counter("tick_events_total", "Events published, by event source.", ["source"])
         self.m_rate = m.gauge("tick_ingest_rate", "Events published per second (last status interval).")
@@ -69,6 +74,10 @@ class FeedService(BusService):
         self.m_journal_dropped = m.gauge("journal_dropped_events", "Events the journal queue refused (full).")
         self.m_journal_errors = m.gauge("journal_write_errors", "Journal writes that failed (disk full, permissions).")
         self.m_frames = m.counter("tick_frames_total", "ticks frames published (tick.<sym>, tick.O:<root>).")
+        self.m_excluded = m.counter("feed_trades_excluded_total", "Trades published flagged out of bars (excl), by "
+                                    "condition id, or correction / outlier (docs/microbars.md).", ["condition"])
+        self.m_excluded_size = m.counter("feed_trades_excluded_size_total", "Size (shares/contracts) of the trades "
+                                         "in feed_trades_excluded_total, by the same labels.", ["condition"])
         self.m_chain = m.counter("chain_snapshots_total", "Option chain documents published.")
         self.m_passive = m.counter("tick_passive_events_total", "Events ingested and journaled while "
                                    "tick_ingest_passive held them back from tick-cadence fan-out.")
@@ -106,6 +115,9 @@ class FeedService(BusService):
         labelled metrics once a second (``periodic``), and the journal gets one record per call.
         """
         groups = self.pipeline.process(events, passes)
+        rules = self.rules
+        for _, evs in groups:
+            rules.apply(evs)
         if self.passive:
             return self._ingest_passive(events, groups)
         n = 0
@@ -191,6 +203,12 @@ class FeedService(BusService):
         if self._frames:
             self.m_frames.inc(self._frames)
             self._frames = 0
+        if self.rules.excluded:
+            counts, sizes = self.rules.take_counts()
+            for label, k in counts.items():
+                self.m_excluded.inc(k, condition=label)
+                self._excluded_total[label] = self._excluded_total.get(label, 0) + k
+                self.m_excluded_size.inc(sizes[label], condition=label)
         if self._passive_count:
             self.m_passive.inc(self._passive_count)
             self._passive_count = 0
@@ -271,6 +289,7 @@ class FeedService(BusService):
             "reconnects": self.reconnects,
             "published": self._published,
             "drops": dict(self.pipeline.drops),
+            "trades_excluded": dict(self._excluded_total),
             "event_ns": self.clock.now_ns(),
             "replay_done": self.replay_done,
             "passive": self.passive,
@@ -313,7 +332,7 @@ class FeedService(BusService):
 
         path = cfg.replay_path
         files = sorted([*path.glob("*.csv"), *path.glob("*.csv.gz")]) if path.is_dir() else [path]
-        return FlatFileSource(files)
+        return FlatFileSource(files, quote_sizes=cfg.flatfile_quote_sizes)
 
     async def run_replay(self, src: Source, progress=None) -> int:
         """Publish a replay source at the configured speed; returns events published."""

@@ -3,7 +3,8 @@
 It recomputes every bar from whole lists, by definition, with none of the aggregator's
 incremental state: the quote in force for a trade is found by scanning the stream backwards,
 quote observations by filtering the symbol's quotes by time. Input must be in stream order with
-non-decreasing timestamps (what the property tests generate).
+non-decreasing timestamps (what the property tests generate). An excluded trade (``excl`` != 0) is in
+no bar at all.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ def reference_bars(events: list, interval_ns: int, interval: str = "1s", l2: boo
     for sym in symbols:
         stream = [(i, e) for i, e in enumerate(events) if e.sym == sym]
         quotes = [(i, e) for i, e in stream if isinstance(e, Quote)]
-        prints = [(i, e) for i, e in stream if isinstance(e, (Trade, IndexValue))]
+        prints = [(i, e) for i, e in stream if isinstance(e, IndexValue) or isinstance(e, Trade) and not e.excl]
         buckets = sorted({e.ts // interval_ns for _, e in prints})
         for b in buckets:
             start, end = b * interval_ns, (b + 1) * interval_ns

@@ -19,7 +19,7 @@ PRICES = [99.98, 99.99, 100.0, 100.01, 100.02]
 
 
 @st.composite
-def streams(draw, sizes=(0, 1, 100, 250)):
+def streams(draw, sizes=(0, 1, 100, 250), excl=(0, 0, 0, 0, 1, 3)):
     n = draw(st.integers(0, 60))
     ts = 10 * S
     events = []
@@ -28,7 +28,7 @@ def streams(draw, sizes=(0, 1, 100, 250)):
         sym = draw(st.sampled_from(["SPY", "QQQ"]))
         if draw(st.booleans()):
             events.append(Trade(sym=sym, price=draw(st.sampled_from(PRICES)), size=draw(st.sampled_from(sizes)),
-                                ts=ts))
+                                ts=ts, excl=draw(st.sampled_from(excl))))
         else:
             bid = draw(st.sampled_from([0.0] + PRICES))
             ask = draw(st.sampled_from([0.0] + PRICES))  # crossed and zero quotes included

@@ -45,9 +45,9 @@ LIST_DEC = msgspec.msgpack.Decoder(list[MarketEvent])
 EVENT_DEC = msgspec.msgpack.Decoder(MarketEvent)
 
 FLOAT_FIELDS = {"price", "size", "bid", "ask", "bid_size", "ask_size", "value"}
-INT_FIELDS = {"seq", "exch", "bid_exch", "ask_exch"}
+INT_FIELDS = {"seq", "exch", "bid_exch", "ask_exch", "excl"}
 FIELDS = {  # kind tag -> (required, optional) wire fields
-    "t": (["k", "sym", "price", "ts"], ["size", "seq", "exch", "cond", "source", "backfilled"]),
+    "t": (["k", "sym", "price", "ts"], ["size", "seq", "exch", "cond", "source", "backfilled", "excl"]),
     "q": (["k", "sym", "bid", "ask", "ts"],
           ["bid_size", "ask_size", "seq", "bid_exch", "ask_exch", "source", "backfilled"]),
     "v": (["k", "sym", "value", "ts"], ["source", "backfilled"]),
@@ -443,7 +443,7 @@ def test_the_mutation_generator_reaches_both_outcomes_and_every_disagreement_kin
 
 FULL = {
     "t": {"k": "t", "sym": "SPY", "price": 500.25, "size": 100.0, "ts": T0, "seq": 7, "exch": 4, "cond": [12, 37],
-          "source": "tick", "backfilled": True},
+          "source": "tick", "backfilled": True, "excl": 1},
     "q": {"k": "q", "sym": "SPY", "bid": 500.0, "ask": 500.5, "bid_size": 3.0, "ask_size": 4.0, "ts": T0 + 1,
           "seq": 8, "bid_exch": 1, "ask_exch": 2, "source": "poll", "backfilled": False},
     "v": {"k": "v", "sym": "I:SPX", "value": 5000.5, "ts": T0 + 2, "source": "replay", "backfilled": False},

@@ -115,6 +115,8 @@ class FakeMassive:
         self.refuse_connections = False  # close every new connection at once (1013 try again later)
         self.trades: dict[str, list[Trade]] = {}
         self.quotes: dict[str, list[Quote]] = {}
+        #: (sym, sequence number) of REST trades answered with ``correction`` != 0 (a corrected print)
+        self.corrections: dict[tuple[str, int], int] = {}
         self.index_values: dict[str, IndexValue] = {}
         #: index tickers whose snapshot row has a value and no ``last_updated``
         self.index_untimed: set[str] = set()
@@ -601,9 +603,14 @@ def option_snapshot_row(symbol: str, strike: float, call: bool, expiration: str,
     return row
 
 
-def _trade_json(t: Trade) -> dict:
-    return {"conditions": list(t.cond), "exchange": t.exch, "id": str(t.seq), "participant_timestamp": t.ts - 1000,
-            "price": t.price, "sequence_number": t.seq, "sip_timestamp": t.ts, "size": t.size, "tape": 3}
+def _trade_json(t: Trade, correction: int = 0) -> dict:
+    row = {"conditions": list(t.cond), "exchange": t.exch, "id": str(t.seq), "participant_timestamp": t.ts - 1000,
+           "price": t.price, "sequence_number": t.seq, "sip_timestamp": t.ts, "size": t.size, "tape": 3}
+    if not row["conditions"]:
+        del row["conditions"]  # the vendor leaves the key out when there is none
+    if correction:
+        row["correction"] = correction
+    return row
 
 
 def _option_trade_json(t: Trade) -> dict:
@@ -684,9 +691,11 @@ def _make_handler(fake: FakeMassive):
                 if parts[:2] == ["v3", "trades"]:
                     items = sorted(_ts_filter(fake.trades.get(parts[2], []), q), key=lambda e: e.ts,
                                    reverse=q.get("order", "desc") == "desc")
-                    conv = _trade_json if fake.option_trade_seq or not parts[2].startswith("O:") \
-                        else _option_trade_json
-                    return self._page(path, q, items, conv, 50_000)
+                    fix = dict(fake.corrections)
+                    if fake.option_trade_seq or not parts[2].startswith("O:"):
+                        return self._page(path, q, items, lambda t: _trade_json(t, fix.get((t.sym, t.seq), 0)),
+                                          50_000)
+                    return self._page(path, q, items, _option_trade_json, 50_000)
                 if parts[:2] == ["v3", "quotes"] and parts[2].startswith("O:") and not fake.option_quotes_entitled:
                     return self._send(403, {"status": "NOT_AUTHORIZED", "request_id": "r403",
                                             "message": "You are not entitled to this data. Please upgrade your "

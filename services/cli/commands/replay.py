@@ -36,6 +36,9 @@ def register(sub) -> None:
     p.add_argument("--date", default=None, help="synthetic: session date (default the configured one)")
     p.add_argument("--seed", type=int, default=None, help="synthetic: seed (default the configured one)")
     p.add_argument("--compress", type=float, default=None, help="synthetic: event-time compression (60: 6.5 min day)")
+    p.add_argument("--quote-sizes", choices=("vendor", "shares"), default=None,
+                   help="flatfile: stock quote sizes in the vendor's unit for the file's date (vendor: round lots "
+                        "before 2025-11-03) or already shares (default: [feed] flatfile_quote_sizes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replay)
 
@@ -98,6 +101,8 @@ def cmd_replay(args) -> int:
     try:
         runtime, bus = configs()
         overrides = {"replay_speed": args.speed, "replay_loop": False, "journal": "off"}
+        if args.quote_sizes:
+            overrides["flatfile_quote_sizes"] = args.quote_sizes
         cfg = load(FeedConfig, overrides=overrides)
     except ConfigError as exc:
         return fail(str(exc), 2)
@@ -110,7 +115,7 @@ def cmd_replay(args) -> int:
         elif args.kind == "flatfile":
             if not args.paths:
                 return fail("flatfile replay needs at least one trades or quotes file", 2)
-            src = FlatFileSource(args.paths, symbols=symbols)
+            src = FlatFileSource(args.paths, symbols=symbols, quote_sizes=cfg.flatfile_quote_sizes)
         else:
             src = SyntheticSource(SyntheticSession(args.seed if args.seed is not None else cfg.synthetic_seed,
                                                    args.date or cfg.synthetic_date,

@@ -1,0 +1,196 @@
+"""Market rules a trader assumes, in one place: which prints make bars, and one unit per field.
+
+**Trade conditions** (docs/microbars.md, "Which prints make bars"). The vendor publishes, per stock trade
+condition id, whether a print with it updates the consolidated high/low, open/close and volume
+(``trade_conditions.json`` beside this module: the table, its source and date). A stock print is
+**excluded** from bars when any of its conditions does not update all three (the consolidated tape leaves it
+out of the last sale or the high/low: average-price, prior-reference, out-of-sequence, odd-lot, cash,
+next-day, contingent prints, official open/close markers, ...), with one override the table file names:
+Form T (12, extended hours) updates bars, as in the vendor's own minute bars. Unknown ids do not exclude
+(a vocabulary we do not know must never hide a real trade). Option prints have no table here; only
+corrections exclude them.
+
+A **correction** (``correction`` != 0 in REST and flat files: the print was corrected or cancelled) is
+excluded, and so, when the guard is on (``outlier_pct`` > 0), is a print **without a condition** priced
+more than ``outlier_pct`` percent outside the quote in force (bid/ask both > 0).
+
+The flag is :attr:`spx_common.models.Trade.excl` (0 = in bars; :data:`EXCL_CONDITION`,
+:data:`EXCL_CORRECTION`, :data:`EXCL_OUTLIER`). Vendor readers set the correction flag (the field is theirs);
+:class:`TradeRules` sets the rest and counts what it excluded per reason. The feed runs every event it
+publishes through one ``TradeRules`` (live stream, REST backfill and poll, flat-file and synthetic replay),
+``spx bars`` and the backtester run theirs over what they read, so the bus, the journal, the aggregator's
+tick cache and every offline path carry the same flag. The bar cores (``fastcore.TickCore``, ``pybars``)
+skip an excluded trade for everything but the tick cache; the detector's lifecycle ignores it.
+
+**Units** (docs/feed.md, "Units"). Stock quote sizes are shares on every path, option sizes contracts:
+the vendor sent stock quote sizes in round lots of 100 before 2025-11-03 on the WebSocket, REST and flat
+files alike, so :func:`quote_size_factor` is applied by all three readers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from spx_common.models import Quote, Trade
+
+EXCL_CONDITION = 1
+EXCL_CORRECTION = 2
+EXCL_OUTLIER = 3
+REASONS = {EXCL_CONDITION: "condition", EXCL_CORRECTION: "correction", EXCL_OUTLIER: "outlier"}
+
+TABLE_PATH = Path(__file__).with_name("trade_conditions.json")
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    id: int
+    name: str
+    updates_high_low: bool
+    updates_open_close: bool
+    updates_volume: bool
+
+    @property
+    def excludes(self) -> bool:
+        """A print with this condition stays out of bars (see the module docstring)."""
+        return not (self.updates_high_low and self.updates_open_close and self.updates_volume)
+
+
+def load_table(path: Path = TABLE_PATH) -> tuple[dict[int, Condition], dict]:
+    """The condition table (``id -> Condition``, the project's override applied) and the file's metadata."""
+    doc = json.loads(path.read_text())
+    table: dict[int, Condition] = {}
+    for row in doc["conditions"]:
+        c = Condition(int(row["id"]), str(row["name"]), bool(row["updates_high_low"]),
+                      bool(row["updates_open_close"]), bool(row["updates_volume"]))
+        if str(c.id) in doc.get("override", {}):
+            c = Condition(c.id, c.name, True, True, True)
+        table[c.id] = c
+    meta = {k: v for k, v in doc.items() if k != "conditions"}
+    return table, meta
+
+
+TABLE, TABLE_META = load_table()
+#: condition ids whose prints stay out of bars
+EXCLUDING = frozenset(i for i, c in TABLE.items() if c.excludes)
+
+
+def excluding_conditions(cond: Iterable[int]) -> list[int]:
+    """The ids of ``cond`` that exclude a stock print from bars (empty: the print makes bars)."""
+    return [c for c in cond if c in EXCLUDING]
+
+
+def condition_name(cid: int) -> str:
+    c = TABLE.get(cid)
+    return c.name if c is not None else "unknown"
+
+
+# ---------------------------------------------------------------------------------------- units
+
+#: 2025-11-03 00:00 America/New_York (05:00 UTC), in ns: stock quote sizes are shares from here on.
+SHARES_SINCE_NS = 1_762_146_000 * 1_000_000_000
+
+
+def quote_size_factor(sym: str, ts_ns: int) -> int:
+    """What the vendor's quote sizes of ``sym`` at ``ts_ns`` are multiplied by to be shares (stocks) or
+    contracts (options, ``O:`` tickers): 100 for stock quotes stamped before 2025-11-03 (round lots), else 1."""
+    return 100 if ts_ns < SHARES_SINCE_NS and not sym.startswith("O:") else 1
+
+
+# ---------------------------------------------------------------------------------------- the rule, applied
+
+
+class TradeRules:
+    """Flag the trades of an event stream that stay out of bars, and count them.
+
+    ``apply(events)`` sets :attr:`Trade.excl` in place (events already flagged keep their flag) and returns
+    the number of excluded trades seen (flagged here or before). ``excluded[label]`` counts excluded prints by label: a condition id
+    (``"37"``; a print with two excluding conditions counts under both), ``"correction"`` or ``"outlier"``;
+    ``excluded_size`` likewise sums their sizes. ``outlier_pct`` > 0 turns the outlier guard on: the quote
+    in force is the latest quote of the symbol seen by this instance, in stream order.
+    ``keep`` > 0 keeps the first ``keep`` excluded trades in ``kept`` (``spx bars --explain``).
+    """
+
+    def __init__(self, outlier_pct: float = 0.0, keep: int = 0) -> None:
+        if outlier_pct < 0:
+            raise ValueError("outlier_pct must be >= 0 (0: the guard is off)")
+        self.outlier = outlier_pct / 100.0
+        self.keep = keep
+        self.kept: list[Trade] = []
+        self.excluded: dict[str, int] = {}
+        self.excluded_size: dict[str, float] = {}
+        self._quotes: dict[str, Quote] = {}
+        self._verdicts: dict[tuple, tuple[str, ...]] = {}  # cond tuple -> excluding labels (bounded)
+
+    def _labels(self, cond: list[int]) -> tuple[str, ...]:
+        key = tuple(cond)
+        out = self._verdicts.get(key)
+        if out is None:
+            out = tuple(str(c) for c in excluding_conditions(key))
+            if len(self._verdicts) > 4096:
+                self._verdicts.clear()
+            self._verdicts[key] = out
+        return out
+
+    def _count(self, ev: Trade, labels: Iterable[str]) -> None:
+        for label in labels:
+            self.excluded[label] = self.excluded.get(label, 0) + 1
+            self.excluded_size[label] = self.excluded_size.get(label, 0.0) + ev.size
+        if len(self.kept) < self.keep:
+            self.kept.append(ev)
+
+    def apply(self, events: Iterable) -> int:
+        n = 0
+        guard = self.outlier > 0
+        quotes = self._quotes
+        for ev in events:
+            t = type(ev)
+            if t is Quote:
+                if guard:
+                    quotes[ev.sym] = ev
+                continue
+            if t is not Trade:
+                continue
+            excl = ev.excl
+            if excl:  # flagged upstream (a reader's correction, or an earlier TradeRules): counted here too
+                self._count(ev, self._labels(ev.cond) if excl == EXCL_CONDITION else (REASONS.get(excl, "other"),))
+                n += 1
+                continue
+            cond = ev.cond
+            if cond and not ev.sym.startswith("O:"):
+                labels = self._labels(cond)
+                if labels:
+                    ev.excl = EXCL_CONDITION
+                    self._count(ev, labels)
+                    n += 1
+                    continue
+            if guard and not cond:
+                q = quotes.get(ev.sym)
+                if q is not None and q.bid > 0 and q.ask > 0 and (
+                        ev.price > q.ask * (1 + self.outlier) or ev.price < q.bid * (1 - self.outlier)):
+                    ev.excl = EXCL_OUTLIER
+                    self._count(ev, ("outlier",))
+                    n += 1
+        return n
+
+    def take_counts(self) -> tuple[dict[str, int], dict[str, float]]:
+        """The counts since the last call (for moving them into metrics), then reset."""
+        c, s = self.excluded, self.excluded_size
+        self.excluded, self.excluded_size = {}, {}
+        return c, s
+
+
+def explain_row(ev: Trade) -> str:
+    """One line about an excluded trade: time, symbol, price, size, why."""
+    import datetime as dt
+
+    when = dt.datetime.fromtimestamp(ev.ts / 1e9, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    if ev.excl == EXCL_CONDITION:
+        why = "conditions " + ", ".join(f"{c} {condition_name(c)}" for c in excluding_conditions(ev.cond))
+    else:
+        why = REASONS.get(ev.excl, f"excl={ev.excl}")
+        if ev.cond:
+            why += f" (conditions {list(ev.cond)})"
+    return f"{when} {ev.sym} price {ev.price:g} size {ev.size:g} seq {ev.seq}: {why}"
