@@ -33,6 +33,7 @@ from spx_common import journal
 from spx_common.bus import RpcError
 from spx_common.codec import Frame, FrameError
 from spx_common.config import load
+from spx_common.marketrules import TradeRules
 from spx_common.models import MicroBar
 from spx_common.service import BusService
 
@@ -188,7 +189,9 @@ class Aggregator(BusService):
         # A journal record holds every symbol of one vendor batch: the core takes it as a live body (bars, and
         # each symbol's events held and handed to the cache in runs, as a live option root's batch)
         unfed = 0
+        rules = TradeRules()  # a journal written before the trade rules carries no flags: the feed's rule, applied
         for batch in journal.iter_tail(directory, day, self.cfg.warmup_max_bytes, stats):
+            rules.apply(batch)
             if agg.feed(encode(batch)) < 0:  # msgspec's own encoding of decoded events: never, unless a core bug
                 unfed += len(batch)
         if unfed:

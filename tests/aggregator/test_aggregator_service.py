@@ -11,6 +11,7 @@ from services.aggregator.bars import CSV_COLUMNS, bars_from_events, csv_row
 from services.cli.main import main as spx
 from spx_common.bus import RpcError
 from spx_common.codec import encode_payload
+from spx_common.marketrules import TradeRules
 from spx_common.models import IndexValue, Quote, Trade
 from tests.aggregator.rig import aggregator_process
 from tests.conftest import eventually
@@ -31,7 +32,8 @@ def _stream(n=3000, seed=3):
                              seq=len(out) + 1))
         else:
             out.append(Trade(sym="SPY", price=round(mid + rnd.choice([-0.01, 0, 0.01]), 2),
-                             size=rnd.choice([1, 100, 250]), ts=ts, seq=len(out) + 1, cond=[12, 37]))
+                             size=rnd.choice([1, 100, 250]), ts=ts, seq=len(out) + 1,
+                             cond=rnd.choice([[14, 41], [14, 41], [12], [], [12, 37]])))  # 1 in 5 an odd lot
     return out
 
 
@@ -59,6 +61,7 @@ def _write_flat_files(events, d):
 
 def test_live_service_and_spx_bars_agree_to_the_last_digit(run_dir, tmp_path):
     events = _stream()
+    assert TradeRules().apply(events) > 100  # as the feed does: the odd lots are flagged out of bars
     with aggregator_process(run_dir, ["bar.1s.SPY"]) as (feed, client, sub):
         for i in range(0, len(events), 10):
             feed.publish("tick.SPY", "ticks", events[i:i + 10], events[min(i + 9, len(events) - 1)].ts)
