@@ -38,6 +38,10 @@ class Account:
     tradier: TradierClient | None = None
     record: dict | None = None  # the users-table row; None = the shared config-list account
     credential_error: str = ""  # why a stored token could not be used (the user is refused with it)
+    #: the broker said the access token expired ("" = not): nothing is sent until a new token is stored
+    token_expired: str = ""
+    #: fingerprints of tokens known expired (a stored token is tried again only when it is another one)
+    expired_tokens: set[str] = field(default_factory=set)
     balances: dict[str, Any] = field(default_factory=dict)
     stream_state: str = "n/a"
     adopted: bool = False
@@ -52,7 +56,7 @@ class Account:
     def describe(self) -> dict[str, Any]:
         return {"users": self.users, "kind": self.kind, "queue": self.queue.qsize(), "stream": self.stream_state,
                 "environment": (self.record or {}).get("environment"), "balances": self.balances,
-                "credential_error": self.credential_error or None,
+                "credential_error": self.credential_error or None, "token_expired": self.token_expired or None,
                 "not_managed": dict(self.other_positions)}
 
 

@@ -12,7 +12,9 @@ of ``no_store`` (the database is not reachable), ``no_user`` (no such record, ``
 Refusals are counted in ``broker_credentials_requests_total{method,outcome}``.
 
 A stored token is used by the broker's account runner from its next start (``spx users`` says the
-same); ``credentials.status`` reports what the running broker would do with the record now.
+same), except for an account stopped by an expired token: it resumes with the new token at once
+(``BrokerService.on_credentials_stored``); ``credentials.status`` reports what the running broker
+would do with the record now.
 """
 
 from __future__ import annotations
@@ -113,6 +115,9 @@ async def _set(svc, user: str, p: dict) -> dict:
     ring = _ring()
     await asyncio.to_thread(creds.save, _store(svc), ring, user, token, account)
     svc.log.info("credentials of %s sealed (account %s, key %s)", user, account, ring.primary)
+    hook = getattr(svc, "on_credentials_stored", None)
+    if hook is not None:  # an account stopped by an expired token resumes with the new one
+        await hook(user)
     return {"user": user, "account_id": account, "stored": True}
 
 

@@ -35,13 +35,37 @@ def _num(value: Any) -> float | None:
         return None
 
 
+#: where each account type's option buying power is read, in order; the first field present wins.
+#: Tradier documents one sub-object named after ``account_type``, but real answers differ: a margin
+#: account answered with a ``pdt`` sub-object (pattern-day-trader flagged) or a ``cash`` one, and
+#: ``account_type`` itself may be missing, so every sub-object is looked at.
+BUYING_POWER_FIELDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "margin": (("margin", "option_buying_power"), ("pdt", "option_buying_power"), ("cash", "cash_available")),
+    "pdt": (("pdt", "option_buying_power"), ("margin", "option_buying_power"), ("cash", "cash_available")),
+    "cash": (("cash", "cash_available"), ("cash", "option_buying_power"), ("margin", "option_buying_power"),
+             ("pdt", "option_buying_power")),
+}
+
+
 def summarize_balances(bal: dict) -> dict[str, Any]:
-    """Tradier balances -> flat snapshot; every field optional, buying power from the account-type sub-object."""
+    """Tradier balances -> flat snapshot; every field optional. Option buying power is read from whichever
+    sub-object the answer has (:data:`BUYING_POWER_FIELDS`, by ``account_type``; margin's order when the
+    type is missing or unknown); ``buying_power_source`` names the field used (None: none found)."""
     kind = str(bal.get("account_type") or "")
-    sub = bal.get(kind) if isinstance(bal.get(kind), dict) else {}
-    option_bp = _num(sub.get("option_buying_power"))
-    if option_bp is None and kind == "cash":
-        option_bp = _num(sub.get("cash_available"))
+    option_bp, source = None, None
+    for sub_name, field in BUYING_POWER_FIELDS.get(kind, BUYING_POWER_FIELDS["margin"]):
+        sub = bal.get(sub_name)
+        if isinstance(sub, dict):
+            v = _num(sub.get(field))
+            if v is not None:
+                option_bp, source = v, f"{sub_name}.{field}"
+                break
+    dtbp = None
+    for sub_name in (kind, "pdt", "margin"):
+        sub = bal.get(sub_name)
+        if isinstance(sub, dict) and _num(sub.get("day_trade_buying_power")) is not None:
+            dtbp = _num(sub.get("day_trade_buying_power"))
+            break
     return {
         "account_type": kind or None,
         "total_equity": _num(bal.get("total_equity")),
@@ -50,7 +74,8 @@ def summarize_balances(bal: dict) -> dict[str, Any]:
         "open_pl": _num(bal.get("open_pl")),
         "close_pl": _num(bal.get("close_pl")),
         "option_buying_power": option_bp,
-        "day_trade_buying_power": _num(sub.get("day_trade_buying_power")),
+        "buying_power_source": source,
+        "day_trade_buying_power": dtbp,
         "pending_orders_count": _num(bal.get("pending_orders_count")),
     }
 

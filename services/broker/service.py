@@ -23,6 +23,14 @@ and order polling, and their own limits (max contracts, max risk per trade, dail
 opt-in; a user whose broker fails (500s, 429s, bad token) is alerted and blocked with a reason while
 the others trade.  With no users in the store, one shared account serves the config lists as before.
 
+An expired access token (Tradier's fault ``access_token_expired``, sent with HTTP 500) stops the
+account: nothing more is sent for it (every order is refused with reason ``token_expired``, order
+polling, reconciliation and the events stream pause), the credential status records it, and each user
+is alerted once: "token expired: renew it with spx users credentials set".  The stored token is read
+again every ``poll_interval_s`` while expired (and at once on ``credentials.set``); a different one that
+answers a balances call replaces the client and the account resumes (alert ``token_renewed``).  An
+account-events websocket already open stays open (it only receives; it sends no request).
+
 Decisions run in event time (the newest ``event_ns`` of the frames received); the broker I/O of each
 account runs in its own worker task draining its bounded intent queue in order.  Requests: ``status``, ``ledger``,
 ``flatten``, ``slippage``, ``portfolio``.
@@ -49,13 +57,24 @@ from services.broker.ledger import Ledger
 from services.broker.reconcile import plan as reconcile_plan
 from services.broker.restore import load as restore_state
 from services.broker.tradier import (
-    FINAL_STATUSES, OPEN_STATUSES, PlacementUnresolved, TradierError, account_events, dec, exec_quantity,
+    FINAL_STATUSES, OPEN_STATUSES, PlacementUnresolved, TradierClient, TradierError, TradierTokenExpired,
+    account_events, dec, exec_quantity, token_fingerprint,
 )
 from spx_common.bus import RpcError
 from spx_common.clock import EventClock
 from spx_common.config import load
 from spx_common.models import BlockEvent, ContractRecommendation, ExitAdvice, Quote, SetupTransition
 from spx_common.service import BusService
+
+class _Plain:
+    """A token already in memory, in the shape :func:`credentials.client_for` takes (``reveal()``)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def reveal(self) -> str:
+        return self._token
+
 
 QUEUE_MAX = 1000
 FLATTEN_RETRY_S = 30.0
@@ -184,6 +203,8 @@ class BrokerService(BusService):
         a = self.account_of.get(user)
         if a is None:
             return False, "unknown_user"
+        if a.token_expired:  # nothing at all is sent with a dead token, exits included
+            return False, "token_expired"
         if a.record is not None:
             if a.credential_error:
                 return False, "credentials_unreadable"
@@ -199,6 +220,8 @@ class BrokerService(BusService):
         a = self.account_of.get(user)
         if a is None:
             return False, "unknown_user"
+        if a.token_expired:
+            return False, "token_expired"
         if a.record is not None:
             if a.credential_error:
                 return False, "credentials_unreadable"
@@ -361,6 +384,10 @@ class BrokerService(BusService):
 
     async def _execute(self, it: Intent, a: acc.Account) -> None:
         ts = self._now()
+        if a.token_expired and a.paper is None and not isinstance(it, Place):
+            # a cancel or modify queued before the expiry was seen: never sent with the dead token
+            self._block(it.user, "token_expired", it.order_id, a.token_expired)
+            return
         if isinstance(it, Place):
             await self._place(it, ts, a)
         elif isinstance(it, Cancel):
@@ -383,10 +410,12 @@ class BrokerService(BusService):
                 broker_id = str(po.id)
             elif a.tradier is None:
                 return self._refused(order, "no_token", "no broker credentials for this user", ts, p.role)
+            elif a.token_expired:  # queued before the expiry was seen: never sent with a dead token
+                return self._refused(order, "token_expired", a.token_expired, ts, p.role)
             else:
                 res = await a.tradier.place_order(p.payload)
                 broker_id = str(res["id"])
-                if res.get("resolved_by_tag") and isinstance(res.get("order"), dict):
+                if (res.get("resolved_by_tag") or res.get("confirmed_by_id")) and isinstance(res.get("order"), dict):
                     events = [res["order"]]
         except router.OrderRefused as exc:
             return self._refused(order, exc.reason, exc.detail, ts, p.role)
@@ -398,12 +427,17 @@ class BrokerService(BusService):
             self._alert(order.user, "order_unresolved", "warning",
                         f"Order {order.order_id} got no answer; it will be found by its tag, never re-sent.", ts)
             return
+        except TradierTokenExpired as exc:
+            self.m_order_errors.inc(kind=type(exc).__name__)
+            await self._token_expired(a, exc, ts)
+            return self._refused(order, "token_expired", a.token_expired, ts, p.role)
         except TradierError as exc:
             self.m_order_errors.inc(kind=type(exc).__name__)
+            why = "; ".join(getattr(exc, "messages", None) or []) or type(exc).__name__  # the broker's own text
             if p.role != "exit":  # an exit refusal has its own critical alert
                 self._alert(order.user, "broker_error", "critical",
                             f"Your broker refused or failed the {p.role} order for {order.option_symbol} "
-                            f"({type(exc).__name__}); nothing was opened.", ts)
+                            f"({why}); nothing was opened.", ts)
             return self._refused(order, "broker_rejected", str(exc), ts, p.role)
         self.m_orders.inc(role=p.role)
         self._map(a, broker_id, order.order_id)
@@ -416,8 +450,8 @@ class BrokerService(BusService):
         if role == "exit":
             self.log.warning("exit order %s refused: %s %s", order.order_id, reason, detail)
             self._alert(order.user, "exit_failed", "critical",
-                        f"Exit order for {order.option_symbol} was refused ({reason}); the position is still open "
-                        "and the exit will be retried.", ts)
+                        f"Exit order for {order.option_symbol} was refused ({reason}: {detail[:200]}); the position "
+                        "is still open and the exit will be retried.", ts)
         self._publish_order(self.ledger.update_order(order.order_id, status="rejected", reason=f"{reason}: {detail}"[:300],
                                                      ts=ts))
         self._submit(self.engine.on_order_event(order.order_id, "rejected", 0.0, 0.0, ts))
@@ -433,6 +467,9 @@ class BrokerService(BusService):
                 assert a.tradier is not None
                 await a.tradier.cancel_order(bid)
                 events = [await a.tradier.order(bid)]
+        except TradierTokenExpired as exc:
+            await self._token_expired(a, exc, ts)
+            return
         except (KeyError, ValueError, TradierError) as exc:
             self.m_order_errors.inc(kind="cancel")
             self.log.warning("cancel %s failed: %s", c.order_id, exc)
@@ -457,6 +494,9 @@ class BrokerService(BusService):
                 assert a.tradier is not None
                 await a.tradier.modify_order(bid, **mo.fields)
                 events = []
+        except TradierTokenExpired as exc:
+            await self._token_expired(a, exc, ts)
+            return
         except (ValueError, TradierError, router.OrderRefused) as exc:
             self.m_order_errors.inc(kind="modify")
             self._block(mo.user, "modify_failed", mo.order_id, str(exc))
@@ -540,6 +580,95 @@ class BrokerService(BusService):
         except Exception as exc:  # noqa: BLE001 - bookkeeping only
             self.log.warning("credential status of %s not stored: %r", a.name, exc)
 
+    async def _token_expired(self, a: acc.Account, exc: TradierError, ts: int) -> None:
+        """The broker said ``a``'s access token expired: stop sending for it, record it, alert its users once."""
+        if a.token_expired:
+            return
+        vendor = "; ".join(getattr(exc, "messages", []) or []) or str(exc)
+        a.token_expired = f"access token expired ({vendor})"[:300]
+        if a.tradier is not None:
+            a.expired_tokens.add(a.tradier.token_fingerprint)
+        self.log.error("%s: the Tradier access token expired (%s); nothing is sent for this account until a new "
+                       "token is stored", a.name, vendor)
+        await self._note_call(a, exc)
+        self.spawn(self._await_renewal(a), f"token-renewal-{a.name}")
+        for user in a.users:
+            self._block(user, "token_expired", a.name, a.token_expired)
+            self._alert(user, "token_expired", "critical",
+                        f"Tradier token expired: renew it with spx users credentials set {user}. No order is sent "
+                        "for this account until then; open positions stay open.", ts, account=a.name)
+
+    def _stored_token(self, a: acc.Account) -> tuple[str, str | None] | None:
+        """(token, account id) the store holds for ``a`` now, or None (read in a worker thread)."""
+        from spx_common.crypto import KeyRing
+
+        if a.record is not None:
+            if self._store is None:
+                return None
+            found = creds.read(self._store, KeyRing.from_env(), a.name)
+            return (found[0].reveal(), found[1]) if found is not None else None
+        cfg = creds.with_stored_credentials(self.cfg.model_copy(update={"access_token": ""}), self.runtime)
+        return (cfg.access_token, cfg.account_id) if cfg.access_token else None
+
+    async def check_renewed(self, a: acc.Account) -> bool:
+        """While ``a``'s token is expired: a stored token other than the expired ones that answers a balances
+        call replaces the client and the account resumes. True when it resumed."""
+        if not a.token_expired:
+            return False
+        try:
+            found = await asyncio.to_thread(self._stored_token, a)
+        except Exception as exc:  # noqa: BLE001 - the store or key ring may be down: try again later
+            self.log.warning("%s: stored token not readable (%s)", a.name, type(exc).__name__)
+            return False
+        if found is None or token_fingerprint(found[0]) in a.expired_tokens:
+            return False
+        token, account = found
+        cfg = self.cfg
+        if a.record is not None:
+            client = creds.client_for(cfg, a.record, _Plain(token), account)
+        else:
+            client = TradierClient(cfg.base_url, token, account or cfg.account_id, timeout_s=cfg.request_timeout_s,
+                                   place_timeout_s=cfg.place_timeout_s, max_retries=cfg.max_retries,
+                                   max_rate_wait_s=cfg.max_rate_wait_s)
+        try:
+            bal = await client.balances()
+        except TradierError as exc:
+            if isinstance(exc, TradierTokenExpired):
+                a.expired_tokens.add(client.token_fingerprint)
+            self.log.warning("%s: the stored token does not work yet (%s)", a.name, type(exc).__name__)
+            await client.aclose()
+            return False
+        old, a.tradier, a.token_expired = a.tradier, client, ""
+        if old is not None:
+            await old.aclose()
+        ts = self._now()
+        a.balances = {**pf.summarize_balances(bal), "ts": ts}
+        await self._note_call(a, None)
+        self.log.warning("%s: a new Tradier token is stored and works; sending resumes", a.name)
+        for user in a.users:
+            self._alert(user, "token_renewed", "info", "Tradier token renewed: orders for this account resume.", ts,
+                        account=a.name)
+        return True
+
+    async def _await_renewal(self, a: acc.Account) -> None:
+        """While ``a``'s token is expired, read the stored token again every ``poll_interval_s``."""
+        while a.token_expired and not self.stop_event.is_set():
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), self.cfg.poll_interval_s)
+                return
+            except asyncio.TimeoutError:
+                pass
+            try:
+                await self.check_renewed(a)
+            except Exception:  # noqa: BLE001 - a bug here must not stop the broker; the next round retries
+                self.log.exception("%s: token renewal check failed", a.name)
+
+    async def on_credentials_stored(self, user: str) -> None:
+        """``credentials.set`` stored a token for ``user``: resume an expired account at once."""
+        a = self.account_of.get(user)
+        if a is not None and a.token_expired:
+            await self.check_renewed(a)
+
     async def sync_portfolio(self, a: acc.Account | None = None) -> None:
         for a in [a] if a is not None else self.accounts:
             await self._sync_portfolio(a)
@@ -548,8 +677,14 @@ class BrokerService(BusService):
         if a.paper is None and a.tradier is None:
             return
         ts = self._now()
+        if a.token_expired:
+            await self.check_renewed(a)
+            return
         try:
             bal = await self._balances(a)
+        except TradierTokenExpired as exc:
+            await self._token_expired(a, exc, ts)
+            return
         except TradierError as exc:
             await self._note_call(a, exc)
             for user in a.users:
@@ -600,7 +735,7 @@ class BrokerService(BusService):
 
     async def _reconcile(self, a: acc.Account) -> list[dict]:
         """Unknown placements, missed order events (a poll even while the stream is up), then positions."""
-        if a.paper is None and a.tradier is None:
+        if (a.paper is None and a.tradier is None) or a.token_expired:
             return []
         await self.resolve_unknown(a)
         if a.tradier is not None:
@@ -632,6 +767,9 @@ class BrokerService(BusService):
         try:
             await self._broker_positions(a)  # the rows _adopt reads
             self._adopt(a, ts)
+        except TradierTokenExpired as exc:
+            await self._token_expired(a, exc, ts)
+            return
         except TradierError as exc:
             await self._note_call(a, exc)
             self.log.warning("%s: positions at start unavailable (%s); adopting at the first reconcile", a.name, exc)
@@ -680,7 +818,7 @@ class BrokerService(BusService):
 
     async def poll_orders(self, a: acc.Account) -> None:
         """Fallback when the stream is down: order status by polling; resolves unknown placements by tag."""
-        if a.tradier is None:
+        if a.tradier is None or a.token_expired:
             return
         ts = self._now()
         for o in await a.tradier.orders():
@@ -736,8 +874,14 @@ class BrokerService(BusService):
         aligned: dict[str, dict[str, float]] = {}
         errors: dict[str, str] = {}
         for a in accounts:
+            if a.token_expired:
+                errors[a.name] = a.token_expired
+                continue
             try:
                 aligned[a.name] = await asyncio.wait_for(self._align_with_broker(a), FLATTEN_SYNC_S)
+            except TradierTokenExpired as exc:
+                await self._token_expired(a, exc, self._now())
+                errors[a.name] = a.token_expired
             except (TradierError, asyncio.TimeoutError, OSError) as exc:
                 errors[a.name] = f"{type(exc).__name__}: {exc}"[:300]
                 self.log.warning("flatten: positions of %s not read (%s); flattening the ledger's", a.name, exc)
@@ -833,19 +977,32 @@ class BrokerService(BusService):
         assert a.tradier is not None
         delay = 1.0
         while not self.stop_event.is_set():
+            if a.token_expired:  # nothing is sent with a dead token; _await_renewal resumes the account
+                a.stream_state = "token_expired"
+                try:
+                    await asyncio.wait_for(self.stop_event.wait(), self.cfg.poll_interval_s)
+                except asyncio.TimeoutError:
+                    pass
+                delay = 1.0
+                continue
             try:
                 a.stream_state = "connecting"
                 async for ev in account_events(a.tradier):
                     a.stream_state = "up"
                     delay = 1.0
                     self._apply_broker_event(ev, self._now(), a)
+            except TradierTokenExpired as exc:
+                await self._token_expired(a, exc, self._now())
+                continue
             except (TradierError, OSError, asyncio.TimeoutError, Exception) as exc:
                 a.stream_state = "down"
                 self.log.warning("%s: account events stream down (%s); polling orders", a.name, exc)
             end = time.monotonic() + delay
-            while time.monotonic() < end and not self.stop_event.is_set():
+            while time.monotonic() < end and not self.stop_event.is_set() and not a.token_expired:
                 try:
                     await self.poll_orders(a)
+                except TradierTokenExpired as exc:
+                    await self._token_expired(a, exc, self._now())
                 except TradierError as exc:
                     self.log.warning("%s: order polling failed: %s", a.name, exc)
                 try:

@@ -12,10 +12,13 @@ Error tree (translated at the boundary, ``raise ... from``)::
      +-- TradierHTTPError              .status, .messages
      |    +-- TradierBadRequest        400                              (never retried)
      |    +-- TradierAuthError         401 / fault                      (never retried)
+     |    |    +-- TradierTokenExpired  fault ``access_token_expired`` with HTTP 5xx, or
+     |    |                             "Access Token expired" (never retried: Tradier answers it 500)
      |    +-- TradierNotFound          404
      |    +-- TradierRateLimited       429, .reset_at                   (retried after the window)
      |    +-- TradierServerError       5xx                              (retryable for reads)
-     +-- TradierRejected               HTTP 200 carrying ``errors``     (never retried)
+     +-- TradierRejected               HTTP 200 carrying ``errors`` (top level or inside
+     |                                 ``order``), .messages = the broker's own text (never retried)
      +-- TradierBadResponse            not JSON / unexpected shape
      +-- PlacementUnresolved           placement outcome unknown and no order with its tag found
 
@@ -28,6 +31,12 @@ client looks the order up by its ``tag`` (:meth:`TradierClient.find_order_by_tag
 and returns it when found, else raises :class:`PlacementUnresolved` (the caller keeps the order as
 ``unknown`` and reconciliation resolves it later by the same tag).
 
+Placement answers (docs/broker.md has the table): the order's ``status`` is compared without
+regard to case (``"OK"`` is ``"ok"``); ``errors`` inside ``order`` is a rejection carrying the
+broker's reason; an answer with an order ``id`` and no error is accepted, and one whose status is
+not a known one is confirmed by ``GET /orders/{id}`` (a rejection found there keeps its
+``reason_description``); an answer with neither id nor error is looked up by tag like a lost one.
+
 Every placement goes through :func:`services.broker.router.check_payload` with the broker's own
 positions and open orders fetched first: the client refuses ``sell_to_open`` and anything that
 could leave a short option, whatever its caller asks.
@@ -36,6 +45,7 @@ could leave a short option, whatever its caller asks.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import random
@@ -49,6 +59,8 @@ from services.broker import router
 
 log = logging.getLogger("spx.broker.tradier")
 
+#: the gateway fault of an expired access token (answered with HTTP 500, not 401)
+TOKEN_EXPIRED = "keymanagement.service.access_token_expired"
 OPEN_STATUSES = ("open", "partially_filled", "pending", "calculated", "accepted_for_bidding", "held", "submitted")
 FINAL_STATUSES = ("filled", "expired", "canceled", "rejected", "error")
 
@@ -76,6 +88,11 @@ class TradierBadRequest(TradierHTTPError):
 
 class TradierAuthError(TradierHTTPError):
     pass
+
+
+class TradierTokenExpired(TradierAuthError):
+    """The access token expired (fault ``keymanagement.service.access_token_expired``, sent with HTTP 500):
+    nothing was done; nothing will work for this account until a new token is stored."""
 
 
 class TradierNotFound(TradierHTTPError):
@@ -146,6 +163,9 @@ def error_messages(body: Any) -> list[str]:
         return [str(e) for e in as_list(errs.get("error"))]
     if isinstance(errs, (list, str)):
         return [str(e) for e in as_list(errs)]
+    order = body.get("order")
+    if isinstance(order, dict) and order_errors(order):  # a placement refused inside ``order`` (any status)
+        return order_errors(order)
     fault = body.get("fault")
     if isinstance(fault, dict):
         msg = [str(fault.get("faultstring", "fault"))]
@@ -154,6 +174,44 @@ def error_messages(body: Any) -> list[str]:
             msg.append(str(detail["errorcode"]))
         return msg
     return []
+
+
+def token_fingerprint(token: str) -> str:
+    """A short one-way digest of an access token (never the token itself)."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+def fault_code(body: Any) -> str:
+    """``fault.detail.errorcode`` of a gateway fault body ("" when none)."""
+    fault = body.get("fault") if isinstance(body, dict) else None
+    detail = fault.get("detail") if isinstance(fault, dict) else None
+    return str(detail.get("errorcode") or "") if isinstance(detail, dict) else ""
+
+
+def token_expired(body: Any, status: int) -> bool:
+    """The gateway's expired-token answer: HTTP 5xx with the fault code ``access_token_expired`` (how Tradier
+    sends it), or a fault whose text says "Access Token expired" at any status. A 401 is a refusal of that
+    request (:class:`TradierAuthError`, handled as before: an exit is retried)."""
+    fault = body.get("fault") if isinstance(body, dict) else None
+    if not isinstance(fault, dict):
+        return False
+    return (status >= 500 and fault_code(body) == TOKEN_EXPIRED) or \
+        "access token expired" in str(fault.get("faultstring", "")).lower()
+
+
+def order_errors(order: dict) -> list[str]:
+    """The broker's reasons inside an order answer: ``errors`` (``{"error": str | [str]}``, a list or a
+    string), else a rejected order's ``reason_description``."""
+    errs = order.get("errors")
+    if isinstance(errs, dict):
+        return [str(e) for e in as_list(errs.get("error"))] or ["rejected without message"]
+    if isinstance(errs, (list, str)) and errs:
+        return [str(e) for e in as_list(errs)]
+    return []
+
+
+#: placement answer statuses that mean accepted (compared in lower case)
+ACCEPTED_STATUSES = ("ok",) + OPEN_STATUSES + ("filled",)
 
 
 _DEC_MAX = Decimal("1e15")
@@ -242,6 +300,8 @@ class TradierClient:
             raise ValueError("TradierClient needs an access token")
         self.base_url = base_url.rstrip("/")
         self.account_id = account_id
+        #: identifies the token without holding it (a renewed token is told apart from the expired one)
+        self.token_fingerprint = token_fingerprint(token)
         self.max_retries = max_retries
         self.max_rate_wait_s = max_rate_wait_s
         self.backoff_s = backoff_s
@@ -291,6 +351,8 @@ class TradierClient:
         if status == 429:
             reset = limit.expiry_ms
             raise TradierRateLimited(status, msgs or ["rate limited"], text, reset_at=reset)
+        if token_expired(body, status):  # HTTP 500 from the gateway, but nothing a retry can cure
+            raise TradierTokenExpired(status, msgs, text)
         if status == 401 or (isinstance(body, dict) and "fault" in body and status < 500):
             raise TradierAuthError(status, msgs, text)
         if status == 400:
@@ -417,9 +479,35 @@ class TradierClient:
         o = body.get("order")
         if not isinstance(o, dict):
             raise TradierBadResponse(f"placement answer without order: {str(body)[:200]}")
-        if str(o.get("status", "ok")) not in ("ok", "open", "pending", "filled", "partially_filled"):
-            raise TradierRejected([f"order status {o.get('status')}"])
-        return o
+        return await self._placed(o, payload.get("tag", ""), preview)
+
+    async def _placed(self, o: dict, tag: str, preview: bool) -> dict:
+        """The outcome of a placement answer ``{"order": o}`` (see the module docstring)."""
+        errs = order_errors(o)
+        if errs:
+            raise TradierRejected(errs)
+        status = str(o.get("status") or "ok").strip().lower()
+        if preview:
+            return o
+        if status in ACCEPTED_STATUSES and o.get("id") not in (None, ""):
+            return {**o, "status": status}
+        if o.get("id") in (None, ""):
+            if status in ("rejected", "error"):
+                raise TradierRejected([str(o.get("reason_description") or f"order status {o.get('status')}")])
+            # neither an id nor an error: whether it exists is unknown, as for a lost answer
+            log.warning("placement of tag %s answered %s without an id: looking it up by tag", tag, o)
+            return await self._resolve_by_tag(tag, TradierBadResponse(f"placement answer without id: {o}"))
+        try:
+            found = await self.order(o["id"])
+        except TradierError as exc:
+            log.warning("placement %s answered status %r; not confirmed by id (%s): taken as accepted",
+                        o["id"], o.get("status"), exc)
+            return {**o, "status": "ok"}
+        found_status = str(found.get("status") or "").lower()
+        if found_status in ("rejected", "error"):
+            raise TradierRejected(order_errors(found) or [str(found.get("reason_description")
+                                                              or f"order status {found.get('status')}")])
+        return {"id": o["id"], "status": "ok", "confirmed_by_id": True, "order": found}
 
     async def _resolve_by_tag(self, tag: str, cause: Exception) -> dict:
         for attempt in range(1 + self.max_retries):

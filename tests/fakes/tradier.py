@@ -13,7 +13,16 @@ request it receives; anything off is appended to ``violations`` (tests assert it
 Behaviour is scriptable per request kind with :meth:`FakeTradier.script`: ``reject`` (HTTP 200 with
 ``errors``), ``400``, ``401`` (an expired token), ``429`` (with rate-limit headers and an expiry), ``500``, ``hang`` (the order is
 created, the answer never arrives within the client's timeout), ``html`` (the work is done, the answer
-is an HTML page with status 200).  :meth:`fill` executes (part of) an
+is an HTML page with status 200), ``expired`` (HTTP 500 with the gateway fault
+``keymanagement.service.access_token_expired``, nothing done), ``order_errors`` / ``order_errors_400``
+(placement refused with ``errors`` *inside* ``order``: "You do not have enough buying power for this
+trade.", HTTP 200 / 400), ``status:<S>`` (placement done, answered ``{"order": {"id", "status": S}}``,
+e.g. ``status:OK``), ``no_id`` (placement done, answered ``{"order": {"status": "ok"}}``).
+
+``expired_tokens``: every request bearing one of these tokens is answered the expired-token fault
+(a token that worked and then expired; store another one and set ``token`` to it to renew).
+``balances = BALANCES["margin_pdt"]`` (or ``margin``, ``margin_cash``, ``pdt``, ``cash``) answers
+balances in the shapes recorded answers show.  :meth:`fill` executes (part of) an
 order, updates positions and pushes an order event on every connected account-events socket.
 """
 
@@ -36,6 +45,26 @@ SIDES = {"buy_to_open", "buy_to_close", "sell_to_open", "sell_to_close"}
 TYPES = {"market", "limit", "stop", "stop_limit"}
 DURATIONS = {"day", "gtc", "pre", "post"}
 TAG_RE = re.compile(r"^[A-Za-z0-9-]{1,255}$")
+EXPIRED = {"fault": {"faultstring": "Access Token expired",
+                     "detail": {"errorcode": "keymanagement.service.access_token_expired"}}}
+BUYING_POWER_TEXT = "You do not have enough buying power for this trade."
+_TOP = {"total_equity": 50000.12345, "total_cash": 50000.0, "open_pl": 0.0, "close_pl": 0.0, "market_value": 0.0,
+        "pending_orders_count": 0, "current_requirement": 0.0, "option_requirement": 0.0}
+#: balances answers by shape: the documented one (one sub-object named after account_type) and the ones
+#: recorded answers show (a margin account answered with a ``pdt`` or ``cash`` sub-object)
+BALANCES: dict[str, dict] = {
+    "margin": {**_TOP, "account_type": "margin",
+               "margin": {"option_buying_power": 40000.0, "stock_buying_power": 80000.0, "fed_call": 0,
+                          "maintenance_call": 0, "option_short_value": 0, "stock_short_value": 0, "sweep": 0}},
+    "margin_pdt": {**_TOP, "account_type": "margin",
+                   "pdt": {"option_buying_power": 31000.5, "stock_buying_power": 62001.0,
+                           "day_trade_buying_power": 124002.0, "fed_call": 0, "maintenance_call": 0}},
+    "margin_cash": {**_TOP, "account_type": "margin",
+                    "cash": {"cash_available": 27000.25, "sweep": 0, "unsettled_funds": 0.0}},
+    "pdt": {**_TOP, "account_type": "pdt",
+            "pdt": {"option_buying_power": 15000.0, "stock_buying_power": 30000.0, "day_trade_buying_power": 60000.0}},
+    "cash": {**_TOP, "account_type": "cash", "cash": {"cash_available": 9000.0, "sweep": 0, "unsettled_funds": 250.0}},
+}
 
 
 @dataclass
@@ -70,6 +99,7 @@ class FakeTradier:
         "margin": {"option_buying_power": 40000.0, "stock_buying_power": 80000.0}})
     rate_allowed: int = 60
     stream_tags: bool = True  # the docs list ``tag`` as optional in stream events: tests can leave it out
+    expired_tokens: set[str] = field(default_factory=set)  # answered the expired-token fault (HTTP 500)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -267,6 +297,9 @@ class FakeTradier:
             form = {k: v[-1] for k, v in parse_qs(raw.decode(), keep_blank_values=True).items()}
         req = Request(method, url.path, parse_qs(url.query), form, dict(h.headers))
         self.requests.append(req)
+        bearer = str(h.headers.get("Authorization") or "")
+        if bearer.startswith("Bearer ") and bearer[7:] in self.expired_tokens:
+            return self._send(h, 500, EXPIRED)
         if h.headers.get("Authorization") != f"Bearer {self.token}":
             self.violations.append(f"{method} {url.path}: Authorization header {h.headers.get('Authorization')!r}")
             return self._send(h, 401, {"fault": {"faultstring": "Invalid Access Token",
@@ -296,6 +329,15 @@ class FakeTradier:
             if s.kind == "401":  # an expired / revoked token, as Tradier answers it
                 return self._send(h, 401, {"fault": {"faultstring": "Invalid Access Token",
                                                      "detail": {"errorcode": "keymanagement.service.access_token_expired"}}})
+            if s.kind == "expired":
+                return self._send(h, 500, EXPIRED)
+            if s.kind in ("order_errors", "order_errors_400"):
+                return self._send(h, 200 if s.kind == "order_errors" else 400,
+                                  {"order": {"status": "Bad Request", "errors": {"error": [BUYING_POWER_TEXT]}}})
+            if s.kind.startswith("status:") or s.kind == "no_id":  # the order is made; the answer is odd
+                _, body = getattr(self, f"_do_{what}")(req, arg)
+                order = {"status": "ok"} if s.kind == "no_id" else {"id": body["order"]["id"], "status": s.kind[7:]}
+                return self._send(h, 200, {"order": order})
         status, body = getattr(self, f"_do_{what}")(req, arg)
         if s is not None and s.kind == "hang":
             self._released.wait(s.delay_s)  # the order exists; the answer comes too late
