@@ -2,6 +2,7 @@
 
     python benchmarks/gateway.py                    # 1,000 clients, 10 s of stream
     python benchmarks/gateway.py --clients 200 --seconds 5
+    python benchmarks/gateway.py --attack           # 20 normal clients during an attack; RSS report
 
 The gateway runs as its own process (``python -m services.gateway``, default config: 250 ms price
 throttle) in a private run directory. This process publishes real ``tick.SPY`` frames (as the feed)
@@ -15,6 +16,15 @@ received while the stream runs count: after the last tick, the throttle still se
 price when its window ends (up to ``price_throttle_ms`` later), which measures the quiet feed, not
 the gateway. Gateway memory per client is the gateway's RSS growth from before the clients connected to
 the steady stream, divided by the number of clients. Every wait is bounded.
+
+``--attack`` (issue 22): the gateway holds 600 closed 1 s bars of SPY (a ~290 KB snapshot) and a fake
+aggregator answers every ``bars_since`` with no bars. During ``--seconds`` of stream, attackers with no
+token run next to ``--clients`` normal clients (price:SPY + microbar:SPY:1s): ``--junk`` connections
+subscribe and unsubscribe unique ``microbar:<random>:1s`` names just under the message rate limit;
+``--slow`` connections subscribe the big bar channel again and again and never read; ``--flood``
+connections send pings far above the rate limit (and reconnect when closed). Reported: the gateway's
+RSS before, at its peak during the attack and 5 s after the attackers left, the normal clients'
+latency (tick publish -> receipt) during the attack, and why connections were closed.
 """
 
 from __future__ import annotations
@@ -237,6 +247,246 @@ def raw_client_proc(port: int, n: int, seconds: float, start_at: float, q: mp.Qu
     q.put((lat, counts, wlat))
 
 
+def attack_proc(port: int, junk: int, slow: int, flood: int, start_at: float, seconds: float, q: mp.Queue) -> None:
+    """The attackers of ``--attack`` (raw sockets, no token); put counts of what they did."""
+    import random
+    import string
+
+    counts = {"junk_msgs": 0, "slow_msgs": 0, "flood_msgs": 0, "closed": 0, "reconnects": 0}
+    end = start_at + seconds
+
+    def frame(payload: bytes) -> bytes:
+        mask = os.urandom(4)
+        n = len(payload)
+        head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0xFE]) + n.to_bytes(2, "big"))
+        return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+    async def connect(rcvbuf: int = 0):
+        sock = socket.socket()
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        return reader, writer
+
+    async def drain(reader) -> None:
+        try:
+            while await reader.read(65536):
+                pass
+        except (OSError, ConnectionError):
+            pass
+
+    async def junk_one() -> None:
+        reader, writer = await connect()
+        reader_task = asyncio.ensure_future(drain(reader))
+        try:
+            while time.time() < end:
+                names = ["microbar:" + "".join(random.choices(string.ascii_uppercase, k=12)) + ":1s"
+                         for _ in range(64)]
+                for op in ("subscribe", "unsubscribe"):
+                    writer.write(frame(json.dumps({"op": op, "channels": names}).encode()))
+                    counts["junk_msgs"] += 1
+                    await writer.drain()
+                    await asyncio.sleep(0.11)  # ~18 messages/s: under the 20/s limit
+        except (OSError, ConnectionError):
+            counts["closed"] += 1
+        reader_task.cancel()
+        writer.close()
+
+    async def slow_one() -> None:
+        big = ["microbar:SPY:1s"]
+        try:
+            reader, writer = await connect(rcvbuf=4096)  # and never reads
+            writer.write(frame(json.dumps({"op": "subscribe", "channels": ["price:SPY", "setups", "status"]}).encode()))
+            while time.time() < end:
+                for op in ("subscribe", "unsubscribe"):
+                    writer.write(frame(json.dumps({"op": op, "channels": big}).encode()))
+                    counts["slow_msgs"] += 1
+                    await asyncio.wait_for(writer.drain(), 5)
+                    await asyncio.sleep(0.11)
+                if reader.at_eof():
+                    raise ConnectionError
+        except (OSError, ConnectionError, asyncio.TimeoutError):
+            counts["closed"] += 1
+        try:
+            writer.close()
+        except Exception:
+            pass
+
+    async def flood_one() -> None:
+        ping = frame(b'{"op":"ping"}')
+        while time.time() < end:
+            try:
+                reader, writer = await connect()
+                reader_task = asyncio.ensure_future(drain(reader))
+                while time.time() < end and not reader_task.done():
+                    writer.write(ping * 50)
+                    counts["flood_msgs"] += 50
+                    await writer.drain()
+                    await asyncio.sleep(0.01)
+                counts["closed"] += reader_task.done()
+                reader_task.cancel()
+                writer.close()
+            except (OSError, ConnectionError, asyncio.TimeoutError):
+                counts["closed"] += 1
+            counts["reconnects"] += 1
+            await asyncio.sleep(0.2)
+
+    async def run() -> None:
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        await asyncio.gather(*[junk_one() for _ in range(junk)], *[slow_one() for _ in range(slow)],
+                             *[flood_one() for _ in range(flood)], return_exceptions=True)
+
+    asyncio.run(run())
+    q.put(counts)
+
+
+def _fake_aggregator(rt: RuntimeConfig, bus: BusConfig, stop) -> None:
+    """A request socket at the aggregator's endpoint answering every bars_since with no bars."""
+    import zmq.asyncio
+
+    from spx_common.bus import RpcServer
+
+    async def serve() -> None:
+        actx = zmq.asyncio.Context()
+        server = RpcServer(actx, bus.rep_endpoint("aggregator", rt, bind=True), linger_ms=0)
+        server.register("bars_since", lambda p: {"bars": [], "current": None})
+        ev = asyncio.Event()
+
+        async def watch() -> None:
+            while not stop.is_set():
+                await asyncio.sleep(0.1)
+            ev.set()
+        task = asyncio.ensure_future(watch())
+        await server.serve(ev)
+        task.cancel()
+        server.close()
+        actx.term()
+
+    asyncio.run(serve())
+
+
+def attack(args) -> None:
+    import threading
+
+    run_dir = tempfile.mkdtemp(prefix="spx-bench-gwa-", dir="/tmp")
+    port = _free_port()
+    env = {**os.environ, "SPX_RUNTIME_RUN_DIR": run_dir, "SPX_GATEWAY_PORT": str(port),
+           "SPX_RUNTIME_LOG_LEVEL": "WARNING"}
+    rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
+    ctx = zmq.Context()
+    feed = Publisher(ctx, bus.pub_endpoint("feed", rt, bind=True), "feed", linger_ms=0)
+    agg = Publisher(ctx, bus.pub_endpoint("aggregator", rt, bind=True), "aggregator", linger_ms=0)
+    stop = threading.Event()
+    fake = threading.Thread(target=_fake_aggregator, args=(rt, bus, stop), daemon=True)
+    fake.start()
+    gw = subprocess.Popen([sys.executable, "-m", "services.gateway"], env=env)
+    procs: list[mp.Process] = []
+    rss: list[tuple[float, int]] = []
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or gw.poll() is not None:
+                    raise SystemExit("gateway did not start")
+                time.sleep(0.2)
+        # 600 closed bars of history (until the gateway has them all: slow joiner)
+        bar_start = (int(time.time()) - 700) * 1_000_000_000
+        for _ in range(50):
+            feed.heartbeat(0)
+            agg.heartbeat(0)
+            time.sleep(0.1)
+        for i in range(600):
+            agg.publish("bar.1s.SPY", "bar", MicroBar(sym="SPY", interval="1s", start_ns=bar_start, open=600.0,
+                        high=600.1, low=599.9, close=600.0, volume=1000, trades=10, vwap=600.0, closed=True),
+                        time.time_ns())
+            bar_start += 1_000_000_000
+        time.sleep(2.0)
+        rss0 = _rss_kb(gw.pid)
+        q: mp.Queue = mp.Queue()
+        start_at = time.time() + 4
+        p = mp.Process(target=raw_client_proc, args=(port, args.clients, args.seconds, start_at, q), daemon=True)
+        p.start()
+        procs.append(p)
+        qa: mp.Queue = mp.Queue()
+        a = mp.Process(target=attack_proc, args=(port, args.junk, args.slow, args.flood, start_at, args.seconds, qa),
+                       daemon=True)
+        a.start()
+        procs.append(a)
+        period = 1.0 / args.tick_rate
+        t_next = time.time()
+        ticks, price = 0, 600.0
+        bar_start = int(time.time()) * 1_000_000_000
+        end = start_at + args.seconds + 5  # and 5 s after the attackers left
+        while time.time() < end:
+            now = time.time_ns()
+            price = round(price + (0.01 if ticks % 3 else -0.01), 2)
+            feed.publish("tick.SPY", "ticks", [Quote(sym="SPY", bid=price - 0.01, ask=price + 0.01, ts=now),
+                                               Trade(sym="SPY", price=price, size=100, ts=now)], now)
+            ticks += 1
+            if now - bar_start >= 1_000_000_000:
+                agg.publish("bar.1s.SPY", "bar", MicroBar(sym="SPY", interval="1s", start_ns=bar_start, open=price,
+                            high=price + 0.1, low=price - 0.1, close=price, volume=1000, closed=True), now)
+                bar_start += 1_000_000_000
+            if ticks % max(1, int(args.tick_rate / 5)) == 0:
+                rss.append((time.time() - start_at, _rss_kb(gw.pid)))
+            t_next += period
+            time.sleep(max(0.0, t_next - time.time()))
+        rss_after = _rss_kb(gw.pid)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        normal = q.get(timeout=60)
+        attackers = qa.get(timeout=60)
+    finally:
+        for proc in procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.terminate()
+        gw.terminate()
+        try:
+            gw.wait(15)
+        except subprocess.TimeoutExpired:
+            print("  (the gateway did not stop within 15 s of SIGTERM; killed)")
+            gw.kill()
+            gw.wait(5)
+        stop.set()
+        fake.join(5)
+        feed.close()
+        agg.close()
+        ctx.destroy(linger=0)
+    lat = sorted(normal[0])
+    wlat = sorted(normal[2])
+    during = [kb for t, kb in rss if 0 <= t <= args.seconds]
+
+    def pct(p: float, xs: list[float] = lat) -> float:
+        return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] if xs else float("nan")
+
+    closed = {line.split('reason="')[1].split('"')[0]: line.rsplit(" ", 1)[1]
+              for line in metrics.splitlines() if line.startswith("ws_disconnects_total{")}
+    print(f"gateway under attack: {args.seconds:.0f} s, {args.junk} junk-channel + {args.slow} slow-reader + "
+          f"{args.flood} flood connections next to {args.clients} normal clients ({normal[1]['connected']} connected)")
+    print(f"  attackers sent: {attackers}")
+    print(f"  gateway RSS: {rss0 / 1024:.1f} MiB before, peak {max(during, default=0) / 1024:.1f} MiB during the "
+          f"attack, {rss_after / 1024:.1f} MiB 5 s after it (target: < 256 MiB throughout)")
+    print(f"  normal clients, tick publish -> receipt during the attack: p50 {pct(50):.1f} ms, p99 {pct(99):.1f} ms, "
+          f"max {lat[-1] if lat else float('nan'):.1f} ms ({len(lat):,} samples; target p99 < 50 ms)")
+    print(f"  of which tick publish -> written to their sockets (gateway latencyMs): p50 {pct(50, wlat):.1f} ms, "
+          f"p99 {pct(99, wlat):.1f} ms; the rest is the client process waiting for CPU")
+    cpu_line = [line for line in metrics.splitlines() if line.startswith("handler_latency_ms_count")]
+    print(f"  gateway frame handler p99 <= {_bucket_q(metrics, 0.99)} ms ({cpu_line[0].rsplit(' ', 1)[1] if cpu_line else 0}"
+          f" frames); machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"  connections closed by the gateway, by reason: {closed}; client errors: "
+          f"{_value(metrics, 'ws_client_errors_total') if 'ws_client_errors_total ' in metrics else 'see /metrics'}")
+    print(f"  series held: {_value(metrics, 'ws_series') if 'ws_series ' in metrics else 'n/a'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=1000)
@@ -246,7 +496,18 @@ def main() -> None:
     ap.add_argument("--throttle-ms", type=float, default=250.0, help="[gateway] price_throttle_ms (0: every tick)")
     ap.add_argument("--client", choices=["raw", "websockets"], default="raw",
                     help="raw: minimal RFC 6455 clients (cheap, measure the gateway); websockets: the library")
+    ap.add_argument("--attack", action="store_true", help="attack mode (module docstring); --clients defaults to 20")
+    ap.add_argument("--junk", type=int, default=20, help="attack: junk-channel connections")
+    ap.add_argument("--slow", type=int, default=20, help="attack: slow-reader connections")
+    ap.add_argument("--flood", type=int, default=5, help="attack: flooding connections")
     args = ap.parse_args()
+    if args.attack:
+        if "--clients" not in sys.argv:
+            args.clients = 20
+        if "--seconds" not in sys.argv:
+            args.seconds = 30.0
+        attack(args)
+        return
 
     run_dir = tempfile.mkdtemp(prefix="spx-bench-gw-", dir="/tmp")
     port = _free_port()

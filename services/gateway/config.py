@@ -25,6 +25,18 @@ class GatewayConfig(Section):
         2000, ge=8, le=1_000_000,
         description="Per-client outbound queue bound (messages). Price and in-progress bars are conflated in "
         "place; a client whose queue overflows is disconnected (close code 4008).")
+    queue_max_bytes: int = Field(
+        8 << 20, ge=1 << 16, le=1 << 30,
+        description="Per-client outbound queue bound in bytes (a 1s bar snapshot with full history is ~290 KB). "
+        "Conflation first; a client whose queue would pass it is disconnected (close code 4008).")
+    queues_max_bytes: int = Field(
+        128 << 20, ge=1 << 20, le=1 << 34,
+        description="Bound on the bytes queued for all clients together: past it (checked each second) the "
+        "clients with the largest queues are disconnected (close code 4008) until the total is under it.")
+    max_seeding: int = Field(
+        32, ge=0, le=10_000,
+        description="Bar-history requests to the aggregator in flight at once (for series the gateway has no "
+        "history of); past it a subscription is served from the gateway's own history.")
     slow_timeout_s: float = Field(
         10.0, gt=0, le=600,
         description="A client whose queue stays above half of queue_max this long is disconnected as too slow.")

@@ -13,8 +13,11 @@ Both streams have their own ``seq``; a client moved between them by a policy cha
 snapshot of its new stream first, so its sequence stitching restarts cleanly.
 
 Bounds: every per-channel history is a bounded deque, remembered symbols and users are LRU-bounded,
-and each client queue holds at most ``queue_max`` messages (price and in-progress bar updates are
-conflated in place, so a slow client always ends up with the latest value).
+a bar series exists only for bars the bus or the aggregator delivered (a subscription to an unknown
+symbol adds nothing but a channel, forgotten when its last subscriber leaves), and each client queue
+holds at most ``queue_max`` messages and ``queue_max_bytes`` bytes (price and in-progress bar updates
+are conflated in place first, so a slow client always ends up with the latest value; a queue over
+either bound marks the client overflowed, and the shell disconnects it).
 """
 
 from __future__ import annotations
@@ -43,12 +46,14 @@ class Client:
     """One connection's subscriptions and bounded outbound queue (filled by the hub, drained by the shell)."""
 
     def __init__(self, cid: int, user: str | None, queue_max: int, wake: Callable[[], None] = lambda: None,
-                 direct: Callable[[bytes], bool] | None = None):
+                 direct: Callable[[bytes], bool] | None = None, queue_max_bytes: int = 8 << 20):
         self.id = cid
         #: optional fast path: write at once when nothing is queued (returns False when it cannot)
         self.direct = direct
         self.user = user
         self.queue_max = queue_max
+        self.queue_max_bytes = queue_max_bytes
+        self.queued_bytes = 0
         self.latency = False
         self.wake = wake
         self.subs: dict[str, str] = {}  # internal channel key -> name the client used
@@ -78,16 +83,19 @@ class Client:
             eid = self._conflate.get(conflate)
             entry = self._pending.get(eid) if eid is not None else None
             if entry is not None:
+                self.queued_bytes += len(text) - len(entry[0])
                 entry[0], entry[1] = text, pub_ns
                 entry[2] += 1  # folded count
                 self.conflated += 1
                 return
-        if len(self._pending) >= self.queue_max:
+        if len(self._pending) >= self.queue_max or self.queued_bytes + len(text) > self.queue_max_bytes:
             self.overflowed = True
             self._pending.clear()
             self._conflate.clear()
+            self.queued_bytes = 0
             self.wake()
             return
+        self.queued_bytes += len(text)
         self._next += 1
         self._pending[self._next] = [text, pub_ns, 0, conflate]
         if conflate is not None:
@@ -95,12 +103,19 @@ class Client:
         if len(self._pending) == 1:
             self.wake()
 
+    def clear(self) -> None:
+        """Drop every queued message (the connection is closing)."""
+        self._pending.clear()
+        self._conflate.clear()
+        self.queued_bytes = 0
+
     def pop(self, now_ns: int = 0) -> bytes | None:
         """Next message text (with ``conflated``/``latencyMs`` spliced in when due), or None."""
         if not self._pending:
             return None
         eid = next(iter(self._pending))
         text, pub_ns, folded, ckey = self._pending.pop(eid)
+        self.queued_bytes -= len(text)
         if ckey is not None and self._conflate.get(ckey) == eid:
             del self._conflate[ckey]
         self.sent += 1
@@ -159,6 +174,14 @@ class Channel:
 class BarSeries:
     bars: deque
     current: dict | None = None
+    #: the closed bars as JSON, encoded once per change (a full 1s history is ~290 KB: re-encoding it for
+    #: every snapshot cost ~2 ms a subscription, which a client subscribing in a loop turned into a stall)
+    bars_json: bytes | None = None
+
+    def encoded_bars(self) -> bytes:
+        if self.bars_json is None:
+            self.bars_json = _encode(list(self.bars))
+        return self.bars_json
 
 
 class Throttle:
@@ -258,6 +281,16 @@ class Hub:
     def _attach(self, client: Client, key: str, name: str) -> None:
         """Queue the snapshot of channel ``key`` to ``client`` and add it to the channel's subscribers."""
         ch = self._channel(key, name)
+        series = self.series.get(key) if key.startswith("microbar:") else None
+        if series is not None:  # the cached closed bars spliced in: no re-encoding per subscriber
+            last = series.current or (series.bars[-1] if series.bars else None)
+            head = encode({"channel": name, "type": "snapshot", "seq": ch.seq, "source": self._source(key),
+                           "ts": last["startNs"] if last else None})
+            client.push(b"".join((head[:-1], b',"data":{"bars":', series.encoded_bars(), b',"current":',
+                                  _encode(series.current), b"}}")), seal=key)
+            ch.subs.add(client)
+            client.subs[key] = name
+            return
         data, ts = self._snapshot(key)
         msg = {"channel": name, "type": "snapshot", "seq": ch.seq, "source": self._source(key), "ts": ts,
                "data": data}
@@ -277,10 +310,17 @@ class Hub:
             key = f"poll:{name[6:]}" if key == name else name  # subscribed under the other fan-out stream
         if client.subs.pop(key, None) is None:
             return False
+        self._leave(key, client)
+        return True
+
+    def _leave(self, key: str, client: Client) -> None:
+        """``client`` leaves channel ``key``; a channel that never carried data is forgotten with its
+        last subscriber (junk names cost nothing once their subscribers are gone)."""
         ch = self.channels.get(key)
         if ch is not None:
             ch.subs.discard(client)
-        return True
+            if not ch.subs and ch.seq == 0:
+                del self.channels[key]
 
     def drop_user_channels(self, client: Client) -> list[str]:
         """Unsubscribe every user-scoped channel (token expired); return the names dropped."""
@@ -291,9 +331,7 @@ class Hub:
 
     def remove(self, client: Client) -> None:
         for key in list(client.subs):
-            ch = self.channels.get(key)
-            if ch is not None:
-                ch.subs.discard(client)
+            self._leave(key, client)
         client.subs.clear()
 
     def subscribers(self, key: str) -> int:
@@ -497,8 +535,10 @@ class Hub:
             if s.bars and s.bars[-1]["startNs"] >= bar.start_ns:
                 if s.bars[-1]["startNs"] == bar.start_ns:
                     s.bars[-1] = data  # a correction of the last closed bar
+                    s.bars_json = None
             else:
                 s.bars.append(data)
+                s.bars_json = None
             if s.current is not None and s.current["startNs"] <= bar.start_ns:
                 s.current = None
         else:
@@ -513,15 +553,21 @@ class Hub:
     def seed_bars(self, key: str, bars: list[m.MicroBar], current: m.MicroBar | None) -> int:
         """Merge history from the aggregator's query API into a series (closed bars are identified by
         their start, so bars the gateway already has from the stream are kept and none is doubled).
-        Returns the number of bars added. Clients are not notified: call before subscribing them."""
+        Returns the number of bars added. Clients are not notified: call before subscribing them. An
+        empty answer (a symbol the aggregator does not know) adds no series."""
         s = self.series.get(key)
         if s is None:
+            if not bars and current is None:
+                return 0
             s = self.series[key] = BarSeries(deque(maxlen=self.history_bars))
+            if len(self.series) > self.max_symbols:
+                self.series.popitem(last=False)
         have = {b["startNs"] for b in s.bars}
         merged = list(s.bars) + [bar_json(b) for b in bars if b.closed and b.start_ns not in have]
         merged.sort(key=lambda b: b["startNs"])
         added = len(merged) - len(s.bars)
         s.bars = deque(merged[-self.history_bars:], maxlen=self.history_bars)
+        s.bars_json = None
         last_start = s.bars[-1]["startNs"] if s.bars else -1
         if s.current is None and current is not None and not current.closed and current.start_ns > last_start:
             s.current = bar_json(current)

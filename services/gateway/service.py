@@ -46,6 +46,23 @@ from spx_common.service import BusService
 from spx_common.topics import group_by_symbol, is_one_symbol
 
 STATIC_DIR = Path(__file__).with_name("static")
+
+
+def _libc():
+    """glibc's malloc controls, or None elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim, libc.mallopt  # noqa: B018 - glibc only
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _libc()
+_M_MMAP_THRESHOLD = -3
 CLOSE_TOO_SLOW = 4008
 CLOSE_ABUSE = 1008
 _json_decode = msgspec.json.Decoder().decode
@@ -137,7 +154,11 @@ class GatewayService(BusService):
         self.m_auth = reg.counter("ws_auth_refused_total", "Connections whose token was refused, by code.", ["code"])
         self.m_http = reg.counter("http_requests_total", "Plain HTTP requests, by status.", ["status"])
         self.m_seed = reg.counter("ws_snapshot_rpc_total", "Bar history asked from the aggregator for a snapshot, "
-                                  "by result.", ["result"])
+                                  "by result (skipped: max_seeding requests already in flight).", ["result"])
+        self.m_series = reg.gauge("ws_series", "Bar series held (symbol and interval) for snapshots.")
+        self.m_channels = reg.gauge("ws_channels", "Channels held (with subscribers or data).")
+        self.m_queued = reg.gauge("ws_queued_bytes", "Bytes queued for all websocket clients.")
+        self._closed_since_trim = 0
         self._seeded: dict[str, tuple[bool, float]] = {}  # series -> (answered, when)
         self._seeding: dict[str, asyncio.Future] = {}
         self._client_tasks: set[asyncio.Task] = set()
@@ -240,10 +261,26 @@ class GatewayService(BusService):
         self._poll_prev = self.hub.poll_broadcasts
         self._out_prev = out
         self.hub.on_status(self.status_doc(rate))
+        self.m_series.set(len(self.hub.series))
+        self.m_channels.set(len(self.hub.channels))
+        queued = sum(c.client.queued_bytes for c in self.conns.values())
+        if queued > self.config.queues_max_bytes:  # many slow clients, each under its own bound
+            for conn in sorted(self.conns.values(), key=lambda c: c.client.queued_bytes, reverse=True):
+                if queued <= self.config.queues_max_bytes:
+                    break
+                queued -= conn.client.queued_bytes
+                self._close(conn, CLOSE_TOO_SLOW, "too slow: the gateway's queues are full", "queues_full")
+        self.m_queued.set(queued)
+        if self._closed_since_trim and _LIBC is not None:
+            # give the freed queues' pages back to the system once clients have gone
+            self._closed_since_trim = 0
+            _LIBC.malloc_trim(0)
         wall = time.time()
         for conn in list(self.conns.values()):
             c = conn.client
-            if c.check_slow(now, self.config.slow_timeout_s):
+            if c.overflowed:  # its writer may be stuck in a send to a client that does not read
+                self._close(conn, CLOSE_TOO_SLOW, "too slow: outbound queue overflowed", "overflow")
+            elif c.check_slow(now, self.config.slow_timeout_s):
                 self._close(conn, CLOSE_TOO_SLOW, "too slow: queue stayed above half its bound", "slow")
             else:
                 self._check_expiry(conn, wall)
@@ -367,6 +404,10 @@ class GatewayService(BusService):
 
     async def main(self) -> None:
         cfg = self.config
+        if _LIBC is not None:
+            # a fixed mmap threshold: snapshots and queued messages of 128 KiB and more are mapped and
+            # unmapped when freed; glibc's moving threshold would serve them from the heap, which kept them
+            _LIBC.mallopt(_M_MMAP_THRESHOLD, 131072)
         self.spawn(self._poll_loop(), "poll-cadence")
         logging.getLogger("websockets.server").setLevel(logging.WARNING)  # no line per connection
         async with serve(self._handle, cfg.host, cfg.port, process_request=self._process_request,
@@ -389,6 +430,7 @@ class GatewayService(BusService):
         conn.close_code, conn.close_reason = code, reason
         self.m_disconnects.inc(reason=label)
         self.hub.remove(conn.client)
+        conn.client.clear()  # its queue's memory goes now, not after the close handshake
         conn.event.set()
         asyncio.ensure_future(conn.ws.close(code, reason))
 
@@ -426,7 +468,8 @@ class GatewayService(BusService):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, cfg.send_buffer_bytes)
         cid = next(self._ids)
         conn: Connection
-        client = Client(cid, user, cfg.queue_max, wake=lambda: conn.event.set(), direct=lambda data: self._direct(conn, data))
+        client = Client(cid, user, cfg.queue_max, wake=lambda: conn.event.set(),
+                        direct=lambda data: self._direct(conn, data), queue_max_bytes=cfg.queue_max_bytes)
         conn = Connection(ws, client, TokenBucket(cfg.client_msgs_per_s, 2 * cfg.client_msgs_per_s), expires)
         self.conns[cid] = conn
         self.m_clients.set(len(self.conns))
@@ -446,6 +489,7 @@ class GatewayService(BusService):
         finally:
             self.conns.pop(cid, None)
             self.hub.remove(client)
+            self._closed_since_trim += 1
             self.m_clients.set(len(self.conns))
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
@@ -498,6 +542,9 @@ class GatewayService(BusService):
         except ChannelError:
             return False
         if kind != "microbar" or self.hub.has_history(name):
+            return False
+        if name not in self._seeding and len(self._seeding) >= self.config.max_seeding:
+            self.m_seed.inc(result="skipped")  # a flood of names: served from the gateway's own history
             return False
         done = self._seeded.get(name)
         return done is None or (not done[0] and done[1] < time.monotonic() - 5.0) or name in self._seeding

@@ -211,3 +211,61 @@ def test_queue_keeps_stream_order_and_always_ends_with_the_latest(ops, pops_ever
         assert [m["seq"] for m in got[stream] if m["sealed"]] == sent_sealed[stream]
         if seq[stream]:
             assert seqs[-1] == seq[stream]
+
+
+def test_client_queue_is_bounded_in_bytes_conflation_first():
+    """Issue 22 item 3: queues were bounded by message count only (a bar snapshot is ~290 KB)."""
+    c = Client(1, None, queue_max=1000, queue_max_bytes=1000)
+    c.push(b"x" * 400, conflate="price:SPY")
+    for _ in range(50):  # conflated in place: the bytes do not add up
+        c.push(b"y" * 400, conflate="price:SPY")
+    assert c.queued_bytes == 400 and not c.overflowed
+    c.push(b"z" * 500)
+    assert c.queued_bytes == 900 and not c.overflowed
+    assert c.pop().startswith(b"y" * 399) and c.queued_bytes == 500  # (with "conflated" spliced in)
+    c.push(b"w" * 400)
+    assert not c.overflowed and c.queued_bytes == 900
+    c.push(b"v" * 101)  # one byte over: overflowed, queue dropped
+    assert c.overflowed and len(c) == 0 and c.queued_bytes == 0
+
+
+def test_unknown_symbols_leave_nothing_behind():
+    """Issue 22 item 3: 20 connections subscribing unique microbar names grew the series map to 122k."""
+    hub = Hub(history_bars=10, max_symbols=10)
+    c = Client(1, None, queue_max=10_000)
+    for i in range(500):
+        name = f"microbar:JUNK{i}:1s"
+        assert hub.seed_bars(name, [], None) == 0  # the aggregator does not know it
+        hub.subscribe(c, name)
+        hub.unsubscribe(c, name)
+    assert hub.series == {} and hub.channels == {}
+    bar = MicroBar(sym="SPY", interval="1s", start_ns=10**18, open=1.0, high=2.0, low=0.5, close=1.5, volume=3.0,
+                   closed=True)
+    for i in range(30):  # real series stay LRU-bounded, whichever way they arrive
+        hub.seed_bars(f"microbar:S{i}:1s", [bar], None)
+    assert len(hub.series) == 10
+    hub.subscribe(c, "price:NOPE")
+    hub.remove(c)
+    assert "price:NOPE" not in hub.channels
+
+
+def test_bar_snapshot_splices_the_cached_history_exactly():
+    hub = Hub(history_bars=5)
+    bars = [MicroBar(sym="SPY", interval="1s", start_ns=10**18 + i * 10**9, open=1.0, high=2.0, low=0.5, close=1.5,
+                     volume=3.0, closed=i < 6) for i in range(7)]
+    for b in bars:
+        hub.on_bar(b, 0)
+    first, second = Client(1, None, queue_max=100), Client(2, None, queue_max=100)
+    hub.subscribe(first, "microbar:SPY:1s")
+    hub.subscribe(second, "microbar:SPY:1s")
+    a, b = json.loads(first.pop()), json.loads(second.pop())
+    assert a == b
+    assert a["type"] == "snapshot" and a["seq"] == 7 and a["ts"] == bars[6].start_ns
+    assert a["data"] == {"bars": [bar_json(x) for x in bars[1:6]], "current": bar_json(bars[6])}
+    hub.on_bar(MicroBar(sym="SPY", interval="1s", start_ns=bars[6].start_ns, open=1.0, high=2.0, low=0.5,
+                        close=1.7, volume=4.0, closed=True), 0)  # the cache follows the history
+    late = Client(3, None, queue_max=100)
+    hub.subscribe(late, "microbar:SPY:1s")
+    snap = json.loads(late.pop())
+    assert snap["data"]["current"] is None and snap["data"]["bars"][-1]["close"] == 1.7
+    assert len(snap["data"]["bars"]) == 5

@@ -40,7 +40,7 @@ def mesh():
     port = free_port()
     env = {"SPX_GATEWAY_PORT": str(port), "SPX_FEED_SOURCE": "synthetic", "SPX_FEED_REPLAY_SPEED": "60",
            "SPX_CREDENTIALS_KEYS": KEYRING, "SPX_TOKEN_SECRET": SECRET, "MASSIVE_API_KEY": MASSIVE_KEY,
-           "SPX_CONFIG": ""}
+           "SPX_GATEWAY_QUEUE_MAX_BYTES": str(1 << 20), "SPX_CONFIG": ""}
     runtime = RuntimeConfig(run_dir=run_dir)
     old_umask = os.umask(0o022)  # an ordinary operator's umask: the mesh must not depend on it
     try:
@@ -194,3 +194,61 @@ def test_an_expired_token_drops_the_user_for_good_on_that_connection(mesh):
     assert ok["data"] == {"user": "alice", "expiresAt": fresh, "id": "new"}
     assert c.subscribe("orders")["data"]["channels"] == ["orders"]
     c.close()
+
+
+def _raw_ws(port: int, rcvbuf: int = 4096) -> socket.socket:
+    """A websocket that will never read what it is sent (a slow reader), after the handshake."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert b" 101 " in head.split(b"\r\n", 1)[0]
+    return sock
+
+
+def _frame(doc: dict) -> bytes:
+    payload = json.dumps(doc).encode()
+    mask = os.urandom(4)
+    n = len(payload)
+    head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0xFE]) + n.to_bytes(2, "big"))
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_junk_channels_and_slow_readers_cost_bounded_memory(mesh):
+    """Issue 22 item 3: unique microbar:<random>:1s names grew the series map without bound; slow readers
+    that never read grew the gateway's memory without bound (queues bounded by count, not bytes)."""
+    _, port = mesh
+    url = f"ws://127.0.0.1:{port}/ws"
+    eventually(lambda: _metric(port, "ws_series ") > 0, 30, what="the gateway holds real bar series")
+    series, channels = _metric(port, "ws_series "), _metric(port, "ws_channels ")
+    junk = WsClient(url)
+    for round_ in range(5):
+        names = [f"microbar:JUNK{round_}X{i}:1s" for i in range(64)]
+        assert len(junk.subscribe(*names)["data"]["channels"]) == 64
+        junk.send({"op": "unsubscribe", "channels": names})
+        junk.until(lambda m: m["type"] == "unsubscribed")
+    junk.close()
+    time.sleep(1.5)  # the gauges are set once a second
+    # 320 junk names would be 320 more of each; real symbols of the replay may appear meanwhile
+    assert _metric(port, "ws_series ") < series + 32
+    assert _metric(port, "ws_channels ") < channels + 160
+
+    overflowed = _metric(port, 'ws_disconnects_total{reason="overflow"}')
+    slow = _raw_ws(port)
+    try:
+        deadline = time.monotonic() + 30
+        while _metric(port, 'ws_disconnects_total{reason="overflow"}') == overflowed:
+            assert time.monotonic() < deadline, "a reader that never reads was not disconnected"
+            for op in ("subscribe", "unsubscribe"):  # a bar snapshot each time, within the rate limit
+                try:
+                    slow.sendall(_frame({"op": op, "channels": ["microbar:SPY:1s", "setups", "status"]}))
+                except OSError:
+                    break
+                time.sleep(0.06)
+    finally:
+        slow.close()
+    eventually(lambda: _metric(port, "ws_queued_bytes ") < 1 << 20, 10, what="its queue given back")
