@@ -322,6 +322,7 @@ class Position(Base, kw_only=True):
     realized_pnl: float = 0.0
     unrealized_pnl: float | None = None
     ts: Ns
+    mark: float | None = None  # the quote mid the unrealized P&L is marked at (None before a quote)
 
 
 # --------------------------------------------------------------------------- coach

@@ -153,7 +153,8 @@ class Ledger:
         p = self.positions.get((user, symbol), _Pos())
         unreal = None if p.mark is None or not p.quantity else round((p.mark - p.avg_price) * p.quantity * MULTIPLIER, 2)
         return Position(user=user, option_symbol=symbol, quantity=p.quantity, avg_price=round(p.avg_price, 4),
-                        realized_pnl=round(p.realized, 2), unrealized_pnl=unreal, ts=ts)
+                        realized_pnl=round(p.realized, 2), unrealized_pnl=unreal, ts=ts,
+                        mark=None if p.mark is None or not p.quantity else round(p.mark, 4))
 
     def open_positions(self, user: str | None = None) -> dict[str, float]:
         """symbol -> quantity of non-flat positions (of one user, or summed over users)."""

@@ -588,8 +588,10 @@ class Hub:
         self.market.setdefault("ts", event_ns)
         self.broadcast("snapshot", "snapshot", self.market, event_ns, pub_ns, self._source("snapshot"))
 
-    def on_user(self, kind: str, user: str, body: m.CoachEvent | m.Position | m.Order | m.Fill, pub_ns: int) -> None:
-        """A user-scoped body for channel ``kind`` (coach, positions, orders, fills)."""
+    def on_user(self, kind: str, user: str, body: m.CoachEvent | m.Position | m.Order | m.Fill, pub_ns: int,
+                extra: dict | None = None) -> None:
+        """A user-scoped body for channel ``kind`` (coach, positions, orders, fills); ``extra`` fields are
+        added to its JSON (a position's greeks)."""
         store = self.user_data.get(user)
         if store is None:
             store = self.user_data[user] = {}
@@ -597,6 +599,8 @@ class Hub:
                 self.user_data.popitem(last=False)
         self.user_data.move_to_end(user)
         data = msgspec.to_builtins(body)
+        if extra:
+            data.update(extra)
         if kind == "positions":
             pos = store.setdefault("positions", OrderedDict())
             pos[body.option_symbol] = data

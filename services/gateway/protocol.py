@@ -314,10 +314,19 @@ class CoachSnapshot(_Strict):
     events: list[model_for(m.CoachEvent)]  # type: ignore[valid-type]
 
 
+class PositionData(model_for(m.Position)):  # type: ignore[misc,valid-type]
+    """One position: the broker's (``mark`` is the quote mid its unrealized P&L is marked at) plus the
+    contract's greeks from the newest chain document, when the feed has published one."""
+
+    delta: float | None = Field(None, description="Per contract, from the chain (vendor or model).")
+    gamma: float | None = Field(None, description="Per contract per index point, from the chain.")
+    iv: float | None = Field(None, description="Implied volatility (fraction), from the chain.")
+
+
 class PositionsSnapshot(_Strict):
     """``positions`` snapshot data: this user's open and closed positions (update data is one Position)."""
 
-    positions: list[model_for(m.Position)]  # type: ignore[valid-type]
+    positions: list[PositionData]
 
 
 class OrdersSnapshot(_Strict):
@@ -382,7 +391,7 @@ CHANNEL_DATA: dict[str, tuple[type[BaseModel] | None, type[BaseModel]]] = {
     "snapshot": (MarketSnapshot, MarketSnapshot),
     "status": (StatusData, StatusData),
     "coach": (CoachSnapshot, model_for(m.CoachEvent)),
-    "positions": (PositionsSnapshot, model_for(m.Position)),
+    "positions": (PositionsSnapshot, PositionData),
     "orders": (OrdersSnapshot, model_for(m.Order)),
     "fills": (FillsSnapshot, model_for(m.Fill)),
 }

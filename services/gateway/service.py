@@ -116,7 +116,7 @@ class GatewayService(BusService):
     name = "gateway"
     handler_budget_ms = 250.0  # a handler fans out to every subscriber
     subscriptions = {
-        "feed": ["tick.", "status."],
+        "feed": ["tick.", "status.", "chain."],
         "aggregator": ["bar."],
         "detector": ["setup.transition", "state.market"],
         "selector": [],
@@ -135,6 +135,7 @@ class GatewayService(BusService):
         self._ids = itertools.count(1)
         self._flush_handle: asyncio.TimerHandle | None = None
         self.feed_status: m.FeedStatus | None = None
+        self.greeks: dict[str, dict[str, float]] = {}  # option symbol -> delta, gamma, iv (newest chain)
         self._rate_prev = (0, time.monotonic())
         self._out_prev = 0
         self.ready = asyncio.Event()
@@ -176,6 +177,7 @@ class GatewayService(BusService):
         self.on("setup.transition", lambda f, b: self.hub.on_transition(b, f.pub_ns))
         self.on("state.market", lambda f, b: self.hub.on_market(b, f.event_ns, f.pub_ns))
         self.on("status.feed", self._on_feed_status)
+        self.on("chain.", self._on_chain)
         for prefix, kind in (("coach.", "coach"), ("position.", "positions"), ("order.", "orders"),
                              ("fill.", "fills")):
             self.on(prefix, self._user_handler(kind, prefix))
@@ -221,12 +223,29 @@ class GatewayService(BusService):
         self.feed_event_ns = frame.event_ns
         self.hub.mode = body.mode
 
+    def _on_chain(self, frame: Frame, doc: Any) -> None:
+        """Keep each contract's greeks from the newest chain document (positions show them)."""
+        contracts = doc.get("contracts") if isinstance(doc, dict) else None
+        if not isinstance(contracts, list):
+            return
+        greeks = {}
+        for c in contracts[:20_000]:
+            if isinstance(c, dict) and isinstance(c.get("symbol"), str):
+                g = {k: c.get(k) for k in ("delta", "gamma", "iv")
+                     if isinstance(c.get(k), (int, float)) and not isinstance(c.get(k), bool)}
+                # the chain names contracts as the vendor does (O:SPXW...), the broker without the prefix
+                greeks[c["symbol"]] = greeks[c["symbol"].removeprefix("O:")] = g
+        self.greeks.update(greeks)
+        while len(self.greeks) > 50_000:
+            self.greeks.pop(next(iter(self.greeks)))
+
     def _user_handler(self, kind: str, prefix: str):
         def handle(frame: Frame, body: Any) -> None:
             user = frame.topic[len(prefix):]
             if getattr(body, "user", user) != user:
                 raise ValueError(f"{frame.topic} carries a body for user {body.user!r}")
-            self.hub.on_user(kind, user, body, frame.pub_ns)
+            extra = self.greeks.get(body.option_symbol) if kind == "positions" else None
+            self.hub.on_user(kind, user, body, frame.pub_ns, extra)
         return handle
 
     def _schedule_flush(self) -> None:

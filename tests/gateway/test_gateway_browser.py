@@ -29,7 +29,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1280,800", "--remote-debugging-port=0"]
+         "--window-size=1440,900", "--remote-debugging-port=0"]
 
 
 class DevTools:
@@ -229,3 +229,145 @@ def test_dashboard_against_real_feed_aggregator_coach_and_gateway_processes(run_
             r.close()
         detector.close()
         ctx.destroy(linger=0)
+
+
+def _pixels(dt: DevTools, selector: str, top_frac: float = 0.0, bottom_frac: float = 1.0):
+    """The element's screenshot (a slice of its height) as an RGB array (0-255)."""
+    import io
+
+    import matplotlib.image as mpimg
+
+    r = dt.js(f"(() => {{ const b = document.querySelector('{selector}').getBoundingClientRect(); "
+              "return {x: b.x, y: b.y, w: b.width, h: b.height}; })()")
+    clip = {"x": r["x"], "y": r["y"] + r["h"] * top_frac, "width": r["w"], "height": r["h"] * (bottom_frac - top_frac),
+            "scale": 1}
+    shot = dt.call("Page.captureScreenshot", format="png", clip=clip)
+    img = mpimg.imread(io.BytesIO(base64.b64decode(shot["data"])), format="png")
+    return (img[..., :3] * 255).round().astype(int)
+
+
+def _count(img, rgb, tol: int = 12) -> int:
+    import numpy as np
+
+    return int((np.abs(img - np.array(rgb)).max(axis=-1) <= tol).sum())
+
+
+@pytest.mark.mesh
+def test_dashboard_on_the_running_mesh_replay_setups_coach_and_flatten(run_dir, browser):
+    """``spx up``'s mesh (generated session replayed at 60x, paper broker) and the dashboard with no
+    token on loopback (the default user): ET time axis labels, the buy/sell volume pane (DOM and
+    pixels), the REPLAY badge with the session date and speed, a setup row with its symbol and time and
+    its levels on the chart, a coach line with a time, every service in the mesh panel, and the
+    flatten button closing the paper position the broker opened."""
+    import re
+
+    from services.cli import supervise
+    from spx_common.config import RuntimeConfig
+    from tests.conftest import free_port
+
+    runtime = RuntimeConfig(run_dir=run_dir)
+    port = free_port()
+    supervise.start(runtime, {"SPX_GATEWAY_PORT": str(port), "SPX_FEED_REPLAY_SPEED": "60"})
+    dt = None
+    js = None
+    try:
+        supervise.wait_running(runtime, 60)
+        eventually(lambda: _healthz(port), 30, 0.3, what="gateway answers")
+        dt = browser(f"http://127.0.0.1:{port}/")
+        js = dt.js
+        hhmmss = re.compile(r"^\d{2}:\d{2}:\d{2}$")
+        assert eventually(lambda: js("document.getElementById('user').textContent") == "user default", 20, 0.2)
+
+        # REPLAY badge: mode, session date, speed
+        badge = eventually(lambda: (lambda t: t if t.startswith("REPLAY ") else None)(
+            js("document.getElementById('feed-badge').textContent")), 30, 0.3, what="REPLAY badge")
+        m = re.match(r"^REPLAY (\d{4}-\d{2}-\d{2}) ×60$", badge)
+        assert m, badge
+        assert js("document.getElementById('feed-badge').dataset.mode") == "replay"
+
+        # candles and the ET time axis: tick labels are ET clock times; the header clock has the session date
+        chart = "document.getElementById('chart').dataset"
+        eventually(lambda: int(js(f"{chart}.bars") or 0) >= 20, 60, 0.3, what="bars on the chart")
+        def clock_labels():
+            labels = [x for x in (js(f"{chart}.timeLabels") or "").split("|") if x]
+            return [x for x in labels if re.match(r"^\d{2}:\d{2}(:\d{2})?$", x)]
+        clock_like = eventually(lambda: (lambda c: c if len(c) >= 3 else None)(clock_labels()), 30, 0.3,
+                                what="time axis labels")
+        labels = clock_like
+        assert all(9 <= int(x[:2]) <= 16 for x in clock_like), labels  # US/Eastern session hours, not UTC
+        date = js("document.getElementById('clock').dataset.date")  # the session's date, from bar event time
+        eventually(lambda: js("document.getElementById('feed-badge').textContent") == f"REPLAY {date} ×60", 10, 0.2,
+                   what="the badge names the replayed session's date")
+
+        # the session VWAP is the detector's (market state), not computed over the bars the page holds
+        vwap = eventually(lambda: js(f"{chart}.vwap"), 30, 0.3, what="session VWAP from the server")
+        assert 100 < float(vwap) < 10_000
+        assert js("document.getElementById('vwap-label').textContent") == f"session VWAP {float(vwap):.2f}"
+
+        # volume pane: bars with volume in the DOM, buy (green) and sell (red) pixels in the lower pane
+        assert int(js(f"{chart}.volumeBars") or 0) >= 10
+        pane = _pixels(dt, "#chart", 0.78, 0.93)
+        assert _count(pane, (0x2f, 0x9e, 0x6b)) > 50 and _count(pane, (0xc2, 0x4d, 0x4d)) > 50
+
+        # a setup row with symbol and time; selecting it draws its entry / stop / targets
+        row = "document.querySelector('#setups tr[data-setup-id]')"
+        eventually(lambda: js(f"{row}?.dataset.sym"), 120, 0.5, what="a setup row")
+        # one read of one row (the table re-renders every second)
+        seen = js(f"(() => {{ const r = {row}; r.click(); return {{sym: r.dataset.sym, cell: r.cells[1].textContent, "
+                  "time: r.querySelector('time').textContent}; })()")
+        sym = seen["sym"]
+        assert sym and seen["cell"] == sym and hhmmss.match(seen["time"]), seen
+        lines = eventually(lambda: js(f"{chart}.setupLines"), 10, 0.2, what="setup lines on the chart")
+        assert "stop" in lines.split(",") and any(x.startswith("entry") for x in lines.split(",")), lines
+        eventually(lambda: js("document.getElementById('chart-title').textContent").startswith(sym + " "), 10, 0.2,
+                   what="the chart follows the selected setup's symbol")
+
+        # a coach line with its time
+        li = "document.querySelector('#coach li[data-kind]')"
+        eventually(lambda: js(f"{li}?.dataset.kind"), 120, 0.5, what="a coach line")
+        assert hhmmss.match(js(f"{li}.querySelector('time').textContent"))
+
+        # every service in the mesh panel, healthy
+        names = eventually(lambda: (lambda n: n if len(n) == 8 else None)(
+            js("[...document.querySelectorAll('#services .svc.ok')].map(e => e.dataset.service)")), 30, 0.5,
+            what="all 8 services healthy in the mesh panel")
+        assert set(names) == {"feed", "aggregator", "detector", "selector", "broker", "coach", "gateway", "recorder"}
+
+        # the paper position the broker opened, flattened from the page (confirm = second click)
+        pos = "document.querySelector('#positions tr[data-symbol] button.flatten')"
+        eventually(lambda: js(f"!!{pos}"), 150, 0.5, what="an open paper position with a flatten button")
+        symbol = js(f"{pos}.dataset.symbol")
+        if sym != "SPY":  # the picture for the docs: SPY with its volume
+            js("(() => { const i = document.getElementById('sym'); i.value = 'SPY'; i.onchange({target: i}); })()")
+            eventually(lambda: int(js(f"{chart}.bars") or 0) >= 20 and js(f"{chart}.vwap"), 30, 0.3,
+                       what="SPY bars and VWAP again")
+        shot = dt.call("Page.captureScreenshot", format="png")
+        out = PROJECT_DIR / "artifacts" / "dashboard-mesh-full.png"
+        out.parent.mkdir(exist_ok=True)
+        out.write_bytes(base64.b64decode(shot["data"]))
+        js(f"{pos}.click()")
+        assert js(f"{pos}.textContent") == "Confirm flatten?"
+        assert js("document.getElementById('flatten-result').textContent") == ""  # nothing sent on one click
+        js(f"{pos}.click()")
+        eventually(lambda: js("document.getElementById('flatten-result').dataset.ok") == "true", 20, 0.2,
+                   what="flatten answered ok")
+        assert "exit order" in js("document.getElementById('flatten-result').textContent")
+        eventually(lambda: js(f"document.querySelector('#positions tr[data-symbol=\"{symbol}\"]').dataset.quantity")
+                   == "0", 60, 0.3, what="the position closed by the exit fill")
+        assert js(f"!!document.querySelector('#orders tr[data-status]')")
+    except BaseException:
+        if js is not None:
+            print("page state:", js("document.body.innerText.slice(0, 3000)"))
+        raise
+    finally:
+        if dt is not None:
+            dt.close()
+        supervise.stop(runtime, 30)
+
+
+def _healthz(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False

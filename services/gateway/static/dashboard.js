@@ -1,46 +1,95 @@
-// SPX Command Center dashboard: one websocket, plain canvas, render at most once per animation frame.
+// SPX Command Center dashboard: one websocket, TradingView Lightweight Charts (vendored, served by the
+// gateway), chart updates applied at most once per animation frame. Times are US/Eastern, from event time.
 "use strict";
 (function () {
+  const LWC = window.LightweightCharts;
   const params = new URLSearchParams(location.search);
   const token = params.get("token");
   const $ = (id) => document.getElementById(id);
-  const state = {
-    sym: params.get("sym") || "SPY", interval: params.get("interval") || "1s",
-    bars: [], current: null, price: null, market: null, setups: new Map(), coach: [], positions: new Map(),
-    status: null, mode: "-", updates: 0, rate: 0, lastTickAt: 0, seq: {}, gaps: 0, renders: 0, dirty: true,
+  const ET = "America/New_York";
+  const USER_CHANNELS = ["coach", "positions", "orders", "fills"];
+  const fmtClock = new Intl.DateTimeFormat("en-GB", { timeZone: ET, hourCycle: "h23", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  const fmtHm = new Intl.DateTimeFormat("en-GB", { timeZone: ET, hourCycle: "h23", hour: "2-digit", minute: "2-digit" });
+  const fmtDate = new Intl.DateTimeFormat("en-CA", { timeZone: ET, year: "numeric", month: "2-digit", day: "2-digit" });
+  const fmtDay = new Intl.DateTimeFormat("en-US", { timeZone: ET, weekday: "short", month: "short", day: "numeric" });
+  const msOf = (ns) => Number(ns) / 1e6;
+  const etTime = (ns) => fmtClock.format(new Date(msOf(ns)));
+  const etDate = (ns) => fmtDate.format(new Date(msOf(ns)));
+  const STATE_WORDS = {
+    forming: "forming", ready: "ready to enter", triggered: "triggered", target1_hit: "target 1 hit",
+    target2_hit: "target 2 hit", invalidated: "invalidated", stopped: "stopped out", expired: "expired", blocked: "blocked",
   };
-  const MAX_BARS = 600;
+
+  const state = {
+    sym: (params.get("sym") || "SPY").toUpperCase(), interval: params.get("interval") || "1s",
+    bars: [], current: null, price: null, market: null, setups: new Map(), setupFirst: new Map(), selected: null,
+    coach: [], positions: new Map(), orders: new Map(), fills: [], status: null, user: null,
+    mode: "-", updates: 0, rate: 0, lastTickAt: 0, seq: {}, gaps: 0, renders: 0,
+    dirty: true, reset: true, pending: [], eventNs: 0, vwap: null, tickLabels: [],
+  };
+  const MAX_BARS = 5000;
   $("sym").value = state.sym; $("interval").value = state.interval;
   let ws = null, retry = 500;
 
-  function channels() {
-    const ch = [`price:${state.sym}`, `microbar:${state.sym}:${state.interval}`, "setups", "snapshot", "status"];
-    if (token) ch.push("coach", "positions");
-    return ch;
+  // ---------------------------------------------------------------- formatting
+  const esc = (s) => String(s ?? "").replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]));
+  const fmt = (x, n = 2) => (x === null || x === undefined || !isFinite(x) ? "-" : Number(x).toFixed(n));
+  const fmtInt = (x) => (x === null || x === undefined ? "-" : Math.round(x).toLocaleString("en-US"));
+  const words = (s) => String(s ?? "").replace(/_/g, " ");
+  // long numbers in server sentences get separators: "+100900 delta" -> "+100,900 delta"
+  const prettyNumbers = (text) => String(text ?? "").replace(/([+-]?)(\d{5,})(\.\d+)?/g,
+    (m, sign, int, frac) => sign + Number(int).toLocaleString("en-US") + (frac ? frac.slice(0, 3) : ""));
+  function age(ns) {
+    if (!ns || !state.eventNs) return "-";
+    const s = Math.max(0, Math.round((state.eventNs - ns) / 1e9));
+    if (s < 60) return `${s}s`;
+    if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, "0")}s`;
+    return `${Math.floor(s / 3600)}h ${String(Math.floor(s / 60) % 60).padStart(2, "0")}m`;
   }
+  // O:SPXW261207C05880000 -> "SPXW 12/07 5880 C"
+  function contract(sym) {
+    const m = /^(?:O:)?([A-Z]+)(\d{2})(\d{2})(\d{2})([CP])(\d{8})$/.exec(sym || "");
+    return m ? `${m[1]} ${m[3]}/${m[4]} ${Number(m[6]) / 1000} ${m[5]}` : String(sym ?? "");
+  }
+
+  // ---------------------------------------------------------------- websocket
+  function barChannels(sym = state.sym, iv = state.interval) {
+    // 1 m bars: the aggregator names its intervals as configured ("1m" or "60s"); take whichever exists
+    return iv === "1m" ? [`microbar:${sym}:1m`, `microbar:${sym}:60s`] : [`microbar:${sym}:${iv}`];
+  }
+  function publicChannels() { return [`price:${state.sym}`, ...barChannels(), "setups", "snapshot", "status"]; }
+  function send(doc) { if (ws && ws.readyState === 1) ws.send(JSON.stringify(doc)); }
 
   function connect() {
     const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws` + (token ? `?token=${encodeURIComponent(token)}` : "");
     ws = new WebSocket(url);
-    ws.onopen = () => { retry = 500; setConn(true); ws.send(JSON.stringify({ op: "subscribe", channels: channels() })); };
+    ws.onopen = () => { retry = 500; setConn(true); send({ op: "subscribe", channels: publicChannels() }); };
     ws.onclose = () => { setConn(false); setTimeout(connect, retry); retry = Math.min(retry * 2, 10000); };
     ws.onmessage = (ev) => { try { onMessage(JSON.parse(ev.data)); } catch (e) { console.error(e); } };
   }
-
-  function setConn(up) { const c = $("conn"); c.textContent = up ? "live" : "disconnected"; c.className = "pill " + (up ? "up" : "down"); }
+  function setConn(up) { const c = $("conn"); c.textContent = up ? "connected" : "disconnected"; c.className = "pill " + (up ? "up" : "down"); }
 
   function resubscribe(oldSym, oldInterval) {
-    if (!ws || ws.readyState !== 1) return;
-    ws.send(JSON.stringify({ op: "unsubscribe", channels: [`price:${oldSym}`, `microbar:${oldSym}:${oldInterval}`] }));
-    state.bars = []; state.current = null; state.price = null; state.dirty = true;
-    ws.send(JSON.stringify({ op: "subscribe", channels: [`price:${state.sym}`, `microbar:${state.sym}:${state.interval}`] }));
+    send({ op: "unsubscribe", channels: [`price:${oldSym}`, ...barChannels(oldSym, oldInterval)] });
+    state.bars = []; state.current = null; state.price = null; state.reset = true; state.dirty = true;
+    chartEl.dataset.bars = "0"; chartEl.dataset.volumeBars = "0";
+    applyMarket();  // the new symbol's levels and session VWAP from the last market state
+    send({ op: "subscribe", channels: [`price:${state.sym}`, ...barChannels()] });
   }
-  $("sym").onchange = (e) => { const o = state.sym; state.sym = e.target.value.trim().toUpperCase(); resubscribe(o, state.interval); };
+  $("sym").onchange = (e) => { const o = state.sym; state.sym = e.target.value.trim().toUpperCase(); resubscribe(o, state.interval); renderSetups(); };
   $("interval").onchange = (e) => { const o = state.interval; state.interval = e.target.value; resubscribe(state.sym, o); };
 
   function onMessage(m) {
-    if (m.type === "welcome") { $("user").textContent = m.data.user ? `user ${m.data.user}` : "no token"; return; }
-    if (m.type === "error") { console.warn("gateway error", m.data); return; }
+    if (m.type === "welcome") { onWelcome(m.data); return; }
+    if (m.type === "flatten") { onFlattenResult(m.data); return; }
+    if (m.type === "error") {
+      console.warn("gateway error", m.data);
+      if (m.data && String(m.data.id || "").startsWith("flatten")) {
+        inFlight.clear(); renderPositions(); renderFlattenAll();
+        showFlatten(`flatten failed: ${m.data.message}`, "short");
+      }
+      return;
+    }
     if (m.type !== "snapshot" && m.type !== "update") return;
     const prev = state.seq[m.channel];
     if (m.type === "update" && prev !== undefined && m.seq !== prev + 1 && !m.conflated) state.gaps++;
@@ -51,26 +100,42 @@
       state.price = d; state.lastTickAt = performance.now(); state.updates++;
       state.mode = m.cadenceMs ? `${m.source} ${m.cadenceMs / 1000}s` : m.source;  // poll-cadence fallback (tick_fanout)
     } else if (ch.startsWith("microbar:")) {
-      if (ch !== `microbar:${state.sym}:${state.interval}`) return;
-      if (m.type === "snapshot") { state.bars = d.bars.slice(-MAX_BARS); state.current = d.current; }
-      else addBar(d);
+      if (!barChannels().includes(ch)) return;
+      if (m.type === "snapshot") {
+        if (!d.bars.length && !d.current && state.bars.length) return;  // the other 1 m name: nothing there
+        state.bars = d.bars.slice(-MAX_BARS); state.current = d.current; state.reset = true;
+      } else addBar(d);
       if (!state.price) state.mode = m.source;  // the price channel's source and cadence win
       state.updates++;
     } else if (ch === "setups") {
-      if (m.type === "snapshot") { state.setups.clear(); d.setups.forEach((s) => state.setups.set(s.setup_id, s)); }
-      else state.setups.set(d.setup_id, d);
+      if (m.type === "snapshot") { state.setups.clear(); d.setups.forEach(addSetup); } else addSetup(d);
       renderSetups();
-    } else if (ch === "snapshot") { state.market = d; }
+    } else if (ch === "snapshot") { state.market = d; applyMarket(); }
     else if (ch === "status") { state.status = d; renderStatus(); }
     else if (ch === "coach") {
       if (m.type === "snapshot") state.coach = d.events.slice(); else state.coach.push(d);
-      state.coach = state.coach.slice(-50); renderCoach();
+      state.coach = state.coach.slice(-100); renderCoach();
     } else if (ch === "positions") {
       if (m.type === "snapshot") { state.positions.clear(); d.positions.forEach((p) => state.positions.set(p.option_symbol, p)); }
       else state.positions.set(d.option_symbol, d);
       renderPositions();
+    } else if (ch === "orders") {
+      if (m.type === "snapshot") { state.orders.clear(); d.orders.forEach((o) => state.orders.set(o.order_id, o)); }
+      else state.orders.set(d.order_id, d);
+      renderOrders();
+    } else if (ch === "fills") {
+      if (m.type === "snapshot") state.fills = d.fills.slice(); else state.fills.push(d);
+      state.fills = state.fills.slice(-100); renderOrders();
     }
     state.dirty = true;
+  }
+
+  function onWelcome(d) {
+    state.user = d.user || null;
+    $("user").textContent = state.user ? `user ${state.user}` : "no token";
+    if (state.user) send({ op: "subscribe", channels: USER_CHANNELS });
+    else $("coach").innerHTML = '<li class="muted" id="coach-hint">coach, positions and orders need a token: open this page as /?token=… (spx token USER)</li>';
+    $("flatten-all").hidden = !state.user;
   }
 
   function addBar(b) {
@@ -78,32 +143,281 @@
     if (b.closed) {
       if (last && last.startNs === b.startNs) state.bars[state.bars.length - 1] = b;
       else if (!last || b.startNs > last.startNs) state.bars.push(b);
-      if (state.bars.length > MAX_BARS) state.bars.splice(0, state.bars.length - MAX_BARS);
+      else return;  // older than what the chart holds
+      if (state.bars.length > MAX_BARS) { state.bars.splice(0, state.bars.length - MAX_BARS); state.reset = true; }
       if (state.current && state.current.startNs <= b.startNs) state.current = null;
-    } else state.current = b;
+    } else {
+      if (last && b.startNs < last.startNs) return;
+      state.current = b;
+    }
+    state.pending.push(b);
+  }
+  function addSetup(s) {
+    if (!state.setupFirst.has(s.setup_id)) state.setupFirst.set(s.setup_id, s.ts);
+    else state.setupFirst.set(s.setup_id, Math.min(state.setupFirst.get(s.setup_id), s.ts));
+    const prev = state.setups.get(s.setup_id);
+    // a transition carries its own levels; keep the last known ones when one leaves them out
+    state.setups.set(s.setup_id, prev ? { ...prev, ...Object.fromEntries(Object.entries(s).filter(([, v]) => v !== null && !(Array.isArray(v) && !v.length))) } : s);
+    if (s.ts > state.eventNs) state.eventNs = s.ts;
   }
 
-  const esc = (s) => String(s ?? "").replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]));
-  const fmt = (x, n = 2) => (x === null || x === undefined ? "-" : Number(x).toFixed(n));
+  // ---------------------------------------------------------------- chart
+  const chartEl = $("chart");
+  const seen = new Set();
+  function tickLabel(t, type) {
+    const d = new Date(t * 1000);
+    let label;
+    if (type === LWC.TickMarkType.Year) label = String(d.getUTCFullYear());
+    else if (type === LWC.TickMarkType.Month || type === LWC.TickMarkType.DayOfMonth) label = fmtDay.format(d);
+    else if (type === LWC.TickMarkType.TimeWithSeconds) label = fmtClock.format(d);
+    else label = fmtHm.format(d);
+    if (!seen.has(label)) { seen.add(label); state.tickLabels.push(label); if (state.tickLabels.length > 60) seen.delete(state.tickLabels.shift()); }
+    return label;
+  }
+  const chart = LWC.createChart(chartEl, {
+    autoSize: true,
+    layout: { background: { type: "solid", color: "#0b0f14" }, textColor: "#9fb0c3", fontSize: 11, attributionLogo: true,
+              panes: { separatorColor: "#2b3542", enableResize: true } },
+    grid: { vertLines: { color: "#141b24" }, horzLines: { color: "#141b24" } },
+    crosshair: { mode: LWC.CrosshairMode.Normal },
+    rightPriceScale: { borderColor: "#2b3542" },
+    timeScale: { borderColor: "#2b3542", timeVisible: true, secondsVisible: true, rightOffset: 6, tickMarkFormatter: tickLabel },
+    localization: { timeFormatter: (t) => `${fmtDay.format(new Date(t * 1000))} ${fmtClock.format(new Date(t * 1000))} ET` },
+  });
+  const candles = chart.addSeries(LWC.CandlestickSeries, {
+    upColor: "#4cc38a", downColor: "#ef6b6b", borderVisible: false, wickUpColor: "#4cc38a", wickDownColor: "#ef6b6b" });
+  const vwapLine = chart.addSeries(LWC.LineSeries, {
+    color: "#f0b429", lineWidth: 2, priceLineVisible: false, lastValueVisible: true, crosshairMarkerVisible: false, title: "VWAP" });
+  // volume pane, stacked from zero: all volume (grey, neutral shows) >= buy + sell (red, sell shows) >= buy (green)
+  const volOpts = { priceFormat: { type: "volume" }, priceLineVisible: false, lastValueVisible: false };
+  const volAll = chart.addSeries(LWC.HistogramSeries, { ...volOpts, color: "#4b5563" }, 1);
+  const volSell = chart.addSeries(LWC.HistogramSeries, { ...volOpts, color: "#c24d4d" }, 1);
+  const volBuy = chart.addSeries(LWC.HistogramSeries, { ...volOpts, color: "#2f9e6b" }, 1);
+  try { chart.panes()[1].setStretchFactor(0.28); chart.panes()[0].setStretchFactor(1); } catch (e) { /* older build */ }
 
+  const tsec = (b) => Math.floor(Number(b.startNs) / 1e9);
+  const candle = (b) => ({ time: tsec(b), open: b.open, high: b.high, low: b.low, close: b.close,
+                           color: b.closed ? undefined : (b.close >= b.open ? "#2d7a56" : "#9a4545") });
+  function vols(b) {
+    const t = tsec(b), buy = b.buyVolume ?? 0, sell = b.sellVolume ?? 0;
+    return [{ time: t, value: b.volume || 0 }, { time: t, value: buy + sell }, { time: t, value: buy }];
+  }
+  const barsByTime = new Map();
+
+  function syncChart() {
+    const all = state.current ? state.bars.concat([state.current]) : state.bars;
+    if (state.reset) {
+      state.reset = false; state.pending = [];
+      barsByTime.clear(); all.forEach((b) => barsByTime.set(tsec(b), b));
+      candles.setData(all.map(candle));
+      const v = all.map(vols);
+      volAll.setData(v.map((x) => x[0])); volSell.setData(v.map((x) => x[1])); volBuy.setData(v.map((x) => x[2]));
+      vwapLine.setData([]);
+      if (all.length) chart.timeScale().scrollToRealTime();
+    } else {
+      for (const b of state.pending) {
+        barsByTime.set(tsec(b), b);
+        candles.update(candle(b));
+        const [a, s, u] = vols(b);
+        volAll.update(a); volSell.update(s); volBuy.update(u);
+      }
+      state.pending = [];
+    }
+    const last = all[all.length - 1];
+    if (last) {
+      const endNs = Number(last.startNs) + (last.closed === false ? 0 : intervalNs());
+      if (endNs > state.eventNs) state.eventNs = endNs;
+      if (state.vwap !== null) vwapLine.update({ time: tsec(last), value: state.vwap });
+    }
+    chartEl.dataset.bars = String(state.bars.length);
+    chartEl.dataset.volumeBars = String(all.filter((b) => (b.volume || 0) > 0).length);
+    chartEl.dataset.lastClose = last ? String(last.close) : "";
+    $("chart-empty").hidden = all.length > 0;
+    $("chart-empty").textContent = state.interval === "1m"
+      ? "no 1 m bars yet: the aggregator publishes the intervals in [aggregator] intervals (1m or 60s)"
+      : "waiting for bars…";
+    drawSetupLines();
+  }
+  function intervalNs() { return { "1s": 1e9, "5s": 5e9, "1m": 60e9 }[state.interval] || 1e9; }
+
+  // crosshair: OHLCV and the bar's microstructure
+  const tip = $("tooltip");
+  chart.subscribeCrosshairMove((p) => {
+    const b = p && p.time !== undefined ? barsByTime.get(p.time) : null;
+    if (!b || !p.point) { tip.hidden = true; return; }
+    const row = (k, v) => `<tr><th>${k}</th><td>${v}</td></tr>`;
+    tip.innerHTML = `<div class="tip-time">${etDate(b.startNs)} ${etTime(b.startNs)} ET${b.closed === false ? " (forming)" : ""}</div><table>` +
+      row("O H L C", `${fmt(b.open)} ${fmt(b.high)} ${fmt(b.low)} ${fmt(b.close)}`) +
+      row("volume", `${fmtInt(b.volume)} <span class="muted">(${fmtInt(b.trades)} trades)</span>`) +
+      row("buy / sell", `<span class="long">${fmtInt(b.buyVolume)}</span> / <span class="short">${fmtInt(b.sellVolume)}</span>`) +
+      row("delta vol", fmtInt(b.deltaVolume)) + row("bar VWAP", fmt(b.vwap)) +
+      row("bid/ask imb.", fmt(b.bidAskImbalance, 3)) + row("spread", `${fmt(b.avgSpreadBps, 1)} bps`) +
+      row("quote cov.", b.quoteCoveragePct == null ? "-" : `${fmt(b.quoteCoveragePct, 0)}%`) + "</table>";
+    tip.hidden = false;
+    const box = chartEl.getBoundingClientRect();
+    const x = p.point.x + 16 + 220 > box.width ? p.point.x - 236 : p.point.x + 16;
+    tip.style.left = `${chartEl.offsetLeft + Math.max(0, x)}px`; tip.style.top = `${chartEl.offsetTop + Math.max(0, p.point.y - 20)}px`;
+  });
+
+  // levels (opening range, prior day, generic) and the server's session VWAP, from the market state
+  let levelLines = [];
+  function marketFor(sym) {
+    const mk = state.market; if (!mk) return null;
+    if (mk.symbols && typeof mk.symbols === "object") return mk.symbols[sym] || mk.symbols[`I:${sym}`] || null;
+    return mk;
+  }
+  function levels() {
+    const out = [], mk = state.market, sm = marketFor(state.sym);
+    const add = (name, v) => { if (typeof v === "number" && isFinite(v)) out.push([name, v]); };
+    const lv = mk && mk.levels;
+    if (Array.isArray(lv)) lv.forEach((l) => add(l.name || l.kind || "level", l.price ?? l.value));
+    else if (lv && typeof lv === "object") Object.entries(lv).forEach(([k, v]) => add(k, typeof v === "object" && v ? v.price : v));
+    if (sm && sm !== mk) {
+      const or = sm.opening_range || {}; add("ORH", or.high); add("ORL", or.low);
+      const pd = sm.prior_day || {}; add("PDH", pd.high); add("PDL", pd.low); add("PDC", pd.close);
+    }
+    return out.slice(0, 30);
+  }
+  function applyMarket() {
+    levelLines.forEach((l) => candles.removePriceLine(l));
+    const lv = levels();
+    levelLines = lv.map(([name, price]) => candles.createPriceLine({ price, color: "#7a5cff", lineWidth: 1, lineStyle: LWC.LineStyle.Dashed, axisLabelVisible: true, title: name }));
+    chartEl.dataset.levels = lv.map((l) => l[0]).join(",");
+    const sm = marketFor(state.sym);
+    const v = sm && typeof sm.vwap === "number" ? sm.vwap : null;
+    state.vwap = v;
+    chartEl.dataset.vwap = v === null ? "" : String(v);
+    $("vwap-label").textContent = `session VWAP ${v === null ? "-" : fmt(v)}`;
+  }
+
+  // the selected setup's entry / stop / targets on the chart
+  let setupLines = [];
+  function drawSetupLines() {
+    setupLines.forEach((l) => candles.removePriceLine(l)); setupLines = [];
+    let s = state.selected ? state.setups.get(state.selected) : null;
+    if (!s) s = [...state.setups.values()].filter((x) => x.sym === state.sym).sort((a, b) => b.ts - a.ts)[0];
+    if (!s || s.sym !== state.sym) { chartEl.dataset.setupLines = ""; $("selected-setup").textContent = ""; return; }
+    const line = (price, title, color, style) => { if (typeof price === "number") setupLines.push(candles.createPriceLine({ price, color, lineWidth: 2, lineStyle: style, axisLabelVisible: true, title })); };
+    line(s.entry_low, "entry", "#4aa3ff", LWC.LineStyle.Solid);
+    if (s.entry_high !== s.entry_low) line(s.entry_high, "entry", "#4aa3ff", LWC.LineStyle.Solid);
+    line(s.stop, "stop", "#ef6b6b", LWC.LineStyle.Solid);
+    (s.targets || []).forEach((t, i) => line(t, `T${i + 1}`, "#4cc38a", LWC.LineStyle.Dotted));
+    chartEl.dataset.setupLines = [...new Set(setupLines.map((l) => l.options().title))].join(",");
+    chartEl.dataset.setupId = s.setup_id;
+    $("selected-setup").textContent = `${s.detector} ${s.direction} · ${STATE_WORDS[s.to_state] || words(s.to_state)}`;
+  }
+
+  // ---------------------------------------------------------------- panels
   function renderSetups() {
-    const rows = [...state.setups.values()].sort((a, b) => b.ts - a.ts).slice(0, 30);
-    $("setups").tBodies[0].innerHTML = rows.map((s) =>
-      `<tr data-setup-id="${esc(s.setup_id)}" data-state="${esc(s.to_state)}"><td>${esc(s.family)} <span class="muted">${esc(s.setup_id)}</span></td>` +
-      `<td class="${esc(s.direction)}">${esc(s.direction)}</td><td>${esc(s.to_state)}</td><td>${fmt(s.price)}</td></tr>`).join("");
+    const rows = [...state.setups.values()].sort((a, b) => b.ts - a.ts).slice(0, 40);
+    const lv = (x) => fmt(x);
+    $("setups").tBodies[0].innerHTML = rows.map((s) => {
+      const entry = s.entry_low == null ? "-" : (s.entry_high != null && s.entry_high !== s.entry_low ? `${lv(s.entry_low)}–${lv(s.entry_high)}` : lv(s.entry_low));
+      const sel = s.setup_id === (chartEl.dataset.setupId || state.selected) ? " selected" : "";
+      return `<tr class="setup${sel}" data-setup-id="${esc(s.setup_id)}" data-state="${esc(s.to_state)}" data-sym="${esc(s.sym)}" title="${esc(s.reason)} · id ${esc(s.setup_id)}">` +
+        `<td><time>${etTime(s.ts)}</time></td><td><b>${esc(s.sym)}</b></td><td>${esc(s.detector)}</td>` +
+        `<td class="${esc(s.direction)}">${esc(s.direction)}</td><td>${esc(STATE_WORDS[s.to_state] || words(s.to_state))}</td>` +
+        `<td>${age(state.setupFirst.get(s.setup_id))}</td><td>${entry}</td><td class="short">${lv(s.stop)}</td>` +
+        `<td class="long">${(s.targets || []).map(lv).join(" / ") || "-"}</td></tr>`;
+    }).join("") || '<tr><td class="muted" colspan="9">no setups yet</td></tr>';
   }
+  $("setups").onclick = (e) => {
+    const tr = e.target.closest("tr[data-setup-id]"); if (!tr) return;
+    state.selected = tr.dataset.setupId;
+    const s = state.setups.get(state.selected);
+    if (s && s.sym !== state.sym) { $("sym").value = s.sym; $("sym").onchange({ target: $("sym") }); }
+    drawSetupLines(); renderSetups();
+  };
   function renderCoach() {
-    $("coach").innerHTML = state.coach.slice().reverse().map((e) =>
-      `<li class="${esc(e.severity)}" data-kind="${esc(e.kind)}"><b>${esc(e.kind)}</b> ${esc(e.message)}</li>`).join("") ||
+    $("coach").innerHTML = state.coach.slice().reverse().sort((a, b) => b.ts - a.ts).map((e) =>
+      `<li class="${esc(e.severity)}" data-kind="${esc(e.kind)}" data-ts="${esc(e.ts)}"><time>${etTime(e.ts)}</time> ` +
+      `<b>${esc(words(e.kind))}</b> ${esc(prettyNumbers(e.message))}</li>`).join("") ||
       '<li class="muted">no alerts yet</li>';
   }
   function renderPositions() {
     let total = 0;
     $("positions").tBodies[0].innerHTML = [...state.positions.values()].map((p) => {
       const pnl = (p.realized_pnl || 0) + (p.unrealized_pnl || 0); total += pnl;
-      return `<tr><td>${esc(p.option_symbol)}</td><td>${p.quantity}</td><td>${fmt(p.avg_price)}</td><td class="${pnl >= 0 ? "long" : "short"}">${fmt(pnl)}</td></tr>`;
-    }).join("");
+      const mark = p.mark ?? (p.unrealized_pnl != null && p.quantity ? p.avg_price + p.unrealized_pnl / (p.quantity * 100) : null);
+      const delta = p.delta == null ? "-" : fmtInt(p.delta * p.quantity * 100);
+      const gamma = p.gamma == null ? "-" : fmt(p.gamma * p.quantity * 100, 1);
+      const open = p.quantity !== 0;
+      return `<tr data-symbol="${esc(p.option_symbol)}" data-quantity="${p.quantity}" title="${esc(p.option_symbol)}"><td>${esc(contract(p.option_symbol))}</td>` +
+        `<td>${p.quantity}</td><td>${fmt(p.avg_price)}</td><td>${fmt(mark)}</td><td class="${pnl >= 0 ? "long" : "short"}">${fmt(pnl)}</td>` +
+        `<td>${delta}</td><td>${gamma}</td><td>${p.iv == null ? "-" : fmt(p.iv * 100, 1) + "%"}</td>` +
+        `<td>${open && state.user ? flattenHtml(p.option_symbol) : ""}</td></tr>`;
+    }).join("") || '<tr><td class="muted" colspan="9">no positions</td></tr>';
     $("pnl").textContent = `total ${fmt(total)}`;
+  }
+  function flattenHtml(symbol) {
+    const f = flattenButton(symbol);
+    return `<button class="${f.cls}" data-symbol="${esc(symbol)}"${f.disabled ? " disabled" : ""}>${f.label}</button>`;
+  }
+  function renderOrders() {
+    const orders = [...state.orders.values()].sort((a, b) => b.ts - a.ts).slice(0, 15);
+    $("orders").tBodies[0].innerHTML = orders.map((o) =>
+      `<tr data-order-id="${esc(o.order_id)}" data-status="${esc(o.status)}"><td><time>${etTime(o.ts)}</time></td><td>${esc(contract(o.option_symbol))}</td>` +
+      `<td>${esc(words(o.side))}</td><td>${o.quantity}</td><td>${esc(o.type)}</td><td>${fmt(o.price)}</td><td>${esc(words(o.status))}</td></tr>`).join("") ||
+      '<tr><td class="muted" colspan="7">no orders</td></tr>';
+    $("fills").tBodies[0].innerHTML = state.fills.slice().reverse().slice(0, 15).map((f) =>
+      `<tr data-order-id="${esc(f.order_id)}"><td><time>${etTime(f.ts)}</time></td><td>${esc(contract(f.option_symbol))}</td>` +
+      `<td>${esc(words(f.side))}</td><td>${f.quantity}</td><td>${fmt(f.price)}</td></tr>`).join("") ||
+      '<tr><td class="muted" colspan="5">no fills</td></tr>';
+  }
+
+  // flatten: the first click arms the button for 5 s ("Confirm flatten?"), the second sends op: flatten;
+  // the armed state lives here, not in the button, so a position update re-rendering the row keeps it
+  let flattenSeq = 0;
+  const armed = new Map();  // symbol ("*" = all) -> armed until (ms)
+  const inFlight = new Set();
+  const isArmed = (key) => (armed.get(key) || 0) > performance.now();
+  function flattenButton(key) {
+    const label = isArmed(key) ? "Confirm flatten?" : key === "*" ? "Flatten all" : "Flatten";
+    return { label, cls: isArmed(key) ? "flatten armed" : "flatten", disabled: inFlight.has(key) };
+  }
+  function renderFlattenAll() {
+    const b = $("flatten-all"), f = flattenButton("*");
+    b.textContent = f.label; b.className = f.cls; b.disabled = f.disabled;
+  }
+  function showFlatten(text, cls) { const r = $("flatten-result"); r.textContent = text; r.className = cls || "muted"; }
+  document.addEventListener("click", (e) => {
+    const btn = e.target.closest("button.flatten"); if (!btn || btn.disabled) return;
+    const key = btn.dataset.symbol || "*";
+    if (!isArmed(key)) {
+      armed.set(key, performance.now() + 5000);
+      setTimeout(() => { renderPositions(); renderFlattenAll(); }, 5050);
+    } else {
+      armed.delete(key); inFlight.add(key);
+      const symbol = key === "*" ? null : key;
+      send(symbol ? { op: "flatten", symbol, id: `flatten-${++flattenSeq}` } : { op: "flatten", id: `flatten-${++flattenSeq}` });
+      delete $("flatten-result").dataset.ok;
+      showFlatten(`flattening ${symbol ? contract(symbol) : "all positions"}…`);
+    }
+    renderPositions(); renderFlattenAll();
+  });
+  function onFlattenResult(d) {
+    const what = d.symbol ? contract(d.symbol) : "all positions";
+    const text = d.ok ? `flatten ${what}: ${d.orders.length} exit order${d.orders.length === 1 ? "" : "s"} queued`
+      : `flatten ${what}: refused: ${d.blocked.join("; ")}` + (d.orders.length ? ` (${d.orders.length} queued)` : "");
+    showFlatten(text, d.ok ? "long" : "short");
+    $("flatten-result").dataset.ok = String(d.ok);
+    inFlight.delete(d.symbol || "*");
+    renderPositions(); renderFlattenAll();
+  }
+
+  function feedBadge(f) {
+    const b = $("feed-badge");
+    if (!f) { b.textContent = "FEED -"; b.dataset.mode = "-"; b.className = "pill feed"; return; }
+    let text;
+    if (f.mode === "replay") {
+      const date = f.replayDate || f.sessionDate || (f.eventTs ? etDate(f.eventTs) : "");
+      const speedM = /(?:^|\s)(x\s?[\d.]+|max)\b/i.exec(f.detail || "");
+      const speed = f.speed != null ? `×${f.speed}` : speedM ? speedM[1].replace(/^x\s?/i, "×") : "";
+      text = `REPLAY ${date} ${speed}`.trim();
+    } else if (f.mode === "tick") text = `LIVE ${f.detail || "massive"}`.trim();
+    else if (f.mode === "poll") text = "POLL (REST fallback)";
+    else text = "FEED DOWN";
+    b.textContent = text; b.dataset.mode = f.mode; b.title = f.detail || ""; b.className = `pill feed ${f.mode}`;
   }
   function renderStatus() {
     const s = state.status; if (!s) return;
@@ -115,6 +429,7 @@
         (ok ? "" : ` <span class="reason">${esc(v.reason || "no heartbeat")}</span>`) + "</div>";
     }).join("") +
       (s.feed ? `<div class="muted">feed ${esc(s.feed.mode)} · ${fmt(s.feed.eventsPerS, 0)} ev/s</div>` : "");
+    feedBadge(s.feed);
     renderSwitches(s.switches || {});
   }
   // Rollout switches: the value each running service applies (from heartbeats); a switch whose
@@ -139,93 +454,27 @@
     }).join("") || '<tr><td class="muted" colspan="3">no heartbeat yet</td></tr>';
   }
 
-  setInterval(() => { state.rate = state.updates; state.updates = 0; }, 1000);
-
-  // ---------------------------------------------------------------- chart (plain canvas)
-  const canvas = $("chart"), ctx = canvas.getContext("2d");
-
-  function levels() {
-    const out = [], mk = state.market;
-    if (!mk) return out;
-    const add = (name, v) => { if (typeof v === "number" && isFinite(v)) out.push([name, v]); };
-    const lv = mk.levels;
-    if (Array.isArray(lv)) lv.forEach((l) => add(l.name || l.kind || "level", l.price ?? l.value));
-    else if (lv && typeof lv === "object") Object.entries(lv).forEach(([k, v]) => add(k, typeof v === "object" && v ? v.price : v));
-    return out.slice(0, 30);
-  }
-
-  function draw() {
-    const dpr = window.devicePixelRatio || 1, w = canvas.clientWidth, h = canvas.clientHeight;
-    if (canvas.width !== Math.round(w * dpr) || canvas.height !== Math.round(h * dpr)) {
-      canvas.width = Math.round(w * dpr); canvas.height = Math.round(h * dpr);
-    }
-    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.clearRect(0, 0, w, h);
-    const bars = state.current ? state.bars.concat([state.current]) : state.bars;
-    const axisW = 64, plotW = w - axisW, slot = 8, n = Math.max(1, Math.min(bars.length, Math.floor(plotW / slot)));
-    const view = bars.slice(-n);
-    canvas.dataset.bars = String(state.bars.length);
-    canvas.dataset.lastClose = view.length ? String(view[view.length - 1].close) : "";
-    $("chart-title").textContent = `${state.sym} ${state.interval}`;
-    $("last-price").textContent = state.price ? fmt(state.price.price) : "-";
-    if (!view.length) {
-      ctx.fillStyle = "#6b7a8c"; ctx.fillText("waiting for bars…", 12, 20); return;
-    }
-    // session VWAP over the bars we hold (volume-weighted bar VWAPs)
-    let pv = 0, vol = 0; const vwap = [];
-    for (const b of bars) { const v = b.volume || 0, p = b.vwap ?? b.close; pv += p * v; vol += v; vwap.push(vol ? pv / vol : p); }
-    const vwapView = vwap.slice(-n), lv = levels();
-    canvas.dataset.levels = lv.map((l) => l[0]).join(",");
-    let lo = Infinity, hi = -Infinity;
-    for (const b of view) { lo = Math.min(lo, b.low); hi = Math.max(hi, b.high); }
-    for (const v of vwapView) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
-    const pad = (hi - lo) * 0.08 || 0.5; lo -= pad; hi += pad;
-    const y = (p) => h - 16 - ((p - lo) / (hi - lo)) * (h - 28);
-    ctx.font = "11px system-ui, sans-serif";
-    ctx.strokeStyle = "#1c2430"; ctx.fillStyle = "#6b7a8c"; ctx.lineWidth = 1;
-    for (let i = 0; i <= 5; i++) {
-      const p = lo + ((hi - lo) * i) / 5, yy = Math.round(y(p)) + 0.5;
-      ctx.beginPath(); ctx.moveTo(0, yy); ctx.lineTo(plotW, yy); ctx.stroke(); ctx.fillText(p.toFixed(2), plotW + 4, yy + 4);
-    }
-    for (const [name, p] of lv) {
-      if (p < lo || p > hi) continue;
-      const yy = Math.round(y(p)) + 0.5;
-      ctx.strokeStyle = "#7a5cff"; ctx.setLineDash([4, 4]); ctx.beginPath(); ctx.moveTo(0, yy); ctx.lineTo(plotW, yy); ctx.stroke();
-      ctx.setLineDash([]); ctx.fillStyle = "#a48cff"; ctx.fillText(name, 4, yy - 3);
-    }
-    const x0 = plotW - view.length * slot;
-    view.forEach((b, i) => {
-      const x = x0 + i * slot + slot / 2, up = b.close >= b.open;
-      ctx.strokeStyle = ctx.fillStyle = up ? "#4cc38a" : "#ef6b6b";
-      ctx.globalAlpha = b.closed ? 1 : 0.6;
-      ctx.beginPath(); ctx.moveTo(Math.round(x) + 0.5, y(b.high)); ctx.lineTo(Math.round(x) + 0.5, y(b.low)); ctx.stroke();
-      const top = y(Math.max(b.open, b.close)), bh = Math.max(1, Math.abs(y(b.open) - y(b.close)));
-      ctx.fillRect(Math.round(x - slot / 2 + 1), top, slot - 2, bh);
-    });
-    ctx.globalAlpha = 1;
-    ctx.strokeStyle = "#f0b429"; ctx.lineWidth = 1.5; ctx.beginPath();
-    vwapView.forEach((v, i) => { const x = x0 + i * slot + slot / 2; i ? ctx.lineTo(x, y(v)) : ctx.moveTo(x, y(v)); });
-    ctx.stroke(); ctx.fillStyle = "#f0b429"; ctx.fillText("VWAP", 4, 12);
-    if (state.price && state.price.price != null && state.price.price >= lo && state.price.price <= hi) {
-      const yy = Math.round(y(state.price.price)) + 0.5;
-      ctx.strokeStyle = "#d8dee6"; ctx.lineWidth = 1; ctx.setLineDash([2, 3]);
-      ctx.beginPath(); ctx.moveTo(0, yy); ctx.lineTo(plotW, yy); ctx.stroke(); ctx.setLineDash([]);
-    }
-  }
+  setInterval(() => { state.rate = state.updates; state.updates = 0; renderSetups(); }, 1000);
 
   function frame() {
     if (state.dirty) {
       state.dirty = false;
-      draw();
+      syncChart();
       state.renders++;
-      canvas.dataset.renders = String(state.renders);
+      chartEl.dataset.renders = String(state.renders);
+      $("chart-title").textContent = `${state.sym} ${state.interval}`;
+      $("last-price").textContent = state.price ? fmt(state.price.price) : "-";
+      if (state.eventNs) {
+        $("clock").textContent = `${fmtDay.format(new Date(msOf(state.eventNs)))} ${etDate(state.eventNs).slice(0, 4)} · ${etTime(state.eventNs)} ET`;
+        $("clock").dataset.date = etDate(state.eventNs);
+      }
     }
+    chartEl.dataset.timeLabels = state.tickLabels.join("|");
     $("badge-mode").textContent = state.mode;
     $("badge-rate").textContent = String(state.rate);
     $("badge-age").textContent = state.lastTickAt ? `${((performance.now() - state.lastTickAt) / 1000).toFixed(1)}s` : "-";
     requestAnimationFrame(frame);
   }
-  window.addEventListener("resize", () => { state.dirty = true; });
   requestAnimationFrame(frame);
   connect();
 })();
