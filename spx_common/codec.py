@@ -134,6 +134,7 @@ _REGISTRY: dict[str, Any] = {
     "bars": list[m.MicroBar],
     "feed_status": m.FeedStatus,
     "heartbeat": m.Heartbeat,
+    "watermark": m.Watermark,
     "setup_candidate": m.SetupCandidate,
     "setup_transition": m.SetupTransition,
     "recommendation": m.ContractRecommendation,

@@ -97,6 +97,13 @@ class BusConfig(Section):
     )
     heartbeat_s: float = Field(1.0, gt=0, le=10, description="Heartbeat period of every publisher.")
     peer_timeout_s: float = Field(3.0, gt=0, description="A peer silent this long is reported down.")
+    align: bool = Field(True, description="Processes with several input streams (the detector: ticks and bars) "
+                        "release them in event-time order by their publishers' watermarks (docs/protocol.md). Off: in "
+                        "arrival order, as fast as they come, and results depend on the publishers' relative speed.")
+    align_max_items: int = Field(200_000, ge=1, description="Items an aligned process holds at most while a stream "
+                                 "lags; past it the oldest are released early (counted in align_forced_total).")
+    align_max_mb: int = Field(64, ge=1, description="Bytes (MiB) an aligned process holds at most while a stream "
+                              "lags; past it the oldest are released early (counted in align_forced_total).")
     rpc_timeout_s: float = Field(2.0, gt=0, description="Default request/reply timeout per attempt.")
     rpc_retries: int = Field(2, ge=0, le=10, description="Default request retries after a timeout.")
     linger_ms: int = Field(200, ge=0, le=5000, description="Socket linger on close (bounded shutdown).")

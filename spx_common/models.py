@@ -172,6 +172,13 @@ class Heartbeat(Base, kw_only=True):
     flags: dict[str, bool | str] = {}
 
 
+class Watermark(Base, kw_only=True):
+    """Sent on ``wm.<service>`` by a publisher of event-time data: every frame it publishes later carries
+    events at or after ``ns`` (docs/protocol.md, "Event-time alignment"). ``ns`` = 2**62: the stream ended."""
+
+    ns: Ns
+
+
 # --------------------------------------------------------------------------- detection
 
 

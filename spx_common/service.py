@@ -20,6 +20,9 @@ The base gives every process the same behaviour:
   them itself and hands a bad one to :meth:`BusService.refuse`, which counts it the same way;
 * a ROUTER socket answering requests, with built-in ``ping``, ``status`` and ``metrics``;
 * per-handler time budget (slow handlers are counted and logged) and exception isolation;
+* event-time alignment of several input streams (``aligned``): frames of those topics are held until
+  every publisher they come from has a watermark past them, then handled in event-time order
+  (:mod:`spx_common.align`; the publishers' ``wm.<instance>`` frames, :meth:`BusService.publish_watermark`);
 * structured JSON logs, a metrics registry, optional ``/metrics`` over HTTP;
 * SIGTERM/SIGINT: stop taking input, run ``drain()``, close sockets with a bounded linger, exit 0.
 """
@@ -40,6 +43,7 @@ import zmq
 import zmq.asyncio
 
 from spx_common import codec, health, logs
+from spx_common.align import FINAL_NS, Aligner
 from pydantic import Field
 
 from spx_common.bus import AsyncRpcClient, AsyncSubscriber, Outbox, Publisher, RpcError, RpcServer, SubscriberCore
@@ -48,6 +52,7 @@ from spx_common.config import PROJECT_DIR, BusConfig, RuntimeConfig, Section, lo
 from spx_common.curve import CurveKeys
 from spx_common.flags import FlagStore
 from spx_common.metrics import Registry, serve_http
+from spx_common.models import Watermark
 
 FrameHandler = Callable[[Frame, Any], Any]
 
@@ -128,6 +133,14 @@ class BusService:
     #: outbox settings (default: the ``[outbox]`` section); frames of previous sessions loaded from it
     outbox_config: OutboxConfig | None = None
     outbox_frames: list[tuple[str, bytes]] = []
+    #: topic prefixes handled in event-time order across the publishers they come from (docs/protocol.md,
+    #: "Event-time alignment"): each frame's body is split into items by :meth:`align_items`, held by an
+    #: :class:`~spx_common.align.Aligner` until every such publisher's watermark passed them, then handled
+    #: in ``(key, order, publisher, arrival)`` order. Off with ``[bus] align = false``.
+    aligned: tuple[str, ...] = ()
+    #: this process publishes watermarks (``wm.<instance>``): it announces one at start-up, so aligned
+    #: consumers wait for it from the first frame on, and repeats the newest on every heartbeat
+    watermarks: bool = False
 
     def __init__(
         self,
@@ -167,6 +180,20 @@ class BusService:
             "value (kill switch ON).")
         self._flags_error: str | None = None
         self._note_flags_error()
+        self.aligner: Aligner | None = None
+        #: while True, aligned items are held (not released) whatever the watermarks (e.g. during a warm-up)
+        self.align_hold = False
+        self._wm_out: int | None = None
+        if self.aligned and self.bus.align:
+            self.aligner = Aligner(max_items=self.bus.align_max_items, max_bytes=self.bus.align_max_mb << 20)
+            m = self.metrics
+            self.align_held = m.gauge("align_held_items", "Aligned input items held, waiting for watermarks.")
+            self.align_late = m.counter("align_late_total", "Aligned items that arrived behind what was already "
+                                        "released (handled at once, out of event-time order).")
+            self.align_forced = m.counter("align_forced_total", "Aligned items released before the watermarks "
+                                          "passed them (hold bounds reached).")
+            self.align_wait = m.histogram("align_wait_ms", "Wall time an aligned item was held.")
+            self._align_seen = (0, 0)
         self.pub: Publisher | None = None
         self.sub: AsyncSubscriber | None = None
         self.rpc_server: RpcServer | None = None
@@ -233,6 +260,20 @@ class BusService:
         assert self.pub is not None
         return self.pub.publish(topic, type_name, body, event_ns)
 
+    def align_items(self, frame: Frame, body: Any) -> list[tuple[int, tuple, Any]]:
+        """Split an aligned frame into ``(key_ns, order, body_part)`` items; the handlers get each part as
+        the frame's body. Default: the whole body, keyed by the envelope's ``event_ns``. An empty list
+        drops the frame (e.g. data this process does not use)."""
+        return [(frame.event_ns, (), body)]
+
+    def publish_watermark(self, ns: int) -> None:
+        """Promise subscribers that every frame published from now on carries event times at or after
+        ``ns`` (``wm.<instance>``, type ``watermark``). Only forward; repeated on every heartbeat."""
+        if self._wm_out is not None and ns <= self._wm_out:
+            return
+        self._wm_out = ns
+        self.publish(f"wm.{self.instance}", "watermark", Watermark(ns=ns), min(ns, FINAL_NS))
+
     def _replay_rpc(self, p: dict) -> dict:
         """``replay {prefixes?}``: the kept frames (topic, payload as published), oldest first."""
         prefixes = p.get("prefixes") if isinstance(p, dict) else None
@@ -278,7 +319,17 @@ class BusService:
             "dead_letters": self.deadletters.count,
             "flags": self.flags,
             "flags_error": self.flag_store.error,
+            **({"align": self.align_status()} if self.aligner is not None else {}),
         }
+
+    def align_status(self) -> dict[str, Any]:
+        """The aligner's streams (watermark, idle), what it holds and what it counted."""
+        al = self.aligner
+        st = al.stats
+        return {"streams": {n: {"watermark": s.watermark if s.watermark > -(1 << 63) else None, "idle": s.idle}
+                            for n, s in al.streams.items()},
+                "frontier": al.frontier, "held": st.held, "held_bytes": st.held_bytes, "released": st.released,
+                "late": st.late, "forced": st.forced, "hold": self.align_hold}
 
     # ------------------------------------------------------------------ machinery
 
@@ -308,12 +359,71 @@ class BusService:
         self._rate_log.warning(f"bad:{exc.reason}", f"refused frame on {topic}: {exc}", topic=topic)
 
     def dispatch(self, frame: Frame) -> None:
-        """Route one accepted frame to its handlers with isolation and a time budget."""
+        """Route one accepted frame to its handlers with isolation and a time budget (an aligned frame
+        to the aligner, a watermark frame to its stream)."""
+        al = self.aligner
+        if al is not None:
+            topic = frame.topic
+            if topic.startswith("wm."):
+                try:
+                    al.watermark(frame.src, frame.body().ns, frame.session)
+                except FrameError as exc:
+                    self.refuse(frame, exc)
+                return
+            if topic.startswith(self.aligned):
+                try:
+                    body = frame.body()
+                except FrameError as exc:
+                    self.refuse(frame, exc)
+                    return
+                items = self.align_items(frame, body)
+                if items:
+                    nbytes = len(frame.payload) // len(items) + 64
+                    now = time.perf_counter()
+                    for key, order, part in items:
+                        al.push(frame.src, key, order, (frame, part, now), nbytes)
+                return
+        self._handle(frame)
+
+    def release_aligned(self) -> int:
+        """Handle the aligned items the watermarks now allow, in event-time order; returns how many."""
+        al = self.aligner
+        if al is None or self.align_hold or not len(al):
+            return 0
+        out = al.release()
+        if out:
+            now = time.perf_counter()
+            wait = self.align_wait
+            for frame, part, t0 in out:
+                wait.observe((now - t0) * 1000)
+                self._handle(frame, part, True)
+        st = al.stats
+        late, forced = self._align_seen
+        if st.late != late:
+            self.align_late.inc(st.late - late)
+        if st.forced != forced:
+            self.align_forced.inc(st.forced - forced)
+        self._align_seen = (st.late, st.forced)
+        self.align_held.set(st.held)
+        return len(out)
+
+    def _align_idle(self) -> None:
+        """Streams whose publisher is down stop holding the others back."""
+        al = self.aligner
+        if al is None:
+            return
+        for name, st in al.streams.items():
+            if not st.idle and name in self.core.peers and not self.core.peer_alive(name):
+                al.idle(name)  # back when it sends a watermark again
+
+    def _handle(self, frame: Frame, part: Any = None, decoded: bool = False) -> None:
         topic = frame.topic
         for prefix, handler, raw in self._handlers:
             if not topic.startswith(prefix):
                 continue
-            if raw:
+            if decoded:
+                body = part
+            elif raw:
                 body = None
             else:
                 try:
@@ -346,6 +456,8 @@ class BusService:
                     self.deadletters.write(last_error.reason, [], str(last_error))
             for frame in frames:
                 self.dispatch(frame)
+            if self.aligner is not None:
+                self.release_aligned()
             if frames:
                 self._last_input = time.monotonic()
                 self._last_event_ns = frames[-1].event_ns
@@ -361,6 +473,11 @@ class BusService:
             except Exception:
                 self.log.exception("periodic() failed")
             self.pub.heartbeat(self.started_ns, self.state, self.detail, self._heartbeat_stats(), self.flags)
+            if self._wm_out is not None:  # the watermark again: a silent stream still tells where it is
+                self.publish(f"wm.{self.instance}", "watermark", Watermark(ns=self._wm_out), min(self._wm_out, FINAL_NS))
+            if self.aligner is not None:
+                self._align_idle()
+                self.release_aligned()
             try:
                 await asyncio.wait_for(self.stop_event.wait(), self.bus.heartbeat_s)
             except asyncio.TimeoutError:
@@ -422,6 +539,12 @@ class BusService:
                 endpoints.append(self.bus.pub_endpoint(instance, self.runtime))
                 peers.append(instance)
             prefixes.extend(topics)
+        if self.aligner is not None:
+            prefixes.append("wm.")
+            for service, topics in self.subscriptions.items():
+                if any(t.startswith(self.aligned) or any(a.startswith(t) for a in self.aligned) for t in topics):
+                    for instance in self.bus.instances_of(service):
+                        self.aligner.add_stream(instance)
         if endpoints:
             self.sub = AsyncSubscriber(self.actx, endpoints, prefixes, self.core, hwm=self.bus.hwm,
                                        curve=self.curve, peers=peers)
@@ -443,6 +566,8 @@ class BusService:
                 pass
         metrics_port = int(os.environ.get(f"SPX_METRICS_PORT_{self.instance.upper().replace('-', '_')}", "0"))
         http = serve_http(self.metrics, "127.0.0.1", metrics_port) if metrics_port else None
+        if self.watermarks and self._wm_out is None:
+            self.publish_watermark(0)
         self.state = "running"
         health.clear_fatal(self.runtime.path(), self.instance)
         self.log.info("started", extra={"pub": self.pub.endpoint, "rep": self.rpc_server.endpoint})
@@ -457,6 +582,9 @@ class BusService:
         await self.stop_event.wait()
         self.state = "stopping"
         self.log.info("stopping: draining")
+        if self.aligner is not None and not self.align_hold:  # what was held is handled, in order
+            for frame, part, _ in self.aligner.drain():
+                self._handle(frame, part, True)
         try:
             await asyncio.wait_for(self.drain(), self.runtime.shutdown_grace_s)
         except asyncio.TimeoutError:

@@ -30,6 +30,7 @@ from services.aggregator.bars import COMPILED, BarAggregator
 from services.aggregator.cache import BarRing, TickCache
 from services.aggregator.config import AggregatorConfig
 from spx_common import journal
+from spx_common.align import FINAL_NS
 from spx_common.bus import RpcError
 from spx_common.codec import Frame, FrameError
 from spx_common.config import load
@@ -50,7 +51,8 @@ class Aggregator(BusService):
     """
 
     name = "aggregator"
-    subscriptions = {"feed": ["tick."]}
+    watermarks = True
+    subscriptions = {"feed": ["tick.", "wm."]}
     lazy_ticks = True
 
     def __init__(self, *args, config: AggregatorConfig | None = None, **kw) -> None:
@@ -84,6 +86,7 @@ class Aggregator(BusService):
         if self.cfg.warmup_from_journal:
             self.warm_up()
         self.on("tick.", self.on_ticks, raw=True)
+        self.on("wm.", self.on_watermark)
         self.rpc("last", lambda p: self.cache.last(_sym(p)))
         self.rpc("ticks_since", self.rpc_ticks_since)
         self.rpc("bars_since", self.rpc_bars_since)
@@ -113,6 +116,22 @@ class Aggregator(BusService):
             agg.advance(agg.watermark)
         if agg.closed:
             self._publish_closed()
+
+    def on_watermark(self, frame: Frame, wm) -> None:
+        """The feed's watermark ``F``: no event before ``F`` will come, so every bar ending at or before ``F`` is
+        complete: close and publish them now (not ``allowed_lateness`` after the newest event), then pass the
+        promise on: every bar this process publishes later ends after ``F`` (``wm.aggregator``; docs/protocol.md)."""
+        agg = self.agg
+        f = wm.ns
+        lateness = agg.allowed_lateness_ns
+        if f + lateness >= agg.next_due:
+            newest = agg.watermark
+            agg.advance(f + lateness)  # closes bars whose end + lateness <= f + lateness
+            # the core's watermark is the newest event time seen (bar frames carry it): not the promise
+            agg.watermark = newest if f >= FINAL_NS else max(newest, f)
+        if agg.closed:
+            self._publish_closed()
+        self.publish_watermark(f)
 
     def _keep(self, bar: MicroBar) -> None:
         """Add a closed bar to its series' history (``bars_since``)."""

@@ -7,7 +7,8 @@ second would have, and then closes: the detector host runs the plugins on it (ga
 and every triggered setup's exit plan checks it (high/low against stop and targets; pivots every
 ``pivot_every`` bars trail the runner). Tick resolution: stored trades and quotes go through the
 live :class:`~services.aggregator.bars.BarAggregator`; every trade drives the lifecycle as a live
-tick does, and bars close as they would live.
+tick does, and bars close as they would live, in the live detector's event-time order (docs/protocol.md,
+"Event-time alignment"): a replay through the mesh at any speed gives the same transitions.
 
 Outcomes come from :class:`~services.selector.exits.ExitPlan` (the live exit advisor): 50% out at
 target 1 with the stop to breakeven, 50% of the rest at target 2, the runner trails pivots; a
@@ -24,7 +25,7 @@ from typing import Iterable, Iterator
 
 import msgspec
 
-from services.aggregator.bars import BarAggregator
+from services.aggregator.bars import BarAggregator, parse_interval
 from services.detector.config import DetectorConfig
 from services.detector.core import DetectorEngine
 from services.detector.host import PluginHost
@@ -92,58 +93,55 @@ class Backtester:
         self._close_bar(bar)
 
     def on_events(self, events: Iterable[Trade | Quote | IndexValue], agg: BarAggregator) -> None:
-        """Tick resolution: events in stream order through the live aggregator and lifecycle.
+        """Tick resolution: events in stream order through the live aggregator and lifecycle, in the order the
+        live detector handles them (docs/protocol.md, "Event-time alignment").
 
-        Events are taken one event-time second at a time: the lifecycle sees that second's trades
-        and index values (only symbols with active setups cost anything), then the aggregator takes
-        the same events and the bars they close go to the detectors and exit plans — the order in
-        which the live detector receives a tick and the bar that tick's arrival closed.
+        Events are taken one bar bucket of the detectors' interval at a time. Before a bucket's events, every
+        bar ending at or before the bucket's start closes (live, the feed's watermark closes it) and goes to
+        the detectors and exit plans, by end then symbol; then the lifecycle sees the bucket's trades and index
+        values of the watched symbols, and the aggregator takes the bucket's events.
         """
-        lifecycle = self.engine.lifecycle
-        on_ticks = self.engine.on_ticks
         interval = self.engine.cfg.interval
+        iv = parse_interval(interval)
         group: list = []
-        sec = None
+        bucket = None
         for ev in events:
-            s = ev.ts // 1_000_000_000
-            if s != sec and group:
-                self._second(group, agg, lifecycle, on_ticks, interval)
-                group = []
-            sec = s
+            b = ev.ts // iv
+            if b != bucket:
+                if group:
+                    self._bucket(group, agg)
+                    group = []
+                self._close_until(b * iv, agg, interval, iv)
+                bucket = b
             group.append(ev)
         if group:
-            self._second(group, agg, lifecycle, on_ticks, interval)
-        for bar in agg.flush():
-            if bar.interval == interval:
-                self._close_bar(bar)
+            self._bucket(group, agg)
+        self._close_bars(agg.flush(), interval, iv)
 
-    def _second(self, group: list, agg: BarAggregator, lifecycle, on_ticks, interval: str) -> None:
-        """One event-time second: each symbol's first event of the second closes that symbol's
-        previous bar; the lifecycle sees that event, then the bar it closed, then the rest."""
+    def _close_until(self, end_ns: int, agg: BarAggregator, interval: str, iv: int) -> None:
+        """Close every bar ending at or before ``end_ns`` and hand them on (what the live watermark does)."""
+        lateness = agg.allowed_lateness_ns
+        if end_ns + lateness >= agg.next_due:
+            newest = agg.watermark
+            agg.advance(end_ns + lateness)
+            agg.watermark = max(newest, end_ns)
+        if agg.closed:
+            self._close_bars(agg.drain(), interval, iv)
+
+    def _close_bars(self, bars: list[MicroBar], interval: str, iv: int) -> None:
+        bars = [b for b in bars if b.interval == interval]
+        bars.sort(key=lambda b: (b.start_ns + iv, b.sym))
+        for bar in bars:
+            self._close_bar(bar)
+
+    def _bucket(self, group: list, agg: BarAggregator) -> None:
+        """One bar bucket's events: the lifecycle sees the watched trades and index values, the aggregator all."""
         self.ticks_seen += len(group)
-        cuts, seen = [], set()
-        for i, ev in enumerate(group):
-            if ev.sym not in seen:
-                seen.add(ev.sym)
-                cuts.append(i)
-        cuts.append(len(group))
-        for a, b in zip(cuts, cuts[1:]):
-            chunk = group[a:b]
-            agg.on_events(chunk)
-            if lifecycle.active:
-                self._ticks(chunk[:1], lifecycle, on_ticks)
-            if agg.closed:
-                for bar in agg.drain():
-                    if bar.interval == interval:
-                        self._close_bar(bar)
-            if lifecycle.active and len(chunk) > 1:
-                self._ticks(chunk[1:], lifecycle, on_ticks)
-
-    def _ticks(self, evs: list, lifecycle, on_ticks) -> None:
-        active = lifecycle.active
-        live = [ev for ev in evs if type(ev) is not Quote and active.get(ev.sym)]
-        if live:
-            self._record(on_ticks(live))
+        watched = self.engine.watched
+        prices = [ev for ev in group if type(ev) is not Quote and ev.sym in watched]
+        if prices:
+            self._record(self.engine.on_ticks(prices))
+        agg.on_events(group)
 
     def finish(self) -> None:
         """Close every trade still open at the last price of its symbol (end of the data)."""

@@ -1,7 +1,10 @@
 """The detector host process.
 
 Closed bars (``bar.<interval>.<sym>``) drive the plugins; ticks (``tick.<sym>``) drive the
-lifecycle of active setups; the chain (``chain.SPXW``) feeds GEX. Publishes
+lifecycle of active setups; the chain (``chain.SPXW``) feeds GEX. The three are handled in event-time
+order across the feed and the aggregator (``aligned``; docs/protocol.md, "Event-time alignment"): a closed
+bar ``[start, end)`` before the ticks at or after its end, ticks in runs of one bar bucket, so the same data
+gives the same transitions at any replay speed and in ``spx backtest --resolution tick``. Publishes
 ``setup.candidate``, ``setup.transition``, ``state.market`` (on a cadence) and
 ``block.detector`` for every refusal (reason counted in ``detector_blocked_total``).
 
@@ -26,6 +29,7 @@ import msgspec
 
 from services.detector.config import DetectorConfig
 from services.detector.core import DetectorEngine, newest_of
+from services.aggregator.pybars import parse_interval
 from services.detector.host import NO_PLUGINS_WARNING
 from services.detector.isolation import build_host
 from spx_common.codec import FrameError, decode_frames
@@ -41,6 +45,7 @@ class DetectorService(BusService):
     name = "detector"
     subscriptions = {"aggregator": ["bar."], "feed": ["tick.", "chain.", "status.feed"]}
     replayable = ("setup.transition", "setup.shadow")  # the recorder catches up after a restart or a gap
+    aligned = ("tick.", "bar.", "chain.")
 
     def __init__(self, *args, config: DetectorConfig | None = None, **kw) -> None:
         super().__init__(*args, **kw)
@@ -69,6 +74,37 @@ class DetectorService(BusService):
         self._last_state: dict = {}
         self._warming = self.cfg.warmup
         self._held: deque = deque(maxlen=10_000)
+        self._iv = parse_interval(self.cfg.interval)
+        self.align_hold = self._warming  # aligned input waits for the warm-up (bounded by the aligner)
+
+    def align_items(self, frame, body) -> list[tuple[int, tuple, object]]:
+        """Items in event-time order: a closed bar of the detectors' interval keyed by its end, before the ticks
+        at that time and ordered by symbol among bars of one end; a tick frame's watched events in runs of one
+        bar bucket, keyed by the bucket start (ticks of one symbol stay in stream order; the lifecycle of one
+        symbol never reads another's ticks, so runs of different symbols commute); a chain by its time."""
+        topic = frame.topic
+        if topic.startswith("bar."):
+            if not body.closed or body.interval != self.cfg.interval or body.sym not in self.engine.watched:
+                return []
+            return [(body.start_ns + self._iv, (0, body.sym), body)]
+        if topic.startswith("tick."):
+            watched = self.engine.watched
+            events = body if is_one_symbol(topic, body) else [ev for ev in body if ev.sym in watched]
+            if not events or events[0].sym not in watched:
+                return []
+            iv = self._iv
+            out, run, bucket = [], [], None
+            for ev in events:
+                b = ev.ts // iv
+                if b != bucket and run:
+                    out.append((bucket * iv, (1, ""), run))
+                    run = []
+                bucket = b
+                run.append(ev)
+            out.append((bucket * iv, (1, ""), run))
+            return out
+        ts = body.get("ts") if isinstance(body, dict) else None
+        return [(ts if isinstance(ts, int) and not isinstance(ts, bool) else frame.event_ns, (0, ""), body)]
 
     def setup(self) -> None:
         for err in self.host.load_errors:
@@ -134,7 +170,10 @@ class DetectorService(BusService):
                 except Exception as exc:
                     self.log.warning("warm-up of %s skipped: %r", sym, exc)
                     continue
-                first_live = next((b.start_ns for b in self._held if b.sym == sym), None)
+                held = [b.start_ns for b in self._held if b.sym == sym]
+                if self.aligner is not None:  # live bars waiting in the aligner (their frames' parts)
+                    held += [p.start_ns for _, p, _ in self.aligner.held() if isinstance(p, MicroBar) and p.sym == sym]
+                first_live = min(held, default=None)
                 for raw in doc.get("bars", []) if isinstance(doc, dict) else []:
                     try:
                         bar = msgspec.convert(raw, MicroBar)
@@ -147,6 +186,8 @@ class DetectorService(BusService):
             held, self._held = list(self._held), deque(maxlen=self._held.maxlen)
             for bar in held:
                 self._handle_bar(bar, time.time_ns())
+            self.align_hold = False
+            self.release_aligned()
 
     def refresh_profile(self) -> None:
         try:

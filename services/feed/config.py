@@ -50,6 +50,14 @@ class FeedConfig(Section):
     reorder_tolerance_ms: int = Field(
         2000, ge=0, description="Out-of-order guard: an event older than the symbol's newest event by more than "
         "this is dropped (reason stale); within it, it is published in arrival order.")
+    watermark_lag_ms: int = Field(
+        0, ge=0, le=60_000, description="The feed's watermark (wm.feed, docs/protocol.md) is its newest event time "
+        "minus this: events arriving up to this much behind the newest are still in event-time order for the "
+        "aligned consumers (detector) and the bars; each ms is added to their latency live. 0 suits replays "
+        "(sorted sources) and a vendor stream in order; a later event is handled as late (counted).")
+    watermark_idle_ms: int = Field(
+        1000, ge=50, le=60_000, description="Live: when no event arrived for this long (wall clock), the watermark "
+        "advances to the wall clock minus this, on the heartbeat, so a silent stream never stalls the consumers.")
     backfill: bool = Field(True, description="After a reconnect, fetch the gap from REST trades/quotes "
                            "(events marked backfilled=true).")
     backfill_option_contracts: int = Field(82, ge=0, le=1000, description="After an options reconnect, backfill "

@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from spx_common.align import FINAL_NS
 from spx_common.clock import EventClock
 from spx_common.config import load
 from spx_common.journal import JournalWriter
@@ -47,6 +48,7 @@ class FeedService(BusService):
     """Feed: Massive WebSocket ingest, poll fallback, replay (synthetic, journal, flat files), tick journal."""
 
     name = "feed"
+    watermarks = True
 
     def __init__(self, *args: Any, config: FeedConfig | None = None, source: Source | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -84,6 +86,7 @@ class FeedService(BusService):
         self.m_passive_frames = m.counter("tick_passive_frames_total", "Poll-cadence frames published while "
                                           "tick_ingest_passive is on.")
         self.passive = bool(self.flag_store.get("tick_ingest_passive"))
+        self._wm_lag = self.cfg.watermark_lag_ms * 1_000_000
         #: passive mode: symbol -> event kind -> latest event since the last poll-cadence frame
         self._held: dict[str, dict[str, MarketEvent]] = {}
         self._passive_due = 0
@@ -137,6 +140,7 @@ class FeedService(BusService):
             if self.journal is not None:
                 self.journal.append(events if n == len(events) and len(groups) == 1
                                     else [ev for _, evs in groups for ev in evs])
+            self.publish_watermark(self.clock.now_ns() - self._wm_lag)
         return n
 
     def _ingest_passive(self, events: list[MarketEvent], groups: list[tuple[str, list[MarketEvent]]]) -> int:
@@ -176,6 +180,8 @@ class FeedService(BusService):
         for topic, evs in frames.items():
             evs.sort(key=lambda e: e.ts)
             self.publish(topic, "ticks", evs, evs[-1].ts)
+        if frames:  # held events are older than the newest: the watermark follows the poll-cadence frames
+            self.publish_watermark(self.clock.now_ns() - self._wm_lag)
         cadence = int(self.cfg.passive_cadence_s * 1e9)
         self._passive_due = (self.clock.now_ns() // cadence + 1) * cadence
         self._passive_flushed = time.monotonic()
@@ -275,6 +281,10 @@ class FeedService(BusService):
             self.m_journal_errors.set(j.errors)
         if self.live is not None:
             self.live.periodic()
+            idle_ns = self.cfg.watermark_idle_ms * 1_000_000
+            if self._last_event_wall is None or (now - self._last_event_wall) * 1e9 > idle_ns:
+                # nothing arrived for a while: the stream is silent, not behind; consumers move on
+                self.publish_watermark(max(self.clock.now_ns() - self._wm_lag, time.time_ns() - idle_ns))
 
     def _metrics_rpc(self, params: dict) -> str:
         self._flush_counters()
@@ -356,6 +366,8 @@ class FeedService(BusService):
         n = await pace(src.events(), self.ingest, speed=self.cfg.speed(),
                        batch_ns=self.cfg.replay_batch_ms * 1_000_000, stop=self.stop_event, on_batch=before)
         self.replay_done = not self.stop_event.is_set()
+        if self.replay_done:  # the stream ended: consumers release (and the aggregator closes) everything held
+            self.publish_watermark(FINAL_NS)
         self.connected = False
         self.status_detail = f"{src.name} replay {'finished' if self.replay_done else 'stopped'}: {n} events"
         self.log.info(self.status_detail)

@@ -25,7 +25,8 @@ TOPICS = {
     "setup.transition": "setup_transition", "setup.candidate": "setup_candidate", "state.market": "doc",
     "chain.SPXW": "doc", "reco.x": "recommendation", "exit.x": "exit_advice", "order.default": "order",
     "fill.default": "fill", "position.default": "position", "portfolio.default": "doc", "alert.default": "doc",
-    "coach.default": "coach", "status.feed": "feed_status", "block.detector": "block",
+    "coach.default": "coach", "status.feed": "feed_status", "block.detector": "block", "wm.feed": "watermark",
+    "wm.aggregator": "watermark",
 }
 
 

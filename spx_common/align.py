@@ -1,0 +1,172 @@
+"""Event-time alignment of several input streams: a pure core (events and watermarks in, ordered releases out).
+
+A process that reads more than one stream (the detector reads ticks from the feed and bars from the
+aggregator) must not let the relative speed of its publishers decide the order in which it sees
+their data: at replay speed ``max`` the feed runs hours ahead of the aggregator, and ticks were
+evaluated against bars from hours earlier. The contract (docs/protocol.md, "Event-time alignment"),
+after Flink's watermarks in parallel streams:
+
+* every stream carries a **watermark** ``W``: a promise that every item it sends later has a key at
+  or after ``W`` (the publisher's ``wm.<instance>`` frames);
+* a consumer holds each item until every stream it depends on has a watermark **strictly after**
+  the item's key, then releases the held items in the **canonical order**
+  ``(key, order, stream, arrival)``: ``key`` an event time in ns, ``order`` a tuple the consumer
+  chooses (e.g. a bar before the ticks that follow its end, bars of one end by symbol), then the
+  stream's name and the item's arrival index within its stream;
+* with correct watermarks the released sequence is the same whatever the interleaving of the streams
+  (tested with hypothesis), so it is a function of the data, not of speed or scheduling.
+
+Liveness and bounds, each counted, never silent:
+
+* a stream is waited for from its first watermark on (a publisher that sends none, e.g. an older
+  one or a test tool, is not waited for; publishers that do send them announce one at start-up);
+* a stream whose publisher is down is marked **idle** (:meth:`Aligner.idle`) and no longer holds
+  the others back; a silent but live publisher advances its watermark on its heartbeat;
+* an item whose key is below what was already released is **late**: released at the next
+  :meth:`Aligner.release`, counted (``late``);
+* at most ``max_items`` items and ``max_bytes`` bytes are held: past either bound the oldest items
+  (canonical order) are released early, counted (``forced``): memory stays bounded when a stream
+  stalls while still alive.
+
+No I/O, no clock: the service shell decides when a stream is idle and when to call ``release``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+#: a watermark past every event time: the stream has ended (a finished replay)
+FINAL_NS = 1 << 62
+#: before a stream's first watermark
+_NONE = -(1 << 63)
+
+
+@dataclass(slots=True)
+class StreamState:
+    """What the aligner knows of one input stream."""
+
+    name: str
+    watermark: int = _NONE
+    session: str | None = None
+    idle: bool = False
+    arrived: int = 0  # items pushed (the arrival index of the next one)
+
+
+@dataclass(slots=True)
+class AlignStats:
+    held: int = 0
+    held_bytes: int = 0
+    released: int = 0
+    late: int = 0
+    forced: int = 0
+    resets: int = 0  # a stream's publisher restarted (new session) with a watermark behind its old one
+
+
+class Aligner:
+    """Hold items of several streams until every stream's watermark passed them; release them in order.
+
+    ``streams``: the names of the streams every release waits for (more may join: :meth:`add_stream`,
+    or implicitly by their first watermark or item). ``max_items`` / ``max_bytes`` bound what is held.
+    """
+
+    def __init__(self, streams: Iterable[str] = (), *, max_items: int = 100_000, max_bytes: int = 64 << 20) -> None:
+        if max_items < 1 or max_bytes < 1:
+            raise ValueError("max_items and max_bytes must be at least 1")
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.streams: dict[str, StreamState] = {}
+        self.stats = AlignStats()
+        #: the newest key released: an item pushed below it is late
+        self.released_key = _NONE
+        self._heap: list[tuple[int, tuple, str, int, int, Any]] = []
+        for s in streams:
+            self.add_stream(s)
+
+    # ------------------------------------------------------------------ input
+
+    def add_stream(self, name: str) -> StreamState:
+        st = self.streams.get(name)
+        if st is None:
+            st = self.streams[name] = StreamState(name)
+        return st
+
+    def push(self, stream: str, key: int, order: tuple, item: Any, nbytes: int = 0) -> None:
+        """Hold ``item`` of ``stream`` with event time ``key`` (ns) and tie-break ``order``."""
+        st = self.streams.get(stream) or self.add_stream(stream)
+        n = st.arrived
+        st.arrived = n + 1
+        if key < self.released_key:
+            self.stats.late += 1
+        heapq.heappush(self._heap, (key, order, stream, n, nbytes, item))
+        self.stats.held += 1
+        self.stats.held_bytes += nbytes
+
+    def watermark(self, stream: str, ns: int, session: str | None = None) -> None:
+        """``stream`` promises that its later items have keys at or after ``ns``. Watermarks only move
+        forward, except when the publisher restarted (a new ``session``): then the new one is taken."""
+        st = self.streams.get(stream) or self.add_stream(stream)
+        st.idle = False
+        if session is not None and st.session is not None and session != st.session and ns < st.watermark:
+            st.watermark = ns
+            self.stats.resets += 1
+        elif ns > st.watermark:
+            st.watermark = ns
+        if session is not None:
+            st.session = session
+
+    def idle(self, stream: str, idle: bool = True) -> None:
+        """Mark ``stream`` idle (its publisher is down): releases stop waiting for it until it sends again."""
+        (self.streams.get(stream) or self.add_stream(stream)).idle = idle
+
+    # ------------------------------------------------------------------ output
+
+    @property
+    def frontier(self) -> int:
+        """The smallest watermark of the streams that are not idle and sent one (every item below it can go)."""
+        wms = [s.watermark for s in self.streams.values() if not s.idle and s.watermark != _NONE]
+        return min(wms) if wms else FINAL_NS + 1
+
+    def release(self) -> list[Any]:
+        """The held items now safe to process, in canonical order (bounded holds released early)."""
+        heap = self._heap
+        if not heap:
+            return []
+        limit = self.frontier
+        out = []
+        stats = self.stats
+        pop = heapq.heappop
+        while heap and (heap[0][0] < limit or stats.held > self.max_items or stats.held_bytes > self.max_bytes):
+            key, _, _, _, nbytes, item = pop(heap)
+            if key >= limit:
+                stats.forced += 1
+            stats.held -= 1
+            stats.held_bytes -= nbytes
+            if key > self.released_key:
+                self.released_key = key
+            out.append(item)
+        stats.released += len(out)
+        return out
+
+    def drain(self) -> list[Any]:
+        """Every held item in canonical order, whatever the watermarks (shutdown)."""
+        out = []
+        while self._heap:
+            key, _, _, _, nbytes, item = heapq.heappop(self._heap)
+            self.stats.held -= 1
+            self.stats.held_bytes -= nbytes
+            self.released_key = max(self.released_key, key)
+            out.append(item)
+        self.stats.released += len(out)
+        return out
+
+    def held(self) -> list[Any]:
+        """The held items, in no particular order (a service looking at what waits, e.g. a warm-up)."""
+        return [e[-1] for e in self._heap]
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+
+__all__ = ["AlignStats", "Aligner", "FINAL_NS", "StreamState"]
