@@ -78,3 +78,39 @@ def picture(r: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, metadata={"Software": None})
     plt.close(fig)
+
+
+def sweep_picture(doc: dict, path: Path) -> None:
+    """A sweep at a glance: each set's equity curve, its T1/T2 hit rates, and the decision vs the first."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = doc["sets"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+    for s in sets:
+        cum, ys = 0.0, [0.0]
+        for t in s["result"]["trades"]:
+            cum += t["r"]
+            ys.append(cum)
+        a1.plot(range(len(ys)), ys, label=s["name"][:40], lw=2 if s is sets[0] else 1.2)
+    a1.axhline(0, color="#888", lw=0.8)
+    a1.set_title("Equity curve per parameter set (cumulative R)")
+    a1.set_xlabel("trade (exit order)")
+    a1.set_ylabel("R")
+    a1.legend(fontsize=7, loc="best")
+    x = range(len(sets))
+    a2.bar([i - 0.2 for i in x], [s["result"]["overall"]["t1_rate"] * 100 for s in sets], 0.4, label="T1")
+    a2.bar([i + 0.2 for i in x], [s["result"]["overall"]["t2_rate"] * 100 for s in sets], 0.4, label="T2")
+    labels = []
+    for s in sets:
+        v = s["versus_first"]
+        labels.append(f"{s['name'][:18]}\n{'baseline' if v is None else 'PROMOTE' if v['promote'] else 'refused'}")
+    a2.set_xticks(list(x), labels, fontsize=7)
+    a2.set_ylim(0, 100)
+    a2.set_title("Hit rates per set (%) and decision vs the first set")
+    a2.legend()
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import msgspec
 
@@ -31,7 +31,7 @@ from services.detector.host import PluginHost
 from services.detector.market import ET
 from services.selector.exits import ExitRules
 from spx_common.store import Store
-from spx_common.store.profile import FamilyStats
+from spx_common.store.profile import FamilyStats, Profile
 
 REPORT_VERSION = 1
 
@@ -81,56 +81,172 @@ def make_host(cfg: DetectorConfig, families: list[str] | None) -> PluginHost:
     return host
 
 
+@dataclass(frozen=True)
+class DayJob:
+    """One trading day of one backtest: everything a worker process needs (picklable)."""
+
+    url: str
+    day: dt.date
+    prev: dt.date | None  # the trading day before: its 1 s bars warm the session state up
+    resolution: str
+    symbols: tuple[str, ...]
+    families: tuple[str, ...] | None
+    pivot_every: int
+    tag: str
+    cfg: dict  # DetectorConfig fields
+    profile: Profile | None
+
+
+@dataclass
+class DayResult:
+    day: str
+    used: dict
+    transitions: list = field(default_factory=list)
+    advice: list = field(default_factory=list)
+    trades: list = field(default_factory=list)
+    blocks: dict = field(default_factory=dict)
+    bars: int = 0
+    ticks: int = 0
+    excluded: int = 0  # trades the feed's trade rules keep out of bars (tick resolution)
+
+
+def _day_bars(store: Store, symbols, d: dt.date, interval: str) -> tuple[dict[str, list], set[str]]:
+    a, b = day_range(d)
+    per: dict[str, list] = {}
+    sources = set()
+    for sym in symbols:
+        bars = store.bars(sym, "1s", a, b)
+        if bars:
+            sources.add("store second bars")
+        else:
+            bars = store.bars(sym, "60s", a, b)
+            if bars:
+                sources.add("vendor minute bars (fallback)")
+                bars = [msgspec.structs.replace(x, interval=interval) for x in bars]
+        if bars:
+            per[sym] = bars
+    return per, sources
+
+
+def run_day(job: DayJob) -> DayResult:
+    """One trading day, independent of every other: a fresh engine warmed up on the day before's
+    closed bars (prior-day levels, rolling windows, recent bars: no plugin runs on them), then the
+    day's data. Deterministic: the same job on the same data gives the same result, in any process."""
+    from spx_common.store import open_store
+
+    cfg = DetectorConfig(**job.cfg)
+    host = make_host(cfg, list(job.families) if job.families else None)
+    bt = Backtester(cfg, host, rules=ExitRules(), pivot_every=job.pivot_every, tag=job.tag, profile=job.profile)
+    store = open_store(job.url, migrate=False)
+    excluded = 0
+    try:
+        if job.prev is not None:
+            warm, _ = _day_bars(store, job.symbols, job.prev, cfg.interval)
+            for bar in merge_bars(warm):
+                bt.engine.warm(bar)
+        if job.resolution == "tick":
+            a, b = day_range(job.day)
+            events = store.events(list(job.symbols), a, b)
+            used = {"day": job.day.isoformat(), "source": "store ticks" if events else "missing",
+                    "resolution": "tick", "rows": len(events)}
+            if events:
+                excluded = TradeRules().apply(events)  # the feed's trade rules, as live (docs/microbars.md)
+                bt.on_events(events, BarAggregator([cfg.interval], l2=True))
+        else:
+            per, sources = _day_bars(store, job.symbols, job.day, cfg.interval)
+            used = {"day": job.day.isoformat(), "resolution": "second" if sources == {"store second bars"} else
+                    "minute" if sources == {"vendor minute bars (fallback)"} else "mixed" if sources else "none",
+                    "source": ", ".join(sorted(sources)) or "missing", "rows": sum(len(v) for v in per.values())}
+            for bar in merge_bars(per):
+                bt.on_bar(bar)
+    finally:
+        store.close()
+    bt.finish()
+    return DayResult(day=job.day.isoformat(), used=used, transitions=bt.transitions, advice=bt.advice,
+                     trades=[t.as_dict() for t in bt.trades], blocks=bt.blocks, bars=bt.bars_seen,
+                     ticks=bt.ticks_seen, excluded=excluded)
+
+
+def execute(fn: Callable, jobs: list, *, workers: int = 1, executor=None,
+            progress: Callable[[int, int, str], None] | None = None, label: Callable[[Any], str] = str) -> list:
+    """``[fn(job) for job in jobs]`` in job order, on ``executor`` (any ``concurrent.futures``
+    executor, e.g. a Dask cluster's), else on ``workers`` local processes (1: in this process)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    total = len(jobs)
+    if progress:
+        progress(0, total, "")
+    if executor is None and (workers <= 1 or total <= 1):
+        out = []
+        for i, job in enumerate(jobs):
+            out.append(fn(job))
+            if progress:
+                progress(i + 1, total, label(job))
+        return out
+    own = executor is None
+    pool = executor or ProcessPoolExecutor(max_workers=min(workers, total), mp_context=get_context("spawn"))
+    try:
+        futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
+        results: list = [None] * total
+        for n, fut in enumerate(as_completed(futures), 1):
+            i = futures[fut]
+            results[i] = fut.result()
+            if progress:
+                progress(n, total, label(jobs[i]))
+        return results
+    finally:
+        if own:
+            pool.shutdown()
+
+
+def default_workers() -> int:
+    import os
+
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def plan(store: Store, opts: Options, cfg: DetectorConfig, tag: str) -> list[DayJob]:
+    days = trading_days(opts.start, opts.end)
+    url = store.engine.url.render_as_string(hide_password=False)
+    profile = store.get_active_profile()
+    prevs = trading_days(opts.start - dt.timedelta(days=10), opts.start - dt.timedelta(days=1))
+    before = prevs[-1] if prevs else None
+    jobs = []
+    for d in days:
+        jobs.append(DayJob(url=url, day=d, prev=before, resolution=opts.resolution, symbols=tuple(opts.symbols),
+                           families=tuple(opts.families) if opts.families else None, pivot_every=opts.pivot_every,
+                           tag=tag, cfg=cfg.model_dump(), profile=profile))
+        before = d
+    return jobs
+
+
 def run(store: Store, opts: Options, cfg: DetectorConfig | None = None, *,
-        progress: Callable[[int, int, str], None] | None = None) -> dict:
-    """The backtest's result document (deterministic for the same data, config and options)."""
+        progress: Callable[[int, int, str], None] | None = None, workers: int = 1, executor=None) -> dict:
+    """The backtest's result document (deterministic for the same data, config and options, whatever
+    ``workers`` or ``executor``: each trading day runs alone, warmed up on the day before)."""
     cfg = cfg or DetectorConfig()
     cfg = cfg.model_copy(update={"symbols": list(opts.symbols)})
     host = make_host(cfg, opts.families)
     plugins = [{"name": p["name"], "family": p["family"], "version": p["version"]} for p in host.describe()]
     chash = config_hash(cfg, opts, plugins)
-    tag = f"bt-{chash}"
-    profile = store.get_active_profile()
-    bt = Backtester(cfg, host, rules=ExitRules(), pivot_every=opts.pivot_every, tag=tag, profile=profile)
-    days = trading_days(opts.start, opts.end)
-    data: list[dict] = []
-    excluded = 0
-    for i, d in enumerate(days):
-        a, b = day_range(d)
-        if progress:
-            progress(i, len(days), d.isoformat())
-        if opts.resolution == "tick":
-            events = store.events(opts.symbols, a, b)
-            used = {"day": d.isoformat(), "source": "store ticks" if events else "missing", "resolution": "tick",
-                    "rows": len(events)}
-            if events:
-                excluded += TradeRules().apply(events)  # the feed's trade rules, as live (docs/microbars.md)
-                bt.on_events(events, BarAggregator([cfg.interval], l2=True))
-        else:
-            per: dict[str, list] = {}
-            sources = set()
-            for sym in opts.symbols:
-                bars = store.bars(sym, "1s", a, b)
-                if bars:
-                    sources.add("store second bars")
-                else:
-                    bars = store.bars(sym, "60s", a, b)
-                    if bars:
-                        sources.add("vendor minute bars (fallback)")
-                        bars = [msgspec.structs.replace(x, interval=cfg.interval) for x in bars]
-                if bars:
-                    per[sym] = bars
-            rows = sum(len(v) for v in per.values())
-            used = {"day": d.isoformat(), "resolution": "second" if sources == {"store second bars"} else
-                    "minute" if sources == {"vendor minute bars (fallback)"} else "mixed" if sources else "none",
-                    "source": ", ".join(sorted(sources)) or "missing", "rows": rows}
-            for bar in merge_bars(per):
-                bt.on_bar(bar)
-        data.append(used)
-    if progress:
-        progress(len(days), len(days), "done")
-    bt.finish()
-    trades = [t.as_dict() for t in bt.trades]
+    jobs = plan(store, opts, cfg, f"bt-{chash}")
+    days = execute(run_day, jobs, workers=workers, executor=executor, progress=progress,
+                   label=lambda j: j.day.isoformat())
+    return assemble(store, opts, days, plugins, chash, jobs[0].profile if jobs else store.get_active_profile())
+
+
+def assemble(store: Store | None, opts: Options, days: list[DayResult], plugins: list[dict], chash: str,
+             profile: Profile) -> dict:
+    """The result document from the days' results (in day order); records them unless ``opts.record``
+    is off or there is no store."""
+    trades = sorted((t for d in days for t in d.trades), key=lambda t: (t["exit_ns"] or 0, t["setup_id"]))
+    transitions = [tr for d in days for tr in d.transitions]
+    blocks: dict[str, int] = {}
+    for d in days:
+        for k, v in d.blocks.items():
+            blocks[k] = blocks.get(k, 0) + v
+    data = [d.used for d in days]
     fams = sorted({t["family"] for t in trades} | {p["family"] for p in plugins})
     fallback = any("fallback" in x["source"] for x in data)
     per_family = {f: st.summarize([t for t in trades if t["family"] == f]).as_dict() for f in fams}
@@ -139,23 +255,25 @@ def run(store: Store, opts: Options, cfg: DetectorConfig | None = None, *,
         promotion = st.compare(trades, opts.baseline.get("trades", []), opts.criteria, fallback=fallback)
     else:
         promotion = st.promotion_without_baseline(trades, opts.criteria, fallback=fallback)
-    if opts.record:
-        store.record_transitions(bt.transitions, source="backtest")
-        store.record_trailing_stop(bt.advice)
+    if opts.record and store is not None:
+        store.record_transitions(transitions, source="backtest")
+        store.record_trailing_stop([a for d in days for a in d.advice])
     return {
         "report_version": REPORT_VERSION,
         "range": {"from": opts.start.isoformat(), "to": opts.end.isoformat(), "trading_days": len(days)},
         "evidence": {"requested_resolution": opts.resolution, "data": data, "fallback_to_minute_bars": fallback,
-                     "sample": {"bars": bt.bars_seen, "ticks": bt.ticks_seen, "excluded_trades": excluded, "setups": len({
-                         t.setup_id for t in bt.transitions}), "resolved_trades": len(trades)},
+                     "sample": {"bars": sum(d.bars for d in days), "ticks": sum(d.ticks for d in days),
+                                "excluded_trades": sum(d.excluded for d in days),
+                                "setups": len({t.setup_id for t in transitions}), "resolved_trades": len(trades)},
                      "config_hash": chash, "plugins": plugins, "symbols": sorted(opts.symbols),
                      "profile_version": profile.version,
+                     "days": "each trading day runs alone, warmed up on the day before's closed bars",
                      "selector": "not replayed: outcomes are measured in R on the underlying with the live exit "
                                  "advisor; stored data holds no option chains to size contracts against"},
         "criteria": {"min_t1_delta_pp": opts.criteria.min_t1_delta_pp,
                      "min_expectancy_delta_r": opts.criteria.min_expectancy_delta_r,
                      "min_trades": opts.criteria.min_trades},
-        "overall": overall, "families": per_family, "blocks": dict(sorted(bt.blocks.items())),
+        "overall": overall, "families": per_family, "blocks": dict(sorted(blocks.items())),
         "promotion": promotion, "trades": trades,
     }
 

@@ -52,6 +52,14 @@ def register(sub) -> None:
                    help="re-quarantine families failing their optimizer-profile floors in this backtest")
     p.add_argument("--no-record", action="store_true", help="do not write setup instances to the store")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="trading days run in parallel on N local processes (default: every core; 1: in this process)")
+    p.add_argument("--sweep", type=Path, metavar="PARAMS.toml",
+                   help="run every parameter set of this file over the days on Dask (docs/backtest.md) and write "
+                        "sweep.html, sweep.png and sweep.json to --out; the first set is the baseline")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="a running Dask scheduler (tcp://host:8786) to run the days (or the sweep) on; default: "
+                        "this machine's cores")
     p.set_defaults(func=cmd_backtest)
 
 
@@ -82,7 +90,20 @@ def cmd_backtest(args) -> int:
             cfg = load(DetectorConfig)
         except ConfigError as exc:
             return fail(str(exc))
-        result = bt.run(store, opts, cfg, progress=None if args.quiet else bt.Progress())
+        progress = None if args.quiet else bt.Progress()
+        workers = args.workers or bt.default_workers()
+        if args.sweep:
+            return _sweep(args, store, opts, cfg, workers, progress)
+        if args.cluster:
+            from distributed import Client
+
+            client = Client(args.cluster)
+            try:
+                result = bt.run(store, opts, cfg, progress=progress, executor=client.get_executor())
+            finally:
+                client.close()
+        else:
+            result = bt.run(store, opts, cfg, progress=progress, workers=workers)
         if args.apply_profile:
             last = max((t["exit_ns"] or 0 for t in result["trades"]), default=0)
             used = sorted({d["source"] for d in result["evidence"]["data"]})
@@ -103,3 +124,25 @@ def cmd_backtest(args) -> int:
         print(f"quarantined {k}: {v}")
     print(f"report: {paths['md']}  {paths['png']}  {paths['json']}", file=sys.stderr)
     return 0
+
+
+def _sweep(args, store, opts, cfg, workers: int, progress) -> int:
+    from services.backtest import sweep as sw
+
+    try:
+        sets = sw.load_sweep(args.sweep)
+        doc = sw.run_sweep(store, opts, cfg, sets, cluster=args.cluster, workers=workers, progress=progress)
+    except sw.SweepError as exc:
+        return fail(str(exc))
+    paths = sw.write(doc, args.out)
+    width = max(len(s["name"]) for s in doc["sets"])
+    print(f"{doc['jobs']} jobs ({len(doc['sets'])} sets x {doc['range']['trading_days']} days) on {doc['engine']}")
+    print(f"{'set':<{width}}  {'trades':>6}  {'T1':>6}  {'T2':>6}  {'exp R':>7}  decision vs first")
+    for s in doc["sets"]:
+        o, v = s["result"]["overall"], s["versus_first"]
+        decision = "baseline" if v is None else ("PROMOTE" if v["promote"] else "refused: " + "; ".join(v["refusals"]))
+        print(f"{s['name']:<{width}}  {o['trades']:>6}  {o['t1_rate']:>6.1%}  {o['t2_rate']:>6.1%}  "
+              f"{o['expectancy_r']:>+7.3f}  {decision}")
+    print(f"report: {paths['html']}  {paths['png']}  {paths['json']}", file=sys.stderr)
+    return 0
+
