@@ -9,6 +9,10 @@ def _pct(x: float) -> str:
     return f"{x * 100:.1f}%"
 
 
+def _num(x) -> str:
+    return f"{x:+.3f}" if isinstance(x, float) else str(x)
+
+
 def _ci(c: list[float], pct: bool = True) -> str:
     return f"[{c[0] * 100:.1f}, {c[1] * 100:.1f}]" if pct else f"[{c[0]:+.3f}, {c[1]:+.3f}]"
 
@@ -23,15 +27,24 @@ def markdown(r: dict) -> str:
              "## Promotion", "",
              f"**{'PROMOTE' if p['promote'] else 'REFUSED'}**" + ("" if p["promote"] else ": " + "; ".join(p["refusals"])),
              ""]
-    if "t1_delta_pp" in p:
-        lines += ["| vs baseline | delta | 95% interval | significant |", "| --- | --- | --- | --- |",
-                  f"| T1 hit rate | {p['t1_delta_pp']:+.2f} pp | [{p['t1_delta_ci_pp'][0]:+.2f}, "
-                  f"{p['t1_delta_ci_pp'][1]:+.2f}] pp | {'yes' if p['significant']['t1'] else 'no'} |",
-                  f"| expectancy | {p['expectancy_delta_r']:+.3f} R | {_ci(p['expectancy_delta_ci_r'], False)} R | "
-                  f"{'yes' if p['significant']['expectancy'] else 'no'} |",
-                  "", f"Baseline: {p['baseline_trades']} resolved trades. Criteria: T1 ≥ +"
-                  f"{r['criteria']['min_t1_delta_pp']} pp, expectancy ≥ +{r['criteria']['min_expectancy_delta_r']} R, "
-                  f"≥ {r['criteria']['min_trades']} trades, no minute-bar fallback.", ""]
+    if "criteria" in p:
+        lines += ["Promotion needs every criterion at once; a delta counts by the lower bound of its 95% "
+                  "interval, so an interval that straddles its threshold is not a promotion.", "",
+                  "| criterion | value | 95% interval | rule | pass |", "| --- | --- | --- | --- | --- |"]
+        for c in p["criteria"]:
+            iv = c["interval"]
+            lines.append(f"| {c['criterion']} | {_num(c['value'])} | "
+                         f"{'' if iv is None else f'[{_num(iv[0])}, {_num(iv[1])}]'} | {c['rule']} | "
+                         f"{'yes' if c['pass'] else '**no**'} |")
+        lines += ["", f"Baseline: {p['baseline_trades']} resolved trades."]
+        if p.get("expectancy_delta_usd") is None:
+            lines.append("Dollar expectancy: not measured (these trades carry no option P&L).")
+        t = p["targets"]
+        lines += ["", f"Targets (the rollout seeds' absolute floors, shown, not gating): T1 rate "
+                  f"{_pct(t['t1_rate']['value'])} vs {_pct(t['t1_rate']['target'])} "
+                  f"({'meets' if t['t1_rate']['meets'] else 'below'}); expectancy {t['expectancy_r']['value']:+.3f} R "
+                  f"vs {t['expectancy_r']['target']:+.2f} R ({'meets' if t['expectancy_r']['meets'] else 'below'}).",
+                  ""]
     lines += ["## Results", "", "| family | trades | T1 rate (95% CI) | T2 rate (95% CI) | expectancy R (95% CI) | "
               "max drawdown R |", "| --- | --- | --- | --- | --- | --- |"]
     for name, s in list(r["families"].items()) + [("**overall**", o)]:

@@ -252,7 +252,8 @@ def assemble(store: Store | None, opts: Options, days: list[DayResult], plugins:
     per_family = {f: st.summarize([t for t in trades if t["family"] == f]).as_dict() for f in fams}
     overall = st.summarize(trades).as_dict()
     if opts.baseline is not None:
-        promotion = st.compare(trades, opts.baseline.get("trades", []), opts.criteria, fallback=fallback)
+        promotion = st.compare(trades, opts.baseline.get("trades", []), opts.criteria, fallback=fallback,
+                               days=len(days), baseline_days=(opts.baseline.get("range") or {}).get("trading_days"))
     else:
         promotion = st.promotion_without_baseline(trades, opts.criteria, fallback=fallback)
     if opts.record and store is not None:

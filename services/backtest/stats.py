@@ -112,32 +112,80 @@ def summarize(trades: list[dict]) -> Summary:
 
 @dataclass(frozen=True)
 class Criteria:
-    min_t1_delta_pp: float = 1.0
-    min_expectancy_delta_r: float = 0.05
+    """The promotion rule's thresholds (docs/backtest.md, "Promotion")."""
+
+    min_t1_delta_pp: float = 1.0  # the T1-rate delta's 95% lower bound must reach this
+    min_expectancy_delta_r: float = 0.05  # the expectancy delta's 95% lower bound must reach this
     min_trades: int = 30
+    min_throughput_share: float = 0.8  # trades per day at least this share of the baseline's
+    min_expectancy_delta_usd: float = 0.0  # with option P&L in dollars on both sides (pnl_usd)
+    target_t1_rate: float = 0.64  # the seeds' absolute floors: shown as targets, not gating
+    target_expectancy_r: float = 0.50
 
 
-def compare(current: list[dict], baseline: list[dict], criteria: Criteria, *, fallback: bool) -> dict:
-    """Deltas against the baseline with intervals, and the promotion decision with its reasons."""
+def compare(current: list[dict], baseline: list[dict], criteria: Criteria, *, fallback: bool,
+            days: int | None = None, baseline_days: int | None = None) -> dict:
+    """Confidence-aware promotion: each delta's 95% interval and the decision with its reasons.
+
+    Promote only when, at once: no minute-bar fallback; at least ``min_trades`` resolved trades; the
+    lower bound of the T1-rate delta's interval (Newcombe) reaches ``min_t1_delta_pp``; the lower
+    bound of the expectancy delta's interval (bootstrap) reaches ``min_expectancy_delta_r``; the
+    same for dollars when every trade on both sides carries ``pnl_usd``; and trades per day are at
+    least ``min_throughput_share`` of the baseline's (when both day counts are known). An interval
+    that straddles its threshold is not a promotion, whatever the point delta says."""
     a, b = summarize(current), summarize(baseline)
     t1_delta = (a.t1_rate - b.t1_rate) * 100
     lo, hi = newcombe(a.t1_hits, a.trades, b.t1_hits, b.trades)
     e_lo, e_hi = bootstrap_diff([t["r"] for t in current], [t["r"] for t in baseline])
+    checks: list[dict] = []
     refusals = []
-    if fallback:
-        refusals.append("data fell back to vendor minute bars for at least one day (second bars or ticks required)")
-    if a.trades < criteria.min_trades:
-        refusals.append(f"sample {a.trades} resolved trades < minimum {criteria.min_trades}")
-    if t1_delta < criteria.min_t1_delta_pp:
-        refusals.append(f"T1 delta {t1_delta:+.2f} pp < +{criteria.min_t1_delta_pp:.2f} pp")
-    if a.expectancy_r - b.expectancy_r < criteria.min_expectancy_delta_r:
-        refusals.append(f"expectancy delta {a.expectancy_r - b.expectancy_r:+.3f} R < "
-                        f"+{criteria.min_expectancy_delta_r:.3f} R")
+
+    def check(name: str, ok: bool, value, rule: str, interval=None, refusal: str = "") -> None:
+        checks.append({"criterion": name, "value": value, "interval": interval, "rule": rule, "pass": bool(ok)})
+        if not ok:
+            refusals.append(refusal)
+
+    check("data", not fallback, "minute-bar fallback" if fallback else "second bars or ticks",
+          "no day on vendor minute bars",
+          refusal="data fell back to vendor minute bars for at least one day (second bars or ticks required)")
+    check("sample", a.trades >= criteria.min_trades, a.trades, f">= {criteria.min_trades} resolved trades",
+          refusal=f"sample {a.trades} resolved trades < minimum {criteria.min_trades}")
+    check("T1 hit rate delta", lo * 100 >= criteria.min_t1_delta_pp, round(t1_delta, 6),
+          f"95% lower bound >= +{criteria.min_t1_delta_pp:.2f} pp", [round(lo * 100, 6), round(hi * 100, 6)],
+          f"T1 delta {t1_delta:+.2f} pp, 95% interval [{lo * 100:+.2f}, {hi * 100:+.2f}] pp: lower bound < "
+          f"+{criteria.min_t1_delta_pp:.2f} pp")
+    e_delta = a.expectancy_r - b.expectancy_r
+    check("expectancy delta (R)", e_lo >= criteria.min_expectancy_delta_r, round(e_delta, 6),
+          f"95% lower bound >= +{criteria.min_expectancy_delta_r:.3f} R", [round(e_lo, 6), round(e_hi, 6)],
+          f"expectancy delta {e_delta:+.3f} R, 95% interval [{e_lo:+.3f}, {e_hi:+.3f}] R: lower bound < "
+          f"+{criteria.min_expectancy_delta_r:.3f} R")
+    usd = None
+    if current and baseline and all("pnl_usd" in t for t in current) and all("pnl_usd" in t for t in baseline):
+        xs, ys = [float(t["pnl_usd"]) for t in current], [float(t["pnl_usd"]) for t in baseline]
+        d_lo, d_hi = bootstrap_diff(xs, ys)
+        usd = round(_mean(xs) - _mean(ys), 6)
+        check("expectancy delta ($)", d_lo >= criteria.min_expectancy_delta_usd, usd,
+              f"95% lower bound >= +${criteria.min_expectancy_delta_usd:.2f}", [round(d_lo, 6), round(d_hi, 6)],
+              f"dollar expectancy delta {usd:+.2f}, 95% interval [{d_lo:+.2f}, {d_hi:+.2f}]: lower bound < "
+              f"+{criteria.min_expectancy_delta_usd:.2f}")
+    throughput = None
+    if days and baseline_days:
+        per, base_per = a.trades / days, b.trades / baseline_days
+        throughput = round(per / base_per, 6) if base_per > 0 else None
+        check("throughput", base_per == 0 or per >= criteria.min_throughput_share * base_per,
+              round(per, 6), f"trades/day >= {criteria.min_throughput_share:.0%} of the baseline's "
+              f"({base_per:.2f})", refusal=f"throughput {per:.2f} trades/day < {criteria.min_throughput_share:.0%} "
+              f"of the baseline's {base_per:.2f}")
+    targets = {"t1_rate": {"value": round(a.t1_rate, 6), "target": criteria.target_t1_rate,
+                           "meets": a.t1_rate >= criteria.target_t1_rate},
+               "expectancy_r": {"value": round(a.expectancy_r, 6), "target": criteria.target_expectancy_r,
+                                "meets": a.expectancy_r >= criteria.target_expectancy_r}}
     return {"t1_delta_pp": round(t1_delta, 6), "t1_delta_ci_pp": [round(lo * 100, 6), round(hi * 100, 6)],
-            "expectancy_delta_r": round(a.expectancy_r - b.expectancy_r, 6),
-            "expectancy_delta_ci_r": [round(e_lo, 6), round(e_hi, 6)],
-            "significant": {"t1": lo > 0, "expectancy": e_lo > 0},
-            "baseline_trades": b.trades, "promote": not refusals, "refusals": refusals}
+            "expectancy_delta_r": round(e_delta, 6),
+            "expectancy_delta_ci_r": [round(e_lo, 6), round(e_hi, 6)], "expectancy_delta_usd": usd,
+            "throughput_share": throughput, "significant": {"t1": lo > 0, "expectancy": e_lo > 0},
+            "baseline_trades": b.trades, "criteria": checks, "targets": targets,
+            "promote": not refusals, "refusals": refusals}
 
 
 def promotion_without_baseline(current: list[dict], criteria: Criteria, *, fallback: bool) -> dict:

@@ -190,7 +190,9 @@ def run_sweep(store, opts: bt.Options, cfg: DetectorConfig, sets: list[ParamSet]
     out_sets = []
     for (ps, _, chash, _), res in zip(prepared, results):
         cmp = None if res is base else st.compare(res["trades"], base["trades"], opts.criteria,
-                                                   fallback=res["evidence"]["fallback_to_minute_bars"])
+                                                   fallback=res["evidence"]["fallback_to_minute_bars"],
+                                                   days=res["range"]["trading_days"],
+                                                   baseline_days=base["range"]["trading_days"])
         out_sets.append({"name": ps.name, "overrides": ps.overrides, "config_hash": chash, "result": res,
                          "versus_first": cmp})
     return {"sweep_version": SWEEP_VERSION, "engine": engine,

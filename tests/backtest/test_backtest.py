@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from services.backtest import run as bt
-from services.backtest.stats import Criteria, max_drawdown, newcombe, wilson
+from services.backtest.stats import Criteria, compare, max_drawdown, newcombe, wilson
 from services.detector.config import DetectorConfig
 from services.detector.market import ET
 from spx_common.models import MicroBar
@@ -113,20 +113,28 @@ def test_same_data_and_config_give_identical_results(run_dir):
         store.close()
 
 
-def test_baseline_comparison_promotes_and_refuses_with_reasons(run_dir):
+def test_baseline_comparison_refuses_a_small_sample_whose_interval_straddles_and_names_why(run_dir):
+    """Three planted trades against a clearly worse baseline: the point deltas are large, but with so few
+    trades the intervals reach below the thresholds, so the confidence-aware rule refuses (it promoted on
+    point deltas before issue 27)."""
     store = open_store(f"sqlite:///{run_dir}/a.sqlite3")
     try:
         seed(store)
-        worse = {"trades": [{"r": -1.0, "t1_hit": False, "t2_hit": False, "family": "planted"}] * 3}
+        worse = {"trades": [{"r": -1.0, "t1_hit": False, "t2_hit": False, "family": "planted"}] * 3,
+                 "range": {"trading_days": 3}}
         better = {"trades": [{"r": 2.0, "t1_hit": True, "t2_hit": True, "family": "planted"}] * 3}
         opts = bt.Options(start=DAYS[0], end=DAYS[-1], symbols=["SPY"], criteria=Criteria(min_trades=3),
                           baseline=worse, record=False)
         p = bt.run(store, opts, CFG)["promotion"]
-        assert p["promote"] is True and p["refusals"] == []
         assert p["t1_delta_pp"] == pytest.approx(200 / 3, abs=1e-4)
         lo, hi = newcombe(2, 3, 0, 3)
-        assert p["t1_delta_ci_pp"] == [round(lo * 100, 6), round(hi * 100, 6)]
+        assert p["t1_delta_ci_pp"] == [round(lo * 100, 6), round(hi * 100, 6)] and lo < 0.01 < p["t1_delta_pp"]
         assert p["expectancy_delta_r"] == pytest.approx(0.5 / 3 + 1.0, abs=1e-6)
+        assert p["promote"] is False and len(p["refusals"]) == 2
+        assert p["refusals"][0] == "T1 delta +66.67 pp, 95% interval [-5.86, +93.85] pp: lower bound < +1.00 pp"
+        assert p["refusals"][1].startswith("expectancy delta +1.167 R, 95% interval [+0.000,")
+        assert {c["criterion"]: c["pass"] for c in p["criteria"]} == {
+            "data": True, "sample": True, "T1 hit rate delta": False, "expectancy delta (R)": False, "throughput": True}
         opts.baseline = better
         p = bt.run(store, opts, CFG)["promotion"]
         assert p["promote"] is False
@@ -134,9 +142,46 @@ def test_baseline_comparison_promotes_and_refuses_with_reasons(run_dir):
         assert any(r.startswith("expectancy delta") for r in p["refusals"])
         opts.baseline, opts.criteria = worse, Criteria(min_trades=30)
         p = bt.run(store, opts, CFG)["promotion"]
-        assert p["promote"] is False and p["refusals"] == ["sample 3 resolved trades < minimum 30"]
+        assert p["promote"] is False and "sample 3 resolved trades < minimum 30" in p["refusals"]
     finally:
         store.close()
+
+
+def _trades(n: int, t1: int, r_hit: float, r_miss: float, usd: tuple[float, float] | None = None) -> list[dict]:
+    out = []
+    for i in range(n):
+        hit = i < t1
+        t = {"r": r_hit if hit else r_miss, "t1_hit": hit, "t2_hit": False, "family": "f"}
+        if usd is not None:
+            t["pnl_usd"] = usd[0] if hit else usd[1]
+        out.append(t)
+    return out
+
+
+def test_promotion_rule_at_the_boundary_uses_the_lower_bound_of_each_interval():
+    base = _trades(400, 200, 1.0, -1.0)  # T1 50%, expectancy 0
+    # a clear improvement on a large sample: every lower bound clears its threshold
+    strong = _trades(400, 300, 1.0, -1.0)  # T1 75%, expectancy +0.5 R
+    p = compare(strong, base, Criteria(), fallback=False, days=10, baseline_days=10)
+    assert p["promote"] and p["t1_delta_ci_pp"][0] >= 1.0 and p["expectancy_delta_ci_r"][0] >= 0.05
+    # the point deltas clear the thresholds (+3 pp, +0.06 R) but the intervals straddle them: refused
+    near = _trades(400, 212, 1.0, -1.0)
+    p = compare(near, base, Criteria(), fallback=False, days=10, baseline_days=10)
+    assert p["t1_delta_pp"] == pytest.approx(3.0) and p["expectancy_delta_r"] == pytest.approx(0.06)
+    assert p["t1_delta_ci_pp"][0] < 1.0 < p["t1_delta_pp"] and p["expectancy_delta_ci_r"][0] < 0.05
+    assert not p["promote"] and len(p["refusals"]) == 2
+    # throughput guardrail: as good per trade, but fewer than 80% of the baseline's trades per day
+    p = compare(strong[:300], base, Criteria(), fallback=False, days=10, baseline_days=10)
+    assert not p["promote"] and p["refusals"] == ["throughput 30.00 trades/day < 80% of the baseline's 40.00"]
+    assert p["throughput_share"] == pytest.approx(0.75)
+    # dollars: judged too when both sides carry option P&L
+    p = compare(_trades(400, 300, 1.0, -1.0, (100.0, -300.0)), _trades(400, 200, 1.0, -1.0, (100.0, -80.0)),
+                Criteria(), fallback=False, days=10, baseline_days=10)
+    usd = next(c for c in p["criteria"] if c["criterion"] == "expectancy delta ($)")
+    assert p["expectancy_delta_usd"] == pytest.approx(-10.0) and not usd["pass"] and not p["promote"]
+    assert p["refusals"] == [next(r for r in p["refusals"] if r.startswith("dollar expectancy delta -10.00"))]
+    # the seeds' absolute floors are reported as targets, not gating
+    assert p["targets"]["t1_rate"] == {"value": 0.75, "target": 0.64, "meets": True}
 
 
 def test_minute_bar_fallback_is_reported_and_refused_for_promotion(run_dir):
@@ -151,8 +196,8 @@ def test_minute_bar_fallback_is_reported_and_refused_for_promotion(run_dir):
         assert ev["data"][1]["source"] == "vendor minute bars (fallback)" and ev["fallback_to_minute_bars"]
         p = res["promotion"]
         assert p["promote"] is False
-        assert p["refusals"] == ["data fell back to vendor minute bars for at least one day "
-                                 "(second bars or ticks required)"]
+        assert p["refusals"][0] == ("data fell back to vendor minute bars for at least one day "
+                                    "(second bars or ticks required)")
     finally:
         store.close()
 

@@ -32,8 +32,10 @@ def register(sub) -> None:
                     "through the same detector host, gating, lifecycle and exit advisor as the live mesh.\n"
                     "Writes report.md, report.png and report.json to --out, and the setup instances (source\n"
                     "'backtest') to the store. Deterministic: the same data and config give identical JSON.\n\n"
-                    "Promotion (needs --baseline): T1 hit rate +1.0 pp or more, expectancy +0.05 R or more,\n"
-                    "at least --min-trades resolved trades, and no day on vendor minute-bar fallback.",
+                    "Promotion (needs --baseline) by confidence, not point deltas: the 95% lower bound of the\n"
+                    "T1-rate delta >= +1.0 pp and of the expectancy delta >= +0.05 R, at least --min-trades\n"
+                    "resolved trades, trades per day >= --min-throughput-share of the baseline's, and no day on\n"
+                    "vendor minute-bar fallback (docs/backtest.md).",
         epilog="examples:\n  spx backtest 2026-11-16 2026-11-20 --save-baseline base.json\n"
                "  spx backtest 2026-11-16 2026-11-20 --baseline base.json --out run2\n"
                "  spx backtest 2026-11-20 2026-11-20 --resolution tick --families orb,vwap")
@@ -48,6 +50,8 @@ def register(sub) -> None:
     p.add_argument("--baseline", type=Path, help="a report.json (or --save-baseline file) to compare with")
     p.add_argument("--save-baseline", type=Path, help="also save this run's result as a baseline file")
     p.add_argument("--min-trades", type=int, default=30, help="minimum resolved trades to promote (default 30)")
+    p.add_argument("--min-throughput-share", type=float, default=0.8, metavar="SHARE",
+                   help="trades per day must be at least this share of the baseline's to promote (default 0.8)")
     p.add_argument("--apply-profile", action="store_true",
                    help="re-quarantine families failing their optimizer-profile floors in this backtest")
     p.add_argument("--no-record", action="store_true", help="do not write setup instances to the store")
@@ -80,7 +84,8 @@ def cmd_backtest(args) -> int:
     opts = bt.Options(start=args.start, end=args.end, resolution=args.resolution,
                       symbols=[s for s in args.symbols.split(",") if s],
                       families=[f for f in args.families.split(",") if f] if args.families else None,
-                      criteria=Criteria(min_trades=args.min_trades), baseline=baseline, record=not args.no_record)
+                      criteria=Criteria(min_trades=args.min_trades,
+                                        min_throughput_share=args.min_throughput_share), baseline=baseline, record=not args.no_record)
     try:
         store = open_store()
     except SQLAlchemyError as exc:
