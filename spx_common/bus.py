@@ -736,11 +736,17 @@ class RpcServer:
     Handlers receive the request's params (a dict) and return builtins or Structs.  They
     raise :class:`RpcError` for an expected refusal (its code is kept); any other
     exception is answered as ``internal`` and counted, and the loop goes on.
+
+    Requests are answered one at a time, in order, except those of methods registered
+    ``concurrent=True`` (slow work such as a vendor call): each runs as its own task, so the loop
+    goes on answering ``ping``/``status`` meanwhile. At most ``max_concurrent`` of them run at
+    once, and ``per_caller`` per client socket; past either bound a request is answered ``busy``
+    at once (``rpc_busy_total``).
     """
 
     def __init__(
         self, actx: zmq.asyncio.Context, endpoint: str, *, registry: Registry | None = None, linger_ms: int = 200,
-        curve: CurveKeys | None = None,
+        curve: CurveKeys | None = None, max_concurrent: int = 8, per_caller: int = 2,
     ) -> None:
         _ensure_ipc_dir(endpoint)
         self.sock = actx.socket(zmq.ROUTER)
@@ -754,9 +760,18 @@ class RpcServer:
         self.requests = self.metrics.counter("rpc_requests_total", "Requests answered, by method and outcome.",
                                              ["method", "outcome"])
         self.latency = self.metrics.histogram("rpc_latency_ms", "Request handling time.", ["method"])
+        self.busy = self.metrics.counter("rpc_busy_total", "Requests of concurrent methods refused at once "
+                                         "(max_concurrent in flight, or per_caller for one client), by method.",
+                                         ["method"])
+        self.concurrent: set[str] = set()
+        self.max_concurrent, self.per_caller = max_concurrent, per_caller
+        self._inflight: dict[bytes, int] = {}
+        self._running: set[asyncio.Task] = set()
 
-    def register(self, method: str, handler: Handler) -> None:
+    def register(self, method: str, handler: Handler, *, concurrent: bool = False) -> None:
         self.handlers[method] = handler
+        if concurrent:
+            self.concurrent.add(method)
 
     async def handle(self, parts: list[bytes]) -> list[bytes]:
         """Answer one request (ROUTER framing ``[id, b'', method, payload]``)."""
@@ -801,7 +816,41 @@ class RpcServer:
             if not await self.sock.poll(200, zmq.POLLIN):
                 continue
             parts = await self.sock.recv_multipart()
+            method = parts[-2].decode(errors="replace") if len(parts) >= 4 else ""
+            if method in self.concurrent:
+                self._start(parts, method)
+                continue
             await self.sock.send_multipart(await self.handle(parts))
+        for task in list(self._running):
+            task.cancel()
+
+    def _start(self, parts: list[bytes], method: str) -> None:
+        ident = parts[0]
+        if len(self._running) >= self.max_concurrent or self._inflight.get(ident, 0) >= self.per_caller:
+            self.busy.inc(method=method)
+            self.requests.inc(method=method, outcome="busy")
+            why = (f"{len(self._running)} requests of this kind running (at most {self.max_concurrent})"
+                   if len(self._running) >= self.max_concurrent else
+                   f"at most {self.per_caller} at once per caller")
+            reply = [ident, b"", b"reply", self._encode_reply(False, None, "busy", f"{method}: {why}; try again")]
+            asyncio.ensure_future(self.sock.send_multipart(reply))
+            return
+        self._inflight[ident] = self._inflight.get(ident, 0) + 1
+        task = asyncio.ensure_future(self._answer(parts, ident))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _answer(self, parts: list[bytes], ident: bytes) -> None:
+        try:
+            await self.sock.send_multipart(await self.handle(parts))
+        except zmq.ZMQError as exc:  # the socket closed while the handler ran (shutdown)
+            log.debug("reply not sent: %r", exc)
+        finally:
+            left = self._inflight.pop(ident, 1) - 1
+            if left > 0:
+                self._inflight[ident] = left
 
     def close(self) -> None:
+        for task in list(self._running):
+            task.cancel()
         self.sock.close()

@@ -252,9 +252,11 @@ class BusService:
         :meth:`refuse`, which counts it as every refused body is counted."""
         self._handlers.append((prefix, handler, raw))
 
-    def rpc(self, method: str, handler: Callable[[dict], Any]) -> None:
+    def rpc(self, method: str, handler: Callable[[dict], Any], *, concurrent: bool = False) -> None:
+        """Answer ``method`` with ``handler``. ``concurrent``: a slow handler (a vendor call) runs as its own
+        task, bounded, so ``ping``/``status`` are answered meanwhile (:class:`~spx_common.bus.RpcServer`)."""
         assert self.rpc_server is not None, "register RPC methods in setup()"
-        self.rpc_server.register(method, handler)
+        self.rpc_server.register(method, handler, concurrent=concurrent)
 
     def publish(self, topic: str, type_name: str, body: Any, event_ns: int) -> int:
         assert self.pub is not None
