@@ -267,7 +267,8 @@ def test_dashboard_on_the_running_mesh_replay_setups_coach_and_flatten(run_dir, 
 
     runtime = RuntimeConfig(run_dir=run_dir)
     port = free_port()
-    supervise.start(runtime, {"SPX_GATEWAY_PORT": str(port), "SPX_FEED_REPLAY_SPEED": "60"})
+    supervise.start(runtime, {"SPX_GATEWAY_PORT": str(port), "SPX_FEED_REPLAY_SPEED": "60",
+                              "SPX_AGGREGATOR_INTERVALS": '["1s", "5s", "1m"]'})
     dt = None
     js = None
     try:
@@ -354,7 +355,12 @@ def test_dashboard_on_the_running_mesh_replay_setups_coach_and_flatten(run_dir, 
         assert "exit order" in js("document.getElementById('flatten-result').textContent")
         eventually(lambda: js(f"document.querySelector('#positions tr[data-symbol=\"{symbol}\"]').dataset.quantity")
                    == "0", 60, 0.3, what="the position closed by the exit fill")
-        assert js(f"!!document.querySelector('#orders tr[data-status]')")
+        assert js("!!document.querySelector('#orders tr[data-status]')")
+
+        # 1 m bars when the aggregator makes them
+        js("(() => { const s = document.getElementById('interval'); s.value = '1m'; s.onchange({target: s}); })()")
+        eventually(lambda: js("document.getElementById('chart-title').textContent") == "SPY 1m"
+                   and int(js(f"{chart}.bars") or 0) >= 2, 30, 0.3, what="1 m bars on the chart")
     except BaseException:
         if js is not None:
             print("page state:", js("document.body.innerText.slice(0, 3000)"))
@@ -371,3 +377,27 @@ def _healthz(port: int) -> bool:
             return r.status == 200
     except OSError:
         return False
+
+
+def test_dashboard_mesh_panel_shows_a_service_that_cannot_start_red_with_the_reason(run_dir, browser):
+    """A service whose configuration is refused writes its fatal record; the gateway's status channel and
+    the dashboard's Mesh panel show it (a red dot and the reason naming the key), not a missing row."""
+    from spx_common import health
+
+    health.record_fatal(run_dir, "selector", "invalid configuration: [selector] max_spread_pct = '-1' "
+                        "(environment SPX_SELECTOR_MAX_SPREAD_PCT): Input should be greater than 0")
+    gw = GatewayRunner(run_dir)
+    try:
+        dt = browser(f"http://127.0.0.1:{gw.port}/")
+        try:
+            sel = "document.querySelector('#services .svc[data-service=\"selector\"]')"
+            eventually(lambda: dt.js(f"{sel}?.dataset.state") == "fatal", 20, 0.2, what="selector row, fatal")
+            assert dt.js(f"{sel}.classList.contains('dead')")
+            assert "max_spread_pct" in dt.js(f"{sel}.querySelector('.reason').textContent")
+            color = dt.js(f"getComputedStyle({sel}.querySelector('.dot')).color")
+            assert color == "rgb(239, 107, 107)", color  # the red dot
+            assert dt.js("!!document.querySelector('#services .svc.ok[data-service=\"gateway\"]')")
+        finally:
+            dt.close()
+    finally:
+        gw.close()

@@ -410,7 +410,9 @@
     if (!f) { b.textContent = "FEED -"; b.dataset.mode = "-"; b.className = "pill feed"; return; }
     let text;
     if (f.mode === "replay") {
-      const date = f.replayDate || f.sessionDate || (f.eventTs ? etDate(f.eventTs) : "");
+      // the session's date: the feed's own field when it has one, else the bars' event time (the feed's
+      // status before its first event is stamped with the wall clock), else the status' event time
+      const date = f.replayDate || f.sessionDate || (state.eventNs ? etDate(state.eventNs) : f.eventTs ? etDate(f.eventTs) : "");
       const speedM = /(?:^|\s)(x\s?[\d.]+|max)\b/i.exec(f.detail || "");
       const speed = f.speed != null ? `×${f.speed}` : speedM ? speedM[1].replace(/^x\s?/i, "×") : "";
       text = `REPLAY ${date} ${speed}`.trim();
