@@ -149,6 +149,11 @@ class FeedStatus(Base, kw_only=True):
     reconnects: int = 0
     ts: Ns
     detail: str = ""
+    #: regular-session availability of the current (or last) session so far (services/feed/availability.py)
+    availability_pct: float | None = None
+    availability_day: str | None = None
+    longest_gap_s: int = 0
+    longest_gap_start_ns: int | None = None
 
 
 class Heartbeat(Base, kw_only=True):

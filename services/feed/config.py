@@ -108,6 +108,11 @@ class FeedConfig(Section):
     rest_timeout_s: float = Field(10.0, gt=0, description="REST request timeout.")
     rest_retries: int = Field(4, ge=0, le=10, description="Retries of a retryable REST failure (429, 5xx, timeout).")
     rest_requests_per_s: float = Field(50.0, gt=0, description="REST client rate limit (paid plans: stay < 100/s).")
+    availability_symbols: list[str] = Field(["I:SPX", "SPY"], description="A price (trade or index value, stream "
+                                            "or poll) of any of these makes a regular-session second available "
+                                            "(feed_availability_pct, docs/feed.md).")
+    availability_stale_s: float = Field(5.0, gt=0, le=300, description="A session second is available when the "
+                                        "newest such price is at most this old at its end.")
 
     @field_validator("replay_speed")
     @classmethod

@@ -32,10 +32,11 @@ from spx_common.clock import EventClock
 from spx_common.config import load
 from spx_common.journal import JournalWriter
 from spx_common.marketrules import TradeRules
-from spx_common.models import FeedStatus, MarketEvent
+from spx_common.models import FeedStatus, IndexValue, MarketEvent, Trade
 from spx_common.topics import tick_topic
 from spx_common.service import BusService
 
+from services.feed.availability import Availability
 from services.feed.config import FeedConfig
 from services.feed.pipeline import TickPipeline
 from services.feed.replay import JournalSource, Source, SyntheticSource, pace
@@ -71,6 +72,13 @@ class FeedService(BusService):
         self.m_drops = m.counter("tick_drop_count", "Events dropped, by reason.", ["reason"])
         self.m_reconnects = m.counter("feed_reconnects_total", "WebSocket reconnects.", ["market"])
         self.m_mode = m.gauge("feed_mode", "1 for the current feed mode.", ["mode"])
+        self.m_avail = m.gauge("feed_availability_pct", "Share of this regular session's seconds with a fresh "
+                               "price (tick or poll) so far, percent.")
+        self.m_gap = m.gauge("feed_longest_gap_s", "Longest run of session seconds without a fresh price today.")
+        #: the session availability SLO (pure core; fed the newest price of each watched frame)
+        self.availability = Availability(stale_s=self.cfg.availability_stale_s)
+        self._avail_topics = frozenset(tick_topic(s) for s in self.cfg.availability_symbols)
+        self._avail_days: deque[dict] = deque(maxlen=30)  # finished sessions, newest last
         self.m_parse = m.counter("feed_parse_errors_total", "Vendor events that could not be parsed.", ["reason"])
         self.m_unknown = m.counter("feed_unknown_events_total", "Vendor events of unknown type (skipped).", ["ev"])
         self.m_journal_dropped = m.gauge("journal_dropped_events", "Events the journal queue refused (full).")
@@ -125,10 +133,13 @@ class FeedService(BusService):
             return self._ingest_passive(events, groups)
         n = 0
         publish, counts = self.publish, self._source_counts
+        avail = self._avail_topics
         for topic, evs in groups:
             last = evs[-1].ts
             publish(topic, "ticks", evs, last)
             self.clock.advance(last)
+            if topic in avail:
+                self._priced(evs)
             k = len(evs)
             n += k
             src = evs[0].source
@@ -142,6 +153,29 @@ class FeedService(BusService):
                                     else [ev for _, evs in groups for ev in evs])
             self.publish_watermark(self.clock.now_ns() - self._wm_lag)
         return n
+
+    def _priced(self, evs: list[MarketEvent]) -> None:
+        """The newest price (trade counted in bars, or index value) of a watched symbol's frame."""
+        for ev in reversed(evs):
+            t = type(ev)
+            if t is IndexValue or (t is Trade and not ev.excl):
+                self.availability.on_price(ev.ts)
+                return
+
+    def _availability_now(self) -> None:
+        """Move availability to the current time (wall clock for a vendor feed, whose silence is the
+        thing measured; event time in replay), and publish each finished session's figures."""
+        now = self.clock.now_ns()
+        if self.cfg.resolved_source() == "live" and self.source_override is None:
+            now = max(now, time.time_ns())
+        if now:
+            self.availability.advance(now)
+        for day in self.availability.take_closed():
+            doc = day.as_dict()
+            self.log.info("feed availability %s: %.3f%% of the session, longest gap %d s", day.day,
+                          day.pct or 0.0, day.longest_gap_s)
+            self.publish("status.feed.availability", "doc", doc, now)
+            self._avail_days.append(doc)
 
     def _ingest_passive(self, events: list[MarketEvent], groups: list[tuple[str, list[MarketEvent]]]) -> int:
         """tick_ingest_passive: journal everything, hold the latest event of each kind per symbol and
@@ -246,8 +280,12 @@ class FeedService(BusService):
                 rate = (self._published - n0) / (now - t0)
         age = None if self._last_event_wall is None else round((now - self._last_event_wall) * 1000, 1)
         detail = f"passive ingest (poll-cadence fan-out); {self.status_detail}" if self.passive else self.status_detail
+        day = self.availability.current()
         st = FeedStatus(mode=self.mode, connected=self.connected, events_per_s=round(rate, 2), last_event_age_ms=age,
-                        reconnects=self.reconnects, ts=self.clock.now_ns() or time.time_ns(), detail=detail)
+                        reconnects=self.reconnects, ts=self.clock.now_ns() or time.time_ns(), detail=detail,
+                        availability_pct=day.pct if day else None, availability_day=day.day if day else None,
+                        longest_gap_s=day.longest_gap_s if day else 0,
+                        longest_gap_start_ns=day.longest_gap_start_ns if day else None)
         self.publish("status.feed", "feed_status", st, st.ts)
         return st
 
@@ -267,6 +305,11 @@ class FeedService(BusService):
         if self.passive and self._held and time.monotonic() - self._passive_flushed >= self.cfg.passive_cadence_s:
             self.flush_passive()  # the stream went quiet: what is held still goes out within a cadence
         self._flush_counters()
+        self._availability_now()
+        day = self.availability.current()
+        if day is not None and day.pct is not None:
+            self.m_avail.set(day.pct)
+            self.m_gap.set(day.longest_gap_s)
         now = time.monotonic()
         self._rate_window.append((now, self._published))
         while len(self._rate_window) > 2 and now - self._rate_window[0][0] > 5.0:
@@ -302,6 +345,8 @@ class FeedService(BusService):
             "trades_excluded": dict(self._excluded_total),
             "event_ns": self.clock.now_ns(),
             "replay_done": self.replay_done,
+            "availability": None if self.availability.current() is None else self.availability.current().as_dict(),
+            "availability_days": list(self._avail_days),
             "passive": self.passive,
             "journal": None if self.journal is None else {
                 "dir": str(self.journal.directory), "written": self.journal.written,

@@ -112,6 +112,7 @@ def test_spx_feed_status_asks_the_running_feed(run_dir, capsys):
     out = capsys.readouterr().out
     assert "mode replay" in out or "mode down" in out
     assert "source synthetic" in out
+    assert "availability " in out and "(SLO > 99.5%)" in out
 
 
 def test_docs_name_every_feed_metric_and_config_key(run_dir):

@@ -137,3 +137,7 @@ def test_feed_replays_synthetic_as_tick_frames_with_status_and_chain(run_dir):
                 assert frame.event_ns == body[-1].ts
     assert chains and len(chains[0]["contracts"]) == 82 and chains[0]["underlying"] > 0
     assert any(s.mode == "replay" for s in status)
+    # availability of the replayed session so far, on the replay's own clock (issue 28)
+    avail = [s for s in status if s.availability_pct is not None]
+    assert avail and avail[-1].availability_day == session.date.isoformat()
+    assert avail[-1].availability_pct > 90.0

@@ -42,11 +42,24 @@ def cmd_status(args) -> int:
         for market, s in live["streams"].items():
             print(f"  {market:<8} connected={s['connected']} topics={s['topics']} acked={s['acked']} "
                   f"reconnects={s['reconnects']} evictions={s['evictions']} {s['last_status'] or s['last_error']}")
+    av = st.get("availability")
+    if av and av.get("pct") is not None:
+        print(f"availability {av['day']}: {av['pct']:.2f}% of {av['elapsed_s']:,} session seconds so far"
+              f"{_gap(av)}  (SLO > 99.5%)")
+    for day in reversed(st.get("availability_days") or []):
+        print(f"  {day['day']}: {day['pct']:.2f}% of {day['session_s']:,} s{_gap(day)}")
     if st.get("journal"):
         j = st["journal"]
         print(f"journal {j['dir']}: written {j['written']:,}, pending {j['pending']}, dropped {j['dropped']}, "
               f"errors {j['errors']}")
     return 0
+
+
+def _gap(day: dict) -> str:
+    if not day.get("longest_gap_s"):
+        return ", no gap"
+    at = dt.datetime.fromtimestamp(day["longest_gap_start_ns"] // 10**9, ET).strftime("%H:%M:%S ET")
+    return f", longest gap {day['longest_gap_s']:,} s from {at}"
 
 
 def cmd_journal(args) -> int:
