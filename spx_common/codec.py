@@ -143,6 +143,7 @@ _REGISTRY: dict[str, Any] = {
     "fill": m.Fill,
     "position": m.Position,
     "coach": m.CoachEvent,
+    "coach_feedback": m.CoachFeedback,
     "block": m.BlockEvent,
     "reply": m.Reply,
     # free-form documents (market state, control requests, config reloads): a string-keyed map

@@ -348,6 +348,28 @@ class CoachEvent(Base, kw_only=True):
     setup_id: str | None = None
     severity: Literal["info", "warning", "critical"] = "info"
     data: dict[str, str | float | int | bool | None] = {}
+    #: stable id (``coach_event_id``): what a user acknowledges or dismisses; "" from older coaches
+    id: str = ""
+
+
+def coach_event_id(user: str, kind: str, ts: int, setup_id: str | None) -> str:
+    """The id of a coach event: the same inputs always give the same id (a replay re-identifies the
+    same alerts); the coach's cooldown never emits one (user, kind, setup) twice at one time."""
+    import hashlib
+
+    return hashlib.sha1(f"{user}|{kind}|{ts}|{setup_id or ''}".encode()).hexdigest()[:16]
+
+
+class CoachFeedback(Base, kw_only=True):
+    """A user's answer to a coach alert (``op: ack`` / ``op: dismiss`` on the gateway), published by the
+    gateway on ``feedback.coach``: ``ack`` = useful, ``dismiss`` = noise. The first answer is final."""
+
+    user: str
+    event_id: str
+    action: Literal["ack", "dismiss"]
+    kind: str
+    event_ts: Ns
+    ts: Ns  # when the user answered (wall clock)
 
 
 # --------------------------------------------------------------------------- control

@@ -29,3 +29,6 @@ class CoachConfig(Section):
     max_users: int = Field(1000, ge=1, description="Users tracked (configured plus seen).")
     prefs_refresh_s: float = Field(30.0, gt=0, description="How often users' coach preferences are re-read from the "
                                    "store (spx users set USER --coach ...).")
+    feedback_window_s: float = Field(3600.0, gt=0, description="Rolling window of coach_alert_ack_rate and "
+                                     "coach_alert_dismiss_rate: alerts sent in the last this many seconds and the "
+                                     "users' answers to them (docs/gateway.md, op ack / dismiss).")

@@ -22,7 +22,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from spx_common.models import CoachEvent, ExitAdvice, MicroBar, SetupTransition
+from spx_common.models import CoachEvent, CoachFeedback, ExitAdvice, MicroBar, SetupTransition, coach_event_id
 
 TACTICAL = ("entry_window_opened", "stop_threat", "target1_touched", "flow_divergence_detected")
 ACTIVE = {"forming", "ready", "triggered", "target1_hit"}
@@ -93,7 +93,8 @@ class CoachCore:
             self._last.move_to_end(key)
             out.append(CoachEvent(user=user, kind=kind, message=message, ts=ts, setup_id=setup_id,
                                   severity=severity or SEVERITY.get(kind, "info"),
-                                  data={k: v for k, v in data.items() if v is not None}))
+                                  data={k: v for k, v in data.items() if v is not None},
+                                  id=coach_event_id(user, kind, ts, setup_id)))
             self.emitted[kind] = self.emitted.get(kind, 0) + 1
         while len(self._last) > 20 * self.max_setups + self.max_users * 16:
             self._last.popitem(last=False)
@@ -198,3 +199,57 @@ class CoachCore:
         self.see_user(user)
         coach_kind = "pdt_alert" if kind.startswith("pdt") else "portfolio_alert"
         return self._emit(coach_kind, ts, message, None, users=[user], severity=severity, alert=kind)
+
+
+class FeedbackRates:
+    """Acknowledgment and dismiss rates per alert kind over a rolling window (the rollout plan's gate:
+    coach alert relevance "measured by acknowledgment rate"). Pure: the caller passes the clock.
+
+    ``sent(kind, event_id, now)`` for every published alert, ``answered(fb, now)`` for every user
+    answer; ``rates(now)`` -> ``{kind: {"sent", "acked", "dismissed", "ack_rate", "dismiss_rate"}}``
+    over the alerts sent in the last ``window_s`` (an answer counts for the alert it answers, once).
+    Bounded: at most ``max_events`` alerts are remembered."""
+
+    def __init__(self, window_s: float = 3600.0, max_events: int = 100_000) -> None:
+        self.window_s = window_s
+        self.max_events = max_events
+        self._sent: OrderedDict[str, tuple[str, float]] = OrderedDict()  # event id -> (kind, when)
+        self._answer: dict[str, str] = {}  # event id -> action
+
+    def sent(self, kind: str, event_id: str, now: float) -> None:
+        if not event_id:
+            return
+        self._sent[event_id] = (kind, now)
+        self._sent.move_to_end(event_id)
+        while len(self._sent) > self.max_events:
+            old, _ = self._sent.popitem(last=False)
+            self._answer.pop(old, None)
+
+    def answered(self, fb: CoachFeedback, now: float) -> bool:
+        """Count an answer to an alert we sent (first answer only); False when unknown or repeated."""
+        if fb.event_id not in self._sent or fb.event_id in self._answer:
+            return False
+        self._answer[fb.event_id] = fb.action
+        return True
+
+    def rates(self, now: float) -> dict[str, dict[str, Any]]:
+        while self._sent:
+            eid, (_, when) = next(iter(self._sent.items()))
+            if now - when <= self.window_s:
+                break
+            self._sent.popitem(last=False)
+            self._answer.pop(eid, None)
+        out: dict[str, dict[str, Any]] = {}
+        for eid, (kind, _) in self._sent.items():
+            r = out.setdefault(kind, {"sent": 0, "acked": 0, "dismissed": 0})
+            r["sent"] += 1
+            a = self._answer.get(eid)
+            if a == "ack":
+                r["acked"] += 1
+            elif a == "dismiss":
+                r["dismissed"] += 1
+        for r in out.values():
+            r["ack_rate"] = round(r["acked"] / r["sent"], 4)
+            r["dismiss_rate"] = round(r["dismissed"] / r["sent"], 4)
+        return out
+

@@ -18,7 +18,7 @@ from collections import deque
 from typing import Any
 
 from services.coach.config import CoachConfig
-from services.coach.core import TACTICAL, CoachCore
+from services.coach.core import TACTICAL, CoachCore, FeedbackRates
 from spx_common.codec import Frame
 from spx_common.config import BusConfig, RuntimeConfig, load
 from spx_common.service import BusService
@@ -60,6 +60,7 @@ class CoachService(BusService):
             "aggregator": [f"bar.{self.config.bar_interval}."],
             "selector": ["exit."],
             "broker": ["alert.", "position."],
+            "gateway": ["feedback.coach"],  # users' ack / dismiss of alerts (issue 28)
         }
         super().__init__(runtime, bus, instance=instance)
         c = self.config
@@ -80,6 +81,14 @@ class CoachService(BusService):
         self._recent: deque[float] = deque(maxlen=100_000)
         self.tactical = bool(self.flag_store.get("tactical_alerts"))
         self.withheld: deque[dict[str, Any]] = deque(maxlen=100)  # latest withheld alerts (status request)
+        self.feedback = FeedbackRates(window_s=c.feedback_window_s)
+        self.rates: dict[str, dict[str, Any]] = {}
+        self.m_ack = reg.gauge("coach_alert_ack_rate", "Share of alerts sent in the last [coach] feedback_window_s "
+                               "that their user acknowledged (op: ack), by kind.", ["kind"])
+        self.m_dismiss = reg.gauge("coach_alert_dismiss_rate", "Share of alerts sent in the last "
+                                   "[coach] feedback_window_s that their user dismissed as noise, by kind.", ["kind"])
+        self.m_answers = reg.counter("coach_alert_answers_total", "User answers to alerts counted, by action.",
+                                     ["action"])
 
     def load_preferences(self) -> None:
         """Each user's coach preferences from the store (``spx users set USER --coach ...``); kept as they
@@ -114,6 +123,11 @@ class CoachService(BusService):
         self.on("exit.", lambda f, b: self._publish(core.on_exit(b)))
         self.on("alert.", self._on_alert)
         self.on("position.", lambda f, b: core.see_user(f.topic[len("position."):]))
+        self.on("feedback.coach", self._on_feedback)
+
+    def _on_feedback(self, frame: Frame, fb: Any) -> None:
+        if self.feedback.answered(fb, time.monotonic()):
+            self.m_answers.inc(action=fb.action)
 
     def _on_alert(self, frame: Frame, doc: dict[str, Any]) -> None:
         user = frame.topic[len("alert."):]
@@ -138,6 +152,7 @@ class CoachService(BusService):
                 continue
             self.publish(f"coach.{ev.user}", "coach", ev, ev.ts)
             self.m_alerts.inc(kind=ev.kind)
+            self.feedback.sent(ev.kind, ev.id, now)
             if ev.kind in TACTICAL:
                 self._recent.append(now)
 
@@ -153,6 +168,10 @@ class CoachService(BusService):
         while self._recent and now - self._recent[0] > 60:
             self._recent.popleft()
         self.m_rate.set(len(self._recent))
+        self.rates = self.feedback.rates(now)
+        for kind, r in self.rates.items():
+            self.m_ack.set(r["ack_rate"], kind=kind)
+            self.m_dismiss.set(r["dismiss_rate"], kind=kind)
         for kind, n in self.coach.suppressed.items():
             delta = n - self.m_suppressed.value(kind=kind)
             if delta > 0:
@@ -164,5 +183,6 @@ class CoachService(BusService):
                         "emitted": dict(self.coach.emitted), "coalesced": dict(self.coach.suppressed),
                         "tactical_alerts": self.tactical,
                         "withheld": {k: self.m_withheld.value(kind=k) for k in TACTICAL},
-                        "recent_withheld": list(self.withheld)[-10:]}
+                        "recent_withheld": list(self.withheld)[-10:],
+                        "feedback": {"window_s": self.feedback.window_s, "by_kind": self.rates}}
         return doc

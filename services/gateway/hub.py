@@ -610,6 +610,20 @@ class Hub:
             store.setdefault(kind, deque(maxlen=self.keep_user_items)).append(data)
         self.broadcast(f"{kind}@{user}", kind, data, body.ts, pub_ns, self._source(kind))
 
+    def coach_feedback(self, user: str, event_id: str, action: str) -> tuple[dict, str, bool] | None:
+        """Record ``user``'s answer to their coach alert ``event_id`` (only alerts still held for them:
+        the newest ``keep_user_items``): ``(event, recorded action, first)``, or None when ``event_id`` is
+        not one of this user's. The first answer is final; it is kept on the held event (``feedback``), so
+        a later ``coach`` snapshot shows which alerts were answered."""
+        for event in self.user_data.get(user, {}).get("coach", ()):
+            if event.get("id") == event_id:
+                recorded = event.get("feedback")
+                if recorded is not None:
+                    return event, recorded, False
+                event["feedback"] = action
+                return event, action, True
+        return None
+
     def on_status(self, data: dict) -> None:
         self.status = data
         self.broadcast("status", "status", data, None, 0, self._source("status"))

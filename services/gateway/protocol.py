@@ -161,9 +161,40 @@ class FlattenData(_Strict):
     id: str | None = None
 
 
+class Ack(_Strict):
+    """Acknowledge one of your coach alerts as useful (needs a user on the connection). Idempotent: the
+    first answer to an alert (ack or dismiss) is final and every later one is answered with it. Answered
+    with a ``feedback`` message; an id that is not one of your recent alerts gets ``unknown_event``."""
+
+    op: Literal["ack"]
+    eventId: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+                         description="The coach event's id (``data.id`` of a coach message).")
+    id: str | None = Field(None, max_length=64)
+
+
+class Dismiss(_Strict):
+    """Dismiss one of your coach alerts as noise (same rules as ``ack``)."""
+
+    op: Literal["dismiss"]
+    eventId: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+                         description="The coach event's id (``data.id`` of a coach message).")
+    id: str | None = Field(None, max_length=64)
+
+
+class FeedbackData(_Strict):
+    """``data`` of a ``type: feedback`` message, the answer to ``op: ack`` / ``op: dismiss``."""
+
+    eventId: str
+    action: Literal["ack", "dismiss"] = Field(description="The alert's recorded answer (the first one given).")
+    kind: str = Field(description="The alert's kind.")
+    first: bool = Field(description="True when this request recorded the answer; false when it was already given.")
+    id: str | None = None
+
+
 CREDENTIAL_REQUESTS = (CredentialsSet, CredentialsTest, CredentialsRemove, CredentialsStatus)
 ClientMessage = Annotated[Union[Subscribe, Unsubscribe, Ping, Auth, CredentialsSet, CredentialsTest,
-                                CredentialsRemove, CredentialsStatus, Flatten], Field(discriminator="op")]
+                                CredentialsRemove, CredentialsStatus, Flatten, Ack, Dismiss],
+                          Field(discriminator="op")]
 CLIENT_ADAPTER: TypeAdapter = TypeAdapter(ClientMessage)
 
 #: deepest nesting of arrays/objects a client message may have (the protocol needs 2); deeper
@@ -200,7 +231,7 @@ def json_depth_ok(raw: str | bytes, limit: int = MAX_JSON_DEPTH) -> bool:
 # --------------------------------------------------------------------------- server -> client
 
 MessageType = Literal["welcome", "snapshot", "update", "subscribed", "unsubscribed", "pong", "credentials",
-                      "authenticated", "flatten", "error"]
+                      "authenticated", "flatten", "feedback", "error"]
 
 
 class ServerMessage(_Strict):
@@ -226,7 +257,7 @@ class ErrorData(_Strict):
     """``data`` of a ``type: error`` message. The connection stays open (except for close codes below)."""
 
     code: Literal["bad_json", "bad_request", "too_large", "rate_limited", "bad_channel", "unauthorized",
-                  "bad_token", "token_expired", "too_many_channels", "broker_unavailable", "busy"]
+                  "bad_token", "token_expired", "too_many_channels", "broker_unavailable", "busy", "unknown_event"]
     message: str
     id: str | None = None
 
@@ -308,10 +339,17 @@ class MarketSnapshot(_Strict):
     model_config = ConfigDict(extra="allow")
 
 
+class HeldCoachEvent(model_for(m.CoachEvent)):  # type: ignore[misc]  # a generated pydantic model class
+    """A coach alert as the ``coach`` snapshot holds it: the CoachEvent fields and this user's answer."""
+
+    feedback: Literal["ack", "dismiss"] | None = Field(None, description="This user's answer to the alert (op: ack "
+                                                       "or dismiss), absent until answered.")
+
+
 class CoachSnapshot(_Strict):
     """``coach`` snapshot data: this user's recent tactical alerts (update data is one CoachEvent)."""
 
-    events: list[model_for(m.CoachEvent)]  # type: ignore[valid-type]
+    events: list[HeldCoachEvent]
 
 
 class PositionData(model_for(m.Position)):  # type: ignore[misc,valid-type]
@@ -408,13 +446,15 @@ def schema_doc() -> str:
         schema = model.model_json_schema() if isinstance(model, type) else TypeAdapter(model).json_schema()
         out.extend([f"### {title}", "", "```json", json.dumps(schema, indent=2, sort_keys=True), "```", ""])
 
-    block("Client message (subscribe | unsubscribe | ping | auth | credentials.* | flatten)", ClientMessage)
+    block("Client message (subscribe | unsubscribe | ping | auth | credentials.* | flatten | ack | dismiss)",
+          ClientMessage)
     block("Server message envelope", ServerMessage)
     block("Error data", ErrorData)
     block("Welcome data", Welcome)
     block("Credentials data (answer to credentials.*)", CredentialsData)
     block("Authenticated data (answer to auth)", AuthenticatedData)
     block("Flatten data (answer to flatten)", FlattenData)
+    block("Feedback data (answer to ack and dismiss)", FeedbackData)
     for channel, (snap, upd) in CHANNEL_DATA.items():
         if snap is upd:
             block(f"`{channel}` data (snapshot and update)", snap)

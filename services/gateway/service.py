@@ -35,7 +35,7 @@ from services.gateway.config import GatewayConfig
 from services.gateway.hub import Client, Hub, encode
 from services.gateway.protocol import (
     CLIENT_ADAPTER, CREDENTIAL_REQUESTS, MAX_JSON_DEPTH, PROTOCOL, SIMPLE_CHANNELS, USER_CHANNELS, Auth, ChannelError,
-    CredentialsSet, Flatten, Ping, Subscribe, Unsubscribe, json_depth_ok, parse_channel,
+    Ack, CredentialsSet, Dismiss, Flatten, Ping, Subscribe, Unsubscribe, json_depth_ok, parse_channel,
 )
 from spx_common import health
 from spx_common import models as m
@@ -683,6 +683,8 @@ class GatewayService(BusService):
             else:
                 conn.credentials_busy = True
                 self.spawn_client_task(self._flatten(conn, req))
+        elif isinstance(req, (Ack, Dismiss)):
+            self._feedback(conn, req)
         elif isinstance(req, CREDENTIAL_REQUESTS):
             if conn.client.user is None:
                 self._error(conn, "unauthorized", f"{req.op} needs a token (the user it acts for)", rid=req.id)
@@ -691,6 +693,27 @@ class GatewayService(BusService):
             else:
                 conn.credentials_busy = True
                 self.spawn_client_task(self._credentials(conn, req))
+
+    def _feedback(self, conn: Connection, req: Ack | Dismiss) -> None:
+        """``op: ack`` / ``op: dismiss``: the connection's user answers one of their own recent coach
+        alerts; the first answer is recorded (published on ``feedback.coach`` for the coach's rates and
+        the recorder) and every later one is answered with it."""
+        user = conn.client.user
+        if user is None:
+            self._error(conn, "unauthorized", f"{req.op} needs a token (the user whose alert it is)", rid=req.id)
+            return
+        found = self.hub.coach_feedback(user, req.eventId, req.op)
+        if found is None:
+            self._error(conn, "unknown_event", f"no recent coach alert {req.eventId!r} of yours", rid=req.id)
+            return
+        event, action, first = found
+        if first:
+            fb = m.CoachFeedback(user=user, event_id=req.eventId, action=action, kind=str(event.get("kind", "")),
+                                 event_ts=int(event.get("ts") or 0), ts=time.time_ns())
+            self.publish("feedback.coach", "coach_feedback", fb, fb.event_ts)
+        self._send_now(conn, {"channel": None, "type": "feedback", "seq": 0, "source": "tick",
+                              "data": {"eventId": req.eventId, "action": action, "kind": event.get("kind", ""),
+                                       "first": first, "id": req.id}})
 
     def _loopback_user(self, ws: ServerConnection) -> bool:
         """Whether a connection without a token acts for ``[gateway] loopback_user``: only when it is set,
