@@ -145,28 +145,29 @@ class TradeRules:
         n = 0
         guard = self.outlier > 0
         quotes = self._quotes
+        verdicts = self._verdicts
         for ev in events:
-            t = type(ev)
-            if t is Quote:
-                if guard:
+            if type(ev) is not Trade:
+                if guard and type(ev) is Quote:
                     quotes[ev.sym] = ev
                 continue
-            if t is not Trade:
-                continue
-            excl = ev.excl
-            if excl:  # flagged upstream (a reader's correction, or an earlier TradeRules): counted here too
-                self._count(ev, self._labels(ev.cond) if excl == EXCL_CONDITION else (REASONS.get(excl, "other"),))
+            cond = ev.cond
+            if ev.excl:  # flagged upstream (a reader's correction, or an earlier TradeRules): counted here too
+                excl = ev.excl
+                self._count(ev, self._labels(cond) if excl == EXCL_CONDITION else (REASONS.get(excl, "other"),))
                 n += 1
                 continue
-            cond = ev.cond
-            if cond and not ev.sym.startswith("O:"):
-                labels = self._labels(cond)
+            if cond:
+                if ev.sym.startswith("O:"):
+                    continue  # no option table: only corrections (above) exclude option prints
+                labels = verdicts.get(tuple(cond))
+                if labels is None:
+                    labels = self._labels(cond)
                 if labels:
                     ev.excl = EXCL_CONDITION
                     self._count(ev, labels)
                     n += 1
-                    continue
-            if guard and not cond:
+            elif guard:
                 q = quotes.get(ev.sym)
                 if q is not None and q.bid > 0 and q.ask > 0 and (
                         ev.price > q.ask * (1 + self.outlier) or ev.price < q.bid * (1 - self.outlier)):

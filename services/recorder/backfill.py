@@ -6,6 +6,10 @@ The work is split into tasks, one per (kind, symbol, day); a task that finished 
 stopped.  Every row is an idempotent upsert (natural keys), so re-running never duplicates.
 Retries are bounded by the REST client (retryable statuses, capped backoff); a task that still
 fails is recorded ``failed`` with its reason and the run moves on.
+
+Trades go through the feed's trade rules (``spx_common.marketrules.TradeRules``: conditions,
+corrections) first: ``market_events`` keeps the prints that make bars (its rows have no condition
+column), bars are built without the excluded ones, and ``Summary.excluded`` counts what was left out.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, Callable, Iterable, TextIO
 import msgspec
 
 from spx_common import models as m
+from spx_common.marketrules import TradeRules
 from spx_common.store.repo import Store
 
 #: REST timespan -> stored bar interval
@@ -35,11 +40,13 @@ class Summary:
     failed: int = 0
     rows: int = 0
     bad_rows: int = 0
+    excluded: int = 0  # trades the trade rules keep out of bars (docs/microbars.md): not stored
     failures: list[str] = field(default_factory=list)
 
     def text(self) -> str:
         s = (f"backfill: {self.fetched} fetched ({self.rows:,} rows), {self.skipped} skipped (already done), "
-             f"{self.failed} failed, {self.bad_rows} bad rows dropped")
+             f"{self.failed} failed, {self.bad_rows} bad rows dropped, {self.excluded:,} trades excluded by "
+             "condition or correction")
         return "\n".join([s, *(f"  failed {f}" for f in self.failures)])
 
 
@@ -146,15 +153,25 @@ async def _fetch(store: Store, rest: Any, kind: str, sym: str, day: dt.date, sum
     start = int(dt.datetime.combine(day, dt.time(), dt.timezone.utc).timestamp()) * 1_000_000_000
     end = start + 86_400 * 1_000_000_000
     it = rest.trades(sym, gte_ns=start, lt_ns=end) if kind == "trades" else rest.quotes(sym, gte_ns=start, lt_ns=end)
+    rules = TradeRules()
     n, buf = 0, []
     async for ev in it:
         buf.append(ev)
         if len(buf) >= CHUNK:
-            n += await asyncio.to_thread(store.insert_events, buf)
+            n += await asyncio.to_thread(store.insert_events, _kept(buf, rules, summary))
             buf = []
     if buf:
-        n += await asyncio.to_thread(store.insert_events, buf)
+        n += await asyncio.to_thread(store.insert_events, _kept(buf, rules, summary))
     return n
+
+
+def _kept(events: list, rules: TradeRules, summary: Summary) -> list:
+    """``events`` without the trades the trade rules exclude (counted in ``summary.excluded``)."""
+    if not rules.apply(events):
+        return events
+    kept = [e for e in events if not (type(e) is m.Trade and e.excl)]
+    summary.excluded += len(events) - len(kept)
+    return kept
 
 
 def flat_file_day(path: Path) -> str:
@@ -188,7 +205,7 @@ def pair_by_day(paths: Iterable[Path]) -> list[tuple[str, list[Path]]]:
 
 def import_flat_files(store: Store, paths: list[Path], *, symbols: Iterable[str] | None = None,
                       intervals: tuple[str, ...] = ("1s", "60s"), force: bool = False,
-                      progress: Progress | None = None) -> Summary:
+                      progress: Progress | None = None, quote_sizes: str = "vendor") -> Summary:
     """Import vendor flat files (trades and quotes): events into ``market_events`` and bars into ``bars``.
 
     The files of one trading day are read together, merged in aggregation order (a quote before a
@@ -196,7 +213,8 @@ def import_flat_files(store: Store, paths: list[Path], *, symbols: Iterable[str]
     live aggregator's :class:`~services.aggregator.bars.BarAggregator`, exactly as ``spx bars
     --trades T --quotes Q`` does: a day's bars carry the quotes' microstructure (aggressor split,
     imbalance, coverage), not the trades alone. One checkpoint per day (its files' names and sizes).
-    ``summary.fetched``/``skipped`` count files."""
+    ``summary.fetched``/``skipped`` count files. ``quote_sizes``: as :func:`spx_common.flatfiles.read_merged`
+    (``"shares"`` for files converted from another source that already hold shares)."""
     from services.aggregator.bars import bars_from_events
     from spx_common.flatfiles import FlatFileError, ReadStats, read_merged
 
@@ -209,7 +227,8 @@ def import_flat_files(store: Store, paths: list[Path], *, symbols: Iterable[str]
         else:
             stats = ReadStats()
             try:
-                events = list(read_merged(group, symbols=symbols, stats=stats))
+                events = _kept(list(read_merged(group, symbols=symbols, stats=stats, quote_sizes=quote_sizes)),
+                               TradeRules(), summary)
                 n = 0
                 for i in range(0, len(events), CHUNK):
                     n += store.insert_events(events[i:i + CHUNK])

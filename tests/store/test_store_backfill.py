@@ -170,3 +170,32 @@ def test_interrupted_backfill_resumes_without_duplicates(store, fake):
     s = asyncio.run(go(Progress(len(tasks), io.StringIO())))
     assert (s.fetched, s.skipped, s.failed) == (2, 2, 0)
     assert store.count("bars") == 2500 + 1200 + 780
+
+
+def test_excluded_prints_are_counted_not_stored_and_stay_out_of_the_stored_bars(store, fake, tmp_path):
+    """The feed's trade rules on both importers: an odd lot (37) and a correction are not in market_events
+    and not in the bars; Form T (12) and a sweep are (docs/microbars.md)."""
+    from spx_common.models import Trade
+
+    t0 = int(dt.datetime.combine(DAY, dt.time(15), dt.timezone.utc).timestamp()) * 10**9
+    fake.trades["SPY"] = [Trade(sym="SPY", price=600.0, size=10, ts=t0, seq=1, cond=[14]),
+                          Trade(sym="SPY", price=650.0, size=7, ts=t0 + 1, seq=2, cond=[37]),
+                          Trade(sym="SPY", price=650.0, size=5, ts=t0 + 2, seq=3),
+                          Trade(sym="SPY", price=601.0, size=10, ts=t0 + 3, seq=4, cond=[12])]
+    fake.corrections[("SPY", 3)] = 1
+    s = run(store, fake, plan(["SPY"], [DAY], [], True, False))
+    assert (s.rows, s.excluded) == (2, 2) and store.count("market_events") == 2
+    assert "2 trades excluded" in s.text()
+
+    path = tmp_path / "2026-11-20.trades.csv"
+    t1 = 1_763_649_000_000_000_000
+    path.write_text("ticker,conditions,correction,exchange,id,participant_timestamp,price,sequence_number,"
+                    "sip_timestamp,size,tape,trf_id,trf_timestamp\n"
+                    f"QQQ,14,0,4,1,{t1},500.0,1,{t1},10,1,,\n"
+                    f"QQQ,\"12,37\",0,4,2,{t1 + 1},550.0,2,{t1 + 1},3,1,,\n"
+                    f"QQQ,,1,4,3,{t1 + 2},550.0,3,{t1 + 2},4,1,,\n"
+                    f"QQQ,12,0,4,4,{t1 + 3},501.0,4,{t1 + 3},10,1,,\n")
+    s = import_flat_files(store, [path], symbols=["QQQ"])
+    assert s.excluded == 2 and len(store.events(["QQQ"])) == 2
+    (bar,) = store.bars("QQQ", "1s")
+    assert (bar.high, bar.volume, bar.trades) == (501.0, 20.0, 2)

@@ -32,6 +32,9 @@ def register(sub) -> None:
     p.add_argument("--quotes", action="store_true", help="also quotes (v3/quotes) into market_events")
     p.add_argument("--flat-file", action="append", type=Path, default=[], metavar="PATH",
                    help="import a vendor flat file instead of REST (repeatable; FROM/TO not needed)")
+    p.add_argument("--quote-sizes", choices=("vendor", "shares"), default="vendor",
+                   help="flat files: stock quote sizes in the vendor's unit for their date (vendor, default: round "
+                        "lots before 2025-11-03, multiplied to shares) or already shares (converted files)")
     p.add_argument("--retries", type=int, default=4, help="retries per request on 429/5xx/timeouts (default 4)")
     p.add_argument("--force", action="store_true", help="re-fetch tasks already marked done")
     p.set_defaults(func=cmd_backfill)
@@ -53,7 +56,7 @@ def cmd_backfill(args) -> int:
             if missing:
                 return fail(f"no such flat file: {', '.join(missing)}", 2)
             summary = import_flat_files(store, args.flat_file, symbols=symbols or None, force=args.force,
-                                        progress=Progress(len(args.flat_file)))
+                                        progress=Progress(len(args.flat_file)), quote_sizes=args.quote_sizes)
         else:
             spans = [s.strip() for s in args.resolution.split(",") if s.strip()]
             bad = [s for s in spans if s not in ("second", "minute")]
