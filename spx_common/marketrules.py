@@ -194,4 +194,4 @@ def explain_row(ev: Trade) -> str:
         why = REASONS.get(ev.excl, f"excl={ev.excl}")
         if ev.cond:
             why += f" (conditions {list(ev.cond)})"
-    return f"{when} {ev.sym} price {ev.price:g} size {ev.size:g} seq {ev.seq}: {why}"
+    return f"{when} {ev.sym} price {ev.price!r} size {ev.size:,.10g} seq {ev.seq}: {why}"
