@@ -4,8 +4,9 @@
 
 * quote path: the work ``BrokerService`` does per ``tick.O:`` quote (engine quote cache, ledger
   mark, paper broker fill check), over 500 option symbols with 2 held and 6 working orders;
-* decision path: a whole trade per setup: entry decision (trigger + recommendation -> payload),
-  T1 scale-out, exit, and the three fills;
+* decision path: a whole trade per setup: entry decision (trigger + recommendation -> the entry re-sized
+  for the user from their balances, the contract repriced from entry to stop -> payload), T1 scale-out,
+  exit, and the three fills; the per-user sizing step alone;
 * the payload guard (:func:`router.check_payload`) alone.
 """
 
@@ -57,25 +58,48 @@ def quote_path(n: int) -> None:
     report("quote path (engine + ledger mark + paper)", time.perf_counter() - t0, n, "quote")
 
 
+BALANCES = {"account_type": "margin", "option_buying_power": 1e9, "day_trade_buying_power": 1e9,
+            "total_equity": 1e6}
+
+
 def decision_path(n: int) -> None:
-    eng = Engine(["u"], Limits(max_open_risk=1e12, max_orders_per_day=10**9, max_contracts_per_order=10),
-                 Gates(lambda u: (True, "")))
+    """Each entry is re-sized for its user (spx_common.sizing: the contract repriced from the setup's entry
+    to its stop with Black-Scholes, the account's balances and caps) before it is placed."""
+    eng = Engine(["u"], Limits(max_open_risk=1e12, max_orders_per_day=10**9, max_contracts_per_order=10,
+                               max_risk_per_trade=2000.0),
+                 Gates(lambda u: (True, ""), balances=lambda u: BALANCES))
     sym = syms(1)[0]
     eng.on_quote(sym, 2.9, 3.0)
     t0 = time.perf_counter()
     for i in range(n):
         sid = f"s{i}"
         eng.on_transition(SetupTransition(setup_id=sid, detector="d", family="f", sym="I:SPX", direction="long",
-                                          to_state="triggered", reason="r", ts=T0))
+                                          to_state="triggered", reason="r", ts=T0, price=4800.0, stop=4795.0))
         [p] = [x for x in eng.on_recommendation(ContractRecommendation(
-            setup_id=sid, ok=True, reason="ok", tradier_symbol=sym, bid=1.9, ask=2.0, suggestedContracts=4, ts=T0))
-            if isinstance(x, Place)]
-        eng.on_order_event(p.order.order_id, "filled", 4, 2.0, T0)
+            setup_id=sid, ok=True, reason="ok", tradier_symbol=sym, bid=1.9, ask=2.0, delta=0.45, iv=0.18,
+            gamma=0.01, underlying=4801.0, suggestedContracts=4, ts=T0)) if isinstance(x, Place)]
+        eng.on_order_event(p.order.order_id, "filled", p.order.quantity, 2.0, T0)
         [s] = eng.on_advice(ExitAdvice(setup_id=sid, action="scale_out", fraction=0.5, reason="T1", ts=T0))
-        eng.on_order_event(s.order.order_id, "filled", 2, 2.9, T0)
+        eng.on_order_event(s.order.order_id, "filled", s.order.quantity, 2.9, T0)
         [x] = eng.on_advice(ExitAdvice(setup_id=sid, action="exit_all", reason="T2", ts=T0))
-        eng.on_order_event(x.order.order_id, "filled", 2, 2.9, T0)
+        eng.on_order_event(x.order.order_id, "filled", x.order.quantity, 2.9, T0)
     report("decision path (entry, T1 scale-out, exit; 3 fills)", time.perf_counter() - t0, n, "setup")
+
+
+def sizing_only(n: int) -> None:
+    """The per-user sizing step alone (what the decision path gained in issue 18)."""
+    from services.broker.entry_size import EntryRisk, size_entry
+
+    sym = syms(1)[0]
+    t = SetupTransition(setup_id="s", detector="d", family="f", sym="I:SPX", direction="long",
+                        to_state="triggered", reason="r", ts=T0, price=4800.0, stop=4795.0)
+    r = ContractRecommendation(setup_id="s", ok=True, reason="ok", tradier_symbol=sym, bid=1.9, ask=2.0, delta=0.45,
+                               iv=0.18, gamma=0.01, underlying=4801.0, suggestedContracts=4, ts=T0)
+    risk = EntryRisk(max_risk_per_trade=2000.0)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        size_entry(t, r, (1.9, 2.0), 2.0, risk, BALANCES, T0)
+    report("per-user entry sizing (size_entry)", time.perf_counter() - t0, n, "entry")
 
 
 def guard(n: int) -> None:
@@ -92,6 +116,7 @@ def main() -> None:
     n = ap.parse_args().n
     quote_path(n)
     decision_path(max(n // 20, 100))
+    sizing_only(max(n // 20, 100))
     guard(n // 2)
 
 

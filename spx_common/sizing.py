@@ -27,6 +27,7 @@ So ``contracts x perContractLoss <= budget`` always holds (the property the test
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
@@ -43,6 +44,7 @@ DAY_NS = 24 * 3600 * 1_000_000_000
 _calendar = None
 
 
+@functools.lru_cache(maxsize=1024)
 def expiry_ns(d: dt.date) -> int:
     """The close of the expiration date's session (SPXW PM settlement), in epoch ns: 16:00
     America/New_York, 13:00 on an exchange early close (``spx_common.calendar``); 16:00 on a date the
@@ -102,7 +104,14 @@ class Sizing:
 
 
 def _finite(*xs: object) -> bool:
-    return all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in xs)
+    """All real, finite numbers (bools are not numbers here)."""
+    for x in xs:
+        if isinstance(x, float):
+            if not math.isfinite(x):
+                return False
+        elif not isinstance(x, int) or isinstance(x, bool):
+            return False
+    return True
 
 
 def value_at(leg: Leg, s: float, now_ns: int, rate: float, origin: float | None = None) -> tuple[float, str]:
@@ -160,6 +169,8 @@ def size(leg: Leg, direction: str, entry: float, stop: float, budget: Budget, no
             and leg.strike > 0 and greek_ok):
         return no(f"bad_price: quote bid {leg.bid!r} ask {leg.ask!r}, price {price!r}, strike {leg.strike!r} "
                   f"(iv {leg.iv!r}, delta {leg.delta!r}, gamma {leg.gamma!r}) must be finite, bid < ask, price > 0")
+    if leg.delta is not None and abs(leg.delta) > 1:
+        return no(f"bad_price: delta {leg.delta!r} is outside [-1, 1]")
     if not (leg.iv is not None and leg.iv > 0) and leg.delta is None:
         return no("bad_price: no implied volatility and no delta to reprice the contract to the stop")
     try:

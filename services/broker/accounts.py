@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,15 +61,20 @@ class Account:
 
 
 def limits_of(cfg: BrokerConfig, record: dict | None) -> Limits:
-    """The engine limits of a user record (config limits when None; the stricter of both per field)."""
+    """The engine limits of a user record (config limits when None; the stricter of both for max
+    contracts). Sizing: the record's ``max_risk_per_trade`` (risk budget to the stop) and
+    ``day_trading_policy`` (``alert`` | ``block`` | ``off``), else ``[broker]``'s."""
     base = Limits(cfg.max_contracts_per_order, cfg.max_orders_per_day, cfg.max_open_risk,
-                  entry_timeout_s=cfg.entry_timeout_s)
+                  entry_timeout_s=cfg.entry_timeout_s, max_risk_per_trade=cfg.max_risk_per_trade,
+                  max_premium_per_trade=cfg.max_premium_per_trade, min_risk_per_contract=cfg.min_risk_per_contract,
+                  dtbp_floor=cfg.dtbp_floor, pdt_policy=cfg.pdt_policy, pdt_min_equity=cfg.pdt_min_equity,
+                  rate=cfg.rate)
     if record is None:
         return base
-    return Limits(min(cfg.max_contracts_per_order, int(record["max_contracts"])), cfg.max_orders_per_day,
-                  cfg.max_open_risk, entry_timeout_s=cfg.entry_timeout_s,
-                  max_risk_per_trade=float(record["max_risk_per_trade"]),
-                  daily_loss_limit=float(record["daily_loss_limit"]))
+    return replace(base, max_contracts_per_order=min(cfg.max_contracts_per_order, int(record["max_contracts"])),
+                   max_risk_per_trade=float(record["max_risk_per_trade"]),
+                   daily_loss_limit=float(record["daily_loss_limit"]),
+                   pdt_policy=str(record.get("day_trading_policy") or cfg.pdt_policy))
 
 
 def stored_users(url: str) -> list[dict] | None:

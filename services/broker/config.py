@@ -93,9 +93,26 @@ class BrokerConfig(Section):
     portfolio_interval_s: float = Field(30.0, gt=0, description="Balances sync cadence.")
     portfolio_change_pct: float = Field(1.0, ge=0, description="Persist a snapshot only past this % move.")
     alert_cooldown_s: float = Field(900.0, ge=0, description="Same alert kind at most once per cooldown.")
-    pdt_policy: Literal["alert", "off"] = Field(
-        "alert", description="PDT / day-trade buying power alerts (the rule is being phased out; keep configurable).")
-    pdt_min_equity: float = Field(25_000.0, ge=0, description="PDT minimum equity for alerts.")
+    pdt_policy: Literal["alert", "block", "off"] = Field(
+        "alert", description="PDT policy for 0DTE entries (day trades): alert = PDT / day-trade buying power alerts "
+        "only; block = also refuse 0DTE entries of an account that is not pattern-day-trader qualified (equity "
+        "below pdt_min_equity or unknown; cash accounts exempt); off = neither (the rule is being phased out). A "
+        "stored user's day_trading_policy overrides it.")
+    pdt_min_equity: float = Field(25_000.0, ge=0, description="PDT minimum equity (alerts, and the block policy).")
+    max_risk_per_trade: float = Field(
+        500.0, gt=0, description="Risk budget of the config-list users: dollars lost per entry if the setup's stop is "
+        "hit (repriced loss + spread). Entries are re-sized from it and the account's own balances (stored users: "
+        "their max_risk_per_trade).")
+    max_premium_per_trade: float | None = Field(
+        None, gt=0, description="Premium cap per entry in dollars (contracts x limit x 100); empty = 4 x the user's "
+        "risk budget.")
+    min_risk_per_contract: float = Field(
+        10.0, gt=0, description="Dollars per contract: an entry whose loss to the stop (plus spread) is at or below "
+        "this is refused (risk_below_floor).")
+    dtbp_floor: float = Field(
+        0.0, ge=0, description="Day-trade buying power a 0DTE entry must leave: sized within day-trade buying power "
+        "minus this, refused (dtbp_floor) when nothing is left.")
+    rate: float = Field(0.04, ge=-0.05, le=0.5, description="Risk-free rate for repricing the contract to the stop.")
     slippage_window: int = Field(200, ge=10, le=100_000, description="Fills kept for rolling slippage stats.")
     entry_price: Literal["ask", "mid"] = Field("ask", description="Entry limit: the ask (marketable) or the mid.")
     entry_timeout_s: float = Field(60.0, gt=0, le=3600, description="Cancel an entry not filled this long after "

@@ -39,6 +39,8 @@ from typing import Callable
 from zoneinfo import ZoneInfo
 
 from services.broker import router
+from services.broker.entry_size import EntryRisk, resizable, size_entry
+from spx_common.sizing import DEFAULT_MIN_RISK
 from spx_common.models import ContractRecommendation, ExitAdvice, Order, SetupTransition
 
 ET = ZoneInfo("America/New_York")
@@ -56,8 +58,20 @@ class Limits:
     max_open_risk: float = 5000.0
     trail_fraction: float = 0.25  # trail_stop: stop at bid * (1 - trail_fraction), never lowered
     entry_timeout_s: float = 60.0  # an entry not (fully) filled this long after it was sent is cancelled
-    max_risk_per_trade: float = math.inf  # dollars of premium per entry (a user record's setting)
+    #: risk budget: dollars lost per entry if the stop is hit, spread included (a user record's setting;
+    #: ``[broker] max_risk_per_trade`` for the config users). Entries are sized from it (services/broker/entry_size.py)
+    max_risk_per_trade: float = 500.0
     daily_loss_limit: float = math.inf  # dollars of loss today past which no new entry is sent
+    max_premium_per_trade: float | None = None  # premium cap per entry; None = 4 x max_risk_per_trade
+    min_risk_per_contract: float = DEFAULT_MIN_RISK  # a loss to the stop at or below this is refused
+    dtbp_floor: float = 0.0  # day-trade buying power a 0DTE entry must leave
+    pdt_policy: str = "alert"  # alert | block (0DTE entries of a non-PDT-qualified account) | off
+    pdt_min_equity: float = 25_000.0
+    rate: float = 0.04  # risk-free rate for repricing to the stop
+
+    def entry_risk(self) -> EntryRisk:
+        return EntryRisk(self.max_risk_per_trade, self.max_contracts_per_order, self.max_premium_per_trade,
+                         self.min_risk_per_contract, self.dtbp_floor, self.pdt_policy, self.pdt_min_equity, self.rate)
 
 
 @dataclass
@@ -68,8 +82,9 @@ class Gates:
 
     allowed: Callable[[str], tuple[bool, str]]
     kill_switch: bool = False
-    #: option buying power of the user's account (last balances), None when unknown: entries are sized to fit
-    buying_power: Callable[[str], float | None] = lambda user: None
+    #: the user's synced balances (``portfolio.summarize_balances`` shape: option_buying_power,
+    #: day_trade_buying_power, total_equity, account_type), None until synced: entries are sized from them
+    balances: Callable[[str], dict | None] = lambda user: None
     #: dollars lost today by the user (realized + unrealized, positive = loss); entries stop at the daily limit
     loss_today: Callable[[str], float] = lambda user: 0.0
     #: whether anything at all may be sent for the user (exits need only this); None = ``allowed``
@@ -379,7 +394,7 @@ class Engine:
             if self.gates.kill_switch:
                 out.append(Block(user, "kill_switch", subject, "kill switch refuses new entries"))
                 continue
-            if not r.ok or not (r.tradier_symbol or r.occ_symbol):
+            if not resizable(r):
                 out.append(Block(user, "no_contract", subject, r.reason))
                 continue
             try:
@@ -389,6 +404,7 @@ class Engine:
             except ValueError as exc:
                 out.append(Block(user, "bad_symbol", subject, str(exc)))
                 continue
+            quote = self.quotes.get(symbol)  # the live quote (the recommendation's until one arrives): the spread
             raw = r.ask if self.entry_price == "ask" or r.mid is None else r.mid
             if raw is None or not 0 < raw <= router.MAX_PRICE:
                 out.append(Block(user, "no_price", subject, f"recommendation has no usable {self.entry_price}"))
@@ -404,36 +420,24 @@ class Engine:
                 out.append(Block(user, "daily_loss_limit", subject,
                                  f"lost {lost:.0f} today >= daily loss limit {lim.daily_loss_limit:.0f}"))
                 continue
-            qty = min(int(r.suggestedContracts), lim.max_contracts_per_order)
-            if math.isfinite(lim.max_risk_per_trade):
-                qty = min(qty, int(lim.max_risk_per_trade // (limit * 100)))
-                if qty <= 0 < int(r.suggestedContracts):
-                    out.append(Block(user, "max_risk_per_trade", subject,
-                                     f"{limit * 100:.0f}/contract > max risk per trade {lim.max_risk_per_trade:.0f}"))
-                    continue
-            room = lim.max_open_risk - self.open_risk(user)
-            qty = min(qty, int(room // (limit * 100)) if room > 0 else 0)
-            if int(r.suggestedContracts) <= 0:
-                out.append(Block(user, "zero_size", subject, "selector sized the trade at 0 contracts"))
+            # the recommendation names the contract; the size is this user's, from their own account now
+            sized = size_entry(t, r, quote, limit, lim.entry_risk(), self.gates.balances(user), max(t.ts, r.ts))
+            if sized.reason is not None:
+                out.append(Block(user, sized.reason, subject, sized.detail))
                 continue
+            room = lim.max_open_risk - self.open_risk(user)
+            qty = min(sized.contracts, int(room // (limit * 100)) if room > 0 else 0)
             if qty <= 0:
                 out.append(Block(user, "max_open_risk", subject,
                                  f"open risk {self.open_risk(user):.0f} + {limit * 100:.0f}/contract > "
                                  f"{lim.max_open_risk:.0f}"))
                 continue
-            bp = self.gates.buying_power(user)
-            if bp is not None and math.isfinite(bp):
-                qty = min(qty, max(int(bp // (limit * 100)), 0))
-                if qty <= 0:
-                    out.append(Block(user, "buying_power", subject,
-                                     f"option buying power {bp:.0f} < {limit * 100:.0f} for one contract"))
-                    continue
             trade = TradeState(user, t.setup_id, symbol)
             self.trades[(user, t.setup_id)] = trade
             self.entries_today[user] = self.entries_today.get(user, 0) + 1
             payload = router.entry_payload(symbol, qty, limit, self._new_id(user, t.setup_id, "entry"))
-            note = "" if qty == r.suggestedContracts else f" (capped from {r.suggestedContracts})"
-            out.append(self._place(trade, "entry", "buy_to_open", qty, payload, t.ts, f"entry {t.reason}{note}"))
+            note = sized.detail if qty == sized.contracts else f"{sized.detail}; {qty} within max open risk"
+            out.append(self._place(trade, "entry", "buy_to_open", qty, payload, t.ts, f"entry {t.reason}; {note}"))
         return out
 
     def on_advice(self, a: ExitAdvice) -> list[Intent]:

@@ -134,12 +134,14 @@ class BrokerService(BusService):
             logging.getLogger("httpx").setLevel(logging.WARNING)
         self.accounts = acc.build(cfg, self.records, QUEUE_MAX)
         self.account_of: dict[str, acc.Account] = {u: a for a in self.accounts for u in a.users}
+        for a in self.accounts:
+            self._paper_balances(a, 0)  # local: entries are sized from them from the first decision on
         self.users = [u for a in self.accounts for u in a.users]
         self.engine = Engine(
             self.users,
             acc.limits_of(cfg, None),
             Gates(self.allowed, kill_switch=bool(self.flags.get("kill_switch")),
-                  buying_power=lambda user: self._balances_of(user).get("option_buying_power"),
+                  balances=lambda user: self._balances_of(user) or None,
                   loss_today=self._loss_today, send=self.send_allowed),
             entry_price=cfg.entry_price,
             session=self.pub.session[:6] if self.pub else "",
@@ -182,6 +184,11 @@ class BrokerService(BusService):
     def mode(self) -> str:
         """``paper``/``tradier`` (the shared config-list account) or ``users`` (per-user accounts)."""
         return "users" if self.records else self.cfg.mode
+
+    @staticmethod
+    def _paper_balances(a: acc.Account, ts: int) -> None:
+        if a.paper is not None:
+            a.balances = {**pf.summarize_balances(a.paper.balances()), "ts": ts}
 
     def _balances_of(self, user: str) -> dict[str, Any]:
         a = self.account_of.get(user)
@@ -536,8 +543,7 @@ class BrokerService(BusService):
         if fill is not None:
             self.m_fills.inc()
             self.publish(f"fill.{fill.user}", "fill", fill, ts)
-            if a.paper is not None:  # keep the buying power the engine sizes with current (cheap locally)
-                a.balances = {**pf.summarize_balances(a.paper.balances()), "ts": ts}
+            self._paper_balances(a, ts)  # keep the buying power the engine sizes with current (cheap locally)
         if position is not None:
             self.publish(f"position.{position.user}", "position", position, ts)
         self._submit(self.engine.on_order_event(order_id, status, qty, avg, ts))
@@ -764,6 +770,11 @@ class BrokerService(BusService):
         (our tags ``spx-<user>-...-entry-...``) against ``max_orders_per_day``."""
         ts = self._now()
         assert a.tradier is not None
+        try:  # entries are sized from the account's balances: read them before the first decision
+            a.balances = {**pf.summarize_balances(await a.tradier.balances()), "ts": ts}
+        except TradierError as exc:
+            await self._note_call(a, exc)
+            self.log.warning("%s: balances at start unavailable (%s); entries refused until synced", a.name, exc)
         try:
             await self._broker_positions(a)  # the rows _adopt reads
             self._adopt(a, ts)
@@ -1055,6 +1066,7 @@ class BrokerService(BusService):
             owner = a.name if a.record is not None else (self.cfg.paper_users or [""])[0]
             if owner in state.cash:
                 a.paper.cash = state.cash[owner]
+            self._paper_balances(a, ts)
         if state.positions or state.entries:
             self.log.info("restored from the store: %d position(s), entries today %s", len(state.positions),
                           state.entries)

@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # the gateway token's user pattern (topic-safe)
-POLICIES = ("alert", "off")
+POLICIES = ("alert", "block", "off")
 BROKERS = ("paper", "tradier")
 ENVIRONMENTS = ("sandbox", "production")
 SEVERITIES = ("info", "warning", "critical")

@@ -13,7 +13,7 @@ import zmq
 
 from spx_common.bus import Publisher, RpcClient, RpcError, Subscriber
 from spx_common.config import BusConfig, RuntimeConfig
-from spx_common.models import ContractRecommendation, ExitAdvice, Quote, SetupTransition
+from spx_common.models import ContractRecommendation, ExitAdvice, Quote, SetupTransition, SizingBreakdown
 from tests.conftest import eventually
 
 SYM = "SPXW260220C05000000"
@@ -75,13 +75,20 @@ class Harness:
             return self.call("status")["broker"]["event_ns"] >= ts
         eventually(go, 10, what="broker received the quote")
 
-    def trigger(self, setup, ts, qty=4, bid=1.95, ask=2.0, sym=SYM):
+    def trigger(self, setup, ts, qty=4, bid=1.95, ask=2.0, sym=SYM, risk=500.0):
         t = SetupTransition(setup_id=setup, detector="vwap", family="reclaim", sym="I:SPX", direction="long",
                             from_state="ready", to_state="triggered", reason="reclaim confirmed", ts=ts)
+        # the broker re-sizes every entry for its user (issue 18): the setup's stop is placed so that ``qty``
+        # contracts of this 0.5-delta call risk about the default $500 budget (tests.broker.test_broker_engine)
+        from tests.broker.test_broker_engine import setup_for
+
+        entry, stop = setup_for(qty, bid, ask, risk)
+        sizing = SizingBreakdown(maxRiskDollars=risk, contractsByRisk=qty, contractsByBuyingPower=qty,
+                                 perContractDebit=ask * 100, entry=entry, stop=stop)
         r = ContractRecommendation(setup_id=setup, ok=True, reason="ok", occ_symbol=SYM[:4] + "  " + SYM[4:],
                                    tradier_symbol=sym, massive_symbol="O:" + sym, option_type="call", strike=5000,
-                                   expiration="2026-02-20", bid=bid, ask=ask, mid=(bid + ask) / 2,
-                                   suggestedContracts=qty, ts=ts)
+                                   expiration="2026-02-20", bid=bid, ask=ask, mid=(bid + ask) / 2, delta=0.5,
+                                   suggestedContracts=qty, sizing=sizing, ts=ts)
         self.pubs["detector"].publish("setup.transition", "setup_transition", t, ts)
         self.pubs["selector"].publish(f"reco.{setup}", "recommendation", r, ts)
 

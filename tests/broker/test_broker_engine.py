@@ -4,13 +4,14 @@ nothing at all when the flags are off)."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 import msgspec
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from services.broker import router
 from services.broker.engine import Block, Cancel, Engine, Gates, Limits, Modify, Place
-from spx_common.models import ContractRecommendation, ExitAdvice, SetupTransition
+from spx_common.models import ContractRecommendation, ExitAdvice, SetupTransition, SizingBreakdown
 
 SYMS = ["SPXW260220C05000000", "SPXW260220P04990000", "SPXW260220C05010000"]
 T0 = int(dt.datetime(2026, 2, 20, 15, 0, tzinfo=dt.timezone.utc).timestamp() * 1e9)
@@ -21,14 +22,34 @@ def tr(setup, state, ts=T0, reason="r"):
                            to_state=state, reason=reason, ts=ts)
 
 
-def reco(setup, sym=SYMS[0], qty=4, bid=1.9, ask=2.0, ok=True, ts=T0):
+RISK = 400.0  # the test users' risk budget (Limits.max_risk_per_trade)
+ACCOUNT = {"account_type": "margin", "option_buying_power": 1e9, "day_trade_buying_power": 1e9, "total_equity": 1e6}
+
+
+def setup_for(qty, bid, ask, risk=RISK):
+    """Entry and stop of a long setup on which ``qty`` contracts of a 0.5-delta call lose about ``risk``:
+    loss per contract = 100 x (value lost to the stop + spread) = risk / (qty + 0.5), where feasible (a
+    contract cannot lose more than its value plus the spread, nor less than the spread)."""
+    spread, mid = ask - bid, (ask + bid) / 2
+    want = risk / (qty + 0.5) / 100 if qty > 0 else math.inf
+    move = max(min(want - spread, mid), 0.01)
+    return 5000.0, 5000.0 - move / 0.5
+
+
+def reco(setup, sym=SYMS[0], qty=4, bid=1.9, ask=2.0, ok=True, ts=T0, risk=RISK):
+    """A recommendation whose setup (entry/stop in its sizing) sizes ``qty`` contracts for a ``risk``
+    budget: the broker re-sizes every entry for its user (issue 18), ``suggestedContracts`` is not used."""
+    entry, stop = setup_for(qty, bid, ask, risk)
+    sizing = SizingBreakdown(maxRiskDollars=500.0, contractsByRisk=0, contractsByBuyingPower=0, perContractDebit=0.0,
+                             entry=entry, stop=stop)
     return ContractRecommendation(setup_id=setup, ok=ok, reason="ok" if ok else "no liquid contract",
                                   tradier_symbol=sym if ok else None, bid=bid, ask=ask, mid=(bid + ask) / 2,
-                                  suggestedContracts=qty, ts=ts)
+                                  delta=0.5, suggestedContracts=qty, sizing=sizing, ts=ts)
 
 
 def engine(allowed=True, users=("u1",), **limits):
-    return Engine(list(users), Limits(**limits), Gates(lambda u: (allowed, "" if allowed else "execution_disabled")))
+    return Engine(list(users), Limits(**{"max_risk_per_trade": RISK, **limits}),
+                  Gates(lambda u: (allowed, "" if allowed else "execution_disabled"), balances=lambda u: ACCOUNT))
 
 
 def places(intents):
@@ -91,8 +112,8 @@ def test_refusals_have_reasons():
     e4 = engine()
     e4.on_transition(tr("n", "triggered"))
     assert [i.reason for i in e4.on_recommendation(reco("n", ok=False))] == ["no_contract"]
-    e4.on_transition(tr("z", "triggered"))
-    assert [i.reason for i in e4.on_recommendation(reco("z", qty=0))] == ["zero_size"]
+    e4.on_transition(tr("z", "triggered"))  # one contract loses more than the $400 budget
+    assert [i.reason for i in e4.on_recommendation(reco("z", qty=0, bid=4.9, ask=5.0))] == ["zero_size"]
 
 
 def test_closing_state_exits_and_day_rolls():
@@ -109,7 +130,7 @@ def test_closing_state_exits_and_day_rolls():
 
 # ----------------------------------------------------------------------------- properties
 
-LIM = dict(max_contracts_per_order=3, max_orders_per_day=4, max_open_risk=1500.0)
+LIM = dict(max_contracts_per_order=3, max_orders_per_day=4, max_open_risk=1500.0, max_risk_per_trade=RISK)
 
 SETUP = st.integers(0, 2)
 op = st.one_of(
@@ -232,7 +253,7 @@ class SimBroker:
 
 def run_ops(ops, allowed=True, kill=False):
     eng = Engine(["u1", "u2"], Limits(**LIM), Gates(lambda u: (allowed, "" if allowed else "execution_disabled"),
-                                                    kill_switch=kill))
+                                                    kill_switch=kill, balances=lambda u: ACCOUNT))
     sim = SimBroker()
     ts = T0
     entries: dict[tuple[str, object], int] = {}
@@ -406,15 +427,20 @@ def test_repeated_exit_all_is_idempotent_flatten_retries():
     assert z.payload["quantity"] == "2"
 
 
-def test_entries_sized_to_option_buying_power():
-    bp = {"u1": 500.0}
-    e = Engine(["u1"], Limits(), Gates(lambda u: (True, ""), buying_power=lambda u: bp.get(u)))
+def test_entries_sized_from_the_users_balances_at_decision_time():
+    """Behaviour changed by issue 18: the broker sizes from the account's synced balances (0DTE: the smaller
+    of option and day-trade buying power), never the recommendation's size; no balances -> refused."""
+    bal = {"u1": {"account_type": "margin", "option_buying_power": 500.0, "total_equity": 50_000.0}}
+    e = Engine(["u1"], Limits(max_risk_per_trade=RISK), Gates(lambda u: (True, ""), balances=lambda u: bal.get(u)))
     e.on_transition(tr("s1", "triggered"))
     [p] = places(e.on_recommendation(reco("s1", qty=4)))
     assert p.payload["quantity"] == "2"  # $500 buys two $200 contracts
-    bp["u1"] = 100.0
+    bal["u1"] = {**bal["u1"], "option_buying_power": 100_000.0, "day_trade_buying_power": 150.0}
     e.on_transition(tr("s2", "triggered"))
-    assert [b.reason for b in e.on_recommendation(reco("s2"))] == ["buying_power"]
+    assert [b.reason for b in e.on_recommendation(reco("s2"))] == ["buying_power"]  # 0DTE: day-trade BP binds
+    bal.pop("u1")
+    e.on_transition(tr("s3", "triggered"))
+    assert [b.reason for b in e.on_recommendation(reco("s3"))] == ["balances_unknown"]
 
 
 def test_large_adopted_position_exits_in_capped_chunks():

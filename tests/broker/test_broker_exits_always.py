@@ -9,10 +9,13 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from services.broker.engine import Block, Engine, Gates, Limits, Place
 from spx_common.models import ExitAdvice
-from tests.broker.test_broker_engine import LIM, SYMS, T0, SimBroker, op, opening, reco, tr
+from tests.broker.test_broker_engine import ACCOUNT, LIM, SYMS, T0, SimBroker, op, opening, reco, tr
 
 ENTRY_ONLY = {"kill_switch", "auto_execution_flag_off", "not_opted_in", "paper_auto_execution_off",
-              "max_orders_per_day", "daily_loss_limit", "max_open_risk", "buying_power", "max_risk_per_trade"}
+              "max_orders_per_day", "daily_loss_limit", "max_open_risk", "buying_power", "max_risk_per_trade",
+              # per-user entry sizing (issue 18 item 2)
+              "balances_unknown", "no_stop", "pdt_blocked", "dtbp_floor", "no_buying_power", "zero_size",
+              "risk_below_floor", "stop_wrong_side", "bad_setup", "bad_price", "bad_risk"}
 switch = st.tuples(st.just("switch"), st.sampled_from(["kill", "auto", "optin"]), st.booleans())
 scenario = st.tuples(st.lists(opening, max_size=3), st.lists(st.one_of(op, switch, switch), max_size=80)).map(
     lambda x: [o for group in x[0] for o in group] + x[1])
@@ -21,7 +24,8 @@ scenario = st.tuples(st.lists(opening, max_size=3), st.lists(st.one_of(op, switc
 class Run:
     def __init__(self):
         self.state = {"kill": False, "auto": True, "optin": True}
-        self.eng = Engine(["u1", "u2"], Limits(**LIM), Gates(self.entry_gate, send=lambda u: (True, "")))
+        self.eng = Engine(["u1", "u2"], Limits(**LIM), Gates(self.entry_gate, send=lambda u: (True, ""),
+                                                             balances=lambda u: ACCOUNT))
         self.sim = SimBroker()
         self.ts = T0
         self.violations: list[str] = []

@@ -256,7 +256,7 @@ def test_select_request_when_no_reco_frame_arrives(run_dir):
             def select(params):
                 asked.append(params)
                 return ContractRecommendation(setup_id=params["setup_id"], ok=True, reason="ok",
-                                              tradier_symbol=SYM, bid=1.95, ask=2.0, suggestedContracts=1,
+                                              tradier_symbol=SYM, bid=1.95, ask=2.0, delta=0.5, suggestedContracts=1,
                                               ts=params["transition"]["ts"])
 
             server.register("select", select)
@@ -272,11 +272,14 @@ def test_select_request_when_no_reco_frame_arrives(run_dir):
 
     th = threading.Thread(target=serve, daemon=True)
     th.start()
-    h = Harness(run_dir)
+    h = Harness(run_dir, {"SPX_BROKER_MAX_RISK_PER_TRADE": "250"})
     try:
         h.quote_live(1.95, 2.0, T0)
+        from tests.broker.test_broker_engine import setup_for
+
+        entry_px, stop_px = setup_for(1, 1.95, 2.0, 250.0)  # one contract of a $250 budget (the broker sizes it)
         t = SetupTransition(setup_id="sel-1", detector="d", family="f", sym="I:SPX", direction="long",
-                            to_state="triggered", reason="r", ts=T0 + S)
+                            to_state="triggered", reason="r", ts=T0 + S, price=entry_px, stop=stop_px)
         eventually(lambda: h.pubs["detector"].publish("setup.transition", "setup_transition", t, T0 + S) and
                    h.seen("fill.default"), 10, what="entry via select request")
         assert asked[0]["setup_id"] == "sel-1" and h.seen("fill.default")[0].quantity == 1

@@ -6,23 +6,25 @@ from services.broker.accounts import limits_of
 from services.broker.config import BrokerConfig
 from services.broker.credentials import user_allowed
 from services.broker.engine import Block, Engine, Gates, Limits, Place
-from tests.broker.test_broker_engine import T0, reco, tr
+from tests.broker.test_broker_engine import ACCOUNT, T0, reco, tr
 
 
 def test_each_user_sized_by_their_own_limits():
+    """Behaviour changed by issue 18: max_risk_per_trade is the user's risk budget to the stop (loss +
+    spread), not premium; each entry is sized from it. The reco's setup loses $88.89 per contract."""
     loss = {"u3": 0.0}
     e = Engine(["u1", "u2", "u3", "u4"], Limits(max_contracts_per_order=10),
-               Gates(lambda u: (True, ""), loss_today=lambda u: loss.get(u, 0.0)),
-               user_limits={"u1": Limits(max_contracts_per_order=3),
-                            "u2": Limits(max_risk_per_trade=500.0),
+               Gates(lambda u: (True, ""), loss_today=lambda u: loss.get(u, 0.0), balances=lambda u: ACCOUNT),
+               user_limits={"u1": Limits(max_contracts_per_order=3),  # $500 budget: 5 by risk, 3 by max contracts
+                            "u2": Limits(max_risk_per_trade=200.0),  # 2 by risk
                             "u3": Limits(daily_loss_limit=100.0),
-                            "u4": Limits(max_risk_per_trade=150.0)})
+                            "u4": Limits(max_risk_per_trade=50.0)})  # less than one contract's loss
     loss["u3"] = 100.0
     out = e.on_transition(tr("s1", "triggered")) + e.on_recommendation(reco("s1", qty=4, ask=2.0))
     sizes = {i.order.user: i.order.quantity for i in out if isinstance(i, Place)}
     assert sizes == {"u1": 3, "u2": 2}
     blocks = {i.user: i.reason for i in out if isinstance(i, Block)}
-    assert blocks == {"u3": "daily_loss_limit", "u4": "max_risk_per_trade"}
+    assert blocks == {"u3": "daily_loss_limit", "u4": "zero_size"}
     loss["u3"] = 99.0  # under the limit again (a new day): u3 enters on the next setup
     out = e.on_transition(tr("s2", "triggered", ts=T0 + 1)) + e.on_recommendation(reco("s2", qty=4, ts=T0 + 1))
     assert {i.order.user for i in out if isinstance(i, Place)} >= {"u3"}

@@ -21,7 +21,8 @@ def _users(run_dir, key: str, fake: FakeTradier) -> None:
     store = open_store(f"sqlite:///{run_dir}/spx.sqlite3")
     try:
         store.add_user("alice", max_contracts=3, max_risk_per_trade=2000, auto_execution=True)
-        store.add_user("bob", max_contracts=10, max_risk_per_trade=500, auto_execution=True)  # $200/contract -> 2
+        # bob's risk budget: the harness setup loses $111 per contract to its stop (issue 18: risk, not premium)
+        store.add_user("bob", max_contracts=10, max_risk_per_trade=250, auto_execution=True)  # $250 / $111 -> 2
         store.add_user("carol", broker="tradier", environment="sandbox", auto_execution=True)
         store.add_user("dave")  # auto-execution off by default
         store.add_user("erin", auto_execution=True, enabled=False)
@@ -47,11 +48,13 @@ def test_three_users_isolated_accounts_own_limits_and_a_failing_broker(run_dir):
             assert st["refusal_reason"] == {"dave": "not_opted_in"}
             assert fake.token not in str(st)
             h.quote_live(1.95, 2.0, T0)
+            # entries are sized from each account's synced balances (issue 18): carol's are read at start
+            eventually(lambda: h.call("status")["broker"]["accounts"]["carol"]["balances"], 10, what="carol's balances")
             h.trigger("u-1", T0 + S, qty=4)
             eventually(lambda: h.seen("fill.alice") and h.seen("fill.bob"), 15, what="paper users filled")
             [fa], [fb] = h.seen("fill.alice"), h.seen("fill.bob")
             assert (fa.user, fa.quantity, fa.price) == ("alice", 3, 2.0)  # her max_contracts
-            assert (fb.user, fb.quantity) == ("bob", 2)  # his max risk per trade ($500 / $200)
+            assert (fb.user, fb.quantity) == ("bob", 2)  # his max risk per trade ($250 / $111 loss to the stop)
             assert all(o.user == "alice" for o in h.seen("order.alice"))
             assert all(p.user == "bob" for p in h.seen("position.bob"))
             # a 500 leaves the placement's fate unknown: carol is alerted at once, the order is looked up by
@@ -152,6 +155,8 @@ def test_a_hanging_broker_never_delays_another_users_orders(run_dir):
                               "TRADIER_EXECUTION_ENABLED": "true", "SPX_BROKER_PLACE_TIMEOUT_S": "5"})
         try:
             h.quote_live(1.95, 2.0, T0)
+            # entries are sized from each account's synced balances (issue 18): ann's are read at start
+            eventually(lambda: h.call("status")["broker"]["accounts"]["ann"]["balances"], 10, what="ann's balances")
             h.trigger("h-1", T0 + S)
             eventually(lambda: h.seen("fill.zed"), 4, what="zed filled while ann's placement hangs")
             assert fake.count("POST", "/orders") == 1

@@ -32,7 +32,8 @@ def _store_users(run_dir, key: str, fake: FakeTradier) -> None:
     store = open_store(f"sqlite:///{run_dir}/spx.sqlite3")
     try:
         store.add_user("alice", max_contracts=3, max_risk_per_trade=2000, auto_execution=True)
-        store.add_user("bob", max_contracts=10, max_risk_per_trade=500, auto_execution=True)
+        # bob's risk budget: the harness setup loses $111 per contract to its stop (issue 18: risk, not premium)
+        store.add_user("bob", max_contracts=10, max_risk_per_trade=250, auto_execution=True)
         store.add_user("carol", broker="tradier", auto_execution=True)
         credentials.save(store, KeyRing.parse(key), "carol", fake.token, fake.account)
     finally:
@@ -61,6 +62,9 @@ def test_three_users_on_broker_coach_and_gateway(run_dir):
                 c.subscribe("coach", "positions", "orders", "fills")
                 clients[u] = c
             broker.quote_live(1.95, 2.0, T0)
+            # entries are sized from each account's synced balances (issue 18): carol's are read at start
+            eventually(lambda: broker.call("status")["broker"]["accounts"]["carol"]["balances"], 10,
+                       what="carol's balances")
             broker.trigger("m-1", T0 + S, qty=4)
             eventually(lambda: broker.seen("fill.alice") and broker.seen("fill.bob"), 15, what="paper users filled")
             assert broker.seen("fill.alice")[0].quantity == 3 and broker.seen("fill.bob")[0].quantity == 2

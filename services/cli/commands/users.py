@@ -21,7 +21,7 @@ SETTINGS = {
     "max_risk_per_trade": ("--max-risk", str, "max premium risked per trade, dollars"),
     "max_contracts": ("--max-contracts", str, "max contracts per order"),
     "daily_loss_limit": ("--daily-loss", str, "daily realized loss limit, dollars (no new entries past it)"),
-    "day_trading_policy": ("--day-trading", str, "alert (PDT / day-trade buying power alerts) or off"),
+    "day_trading_policy": ("--day-trading", str, "alert (PDT / day-trade buying power alerts), block (also refuse 0DTE entries when not PDT-qualified) or off"),
     "auto_execution": ("--auto-execution", str, "on/off: opt in to automatic orders (default off)"),
     "broker": ("--broker", str, "paper or tradier"),
     "environment": ("--environment", str, "sandbox or production (tradier)"),
