@@ -429,7 +429,7 @@ class GatewayService(BusService):
             _LIBC.mallopt(_M_MMAP_THRESHOLD, 131072)
         self.spawn(self._poll_loop(), "poll-cadence")
         logging.getLogger("websockets.server").setLevel(logging.WARNING)  # no line per connection
-        async with serve(self._handle, cfg.host, cfg.port, process_request=self._process_request,
+        async with serve(self._serve_ws, cfg.host, cfg.port, process_request=self._process_request,
                          compression=None, max_size=cfg.max_frame_bytes, max_queue=16,
                          write_limit=cfg.write_limit_bytes, ping_interval=20, close_timeout=2,
                          server_header="spx-gateway") as server:
@@ -464,7 +464,7 @@ class GatewayService(BusService):
             data["id"] = rid
         self._send_now(conn, {"channel": channel, "type": "error", "seq": 0, "source": "tick", "data": data})
 
-    async def _handle(self, ws: ServerConnection) -> None:
+    async def _serve_ws(self, ws: ServerConnection) -> None:
         cfg = self.config
         query = parse_qs(urlsplit(ws.request.path).query) if ws.request else {}
         token = (query.get("token") or [None])[0]
