@@ -78,6 +78,12 @@ def test_live_service_and_spx_bars_agree_to_the_last_digit(run_dir, tmp_path):
         snap = client.call("bars_since", {"sym": "SPY", "interval": "1s"})
         assert len(snap["bars"]) == len(live) and snap["topic_seq"] >= len(live)
         assert client.call("last", {"sym": "SPY"})["seq"] == len(events)
+        # the excluded prints are in the tick cache, flagged, as they arrived (out of the bars above)
+        held = [e["event"] for e in client.call("ticks_since", {"sym": "SPY", "seq": 0})["events"]]
+        assert len(held) == len(events)
+        flagged = [ev for ev in held if ev.get("excl")]
+        assert len(flagged) == sum(1 for e in events if type(e) is Trade and e.excl) > 100
+        assert all(ev["excl"] == 1 and ev["cond"] == [12, 37] for ev in flagged)
         try:
             client.call("bars_since", {"sym": "SPY", "interval": "7s"})
             raise AssertionError("bad interval accepted")

@@ -13,12 +13,13 @@ import msgspec
 
 from services.aggregator.bars import bars_from_events, csv_row
 from services.cli.main import main as spx
+from services.feed.replay import FlatFileSource
 from spx_common import flatfiles
-from spx_common.marketrules import EXCL_CONDITION, EXCL_CORRECTION, TradeRules
+from spx_common.marketrules import EXCL_CONDITION, EXCL_CORRECTION, EXCL_OUTLIER, TradeRules
 from spx_common.models import Quote, Trade
 from tests.aggregator.reference import as_dicts, normalize, reference_bars
 from tests.conftest import eventually
-from tests.feed.helpers import live_feed
+from tests.feed.helpers import RunningFeed, live_feed
 
 S = 1_000_000_000
 #: one print per condition class: (conditions, correction, the flag the rule gives it)
@@ -135,3 +136,24 @@ def test_flat_file_conditions_and_corrections_through_spx_bars_explain(tmp_path)
     assert any("37 Odd Lot Trade" in ln for ln in lines) and any("22 Prior Reference Price" in ln for ln in lines)
     assert any(ln.endswith("correction") for ln in lines)
     assert "37: 2" in err.getvalue()
+
+
+def test_the_outlier_guard_in_a_flat_file_replay_flags_and_counts_a_print_far_from_the_quote(run_dir, tmp_path):
+    """[feed] outlier_guard_pct on a replay of a flat file without condition codes (as the real days are)."""
+    t0 = 1_795_185_000 * S
+    trades, quotes = tmp_path / "trades.csv", tmp_path / "quotes.csv"
+    trades.write_text("ticker,conditions,correction,exchange,id,participant_timestamp,price,sequence_number,"
+                      "sip_timestamp,size,tape,trf_id,trf_timestamp\n"
+                      f"SPY,,0,11,1,{t0 + 1},165.01,1,{t0 + 1},100,1,0,0\n"
+                      f"SPY,,0,11,2,{t0 + 2},167.51,2,{t0 + 2},5000,1,0,0\n"  # 1.5% above the ask
+                      f"SPY,14,0,11,3,{t0 + 3},167.51,3,{t0 + 3},100,1,0,0\n")  # a condition: not the guard's
+    quotes.write_text("ticker,ask_exchange,ask_price,ask_size,bid_exchange,bid_price,bid_size,conditions,indicators,"
+                      f"participant_timestamp,sequence_number,sip_timestamp,tape,trf_timestamp\n"
+                      f"SPY,12,165.02,500,11,165.0,300,,,{t0},1,{t0},1,0\n")
+    src = FlatFileSource([trades, quotes], quote_sizes="shares")
+    with RunningFeed(run_dir, replay_source=src, replay_speed="max", outlier_guard_pct=1.0) as feed:
+        eventually(lambda: len(feed.events("tick.SPY")) == 4, 5, what="the replayed events")
+        got = [e for e in feed.events("tick.SPY") if type(e) is Trade]
+        assert [e.excl for e in got] == [0, EXCL_OUTLIER, 0]
+        counter = feed.service.metrics.counter("feed_trades_excluded_total", "", ["condition"])
+        eventually(lambda: counter.value(condition="outlier") == 1, 3, what="the outlier counted")
