@@ -10,8 +10,9 @@ Drop policy (every drop counted by reason in ``tick_drop_count{reason}``):
 * ``duplicate`` - the same event seen before.  Key: ``(sym, kind, seq, time)`` when the vendor gave a
   sequence number - a sequence number alone is no identity across sessions (the vendor's numbers
   reset each session, and a stream from another session or cluster starts over), so the same
-  number is the same event only within :data:`SAME_PRINT_MS` of the remembered one's time (the
-  stream stamps whole ms, REST rows ns: they differ by less than 1 ms for the same print).  Else
+  number is the same event only when its time is less than ``SAME_PRINT_MS + 1`` ms from the
+  remembered one's (the stream stamps whole ms, REST rows ns: they differ by less than 1 ms for the
+  same print, less than 2 ms if the vendor rounded).  Else
   ``(sym, kind, ts, price, size)`` (quotes: ``ts, bid, ask, sizes``; index values: ``ts, value``).
   Option trades are keyed by *print* as well (:meth:`Dedupe.seen_print`): the vendor's options
   ``/v3/trades`` answer has no ``sequence_number``, so a backfilled option trade must match the
@@ -35,9 +36,11 @@ from spx_common.models import IndexValue, MarketEvent, Quote, Trade
 from spx_common.topics import tick_topic
 
 
-#: a sequence number seen again within this many ms of the remembered event's time is that event
+#: a sequence number seen again within this many ms of the remembered event's time (both truncated to
+#: whole ms, as the stream sends them) is that event
 SAME_PRINT_MS = 1
 _MS = 1_000_000
+_SAME_NS = (SAME_PRINT_MS + 1) * _MS  # the same bound on ns times: |a - b| < 2 ms
 
 
 def event_key(ev: MarketEvent) -> tuple:
@@ -89,9 +92,9 @@ class Dedupe:
 
     Events with a vendor sequence number (Massive ``q``: every streamed trade and quote, increasing
     per symbol within a session) are remembered as plain 8-byte integers in one sorted ``array``
-    per (symbol, kind) with a parallel ``array`` of their times in ms: the common case, a sequence
+    per (symbol, kind) with a parallel ``array`` of their event times: the common case, a sequence
     number above the symbol's newest, is an append; anything else is a binary search over the
-    entries with that number (a duplicate when one is within :data:`SAME_PRINT_MS` of the time) or
+    entries with that number (a duplicate when one is less than 2 ms from its time) or
     an insert (a backfilled gap event, or a new session's event that reuses an old number). No
     Python object per key means nothing for the cyclic collector to traverse and nothing to free
     one by one: the sets or ``OrderedDict`` of tuples this replaced cost a 60-70 ms collector pause
@@ -117,8 +120,8 @@ class Dedupe:
     def __init__(self, max_keys: int = 500_000, content_keys: int | None = None) -> None:
         self.max_keys = max_keys
         self.content_keys = content_keys or max(1000, max_keys // 10)
-        self._seqs: dict[tuple[str, str], array] = {}
-        self._times: dict[tuple[str, str], array] = {}
+        #: (symbol, kind) -> (sorted sequence numbers, their event times in ns)
+        self._seqs: dict[tuple[str, str], tuple[array, array]] = {}
         self._n = 0
         self._young: set[tuple] = set()
         self._old: set[tuple] = set()
@@ -154,29 +157,25 @@ class Dedupe:
         return False
 
     def seen_seq(self, sym: str, kind: str, seq: int, ts: int) -> bool:
-        key = (sym, kind)
-        seqs = self._seqs.get(key)
-        ms = ts // _MS
-        if seqs is None:
+        ent = self._seqs.get((sym, kind))
+        if ent is None:
             if len(self._seqs) >= max(16, self.max_keys // 4):
                 self._seqs.clear()
-                self._times.clear()
                 self._n = 0
-            seqs = self._seqs[key] = array("q")
-            self._times[key] = array("q")
-        times = self._times[key]
+            ent = self._seqs[(sym, kind)] = (array("q"), array("q"))
+        seqs, times = ent
         if not seqs or seq > seqs[-1]:
             seqs.append(seq)
-            times.append(ms)
+            times.append(ts)
         else:
             i = bisect_left(seqs, seq)
             n = len(seqs)
             while i < n and seqs[i] == seq:
-                if -SAME_PRINT_MS <= times[i] - ms <= SAME_PRINT_MS:
+                if -_SAME_NS < times[i] - ts < _SAME_NS:
                     return True
                 i += 1
             seqs.insert(i, seq)
-            times.insert(i, ms)
+            times.insert(i, ts)
         self._n += 1
         if self._n > self.max_keys:
             self._halve()
@@ -184,10 +183,10 @@ class Dedupe:
 
     def _halve(self) -> None:
         n = 0
-        for key, seqs in self._seqs.items():
+        for seqs, times in self._seqs.values():
             cut = len(seqs) // 2
             del seqs[:cut]
-            del self._times[key][:cut]
+            del times[:cut]
             n += len(seqs)
         self._n = n
         self.trims += 1
