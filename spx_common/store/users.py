@@ -1,8 +1,9 @@
 """User records: validation of the settings a trader may have (pure, no I/O).
 
-A user has risk settings (``max_risk_per_trade`` and ``daily_loss_limit`` in dollars,
-``max_contracts``), the day-trading policy the broker applies (``alert``: PDT / day-trade buying power
-alerts, ``off``: none), an auto-execution opt-in (off by default), a broker (``paper`` or ``tradier``)
+A user has risk settings (``max_risk_per_trade``: dollars lost per entry if its stop is hit, the budget
+the broker sizes entries from; ``daily_loss_limit`` in dollars; ``max_contracts``), the day-trading
+policy the broker applies (``alert``: PDT / day-trade buying power alerts, ``block``: also refuse 0DTE
+entries when not PDT-qualified, ``off``: none), an auto-execution opt-in (off by default), a broker (``paper`` or ``tradier``)
 and environment (``sandbox`` or ``production``) and coach preferences (``channels``, ``kinds``,
 ``min_severity``, ``quiet``).  :func:`validate` returns the clean record or raises :class:`UserError`
 naming the field and what is allowed.

@@ -98,6 +98,19 @@ def test_selector_process_end_to_end(selector, capsys):
     assert capsys.readouterr().out.startswith("NO  stop_wrong_side")
     assert main(["select", "--chain"]) == 0 and "chain OK: 82 contracts" in capsys.readouterr().out
     assert main(["select", "long"]) == 2
+    # issue 18's reproduced case: the entry 23 points above SPX, an 8-point stop, $500 of risk. It sized
+    # 30 contracts ($19,800 of premium): the loss was priced against the current quote and clamped to $0.01
+    cmd = ["select", "long", "--entry", str(spot + 23), "--stop", str(spot + 15), "--risk", "500", "--dtbp", "20000"]
+    assert main(cmd + ["--json"]) in (0, 1)
+    import json
+    r = json.loads(capsys.readouterr().out)
+    s = r["sizing"]
+    assert s["entry"] == spot + 23 and s["stop"] == spot + 15 and s["valueAtEntry"] > s["valueAtStop"]
+    n = r.get("suggestedContracts", 0)  # 0 is left off the wire
+    assert s["perContractLoss"] > 10 and n * s["perContractLoss"] <= 500
+    assert n * s["perContractDebit"] <= 2000 and s["maxPremiumDollars"] == 2000
+    main(cmd)
+    assert f"at entry {spot + 23:g}" in capsys.readouterr().out  # the loss line a trader checks by hand
 
 
 def _builtins(t):

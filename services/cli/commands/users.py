@@ -18,7 +18,7 @@ from spx_common.store.users import UserError
 
 SETTINGS = {
     "display_name": ("--name", str, "display name"),
-    "max_risk_per_trade": ("--max-risk", str, "max premium risked per trade, dollars"),
+    "max_risk_per_trade": ("--max-risk", str, "dollars lost per trade if its stop is hit (the budget entries are sized from)"),
     "max_contracts": ("--max-contracts", str, "max contracts per order"),
     "daily_loss_limit": ("--daily-loss", str, "daily realized loss limit, dollars (no new entries past it)"),
     "day_trading_policy": ("--day-trading", str, "alert (PDT / day-trade buying power alerts), block (also refuse 0DTE entries when not PDT-qualified) or off"),
