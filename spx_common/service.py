@@ -385,7 +385,7 @@ class BusService:
                     for key, order, part in items:
                         al.push(frame.src, key, order, (frame, part, now), nbytes)
                 return
-        self._handle(frame)
+        self._route_frame(frame)
 
     def release_aligned(self) -> int:
         """Handle the aligned items the watermarks now allow, in event-time order; returns how many."""
@@ -398,7 +398,7 @@ class BusService:
             wait = self.align_wait
             for frame, part, t0 in out:
                 wait.observe((now - t0) * 1000)
-                self._handle(frame, part, True)
+                self._route_frame(frame, part, True)
         st = al.stats
         late, forced = self._align_seen
         if st.late != late:
@@ -418,7 +418,7 @@ class BusService:
             if not st.idle and name in self.core.peers and not self.core.peer_alive(name):
                 al.idle(name)  # back when it sends a watermark again
 
-    def _handle(self, frame: Frame, part: Any = None, decoded: bool = False) -> None:
+    def _route_frame(self, frame: Frame, part: Any = None, decoded: bool = False) -> None:
         topic = frame.topic
         for prefix, handler, raw in self._handlers:
             if not topic.startswith(prefix):
@@ -586,7 +586,7 @@ class BusService:
         self.log.info("stopping: draining")
         if self.aligner is not None and not self.align_hold:  # what was held is handled, in order
             for frame, part, _ in self.aligner.drain():
-                self._handle(frame, part, True)
+                self._route_frame(frame, part, True)
         try:
             await asyncio.wait_for(self.drain(), self.runtime.shutdown_grace_s)
         except asyncio.TimeoutError:
