@@ -399,6 +399,11 @@ class FeedStatusData(_Strict):
                         "replaying (e.g. 'synthetic x1', 'journal x10').")
     eventTs: int | None = Field(None, description="Event time of the feed's newest event (ns): the session date "
                                 "of a replay.")
+    availabilityPct: float | None = Field(None, description="Share of the regular session's seconds so far with a "
+                                          "fresh price (tick or poll), percent (SLO > 99.5; docs/feed.md).")
+    availabilityDay: str | None = Field(None, description="The session (New York date) availabilityPct is about.")
+    longestGapS: int = Field(0, description="Longest run of session seconds without a fresh price in that session.")
+    longestGapStartNs: int | None = Field(None, description="When that gap began (ns).")
 
 
 class StatusData(_Strict):

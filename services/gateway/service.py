@@ -344,7 +344,9 @@ class GatewayService(BusService):
             f = self.feed_status
             feed = {"mode": f.mode, "connected": f.connected, "eventsPerS": f.events_per_s,
                     "lastEventAgeMs": f.last_event_age_ms, "detail": f.detail or "",
-                    "eventTs": getattr(self, "feed_event_ns", None) or None}
+                    "eventTs": getattr(self, "feed_event_ns", None) or None,
+                    "availabilityPct": f.availability_pct, "availabilityDay": f.availability_day,
+                    "longestGapS": f.longest_gap_s, "longestGapStartNs": f.longest_gap_start_ns}
         switches = {peer.service: dict(peer.heartbeat.flags) for peer in self.core.peers.values()
                     if peer.alive and peer.heartbeat is not None}
         switches[self.instance] = self.flags

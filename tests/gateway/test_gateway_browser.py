@@ -411,3 +411,45 @@ def test_dashboard_mesh_panel_shows_a_service_that_cannot_start_red_with_the_rea
             dt.close()
     finally:
         gw.close()
+
+
+def test_dashboard_acknowledges_and_dismisses_coach_alerts_and_shows_feed_availability(run_dir, browser):
+    """Issue 28: the coach panel's buttons answer an alert once (op: ack / dismiss through the real gateway,
+    recorded on the held alert); the feed badge shows the session's availability, marked below the SLO."""
+    from spx_common.models import coach_event_id
+
+    gw = GatewayRunner(run_dir, price_throttle_ms=100)
+    try:
+        events = [CoachEvent(user="alice", kind=kind, message=f"{kind} on SPY", ts=T0 + i, setup_id="s1",
+                             id=coach_event_id("alice", kind, T0 + i, "s1"))
+                  for i, kind in enumerate(("entry_window_opened", "stop_threat"))]
+        for ev in events:
+            gw.pubs["coach"].publish("coach.alice", "coach", ev, ev.ts)
+        eventually(lambda: len(gw.svc.hub.user_data.get("alice", {}).get("coach", ())) == 2, 5)
+        token = auth.mint("alice", SECRET.encode(), int(time.time()) + 600)
+        dt = browser(f"http://127.0.0.1:{gw.port}/?token={token}")
+        try:
+            sel = "#coach li[data-event-id=\"{}\"]"
+            eventually(lambda: dt.js(f"!!document.querySelector('{sel.format(events[0].id)} button.ack')"), 20, 0.2,
+                       what="alerts with buttons")
+            dt.js(f"document.querySelector('{sel.format(events[0].id)} button.ack').click()")
+            dt.js(f"document.querySelector('{sel.format(events[1].id)} button.dismiss').click()")
+            eventually(lambda: dt.js(f"document.querySelector('{sel.format(events[0].id)}').dataset.feedback") == "ack"
+                       and dt.js(f"document.querySelector('{sel.format(events[1].id)}').dataset.feedback") == "dismiss",
+                       10, 0.2, what="answers shown")
+            held = {e["id"]: e.get("feedback") for e in gw.svc.hub.user_data["alice"]["coach"]}
+            assert held == {events[0].id: "ack", events[1].id: "dismiss"}
+            assert dt.js("document.querySelectorAll('#coach button').length") == 0  # answered: no more buttons
+            # availability in the feed badge, flagged below the 99.5% SLO
+            gw.pubs["feed"].publish("status.feed", "feed_status", FeedStatus(
+                mode="tick", connected=True, ts=T0, availability_pct=98.25, availability_day="2026-02-20",
+                longest_gap_s=300, longest_gap_start_ns=T0), T0)
+            eventually(lambda: dt.js("document.getElementById('feed-badge').dataset.availability") == "98.25", 10, 0.2,
+                       what="availability in the badge")
+            assert "98.25%" in dt.js("document.getElementById('feed-badge').textContent")
+            assert dt.js("document.getElementById('feed-badge').classList.contains('below-slo')")
+            assert "longest gap 300 s" in dt.js("document.getElementById('feed-badge').title")
+        finally:
+            dt.close()
+    finally:
+        gw.close()

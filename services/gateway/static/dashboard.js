@@ -82,6 +82,7 @@
   function onMessage(m) {
     if (m.type === "welcome") { onWelcome(m.data); return; }
     if (m.type === "flatten") { onFlattenResult(m.data); return; }
+    if (m.type === "feedback") { onFeedback(m.data); return; }
     if (m.type === "error") {
       console.warn("gateway error", m.data);
       if (m.data && String(m.data.id || "").startsWith("flatten")) {
@@ -328,11 +329,27 @@
     if (s && s.sym !== state.sym) { $("sym").value = s.sym; $("sym").onchange({ target: $("sym") }); }
     drawSetupLines(); renderSetups();
   };
+  // Each alert can be acknowledged (useful) or dismissed (noise) once: the coach's acknowledgment-rate
+  // gate (coach_alert_ack_rate) counts these answers.
   function renderCoach() {
-    $("coach").innerHTML = state.coach.slice().reverse().sort((a, b) => b.ts - a.ts).map((e) =>
-      `<li class="${esc(e.severity)}" data-kind="${esc(e.kind)}" data-ts="${esc(e.ts)}"><time>${etTime(e.ts)}</time> ` +
-      `<b>${esc(words(e.kind))}</b> ${esc(prettyNumbers(e.message))}</li>`).join("") ||
-      '<li class="muted">no alerts yet</li>';
+    $("coach").innerHTML = state.coach.slice().reverse().sort((a, b) => b.ts - a.ts).map((e) => {
+      const answer = e.feedback
+        ? `<span class="answer ${esc(e.feedback)}">${e.feedback === "ack" ? "✓ useful" : "✗ noise"}</span>`
+        : e.id ? `<span class="answer"><button class="ack" data-event-id="${esc(e.id)}" title="useful">✓</button>` +
+          `<button class="dismiss" data-event-id="${esc(e.id)}" title="noise">✗</button></span>` : "";
+      return `<li class="${esc(e.severity)}" data-kind="${esc(e.kind)}" data-ts="${esc(e.ts)}" data-event-id="${esc(e.id || "")}" ` +
+        `data-feedback="${esc(e.feedback || "")}"><time>${etTime(e.ts)}</time> ` +
+        `<b>${esc(words(e.kind))}</b> ${esc(prettyNumbers(e.message))} ${answer}</li>`;
+    }).join("") || '<li class="muted">no alerts yet</li>';
+  }
+  $("coach").onclick = (ev) => {
+    const btn = ev.target.closest("button[data-event-id]"); if (!btn) return;
+    btn.disabled = true;
+    send({ op: btn.classList.contains("ack") ? "ack" : "dismiss", eventId: btn.dataset.eventId, id: `fb-${btn.dataset.eventId}` });
+  };
+  function onFeedback(d) {
+    for (const e of state.coach) if (e.id === d.eventId) e.feedback = d.action;
+    renderCoach();
   }
   function renderPositions() {
     let total = 0;
@@ -419,7 +436,16 @@
     } else if (f.mode === "tick") text = `LIVE ${f.detail || "massive"}`.trim();
     else if (f.mode === "poll") text = "POLL (REST fallback)";
     else text = "FEED DOWN";
-    b.textContent = text; b.dataset.mode = f.mode; b.title = f.detail || ""; b.className = `pill feed ${f.mode}`;
+    // availability of the session so far (SLO > 99.5%): shown next to the source, red below the SLO
+    let title = f.detail || "";
+    if (f.availabilityPct != null) {
+      text += ` · ${fmt(f.availabilityPct, 2)}%`;
+      title += `${title ? "\n" : ""}prices flowed ${fmt(f.availabilityPct, 3)}% of the ${f.availabilityDay} session so far` +
+        (f.longestGapS ? `; longest gap ${f.longestGapS} s from ${etTime(f.longestGapStartNs)} ET` : "; no gap");
+    }
+    b.textContent = text; b.dataset.mode = f.mode; b.title = title; b.className = `pill feed ${f.mode}`;
+    b.dataset.availability = f.availabilityPct == null ? "" : String(f.availabilityPct);
+    b.classList.toggle("below-slo", f.availabilityPct != null && f.availabilityPct < 99.5);
   }
   function renderStatus() {
     const s = state.status; if (!s) return;
