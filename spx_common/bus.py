@@ -221,6 +221,8 @@ class Outbox:
         self.size = 0
         self.newest_ns = 0
         self._fd: int | None = None
+        #: why the last write failed, until one succeeds again (the owner reports itself degraded)
+        self.fault: str | None = None
         metrics = registry or Registry()
         self.m_written = metrics.counter("outbox_frames_written_total", "Kept frames journalled before sending.")
         self.m_errors = metrics.counter("outbox_write_errors_total",
@@ -315,8 +317,14 @@ class Outbox:
             if self.fsync:
                 os.fsync(self._fd)
         except OSError as exc:
+            if self._fd is not None and self.size:
+                try:  # a partial record (disk full mid-write) would tear the journal: cut it off
+                    os.ftruncate(self._fd, self.size)
+                except OSError:
+                    pass
             self._failed(exc)
             return
+        self.fault = None
         self.size += len(rec)
         self.m_written.inc()
         self.m_bytes.set(self.size)
@@ -364,6 +372,7 @@ class Outbox:
 
     def _failed(self, exc: OSError) -> None:
         self.m_errors.inc()
+        self.fault = f"outbox {self.path.name} not written: {exc.strerror or exc}"
         now = time.monotonic()
         if now - self._last_error_log > 10:
             self._last_error_log = now

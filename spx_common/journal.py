@@ -92,6 +92,8 @@ class JournalWriter:
         self.written = 0  # events handed to the OS
         self.errors = 0  # failed writes (disk full, permissions); counted, logged by the owner
         self.last_error: str = ""
+        #: why the last write failed, until a write succeeds again (the feed reports itself degraded)
+        self.fault: str | None = None
         self._pending: deque[list[MarketEvent]] = deque()
         self._docs: deque[tuple[str, dict]] = deque()
         self.max_pending_docs = max_pending_docs
@@ -159,9 +161,11 @@ class JournalWriter:
                 if self.fsync:
                     os.fsync(fh.fileno())
                 self.written += counts[day]
+                self.fault = None
             except OSError as exc:
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                self.fault = f"tick journal not written: {exc.strerror or exc}"
                 self._drop_file(day)
 
     def _write_docs(self, docs: list[tuple[str, dict]]) -> None:

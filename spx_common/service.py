@@ -244,6 +244,31 @@ class BusService:
                 self.log.exception("on_flags() failed")
         return changed
 
+    def faults(self) -> list[str]:
+        """Why this process cannot keep what it must keep now (a write that fails: disk full, read-only,
+        database refusing), one short sentence each; none when healthy. While any is listed the
+        heartbeat says ``degraded`` with them as its detail. Subclasses add their own to the base's."""
+        out = []
+        outbox = self.pub.outbox if self.pub is not None else None
+        if outbox is not None and outbox.fault:
+            out.append(outbox.fault)
+        return out
+
+    _fault_logged: tuple[str, ...] = ()
+
+    def _faults(self) -> list[str]:
+        try:
+            faults = self.faults()
+        except Exception as exc:  # the health report must not stop the heartbeat
+            faults = [f"health check failed: {exc!r}"]
+        if tuple(faults) != self._fault_logged:
+            self._fault_logged = tuple(faults)
+            if faults:
+                self.log.error("degraded: %s", "; ".join(faults))
+            else:
+                self.log.warning("no longer degraded")
+        return faults
+
     def on(self, prefix: str, handler: FrameHandler, raw: bool = False) -> None:
         """Call ``handler(frame, body)`` for accepted frames whose topic starts with ``prefix``.
 
@@ -313,6 +338,7 @@ class BusService:
             "pid": os.getpid(),
             "session": self.pub.session if self.pub else None,
             "state": self.state,
+            "faults": list(self._fault_logged),
             "detail": self.detail,
             "uptime_s": round((time.time_ns() - self.started_ns) / 1e9, 1),
             "peers": {p.service: p.alive for p in self.core.peers.values()},
@@ -474,7 +500,11 @@ class BusService:
                 self.periodic()
             except Exception:
                 self.log.exception("periodic() failed")
-            self.pub.heartbeat(self.started_ns, self.state, self.detail, self._heartbeat_stats(), self.flags)
+            state, detail = self.state, self.detail
+            faults = self._faults()
+            if faults and state == "running":  # e.g. a full disk: 'spx status' exits 1 with the reason
+                state, detail = "degraded", "; ".join(faults) + (f" | {detail}" if detail else "")
+            self.pub.heartbeat(self.started_ns, state, detail, self._heartbeat_stats(), self.flags)
             if self._wm_out is not None:  # the watermark again: a silent stream still tells where it is
                 self.publish(f"wm.{self.instance}", "watermark", Watermark(ns=self._wm_out), min(self._wm_out, FINAL_NS))
             if self.aligner is not None:

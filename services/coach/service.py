@@ -19,6 +19,7 @@ from typing import Any
 
 from services.coach.config import CoachConfig
 from services.coach.core import TACTICAL, CoachCore, FeedbackRates
+from spx_common import models as m
 from spx_common.codec import Frame
 from spx_common.config import BusConfig, RuntimeConfig, load
 from spx_common.service import BusService
@@ -61,6 +62,8 @@ class CoachService(BusService):
             "selector": ["exit."],
             "broker": ["alert.", "position."],
             "gateway": ["feedback.coach"],  # users' ack / dismiss of alerts (issue 28)
+            # heartbeats only: a process reporting itself degraded (a full disk) is a critical alert
+            "feed": [], "recorder": [],
         }
         super().__init__(runtime, bus, instance=instance)
         c = self.config
@@ -160,7 +163,32 @@ class CoachService(BusService):
         if "tactical_alerts" in changed:
             self.tactical = bool(changed["tactical_alerts"])
 
+    _degraded: dict[str, str] = {}
+
+    def _watch_health(self) -> None:
+        """A critical ``system_degraded`` event to every user when a process says it is degraded (its
+        heartbeat state; e.g. it cannot write to a full disk), ``system_recovered`` when it is healthy again."""
+        events = []
+        ts = time.time_ns()
+        for peer in self.core.peers.values():
+            hb = peer.heartbeat
+            degraded = hb is not None and peer.alive and hb.state == "degraded"
+            was = self._degraded.get(peer.service)
+            if degraded and was is None:
+                self._degraded = {**self._degraded, peer.service: hb.detail}
+                events += [m.CoachEvent(user=u, kind="system_degraded", severity="critical", ts=ts,
+                                        message=f"{peer.service} is degraded: {hb.detail}"[:300],
+                                        data={"service": peer.service}) for u in self.coach.users]
+            elif not degraded and was is not None and hb is not None and hb.state == "running":
+                self._degraded = {k: v for k, v in self._degraded.items() if k != peer.service}
+                events += [m.CoachEvent(user=u, kind="system_recovered", severity="info", ts=ts,
+                                        message=f"{peer.service} is healthy again", data={"service": peer.service})
+                           for u in self.coach.users]
+        if events:
+            self._publish(events)
+
     def periodic(self) -> None:
+        self._watch_health()
         now = time.monotonic()
         if now - self._prefs_at > self.config.prefs_refresh_s:
             self._prefs_at = now

@@ -333,6 +333,12 @@ class FeedService(BusService):
         self._flush_counters()
         return super()._metrics_rpc(params)
 
+    def faults(self) -> list[str]:
+        out = super().faults()
+        if self.journal is not None and self.journal.fault:
+            out.append(self.journal.fault)
+        return out
+
     def status(self) -> dict[str, Any]:
         out = super().status()
         out.update({

@@ -23,6 +23,7 @@ died together with a publisher comes back from the publisher's next session.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import msgspec
@@ -143,7 +144,30 @@ class Recorder(BusService):
             self._catch_up_due = True
             self._catch_up_tries = 0
 
+    _fault_catch_up_at = 0.0
+
+    def faults(self) -> list[str]:
+        out = super().faults()
+        w = self.writer
+        if w is not None:
+            if w.fault:
+                out.append(w.fault)
+            if w.needs_catch_up or self._catch_up_pending:
+                out.append("records to fetch again from the publishers' replay rings")
+        return out
+
+    _catch_up_pending = False
+
     def periodic(self) -> None:
+        w = self.writer
+        now = time.monotonic()
+        if w is not None and w.needs_catch_up and now - self._fault_catch_up_at > 3.0:
+            # records were dropped (disk full, read-only): fetch them again, and again until it holds
+            self._fault_catch_up_at = now
+            w.needs_catch_up = False
+            self._catch_up_pending = True
+            self._catch_up_due = True
+            self._catch_up_tries = 0
         lost = self.core.lost.total()
         if lost > self._lost_seen:
             self._lost_seen = lost
@@ -157,6 +181,9 @@ class Recorder(BusService):
                 n = await self.catch_up()
                 if n:
                     self.log.info("caught up: %d frames fetched again from publishers' replay rings", n)
+                if self._catch_up_pending and not self._catch_up_due:
+                    await asyncio.to_thread(self.writer.wait_idle, 10.0)  # written, or dropped again
+                    self._catch_up_pending = False
             try:
                 await asyncio.wait_for(self.stop_event.wait(), 2.0)
             except asyncio.TimeoutError:

@@ -76,11 +76,22 @@ class Spool:
         with self._lock:
             if self.size() + len(data) > self.max_bytes:
                 raise SpoolFull(f"spool {self.path} would exceed {self.max_bytes} bytes")
-            with self.path.open("ab") as fh:
-                fh.write(data)
-                fh.flush()
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            start = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
                 if fsync:
-                    os.fsync(fh.fileno())
+                    os.fsync(fd)
+            except OSError:
+                try:  # a record cut short by a full disk would make every later one unreadable
+                    os.ftruncate(fd, start)
+                except OSError:
+                    pass
+                raise
+            finally:
+                os.close(fd)
 
     def take(self) -> Path | None:
         """The file to replay next: an unfinished replay, else the spool renamed aside; None when empty."""

@@ -55,6 +55,11 @@ class Writer:
         self.q: queue.Queue = queue.Queue(maxsize=queue_max)
         self.before_replay = before_replay
         self.db_ok = True
+        #: why the last write failed (database or spool), until a database write succeeds again
+        self.fault: str | None = None
+        #: records were dropped since the last catch-up: the recorder fetches the publishers' replay
+        #: rings again (idempotent) until that succeeds (a full disk costs no record)
+        self.needs_catch_up = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="recorder-writer", daemon=True)
         self.written = registry.counter("recorder_rows_written_total", "Records written to the database.", ["kind"])
@@ -98,6 +103,15 @@ class Writer:
     def pending(self) -> int:
         return self.q.qsize()
 
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Until the queue is empty and the batch taken is done (written, spooled or dropped)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.q.unfinished_tasks == 0:
+                return True
+            time.sleep(0.05)
+        return False
+
     # ------------------------------------------------------------------ thread
     def _take(self, wait_s: float) -> list[tuple[str, Any]]:
         batch: list[tuple[str, Any]] = []
@@ -125,6 +139,8 @@ class Writer:
                 elif not self._write(batch):
                     self._to_spool(batch, reason="outage")
                     next_retry = time.monotonic() + self.retry_s
+                for _ in batch:
+                    self.q.task_done()
             self.spool_bytes.set(self.spool.size())
             if stopping and not batch:
                 return
@@ -137,6 +153,7 @@ class Writer:
             self.failures.inc()
             if self.db_ok:
                 log.warning("database unavailable (%s); spooling to %s", type(exc).__name__, self.spool.path)
+            self.fault = f"database not written: {str(getattr(exc, 'orig', None) or exc).splitlines()[0][:120]}"
             self.db_ok = False
             self.db_up.set(0)
             return False
@@ -159,6 +176,7 @@ class Writer:
         if not self.db_ok:
             log.info("database available again")
         self.db_ok = True
+        self.fault = None
         self.db_up.set(1)
         for kind, _ in batch:
             self.written.inc(kind=kind)
@@ -171,6 +189,9 @@ class Writer:
         except (SpoolFull, OSError) as exc:
             self.dropped.inc(len(records), reason="spool_full" if isinstance(exc, SpoolFull) else "spool_error")
             log.error("dropped %d records (%s): %s", len(records), reason, exc)
+            self.needs_catch_up = True
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.fault = f"records not kept (spool: {why[:100]}); fetched again from the publishers once writable"
 
     def _replay(self) -> bool:
         """Write the whole spool, then remove it. False (spool kept) when the database still fails."""
