@@ -288,3 +288,42 @@ def test_a_margin_account_answered_with_pdt_buying_power_sizes_entries_by_it(run
         finally:
             h.close()
         assert fake.violations == []
+
+
+def test_status_ok_in_capitals_is_tracked_and_a_rejection_keeps_its_reason_in_a_real_broker(run_dir):
+    """Items 7 and 8 through a real broker process: an entry answered ``{"order":{"id","status":"OK"}}`` is
+    open and filled (on main: recorded rejected, never tracked); an entry refused with ``errors`` inside
+    ``order`` keeps the broker's text in the block, the alert and the order record."""
+    with FakeTradier() as fake:
+        FlagStore(run_dir / "flags.json").set("auto_execution", True)
+        h = Harness(run_dir, {"TRADIER_ACCESS_TOKEN": fake.token, "TRADIER_BASE_URL": fake.base_url,
+                              "TRADIER_ACCOUNT_ID": fake.account, "TRADIER_EXECUTION_ENABLED": "true",
+                              "TRADIER_EXECUTION_PRODUCTION_ENABLED": "true",
+                              "SPX_BROKER_AUTO_EXECUTION_USERS": "default"})
+        try:
+            eventually(lambda: fake._sockets, 10, what="account events connected")
+            fake.script("status:OK", "place")
+            h.quote_live(1.95, 2.0, T0)
+            h.trigger("ok-1", T0 + S, qty=2)
+            eventually(lambda: fake.orders, 10, what="entry placed")
+            [oid] = fake.orders
+            eventually(lambda: [o for o in h.seen("order.default") if o.status == "open"], 10, what="tracked open")
+            fake.fill(oid, 2, 2.0)
+            eventually(lambda: h.seen("position.default") and h.seen("position.default")[-1].quantity == 2, 10,
+                       what="the fill of the OK-answered order")
+            assert not [o for o in h.seen("order.default") if o.status == "rejected"]
+
+            fake.script("order_errors", "place")
+            h.trigger("bp-2", T0 + 2 * S, qty=1)
+            eventually(lambda: [b for b in h.seen("block.broker") if "-bp-2-" in b.subject], 10,
+                       what="the refused entry")
+            [block] = [b for b in h.seen("block.broker") if "-bp-2-" in b.subject]  # subject: the order id
+            assert block.reason == "broker_rejected" and BUYING_POWER_TEXT in block.detail
+            [order] = [o for o in h.seen("order.default") if o.setup_id == "bp-2" and o.status == "rejected"]
+            assert BUYING_POWER_TEXT in order.reason
+            alert = eventually(lambda: [a for a in h.seen("alert.default") if a["kind"] == "broker_error"], 10)[0]
+            assert BUYING_POWER_TEXT in alert["message"]
+            assert fake.count("POST", "/orders") == 2  # the rejection was not retried
+        finally:
+            h.close()
+        assert fake.violations == []
