@@ -236,6 +236,13 @@ class Engine:
                     if o.user == user and o.role == "entry" and o.working)
         return risk
 
+    def committed_since(self, user: str, ts: int | None) -> float:
+        """Premium of ``user``'s entries sent at or after event time ``ts`` (their balances' read time):
+        buying power those balances do not show yet (all of it when ``ts`` is unknown)."""
+        since = ts if isinstance(ts, int) else 0
+        return sum(o.quantity * (o.price or 0.0) * 100 for o in self.orders.values()
+                   if o.user == user and o.role == "entry" and o.created_ns >= since and o.status != "rejected")
+
     def working_sells(self, trade: TradeState) -> float:
         return sum(self.orders[o].remaining for o in trade.orders
                    if o in self.orders and self.orders[o].side == "sell_to_close" and self.orders[o].working)
@@ -421,7 +428,9 @@ class Engine:
                                  f"lost {lost:.0f} today >= daily loss limit {lim.daily_loss_limit:.0f}"))
                 continue
             # the recommendation names the contract; the size is this user's, from their own account now
-            sized = size_entry(t, r, quote, limit, lim.entry_risk(), self.gates.balances(user), max(t.ts, r.ts))
+            bal = self.gates.balances(user)
+            sized = size_entry(t, r, quote, limit, lim.entry_risk(), bal, max(t.ts, r.ts),
+                               self.committed_since(user, (bal or {}).get("ts")))
             if sized.reason is not None:
                 out.append(Block(user, sized.reason, subject, sized.detail))
                 continue

@@ -5,9 +5,10 @@ size. :func:`size_entry` sizes each entry for its user, at decision time, with t
 selector uses (:func:`spx_common.sizing.size`):
 
 * risk budget = the user's ``max_risk_per_trade`` (dollars lost if the stop is hit, spread included);
-* buying power = the user's synced balances: a 0DTE entry is a day trade and uses the smaller of option
-  and day-trade buying power, the latter minus ``dtbp_floor`` (a 0DTE entry that would take day-trade
-  buying power to or below the floor is refused: ``dtbp_floor``); otherwise option buying power;
+* buying power = the user's synced balances, less the premium of the entries sent since they were read:
+  a 0DTE entry is a day trade and uses the smaller of option and day-trade buying power, the latter minus
+  ``dtbp_floor`` (a 0DTE entry that would take day-trade buying power to or below the floor is refused:
+  ``dtbp_floor``); otherwise option buying power;
 * PDT policy ``block`` refuses 0DTE entries of an account that is not pattern-day-trader qualified
   (equity below ``pdt_min_equity``, unknown equity included; cash accounts are not subject to it);
   ``alert`` only alerts (the portfolio sync), ``off`` neither;
@@ -85,8 +86,10 @@ def _f(x: Any) -> float | None:
 
 
 def size_entry(t: SetupTransition, r: ContractRecommendation, quote: tuple[float, float] | None, price: float,
-               risk: EntryRisk, balances: dict | None, now_ns: int) -> EntrySize:
-    """Contracts of ``r``'s contract for one user, paying ``price`` (the entry limit) per share, or why not."""
+               risk: EntryRisk, balances: dict | None, now_ns: int, committed: float = 0.0) -> EntrySize:
+    """Contracts of ``r``'s contract for one user, paying ``price`` (the entry limit) per share, or why not.
+    ``committed``: dollars of premium of entries sent since ``balances`` were read (not in them yet),
+    taken off both buying powers."""
     if not balances:
         return EntrySize(0, "balances_unknown", "no balances synced for this account yet: not sized blind")
     entry, stop = entry_and_stop(t, r)
@@ -105,8 +108,9 @@ def size_entry(t: SetupTransition, r: ContractRecommendation, quote: tuple[float
         return EntrySize(0, "pdt_blocked", f"0DTE entries are day trades and the account is not pattern-day-trader "
                                            f"qualified (equity {equity}, minimum {risk.pdt_min_equity:,.0f}; "
                                            "pdt_policy block)")
-    bp, why = sizing.usable_buying_power(_f(balances.get("option_buying_power")),
-                                         _f(balances.get("day_trade_buying_power")), zero_dte, risk.dtbp_floor)
+    obp, dtbp = _f(balances.get("option_buying_power")), _f(balances.get("day_trade_buying_power"))
+    bp, why = sizing.usable_buying_power(None if obp is None else obp - committed,
+                                         None if dtbp is None else dtbp - committed, zero_dte, risk.dtbp_floor)
     if why:
         code, _, detail = why.partition(": ")
         return EntrySize(0, code, detail)

@@ -435,7 +435,7 @@ def test_entries_sized_from_the_users_balances_at_decision_time():
     e.on_transition(tr("s1", "triggered"))
     [p] = places(e.on_recommendation(reco("s1", qty=4)))
     assert p.payload["quantity"] == "2"  # $500 buys two $200 contracts
-    bal["u1"] = {**bal["u1"], "option_buying_power": 100_000.0, "day_trade_buying_power": 150.0}
+    bal["u1"] = {**bal["u1"], "option_buying_power": 100_000.0, "day_trade_buying_power": 150.0, "ts": T0 + 1}
     e.on_transition(tr("s2", "triggered"))
     assert [b.reason for b in e.on_recommendation(reco("s2"))] == ["buying_power"]  # 0DTE: day-trade BP binds
     bal.pop("u1")

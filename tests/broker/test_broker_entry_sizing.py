@@ -179,3 +179,17 @@ def test_size_entry_is_the_selector_function():
                      iv=0.2, delta=0.5, gamma=0.001, underlying=5003.0)
     ref = sizing.size(leg, "long", 5000.0, 4995.0, sizing.Budget(3000, 40_000.0, 50), T0, 0.04, price=5.0)
     assert got.contracts == ref.contracts > 0 and got.breakdown == ref.breakdown
+
+
+def test_entries_sent_since_the_last_balances_read_are_taken_off_the_buying_power():
+    """Balances are read every portfolio_interval_s: two setups in between never spend the same dollars."""
+    bal = {**MARGIN, "option_buying_power": 1_200.0, "day_trade_buying_power": None, "ts": T0 - 1}
+    e = Engine(["u1"], Limits(), Gates(lambda u: (True, ""), balances=lambda u: bal),
+               user_limits={"u1": Limits(max_risk_per_trade=5000, max_contracts_per_order=50, max_open_risk=1e9)})
+    out = e.on_transition(tr("s1")) + e.on_recommendation(reco("s1"))
+    assert [i.order.quantity for i in out if isinstance(i, Place)] == [2]  # $1,200 buys two $500 contracts
+    out = e.on_transition(tr("s2")) + e.on_recommendation(reco("s2"))
+    assert [i.reason for i in out] == ["buying_power"]  # $200 left until the balances are read again
+    bal = {**bal, "option_buying_power": 200.0 + 1_000.0, "ts": T0 + 1}  # read again: the entry shows in them
+    out = e.on_transition(tr("s3", ts=T0 + 2)) + e.on_recommendation(reco("s3", ts=T0 + 2))
+    assert [i.order.quantity for i in out if isinstance(i, Place)] == [2]
