@@ -182,9 +182,10 @@ def test_expired_token_during_an_entry_stops_the_account_until_a_new_token_is_st
         try:
             eventually(lambda: fake._sockets, 10, what="account events connected")
             h.quote_live(1.95, 2.0, T0)
-            fake.expired_tokens.add("ann-token-1")  # the token expires while the broker runs
+            fake.script("expired", "place")  # the token expires just as the entry is sent ...
             h.trigger("x-1", T0 + S, qty=2)
             eventually(lambda: _alerts(h, "token_expired"), 10, what="token expired alert")
+            fake.expired_tokens.add("ann-token-1")  # ... and stays expired for every request after it
             [alert] = _alerts(h, "token_expired")
             assert "token expired: renew it with spx users credentials set ann" in alert["message"]
             [order] = [o for o in h.seen("order.ann") if o.status == "rejected"]
