@@ -5,6 +5,7 @@ Replays the generated day at 60x so the opening range completes within the test'
 """
 
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -54,8 +55,9 @@ def test_setup_triggers_paper_broker_fills_and_everything_is_recorded(run_dir):
     ctx = zmq.Context()
     bus = BusConfig()
     sub = Subscriber(ctx, [bus.pub_endpoint(s, runtime) for s in ("detector", "selector", "broker", "coach")],
-                     ["setup.transition", "reco.", "fill.", "coach."])
+                     ["setup.transition", "reco.", "fill.", "coach.", "order."])
     seen: dict[str, int] = {}
+    entries: list = []
     try:
         supervise.wait_running(runtime, 60)
         ws_thread.start()
@@ -72,9 +74,18 @@ def test_setup_triggers_paper_broker_fills_and_everything_is_recorded(run_dir):
                 seen["reco_ok"] = seen.get("reco_ok", 0) + 1
             elif frame.topic.startswith("fill."):
                 seen["fill"] = seen.get("fill", 0) + 1
+            elif frame.topic.startswith("order.") and body.side == "buy_to_open" and body.status == "new":
+                entries.append(body)
             elif frame.topic.startswith("coach."):
                 seen["coach"] = seen.get("coach", 0) + 1
         assert want <= set(seen), f"saw only {seen}; logs in {runtime.path('logs')}"
+        # every entry was re-sized by the broker for its user (issue 18): its loss to the stop, spread
+        # included, times its contracts fits the default $500 budget ([broker] max_risk_per_trade)
+        assert entries
+        for o in entries:
+            m = re.search(r"sized (\d+) \([^)]*\): loss \$([\d.]+)/contract", o.reason)
+            assert m and int(m.group(1)) >= o.quantity, o.reason
+            assert o.quantity * float(m.group(2)) <= 500, o.reason
         # the gateway's setups channel showed setups appearing and moving through their states
         rank = {"forming": 0, "ready": 1, "triggered": 2, "target1_hit": 3, "target2_hit": 4}
         deadline = time.monotonic() + 10
