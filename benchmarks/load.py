@@ -133,6 +133,22 @@ def hist_stats(before: dict, after: dict, name: str, label: str = "") -> dict:
     return {"n": int(n), "sum_ms": round(total_ms, 1), "max_le_ms": top}
 
 
+def hist_quantiles(before: dict, after: dict, name: str, qs=(0.5, 0.9, 0.99)) -> dict:
+    """Observations of a histogram during the window: count, mean, and for each quantile the bucket bound
+    at or under which that share of them fell (``p99_le_ms``)."""
+    n = total(after, f"{name}_count") - total(before, f"{name}_count")
+    out: dict = {"n": int(n), "mean_ms": round((total(after, f"{name}_sum") - total(before, f"{name}_sum"))
+                                               / n, 3) if n else None}
+    by_le: dict[float, float] = {}
+    for k, v in after.items():
+        if k.startswith(f"{name}_bucket"):
+            le = float(re.search(r'le="([^"]+)"', k).group(1))
+            by_le[le] = by_le.get(le, 0.0) + v - before.get(k, 0.0)
+    for q in qs:
+        out[f"p{round(q * 100)}_le_ms"] = next((le for le in sorted(by_le) if n and by_le[le] >= q * n), None)
+    return out
+
+
 def rss_kib(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -375,6 +391,12 @@ def run(args) -> dict:
                 "tick_to_ws_price": summary(ws_out["price"], t0_ns),
                 "tick_to_ws_setup": summary(ws_out["setups"], t0_ns),
             },
+            # event-time alignment (docs/protocol.md): how long the detector held ticks and bars for the
+            # watermarks of the feed and the aggregator, and what it counted
+            "detector_alignment": {
+                **hist_quantiles(before["detector"], after["detector"], "align_wait_ms"),
+                "late": int(d("detector", "align_late_total")), "forced": int(d("detector", "align_forced_total")),
+                "held_at_end": int(total(after["detector"], "align_held_items"))},
             "detector_latency_histogram": {
                 "count": int(d("detector", "setup_transition_latency_ms_count")),
                 "mean_ms": round(d("detector", "setup_transition_latency_ms_sum")
@@ -427,6 +449,11 @@ def print_table(r: dict) -> None:
     for k, v in r["latency_ms"].items():
         cells = [f"{x:>8}" if x is not None else f"{'-':>8}" for x in (v["p50"], v["p90"], v["p99"], v["max"])]
         print(f"{k:<22} {v['n']:>7} {' '.join(cells)}   worst (s into run, ms): {v['worst']}")
+    al = r.get("detector_alignment")
+    if al and al["n"]:
+        print(f"\ndetector alignment: {al['n']:,} items held, mean {al['mean_ms']} ms, p50 <= {al['p50_le_ms']} ms, "
+              f"p90 <= {al['p90_le_ms']} ms, p99 <= {al['p99_le_ms']} ms (bucket bounds); late {al['late']}, "
+              f"forced {al['forced']}, held at the end {al['held_at_end']}")
     print(f"\n{'stalls':<12} {'gc n':>7} {'gc ms':>8} {'gc max<=':>9} {'gen2 n':>7} {'gen2 max<=':>10} "
           f"{'handler n':>10} {'handler max<=':>14}")
     for s, v in r["stalls"].items():

@@ -583,8 +583,13 @@ class AsyncSubscriber:
     def connect(self, endpoint: str) -> None:
         self.asock.connect(endpoint)
 
+    #: monotonic time the receive queue was last seen empty: a publisher with nothing received before it
+    #: had nothing queued for us (an aligned consumer tells a silent publisher from a lagging queue by it)
+    drained_at: float = 0.0
+
     async def next_batch(self, timeout_s: float = 1.0) -> list[Frame]:
         if not await self.asock.poll(int(timeout_s * 1000), zmq.POLLIN):
+            self.drained_at = time.monotonic()
             return []
         out: list[Frame] = []
         accept, recv = self.core.accept, self.sync.recv_multipart
@@ -592,6 +597,7 @@ class AsyncSubscriber:
             try:
                 parts = recv(zmq.NOBLOCK)
             except zmq.Again:
+                self.drained_at = time.monotonic()
                 break
             frame = accept(parts)
             if frame is not None:

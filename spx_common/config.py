@@ -100,6 +100,11 @@ class BusConfig(Section):
     align: bool = Field(True, description="Processes with several input streams (the detector: ticks and bars) "
                         "release them in event-time order by their publishers' watermarks (docs/protocol.md). Off: in "
                         "arrival order, as fast as they come, and results depend on the publishers' relative speed.")
+    align_idle_s: float = Field(10.0, gt=0, le=600, description="An aligned process stops waiting for a publisher "
+                                "that sent nothing (no frame, no heartbeat) for this long while its own receive queue "
+                                "was empty: the trade-off between order and stalling when a publisher dies (Kafka "
+                                "Streams' max.task.idle.ms). A starved host delays heartbeats; keep it well above "
+                                "peer_timeout_s.")
     align_max_items: int = Field(200_000, ge=1, description="Items an aligned process holds at most while a stream "
                                  "lags; past it the oldest are released early (counted in align_forced_total).")
     align_max_mb: int = Field(64, ge=1, description="Bytes (MiB) an aligned process holds at most while a stream "

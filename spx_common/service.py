@@ -184,6 +184,7 @@ class BusService:
         #: while True, aligned items are held (not released) whatever the watermarks (e.g. during a warm-up)
         self.align_hold = False
         self._wm_out: int | None = None
+        self._stream_seen: dict[str, float] = {}  # aligned: publisher -> monotonic time of its last frame
         if self.aligned and self.bus.align:
             self.aligner = Aligner(max_items=self.bus.align_max_items, max_bytes=self.bus.align_max_mb << 20)
             m = self.metrics
@@ -392,6 +393,7 @@ class BusService:
         al = self.aligner
         if al is not None:
             topic = frame.topic
+            self._stream_seen[frame.src] = time.monotonic()
             if topic.startswith("wm."):
                 try:
                     al.watermark(frame.src, frame.body().ns, frame.session)
@@ -436,12 +438,21 @@ class BusService:
         return len(out)
 
     def _align_idle(self) -> None:
-        """Streams whose publisher is down stop holding the others back."""
+        """Streams whose publisher went silent (``[bus] align_idle_s``) stop holding the others back."""
         al = self.aligner
         if al is None:
             return
+        if self.sub is None:
+            return
+        drained = self.sub.drained_at
+        seen = self._stream_seen
         for name, st in al.streams.items():
-            if not st.idle and name in self.core.peers and not self.core.peer_alive(name):
+            if st.idle or st.watermark == -(1 << 63):
+                continue
+            peer = self.core.peers.get(name)
+            last = max(seen.get(name, 0.0), peer.last_seen if peer is not None else 0.0)
+            # nothing from it for align_idle_s before a moment our queue was empty: it is silent, not queued
+            if drained - last > self.bus.align_idle_s:
                 al.idle(name)  # back when it sends a watermark again
 
     def _route_frame(self, frame: Frame, part: Any = None, decoded: bool = False) -> None:

@@ -56,8 +56,9 @@ class FeedConfig(Section):
         "aligned consumers (detector) and the bars; each ms is added to their latency live. 0 suits replays "
         "(sorted sources) and a vendor stream in order; a later event is handled as late (counted).")
     watermark_idle_ms: int = Field(
-        1000, ge=50, le=60_000, description="Live: when no event arrived for this long (wall clock), the watermark "
-        "advances to the wall clock minus this, on the heartbeat, so a silent stream never stalls the consumers.")
+        1000, ge=50, le=60_000, description="Live: a vendor connection silent this long (wall clock) no longer holds "
+        "the watermark back; when no event arrived at all for this long, the watermark advances to the wall clock "
+        "minus this, on the heartbeat, so a silent stream never stalls the consumers.")
     backfill: bool = Field(True, description="After a reconnect, fetch the gap from REST trades/quotes "
                            "(events marked backfilled=true).")
     backfill_option_contracts: int = Field(82, ge=0, le=1000, description="After an options reconnect, backfill "

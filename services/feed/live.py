@@ -610,7 +610,7 @@ class LiveIngest:
                 if self.polling:
                     self.polling = False
                     svc.set_mode("tick", "stream recovered")
-                svc.ingest(events)
+                svc.ingest(events, stream=stream.market)
                 if stream.market == "indices":
                     for ev in events:
                         if isinstance(ev, IndexValue) and ev.sym == underlying:

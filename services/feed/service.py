@@ -95,6 +95,8 @@ class FeedService(BusService):
                                           "tick_ingest_passive is on.")
         self.passive = bool(self.flag_store.get("tick_ingest_passive"))
         self._wm_lag = self.cfg.watermark_lag_ms * 1_000_000
+        #: live vendor connection -> (its newest event time, monotonic time it last delivered events)
+        self._inputs: dict[str, tuple[int, float]] = {}
         #: passive mode: symbol -> event kind -> latest event since the last poll-cadence frame
         self._held: dict[str, dict[str, MarketEvent]] = {}
         self._passive_due = 0
@@ -117,10 +119,12 @@ class FeedService(BusService):
 
     # ------------------------------------------------------------------ hot path
 
-    def ingest(self, events: list[MarketEvent], passes: dict[int, int] | None = None) -> int:
+    def ingest(self, events: list[MarketEvent], passes: dict[int, int] | None = None, stream: str | None = None) -> int:
         """Dedupe/guard, group by topic (``tick.<sym>``; ``tick.O:<root>`` for options), publish one frame per
         topic, journal. Returns events published. ``passes``: the print counts of the REST answer
-        ``events`` are part of (``TickPipeline.process``), when it is ingested in chunks.
+        ``events`` are part of (``TickPipeline.process``), when it is ingested in chunks. ``stream``: the
+        vendor connection the batch came from (live: ``stocks``, ``indices``, ``options``); the watermark is
+        the oldest of the connections' newest event times (:meth:`watermark_ns`).
 
         Per-frame work is kept to the publish itself: counters are summed here and moved into the
         labelled metrics once a second (``periodic``), and the journal gets one record per call.
@@ -151,7 +155,11 @@ class FeedService(BusService):
             if self.journal is not None:
                 self.journal.append(events if n == len(events) and len(groups) == 1
                                     else [ev for _, evs in groups for ev in evs])
-            self.publish_watermark(self.clock.now_ns() - self._wm_lag)
+            if stream is not None:
+                newest = max(ev.ts for _, evs in groups for ev in evs)
+                prev = self._inputs.get(stream)
+                self._inputs[stream] = (newest if prev is None or newest > prev[0] else prev[0], time.monotonic())
+            self.publish_watermark(self.watermark_ns())
         return n
 
     def _priced(self, evs: list[MarketEvent]) -> None:
@@ -176,6 +184,19 @@ class FeedService(BusService):
                           day.pct or 0.0, day.longest_gap_s)
             self.publish("status.feed.availability", "doc", doc, now)
             self._avail_days.append(doc)
+
+    def watermark_ns(self) -> int:
+        """The feed's watermark: its newest event time minus ``watermark_lag_ms``; with several live vendor
+        connections, the oldest of their newest event times (a connection runs ahead of another by its
+        network and parsing: Flink's watermark of parallel inputs), a connection silent for
+        ``watermark_idle_ms`` left out (it holds nobody back)."""
+        newest = self.clock.now_ns()
+        if self._inputs:
+            horizon = time.monotonic() - self.cfg.watermark_idle_ms / 1000
+            active = [ts for ts, seen in self._inputs.values() if seen >= horizon]
+            if active:
+                newest = min(active)
+        return newest - self._wm_lag
 
     def _ingest_passive(self, events: list[MarketEvent], groups: list[tuple[str, list[MarketEvent]]]) -> int:
         """tick_ingest_passive: journal everything, hold the latest event of each kind per symbol and
@@ -215,7 +236,7 @@ class FeedService(BusService):
             evs.sort(key=lambda e: e.ts)
             self.publish(topic, "ticks", evs, evs[-1].ts)
         if frames:  # held events are older than the newest: the watermark follows the poll-cadence frames
-            self.publish_watermark(self.clock.now_ns() - self._wm_lag)
+            self.publish_watermark(self.watermark_ns())
         cadence = int(self.cfg.passive_cadence_s * 1e9)
         self._passive_due = (self.clock.now_ns() // cadence + 1) * cadence
         self._passive_flushed = time.monotonic()
@@ -327,7 +348,7 @@ class FeedService(BusService):
             idle_ns = self.cfg.watermark_idle_ms * 1_000_000
             if self._last_event_wall is None or (now - self._last_event_wall) * 1e9 > idle_ns:
                 # nothing arrived for a while: the stream is silent, not behind; consumers move on
-                self.publish_watermark(max(self.clock.now_ns() - self._wm_lag, time.time_ns() - idle_ns))
+                self.publish_watermark(max(self.watermark_ns(), time.time_ns() - idle_ns))
 
     def _metrics_rpc(self, params: dict) -> str:
         self._flush_counters()
