@@ -363,6 +363,10 @@ def test_dashboard_on_the_running_mesh_replay_setups_coach_and_flatten(run_dir, 
             if not text.endswith(": 0 exit orders queued"):
                 break
         assert re.search(r": [1-9]\d* exit orders? queued$", text), text
+        # the positions show the contract's greeks from the feed's chain (delta in shares, IV in %)
+        greeks = js("[...document.querySelectorAll('#positions tr[data-symbol]')].map(r => [r.cells[5].textContent, "
+                    "r.cells[7].textContent])")
+        assert any(d != "-" and iv.endswith("%") for d, iv in greeks), greeks
         eventually(lambda: js(f"document.querySelector('#positions tr[data-symbol=\"{symbol}\"]').dataset.quantity")
                    == "0", 60, 0.3, what="the position closed by the exit fill")
         assert js("!!document.querySelector('#orders tr[data-status]')")
@@ -449,6 +453,48 @@ def test_dashboard_acknowledges_and_dismisses_coach_alerts_and_shows_feed_availa
             assert "98.25%" in dt.js("document.getElementById('feed-badge').textContent")
             assert dt.js("document.getElementById('feed-badge').classList.contains('below-slo')")
             assert "longest gap 300 s" in dt.js("document.getElementById('feed-badge').title")
+        finally:
+            dt.close()
+    finally:
+        gw.close()
+
+
+def test_dashboard_crosshair_tooltip_zoom_and_pan(run_dir, browser):
+    """Hovering a candle shows its OHLCV and microstructure in ET; the wheel zooms and a drag pans."""
+    gw = GatewayRunner(run_dir)
+    try:
+        for i in range(120):
+            gw.bar(i, 600 + (i % 9) * 0.05, closed=True)
+        dt = browser(f"http://127.0.0.1:{gw.port}/")
+        try:
+            eventually(lambda: int(dt.js("document.getElementById('chart').dataset.bars") or 0) >= 120, 20, 0.2,
+                       what="bars on the chart")
+            box = dt.js("(() => { const b = document.getElementById('chart').getBoundingClientRect(); "
+                        "return {x: b.x, y: b.y, w: b.width, h: b.height}; })()")
+            x, y = box["x"] + box["w"] * 0.5, box["y"] + box["h"] * 0.35
+
+            def mouse(kind, **kw):
+                dt.call("Input.dispatchMouseEvent", type=kind, x=kw.pop("x", x), y=kw.pop("y", y), **kw)
+            mouse("mouseMoved")
+            eventually(lambda: dt.js("!document.getElementById('tooltip').hidden"), 10, 0.1, what="tooltip shown")
+            tip = dt.js("document.getElementById('tooltip').innerText")
+            for word in ("O H L C", "volume", "buy / sell", "delta vol", "bid/ask imb.", "spread", "quote cov.", " ET"):
+                assert word in tip, tip
+            rng = "(() => { const r = window.spxDashboard.chart.timeScale().getVisibleLogicalRange(); " \
+                  "return [r.from, r.to]; })()"
+            before = dt.js(rng)
+            def wheel():
+                mouse("mouseWheel", deltaX=0, deltaY=-240)
+                r = dt.js(rng)
+                return r[1] - r[0] < (before[1] - before[0]) * 0.9
+            eventually(wheel, 10, 0.2, what="wheel zooms in")
+            zoomed = dt.js(rng)
+            mouse("mousePressed", button="left", clickCount=1)
+            for step in range(1, 11):
+                mouse("mouseMoved", x=x + step * 20, button="left", buttons=1)
+            mouse("mouseReleased", x=x + 200, button="left", clickCount=1)
+            panned = dt.js(rng)
+            assert panned[0] < zoomed[0] - 1, (zoomed, panned)  # dragged right: earlier bars come into view
         finally:
             dt.close()
     finally:

@@ -195,6 +195,7 @@
   const volSell = chart.addSeries(LWC.HistogramSeries, { ...volOpts, color: "#c24d4d" }, 1);
   const volBuy = chart.addSeries(LWC.HistogramSeries, { ...volOpts, color: "#2f9e6b" }, 1);
   try { chart.panes()[1].setStretchFactor(0.28); chart.panes()[0].setStretchFactor(1); } catch (e) { /* older build */ }
+  window.spxDashboard = { chart, state };  // for the browser console and the browser tests
 
   const tsec = (b) => Math.floor(Number(b.startNs) / 1e9);
   const candle = (b) => ({ time: tsec(b), open: b.open, high: b.high, low: b.low, close: b.close,
