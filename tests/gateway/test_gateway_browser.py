@@ -273,7 +273,7 @@ def test_dashboard_on_the_running_mesh_replay_setups_coach_and_flatten(run_dir, 
     js = None
     try:
         supervise.wait_running(runtime, 60)
-        eventually(lambda: _healthz(port), 30, 0.3, what="gateway answers")
+        eventually(lambda: _healthz(port), 90, 0.3, what="gateway answers")
         dt = browser(f"http://127.0.0.1:{port}/")
         js = dt.js
         hhmmss = re.compile(r"^\d{2}:\d{2}:\d{2}$")
@@ -329,9 +329,11 @@ def test_dashboard_on_the_running_mesh_replay_setups_coach_and_flatten(run_dir, 
         assert hhmmss.match(js(f"{li}.querySelector('time').textContent"))
 
         # every service in the mesh panel, healthy
+        # every service has a row; all healthy at once (bounded: heartbeats are late on a loaded host)
         names = eventually(lambda: (lambda n: n if len(n) == 8 else None)(
-            js("[...document.querySelectorAll('#services .svc.ok')].map(e => e.dataset.service)")), 30, 0.5,
-            what="all 8 services healthy in the mesh panel")
+            js("[...document.querySelectorAll('#services .svc.ok')].map(e => e.dataset.service)")), 60, 0.3,
+            what="all 8 services healthy in the mesh panel: " + str(
+                js("[...document.querySelectorAll('#services .svc')].map(e => e.innerText)")))
         assert set(names) == {"feed", "aggregator", "detector", "selector", "broker", "coach", "gateway", "recorder"}
 
         # the paper position the broker opened, flattened from the page (confirm = second click)
