@@ -154,6 +154,13 @@ class FeedStatus(Base, kw_only=True):
     availability_day: str | None = None
     longest_gap_s: int = 0
     longest_gap_start_ns: int | None = None
+    #: provenance of what the mesh makes from this feed (spx_common.provenance): live | replay | synthetic
+    source: str = ""
+    #: the run stamped on stored rows (``spx up``'s SPX_RUN_ID, else the feed's session)
+    run_id: str = ""
+    #: replay only: the New York date being replayed and the speed ("20", "max")
+    replay_date: str = ""
+    speed: str = ""
 
 
 class Heartbeat(Base, kw_only=True):

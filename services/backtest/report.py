@@ -51,9 +51,11 @@ def markdown(r: dict) -> str:
         lines.append(f"| {name} | {s['trades']} | {_pct(s['t1_rate'])} {_ci(s['t1_ci'])} | {_pct(s['t2_rate'])} "
                      f"{_ci(s['t2_ci'])} | {s['expectancy_r']:+.3f} {_ci(s['expectancy_ci'], False)} | "
                      f"{s['max_drawdown_r']:.2f} |")
-    lines += ["", "## Data used", "", "| day | resolution | source | rows |", "| --- | --- | --- | --- |"]
+    lines += ["", "## Data used", "", "| day | resolution | source | provenance | rows |",
+              "| --- | --- | --- | --- | --- |"]
     for d in ev["data"]:
-        lines.append(f"| {d['day']} | {d['resolution']} | {d['source']} | {d['rows']:,} |")
+        lines.append(f"| {d['day']} | {d['resolution']} | {d['source']} | {', '.join(d.get('provenance', [])) or '-'} "
+                     f"| {d['rows']:,} |")
     lines += ["", "## Evidence", "",
               "Plugins: " + ", ".join(f"`{x['name']}` {x['version']} ({x['family']})" for x in ev["plugins"]) + ".", "",
               f"Selector: {ev['selector']}.", "",

@@ -157,6 +157,10 @@ def run_day(job: DayJob) -> DayResult:
             used = {"day": job.day.isoformat(), "resolution": "second" if sources == {"store second bars"} else
                     "minute" if sources == {"vendor minute bars (fallback)"} else "mixed" if sources else "none",
                     "source": ", ".join(sorted(sources)) or "missing", "rows": sum(len(v) for v in per.values())}
+            # where the bars came from (spx_common.provenance): live, backfill, replay, synthetic
+            a, b = day_range(job.day)
+            iv = "1s" if "store second bars" in sources else "60s"
+            used["provenance"] = store.bar_sources(list(job.symbols), iv, a, b) if sources else []
             for bar in merge_bars(per):
                 bt.on_bar(bar)
     finally:
@@ -257,7 +261,7 @@ def assemble(store: Store | None, opts: Options, days: list[DayResult], plugins:
     else:
         promotion = st.promotion_without_baseline(trades, opts.criteria, fallback=fallback)
     if opts.record and store is not None:
-        store.record_transitions(transitions, source="backtest")
+        store.record_transitions(transitions, source="backtest", run_id=f"bt-{chash}")
         store.record_trailing_stop([a for d in days for a in d.advice])
     return {
         "report_version": REPORT_VERSION,

@@ -31,8 +31,10 @@ def et_midnight_ns(now_ns: int) -> int:
     return int(dt.datetime.combine(day, dt.time(0, 0), ET).timestamp() * 1e9)
 
 
-def load(url: str, users: list[str], now_ns: int) -> Restored:
-    """Read what the store holds for ``users``; an absent database or schema restores nothing."""
+def load(url: str, users: list[str], now_ns: int, source: str | None = None) -> Restored:
+    """Read what the store holds for ``users``; an absent database or schema restores nothing. With
+    ``source`` only rows of that provenance (``spx_common.provenance``): a live broker never takes
+    over a demo's paper positions, cash or entry count."""
     out = Restored()
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
         return out
@@ -41,16 +43,18 @@ def load(url: str, users: list[str], now_ns: int) -> Restored:
         if not sa.inspect(engine).has_table("positions"):
             return out
         with engine.connect() as c:
-            rows = c.execute(sa.select(t.positions).where(t.positions.c.user.in_(users),
+            of = (lambda table: table.c.source == source) if source is not None else (lambda table: sa.true())
+            rows = c.execute(sa.select(t.positions).where(t.positions.c.user.in_(users), of(t.positions),
                                                           t.positions.c.quantity != 0)).mappings()
             out.positions = [dict(r) for r in rows]
             counts = c.execute(
                 sa.select(t.orders.c.user, sa.func.count()).where(
-                    t.orders.c.user.in_(users), t.orders.c.side == "buy_to_open",
+                    t.orders.c.user.in_(users), t.orders.c.side == "buy_to_open", of(t.orders),
                     t.orders.c.ts >= et_midnight_ns(now_ns)).group_by(t.orders.c.user))
             out.entries = {u: int(n) for u, n in counts}
             for user in users:
-                snap = c.execute(sa.select(t.portfolio_snapshots.c.body).where(t.portfolio_snapshots.c.user == user)
+                snap = c.execute(sa.select(t.portfolio_snapshots.c.body).where(t.portfolio_snapshots.c.user == user,
+                                                                              of(t.portfolio_snapshots))
                                  .order_by(t.portfolio_snapshots.c.ts.desc()).limit(1)).scalar()
                 if isinstance(snap, dict) and isinstance(snap.get("total_cash"), (int, float)):
                     out.cash[user] = float(snap["total_cash"])

@@ -1034,7 +1034,10 @@ class BrokerService(BusService):
 
         url = load(StoreConfig).resolved_url(self.runtime)
         try:
-            state = await asyncio.to_thread(restore_state, url, list(self.users), time.time_ns())
+            from spx_common import provenance
+
+            state = await asyncio.to_thread(restore_state, url, list(self.users), time.time_ns(),
+                                            provenance.configured()[0])
         except Exception as exc:  # the store is optional for trading: log loudly, restore what we published
             self.log.warning("ledger not restored from the store: %r", exc)
             from services.broker.restore import Restored

@@ -44,6 +44,8 @@ def mesh_env(runtime: RuntimeConfig, extra: dict[str, str] | None = None) -> dic
     env["SPX_RUNTIME_RUN_DIR"] = str(runtime.path())
     env["SPX_PYTHON"] = sys.executable
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # one run id for every process of this 'spx up' (stamped on every stored row: spx_common.provenance)
+    env.setdefault("SPX_RUN_ID", time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + os.urandom(3).hex())
     if extra:
         env.update(extra)
     return env

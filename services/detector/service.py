@@ -131,11 +131,12 @@ class DetectorService(BusService):
         published twice. With the database down, the outbox alone (the refusal is published)."""
         rows: list[dict] = []
         try:
+            from spx_common import provenance
             from spx_common.store import open_store
 
             store = open_store()
-            try:
-                rows = store.active_setups(limit=self.cfg.max_active)
+            try:  # setups of the run this detector continues: a demo's setups never come back in live
+                rows = store.active_setups(limit=self.cfg.max_active, source=provenance.configured()[0])
             finally:
                 store.close()
         except Exception as exc:  # the database may be down: restore what we published, say so

@@ -20,6 +20,7 @@ REST polling. Turning the switch off publishes what is held and returns to tick 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from collections import deque
@@ -31,6 +32,7 @@ from spx_common.align import FINAL_NS
 from spx_common.clock import EventClock
 from spx_common.config import load
 from spx_common.journal import JournalWriter
+from spx_common import provenance
 from spx_common.marketrules import TradeRules
 from spx_common.models import FeedStatus, IndexValue, MarketEvent, Trade
 from spx_common.topics import tick_topic
@@ -302,13 +304,32 @@ class FeedService(BusService):
         age = None if self._last_event_wall is None else round((now - self._last_event_wall) * 1000, 1)
         detail = f"passive ingest (poll-cadence fan-out); {self.status_detail}" if self.passive else self.status_detail
         day = self.availability.current()
+        source = self.provenance()
+        ev_ns = self.clock.now_ns()
+        replay_date = speed = ""
+        if source != "live":
+            speed = self.cfg.replay_speed
+            if ev_ns:
+                from spx_common.calendar import ET
+
+                replay_date = dt.datetime.fromtimestamp(ev_ns / 1e9, ET).date().isoformat()
         st = FeedStatus(mode=self.mode, connected=self.connected, events_per_s=round(rate, 2), last_event_age_ms=age,
-                        reconnects=self.reconnects, ts=self.clock.now_ns() or time.time_ns(), detail=detail,
+                        reconnects=self.reconnects, ts=ev_ns or time.time_ns(), detail=detail,
                         availability_pct=day.pct if day else None, availability_day=day.day if day else None,
                         longest_gap_s=day.longest_gap_s if day else 0,
-                        longest_gap_start_ns=day.longest_gap_start_ns if day else None)
+                        longest_gap_start_ns=day.longest_gap_start_ns if day else None, source=source,
+                        run_id=self.run_id, replay_date=replay_date, speed=speed)
         self.publish("status.feed", "feed_status", st, st.ts)
         return st
+
+    def provenance(self) -> str:
+        """What the mesh makes from this feed is: live (a vendor), synthetic or replay (spx_common.provenance)."""
+        src = self.source_override
+        return provenance.of_feed_source(self.cfg.resolved_source() if src is None else src.name)
+
+    @property
+    def run_id(self) -> str:
+        return provenance.run_id(self.pub.session if self.pub is not None else "")
 
     # ------------------------------------------------------------------ BusService hooks
 
@@ -365,6 +386,8 @@ class FeedService(BusService):
         out.update({
             "mode": self.mode,
             "source": self.cfg.resolved_source() if self.source_override is None else self.source_override.name,
+            "provenance": self.provenance(),
+            "run_id": self.run_id,
             "connected": self.connected,
             "reconnects": self.reconnects,
             "published": self._published,

@@ -404,6 +404,13 @@ class FeedStatusData(_Strict):
     availabilityDay: str | None = Field(None, description="The session (New York date) availabilityPct is about.")
     longestGapS: int = Field(0, description="Longest run of session seconds without a fresh price in that session.")
     longestGapStartNs: int | None = Field(None, description="When that gap began (ns).")
+    source: Literal["live", "replay", "synthetic", ""] = Field(
+        "", description="What the mesh runs on: live only when the feed is a vendor's stream; replay (journal, "
+        "flat files) or synthetic (the generated session). Empty from a feed older than this field.")
+    badge: str = Field("", description="What to show: 'LIVE', or 'REPLAY <date> x<speed>' (with '(synthetic)').")
+    replayDate: str = Field("", description="Replay only: the New York date being replayed (YYYY-MM-DD).")
+    speed: str = Field("", description="Replay only: the replay speed ('1', '20', 'max').")
+    runId: str = Field("", description="The run stamped on every stored row (docs/store.md, provenance).")
 
 
 class StatusData(_Strict):

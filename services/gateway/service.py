@@ -39,6 +39,7 @@ from services.gateway.protocol import (
 )
 from spx_common import health
 from spx_common import models as m
+from spx_common import provenance
 from spx_common.bus import RpcError
 from spx_common.codec import Frame
 from spx_common.config import BusConfig, RuntimeConfig, load
@@ -346,7 +347,9 @@ class GatewayService(BusService):
                     "lastEventAgeMs": f.last_event_age_ms, "detail": f.detail or "",
                     "eventTs": getattr(self, "feed_event_ns", None) or None,
                     "availabilityPct": f.availability_pct, "availabilityDay": f.availability_day,
-                    "longestGapS": f.longest_gap_s, "longestGapStartNs": f.longest_gap_start_ns}
+                    "longestGapS": f.longest_gap_s, "longestGapStartNs": f.longest_gap_start_ns,
+                    "source": f.source, "badge": provenance.badge(f), "replayDate": f.replay_date, "speed": f.speed,
+                    "runId": f.run_id}
         switches = {peer.service: dict(peer.heartbeat.flags) for peer in self.core.peers.values()
                     if peer.alive and peer.heartbeat is not None}
         switches[self.instance] = self.flags

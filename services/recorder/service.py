@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
+from spx_common import provenance
 from spx_common.codec import Frame
 from spx_common.config import load
 from spx_common.models import BlockEvent
@@ -44,17 +45,27 @@ class Recorder(BusService):
     """Recorder: persists setups, orders, fills, positions and portfolio snapshots."""
 
     name = "recorder"
-    subscriptions = {
+    #: the publishers whose replay rings the recorder catches up from
+    catch_up_peers = {
         # setup.shadow: transitions computed while the evaluator is in logging-only mode
         # (rollout switch evaluator_logging_only): recorded, never shown to users
         "detector": ["setup.transition", "setup.shadow"],
         "selector": ["exit."],
         "broker": ["order.", "fill.", "position.", "portfolio."],
     }
+    subscriptions = catch_up_peers
 
     def __init__(self, *args: Any, store_config: StoreConfig | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.cfg = store_config or load(StoreConfig)
+        # status.feed: the provenance stamped on every row; bar.<iv>.<sym>: the bars a backtest reads
+        self.subscriptions = {**self.catch_up_peers, "feed": ["status.feed"],
+                              "aggregator": [f"bar.{self.cfg.record_bar_interval}.{sym}"
+                                             for sym in self.cfg.record_bar_symbols]}
+        self._bar_topics = frozenset(self.subscriptions["aggregator"])
+        #: provenance of what is recorded now: the feed's word (status.feed), until then the configuration
+        self.source, self.run_id = provenance.configured()
+        self.run_id = self.run_id or None
         self.url = self.cfg.resolved_url(self.runtime)
         self.store: Store | None = None
         self.writer: Writer | None = None
@@ -88,11 +99,22 @@ class Recorder(BusService):
         self.on("fill.", self._record("fill"))
         self.on("position.", self._record("position"))
         self.on("portfolio.", self._snapshot)
+        self.on("status.feed", self._on_feed_status)
+        self.on("bar.", self._on_bar)
         self.rpc("profile", lambda p: msgspec.to_builtins(self.store.get_active_profile()))
+
+    def _on_feed_status(self, frame: Frame, body: Any) -> None:
+        if body.source and (body.source, body.run_id or None) != (self.source, self.run_id):
+            self.log.info("recording as source=%s run=%s (feed status)", body.source, body.run_id)
+            self.source, self.run_id = body.source, body.run_id or None
+
+    def _on_bar(self, frame: Frame, bar: Any) -> None:
+        if frame.topic in self._bar_topics and bar.closed:
+            self.writer.submit("bar", msgspec.to_builtins(bar), self.source, self.run_id)
 
     def _record(self, kind: str):
         def handler(frame: Frame, body: Any) -> None:
-            self.writer.submit(kind, msgspec.to_builtins(body))
+            self.writer.submit(kind, msgspec.to_builtins(body), self.source, self.run_id)
             self._maybe_requarantine(frame.event_ns)
         return handler
 
@@ -106,14 +128,14 @@ class Recorder(BusService):
             self.bad.inc(reason="snapshot_invalid")
             self._rate_log.warning("snapshot", f"refused portfolio snapshot on {frame.topic}: {exc}")
             return
-        self.writer.submit("snapshot", body)
+        self.writer.submit("snapshot", body, self.source, self.run_id)
 
     async def catch_up(self) -> int:
         """Fetch and record every replayable frame of each peer (idempotent); returns frames fetched."""
         from spx_common.codec import FrameError, decode_frames
 
         total = 0
-        for peer, prefixes in self.subscriptions.items():
+        for peer, prefixes in self.catch_up_peers.items():
             for instance in self.bus.instances_of(peer):
                 try:
                     doc = await self.client(instance, timeout_s=2.0, retries=0).call("replay", {"prefixes": prefixes})
@@ -201,7 +223,8 @@ class Recorder(BusService):
         """One check at a time, off the loop; each quarantine is published on ``block.recorder``."""
         try:
             changes = await asyncio.to_thread(self.store.requarantine, now_ns,
-                                              int(self.cfg.requarantine_window_s * 1e9))
+                                              int(self.cfg.requarantine_window_s * 1e9),
+                                              sources=self.cfg.optimizer_sources)
         except SQLAlchemyError as exc:
             self.log.warning("re-quarantine check skipped: %s", type(exc).__name__)
             return
@@ -219,7 +242,8 @@ class Recorder(BusService):
     def status(self) -> dict[str, Any]:
         st = super().status()
         if self.writer is not None:
-            st.update(url=self.store.engine.url.render_as_string(hide_password=True), db_up=self.writer.db_ok,
+            st.update(source=self.source, run_id=self.run_id,
+                      url=self.store.engine.url.render_as_string(hide_password=True), db_up=self.writer.db_ok,
                       queue=self.writer.pending(), spool_bytes=self.writer.spool.size())
         return st
 

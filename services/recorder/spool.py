@@ -1,4 +1,5 @@
-"""Append-only outage spool: length-prefixed msgpack records ``[kind, body]`` in one file.
+"""Append-only outage spool: length-prefixed msgpack records ``[kind, body, source, run_id]`` in one file
+(records of older spools, ``[kind, body]``, are read as live).
 
 Written while the database is unavailable (by the writer thread) and when the writer's queue
 is full (by the subscriber loop, without fsync so the loop never waits on the disk).  To replay,
@@ -67,7 +68,7 @@ class Spool:
     def __bool__(self) -> bool:
         return self.size() > 0
 
-    def append(self, records: list[tuple[str, Any]], *, fsync: bool = True) -> None:
+    def append(self, records: list[tuple], *, fsync: bool = True) -> None:
         """Append records (raises :class:`SpoolFull` past the bound). Thread-safe."""
         data = bytearray()
         for rec in records:
@@ -107,13 +108,13 @@ class Spool:
         """Remove a file whose records are all written."""
         path.unlink(missing_ok=True)
 
-    def read(self, chunk: int = 1000, path: Path | None = None) -> Iterator[list[tuple[str, Any]]]:
+    def read(self, chunk: int = 1000, path: Path | None = None) -> Iterator[list[tuple]]:
         """Records of ``path`` (default: the spool) in write order, ``chunk`` at a time; a torn last
         record (crash mid-write) is ignored."""
         path = path or self.path
         if not path.exists():
             return
-        out: list[tuple[str, Any]] = []
+        out: list[tuple] = []
         with path.open("rb") as fh:  # streamed: memory stays one chunk, whatever the spool size
             while True:
                 head = fh.read(4)
@@ -123,8 +124,8 @@ class Spool:
                 payload = fh.read(n)
                 if len(payload) < n:
                     break
-                kind, body = msgspec.msgpack.decode(payload)
-                out.append((kind, body))
+                # [kind, body] or [kind, body, source, run_id] (provenance, since revision 0005)
+                out.append(tuple(msgspec.msgpack.decode(payload)))
                 if len(out) >= chunk:
                     yield out
                     out = []

@@ -26,22 +26,35 @@ log = logging.getLogger("spx.recorder.writer")
 
 #: record kind -> bus model (None: a plain document)
 KINDS: dict[str, Any] = {"transition": m.SetupTransition, "order": m.Order, "fill": m.Fill,
-                         "position": m.Position, "snapshot": None, "exit": m.ExitAdvice}
+                         "position": m.Position, "snapshot": None, "exit": m.ExitAdvice, "bar": m.MicroBar}
 
 
-def write_batch(store: Store, records: list[tuple[str, Any]]) -> None:
-    """Write one batch in one transaction (all or nothing)."""
-    groups: dict[str, list] = {k: [] for k in KINDS}
-    for kind, body in records:
+def write_batch(store: Store, records: list[tuple]) -> None:
+    """Write one batch in one transaction (all or nothing). A record is ``(kind, body)`` or
+    ``(kind, body, source, run_id)``: its provenance (``spx_common.provenance``; default live)."""
+    groups: dict[tuple[str, str, str | None], list] = {}
+    for rec in records:
+        kind, body = rec[0], rec[1]
+        source, run_id = (rec[2], rec[3]) if len(rec) >= 4 else ("live", None)
         model = KINDS[kind]
-        groups[kind].append(body if model is None else msgspec.convert(body, model))
+        groups.setdefault((kind, source, run_id), []).append(body if model is None else msgspec.convert(body, model))
     with store.engine.begin() as conn:
-        store.record_transitions(groups["transition"], conn=conn)
-        store.record_trailing_stop(groups["exit"], conn=conn)
-        store.record_orders(groups["order"], conn=conn)
-        store.record_fills(groups["fill"], conn=conn)
-        store.record_positions(groups["position"], conn=conn)
-        store.record_snapshots(groups["snapshot"], conn=conn)
+        for (kind, source, run_id), items in groups.items():
+            prov = {"source": source, "run_id": run_id}
+            if kind == "transition":
+                store.record_transitions(items, conn=conn, **prov)
+            elif kind == "exit":
+                store.record_trailing_stop(items, conn=conn)
+            elif kind == "order":
+                store.record_orders(items, conn=conn, **prov)
+            elif kind == "fill":
+                store.record_fills(items, conn=conn, **prov)
+            elif kind == "position":
+                store.record_positions(items, conn=conn, **prov)
+            elif kind == "snapshot":
+                store.record_snapshots(items, conn=conn, **prov)
+            elif kind == "bar":
+                store.upsert_bars(items, conn=conn, **prov)
 
 
 class Writer:
@@ -77,12 +90,14 @@ class Writer:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, kind: str, body: Any) -> None:
-        """Hand a record to the writer without blocking; a full queue overflows to the spool."""
+    def submit(self, kind: str, body: Any, source: str = "live", run_id: str | None = None) -> None:
+        """Hand a record (with its provenance) to the writer without blocking; a full queue overflows
+        to the spool."""
+        rec = (kind, body, source, run_id)
         try:
-            self.q.put_nowait((kind, body))
+            self.q.put_nowait(rec)
         except queue.Full:
-            self._to_spool([(kind, body)], reason="queue_full", fsync=False)
+            self._to_spool([rec], reason="queue_full", fsync=False)
 
     def stop(self, timeout_s: float) -> None:
         """Flush what is queued (to the database or the spool) within ``timeout_s``; whatever the
@@ -90,7 +105,7 @@ class Writer:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
-        left: list[tuple[str, Any]] = []
+        left: list[tuple] = []
         while True:
             try:
                 left.append(self.q.get_nowait())
@@ -113,8 +128,8 @@ class Writer:
         return False
 
     # ------------------------------------------------------------------ thread
-    def _take(self, wait_s: float) -> list[tuple[str, Any]]:
-        batch: list[tuple[str, Any]] = []
+    def _take(self, wait_s: float) -> list[tuple]:
+        batch: list[tuple] = []
         deadline = time.monotonic() + wait_s
         while len(batch) < self.batch_size:
             remaining = deadline - time.monotonic()
@@ -145,7 +160,7 @@ class Writer:
             if stopping and not batch:
                 return
 
-    def _write(self, batch: list[tuple[str, Any]]) -> bool:
+    def _write(self, batch: list[tuple]) -> bool:
         t0 = time.perf_counter()
         try:
             write_batch(self.store, batch)
@@ -178,11 +193,11 @@ class Writer:
         self.db_ok = True
         self.fault = None
         self.db_up.set(1)
-        for kind, _ in batch:
-            self.written.inc(kind=kind)
+        for rec in batch:
+            self.written.inc(kind=rec[0])
         return True
 
-    def _to_spool(self, records: list[tuple[str, Any]], reason: str, fsync: bool = True) -> None:
+    def _to_spool(self, records: list[tuple], reason: str, fsync: bool = True) -> None:
         try:
             self.spool.append(records, fsync=fsync)
             self.spooled.inc(len(records))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from spx_common.config import RuntimeConfig, Section, env_field
 
@@ -29,6 +29,23 @@ class StoreConfig(Section):
     requarantine_window_s: float = Field(
         20 * 86400.0, gt=0, description="Rolling window (event time) for automatic re-quarantine of setup families.")
     requarantine_every_s: float = Field(300.0, gt=0, description="How often (event time) the recorder re-checks floors.")
+    optimizer_sources: list[str] = Field(
+        ["live"], description="Provenance of the setup rows the optimizer's rolling window (auto-quarantine, live "
+        "statistics) reads: live only by default, so a demo, a replay or a backtest never quarantines a detector "
+        "(values: live, replay, synthetic, backtest, backfill).")
+    record_bar_symbols: list[str] = Field(["SPY", "I:SPX"], description="Recorder: symbols whose closed bars are "
+                                          "stored (what 'spx backtest' reads at second resolution).")
+    record_bar_interval: str = Field("1s", description="Recorder: interval of the stored bars.")
+
+    @field_validator("optimizer_sources")
+    @classmethod
+    def _sources(cls, v: list[str]) -> list[str]:
+        from spx_common.provenance import SOURCES
+
+        bad = [x for x in v if x not in SOURCES]
+        if bad:
+            raise ValueError(f"unknown source(s) {bad}; use {', '.join(SOURCES)}")
+        return v
 
     def resolved_url(self, runtime: RuntimeConfig) -> str:
         """The configured URL, or the default SQLite file under the run directory."""

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from spx_common import models as m
+from spx_common.provenance import RANK
 from spx_common.store import tables as t
 from spx_common.store.engine import make_engine
 from spx_common.store.profile import FamilyStats, Profile, evaluate, profile_from_body
@@ -28,9 +29,15 @@ def _insert(conn: Connection, table: sa.Table):
     return insert(table)
 
 
+def _rank(col) -> sa.ColumnElement:
+    return sa.case(*((col == k, v) for k, v in RANK.items()), else_=0)
+
+
 def upsert(conn: Connection, table: sa.Table, rows: Sequence[dict], *, newer_col: str | None = None,
-           update: bool = True) -> None:
-    """Insert ``rows``; on a primary-key conflict update (only when ``newer_col`` is not older) or skip."""
+           update: bool = True, ranked: bool = False) -> None:
+    """Insert ``rows``; on a primary-key conflict update (only when ``newer_col`` is not older, and with
+    ``ranked`` only when the new row's provenance ranks at least as high: ``spx_common.provenance.RANK``)
+    or skip."""
     if not rows:
         return
     keys = [c.name for c in table.primary_key.columns]
@@ -42,6 +49,9 @@ def upsert(conn: Connection, table: sa.Table, rows: Sequence[dict], *, newer_col
     where = None
     if newer_col is not None:
         where = table.c[newer_col] <= stmt.excluded[newer_col]
+    if ranked:
+        better = _rank(table.c.source) <= _rank(stmt.excluded.source)
+        where = better if where is None else sa.and_(where, better)
     stmt = stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in cols}, where=where)
     conn.execute(stmt, list(rows))
 
@@ -67,9 +77,10 @@ def r_of(row: dict, price: float | None) -> float | None:
     return round(sign * (price - entry) / risk, 6)
 
 
-def merge_transition(row: dict | None, tr: m.SetupTransition, source: str = "live") -> dict:
+def merge_transition(row: dict | None, tr: m.SetupTransition, source: str = "live", run_id: str | None = None) -> dict:
     """Fold one transition into a setup-instance row. Idempotent and order-tolerant: flags only
-    turn on, MFE/MAE are max/min, state and last time follow the newest event."""
+    turn on, MFE/MAE are max/min, state and last time follow the newest event. A new row gets
+    ``source`` and ``run_id`` (its provenance); an existing one keeps its own."""
     if row is None:
         row = {"setup_id": tr.setup_id, "detector": tr.detector, "family": tr.family, "sym": tr.sym,
                "direction": tr.direction, "state": tr.to_state, "first_ns": tr.ts, "last_ns": tr.ts,
@@ -78,7 +89,7 @@ def merge_transition(row: dict | None, tr: m.SetupTransition, source: str = "liv
                "aggressor_skew_at_trigger": None, "macro_alignment_score": None,
                "microstructure_at_trigger": None, "trailing_stop_path": None, "t1_hit": False, "t2_hit": False,
                "stopped": False, "r_multiple": None, "mfe_r": None, "mae_r": None, "resolved_at": None,
-               "resolution": None, "source": source}
+               "resolution": None, "source": source, "run_id": run_id}
     else:
         row = dict(row)
     newer = tr.ts >= row["last_ns"]
@@ -127,8 +138,8 @@ def _fold_key(x: m.SetupTransition) -> tuple[int, int]:
     return (x.ts, _ORDER.index(x.to_state))
 
 
-def order_row(o: m.Order) -> dict:
-    return {"order_id": o.order_id, "user": o.user, "setup_id": o.setup_id, "option_symbol": o.option_symbol,
+def order_row(o: m.Order, source: str = "live", run_id: str | None = None) -> dict:
+    return {"source": source, "run_id": run_id, "order_id": o.order_id, "user": o.user, "setup_id": o.setup_id, "option_symbol": o.option_symbol,
             "side": o.side, "quantity": o.quantity, "type": o.type, "price": o.price, "stop": o.stop,
             "status": o.status, "broker_id": o.broker_id, "reason": o.reason, "ts": o.ts}
 
@@ -138,13 +149,13 @@ def fill_key(f: m.Fill) -> str:
     return f"{f.order_id}:{f.fill_id}" if f.fill_id else f"{f.order_id}@{f.ts}:{f.quantity:g}x{f.price:g}"
 
 
-def fill_row(f: m.Fill) -> dict:
-    return {"fill_key": fill_key(f), "order_id": f.order_id, "user": f.user, "option_symbol": f.option_symbol,
+def fill_row(f: m.Fill, source: str = "live", run_id: str | None = None) -> dict:
+    return {"source": source, "run_id": run_id, "fill_key": fill_key(f), "order_id": f.order_id, "user": f.user, "option_symbol": f.option_symbol,
             "side": f.side, "quantity": f.quantity, "price": f.price, "ts": f.ts, "broker_id": f.broker_id}
 
 
-def position_row(p: m.Position) -> dict:
-    return {"user": p.user, "option_symbol": p.option_symbol, "quantity": p.quantity, "avg_price": p.avg_price,
+def position_row(p: m.Position, source: str = "live", run_id: str | None = None) -> dict:
+    return {"source": source, "run_id": run_id, "user": p.user, "option_symbol": p.option_symbol, "quantity": p.quantity, "avg_price": p.avg_price,
             "realized_pnl": p.realized_pnl, "unrealized_pnl": p.unrealized_pnl, "ts": p.ts}
 
 
@@ -152,25 +163,36 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def snapshot_row(doc: dict) -> dict:
+def snapshot_row(doc: dict, source: str = "live", run_id: str | None = None) -> dict:
     """A ``portfolio.<user>`` document as a row (raises ValueError without user/ts)."""
     user, ts = doc.get("user"), doc.get("ts")
     if not isinstance(user, str) or not user or not isinstance(ts, int) or isinstance(ts, bool) or ts < 0:
         raise ValueError("portfolio snapshot needs a user and an integer ts")
     body = msgspec.json.decode(msgspec.json.encode(doc))
     return {"user": user, "ts": ts, "total_equity": _num(doc.get("total_equity")),
-            "option_buying_power": _num(doc.get("option_buying_power")), "body": body}
+            "option_buying_power": _num(doc.get("option_buying_power")), "body": body, "source": source,
+            "run_id": run_id}
 
 
 _BAR_CORE = {"sym", "interval", "start_ns", "open", "high", "low", "close", "volume", "trades", "vwap", "source"}
 
 
-def bar_row(b: m.MicroBar) -> dict:
+def _wire_source(provenance: str) -> str:
+    """The bar's own source (``MicroBar.source``) a stored bar of ``provenance`` has unless ``extra`` says."""
+    return "backfill" if provenance == "backfill" else "tick"
+
+
+def bar_row(b: m.MicroBar, source: str | None = None, run_id: str | None = None) -> dict:
+    """A bar as a row. ``source`` is its provenance (default: ``backfill`` for a backfilled bar, else
+    ``live``); the bar's own source goes to ``extra["bar_source"]`` when it is not the usual one."""
     d = msgspec.structs.asdict(b)
     extra = {k: v for k, v in d.items() if k not in _BAR_CORE and k not in ("closed", "gap_fill") and v is not None}
+    prov = source or ("backfill" if b.source == "backfill" else "live")
+    if b.source != _wire_source(prov):
+        extra["bar_source"] = b.source
     return {"sym": b.sym, "interval": b.interval, "start_ns": b.start_ns, "open": b.open, "high": b.high,
             "low": b.low, "close": b.close, "volume": b.volume, "trades": b.trades, "vwap": b.vwap,
-            "source": b.source, "extra": extra or None}
+            "source": prov, "run_id": run_id, "extra": extra or None}
 
 
 def event_row(e: m.Trade | m.Quote) -> dict:
@@ -195,17 +217,19 @@ class Store:
 
     # ---------------------------------------------------------------- setups
     def record_transitions(self, transitions: Iterable[m.SetupTransition], *, source: str = "live",
-                           conn: Connection | None = None) -> None:
-        """Log transitions (natural key: setup, state, time) and re-fold their setup instances."""
+                           run_id: str | None = None, conn: Connection | None = None) -> None:
+        """Log transitions (natural key: setup, state, time) and re-fold their setup instances; new
+        rows get ``source``/``run_id`` (their provenance, ``spx_common.provenance``)."""
         trs = list(transitions)
         if not trs:
             return
         if conn is None:
             with self.engine.begin() as c:
-                return self.record_transitions(trs, source=source, conn=c)
+                return self.record_transitions(trs, source=source, run_id=run_id, conn=c)
         upsert(conn, t.setup_transitions, [
             {"setup_id": x.setup_id, "to_state": x.to_state, "ts": x.ts, "from_state": x.from_state,
-             "reason": x.reason, "price": x.price, "body": msgspec.to_builtins(x)} for x in trs], update=False)
+             "reason": x.reason, "price": x.price, "body": msgspec.to_builtins(x), "source": source,
+             "run_id": run_id} for x in trs], update=False)
         ids = sorted({x.setup_id for x in trs})
         rows: dict[str, dict] = {}
         logs: dict[str, list] = {i: [] for i in ids}
@@ -226,11 +250,12 @@ class Store:
                 # re-fold the whole log: the result does not depend on arrival order or repeats
                 new = None
                 for x in sorted((msgspec.convert(b, m.SetupTransition) for b in logs[sid]), key=_fold_key):
-                    new = merge_transition(new, x, old["source"] if old else source)
+                    new = merge_transition(new, x, old["source"] if old else source,
+                                           old["run_id"] if old else run_id)
             else:  # transitions logged before revision 0002 carry no body: fold the new ones in
                 new = old
                 for x in sorted((x for x in trs if x.setup_id == sid), key=_fold_key):
-                    new = merge_transition(new, x, source)
+                    new = merge_transition(new, x, source, run_id)
             new["trailing_stop_path"] = paths.get(sid, new["trailing_stop_path"])
             rows[sid] = new
         upsert(conn, t.setup_instances, [rows[i] for i in ids])
@@ -260,25 +285,35 @@ class Store:
             return dict(r._mapping) if r else None
 
     # ---------------------------------------------------------------- execution
-    def record_orders(self, orders: Iterable[m.Order], conn: Connection | None = None) -> None:
-        rows = _latest([order_row(o) for o in orders], ("order_id",))
+    # Execution rows carry the provenance of the run that made them (``source``, ``run_id``).
+    def record_orders(self, orders: Iterable[m.Order], conn: Connection | None = None, *, source: str = "live",
+                      run_id: str | None = None) -> None:
+        rows = _latest([order_row(o, source, run_id) for o in orders], ("order_id",))
         self._write(t.orders, rows, conn, newer_col="ts")
 
-    def record_fills(self, fills: Iterable[m.Fill], conn: Connection | None = None) -> None:
-        self._write(t.fills, _latest([fill_row(f) for f in fills], ("fill_key",)), conn, update=False)
-
-    def record_positions(self, positions: Iterable[m.Position], conn: Connection | None = None) -> None:
-        rows = _latest([position_row(p) for p in positions], ("user", "option_symbol"))
-        self._write(t.positions, rows, conn, newer_col="ts")
-
-    def record_snapshots(self, docs: Iterable[dict], conn: Connection | None = None) -> None:
-        self._write(t.portfolio_snapshots, _latest([snapshot_row(d) for d in docs], ("user", "ts")), conn,
+    def record_fills(self, fills: Iterable[m.Fill], conn: Connection | None = None, *, source: str = "live",
+                     run_id: str | None = None) -> None:
+        self._write(t.fills, _latest([fill_row(f, source, run_id) for f in fills], ("fill_key",)), conn,
                     update=False)
 
+    def record_positions(self, positions: Iterable[m.Position], conn: Connection | None = None, *,
+                         source: str = "live", run_id: str | None = None) -> None:
+        rows = _latest([position_row(p, source, run_id) for p in positions], ("user", "option_symbol"))
+        self._write(t.positions, rows, conn, newer_col="ts")
+
+    def record_snapshots(self, docs: Iterable[dict], conn: Connection | None = None, *, source: str = "live",
+                         run_id: str | None = None) -> None:
+        self._write(t.portfolio_snapshots, _latest([snapshot_row(d, source, run_id) for d in docs], ("user", "ts")),
+                    conn, update=False)
+
     # ---------------------------------------------------------------- market data
-    def upsert_bars(self, bars: Iterable[m.MicroBar], conn: Connection | None = None) -> int:
-        rows = _latest([bar_row(b) for b in bars], ("sym", "interval", "start_ns"))
-        self._write(t.bars, rows, conn)
+    def upsert_bars(self, bars: Iterable[m.MicroBar], conn: Connection | None = None, *, source: str | None = None,
+                    run_id: str | None = None) -> int:
+        """Store bars with their provenance (``bar_row``). A stored bar is replaced only by one of at
+        least its provenance's rank (live > backfill > replay > synthetic > backtest): replaying a
+        day never overwrites the live or vendor bars of that day."""
+        rows = _latest([bar_row(b, source, run_id) for b in bars], ("sym", "interval", "start_ns"))
+        self._write(t.bars, rows, conn, ranked=True)
         return len(rows)
 
     def insert_events(self, events: Iterable[m.Trade | m.Quote], conn: Connection | None = None) -> int:
@@ -296,9 +331,20 @@ class Store:
         bar = m.MicroBar
         with self.engine.connect() as c:
             for (sym_, iv, start, o, h, lo, cl, vol, n, vwap, src, extra) in c.execute(q):
+                extra = dict(extra) if extra else {}
+                wire = extra.pop("bar_source", _wire_source(src))
                 out.append(bar(sym=sym_, interval=iv, start_ns=start, open=o, high=h, low=lo, close=cl, volume=vol,
-                               trades=n, vwap=vwap, source=src, closed=True, **(extra or {})))
+                               trades=n, vwap=vwap, source=wire, closed=True, **extra))
         return out
+
+    def bar_sources(self, syms: Iterable[str], interval: str, start_ns: int = 0, end_ns: int = 2**62) -> list[str]:
+        """The provenances of the stored bars of ``syms`` in ``[start_ns, end_ns)`` (what a backtest
+        reports it ran on: live, replay, synthetic, backfill)."""
+        b = t.bars.c
+        q = (sa.select(b.source).distinct().where(b.sym.in_(sorted(set(syms))), b.interval == interval,
+                                                  b.start_ns >= start_ns, b.start_ns < end_ns))
+        with self.engine.connect() as c:
+            return sorted(r[0] for r in c.execute(q))
 
     def events(self, syms: Iterable[str], start_ns: int = 0, end_ns: int = 2**62) -> list[m.Trade | m.Quote]:
         """Stored trades and quotes of ``syms`` in ``[start_ns, end_ns)`` in aggregation order (time,
@@ -423,15 +469,19 @@ class Store:
             raise KeyError(f"no profile version {version}")
         return self.save_profile(old, author=author, reason=f"revert to version {version}")
 
-    def family_stats(self, since_ns: int, until_ns: int, *, source: str | None = "live") -> list[FamilyStats]:
+    def family_stats(self, since_ns: int, until_ns: int, *,
+                     source: str | Iterable[str] | None = "live") -> list[FamilyStats]:
         """Resolved, triggered trades per family with ``resolved_at`` in ``[since_ns, until_ns)``, of
-        ``source`` (``live`` by default: backtest rows never move the live rolling window; None: all)."""
+        ``source`` (one provenance or several; ``live`` by default: backtest, replay and demo rows never
+        move the live rolling window; None: all)."""
         s = t.setup_instances.c
+        if source is not None:
+            sources = [source] if isinstance(source, str) else sorted(set(source))
         q = (sa.select(s.family, sa.func.count(), sa.func.sum(sa.case((s.t1_hit, 1), else_=0)),
                        sa.func.sum(sa.case((s.t2_hit, 1), else_=0)), sa.func.sum(sa.case((s.stopped, 1), else_=0)),
                        sa.func.coalesce(sa.func.sum(s.r_multiple), 0.0))
              .where(s.resolved_at >= since_ns, s.resolved_at < until_ns, s.triggered_ns.is_not(None),
-                    s.r_multiple.is_not(None), *(() if source is None else (s.source == source,)))
+                    s.r_multiple.is_not(None), *(() if source is None else (s.source.in_(sources),)))
              .group_by(s.family).order_by(s.family))
         with self.engine.connect() as c:
             return [FamilyStats(family=f, trades=int(n), t1_hits=int(a or 0), t2_hits=int(b or 0),
@@ -439,13 +489,15 @@ class Store:
 
     def requarantine(self, now_ns: int, window_ns: int, *,
                      window: str = "live rolling window (data: live ticks, tick resolution)",
-                     stats: list[FamilyStats] | None = None) -> dict[str, str]:
-        """Quarantine families failing their floors (live window, or given backtest ``stats``);
-        saves a new profile version when anything changed and returns {family: reason}."""
+                     stats: list[FamilyStats] | None = None,
+                     sources: Iterable[str] = ("live",)) -> dict[str, str]:
+        """Quarantine families failing their floors (the rolling window over setup rows of ``sources``,
+        live only by default, or given backtest ``stats``); saves a new profile version when anything
+        changed and returns {family: reason}."""
         profile = self.get_active_profile()
-        new, changes = evaluate(profile, stats if stats is not None else self.family_stats(now_ns - window_ns,
-                                                                                             now_ns + 1),
-                                window=window)
+        if stats is None:
+            stats = self.family_stats(now_ns - window_ns, now_ns + 1, source=list(sources))
+        new, changes = evaluate(profile, stats, window=window)
         if changes:
             self.save_profile(new, author="auto", reason="re-quarantine: " + ", ".join(sorted(changes)),
                               now_ns=now_ns)

@@ -1,5 +1,8 @@
 """Table definitions (SQLAlchemy Core). Every table has a natural key so replays never duplicate.
 
+Every row the mesh or a backtest makes carries its provenance (``source``: live, replay, synthetic,
+backtest, backfill) and ``run_id`` (``spx_common.provenance``, revision 0005).
+
 The schema history lives in ``migrations/``; ``tests/store`` checks that the migrated database
 matches these definitions exactly, on SQLite and PostgreSQL.
 """
@@ -42,6 +45,7 @@ setup_instances = Table(
     Column("resolved_at", BigInteger),
     Column("resolution", String(32)),
     Column("source", String(16), nullable=False, default="live"),
+    Column("run_id", String(64)),
     Index("ix_setup_instances_family_resolved", "family", "resolved_at"),
 )
 
@@ -54,6 +58,8 @@ setup_transitions = Table(
     Column("reason", Text, nullable=False),
     Column("price", Float),
     Column("body", JSON),  # the whole SetupTransition (revision 0002), so instances can be re-folded
+    Column("source", String(16), nullable=False, server_default="live"),
+    Column("run_id", String(64)),
     PrimaryKeyConstraint("setup_id", "to_state", "ts", name="pk_setup_transitions"),
 )
 
@@ -79,6 +85,8 @@ orders = Table(
     Column("broker_id", String(64)),
     Column("reason", Text, nullable=False, default=""),
     Column("ts", BigInteger, nullable=False),
+    Column("source", String(16), nullable=False, server_default="live"),
+    Column("run_id", String(64)),
     Index("ix_orders_user_ts", "user", "ts"),
 )
 
@@ -93,6 +101,8 @@ fills = Table(
     Column("price", Float, nullable=False),
     Column("ts", BigInteger, nullable=False),
     Column("broker_id", String(64)),
+    Column("source", String(16), nullable=False, server_default="live"),
+    Column("run_id", String(64)),
     Index("ix_fills_order", "order_id"),
 )
 
@@ -105,6 +115,8 @@ positions = Table(
     Column("realized_pnl", Float, nullable=False),
     Column("unrealized_pnl", Float),
     Column("ts", BigInteger, nullable=False),
+    Column("source", String(16), nullable=False, server_default="live"),
+    Column("run_id", String(64)),
     PrimaryKeyConstraint("user", "option_symbol", name="pk_positions"),
 )
 
@@ -115,6 +127,8 @@ portfolio_snapshots = Table(
     Column("total_equity", Float),
     Column("option_buying_power", Float),
     Column("body", JSON, nullable=False),
+    Column("source", String(16), nullable=False, server_default="live"),
+    Column("run_id", String(64)),
     PrimaryKeyConstraint("user", "ts", name="pk_portfolio_snapshots"),
 )
 
@@ -130,7 +144,8 @@ bars = Table(
     Column("volume", Float, nullable=False),
     Column("trades", Integer, nullable=False),
     Column("vwap", Float),
-    Column("source", String(16), nullable=False),
+    Column("source", String(16), nullable=False),  # provenance (revision 0005; the bar's own source in extra)
+    Column("run_id", String(64)),
     Column("extra", JSON),
     PrimaryKeyConstraint("sym", "interval", "start_ns", name="pk_bars"),
 )

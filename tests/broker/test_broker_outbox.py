@@ -31,10 +31,13 @@ def test_restart_restores_the_ledger_from_the_store_brought_up_to_date_with_the_
         entry = h.seen("order.default")[0]
         assert entry.side == "buy_to_open"
         # the recorder had written the entry and the position after it, not the scale-out
+        from spx_common import provenance
+
+        prov = {"source": provenance.configured()[0]}  # as the recorder of this configuration stamps them
         store = open_store(f"sqlite:///{run_dir / 'spx.sqlite3'}")
-        store.record_orders([o for o in h.seen("order.default") if o.order_id == entry.order_id][-1:])
+        store.record_orders([o for o in h.seen("order.default") if o.order_id == entry.order_id][-1:], **prov)
         store.record_positions([Position(user="default", option_symbol=SYM, quantity=4, avg_price=2.0,
-                                         realized_pnl=0.0, ts=T0 + S)])
+                                         realized_pnl=0.0, ts=T0 + S)], **prov)
         store.close()
         h.proc.send_signal(signal.SIGKILL)
         h.proc.wait(10)

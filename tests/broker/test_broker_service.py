@@ -439,13 +439,19 @@ def test_restart_restores_the_ledger_from_the_store(run_dir):
     from spx_common.store import open_store
 
     now = _time.time_ns()
-    store = open_store(f"sqlite:///{run_dir / 'spx.sqlite3'}")  # what the recorder wrote before the restart
+    from spx_common import provenance
+
+    # what the recorder wrote before the restart, stamped with this configuration's provenance (issue 19:
+    # the broker restores only rows of the run it continues)
+    prov = {"source": provenance.configured()[0], "run_id": "before"}
+    store = open_store(f"sqlite:///{run_dir / 'spx.sqlite3'}")
     store.record_orders([Order(order_id="spx-default-s9-entry-1-old", user="default", setup_id="s9",
                                option_symbol=SYM, side="buy_to_open", quantity=2, type="limit", price=2.0,
-                               status="filled", ts=now)])
+                               status="filled", ts=now)], **prov)
     store.record_positions([Position(user="default", option_symbol=SYM, quantity=2, avg_price=2.0,
-                                     realized_pnl=50.0, ts=now)])
-    store.record_snapshots([{"user": "default", "ts": now, "total_cash": 99_600.0, "total_equity": 100_000.0}])
+                                     realized_pnl=50.0, ts=now)], **prov)
+    store.record_snapshots([{"user": "default", "ts": now, "total_cash": 99_600.0, "total_equity": 100_000.0}],
+                           **prov)
     store.close()
     h = Harness(run_dir)
     try:

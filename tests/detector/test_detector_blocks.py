@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+from spx_common import provenance
 from spx_common.models import MicroBar, SetupTransition
 from spx_common.store import open_store
 from spx_common.store.profile import FamilyPolicy, Profile
@@ -42,7 +43,8 @@ def test_every_refusal_is_published_and_counted_with_its_reason(run_dir):
         # an unresolved setup the store holds but the host must not restore: stop above a long's entry
         store.record_transitions([SetupTransition(
             setup_id="broken1", detector="old", family="old", sym="SPY", direction="long", to_state="ready",
-            reason="r", ts=T0 - 60 * S, price=100.7, entry_low=100.5, entry_high=101.0, stop=101.5, targets=[102.0])])
+            reason="r", ts=T0 - 60 * S, price=100.7, entry_low=100.5, entry_high=101.0, stop=101.5, targets=[102.0])],
+            source=provenance.configured()[0])  # as the recorder of this configuration stamps it
     finally:
         store.close()
     env = {"DATABASE_URL": url, "SPX_DETECTOR_ENTRY_POINTS": "false",

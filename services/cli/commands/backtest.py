@@ -122,6 +122,11 @@ def cmd_backtest(args) -> int:
     if args.save_baseline:
         args.save_baseline.write_text(json.dumps(result, sort_keys=True, indent=1) + "\n")
     o, pr = result["overall"], result["promotion"]
+    sample = result["evidence"]["sample"]
+    for d in result["evidence"]["data"]:
+        prov = ", ".join(d.get("provenance", []))
+        print(f"{d['day']}: {d['rows']:,} rows, {d['source']}{f' ({prov})' if prov else ''}, resolution {d['resolution']}")
+    print(f"{sample['bars']:,} bars, {sample['ticks']:,} ticks, {sample['setups']} setups")
     print(f"{o['trades']} resolved trades: T1 {o['t1_rate']:.1%}  T2 {o['t2_rate']:.1%}  "
           f"expectancy {o['expectancy_r']:+.3f} R  max drawdown {o['max_drawdown_r']:.2f} R")
     print(("PROMOTE" if pr["promote"] else "REFUSED: " + "; ".join(pr["refusals"])))

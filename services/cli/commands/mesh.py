@@ -11,6 +11,7 @@ import zmq
 from services.cli import supervise
 from services.cli.common import configs, fail
 from spx_common import health
+from spx_common import provenance
 from spx_common.bus import Subscriber
 from spx_common.config import SERVICES
 from spx_common.flags import FLAGS
@@ -191,6 +192,10 @@ def cmd_status(args) -> int:
         procs = {p["name"]: p for p in supervise.processes(runtime)}
     beats, feed = collect_heartbeats(args.listen) if procs else ({}, None)
     now = time.time_ns()
+    # event lag is measured against the clock the mesh runs on: the wall clock live, the replay clock
+    # (the feed's event time, in its status) during a replay
+    replaying = feed is not None and bool(feed.source) and feed.source != "live"
+    clock = feed.ts if replaying else now
     rows = []
     for name in SERVICES:
         p = procs.get(name, {})
@@ -204,9 +209,9 @@ def cmd_status(args) -> int:
             "pid": p.get("pid") or None,
             "uptime_s": (p["now"] - p["start"]) if p.get("statename") == "RUNNING" else None,
             "heartbeat_age_s": age,
-            # event time of the newest frame handled vs the wall clock: how far behind live the service is
-            # (meaningful in live mode; a replay runs in its own event time)
-            "event_lag_s": round((now - hb.stats["last_event_ns"]) / 1e9, 3)
+            # event time of the newest frame handled vs the mesh's clock (the wall clock live, the replay
+            # clock in a replay): how far behind the feed the service is
+            "event_lag_s": round((clock - hb.stats["last_event_ns"]) / 1e9, 3)
             if hb and hb.stats.get("last_event_ns") else None,
             "health": hb.state if hb else "no heartbeat",
             "healthy": healthy,
@@ -222,7 +227,9 @@ def cmd_status(args) -> int:
     if feed is not None:
         feed_doc = {"mode": feed.mode, "connected": feed.connected, "events_per_s": feed.events_per_s,
                     "last_event_age_ms": feed.last_event_age_ms, "reconnects": feed.reconnects,
-                    "detail": feed.detail}
+                    "detail": feed.detail, "source": feed.source, "run_id": feed.run_id,
+                    "replay_date": feed.replay_date, "speed": feed.speed, "badge": provenance.badge(feed),
+                    "clock_ns": clock}
     switches = switch_table(rows)
     from spx_common.flags import FlagStore
 
@@ -243,6 +250,9 @@ def cmd_status(args) -> int:
     if not procs:
         print(f"mesh is not running (run dir {runtime.path()}); start it with 'spx up'")
         return 3
+    if feed_doc:
+        print(f"data: {feed_doc['badge']} (run {feed_doc['run_id'] or '-'}; event lag against the "
+              f"{'replay' if replaying else 'wall'} clock)\n")
     print(f"{'service':<11} {'state':<9} {'pid':>7} {'uptime':>8} {'hb age':>7} {'health':<12} {'frames out':>11} "
           f"{'in/s':>9} {'input age':>9} {'event lag':>9}  detail")
     for r in rows:

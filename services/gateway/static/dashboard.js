@@ -432,19 +432,20 @@
       // status before its first event is stamped with the wall clock), else the status' event time
       const date = f.replayDate || f.sessionDate || (state.eventNs ? etDate(state.eventNs) : f.eventTs ? etDate(f.eventTs) : "");
       const speedM = /(?:^|\s)(x\s?[\d.]+|max)\b/i.exec(f.detail || "");
-      const speed = f.speed != null ? `×${f.speed}` : speedM ? speedM[1].replace(/^x\s?/i, "×") : "";
+      const speed = f.speed ? `×${f.speed}` : speedM ? speedM[1].replace(/^x\s?/i, "×") : "";
       text = `REPLAY ${date} ${speed}`.trim();
-    } else if (f.mode === "tick") text = `LIVE ${f.detail || "massive"}`.trim();
+    } else if (f.mode === "tick" && f.source && f.source !== "live") text = f.badge;  // LIVE only on a vendor
+    else if (f.mode === "tick") text = `LIVE ${f.detail || "massive"}`.trim();
     else if (f.mode === "poll") text = "POLL (REST fallback)";
     else text = "FEED DOWN";
     // availability of the session so far (SLO > 99.5%): shown next to the source, red below the SLO
-    let title = f.detail || "";
+    let title = [f.detail, f.source && `source ${f.source}`, f.runId && `run ${f.runId}`].filter(Boolean).join(" · ");
     if (f.availabilityPct != null) {
       text += ` · ${fmt(f.availabilityPct, 2)}%`;
       title += `${title ? "\n" : ""}prices flowed ${fmt(f.availabilityPct, 3)}% of the ${f.availabilityDay} session so far` +
         (f.longestGapS ? `; longest gap ${f.longestGapS} s from ${etTime(f.longestGapStartNs)} ET` : "; no gap");
     }
-    b.textContent = text; b.dataset.mode = f.mode; b.title = title; b.className = `pill feed ${f.mode}`;
+    b.textContent = text; b.dataset.mode = f.mode; b.dataset.source = f.source || ""; b.title = title; b.className = `pill feed ${f.mode}`;
     b.dataset.availability = f.availabilityPct == null ? "" : String(f.availabilityPct);
     b.classList.toggle("below-slo", f.availabilityPct != null && f.availabilityPct < 99.5);
   }
