@@ -86,19 +86,6 @@ def test_setup_triggers_paper_broker_fills_and_everything_is_recorded(run_dir, c
             m = re.search(r"sized (\d+) \([^)]*\): loss \$([\d.]+)/contract", o.reason)
             assert m and int(m.group(1)) >= o.quantity, o.reason
             assert o.quantity * float(m.group(2)) <= 500, o.reason
-        # the gateway's setups channel showed setups appearing and moving through their states
-        rank = {"forming": 0, "ready": 1, "triggered": 2, "target1_hit": 3, "target2_hit": 4}
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not any(st == "triggered" for _, st in ws_seen):
-            time.sleep(0.2)
-        by_id: dict[str, list] = {}
-        for sid, st in ws_seen:
-            by_id.setdefault(sid, []).append(st)
-        moved = [sts for sts in by_id.values() if "forming" in sts and "triggered" in sts]
-        assert moved, f"no setup seen going forming -> triggered on the setups channel: {by_id}"
-        for sts in by_id.values():  # forward-only, no state twice
-            live = [rank[x] for x in sts if x in rank]
-            assert live == sorted(live) and len(set(sts)) == len(sts), sts
         db = sqlite3.connect(runtime.path("spx.sqlite3"))
 
         def rows(table):
@@ -124,6 +111,19 @@ def test_setup_triggers_paper_broker_fills_and_everything_is_recorded(run_dir, c
         db.close()
         _status_says_replay_and_lags_on_the_replay_clock(capsys)
         _offline_backtest_of_the_replayed_day(run_dir, capsys)
+        # the gateway's setups channel showed setups appearing and moving through their states
+        rank = {"forming": 0, "ready": 1, "triggered": 2, "target1_hit": 3, "target2_hit": 4}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(st == "triggered" for _, st in ws_seen):
+            time.sleep(0.2)
+        by_id: dict[str, list] = {}
+        for sid, st in ws_seen:
+            by_id.setdefault(sid, []).append(st)
+        moved = [sts for sts in by_id.values() if "forming" in sts and "triggered" in sts]
+        assert moved, f"no setup seen going forming -> triggered on the setups channel: {by_id}"
+        for sts in by_id.values():  # forward-only, no state twice
+            live = [rank[x] for x in sts if x in rank]
+            assert live == sorted(live) and len(set(sts)) == len(sts), sts
     finally:
         ws_stop.set()
         if ws_thread.is_alive():
@@ -139,8 +139,13 @@ def _status_says_replay_and_lags_on_the_replay_clock(capsys) -> None:
     from services.cli.main import main
 
     capsys.readouterr()
-    assert main(["status", "--json"]) == 0
-    doc = json.loads(capsys.readouterr().out)
+    deadline = time.monotonic() + 15
+    while True:  # healthy once every service's heartbeat is in (bounded)
+        code = main(["status", "--json"])
+        doc = json.loads(capsys.readouterr().out)
+        if code == 0 or time.monotonic() > deadline:
+            break
+    assert code == 0, doc["unhealthy"]
     assert doc["feed"]["source"] == "synthetic" and doc["feed"]["run_id"]
     assert doc["feed"]["badge"] == "REPLAY 2026-11-20 x60 (synthetic)", doc["feed"]
     lags = {r["service"]: r["event_lag_s"] for r in doc["services"] if r["event_lag_s"] is not None}
