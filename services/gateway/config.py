@@ -57,6 +57,9 @@ class GatewayConfig(Section):
         65536, ge=1024, description="Hard websocket frame cap: a bigger frame closes the connection (1009).")
     client_msgs_per_s: float = Field(
         20.0, gt=0, description="Sustained client message rate; burst is twice this. Excess gets 'rate_limited'.")
+    client_channels_per_s: float = Field(
+        100.0, gt=0, description="Sustained channel names subscribed per second per connection (burst twice "
+        "this, at least 64: one full subscribe); excess subscribe messages get 'rate_limited'.")
     max_channels: int = Field(64, ge=1, le=10_000, description="Channels one connection may hold.")
     max_clients: int = Field(5000, ge=1, description="Concurrent websocket connections; more are refused (1013).")
     allowed_origins: list[str] = Field(

@@ -77,11 +77,11 @@ class TokenBucket:
         self.tokens = burst
         self.at = time.monotonic()
 
-    def take(self, now: float) -> bool:
+    def take(self, now: float, n: float = 1) -> bool:
         self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
         self.at = now
-        if self.tokens >= 1:
-            self.tokens -= 1
+        if self.tokens >= n:
+            self.tokens -= n
             return True
         return False
 
@@ -495,6 +495,7 @@ class GatewayService(BusService):
         client = Client(cid, user, cfg.queue_max, wake=lambda: conn.event.set(),
                         direct=lambda data: self._direct(conn, data), queue_max_bytes=cfg.queue_max_bytes)
         conn = Connection(ws, client, TokenBucket(cfg.client_msgs_per_s, 2 * cfg.client_msgs_per_s), expires)
+        conn.channel_bucket = TokenBucket(cfg.client_channels_per_s, max(2 * cfg.client_channels_per_s, 64))
         self.conns[cid] = conn
         self.m_clients.set(len(self.conns))
         self._send_now(conn, {"channel": None, "type": "welcome", "seq": 0, "source": "tick", "data": {
@@ -662,6 +663,11 @@ class GatewayService(BusService):
                                for e in exc.errors()[:5])
             rid = doc.get("id") if isinstance(doc, dict) and isinstance(doc.get("id"), str) else None
             self._error(conn, "bad_request", detail, rid=rid)
+            return
+        if isinstance(req, Subscribe) and not conn.channel_bucket.take(time.monotonic(), len(req.channels)):
+            # each name costs a snapshot (and perhaps a history request): a budget of names, not messages
+            self._error(conn, "rate_limited", f"more than {cfg.client_channels_per_s:g} channel subscriptions/s; "
+                        "message dropped", rid=req.id)
             return
         if isinstance(req, Subscribe):
             conn.client.latency = conn.client.latency or req.latency

@@ -231,6 +231,11 @@ def test_junk_channels_and_slow_readers_cost_bounded_memory(mesh):
         assert len(junk.subscribe(*names)["data"]["channels"]) == 64
         junk.send({"op": "unsubscribe", "channels": names})
         junk.until(lambda m: m["type"] == "unsubscribed")
+        time.sleep(0.7)  # within [gateway] client_channels_per_s (100 names a second)
+    for _ in range(4):  # past it: refused before any snapshot is made
+        junk.send({"op": "subscribe", "channels": [f"microbar:FLOOD{i}:1s" for i in range(64)]})
+    err = junk.until(lambda m: m["type"] == "error" and m["data"]["code"] == "rate_limited")
+    assert "channel subscriptions/s" in err["data"]["message"]
     junk.close()
     time.sleep(1.5)  # the gauges are set once a second
     # 320 junk names would be 320 more of each; real symbols of the replay may appear meanwhile
