@@ -2,10 +2,12 @@
 
 **Trade conditions** (docs/microbars.md, "Which prints make bars"). The vendor publishes, per stock trade
 condition id, whether a print with it updates the consolidated high/low, open/close and volume
-(``trade_conditions.json`` beside this module: the table, its source and date). A stock print is
-**excluded** from bars when any of its conditions does not update all three (the consolidated tape leaves it
-out of the last sale or the high/low: average-price, prior-reference, out-of-sequence, odd-lot, cash,
-next-day, contingent prints, official open/close markers, ...), with one override the table file names:
+(``trade_conditions.json`` beside this module: the table, its source and date). A stock print whose
+conditions all update the three makes bars. One whose excluding conditions (any of the three false) all
+still update the volume is **volume only** (``excl`` 4: average-price, prior-reference, out-of-sequence,
+odd-lot, cash, next-day, contingent prints, ...): its size counts in bar volume and neutral volume and
+nothing else. One with a condition that does not update the volume (official open/close markers, the
+corrected consolidated close) is **excluded** (``excl`` 1). One override, named in the table file:
 Form T (12, extended hours) updates bars, as in the vendor's own minute bars. Unknown ids do not exclude
 (a vocabulary we do not know must never hide a real trade). Option prints have no table here; only
 corrections exclude them.
@@ -15,12 +17,13 @@ excluded, and so, when the guard is on (``outlier_pct`` > 0), is a print **witho
 more than ``outlier_pct`` percent outside the quote in force (bid/ask both > 0).
 
 The flag is :attr:`spx_common.models.Trade.excl` (0 = in bars; :data:`EXCL_CONDITION`,
-:data:`EXCL_CORRECTION`, :data:`EXCL_OUTLIER`). Vendor readers set the correction flag (the field is theirs);
+:data:`EXCL_CORRECTION`, :data:`EXCL_OUTLIER`, :data:`EXCL_VOLUME_ONLY`). Vendor readers set the correction flag (the field is theirs);
 :class:`TradeRules` sets the rest and counts what it excluded per reason. The feed runs every event it
 publishes through one ``TradeRules`` (live stream, REST backfill and poll, flat-file and synthetic replay),
 ``spx bars`` and the backtester run theirs over what they read, so the bus, the journal, the aggregator's
 tick cache and every offline path carry the same flag. The bar cores (``fastcore.TickCore``, ``pybars``)
-skip an excluded trade for everything but the tick cache; the detector's lifecycle ignores it.
+skip an excluded trade for everything but the tick cache and add a volume-only one's size to volume and
+neutral volume only; the detector's lifecycle ignores both.
 
 **Units** (docs/feed.md, "Units"). Stock quote sizes are shares on every path, option sizes contracts:
 the vendor sent stock quote sizes in round lots of 100 before 2025-11-03 on the WebSocket, REST and flat
@@ -39,7 +42,11 @@ from spx_common.models import Quote, Trade
 EXCL_CONDITION = 1
 EXCL_CORRECTION = 2
 EXCL_OUTLIER = 3
-REASONS = {EXCL_CONDITION: "condition", EXCL_CORRECTION: "correction", EXCL_OUTLIER: "outlier"}
+#: a print that updates the consolidated volume and not the price: its size counts in bar volume (and
+#: neutral volume), nothing else (no OHLC, trade count, VWAP or side)
+EXCL_VOLUME_ONLY = 4
+REASONS = {EXCL_CONDITION: "condition", EXCL_CORRECTION: "correction", EXCL_OUTLIER: "outlier",
+           EXCL_VOLUME_ONLY: "volume only"}
 
 TABLE_PATH = Path(__file__).with_name("trade_conditions.json")
 
@@ -54,8 +61,13 @@ class Condition:
 
     @property
     def excludes(self) -> bool:
-        """A print with this condition stays out of bars (see the module docstring)."""
+        """A print with this condition does not make bars as a regular print (see the module docstring)."""
         return not (self.updates_high_low and self.updates_open_close and self.updates_volume)
+
+    @property
+    def volume_only(self) -> bool:
+        """It updates the consolidated volume but not the last sale or the high/low."""
+        return self.updates_volume and self.excludes
 
 
 def load_table(path: Path = TABLE_PATH) -> tuple[dict[int, Condition], dict]:
@@ -77,9 +89,22 @@ TABLE, TABLE_META = load_table()
 EXCLUDING = frozenset(i for i, c in TABLE.items() if c.excludes)
 
 
+#: condition ids whose prints count in bar volume only
+VOLUME_ONLY_IDS = frozenset(i for i, c in TABLE.items() if c.volume_only)
+
+
 def excluding_conditions(cond: Iterable[int]) -> list[int]:
     """The ids of ``cond`` that exclude a stock print from bars (empty: the print makes bars)."""
     return [c for c in cond if c in EXCLUDING]
+
+
+def classify(cond: Iterable[int]) -> int:
+    """``Trade.excl`` of a stock print with these conditions: 0 (makes bars), :data:`EXCL_VOLUME_ONLY` (every
+    excluding condition still updates the volume) or :data:`EXCL_CONDITION` (one does not)."""
+    ex = excluding_conditions(cond)
+    if not ex:
+        return 0
+    return EXCL_VOLUME_ONLY if all(c in VOLUME_ONLY_IDS for c in ex) else EXCL_CONDITION
 
 
 def condition_name(cid: int) -> str:
@@ -122,13 +147,14 @@ class TradeRules:
         self.excluded: dict[str, int] = {}
         self.excluded_size: dict[str, float] = {}
         self._quotes: dict[str, Quote] = {}
-        self._verdicts: dict[tuple, tuple[str, ...]] = {}  # cond tuple -> excluding labels (bounded)
+        self._verdicts: dict[tuple, tuple[int, tuple[str, ...]]] = {}  # cond tuple -> (excl, labels), bounded
 
-    def _labels(self, cond: list[int]) -> tuple[str, ...]:
+    def _verdict(self, cond: list[int]) -> tuple[int, tuple[str, ...]]:
+        """(excl, labels) of a stock print's conditions, memoised (bounded)."""
         key = tuple(cond)
         out = self._verdicts.get(key)
         if out is None:
-            out = tuple(str(c) for c in excluding_conditions(key))
+            out = (classify(key), tuple(str(c) for c in excluding_conditions(key)))
             if len(self._verdicts) > 4096:
                 self._verdicts.clear()
             self._verdicts[key] = out
@@ -154,18 +180,19 @@ class TradeRules:
             cond = ev.cond
             if ev.excl:  # flagged upstream (a reader's correction, or an earlier TradeRules): counted here too
                 excl = ev.excl
-                self._count(ev, self._labels(cond) if excl == EXCL_CONDITION else (REASONS.get(excl, "other"),))
+                self._count(ev, self._verdict(cond)[1] if excl in (EXCL_CONDITION, EXCL_VOLUME_ONLY)
+                            else (REASONS.get(excl, "other"),))
                 n += 1
                 continue
             if cond:
                 if ev.sym.startswith("O:"):
                     continue  # no option table: only corrections (above) exclude option prints
-                labels = verdicts.get(tuple(cond))
-                if labels is None:
-                    labels = self._labels(cond)
-                if labels:
-                    ev.excl = EXCL_CONDITION
-                    self._count(ev, labels)
+                verdict = verdicts.get(tuple(cond))
+                if verdict is None:
+                    verdict = self._verdict(cond)
+                if verdict[0]:
+                    ev.excl = verdict[0]
+                    self._count(ev, verdict[1])
                     n += 1
             elif guard:
                 q = quotes.get(ev.sym)
@@ -188,8 +215,9 @@ def explain_row(ev: Trade) -> str:
     import datetime as dt
 
     when = dt.datetime.fromtimestamp(ev.ts / 1e9, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    if ev.excl == EXCL_CONDITION:
-        why = "conditions " + ", ".join(f"{c} {condition_name(c)}" for c in excluding_conditions(ev.cond))
+    if ev.excl in (EXCL_CONDITION, EXCL_VOLUME_ONLY):
+        why = ("volume only, " if ev.excl == EXCL_VOLUME_ONLY else "") + "conditions " + ", ".join(
+            f"{c} {condition_name(c)}" for c in excluding_conditions(ev.cond))
     else:
         why = REASONS.get(ev.excl, f"excl={ev.excl}")
         if ev.cond:

@@ -67,8 +67,9 @@ class Trade(Base, kw_only=True, tag="t", tag_field="k", gc=False):
     cond: list[int] = []
     source: Source = "tick"
     backfilled: bool = False
-    #: not 0: the print stays out of bars and the lifecycle (1 condition, 2 correction, 3 outlier guard;
-    #: spx_common/marketrules.py, docs/microbars.md), kept in the tick cache and the journal
+    #: not 0: the print is not a regular print for bars and stays out of the lifecycle (1 condition,
+    #: 2 correction, 3 outlier guard: out of bars; 4 volume only: its size counts in bar volume, nothing
+    #: else; spx_common/marketrules.py, docs/microbars.md); kept in the tick cache and the journal
     excl: int = 0
 
 

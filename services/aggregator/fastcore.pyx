@@ -87,7 +87,8 @@ cdef struct Ev:
     Py_ssize_t sym_len
     long long ts
     double a, b, c, d  # trade: price, size; quote: bid, ask, bid size, ask size; value: value
-    bint excl          # trade: ``excl`` != 0 (docs/microbars.md): held for the tick cache, no bar maths
+    int excl           # trade: 0 makes bars; 4 volume only (its size in volume and neutral volume, nothing else);
+                       # any other value is out of bars (docs/microbars.md): held for the tick cache, no bar maths
     Py_ssize_t start, end  # the event's map in the body
 
 
@@ -101,6 +102,7 @@ cdef struct Acc:
     double open, high, low, close
     long long trades, covered, obs, spread_n
     double vol, pv, buy, sell, neutral, sb, sa, ss
+    double vonly       # sizes of volume-only trades (excl 4): added to volume and neutral volume at the end
     bint has_last      # a bar of this interval was closed: its bucket and close
     long long last_bucket
     double last_close
@@ -373,7 +375,7 @@ cdef inline Py_ssize_t _rd_event(const uint8_t* p, Py_ssize_t i, Py_ssize_t n, E
     cdef bint big
     cdef double price = 0, size = 0, bid = 0, ask = 0, bsz = 0, asz = 0, value = 0
     ev.start = i
-    ev.excl = False
+    ev.excl = 0
     i = _rd_head(p, i, n, &m, 0x80)
     if i < 0:
         return -1
@@ -419,7 +421,7 @@ cdef inline Py_ssize_t _rd_event(const uint8_t* p, Py_ssize_t i, Py_ssize_t n, E
             i = _rd_int(p, i, n, &iv, &big)
         elif f == F_EXCL:
             i = _rd_int(p, i, n, &iv, &big)
-            ev.excl = big or iv != 0
+            ev.excl = 1 if big or iv < 0 or iv > 4 else <int>iv
         elif f == F_COND:
             i = _rd_head(p, i, n, &cnt, 0x90)
             c = 0
@@ -747,7 +749,7 @@ cdef class TickCore:
                     if evs[i].sid == ev.sid:
                         evs[i].sid = sid
                 ev.sid = sid
-            if not ev.excl:
+            if ev.excl == 0 or ev.excl == 4:
                 self._event(sid, ev)
             if self.on_hold is not None:
                 self._hold(sid, p, ev)
@@ -858,7 +860,7 @@ cdef class TickCore:
         acc.start = bucket * iv
         acc.end = acc.start + iv
         acc.index = st.index
-        acc.vol = acc.pv = acc.buy = acc.sell = acc.neutral = 0.0
+        acc.vol = acc.pv = acc.buy = acc.sell = acc.neutral = acc.vonly = 0.0
         acc.sb = acc.sa = acc.ss = 0.0
         acc.obs = acc.spread_n = 0
         acc.trades = acc.covered = 0
@@ -928,6 +930,9 @@ cdef class TickCore:
             elif kind == K_TRADE:
                 price = ev.a
                 size = ev.b
+                if ev.excl:  # volume only: no price, no trade count, no side
+                    acc.vonly += size
+                    continue
                 self._price(acc, price)
                 acc.trades += 1
                 acc.vol += size
@@ -985,17 +990,19 @@ cdef class TickCore:
         name = self.names[sid]
         interval = self.iv_names[k]
         vwap = acc.pv / acc.vol if acc.vol > 0 else None
+        volume = acc.vol + acc.vonly
         if acc.index or not self.l2:
             return MicroBar(sym=name, interval=interval, start_ns=acc.bucket * self.ivs[k], open=acc.open,
-                            high=acc.high, low=acc.low, close=acc.close, volume=acc.vol, trades=acc.trades,
+                            high=acc.high, low=acc.low, close=acc.close, volume=volume, trades=acc.trades,
                             vwap=None if acc.index else vwap, closed=closed)
         tot = acc.sb + acc.sa
         bsz = st.qbsz if st.has_quote else None
         asz = st.qasz if st.has_quote else None
         return MicroBar(
             sym=name, interval=interval, start_ns=acc.bucket * self.ivs[k], open=acc.open, high=acc.high,
-            low=acc.low, close=acc.close, volume=acc.vol, trades=acc.trades, vwap=vwap,
-            buy_volume=acc.buy, sell_volume=acc.sell, neutral_volume=acc.neutral, delta_volume=acc.buy - acc.sell,
+            low=acc.low, close=acc.close, volume=volume, trades=acc.trades, vwap=vwap,
+            buy_volume=acc.buy, sell_volume=acc.sell, neutral_volume=acc.neutral + acc.vonly,
+            delta_volume=acc.buy - acc.sell,
             bid_ask_imbalance=(acc.sb - acc.sa) / tot if acc.obs and tot > 0 else None,
             ask_bid_size_ratio=asz / bsz if bsz else None,
             quote_coverage_pct=100.0 * acc.covered / acc.trades if acc.trades else None,

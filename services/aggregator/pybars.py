@@ -74,6 +74,9 @@ def core_intervals(intervals: Iterable[str], max_symbols: int, hold_max: int,
     return ivs
 
 
+#: ``Trade.excl`` of a volume-only print (spx_common.marketrules.EXCL_VOLUME_ONLY)
+VOLUME_ONLY = 4
+
 # Positions in ``_Acc.f``: the float sums of a bar, each added in stream order (the contract's sums).
 VOL, PV, BUY, SELL, NEUTRAL, SUM_BID, SUM_ASK, SPREAD = range(8)
 #: pending quote observations of one bar folded into its sums at this many (bounds ``_Acc.qs``)
@@ -89,7 +92,8 @@ class _Acc:
     is added directly, and when the bar is built. Most buckets of a quote-only contract never get a
     trade, so their quotes are never summed at all."""
 
-    __slots__ = ("bucket", "open", "high", "low", "close", "trades", "covered", "obs", "spread_n", "index", "f", "qs")
+    __slots__ = ("bucket", "open", "high", "low", "close", "trades", "covered", "obs", "spread_n", "index", "f", "qs",
+                 "vonly")
 
     def __init__(self, bucket: int, in_force: Quote | None, index: bool) -> None:
         self.bucket = bucket
@@ -100,6 +104,7 @@ class _Acc:
         self.f = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
         self.obs = self.spread_n = 0
         self.qs = [] if in_force is None else [in_force]  # the quote in force at the start is observed
+        self.vonly = 0.0  # sizes of volume-only trades (excl 4): in volume and neutral volume, nothing else
 
     def requote(self, bucket: int, in_force: Quote | None, index: bool) -> None:
         """Same as ``__init__`` for an accumulator that saw no trade and no index value (its price,
@@ -109,6 +114,7 @@ class _Acc:
         self.f = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
         self.obs = self.spread_n = 0
         self.qs = [] if in_force is None else [in_force]  # the quote in force at the start is observed
+        self.vonly = 0.0
 
     def fold(self) -> None:
         """Add the pending quote observations to the quote sums, in order."""
@@ -207,14 +213,20 @@ class PyBarAggregator:
         if ev.ts > self.watermark:
             self.watermark = ev.ts
         st = self.symbols.get(ev.sym) or self._state(ev.sym)
-        if st is not None and not (type(ev) is Trade and ev.excl):
-            self._single(ev.sym, st, ev)
+        if st is None:
+            return
+        if type(ev) is Trade and ev.excl:
+            if ev.excl == VOLUME_ONLY:
+                self._volume_only(ev.sym, st, ev)
+            return
+        self._single(ev.sym, st, ev)
 
     def on_events(self, events: Iterable[Trade | Quote | IndexValue]) -> None:
         """Aggregate events in stream order (the live, replay and offline path).
 
         An excluded trade (``excl`` != 0, docs/microbars.md) moves the watermark and makes its symbol
-        known, nothing else: the batch is cut around it (bars do not depend on batch cuts)."""
+        known, nothing else; a volume-only one (``excl`` 4) adds its size to its bars' volume and neutral
+        volume only. The batch is cut around them (bars do not depend on batch cuts)."""
         if not isinstance(events, (list, tuple)):
             events = list(events)
         for ev in events:
@@ -230,8 +242,9 @@ class PyBarAggregator:
                     run = []
                 if ev.ts > self.watermark:
                     self.watermark = ev.ts
-                if ev.sym not in self.symbols:
-                    self._state(ev.sym)
+                st = self.symbols.get(ev.sym) or self._state(ev.sym)
+                if st is not None and ev.excl == VOLUME_ONLY:
+                    self._volume_only(ev.sym, st, ev)
             else:
                 run.append(ev)
         if run:
@@ -294,6 +307,7 @@ class PyBarAggregator:
                             if nb1 != a1.bucket:
                                 a1.bucket = nb1
                                 a1.index = st.index
+                                a1.vonly = 0.0
                                 if a1.obs:  # quotes were folded: reset the sums (else they are all still 0.0)
                                     a1.f = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
                                     a1.obs = a1.spread_n = 0
@@ -309,6 +323,7 @@ class PyBarAggregator:
                                 if nb2 != a2.bucket:
                                     a2.bucket = nb2
                                     a2.index = st.index
+                                    a2.vonly = 0.0
                                     if a2.obs:  # quotes were folded: reset the sums (else they are all still 0.0)
                                         a2.f = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
                                         a2.obs = a2.spread_n = 0
@@ -511,6 +526,15 @@ class PyBarAggregator:
         if kind is Quote:
             st.quote = ev
 
+    def _volume_only(self, sym: str, st: _SymbolState, ev: Trade) -> None:
+        """A volume-only trade: each interval's bar found (closed, reused or late) as for any event, then
+        only its size is kept (``vonly``)."""
+        ts = ev.ts
+        for name, iv in self.intervals:
+            acc = self._acc_for(sym, st, name, iv, ts // iv)
+            if acc is not None:
+                acc.vonly += ev.size
+
     def _acc_for(self, sym: str, st: _SymbolState, name: str, iv: int, bucket: int) -> _Acc | None:
         acc = st.accs.get(iv)
         if acc is not None:
@@ -594,6 +618,8 @@ class PyBarAggregator:
             acc.fold()
         volume, pv, buy, sell, neutral, sum_bid, sum_ask, spread_sum = acc.f
         vwap = pv / volume if volume > 0 else None
+        volume = volume + acc.vonly
+        neutral = neutral + acc.vonly
         if acc.index or not self.l2:
             return MicroBar(sym=sym, interval=name, start_ns=acc.bucket * iv, open=acc.open, high=acc.high,
                             low=acc.low, close=acc.close, volume=volume, trades=acc.trades,
@@ -744,7 +770,8 @@ class PyTickCore(PyBarAggregator):
         tracked after the batch iff it was tracked when the event came (the table only grows)."""
         symbols, dirty = self.symbols, self._dirty
         if self.on_hold is None:
-            for sym in dict.fromkeys([ev.sym for ev in events if not (type(ev) is Trade and ev.excl)]):
+            for sym in dict.fromkeys([ev.sym for ev in events
+                                      if not (type(ev) is Trade and ev.excl and ev.excl != VOLUME_ONLY)]):
                 if sym in symbols:
                     dirty[sym] = None
             return
@@ -754,7 +781,7 @@ class PyTickCore(PyBarAggregator):
             if sym not in symbols:
                 continue  # refused
             t = type(ev)
-            if not (t is Trade and ev.excl):  # an excluded trade is held, not aggregated
+            if not (t is Trade and ev.excl and ev.excl != VOLUME_ONLY):  # an excluded trade is held, not aggregated
                 dirty[sym] = None
             h = held.get(sym)
             if h is None:

@@ -166,7 +166,7 @@ async def _fetch(store: Store, rest: Any, kind: str, sym: str, day: dt.date, sum
 
 
 def _kept(events: list, rules: TradeRules, summary: Summary) -> list:
-    """``events`` without the trades the trade rules exclude (counted in ``summary.excluded``)."""
+    """``events`` (flagged in place) without the trades the trade rules flag (counted in ``summary.excluded``)."""
     if not rules.apply(events):
         return events
     kept = [e for e in events if not (type(e) is m.Trade and e.excl)]
@@ -227,12 +227,12 @@ def import_flat_files(store: Store, paths: list[Path], *, symbols: Iterable[str]
         else:
             stats = ReadStats()
             try:
-                events = _kept(list(read_merged(group, symbols=symbols, stats=stats, quote_sizes=quote_sizes)),
-                               TradeRules(), summary)
+                events = list(read_merged(group, symbols=symbols, stats=stats, quote_sizes=quote_sizes))
+                kept = _kept(events, TradeRules(), summary)
                 n = 0
-                for i in range(0, len(events), CHUNK):
-                    n += store.insert_events(events[i:i + CHUNK])
-                bars = bars_from_events(events, intervals=intervals)
+                for i in range(0, len(kept), CHUNK):
+                    n += store.insert_events(kept[i:i + CHUNK])
+                bars = bars_from_events(events, intervals=intervals)  # volume-only prints count in volume
                 for i in range(0, len(bars), CHUNK):
                     store.upsert_bars([msgspec.structs.replace(b, source="backfill") for b in bars[i:i + CHUNK]])
             except (FlatFileError, OSError, ValueError) as exc:

@@ -4,7 +4,8 @@ It recomputes every bar from whole lists, by definition, with none of the aggreg
 incremental state: the quote in force for a trade is found by scanning the stream backwards,
 quote observations by filtering the symbol's quotes by time. Input must be in stream order with
 non-decreasing timestamps (what the property tests generate). An excluded trade (``excl`` != 0) is in
-no bar at all.
+no bar at all, except a volume-only one (``excl`` 4): its size is added to the volume and neutral volume
+of its bucket's bar (a bucket with no other print has no bar).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ def reference_bars(events: list, interval_ns: int, interval: str = "1s", l2: boo
         stream = [(i, e) for i, e in enumerate(events) if e.sym == sym]
         quotes = [(i, e) for i, e in stream if isinstance(e, Quote)]
         prints = [(i, e) for i, e in stream if isinstance(e, IndexValue) or isinstance(e, Trade) and not e.excl]
+        vonly = [e for _, e in stream if isinstance(e, Trade) and e.excl == 4]
         buckets = sorted({e.ts // interval_ns for _, e in prints})
         for b in buckets:
             start, end = b * interval_ns, (b + 1) * interval_ns
@@ -38,7 +40,11 @@ def reference_bars(events: list, interval_ns: int, interval: str = "1s", l2: boo
             pv = 0.0
             for _, e in rows:
                 pv += e.price * e.size
-            bar.update(volume=volume, vwap=pv / volume if volume > 0 else None)
+            extra = 0.0
+            for e in vonly:
+                if start <= e.ts < end:
+                    extra += e.size
+            bar.update(volume=volume + extra, vwap=pv / volume if volume > 0 else None)
             if not l2:
                 bar.update(dict.fromkeys(MICRO))
                 out.append(bar)
@@ -72,7 +78,7 @@ def reference_bars(events: list, interval_ns: int, interval: str = "1s", l2: boo
             bsz = close_q.bid_size if close_q else None
             asz = close_q.ask_size if close_q else None
             bar.update(
-                buy_volume=buy, sell_volume=sell, neutral_volume=neutral, delta_volume=buy - sell,
+                buy_volume=buy, sell_volume=sell, neutral_volume=neutral + extra, delta_volume=buy - sell,
                 bid_ask_imbalance=(sb - sa) / (sb + sa) if obs and sb + sa > 0 else None,
                 avg_spread_bps=spread_sum / len(spreads) if spreads else None,
                 bid_size_at_close=bsz, ask_size_at_close=asz,

@@ -19,7 +19,7 @@ PRICES = [99.98, 99.99, 100.0, 100.01, 100.02]
 
 
 @st.composite
-def streams(draw, sizes=(0, 1, 100, 250), excl=(0, 0, 0, 0, 1, 3)):
+def streams(draw, sizes=(0, 1, 100, 250), excl=(0, 0, 0, 0, 0, 1, 3, 4, 4)):
     n = draw(st.integers(0, 60))
     ts = 10 * S
     events = []

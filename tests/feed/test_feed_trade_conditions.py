@@ -15,7 +15,7 @@ from services.aggregator.bars import bars_from_events, csv_row
 from services.cli.main import main as spx
 from services.feed.replay import FlatFileSource
 from spx_common import flatfiles
-from spx_common.marketrules import EXCL_CONDITION, EXCL_CORRECTION, EXCL_OUTLIER, TradeRules
+from spx_common.marketrules import EXCL_CONDITION, EXCL_CORRECTION, EXCL_OUTLIER, EXCL_VOLUME_ONLY, TradeRules
 from spx_common.models import Quote, Trade
 from tests.aggregator.reference import as_dicts, normalize, reference_bars
 from tests.conftest import eventually
@@ -28,13 +28,14 @@ CLASSES = [
     ([14, 41], 0, 0),  # intermarket sweep, trade-thru exempt: updates everything
     ([12], 0, 0),  # Form T: the table's override, extended-hours prints make bars
     ([999], 0, 0),  # an id not in the table: never hides a trade
-    ([37], 0, EXCL_CONDITION),  # odd lot: volume only
-    ([2], 0, EXCL_CONDITION),  # average price: volume only
-    ([22], 0, EXCL_CONDITION),  # prior reference price: high/low but not the last sale
-    ([32], 0, EXCL_CONDITION),  # sold out of sequence: high/low but not the last sale
+    ([37], 0, EXCL_VOLUME_ONLY),  # odd lot: volume only
+    ([2], 0, EXCL_VOLUME_ONLY),  # average price: volume only
+    ([22], 0, EXCL_VOLUME_ONLY),  # prior reference price: high/low and volume, not the last sale
+    ([32], 0, EXCL_VOLUME_ONLY),  # sold out of sequence: high/low and volume, not the last sale
     ([16], 0, EXCL_CONDITION),  # market center official open: a marker, no update at all
     ([38], 0, EXCL_CONDITION),  # corrected consolidated close: price but not volume
-    ([12, 37], 0, EXCL_CONDITION),  # extended hours and an odd lot: the odd lot decides
+    ([12, 37], 0, EXCL_VOLUME_ONLY),  # extended hours and an odd lot: the odd lot decides
+    ([37, 16], 0, EXCL_CONDITION),  # an odd lot that is also a marker: out entirely
 ]
 CORRECTION = ([], 1, EXCL_CORRECTION)  # REST and flat files only (the stream has no correction field)
 
@@ -57,10 +58,17 @@ def planted(t0: int, classes, *, seq0: int = 1) -> tuple[list, list[int]]:
 
 
 def rule_bars(events: list, want: list[int]) -> list[dict]:
-    """The reference bars of the prints the rule keeps (independent of the production flags)."""
+    """The reference bars of the rule's flags ``want`` (not the production flags): regular prints, the
+    volume-only ones' sizes, nothing of the rest."""
     it = iter(want)
-    kept = [e if type(e) is not Trade else msgspec.structs.replace(e, excl=0)
-            for e in events if type(e) is not Trade or next(it) == 0]
+    kept = []
+    for e in events:
+        if type(e) is Trade:
+            flag = next(it)
+            if flag not in (0, EXCL_VOLUME_ONLY):
+                continue
+            e = msgspec.structs.replace(e, excl=flag)
+        kept.append(e)
     return normalize(reference_bars(kept, S))
 
 
@@ -80,8 +88,8 @@ def test_live_stream_flags_each_condition_class_and_bars_follow_the_rule(run_dir
         check(got, want)
         assert [e.cond for e in got if type(e) is Trade] == [c for c, _, _ in CLASSES]  # kept, flagged
         counter = feed.service.metrics.counter("feed_trades_excluded_total", "", ["condition"])
-        eventually(lambda: counter.value(condition="37") == 2, 3, what="excluded prints counted per condition")
-        assert [counter.value(condition=c) for c in ("2", "22", "32", "16", "38", "12", "14")] == [1, 1, 1, 1, 1, 0, 0]
+        eventually(lambda: counter.value(condition="37") == 3, 3, what="excluded prints counted per condition")
+        assert [counter.value(condition=c) for c in ("2", "22", "32", "16", "38", "12", "14")] == [1, 1, 1, 2, 1, 0, 0]
 
 
 def test_rest_backfill_flags_conditions_and_corrections_and_bars_follow_the_rule(run_dir, fake):
@@ -132,10 +140,12 @@ def test_flat_file_conditions_and_corrections_through_spx_bars_explain(tmp_path)
     check(read, want)
     assert out.read_text().splitlines()[1:] == [",".join(csv_row(b)) for b in bars_from_events(read)]
     lines = [ln for ln in err.getvalue().splitlines() if ln.startswith("excluded 20")]
-    assert len(lines) == want.count(EXCL_CONDITION) + 1
-    assert any("37 Odd Lot Trade" in ln for ln in lines) and any("22 Prior Reference Price" in ln for ln in lines)
+    assert len(lines) == len(want) - want.count(0)
+    assert any("volume only, conditions 37 Odd Lot Trade" in ln for ln in lines)
+    assert any("22 Prior Reference Price" in ln for ln in lines)
+    assert any(ln.endswith("conditions 16 Market Center Official Open") for ln in lines)
     assert any(ln.endswith("correction") for ln in lines)
-    assert "37: 2" in err.getvalue()
+    assert "37: 3" in err.getvalue()
 
 
 def test_the_outlier_guard_in_a_flat_file_replay_flags_and_counts_a_print_far_from_the_quote(run_dir, tmp_path):

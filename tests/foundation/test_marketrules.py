@@ -35,6 +35,15 @@ def test_a_print_is_excluded_when_any_condition_misses_a_rule_and_form_t_is_over
     assert mr.condition_name(22) == "Prior Reference Price" and mr.condition_name(999) == "unknown"
 
 
+def test_volume_only_when_every_excluding_condition_still_updates_the_volume():
+    assert mr.classify([14, 41]) == mr.classify([12]) == mr.classify([]) == mr.classify([999]) == 0
+    for cid in (2, 5, 7, 10, 13, 20, 21, 22, 29, 32, 33, 37, 52, 53):
+        assert mr.classify([cid]) == mr.EXCL_VOLUME_ONLY, cid
+        assert mr.classify([12, cid, 14]) == mr.EXCL_VOLUME_ONLY, cid
+    for cid in (15, 16, 38):
+        assert mr.classify([cid]) == mr.classify([37, cid]) == mr.EXCL_CONDITION, cid
+
+
 def test_trade_rules_flag_count_and_leave_options_to_corrections():
     rules = mr.TradeRules(keep=10)
     evs = [Trade(sym="SPY", price=1, size=5, ts=T0, cond=[14]),
@@ -42,7 +51,7 @@ def test_trade_rules_flag_count_and_leave_options_to_corrections():
            Trade(sym="SPY", price=1, size=3, ts=T0, excl=mr.EXCL_CORRECTION),
            Trade(sym="O:SPXW261120C05900000", price=1, size=1, ts=T0, cond=[37])]
     assert rules.apply(evs) == 2
-    assert [e.excl for e in evs] == [0, mr.EXCL_CONDITION, mr.EXCL_CORRECTION, 0]
+    assert [e.excl for e in evs] == [0, mr.EXCL_VOLUME_ONLY, mr.EXCL_CORRECTION, 0]
     assert rules.excluded == {"37": 1, "22": 1, "correction": 1}
     assert rules.excluded_size == {"37": 7.0, "22": 7.0, "correction": 3.0}
     assert rules.kept == [evs[1], evs[2]]

@@ -173,8 +173,9 @@ def test_interrupted_backfill_resumes_without_duplicates(store, fake):
 
 
 def test_excluded_prints_are_counted_not_stored_and_stay_out_of_the_stored_bars(store, fake, tmp_path):
-    """The feed's trade rules on both importers: an odd lot (37) and a correction are not in market_events
-    and not in the bars; Form T (12) and a sweep are (docs/microbars.md)."""
+    """The feed's trade rules on both importers: an odd lot (37) and a correction are not in market_events;
+    the correction is in no bar, the odd lot's size only in the bar's volume; Form T (12) and a sweep are
+    regular prints (docs/microbars.md)."""
     from spx_common.models import Trade
 
     t0 = int(dt.datetime.combine(DAY, dt.time(15), dt.timezone.utc).timestamp()) * 10**9
@@ -198,4 +199,4 @@ def test_excluded_prints_are_counted_not_stored_and_stay_out_of_the_stored_bars(
     s = import_flat_files(store, [path], symbols=["QQQ"])
     assert s.excluded == 2 and len(store.events(["QQQ"])) == 2
     (bar,) = store.bars("QQQ", "1s")
-    assert (bar.high, bar.volume, bar.trades) == (501.0, 20.0, 2)
+    assert (bar.high, bar.volume, bar.trades, bar.vwap) == (501.0, 23.0, 2, 500.5)

@@ -51,8 +51,8 @@ def register(sub) -> None:
                    help="outlier guard: exclude prints with no condition more than this many percent outside "
                         "the quote in force (default 0: off; the feed's [feed] outlier_guard_pct)")
     p.add_argument("--explain", action="store_true",
-                   help="print every print excluded from the bars (conditions, correction, outlier) and the "
-                        "counts per reason on stderr")
+                   help="print every print that is not a regular print for the bars (volume only or excluded: "
+                        "conditions, correction, outlier) and the counts per reason on stderr")
     p.add_argument("--out", type=Path, default=None, help="output CSV (default stdout)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_bars)
@@ -119,6 +119,6 @@ def cmd_bars(args) -> int:
     if args.explain or (rules.excluded and not args.quiet):
         total = sum(rules.excluded.values())
         per = ", ".join(f"{k}: {v:,} ({rules.excluded_size[k]:,.0f} size)" for k, v in sorted(rules.excluded.items()))
-        print(f"excluded from the bars by reason (docs/microbars.md): {per or 'none'}" +
+        print(f"prints excluded or volume only, by reason (docs/microbars.md): {per or 'none'}" +
               (f"; {total:,} in all" if total else ""), file=sys.stderr)
     return 0
