@@ -66,6 +66,7 @@ def limits_of(cfg: BrokerConfig, record: dict | None) -> Limits:
     ``day_trading_policy`` (``alert`` | ``block`` | ``off``), else ``[broker]``'s."""
     base = Limits(cfg.max_contracts_per_order, cfg.max_orders_per_day, cfg.max_open_risk,
                   entry_timeout_s=cfg.entry_timeout_s, max_risk_per_trade=cfg.max_risk_per_trade,
+                  protective_stop=cfg.protective_stop, protective_stop_pct=cfg.protective_stop_pct,
                   max_premium_per_trade=cfg.max_premium_per_trade, min_risk_per_contract=cfg.min_risk_per_contract,
                   dtbp_floor=cfg.dtbp_floor, pdt_policy=cfg.pdt_policy, pdt_min_equity=cfg.pdt_min_equity,
                   rate=cfg.rate)

@@ -115,6 +115,13 @@ class BrokerConfig(Section):
     rate: float = Field(0.04, ge=-0.05, le=0.5, description="Risk-free rate for repricing the contract to the stop.")
     slippage_window: int = Field(200, ge=10, le=100_000, description="Fills kept for rolling slippage stats.")
     entry_price: Literal["ask", "mid"] = Field("ask", description="Entry limit: the ask (marketable) or the mid.")
+    protective_stop: Literal["advisor", "premium_pct"] = Field(
+        "advisor", description="Protective stop placed right after every entry fill (partial too), for the filled "
+        "quantity: 'advisor' = the option's value at the setup's stop (the recommendation's sizing valueAtStop; "
+        "premium_pct when unknown), 'premium_pct' = average fill x (1 - protective_stop_pct). Always at least one "
+        "tick under the fill; kept equal to the open quantity; only raised by move/trail advice.")
+    protective_stop_pct: float = Field(0.5, gt=0, lt=1, description="Fraction of the premium a protective stop "
+                                       "risks in premium_pct mode (and in advisor mode without a value at the stop).")
     entry_timeout_s: float = Field(60.0, gt=0, le=3600, description="Cancel an entry not filled this long after "
                                    "it was sent (event time); a filled part stays and is managed.")
 

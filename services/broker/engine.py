@@ -48,6 +48,7 @@ MAX_TRACKED = 2000  # bounded memory for triggers, recommendations, quotes and f
 CLOSING_STATES = ("stopped", "invalidated", "expired")
 REPRICE_NS = 2_000_000_000  # exit limits follow the bid at most every 2 s per order (Tradier: 60 trading calls/min)
 MAX_EXIT_ATTEMPTS = 5  # exit orders per trade before giving up until the next flatten (no retry storm)
+MAX_STOP_REJECTS = 3  # protective stops refused by the broker per trade before giving up (published)
 WORKING = ("new", "open", "partially_filled", "pending", "unknown", "accepted_for_bidding", "held", "calculated")
 
 
@@ -68,6 +69,11 @@ class Limits:
     pdt_policy: str = "alert"  # alert | block (0DTE entries of a non-PDT-qualified account) | off
     pdt_min_equity: float = 25_000.0
     rate: float = 0.04  # risk-free rate for repricing to the stop
+    #: protective stop resting after every entry fill: "advisor" (the option's value at the setup's stop,
+    #: from the recommendation's sizing; else premium_pct), "premium_pct" (average fill x (1 - pct)), or
+    #: None (no automatic stop: only for engine unit tests; the service always sets one)
+    protective_stop: str | None = None
+    protective_stop_pct: float = 0.5
 
     def entry_risk(self) -> EntryRisk:
         return EntryRisk(self.max_risk_per_trade, self.max_contracts_per_order, self.max_premium_per_trade,
@@ -143,6 +149,7 @@ class OrderState:
     created_ns: int = 0
     avg_price: float = 0.0
     status: str = "new"
+    cancel_sent: bool = False  # a protective-stop resize cancel is on its way (sent once)
 
     @property
     def working(self) -> bool:
@@ -167,6 +174,18 @@ class TradeState:
     closed: bool = False
     exit_attempts: int = 0
     advice_seen: set = field(default_factory=set)  # scale-outs already acted on (republished advice is ignored)
+    stop_value: float | None = None  # the option's value at the setup's stop (recommendation sizing), per share
+    stop_rejects: int = 0  # protective stops the broker refused
+
+
+def _stop_value(*breakdowns) -> float | None:
+    """The option's value per share at the setup's stop: from the first sizing breakdown that has one (the
+    user's own entry sizing, then the recommendation's); None if unknown."""
+    for b in breakdowns:
+        v = b.valueAtStop if b is not None else None
+        if v is not None and math.isfinite(v) and 0 < v <= router.MAX_PRICE:
+            return float(v)
+    return None
 
 
 def et_day(ts_ns: int) -> dt.date:
@@ -441,7 +460,7 @@ class Engine:
                                  f"open risk {self.open_risk(user):.0f} + {limit * 100:.0f}/contract > "
                                  f"{lim.max_open_risk:.0f}"))
                 continue
-            trade = TradeState(user, t.setup_id, symbol)
+            trade = TradeState(user, t.setup_id, symbol, stop_value=_stop_value(sized.breakdown, r.sizing))
             self.trades[(user, t.setup_id)] = trade
             self.entries_today[user] = self.entries_today.get(user, 0) + 1
             payload = router.entry_payload(symbol, qty, limit, self._new_id(user, t.setup_id, "entry"))
@@ -514,17 +533,78 @@ class Engine:
         if trade.stop_price is not None and stop <= trade.stop_price:
             return []
         trade.stop_price = stop
-        for oid in trade.orders:
+        mods: list[Intent] = []
+        for oid in trade.orders:  # every resting stop of the trade moves (never lower: checked above)
             o = self.orders.get(oid)
             if o and o.role == "stop" and o.working:
                 o.stop = stop
-                return [Modify(trade.user, oid, {"stop": f"{stop:.2f}"})]
+                mods.append(Modify(trade.user, oid, {"stop": f"{stop:.2f}"}))
+        if mods:
+            return mods
         free = int(trade.held - self.working_sells(trade))
         if free <= 0:
             return []
         oid = self._new_id(trade.user, trade.setup_id, "stop")
         payload = router.stop_payload(trade.symbol, min(free, self.lim(trade.user).max_contracts_per_order), stop, oid)
         return [self._place(trade, "stop", "sell_to_close", int(payload["quantity"]), payload, ts, reason)]
+
+    def protective_level(self, trade: TradeState) -> float | None:
+        """Where the protective stop of ``trade`` rests first (per share), or None (no automatic stop).
+
+        ``advisor``: the option's value at the setup's stop (``valueAtStop`` of the recommendation's
+        sizing); ``premium_pct`` (and ``advisor`` without that value): average fill x (1 - pct). Always
+        at least one tick under the average fill (a sell stop rests below the market) and at least $0.05.
+        """
+        lim = self.lim(trade.user)
+        if lim.protective_stop is None or not trade.avg_price > 0:
+            return None
+        level = trade.stop_value if lim.protective_stop == "advisor" and trade.stop_value else None
+        if level is None:
+            level = trade.avg_price * (1 - lim.protective_stop_pct)
+        below = float(router.round_to_tick(trade.avg_price, "down")) - float(router.tick_for(
+            router.round_to_tick(trade.avg_price, "down")))
+        return max(min(level, below), float(router.TICK_SMALL))
+
+    def _ensure_stop(self, trade: TradeState, ts: int) -> list[Intent]:
+        """Keep resting protective stops for exactly the open quantity not already being sold: after every
+        entry fill (partial too) the uncovered part gets a stop at ``trade.stop_price`` (first set from
+        :meth:`protective_level`, then only raised by move/trail advice). Stops covering more than that
+        (a scale-out or exit was placed meanwhile) are cancelled and re-placed once the cancel is confirmed."""
+        stops = [self.orders[x] for x in trade.orders if x in self.orders and self.orders[x].role == "stop"
+                 and self.orders[x].working]
+        covered = sum(o.remaining for o in stops)
+        others = self.working_sells(trade) - covered
+        target = trade.held - others
+        if covered > target + 1e-9:
+            out: list[Intent] = []
+            for o in stops:
+                if not o.cancel_sent:
+                    o.cancel_sent = True
+                    out.append(Cancel(trade.user, o.order_id, "protective stop larger than the open quantity"))
+            return out
+        if target - covered < 1 - 1e-9:
+            return []
+        if trade.stop_rejects >= MAX_STOP_REJECTS:
+            if trade.stop_rejects == MAX_STOP_REJECTS:
+                trade.stop_rejects += 1  # published once
+                return [Block(trade.user, "protective_stop_failed", trade.setup_id,
+                              f"{MAX_STOP_REJECTS} protective stops refused; the position rests without one")]
+            return []
+        if trade.stop_price is None:
+            level = self.protective_level(trade)
+            if level is None:
+                return []
+            trade.stop_price = float(router.round_to_tick(level, "down"))
+        out = []
+        free = int(target - covered + 1e-9)
+        cap = self.lim(trade.user).max_contracts_per_order
+        while free > 0:
+            qty = min(free, cap)
+            oid = self._new_id(trade.user, trade.setup_id, "stop")
+            payload = router.stop_payload(trade.symbol, qty, trade.stop_price, oid)
+            out.append(self._place(trade, "stop", "sell_to_close", qty, payload, ts, "protective stop"))
+            free -= qty
+        return out
 
     def _exit_all(self, trade: TradeState, ts: int, reason: str, retry: bool = False) -> list[Intent]:
         """Cancel working entry/stop/scale orders and sell the rest. Idempotent (repeated advice does
@@ -598,11 +678,15 @@ class Engine:
         out: list[Intent] = []
         if trade is None or trade.closed:
             return out
+        if o.role == "stop" and status == "rejected":
+            trade.stop_rejects += 1
         gate_ok, _ = self.gates.can_send(trade.user)
         if not o.working and trade.pending_scale is not None and gate_ok:
             qty, limit = trade.pending_scale
             free = int(trade.held - self.working_sells(trade))
-            if free >= 1:
+            stops_left = any(self.orders[x].role == "stop" and self.orders[x].working
+                             for x in trade.orders if x in self.orders)
+            if free >= qty or (free >= 1 and not stops_left):  # every stop cancel confirmed, or enough freed
                 trade.pending_scale = None
                 out.append(self._sell(trade, "scale", min(qty, free), limit, ts, "scale-out after stop cancel"))
                 if trade.stop_price is not None and trade.held - min(qty, free) >= 1:
@@ -610,6 +694,8 @@ class Engine:
                     out += self._protect(trade, ts, stop_level, "re-place stop on the runner")
         elif trade.exiting and not o.working and gate_ok:
             out += self._exit_rest(trade, ts, "exit after cancel")
+        if gate_ok and not trade.exiting and trade.pending_scale is None and trade.held > 0:
+            out += self._ensure_stop(trade, ts)
         if trade.held <= 0 and not any(self.orders[x].working for x in trade.orders if x in self.orders):
             self._close(trade)
         return out

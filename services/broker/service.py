@@ -897,10 +897,13 @@ class BrokerService(BusService):
                 errors[a.name] = f"{type(exc).__name__}: {exc}"[:300]
                 self.log.warning("flatten: positions of %s not read (%s); flattening the ledger's", a.name, exc)
         self._publish_notices(self._now())
+        closing = [{"user": t.user, "symbol": t.symbol, "held": t.held} for t in self.engine.trades.values()
+                   if not t.closed and t.held > 0 and (user is None or t.user == user)
+                   and (symbol is None or t.symbol == symbol)]
         intents = self.engine.flatten(self._now(), str(params.get("reason") or "operator flatten"), user=user,
                                       only=None if symbol is None else (lambda s: s == symbol))
         self._submit(intents)
-        return {"intents": len(intents),
+        return {"intents": len(intents), "closing": closing,
                 "blocked": [i.reason for i in intents if isinstance(i, Block)],
                 "orders": [i.order.order_id for i in intents if isinstance(i, Place)],
                 "cancels": [i.order_id for i in intents if isinstance(i, Cancel)],

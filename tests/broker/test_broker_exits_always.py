@@ -1,14 +1,19 @@
-"""Exits are never blocked by what blocks entries (issue 18, item 3): hypothesis properties over random
-sequences of transitions, advice, fills, rejections and switch states (kill switch, auto-execution,
-opt-in), against the independent broker model of ``test_broker_engine``; and flatten leaves every option
-position at zero."""
+"""Exits are never blocked by what blocks entries (issue 18, item 3) and a protective stop always rests
+(item 5): hypothesis properties over random sequences of transitions, advice, fills, rejections and switch
+states (kill switch, auto-execution, opt-in), against the independent broker model of
+``test_broker_engine``: no exit refused for an entry-only reason, every open position has resting
+protective stops for its open quantity after every fill event, stops are never lowered, never
+``sell_to_open``, never a double submission, and flatten leaves every option position at zero."""
 
 from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from services.broker.engine import Block, Engine, Gates, Limits, Place
-from spx_common.models import ExitAdvice
+import msgspec
+import pytest
+
+from services.broker.engine import MAX_STOP_REJECTS, Block, Engine, Gates, Limits, Modify, Place
+from spx_common.models import ExitAdvice, SizingBreakdown
 from tests.broker.test_broker_engine import ACCOUNT, LIM, SYMS, T0, SimBroker, op, opening, reco, tr
 
 ENTRY_ONLY = {"kill_switch", "auto_execution_flag_off", "not_opted_in", "paper_auto_execution_off",
@@ -22,13 +27,17 @@ scenario = st.tuples(st.lists(opening, max_size=3), st.lists(st.one_of(op, switc
 
 
 class Run:
-    def __init__(self):
+    def __init__(self, protective=None):
         self.state = {"kill": False, "auto": True, "optin": True}
-        self.eng = Engine(["u1", "u2"], Limits(**LIM), Gates(self.entry_gate, send=lambda u: (True, ""),
-                                                             balances=lambda u: ACCOUNT))
+        self.eng = Engine(["u1", "u2"], Limits(**LIM, protective_stop=protective),
+                          Gates(self.entry_gate, send=lambda u: (True, ""), balances=lambda u: ACCOUNT))
         self.sim = SimBroker()
         self.ts = T0
         self.violations: list[str] = []
+        self.protective = protective
+        self.sent_ids: set[str] = set()
+        self.stop_ids: set[str] = set()
+        self.stop_level: dict[tuple[str, str], float] = {}  # (user, setup) -> highest stop sent
 
     def entry_gate(self, user):
         if not self.state["auto"]:
@@ -42,9 +51,43 @@ class Run:
             for i in out:
                 if isinstance(i, Block) and i.reason in ENTRY_ONLY and exit_path:
                     self.violations.append(f"an exit blocked by {i.reason}: {i}")
-                if isinstance(i, Place) and i.role == "entry" and self.state["kill"]:
-                    self.violations.append("entry under the kill switch")
+                if isinstance(i, Place):
+                    if i.role == "entry" and self.state["kill"]:
+                        self.violations.append("entry under the kill switch")
+                    if i.order.order_id in self.sent_ids:
+                        self.violations.append(f"double submission of {i.order.order_id}")
+                    self.sent_ids.add(i.order.order_id)
+                    if i.payload["side"] == "sell_to_open":
+                        self.violations.append("sell_to_open")
+                    if i.payload["type"] == "stop":
+                        self.stop_ids.add(i.order.order_id)
+                        self._stop_at((i.order.user, i.order.setup_id), float(i.payload["stop"]))
+                if isinstance(i, Modify) and "stop" in i.fields:
+                    o = self.eng.orders.get(i.order_id)
+                    if o is not None:
+                        self._stop_at((o.user, o.setup_id), float(i.fields["stop"]))
             out = self.sim.apply(out, self.eng)
+        if self.protective:
+            self.check_stops()
+
+    def _stop_at(self, key, level):
+        if level < self.stop_level.get(key, 0.0) - 1e-9:
+            self.violations.append(f"stop of {key} lowered from {self.stop_level[key]} to {level}")
+        self.stop_level[key] = max(level, self.stop_level.get(key, 0.0))
+
+    def check_stops(self):
+        """Quiescent (the model acknowledges at once): every open, managed trade has resting stops for
+        exactly its open quantity that is not already being sold."""
+        for t in self.eng.trades.values():
+            if t.closed or t.exiting or t.held <= 0 or t.stop_rejects >= MAX_STOP_REJECTS:
+                continue
+            mine = [(oid, w) for oid, w in self.sim.working.items()
+                    if w["user"] == t.user and w["setup"] == t.setup_id and w["side"] == "sell_to_close"]
+            stops = sum(w["qty"] - w["filled"] for oid, w in mine if oid in self.stop_ids)
+            others = sum(w["qty"] - w["filled"] for oid, w in mine if oid not in self.stop_ids)
+            if abs(stops - (t.held - others)) > 1e-9:
+                self.violations.append(f"{t.user}/{t.setup_id}: held {t.held}, other sells {others}, "
+                                       f"resting stops {stops}")
 
     def step(self, o):
         eng, kind = self.eng, o[0]
@@ -56,7 +99,12 @@ class Run:
         if kind == "trigger":
             out = eng.on_transition(tr(f"s{o[1]}", "triggered", self.ts))
         elif kind == "reco":
-            out = eng.on_recommendation(reco(f"s{o[1]}", SYMS[o[4]], qty=o[2], bid=o[3] * 0.9, ask=o[3], ts=self.ts))
+            r = reco(f"s{o[1]}", SYMS[o[4]], qty=o[2], bid=o[3] * 0.9, ask=o[3], ts=self.ts)
+            if self.protective == "advisor":  # the option's value at the setup's stop, as the selector sizes it
+                r = msgspec.structs.replace(r, sizing=SizingBreakdown(
+                    maxRiskDollars=500, contractsByRisk=o[2], contractsByBuyingPower=o[2], perContractDebit=o[3] * 100,
+                    valueAtEntry=o[3] * 0.95, valueAtStop=o[3] * 0.6))
+            out = eng.on_recommendation(r)
         elif kind == "advice":
             out = eng.on_advice(ExitAdvice(setup_id=f"s{o[1]}", action=o[2], fraction=o[3], reason="x", ts=self.ts))
         elif kind == "state":
@@ -90,10 +138,11 @@ class Run:
                 break
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenario)
-def test_property_kill_switch_and_entry_switches_never_block_an_exit_and_flatten_zeroes(ops):
-    r = Run()
+@pytest.mark.parametrize("protective", [None, "premium_pct", "advisor"])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=scenario)
+def test_property_kill_switch_and_entry_switches_never_block_an_exit_and_flatten_zeroes(protective, ops):
+    r = Run(protective)
     for o in ops:
         r.step(o)
     r.flatten_to_zero()
@@ -131,3 +180,63 @@ def test_nothing_is_sent_when_sending_is_not_allowed_at_all():
     eng = Engine(["u1"], Limits(**LIM), Gates(lambda u: (True, ""), send=lambda u: (False, "execution_disabled")))
     eng.adopt("u1", SYMS[0], 3, 2.0, T0)
     assert [(type(i).__name__, i.reason) for i in eng.flatten(T0, "x")] == [("Block", "execution_disabled")]
+
+
+def _stops(intents):
+    return [i for i in intents if isinstance(i, Place) and i.payload["type"] == "stop"]
+
+
+def test_protective_stop_rests_after_each_fill_follows_scale_outs_and_only_moves_up():
+    eng = Engine(["u1"], Limits(protective_stop="advisor", protective_stop_pct=0.5), Gates(lambda u: (True, "")))
+    eng.on_transition(tr("s1", "triggered"))
+    r = msgspec.structs.replace(reco("s1", qty=4, bid=1.9, ask=2.0), sizing=SizingBreakdown(
+        maxRiskDollars=500, contractsByRisk=4, contractsByBuyingPower=9, perContractDebit=200, valueAtStop=1.23))
+    [entry] = [i for i in eng.on_recommendation(r) if isinstance(i, Place)]
+    oid = entry.order.order_id
+    [s1] = _stops(eng.on_order_event(oid, "partially_filled", 1, 2.0, T0))  # the first contract is protected
+    assert (s1.payload["side"], s1.payload["quantity"], s1.payload["stop"]) == ("sell_to_close", "1", "1.20")
+    [s2] = _stops(eng.on_order_event(oid, "filled", 4, 2.0, T0))  # the rest too: stops = open quantity
+    assert s2.payload["quantity"] == "3" and s2.payload["stop"] == "1.20"
+    eng.on_quote(SYMS[0], 3.0, 3.1, T0)
+    out = eng.on_advice(ExitAdvice(setup_id="s1", action="scale_out", fraction=0.5, reason="T1", ts=T0))
+    assert sorted(c.order_id for c in out) == sorted([s1.order.order_id, s2.order.order_id])  # cancel first
+    eng.on_order_event(s1.order.order_id, "canceled", 0, 0, T0)
+    out = eng.on_order_event(s2.order.order_id, "canceled", 0, 0, T0)
+    [scale] = [i for i in out if isinstance(i, Place) and i.role == "scale"]
+    [runner] = _stops(out)
+    assert scale.payload["quantity"] == "2" and runner.payload["quantity"] == "2" and runner.payload["stop"] == "1.20"
+    assert eng.on_order_event(scale.order.order_id, "filled", 2, 3.0, T0) == []  # stop already = open quantity
+    [m] = eng.on_advice(ExitAdvice(setup_id="s1", action="move_stop", reason="BE", ts=T0))
+    assert isinstance(m, Modify) and m.fields == {"stop": "2.00"}
+    eng.on_quote(SYMS[0], 1.5, 1.6, T0)
+    assert eng.on_advice(ExitAdvice(setup_id="s1", action="trail_stop", reason="trail", ts=T0)) == []  # never lower
+    eng.on_quote(SYMS[0], 4.0, 4.1, T0)
+    [m] = eng.on_advice(ExitAdvice(setup_id="s1", action="trail_stop", reason="trail", ts=T0))
+    assert m.fields == {"stop": "3.00"}
+
+
+def test_protective_level_premium_pct_and_never_at_or_above_the_fill():
+    eng = Engine(["u1"], Limits(protective_stop="premium_pct", protective_stop_pct=0.4), Gates(lambda u: (True, "")))
+    eng.on_transition(tr("s1", "triggered"))
+    [entry] = [i for i in eng.on_recommendation(reco("s1", qty=2)) if isinstance(i, Place)]
+    [s] = _stops(eng.on_order_event(entry.order.order_id, "filled", 2, 2.0, T0))
+    assert s.payload["stop"] == "1.20" and s.payload["quantity"] == "2"
+    adv = Engine(["u1"], Limits(protective_stop="advisor"), Gates(lambda u: (True, "")))
+    adv.on_transition(tr("s2", "triggered"))
+    r = msgspec.structs.replace(reco("s2", qty=1), sizing=SizingBreakdown(
+        maxRiskDollars=500, contractsByRisk=1, contractsByBuyingPower=1, perContractDebit=200, valueAtStop=2.5))
+    [entry] = [i for i in adv.on_recommendation(r) if isinstance(i, Place)]
+    [s] = _stops(adv.on_order_event(entry.order.order_id, "filled", 1, 2.0, T0))
+    assert s.payload["stop"] == "1.95"  # a value at the stop above the fill: one tick under the fill
+
+
+def test_a_broker_that_refuses_stops_is_given_up_on_with_a_published_reason():
+    eng = Engine(["u1"], Limits(protective_stop="premium_pct"), Gates(lambda u: (True, "")))
+    eng.on_transition(tr("s1", "triggered"))
+    [entry] = [i for i in eng.on_recommendation(reco("s1", qty=2)) if isinstance(i, Place)]
+    out = eng.on_order_event(entry.order.order_id, "filled", 2, 2.0, T0)
+    for _ in range(MAX_STOP_REJECTS):
+        [s] = _stops(out)
+        out = eng.on_order_event(s.order.order_id, "rejected", 0, 0, T0)
+    assert [b.reason for b in out] == ["protective_stop_failed"]
+    assert eng.on_order_event(s.order.order_id, "rejected", 0, 0, T0) == []

@@ -25,8 +25,11 @@ def test_embedded_default_paper_trigger_entry_t1_scale_out(run_dir):
         assert entry_fill.side == "buy_to_open" and entry_fill.quantity == 4 and entry_fill.price == 2.0
         pos = h.seen("position.default")[-1]
         assert pos.quantity == 4 and pos.avg_price == 2.0
-        orders = h.seen("order.default")
-        assert orders[0].status == "new" and orders[-1].status == "filled" and orders[0].side == "buy_to_open"
+        # issue 18: a protective stop rests right after the fill, so the entry's own updates are checked
+        orders = [o for o in h.seen("order.default") if o.side == "buy_to_open"]
+        assert orders[0].status == "new" and orders[-1].status == "filled"
+        eventually(lambda: [o for o in h.seen("order.default") if o.type == "stop" and o.status == "open"], 10,
+                   what="protective stop resting")
         # T1: the option rallies; the exit advisor scales half out at the bid
         h.quote(3.0, 3.1, T0 + 60 * S)
         eventually(lambda: h.advice("vwap-1", "scale_out", T0 + 61 * S, 0.5) or
@@ -41,9 +44,9 @@ def test_embedded_default_paper_trigger_entry_t1_scale_out(run_dir):
         st = h.call("status")["broker"]
         assert st["slippage"]["count"] == 2
         assert h.seen("block.") == []
-        # operator flatten closes the runner
+        # operator flatten closes the runner (its protective stop is cancelled first, then it is sold)
         res = h.call("flatten", {})
-        assert res["orders"] and not res["blocked"]
+        assert res["closing"] == [{"user": "default", "symbol": SYM, "held": 2.0}] and not res["blocked"]
         eventually(lambda: h.seen("position.default")[-1].quantity == 0, 10, what="flattened")
         assert 'broker_fills_total 3' in h.call("metrics")
     finally:
@@ -118,12 +121,16 @@ def test_tradier_mode_enabled_places_streams_partial_fills_and_reconciles(run_di
             fills = h.seen("fill.default")
             assert [f.quantity for f in fills] == [1, 3] and fills[1].price == pytest.approx(1.95)
             assert h.seen("position.default")[-1].quantity == 4
-            assert [o.status for o in h.seen("order.default")][-1] == "filled"
+            assert [o.status for o in h.seen("order.default") if o.side == "buy_to_open"][-1] == "filled"
             # drift: a position appears at the broker that the ledger does not know
             fake.add_position("SPXW260220P04900000", 1, 100.0)
             eventually(lambda: [a for a in h.seen("alert.default") if a["kind"].startswith("drift:")], 10)
             assert h.call("status")["broker"]["drift"][0]["symbol"] == "SPXW260220P04900000"
-            assert fake.count("POST", "/orders") == 1
+            # issue 18: one entry, and protective stops for what filled (1, then the 3 more)
+            assert [r.form["side"] for r in fake.requests if r.method == "POST" and r.path.endswith("/orders")] == \
+                ["buy_to_open", "sell_to_close", "sell_to_close"]
+            stops = [o for o in fake.orders.values() if o["type"] == "stop"]
+            assert sum(o["quantity"] for o in stops) == 4 and {o["stop_price"] for o in stops} == {1.0}  # 50 % of 2.00
         finally:
             h.close()
         assert fake.violations == []
@@ -143,7 +150,8 @@ def test_cli_broker_status_and_flatten(run_dir):
         assert "mode        paper" in out.stdout and SYM in out.stdout and "qty     2" in out.stdout
         out = subprocess.run([sys.executable, "-m", "services.cli.main", "broker", "flatten"], capture_output=True,
                              text=True, timeout=30)
-        assert out.returncode == 0 and "1 exit order(s) queued" in out.stdout, out.stdout + out.stderr
+        # issue 18: the protective stop is cancelled first; the exit follows the confirmed cancel
+        assert out.returncode == 0 and "closing 1 position(s)" in out.stdout, out.stdout + out.stderr
         eventually(lambda: h.seen("position.default")[-1].quantity == 0, 10)
     finally:
         h.close()
@@ -171,7 +179,7 @@ def test_late_day_flatten_guarded_by_flag(run_dir, enabled):
             import time
             time.sleep(0.6)  # three periodic() ticks (heartbeat 0.2 s in the harness): nothing may happen
             assert h.seen("position.default")[-1].quantity == 2
-            assert len(h.seen("order.default")) == 3  # entry: new, open, filled
+            assert len(h.seen("order.default")) == 5  # entry: new, open, filled; protective stop: new, open
     finally:
         h.close()
 
@@ -228,7 +236,9 @@ def test_tradier_mode_lost_placement_answer_is_found_by_tag_and_never_resent(run
             assert [o for o in h.seen("order.default") if o.broker_id][0].broker_id == str(oid)
             fake.fill(oid, 2, 2.0)
             eventually(lambda: h.seen("fill.default"), 10)
-            assert fake.count("POST", "/orders") == 1 and len(fake.orders) == 1
+            # issue 18: the entry once, then its protective stop
+            eventually(lambda: fake.count("POST", "/orders") == 2, 10, what="protective stop")
+            assert [o["side"] for o in fake.orders.values()] == ["buy_to_open", "sell_to_close"]
             assert h.call("status")["broker"]["unresolved"] == []
         finally:
             h.close()
@@ -304,7 +314,10 @@ def test_tradier_mode_stream_event_before_the_placement_answer_is_kept_and_appli
             [(oid, _)] = fake.orders.items()
             fake.fill(oid, 2, 2.0)
             eventually(lambda: h.seen("fill.default"), 10, what="early event applied after the answer")
-            assert h.seen("fill.default")[0].quantity == 2 and fake.count("POST", "/orders") == 1
+            assert h.seen("fill.default")[0].quantity == 2
+            eventually(lambda: fake.count("POST", "/orders") == 2, 10, what="protective stop")
+            assert [r.form["side"] for r in fake.requests if r.method == "POST" and r.path.endswith("/orders")] == \
+                ["buy_to_open", "sell_to_close"]  # the entry was never sent twice
             assert 'broker_bad_input_total{kind="unknown_order_event"} 1' in h.call("metrics")  # it came early
         finally:
             h.close()

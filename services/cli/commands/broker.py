@@ -115,7 +115,8 @@ def cmd_flatten(args) -> int:
         print_json(res)
     else:
         found = {f"{acct}:{sym}": d for acct, doc in (res.get("reconciled") or {}).items() for sym, d in doc.items()}
-        print(f"flatten: {len(res.get('orders', []))} exit order(s) queued, {len(res.get('cancels', []))} cancel(s)"
+        print(f"flatten: closing {len(res.get('closing', []))} position(s): {len(res.get('orders', []))} exit order(s) "
+              f"queued, {len(res.get('cancels', []))} cancel(s) first (their exits follow each confirmed cancel)"
               + (f"; reconciled with the broker {found}" if found else "")
               + (f"; positions not read: {res['reconcile_errors']}" if res.get("reconcile_errors") else "")
               + (f"; refused: {', '.join(res['blocked'])}" if res.get("blocked") else ""))
