@@ -237,6 +237,8 @@ def test_expired_token_during_a_flatten_keeps_the_position_and_flattens_after_re
             [oid] = fake.orders
             fake.fill(oid, 2, 2.0)
             eventually(lambda: h.seen("position.ann") and h.seen("position.ann")[-1].quantity == 2, 10)
+            # issue 18: a protective stop rests right after the fill (POST #2)
+            eventually(lambda: fake.count("POST", "/orders") == 2, 10, what="protective stop")
 
             fake.expired_tokens.add("ann-token-1")
             # the flatten reads the broker's positions first: that answer is the expired-token fault
@@ -244,7 +246,7 @@ def test_expired_token_during_a_flatten_keeps_the_position_and_flattens_after_re
             assert res["orders"] == [] and res["blocked"] == ["token_expired"], res
             assert res["reconcile_errors"]["ann"].startswith("access token expired")
             eventually(lambda: _alerts(h, "token_expired"), 10, what="token expired alert")
-            assert fake.count("POST", "/orders") == 1  # the exit was never sent with the dead token
+            assert fake.count("POST", "/orders") == 2  # the exit was never sent with the dead token
             assert fake.count("GET", "/positions") >= 1 and h.seen("position.ann")[-1].quantity == 2
             sent = _bearing(fake, "ann-token-1")
             blocked = h.call("flatten", {"user": "ann"})  # while expired: refused with the reason, nothing sent
@@ -256,8 +258,9 @@ def test_expired_token_during_a_flatten_keeps_the_position_and_flattens_after_re
             res = h.call("credentials.set", {"user": "ann", "token": "ann-token-2", "account_id": "VA1"})
             assert res["ok"] and "ann-token-2" not in str(res)
             eventually(lambda: _alerts(h, "token_renewed"), 5, what="resumed")
-            assert h.call("flatten", {"user": "ann", "reason": "operator flatten"})["orders"]
-            eventually(lambda: fake.count("POST", "/orders") == 2, 10, what="exit placed with the new token")
+            # the protective stop is cancelled first (issue 18); the exit follows the confirmed cancel
+            assert h.call("flatten", {"user": "ann", "reason": "operator flatten"})["closing"]
+            eventually(lambda: fake.count("POST", "/orders") == 3, 10, what="exit placed with the new token")
             exit_id = max(fake.orders)
             assert fake.orders[exit_id]["side"] == "sell_to_close"
             fake.fill(exit_id, 2, 2.1)
