@@ -7,14 +7,13 @@ protective stops for its open quantity after every fill event, stops are never l
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-import msgspec
-import pytest
-
+from services.broker import router
 from services.broker.engine import MAX_STOP_REJECTS, Block, Engine, Gates, Limits, Modify, Place
-from spx_common.models import ExitAdvice, SizingBreakdown
-from tests.broker.test_broker_engine import ACCOUNT, LIM, SYMS, T0, SimBroker, op, opening, reco, tr
+from spx_common.models import ExitAdvice
+from tests.broker.test_broker_engine import ACCOUNT, LIM, RISK, SYMS, T0, SimBroker, op, opening, reco, tr
 
 ENTRY_ONLY = {"kill_switch", "auto_execution_flag_off", "not_opted_in", "paper_auto_execution_off",
               "max_orders_per_day", "daily_loss_limit", "max_open_risk", "buying_power", "max_risk_per_trade",
@@ -100,10 +99,6 @@ class Run:
             out = eng.on_transition(tr(f"s{o[1]}", "triggered", self.ts))
         elif kind == "reco":
             r = reco(f"s{o[1]}", SYMS[o[4]], qty=o[2], bid=o[3] * 0.9, ask=o[3], ts=self.ts)
-            if self.protective == "advisor":  # the option's value at the setup's stop, as the selector sizes it
-                r = msgspec.structs.replace(r, sizing=SizingBreakdown(
-                    maxRiskDollars=500, contractsByRisk=o[2], contractsByBuyingPower=o[2], perContractDebit=o[3] * 100,
-                    valueAtEntry=o[3] * 0.95, valueAtStop=o[3] * 0.6))
             out = eng.on_recommendation(r)
         elif kind == "advice":
             out = eng.on_advice(ExitAdvice(setup_id=f"s{o[1]}", action=o[2], fraction=o[3], reason="x", ts=self.ts))
@@ -186,17 +181,24 @@ def _stops(intents):
     return [i for i in intents if isinstance(i, Place) and i.payload["type"] == "stop"]
 
 
+def _engine(**limits):
+    return Engine(["u1"], Limits(**{"max_risk_per_trade": RISK, **limits}), Gates(lambda u: (True, ""),
+                                                                              balances=lambda u: ACCOUNT))
+
+
 def test_protective_stop_rests_after_each_fill_follows_scale_outs_and_only_moves_up():
-    eng = Engine(["u1"], Limits(protective_stop="advisor", protective_stop_pct=0.5), Gates(lambda u: (True, "")))
+    eng = _engine(protective_stop="advisor", protective_stop_pct=0.5)
     eng.on_transition(tr("s1", "triggered"))
-    r = msgspec.structs.replace(reco("s1", qty=4, bid=1.9, ask=2.0), sizing=SizingBreakdown(
-        maxRiskDollars=500, contractsByRisk=4, contractsByBuyingPower=9, perContractDebit=200, valueAtStop=1.23))
-    [entry] = [i for i in eng.on_recommendation(r) if isinstance(i, Place)]
+    [entry] = [i for i in eng.on_recommendation(reco("s1", qty=4, bid=1.9, ask=2.0)) if isinstance(i, Place)]
+    assert entry.payload["quantity"] == "4"
     oid = entry.order.order_id
     [s1] = _stops(eng.on_order_event(oid, "partially_filled", 1, 2.0, T0))  # the first contract is protected
-    assert (s1.payload["side"], s1.payload["quantity"], s1.payload["stop"]) == ("sell_to_close", "1", "1.20")
+    value_at_stop = eng.trades[("u1", "s1")].stop_value  # the user's own sizing: the option's value at the stop
+    assert value_at_stop is not None and 0.05 < value_at_stop < 2.0
+    level = str(router.round_to_tick(value_at_stop, "down"))
+    assert (s1.payload["side"], s1.payload["quantity"], s1.payload["stop"]) == ("sell_to_close", "1", level)
     [s2] = _stops(eng.on_order_event(oid, "filled", 4, 2.0, T0))  # the rest too: stops = open quantity
-    assert s2.payload["quantity"] == "3" and s2.payload["stop"] == "1.20"
+    assert s2.payload["quantity"] == "3" and s2.payload["stop"] == level
     eng.on_quote(SYMS[0], 3.0, 3.1, T0)
     out = eng.on_advice(ExitAdvice(setup_id="s1", action="scale_out", fraction=0.5, reason="T1", ts=T0))
     assert sorted(c.order_id for c in out) == sorted([s1.order.order_id, s2.order.order_id])  # cancel first
@@ -204,7 +206,7 @@ def test_protective_stop_rests_after_each_fill_follows_scale_outs_and_only_moves
     out = eng.on_order_event(s2.order.order_id, "canceled", 0, 0, T0)
     [scale] = [i for i in out if isinstance(i, Place) and i.role == "scale"]
     [runner] = _stops(out)
-    assert scale.payload["quantity"] == "2" and runner.payload["quantity"] == "2" and runner.payload["stop"] == "1.20"
+    assert scale.payload["quantity"] == "2" and runner.payload["quantity"] == "2" and runner.payload["stop"] == level
     assert eng.on_order_event(scale.order.order_id, "filled", 2, 3.0, T0) == []  # stop already = open quantity
     [m] = eng.on_advice(ExitAdvice(setup_id="s1", action="move_stop", reason="BE", ts=T0))
     assert isinstance(m, Modify) and m.fields == {"stop": "2.00"}
@@ -216,22 +218,21 @@ def test_protective_stop_rests_after_each_fill_follows_scale_outs_and_only_moves
 
 
 def test_protective_level_premium_pct_and_never_at_or_above_the_fill():
-    eng = Engine(["u1"], Limits(protective_stop="premium_pct", protective_stop_pct=0.4), Gates(lambda u: (True, "")))
+    eng = _engine(protective_stop="premium_pct", protective_stop_pct=0.4)
     eng.on_transition(tr("s1", "triggered"))
     [entry] = [i for i in eng.on_recommendation(reco("s1", qty=2)) if isinstance(i, Place)]
     [s] = _stops(eng.on_order_event(entry.order.order_id, "filled", 2, 2.0, T0))
     assert s.payload["stop"] == "1.20" and s.payload["quantity"] == "2"
-    adv = Engine(["u1"], Limits(protective_stop="advisor"), Gates(lambda u: (True, "")))
+    adv = _engine(protective_stop="advisor")
     adv.on_transition(tr("s2", "triggered"))
-    r = msgspec.structs.replace(reco("s2", qty=1), sizing=SizingBreakdown(
-        maxRiskDollars=500, contractsByRisk=1, contractsByBuyingPower=1, perContractDebit=200, valueAtStop=2.5))
-    [entry] = [i for i in adv.on_recommendation(r) if isinstance(i, Place)]
+    [entry] = [i for i in adv.on_recommendation(reco("s2", qty=1)) if isinstance(i, Place)]
+    adv.trades[("u1", "s2")].stop_value = 2.5  # a value at the stop above the fill (a gap through the stop)
     [s] = _stops(adv.on_order_event(entry.order.order_id, "filled", 1, 2.0, T0))
-    assert s.payload["stop"] == "1.95"  # a value at the stop above the fill: one tick under the fill
+    assert s.payload["stop"] == "1.95"  # one tick under the fill: a sell stop rests below the market
 
 
 def test_a_broker_that_refuses_stops_is_given_up_on_with_a_published_reason():
-    eng = Engine(["u1"], Limits(protective_stop="premium_pct"), Gates(lambda u: (True, "")))
+    eng = _engine(protective_stop="premium_pct")
     eng.on_transition(tr("s1", "triggered"))
     [entry] = [i for i in eng.on_recommendation(reco("s1", qty=2)) if isinstance(i, Place)]
     out = eng.on_order_event(entry.order.order_id, "filled", 2, 2.0, T0)
