@@ -235,8 +235,12 @@ class FakeTradier:
                 self._sockets.remove(ws)
 
     def _ws_handler(self, ws) -> None:
+        from websockets.exceptions import ConnectionClosed
+
         try:
             first = json.loads(ws.recv(timeout=5))
+        except ConnectionClosed:
+            return  # the client went away before subscribing (a broker stopping right after connecting): legal
         except Exception as exc:
             self.violations.append(f"ws: bad subscribe message ({exc!r})")
             return
