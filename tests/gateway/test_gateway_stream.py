@@ -54,8 +54,11 @@ def test_option_root_batch_prices_each_contract(gw):
 
 def test_http_dashboard_metrics_and_404(gw):
     base = f"http://127.0.0.1:{gw.port}"
-    with urllib.request.urlopen(base + "/", timeout=5) as r:
-        assert r.status == 200 and b"<canvas" in r.read()
+    with urllib.request.urlopen(base + "/", timeout=5) as r:  # the chart is drawn by the vendored library
+        assert r.status == 200 and b'<div id="chart"' in r.read()
+    lib = "/static/vendor/lightweight-charts/lightweight-charts.standalone.production.js"
+    with urllib.request.urlopen(base + lib, timeout=5) as r:
+        assert r.headers["Content-Type"].startswith("text/javascript") and b"LightweightCharts" in r.read()
     with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
         assert b"ws_price_broadcast_rate" in r.read()
     with pytest.raises(urllib.error.HTTPError) as exc:
