@@ -1,5 +1,11 @@
 """Live ingest: Massive streams -> parser -> pipeline, with poll fallback, gap backfill and ATM tracking.
 
+This module is the I/O shell: sockets, REST calls, tasks and clocks. The policy (when to poll, when to
+re-centre the option subscription, what a gap fetches and from when, merging gaps) is the sans-I/O
+:class:`~services.feed.livecore.LiveCore`: the shell tells it what happened (stream events, a
+reconnect, a watchdog tick, a poll answer, an index value) and carries out the actions it answers
+(:class:`SetMode`, :class:`Poll`, :class:`Resubscribe`, :class:`Backfill`, :class:`GapMerged`).
+
 Tasks (all owned by :class:`LiveIngest`, started by ``FeedService.main``):
 
 * one :class:`~services.feed.ws.MassiveStream` per market: ``stocks`` (``T.``/``Q.`` of each
@@ -43,15 +49,15 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from spx_common import calendar as mcal
 from spx_common import journal
 from spx_common.bus import RpcError
 from spx_common.journal import read_journal_tail
 from spx_common.models import IndexValue, MarketEvent
 
+from services.feed.livecore import (Action, Backfill, Gap, GapMerged, LiveCore, Poll, Resubscribe, SetMode,
+                                    in_market_hours, option_topics)
 from services.feed.parsing import MassiveParser
 from services.feed.rest import MassiveRest, RestError
-from services.feed.synthetic import option_symbol
 from services.feed.ws import AuthFailed, MassiveStream
 
 ET = ZoneInfo("America/New_York")
@@ -62,32 +68,6 @@ ET = ZoneInfo("America/New_York")
 RESUME_TAIL_BYTES = 16 << 20
 #: wall time a live start spends asking the aggregator which events of the previous run it holds
 RESUME_AGGREGATOR_BUDGET_S = 1.0
-
-
-def in_market_hours(now_ns: int) -> bool:
-    """Inside the regular session: 09:30-16:00 New York (13:00 on early closes), trading days only
-    (exchange holidays by rule, :mod:`spx_common.calendar`)."""
-    return mcal.is_open(now_ns)
-
-
-def option_topics(root: str, date: dt.date, atm: float, step: float, each_side: int, max_contracts: int,
-                  quotes: bool) -> set[str]:
-    """``T.``/``Q.`` topics for calls and puts around ``atm``, nearest strikes first, within the contract limit."""
-    strikes = [atm]
-    for i in range(1, each_side + 1):
-        strikes += [atm + i * step, atm - i * step]
-    topics: set[str] = set()
-    n = 0
-    for k in strikes:
-        for call in (True, False):
-            if n >= max_contracts:
-                return topics
-            sym = option_symbol(date, call, k, root)
-            topics.add(f"T.{sym}")
-            if quotes:
-                topics.add(f"Q.{sym}")
-            n += 1
-    return topics
 
 
 class LiveIngest:
@@ -125,8 +105,8 @@ class LiveIngest:
                                            "the bounded retries, by kind.", ["kind"])
         #: market -> summary of its last backfilled gap (also published on status.backfill)
         self.last_backfill: dict[str, dict[str, Any]] = {}
-        #: why option quote backfill is off ("": on); set when the vendor refuses it (401/403)
-        self.option_quotes_refused = ""
+        #: the policy (sans-I/O): polling, fatal, ATM centre, gaps, option quote refusal
+        self.core = LiveCore(cfg, last_stream_wall=time.monotonic())
         self.m_poll = m.counter("feed_poll_events_total", "Events published from REST polling.")
         self.m_contracts = m.gauge("feed_option_contracts", "Option contracts subscribed.")
         self.streams: dict[str, MassiveStream] = {}
@@ -135,22 +115,12 @@ class LiveIngest:
                                                  on_reconnect=self._reconnected, count=self._count)
         self.streams["stocks"].topics = {f"{ev}.{s}" for s in cfg.stocks for ev in ("T", "Q")}
         self.streams["indices"].topics = {f"V.{s}" for s in cfg.indices}
-        self.atm_center: float | None = None
-        self.last_stream_wall = time.monotonic()
-        #: newest event time the stream delivered (0: none yet); with ``last_stream_wall`` it gives the
-        #: market's "now" while the stream is silent (see ``market_now_ns``)
-        self.last_stream_ns = 0
-        self.polling = False
-        self.fatal = ""
-        self._poll_seen: dict[tuple[str, str], int] = {}
         self._parse_seen: dict[str, int] = {}
         self._unknown_seen: dict[str, int] = {}
         self._tasks: list[asyncio.Task] = []
         self._backfills: set[asyncio.Task] = set()
         self._backfill_slots = asyncio.Semaphore(4)
         self._gap_order: dict[str, asyncio.Lock] = {}  # market -> its gaps are filled one at a time, in order
-        #: market -> [plan, starts, end_ns, task] of the gap waiting for the running one (new gaps merge into it)
-        self._waiting_gap: dict[str, list] = {}
         self._overflow_marks: dict[str, tuple[int, dict[str, int]]] = {}
         for s in self.streams.values():
             s.on_overflow = self._overflowed
@@ -159,6 +129,45 @@ class LiveIngest:
         #: markets whose restart gap waits for their first stream event, and the events that wake them
         self._first_pending: set[str] = set()
         self._first_event: dict[str, asyncio.Event] = {m: asyncio.Event() for m in self.streams}
+
+    # the core's state, read by the status RPC and the tests
+    @property
+    def polling(self) -> bool:
+        return self.core.polling
+
+    @property
+    def fatal(self) -> str:
+        return self.core.fatal
+
+    @property
+    def atm_center(self) -> float | None:
+        return self.core.atm_center
+
+    @property
+    def option_quotes_refused(self) -> str:
+        return self.core.option_quotes_refused
+
+    def _act(self, actions: list[Action]) -> list:
+        """Carry out the core's actions; returns the awaitables of those that do I/O (poll, resubscribe),
+        which the caller awaits in order (callbacks that cannot await get none)."""
+        pending = []
+        for a in actions:
+            if isinstance(a, SetMode):
+                self.svc.set_mode(a.mode, a.detail)
+            elif isinstance(a, Poll):
+                pending.append(self._poll_once())
+            elif isinstance(a, Resubscribe):
+                self.m_contracts.set(a.contracts)
+                pending.append(self.streams["options"].set_topics(set(a.topics)))
+            elif isinstance(a, Backfill):
+                self._start_backfill(a.gap)
+            elif isinstance(a, GapMerged):
+                self.m_gaps_merged.inc(market=a.market)
+        return pending
+
+    async def _apply(self, actions: list[Action]) -> None:
+        for aw in self._act(actions):
+            await aw
 
     @property
     def _last_ts(self) -> dict[str, int]:
@@ -194,10 +203,9 @@ class LiveIngest:
         try:
             await stream.run(stop)
         except AuthFailed as exc:
-            self.fatal = str(exc)
             self.svc.log.error("%s - the feed stays down (no retry loop); fix the key and restart", exc)
             self.svc.connected = False
-            self.svc.set_mode("down", f"auth_failed: {stream.last_error}")
+            self._act(self.core.failed(str(exc), f"auth_failed: {stream.last_error}"))
             # the other streams use the same key: they fail the same way, once each, and stop
 
     async def close(self) -> None:
@@ -231,9 +239,7 @@ class LiveIngest:
             if d:
                 self.svc.m_unknown.inc(d, ev=ev)
                 self._unknown_seen[ev] = n
-        if not self.fatal and not self.polling:
-            self.svc.set_mode("tick" if self.svc.connected else "down",
-                              "" if self.svc.connected else self._errors())
+        self._act(self.core.periodic(self.svc.connected, self._errors()))
 
     def _errors(self) -> str:
         return "; ".join(f"{m}: {s.last_error}" for m, s in self.streams.items() if s.last_error)[:300]
@@ -242,8 +248,7 @@ class LiveIngest:
 
     def _connected(self, stream: MassiveStream) -> None:
         self.svc.connected = True
-        if not self.polling and not self.fatal:
-            self.svc.set_mode("tick")
+        self._act(self.core.connected())
 
     def _overflowed(self, stream: MassiveStream, recv_ns: int) -> None:
         """First drop since the last catch-up: remember where each symbol's published data ends.
@@ -263,49 +268,16 @@ class LiveIngest:
         most one ping period before the loss was seen. Returns the window start per symbol (None: no
         backfill); the window ends now.
         """
-        if not self.cfg.backfill:
-            return None
-        cfg = self.cfg
-        if stream.market == "options":
-            plan = self._option_plan(stream.topics)
-        elif stream.market == "stocks":
-            plan = {s: (True, True) for s in cfg.stocks}
-        else:
-            plan = {s: (True, False) for s in cfg.indices}
-        if not plan:
-            return None
-        now = time.time_ns()
-        floor = now - int(cfg.backfill_max_s * 1e9)
-        blind_ns = int((cfg.ping_interval_s + cfg.ping_timeout_s) * 1e9)
-        starts: dict[str, int] = {}
-        for sym in plan:
-            if last_ts is not None:
-                starts[sym] = max(last_ts.get(sym, down_since_ns), floor)
-            else:
-                # data may have stopped before the loss was noticed (at most one ping period), never
-                # earlier than the symbol's last event; an idle contract does not stretch the window
-                starts[sym] = max(min(self._last_ts.get(sym, down_since_ns), down_since_ns), down_since_ns - blind_ns,
-                                  floor)
-        market = stream.market
-        waiting = self._waiting_gap.get(market)
-        if waiting is not None and not waiting[3].done():
-            # a gap of this market is already waiting behind the running one: widen it instead of
-            # queueing another (at most one running and one waiting gap per market, however many
-            # overflows a burst causes; the stretch between them was streamed and is deduplicated)
-            w_plan, w_starts = waiting[0], waiting[1]
-            for sym, (t, q) in plan.items():
-                wt, wq = w_plan.get(sym, (False, False))
-                w_plan[sym] = (t or wt, q or wq)
-                w_starts[sym] = max(min(w_starts.get(sym, starts[sym]), starts[sym]), floor)
-            waiting[2] = now
-            self.m_gaps_merged.inc(market=market)
-            return starts
-        entry: list = [plan, starts, now, None]
-        self._waiting_gap[market] = entry
-        entry[3] = task = asyncio.ensure_future(self._backfill_gap(market, entry))
+        starts, actions = self.core.gap(stream.market, stream.topics, down_since_ns, time.time_ns(), self._last_ts,
+                                        last_ts)
+        self._act(actions)
+        return starts
+
+    def _start_backfill(self, gap: Gap) -> None:
+        task = asyncio.ensure_future(self._backfill_gap(gap))
         self._backfills.add(task)
         task.add_done_callback(self._backfills.discard)
-        return starts
+        task.add_done_callback(lambda _t: self.core.gap_started(gap))  # cancelled before its turn: not waiting
 
     # ------------------------------------------------------------------ the gap a feed restart leaves
 
@@ -442,30 +414,13 @@ class LiveIngest:
         self.svc.log.info("feed restart: backfilling the %s gap the previous run left, %s .. %s (%.1fs, %d symbols)",
                           market, _iso(lo), _iso(end), (end - lo) / 1e9, len(starts))
 
-    def _option_plan(self, topics: set[str]) -> dict[str, tuple[bool, bool]]:
-        """Contract -> (trades, quotes) to backfill: the subscribed contracts nearest the money, trades of
-        ``backfill_option_contracts`` and quotes of ``backfill_option_quote_contracts`` of them."""
-        atm = self.atm_center or 0.0
-
-        def near(syms: set[str]) -> list[str]:
-            return sorted(syms, key=lambda s: (abs(float(s[-8:]) / 1000 - atm), s))
-
-        cfg = self.cfg
-        trades = set(near({t[2:] for t in topics if t.startswith("T.")})[: cfg.backfill_option_contracts])
-        quotes: set[str] = set()
-        if not self.option_quotes_refused:
-            quotes = set(near({t[2:] for t in topics if t.startswith("Q.")})[: cfg.backfill_option_quote_contracts])
-        return {s: (s in trades, s in quotes) for s in near(trades | quotes)}
-
-    async def _backfill_gap(self, market: str, entry: list) -> None:
-        """Backfill the gap ``entry`` (``[plan, starts, end_ns, task]``, widened by later gaps while it
-        waits) once the market's running gap is done: stacked gaps (repeated queue overflows in a
-        burst) publish a symbol's backfilled events in event-time order across gaps too."""
-        async with self._gap_order.setdefault(market, asyncio.Lock()):
-            if self._waiting_gap.get(market) is entry:
-                del self._waiting_gap[market]  # running now: the next gap waits (and widens) anew
-            plan, starts, end_ns = entry[0], entry[1], entry[2]
-            await self._fill_gap(market, plan, starts, end_ns)
+    async def _backfill_gap(self, gap: Gap) -> None:
+        """Backfill ``gap`` (widened by later gaps while it waits) once the market's running gap is done:
+        stacked gaps (repeated queue overflows in a burst) publish a symbol's backfilled events in
+        event-time order across gaps too."""
+        async with self._gap_order.setdefault(gap.market, asyncio.Lock()):
+            self.core.gap_started(gap)  # running now: the next gap waits (and widens) anew
+            await self._fill_gap(gap.market, gap.plan, gap.starts, gap.end_ns)
 
     async def _fill_gap(self, market: str, plan: dict[str, tuple[bool, bool]], starts: dict[str, int],
                         end_ns: int) -> None:
@@ -516,7 +471,7 @@ class LiveIngest:
             result["error"] = f"{kind}: {exc}"[:200]
             if kind == "option_quote" and exc.status in (401, 403):
                 # the plan has no options NBBO history: stop asking (until restart), keep the trades
-                self.option_quotes_refused = exc.message or f"HTTP {exc.status}"
+                self.core.quotes_refused(exc.message or f"HTTP {exc.status}")
                 self.svc.log.error("option quote backfill off: the vendor refused it (%s)", exc)
             else:
                 self.svc.log.warning("backfill of %s %s failed: %s", kind, sym, exc)
@@ -604,17 +559,12 @@ class LiveIngest:
                 stream.got_data = True
                 if self._first_pending and stream.market in self._first_pending:
                     self._first_event[stream.market].set()  # its restart gap ends here
-                self.last_stream_wall = time.monotonic()
-                if events[-1].ts > self.last_stream_ns:
-                    self.last_stream_ns = events[-1].ts
-                if self.polling:
-                    self.polling = False
-                    svc.set_mode("tick", "stream recovered")
+                self._act(self.core.stream_events(events, time.monotonic()))
                 svc.ingest(events, stream=stream.market)
                 if stream.market == "indices":
                     for ev in events:
                         if isinstance(ev, IndexValue) and ev.sym == underlying:
-                            await self._track_atm(ev)
+                            await self._apply(self.core.index_value(ev))
             if not raw and self._overflow_marks:
                 # caught up after dropping frames: fetch what was dropped, like a reconnect gap
                 marks, self._overflow_marks = self._overflow_marks, {}
@@ -622,44 +572,16 @@ class LiveIngest:
                     self._reconnected(self.streams[market], since_ns, last_ts)
             await asyncio.sleep(0)
 
-    async def _track_atm(self, ev: IndexValue) -> None:
-        step = self.cfg.strike_step
-        atm = round(ev.value / step) * step
-        if self.atm_center is not None and abs(atm - self.atm_center) < self.cfg.resubscribe_strikes * step:
-            return
-        self.atm_center = atm
-        date = dt.datetime.fromtimestamp(ev.ts // 1_000_000_000, ET).date()
-        topics = option_topics(self.cfg.option_root, date, atm, step, self.cfg.strikes_each_side,
-                               self.cfg.max_option_contracts, self.cfg.option_quotes)
-        self.m_contracts.set(len({t[2:] for t in topics}))
-        await self.streams["options"].set_topics(topics)
-
     # ------------------------------------------------------------------ poll fallback
 
     def market_now_ns(self) -> int:
-        """The market's time while the stream is silent: the last stream event's time plus the time
-        elapsed since it arrived (the wall clock only before the first event)."""
-        if not self.last_stream_ns:
-            return time.time_ns()
-        return self.last_stream_ns + int((time.monotonic() - self.last_stream_wall) * 1e9)
+        """The market's time while the stream is silent (:meth:`LiveCore.market_now_ns`)."""
+        return self.core.market_now_ns(time.monotonic(), time.time_ns())
 
     async def _watchdog(self, stop: asyncio.Event) -> None:
-        cfg = self.cfg
         while not stop.is_set():
-            silent = time.monotonic() - self.last_stream_wall
-            market_open = not cfg.poll_market_hours_only or in_market_hours(self.market_now_ns())
-            if not self.fatal and silent >= cfg.poll_after_s and market_open:
-                if not self.polling:
-                    self.polling = True
-                    self.svc.set_mode("poll", f"stream silent {silent:.1f}s")
-                await self._poll_once()
-                wait = cfg.poll_interval_s
-            else:
-                if self.polling and not market_open and not self.fatal:
-                    # the session closed (16:00, 13:00 on an early close): a quiet stream is expected now
-                    self.polling = False
-                    self.svc.set_mode("tick" if self.svc.connected else "down", "market closed")
-                wait = min(0.25, cfg.poll_after_s / 4)
+            actions, wait = self.core.watchdog(time.monotonic(), time.time_ns(), self.svc.connected)
+            await self._apply(actions)
             try:
                 await asyncio.wait_for(stop.wait(), wait)
             except asyncio.TimeoutError:
@@ -677,19 +599,12 @@ class LiveIngest:
                 events += await self.rest.index_values(list(cfg.indices))
         except RestError as exc:
             self.svc.log.warning("poll failed: %s", exc)
-        fresh = []
-        for ev in events:
-            key = (ev.sym, type(ev).__name__)
-            if self._poll_seen.get(key) == ev.ts:
-                continue  # unchanged since the last poll: not a new event
-            self._poll_seen[key] = ev.ts
-            fresh.append(ev)
-        if fresh and self.polling:
-            fresh.sort(key=lambda e: e.ts)
+        fresh = self.core.fresh_poll(events)
+        if fresh:
             self.m_poll.inc(self.svc.ingest(fresh))
             for ev in fresh:
-                if isinstance(ev, IndexValue) and ev.sym == cfg.option_underlying:
-                    await self._track_atm(ev)
+                if isinstance(ev, IndexValue):
+                    await self._apply(self.core.index_value(ev))
 
     # ------------------------------------------------------------------ chain snapshots
 

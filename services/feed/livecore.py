@@ -1,0 +1,315 @@
+"""The live feed's policy as a sans-I/O core: events in, actions out.
+
+:class:`LiveCore` decides; :class:`~services.feed.live.LiveIngest` (the I/O shell) owns the sockets,
+the REST client, the tasks and the clock, tells the core what happened and carries out what it
+answers. The core never reads a clock, awaits or touches the service, so every rule below is tested
+with plain calls (``tests/feed/test_feed_livecore.py``):
+
+* **poll watchdog**: stream silent for ``poll_after_s`` while the market is open (the regular session
+  by the exchange calendar at the market's "now": the last stream event's time plus the silence,
+  unless ``poll_market_hours_only`` is off) -> :class:`SetMode` ``poll`` and :class:`Poll` every
+  ``poll_interval_s``; the first stream event -> ``tick`` ("stream recovered"); the session's close
+  while polling -> ``tick`` (or ``down``) "market closed". A fatal stream error stops all of it.
+* **poll answers**: a REST last trade / NBBO / index value unchanged since the previous poll is not
+  a new event (:meth:`LiveCore.fresh_poll`).
+* **ATM hysteresis**: the option subscription is re-centred (:class:`Resubscribe`) only when the
+  underlying's at-the-money strike moved ``resubscribe_strikes`` strikes from the current centre.
+* **gaps**: a reconnect, a raw-queue overflow or a feed restart opens a gap; the core plans it (which
+  symbols, trades and/or quotes, each symbol's window start) and either asks for a
+  :class:`Backfill` or widens the gap already waiting behind the market's running backfill
+  (:class:`GapMerged`): at most one running and one waiting gap per market.
+* **option backfill plan**: the subscribed contracts nearest the money, trades of
+  ``backfill_option_contracts`` and quotes of ``backfill_option_quote_contracts`` of them (no
+  quotes once the vendor refused them).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Union
+from zoneinfo import ZoneInfo
+
+from spx_common import calendar as mcal
+from spx_common.models import IndexValue, MarketEvent
+
+from services.feed.synthetic import option_symbol
+
+ET = ZoneInfo("America/New_York")
+
+
+# --------------------------------------------------------------------------- actions (what the shell does)
+
+
+@dataclass(frozen=True)
+class SetMode:
+    """Switch the feed mode (``tick``, ``poll``, ``down``) and publish its status at once."""
+
+    mode: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Poll:
+    """Poll REST once (last trade and NBBO of each stock, the index values) and hand the answer to
+    :meth:`LiveCore.fresh_poll`."""
+
+
+@dataclass(frozen=True)
+class Resubscribe:
+    """Subscribe the options stream to ``topics`` (the contracts around ``center``)."""
+
+    topics: frozenset[str]
+    center: float
+    contracts: int
+
+
+@dataclass
+class Gap:
+    """One gap of a market to fetch from REST: symbol -> (trades, quotes), each symbol's window start
+    (ns) and the window's end (ns). Widened in place while it waits behind a running one."""
+
+    market: str
+    plan: dict[str, tuple[bool, bool]]
+    starts: dict[str, int]
+    end_ns: int
+    merged: int = 0
+
+
+@dataclass(frozen=True)
+class Backfill:
+    """Fetch ``gap`` once the market's running backfill is done (call :meth:`LiveCore.gap_started`
+    when it starts)."""
+
+    gap: Gap
+
+
+@dataclass(frozen=True)
+class GapMerged:
+    """A new gap was merged into the one already waiting for ``market`` (count it)."""
+
+    market: str
+
+
+Action = Union[SetMode, Poll, Resubscribe, Backfill, GapMerged]
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def in_market_hours(now_ns: int) -> bool:
+    """Inside the regular session: 09:30-16:00 New York (13:00 on early closes), trading days only
+    (exchange holidays by rule, :mod:`spx_common.calendar`)."""
+    return mcal.is_open(now_ns)
+
+
+def option_topics(root: str, date: dt.date, atm: float, step: float, each_side: int, max_contracts: int,
+                  quotes: bool) -> set[str]:
+    """``T.``/``Q.`` topics for calls and puts around ``atm``, nearest strikes first, within the contract limit."""
+    strikes = [atm]
+    for i in range(1, each_side + 1):
+        strikes += [atm + i * step, atm - i * step]
+    topics: set[str] = set()
+    n = 0
+    for k in strikes:
+        for call in (True, False):
+            if n >= max_contracts:
+                return topics
+            sym = option_symbol(date, call, k, root)
+            topics.add(f"T.{sym}")
+            if quotes:
+                topics.add(f"Q.{sym}")
+            n += 1
+    return topics
+
+
+def option_plan(topics: Iterable[str], atm: float, trades_n: int, quotes_n: int) -> dict[str, tuple[bool, bool]]:
+    """Contract -> (trades, quotes) to backfill: of the subscribed contracts nearest ``atm``, trades of
+    ``trades_n`` and quotes of ``quotes_n`` (nearest first)."""
+    topics = list(topics)
+
+    def near(syms: set[str]) -> list[str]:
+        return sorted(syms, key=lambda s: (abs(float(s[-8:]) / 1000 - atm), s))
+
+    trades = set(near({t[2:] for t in topics if t.startswith("T.")})[:trades_n])
+    quotes = set(near({t[2:] for t in topics if t.startswith("Q.")})[:quotes_n]) if quotes_n else set()
+    return {s: (s in trades, s in quotes) for s in near(trades | quotes)}
+
+
+# --------------------------------------------------------------------------- the core
+
+
+@dataclass
+class LiveCore:
+    """The live ingest's decisions. ``cfg`` is the ``[feed]`` section (read only)."""
+
+    cfg: Any
+    #: polling REST because the stream went silent in market hours
+    polling: bool = False
+    #: why the feed stays down for good ("" while it runs): the vendor refused the key
+    fatal: str = ""
+    #: centre strike of the option subscription (None until the underlying's first value)
+    atm_center: float | None = None
+    #: why option quote backfill is off ("": on); set when the vendor refuses it (401/403)
+    option_quotes_refused: str = ""
+    #: wall time (monotonic s) and event time (ns) of the newest stream event
+    last_stream_wall: float = 0.0
+    last_stream_ns: int = 0
+    _poll_seen: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: market -> the gap waiting for the running one (new gaps merge into it)
+    _waiting: dict[str, Gap] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ stream
+    def connected(self) -> list[Action]:
+        """A stream (re)connected."""
+        return [] if self.polling or self.fatal else [SetMode("tick")]
+
+    def failed(self, reason: str, detail: str = "") -> list[Action]:
+        """A stream failed for good (the vendor refused the key): the feed stays down, no polling."""
+        self.fatal = reason
+        self.polling = False
+        return [SetMode("down", detail or reason)]
+
+    def stream_events(self, events: list[MarketEvent], wall_s: float) -> list[Action]:
+        """The stream delivered ``events`` (in arrival order) at ``wall_s``."""
+        out: list[Action] = []
+        if not events:
+            return out
+        self.last_stream_wall = wall_s
+        if events[-1].ts > self.last_stream_ns:
+            self.last_stream_ns = events[-1].ts
+        if self.polling:
+            self.polling = False
+            out.append(SetMode("tick", "stream recovered"))
+        return out
+
+    def periodic(self, connected: bool, errors: str) -> list[Action]:
+        """Once a second: the mode follows the streams' connection while not polling."""
+        if self.fatal or self.polling:
+            return []
+        return [SetMode("tick" if connected else "down", "" if connected else errors)]
+
+    # ------------------------------------------------------------------ poll watchdog
+    def market_now_ns(self, wall_s: float, wall_ns: int) -> int:
+        """The market's time while the stream is silent: the last stream event's time plus the time
+        elapsed since it arrived (the wall clock ``wall_ns`` only before the first event)."""
+        if not self.last_stream_ns:
+            return wall_ns
+        return self.last_stream_ns + int((wall_s - self.last_stream_wall) * 1e9)
+
+    def watchdog(self, wall_s: float, wall_ns: int, connected: bool) -> tuple[list[Action], float]:
+        """One watchdog step at ``wall_s`` (monotonic) / ``wall_ns`` (epoch): the actions and the wait
+        before the next step."""
+        cfg = self.cfg
+        silent = wall_s - self.last_stream_wall
+        market_open = not cfg.poll_market_hours_only or in_market_hours(self.market_now_ns(wall_s, wall_ns))
+        out: list[Action] = []
+        if not self.fatal and silent >= cfg.poll_after_s and market_open:
+            if not self.polling:
+                self.polling = True
+                out.append(SetMode("poll", f"stream silent {silent:.1f}s"))
+            out.append(Poll())
+            return out, cfg.poll_interval_s
+        if self.polling and not market_open and not self.fatal:
+            # the session closed (16:00, 13:00 on an early close): a quiet stream is expected now
+            self.polling = False
+            out.append(SetMode("tick" if connected else "down", "market closed"))
+        return out, min(0.25, cfg.poll_after_s / 4)
+
+    def fresh_poll(self, events: list[MarketEvent]) -> list[MarketEvent]:
+        """The poll answer's new events in event-time order (an event unchanged since the previous
+        poll is not new); none once the stream came back meanwhile."""
+        fresh = []
+        for ev in events:
+            key = (ev.sym, type(ev).__name__)
+            if self._poll_seen.get(key) == ev.ts:
+                continue
+            self._poll_seen[key] = ev.ts
+            fresh.append(ev)
+        if not self.polling:
+            return []
+        fresh.sort(key=lambda e: e.ts)
+        return fresh
+
+    # ------------------------------------------------------------------ ATM hysteresis
+    def index_value(self, ev: IndexValue) -> list[Action]:
+        """An underlying value: re-centre the option subscription when the at-the-money strike moved
+        ``resubscribe_strikes`` strikes from the centre (hysteresis: a price hovering on a boundary
+        does not churn)."""
+        cfg = self.cfg
+        if ev.sym != cfg.option_underlying:
+            return []
+        step = cfg.strike_step
+        atm = round(ev.value / step) * step
+        if self.atm_center is not None and abs(atm - self.atm_center) < cfg.resubscribe_strikes * step:
+            return []
+        self.atm_center = atm
+        date = dt.datetime.fromtimestamp(ev.ts // 1_000_000_000, ET).date()
+        topics = option_topics(cfg.option_root, date, atm, step, cfg.strikes_each_side, cfg.max_option_contracts,
+                               cfg.option_quotes)
+        return [Resubscribe(frozenset(topics), atm, len({t[2:] for t in topics}))]
+
+    # ------------------------------------------------------------------ gaps
+    def gap_plan(self, market: str, topics: Iterable[str]) -> dict[str, tuple[bool, bool]]:
+        """What a gap of ``market`` fetches: symbol -> (trades, quotes)."""
+        cfg = self.cfg
+        if market == "options":
+            return option_plan(topics, self.atm_center or 0.0, cfg.backfill_option_contracts,
+                               0 if self.option_quotes_refused else cfg.backfill_option_quote_contracts)
+        if market == "stocks":
+            return {s: (True, True) for s in cfg.stocks}
+        return {s: (True, False) for s in cfg.indices}
+
+    def gap(self, market: str, topics: Iterable[str], down_since_ns: int, now_ns: int, published: dict[str, int],
+            last_ts: dict[str, int] | None = None) -> tuple[dict[str, int] | None, list[Action]]:
+        """A gap of ``market`` that began at ``down_since_ns`` (epoch ns) and ends ``now_ns``.
+
+        ``last_ts`` (queue overflow, feed restart) is the exact per-symbol end of what was published
+        before the gap (``down_since_ns`` for symbols it lacks); after a reconnect (``last_ts`` None)
+        a symbol's window starts at its newest published event (``published``), at most one ping
+        period before the loss was seen. Every start is at most ``backfill_max_s`` before now.
+        Returns the window start per symbol (None: nothing to backfill) and the actions.
+        """
+        cfg = self.cfg
+        if not cfg.backfill:
+            return None, []
+        plan = self.gap_plan(market, topics)
+        if not plan:
+            return None, []
+        floor = now_ns - int(cfg.backfill_max_s * 1e9)
+        blind_ns = int((cfg.ping_interval_s + cfg.ping_timeout_s) * 1e9)
+        starts: dict[str, int] = {}
+        for sym in plan:
+            if last_ts is not None:
+                starts[sym] = max(last_ts.get(sym, down_since_ns), floor)
+            else:
+                # data may have stopped before the loss was noticed (at most one ping period), never
+                # earlier than the symbol's last event; an idle contract does not stretch the window
+                starts[sym] = max(min(published.get(sym, down_since_ns), down_since_ns), down_since_ns - blind_ns,
+                                  floor)
+        waiting = self._waiting.get(market)
+        if waiting is not None:
+            # widen the waiting gap instead of queueing another (the stretch between them was
+            # streamed and is deduplicated)
+            for sym, (t, q) in plan.items():
+                wt, wq = waiting.plan.get(sym, (False, False))
+                waiting.plan[sym] = (t or wt, q or wq)
+                waiting.starts[sym] = max(min(waiting.starts.get(sym, starts[sym]), starts[sym]), floor)
+            waiting.end_ns = now_ns
+            waiting.merged += 1
+            return starts, [GapMerged(market)]
+        gap = self._waiting[market] = Gap(market, plan, starts, now_ns)
+        return starts, [Backfill(gap)]
+
+    def gap_started(self, gap: Gap) -> None:
+        """``gap``'s backfill starts (or was dropped): the next gap of its market waits anew."""
+        if self._waiting.get(gap.market) is gap:
+            del self._waiting[gap.market]
+
+    def quotes_refused(self, reason: str) -> None:
+        """The vendor refused option quote history (401/403): stop asking until a restart."""
+        self.option_quotes_refused = reason
+
+
+__all__ = ["Action", "Backfill", "Gap", "GapMerged", "LiveCore", "Poll", "Resubscribe", "SetMode",
+           "in_market_hours", "option_plan", "option_topics"]

@@ -1,0 +1,134 @@
+"""The live feed's sans-I/O policy core (services/feed/livecore.py): events in, actions out, no clock,
+no sockets. The shell (LiveIngest) is covered by the process tests in this folder."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from services.feed.config import FeedConfig
+from services.feed.livecore import (Backfill, GapMerged, LiveCore, Poll, Resubscribe, SetMode, option_plan)
+from spx_common.calendar import ET
+from spx_common.models import IndexValue, Quote, Trade
+
+S = 10**9
+OPEN_NS = int(dt.datetime(2026, 11, 20, 10, 0, tzinfo=ET).timestamp()) * S  # a Friday, in the session
+CLOSED_NS = int(dt.datetime(2026, 11, 20, 16, 30, tzinfo=ET).timestamp()) * S
+
+
+def core(**cfg) -> LiveCore:
+    return LiveCore(FeedConfig(**{"api_key": "k", "source": "live", **cfg}), last_stream_wall=100.0)
+
+
+def trade(ts: int, sym: str = "SPY", price: float = 600.0) -> Trade:
+    return Trade(sym=sym, price=price, size=1, ts=ts)
+
+
+def test_watchdog_polls_after_silence_in_market_hours_and_recovers_on_the_stream():
+    c = core(poll_after_s=5, poll_interval_s=1)
+    assert c.stream_events([trade(OPEN_NS)], 100.0) == []
+    actions, wait = c.watchdog(104.0, OPEN_NS + 4 * S, True)
+    assert actions == [] and wait == 0.25 and not c.polling
+    actions, wait = c.watchdog(105.5, OPEN_NS + 6 * S, True)
+    assert actions == [SetMode("poll", "stream silent 5.5s"), Poll()] and wait == 1 and c.polling
+    assert c.watchdog(106.5, 0, True)[0] == [Poll()]  # still polling: one poll each interval, no new switch
+    assert c.periodic(True, "") == []  # the mode stays poll while polling
+    assert c.stream_events([trade(OPEN_NS + 7 * S)], 107.0) == [SetMode("tick", "stream recovered")]
+    assert not c.polling and c.last_stream_ns == OPEN_NS + 7 * S
+    assert c.periodic(False, "stocks: reset") == [SetMode("down", "stocks: reset")]
+
+
+def test_watchdog_uses_the_markets_time_and_stops_polling_at_the_close():
+    c = core(poll_after_s=5)
+    c.stream_events([trade(CLOSED_NS - 10 * S)], 100.0)  # 16:29:50: after the close
+    assert c.market_now_ns(130.0, 0) == CLOSED_NS + 20 * S
+    assert c.watchdog(130.0, 0, True)[0] == []  # silent 30 s, but the session is over: no polling
+    c2 = core(poll_after_s=5)
+    c2.stream_events([trade(OPEN_NS)], 100.0)
+    c2.watchdog(106.0, 0, True)
+    assert c2.polling
+    # the market's clock runs on from the last event: 6.5 hours later the session has closed
+    actions, _ = c2.watchdog(100.0 + 6.5 * 3600, 0, False)
+    assert actions == [SetMode("down", "market closed")] and not c2.polling
+    c3 = core(poll_after_s=5, poll_market_hours_only=False)
+    c3.stream_events([trade(CLOSED_NS)], 100.0)
+    assert Poll() in c3.watchdog(106.0, 0, True)[0]  # configured to poll at any hour
+
+
+def test_a_fatal_stream_stops_the_watchdog_and_the_mode_changes():
+    c = core(poll_after_s=5)
+    c.stream_events([trade(OPEN_NS)], 100.0)
+    c.watchdog(106.0, 0, True)
+    assert c.failed("401 Unknown API Key", "auth_failed: 401") == [SetMode("down", "auth_failed: 401")]
+    assert c.watchdog(200.0, 0, True)[0] == [] and c.periodic(True, "") == [] and c.connected() == []
+    assert core().connected() == [SetMode("tick")]
+
+
+def test_poll_answers_unchanged_since_the_last_poll_are_not_new():
+    c = core(poll_after_s=5)
+    c.stream_events([trade(OPEN_NS)], 100.0)
+    c.watchdog(106.0, 0, True)
+    q = Quote(sym="SPY", bid=599.9, ask=600.1, ts=OPEN_NS + 2 * S)
+    t1 = trade(OPEN_NS + 3 * S)
+    assert c.fresh_poll([t1, q]) == [q, t1]  # new, in event-time order
+    t2 = trade(OPEN_NS + 4 * S)
+    assert c.fresh_poll([t2, q]) == [t2]  # the quote did not change
+    c.stream_events([trade(OPEN_NS + 5 * S)], 107.0)
+    assert c.fresh_poll([trade(OPEN_NS + 6 * S)]) == []  # the stream is back: a late answer is dropped
+
+
+def test_atm_hysteresis_recenters_only_after_resubscribe_strikes():
+    c = core(strike_step=5.0, resubscribe_strikes=2, strikes_each_side=3, max_option_contracts=1000)
+
+    def v(value: float, sym: str = "I:SPX") -> IndexValue:
+        return IndexValue(sym=sym, value=value, ts=OPEN_NS)
+
+    assert c.index_value(v(6001.0, "I:NDX")) == []  # not the underlying
+    [first] = c.index_value(v(6001.0))
+    assert isinstance(first, Resubscribe) and first.center == 6000.0 and first.contracts == 14
+    assert "T.O:SPXW261120C06000000" in first.topics and "Q.O:SPXW261120P06015000" in first.topics
+    assert c.index_value(v(6007.4)) == []  # one strike away (6005): inside the hysteresis
+    assert c.index_value(v(5993.0)) == []  # one strike the other way
+    [again] = c.index_value(v(6009.0))  # two strikes (6010): re-centred
+    assert again.center == 6010.0 and c.atm_center == 6010.0
+    assert c.index_value(v(6002.6)) == []  # 6005 is one strike from the new centre
+    small = core(strike_step=5.0, strikes_each_side=20, max_option_contracts=10, option_quotes=False)
+    [r] = small.index_value(v(6000.0))
+    assert r.contracts == 10 and all(t.startswith("T.") for t in r.topics)
+
+
+def test_reconnect_gap_windows_and_merging_behind_the_running_backfill():
+    c = core(backfill_max_s=600, ping_interval_s=20, ping_timeout_s=20, stocks=["SPY", "QQQ"])
+    now = OPEN_NS + 1000 * S
+    down = now - 5 * S
+    published = {"SPY": down - 2 * S, "QQQ": down - 100 * S}  # QQQ idle: capped at one ping period (40 s)
+    starts, actions = c.gap("stocks", [], down, now, published)
+    assert starts == {"SPY": down - 2 * S, "QQQ": down - 40 * S}
+    [bf] = actions
+    assert isinstance(bf, Backfill) and bf.gap.plan == {"SPY": (True, True), "QQQ": (True, True)}
+    assert bf.gap.end_ns == now
+    # a second gap while the first still waits: merged into it (widened window, later end)
+    starts2, actions2 = c.gap("stocks", [], now + 10 * S, now + 20 * S, {}, last_ts={"SPY": down - 9 * S})
+    assert actions2 == [GapMerged("stocks")] and bf.gap.merged == 1 and bf.gap.end_ns == now + 20 * S
+    assert bf.gap.starts["SPY"] == down - 9 * S and bf.gap.starts["QQQ"] == down - 40 * S
+    assert starts2 == {"SPY": down - 9 * S, "QQQ": now + 10 * S}
+    # once it runs, the next gap waits anew (at most one running and one waiting per market)
+    c.gap_started(bf.gap)
+    _, actions3 = c.gap("stocks", [], now + 30 * S, now + 31 * S, {})
+    assert isinstance(actions3[0], Backfill) and actions3[0].gap is not bf.gap
+    # another market is independent; the window never reaches back more than backfill_max_s
+    starts4, actions4 = c.gap("indices", [], now - 5000 * S, now, {}, last_ts={})
+    assert starts4 == {"I:SPX": now - 600 * S} and actions4[0].gap.plan == {"I:SPX": (True, False)}
+    assert core(backfill=False).gap("stocks", [], down, now, {}) == (None, [])
+
+
+def test_option_gap_plan_nearest_the_money_and_no_quotes_once_refused():
+    topics = [f"{k}.O:SPXW261120{cp}0{s}000" for s in (5990, 5995, 6000, 6005, 6010) for cp in "CP" for k in "TQ"]
+    plan = option_plan(topics, 6000.0, trades_n=4, quotes_n=2)
+    assert list(plan)[:2] == ["O:SPXW261120C06000000", "O:SPXW261120P06000000"]
+    assert sum(t for t, _ in plan.values()) == 4 and sum(q for _, q in plan.values()) == 2
+    c = core(backfill_option_contracts=4, backfill_option_quote_contracts=2)
+    c.index_value(IndexValue(sym="I:SPX", value=6001.0, ts=OPEN_NS))
+    assert c.gap_plan("options", topics) == plan
+    c.quotes_refused("HTTP 403")
+    assert not any(q for _, q in c.gap_plan("options", topics).values())
+    assert c.gap("options", [], OPEN_NS, OPEN_NS + S, {}) == (None, [])  # nothing subscribed: no gap
