@@ -31,6 +31,7 @@ PROGRAM_SECRETS: dict[str, tuple[str, ...]] = {
     "broker": ("SPX_CREDENTIALS_KEYS", "SPX_CREDENTIALS_KEY_FILE", "TRADIER_ACCESS_TOKEN",
                "SPX_BROKER_ACCESS_TOKEN", "DATABASE_URL", "SPX_STORE_URL"),
     "recorder": ("DATABASE_URL", "SPX_STORE_URL"),
+    "coach": ("DATABASE_URL", "SPX_STORE_URL"),  # users' coach preferences
     "feed": ("MASSIVE_API_KEY", "SPX_FEED_API_KEY"),
     "gateway": ("SPX_TOKEN_SECRET", "SPX_GATEWAY_TOKEN_SECRET"),
 }
