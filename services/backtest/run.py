@@ -304,16 +304,17 @@ def write(result: dict, out_dir: Path) -> dict[str, Path]:
 class Progress:
     """A one-line progress bar with ETA on stderr (silent when stderr is not a terminal and quiet)."""
 
-    def __init__(self, stream=sys.stderr, width: int = 30) -> None:
-        self.stream, self.width, self.t0 = stream, width, time.monotonic()
+    def __init__(self, stream=sys.stderr, width: int = 30, unit: str = "days") -> None:
+        self.stream, self.width, self.t0, self.unit = stream, width, time.monotonic(), unit
 
     def __call__(self, done: int, total: int, what: str) -> None:
         frac = done / total if total else 1.0
         el = time.monotonic() - self.t0
         eta = el / frac - el if frac > 0 else 0.0
         bar = "#" * int(frac * self.width)
-        self.stream.write(f"\r[{bar:<{self.width}}] {done}/{total} days  {what:<10}  "
-                          f"elapsed {el:5.1f}s  eta {eta:5.1f}s")
+        eta_s = f"{eta:5.1f}s" if done else "    -"  # nothing done yet: no rate to project
+        self.stream.write(f"\r[{bar:<{self.width}}] {done}/{total} {self.unit}  {what:<10}  "
+                          f"elapsed {el:5.1f}s  eta {eta_s}")
         if done >= total:
             self.stream.write("\n")
         self.stream.flush()

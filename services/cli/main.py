@@ -49,7 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
             module.register(sub)
         except Exception as exc:  # one broken command must not take the whole CLI down
             print(f"spx: command module {info.name!r} unavailable: {exc!r}", file=sys.stderr)
+    _describe(parser)
     return parser
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Give every sub-command without a description its one-line help as one, so ``spx down --help``
+    (or ``spx broker flatten --help``) says what the command does, as the list in ``spx --help`` does."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                if not sub.description and helps.get(name):
+                    sub.description = helps[name][:1].upper() + helps[name][1:] + "."
+                _describe(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

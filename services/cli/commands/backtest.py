@@ -98,6 +98,8 @@ def cmd_backtest(args) -> int:
         progress = None if args.quiet else bt.Progress()
         workers = args.workers or bt.default_workers()
         if args.sweep:
+            if progress is not None:
+                progress.unit = "jobs"  # a sweep counts (set, day) jobs, not days
             return _sweep(args, store, opts, cfg, workers, progress)
         if args.cluster:
             from distributed import Client
@@ -133,7 +135,21 @@ def cmd_backtest(args) -> int:
     for k, v in result.get("profile_changes", {}).items():
         print(f"quarantined {k}: {v}")
     print(f"report: {paths['md']}  {paths['png']}  {paths['json']}", file=sys.stderr)
+    data = result["evidence"]["data"]
+    missing = sorted({d["day"] for d in data if d["source"] == "missing"})
+    if missing:
+        what = "trades/quotes" if args.resolution == "tick" else "1s or 60s bars"
+        print(f"spx: no stored data for {_plural(len(missing), 'day')} of {_plural(len({d['day'] for d in data}), 'day')}"
+              f" ({', '.join(missing)}): no {what} of {args.symbols} in the store; import them with 'spx backfill "
+              "FROM TO' or 'spx backfill --flat-file PATH', or run the mesh on that day (the recorder stores "
+              "the 1s bars of [store] record_bar_symbols)", file=sys.stderr)
+        if len(missing) == len({d["day"] for d in data}):
+            return 1  # nothing was tested: a report of zero trades must not read as a result
     return 0
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _sweep(args, store, opts, cfg, workers: int, progress) -> int:
@@ -146,7 +162,8 @@ def _sweep(args, store, opts, cfg, workers: int, progress) -> int:
         return fail(str(exc))
     paths = sw.write(doc, args.out)
     width = max(len(s["name"]) for s in doc["sets"])
-    print(f"{doc['jobs']} jobs ({len(doc['sets'])} sets x {doc['range']['trading_days']} days) on {doc['engine']}")
+    n_sets, n_days = len(doc["sets"]), doc["range"]["trading_days"]
+    print(f"{doc['jobs']} jobs ({_plural(n_sets, 'set')} x {_plural(n_days, 'day')}) on {doc['engine']}")
     print(f"{'set':<{width}}  {'trades':>6}  {'T1':>6}  {'T2':>6}  {'exp R':>7}  decision vs first")
     for s in doc["sets"]:
         o, v = s["result"]["overall"], s["versus_first"]

@@ -17,7 +17,8 @@ def register(sub) -> None:
     s.set_defaults(func=cmd_status)
     f = sp.add_parser("flatten", help="close every open position the broker holds for a user (or everyone)")
     f.add_argument("--user", help="only this user")
-    f.add_argument("--reason", default="operator flatten (spx broker flatten)")
+    f.add_argument("--reason", default="operator flatten (spx broker flatten)",
+                   help="why, kept with the exit orders (default: operator flatten)")
     f.add_argument("--direct", action="store_true",
                    help="straight against Tradier (same client and router guard), for when the broker process "
                         "is not answering: cancel working entries/exits, sell every long option at market")
@@ -39,7 +40,7 @@ def register(sub) -> None:
 
 
 def _money(v) -> str:
-    return "-" if v is None else f"${v:,.2f}"
+    return "-" if v is None else f"{'-' if v < 0 else ''}${abs(v):,.2f}"
 
 
 def cmd_status(args) -> int:

@@ -40,7 +40,8 @@ def register(sub) -> None:
                        description="Shows supervisord's view of every process and, from the bus, each service's "
                        "last heartbeat (age, frames out, counters) and the feed status. A service is healthy when "
                        "supervisord has it RUNNING and its heartbeat is fresh and says 'running'; each other one is "
-                       "listed with why. Exit status: 0 all healthy, 1 degraded, 3 mesh not running.")
+                       "listed with why. Exit status: 0 all healthy, 1 degraded, 3 mesh not running, 4 flags file "
+                       "not usable (every switch failed closed, kill switch ON).")
     p.add_argument("--json", action="store_true", help="machine-readable output (same fields, same exit status)")
     p.add_argument("--listen", type=float, default=1.5, help="seconds to listen for heartbeats (default 1.5)")
     p.set_defaults(func=cmd_status)

@@ -13,7 +13,7 @@ def register(sub) -> None:
                        description="Asks the running detector host; with --offline, loads the 'spx.detectors' "
                        "entry points in this process instead.")
     p.add_argument("--offline", action="store_true", help="discover entry points locally (mesh not needed)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the plugin rows as JSON")
     p.set_defaults(func=cmd_plugins)
 
 

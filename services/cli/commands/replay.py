@@ -95,7 +95,8 @@ def cmd_replay(args) -> int:
     try:
         call("feed", "ping", timeout_s=0.5)
         return fail("a feed service is running (it owns the feed socket): stop it first, e.g. "
-                    "'supervisorctl -c supervisord.conf stop feed'")
+                    "'supervisorctl -c supervisord.conf stop spx:feed' with SPX_RUNTIME_RUN_DIR exported "
+                    "(README, 'Operating with supervisorctl'), or 'spx down'")
     except RpcError:
         pass
     try:
