@@ -308,20 +308,14 @@ class LiveIngest:
             None, read_journal_tail, svc.journal.directory, today, RESUME_TAIL_BYTES)
         info.update(journal_bytes=tail.bytes_read, journal_events=len(tail.events), journal_torn=tail.torn,
                     journal_newest_ns=tail.newest_ns, journal_read_s=round(time.monotonic() - t0, 3))
-        if not tail.events:
-            info.update(state="skipped", reason=f"no journaled event of {today.isoformat()}")
-            svc.log.info("feed start: no restart gap to backfill (%s)", info["reason"])
+        window = self.core.restart_window(tail.newest if tail.events else {}, tail.oldest_ns, tail.newest_ns, now,
+                                          today.isoformat())
+        if isinstance(window, str):
+            info.update(state="skipped", reason=window)
+            svc.log.info("feed start: no restart gap to backfill (%s)", window)
             return
+        starts, default_ns = window
         age_s = (now - tail.newest_ns) / 1e9
-        if age_s > cfg.restart_backfill_max_s or age_s < -60:
-            info.update(state="skipped", reason=f"the previous run's newest event is {age_s:.1f}s old "
-                        f"(restart_backfill_max_s {cfg.restart_backfill_max_s:g})")
-            svc.log.info("feed start: no restart gap to backfill (%s)", info["reason"])
-            return
-        tol = cfg.reorder_tolerance_ms * 1_000_000
-        # never before what was read back: every journaled event REST returns is then in the dedupe
-        starts = {sym: max(ts - tol, tail.oldest_ns) for sym, ts in tail.newest.items()}
-        default_ns = tail.oldest_ns
         seeded = 0
         dedupe = svc.pipeline.dedupe
         if dedupe is not None:

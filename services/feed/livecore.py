@@ -18,6 +18,8 @@ with plain calls (``tests/feed/test_feed_livecore.py``):
   symbols, trades and/or quotes, each symbol's window start) and either asks for a
   :class:`Backfill` or widens the gap already waiting behind the market's running backfill
   (:class:`GapMerged`): at most one running and one waiting gap per market.
+* **restart window**: where the gap a feed restart left starts, from the tick journal read back
+  (:meth:`LiveCore.restart_window`), or why there is none.
 * **option backfill plan**: the subscribed contracts nearest the money, trades of
   ``backfill_option_contracts`` and quotes of ``backfill_option_quote_contracts`` of them (no
   quotes once the vendor refused them).
@@ -305,6 +307,25 @@ class LiveCore:
         """``gap``'s backfill starts (or was dropped): the next gap of its market waits anew."""
         if self._waiting.get(gap.market) is gap:
             del self._waiting[gap.market]
+
+    def restart_window(self, newest: dict[str, int], oldest_ns: int, newest_ns: int, now_ns: int,
+                       day: str) -> tuple[dict[str, int], int] | str:
+        """Where the gap a feed restart left starts, from the tick journal read back at a live start
+        (``newest``: symbol -> its newest journaled event; ``oldest_ns``/``newest_ns``: the oldest and
+        newest event read; none read: ``newest`` empty): each symbol's start (its newest journaled event
+        minus ``reorder_tolerance_ms``, never before what was read back, so every journaled event REST
+        returns is in the dedupe) and the start of a symbol absent from the journal; or, as a string,
+        why there is nothing to backfill (nothing of ``day`` journaled, or the previous run is older than
+        ``restart_backfill_max_s`` or ahead of the clock)."""
+        cfg = self.cfg
+        if not newest:
+            return f"no journaled event of {day}"
+        age_s = (now_ns - newest_ns) / 1e9
+        if age_s > cfg.restart_backfill_max_s or age_s < -60:
+            return (f"the previous run's newest event is {age_s:.1f}s old "
+                    f"(restart_backfill_max_s {cfg.restart_backfill_max_s:g})")
+        tol = cfg.reorder_tolerance_ms * 1_000_000
+        return {sym: max(ts - tol, oldest_ns) for sym, ts in newest.items()}, oldest_ns
 
     def quotes_refused(self, reason: str) -> None:
         """The vendor refused option quote history (401/403): stop asking until a restart."""

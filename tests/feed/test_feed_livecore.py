@@ -132,3 +132,18 @@ def test_option_gap_plan_nearest_the_money_and_no_quotes_once_refused():
     c.quotes_refused("HTTP 403")
     assert not any(q for _, q in c.gap_plan("options", topics).values())
     assert c.gap("options", [], OPEN_NS, OPEN_NS + S, {}) == (None, [])  # nothing subscribed: no gap
+
+
+def test_restart_window_from_the_journal_read_back():
+    c = core(restart_backfill_max_s=600, reorder_tolerance_ms=2000)
+    now = OPEN_NS + 3600 * S
+    newest = {"SPY": now - 30 * S, "I:SPX": now - 10 * S, "O:SPXW261120C06000000": now - 299 * S}
+    starts, default_ns = c.restart_window(newest, now - 300 * S, now - 10 * S, now, "2026-11-20")
+    # each symbol from its newest journaled event minus the reorder tolerance, never before what was read
+    assert starts == {"SPY": now - 32 * S, "I:SPX": now - 12 * S, "O:SPXW261120C06000000": now - 300 * S}
+    assert default_ns == now - 300 * S
+    assert c.restart_window({}, 0, 0, now, "2026-11-20") == "no journaled event of 2026-11-20"
+    too_old = c.restart_window({"SPY": now - 700 * S}, now - 800 * S, now - 700 * S, now, "2026-11-20")
+    assert too_old == "the previous run's newest event is 700.0s old (restart_backfill_max_s 600)"
+    ahead = c.restart_window({"SPY": now + 120 * S}, now, now + 120 * S, now, "2026-11-20")
+    assert isinstance(ahead, str) and "-120.0s old" in ahead
