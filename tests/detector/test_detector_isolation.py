@@ -68,9 +68,11 @@ def hostile(tmp_path, monkeypatch):
     clock = Clock()
     host = IsolatedHost(max_failures=2, max_slow=2, retry_s=60.0, clock=clock,
                         defaults=Limits(cpu_ms=20, stop_ms=150, hang_ms=700, mem_mb=320),
-                        # hog: its allocations are slow, not hostile; looper: CPU-bound, so the CPU stop must
-                        # fire before any wall-time limit even on a machine too busy to give it a core
-                        limits={"hog": {"cpu_ms": 5000, "stop_ms": 5000}, "looper": {"hang_ms": 30000}})
+                        # hog: its allocations are slow, not hostile, and page in slowly on a busy machine (its
+                        # fault is memory, not time); looper: CPU-bound, so the CPU stop must fire before any
+                        # wall-time limit even on a machine too busy to give it a core
+                        limits={"hog": {"cpu_ms": 5000, "stop_ms": 5000, "hang_ms": 30000},
+                                "looper": {"hang_ms": 30000}})
     host.load_entry_points(GROUP)
     engine = DetectorEngine(DetectorConfig(symbols=["SPY"], family_cap=1000, macro_block_below=-1.0), host)
     yield host, engine, clock, tmp_path

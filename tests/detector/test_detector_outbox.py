@@ -71,7 +71,7 @@ def test_restore_while_the_recorder_lags_and_both_killed_together_lose_and_repea
             agg.heartbeat(T0)
             feed.heartbeat(T0)
             return {"aggregator", "feed"} <= set(st["peers"])
-        eventually(ok, 20, what="detector up and subscribed")
+        eventually(ok, 45, what="detector up and subscribed")  # its plugin workers start first
         old = set(sessions)
         eventually(lambda: (drain(), sessions - old)[1], 10, what="our SUB hears the new detector")
 

@@ -55,7 +55,7 @@ def test_detector_restart_restores_active_setups_without_duplicates(db_url, run_
                 return {"aggregator", "feed"} <= set(st["peers"])
             selector.heartbeat(T0)
             return {"detector", "selector"} <= set(st["peers"])
-        eventually(ok, 20, what=f"{name} up and subscribed")
+        eventually(ok, 45, what=f"{name} up and subscribed")  # detector: plugin workers first
 
     def ticks(prices, t):
         for i, p in enumerate(prices):
