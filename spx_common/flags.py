@@ -54,7 +54,11 @@ FLAGS: dict[str, Flag] = {
         Flag("l2_microstructure", True,
              "Microstructure fields on bars (ENABLE_L2_MICROSTRUCTURE); off makes them null, OHLCV unchanged."),
         Flag("auto_execution", False,
-             "Auto-execution may run at all (users must still opt in; Tradier flags still apply)."),
+             "Automatic entries on Tradier may run at all (users must still opt in; TRADIER_EXECUTION_ENABLED still "
+             "applies). Exits and flatten never need it."),
+        Flag("paper_auto_execution", True,
+             "The paper broker takes positions automatically (sends nothing anywhere; [broker] paper_auto_execution "
+             "must be on too). Exits and flatten never need it.", safe=False),
         Flag("kill_switch", False, "Refuse every new entry immediately (exits, stops and flatten always go "
              "through).", safe=True),
     )

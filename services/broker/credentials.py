@@ -109,7 +109,8 @@ def user_allowed(cfg: BrokerConfig, user: dict, *, token_stored: bool, flags: di
     """Whether orders may be sent for the stored ``user`` record, and the exact reason when not.
 
     Order of checks (the first failing one is the reason): ``user_disabled``, ``kill_switch``,
-    ``not_opted_in`` (the user's auto-execution opt-in), then paper: ``paper_auto_execution_off``;
+    ``not_opted_in`` (the user's auto-execution opt-in), then paper: ``paper_auto_execution_off`` (the
+    ``[broker] paper_auto_execution`` setting or the ``paper_auto_execution`` switch);
     Tradier: ``auto_execution_flag_off`` (rollout switch), ``no_token``, ``execution_disabled``
     (TRADIER_EXECUTION_ENABLED), ``production_not_enabled`` (a production environment, or a URL whose
     scheme + host are not the sandbox's, without TRADIER_EXECUTION_PRODUCTION_ENABLED).  Limits (``daily_loss_limit``, ``max_open_risk`` ...) are
@@ -122,7 +123,8 @@ def user_allowed(cfg: BrokerConfig, user: dict, *, token_stored: bool, flags: di
     if not user.get("auto_execution"):
         return False, "not_opted_in"
     if user.get("broker") == "paper":
-        return (True, "") if cfg.paper_auto_execution else (False, "paper_auto_execution_off")
+        paper_on = cfg.paper_auto_execution and flags.get("paper_auto_execution", True)
+        return (True, "") if paper_on else (False, "paper_auto_execution_off")
     if not flags.get("auto_execution"):
         return False, "auto_execution_flag_off"
     if not token_stored:

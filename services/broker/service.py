@@ -235,7 +235,7 @@ class BrokerService(BusService):
             return creds.user_allowed(cfg, a.record, token_stored=a.tradier is not None or a.paper is not None,
                                       flags=self.flags)
         if cfg.mode == "paper":
-            if not cfg.paper_auto_execution:
+            if not (cfg.paper_auto_execution and self.flags.get("paper_auto_execution")):
                 return False, "paper_auto_execution_off"
             if user not in cfg.paper_users:
                 return False, "not_opted_in"

@@ -191,7 +191,9 @@ def test_malformed_flags_file_keeps_the_kill_switch_on_across_restarts(run_dir):
             assert st["broker"]["engine"]["kill_switch"] is True
             h.quote_live(1.95, 2.0, T0 + attempt * 100 * S)
             eventually(lambda: h.trigger(f"m-{attempt}", T0 + (attempt * 100 + 1) * S) or h.seen("block.broker"), 10)
-            assert {b.reason for b in h.seen("block.broker")} == {"kill_switch"} and h.seen("order.") == []
+            # every entry switch is at its safe value: paper entries off and the kill switch on
+            assert {b.reason for b in h.seen("block.broker")} <= {"kill_switch", "paper_auto_execution_off"}
+            assert h.seen("order.") == []
             eventually(lambda: [a for a in h.seen("alert.default") if a["kind"] == "flags_invalid"], 10,
                        what="critical alert")
             assert [a["severity"] for a in h.seen("alert.default") if a["kind"] == "flags_invalid"][0] == "critical"
@@ -212,3 +214,32 @@ def test_malformed_flags_file_keeps_the_kill_switch_on_across_restarts(run_dir):
         h.close()
     out = _cli("flags", "list", env={"SPX_RUNTIME_RUN_DIR": str(run_dir)})
     assert out.returncode == 0 and "NOT USABLE" not in out.stdout
+
+
+def test_paper_broker_honours_its_visible_switch_and_still_exits(run_dir):
+    """Issue 18, item 9: paper entries have their own runtime switch, shown next to auto_execution; turning
+    it off stops paper entries at once, never an exit."""
+    from services.broker.config import BrokerConfig
+    from services.broker.credentials import user_allowed
+
+    paper = {"enabled": True, "auto_execution": True, "broker": "paper", "environment": "sandbox"}
+    assert user_allowed(BrokerConfig(), paper, token_stored=False, flags={"paper_auto_execution": False}) == \
+        (False, "paper_auto_execution_off")
+    assert user_allowed(BrokerConfig(), paper, token_stored=False, flags={"paper_auto_execution": True}) == (True, "")
+    out = _cli("flags", "list", env={"SPX_RUNTIME_RUN_DIR": str(run_dir)})
+    assert "paper_auto_execution     True" in out.stdout and "auto_execution           False" in out.stdout
+    h = Harness(run_dir)
+    try:
+        h.quote_live(1.95, 2.0, T0)
+        eventually(lambda: h.trigger("p-1", T0 + S, qty=2) or h.seen("fill.default"), 10, what="paper entry")
+        FlagStore(run_dir / "flags.json").set("paper_auto_execution", False)
+        assert h.call("flags.reload")["flags"]["paper_auto_execution"] is False
+        assert h.call("status")["broker"]["refusal_reason"] == {"default": "paper_auto_execution_off"}
+        eventually(lambda: h.trigger("p-2", T0 + 2 * S) or h.seen("block.broker"), 10)
+        assert {b.reason for b in h.seen("block.broker")} == {"paper_auto_execution_off"}
+        h.quote(2.5, 2.6, T0 + 3 * S)
+        eventually(lambda: h.advice("p-1", "exit_all", T0 + 4 * S) or h.seen("position.default")[-1].quantity == 0,
+                   10, what="the exit goes through with the paper switch off")
+        assert {o.setup_id for o in h.seen("order.default") if o.side == "buy_to_open"} == {"p-1"}  # no p-2
+    finally:
+        h.close()

@@ -17,12 +17,14 @@ def test_set_reload_reports_changes_and_fails_closed_on_a_bad_file(tmp_path):
     assert b.reload() == {"auto_execution": True, "tick_fanout": "alice,bob"}
     assert b.reload() == {}
     (tmp_path / "flags.json").write_text('{"kill_switch": false, "auto_execution": true,}')  # a trailing comma
-    assert b.reload() == {"kill_switch": True, "auto_execution": False, "tick_fanout": "all"}
+    assert b.reload() == {"kill_switch": True, "auto_execution": False, "tick_fanout": "all",
+                          "paper_auto_execution": False}
     assert b.get("kill_switch") is True and "invalid" in b.error
     restarted = FlagStore(tmp_path / "flags.json")
-    assert restarted.reload() == {"kill_switch": True} and restarted.snapshot() == safe_values()  # a restart
+    assert restarted.reload() == {"kill_switch": True, "paper_auto_execution": False}  # a restart: the same
+    assert restarted.snapshot() == safe_values()
     a.set("kill_switch", "false")  # writing a valid file ends it
-    assert b.reload() == {"kill_switch": False} and b.error is None
+    assert b.reload() == {"kill_switch": False, "paper_auto_execution": True} and b.error is None
     assert b.snapshot()["auto_execution"] is False  # the valid file holds only what was written
 
 

@@ -47,7 +47,7 @@ def test_switches_panel_and_badge_follow_spx_flags_set(run_dir, browser):  # noq
                        what="tick-cadence prices again")
             rows = js("[...document.querySelectorAll('#switches tr')].map(r => r.dataset.switch)")
             assert sorted(r for r in rows if r) == sorted(
-                ["auto_execution", "evaluator_logging_only", "kill_switch", "l2_microstructure", "tactical_alerts",
-                 "tick_fanout", "tick_ingest_passive"])
+                ["auto_execution", "evaluator_logging_only", "kill_switch", "l2_microstructure", "paper_auto_execution",
+                 "tactical_alerts", "tick_fanout", "tick_ingest_passive"])  # issue 18: the paper switch is visible
         finally:
             dt.close()
