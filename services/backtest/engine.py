@@ -144,7 +144,11 @@ class Backtester:
         agg.on_events(group)
 
     def finish(self) -> None:
-        """Close every trade still open at the last price of its symbol (end of the data)."""
+        """The data ended: setups still open expire at their session's close (as live), and every trade
+        still open closes at the last price of its symbol."""
+        closes = [s.close_ns for syms in self.engine.lifecycle.active.values() for s in syms.values()]
+        if closes:
+            self._record(self.engine.lifecycle.session_end(max(closes)))
         for sym, opens in self._open.items():
             last = self._last_close.get(sym)
             for o in opens:
@@ -170,6 +174,7 @@ class Backtester:
         sym = bar.sym
         prev = self._last_close.get(sym)
         if prev is not None and _day(prev[0]) != _day(bar.start_ns):
+            self._record(self.engine.lifecycle.session_end(bar.start_ns))  # as the live detector does
             self._end_session(sym, prev)
         self._exits(bar)
         self._record(self.engine.on_bar(bar))
@@ -195,6 +200,22 @@ class Backtester:
             self.transitions.append(tr)
             if tr.to_state == "triggered":
                 self._open_trade(tr)
+            elif tr.to_state == "expired":  # resolved at the session close: its trade closes there too
+                self._expire_trade(tr)
+
+    def _expire_trade(self, tr: SetupTransition) -> None:
+        opens = self._open.get(tr.sym)
+        if not opens:
+            return
+        keep = []
+        for o in opens:
+            if o.result.setup_id == tr.setup_id:
+                last = self._last_close.get(tr.sym)
+                price = tr.price if tr.price is not None else (last[1] if last else o.result.entry)
+                self._settle(o, price, tr.ts, "expired")
+            else:
+                keep.append(o)
+        self._open[tr.sym] = keep
 
     def _open_trade(self, tr: SetupTransition) -> None:
         entry = tr.price if tr.price is not None else (tr.entry_high if tr.direction == "long" else tr.entry_low)

@@ -2,7 +2,9 @@
 
 States: ``forming -> ready -> triggered -> target1_hit -> target2_hit``, or the terminal
 ``invalidated`` (stop breached before the trigger), ``stopped`` (stop breached after it) and
-``expired`` (not triggered within ``ttl``). Transitions only move forward (each state has a
+``expired`` (not triggered within ``ttl``, or still open at the session close: 16:00 ET, 13:00 on
+early closes, ``spx_common/calendar.py``; a setup never carries into the next session, so it can never
+be "stopped" by tomorrow's prices). Transitions only move forward (each state has a
 rank), are emitted once, and the trigger is debounced: price must stay beyond the trigger for
 ``confirm_ticks`` consecutive ticks *and* ``confirm_ns`` of event time, so prices jittering
 around the trigger produce exactly one ``triggered``.
@@ -13,9 +15,11 @@ never a full recompute.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
 
+from spx_common import calendar
 from spx_common.models import SetupCandidate, SetupTransition
 
 RANK = {"forming": 0, "ready": 1, "triggered": 2, "target1_hit": 3, "target2_hit": 4,
@@ -33,6 +37,7 @@ class Setup:
     beyond_ticks: int = 0
     micro: dict = field(default_factory=dict)
     macro_score: float | None = None
+    close_ns: int = 0  # the close of the session it was created in (0: computed when it is added)
 
     @property
     def long(self) -> bool:
@@ -41,6 +46,21 @@ class Setup:
     @property
     def trigger(self) -> float:
         return self.cand.entry_high if self.long else self.cand.entry_low
+
+
+def session_close_ns(ts_ns: int) -> int:
+    """The close of the session of ``ts_ns``'s New York date (16:00 ET, 13:00 on an early close); on a
+    day without a session, 16:00 ET of that date."""
+    s = calendar.session_at(ts_ns)
+    if s is not None:
+        return s.close_ns
+    d = calendar.et_date(ts_ns)
+    return int(dt.datetime.combine(d, dt.time(16, 0), calendar.ET).timestamp()) * 1_000_000_000
+
+
+def close_reason(close_ns: int) -> str:
+    s = calendar.session_at(close_ns - 1)
+    return "session close (13:00 ET early close)" if s is not None and s.early else "session close (16:00 ET)"
 
 
 def setup_id(c: SetupCandidate) -> str:
@@ -60,6 +80,7 @@ class Lifecycle:
         self.active: dict[str, dict[str, Setup]] = {}
         self.duplicates = 0
         self.refused_full = 0
+        self.last_price: dict[str, float] = {}  # newest price per symbol (the price of a session-end expiry)
 
     def count(self) -> int:
         return sum(len(v) for v in self.active.values())
@@ -74,19 +95,41 @@ class Lifecycle:
         if self.count() >= self.max_active:
             self.refused_full += 1
             return None
-        s = Setup(setup_id(cand), cand, created_ns=cand.ts, micro=dict(micro), macro_score=macro_score)
+        s = Setup(setup_id(cand), cand, created_ns=cand.ts, micro=dict(micro), macro_score=macro_score,
+                  close_ns=session_close_ns(cand.ts))
         syms[s.id] = s
         return self._tr(s, None, "forming", "candidate accepted", cand.ts, None)
 
     def restore(self, s: Setup) -> None:
+        if not s.close_ns:
+            s.close_ns = session_close_ns(s.created_ns)
         self.active.setdefault(s.cand.sym, {})[s.id] = s
 
+    def session_end(self, now_ns: int) -> list[SetupTransition]:
+        """Resolve every setup still forming, ready, triggered or at target 1 whose session closed at
+        ``now_ns`` (event time): ``expired`` at the close (its time is the close), with the session-close
+        reason, at the symbol's last price."""
+        out: list[SetupTransition] = []
+        for sym, syms in self.active.items():
+            for s in list(syms.values()):
+                if s.close_ns and now_ns >= s.close_ns:
+                    out.append(self._tr(s, s.state, "expired", close_reason(s.close_ns), s.close_ns,
+                                        self.last_price.get(sym)))
+                    del syms[s.id]
+        return out
+
     def on_price(self, sym: str, price: float, ts: int, micro: dict | None = None) -> list[SetupTransition]:
+        before = self.last_price.get(sym)
+        self.last_price[sym] = price
         syms = self.active.get(sym)
         if not syms:
             return []
         out: list[SetupTransition] = []
         for s in list(syms.values()):
+            if s.close_ns and ts >= s.close_ns:  # a price after the close: the session ended first
+                out.append(self._tr(s, s.state, "expired", close_reason(s.close_ns), s.close_ns, before))
+                del syms[s.id]
+                continue
             out.extend(self._step(s, price, ts, micro))
             if s.state in TERMINAL:
                 del syms[s.id]

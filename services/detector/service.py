@@ -252,12 +252,24 @@ class DetectorService(BusService):
                 last_profile = time.monotonic()
                 await asyncio.get_running_loop().run_in_executor(None, self.refresh_profile)
 
+    def _session_end(self) -> None:
+        """Setups still open at their session's close expire (16:00 ET, 13:00 on early closes). Event time,
+        advanced by the wall-clock time since the last input (an idle input after the close, as live at
+        16:00, still reaches the close; a replay that keeps feeding runs on its own event time)."""
+        lc = self.engine.lifecycle
+        if not lc.active or not self.engine.now_ns or self._warming:
+            return
+        idle_ns = int((time.monotonic() - self._last_input) * 1e9) if self._last_input is not None else 0
+        for tr in lc.session_end(self.engine.now_ns + max(idle_ns, 0)):
+            self._publish_transition(tr, time.time_ns())
+
     async def drain(self) -> None:
         close = getattr(self.host, "close", None)
         if close is not None:
             close()  # the plugin workers (they also die with this process: PR_SET_PDEATHSIG)
 
     def periodic(self) -> None:
+        self._session_end()
         counts: dict[str, int] = {}
         for p in self.host.plugins.values():
             counts[p.status] = counts.get(p.status, 0) + 1

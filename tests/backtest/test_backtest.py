@@ -285,8 +285,8 @@ def test_apply_profile_requarantines_with_the_evidence_in_the_reason(run_dir, tm
     try:
         assert not store.get_active_profile().allows("planted")
         assert store.family_stats(0, 2**62) == []  # live window: backtest rows excluded
-        # stored instances carry the lifecycle's own resolution: day 3's setup is still open there
-        # (the lifecycle does not trail its stop to breakeven; the exit advisor in the report does)
-        assert [s.trades for s in store.family_stats(0, 2**62, source="backtest")] == [2]
+        # stored instances carry the lifecycle's own resolution; issue 18: day 3's setup, still open at the
+        # end of the data, expires at its session's close and is counted (it used to stay open, uncounted)
+        assert [s.trades for s in store.family_stats(0, 2**62, source="backtest")] == [3]
     finally:
         store.close()
