@@ -35,6 +35,7 @@ from spx_common.bus import RpcError
 from spx_common.codec import Frame, FrameError
 from spx_common.config import load
 from spx_common.marketrules import TradeRules
+from spx_common.calendar import ET
 from spx_common.models import MicroBar
 from spx_common.service import BusService
 
@@ -166,7 +167,7 @@ class Aggregator(BusService):
         self.gaps_unfilled.set(self.agg.gaps_unfilled)
         self.cache_size.set(self.cache.size())
         self.cache_bytes.set(self.cache.bytes)
-        self.detail = (f"{self.agg.symbol_count()} symbols, watermark {self.agg.watermark}, "
+        self.detail = (f"{self.agg.symbol_count()} symbols, watermark {watermark_text(self.agg.watermark)}, "
                        f"bars {'compiled' if COMPILED else 'pure Python'}")
 
     def on_flags(self, changed: dict) -> None:
@@ -279,3 +280,14 @@ def _int(p: dict, key: str, default: int, lo: int, hi: int) -> int:
     if not lo <= v <= hi:
         raise RpcError("bad_request", f"{key!r} must be in [{lo}, {hi}]")
     return v
+
+
+def watermark_text(ns: int) -> str:
+    """The event-time watermark as an operator reads it in ``spx status``: ``09:30:03.358 ET 2026-11-20``
+    (``-`` before the first event, ``final`` once the input has ended)."""
+    if not ns:
+        return "-"
+    if ns >= FINAL_NS:
+        return "final"
+    t = dt.datetime.fromtimestamp(ns / 1e9, ET)
+    return f"{t:%H:%M:%S}.{t.microsecond // 1000:03d} ET {t:%Y-%m-%d}"
