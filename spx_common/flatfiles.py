@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from spx_common.marketrules import EXCL_CORRECTION, quote_size_factor
+from spx_common.marketrules import EXCL_CORRECTION, SHARES_SINCE_NS, quote_size_factor
 from spx_common.models import Quote, Trade
 
 TRADE_COLUMNS = {"ticker", "price", "size", "sip_timestamp"}
@@ -141,3 +141,194 @@ def read_merged(paths: Iterable[Path | str], *, symbols: Iterable[str] | None = 
     stats = stats or ReadStats()
     syms = set(symbols) if symbols is not None else None
     return merge(*[_read(Path(p), stats, syms, quote_sizes) for p in paths])
+
+
+# ---------------------------------------------------------------------------------------- columnar reader
+
+#: the columns the fast reader parses, with their Arrow types (the rest of a row is never converted)
+_TRADE_TYPES = {"ticker": "dict", "conditions": "dict", "correction": "int64", "exchange": "int64",
+                "price": "float64", "sequence_number": "int64", "sip_timestamp": "int64", "size": "float64"}
+_QUOTE_TYPES = {"ticker": "dict", "ask_exchange": "int64", "ask_price": "float64", "ask_size": "float64",
+                "bid_exchange": "int64", "bid_price": "float64", "bid_size": "float64",
+                "sequence_number": "int64", "sip_timestamp": "int64"}
+_MAX_TS = 1 << 62  # the bar cores refuse event times at or beyond this (services/aggregator/fastcore.pyx)
+
+
+class ColumnarUnsupported(FlatFileError):
+    """The columnar reader cannot prove it reads this file as :func:`iter_events` does (a value Arrow
+    refuses, a bad row, a time the cores refuse, NaN): read it with the object path instead."""
+
+
+@dataclass
+class Columns:
+    """The selected, valid rows of flat files in aggregation order, as numpy arrays.
+
+    ``sym`` indexes ``names``; ``kind`` is 0 for a trade, 1 for a quote (the bar cores' codes); ``a, b, c,
+    d`` are price, size, 0, 0 for a trade and bid, ask, bid size, ask size (in shares or contracts) for a
+    quote; ``excl`` is the reader's flag (:data:`EXCL_CORRECTION`) and ``cond`` indexes ``conds``, the
+    distinct parsed ``conditions`` (quotes: index 0, the empty tuple)."""
+
+    names: list[str]
+    conds: list[tuple[int, ...]]
+    sym: "np.ndarray"
+    kind: "np.ndarray"
+    ts: "np.ndarray"
+    a: "np.ndarray"
+    b: "np.ndarray"
+    c: "np.ndarray"
+    d: "np.ndarray"
+    excl: "np.ndarray"
+    cond: "np.ndarray"
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+def _column_types(kind: str):
+    import pyarrow as pa
+
+    typ = {"dict": pa.dictionary(pa.int32(), pa.string()), "int64": pa.int64(), "float64": pa.float64()}
+    return {k: typ[v] for k, v in (_TRADE_TYPES if kind == "trades" else _QUOTE_TYPES).items()}
+
+
+def _lut(dictionary, codes: dict, table: list, convert) -> "np.ndarray":
+    """Global codes (into ``table``) of a batch's dictionary values, converting new values once."""
+    import numpy as np
+
+    out = np.empty(len(dictionary), dtype=np.int32)
+    for i, value in enumerate(dictionary.to_pylist()):
+        code = codes.get(value)
+        if code is None:
+            code = codes[value] = len(table)
+            table.append(convert(value))
+        out[i] = code
+    return out
+
+
+def read_columns(paths: Iterable[Path | str], *, symbols: Iterable[str] | None = None,
+                 stats: ReadStats | None = None, quote_sizes: str = "vendor",
+                 block_size: int = 1 << 22) -> Columns:
+    """Several flat files (trades and quotes) as :class:`Columns` in :func:`read_merged`'s order: SIP time,
+    a quote before a trade at the same time, then the order of ``paths`` and of rows in a file.
+
+    Streamed: Arrow parses ``block_size`` bytes at a time (only the columns the bars need, typed), tickers
+    are filtered per batch, so memory grows with the selected rows, not with the files. The same rows as
+    the object reader or :class:`ColumnarUnsupported` (nothing is guessed: the caller falls back)."""
+    import numpy as np
+    import pyarrow as pa
+    from pyarrow import csv as pacsv
+
+    if quote_sizes not in QUOTE_SIZES:
+        raise ValueError(f"quote_sizes must be one of {QUOTE_SIZES}, not {quote_sizes!r}")
+    stats = stats or ReadStats()
+    wanted = set(symbols) if symbols is not None else None
+    names: list[str] = []
+    sym_codes: dict[str, int] = {}
+    conds: list[tuple[int, ...] | None] = [()]
+    cond_codes: dict[str, int] = {"": 0}
+
+    def name_code(value: str) -> str:
+        return value
+
+    def parse_cond(value: str):
+        try:
+            return tuple(_ints(value))
+        except ValueError:
+            return None  # the object reader skips the row as bad: so do not guess here
+
+    parts: list[tuple] = []
+    rows = 0
+    for path in map(Path, paths):
+        kind = kind_of(path)
+        types = _column_types(kind)
+        try:
+            reader = pacsv.open_csv(
+                path, read_options=pacsv.ReadOptions(block_size=block_size),
+                convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(types),
+                                                     include_missing_columns=True, null_values=[""],
+                                                     strings_can_be_null=False, quoted_strings_can_be_null=False))
+            for batch in reader:
+                rows += batch.num_rows
+                tick = batch.column("ticker")
+                lut = _lut(tick.dictionary, sym_codes, names, name_code)
+                if wanted is not None:
+                    keep = np.array([n in wanted for n in names], dtype=bool)
+                    lut = np.where(keep[lut], lut, -1) if len(lut) else lut
+                sym = lut[tick.indices.to_numpy(zero_copy_only=False)] if len(lut) else np.empty(0, np.int32)
+                sel = np.flatnonzero(sym >= 0) if wanted is not None else None
+                if sel is not None and len(sel) == 0:
+                    continue
+                part = _batch_part(batch, kind, sym, sel, cond_codes, conds, parse_cond, names, quote_sizes)
+                parts.append(part)
+        except pa.ArrowInvalid as exc:
+            raise ColumnarUnsupported(f"{path}: {exc}") from None
+    if any(c is None for c in conds[1:]) and parts:
+        bad = np.array([c is None for c in conds], dtype=bool)
+        if any(bad[p[-1]].any() for p in parts):
+            raise ColumnarUnsupported("a conditions value the object reader refuses")
+    if parts:
+        cols = [np.concatenate([p[i] for p in parts]) for i in range(9)]
+    else:
+        cols = [np.empty(0, t) for t in (np.int32, np.int8, np.int64, *[np.float64] * 4, np.uint8, np.int32)]
+    sym, kind, ts, a, b, c, d, excl, cond = cols
+    if len(ts) and (ts.max() >= _MAX_TS):
+        raise ColumnarUnsupported("an event time at or beyond 2116-02-20 (the cores refuse it)")
+    # SIP time, then quote (1) before trade (0), then file and row order: lexsort is stable
+    order = np.lexsort((kind == 0, ts))
+    stats.rows += rows
+    stats.events += len(order)
+    return Columns(names=names, conds=[c if c is not None else () for c in conds], sym=sym[order],
+                   kind=kind[order], ts=ts[order], a=a[order], b=b[order], c=c[order], d=d[order],
+                   excl=excl[order], cond=cond[order])
+
+
+def _batch_part(batch, kind: str, sym, sel, cond_codes: dict, conds: list, parse_cond, names: list[str],
+                quote_sizes: str) -> tuple:
+    """One record batch's selected rows as (sym, kind, ts, a, b, c, d, excl, cond) arrays, checked as the
+    object reader checks them (a failing row: :class:`ColumnarUnsupported`)."""
+    import numpy as np
+
+    def col(name: str, fill=None):
+        arr = batch.column(name)
+        if arr.null_count:
+            if fill is None:
+                raise ColumnarUnsupported(f"an empty {name} (a bad row for the object reader)")
+            arr = arr.fill_null(fill)
+        out = arr.to_numpy(zero_copy_only=False)
+        return out if sel is None else out[sel]
+
+    if sel is not None:
+        sym = sym[sel]
+    ts = col("sip_timestamp")
+    for name in ("sequence_number", "exchange", "correction", "bid_exchange", "ask_exchange"):
+        if name in batch.schema.names:
+            col(name, 0)  # parsed by Arrow as int64 (else ArrowInvalid), as the object reader parses it
+    n = len(ts)
+    if kind == "trades":
+        a, b = col("price"), col("size")
+        c = d = np.zeros(n)
+        excl = np.where(col("correction", 0) != 0, EXCL_CORRECTION, 0).astype(np.uint8)
+        cd = batch.column("conditions")
+        lut = _lut(cd.dictionary, cond_codes, conds, parse_cond)
+        idx = cd.indices.to_numpy(zero_copy_only=False)
+        cond = lut[idx if sel is None else idx[sel]] if len(lut) else np.zeros(n, np.int32)
+        k = np.zeros(n, np.int8)
+        values = (a, b)
+    else:
+        a, b = col("bid_price"), col("ask_price")
+        c, d = col("bid_size"), col("ask_size")
+        if quote_sizes == "vendor":
+            stock = np.array([not s.startswith("O:") for s in names] or [True], dtype=bool)[sym]
+            mult = np.where((ts < SHARES_SINCE_NS) & stock, 100.0, 1.0)
+            c, d = c * mult, d * mult  # float(size) * 100 in the object reader: the same IEEE product
+        excl = np.zeros(n, np.uint8)
+        cond = np.zeros(n, np.int32)
+        k = np.ones(n, np.int8)
+        values = (a, b, c, d)
+    for v in values:
+        if not (v >= 0).all():  # negative or NaN: the object reader skips the row, msgspec refuses NaN
+            raise ColumnarUnsupported("a negative or NaN price, size or quote field")
+    if (ts < 0).any() or (sym < 0).any() or any(not names[i] for i in np.unique(sym)):
+        raise ColumnarUnsupported("a missing ticker or a negative time")
+    return (sym.astype(np.int32), k, ts.astype(np.int64), a.astype(np.float64), b.astype(np.float64),
+            np.asarray(c, np.float64), np.asarray(d, np.float64), excl, cond.astype(np.int32))

@@ -8,6 +8,7 @@ The formulas are the contract in ``docs/microbars.md`` (summary: ``pybars``' doc
 
 from __future__ import annotations
 
+import operator
 from typing import Iterable
 
 from services.aggregator.pybars import (MAX_PENDING_QUOTES, NS, PyBarAggregator, PyTickCore, newest_by_kind,
@@ -29,7 +30,7 @@ else:
 
 __all__ = [
     "COMPILED", "CSV_COLUMNS", "MAX_PENDING_QUOTES", "NS", "BarAggregator", "IndexValue", "MicroBar",
-    "PyBarAggregator", "PyTickCore", "Quote", "Trade", "bars_from_events", "csv_row", "newest_by_kind",
+    "PyBarAggregator", "PyTickCore", "Quote", "Trade", "bars_from_events", "csv_row", "csv_rows", "newest_by_kind",
     "order_key", "parse_interval", "ticks_header",
 ]
 
@@ -59,3 +60,14 @@ def csv_row(bar: MicroBar) -> list[str]:
               bar.ask_bid_size_ratio, bar.quote_coverage_pct, bar.avg_spread_bps, bar.bid_size_at_close,
               bar.ask_size_at_close]
     return ["" if v is None else repr(v) if isinstance(v, float) else str(v) for v in values]
+
+
+_CSV_VALUES = operator.attrgetter(*["sym" if c == "symbol" else c for c in CSV_COLUMNS])
+
+
+def csv_rows(bars: Iterable[MicroBar]) -> list[list[str]]:
+    """:func:`csv_row` of each bar, the same strings, with one attribute fetch per bar (``spx bars``' fast
+    path writes tens of thousands of bars per symbol and day)."""
+    flt, none, rep = float, None, repr
+    return [["" if v is none else rep(v) if v.__class__ is flt else str(v) for v in _CSV_VALUES(bar)]
+            for bar in bars]

@@ -23,7 +23,7 @@ bit-identical (tests/aggregator/test_aggregator_compiled.py compares the two on 
 
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memcmp
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int8_t, int32_t, int64_t
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
@@ -669,6 +669,64 @@ cdef class TickCore:
 
     def symbol_names(self):
         return list(self.names)
+
+    def symbol_ids(self, names):
+        """The symbol id of each name (str), adding new names in the given order as events would add them;
+        -1 for a name refused (``max_symbols`` tracked). For :meth:`feed_columns`."""
+        cdef Py_ssize_t sid
+        out = []
+        for name in names:
+            sid = self.ids.get(name, -1)
+            if sid < 0 and self.nsyms < self.max_symbols:
+                sid = self._add_symbol(name)
+            out.append(sid)
+        return out
+
+    def feed_columns(self, const int32_t[::1] sids, const int8_t[::1] kinds, const int64_t[::1] ts,
+                     const double[::1] a, const double[::1] b, const double[::1] c, const double[::1] d,
+                     const uint8_t[::1] excl):
+        """Aggregate events given as columns, in stream order: the same per-event code as :meth:`feed`
+        (watermark, refused symbols, an excluded trade kept out of the bar maths), without the hold.
+
+        ``sids`` from :meth:`symbol_ids` (-1: refused); ``kinds`` 0 trade (``a`` price, ``b`` size), 1 quote
+        (``a, b, c, d``: bid, ask, bid size, ask size), 2 index value (``a``); ``excl`` != 0: an excluded
+        trade. Times must lie in [0, 2**62) and values be >= 0 (not NaN), as the byte path checks; otherwise
+        ValueError before anything changes. The number of events."""
+        cdef Py_ssize_t n = sids.shape[0]
+        cdef Py_ssize_t e
+        cdef int sid
+        cdef Ev ev
+        if not (kinds.shape[0] == ts.shape[0] == a.shape[0] == b.shape[0] == c.shape[0] == d.shape[0]
+                == excl.shape[0] == n):
+            raise ValueError("feed_columns: columns of different lengths")
+        if self.on_hold is not None:
+            raise ValueError("feed_columns does not hold events: use feed() when on_hold is set")
+        for e in range(n):
+            if ts[e] < 0 or ts[e] >= _MAX_TS or kinds[e] < 0 or kinds[e] > 2 or sids[e] >= self.nsyms \
+                    or sids[e] < -1 or not (a[e] >= 0 and b[e] >= 0 and c[e] >= 0 and d[e] >= 0):
+                raise ValueError(f"feed_columns: event {e} not accepted (time, kind, symbol id or a value)")
+        ev.sym = NULL
+        ev.sym_len = 0
+        ev.start = ev.end = 0
+        for e in range(n):
+            ev.ts = ts[e]
+            if ev.ts > self.watermark:
+                self.watermark = ev.ts
+            sid = sids[e]
+            if sid < 0:
+                self.refused_symbols += 1
+                continue
+            if excl[e] and kinds[e] == 0:
+                continue
+            ev.kind = kinds[e]
+            ev.sid = sid
+            ev.a = a[e]
+            ev.b = b[e]
+            ev.c = c[e]
+            ev.d = d[e]
+            ev.excl = False
+            self._event(sid, &ev)
+        return n
 
     # ------------------------------------------------------------------------------------ bytes in
 

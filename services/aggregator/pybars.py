@@ -824,6 +824,45 @@ class PyTickCore(PyBarAggregator):
         self._dirty = {}
         return out
 
+    def symbol_ids(self, names: Iterable[str]) -> list[int]:
+        """The symbol id (first-seen index) of each name, adding new names in the given order; -1 for a
+        name refused (``max_symbols`` tracked). For :meth:`feed_columns`."""
+        names = list(names)
+        for name in names:
+            if name not in self.symbols and len(self.symbols) < self.max_symbols:
+                self.symbols[name] = _SymbolState()
+        ids = {name: i for i, name in enumerate(self.symbols)}
+        return [ids.get(name, -1) for name in names]
+
+    def feed_columns(self, sids, kinds, ts, a, b, c, d, excl) -> int:
+        """The compiled core's column input (same arguments, same bars): events rebuilt as objects and
+        aggregated by :meth:`on_events`, in the given order; refused symbols (-1) are counted."""
+        n = len(sids)
+        if not all(len(x) == n for x in (kinds, ts, a, b, c, d, excl)):
+            raise ValueError("feed_columns: columns of different lengths")
+        if self.on_hold is not None:
+            raise ValueError("feed_columns does not hold events: use feed() when on_hold is set")
+        names = list(self.symbols)
+        cols = [x.tolist() if hasattr(x, "tolist") else list(x) for x in (sids, kinds, ts, a, b, c, d, excl)]
+        for e, (sid, k, t, va, vb, vc, vd) in enumerate(zip(*cols[:7])):
+            if not (0 <= t < MAX_TS and k in (0, 1, 2) and -1 <= sid < len(names)
+                    and va >= 0 and vb >= 0 and vc >= 0 and vd >= 0):
+                raise ValueError(f"feed_columns: event {e} not accepted (time, kind, symbol id or a value)")
+        events: list = []
+        for sid, k, t, va, vb, vc, vd, x in zip(*cols):
+            if sid < 0:
+                self.refused_symbols += 1
+                if t > self.watermark:
+                    self.watermark = t
+            elif k == 0:
+                events.append(Trade(sym=names[sid], price=va, size=vb, ts=t, excl=1 if x else 0))
+            elif k == 1:
+                events.append(Quote(sym=names[sid], bid=va, ask=vb, bid_size=vc, ask_size=vd, ts=t))
+            else:
+                events.append(IndexValue(sym=names[sid], value=va, ts=t))
+        self.on_events(events)
+        return n
+
     def symbol_count(self) -> int:
         return len(self.symbols)
 
