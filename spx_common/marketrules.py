@@ -205,7 +205,8 @@ class TradeRules:
 
     def apply_columns(self, names: list[str], sym, kind, excl, cond, conds: list[tuple[int, ...]], size):
         """:meth:`apply` on columns (``spx_common.flatfiles.Columns``, stream order): the new ``excl``
-        array (a reader's flag kept, :data:`EXCL_CONDITION` set by the condition table) with the same
+        array (a reader's flag kept, :data:`EXCL_CONDITION` or :data:`EXCL_VOLUME_ONLY` set by the condition
+        table) with the same
         counts and size sums as :meth:`apply` on the same events. Only with the outlier guard off and
         ``keep`` 0 (the guard needs the quote in force per trade: :meth:`apply`)."""
         import numpy as np
@@ -213,21 +214,22 @@ class TradeRules:
         if self.outlier > 0 or self.keep:
             raise ValueError("apply_columns: the outlier guard and keep need apply()")
         option = np.array([n.startswith("O:") for n in names] or [False], dtype=bool)
-        verdict = [self._labels(list(c)) if c else () for c in conds]  # once per distinct conditions
-        excluding = np.array([bool(v) for v in verdict] or [False], dtype=bool)
+        verdict = [self._verdict(list(c)) if c else (0, ()) for c in conds]  # once per distinct conditions
+        code = np.array([v[0] for v in verdict] or [0], dtype=np.uint8)
         trade = kind == 0
         flagged = trade & (excl != 0)
-        by_cond = trade & (excl == 0) & excluding[cond] & ~option[sym]
-        out = np.where(by_cond, EXCL_CONDITION, excl).astype(np.uint8)
+        by_cond = trade & (excl == 0) & (code[cond] != 0) & ~option[sym]
+        out = np.where(by_cond, code[cond], excl).astype(np.uint8)
         labelled: dict[str, list] = {}
         for i in np.flatnonzero(flagged):  # rare: a loop keeps the counting rules in one place
             e = int(out[i])
-            labels = verdict[cond[i]] if e == EXCL_CONDITION else (REASONS.get(e, "other"),)
+            labels = (verdict[cond[i]][1] if e in (EXCL_CONDITION, EXCL_VOLUME_ONLY)
+                      else (REASONS.get(e, "other"),))
             for label in labels:
                 labelled.setdefault(label, []).append(i)
-        for code in np.unique(cond[by_cond]):
-            rows = np.flatnonzero(by_cond & (cond == code))
-            for label in verdict[code]:
+        for c in np.unique(cond[by_cond]):
+            rows = np.flatnonzero(by_cond & (cond == c))
+            for label in verdict[c][1]:
                 labelled.setdefault(label, []).append(rows)
         for label, idx in labelled.items():
             rows = np.sort(np.concatenate([np.atleast_1d(x) for x in idx]))

@@ -689,8 +689,8 @@ cdef class TickCore:
         (watermark, refused symbols, an excluded trade kept out of the bar maths), without the hold.
 
         ``sids`` from :meth:`symbol_ids` (-1: refused); ``kinds`` 0 trade (``a`` price, ``b`` size), 1 quote
-        (``a, b, c, d``: bid, ask, bid size, ask size), 2 index value (``a``); ``excl`` != 0: an excluded
-        trade. Times must lie in [0, 2**62) and values be >= 0 (not NaN), as the byte path checks; otherwise
+        (``a, b, c, d``: bid, ask, bid size, ask size), 2 index value (``a``); a trade's ``excl``: 0 makes bars,
+        4 volume only, any other value out of bars (``Trade.excl``). Times must lie in [0, 2**62) and values be >= 0 (not NaN), as the byte path checks; otherwise
         ValueError before anything changes. The number of events."""
         cdef Py_ssize_t n = sids.shape[0]
         cdef Py_ssize_t e
@@ -716,15 +716,17 @@ cdef class TickCore:
             if sid < 0:
                 self.refused_symbols += 1
                 continue
-            if excl[e] and kinds[e] == 0:
-                continue
             ev.kind = kinds[e]
+            ev.excl = 0
+            if ev.kind == K_TRADE and excl[e]:
+                if excl[e] != 4:
+                    continue  # out of bars; 4 (volume only) takes the bar maths' volume-only branch
+                ev.excl = 4
             ev.sid = sid
             ev.a = a[e]
             ev.b = b[e]
             ev.c = c[e]
             ev.d = d[e]
-            ev.excl = False
             self._event(sid, &ev)
         return n
 

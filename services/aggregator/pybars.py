@@ -855,7 +855,7 @@ class PyTickCore(PyBarAggregator):
                 if t > self.watermark:
                     self.watermark = t
             elif k == 0:
-                events.append(Trade(sym=names[sid], price=va, size=vb, ts=t, excl=1 if x else 0))
+                events.append(Trade(sym=names[sid], price=va, size=vb, ts=t, excl=x))
             elif k == 1:
                 events.append(Quote(sym=names[sid], bid=va, ask=vb, bid_size=vc, ask_size=vd, ts=t))
             else:

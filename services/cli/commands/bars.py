@@ -182,5 +182,6 @@ def _bars_columnar(args, t0: float) -> int | None:
     if rules.excluded and not args.quiet:
         total = sum(rules.excluded.values())
         per = ", ".join(f"{k}: {v:,} ({rules.excluded_size[k]:,.0f} size)" for k, v in sorted(rules.excluded.items()))
-        print(f"excluded from the bars by reason (docs/microbars.md): {per}; {total:,} in all", file=sys.stderr)
+        print(f"prints excluded or volume only, by reason (docs/microbars.md): {per}; {total:,} in all",
+              file=sys.stderr)
     return 0
