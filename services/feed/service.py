@@ -184,7 +184,7 @@ class FeedService(BusService):
             doc = day.as_dict()
             self.log.info("feed availability %s: %.3f%% of the session, longest gap %d s", day.day,
                           day.pct or 0.0, day.longest_gap_s)
-            self.publish("status.feed.availability", "doc", doc, now)
+            self.publish("availability.feed", "doc", doc, now)
             self._avail_days.append(doc)
 
     def watermark_ns(self) -> int:

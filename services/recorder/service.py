@@ -59,9 +59,11 @@ class Recorder(BusService):
         super().__init__(*args, **kw)
         self.cfg = store_config or load(StoreConfig)
         # status.feed: the provenance stamped on every row; bar.<iv>.<sym>: the bars a backtest reads
-        self.subscriptions = {**self.catch_up_peers, "feed": ["status.feed"],
+        self.subscriptions = {**self.catch_up_peers, "feed": ["status.feed", "availability.feed"],
                               "aggregator": [f"bar.{self.cfg.record_bar_interval}.{sym}"
-                                             for sym in self.cfg.record_bar_symbols]}
+                                             for sym in self.cfg.record_bar_symbols],
+                              # issue 28: alerts and users' answers (acknowledgment rates)
+                              "coach": ["coach."], "gateway": ["feedback.coach"]}
         self._bar_topics = frozenset(self.subscriptions["aggregator"])
         #: provenance of what is recorded now: the feed's word (status.feed), until then the configuration
         self.source, self.run_id = provenance.configured()
@@ -101,6 +103,9 @@ class Recorder(BusService):
         self.on("portfolio.", self._snapshot)
         self.on("status.feed", self._on_feed_status)
         self.on("bar.", self._on_bar)
+        self.on("coach.", self._record("coach"))
+        self.on("feedback.coach", self._record("feedback"))
+        self.on("availability.feed", self._availability)
         self.rpc("profile", lambda p: msgspec.to_builtins(self.store.get_active_profile()))
 
     def _on_feed_status(self, frame: Frame, body: Any) -> None:
@@ -117,6 +122,13 @@ class Recorder(BusService):
             self.writer.submit(kind, msgspec.to_builtins(body), self.source, self.run_id)
             self._maybe_requarantine(frame.event_ns)
         return handler
+
+    def _availability(self, frame: Frame, body: Any) -> None:
+        need = ("day", "session_s", "elapsed_s", "available_s", "longest_gap_s")
+        if not isinstance(body, dict) or any(not isinstance(body.get(k), (str, int)) for k in need):
+            self.bad.inc(reason="availability_invalid")
+            return
+        self.writer.submit("availability", body)
 
     def _snapshot(self, frame: Frame, body: Any) -> None:
         if not isinstance(body, dict):

@@ -26,7 +26,8 @@ log = logging.getLogger("spx.recorder.writer")
 
 #: record kind -> bus model (None: a plain document)
 KINDS: dict[str, Any] = {"transition": m.SetupTransition, "order": m.Order, "fill": m.Fill,
-                         "position": m.Position, "snapshot": None, "exit": m.ExitAdvice, "bar": m.MicroBar}
+                         "position": m.Position, "snapshot": None, "exit": m.ExitAdvice, "bar": m.MicroBar,
+                         "coach": m.CoachEvent, "feedback": m.CoachFeedback, "availability": None}
 
 
 def write_batch(store: Store, records: list[tuple]) -> None:
@@ -55,6 +56,13 @@ def write_batch(store: Store, records: list[tuple]) -> None:
                 store.record_snapshots(items, conn=conn, **prov)
             elif kind == "bar":
                 store.upsert_bars(items, conn=conn, **prov)
+            elif kind == "coach":
+                store.record_coach_events(items, conn=conn)
+            elif kind == "availability":
+                store.record_availability(items, conn=conn, source=source)
+        for (kind, _, _), items in groups.items():  # answers after every alert of the batch
+            if kind == "feedback":
+                store.record_feedback(items, conn=conn)
 
 
 class Writer:

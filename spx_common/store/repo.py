@@ -561,6 +561,67 @@ class Store:
             return bool(c.execute(t.broker_credentials.delete().where(c_.user == user, c_.broker == broker)).rowcount)
 
     # ---------------------------------------------------------------- internals
+    # ------------------------------------------------------------------ coach answers, feed availability
+
+    def record_coach_events(self, events: Iterable[m.CoachEvent], conn: Connection | None = None) -> None:
+        """Alerts, idempotent by id (an alert heard again, or after its answer, keeps the answer)."""
+        rows = _latest([coach_event_row(e) for e in events if e.id], ("id",))
+        self._write(t.coach_events, rows, conn)
+
+    def record_feedback(self, answers: Iterable[m.CoachFeedback], conn: Connection | None = None) -> None:
+        """Users' answers: the first answer to an alert is final; an answer to an alert not stored yet
+        stores the alert's kind and time from the answer (its message follows when the alert arrives)."""
+        c = t.coach_events.c
+
+        def go(cx: Connection) -> None:
+            for fb in answers:
+                upsert(cx, t.coach_events, [{
+                    "id": fb.event_id, "user": fb.user, "kind": fb.kind, "severity": "info", "setup_id": None,
+                    "message": "", "ts": fb.event_ts, "day": ny_day(fb.event_ts)}], update=False)
+                cx.execute(sa.update(t.coach_events).where(c.id == fb.event_id, c.feedback.is_(None),
+                                                           c.user == fb.user)
+                           .values(feedback=fb.action, feedback_ns=fb.ts))
+        if conn is None:
+            with self.engine.begin() as cx:
+                go(cx)
+        else:
+            go(conn)
+
+    def coach_stats(self, start_day: str, end_day: str) -> list[dict]:
+        """Per day and kind: alerts, acknowledged, dismissed and the two rates, days ``start..end``."""
+        c = t.coach_events.c
+        q = (sa.select(c.day, c.kind, sa.func.count().label("alerts"),
+                       sa.func.sum(sa.case((c.feedback == "ack", 1), else_=0)).label("acked"),
+                       sa.func.sum(sa.case((c.feedback == "dismiss", 1), else_=0)).label("dismissed"))
+             .where(c.day >= start_day, c.day <= end_day, c.message != "").group_by(c.day, c.kind)
+             .order_by(c.day, c.kind))
+        with self.engine.connect() as cx:
+            out = []
+            for r in cx.execute(q):
+                n = int(r.alerts)
+                out.append({"day": r.day, "kind": r.kind, "alerts": n, "acked": int(r.acked or 0),
+                            "dismissed": int(r.dismissed or 0),
+                            "ack_rate": round(int(r.acked or 0) / n, 4) if n else None,
+                            "dismiss_rate": round(int(r.dismissed or 0) / n, 4) if n else None})
+            return out
+
+    def record_availability(self, docs: Iterable[dict], conn: Connection | None = None, *,
+                            source: str = "live") -> None:
+        """Finished sessions' feed availability (``availability.feed``), one row per day and source."""
+        rows = [{"day": str(d["day"]), "source": str(d.get("source") or source), "pct": d.get("pct"),
+                 "session_s": int(d["session_s"]), "elapsed_s": int(d["elapsed_s"]),
+                 "available_s": int(d["available_s"]), "longest_gap_s": int(d["longest_gap_s"]),
+                 "longest_gap_start_ns": d.get("longest_gap_start_ns"), "recorded_ns": time.time_ns()}
+                for d in docs]
+        self._write(t.feed_availability, _latest(rows, ("day", "source")), conn)
+
+    def availability(self, limit: int = 30) -> list[dict]:
+        """Stored sessions' availability, newest first."""
+        a = t.feed_availability.c
+        with self.engine.connect() as cx:
+            return [dict(r._mapping) for r in cx.execute(
+                sa.select(t.feed_availability).order_by(a.day.desc(), a.source).limit(limit))]
+
     def _write(self, table: sa.Table, rows: list[dict], conn: Connection | None, **kw: Any) -> None:
         if not rows:
             return
@@ -569,6 +630,18 @@ class Store:
                 upsert(c, table, rows, **kw)
         else:
             upsert(conn, table, rows, **kw)
+
+
+def ny_day(ts_ns: int) -> str:
+    """The New York date of an event time, YYYY-MM-DD."""
+    from spx_common.calendar import et_date
+
+    return et_date(ts_ns).isoformat()
+
+
+def coach_event_row(e: m.CoachEvent) -> dict:
+    return {"id": e.id, "user": e.user, "kind": e.kind, "severity": e.severity, "setup_id": e.setup_id,
+            "message": e.message, "ts": e.ts, "day": ny_day(e.ts)}  # the answer columns are the answer's
 
 
 def _latest(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:

@@ -214,3 +214,36 @@ users = Table(
     Column("last_error", Text),
     Column("last_error_ns", BigInteger),
 )
+
+coach_events = Table(
+    # the coach's alerts with each user's answer (op: ack | dismiss on the gateway): the rollout plan's
+    # "alert relevance measured by acknowledgment rate" per kind and day (spx coach stats)
+    "coach_events", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user", String(64), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("setup_id", String(128)),
+    Column("message", Text, nullable=False),
+    Column("ts", BigInteger, nullable=False),
+    Column("day", String(10), nullable=False),  # New York date of ts
+    Column("feedback", String(16)),  # ack | dismiss | NULL (not answered)
+    Column("feedback_ns", BigInteger),
+    Index("ix_coach_events_day_kind", "day", "kind"),
+)
+
+feed_availability = Table(
+    # one row per regular session and feed source: share of session seconds with a fresh price (SLO)
+    "feed_availability", metadata,
+    Column("day", String(10), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("pct", Float),
+    Column("session_s", Integer, nullable=False),
+    Column("elapsed_s", Integer, nullable=False),
+    Column("available_s", Integer, nullable=False),
+    Column("longest_gap_s", Integer, nullable=False),
+    Column("longest_gap_start_ns", BigInteger),
+    Column("recorded_ns", BigInteger, nullable=False),
+    PrimaryKeyConstraint("day", "source", name="pk_feed_availability"),
+)
+

@@ -15,7 +15,7 @@ def test_db_and_profile_commands(db_url, monkeypatch, capsys):
     monkeypatch.setenv("DATABASE_URL", db_url)
     assert spx(capsys, "db", "current")[0] == 3
     code, out = spx(capsys, "db", "upgrade")
-    assert code == 0 and "at revision 0005" in out
+    assert code == 0 and "at revision 0006" in out
     code, out = spx(capsys, "db", "current")
     assert code == 0 and "up to date" in out
     code, out = spx(capsys, "profile", "show")

@@ -13,7 +13,7 @@ from spx_common.store.tables import metadata
 def test_upgrade_from_empty_matches_tables(db_url):
     assert current(db_url) is None
     upgrade(db_url)
-    assert current(db_url) == head() == "0005"
+    assert current(db_url) == head() == "0006"
     upgrade(db_url)  # a second upgrade is a no-op
     engine = make_engine(db_url)
     try:
@@ -39,4 +39,4 @@ def test_downgrade_to_base_and_up_again(db_url):
     command.downgrade(_alembic_config(db_url), "base")
     assert current(db_url) is None
     upgrade(db_url)
-    assert current(db_url) == "0005"
+    assert current(db_url) == "0006"
