@@ -189,14 +189,18 @@ def main() -> int:
             gw.wait(5)
     secs = res["ms"] / 1000
     fps = res["frames"] / secs
-    busy = (m1.get("TaskDuration", 0) - m0.get("TaskDuration", 0)) / (w1 - w0) * 100
-    script = (m1.get("ScriptDuration", 0) - m0.get("ScriptDuration", 0)) / (w1 - w0) * 100
+    def share(name: str) -> float:
+        return (m1.get(name, 0) - m0.get(name, 0)) / (w1 - w0) * 100
+
+    busy, script = share("TaskDuration"), share("ScriptDuration")
+    layout, style = share("LayoutDuration"), share("RecalcStyleDuration")
     print(f"dashboard under {args.price_hz:g} price updates/s, 1 s bars, a setup every 5 s, {res['coach']} coach "
           f"alerts on the panel, {res['bars']} candles:")
     print(f"  frames {fps:5.1f} fps  (target >= 30)   chart renders {res['renders'] / secs:5.1f}/s "
           f"(<= frames: one draw per frame at most)")
-    print(f"  main thread busy {busy:4.1f}% of wall time (script {script:4.1f}%) over {secs:.1f} s; "
-          f"fed {feed.sent['trades']:,} trades, {feed.sent['bars']} closed bars")
+    print(f"  main thread busy {busy:4.1f}% of wall time (script {script:4.1f}%, style {style:4.1f}%, layout "
+          f"{layout:4.1f}%, the rest paint and compositing) over {secs:.1f} s; fed {feed.sent['trades']:,} trades, "
+          f"{feed.sent['bars']} closed bars")
     return 0 if fps >= 30 else 1
 
 
