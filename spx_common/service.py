@@ -499,7 +499,7 @@ class BusService:
                 self.release_aligned()
             if frames:
                 self._last_input = time.monotonic()
-                self._last_event_ns = frames[-1].event_ns
+                self._last_event_ns = newest_event_ns(frames, self._last_event_ns)
                 await asyncio.sleep(0)
 
     async def _heartbeat_loop(self) -> None:
@@ -698,3 +698,12 @@ class BusService:
             health.record_fatal(run_dir, instance, health.config_reason(str(exc)))
             sys.exit(2)
         sys.exit(code)
+
+
+def newest_event_ns(frames, current: int) -> int:
+    """Event time of the newest frame that carries one (the heartbeat's ``last_event_ns``, the event lag in
+    ``spx status``): a watermark frame at ``FINAL_NS`` marks the end of an input, it is no event time."""
+    for frame in reversed(frames):
+        if frame.event_ns < FINAL_NS:
+            return frame.event_ns
+    return current
