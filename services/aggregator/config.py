@@ -14,7 +14,8 @@ class AggregatorConfig(Section):
 
     section: ClassVar[str] = "aggregator"
 
-    intervals: list[str] = Field(["1s", "5s"], description="Bar intervals (1s, 5s, 250ms, 1m, ...).")
+    intervals: list[str] = Field(["1s", "5s", "60s"], description="Bar intervals (1s, 5s, 250ms, 1m, ...). 60s: "
+                                 "the selector's runner trail (bar_interval) and the dashboard's 1 m chart.")
     l2_microstructure: bool = env_field(
         True, "Compute quote microstructure fields; false makes them null (OHLCV unchanged).",
         "ENABLE_L2_MICROSTRUCTURE")

@@ -5,7 +5,7 @@ open, then the extreme against the bar's direction, then the other extreme, then
 conservative OHLC path), at 0/250/500/750 ms into the bar — exactly as the live ticks inside that
 second would have, and then closes: the detector host runs the plugins on it (gating included)
 and every triggered setup's exit plan checks it (high/low against stop and targets; pivots every
-``pivot_every`` bars trail the runner). Tick resolution: stored trades and quotes go through the
+``pivot_every``-second bars, aligned on event time like the live aggregator's 60 s bars, trail the runner). Tick resolution: stored trades and quotes go through the
 live :class:`~services.aggregator.bars.BarAggregator`; every trade drives the lifecycle as a live
 tick does, and bars close as they would live, in the live detector's event-time order (docs/protocol.md,
 "Event-time alignment"): a replay through the mesh at any speed gives the same transitions.
@@ -60,10 +60,10 @@ class TradeResult:
 
 
 class _Open:
-    __slots__ = ("plan", "result", "remaining", "n")
+    __slots__ = ("plan", "result", "remaining")
 
     def __init__(self, plan: ExitPlan, result: TradeResult) -> None:
-        self.plan, self.result, self.remaining, self.n = plan, result, 1.0, 0
+        self.plan, self.result, self.remaining = plan, result, 1.0
 
 
 class Backtester:
@@ -75,6 +75,11 @@ class Backtester:
         self.engine.profile = profile
         self.rules = rules or ExitRules()
         self.pivot_every = pivot_every
+        #: the runner trails pivots of ``pivot_every``-second bars aligned on event time, exactly the bars the
+        #: live aggregator publishes for the selector's ``bar_interval`` (60 s): whole buckets, the part of the
+        #: trigger's minute before the trigger included
+        self.pivot_ns = int(pivot_every) * 1_000_000_000
+        self._pivot_acc: dict[str, list] = {}  # symbol -> [bucket index, high, low] of the pivot bar being built
         self.tag = tag
         self.transitions: list[SetupTransition] = []
         self.advice: list[ExitAdvice] = []
@@ -176,6 +181,7 @@ class Backtester:
         if prev is not None and _day(prev[0]) != _day(bar.start_ns):
             self._record(self.engine.lifecycle.session_end(bar.start_ns))  # as the live detector does
             self._end_session(sym, prev)
+        self._pivot_bar(bar)
         self._exits(bar)
         self._record(self.engine.on_bar(bar))
         for reason, _ in self.engine.drain_blocks():
@@ -244,9 +250,6 @@ class Backtester:
                 adv = o.plan.on_price_bar(bar.close, bar.close, bar.start_ns)
             else:
                 adv = o.plan.on_price_bar(bar.high, bar.low, bar.start_ns)
-                o.n += 1
-                if o.n % self.pivot_every == 0:
-                    adv += o.plan.on_pivot_bar(bar.high, bar.low, bar.start_ns)
             for a in adv:
                 self._apply(o, a)
             if o.plan.closed:
@@ -254,6 +257,25 @@ class Backtester:
             else:
                 keep.append(o)
         self._open[bar.sym] = keep
+
+    def _pivot_bar(self, bar: MicroBar) -> None:
+        """Build the pivot-interval bar of ``bar``'s symbol; when a bucket closes (a bar of the next one
+        arrives, as the live aggregator's watermark closes it), the trades that were open by then trail
+        on it, as the live selector does on ``bar.60s``."""
+        b = bar.start_ns // self.pivot_ns
+        cur = self._pivot_acc.get(bar.sym)
+        if cur is not None and cur[0] != b:
+            start = cur[0] * self.pivot_ns
+            for o in self._open.get(bar.sym, ()):
+                if o.result.triggered_ns < start + self.pivot_ns and not o.plan.closed:
+                    for a in o.plan.on_pivot_bar(cur[1], cur[2], start):
+                        self._apply(o, a)
+            cur = None
+        if cur is None:
+            self._pivot_acc[bar.sym] = [b, bar.high, bar.low]
+        else:
+            cur[1] = max(cur[1], bar.high)
+            cur[2] = min(cur[2], bar.low)
 
     def _apply(self, o: _Open, a: ExitAdvice) -> None:
         self.advice.append(a)
