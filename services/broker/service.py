@@ -122,6 +122,7 @@ class BrokerService(BusService):
         self.m_drift = m.counter("broker_drift_total", "Reconciliation drift events.")
         self.m_alerts = m.counter("broker_alerts_total", "Behavioural alerts sent.", ["kind"])
         self.m_bad = m.counter("broker_bad_input_total", "Inputs refused at the boundary.", ["kind"])
+        self.m_advice = m.counter("broker_exit_advice_total", "Exit advice received from the selector.", ["action"])
         self.m_queue = m.gauge("broker_intent_queue", "Intents waiting for the broker worker.")
         self.m_select = m.counter("broker_select_requests_total",
                                   "select requests to the selector when no reco frame came.", ["outcome"])
@@ -317,6 +318,7 @@ class BrokerService(BusService):
         self._submit(self.engine.on_recommendation(r))
 
     def _on_exit(self, frame, a: ExitAdvice) -> None:
+        self.m_advice.inc(action=a.action)
         self.clock.advance(a.ts)
         self._submit(self.engine.on_advice(a))
 
