@@ -238,7 +238,7 @@ class Aggregator(BusService):
         return stats.event_count
 
     def status(self) -> dict[str, Any]:
-        return {**super().status(), "warm_up": self.warmup}
+        return {**super().status(), "warm_up": self.warmup, "watermark_ns": self.agg.watermark}
 
     def rpc_ticks_since(self, p: dict) -> dict:
         limit = _int(p, "limit", 10_000, 1, 100_000)

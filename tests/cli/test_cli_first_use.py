@@ -15,6 +15,7 @@ from services.backtest.run import Progress
 from services.cli import main as cli
 from services.cli.commands import broker as broker_cmd
 from services.cli.commands import replay as replay_cmd
+from spx_common.align import FINAL_NS
 from spx_common.config import PROJECT_DIR
 
 
@@ -78,3 +79,24 @@ def test_backtest_of_days_without_stored_data_says_so_and_exits_1(run_dir, tmp_p
     assert p.returncode == 1, (p.stdout, p.stderr)
     assert "no stored data for 2 days of 2 days (2026-11-19, 2026-11-20)" in p.stderr
     assert "spx backfill" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_replay_of_a_time_before_the_aggregators_watermark_warns_first(monkeypatch):
+    later = 1795185135890465721  # 2026-11-20 09:32:15 ET: the embedded default's replayed day
+    earlier = 1381132800000000000  # 2013-10-07 04:00:00 ET: a real flat file
+    monkeypatch.setattr(replay_cmd, "call", lambda *a, **kw: {"service": "aggregator", "watermark_ns": later})
+    assert replay_cmd.aggregator_watermark() == later
+    warning = replay_cmd.late_warning(later, earlier)
+    assert "closed up to 2026-11-20 09:32:15 ET" in warning and "starts at 2013-10-07 04:00:00 ET" in warning
+    assert "spx restart aggregator" in warning
+    assert replay_cmd.late_warning(earlier, later) is None  # a later time replays into it as live would
+    assert replay_cmd.late_warning(None, earlier) is None  # no aggregator running
+
+
+def test_replay_reads_no_watermark_from_an_absent_or_finished_aggregator(monkeypatch):
+    def down(*a, **kw):
+        raise replay_cmd.RpcError("timeout", "no reply")
+    monkeypatch.setattr(replay_cmd, "call", down)
+    assert replay_cmd.aggregator_watermark() is None
+    monkeypatch.setattr(replay_cmd, "call", lambda *a, **kw: {"watermark_ns": FINAL_NS})
+    assert replay_cmd.aggregator_watermark() is None

@@ -20,6 +20,7 @@ import time
 from zoneinfo import ZoneInfo
 
 from services.cli.common import RpcError, call, configs, fail
+from spx_common.align import FINAL_NS
 
 ET = ZoneInfo("America/New_York")
 
@@ -126,10 +127,25 @@ def cmd_replay(args) -> int:
     except (FileNotFoundError, ValueError) as exc:  # includes flatfiles.FlatFileError (a bad header)
         return fail(str(exc), 2)
 
+    watermark = aggregator_watermark()
+    unchecked = [True]  # flat files know their first time only once read: check at the first event
+
+    def check_late(ts: int | None) -> None:
+        if unchecked and ts:
+            unchecked.clear()
+            warning = late_warning(watermark, ts)
+            if warning:
+                print(("\n" if progress.enabled else "") + warning, file=sys.stderr)
+
     progress = Progress(src.start_ns, src.end_ns, not args.no_progress and sys.stderr.isatty() or False)
+    check_late(src.start_ns)
     service = FeedService(runtime, bus, config=cfg, source=src)
     service.exit_when_done = True
-    service.progress = lambda ts: progress(ts, service._published)
+
+    def on_progress(ts: int) -> None:
+        check_late(ts)
+        progress(ts, service._published)
+    service.progress = on_progress
     code = asyncio.run(service.run_async())
     progress(service.clock.now_ns() or 0, service._published, force=True)
     progress.done()
@@ -141,3 +157,27 @@ def cmd_replay(args) -> int:
     if stats is not None and getattr(stats, "bad_rows", 0):
         print(f"flat files: skipped {stats.bad_rows} bad rows, e.g. {stats.errors[:3]}", file=sys.stderr)
     return code
+
+
+def aggregator_watermark() -> int | None:
+    """The running aggregator's event-time watermark (``status`` RPC), or None when none answers."""
+    try:
+        wm = call("aggregator", "status", timeout_s=0.5).get("watermark_ns")
+    except (RpcError, AttributeError):
+        return None
+    return wm if isinstance(wm, int) and 0 < wm < FINAL_NS else None
+
+
+def late_warning(watermark_ns: int | None, start_ns: int | None) -> str | None:
+    """Say before replaying when the running aggregator has already closed bars past the data's start (the
+    mesh ran a later time): it drops such events as late, so the replay would build no bars."""
+    if not watermark_ns or not start_ns or start_ns >= watermark_ns:
+        return None
+    return (f"spx: warning: the running aggregator's bars are closed up to {_et(watermark_ns)}; this replay starts "
+            f"at {_et(start_ns)}, so it will drop these events as late and build no bars from them. Restart it "
+            "first ('spx restart aggregator') to replay an earlier time.")
+
+
+def _et(ns: int) -> str:
+    t = dt.datetime.fromtimestamp(ns / 1e9, ET)
+    return f"{t:%Y-%m-%d %H:%M:%S} ET"
