@@ -450,11 +450,11 @@ def test_dashboard_acknowledges_and_dismisses_coach_alerts_and_shows_feed_availa
             gw.pubs["feed"].publish("status.feed", "feed_status", FeedStatus(
                 mode="tick", connected=True, ts=T0, availability_pct=98.25, availability_day="2026-02-20",
                 longest_gap_s=300, longest_gap_start_ns=T0), T0)
-            eventually(lambda: dt.js("document.getElementById('feed-badge').dataset.availability") == "98.25", 10, 0.2,
-                       what="availability in the badge")
-            assert "98.25%" in dt.js("document.getElementById('feed-badge').textContent")
-            assert dt.js("document.getElementById('feed-badge').classList.contains('below-slo')")
-            assert "longest gap 300 s" in dt.js("document.getElementById('feed-badge').title")
+            eventually(lambda: dt.js("document.getElementById('feed-availability').dataset.availability") == "98.25",
+                       10, 0.2, what="availability beside the feed badge")
+            assert dt.js("document.getElementById('feed-availability').textContent") == "prices 98.25%"
+            assert dt.js("document.getElementById('feed-availability').classList.contains('below-slo')")
+            assert "longest gap 300 s" in dt.js("document.getElementById('feed-availability').title")
         finally:
             dt.close()
     finally:

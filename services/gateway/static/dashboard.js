@@ -438,16 +438,18 @@
     else if (f.mode === "tick") text = `LIVE ${f.detail || "massive"}`.trim();
     else if (f.mode === "poll") text = "POLL (REST fallback)";
     else text = "FEED DOWN";
-    // availability of the session so far (SLO > 99.5%): shown next to the source, red below the SLO
-    let title = [f.detail, f.source && `source ${f.source}`, f.runId && `run ${f.runId}`].filter(Boolean).join(" · ");
-    if (f.availabilityPct != null) {
-      text += ` · ${fmt(f.availabilityPct, 2)}%`;
-      title += `${title ? "\n" : ""}prices flowed ${fmt(f.availabilityPct, 3)}% of the ${f.availabilityDay} session so far` +
-        (f.longestGapS ? `; longest gap ${f.longestGapS} s from ${etTime(f.longestGapStartNs)} ET` : "; no gap");
-    }
+    const title = [f.detail, f.source && `source ${f.source}`, f.runId && `run ${f.runId}`].filter(Boolean).join(" · ");
     b.textContent = text; b.dataset.mode = f.mode; b.dataset.source = f.source || ""; b.title = title; b.className = `pill feed ${f.mode}`;
-    b.dataset.availability = f.availabilityPct == null ? "" : String(f.availabilityPct);
-    b.classList.toggle("below-slo", f.availabilityPct != null && f.availabilityPct < 99.5);
+    // availability of the session so far (SLO > 99.5%), beside the source badge, outlined red below the SLO
+    const a = $("feed-availability");
+    const pct = f.availabilityPct;
+    a.hidden = pct == null;
+    a.textContent = pct == null ? "" : `prices ${fmt(pct, 2)}%`;
+    a.dataset.availability = pct == null ? "" : String(pct);
+    a.title = pct == null ? "" : `prices flowed ${fmt(pct, 3)}% of the ${f.availabilityDay} session so far` +
+      (f.longestGapS ? `; longest gap ${f.longestGapS} s from ${etTime(f.longestGapStartNs)} ET` : "; no gap") +
+      " (SLO > 99.5%)";
+    a.classList.toggle("below-slo", pct != null && pct < 99.5);
   }
   function renderStatus() {
     const s = state.status; if (!s) return;
