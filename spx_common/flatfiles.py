@@ -22,6 +22,7 @@ timestamp (the aggregator's contract). Bad rows are counted in :class:`ReadStats
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import heapq
@@ -205,6 +206,19 @@ def _lut(dictionary, codes: dict, table: list, convert) -> "np.ndarray":
     return out
 
 
+def _source(path: Path, stack: contextlib.ExitStack):
+    """What Arrow reads: a gzip file inflated by ISA-L in a thread of its own when ``isal`` is installed
+    (~1.5x zlib's speed here, and it overlaps Arrow's parsing on the other core), else the path (Arrow
+    inflates with zlib, by the ``.gz`` suffix as :func:`_open` decides)."""
+    if path.suffix != ".gz":
+        return path
+    try:
+        from isal import igzip_threaded
+    except ImportError:
+        return path
+    return stack.enter_context(igzip_threaded.open(path, "rb", threads=1))
+
+
 def read_columns(paths: Iterable[Path | str], *, symbols: Iterable[str] | None = None,
                  stats: ReadStats | None = None, quote_sizes: str = "vendor",
                  block_size: int = 1 << 22) -> Columns:
@@ -238,12 +252,13 @@ def read_columns(paths: Iterable[Path | str], *, symbols: Iterable[str] | None =
 
     parts: list[tuple] = []
     rows = 0
+    stack = contextlib.ExitStack()
     for path in map(Path, paths):
         kind = kind_of(path)
         types = _column_types(kind)
         try:
             reader = pacsv.open_csv(
-                path, read_options=pacsv.ReadOptions(block_size=block_size),
+                _source(path, stack), read_options=pacsv.ReadOptions(block_size=block_size),
                 convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(types),
                                                      include_missing_columns=True, null_values=[""],
                                                      strings_can_be_null=False, quoted_strings_can_be_null=False))
@@ -262,6 +277,8 @@ def read_columns(paths: Iterable[Path | str], *, symbols: Iterable[str] | None =
                 parts.append(part)
         except pa.ArrowInvalid as exc:
             raise ColumnarUnsupported(f"{path}: {exc}") from None
+        finally:
+            stack.close()
     if any(c is None for c in conds[1:]) and parts:
         bad = np.array([c is None for c in conds], dtype=bool)
         if any(bad[p[-1]].any() for p in parts):
