@@ -6,7 +6,9 @@
   mark, paper broker fill check), over 500 option symbols with 2 held and 6 working orders;
 * decision path: a whole trade per setup: entry decision (trigger + recommendation -> the entry re-sized
   for the user from their balances, the contract repriced from entry to stop -> payload), T1 scale-out,
-  exit, and the three fills; the per-user sizing step alone;
+  exit, and the three fills; the same with the protective stop the service always places (the stop after
+  the entry fill, its cancel before the scale-out and the exit, the runner's stop); the per-user sizing
+  step alone;
 * the payload guard (:func:`router.check_payload`) alone.
 """
 
@@ -86,6 +88,42 @@ def decision_path(n: int) -> None:
     report("decision path (entry, T1 scale-out, exit; 3 fills)", time.perf_counter() - t0, n, "setup")
 
 
+def decision_path_protected(n: int) -> None:
+    """The decision path as the service runs it since the protective stop (issue 18 item 5): after the entry
+    fill a stop rests; the scale-out cancels it first, then sells and re-places it on the runner; the exit
+    cancels the runner's stop first. Cancels are confirmed at once (the paper broker's behaviour)."""
+    from services.broker.engine import Cancel
+
+    eng = Engine(["u"], Limits(max_open_risk=1e12, max_orders_per_day=10**9, max_contracts_per_order=10,
+                               max_risk_per_trade=2000.0, protective_stop="advisor"),
+                 Gates(lambda u: (True, ""), balances=lambda u: BALANCES))
+    sym = syms(1)[0]
+    eng.on_quote(sym, 2.9, 3.0)
+
+    def confirm(intents):
+        out = []
+        for c in intents:
+            if isinstance(c, Cancel):
+                out += eng.on_order_event(c.order_id, "canceled", 0, 0, T0)
+        return out
+
+    t0 = time.perf_counter()
+    for i in range(n):
+        sid = f"s{i}"
+        eng.on_transition(SetupTransition(setup_id=sid, detector="d", family="f", sym="I:SPX", direction="long",
+                                          to_state="triggered", reason="r", ts=T0, price=4800.0, stop=4795.0))
+        [p] = [x for x in eng.on_recommendation(ContractRecommendation(
+            setup_id=sid, ok=True, reason="ok", tradier_symbol=sym, bid=1.9, ask=2.0, delta=0.45, iv=0.18,
+            gamma=0.01, underlying=4801.0, suggestedContracts=4, ts=T0)) if isinstance(x, Place)]
+        [stop] = eng.on_order_event(p.order.order_id, "filled", p.order.quantity, 2.0, T0)
+        follow = confirm(eng.on_advice(ExitAdvice(setup_id=sid, action="scale_out", fraction=0.5, reason="T1", ts=T0)))
+        [s] = [x for x in follow if isinstance(x, Place) and x.role == "scale"]
+        eng.on_order_event(s.order.order_id, "filled", s.order.quantity, 2.9, T0)
+        [x] = confirm(eng.on_advice(ExitAdvice(setup_id=sid, action="exit_all", reason="T2", ts=T0)))
+        eng.on_order_event(x.order.order_id, "filled", x.order.quantity, 2.9, T0)
+    report("decision path + protective stop (stop, 2 cancels)", time.perf_counter() - t0, n, "setup")
+
+
 def sizing_only(n: int) -> None:
     """The per-user sizing step alone (what the decision path gained in issue 18)."""
     from services.broker.entry_size import EntryRisk, size_entry
@@ -116,6 +154,7 @@ def main() -> None:
     n = ap.parse_args().n
     quote_path(n)
     decision_path(max(n // 20, 100))
+    decision_path_protected(max(n // 20, 100))
     sizing_only(max(n // 20, 100))
     guard(n // 2)
 
