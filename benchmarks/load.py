@@ -258,6 +258,9 @@ def run(args) -> dict:
         "SPX_RUNTIME_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT),
         "SPX_DETECTOR_PLUGINS": "benchmarks.lifecycle_plugin", "SPX_DETECTOR_FAMILY_CAP": "1000",
         "SPX_DETECTOR_MACRO_BLOCK_BELOW": "-1", "SPX_DETECTOR_CONFIRM_MS": "50",
+        # vendor times are the wall clock: outside 09:30-16:00 New York the probe must be allowed to form
+        # setups off-session (the regular-session rule, docs/plugins.md), or nothing is measured
+        "SPX_DETECTOR_EXTENDED_HOURS": "bench_probe",
         **dict(kv.split("=", 1) for kv in args.env),
     }
     result: dict = {"rate_target": args.rate, "duration_s": args.duration, "run_dir": str(run_dir),

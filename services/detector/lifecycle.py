@@ -15,7 +15,6 @@ never a full recompute.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
 
@@ -49,13 +48,15 @@ class Setup:
 
 
 def session_close_ns(ts_ns: int) -> int:
-    """The close of the session of ``ts_ns``'s New York date (16:00 ET, 13:00 on an early close); on a
-    day without a session, 16:00 ET of that date."""
+    """The first session close after ``ts_ns`` (16:00 ET, 13:00 on an early close): the close of its own
+    session, or for a setup formed after the close, on a weekend or a holiday (extended hours), the next
+    session's. A setup never expires at a time before it formed."""
     s = calendar.session_at(ts_ns)
-    if s is not None:
+    if s is not None and ts_ns < s.close_ns:
         return s.close_ns
-    d = calendar.et_date(ts_ns)
-    return int(dt.datetime.combine(d, dt.time(16, 0), calendar.ET).timestamp()) * 1_000_000_000
+    nxt = calendar.session(calendar.DEFAULT.next_trading_day(calendar.et_date(ts_ns)))
+    assert nxt is not None  # next_trading_day returns a trading day
+    return nxt.close_ns
 
 
 def close_reason(close_ns: int) -> str:

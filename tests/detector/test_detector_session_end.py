@@ -65,8 +65,10 @@ def test_early_close_and_a_price_after_the_close_expire_too():
     assert len(out) == 4 and {t.to_state for t in out} == {"expired"}
     assert {t.reason for t in out} == {"session close (13:00 ET early close)"} and {t.price for t in out} == {104.5}
     lc2 = Lifecycle(confirm_ticks=1, confirm_ns=0, ttl_ns=10 * 3600 * S)
-    lc2.add(cand("late", et(EARLY, 14)), {}, None)  # formed after the close: it ends at the next price
-    assert [t.reason for t in lc2.on_price("I:SPX", 100.5, et(EARLY, 14, 1))] == ["session close (13:00 ET early close)"]
+    lc2.add(cand("late", et(EARLY, 14)), {}, None)  # formed after the close (extended hours): the next session's
+    assert lc2.on_price("I:SPX", 99.5, et(EARLY, 14, 1)) == []  # not expired at 13:00, before it formed
+    (tr,) = lc2.session_end(et(dt.date(2026, 11, 30), 16, 0))  # Monday's close
+    assert (tr.to_state, tr.reason, tr.ts) == ("expired", "session close (16:00 ET)", et(dt.date(2026, 11, 30), 16))
 
 
 def test_expired_at_the_close_is_counted_in_statistics(tmp_path):
@@ -83,3 +85,31 @@ def test_expired_at_the_close_is_counted_in_statistics(tmp_path):
         assert abs(stats.sum_r - (103.5 - 101.5) / (101.5 - 99.0)) < 1e-9  # closed at the last price
     finally:
         store.close()
+
+
+def test_a_setup_formed_after_the_close_expires_at_the_next_sessions_close_never_before_it_formed():
+    """A plugin allowed extended hours ([detector] extended_hours) forms a setup at 16:20 ET on a Friday: it
+    belongs to Monday's session (it expired at Friday's 16:00, twenty minutes before it formed, before this
+    fix: every load-benchmark transition after the close was stamped in the past)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    lc = Lifecycle(ttl_ns=10 * 24 * 3600 * S)  # no time-to-live expiry in the way
+    formed = et(REGULAR, 16, 20)  # Friday after the close
+    lc.add(cand("late", formed), {}, None)
+    assert lc.session_end(et(REGULAR, 20, 0)) == []  # Friday evening: its session has not closed
+    monday = dt.date(2026, 2, 23)
+    assert lc.on_price("I:SPX", 99.5, et(monday, 9, 0)) == []  # Monday pre-market: still forming
+    (tr,) = lc.session_end(et(monday, 16, 0))
+    assert (tr.to_state, tr.ts) == ("expired", et(monday, 16, 0))
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.integers(0, 14 * 24 * 3600))
+    def expiry_never_precedes_forming(offset_s):
+        lc2 = Lifecycle()
+        t = et(REGULAR, 0, 0) + offset_s * S
+        lc2.add(cand("any", t), {}, None)
+        trs = lc2.session_end(t + 30 * 24 * 3600 * S)
+        assert len(trs) == 1 and trs[0].ts >= t
+
+    expiry_never_precedes_forming()
