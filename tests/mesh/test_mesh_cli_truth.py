@@ -107,3 +107,26 @@ def test_a_stopped_service_makes_spx_status_exit_1_with_the_reason(run_dir):
         eventually(lambda: _spx(env, "status").returncode == 0, 30, 0.5, what="healthy again after SIGCONT")
     finally:
         supervise.stop(runtime, 30)
+
+
+def test_spx_up_fails_when_another_program_holds_the_gateway_port(run_dir):
+    """The gateway heartbeats before it binds its port; with the port taken it died right after, and
+    ``spx up`` still said 'all 8 services up' and printed a dashboard URL served by someone else."""
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    env = {**os.environ, "SPX_RUNTIME_RUN_DIR": str(run_dir), "SPX_GATEWAY_PORT": str(port)}
+    runtime = RuntimeConfig(run_dir=run_dir)
+    try:
+        up = _spx(env, "up", "--timeout", "60")
+        assert up.returncode == 1, up.stdout + up.stderr
+        assert "all 8 services up" not in up.stdout and "dashboard:" not in up.stdout
+        line = next(ln for ln in up.stderr.splitlines() if ln.strip().startswith("gateway:"))
+        assert "address already in use" in line, up.stderr
+        assert not any(ln.strip().startswith(("feed:", "aggregator:", "recorder:")) for ln in up.stderr.splitlines())
+    finally:
+        supervise.stop(runtime, 30)
+        holder.close()

@@ -55,7 +55,10 @@ def cmd_up(args) -> int:
         return fail(str(exc))
     print(f"supervisord started (run dir {runtime.path()})")
     if not args.no_wait:
+        t0 = time.monotonic()
         missing, beats = wait_heartbeats(runtime, bus, args.timeout)
+        if not missing:  # a process can die right after its first heartbeat (the gateway's port in use)
+            missing = wait_running(runtime, expected_instances(bus), max(args.timeout - (time.monotonic() - t0), 5.0))
         for name, hb in beats.items():  # up, but saying it is not fine (e.g. a detector without plugins)
             if hb.state == "degraded":
                 print(f"WARNING: {name} is degraded: {hb.detail}", file=sys.stderr)
@@ -122,6 +125,32 @@ def wait_heartbeats(runtime, bus, timeout_s: float) -> tuple[dict[str, str], dic
                 reason += f"; last error in its log: {log_line}"
             failed[name] = f"no heartbeat within {timeout_s:.0f}s ({reason})"
     return {name: failed[name] for name in expected if name in failed}, heard
+
+
+def wait_running(runtime, names: list[str], timeout_s: float) -> dict[str, str]:
+    """After the first heartbeats, wait (bounded) until supervisord has every process RUNNING (up past
+    ``startsecs``); return ``{instance: reason}`` for each that went down instead, with the last error line
+    of its log (e.g. ``address already in use`` when another program holds the gateway's port)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            procs = {p["name"]: p for p in supervise.processes(runtime)}
+        except OSError:
+            return {}
+        failed, pending = {}, False
+        for name in names:
+            state = procs.get(name, {}).get("statename")
+            if state in ("BACKOFF", "FATAL", "EXITED", "STOPPED"):
+                reason = health.assess(name, procs.get(name), None, None, runtime.path())[1]
+                log_line = health.last_error_line(runtime.path("logs", f"{name}.log"))
+                if log_line and log_line not in reason:
+                    reason += f"; last error in its log: {log_line}"
+                failed[name] = f"went down after its first heartbeat ({reason})"
+            elif state != "RUNNING":
+                pending = True
+        if failed or not pending or time.monotonic() >= deadline:
+            return failed
+        time.sleep(0.25)
 
 
 def cmd_down(args) -> int:
