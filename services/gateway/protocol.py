@@ -158,6 +158,10 @@ class FlattenData(_Strict):
     symbol: str | None = None
     orders: list[str] = Field([], description="Exit orders queued.")
     blocked: list[str] = Field([], description="Why exits were refused (kill switch, user disabled, ...).")
+    closing: list[str] = Field([], description="Option symbols the broker is closing (an exit queued now, or after "
+                               "its resting protective stop is cancelled).")
+    stopsCancelled: int = Field(0, description="Resting orders (protective stops) cancelled first; the exit of "
+                                "their position is placed once the broker confirms each cancel.")
     id: str | None = None
 
 

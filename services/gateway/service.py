@@ -754,8 +754,9 @@ class GatewayService(BusService):
         finally:
             conn.credentials_busy = False
         blocked = [str(b) for b in res.get("blocked") or []]
+        closing = [str(c.get("symbol")) for c in res.get("closing") or [] if isinstance(c, dict)]
         data = {"ok": not blocked, "user": user, "symbol": req.symbol, "orders": [str(o) for o in res.get("orders") or []],
-                "blocked": blocked, "id": req.id}
+                "blocked": blocked, "closing": closing, "stopsCancelled": len(res.get("cancels") or []), "id": req.id}
         self.log.info("dashboard flatten", extra={"user": user, "symbol": req.symbol, "orders": len(data["orders"]),
                                                   "blocked": blocked})
         if not conn.closing and self.conns.get(conn.client.id) is conn:

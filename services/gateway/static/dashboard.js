@@ -415,8 +415,13 @@
   });
   function onFlattenResult(d) {
     const what = d.symbol ? contract(d.symbol) : "all positions";
-    const text = d.ok ? `flatten ${what}: ${d.orders.length} exit order${d.orders.length === 1 ? "" : "s"} queued`
-      : `flatten ${what}: refused: ${d.blocked.join("; ")}` + (d.orders.length ? ` (${d.orders.length} queued)` : "");
+    // an exit waits for its resting protective stop's cancel: say it is closing, not "0 orders queued"
+    const n = d.orders.length, closing = (d.closing || []).length, stops = d.stopsCancelled || 0;
+    const queued = n ? `${n} exit order${n === 1 ? "" : "s"} queued`
+      : closing ? `closing ${closing} position${closing === 1 ? "" : "s"}` : "0 exit orders queued";
+    const first = stops ? ` (${stops} protective stop${stops === 1 ? "" : "s"} cancelled first)` : "";
+    const text = d.ok ? `flatten ${what}: ${queued}${first}`
+      : `flatten ${what}: refused: ${d.blocked.join("; ")}` + (n ? ` (${n} queued)` : "");
     showFlatten(text, d.ok ? "long" : "short");
     $("flatten-result").dataset.ok = String(d.ok);
     inFlight.delete(d.symbol || "*");
