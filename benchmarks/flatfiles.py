@@ -116,6 +116,21 @@ def main() -> int:
         same2 = sorted((tmp / "fast2.csv").read_bytes().splitlines()) == sorted(
             (tmp / "fast.csv").read_bytes().splitlines())
         print(f"   the real day's bars (as a set of rows): {same2}")
+        import subprocess
+
+        import pyarrow as pa
+
+        # peak RSS of `spx bars` alone: spawned by a small middle process (a child forked from this large
+        # one would count this one's pages in its own peak before it execs)
+        probe = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+                 "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+        rss = int(subprocess.run(
+            [sys.executable, "-c", probe, sys.executable, "-m", "services.cli.main", "bars", "--quiet", "--trades",
+             str(vt), "--quotes", str(vq), *sel, "--out", str(tmp / "rss.csv")],
+            check=True, capture_output=True, text=True).stdout.split()[-1]) / 1e3
+        csv_mb = sum(len(gzip.decompress(p.read_bytes())) for p in (vt, vq)) / 1e6
+        print(f"   memory: Arrow's pool peak {pa.default_memory_pool().max_memory() / 1e6:,.0f} MB; `spx bars` "
+              f"alone: peak RSS {rss:,.0f} MB (the files: {csv_mb:,.0f} MB of CSV)")
 
         pt, pq = tmp / "trades.csv", tmp / "quotes.csv"
         pt.write_bytes(gzip.decompress(vt.read_bytes()))

@@ -221,7 +221,7 @@ def _source(path: Path, stack: contextlib.ExitStack):
 
 def read_columns(paths: Iterable[Path | str], *, symbols: Iterable[str] | None = None,
                  stats: ReadStats | None = None, quote_sizes: str = "vendor",
-                 block_size: int = 1 << 22) -> Columns:
+                 block_size: int = 1 << 20) -> Columns:
     """Several flat files (trades and quotes) as :class:`Columns` in :func:`read_merged`'s order: SIP time,
     a quote before a trade at the same time, then the order of ``paths`` and of rows in a file.
 
