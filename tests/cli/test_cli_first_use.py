@@ -100,3 +100,10 @@ def test_replay_reads_no_watermark_from_an_absent_or_finished_aggregator(monkeyp
     assert replay_cmd.aggregator_watermark() is None
     monkeypatch.setattr(replay_cmd, "call", lambda *a, **kw: {"watermark_ns": FINAL_NS})
     assert replay_cmd.aggregator_watermark() is None
+
+
+def test_status_heartbeat_ages_have_the_same_two_decimals():
+    from services.cli.commands import mesh as mesh_cmd
+
+    assert mesh_cmd.hb_age_text(1.0) == "1.00s" and mesh_cmd.hb_age_text(0.04) == "0.04s"
+    assert mesh_cmd.hb_age_text(None) == "-"

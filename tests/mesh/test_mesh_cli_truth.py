@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,7 +90,13 @@ def test_a_stopped_service_makes_spx_status_exit_1_with_the_reason(run_dir):
         up = _spx(env, "up", "--timeout", "60")
         assert up.returncode == 0, up.stdout + up.stderr
         assert "services up" in up.stdout
-        eventually(lambda: _spx(env, "status").returncode == 0, 30, 0.5, what="spx status healthy")
+        healthy = eventually(lambda: (lambda st: st.returncode == 0 and st)(_spx(env, "status")), 30, 0.5,
+                             what="spx status healthy")
+        # every heartbeat age is printed with the same two decimals (it read '1.0s' beside '0.04s')
+        header = next(ln for ln in healthy.stdout.splitlines() if ln.startswith("service "))
+        at = header.index("hb age") + len("hb age")
+        rows = [ln for ln in healthy.stdout.splitlines() if ln.split()[:2][-1:] == ["RUNNING"]]
+        assert len(rows) == 8 and all(re.fullmatch(r"\d+\.\d\ds", ln[:at].split()[-1]) for ln in rows), rows
         pid = {p["name"]: p["pid"] for p in supervise.processes(runtime)}["detector"]
         os.kill(pid, signal.SIGSTOP)
         try:

@@ -77,6 +77,11 @@ def cmd_up(args) -> int:
     return 0
 
 
+def hb_age_text(age_s: float | None) -> str:
+    """A heartbeat age for the status table, always two decimals ('1.00s' beside '0.04s', not '1.0s')."""
+    return "-" if age_s is None else f"{age_s:.2f}s"
+
+
 def expected_instances(bus) -> list[str]:
     return [i for s in SERVICES for i in bus.instances_of(s)]
 
@@ -287,7 +292,7 @@ def cmd_status(args) -> int:
           f"{'in/s':>9} {'input age':>9} {'event lag':>9}  detail")
     for r in rows:
         up = f"{r['uptime_s']}s" if r["uptime_s"] is not None else "-"
-        age = f"{r['heartbeat_age_s']}s" if r["heartbeat_age_s"] is not None else "-"
+        age = hb_age_text(r["heartbeat_age_s"])
         fo = f"{r['frames_out']:,}" if r["frames_out"] is not None else "-"
         rate = r["stats"].get("bus_frames_in_total:rate")
         in_age = r["stats"].get("last_input_age_s")
