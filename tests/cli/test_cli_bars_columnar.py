@@ -118,3 +118,9 @@ def test_a_bad_row_takes_the_object_path_which_reports_it(files, tmp_path, monke
     assert "bad rows/records 1" in capsys.readouterr().err
     assert out.read_bytes() == run(tmp_path, ["--trades", str(bad), "--quotes", str(files["quotes-plain"])], False,
                                    monkeypatch)
+
+
+def test_no_row_selected_gives_the_header_alone_on_both_paths(files, tmp_path, monkeypatch):
+    args = ["--trades", str(files["trades"]), "--quotes", str(files["quotes"]), "--symbol", "XYZ"]
+    fast = run(tmp_path, args, True, monkeypatch)
+    assert fast == run(tmp_path, args, False, monkeypatch) and fast.count(b"\n") == 1

@@ -137,8 +137,11 @@ def _bars_columnar(args, t0: float) -> int | None:
     (the same bar core, events in the same order with the same flags), without a Python object per row.
     None when the reader cannot prove it reads the files as the object reader does (a bad row, a value
     Arrow refuses): the caller then takes the object path, which reports the rows it skips."""
-    import numpy as np
-
+    try:
+        import numpy as np
+        import pyarrow  # noqa: F401  (a dependency; an environment installed before it keeps the object path)
+    except ImportError:
+        return None
     fstats = flatfiles.ReadStats()
     try:
         cols = flatfiles.read_columns([*args.trades, *args.quotes], symbols=args.symbol, stats=fstats,
