@@ -122,6 +122,12 @@ class Aligner:
 
     # ------------------------------------------------------------------ output
 
+    def ended(self) -> bool:
+        """Every stream that sent a watermark announced the end of its input (``FINAL_NS``), at least one
+        did, and nothing is held: all event time has passed for this consumer."""
+        wms = [s.watermark for s in self.streams.values() if not s.idle and s.watermark != _NONE]
+        return bool(wms) and min(wms) >= FINAL_NS and not self._heap
+
     @property
     def frontier(self) -> int:
         """The smallest watermark of the streams that are not idle and sent one (every item below it can go)."""

@@ -32,6 +32,7 @@ from services.detector.core import DetectorEngine, newest_of
 from services.aggregator.pybars import parse_interval
 from services.detector.host import NO_PLUGINS_WARNING
 from services.detector.isolation import build_host
+from spx_common.align import FINAL_NS
 from spx_common.codec import FrameError, decode_frames
 from spx_common.config import load
 from spx_common.models import BlockEvent, MicroBar
@@ -260,7 +261,10 @@ class DetectorService(BusService):
         if not lc.active or not self.engine.now_ns or self._warming:
             return
         idle_ns = int((time.monotonic() - self._last_input) * 1e9) if self._last_input is not None else 0
-        for tr in lc.session_end(self.engine.now_ns + max(idle_ns, 0)):
+        now = self.engine.now_ns + max(idle_ns, 0)
+        if self.aligner is not None and self.aligner.ended():
+            now = FINAL_NS  # the inputs ended (a finished replay): every session close has passed, as in a backtest
+        for tr in lc.session_end(now):
             self._publish_transition(tr, time.time_ns())
 
     async def drain(self) -> None:

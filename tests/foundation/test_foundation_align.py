@@ -149,3 +149,18 @@ def test_restarted_publisher_may_go_back_in_time():
     assert al.streams["feed"].watermark == 500  # never backwards within a session
     al.watermark("feed", 100, session="b")
     assert al.streams["feed"].watermark == 100 and al.stats.resets == 1
+
+
+def test_ended_when_every_stream_announced_the_end_and_nothing_is_held():
+    """A finished replay: every input's watermark is FINAL_NS and nothing waits (the detector then lets
+    every session close pass, as the backtest does at the end of its data)."""
+    from spx_common.align import FINAL_NS, Aligner
+
+    al = Aligner(["feed", "aggregator"])
+    assert not al.ended()  # nothing heard yet
+    al.watermark("feed", FINAL_NS)
+    al.push("aggregator", 5, (0,), "bar")
+    assert not al.ended()  # the aggregator has not ended
+    al.watermark("aggregator", FINAL_NS)
+    assert not al.ended()  # its bar is still held
+    assert al.release() == ["bar"] and al.ended()

@@ -82,6 +82,8 @@ def test_live_mesh_under_load_survives_sigkill_with_warm_up_restore_and_nothing_
            "SPX_GATEWAY_PORT": str(gw_port), "PYTHONPATH": str(PROJECT_DIR),
            "SPX_DETECTOR_PLUGINS": "benchmarks.lifecycle_plugin", "SPX_DETECTOR_FAMILY_CAP": "1000",
            "SPX_DETECTOR_MACRO_BLOCK_BELOW": "-1", "SPX_DETECTOR_CONFIRM_MS": "50",
+           # vendor times are the wall clock: the probe forms setups whatever the time of day
+           "SPX_DETECTOR_EXTENDED_HOURS": "bench_probe",
            **{f"SPX_METRICS_PORT_{s.upper()}": str(p) for s, p in metrics_ports.items()}}
     ctx = zmq.Context()
     stop = threading.Event()

@@ -126,6 +126,9 @@ def replay_through_mesh(files: list[Path], speed: str, run_dir: Path) -> list[tu
             al = st and st.get("align")
             return al and al["streams"].get("aggregator", {}).get("watermark") == FINAL_NS and al["held"] == 0
         eventually(done, 60, interval_s=0.2, what="the detector released everything after the replay ended")
+        # every input ended: the setups still open expire at their session's close, as at the end of a
+        # backtest's data (the detector checks once a second)
+        eventually(lambda: det.call("active") == [], 15, interval_s=0.2, what="open setups expired at the close")
         time.sleep(0.5)  # the last transitions on their way to our subscriber
         st = status()
         assert st["align"]["forced"] == 0 and st["align"]["late"] == 0, st["align"]
