@@ -64,22 +64,34 @@ BALANCES = {"account_type": "margin", "option_buying_power": 1e9, "day_trade_buy
             "total_equity": 1e6}
 
 
-def decision_path(n: int) -> None:
-    """Each entry is re-sized for its user (spx_common.sizing: the contract repriced from the setup's entry
-    to its stop with Black-Scholes, the account's balances and caps) before it is placed."""
+def _engine(protective_stop: str | None) -> tuple[Engine, str]:
+    """One user's engine with limits that never refuse, and the contract it trades (quoted)."""
     eng = Engine(["u"], Limits(max_open_risk=1e12, max_orders_per_day=10**9, max_contracts_per_order=10,
-                               max_risk_per_trade=2000.0),
+                               max_risk_per_trade=2000.0, protective_stop=protective_stop),
                  Gates(lambda u: (True, ""), balances=lambda u: BALANCES))
     sym = syms(1)[0]
     eng.on_quote(sym, 2.9, 3.0)
+    return eng, sym
+
+
+def _enter(eng: Engine, sid: str, sym: str) -> Place:
+    """A triggered setup and its recommendation: the entry order placed."""
+    eng.on_transition(SetupTransition(setup_id=sid, detector="d", family="f", sym="I:SPX", direction="long",
+                                      to_state="triggered", reason="r", ts=T0, price=4800.0, stop=4795.0))
+    [p] = [x for x in eng.on_recommendation(ContractRecommendation(
+        setup_id=sid, ok=True, reason="ok", tradier_symbol=sym, bid=1.9, ask=2.0, delta=0.45, iv=0.18,
+        gamma=0.01, underlying=4801.0, suggestedContracts=4, ts=T0)) if isinstance(x, Place)]
+    return p
+
+
+def decision_path(n: int) -> None:
+    """Each entry is re-sized for its user (spx_common.sizing: the contract repriced from the setup's entry
+    to its stop with Black-Scholes, the account's balances and caps) before it is placed."""
+    eng, sym = _engine(protective_stop=None)
     t0 = time.perf_counter()
     for i in range(n):
         sid = f"s{i}"
-        eng.on_transition(SetupTransition(setup_id=sid, detector="d", family="f", sym="I:SPX", direction="long",
-                                          to_state="triggered", reason="r", ts=T0, price=4800.0, stop=4795.0))
-        [p] = [x for x in eng.on_recommendation(ContractRecommendation(
-            setup_id=sid, ok=True, reason="ok", tradier_symbol=sym, bid=1.9, ask=2.0, delta=0.45, iv=0.18,
-            gamma=0.01, underlying=4801.0, suggestedContracts=4, ts=T0)) if isinstance(x, Place)]
+        p = _enter(eng, sid, sym)
         eng.on_order_event(p.order.order_id, "filled", p.order.quantity, 2.0, T0)
         [s] = eng.on_advice(ExitAdvice(setup_id=sid, action="scale_out", fraction=0.5, reason="T1", ts=T0))
         eng.on_order_event(s.order.order_id, "filled", s.order.quantity, 2.9, T0)
@@ -94,11 +106,7 @@ def decision_path_protected(n: int) -> None:
     cancels the runner's stop first. Cancels are confirmed at once (the paper broker's behaviour)."""
     from services.broker.engine import Cancel
 
-    eng = Engine(["u"], Limits(max_open_risk=1e12, max_orders_per_day=10**9, max_contracts_per_order=10,
-                               max_risk_per_trade=2000.0, protective_stop="advisor"),
-                 Gates(lambda u: (True, ""), balances=lambda u: BALANCES))
-    sym = syms(1)[0]
-    eng.on_quote(sym, 2.9, 3.0)
+    eng, sym = _engine(protective_stop="advisor")
 
     def confirm(intents):
         out = []
@@ -110,11 +118,7 @@ def decision_path_protected(n: int) -> None:
     t0 = time.perf_counter()
     for i in range(n):
         sid = f"s{i}"
-        eng.on_transition(SetupTransition(setup_id=sid, detector="d", family="f", sym="I:SPX", direction="long",
-                                          to_state="triggered", reason="r", ts=T0, price=4800.0, stop=4795.0))
-        [p] = [x for x in eng.on_recommendation(ContractRecommendation(
-            setup_id=sid, ok=True, reason="ok", tradier_symbol=sym, bid=1.9, ask=2.0, delta=0.45, iv=0.18,
-            gamma=0.01, underlying=4801.0, suggestedContracts=4, ts=T0)) if isinstance(x, Place)]
+        p = _enter(eng, sid, sym)
         [stop] = eng.on_order_event(p.order.order_id, "filled", p.order.quantity, 2.0, T0)
         follow = confirm(eng.on_advice(ExitAdvice(setup_id=sid, action="scale_out", fraction=0.5, reason="T1", ts=T0)))
         [s] = [x for x in follow if isinstance(x, Place) and x.role == "scale"]
