@@ -303,12 +303,16 @@ def test_dashboard_on_the_running_mesh_replay_setups_coach_and_flatten(run_dir, 
         # at 60x the broker's own exits race the button: flatten the first open position, and again with
         # another one when its exit was already under way (the flatten then queues no new order)
         for attempt in range(4):
-            symbol = eventually(lambda: js(f"{pos}?.dataset.symbol"), 150, 0.3, what="an open paper position")
-            btn = f"document.querySelector('#positions tr[data-symbol=\"{symbol}\"] button.flatten')"
-            # one script, so no message re-renders the table between the two clicks we look at
-            res = js(f"(() => {{ const r = document.getElementById('flatten-result'); r.textContent = ''; "
-                     f"{btn}.click(); const armed = {btn}.textContent; const sent = r.textContent; "
-                     f"{btn}.click(); return {{armed, sent, after: r.textContent}}; }})()")
+            # one script finds the button and clicks twice, so no message re-renders the table in between
+            # (the broker's own exit can close the position we saw a moment before: then try again)
+            res = eventually(lambda: js(
+                f"(() => {{ const b = () => {pos}; if (!b()) return null; const symbol = b().dataset.symbol; "
+                f"const btn = () => document.querySelector(`#positions tr[data-symbol=\"${{symbol}}\"] "
+                f"button.flatten`); const r = document.getElementById('flatten-result'); r.textContent = ''; "
+                f"btn().click(); const armed = btn()?.textContent; const sent = r.textContent; "
+                f"btn()?.click(); return {{symbol, armed, sent, after: r.textContent}}; }})()"),
+                150, 0.3, what="an open paper position")
+            symbol = res["symbol"]
             assert res["armed"] == "Confirm flatten?" and res["sent"] == "", res  # one click sends nothing
             assert res["after"].startswith("flattening "), res
             eventually(lambda: js("document.getElementById('flatten-result').dataset.ok") == "true", 20, 0.2,
