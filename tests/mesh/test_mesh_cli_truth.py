@@ -112,6 +112,15 @@ def test_a_stopped_service_makes_spx_status_exit_1_with_the_reason(run_dir):
         finally:
             os.kill(pid, signal.SIGCONT)
         eventually(lambda: _spx(env, "status").returncode == 0, 30, 0.5, what="healthy again after SIGCONT")
+        # a typo in a topic prefix is not silence: tail says nothing came and what the mesh publishes
+        tail = _spx(env, "tail", "nosuch.", "--timeout", "4")
+        assert tail.returncode == 0 and tail.stdout == "", tail.stdout
+        assert "no frames on topic prefix 'nosuch.'" in tail.stderr and "hb." in tail.stderr, tail.stderr
+        # an unusable flags file: every service runs, but the last line must not say healthy
+        (run_dir / "flags.json").write_text('{"kill_switch": false,}')
+        text = _spx(env, "status")
+        assert text.returncode == 4 and "FLAGS FILE NOT USABLE" in text.stdout, text.stdout
+        assert "healthy: all" not in text.stdout and "every switch failed closed" in text.stdout.splitlines()[-1]
     finally:
         supervise.stop(runtime, 30)
 

@@ -323,6 +323,8 @@ def cmd_status(args) -> int:
         print(f"\nDEGRADED: {len(unhealthy)} of {len(rows)} services unhealthy")
         for name, reason in unhealthy.items():
             print(f"  {name}: {reason}")
+    elif flags_error:
+        print(f"\nDEGRADED: all {len(rows)} services run, but every switch failed closed (flags file not usable)")
     else:
         print(f"\nhealthy: all {len(rows)} services")
     return code

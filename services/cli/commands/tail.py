@@ -35,8 +35,10 @@ def cmd_tail(args) -> int:
     endpoints = [bus.pub_endpoint(i, runtime) for s in services for i in bus.instances_of(s)]
     sub = Subscriber(zmq.Context.instance(), endpoints, [args.topic],
                      heartbeats=args.topic.startswith("hb"))
-    deadline = time.monotonic() + args.timeout if args.timeout else None
+    started = time.monotonic()
+    deadline = started + args.timeout if args.timeout else None
     printed = 0
+    hinted = False
     out = sys.stdout
     try:
         while not args.count or printed < args.count:
@@ -45,6 +47,9 @@ def cmd_tail(args) -> int:
                 break
             frame = sub.recv(min(wait, 0.5))
             if frame is None or not frame.topic.startswith(args.topic):
+                if not printed and not hinted and time.monotonic() - started >= HINT_AFTER_S:
+                    hinted = True
+                    _hint_no_frames(args.topic, endpoints)
                 continue
             doc = {"topic": frame.topic, "type": frame.type, "src": frame.src, "seq": frame.seq,
                    "event_ns": frame.event_ns, "pub_ns": frame.pub_ns}
@@ -60,7 +65,29 @@ def cmd_tail(args) -> int:
         pass
     finally:
         sub.close()
+        if not printed and not hinted:
+            _hint_no_frames(args.topic, endpoints)
         lost, bad = sub.core.lost.total(), sub.core.bad.total()
         if lost or bad:
             print(f"spx tail: {int(lost)} frames lost, {int(bad)} bad frames refused", file=sys.stderr)
     return 0
+
+
+HINT_AFTER_S = 3.0  # silence on the prefix this long: say so, and what is being published instead
+
+
+def _hint_no_frames(prefix: str, endpoints: list[str], probe_s: float = 1.0, limit: int = 40) -> None:
+    """Tell the operator on stderr that nothing arrived on ``prefix``, and which topic families the mesh
+    publishes now (a bounded probe of every topic for ``probe_s``), so a typo is not mistaken for silence."""
+    probe = Subscriber(zmq.Context.instance(), endpoints, [""], heartbeats=True)
+    families: set[str] = set()
+    end = time.monotonic() + probe_s
+    try:
+        while len(families) < limit and (left := end - time.monotonic()) > 0:
+            frame = probe.recv(min(left, 0.2))
+            if frame is not None:
+                families.add(frame.topic.split(".", 1)[0] + "." if "." in frame.topic else frame.topic)
+    finally:
+        probe.close()
+    seen = ", ".join(sorted(families)) if families else "nothing (is the mesh running? try 'spx status')"
+    print(f"spx tail: no frames on topic prefix {prefix!r} yet; the mesh publishes: {seen}", file=sys.stderr)
