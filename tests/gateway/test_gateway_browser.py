@@ -16,7 +16,7 @@ import pytest
 from services.gateway import auth
 from services.gateway.devtools import Chromium, DevTools, chromium_path
 from spx_common.config import PROJECT_DIR
-from spx_common.models import CoachEvent, FeedStatus, Position
+from spx_common.models import CoachEvent, FeedStatus, Order, Position
 from tests.conftest import eventually
 from tests.gateway.harness import SECRET, T0, GatewayRunner
 
@@ -67,6 +67,12 @@ def test_dashboard_renders_live_candles_setups_badge_and_coach(run_dir, browser)
         gw.pubs["broker"].publish("position.alice", "position", Position(
             user="alice", option_symbol="SPXW260220C05000000", quantity=2, avg_price=1.5, realized_pnl=40.0,
             unrealized_pnl=12.5, ts=T0), T0)
+        for oid, typ, price, trig in (("o-stop", "stop", None, 1.2), ("o-sl", "stop_limit", 1.1, 1.2),
+                                      ("o-lim", "limit", 1.5, None)):
+            gw.pubs["broker"].publish("order.alice", "order", Order(
+                order_id=oid, user="alice", option_symbol="SPXW260220C05000000", side="sell_to_close"
+                if typ != "limit" else "buy_to_open", quantity=2, type=typ, price=price, stop=trig,
+                status="open", ts=T0), T0)
         gw.pubs["detector"].publish("state.market", "doc", {"levels": {"PDH": 601.2, "ORL": 599.4}, "regime": "trend",
                                                             "ts": T0}, T0)
         eventually(lambda: "alice" in gw.svc.hub.user_data and len(gw.svc.hub.setups) == 1 and gw.svc.hub.market, 5)
@@ -89,6 +95,11 @@ def test_dashboard_renders_live_candles_setups_badge_and_coach(run_dir, browser)
             coach = dt.js("[...document.querySelectorAll('#coach li')].map(li => li.dataset.kind)")
             assert coach == ["entry_window_opened"]
             assert "52.50" in dt.js("document.getElementById('pnl').textContent")
+            # a resting protective stop shows its trigger price, not '-'
+            prices = eventually(lambda: (lambda p: len(p) == 3 and p)(dt.js(
+                "Object.fromEntries([...document.querySelectorAll('#orders tr[data-order-id]')].map(r => "
+                "[r.dataset.orderId, r.querySelector('.order-price').textContent]))")), 10, 0.2, what="three orders")
+            assert prices == {"o-stop": "stop 1.20", "o-sl": "1.10 (stop 1.20)", "o-lim": "1.50"}, prices
             assert dt.js("document.getElementById('user').textContent") == "user alice"
             assert dt.js("document.getElementById('chart').dataset.levels") == "PDH,ORL"
             # render throttling: at most one draw per animation frame however fast messages come

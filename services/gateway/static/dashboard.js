@@ -371,11 +371,19 @@
     const f = flattenButton(symbol);
     return `<button class="${f.cls}" data-symbol="${esc(symbol)}"${f.disabled ? " disabled" : ""}>${f.label}</button>`;
   }
+  // a stop order has no limit price: show its trigger ("stop 1.20"); a stop-limit shows both
+  function orderPrice(o) {
+    const hasStop = o.stop !== null && o.stop !== undefined;
+    const hasPrice = o.price !== null && o.price !== undefined;
+    if (hasStop && hasPrice) return `${fmt(o.price)} (stop ${fmt(o.stop)})`;
+    if (hasStop) return `stop ${fmt(o.stop)}`;
+    return fmt(o.price);
+  }
   function renderOrders() {
     const orders = [...state.orders.values()].sort((a, b) => b.ts - a.ts).slice(0, 15);
     $("orders").tBodies[0].innerHTML = orders.map((o) =>
       `<tr data-order-id="${esc(o.order_id)}" data-status="${esc(o.status)}"><td><time>${etTime(o.ts)}</time></td><td>${esc(contract(o.option_symbol))}</td>` +
-      `<td>${esc(words(o.side))}</td><td>${o.quantity}</td><td>${esc(o.type)}</td><td>${fmt(o.price)}</td><td>${esc(words(o.status))}</td></tr>`).join("") ||
+      `<td>${esc(words(o.side))}</td><td>${o.quantity}</td><td>${esc(o.type)}</td><td class="order-price">${orderPrice(o)}</td><td>${esc(words(o.status))}</td></tr>`).join("") ||
       '<tr><td class="muted" colspan="7">no orders</td></tr>';
     $("fills").tBodies[0].innerHTML = state.fills.slice().reverse().slice(0, 15).map((f) =>
       `<tr data-order-id="${esc(f.order_id)}"><td><time>${etTime(f.ts)}</time></td><td>${esc(contract(f.option_symbol))}</td>` +
