@@ -27,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import zmq
 
 from services.aggregator.config import AggregatorConfig
 from services.aggregator.service import Aggregator

@@ -156,7 +156,8 @@ def run(args) -> dict:
                 os.kill(old[v], signal.SIGKILL)
             answered: dict[str, float] = {}  # victim -> when its new process first answered
 
-            def all_back() -> bool:
+            def all_back(victims: list[str] = victims, answered: dict[str, float] = answered,
+                         old: dict[str, int] = old) -> bool:
                 # every victim probed on each pass with a short timeout: a 1 s ping to a process not yet
                 # listening made the figure a whole second coarse
                 now_pids = pids()
@@ -167,7 +168,8 @@ def run(args) -> dict:
 
             back = wait(all_back, 60)
             t_back = max(answered.values()) if back else time.monotonic()
-            t_bar = wait(lambda: listener.bar_after(max(t_back, t_kill)), 60)
+            since = max(t_back, t_kill)
+            t_bar = wait(lambda since=since: listener.bar_after(since), 60)
             row = {"killed": "+".join(victims) if len(victims) < len(VICTIMS) else "whole group",
                    "restart_s": round(t_back - t_kill, 2) if back else None,
                    "recovered_s": round(t_bar - t_kill, 2) if t_bar else None, "at_ns": extra["wall_ns"]}

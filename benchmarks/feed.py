@@ -59,7 +59,7 @@ def main() -> None:
     t0 = time.perf_counter()
     seq = 0
     for groups in grouped:
-        for sym, evs in groups:
+        for _sym, evs in groups:
             seq += 1
             codec.encode_payload("ticks", evs, src="feed", session="bench", seq=seq, event_ns=evs[-1].ts)
     t_enc = time.perf_counter() - t0
@@ -69,7 +69,7 @@ def main() -> None:
     t0 = time.perf_counter()
     seq = 0
     for r in raw:
-        for sym, evs in pipe.process(parser.parse(r)[0]):
+        for _sym, evs in pipe.process(parser.parse(r)[0]):
             seq += 1
             codec.encode_payload("ticks", evs, src="feed", session="bench", seq=seq, event_ns=evs[-1].ts)
     t_all = time.perf_counter() - t0

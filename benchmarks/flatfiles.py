@@ -27,7 +27,6 @@ from pathlib import Path
 from services.aggregator.bars import COMPILED
 from services.cli import main as cli
 from services.cli.commands import bars as bars_cmd
-from spx_common import flatfiles
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 if not REAL.is_dir():

@@ -231,7 +231,7 @@ def raw_client_proc(port: int, n: int, seconds: float, start_at: float, q: mp.Qu
         for _ in range(n):
             done = loop.create_future()
             try:
-                tr, _ = await loop.create_connection(lambda: RawClient(port, sub, on_text, done), "127.0.0.1", port)
+                tr, _ = await loop.create_connection(lambda done=done: RawClient(port, sub, on_text, done), "127.0.0.1", port)
                 conns.append(tr)
                 if await asyncio.wait_for(done, 30):
                     counts["connected"] += 1
@@ -396,7 +396,7 @@ def attack(args) -> None:
                 break
             except OSError:
                 if time.monotonic() > deadline or gw.poll() is not None:
-                    raise SystemExit("gateway did not start")
+                    raise SystemExit("gateway did not start") from None
                 time.sleep(0.2)
         # 600 closed bars of history (until the gateway has them all: slow joiner)
         bar_start = (int(time.time()) - 700) * 1_000_000_000
@@ -404,7 +404,7 @@ def attack(args) -> None:
             feed.heartbeat(0)
             agg.heartbeat(0)
             time.sleep(0.1)
-        for i in range(600):
+        for _i in range(600):
             agg.publish("bar.1s.SPY", "bar", MicroBar(sym="SPY", interval="1s", start_ns=bar_start, open=600.0,
                         high=600.1, low=599.9, close=600.0, volume=1000, trades=10, vwap=600.0, closed=True),
                         time.time_ns())
@@ -528,7 +528,7 @@ def main() -> None:
                 break
             except OSError:
                 if time.monotonic() > deadline or gw.poll() is not None:
-                    raise SystemExit("gateway did not start")
+                    raise SystemExit("gateway did not start") from None
                 time.sleep(0.2)
         time.sleep(1.0)
         rss0 = _rss_kb(gw.pid)

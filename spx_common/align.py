@@ -34,7 +34,7 @@ No I/O, no clock: the service shell decides when a stream is idle and when to ca
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 #: a watermark past every event time: the stream has ended (a finished replay)

@@ -782,6 +782,7 @@ class RpcServer:
         self.max_concurrent, self.per_caller = max_concurrent, per_caller
         self._inflight: dict[bytes, int] = {}
         self._running: set[asyncio.Task] = set()
+        self._replies: set[asyncio.Future] = set()
 
     def register(self, method: str, handler: Handler, *, concurrent: bool = False) -> None:
         self.handlers[method] = handler
@@ -848,7 +849,9 @@ class RpcServer:
                    if len(self._running) >= self.max_concurrent else
                    f"at most {self.per_caller} at once per caller")
             reply = [ident, b"", b"reply", self._encode_reply(False, None, "busy", f"{method}: {why}; try again")]
-            asyncio.ensure_future(self.sock.send_multipart(reply))
+            send = asyncio.ensure_future(self.sock.send_multipart(reply))
+            self._replies.add(send)  # held until sent: the loop keeps only a weak reference to a task
+            send.add_done_callback(self._replies.discard)
             return
         self._inflight[ident] = self._inflight.get(ident, 0) + 1
         task = asyncio.ensure_future(self._answer(parts, ident))

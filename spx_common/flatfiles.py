@@ -29,10 +29,13 @@ import heapq
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from spx_common.marketrules import EXCL_CORRECTION, SHARES_SINCE_NS, quote_size_factor
 from spx_common.models import Quote, Trade
+
+if TYPE_CHECKING:  # numpy comes with pyarrow, imported where the columnar path runs
+    import numpy as np
 
 TRADE_COLUMNS = {"ticker", "price", "size", "sip_timestamp"}
 QUOTE_COLUMNS = {"ticker", "bid_price", "ask_price", "bid_size", "ask_size", "sip_timestamp"}

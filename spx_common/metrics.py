@@ -20,7 +20,7 @@ DEFAULT_BUCKETS_MS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000
 
 
 def _fmt_labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values)]
+    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
     if extra:
         parts.append(extra)
     return "{" + ",".join(parts) + "}" if parts else ""
@@ -115,7 +115,7 @@ class Histogram(_Metric):
         if not s or not s[2]:  # type: ignore[index]
             return None
         target, acc = q * s[2], 0  # type: ignore[index]
-        for bound, n in zip(self.buckets + (math.inf,), s[0]):  # type: ignore[index]
+        for bound, n in zip(self.buckets + (math.inf,), s[0], strict=True):  # type: ignore[index]
             acc += n
             if acc >= target:
                 return bound
@@ -125,7 +125,7 @@ class Histogram(_Metric):
         out = []
         for key, (counts, total, n) in self._series.items():  # type: ignore[misc]
             acc = 0
-            for bound, c in zip(self.buckets + (math.inf,), counts):
+            for bound, c in zip(self.buckets + (math.inf,), counts, strict=True):
                 acc += c
                 le = 'le="' + _num(bound) + '"'
                 out.append(f"{self.name}_bucket{_fmt_labels(self.labelnames, key, le)} {acc}")

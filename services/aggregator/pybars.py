@@ -372,7 +372,8 @@ class PyBarAggregator:
                 qbid, qask = q.bid, q.ask
                 qcov = qbid > 0 and qask > 0
             pending = None
-            for ev in chain((ev,), it):
+            head = ev
+            for ev in chain((head,), it):
                 t = type(ev)
                 ts = ev.ts
                 if ts >= hi or ts < lo or ev.sym != sym:
@@ -844,12 +845,12 @@ class PyTickCore(PyBarAggregator):
             raise ValueError("feed_columns does not hold events: use feed() when on_hold is set")
         names = list(self.symbols)
         cols = [x.tolist() if hasattr(x, "tolist") else list(x) for x in (sids, kinds, ts, a, b, c, d, excl)]
-        for e, (sid, k, t, va, vb, vc, vd) in enumerate(zip(*cols[:7])):
+        for e, (sid, k, t, va, vb, vc, vd) in enumerate(zip(*cols[:7], strict=True)):
             if not (0 <= t < MAX_TS and k in (0, 1, 2) and -1 <= sid < len(names)
                     and va >= 0 and vb >= 0 and vc >= 0 and vd >= 0):
                 raise ValueError(f"feed_columns: event {e} not accepted (time, kind, symbol id or a value)")
         events: list = []
-        for sid, k, t, va, vb, vc, vd, x in zip(*cols):
+        for sid, k, t, va, vb, vc, vd, x in zip(*cols, strict=True):
             if sid < 0:
                 self.refused_symbols += 1
                 if t > self.watermark:

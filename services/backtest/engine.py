@@ -171,7 +171,7 @@ class Backtester:
         up = bar.close >= bar.open
         prices = (bar.open, bar.low, bar.high, bar.close) if up else (bar.open, bar.high, bar.low, bar.close)
         sym, t0 = bar.sym, bar.start_ns
-        evs = [IndexValue(sym=sym, value=p, ts=t0 + off) for p, off in zip(prices, PATH_OFFSETS_NS)]
+        evs = [IndexValue(sym=sym, value=p, ts=t0 + off) for p, off in zip(prices, PATH_OFFSETS_NS, strict=True)]
         self._record(self.engine.on_ticks(evs))
 
     def _close_bar(self, bar: MicroBar) -> None:

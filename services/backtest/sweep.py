@@ -86,7 +86,7 @@ def parse_sweep(doc: dict, where: str = "sweep") -> list[ParamSet]:
             if not isinstance(flat[k], list) or not flat[k]:
                 raise SweepError(f"{where}: [grid] {k} must be a non-empty list of values")
         for combo in itertools.product(*(flat[k] for k in keys)):
-            over = dict(zip(keys, combo))
+            over = dict(zip(keys, combo, strict=True))
             sets.append(ParamSet(", ".join(f"{k}={v}" for k, v in over.items()), over))
     if not sets:
         raise SweepError(f"{where}: no parameter sets ([[set]] tables or a [grid])")
@@ -180,7 +180,7 @@ def run_sweep(store, opts: bt.Options, cfg: DetectorConfig, sets: list[ParamSet]
         elif own is not None:
             own.close()
     per_set: list[list[bt.DayResult]] = [[] for _ in sets]
-    for (i, _), res in zip(jobs, days):
+    for (i, _), res in zip(jobs, days, strict=True):
         per_set[i].append(res)
     quiet = bt.Options(**{**opts.__dict__, "record": False, "baseline": None})
     results = [bt.assemble(None, quiet, per_set[i], plugins, chash, job_list[0].profile if job_list else
@@ -188,7 +188,7 @@ def run_sweep(store, opts: bt.Options, cfg: DetectorConfig, sets: list[ParamSet]
                for i, (_, plugins, chash, job_list) in enumerate(prepared)]
     base = results[0]
     out_sets = []
-    for (ps, _, chash, _), res in zip(prepared, results):
+    for (ps, _, chash, _), res in zip(prepared, results, strict=True):
         cmp = None if res is base else st.compare(res["trades"], base["trades"], opts.criteria,
                                                    fallback=res["evidence"]["fallback_to_minute_bars"],
                                                    days=res["range"]["trading_days"],

@@ -23,7 +23,6 @@ from services.broker.config import BrokerConfig
 from services.broker.engine import Limits
 from services.broker.paper import PaperBroker
 from services.broker.tradier import TradierClient
-from spx_common.config import RuntimeConfig
 
 SHARED = "shared"  # the account of the config lists when the store has no users
 log = logging.getLogger("spx.broker.accounts")

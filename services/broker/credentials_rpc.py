@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import Any
 
 from services.broker import credentials as creds
 from spx_common.crypto import CryptoError, KeyRing

@@ -678,8 +678,8 @@ class BrokerService(BusService):
             await self.check_renewed(a)
 
     async def sync_portfolio(self, a: acc.Account | None = None) -> None:
-        for a in [a] if a is not None else self.accounts:
-            await self._sync_portfolio(a)
+        for each in [a] if a is not None else self.accounts:
+            await self._sync_portfolio(each)
 
     async def _sync_portfolio(self, a: acc.Account) -> None:
         if a.paper is None and a.tradier is None:
@@ -737,8 +737,8 @@ class BrokerService(BusService):
 
     async def reconcile(self, a: acc.Account | None = None) -> list[dict]:
         out: list[dict] = []
-        for a in [a] if a is not None else self.accounts:
-            out += await self._reconcile(a)
+        for each in [a] if a is not None else self.accounts:
+            out += await self._reconcile(each)
         return out
 
     async def _reconcile(self, a: acc.Account) -> list[dict]:
@@ -1142,7 +1142,7 @@ class BrokerService(BusService):
             self.spawn(self._worker(a), f"broker-worker-{a.name}")
             # the first snapshot waits for subscribers (the recorder) to connect: PUB drops frames before that
             self.spawn(self._every(self.cfg.portfolio_interval_s, lambda a=a: self.sync_portfolio(a),
-                                   f"portfolio", STARTUP_DELAY_S), f"portfolio-{a.name}")
+                                   "portfolio", STARTUP_DELAY_S), f"portfolio-{a.name}")
             self.spawn(self._every(self.cfg.reconcile_interval_s, lambda a=a: self.reconcile(a), "reconcile",
                                    STARTUP_DELAY_S), f"reconcile-{a.name}")
             if a.tradier is not None:

@@ -423,7 +423,7 @@ class LiveIngest:
         outcomes = await asyncio.gather(*(self._backfill_symbol(market, sym, t, q, starts[sym], end_ns)
                                           for sym, (t, q) in plan.items()), return_exceptions=True)
         results: list[dict[str, Any]] = []
-        for sym, r in zip(plan, outcomes):
+        for sym, r in zip(plan, outcomes, strict=True):
             if isinstance(r, asyncio.CancelledError):
                 raise r
             if isinstance(r, BaseException):  # a bug must cost this symbol's backfill, never the summary

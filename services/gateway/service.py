@@ -456,7 +456,9 @@ class GatewayService(BusService):
         self.hub.remove(conn.client)
         conn.client.clear()  # its queue's memory goes now, not after the close handshake
         conn.event.set()
-        asyncio.ensure_future(conn.ws.close(code, reason))
+        task = asyncio.ensure_future(conn.ws.close(code, reason))
+        self._client_tasks.add(task)  # held until done: the loop keeps only a weak reference to a task
+        task.add_done_callback(self._client_tasks.discard)
 
     def _send_now(self, conn: Connection, msg: dict) -> None:
         conn.client.push(encode(msg))

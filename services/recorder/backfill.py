@@ -219,7 +219,7 @@ def import_flat_files(store: Store, paths: list[Path], *, symbols: Iterable[str]
     from spx_common.flatfiles import FlatFileError, ReadStats, read_merged
 
     summary = Summary()
-    for day, group in pair_by_day(paths):
+    for _day, group in pair_by_day(paths):
         key = "flat:" + "+".join(f"{p.name}:{p.stat().st_size if p.exists() else 0}" for p in sorted(group))
         cp = None if force else store.checkpoint(key)
         if cp is not None and cp["status"] == "done":

@@ -15,7 +15,7 @@ import os
 import struct
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import msgspec
 

@@ -237,16 +237,16 @@ def test_byte_bound_across_symbols_evicts_the_oldest_batches_first():
         sym = f"S{i % 7}" if i % 3 else "SPY"
         _add(cache, [t(S + i * 1_000_000 + j, 100.0 + j, sym=sym) for j in range(1 + i % 5)])
         assert cache.bytes <= cache.max_bytes
-    kept = [(st.body(i), count, last_ts) for st in cache.syms.values() for i, count, last_ts in st.iter_batches()]
+    kept = [(state.body(i), count, last_ts) for state in cache.syms.values() for i, count, last_ts in state.iter_batches()]
     assert cache.bytes == sum(len(body) for body, _, _ in kept) > cache.max_bytes * 0.8
     assert cache.shrinks > 0 and cache.evicted > 0
     assert cache.size() + cache.evicted == sum(1 + i % 5 for i in range(3000))
     oldest_kept = min(last_ts for _, _, last_ts in kept)
     assert oldest_kept > S + 2000 * 1_000_000  # every symbol lost its old batches, not one symbol all of its
-    for sym, st in cache.syms.items():
+    for sym, state in cache.syms.items():
         got = cache.since(sym, seq=0, limit=10**6)
         seqs = [e["seq"] for e in got["events"]]
-        assert seqs == list(range(st.seq - st.n + 1, st.seq + 1)) and got["truncated"]
+        assert seqs == list(range(state.seq - state.n + 1, state.seq + 1)) and got["truncated"]
         assert all(e["event"].ts >= oldest_kept - 5 for e in got["events"][-1:])
 
 

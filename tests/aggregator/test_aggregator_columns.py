@@ -60,7 +60,7 @@ def test_feed_columns_gives_the_bars_of_on_events(core, events, intervals, l2, f
         j = i + cuts[k % len(cuts)]
         batch = [c[i:j] for c in cols]
         first = list(dict.fromkeys(batch[0].tolist()))
-        ids = dict(zip(first, agg.symbol_ids([names[s] for s in first])))
+        ids = dict(zip(first, agg.symbol_ids([names[s] for s in first]), strict=True))
         sids = np.array([ids[s] for s in batch[0].tolist()], dtype=np.int32)
         assert agg.feed_columns(sids, *batch[1:]) == len(sids)
         out += agg.drain()

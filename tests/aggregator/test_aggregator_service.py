@@ -181,4 +181,4 @@ def test_bad_ticks_bodies_are_refused_counted_and_dead_lettered_and_odd_good_one
     with open(run_dir / "deadletter" / "aggregator.msgpack", "rb") as fh:
         letters = list(msgpack.Unpacker(fh, raw=True))
     assert [(reason.decode(), parts) for _, reason, _, parts in letters] == [
-        (reason, parts) for (reason, _), parts in zip(bad, sent)]
+        (reason, parts) for (reason, _), parts in zip(bad, sent, strict=True)]

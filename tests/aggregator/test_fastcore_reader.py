@@ -96,7 +96,7 @@ def _len_forms(n: int, fix_base: int, fix_max: int, codes: tuple[int, ...]) -> l
     forms (``codes`` lists the 8-bit code first when the type has one: str and bin; arrays and maps have 16/32)."""
     forms = [bytes([fix_base | n])] if n <= fix_max else []
     widths = ((">B", 2**8 - 1), (">H", 2**16 - 1), (">I", 2**32 - 1))[3 - len(codes):]
-    for code, (fmt, hi) in zip(codes, widths):
+    for code, (fmt, hi) in zip(codes, widths, strict=True):
         if n <= hi:
             forms.append(bytes([code]) + struct.pack(fmt, n))
     return forms

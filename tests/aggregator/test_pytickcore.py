@@ -335,7 +335,7 @@ def test_newest_by_kind_agrees_with_a_reverse_scan(kinds):
     batch = [make_ev[k](i) for i, k in enumerate(kinds)]
     want = tuple(next((ev for ev in reversed(batch) if type(ev) is cls), None) for cls in (Trade, Quote, IndexValue))
     got = bars.newest_by_kind(batch)
-    assert len(got) == 3 and all(g is w for g, w in zip(got, want))
+    assert len(got) == 3 and all(g is w for g, w in zip(got, want, strict=True))
 
 
 def test_the_plain_python_aggregator_keeps_its_name():

@@ -46,7 +46,7 @@ def test_a_sweep_on_a_local_dask_cluster_equals_each_sets_single_backtest(store)
         client.close()
         cluster.close()
     assert doc["jobs"] == len(sets) * len(DAYS)
-    for s, ps in zip(doc["sets"], sets):
+    for s, ps in zip(doc["sets"], sets, strict=True):
         single = bt.run(store, opts, sw.apply(CFG, ps), workers=1)
         assert json.dumps(s["result"], sort_keys=True) == json.dumps(single, sort_keys=True), ps.name
     trades = [s["result"]["overall"]["trades"] for s in doc["sets"]]

@@ -43,9 +43,9 @@ class Harness:
     def _ping(self):
         try:
             return self.rpc.call("ping")
-        except RpcError:
+        except RpcError as exc:
             if self.proc.poll() is not None:
-                raise AssertionError(self.proc.stdout.read().decode()[-3000:])
+                raise AssertionError(self.proc.stdout.read().decode()[-3000:]) from exc
             return None
 
     def call(self, method, params=None):

@@ -190,11 +190,11 @@ def test_malformed_flags_file_keeps_the_kill_switch_on_across_restarts(run_dir):
             assert st["flags"]["kill_switch"] is True and "invalid" in st["flags_error"]
             assert st["broker"]["engine"]["kill_switch"] is True
             h.quote_live(1.95, 2.0, T0 + attempt * 100 * S)
-            eventually(lambda: h.trigger(f"m-{attempt}", T0 + (attempt * 100 + 1) * S) or h.seen("block.broker"), 10)
+            eventually(lambda h=h, k=attempt: h.trigger(f"m-{k}", T0 + (k * 100 + 1) * S) or h.seen("block.broker"), 10)
             # every entry switch is at its safe value: paper entries off and the kill switch on
             assert {b.reason for b in h.seen("block.broker")} <= {"kill_switch", "paper_auto_execution_off"}
             assert h.seen("order.") == []
-            eventually(lambda: [a for a in h.seen("alert.default") if a["kind"] == "flags_invalid"], 10,
+            eventually(lambda h=h: [a for a in h.seen("alert.default") if a["kind"] == "flags_invalid"], 10,
                        what="critical alert")
             assert [a["severity"] for a in h.seen("alert.default") if a["kind"] == "flags_invalid"][0] == "critical"
         finally:

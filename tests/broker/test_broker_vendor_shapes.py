@@ -13,7 +13,7 @@ import pytest
 from services.broker import portfolio as pf
 from services.broker import router
 from services.broker.tradier import (
-    PlacementUnresolved, TradierBadRequest, TradierClient, TradierRejected, TradierTokenExpired,
+    TradierBadRequest, TradierClient, TradierRejected, TradierTokenExpired,
 )
 from spx_common.crypto import KeyRing, generate_key
 from spx_common.flags import FlagStore

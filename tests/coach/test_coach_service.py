@@ -20,8 +20,12 @@ def coach(run_dir):
 
 def _collect(sub, n, timeout_s=5.0):
     got = []
-    eventually(lambda: [got.append((f.topic, f.body())) for f in iter(lambda: sub.recv(0.05), None)
-                        if f.topic.startswith("coach.")] is not None and len(got) >= n, timeout_s)
+
+    def drained():
+        got.extend((f.topic, f.body()) for f in iter(lambda: sub.recv(0.05), None) if f.topic.startswith("coach."))
+        return len(got) >= n
+
+    eventually(drained, timeout_s)
     return got
 
 

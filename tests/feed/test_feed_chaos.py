@@ -79,7 +79,7 @@ def test_disconnect_storm_stall_rest_bursts_and_auth_failure(run_dir, fake):
             for k in range(6):
                 before = fake.connects["stocks"]
                 fake.drop("stocks")
-                eventually(lambda: fake.connects["stocks"] > before and fake.connected("stocks"), 5,
+                eventually(lambda before=before: fake.connects["stocks"] > before and fake.connected("stocks"), 5,
                            what=f"reconnect {k + 1} of the storm")
                 fake.wait_subscribed("stocks", "T.SPY", 5)
 

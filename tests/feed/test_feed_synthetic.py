@@ -32,7 +32,7 @@ def test_same_seed_same_day_and_time_order():
     c = _take(SyntheticSession(seed=4), 120)
     assert a == b
     assert a != c
-    assert all(x.ts <= y.ts for x, y in zip(a, a[1:]))
+    assert all(x.ts <= y.ts for x, y in zip(a, a[1:], strict=False))
     kinds = {(type(e).__name__, e.sym[:6]) for e in a}
     assert {("IndexValue", "I:SPX"), ("Trade", "SPY"), ("Quote", "SPY"), ("Quote", "O:SPXW")} <= kinds
 
@@ -65,7 +65,7 @@ def test_chain_prices_follow_black_scholes_with_skew():
     assert atm["bid"] < atm["ask"] and atm["bid"] > 0
     assert smile_iv(0.16, spot, spot - 100) > smile_iv(0.16, spot, spot) < smile_iv(0.16, spot, spot + 100) * 1.2
     calls = sorted((c for c in chain if c["type"] == "call"), key=lambda c: c["strike"])
-    assert all(a["mid"] >= b["mid"] for a, b in zip(calls, calls[1:]))  # call value falls with strike
+    assert all(a["mid"] >= b["mid"] for a, b in zip(calls, calls[1:], strict=False))  # call value falls with strike
     assert all(-1 <= c["delta"] <= 1 and c["open_interest"] > 0 and c["gamma"] >= 0 for c in chain)
     peak = max(chain, key=lambda c: c["gamma"])
     assert abs(peak["strike"] - spot) <= 5.0  # gamma peaks at the money

@@ -6,9 +6,7 @@ index aggregates stamped at their bar's start. docs/feed.md has the table of sha
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import time
-from zoneinfo import ZoneInfo
 
 from spx_common.models import IndexValue, Quote, Trade
 from tests.conftest import eventually
@@ -17,7 +15,6 @@ from tests.feed.helpers import live_feed
 
 from services.feed.pipeline import Dedupe, TickPipeline
 from services.feed.rest import MassiveRest
-from services.feed.synthetic import option_symbol
 
 MS = 1_000_000
 S = 1_000_000_000

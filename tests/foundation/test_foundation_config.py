@@ -1,6 +1,5 @@
 """Config: defaults, TOML, environment precedence, clear errors, generated reference in sync."""
 
-from pathlib import Path
 
 import pytest
 

@@ -1,12 +1,10 @@
 """BusService base: validation at ingress, isolation of handler failures, heartbeats, clean SIGTERM."""
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import zmq
 

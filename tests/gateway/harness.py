@@ -49,7 +49,7 @@ class GatewayRunner:
         self.ts = T0
         # slow joiner: publish until the gateway has the subscription connected for every publisher
         for name, pub in self.pubs.items():
-            eventually(lambda p=pub: p.heartbeat(T0) or name in self.svc.core.peers, 10, 0.05,
+            eventually(lambda p=pub, name=name: p.heartbeat(T0) or name in self.svc.core.peers, 10, 0.05,
                        what=f"gateway hears {name}")
 
     def _run(self) -> None:

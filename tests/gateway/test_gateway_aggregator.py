@@ -64,7 +64,7 @@ def test_snapshot_history_comes_from_the_aggregator_and_live_bars_continue_it(ru
                 closed.append(m)
         all_starts = starts + [m["data"]["startNs"] for m in closed]
         assert all_starts == sorted(set(all_starts)), "no duplicate and in order"
-        assert all(b - a == S for a, b in zip(all_starts, all_starts[1:])), "no gap between history and live bars"
+        assert all(b - a == S for a, b in zip(all_starts, all_starts[1:], strict=False)), "no gap between history and live bars"
         seqs = [m["seq"] for m in c.on("microbar:SPY:1s")]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "per-channel seq contiguous from the snapshot"
         c.close()

@@ -313,7 +313,7 @@ def test_dashboard_on_the_running_mesh_replay_setups_coach_and_flatten(run_dir, 
         out.write_bytes(base64.b64decode(shot["data"]))
         # at 60x the broker's own exits race the button: flatten the first open position, and again with
         # another one when its exit was already under way (the flatten then queues no new order)
-        for attempt in range(4):
+        for _attempt in range(4):
             # one script finds the button and clicks twice, so no message re-renders the table in between
             # (the broker's own exit can close the position we saw a moment before: then try again)
             res = eventually(lambda: js(

@@ -7,7 +7,6 @@ reply, a log line (gateway or broker) or the database file in plaintext.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time

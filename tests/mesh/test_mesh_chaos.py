@@ -148,7 +148,7 @@ def test_live_mesh_under_load_survives_sigkill_with_warm_up_restore_and_nothing_
 
         # observability: metrics names and types over HTTP on every process
         for service, port in metrics_ports.items():
-            types, _ = wait_for(lambda: _scrape(port), 10, f"{service} /metrics")
+            types, _ = wait_for(lambda port=port: _scrape(port), 10, f"{service} /metrics")
             want = {**COMMON, **REQUIRED.get(service, {})}
             assert {k: types.get(k) for k in want} == want, f"{service}: {types}"
         _, feed_samples = _scrape(metrics_ports["feed"])

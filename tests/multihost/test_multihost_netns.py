@@ -127,7 +127,7 @@ def test_feed_and_aggregator_on_one_host_sharded_detectors_on_another_with_curve
         assert out["stranger_frames"] == 0
         assert out["stranger_answered"] is False
     finally:
-        for p, log in procs:
+        for p, _log in procs:
             p.terminate()
         for p, log in procs:
             try:

@@ -83,7 +83,7 @@ def _is_poll(msgs: list[dict]) -> bool:
 
 def _stitched(msgs: list[dict]) -> bool:
     """Every update follows the previous message's seq by one; a snapshot restarts the count."""
-    for a, b in zip(msgs, msgs[1:]):
+    for a, b in zip(msgs, msgs[1:], strict=False):
         if b["type"] == "update" and b["seq"] != a["seq"] + 1:
             return False
     return True
@@ -121,7 +121,7 @@ def test_fanout_allow_list_falls_back_to_poll_cadence_within_one_cadence_and_bac
             assert _is_poll(msgs) and _stitched(msgs)
             updates = [at for at, m in poll if m["type"] == "update"]
             assert 2 <= len(updates) <= 5, len(updates)  # one conflated price per cadence
-            gaps = [b - a for a, b in zip(updates, updates[1:])]
+            gaps = [b - a for a, b in zip(updates, updates[1:], strict=False)]
             assert min(gaps) >= 0.5 * CADENCE_S, gaps
             assert msgs[-1]["data"]["ts"] > snap["data"]["ts"]  # the conflated price moves on
         tick_after = [m for at, m in alice.on("price:SPY", flipped) if at <= window]

@@ -9,7 +9,7 @@ S = 1_000_000_000
 
 def bars(path):
     """(high, low) pairs -> (ts, high, low) one second apart."""
-    return [(i * S, h, l) for i, (h, l) in enumerate(path, 1)]
+    return [(i * S, hi, lo) for i, (hi, lo) in enumerate(path, 1)]
 
 
 def actions(advice):

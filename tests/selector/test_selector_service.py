@@ -23,8 +23,12 @@ def selector(run_dir):
 
 def _collect(sub, pred, timeout_s=5.0):
     got = []
-    eventually(lambda: [got.append((f.topic, f.body())) for f in iter(lambda: sub.recv(0.05), None)
-                        if not f.topic.startswith("_")] is not None and pred(got), timeout_s)
+
+    def drained():
+        got.extend((f.topic, f.body()) for f in iter(lambda: sub.recv(0.05), None) if not f.topic.startswith("_"))
+        return pred(got)
+
+    eventually(drained, timeout_s)
     return got
 
 

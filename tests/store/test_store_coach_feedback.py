@@ -18,13 +18,12 @@ from spx_common.config import PROJECT_DIR, BusConfig, RuntimeConfig
 from spx_common.models import CoachEvent, CoachFeedback, coach_event_id
 from spx_common.store import open_store
 from tests.conftest import eventually
-from tests.store.conftest import db_url  # noqa: F401  (fixture: SQLite and PostgreSQL)
 
 S = 1_000_000_000
 
 
 def test_recorder_keeps_alerts_answers_and_availability_and_cli_reports_rates(db_url, run_dir, capsys,
-                                                                              monkeypatch):  # noqa: F811
+                                                                              monkeypatch):
     rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
     ctx = zmq.Context()
     pubs = {s: Publisher(ctx, bus.pub_endpoint(s, rt, bind=True), s, linger_ms=0) for s in ("coach", "gateway", "feed")}

@@ -44,7 +44,7 @@ def test_instance_independent_of_arrival(store, ending, direction, data):
     events = lifecycle(sid, ending, direction)
     arrival = data.draw(st.permutations(events + data.draw(st.lists(st.sampled_from(events), max_size=4))))
     cuts = sorted(data.draw(st.sets(st.integers(1, max(len(arrival) - 1, 1)), max_size=3)))
-    for a, b in zip([0, *cuts], [*cuts, len(arrival)]):
+    for a, b in zip([0, *cuts], [*cuts, len(arrival)], strict=True):
         store.record_transitions(arrival[a:b])
     ref, got = store.setup_instance(ref_id), store.setup_instance(sid)
     ref.pop("setup_id"), got.pop("setup_id")

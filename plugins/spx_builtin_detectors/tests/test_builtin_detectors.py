@@ -603,7 +603,7 @@ def test_all_builtins_on_a_generated_session_fire_validly_deterministically_and_
     runs = [run_plugin(spx_builtin_detectors, bars, chain=chain, config=cfg) for _ in range(2)]
     run = runs[0]
     assert set(run.status) == set(FIRING)
-    for name, st in run.status.items():
+    for _name, st in run.status.items():
         assert st["status"] == "active" and st["errors"] == 0 and st["refused"] == 0, st
         assert st["calls"] > 0
     # gating (family cap, dedup) may hold some back, but every candidate is geometrically valid
@@ -641,7 +641,7 @@ def test_builtins_leave_the_shared_context_as_they_found_it():
     before, after = [], []
     package = types.SimpleNamespace(DETECTORS=[spy("before", before), *spx_builtin_detectors.DETECTORS,
                                                spy("after", after)])
-    for name, (module, build, kw, direction) in FIRING.items():
+    for name, (_module, build, kw, direction) in FIRING.items():
         run = run_plugin(package, build(True), **kw)
         assert (name, direction) in fired(run)
     assert before and before == after  # every plugin saw the same, untouched context

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from services.detector.hookspecs import API_VERSION, hookimpl
 
+__all__ = ["API_VERSION", "bad", "candidate", "describe", "hookimpl"]
+
 
 def describe(name: str) -> dict:
     return {"name": name, "family": name, "version": "1", "api_version": API_VERSION}
