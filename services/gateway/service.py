@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 import pydantic
 import websockets
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.protocol import State
@@ -109,6 +109,26 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def write_now(ws: ServerConnection, data: bytes, write_limit: int) -> bool:
+    """Write one text message at once through ``websockets``' supported synchronous write,
+    :func:`~websockets.asyncio.server.broadcast` for this one connection (the library's protocol state
+    machine and frame serializer, no task switch): what makes a fan-out to 1,000 clients one loop
+    instead of 1,000 task wake-ups (docs/performance.md, benchmarks/gateway_frames.py).
+
+    ``broadcast`` applies no backpressure, so a connection whose transport already buffers more than
+    ``write_limit`` bytes (read as the library's broadcast guide does, ``transport.get_write_buffer_size()``)
+    is refused, as is one that is not open or is in the middle of a fragmented send: False, and the
+    caller queues the message for its writer task, which awaits ``send()`` and its backpressure.
+    """
+    if ws.state is not State.OPEN or ws.transport.get_write_buffer_size() > write_limit:
+        return False
+    try:
+        broadcast((ws,), data, text=True, raise_exceptions=True)
+    except ExceptionGroup:  # a fragmented send in progress, or the transport refused the write
+        return False
+    return True
 
 
 class GatewayService(BusService):
@@ -615,26 +635,9 @@ class GatewayService(BusService):
         self._seeded[name] = (ok, time.monotonic())
 
     def _direct(self, conn: Connection, data: bytes) -> bool:
-        """Write now, without a task switch, when nothing is queued and the socket keeps up (what
-        ``websockets.broadcast`` does); otherwise the message is queued for the writer task."""
-        ws = conn.ws
-        if (conn.closing or conn.writing or ws.protocol.state is not State.OPEN or ws.send_in_progress is not None
-                or ws.transport.get_write_buffer_size() > self.config.write_limit_bytes):
-            return False
-        # An unmasked, unfragmented, uncompressed text frame (RFC 6455 5.2) written as is: the same bytes
-        # protocol.send_text() would produce (compression is off), without its per-call overhead.
-        n = len(data)
-        if n < 126:
-            head = bytes((0x81, n))
-        elif n < 65536:
-            head = b"\x81\x7e" + n.to_bytes(2, "big")
-        else:
-            head = b"\x81\x7f" + n.to_bytes(8, "big")
-        try:
-            ws.transport.write(head + data)
-        except Exception:
-            return False
-        return True
+        """Write now, without a task switch, when nothing is queued and the socket keeps up; otherwise
+        (False) the message is queued for the writer task. See :func:`write_now`."""
+        return not (conn.closing or conn.writing) and write_now(conn.ws, data, self.config.write_limit_bytes)
 
     def _on_message(self, conn: Connection, raw: str | bytes) -> None:
         cfg = self.config
