@@ -24,7 +24,7 @@ from services.broker.ledger import Ledger
 from services.broker.paper import PaperBroker
 from spx_common.models import ContractRecommendation, ExitAdvice, SetupTransition
 
-T0 = int(dt.datetime(2026, 2, 20, 15, 0, tzinfo=dt.timezone.utc).timestamp() * 1e9)
+T0 = int(dt.datetime(2026, 2, 20, 15, 0, tzinfo=dt.UTC).timestamp() * 1e9)
 
 
 def report(label: str, seconds: float, n: int, unit: str) -> None:

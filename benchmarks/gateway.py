@@ -115,7 +115,7 @@ def client_proc(url: str, n: int, seconds: float, start_at: float, q: mp.Queue) 
                 while time.time() < end:
                     try:
                         raw = await asyncio.wait_for(ws.recv(), max(0.05, end - time.time()))
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         break
                     now = time.time_ns()
                     # only price messages are parsed: the client's JSON cost is not the gateway's
@@ -237,7 +237,7 @@ def raw_client_proc(port: int, n: int, seconds: float, start_at: float, q: mp.Qu
                     counts["connected"] += 1
                 else:
                     counts["errors"] += 1
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 counts["errors"] += 1
         await asyncio.sleep(max(0.0, start_at + seconds + 3 - time.time()))
         for tr in conns:
@@ -311,7 +311,7 @@ def attack_proc(port: int, junk: int, slow: int, flood: int, start_at: float, se
                     await asyncio.sleep(0.11)
                 if reader.at_eof():
                     raise ConnectionError
-        except (OSError, ConnectionError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, ConnectionError):
             counts["closed"] += 1
         try:
             writer.close()
@@ -332,7 +332,7 @@ def attack_proc(port: int, junk: int, slow: int, flood: int, start_at: float, se
                 counts["closed"] += reader_task.done()
                 reader_task.cancel()
                 writer.close()
-            except (OSError, ConnectionError, asyncio.TimeoutError):
+            except (TimeoutError, OSError, ConnectionError):
                 counts["closed"] += 1
             counts["reconnects"] += 1
             await asyncio.sleep(0.2)

@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 #: a watermark past every event time: the stream has ended (a finished replay)
 FINAL_NS = 1 << 62

@@ -38,7 +38,8 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import zmq
@@ -139,7 +140,7 @@ class Publisher:
         self.keep_prefixes = tuple(prefixes)
         self.kept = deque(self.kept, maxlen=max_frames)
 
-    def attach_outbox(self, outbox: "Outbox") -> list[tuple[str, bytes]]:
+    def attach_outbox(self, outbox: Outbox) -> list[tuple[str, bytes]]:
         """Journal every kept frame to ``outbox`` from now on, after loading the previous sessions'
         frames from it into the replay ring (call after :meth:`keep`). Returns the loaded frames
         (oldest first), e.g. for a service restoring its own state from what it published."""

@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import datetime as dt
 from functools import lru_cache
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
+from collections.abc import Iterable
 from zoneinfo import ZoneInfo
 
 ET = ZoneInfo("America/New_York")

@@ -143,7 +143,7 @@ class BusConfig(Section):
         return ("INSECURE BUS: tcp without CURVE (allow_insecure_tcp = true): every local account can send "
                 "requests to this process (credentials, flatten, orders); set curve = true")
 
-    def curve_keys_dir(self, runtime: "RuntimeConfig") -> Path:
+    def curve_keys_dir(self, runtime: RuntimeConfig) -> Path:
         return self.curve_dir or runtime.path("keys")
 
     def pub_endpoint(self, service: str, runtime: RuntimeConfig, *, bind: bool = False) -> str:

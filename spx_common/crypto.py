@@ -22,7 +22,7 @@ import binascii
 import os
 import secrets
 from pathlib import Path
-from typing import Mapping
+from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -96,7 +96,7 @@ class KeyRing:
         return list(self._keys)
 
     @classmethod
-    def parse(cls, text: str) -> "KeyRing":
+    def parse(cls, text: str) -> KeyRing:
         """Parse ``id:base64`` entries separated by commas or newlines (``#`` starts a comment)."""
         keys = []
         for raw in text.replace(",", "\n").splitlines():
@@ -114,7 +114,7 @@ class KeyRing:
         return cls(keys)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "KeyRing":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> KeyRing:
         """From ``SPX_CREDENTIALS_KEYS`` or else the file named by ``SPX_CREDENTIALS_KEY_FILE``."""
         env = os.environ if environ is None else environ
         if env.get("SPX_CREDENTIALS_KEYS"):

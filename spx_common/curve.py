@@ -53,7 +53,7 @@ class CurveKeys:
     public_dir: Path | None = None
 
     @classmethod
-    def load(cls, keys_dir: Path, identity: str) -> "CurveKeys":
+    def load(cls, keys_dir: Path, identity: str) -> CurveKeys:
         sec_path = keys_dir / "private" / f"{identity}.key_secret"
         if not sec_path.is_file():
             raise CurveError(f"no secret key {sec_path}; run 'spx keys generate {identity}' on this host")

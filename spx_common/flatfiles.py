@@ -29,7 +29,8 @@ import heapq
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator
 
 from spx_common.marketrules import EXCL_CORRECTION, SHARES_SINCE_NS, quote_size_factor
 from spx_common.models import Quote, Trade
@@ -174,15 +175,15 @@ class Columns:
 
     names: list[str]
     conds: list[tuple[int, ...]]
-    sym: "np.ndarray"
-    kind: "np.ndarray"
-    ts: "np.ndarray"
-    a: "np.ndarray"
-    b: "np.ndarray"
-    c: "np.ndarray"
-    d: "np.ndarray"
-    excl: "np.ndarray"
-    cond: "np.ndarray"
+    sym: np.ndarray
+    kind: np.ndarray
+    ts: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    c: np.ndarray
+    d: np.ndarray
+    excl: np.ndarray
+    cond: np.ndarray
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -195,7 +196,7 @@ def _column_types(kind: str):
     return {k: typ[v] for k, v in (_TRADE_TYPES if kind == "trades" else _QUOTE_TYPES).items()}
 
 
-def _lut(dictionary, codes: dict, table: list, convert) -> "np.ndarray":
+def _lut(dictionary, codes: dict, table: list, convert) -> np.ndarray:
     """Global codes (into ``table``) of a batch's dictionary values, converting new values once."""
     import numpy as np
 

@@ -40,7 +40,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from zoneinfo import ZoneInfo
 
 import msgspec

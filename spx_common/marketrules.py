@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 from spx_common.models import Quote, Trade
 
@@ -250,7 +250,7 @@ def explain_row(ev: Trade) -> str:
     """One line about an excluded trade: time, symbol, price, size, why."""
     import datetime as dt
 
-    when = dt.datetime.fromtimestamp(ev.ts / 1e9, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    when = dt.datetime.fromtimestamp(ev.ts / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     if ev.excl in (EXCL_CONDITION, EXCL_VOLUME_ONLY):
         why = ("volume only, " if ev.excl == EXCL_VOLUME_ONLY else "") + "conditions " + ", ".join(
             f"{c} {condition_name(c)}" for c in excluding_conditions(ev.cond))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import math
 import threading
-from typing import Iterable
+from collections.abc import Iterable
 
 DEFAULT_BUCKETS_MS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
 
@@ -41,7 +41,7 @@ def _num(x: float) -> str:
 class _Metric:
     kind = "untyped"
 
-    def __init__(self, registry: "Registry", name: str, doc: str, labels: Iterable[str], max_series: int) -> None:
+    def __init__(self, registry: Registry, name: str, doc: str, labels: Iterable[str], max_series: int) -> None:
         self.registry = registry
         self.name = name
         self.doc = doc

@@ -15,6 +15,7 @@ The hot path never goes through pydantic: msgspec validates on decode. Measured 
 from __future__ import annotations
 
 import functools
+import types
 import typing
 from typing import Annotated, Any
 
@@ -45,8 +46,9 @@ def _convert(tp: Any) -> Any:
         return model_for(tp)
     if origin is not None:
         args = tuple(_convert(a) for a in typing.get_args(tp))
-        if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-            return typing.Union[args]  # type: ignore[return-value]
+        if origin in (typing.Union, types.UnionType):
+            # built at run time from converted members: Union[...] takes the tuple, `X | Y` cannot
+            return typing.Union[args]  # noqa: UP007
         if origin is typing.Literal:
             return tp
         try:

@@ -36,7 +36,8 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, ClassVar
+from typing import Any, ClassVar
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import zmq
@@ -523,7 +524,7 @@ class BusService:
                 self.release_aligned()
             try:
                 await asyncio.wait_for(self.stop_event.wait(), self.bus.heartbeat_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     _last_input: float | None = None
@@ -630,7 +631,7 @@ class BusService:
                 self._route_frame(frame, part, True)
         try:
             await asyncio.wait_for(self.drain(), self.runtime.shutdown_grace_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.log.warning("drain did not finish within %.1fs", self.runtime.shutdown_grace_s)
         except Exception:
             self.log.exception("drain failed")

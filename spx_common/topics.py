@@ -10,7 +10,7 @@ of the mesh at 50,000 events/s (docs/performance.md). So a consumer of option ti
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from spx_common.models import MarketEvent
 

@@ -9,7 +9,7 @@ The formulas are the contract in ``docs/microbars.md`` (summary: ``pybars``' doc
 from __future__ import annotations
 
 import operator
-from typing import Iterable
+from collections.abc import Iterable
 
 from services.aggregator.pybars import (MAX_PENDING_QUOTES, NS, PyBarAggregator, PyTickCore, newest_by_kind,
                                         parse_interval)

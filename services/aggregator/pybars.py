@@ -31,7 +31,7 @@ the quote in force for later trades, since that is defined in stream order).
 from __future__ import annotations
 
 from itertools import chain
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import msgspec
 

@@ -35,7 +35,7 @@ import datetime as dt
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 from zoneinfo import ZoneInfo
 
 from services.broker import router

@@ -380,7 +380,7 @@ class BrokerService(BusService):
         while not self.stop_event.is_set():
             try:
                 it = await asyncio.wait_for(a.queue.get(), 0.2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             try:
                 await self._execute(it, a)
@@ -664,7 +664,7 @@ class BrokerService(BusService):
             try:
                 await asyncio.wait_for(self.stop_event.wait(), self.cfg.poll_interval_s)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             try:
                 await self.check_renewed(a)
@@ -895,7 +895,7 @@ class BrokerService(BusService):
             except TradierTokenExpired as exc:
                 await self._token_expired(a, exc, self._now())
                 errors[a.name] = a.token_expired
-            except (TradierError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, TradierError, OSError) as exc:
                 errors[a.name] = f"{type(exc).__name__}: {exc}"[:300]
                 self.log.warning("flatten: positions of %s not read (%s); flattening the ledger's", a.name, exc)
         self._publish_notices(self._now())
@@ -972,7 +972,7 @@ class BrokerService(BusService):
         try:
             await asyncio.wait_for(self.stop_event.wait(), first_delay_s)
             return
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         while not self.stop_event.is_set():
             try:
@@ -985,7 +985,7 @@ class BrokerService(BusService):
                 self.log.exception("%s failed", what)
             try:
                 await asyncio.wait_for(self.stop_event.wait(), interval_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _stream_loop(self, a: acc.Account) -> None:
@@ -997,7 +997,7 @@ class BrokerService(BusService):
                 a.stream_state = "token_expired"
                 try:
                     await asyncio.wait_for(self.stop_event.wait(), self.cfg.poll_interval_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 delay = 1.0
                 continue
@@ -1010,7 +1010,7 @@ class BrokerService(BusService):
             except TradierTokenExpired as exc:
                 await self._token_expired(a, exc, self._now())
                 continue
-            except (TradierError, OSError, asyncio.TimeoutError, Exception) as exc:
+            except (TimeoutError, TradierError, OSError, Exception) as exc:
                 a.stream_state = "down"
                 self.log.warning("%s: account events stream down (%s); polling orders", a.name, exc)
             end = time.monotonic() + delay
@@ -1023,7 +1023,7 @@ class BrokerService(BusService):
                     self.log.warning("%s: order polling failed: %s", a.name, exc)
                 try:
                     await asyncio.wait_for(self.stop_event.wait(), self.cfg.poll_interval_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             delay = min(delay * 2, 60.0)
 

@@ -51,7 +51,8 @@ import logging
 import random
 import time
 from decimal import Decimal
-from typing import Any, AsyncIterator, Callable
+from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 

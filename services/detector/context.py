@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from spx_common.models import MicroBar
 
@@ -41,7 +42,7 @@ class DetectorContext:
 
     @staticmethod
     def build(sym: str, now_ns: int, bars, state: dict, config: Mapping[str, Any],
-              minutes_since_open: float) -> "DetectorContext":
+              minutes_since_open: float) -> DetectorContext:
         """``state`` must be a document the caller will not reuse (it is frozen, not copied)."""
         return DetectorContext(sym, now_ns, tuple(bars), freeze(state),
                                config if isinstance(config, MappingProxyType) else freeze(dict(config)),

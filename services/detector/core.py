@@ -175,7 +175,7 @@ class DetectorEngine:
             return
         self._track(bar)[2].add(bar)
 
-    def _track(self, bar: MicroBar) -> tuple[SessionState, deque, "Rolling"]:
+    def _track(self, bar: MicroBar) -> tuple[SessionState, deque, Rolling]:
         """Fold ``bar`` into its symbol's session state and recent bars; its rolling window (not yet
         updated: on_bar reads the baseline of the bars before this one first)."""
         sym = bar.sym

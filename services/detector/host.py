@@ -18,7 +18,8 @@ import importlib.metadata
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import msgspec
 import pluggy
@@ -61,7 +62,7 @@ class Limits:
     hang_ms: float = 2000.0
     mem_mb: int = 512
 
-    def override(self, doc: dict | None) -> "Limits":
+    def override(self, doc: dict | None) -> Limits:
         if not doc:
             return self
         known = {k: v for k, v in doc.items() if k in ("cpu_ms", "stop_ms", "hang_ms", "mem_mb")}

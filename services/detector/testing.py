@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from services.detector.config import DetectorConfig
 from services.detector.core import DetectorEngine

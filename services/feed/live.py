@@ -391,7 +391,7 @@ class LiveIngest:
                 connected_at = None
             try:
                 await asyncio.wait_for(first.wait(), 0.25)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         self._first_pending.discard(market)
         if stop.is_set():
@@ -532,7 +532,7 @@ class LiveIngest:
                 wake.clear()
                 try:
                     await asyncio.wait_for(wake.wait(), 0.5)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
             n = 0
             while raw and n < 500:
@@ -578,7 +578,7 @@ class LiveIngest:
             await self._apply(actions)
             try:
                 await asyncio.wait_for(stop.wait(), wait)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _poll_once(self) -> None:
@@ -612,7 +612,7 @@ class LiveIngest:
                     self.svc.log.warning("chain snapshot failed: %s", exc)
             try:
                 await asyncio.wait_for(stop.wait(), cfg.chain_every_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _publish_chain(self) -> None:

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Union
+from typing import Any
+from collections.abc import Iterable
 from zoneinfo import ZoneInfo
 
 from spx_common import calendar as mcal
@@ -93,7 +94,7 @@ class GapMerged:
     market: str
 
 
-Action = Union[SetMode, Poll, Resubscribe, Backfill, GapMerged]
+Action = SetMode | Poll | Resubscribe | Backfill | GapMerged
 
 
 # --------------------------------------------------------------------------- pure helpers

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from typing import Iterable
+from collections.abc import Iterable
 
 from spx_common.models import IndexValue, MarketEvent, Quote, Trade
 from spx_common.topics import tick_topic

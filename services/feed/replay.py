@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 from spx_common import journal
 from spx_common.models import MarketEvent
@@ -187,7 +187,7 @@ async def pace(
                 if stop is not None:
                     try:
                         await asyncio.wait_for(stop.wait(), delay)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
                 else:
                     await asyncio.sleep(delay)

@@ -39,7 +39,8 @@ import asyncio
 import math
 import random
 import time
-from typing import Any, AsyncIterator
+from typing import Any
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import httpx
@@ -98,7 +99,7 @@ class MassiveRest:
         self._last_refill = time.monotonic()
         self._bucket_lock = asyncio.Lock()
 
-    async def __aenter__(self) -> "MassiveRest":
+    async def __aenter__(self) -> MassiveRest:
         return self
 
     async def __aexit__(self, *exc) -> None:

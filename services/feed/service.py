@@ -447,7 +447,7 @@ class FeedService(BusService):
         if self.cfg.replay_start_delay_s:
             try:
                 await asyncio.wait_for(self.stop_event.wait(), self.cfg.replay_start_delay_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         chain_every = int(self.cfg.chain_every_s * 1e9)
         root = self.cfg.option_root

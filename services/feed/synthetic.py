@@ -34,7 +34,7 @@ import heapq
 import math
 import random
 from dataclasses import dataclass
-from typing import Iterator
+from collections.abc import Iterator
 from zoneinfo import ZoneInfo
 
 from spx_common.models import IndexValue, MarketEvent, Quote, Trade
@@ -152,7 +152,7 @@ class SyntheticSession:
     def end_ns(self) -> int:
         return self.ts(self.duration_s)
 
-    def next_session(self) -> "SyntheticSession":
+    def next_session(self) -> SyntheticSession:
         """The following weekday, next seed, same parameters (for looping replays)."""
         d = self.date + dt.timedelta(days=1)
         while d.weekday() >= 5:

@@ -28,7 +28,7 @@ import asyncio
 import random
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 import msgspec
 import websockets
@@ -96,8 +96,8 @@ class MassiveStream:
         sink: deque,
         wake: asyncio.Event,
         *,
-        on_connected: Callable[["MassiveStream"], None] | None = None,
-        on_reconnect: Callable[["MassiveStream", int], None] | None = None,
+        on_connected: Callable[[MassiveStream], None] | None = None,
+        on_reconnect: Callable[[MassiveStream, int], None] | None = None,
         count: Callable[[str, str], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -122,7 +122,7 @@ class MassiveStream:
         self.last_status = ""  # the last notable vendor status (max_connections, slow_consumer, ...)
         self.evictions = 0  # max_connections received
         #: called when a raw frame of a stream is dropped because the queue is full
-        self.on_overflow: Callable[["MassiveStream", int], None] | None = None
+        self.on_overflow: Callable[[MassiveStream, int], None] | None = None
         self.fatal: str = ""
         self._down_since_ns: int | None = None
         #: arrival of the newest frame (or of the handshake): where a gap can begin. A connection that
@@ -182,7 +182,7 @@ class MassiveStream:
             except AuthFailed:
                 self.fatal = self.last_error
                 raise
-            except (OSError, asyncio.TimeoutError, websockets.WebSocketException, msgspec.DecodeError) as exc:
+            except (TimeoutError, OSError, websockets.WebSocketException, msgspec.DecodeError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
             finally:
                 if self.connected:
@@ -287,7 +287,7 @@ class MassiveStream:
         if ws is not None:
             try:
                 await asyncio.wait_for(ws.close(), 2)
-            except (asyncio.TimeoutError, websockets.WebSocketException, OSError):
+            except (TimeoutError, websockets.WebSocketException, OSError):
                 pass
 
 
@@ -301,5 +301,5 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     try:
         await asyncio.wait_for(stop.wait(), max(seconds, 0.0))
         return True
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return stop.is_set()

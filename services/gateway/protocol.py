@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
@@ -196,8 +196,8 @@ class FeedbackData(_Strict):
 
 
 CREDENTIAL_REQUESTS = (CredentialsSet, CredentialsTest, CredentialsRemove, CredentialsStatus)
-ClientMessage = Annotated[Union[Subscribe, Unsubscribe, Ping, Auth, CredentialsSet, CredentialsTest,
-                                CredentialsRemove, CredentialsStatus, Flatten, Ack, Dismiss],
+ClientMessage = Annotated[(Subscribe | Unsubscribe | Ping | Auth | CredentialsSet | CredentialsTest
+                          | CredentialsRemove | CredentialsStatus | Flatten | Ack | Dismiss),
                           Field(discriminator="op")]
 CLIENT_ADAPTER: TypeAdapter = TypeAdapter(ClientMessage)
 

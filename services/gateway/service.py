@@ -228,7 +228,7 @@ class GatewayService(BusService):
         while not self.stop_event.is_set():
             try:
                 await asyncio.wait_for(self.stop_event.wait(), period)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             try:
                 self.hub.poll_prices()

@@ -20,7 +20,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, TextIO
+from typing import Any, TextIO
+from collections.abc import Callable, Iterable
 
 import msgspec
 
@@ -150,7 +151,7 @@ async def _fetch(store: Store, rest: Any, kind: str, sym: str, day: dt.date, sum
         for i in range(0, len(bars), CHUNK):
             await asyncio.to_thread(store.upsert_bars, bars[i:i + CHUNK])
         return len(bars)
-    start = int(dt.datetime.combine(day, dt.time(), dt.timezone.utc).timestamp()) * 1_000_000_000
+    start = int(dt.datetime.combine(day, dt.time(), dt.UTC).timestamp()) * 1_000_000_000
     end = start + 86_400 * 1_000_000_000
     it = rest.trades(sym, gte_ns=start, lt_ns=end) if kind == "trades" else rest.quotes(sym, gte_ns=start, lt_ns=end)
     rules = TradeRules()

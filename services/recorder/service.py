@@ -220,7 +220,7 @@ class Recorder(BusService):
                     self._catch_up_pending = False
             try:
                 await asyncio.wait_for(self.stop_event.wait(), 2.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _maybe_requarantine(self, event_ns: int) -> None:

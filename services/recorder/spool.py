@@ -15,7 +15,7 @@ import os
 import struct
 import threading
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import msgspec
 

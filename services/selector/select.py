@@ -81,7 +81,7 @@ class Policy:
     max_premium_per_trade: float | None = None  # None = sizing.PREMIUM_MULTIPLE x the risk budget
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "Policy":
+    def from_config(cls, cfg: Any) -> Policy:
         return cls(**{k: getattr(cfg, k) for k in cls.__dataclass_fields__ if hasattr(cfg, k)})
 
 

@@ -10,7 +10,7 @@ is never judged on too little evidence.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import msgspec
 

@@ -4,7 +4,8 @@ natural id, so replaying a spool, a journal or a backfill never duplicates a row
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any
+from collections.abc import Iterable, Sequence
 
 import msgspec
 import sqlalchemy as sa

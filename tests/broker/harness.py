@@ -17,7 +17,7 @@ from spx_common.models import ContractRecommendation, ExitAdvice, Quote, SetupTr
 from tests.conftest import eventually
 
 SYM = "SPXW260220C05000000"
-T0 = int(dt.datetime(2026, 2, 20, 15, 0, tzinfo=dt.timezone.utc).timestamp() * 1e9)
+T0 = int(dt.datetime(2026, 2, 20, 15, 0, tzinfo=dt.UTC).timestamp() * 1e9)
 
 
 class Harness:

@@ -14,7 +14,7 @@ from services.broker.engine import Block, Cancel, Engine, Gates, Limits, Modify,
 from spx_common.models import ContractRecommendation, ExitAdvice, SetupTransition, SizingBreakdown
 
 SYMS = ["SPXW260220C05000000", "SPXW260220P04990000", "SPXW260220C05010000"]
-T0 = int(dt.datetime(2026, 2, 20, 15, 0, tzinfo=dt.timezone.utc).timestamp() * 1e9)
+T0 = int(dt.datetime(2026, 2, 20, 15, 0, tzinfo=dt.UTC).timestamp() * 1e9)
 
 
 def tr(setup, state, ts=T0, reason="r"):

@@ -15,7 +15,7 @@ from services.broker.entry_size import EntryRisk, size_entry
 from spx_common import greeks, sizing
 from spx_common.models import ContractRecommendation, SetupTransition, SizingBreakdown
 
-T0 = int(dt.datetime(2026, 2, 20, 15, 0, tzinfo=dt.timezone.utc).timestamp() * 1e9)  # 10:00 ET
+T0 = int(dt.datetime(2026, 2, 20, 15, 0, tzinfo=dt.UTC).timestamp() * 1e9)  # 10:00 ET
 CALL, PUT = "SPXW260220C05000000", "SPXW260220P05000000"  # 0DTE at T0
 LATER = "SPXW260320C05000000"
 

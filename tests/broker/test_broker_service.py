@@ -171,7 +171,7 @@ def test_late_day_flatten_guarded_by_flag(run_dir, enabled):
     try:
         h.quote_live(1.95, 2.0, T0)
         eventually(lambda: h.trigger("f-1", T0 + S, qty=2) or h.seen("fill.default"), 10)
-        late = int(dt.datetime(2026, 2, 20, 20, 52, tzinfo=dt.timezone.utc).timestamp() * 1e9)  # 15:52 ET
+        late = int(dt.datetime(2026, 2, 20, 20, 52, tzinfo=dt.UTC).timestamp() * 1e9)  # 15:52 ET
         h.quote_live(1.5, 1.6, late)
         if enabled:
             eventually(lambda: h.seen("position.default")[-1].quantity == 0, 10, what="flattened")
@@ -433,7 +433,7 @@ def test_tradier_late_day_flatten_failure_is_logged_alerted_and_bounded(run_dir)
         try:
             eventually(lambda: h.call("status")["broker"]["engine"]["trades"], 10, what="adopted")
             fake.script("reject", "place", times=100)  # the broker refuses every exit
-            late = int(dt.datetime(2026, 2, 20, 20, 52, tzinfo=dt.timezone.utc).timestamp() * 1e9)  # 15:52 ET
+            late = int(dt.datetime(2026, 2, 20, 20, 52, tzinfo=dt.UTC).timestamp() * 1e9)  # 15:52 ET
             h.quote_live(1.5, 1.6, late)
             eventually(lambda: [b for b in h.seen("block.broker") if b.reason == "exit_retries_exhausted"], 15,
                        what="bounded retries")

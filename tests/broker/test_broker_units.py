@@ -15,7 +15,7 @@ from services.broker.paper import PaperBroker
 from spx_common.models import Order
 
 SYM = "SPXW260220C05000000"
-ET_NOON = int(dt.datetime(2026, 2, 20, 17, 0, tzinfo=dt.timezone.utc).timestamp() * 1e9)
+ET_NOON = int(dt.datetime(2026, 2, 20, 17, 0, tzinfo=dt.UTC).timestamp() * 1e9)
 
 
 # ----------------------------------------------------------------------------- tick grid and payloads
@@ -160,7 +160,7 @@ def test_reconcile_and_flatten_timing():
     assert pf.reconcile({SYM: 2}, {SYM: 2}) == []
     assert pf.reconcile({SYM: 2}, {SYM: 1, "X": 1}) == [
         {"symbol": SYM, "internal": 2, "broker": 1, "drift": -1}, {"symbol": "X", "internal": 0, "broker": 1, "drift": 1}]
-    at = lambda h, m: int(dt.datetime(2026, 2, 20, h, m, tzinfo=dt.timezone.utc).timestamp() * 1e9)  # noqa: E731
+    at = lambda h, m: int(dt.datetime(2026, 2, 20, h, m, tzinfo=dt.UTC).timestamp() * 1e9)  # noqa: E731
     assert not pf.flatten_due(at(20, 49), 10) and pf.flatten_due(at(20, 50), 10) and not pf.flatten_due(at(21, 0), 10)
     assert pf.is_zero_dte(SYM, ET_NOON) and not pf.is_zero_dte("SPXW260223C05000000", ET_NOON)
     assert not pf.is_zero_dte("garbage", ET_NOON)

@@ -52,7 +52,8 @@ import threading
 import time
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 from urllib.parse import parse_qs, quote, unquote, urlparse
 
 import websockets
@@ -136,7 +137,7 @@ class FakeMassive:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def __enter__(self) -> "FakeMassive":
+    def __enter__(self) -> FakeMassive:
         self.start()
         return self
 
@@ -177,7 +178,7 @@ class FakeMassive:
         self._server.close()
         try:
             await asyncio.wait_for(self._server.wait_closed(), 3)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def stop(self) -> None:
@@ -772,6 +773,6 @@ def _ms(value: str, end: bool = False) -> int:
         return int(value)
     import datetime as dt
 
-    d = dt.datetime.fromisoformat(value).replace(tzinfo=dt.timezone.utc)
+    d = dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
     ms = int(d.timestamp() * 1000)
     return ms + 86_400_000 - 1 if end else ms

@@ -112,7 +112,7 @@ class FakeTradier:
 
     # ------------------------------------------------------------------ control
 
-    def start(self) -> "FakeTradier":
+    def start(self) -> FakeTradier:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -150,7 +150,7 @@ class FakeTradier:
         self._http_thread.join(5)
         self._ws_thread.join(5)
 
-    def __enter__(self) -> "FakeTradier":
+    def __enter__(self) -> FakeTradier:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -31,7 +31,7 @@ class RunningFeed:
         self._stop = threading.Event()
         self.exit_code: int | None = None
 
-    def __enter__(self) -> "RunningFeed":
+    def __enter__(self) -> RunningFeed:
         self.ctx = zmq.Context()
         self.sub = Subscriber(self.ctx, [self.bus.pub_endpoint("feed", self.runtime)], self.prefixes)
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -109,7 +109,7 @@ def test_before_the_open_and_on_closed_days_nothing_is_counted():
     cal = MarketCalendar()
     sat = dt.date(2026, 12, 5)
     av = Availability(calendar=cal)
-    noon = int(dt.datetime(2026, 12, 5, 12, tzinfo=dt.timezone.utc).timestamp()) * NS
+    noon = int(dt.datetime(2026, 12, 5, 12, tzinfo=dt.UTC).timestamp()) * NS
     av.on_price(noon)
     av.advance(noon + 3600 * NS)
     assert av.current() is None and not av.take_closed() and not cal.is_trading_day(sat)

@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 from spx_common import greeks, sizing
 from spx_common.sizing import Budget, Leg, size
 
-NOW = int(dt.datetime(2026, 2, 20, 15, 0, tzinfo=dt.timezone.utc).timestamp() * 1e9)  # 10:00 ET
+NOW = int(dt.datetime(2026, 2, 20, 15, 0, tzinfo=dt.UTC).timestamp() * 1e9)  # 10:00 ET
 EXP = sizing.expiry_ns(dt.date(2026, 2, 20))
 BIG = Budget(risk_dollars=500, buying_power=1e9, max_contracts=10_000, max_premium=1e12)
 

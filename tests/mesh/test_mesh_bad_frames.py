@@ -31,7 +31,7 @@ TOPICS = {
 
 
 def _counter(metrics: str, reason: str) -> float:
-    m = re.search(r'bus_bad_frames_total\{reason="%s"\} ([0-9.e+]+)' % reason, metrics)
+    m = re.search(rf'bus_bad_frames_total\{{reason="{re.escape(reason)}"\}} ([0-9.e+]+)', metrics)
     return float(m.group(1)) if m else 0.0
 
 

@@ -52,7 +52,7 @@ async def _collect(url: str, channels: list[str], want: set[str], timeout_s: flo
         while time.monotonic() < deadline and not want <= {c for c, msgs in got.items() if msgs}:
             try:
                 raw = await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             msg = json.loads(raw)
             assert msg.get("type") != "error", msg

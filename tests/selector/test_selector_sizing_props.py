@@ -17,7 +17,7 @@ from services.selector.chain import Chain, Contract, expiry_ns
 from services.selector.select import Policy, RiskContext, SetupSpec, select
 from spx_common import greeks, occ
 
-NOW = int(dt.datetime(2026, 2, 20, 15, 30, tzinfo=dt.timezone.utc).timestamp() * 1e9)
+NOW = int(dt.datetime(2026, 2, 20, 15, 30, tzinfo=dt.UTC).timestamp() * 1e9)
 DAY = dt.date(2026, 2, 20)
 
 

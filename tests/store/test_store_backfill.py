@@ -18,7 +18,7 @@ DAY2 = dt.date(2026, 11, 23)  # the next Monday
 
 
 def day_ms(d: dt.date) -> int:
-    return int(dt.datetime.combine(d, dt.time(14, 30), dt.timezone.utc).timestamp() * 1000)
+    return int(dt.datetime.combine(d, dt.time(14, 30), dt.UTC).timestamp() * 1000)
 
 
 def aggs(d: dt.date, n: int, step_ms: int, base: float = 500.0) -> list[dict]:
@@ -130,7 +130,7 @@ def test_flat_file_import(store, tmp_path):
 def test_trades_and_quotes_paginated_into_market_events(store, fake):
     from spx_common.models import Quote, Trade
 
-    t0 = int(dt.datetime.combine(DAY, dt.time(15), dt.timezone.utc).timestamp()) * 10**9
+    t0 = int(dt.datetime.combine(DAY, dt.time(15), dt.UTC).timestamp()) * 10**9
     fake.trades["SPY"] = [Trade(sym="SPY", price=600 + i * 0.01, size=10, ts=t0 + i * 10**6, seq=i)
                           for i in range(2300)]
     fake.quotes["SPY"] = [Quote(sym="SPY", bid=599.9, ask=600.1, bid_size=100, ask_size=200, ts=t0 + i * 10**6,
@@ -178,7 +178,7 @@ def test_excluded_prints_are_counted_not_stored_and_stay_out_of_the_stored_bars(
     regular prints (docs/microbars.md)."""
     from spx_common.models import Trade
 
-    t0 = int(dt.datetime.combine(DAY, dt.time(15), dt.timezone.utc).timestamp()) * 10**9
+    t0 = int(dt.datetime.combine(DAY, dt.time(15), dt.UTC).timestamp()) * 10**9
     fake.trades["SPY"] = [Trade(sym="SPY", price=600.0, size=10, ts=t0, seq=1, cond=[14]),
                           Trade(sym="SPY", price=650.0, size=7, ts=t0 + 1, seq=2, cond=[37]),
                           Trade(sym="SPY", price=650.0, size=5, ts=t0 + 2, seq=3),

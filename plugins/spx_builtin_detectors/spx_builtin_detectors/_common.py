@@ -22,7 +22,8 @@ Nothing here keeps state between bars: a detector is a pure function of its cont
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 MICRO_WEIGHTS = {"aggressor_skew": 0.075, "bid_ask_imbalance": 0.075, "quote_coverage_pct": 0.025,
                  "avg_spread_bps": 0.025}

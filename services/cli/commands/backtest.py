@@ -131,7 +131,7 @@ def cmd_backtest(args) -> int:
     print(f"{sample['bars']:,} bars, {sample['ticks']:,} ticks, {sample['setups']} setups")
     print(f"{o['trades']} resolved trades: T1 {o['t1_rate']:.1%}  T2 {o['t2_rate']:.1%}  "
           f"expectancy {o['expectancy_r']:+.3f} R  max drawdown {o['max_drawdown_r']:.2f} R")
-    print(("PROMOTE" if pr["promote"] else "REFUSED: " + "; ".join(pr["refusals"])))
+    print("PROMOTE" if pr["promote"] else "REFUSED: " + "; ".join(pr["refusals"]))
     for k, v in result.get("profile_changes", {}).items():
         print(f"quarantined {k}: {v}")
     print(f"report: {paths['md']}  {paths['png']}  {paths['json']}", file=sys.stderr)
