@@ -31,10 +31,8 @@ from collections import deque
 import asyncio
 import logging
 import os
-import struct
 import time
 import uuid
-import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +43,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from spx_common import codec
+from spx_common import codec, recordlog
 from spx_common.codec import Frame, FrameError
 from spx_common.curve import CurveKeys
 from spx_common.metrics import Registry
@@ -161,7 +159,6 @@ class Publisher:
         return out
 
     def heartbeat(self, started_ns: int, state: str = "running", detail: str = "", stats=None, flags=None) -> None:
-        import os
 
         now = time.time_ns()
         hb = Heartbeat(
@@ -187,7 +184,8 @@ class Publisher:
 
 # ----------------------------------------------------------------------------- outbox
 
-_REC = struct.Struct("<IIH")  # record length (after this header), crc32 of the rest, topic length
+#: framing bytes of an outbox record: the record log's head and the topic length
+_REC_HEAD = recordlog.CURRENT.head_size + 2
 
 
 class Outbox:
@@ -199,11 +197,12 @@ class Outbox:
     lose the unsynced tail; ``fsync=True`` closes that too, at the price of one disk flush per
     record.) At start :meth:`load` reads the previous sessions' frames back (the publisher puts
     them into its replay ring, so a consumer's catch-up fetches them) and rewrites the file
-    without a torn or corrupt tail.
+    without a torn or corrupt tail (a file of the framing before :mod:`spx_common.recordlog` is
+    read and rewritten in the current one: the migration happens once, at the first start).
 
-    Record: ``<u32 length><u32 crc32><u16 topic length><topic><payload>`` (the payload exactly
-    as published). Bounds: the file never grows past ``max_bytes``; when it would, it is
-    compacted to the newest kept frames that fit in half of it (written to a temporary file,
+    A :mod:`~spx_common.recordlog` file; each record ``<u16 topic length><topic><payload>`` (the
+    payload exactly as published). Bounds: the file never grows past ``max_bytes``; when it would,
+    it is compacted to the newest kept frames that fit in half of it (written to a temporary file,
     then renamed over, so a kill during compaction leaves the old file whole; a failed compaction
     is retried after ``RETRY_S``, not on every frame); frames older than ``max_age_ns`` of *event
     time* behind the newest one are dropped at load. Failures to write are counted and logged,
@@ -219,9 +218,8 @@ class Outbox:
         self.max_bytes = max_bytes
         self.max_age_ns = max_age_ns
         self.fsync = fsync
-        self.size = 0
         self.newest_ns = 0
-        self._fd: int | None = None
+        self._log = recordlog.RecordWriter(self.path, fsync=fsync)
         #: why the last write failed, until one succeeds again (the owner reports itself degraded)
         self.fault: str | None = None
         metrics = registry or Registry()
@@ -235,42 +233,38 @@ class Outbox:
         self.m_compactions = metrics.counter("outbox_compactions_total", "Journal rewrites to stay within bounds.")
         self.m_bytes = metrics.gauge("outbox_bytes", "Size of the outbox journal.")
 
+    @property
+    def size(self) -> int:
+        return self._log.size
+
     # ---------------------------------------------------------------- read
     def load(self) -> list[tuple[str, bytes]]:
         """The valid frames of the journal, oldest first (bounded by age and size), after which the
         file holds exactly those; opens the journal for appending."""
         frames: list[tuple[str, bytes, int]] = []
+        stats = recordlog.ScanStats()
         try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            data = b""
+            records = list(recordlog.iter_file(self.path, recordlog.LEGACY_OUTBOX, stats))
         except OSError as exc:  # left as it is (not rewritten): appending goes on if it can
             log.error("outbox %s unreadable (%r): nothing reloaded", self.path, exc)
             self.m_refused.inc(reason="unreadable")
             try:
-                self._open()
-            except OSError as exc2:
+                self._log.open()
+            except (OSError, recordlog.LegacyFile) as exc2:
                 self._failed(exc2)
             return []
-        pos, end = 0, len(data)
-        while pos < end:
-            if end - pos < _REC.size:
+        if stats.corrupt:
+            self.m_refused.inc(stats.corrupt, reason="crc")  # contents damaged: that record skipped
+        if stats.torn:
+            self.m_refused.inc(stats.torn, reason="torn")  # a record cut short: the end of what was written
+        for rec in records:
+            tlen = int.from_bytes(rec[:2], "little")
+            if len(rec) < 2 + tlen:
                 self.m_refused.inc(reason="torn")
-                break
-            length, crc, tlen = _REC.unpack_from(data, pos)
-            body_end = pos + 8 + length
-            if length < 2 + tlen or body_end > end:
-                self.m_refused.inc(reason="torn")  # a record cut short: the end of what was written
-                break
-            if zlib.crc32(data[pos + 8:body_end]) != crc:
-                self.m_refused.inc(reason="crc")  # framing intact, contents damaged: skip this record
-                pos = body_end
                 continue
-            topic_b = data[pos + 10:pos + 10 + tlen]
-            payload = data[pos + 10 + tlen:body_end]
-            pos = body_end
+            payload = rec[2 + tlen:]
             try:
-                frame = codec.decode_frames([topic_b, payload])
+                frame = codec.decode_frames([rec[2:2 + tlen], payload])
             except FrameError as exc:
                 self.m_refused.inc(reason=exc.reason)
                 continue
@@ -289,7 +283,7 @@ class Outbox:
         for t, p, ns in reversed(frames):
             if ns < floor:
                 continue
-            n = _REC.size + len(t.encode()) + len(p)
+            n = _REC_HEAD + len(t.encode()) + len(p)
             if n > budget:
                 break  # a contiguous newest tail: every later frame of a record's history stays
             budget -= n
@@ -300,8 +294,7 @@ class Outbox:
     @staticmethod
     def _record(topic: str, payload: bytes) -> bytes:
         tb = topic.encode()
-        rest = len(tb).to_bytes(2, "little") + tb + payload
-        return struct.pack("<II", len(rest), zlib.crc32(rest)) + rest
+        return len(tb).to_bytes(2, "little") + tb + payload
 
     def append(self, topic: str, payload: bytes, event_ns: int, ring=None) -> None:
         """Journal one frame (before it is sent). ``ring`` (the publisher's kept frames, this one
@@ -310,23 +303,16 @@ class Outbox:
         if event_ns > self.newest_ns:
             self.newest_ns = event_ns
         try:
-            if self._fd is None:
-                self._open()
-            if self.size + len(rec) > self.max_bytes and time.monotonic() >= self._compact_retry_at:
+            if not self._log.is_open:
+                self._log.open()
+            if (self.size + len(rec) + _REC_HEAD - 2 > self.max_bytes
+                    and time.monotonic() >= self._compact_retry_at):
                 self.compact(list(ring or ()))
-            os.write(self._fd, rec)
-            if self.fsync:
-                os.fsync(self._fd)
-        except OSError as exc:
-            if self._fd is not None and self.size:
-                try:  # a partial record (disk full mid-write) would tear the journal: cut it off
-                    os.ftruncate(self._fd, self.size)
-                except OSError:
-                    pass
+            self._log.append([rec])
+        except (OSError, recordlog.LegacyFile) as exc:
             self._failed(exc)
             return
         self.fault = None
-        self.size += len(rec)
         self.m_written.inc()
         self.m_bytes.set(self.size)
 
@@ -337,26 +323,16 @@ class Outbox:
             self.m_compactions.inc()
         else:
             self._compact_retry_at = time.monotonic() + self.RETRY_S
-            if self._fd is None:
-                self._open()  # keep appending to the old journal meanwhile
+            if not self._log.is_open:
+                self._log.open()  # keep appending to the old journal meanwhile
 
     _compact_retry_at = 0.0
 
     def _rewrite(self, frames: list[tuple[str, bytes, int]]) -> bool:
         self.close()
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            blob = b"".join(self._record(t, p) for t, p, _ in frames)
-            # 0600 whatever the umask, like the journal it replaces (it holds orders and fills)
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
-                os.fchmod(fh.fileno(), 0o600)
-                fh.write(blob)
-                if self.fsync:
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-            self._open()
+            recordlog.rewrite(self.path, (self._record(t, p) for t, p, _ in frames), fsync=self.fsync)
+            self._log.open(check=False)
         except OSError as exc:
             self._failed(exc)
             return False
@@ -364,16 +340,11 @@ class Outbox:
             self.m_bytes.set(self.size)
         return True
 
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self.size = os.fstat(self._fd).st_size
-
     _last_error_log = 0.0
 
-    def _failed(self, exc: OSError) -> None:
+    def _failed(self, exc: Exception) -> None:
         self.m_errors.inc()
-        self.fault = f"outbox {self.path.name} not written: {exc.strerror or exc}"
+        self.fault = f"outbox {self.path.name} not written: {getattr(exc, 'strerror', None) or exc}"
         now = time.monotonic()
         if now - self._last_error_log > 10:
             self._last_error_log = now
@@ -382,12 +353,10 @@ class Outbox:
         self.close()
 
     def close(self) -> None:
-        if self._fd is not None:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-            self._fd = None
+        try:
+            self._log.close()
+        except OSError:
+            pass
 
 
 # ----------------------------------------------------------------------------- subscribe

@@ -2,19 +2,22 @@
 
 Layout: ``<run_dir>/journal/<YYYY-MM-DD>.ticks`` (the America/New_York trading date of the
 events), and when a day file passes ``max_file_bytes`` the next parts ``<date>.001.ticks``,
-``<date>.002.ticks``...  A file is a sequence of records::
+``<date>.002.ticks``...  A file is a :mod:`spx_common.recordlog` (length, CRC-32, payload) whose
+records are::
 
-    [ length: uint32 little-endian ][ msgpack of list[Trade | Quote | IndexValue] ]
+    msgpack of list[Trade | Quote | IndexValue]
 
-one record per published batch, in publish order, so a replay sees the same batches.
+one record per published batch, in publish order, so a replay sees the same batches. Files written
+before the record log (a ``<u32 LE length>`` prefix, no magic, no CRC) are still read; the writer never
+appends to one (a restart on such a day starts the next part).
 
 Durability contract: :meth:`JournalWriter.append` only queues the batch (no encoding, no I/O on
 the caller's thread).  A writer thread wakes every ``flush_interval_s`` (default 0.25 s), encodes
 everything queued and hands it to the operating system with one ``write``.  So if the *process*
 crashes, at most the batches appended during the last flush interval are lost; with
 ``fsync=True`` the same holds for a machine crash (at the cost of an ``fsync`` per interval).
-A torn record at the end of a file (crash during a write) is detected by its length prefix and
-ignored by the reader, which counts it.
+A torn record at the end of a file (crash during a write) is cut off before the writer appends after
+it; a reader ignores it and counts it, and skips (and counts) a record whose CRC fails.
 
 The queue is bounded (``max_pending`` events); beyond it batches are dropped and counted in
 ``JournalWriter.dropped`` rather than growing memory without limit.
@@ -34,7 +37,6 @@ from __future__ import annotations
 
 import datetime as dt
 import mmap
-import os
 import struct
 import threading
 from collections import deque
@@ -45,11 +47,13 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
+from spx_common import recordlog
 from spx_common.models import MarketEvent
 
 ET = ZoneInfo("America/New_York")
 SUFFIX = ".ticks"
 DOC_SUFFIX = ".docs"
+#: the length prefix of the parts written before the record log (:data:`recordlog.LEGACY_LE`)
 _LEN = struct.Struct("<I")
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(list[MarketEvent])
@@ -102,7 +106,7 @@ class JournalWriter:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
-        self._files: dict[dt.date, tuple[Path, object]] = {}
+        self._files: dict[dt.date, recordlog.RecordWriter] = {}
         self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
         self._thread.start()
 
@@ -151,15 +155,11 @@ class JournalWriter:
         for batch in batches:
             payload = _ENCODER.encode(batch)
             day = trading_date(batch[0].ts)
-            by_day.setdefault(day, []).append(_LEN.pack(len(payload)) + payload)
+            by_day.setdefault(day, []).append(payload)
             counts[day] = counts.get(day, 0) + len(batch)
         for day, chunks in by_day.items():
             try:
-                fh = self._file(day)
-                fh.write(b"".join(chunks))
-                fh.flush()
-                if self.fsync:
-                    os.fsync(fh.fileno())
+                self._file(day).append(chunks)
                 self.written += counts[day]
                 self.fault = None
             except OSError as exc:
@@ -173,37 +173,39 @@ class JournalWriter:
         for kind, doc in docs:
             payload = _ENCODER.encode(doc)
             path = self.directory / f"{trading_date(doc['ts']).isoformat()}.{kind}{DOC_SUFFIX}"
-            by_file.setdefault(path, []).append(_LEN.pack(len(payload)) + payload)
+            by_file.setdefault(path, []).append(payload)
         for path, chunks in by_file.items():
+            writer = recordlog.RecordWriter(path, fsync=self.fsync)
             try:
-                with open(path, "ab") as fh:
-                    fh.write(b"".join(chunks))
-                    if self.fsync:
-                        fh.flush()
-                        os.fsync(fh.fileno())
-            except OSError as exc:
+                if recordlog.is_legacy(path):  # a day's documents from before the record log: migrated once
+                    recordlog.rewrite(path, recordlog.iter_file(path, recordlog.LEGACY_LE), fsync=self.fsync)
+                writer.append(chunks)
+            except (OSError, recordlog.LegacyFile) as exc:
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
+            finally:
+                writer.close()
 
-    def _file(self, day: dt.date):
-        entry = self._files.get(day)
-        if entry is not None:
-            path, fh = entry
-            if fh.tell() < self.max_file_bytes:  # type: ignore[attr-defined]
-                return fh
-            fh.close()  # type: ignore[attr-defined]
-        path = self._next_path(day, entry[0] if entry else None)
-        fh = open(path, "ab")
+    def _file(self, day: dt.date) -> recordlog.RecordWriter:
+        writer = self._files.get(day)
+        if writer is not None:
+            if writer.size < self.max_file_bytes:
+                return writer
+            writer.close()
+        path = self._next_path(day, writer.path if writer else None)
+        writer = recordlog.RecordWriter(path, fsync=self.fsync).open()
         # retire other days' handles: a live feed only writes today
         for other in [d for d in self._files if d != day]:
             self._drop_file(other)
-        self._files[day] = (path, fh)
-        return fh
+        self._files[day] = writer
+        return writer
 
     def _next_path(self, day: dt.date, current: Path | None) -> Path:
-        """The day's last part if it has room (resume after a restart), else the next part."""
+        """The day's last part if it has room and is a record log (resume after a restart), else the next
+        part."""
         parts = sorted(self.directory.glob(f"{day.isoformat()}*{SUFFIX}"), key=_sort_key)
-        if current is None and parts and parts[-1].stat().st_size < self.max_file_bytes:
+        if (current is None and parts and parts[-1].stat().st_size < self.max_file_bytes
+                and not recordlog.is_legacy(parts[-1])):
             return parts[-1]
         last = _sort_key(parts[-1])[1] if parts else -1
         if last < 0:
@@ -211,10 +213,10 @@ class JournalWriter:
         return self.directory / f"{day.isoformat()}.{last + 1:03d}{SUFFIX}"
 
     def _drop_file(self, day: dt.date) -> None:
-        entry = self._files.pop(day, None)
-        if entry is not None:
+        writer = self._files.pop(day, None)
+        if writer is not None:
             try:
-                entry[1].close()  # type: ignore[attr-defined]
+                writer.close()
             except OSError:
                 pass
 
@@ -267,30 +269,27 @@ def iter_batches(path: Path | str, stats: ReadStats | None = None) -> Iterator[l
     """Yield the journal's batches in order, skipping (and counting) torn or corrupt records."""
     stats = stats if stats is not None else ReadStats()
     for f in journal_files(path):
-        with open(f, "rb") as fh:
-            data = fh.read()
-        off, end = 0, len(data)
-        while off < end:
-            if off + 4 > end:
-                stats.torn += 1
-                stats.problems.append(f"{f.name}: torn length at byte {off}")
-                break
-            (n,) = _LEN.unpack_from(data, off)
-            if n > MAX_RECORD_BYTES or off + 4 + n > end:
-                stats.torn += 1
-                stats.problems.append(f"{f.name}: torn record at byte {off}")
-                break
+        for payload in _records(f, stats):
             try:
-                batch = _DECODER.decode(data[off + 4: off + 4 + n])
+                batch = _DECODER.decode(payload)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 stats.corrupt += 1
-                stats.problems.append(f"{f.name}: corrupt record at byte {off}: {exc}")
-                off += 4 + n
+                stats.problems.append(f"{f.name}: corrupt record: {exc}")
                 continue
-            off += 4 + n
             stats.records += 1
             stats.events += len(batch)
             yield batch
+
+
+def _records(f: Path, stats: ReadStats) -> Iterator[bytes]:
+    """The records of one journal file (either framing), damage counted into ``stats``."""
+    scan = recordlog.ScanStats()
+    try:
+        yield from recordlog.iter_file(f, recordlog.LEGACY_LE, scan, max_record=MAX_RECORD_BYTES)
+    finally:
+        stats.torn += scan.torn
+        stats.corrupt += scan.corrupt
+        stats.problems.extend(scan.problems)
 
 
 def iter_docs(path: Path | str, kind: str, stats: ReadStats | None = None) -> Iterator[dict]:
@@ -300,19 +299,14 @@ def iter_docs(path: Path | str, kind: str, stats: ReadStats | None = None) -> It
     stats = stats if stats is not None else ReadStats()
     dec = msgspec.msgpack.Decoder(dict)
     for f in sorted(d.glob(f"*.{kind}{DOC_SUFFIX}")):
-        data = f.read_bytes()
-        off, end = 0, len(data)
-        while off + 4 <= end:
-            (n,) = _LEN.unpack_from(data, off)
-            if n > MAX_RECORD_BYTES or off + 4 + n > end:
-                stats.torn += 1
-                break
+        for payload in _records(f, stats):
             try:
-                yield dec.decode(data[off + 4: off + 4 + n])
-                stats.records += 1
+                doc = dec.decode(payload)
             except msgspec.DecodeError:
                 stats.corrupt += 1
-            off += 4 + n
+                continue
+            stats.records += 1
+            yield doc
 
 
 def iter_events(
@@ -367,6 +361,27 @@ class TailStats:
     newest_ns: int = 0
 
 
+def _sync_current(data, end: int) -> int | None:
+    """The first record boundary of a record-log slice that starts mid-file: the first offset, within
+    ``TAIL_SYNC_BYTES``, where a record whose CRC holds starts and decodes to a non-empty batch."""
+    off = 0
+    while True:
+        off = recordlog.find_record(data, off, end, max_record=MAX_RECORD_BYTES, limit=TAIL_SYNC_BYTES - off)
+        if off < 0:
+            return None
+        (n,) = _LEN.unpack_from(data, off)
+        try:
+            if _DECODER.decode(data[off + recordlog.CURRENT.head_size:off + recordlog.CURRENT.head_size + n]):
+                return off
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            pass
+        off += 1
+
+
+# The parts written before the record log have no CRC: a boundary found mid-file is confirmed by the
+# length chain and by decoding (below).
+
+
 def _chain_ok(data, off: int, end: int) -> bool:
     """The length prefixes from ``off`` lead exactly to ``end`` or to a torn last record (no length of 0
     or above ``MAX_RECORD_BYTES`` on the way)."""
@@ -403,8 +418,8 @@ def _is_boundary(data, off: int, end: int) -> bool:
 
 
 def _sync(data, end: int) -> int | None:
-    """The first record boundary of a slice that starts mid-file, searched in its first
-    ``TAIL_SYNC_BYTES``."""
+    """The first record boundary of a slice of a part of the earlier framing that starts mid-file, searched
+    in its first ``TAIL_SYNC_BYTES``."""
     heads = _ARRAY_HEADS
     for off in range(min(end - 5, TAIL_SYNC_BYTES)):
         if data[off + 4] in heads and _is_boundary(data, off, end):
@@ -473,33 +488,30 @@ def _part_batches(mm: mmap.mmap, start: int, size: int, stats: TailStats) -> Ite
     hold, so no view of the map outlives the part."""
     view = memoryview(mm)
     data = view[start:size]
+    framing = recordlog.framing_of(view[:len(recordlog.MAGIC)].tobytes(), recordlog.LEGACY_LE)
+    scan = recordlog.ScanStats()
+    records = None
     try:
         end = size - start
-        off = 0
+        off = None if start == 0 else 0
         if start > 0:
-            found = _sync(data, end)
+            found = _sync_current(data, end) if framing is recordlog.CURRENT else _sync(data, end)
             if found is None:
                 stats.skipped_bytes += end
                 return
             stats.resynced = True
             stats.skipped_bytes += found
             off = found
-        unpack, decode = _LEN.unpack_from, _DECODER.decode
-        while off < end:
-            if off + 4 > end:
-                stats.torn += 1
-                return
-            (n,) = unpack(data, off)
-            if n > MAX_RECORD_BYTES or off + 4 + n > end:
-                stats.torn += 1
-                return
+        decode = _DECODER.decode
+        records = recordlog.scan(data, framing, start=off, stats=scan, max_record=MAX_RECORD_BYTES)
+        for _, payload in records:
             try:
-                batch = decode(data[off + 4:off + 4 + n])
+                batch = decode(payload)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 stats.corrupt += 1
-                off += 4 + n
                 continue
-            off += 4 + n
+            finally:
+                payload.release()  # type: ignore[attr-defined]  # a slice of the map
             if not batch:
                 continue
             lo = hi = batch[0].ts
@@ -521,6 +533,10 @@ def _part_batches(mm: mmap.mmap, start: int, size: int, stats: TailStats) -> Ite
             stats.event_count += len(batch)
             yield batch
     finally:
+        if records is not None:
+            records.close()
+        stats.torn += scan.torn
+        stats.corrupt += scan.corrupt
         data.release()
         view.release()
 

@@ -43,7 +43,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from spx_common import codec, health, logs
+from spx_common import codec, health, logs, recordlog
 from spx_common.align import FINAL_NS, Aligner
 from pydantic import Field
 
@@ -96,23 +96,71 @@ def secure_run_dir(runtime: RuntimeConfig) -> Path:
 
 
 class DeadLetters:
-    """Append refused frames to ``run/deadletter/<service>.msgpack``, bounded by size (one rotation)."""
+    """Append refused frames to ``run/deadletter/<service>.msgpack``, bounded by size (one rotation, to
+    ``<service>.1.msgpack``).
+
+    A :mod:`~spx_common.recordlog` file; each record the msgpack of ``[ns, reason, detail, parts]``
+    (:func:`read_dead_letters`). A file of the earlier format (the msgpack documents one after another) is
+    rewritten once in the record log's framing when the service starts."""
 
     def __init__(self, path: Path, max_bytes: int = 5_000_000) -> None:
         self.path = path
+        self.rotated = path.with_suffix(".1.msgpack")
         self.max_bytes = max_bytes
         self.count = 0
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = recordlog.RecordWriter(path)
+        for p in (self.path, self.rotated):
+            try:
+                _migrate_dead_letters(p)
+            except OSError:
+                logging.getLogger("spx.deadletter").exception("cannot migrate dead letters %s", p)
 
     def write(self, reason: str, parts: list[bytes], detail: str = "") -> None:
         self.count += 1
         try:
-            if self.path.exists() and self.path.stat().st_size > self.max_bytes:
-                self.path.replace(self.path.with_suffix(".1.msgpack"))
-            with self.path.open("ab") as fh:
-                fh.write(msgspec.msgpack.encode([time.time_ns(), reason, detail[:500], [p[:65536] for p in parts]]))
-        except OSError:
+            if self._log.size > self.max_bytes or (not self._log.is_open and self.path.exists()
+                                                   and self.path.stat().st_size > self.max_bytes):
+                self._log.close()
+                self.path.replace(self.rotated)
+            self._log.append([msgspec.msgpack.encode([time.time_ns(), reason, detail[:500],
+                                                      [p[:65536] for p in parts]])])
+        except (OSError, recordlog.LegacyFile):
             logging.getLogger("spx.deadletter").exception("cannot write dead letter")
+            self._log.close()
+
+    def close(self) -> None:
+        self._log.close()
+
+
+def _migrate_dead_letters(path: Path) -> None:
+    if not recordlog.is_legacy(path):
+        return
+    letters = [msgspec.msgpack.encode(doc) for doc in _legacy_letters(path)]
+    recordlog.rewrite(path, letters)
+
+
+def _legacy_letters(path: Path) -> list[Any]:
+    """The documents of a dead-letter file of the earlier format (bounded: at most ``max_bytes`` and one
+    letter); a torn or damaged tail ends the read."""
+    import msgpack
+
+    out = []
+    with path.open("rb") as fh:
+        try:
+            for doc in msgpack.Unpacker(fh, raw=False, strict_map_key=False, max_buffer_size=64 << 20):
+                out.append(doc)
+        except (ValueError, msgpack.UnpackException):
+            pass
+    return out
+
+
+def read_dead_letters(path: Path | str) -> list[list[Any]]:
+    """The letters of a dead-letter file, oldest first: ``[ns, reason, detail, parts]`` each (either format)."""
+    path = Path(path)
+    if recordlog.is_legacy(path):
+        return [list(doc) for doc in _legacy_letters(path)]
+    return [msgspec.msgpack.decode(rec) for rec in recordlog.iter_file(path)]
 
 
 class BusService:
@@ -646,6 +694,7 @@ class BusService:
         self.pub.close()
         if self.pub.outbox is not None:
             self.pub.outbox.close()
+        self.deadletters.close()
         if self.curve is not None:
             self._authenticator.stop()
         if http:

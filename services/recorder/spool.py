@@ -1,5 +1,5 @@
-"""Append-only outage spool: length-prefixed msgpack records ``[kind, body, source, run_id]`` in one file
-(records of older spools, ``[kind, body]``, are read as live).
+"""Append-only outage spool: a :mod:`spx_common.recordlog` file of msgpack records ``[kind, body, source,
+run_id]`` (records of older spools, ``[kind, body]``, are read as live).
 
 Written while the database is unavailable (by the writer thread) and when the writer's queue
 is full (by the subscriber loop, without fsync so the loop never waits on the disk).  To replay,
@@ -7,19 +7,21 @@ the writer renames the file aside (:meth:`Spool.take`) under a short lock, write
 database and deletes it (:meth:`Spool.done`); records appended meanwhile go to a fresh file, so
 nothing appended during a replay can be deleted with it.  Replays are safe to repeat (every
 store write is idempotent), so a crash mid-replay loses nothing and duplicates nothing.
+
+A spool written before the record log (``<u32 BE length><msgpack>``, no CRC) is rewritten in the record
+log's framing when the recorder starts (once; a torn record at its end dropped), so an upgrade keeps it.
 """
 
 from __future__ import annotations
 
 import os
-import struct
 import threading
 from pathlib import Path
 from collections.abc import Iterator
 
 import msgspec
 
-_LEN = struct.Struct(">I")
+from spx_common import recordlog
 
 
 class SpoolFull(Exception):
@@ -33,73 +35,57 @@ class Spool:
         self.max_bytes = max_bytes
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._log = recordlog.RecordWriter(self.path)
+        #: what the start found (torn tails cut, damaged records, files migrated from the earlier framing)
+        self.recovered = recordlog.ScanStats()
+        self.migrated = 0
+        self.read_stats = recordlog.ScanStats()
         for p in (self.path, self.replaying):
-            self._cut_torn_tail(p)
+            self._recover(p)
 
-    @staticmethod
-    def _cut_torn_tail(path: Path) -> None:
-        """Truncate a record torn by a crash mid-write, so later appends stay readable."""
-        if not path.exists():
-            return
-        good = 0
-        with path.open("rb") as fh:
-            while True:
-                head = fh.read(4)
-                if len(head) < 4:
-                    break
-                (n,) = _LEN.unpack(head)
-                if len(fh.read(n)) < n:
-                    break
-                good = fh.tell()
-        if good < path.stat().st_size:
-            with path.open("r+b") as fh:
-                fh.truncate(good)
+    def _recover(self, path: Path) -> None:
+        """Migrate a spool of the earlier framing, else cut a torn tail, so later appends stay readable."""
+        if recordlog.is_legacy(path):
+            recordlog.rewrite(path, recordlog.iter_file(path, recordlog.LEGACY_BE, self.recovered), fsync=True)
+            self.migrated += 1
+        elif path.exists():
+            st = recordlog.recover(path)
+            self.recovered.torn += st.torn
+            self.recovered.skipped_bytes += st.skipped_bytes
 
     def size(self) -> int:
-        """Bytes waiting: the spool plus a file being replayed."""
+        """Bytes waiting: the spool plus a file being replayed (a file holding no record counts 0)."""
         total = 0
         for p in (self.path, self.replaying):
             try:
-                total += p.stat().st_size
+                n = p.stat().st_size
             except FileNotFoundError:
-                pass
+                continue
+            total += n if n > len(recordlog.MAGIC) else 0
         return total
 
     def __bool__(self) -> bool:
         return self.size() > 0
 
     def append(self, records: list[tuple], *, fsync: bool = True) -> None:
-        """Append records (raises :class:`SpoolFull` past the bound). Thread-safe."""
-        data = bytearray()
-        for rec in records:
-            payload = msgspec.msgpack.encode(rec)
-            data += _LEN.pack(len(payload)) + payload
+        """Append records (raises :class:`SpoolFull` past the bound, ``OSError`` with nothing of them
+        written when the disk refuses). Thread-safe."""
+        payloads = [msgspec.msgpack.encode(rec) for rec in records]
+        n = sum(len(p) + recordlog.CURRENT.head_size for p in payloads)
         with self._lock:
-            if self.size() + len(data) > self.max_bytes:
+            if self.size() + n > self.max_bytes:
                 raise SpoolFull(f"spool {self.path} would exceed {self.max_bytes} bytes")
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            start = os.fstat(fd).st_size
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                if fsync:
-                    os.fsync(fd)
-            except OSError:
-                try:  # a record cut short by a full disk would make every later one unreadable
-                    os.ftruncate(fd, start)
-                except OSError:
-                    pass
-                raise
-            finally:
-                os.close(fd)
+            if not self._log.is_open:
+                self._log.open(check=False)  # recovered at start; a failed append cuts itself off
+            self._log.append(payloads, fsync=fsync)
 
     def take(self) -> Path | None:
         """The file to replay next: an unfinished replay, else the spool renamed aside; None when empty."""
         with self._lock:
             if self.replaying.exists():
                 return self.replaying
-            if self.path.exists() and self.path.stat().st_size > 0:
+            self._log.close()
+            if self.path.exists() and self.path.stat().st_size > len(recordlog.MAGIC):
                 os.replace(self.path, self.replaying)
                 return self.replaying
             return None
@@ -110,24 +96,14 @@ class Spool:
 
     def read(self, chunk: int = 1000, path: Path | None = None) -> Iterator[list[tuple]]:
         """Records of ``path`` (default: the spool) in write order, ``chunk`` at a time; a torn last
-        record (crash mid-write) is ignored."""
-        path = path or self.path
-        if not path.exists():
-            return
+        record (crash mid-write) or a damaged one is skipped (counted in ``read_stats``)."""
         out: list[tuple] = []
-        with path.open("rb") as fh:  # streamed: memory stays one chunk, whatever the spool size
-            while True:
-                head = fh.read(4)
-                if len(head) < 4:
-                    break
-                (n,) = _LEN.unpack(head)
-                payload = fh.read(n)
-                if len(payload) < n:
-                    break
-                # [kind, body] or [kind, body, source, run_id] (provenance, since revision 0005)
-                out.append(tuple(msgspec.msgpack.decode(payload)))
-                if len(out) >= chunk:
-                    yield out
-                    out = []
+        # mapped, not read: memory stays one chunk, whatever the spool size
+        for payload in recordlog.iter_file(path or self.path, recordlog.LEGACY_BE, self.read_stats):
+            # [kind, body] or [kind, body, source, run_id] (provenance, since revision 0005)
+            out.append(tuple(msgspec.msgpack.decode(payload)))
+            if len(out) >= chunk:
+                yield out
+                out = []
         if out:
             yield out

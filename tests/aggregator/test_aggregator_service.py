@@ -4,7 +4,6 @@ import csv
 import gzip
 import random
 
-import msgpack
 import msgspec
 
 from services.aggregator.bars import CSV_COLUMNS, bars_from_events, csv_row
@@ -13,6 +12,7 @@ from spx_common.bus import RpcError
 from spx_common.codec import encode_payload
 from spx_common.marketrules import TradeRules
 from spx_common.models import IndexValue, Quote, Trade
+from spx_common.service import read_dead_letters
 from tests.aggregator.rig import aggregator_process
 from tests.conftest import eventually
 
@@ -178,7 +178,6 @@ def test_bad_ticks_bodies_are_refused_counted_and_dead_lettered_and_odd_good_one
         assert "aggregator_events_total 3" in metrics
         status = client.call("status")
         assert status["state"] == "running" and status["bad_frames"] == 4 and status["dead_letters"] == 4
-    with open(run_dir / "deadletter" / "aggregator.msgpack", "rb") as fh:
-        letters = list(msgpack.Unpacker(fh, raw=True))
-    assert [(reason.decode(), parts) for _, reason, _, parts in letters] == [
+    letters = read_dead_letters(run_dir / "deadletter" / "aggregator.msgpack")
+    assert [(reason, parts) for _, reason, _, parts in letters] == [
         (reason, parts) for (reason, _), parts in zip(bad, sent, strict=True)]

@@ -6,7 +6,9 @@ import subprocess
 import sys
 import textwrap
 
-from spx_common import journal
+import msgspec
+
+from spx_common import journal, recordlog
 from spx_common.journal import JournalWriter, ReadStats, iter_batches, iter_events
 from spx_common.models import IndexValue, Quote, Trade
 from tests.conftest import eventually
@@ -75,14 +77,52 @@ def test_torn_tail_and_corrupt_record_are_skipped_and_counted(tmp_path):
     w.close()
     f = tmp_path / "2026-11-20.ticks"
     data = bytearray(f.read_bytes())
-    first_len = int.from_bytes(data[:4], "little")
-    data[4:4 + first_len] = b"\xc1" * first_len  # corrupt the first record's payload
+    data[len(recordlog.MAGIC) + 12] ^= 0x10  # a bit of the first record's payload flipped: its CRC fails
     data += b"\x10\x00\x00\x00abc"  # a torn record at the end (crash during a write)
     f.write_bytes(bytes(data))
     stats = ReadStats()
     evs = list(iter_events(tmp_path, stats=stats))
     assert evs == _batch(DAY1 + 5)
     assert (stats.corrupt, stats.torn, stats.records) == (1, 1, 1)
+
+
+def _legacy(*payloads: bytes) -> bytes:
+    """Records as the journal wrote them before the record log: ``<u32 LE length><msgpack>``."""
+    return b"".join(len(p).to_bytes(4, "little") + p for p in payloads)
+
+
+def test_a_day_file_of_the_earlier_framing_is_read_and_never_appended_to(tmp_path):
+    """A trader upgrading mid-day: the day's journal written by the previous version is still read (its
+    torn tail and an undecodable record counted as before), and the new writer starts the next part."""
+    enc = msgspec.msgpack.encode
+    f = tmp_path / "2026-11-20.ticks"
+    f.write_bytes(_legacy(enc(_batch(DAY1)), b"\xc1\xc1", enc(_batch(DAY1 + 5))) + b"\x10\x00\x00\x00abc")
+    stats = ReadStats()
+    assert list(iter_events(tmp_path, stats=stats)) == _batch(DAY1) + _batch(DAY1 + 5)
+    assert (stats.corrupt, stats.torn, stats.records) == (1, 1, 2)
+    w = JournalWriter(tmp_path, flush_interval_s=10)
+    w.append(_batch(DAY1 + 10))
+    w.close()
+    assert [p.name for p in journal.journal_files(tmp_path)] == ["2026-11-20.ticks", "2026-11-20.001.ticks"]
+    assert not recordlog.is_legacy(tmp_path / "2026-11-20.001.ticks")
+    assert list(iter_events(tmp_path)) == _batch(DAY1) + _batch(DAY1 + 5) + _batch(DAY1 + 10)
+    tail = journal.read_journal_tail(tmp_path, journal.trading_date(DAY1))
+    assert tail.events == _batch(DAY1) + _batch(DAY1 + 5) + _batch(DAY1 + 10) and tail.torn == 1
+    size = sum(p.stat().st_size for p in journal.journal_files(tmp_path))
+    part = journal.read_journal_tail(tmp_path, journal.trading_date(DAY1), max_bytes=size - 10)
+    assert part.resynced and part.events[-5:] == _batch(DAY1 + 10)  # the old part entered mid-file
+
+
+def test_side_documents_of_the_earlier_framing_are_migrated_once(tmp_path):
+    enc = msgspec.msgpack.encode
+    f = tmp_path / "2026-11-20.chain.docs"
+    f.write_bytes(_legacy(enc({"ts": DAY1, "root": "SPXW"})))
+    assert [d["ts"] for d in journal.iter_docs(tmp_path, "chain")] == [DAY1]
+    w = JournalWriter(tmp_path, flush_interval_s=10)
+    w.append_doc("chain", {"ts": DAY1 + 5, "root": "SPXW"})
+    w.close()
+    assert not recordlog.is_legacy(f)
+    assert [d["ts"] for d in journal.iter_docs(tmp_path, "chain")] == [DAY1, DAY1 + 5]
 
 
 def test_bounded_queue_counts_drops_and_size_rotation(tmp_path):

@@ -206,3 +206,36 @@ def test_an_unreadable_journal_is_left_alone_counted_and_publishing_goes_on(tmp_
         pub.close()
     finally:
         ctx.destroy(linger=0)
+
+
+def test_an_outbox_of_the_earlier_framing_is_reloaded_and_migrated_once(tmp_path):
+    """A publisher upgraded with frames in its outbox: the earlier framing (``<IIH>`` head, CRC, no magic)
+    is read into the replay ring, and the file is rewritten in the record log's framing."""
+    import struct
+    import zlib
+
+    from spx_common import recordlog
+    from spx_common.codec import encode_payload
+
+    def old_record(i: int) -> bytes:
+        topic = b"setup.transition"
+        payload = encode_payload("setup_transition", _tr(i), src="detector", session="old", seq=i + 1,
+                                 event_ns=T0 + i)
+        rest = len(topic).to_bytes(2, "little") + topic + payload
+        return struct.pack("<II", len(rest), zlib.crc32(rest)) + rest
+
+    path = tmp_path / "outbox" / "detector.bin"
+    path.parent.mkdir()
+    path.write_bytes(b"".join(old_record(i) for i in range(3)) + old_record(3)[:20])  # + a torn tail
+    ctx = zmq.Context()
+    try:
+        pub, loaded = _publisher(ctx, tmp_path)
+        assert _ids(loaded) == ["s00000", "s00001", "s00002"] and pub.outbox.m_refused.value(reason="torn") == 1
+        assert not recordlog.is_legacy(path)
+        pub.publish("setup.transition", "setup_transition", _tr(7), T0 + 7)
+        pub.close()
+        pub.outbox.close()
+        _, loaded = _publisher(ctx, tmp_path)
+        assert _ids(loaded) == ["s00000", "s00001", "s00002", "s00007"]
+    finally:
+        ctx.destroy(linger=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from spx_common import models as m
+from spx_common import recordlog
 from spx_common.metrics import Registry
 from services.recorder.spool import Spool
 from services.recorder.writer import Writer
@@ -57,6 +58,19 @@ def test_spool_ignores_a_torn_tail(run_dir):
     reopened.append([("order", {"c": 3})])
     assert [r for chunk in reopened.read(10) for r in chunk] == [("order", {"a": 1}), ("fill", {"b": 2}),
                                                                  ("order", {"c": 3})]
+
+
+def test_a_spool_of_the_earlier_framing_is_migrated_once_and_kept(run_dir):
+    """A recorder upgraded while its spool holds an outage's records: the old big-endian framing is read,
+    rewritten once in the record log's (its torn tail dropped), and nothing is lost."""
+    old = [("order", {"a": 1}), ("fill", {"b": 2}, "tradier", "r1")]
+    blob = b"".join(len(p).to_bytes(4, "big") + p for p in map(msgspec.msgpack.encode, old))
+    (run_dir / "s.bin").write_bytes(blob + b"\x00\x00\x01\x00partial")
+    sp = Spool(run_dir / "s.bin", 1_000_000)
+    assert sp.migrated == 1 and sp.recovered.torn == 1 and not recordlog.is_legacy(sp.path)
+    sp.append([("order", {"c": 3})])
+    assert [r for c in Spool(run_dir / "s.bin", 1_000_000).read(10) for r in c] == [
+        ("order", {"a": 1}), ("fill", {"b": 2}, "tradier", "r1"), ("order", {"c": 3})]
 
 
 def test_records_appended_during_a_replay_survive_it(run_dir):
