@@ -4,23 +4,24 @@ Second resolution: stored closed 1s bars. Each bar first moves the lifecycle wit
 open, then the extreme against the bar's direction, then the other extreme, then close (the usual
 conservative OHLC path), at 0/250/500/750 ms into the bar — exactly as the live ticks inside that
 second would have, and then closes: the detector host runs the plugins on it (gating included)
-and every triggered setup's exit plan checks it (high/low against stop and targets; pivots every
+and the selector's exit plans check it (high/low against stop and targets; pivots of
 ``pivot_every``-second bars, aligned on event time like the live aggregator's 60 s bars, trail the runner). Tick resolution: stored trades and quotes go through the
 live :class:`~services.aggregator.bars.BarAggregator`; every trade drives the lifecycle as a live
 tick does, and bars close as they would live, in the live detector's event-time order (docs/protocol.md,
 "Event-time alignment"): a replay through the mesh at any speed gives the same transitions.
 
-Outcomes come from :class:`~services.selector.exits.ExitPlan` (the live exit advisor): 50% out at
-target 1 with the stop to breakeven, 50% of the rest at target 2, the runner trails pivots; a
-trade still open when its session's data ends is closed at the last close (``session_end``).
-Realised R = Σ fraction × R at each exit. Setup ids are prefixed with the run tag so backtest rows
+Trades are made by :class:`~services.backtest.trading.TradeModel`: the live selector core (its exit
+advisor: 50% out at target 1 with the stop to breakeven, 50% of the rest at target 2, the runner trails
+pivots; and, with a replayed option chain, the contract and its size), the broker's engine and the paper
+broker filling on the replayed option quotes — the code the mesh runs, not a copy of it. A trade still
+open when its session's data ends is closed at the last close (``session_end``). Realised R = Σ
+fraction × R at each exit; option P&L in dollars from the paper fills. Setup ids are prefixed with the run tag so backtest rows
 never collide with live ones, and re-running the same backtest rewrites the same rows.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from collections.abc import Iterable, Iterator
 
 import msgspec
@@ -29,75 +30,78 @@ from services.aggregator.bars import BarAggregator, parse_interval
 from services.detector.config import DetectorConfig
 from services.detector.core import DetectorEngine
 from services.detector.host import PluginHost
-from services.selector.exits import ExitPlan, ExitPlanError, ExitRules
+from services.backtest.trading import TradeModel, TradeRecord, market_events_in, selector_config
 from spx_common.models import ExitAdvice, IndexValue, MicroBar, Quote, SetupTransition, Trade
 
 PATH_OFFSETS_NS = (0, 250_000_000, 500_000_000, 750_000_000)
 
 
-@dataclass
-class TradeResult:
-    """One triggered setup and what the exit advisor made of it."""
-
-    setup_id: str
-    detector: str
-    family: str
-    sym: str
-    direction: str
-    triggered_ns: int
-    entry: float
-    stop: float
-    targets: list[float]
-    t1_hit: bool = False
-    t2_hit: bool = False
-    r: float = 0.0
-    exit_ns: int | None = None
-    resolution: str = "open"
-    trailing_stop_path: list[float] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-class _Open:
-    __slots__ = ("plan", "result", "remaining")
-
-    def __init__(self, plan: ExitPlan, result: TradeResult) -> None:
-        self.plan, self.result, self.remaining = plan, result, 1.0
-
-
 class Backtester:
     """Drive a :class:`DetectorEngine` and exit plans over one ordered stream of bars or events."""
 
-    def __init__(self, cfg: DetectorConfig, host: PluginHost, *, rules: ExitRules | None = None,
-                 pivot_every: int = 60, tag: str = "bt", profile=None) -> None:
+    def __init__(self, cfg: DetectorConfig, host: PluginHost, *, pivot_every: int = 60, tag: str = "bt",
+                 profile=None, trade: TradeModel | None = None) -> None:
         self.engine = DetectorEngine(cfg, host)
         self.engine.profile = profile
-        self.rules = rules or ExitRules()
         self.pivot_every = pivot_every
+        #: the trades: the live selector, broker engine and paper broker (services/backtest/trading.py); its
+        #: selector checks stops and targets on the detectors' bars and trails on ``pivot_every``-second bars
+        self.trade = trade or TradeModel(selector_config(cfg.interval, pivot_every))
         #: the runner trails pivots of ``pivot_every``-second bars aligned on event time, exactly the bars the
         #: live aggregator publishes for the selector's ``bar_interval`` (60 s): whole buckets, the part of the
         #: trigger's minute before the trigger included
         self.pivot_ns = int(pivot_every) * 1_000_000_000
-        self._pivot_acc: dict[str, list] = {}  # symbol -> [bucket index, high, low] of the pivot bar being built
+        self._pivot_acc: dict[str, list] = {}  # symbol -> [bucket index, high, low, first start] being built
         self.tag = tag
         self.transitions: list[SetupTransition] = []
-        self.advice: list[ExitAdvice] = []
-        self.trades: list[TradeResult] = []
+        self.trades: list[TradeRecord] = []
         self.blocks: dict[str, int] = {}
-        self._open: dict[str, list[_Open]] = {}
         self._last_close: dict[str, tuple[int, float]] = {}
+        self._next_periodic = 0
         self.bars_seen = 0
         self.ticks_seen = 0
+
+    @property
+    def advice(self) -> list[ExitAdvice]:
+        """The exit advice the selector gave (the trailing-stop paths the store records)."""
+        return self.trade.advice
 
     # ------------------------------------------------------------------ inputs
 
     def on_bar(self, bar: MicroBar) -> None:
         """A closed bar (second resolution: its price path drives the lifecycle first)."""
+        self._pivots_until(bar.start_ns)
         self._path(bar)
         self._close_bar(bar)
 
-    def on_events(self, events: Iterable[Trade | Quote | IndexValue], agg: BarAggregator) -> None:
+    def on_seconds(self, bars: Iterable[MicroBar], events: Iterable = (), docs: Iterable[dict] = ()) -> None:
+        """Second resolution with the options side: ``bars`` in event-time order (:func:`merge_bars`), option
+        quotes and index values (``events``) and chain documents (``docs``) in event-time order. What happened
+        at or before a bar's start reaches the selector and broker before the bar's price path (no look-ahead:
+        a quote inside the second is applied before the next bar)."""
+        evs, dcs = iter(events), iter(docs)
+        ev, doc = next(evs, None), next(dcs, None)
+        for bar in bars:
+            while doc is not None and int(doc.get("ts") or 0) <= bar.start_ns:
+                self.on_chain(doc)
+                doc = next(dcs, None)
+            batch = []
+            while ev is not None and ev.ts <= bar.start_ns:
+                batch.append(ev)
+                ev = next(evs, None)
+            if batch:
+                self.on_options(batch)
+            self.on_bar(bar)
+        rest = [ev] + list(evs) if ev is not None else []
+        if doc is not None:
+            self.on_chain(doc)
+        for d in dcs:
+            self.on_chain(d)
+        if rest:
+            self.on_options(rest)
+
+    def on_events(self, events: Iterable[Trade | Quote | IndexValue], agg: BarAggregator,
+                  docs: Iterable[dict] = ()) -> None:
         """Tick resolution: events in stream order through the live aggregator and lifecycle, in the order the
         live detector handles them (docs/protocol.md, "Event-time alignment").
 
@@ -110,6 +114,8 @@ class Backtester:
         iv = parse_interval(interval)
         group: list = []
         bucket = None
+        dcs = iter(docs)
+        doc = next(dcs, None)
         for ev in events:
             b = ev.ts // iv
             if b != bucket:
@@ -117,6 +123,9 @@ class Backtester:
                     self._bucket(group, agg)
                     group = []
                 self._close_until(b * iv, agg, interval, iv)
+                while doc is not None and int(doc.get("ts") or 0) <= b * iv:
+                    self.on_chain(doc)
+                    doc = next(dcs, None)
                 bucket = b
             group.append(ev)
         if group:
@@ -132,6 +141,7 @@ class Backtester:
             agg.watermark = max(newest, end_ns)
         if agg.closed:
             self._close_bars(agg.drain(), interval, iv)
+        self._pivots_until(end_ns)
 
     def _close_bars(self, bars: list[MicroBar], interval: str, iv: int) -> None:
         bars = [b for b in bars if b.interval == interval]
@@ -146,21 +156,30 @@ class Backtester:
         prices = [ev for ev in group if type(ev) is not Quote and ev.sym in watched]
         if prices:
             self._record(self.engine.on_ticks(prices))
+        options = market_events_in(group)
+        if options:
+            self.trade.on_market_events(options)
+            group = [ev for ev in group if not ev.sym.startswith("O:")]  # option quotes make no bars here
         agg.on_events(group)
 
+    def on_options(self, events: list) -> None:
+        """Option quotes and index values (second resolution: merged in event time with the bars)."""
+        self.trade.on_market_events(events)
+
+    def on_chain(self, doc: dict) -> None:
+        """A recorded ``chain.<root>`` document: the detectors' GEX and the selector's chain."""
+        self.engine.on_chain(doc)
+        self.trade.on_chain_doc(doc)
+
     def finish(self) -> None:
-        """The data ended: setups still open expire at their session's close (as live), and every trade
-        still open closes at the last price of its symbol."""
+        """The data ended: setups still open expire at their session's close (as live), every trade still
+        open closes at the last price of its symbol, and the broker flattens what it holds."""
+        self._pivots_until(2**62)
         closes = [s.close_ns for syms in self.engine.lifecycle.active.values() for s in syms.values()]
         if closes:
             self._record(self.engine.lifecycle.session_end(max(closes)))
-        for sym, opens in self._open.items():
-            last = self._last_close.get(sym)
-            for o in opens:
-                self._settle(o, last[1] if last else o.result.entry, last[0] if last else o.result.triggered_ns,
-                             "session_end")
-        self._open.clear()
-        self.trades.sort(key=lambda t: (t.exit_ns or 0, t.setup_id))
+        self.trade.end_session()
+        self.trades = self.trade.finish()
 
     # ------------------------------------------------------------------ internals
 
@@ -180,23 +199,16 @@ class Backtester:
         prev = self._last_close.get(sym)
         if prev is not None and _day(prev[0]) != _day(bar.start_ns):
             self._record(self.engine.lifecycle.session_end(bar.start_ns))  # as the live detector does
-            self._end_session(sym, prev)
+            self.trade.end_session(sym)  # 0DTE: trades of the previous session close at its last close
         self._pivot_bar(bar)
-        self._exits(bar)
+        self.trade.on_price_bar(bar, bar.start_ns)
         self._record(self.engine.on_bar(bar))
         for reason, _ in self.engine.drain_blocks():
             self.blocks[reason] = self.blocks.get(reason, 0) + 1
         self._last_close[sym] = (bar.start_ns, bar.close)
-
-    def _end_session(self, sym: str, last: tuple[int, float]) -> None:
-        """A new session began: trades of the previous one close at its last close (0DTE)."""
-        keep = []
-        for o in self._open.get(sym, ()):
-            if _day(o.result.triggered_ns) <= _day(last[0]):
-                self._settle(o, last[1], last[0], "session_end")
-            else:
-                keep.append(o)
-        self._open[sym] = keep
+        if bar.start_ns >= self._next_periodic:  # the broker's once-a-second housekeeping, in event time
+            self._next_periodic = bar.start_ns + 1_000_000_000
+            self.trade.periodic(bar.start_ns)
 
     def _record(self, trs: list[SetupTransition]) -> None:
         if not trs:
@@ -204,111 +216,35 @@ class Backtester:
         for tr in trs:
             tr = msgspec.structs.replace(tr, setup_id=f"{self.tag}:{tr.setup_id}")
             self.transitions.append(tr)
-            if tr.to_state == "triggered":
-                self._open_trade(tr)
-            elif tr.to_state == "expired":  # resolved at the session close: its trade closes there too
-                self._expire_trade(tr)
-
-    def _expire_trade(self, tr: SetupTransition) -> None:
-        opens = self._open.get(tr.sym)
-        if not opens:
-            return
-        keep = []
-        for o in opens:
-            if o.result.setup_id == tr.setup_id:
-                last = self._last_close.get(tr.sym)
-                price = tr.price if tr.price is not None else (last[1] if last else o.result.entry)
-                self._settle(o, price, tr.ts, "expired")
-            else:
-                keep.append(o)
-        self._open[tr.sym] = keep
-
-    def _open_trade(self, tr: SetupTransition) -> None:
-        entry = tr.price if tr.price is not None else (tr.entry_high if tr.direction == "long" else tr.entry_low)
-        try:
-            plan = ExitPlan(tr.setup_id, tr.direction, float(entry), float(tr.stop), list(tr.targets), self.rules)
-        except ExitPlanError:
-            self.blocks["exit_plan_invalid"] = self.blocks.get("exit_plan_invalid", 0) + 1
-            return
-        res = TradeResult(setup_id=tr.setup_id, detector=tr.detector, family=tr.family, sym=tr.sym,
-                          direction=tr.direction, triggered_ns=tr.ts, entry=float(entry), stop=float(tr.stop),
-                          targets=list(tr.targets), trailing_stop_path=[float(tr.stop)])
-        self._open.setdefault(tr.sym, []).append(_Open(plan, res))
-
-    def _exits(self, bar: MicroBar) -> None:
-        opens = self._open.get(bar.sym)
-        if not opens:
-            return
-        keep = []
-        for o in opens:
-            if o.result.triggered_ns >= bar.start_ns + 1_000_000_000:
-                keep.append(o)
-                continue
-            if o.result.triggered_ns >= bar.start_ns:
-                # triggered inside this bar: only the part of the bar after the trigger is known to
-                # come later; check the close only (conservative and deterministic)
-                adv = o.plan.on_price_bar(bar.close, bar.close, bar.start_ns)
-            else:
-                adv = o.plan.on_price_bar(bar.high, bar.low, bar.start_ns)
-            for a in adv:
-                self._apply(o, a)
-            if o.plan.closed:
-                self._finish_trade(o, bar.start_ns)
-            else:
-                keep.append(o)
-        self._open[bar.sym] = keep
+            market = self.engine.market_state() if tr.to_state == "triggered" else None
+            self.trade.on_transition(tr, market)
 
     def _pivot_bar(self, bar: MicroBar) -> None:
-        """Build the pivot-interval bar of ``bar``'s symbol; when a bucket closes (a bar of the next one
-        arrives, as the live aggregator's watermark closes it), the trades that were open by then trail
-        on it, as the live selector does on ``bar.60s``."""
+        """Add ``bar`` to its symbol's pivot-interval bar (the live aggregator's ``bar.60s``)."""
         b = bar.start_ns // self.pivot_ns
         cur = self._pivot_acc.get(bar.sym)
         if cur is not None and cur[0] != b:
-            start = cur[0] * self.pivot_ns
-            for o in self._open.get(bar.sym, ()):
-                if o.result.triggered_ns < start + self.pivot_ns and not o.plan.closed:
-                    for a in o.plan.on_pivot_bar(cur[1], cur[2], start):
-                        self._apply(o, a)
+            self._close_pivot(bar.sym, cur)
             cur = None
         if cur is None:
-            self._pivot_acc[bar.sym] = [b, bar.high, bar.low]
+            self._pivot_acc[bar.sym] = [b, bar.high, bar.low, bar.start_ns]
         else:
             cur[1] = max(cur[1], bar.high)
             cur[2] = min(cur[2], bar.low)
 
-    def _apply(self, o: _Open, a: ExitAdvice) -> None:
-        self.advice.append(a)
-        res = o.result
-        res.trailing_stop_path = list(a.trailing_stop_path)
-        if a.action == "scale_out" and a.fraction is not None:
-            take = o.remaining * a.fraction
-            res.r += take * float(a.r_multiple)
-            o.remaining -= take
-            if o.plan.stage >= 1:
-                res.t1_hit = True
-            if o.plan.stage >= 2:
-                res.t2_hit = True
-        elif a.action == "exit_all":
-            res.r += o.remaining * float(a.r_multiple)
-            o.remaining = 0.0
-            res.resolution = "stopped" if not res.t1_hit else "target1_then_stop" if not res.t2_hit else "runner_stop"
+    def _pivots_until(self, t_ns: int) -> None:
+        """Close every pivot bar whose bucket ended at or before ``t_ns`` (what the live watermark does): the
+        trades open by then trail on it, as the live selector does on ``bar.60s``."""
+        for sym, cur in list(self._pivot_acc.items()):
+            if (cur[0] + 1) * self.pivot_ns <= t_ns:
+                self._close_pivot(sym, cur)
 
-    def _finish_trade(self, o: _Open, ts: int) -> None:
-        o.result.exit_ns = ts
-        o.result.r = round(o.result.r, 6)
-        self.trades.append(o.result)
-
-    def _settle(self, o: _Open, price: float, ts: int, why: str) -> None:
-        res = o.result
-        if o.remaining > 0:
-            sign = 1.0 if res.direction == "long" else -1.0
-            risk = abs(res.entry - res.stop)
-            r_at = (price - res.entry) * sign / risk if risk > 0 else 0.0
-            res.r += o.remaining * r_at
-            o.remaining = 0.0
-        res.resolution = why if res.resolution == "open" else res.resolution
-        self._finish_trade(o, ts)
+    def _close_pivot(self, sym: str, cur: list) -> None:
+        del self._pivot_acc[sym]
+        start = cur[0] * self.pivot_ns
+        pivot = MicroBar(sym=sym, interval=f"{self.pivot_every}s", start_ns=start, open=cur[1], high=cur[1],
+                         low=cur[2], close=cur[2], volume=0.0, closed=True)
+        self.trade.on_pivot_bar(pivot, start)
 
 
 def _day(ts_ns: int) -> int:

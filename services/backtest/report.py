@@ -58,10 +58,21 @@ def markdown(r: dict) -> str:
                      f"| {d['rows']:,} |")
     lines += ["", "## Evidence", "",
               "Plugins: " + ", ".join(f"`{x['name']}` {x['version']} ({x['family']})" for x in ev["plugins"]) + ".", "",
-              f"Selector: {ev['selector']}.", "",
+              f"Trade model: {ev['trade_model']}.", "",
+              _options_line(r.get("options") or {}), "",
+              "Selector and broker refusals: " + (", ".join(f"{k} {v}" for k, v in (r.get("trade_blocks") or {}).items())
+                                                  or "none") + ".", "",
               "Blocked candidates: " + (", ".join(f"{k} {v}" for k, v in r["blocks"].items()) or "none") + ".", "",
               "![equity curve and hit rates](report.png)", ""]
     return "\n".join(lines)
+
+
+def _options_line(o: dict) -> str:
+    if not o.get("trades"):
+        return "Option trades: none (no option chain and quotes replayed, or every entry refused or unfilled)."
+    return (f"Option trades: {o['trades']}, P&L ${o['pnl_usd']:,.2f} (expectancy ${o['expectancy_usd']:,.2f} per trade, "
+            f"fees ${o['fees_usd']:,.2f}), slippage against the mid ${o['slippage_usd']:,.2f} "
+            f"(${o['slippage_per_contract']:.4f} per contract per fill).")
 
 
 def picture(r: dict, path: Path) -> None:

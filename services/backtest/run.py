@@ -30,7 +30,6 @@ from services.backtest.engine import Backtester, merge_bars
 from services.detector.config import DetectorConfig
 from services.detector.host import PluginHost
 from services.detector.market import ET
-from services.selector.exits import ExitRules
 from spx_common.store import Store
 from spx_common.store.profile import FamilyStats, Profile
 
@@ -106,6 +105,7 @@ class DayResult:
     advice: list = field(default_factory=list)
     trades: list = field(default_factory=list)
     blocks: dict = field(default_factory=dict)
+    trade_blocks: dict = field(default_factory=dict)  # selector and broker refusals (the trade model's)
     bars: int = 0
     ticks: int = 0
     excluded: int = 0  # trades the feed's trade rules keep out of bars (tick resolution)
@@ -137,7 +137,7 @@ def run_day(job: DayJob) -> DayResult:
 
     cfg = DetectorConfig(**job.cfg)
     host = make_host(cfg, list(job.families) if job.families else None)
-    bt = Backtester(cfg, host, rules=ExitRules(), pivot_every=job.pivot_every, tag=job.tag, profile=job.profile)
+    bt = Backtester(cfg, host, pivot_every=job.pivot_every, tag=job.tag, profile=job.profile)
     store = open_store(job.url, migrate=False)
     excluded = 0
     try:
@@ -169,6 +169,7 @@ def run_day(job: DayJob) -> DayResult:
     bt.finish()
     return DayResult(day=job.day.isoformat(), used=used, transitions=bt.transitions, advice=bt.advice,
                      trades=[t.as_dict() for t in bt.trades], blocks=bt.blocks, bars=bt.bars_seen,
+                     trade_blocks=dict(bt.trade.blocks),
                      ticks=bt.ticks_seen, excluded=excluded)
 
 
@@ -274,14 +275,24 @@ def assemble(store: Store | None, opts: Options, days: list[DayResult], plugins:
                      "config_hash": chash, "plugins": plugins, "symbols": sorted(opts.symbols),
                      "profile_version": profile.version,
                      "days": "each trading day runs alone, warmed up on the day before's closed bars",
-                     "selector": "not replayed: outcomes are measured in R on the underlying with the live exit "
-                                 "advisor; stored data holds no option chains to size contracts against"},
+                     "trade_model": "the live selector core, broker engine and paper broker "
+                                    "(services/backtest/trading.py); option trades where an option chain and "
+                                    "quotes were replayed, R on the underlying always"},
+        "trade_blocks": _sum_counts(d.trade_blocks for d in days),
         "criteria": {"min_t1_delta_pp": opts.criteria.min_t1_delta_pp,
                      "min_expectancy_delta_r": opts.criteria.min_expectancy_delta_r,
                      "min_trades": opts.criteria.min_trades},
-        "overall": overall, "families": per_family, "blocks": dict(sorted(blocks.items())),
+        "overall": overall, "families": per_family, "options": st.option_summary(trades), "blocks": dict(sorted(blocks.items())),
         "promotion": promotion, "trades": trades,
     }
+
+
+def _sum_counts(counts) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in counts:
+        for k, v in c.items():
+            out[k] = out.get(k, 0) + v
+    return dict(sorted(out.items()))
 
 
 def family_stats(result: dict) -> list[FamilyStats]:

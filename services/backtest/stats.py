@@ -110,6 +110,21 @@ def summarize(trades: list[dict]) -> Summary:
                    t1_ci=wilson(t1, n), t2_ci=wilson(t2, n), expectancy_ci=bootstrap_mean(rs))
 
 
+def option_summary(trades: list[dict]) -> dict:
+    """The option side of ``trades`` (those with ``pnl_usd``): count, dollars, fees and slippage against the
+    mid at decision (total, and per contract per fill: the modelled slippage)."""
+    opt = [t for t in trades if t.get("pnl_usd") is not None]
+    n = len(opt)
+    fills = [f for t in opt for f in t.get("fills") or []]
+    contracts = sum(float(f["quantity"]) for f in fills)
+    slip = sum(float(t.get("slippage_usd") or 0.0) for t in opt)
+    pnl = sum(float(t["pnl_usd"]) for t in opt)
+    return {"trades": n, "pnl_usd": round(pnl, 2), "expectancy_usd": round(pnl / n, 2) if n else 0.0,
+            "fees_usd": round(sum(float(t.get("fees_usd") or 0.0) for t in opt), 2), "slippage_usd": round(slip, 2),
+            "slippage_per_contract": round(slip / contracts / 100, 4) if contracts else 0.0,
+            "contracts_filled": contracts}
+
+
 @dataclass(frozen=True)
 class Criteria:
     """The promotion rule's thresholds (docs/backtest.md, "Promotion")."""
@@ -160,7 +175,7 @@ def compare(current: list[dict], baseline: list[dict], criteria: Criteria, *, fa
           f"expectancy delta {e_delta:+.3f} R, 95% interval [{e_lo:+.3f}, {e_hi:+.3f}] R: lower bound < "
           f"+{criteria.min_expectancy_delta_r:.3f} R")
     usd = None
-    if current and baseline and all("pnl_usd" in t for t in current) and all("pnl_usd" in t for t in baseline):
+    if current and baseline and all(t.get("pnl_usd") is not None for t in current + baseline):
         xs, ys = [float(t["pnl_usd"]) for t in current], [float(t["pnl_usd"]) for t in baseline]
         d_lo, d_hi = bootstrap_diff(xs, ys)
         usd = round(_mean(xs) - _mean(ys), 6)
