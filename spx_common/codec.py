@@ -32,9 +32,9 @@ loop (docs/performance.md). Nothing changes on the wire or in what callers see: 
 typed envelope refuses takes the general path, which accepts or refuses it exactly as before.
 
 A consumer that reads ``ticks`` bodies as bytes (the aggregator's compiled core) decodes with
-``lazy_ticks=True``: the header only (:class:`TicksHeader`, parsed by ``ticks_header`` of
-``services.aggregator.bars``), the body left in the payload at :attr:`Frame.body_at` until
-:meth:`Frame.body` is asked for it, which validates it exactly as the other paths do.
+``lazy_ticks=True``: the header only (:class:`TicksHeader`, read by :func:`ticks_header`, the one walker of
+the envelope), the body left in the payload at :attr:`Frame.body_at` until :meth:`Frame.body` is asked
+for it, which validates it exactly as the other paths do.
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ class TicksEnvelope(msgspec.Struct, array_like=True):
 
 
 class TicksHeader(msgspec.Struct, array_like=True, gc=False):
-    """The header of a ``ticks`` frame decoded with ``lazy_ticks``: the body is still bytes in the payload."""
+    """The header of a ``ticks`` frame decoded with ``lazy_ticks``: the body is still bytes in the payload
+    (``body`` is always None here; :meth:`Frame.body` reads it)."""
 
     v: int
     type: str
@@ -84,38 +85,69 @@ class TicksHeader(msgspec.Struct, array_like=True, gc=False):
     seq: int
     event_ns: int
     pub_ns: int
+    body: None = None
 
 
 # payload prefix of every ticks frame of this version: fixarray(8), v, fixstr "ticks"
 _TICKS_HEAD = b"\x98" + msgspec.msgpack.encode(PROTOCOL_VERSION) + msgspec.msgpack.encode("ticks")
 _TICKS_HEAD_LEN = len(_TICKS_HEAD)
-# msgpack int formats (uint8..64, int8..64) and str formats (str8/16/32): bytes after the type byte
-_INT_WIDTH = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
+# bytes a header value of each msgpack format takes, from its type byte: fixstr and every int format;
+# 0 for str8/16/32 (the length follows); a large negative number for any other format (not a header value)
+_NOT_HEADER = -(1 << 62)
+_SKIP = [_NOT_HEADER] * 256
+for _b in range(0x00, 0x80):
+    _SKIP[_b] = 1  # positive fixint
+for _b in range(0xE0, 0x100):
+    _SKIP[_b] = 1  # negative fixint
+for _b in range(0xA0, 0xC0):
+    _SKIP[_b] = 1 + (_b & 0x1F)  # fixstr
+for _b, _w in ((0xCC, 1), (0xCD, 2), (0xCE, 4), (0xCF, 8), (0xD0, 1), (0xD1, 2), (0xD2, 4), (0xD3, 8)):
+    _SKIP[_b] = 1 + _w  # uint8..64, int8..64
+for _b in (0xD9, 0xDA, 0xDB):
+    _SKIP[_b] = 0  # str8/16/32
+_SKIP = tuple(_SKIP)
 _STR_LEN_WIDTH = {0xD9: 1, 0xDA: 2, 0xDB: 4}
+_TICKS_HEADER_DECODER = msgspec.msgpack.Decoder(TicksHeader)
+
+
+def _str8_32(payload: bytes, i: int) -> int:
+    """Bytes the str8/16/32 at ``i`` takes."""
+    w = _STR_LEN_WIDTH[payload[i]]
+    return 1 + w + int.from_bytes(payload[i + 1:i + 1 + w], "big")
 
 
 def _ticks_body_at(payload: bytes) -> int:
-    """Offset of the body in a payload that :class:`TicksEnvelope` decoded: the body is the array's last
-    element, so its msgpack is the payload's suffix after the prefix, two strings and three ints."""
+    """Offset of the body in a ``ticks`` payload: the body is the array's last element, so its msgpack is the
+    payload's suffix after the prefix, two strings and three ints. Only finds the offset (an IndexError, or a
+    negative or wrong offset, on bytes of other formats): :func:`ticks_header` has msgspec check what it
+    skipped."""
+    skip = _SKIP
     i = _TICKS_HEAD_LEN
-    b = payload[i]  # src
-    if b <= 0xBF:  # fixstr
-        i += 1 + (b & 0x1F)
-    else:
-        w = _STR_LEN_WIDTH[b]
-        i += 1 + w + int.from_bytes(payload[i + 1:i + 1 + w], "big")
-    b = payload[i]  # session
-    if b <= 0xBF:
-        i += 1 + (b & 0x1F)
-    else:
-        w = _STR_LEN_WIDTH[b]
-        i += 1 + w + int.from_bytes(payload[i + 1:i + 1 + w], "big")
-    b = payload[i]  # seq
-    i += 1 if b < 0x80 or b >= 0xE0 else 1 + _INT_WIDTH[b]
-    b = payload[i]  # event_ns
-    i += 1 if b < 0x80 or b >= 0xE0 else 1 + _INT_WIDTH[b]
-    b = payload[i]  # pub_ns
-    return i + (1 if b < 0x80 or b >= 0xE0 else 1 + _INT_WIDTH[b])
+    i += skip[payload[i]] or _str8_32(payload, i)  # src
+    i += skip[payload[i]] or _str8_32(payload, i)  # session
+    i += skip[payload[i]]  # seq
+    i += skip[payload[i]]  # event_ns
+    return i + skip[payload[i]]  # pub_ns
+
+
+def ticks_header(payload: bytes) -> tuple[TicksHeader, int] | None:
+    """The header of a ``ticks`` payload of this protocol version and where its body starts, without reading
+    the body: the one reader of the envelope's header for every consumer of ``ticks`` bodies as bytes.
+
+    :func:`_ticks_body_at` finds the offset; msgspec then decodes the header bytes before it (closed with a
+    nil body) as :class:`TicksHeader`, so the header is validated exactly as the general path validates it
+    (the same types, the same values), and an offset that is not the end of seven valid header fields makes
+    the decode fail. None when ``payload`` is not bytes, is not a ``ticks`` payload of this version, its
+    header does not decode, or no body follows."""
+    if type(payload) is not bytes or not payload.startswith(_TICKS_HEAD):
+        return None
+    try:
+        at = _ticks_body_at(payload)
+        if not _TICKS_HEAD_LEN < at < len(payload):
+            return None
+        return _TICKS_HEADER_DECODER.decode(payload[:at] + b"\xc0"), at
+    except (IndexError, msgspec.DecodeError):  # ValidationError included
+        return None
 
 
 class FrameError(ValueError):
@@ -265,20 +297,6 @@ class Frame:
         return env.body
 
 
-def _ticks_header_parser(payload: bytes):
-    """``ticks_header`` of the aggregator's core (compiled when built), imported on first use:
-    spx_common never imports a service at import time."""
-    global _ticks_header
-    from services.aggregator.bars import ticks_header
-
-    _ticks_header = ticks_header
-    return ticks_header(payload)
-
-
-#: ``(payload) -> (src, session, seq, event_ns, pub_ns, body_at) | None`` for ``lazy_ticks``
-_ticks_header = _ticks_header_parser
-
-
 def decode_frames(parts: list[bytes], lazy_ticks: bool = False) -> Frame:
     """Decode a multipart message's header. Raises :class:`FrameError` with a reason label.
 
@@ -293,11 +311,9 @@ def decode_frames(parts: list[bytes], lazy_ticks: bool = False) -> Frame:
     payload = parts[1]
     if type(payload) is bytes and payload.startswith(_TICKS_HEAD):
         if lazy_ticks:
-            head = _ticks_header(payload)
+            head = ticks_header(payload)
             if head is not None:
-                src, session, seq, event_ns, pub_ns, body_at = head
-                return Frame(topic, TicksHeader(PROTOCOL_VERSION, "ticks", src, session, seq, event_ns, pub_ns),
-                             payload, body_at)
+                return Frame(topic, head[0], payload, head[1])
         try:
             return Frame(topic, _TICKS_DECODER.decode(payload), payload)
         except msgspec.DecodeError:  # ValidationError included: the general path below refuses it or not

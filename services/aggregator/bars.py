@@ -19,10 +19,8 @@ from spx_common.models import IndexValue, MicroBar, Quote, Trade
 COMPILED: bool
 try:
     from services.aggregator.fastcore import TickCore as BarAggregator
-    from services.aggregator.fastcore import ticks_header
 except ImportError:  # not built (no C compiler at install): the same API in plain Python
     from services.aggregator.pybars import PyTickCore as BarAggregator
-    from services.aggregator.pybars import ticks_header
 
     COMPILED = False
 else:
@@ -31,7 +29,7 @@ else:
 __all__ = [
     "COMPILED", "CSV_COLUMNS", "MAX_PENDING_QUOTES", "NS", "BarAggregator", "IndexValue", "MicroBar",
     "PyBarAggregator", "PyTickCore", "Quote", "Trade", "bars_from_events", "csv_row", "csv_rows", "newest_by_kind",
-    "order_key", "parse_interval", "ticks_header",
+    "order_key", "parse_interval",
 ]
 
 

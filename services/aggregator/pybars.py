@@ -35,7 +35,6 @@ from collections.abc import Callable, Iterable
 
 import msgspec
 
-from spx_common.codec import _INT_WIDTH, _STR_LEN_WIDTH, _TICKS_HEAD, _TICKS_HEAD_LEN
 from spx_common.models import IndexValue, MarketEvent, MicroBar, Quote, Trade
 
 NS = 1_000_000_000
@@ -870,56 +869,3 @@ class PyTickCore(PyBarAggregator):
     def symbol_names(self) -> list[str]:
         """Tracked symbols in the order they were first seen."""
         return list(self.symbols)
-
-
-def _str_at(p: bytes, i: int) -> tuple[str, int]:
-    """The msgpack str at ``i`` (fixstr, str8/16/32; strict UTF-8) and the position after it."""
-    b = p[i]
-    if 0xA0 <= b <= 0xBF:
-        n = b & 0x1F
-        i += 1
-    else:
-        w = _STR_LEN_WIDTH[b]  # KeyError: not a str
-        if i + 1 + w > len(p):
-            raise IndexError(i)
-        n = int.from_bytes(p[i + 1:i + 1 + w], "big")
-        i += 1 + w
-    if i + n > len(p):
-        raise IndexError(i)
-    return p[i:i + n].decode(), i + n
-
-
-def _int_at(p: bytes, i: int) -> tuple[int, int]:
-    """The msgpack int at ``i`` that fits int64, and the position after it."""
-    b = p[i]
-    if b <= 0x7F:
-        return b, i + 1
-    if b >= 0xE0:
-        return b - 0x100, i + 1
-    w = _INT_WIDTH[b]  # KeyError: not an int
-    if i + 1 + w > len(p):
-        raise IndexError(i)
-    v = int.from_bytes(p[i + 1:i + 1 + w], "big", signed=b >= 0xD0)
-    if v >= 1 << 63:
-        raise OverflowError(v)
-    return v, i + 1 + w
-
-
-def ticks_header(payload: bytes) -> tuple[str, str, int, int, int, int] | None:
-    """``(src, session, seq, event_ns, pub_ns, body_at)`` of a ``ticks`` payload of this protocol version, read
-    without decoding the body; None when ``payload`` is not bytes, the prefix or a header field is not in the
-    expected form (strs: fixstr/str8/16/32 of valid UTF-8; ints: any msgpack int within int64), or no body
-    follows. The plain-Python twin of ``fastcore.ticks_header``."""
-    if type(payload) is not bytes or not payload.startswith(_TICKS_HEAD):
-        return None
-    try:
-        src, i = _str_at(payload, _TICKS_HEAD_LEN)
-        session, i = _str_at(payload, i)
-        seq, i = _int_at(payload, i)
-        event_ns, i = _int_at(payload, i)
-        pub_ns, i = _int_at(payload, i)
-    except (IndexError, KeyError, OverflowError, UnicodeDecodeError):
-        return None
-    if i >= len(payload):
-        return None
-    return (src, session, seq, event_ns, pub_ns, i)

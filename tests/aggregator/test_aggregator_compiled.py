@@ -1,7 +1,7 @@
 """The compiled core (``services/aggregator/fastcore.pyx``, ``TickCore``, built by setup.py) against the
 plain-Python one (``pybars.PyTickCore``): on the same streams, byte-identical bars, the same late and refused
 counts, the same held bodies, newest maps and dirty symbols; the compiled ``feed`` accepts only bodies that
-msgspec decodes to the same values, and ``ticks_header`` reads what its Python twin reads.
+msgspec decodes to the same values.
 
 Without the compiled core these tests skip, except the first, which fails when ``fastcore.pyx`` is in the tree
 but was not built (or is older than the built module): a build that silently fell back to plain Python."""
@@ -20,7 +20,6 @@ import services.aggregator.bars as bars
 from services.aggregator import pybars
 from services.aggregator.pybars import PyTickCore
 from services.feed.synthetic import SyntheticSession
-from spx_common import codec
 from spx_common.models import IndexValue, MarketEvent, Quote, Trade
 from tests.aggregator.test_aggregator_bars import streams
 
@@ -45,7 +44,7 @@ def test_the_installed_core_is_compiled_and_built_from_the_current_source():
     built = Path(fastcore.__file__)
     assert built.suffix in (".so", ".pyd") and built.stat().st_mtime >= SOURCE.stat().st_mtime, (
         f"{built.name} is older than {SOURCE.name}: the compiled core is stale; rebuild with `pip install -e .`")
-    assert bars.BarAggregator is fastcore.TickCore and bars.ticks_header is fastcore.ticks_header
+    assert bars.BarAggregator is fastcore.TickCore
 
 
 # ------------------------------------------------------------------ streams
@@ -228,22 +227,3 @@ def test_bodies_msgspec_reads_but_the_compiled_core_refuses_take_the_callers_pat
         assert c.feed(body) == -1
         assert c.feed(ENC.encode(DEC.decode(body))) == 1
         assert snapshot(c) == snapshot(p)
-
-
-# ------------------------------------------------------------------ ticks header
-
-
-@compiled
-@settings(max_examples=300, deadline=None)
-@given(st.text(max_size=40), st.text(max_size=300), st.integers(-(2**63), 2**64 - 1),
-       st.integers(-(2**63), 2**63 - 1), st.integers(0, 2**63 - 1), st.integers(0, 3), st.integers(0, 2**32))
-def test_ticks_header_compiled_and_python_agree(src, session, seq, event_ns, pub_ns, nevents, seed):
-    events = [Trade(sym="SPY", price=1.0, ts=i) for i in range(nevents)]
-    p = codec.encode_payload("ticks", events, src=src, session=session, seq=seq, event_ns=event_ns, pub_ns=pub_ns)
-    head = pybars.ticks_header(p)
-    assert bars.ticks_header(p) == head
-    if seq < 2**63:
-        assert head == (src, session, seq, event_ns, pub_ns, codec._ticks_body_at(p))
-    rnd = random.Random(seed)
-    for bad in mutations(p, rnd, 10):
-        assert bars.ticks_header(bad) == pybars.ticks_header(bad), bad

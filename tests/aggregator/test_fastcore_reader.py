@@ -3,7 +3,7 @@ other processes sent, without msgspec. It may accept a body only when msgspec's 
 decoder turns it into the same values, and when it refuses one (-1) nothing may have changed.
 
 Three parts: property tests on generated bodies (valid ones in every msgpack form, and mutated ones), named
-edge cases, and ``ticks_header`` against ``spx_common.codec.decode_frames``. The oracle is always msgspec;
+edge cases (the frame header reader is tested in tests/foundation/test_foundation_ticks_header.py). The oracle is always msgspec;
 "the same state" is everything a core shows: bars (current and flushed), late, refused_symbols, watermark,
 next_due, symbol names, newest() per symbol, take_dirty() and the batches handed to on_hold, with every held
 or newest map decoded by msgspec and compared re-encoded (so -0.0 and NaN sums compare exactly).
@@ -21,11 +21,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from spx_common.codec import Envelope, _TICKS_HEAD, decode_frames, encode_payload
+from spx_common.codec import encode_payload, ticks_header
 from spx_common.models import IndexValue, MarketEvent, Quote, Trade
 
 try:
-    from services.aggregator.fastcore import TickCore, ticks_header
+    from services.aggregator.fastcore import TickCore
 except ModuleNotFoundError as exc:  # only the extension missing skips; any other import error fails
     if exc.name != "services.aggregator.fastcore":
         raise
@@ -698,7 +698,7 @@ EVENTS = [Trade(sym="SPY", price=500.25, size=3, ts=T0), Quote(sym="日本株", 
 
 def test_feed_from_an_offset_in_a_real_frame_payload_equals_feeding_the_body():
     payload = _frame(EVENTS)
-    body_at = ticks_header(payload)[5]
+    body_at = ticks_header(payload)[1]
     a, ah = make_core({"hold_max": 2})
     b, bh = make_core({"hold_max": 2})
     assert a.feed(payload, body_at) == len(EVENTS)
@@ -714,7 +714,7 @@ def test_feed_from_an_offset_in_a_real_frame_payload_equals_feeding_the_body():
 
 def test_bytes_bytearray_and_memoryview_give_the_same_result():
     payload = _frame(EVENTS)
-    body_at = ticks_header(payload)[5]
+    body_at = ticks_header(payload)[1]
     bad = payload[:-1]
     states = []
     for conv in (bytes, bytearray, memoryview, lambda p: memoryview(bytearray(p))):
@@ -735,87 +735,3 @@ def test_refused_symbols_move_the_watermark_and_are_neither_aggregated_nor_held(
     assert (core.watermark, core.refused_symbols, core.symbol_names()) == (T0 + 7, 2, ["A"])
     assert core.newest("B") == (None, None, None)
     assert [h[0] for h in holds] == ["A", "A"]
-
-
-# ---------------------------------------------------------------------------------------- ticks_header
-
-
-def _expect_header(payload: bytes, body: bytes):
-    """What decode_frames reads from ``payload``, whose body is ``body``'s bytes at its end."""
-    frame = decode_frames([b"tick.SPY", payload])
-    assert payload.endswith(body) and ENC.encode(frame.body()) == ENC.encode(LIST_DEC.decode(body))
-    return (frame.src, frame.session, frame.seq, frame.event_ns, frame.pub_ns, len(payload) - len(body))
-
-
-int64_st = st.one_of(st.integers(-2**63, INT64_MAX), st.integers(-40, 300), st.sampled_from([-2**63, INT64_MAX]))
-text_st = st.one_of(st.text(max_size=40), st.text(min_size=200, max_size=300), st.sampled_from(["", "feed", "日本"]))
-
-
-@settings(max_examples=150, deadline=None)
-@given(src=text_st, session=text_st, seq=int64_st, event_ns=int64_st, pub_ns=int64_st, events=events_st)
-def test_ticks_header_matches_decode_frames_on_valid_frames(src, session, seq, event_ns, pub_ns, events):
-    payload = _frame(events, src=src, session=session, seq=seq, event_ns=event_ns, pub_ns=pub_ns)
-    head = ticks_header(payload)
-    assert head == _expect_header(payload, ENC.encode(events))
-    assert payload[head[5]:] == ENC.encode(events)
-    for cut in {0, 1, len(_TICKS_HEAD), head[5] - 1, head[5], *random.Random(seq).sample(range(head[5]), 8)}:
-        assert ticks_header(payload[:cut]) is None
-    for cut in (head[5] + 1, len(payload) - 1):
-        if cut > head[5]:
-            assert ticks_header(payload[:cut]) == head
-    if all(e.ts <= INT64_MAX for e in events):
-        core, _ = make_core({})
-        assert core.feed(payload, head[5]) == len(events)
-
-
-@pytest.mark.parametrize("field", ["seq", "event_ns", "pub_ns"])
-def test_ticks_header_leaves_header_ints_beyond_int64_to_the_general_path(field):
-    for v in (2**63, 2**64 - 1):
-        payload = _frame(EVENTS, **{field: v})
-        assert ticks_header(payload) is None
-        assert getattr(decode_frames([b"tick.SPY", payload]), field) == v
-
-
-def _assert_header_consistent(payload: bytes):
-    """None, or fields that an Envelope decodes from the same header bytes with any body after them."""
-    head = ticks_header(payload)
-    if head is None:
-        return None
-    assert 0 < head[5] < len(payload)
-    env = msgspec.msgpack.decode(payload[:head[5]] + b"\x90", type=Envelope)
-    assert (env.v, env.type) == (1, "ticks")
-    assert head[:5] == (env.src, env.session, env.seq, env.event_ns, env.pub_ns), payload.hex()
-    return head
-
-
-@settings(max_examples=300, deadline=None)
-@given(junk=st.binary(max_size=80), seed=st.integers(0, 2**32), src=text_st, seq=int64_st)
-def test_ticks_header_never_raises_on_garbage_and_mutations(junk, seed, src, seq):
-    assert ticks_header(junk) is None or junk.startswith(_TICKS_HEAD)
-    _assert_header_consistent(junk)
-    _assert_header_consistent(_TICKS_HEAD + junk)
-    payload = bytearray(_frame(EVENTS[:2], src=src, seq=seq))
-    rnd = random.Random(seed)
-    for _ in range(rnd.randint(1, 3)):
-        op = rnd.randrange(3)
-        i = rnd.randrange(len(payload))
-        if op == 0:
-            payload[i] = rnd.randrange(256)
-        elif op == 1:
-            del payload[i]
-        else:
-            payload.insert(i, rnd.randrange(256))
-    _assert_header_consistent(bytes(payload))
-
-
-def test_ticks_header_wants_bytes_and_this_protocol_version():
-    payload = _frame(EVENTS)
-    assert ticks_header(payload) is not None
-    for other in (bytearray(payload), memoryview(payload), payload.decode("latin-1"), None, 1, [payload]):
-        assert ticks_header(other) is None
-    assert ticks_header(b"\x98\x02" + payload[2:]) is None  # another version
-    assert ticks_header(payload.replace(b"\xa5ticks", b"\xa5tickz", 1)) is None
-    assert ticks_header(b"\x99" + payload[1:]) is None
-    src_at = len(_TICKS_HEAD)
-    assert ticks_header(payload[:src_at] + b"\xa2\xff\xfe" + payload[src_at + 5:]) is None  # src not UTF-8
-    assert ticks_header(payload[:src_at] + b"\xc4\x04" + payload[src_at + 1:]) is None  # src as bin

@@ -1,6 +1,6 @@
 """The bar core's byte and hold API (docs: /tmp/spec/core_api.md, pybars.PyTickCore): ``feed`` refusing a
 body changes nothing, the hold hands each symbol's events over ``hold_max`` at a time as one msgpack array,
-``hold_flush``, ``newest``, ``take_dirty``, refused symbols, and the ``ticks`` header reader.
+``hold_flush``, ``newest``, ``take_dirty`` and refused symbols.
 
 Every test runs on the plain-Python core and, when it is built, on the compiled one (``bars.BarAggregator``):
 both must behave as written here."""
@@ -25,9 +25,6 @@ DEC = msgspec.msgpack.Decoder(list[MarketEvent])
 CORES = [pytest.param(PyTickCore, id="python")]
 if bars.COMPILED:
     CORES.append(pytest.param(bars.BarAggregator, id="compiled"))
-HEADERS = [pytest.param(pybars.ticks_header, id="python")]
-if bars.COMPILED:
-    HEADERS.append(pytest.param(bars.ticks_header, id="compiled"))
 
 
 def t(ts, price=100.0, size=100.0, sym="SPY", **kw):
@@ -106,7 +103,7 @@ def test_feed_reads_the_body_from_start_and_any_buffer(core):
     events = [q(S), t(S + 1), t(S + 2, 100.02, 3.5)]
     body = ENC.encode(events)
     payload = codec.encode_payload("ticks", events, src="feed", session="s1", seq=1, event_ns=S + 2)
-    at = pybars.ticks_header(payload)[5]
+    at = codec.ticks_header(payload)[1]
     want = make(core)
     want.on_events(events)
     for buf, start in ((body, 0), (payload, at), (bytearray(payload), at), (memoryview(payload), at)):
@@ -280,48 +277,6 @@ def payload(events=(), **kw):
     head = dict(src="feed", session="a1b2c3", seq=17, event_ns=5 * S, pub_ns=5 * S + 12345)
     head.update(kw)
     return codec.encode_payload("ticks", list(events), **head)
-
-
-@pytest.mark.parametrize("ticks_header", HEADERS)
-def test_ticks_header_reads_the_header_and_finds_the_body(ticks_header):
-    events = [q(S), t(S + 1)]
-    for kw in ({}, {"src": "x" * 40, "session": "é" * 200, "seq": 0, "event_ns": 2**63 - 1, "pub_ns": -5},
-               {"src": "", "session": "s" * 70_000, "seq": 2**40, "pub_ns": 200}):
-        p = payload(events, **kw)
-        head = ticks_header(p)
-        want = dict(src="feed", session="a1b2c3", seq=17, event_ns=5 * S, pub_ns=5 * S + 12345)
-        want.update(kw)
-        assert head[:5] == (want["src"], want["session"], want["seq"], want["event_ns"], want["pub_ns"])
-        assert head[5] == codec._ticks_body_at(p) and DEC.decode(p[head[5]:]) == events
-
-
-@pytest.mark.parametrize("ticks_header", HEADERS)
-def test_ticks_header_refuses_what_it_cannot_read_and_never_raises(ticks_header):
-    p = payload([t(S)])
-    assert ticks_header(p) is not None
-    for bad in (
-        bytearray(p), memoryview(p), p.decode("latin-1"), None,  # not bytes
-        b"", p[:3], b"\x98\x02" + p[2:],  # another protocol version
-        codec.encode_payload("bars", [t(S)], src="feed", session="s", seq=1, event_ns=1),  # another type
-        p.replace(b"\xa4feed", b"\xa4fe\xff\xfe"),  # src not UTF-8
-        p.replace(b"\xa4feed", b"\xc4\x04feed"),  # src as bin
-        payload(seq=2**64 - 1),  # beyond int64
-        payload(event_ns=1.5),  # not an int
-        payload()[:-1],  # no body
-    ):
-        assert ticks_header(bad) is None, bad
-    for n in range(ticks_header(p)[5] + 1):  # truncated in the header or right after it: None, no exception
-        assert ticks_header(p[:n]) is None
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=40), st.integers(0, 60))
-def test_ticks_header_never_raises_on_junk_after_the_prefix(junk, cut):
-    p = payload([t(S)])
-    for ticks_header in [h.values[0] for h in HEADERS]:
-        for buf in (codec._TICKS_HEAD + junk, p[:cut] + junk):
-            head = ticks_header(buf)
-            assert head is None or (len(head) == 6 and codec._TICKS_HEAD_LEN < head[5] < len(buf))
 
 
 # ------------------------------------------------------------------ helpers kept in pybars

@@ -230,7 +230,7 @@ def test_lazy_ticks_frames_take_the_other_paths_when_the_header_is_not_read(monk
     frame = decode_frames([parts[0], memoryview(parts[1])], lazy_ticks=True)  # not bytes: general path
     assert type(frame.env) is codec.Envelope and frame.body_at == -1
     assert frame.body() == [Quote(sym="SPY", bid=1.0, ask=1.1, ts=5)]
-    monkeypatch.setattr(codec, "_ticks_header", lambda payload: None)  # a header the parser does not take
+    monkeypatch.setattr(codec, "ticks_header", lambda payload: None)  # a header the parser does not take
     frame = decode_frames(parts, lazy_ticks=True)
     assert type(frame.env) is codec.TicksEnvelope and frame.body_at == -1
     assert frame.body() == [Quote(sym="SPY", bid=1.0, ask=1.1, ts=5)]
