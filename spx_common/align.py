@@ -81,7 +81,7 @@ class Aligner:
         self.stats = AlignStats()
         #: the newest key released: an item pushed below it is late
         self.released_key = _NONE
-        self._heap: list[tuple[int, tuple, str, int, int, Any]] = []
+        self._heap: list[tuple[int, tuple[Any, ...], str, int, int, Any]] = []
         for s in streams:
             self.add_stream(s)
 
@@ -93,7 +93,7 @@ class Aligner:
             st = self.streams[name] = StreamState(name)
         return st
 
-    def push(self, stream: str, key: int, order: tuple, item: Any, nbytes: int = 0) -> None:
+    def push(self, stream: str, key: int, order: tuple[Any, ...], item: Any, nbytes: int = 0) -> None:
         """Hold ``item`` of ``stream`` with event time ``key`` (ns) and tie-break ``order``."""
         st = self.streams.get(stream) or self.add_stream(stream)
         n = st.arrived

@@ -207,7 +207,8 @@ def _read_toml() -> dict[str, Any]:
 def _env_names(model: type[Section], name: str) -> list[str]:
     info = model.model_fields[name]
     extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-    return [f"SPX_{model.section.upper()}_{name.upper()}", *extra.get("env", [])]
+    env = extra.get("env")
+    return [f"SPX_{model.section.upper()}_{name.upper()}", *(str(e) for e in (env if isinstance(env, list) else ()))]
 
 
 def is_secret(model: type[Section], name: str) -> bool:

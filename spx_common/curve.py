@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import zmq
 import zmq.auth
@@ -73,17 +74,17 @@ class CurveKeys:
             raise CurveError(f"no public key for peer {peer!r} in {self.public_dir}")
         return key
 
-    def make_server(self, sock: zmq.Socket) -> None:
+    def make_server(self, sock: zmq.Socket[Any]) -> None:
         sock.curve_secretkey = self.secret
         sock.curve_publickey = self.public
         sock.curve_server = True
 
-    def make_client(self, sock: zmq.Socket, peer: str) -> None:
+    def make_client(self, sock: zmq.Socket[Any], peer: str) -> None:
         sock.curve_secretkey = self.secret
         sock.curve_publickey = self.public
         sock.curve_serverkey = self.server_key(peer)
 
-    def start_authenticator(self, ctx: zmq.Context) -> ThreadAuthenticator:
+    def start_authenticator(self, ctx: zmq.Context[Any]) -> ThreadAuthenticator:
         """Start the ZAP handler that admits only clients with a key in ``keys/public``."""
         auth = ThreadAuthenticator(ctx)
         auth.start()

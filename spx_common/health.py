@@ -106,7 +106,7 @@ def stopped_by_signal(pid: int | None) -> bool:
     return stat.rpartition(")")[2].split()[:1] in (["T"], ["t"])
 
 
-def assess(service: str, proc: dict | None, heartbeat: Any, heartbeat_age_s: float | None, run_dir: Path,
+def assess(service: str, proc: dict[str, Any] | None, heartbeat: Any, heartbeat_age_s: float | None, run_dir: Path,
            *, supervised: bool = True, peer_timeout_s: float = 3.0) -> tuple[bool, str]:
     """``(healthy, reason)`` of one service.
 

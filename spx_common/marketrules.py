@@ -36,8 +36,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
-from spx_common.models import Quote, Trade
+from spx_common.models import MarketEvent, Quote, Trade
+
+if TYPE_CHECKING:  # numpy comes with pyarrow; imported where the columnar path runs
+    import numpy as np
+    import numpy.typing as npt
 
 EXCL_CONDITION = 1
 EXCL_CORRECTION = 2
@@ -70,7 +75,7 @@ class Condition:
         return self.updates_volume and self.excludes
 
 
-def load_table(path: Path = TABLE_PATH) -> tuple[dict[int, Condition], dict]:
+def load_table(path: Path = TABLE_PATH) -> tuple[dict[int, Condition], dict[str, Any]]:
     """The condition table (``id -> Condition``, the project's override applied) and the file's metadata."""
     doc = json.loads(path.read_text())
     table: dict[int, Condition] = {}
@@ -147,7 +152,7 @@ class TradeRules:
         self.excluded: dict[str, int] = {}
         self.excluded_size: dict[str, float] = {}
         self._quotes: dict[str, Quote] = {}
-        self._verdicts: dict[tuple, tuple[int, tuple[str, ...]]] = {}  # cond tuple -> (excl, labels), bounded
+        self._verdicts: dict[tuple[int, ...], tuple[int, tuple[str, ...]]] = {}  # cond tuple -> (excl, labels), bounded
 
     def _verdict(self, cond: list[int]) -> tuple[int, tuple[str, ...]]:
         """(excl, labels) of a stock print's conditions, memoised (bounded)."""
@@ -167,7 +172,7 @@ class TradeRules:
         if len(self.kept) < self.keep:
             self.kept.append(ev)
 
-    def apply(self, events: Iterable) -> int:
+    def apply(self, events: Iterable[MarketEvent]) -> int:
         n = 0
         guard = self.outlier > 0
         quotes = self._quotes
@@ -203,13 +208,15 @@ class TradeRules:
                     n += 1
         return n
 
-    def apply_columns(self, names: list[str], sym, kind, excl, cond, conds: list[tuple[int, ...]], size):
+    def apply_columns(self, names: list[str], sym: npt.NDArray[Any], kind: npt.NDArray[Any], excl: npt.NDArray[Any],
+                      cond: npt.NDArray[Any], conds: list[tuple[int, ...]],
+                      size: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
         """:meth:`apply` on columns (``spx_common.flatfiles.Columns``, stream order): the new ``excl``
         array (a reader's flag kept, :data:`EXCL_CONDITION` or :data:`EXCL_VOLUME_ONLY` set by the condition
         table) with the same
         counts and size sums as :meth:`apply` on the same events. Only with the outlier guard off and
         ``keep`` 0 (the guard needs the quote in force per trade: :meth:`apply`)."""
-        import numpy as np
+        import numpy as np  # at run time only here: the event path needs no numpy
 
         if self.outlier > 0 or self.keep:
             raise ValueError("apply_columns: the outlier guard and keep need apply()")
@@ -220,7 +227,7 @@ class TradeRules:
         flagged = trade & (excl != 0)
         by_cond = trade & (excl == 0) & (code[cond] != 0) & ~option[sym]
         out = np.where(by_cond, code[cond], excl).astype(np.uint8)
-        labelled: dict[str, list] = {}
+        labelled: dict[str, list[Any]] = {}
         for i in np.flatnonzero(flagged):  # rare: a loop keeps the counting rules in one place
             e = int(out[i])
             labels = (verdict[cond[i]][1] if e in (EXCL_CONDITION, EXCL_VOLUME_ONLY)

@@ -15,6 +15,8 @@ import bisect
 import math
 import threading
 from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Generic, TypeVar
 
 DEFAULT_BUCKETS_MS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
 
@@ -24,6 +26,9 @@ def _fmt_labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = ""
     if extra:
         parts.append(extra)
     return "{" + ",".join(parts) + "}" if parts else ""
+
+
+V = TypeVar("V")
 
 
 def _escape(v: str) -> str:
@@ -38,7 +43,9 @@ def _num(x: float) -> str:
     return repr(x)
 
 
-class _Metric:
+class _Metric(Generic[V]):
+    """One metric: its label names and, per label set, a value of type ``V``."""
+
     kind = "untyped"
 
     def __init__(self, registry: Registry, name: str, doc: str, labels: Iterable[str], max_series: int) -> None:
@@ -47,7 +54,7 @@ class _Metric:
         self.doc = doc
         self.labelnames = tuple(labels)
         self.max_series = max_series
-        self._series: dict[tuple[str, ...], object] = {}
+        self._series: dict[tuple[str, ...], V] = {}
 
     def _key(self, labels: dict[str, str]) -> tuple[str, ...] | None:
         if set(labels) != set(self.labelnames):
@@ -58,24 +65,27 @@ class _Metric:
             return None
         return key
 
+    def samples(self) -> list[str]:
+        raise NotImplementedError
 
-class Counter(_Metric):
+
+class Counter(_Metric[float]):
     kind = "counter"
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
         key = self._key(labels) if labels or self.labelnames else ()
         if key is None:
             return
-        self._series[key] = self._series.get(key, 0.0) + amount  # type: ignore[operator]
+        self._series[key] = self._series.get(key, 0.0) + amount
 
     def value(self, **labels: str) -> float:
-        return float(self._series.get(tuple(str(labels[n]) for n in self.labelnames), 0.0))  # type: ignore[arg-type]
+        return float(self._series.get(tuple(str(labels[n]) for n in self.labelnames), 0.0))
 
     def total(self) -> float:
-        return float(sum(self._series.values()))  # type: ignore[arg-type]
+        return float(sum(self._series.values()))
 
     def samples(self) -> list[str]:
-        return [f"{self.name}{_fmt_labels(self.labelnames, k)} {_num(v)}" for k, v in self._series.items()]  # type: ignore[arg-type]
+        return [f"{self.name}{_fmt_labels(self.labelnames, k)} {_num(v)}" for k, v in self._series.items()]
 
 
 class Gauge(Counter):
@@ -87,11 +97,23 @@ class Gauge(Counter):
             self._series[key] = float(value)
 
 
-class Histogram(_Metric):
+class _Buckets:
+    """One label set of a histogram: per-bucket counts (the last is +Inf), sum and count."""
+
+    __slots__ = ("counts", "n", "total")
+
+    def __init__(self, nbuckets: int) -> None:
+        self.counts = [0] * (nbuckets + 1)
+        self.total = 0.0
+        self.n = 0
+
+
+class Histogram(_Metric[_Buckets]):
     kind = "histogram"
 
-    def __init__(self, *args, buckets: tuple[float, ...] = DEFAULT_BUCKETS_MS, **kw) -> None:
-        super().__init__(*args, **kw)
+    def __init__(self, registry: Registry, name: str, doc: str, labels: Iterable[str], max_series: int,
+                 buckets: tuple[float, ...] = DEFAULT_BUCKETS_MS) -> None:
+        super().__init__(registry, name, doc, labels, max_series)
         self.buckets = tuple(sorted(buckets))
 
     def observe(self, value: float, **labels: str) -> None:
@@ -100,22 +122,22 @@ class Histogram(_Metric):
             return
         s = self._series.get(key)
         if s is None:
-            s = self._series[key] = [[0] * (len(self.buckets) + 1), 0.0, 0]
-        s[0][bisect.bisect_left(self.buckets, value)] += 1  # type: ignore[index]
-        s[1] += value  # type: ignore[index]
-        s[2] += 1  # type: ignore[index]
+            s = self._series[key] = _Buckets(len(self.buckets))
+        s.counts[bisect.bisect_left(self.buckets, value)] += 1
+        s.total += value
+        s.n += 1
 
     def count(self, **labels: str) -> int:
         s = self._series.get(tuple(str(labels[n]) for n in self.labelnames))
-        return 0 if s is None else s[2]  # type: ignore[index]
+        return 0 if s is None else s.n
 
     def quantile(self, q: float, **labels: str) -> float | None:
         """Upper bucket bound below which a fraction ``q`` of observations fall (coarse)."""
         s = self._series.get(tuple(str(labels[n]) for n in self.labelnames))
-        if not s or not s[2]:  # type: ignore[index]
+        if s is None or not s.n:
             return None
-        target, acc = q * s[2], 0  # type: ignore[index]
-        for bound, n in zip(self.buckets + (math.inf,), s[0], strict=True):  # type: ignore[index]
+        target, acc = q * s.n, 0
+        for bound, n in zip(self.buckets + (math.inf,), s.counts, strict=True):
             acc += n
             if acc >= target:
                 return bound
@@ -123,27 +145,30 @@ class Histogram(_Metric):
 
     def samples(self) -> list[str]:
         out = []
-        for key, (counts, total, n) in self._series.items():  # type: ignore[misc]
+        for key, s in self._series.items():
             acc = 0
-            for bound, c in zip(self.buckets + (math.inf,), counts, strict=True):
+            for bound, c in zip(self.buckets + (math.inf,), s.counts, strict=True):
                 acc += c
                 le = 'le="' + _num(bound) + '"'
                 out.append(f"{self.name}_bucket{_fmt_labels(self.labelnames, key, le)} {acc}")
-            out.append(f"{self.name}_sum{_fmt_labels(self.labelnames, key)} {_num(total)}")
-            out.append(f"{self.name}_count{_fmt_labels(self.labelnames, key)} {n}")
+            out.append(f"{self.name}_sum{_fmt_labels(self.labelnames, key)} {_num(s.total)}")
+            out.append(f"{self.name}_count{_fmt_labels(self.labelnames, key)} {s.n}")
         return out
+
+
+M = TypeVar("M", bound=_Metric[Any])
 
 
 class Registry:
     """All metrics of one process. Thread-safe for registration; updates are GIL-atomic enough."""
 
     def __init__(self, const_labels: dict[str, str] | None = None) -> None:
-        self._metrics: dict[str, _Metric] = {}
+        self._metrics: dict[str, _Metric[Any]] = {}
         self._lock = threading.Lock()
         self.series_dropped = 0
         self.const_labels = const_labels or {}
 
-    def _get(self, cls, name: str, doc: str, labels: Iterable[str], max_series: int, **kw):
+    def _get(self, cls: type[M], name: str, doc: str, labels: Iterable[str], max_series: int, **kw: Any) -> M:
         with self._lock:
             existing = self._metrics.get(name)
             if existing is not None:
@@ -166,7 +191,7 @@ class Registry:
     ) -> Histogram:
         return self._get(Histogram, name, doc, labels, max_series, buckets=buckets)
 
-    def get(self, name: str) -> _Metric | None:
+    def get(self, name: str) -> _Metric[Any] | None:
         return self._metrics.get(name)
 
     def render(self) -> str:
@@ -189,10 +214,8 @@ class Registry:
         return out
 
 
-def serve_http(registry: Registry, host: str, port: int):
+def serve_http(registry: Registry, host: str, port: int) -> ThreadingHTTPServer:
     """Serve ``/metrics`` over HTTP on a daemon thread; returns the server (call ``shutdown()``)."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
             if self.path.split("?")[0] != "/metrics":
@@ -205,7 +228,7 @@ def serve_http(registry: Registry, host: str, port: int):
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args) -> None:
+        def log_message(self, *args: Any) -> None:
             pass
 
     server = ThreadingHTTPServer((host, port), Handler)

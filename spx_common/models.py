@@ -43,11 +43,12 @@ class Base(Struct, kw_only=True, omit_defaults=True):
     decode of cached ticks ran ~6x slower with GC tracking).
     """
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return msgspec.structs.asdict(self)
 
-    def to_builtins(self) -> dict:
-        return msgspec.to_builtins(self)
+    def to_builtins(self) -> dict[str, Any]:
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        return out
 
 
 # --------------------------------------------------------------------------- market data
@@ -102,7 +103,9 @@ class IndexValue(Base, kw_only=True, tag="v", tag_field="k", gc=False):
 MarketEvent = Trade | Quote | IndexValue
 
 
-class MicroBar(Base, kw_only=True, gc=False, frozen=True):
+# mypy models msgspec Structs as dataclasses and refuses a frozen one under a non-frozen base; msgspec allows
+# it (frozen is per class: Base's fields are set only at construction).
+class MicroBar(Base, kw_only=True, gc=False, frozen=True):  # type: ignore[misc]
     """A 1s/5s (or any interval) bar with quote microstructure.
 
     Frozen: a bar is a fact once published; detectors and the backtester share bars without

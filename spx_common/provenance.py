@@ -21,7 +21,10 @@ so a demo or a replay never quarantines a detector.
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from spx_common.models import FeedStatus
 
 SOURCES = ("live", "replay", "synthetic", "backtest", "backfill")
 ProvenanceSource = Literal["live", "replay", "synthetic", "backtest", "backfill"]
@@ -56,7 +59,7 @@ def configured() -> tuple[str, str]:
     return of_feed_source(kind), run_id()
 
 
-def badge(feed) -> str:
+def badge(feed: FeedStatus) -> str:
     """What a status line or the dashboard shows for a :class:`~spx_common.models.FeedStatus`: ``LIVE``
     only when the feed is a vendor's stream, else ``REPLAY <date> x<speed>`` (``(synthetic)`` for the
     generated session)."""

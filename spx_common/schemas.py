@@ -75,9 +75,9 @@ def model_for(struct: type[msgspec.Struct]) -> type[BaseModel]:
         else:
             fields[f.name] = (tp, f.default)
     cfg = struct.__struct_config__
-    if cfg.tag is not None:
-        fields[cfg.tag_field] = (typing.Literal[cfg.tag], cfg.tag)  # type: ignore[valid-type]
-    model = create_model(
+    if cfg.tag is not None and cfg.tag_field is not None:
+        fields[cfg.tag_field] = (typing.Literal[cfg.tag], cfg.tag)
+    model: type[BaseModel] = create_model(
         struct.__name__,
         __config__=ConfigDict(extra="forbid", frozen=True),
         __doc__=struct.__doc__ or f"{struct.__name__} message.",

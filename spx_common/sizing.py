@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import math
+from typing import Any
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -151,12 +152,12 @@ def size(leg: Leg, direction: str, entry: float, stop: float, budget: Budget, no
     """Contracts of ``leg`` that ``budget`` buys for a setup from ``entry`` to ``stop`` (underlying levels),
     paying ``price`` per share (default the ask). Never raises: a refusal is ``contracts=0`` with a reason."""
     price = leg.ask if price is None else price
-    bd = dict(maxRiskDollars=budget.risk_dollars if _finite(budget.risk_dollars) else 0.0, contractsByRisk=0,
+    bd: dict[str, Any] = dict(maxRiskDollars=budget.risk_dollars if _finite(budget.risk_dollars) else 0.0, contractsByRisk=0,
               contractsByBuyingPower=0, perContractDebit=0.0, entry=entry if _finite(entry) else None,
               stop=stop if _finite(stop) else None, minRiskPerContract=budget.min_risk_per_contract,
               maxContracts=budget.max_contracts)
 
-    def no(reason: str, **more) -> Sizing:
+    def no(reason: str, **more: Any) -> Sizing:
         return Sizing(0, reason, SizingBreakdown(**{**bd, **more}))
 
     bad = check_stop(direction, entry, stop)
