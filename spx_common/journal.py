@@ -511,7 +511,7 @@ def _part_batches(mm: mmap.mmap, start: int, size: int, stats: TailStats) -> Ite
                 stats.corrupt += 1
                 continue
             finally:
-                payload.release()  # type: ignore[attr-defined]  # a slice of the map
+                payload.release()  # a slice of the map
             if not batch:
                 continue
             lo = hi = batch[0].ts

@@ -35,7 +35,8 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import TypeVar
 
 MAGIC = b"SPXLOG\x00\x01"
 _HEAD = struct.Struct("<II")
@@ -154,8 +155,12 @@ def find_record(data, start: int, end: int, framing: Framing = CURRENT, *,
     return -1
 
 
-def scan(data, framing: Framing = CURRENT, *, start: int | None = None, stats: ScanStats | None = None,
-         max_record: int = MAX_RECORD_BYTES, name: str = "") -> Iterator[tuple[int, object]]:
+#: what :func:`scan` reads, and so what its payloads are: slices of the same type
+Buf = TypeVar("Buf", bytes, memoryview)
+
+
+def scan(data: Buf, framing: Framing = CURRENT, *, start: int | None = None, stats: ScanStats | None = None,
+         max_record: int = MAX_RECORD_BYTES, name: str = "") -> Generator[tuple[int, Buf], None, None]:
     """``(offset, payload)`` of every good record of ``data`` (bytes, or a memoryview: payloads are
     slices of it), from ``start`` (default: just past the framing's magic).
 
@@ -233,8 +238,8 @@ def iter_file(path: Path | str, legacy: Framing | None = None, stats: ScanStats 
                    name=path.name)
     try:
         for _, payload in records:
-            out = payload.tobytes()  # type: ignore[attr-defined]  # a slice of the memoryview
-            payload.release()  # type: ignore[attr-defined]
+            out = payload.tobytes()
+            payload.release()
             yield out
     finally:
         records.close()
@@ -277,7 +282,7 @@ def recover(path: Path | str, *, max_record: int = MAX_RECORD_BYTES) -> ScanStat
                 st.end = size
                 return st
             for _, payload in scan(view, CURRENT, start=max(last, len(MAGIC)), stats=st, max_record=max_record):
-                payload.release()  # type: ignore[attr-defined]  # a slice of the memoryview
+                payload.release()
             good = st.end
             if st.torn == 0:  # the chain broke on a damaged length with good records after it
                 return st
