@@ -44,7 +44,7 @@ from services.cli import supervise  # noqa: E402
 from spx_common.bus import Subscriber, call_once  # noqa: E402
 from spx_common.config import BusConfig, RuntimeConfig  # noqa: E402
 from spx_common.store.repo import fill_key  # noqa: E402
-from tests.fakes.massive import MIX, FakeMassive, MarketMix, chain_rows, prime_options  # noqa: E402
+from spx_testing.fakes.massive import MIX, FakeMassive, MarketMix, chain_rows, prime_options  # noqa: E402
 
 VICTIMS = ["recorder", "aggregator", "feed", "detector", "selector", "broker", "coach", "gateway"]
 

@@ -8,7 +8,7 @@ parse (msgspec JSON -> models), pipeline (dedupe + order guard + per-symbol grou
 frame encoding (``codec.encode_payload`` per symbol group, what ``Publisher.publish`` sends).
 Target: >= 300,000 events/s end to end.
 
-``--ws`` also measures the running service: the fake Massive server (tests/fakes/massive.py)
+``--ws`` also measures the running service: the fake Massive server (spx_testing/fakes/massive.py)
 sends the same frames over a real loopback WebSocket to a real ``FeedService`` (own thread and
 event loop, journal on) and a ZeroMQ subscriber counts the events that come out on ``tick.*``.
 """
@@ -132,7 +132,7 @@ def ws_figures(raw: list[bytes], n: int) -> None:
     from spx_common.config import BusConfig, RuntimeConfig
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the fake server lives in tests/
-    from tests.fakes.massive import FakeMassive
+    from spx_testing.fakes.massive import FakeMassive
 
     run_dir = Path(tempfile.mkdtemp(prefix="spx-feed-bench-"))
     runtime, bus = RuntimeConfig(run_dir=run_dir), BusConfig()

@@ -15,7 +15,7 @@ latency is receipt time minus the ``ts`` of the tick that caused it (a transitio
 tick's event time). Target: p99 under 10 ms at 10,000 events/s. Every wait is bounded.
 
 ``--feed massive`` puts the real ``services.feed`` process in front (``source=live``) on the fake
-Massive WebSocket (``tests/fakes/massive.py``) streaming SPY trades and quotes at the rate; ingest is
+Massive WebSocket (``spx_testing/fakes/massive.py``) streaming SPY trades and quotes at the rate; ingest is
 then the vendor time ``t`` of the tick (the millisecond the fake sent it, truncated: the figure
 over-states by up to 1 ms), and the detector's own histogram (feed publish -> transition publish)
 is printed beside it.
@@ -72,7 +72,7 @@ def main() -> int:
     names = ["aggregator", "detector"]
     if args.feed == "massive":
         sys.path.insert(0, str(ROOT))  # tests.fakes is not an installed package
-        from tests.fakes.massive import FakeMassive, MarketMix
+        from spx_testing.fakes.massive import FakeMassive, MarketMix
 
         fake = FakeMassive(api_key="bench-key")
         fake.start()

@@ -5,7 +5,7 @@
     python benchmarks/load.py --rate 10000 --duration 600 --rss-every 5      # the flat-memory run
 
 Every process runs from ``supervisord.conf`` (as ``spx up`` starts them) in a private run directory,
-with ``[feed] source=live`` pointed at the fake Massive server (``tests/fakes/massive.py``) on loopback.
+with ``[feed] source=live`` pointed at the fake Massive server (``spx_testing/fakes/massive.py``) on loopback.
 The fake sends a realistic mix as vendor JSON arrays every 5 ms, paced to ``--rate`` events/s:
 
 * ``stocks``: SPY trades (10 %) and quotes (30 %); the price walks a sawtooth so setups trigger;
@@ -51,7 +51,7 @@ import zmq  # noqa: E402
 from services.cli import supervise  # noqa: E402
 from spx_common.bus import RpcClient, RpcError, Subscriber  # noqa: E402
 from spx_common.config import BusConfig, RuntimeConfig  # noqa: E402
-from tests.fakes.massive import MIX, FakeMassive, MarketMix as Mix, prime_options  # noqa: E402
+from spx_testing.fakes.massive import MIX, FakeMassive, MarketMix as Mix, prime_options  # noqa: E402
 
 SERVICES = ["feed", "aggregator", "detector", "selector", "broker", "coach", "gateway", "recorder"]
 

@@ -1,18 +1,24 @@
-"""Shared fixtures: a private run directory per test, real ZeroMQ contexts, bounded waits."""
+"""Shared fixtures: a private run directory per test, real ZeroMQ contexts, bounded waits, a database on
+each engine (``db_url``), headless Chromium (``browser``).
+
+Fixtures live here (or in a folder's conftest.py), never imported from another test module. The process
+harness, ``eventually`` and ``free_port`` are :mod:`spx_testing` (benchmarks use them too); they are
+re-exported here for the tests that import them from ``tests.conftest``."""
 
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
-import time
+import uuid
 from pathlib import Path
-from collections.abc import Callable
 
 import pytest
 import zmq
 
 from spx_common.config import BusConfig, RuntimeConfig
+from spx_testing import eventually, free_port
+
+__all__ = ["eventually", "free_port", "PG_BASE", "PG_SKIP", "pg_dsn"]
 
 
 @pytest.fixture
@@ -44,27 +50,76 @@ def zctx():
     ctx.destroy(linger=0)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def eventually(cond: Callable[[], object], timeout_s: float = 10.0, interval_s: float = 0.05, what: str = ""):
-    """Poll ``cond`` until truthy or raise AssertionError after ``timeout_s`` (never a bare sleep)."""
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(interval_s)
-    raise AssertionError(f"condition not met within {timeout_s}s: {what or cond}")
-
-
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+# ---------------------------------------------------------------- databases: SQLite and PostgreSQL
+
+PG_BASE = os.environ.get("SPX_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def pg_dsn(url: str) -> str:
+    """libpq DSN of a SQLAlchemy psycopg URL (for admin statements)."""
+    return url.replace("postgresql+psycopg://", "postgresql://")
+
+
+def _pg_reachable() -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(pg_dsn(PG_BASE), connect_timeout=2):
+            return None
+    except Exception as exc:  # noqa: BLE001 - any failure means "skip with this reason"
+        return f"PostgreSQL unreachable at {PG_BASE}: {exc}"
+
+
+#: why PostgreSQL tests skip (None when it answers)
+PG_SKIP = _pg_reachable()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, run_dir):
+    """A fresh, empty database URL on each engine (PostgreSQL: a private schema, dropped after)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{run_dir}/spx.sqlite3"
+        return
+    if PG_SKIP:
+        pytest.skip(PG_SKIP)
+    import psycopg
+
+    schema = f"spx_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_dsn(PG_BASE), autocommit=True) as c:
+        c.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{PG_BASE}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(pg_dsn(PG_BASE), autocommit=True) as c:
+            c.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+# ---------------------------------------------------------------- headless Chromium
+
+
+@pytest.fixture
+def browser():
+    """``browser(url)``: headless Chromium on ``url`` and a DevTools client on its page; all stopped after.
+    Skips when Chromium is not installed (apt-get install -y chromium)."""
+    from services.gateway.devtools import Chromium, DevTools, chromium_path
+
+    binary = chromium_path()
+    if binary is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    opened: list[Chromium] = []
+
+    def launch(url: str) -> DevTools:
+        opened.append(Chromium(url, binary))
+        return opened[-1].page()
+
+    yield launch
+    for b in opened:
+        b.close()
 
 
 os.environ.setdefault("SPX_RUNTIME_LOG_LEVEL", "WARNING")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from contextlib import contextmanager
 from collections.abc import Iterator
 
@@ -12,7 +9,7 @@ import zmq
 
 from spx_common.bus import Publisher, RpcClient, RpcError, Subscriber
 from spx_common.config import BusConfig, RuntimeConfig
-from tests.conftest import eventually
+from spx_testing import ServiceProcess
 
 
 @contextmanager
@@ -23,23 +20,20 @@ def aggregator_process(run_dir, topics: list[str], env: dict[str, str] | None = 
     rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
     ctx = zmq.Context()
     feed = Publisher(ctx, bus.pub_endpoint("feed", rt, bind=True), "feed")
-    proc = subprocess.Popen([sys.executable, "-m", "services.aggregator"], env={**os.environ, **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = RpcClient(ctx, bus.rep_endpoint("aggregator", rt), timeout_s=1, retries=0)
     sub = Subscriber(ctx, [bus.pub_endpoint("aggregator", rt)], topics)
     try:
-        def feed_seen():
-            feed.heartbeat(0)
-            try:
-                return client.call("status")["peers"].get("feed")
-            except RpcError:
-                return None
+        with ServiceProcess.service("aggregator", run_dir=run_dir, env=env) as proc:
+            def feed_seen():
+                feed.heartbeat(0)
+                try:
+                    return client.call("status")["peers"].get("feed")
+                except RpcError:
+                    return None
 
-        eventually(feed_seen, 20, interval_s=0.2, what="the aggregator hears the feed")
-        yield feed, client, sub
+            proc.wait_ready(feed_seen, 20, interval_s=0.2, what="the aggregator hears the feed")
+            yield feed, client, sub
     finally:
-        proc.terminate()
-        proc.wait(10)
         client.close()
         sub.close()
         feed.close()

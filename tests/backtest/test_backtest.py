@@ -20,7 +20,6 @@ from services.detector.config import DetectorConfig
 from services.detector.market import ET
 from spx_common.models import MicroBar
 from spx_common.store import open_store
-from tests.store.conftest import db_url  # noqa: F401  (SQLite and PostgreSQL)
 
 S = 10**9
 DAYS = [dt.date(2026, 11, 16), dt.date(2026, 11, 17), dt.date(2026, 11, 18)]
@@ -68,7 +67,7 @@ def seed(store, minute_day: dt.date | None = None) -> None:
         store.upsert_bars(bars)
 
 
-def test_planted_setups_are_found_and_figures_match_a_hand_computation(db_url):  # noqa: F811
+def test_planted_setups_are_found_and_figures_match_a_hand_computation(db_url):
     store = open_store(db_url)
     try:
         seed(store)
@@ -238,7 +237,7 @@ def test_cli_writes_markdown_png_and_json(run_dir, tmp_path):
     assert bad.returncode != 0 and "is before FROM" in bad.stderr
 
 
-def test_tick_resolution_replays_stored_trades_through_the_live_aggregator(db_url):  # noqa: F811
+def test_tick_resolution_replays_stored_trades_through_the_live_aggregator(db_url):
     from spx_common.models import Quote, Trade
 
     t0 = open_ns(DAYS[0])

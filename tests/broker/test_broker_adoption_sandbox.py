@@ -12,7 +12,7 @@ from services.broker.credentials import user_allowed, user_send_allowed
 from spx_common.flags import FlagStore
 from tests.broker.harness import SYM, T0, Harness
 from tests.conftest import eventually
-from tests.fakes.tradier import FakeTradier
+from spx_testing.fakes.tradier import FakeTradier
 
 SPY_ROW = {"symbol": "SPY", "quantity": 10.0, "cost_basis": 5910.0, "id": 1}
 

@@ -8,7 +8,7 @@ import pytest
 from spx_common.flags import FlagStore
 from tests.broker.harness import SYM, T0, Harness
 from tests.conftest import eventually
-from tests.fakes.tradier import FakeTradier
+from spx_testing.fakes.tradier import FakeTradier
 
 S = 1_000_000_000
 

@@ -11,7 +11,7 @@ from services.broker.tradier import (
     TradierRejected,
     TradierServerError, account_events, collection,
 )
-from tests.fakes.tradier import FakeTradier
+from spx_testing.fakes.tradier import FakeTradier
 
 SYM = "SPXW260220C05000000"
 

@@ -20,7 +20,7 @@ from spx_common.flags import FlagStore
 from spx_common.store import open_store
 from tests.broker.harness import SYM, T0, Harness
 from tests.conftest import eventually
-from tests.fakes.tradier import BALANCES, BUYING_POWER_TEXT, FakeTradier
+from spx_testing.fakes.tradier import BALANCES, BUYING_POWER_TEXT, FakeTradier
 
 S = 1_000_000_000
 

@@ -15,13 +15,12 @@ from spx_common.models import ExitAdvice, MicroBar, Trade
 from spx_common.store import open_store
 from tests.conftest import eventually
 from tests.detector.rig import restore_env, start
-from tests.store.conftest import db_url  # noqa: F401  (fixture: SQLite and PostgreSQL)
 
 S = 1_000_000_000
 T0 = 1_795_185_000 * S
 
 
-def test_detector_restart_restores_active_setups_without_duplicates(db_url, run_dir):  # noqa: F811
+def test_detector_restart_restores_active_setups_without_duplicates(db_url, run_dir):
     rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
     env = restore_env(run_dir, db_url)
     ctx = zmq.Context()

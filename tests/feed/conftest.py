@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fakes.massive import FakeMassive
+from spx_testing.fakes.massive import FakeMassive
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 from spx_common.models import IndexValue, Quote, Trade
 from tests.conftest import eventually
-from tests.fakes.massive import FakeMassive
+from spx_testing.fakes.massive import FakeMassive
 from tests.feed.helpers import live_feed
 
 from services.feed.synthetic import option_symbol

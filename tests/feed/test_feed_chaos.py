@@ -18,7 +18,7 @@ import time
 
 from spx_common.models import Trade
 from tests.conftest import eventually
-from tests.fakes.massive import FakeMassive
+from spx_testing.fakes.massive import FakeMassive
 from tests.feed.helpers import RunningFeed
 
 

@@ -204,7 +204,7 @@ def test_live_chain_snapshot_is_published_like_the_synthetic_one(run_dir, fake):
     from zoneinfo import ZoneInfo
 
     from services.feed.synthetic import option_symbol
-    from tests.fakes.massive import option_snapshot_row
+    from spx_testing.fakes.massive import option_snapshot_row
 
     today = dt.datetime.now(ZoneInfo("America/New_York")).date()
     rows = []

@@ -20,7 +20,7 @@ from spx_common.config import BusConfig, RuntimeConfig
 from spx_common.journal import TAIL_SYNC_BYTES, JournalWriter, iter_events, read_journal_tail
 from spx_common.models import Quote, Trade
 from tests.conftest import eventually
-from tests.fakes.massive import MarketMix
+from spx_testing.fakes.massive import MarketMix
 
 from tests.feed.helpers import LIVE_TEST_CONFIG, live_feed
 

@@ -10,7 +10,7 @@ import time
 
 from spx_common.models import IndexValue, Quote, Trade
 from tests.conftest import eventually
-from tests.fakes.massive import FakeMassive
+from spx_testing.fakes.massive import FakeMassive
 from tests.feed.helpers import live_feed
 
 from services.feed.pipeline import Dedupe, TickPipeline

@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from services.gateway import auth
-from services.gateway.devtools import Chromium, DevTools, chromium_path
+from services.gateway.devtools import DevTools, chromium_path
 from spx_common.config import PROJECT_DIR
 from spx_common.models import CoachEvent, FeedStatus, Order, Position
 from tests.conftest import eventually
@@ -22,20 +22,6 @@ from tests.gateway.harness import SECRET, T0, GatewayRunner
 
 CHROMIUM = chromium_path()
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
-
-
-@pytest.fixture
-def browser():
-    """``browser(url)``: headless Chromium on ``url`` and a DevTools client on its page; all stopped after."""
-    opened: list[Chromium] = []
-
-    def launch(url: str) -> DevTools:
-        opened.append(Chromium(url, CHROMIUM))
-        return opened[-1].page()
-
-    yield launch
-    for b in opened:
-        b.close()
 
 
 def test_dashboard_renders_live_candles_setups_badge_and_coach(run_dir, browser):

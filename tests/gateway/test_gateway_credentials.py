@@ -18,7 +18,7 @@ from services.gateway import auth
 from services.gateway.protocol import CredentialsData, ErrorData, ServerMessage
 from spx_common.crypto import generate_key
 from tests.broker.harness import Harness
-from tests.fakes.tradier import FakeTradier
+from spx_testing.fakes.tradier import FakeTradier
 from tests.gateway.harness import SECRET, GatewayRunner
 
 TOKEN = "tok-SECRET-5c4b3a2d1e"

@@ -40,7 +40,7 @@ from services.cli import supervise
 from spx_common.bus import Subscriber, call_once
 from spx_common.config import PROJECT_DIR, SERVICES, BusConfig, RuntimeConfig
 from tests.conftest import free_port
-from tests.fakes.massive import MIX, FakeMassive, MarketMix, prime_options
+from spx_testing.fakes.massive import MIX, FakeMassive, MarketMix, prime_options
 
 pytestmark = pytest.mark.mesh
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tests.broker.harness import T0, Harness
 from tests.conftest import eventually
-from tests.fakes.tradier import FakeTradier
+from spx_testing.fakes.tradier import FakeTradier
 from tests.rollout.helpers import reload_set, spx_flags_set
 
 S = 1_000_000_000

@@ -5,20 +5,15 @@ from __future__ import annotations
 
 import contextlib
 
-import pytest
-
 from tests.conftest import eventually, free_port
-from tests.gateway.test_gateway_browser import CHROMIUM, browser  # noqa: F401  (fixture)
 from tests.harness import service_process
 from tests.rollout.helpers import spx_flags_set
-
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
 
 ROW = "document.querySelector('#switches tr[data-switch=\"{}\"]')?.dataset.value"
 WHO = "document.querySelector('#switches tr[data-switch=\"{}\"] td:last-child')?.textContent"
 
 
-def test_switches_panel_and_badge_follow_spx_flags_set(run_dir, browser):  # noqa: F811
+def test_switches_panel_and_badge_follow_spx_flags_set(run_dir, browser):
     port = free_port()
     env = {"SPX_GATEWAY_PORT": str(port), "SPX_FEED_REPLAY_START_DELAY_S": "0"}
     with contextlib.ExitStack() as stack:

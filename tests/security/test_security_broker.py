@@ -16,7 +16,7 @@ from services.cli.main import main
 from spx_common.bus import RpcClient, RpcError, _decode_reply, _encode_request
 from spx_common.crypto import generate_key
 from tests.broker.harness import Harness
-from tests.fakes.tradier import FakeTradier
+from spx_testing.fakes.tradier import FakeTradier
 
 TOKEN = "tok-abuse-0123456789"
 

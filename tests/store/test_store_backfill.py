@@ -11,7 +11,7 @@ import pytest
 from services.cli.main import main
 from services.feed.rest import MassiveRest
 from services.recorder.backfill import Progress, import_flat_files, plan, run_rest, trading_days
-from tests.fakes.massive import FakeMassive
+from spx_testing.fakes.massive import FakeMassive
 
 DAY = dt.date(2026, 11, 20)  # a Friday
 DAY2 = dt.date(2026, 11, 23)  # the next Monday

@@ -24,7 +24,7 @@ from spx_common.bus import Publisher, RpcClient, Subscriber
 from spx_common.config import PROJECT_DIR, BusConfig, RuntimeConfig
 from spx_common.store import Store, make_engine
 from tests.conftest import eventually
-from tests.store.conftest import _PG_SKIP, PG_BASE, pg_dsn
+from tests.conftest import PG_BASE, PG_SKIP, pg_dsn
 
 
 class SqliteOutage:
@@ -76,8 +76,8 @@ class PgOutage:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def outage(request, run_dir):
-    if request.param == "postgresql" and _PG_SKIP:
-        pytest.skip(_PG_SKIP)
+    if request.param == "postgresql" and PG_SKIP:
+        pytest.skip(PG_SKIP)
     o = SqliteOutage(run_dir) if request.param == "sqlite" else PgOutage()
     yield o
     o.close()
@@ -262,8 +262,8 @@ class SqliteMissingDir:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def down_at_start(request, run_dir):
-    if request.param == "postgresql" and _PG_SKIP:
-        pytest.skip(_PG_SKIP)
+    if request.param == "postgresql" and PG_SKIP:
+        pytest.skip(PG_SKIP)
     o = SqliteMissingDir(run_dir) if request.param == "sqlite" else PgOutage()
     yield o
     o.close()

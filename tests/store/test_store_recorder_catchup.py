@@ -16,13 +16,12 @@ from spx_common.store import open_store
 from spx_common.store import tables as t
 from tests.conftest import eventually
 from tests.detector.rig import restore_env, start
-from tests.store.conftest import db_url  # noqa: F401
 
 S = 1_000_000_000
 T0 = 1_795_185_000 * S
 
 
-def test_recorder_started_late_records_what_it_missed_exactly_once(db_url, run_dir):  # noqa: F811
+def test_recorder_started_late_records_what_it_missed_exactly_once(db_url, run_dir):
     rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
     env = restore_env(run_dir, db_url)
     ctx = zmq.Context()

@@ -11,7 +11,7 @@ import pytest
 from services.cli.main import main
 from spx_common.crypto import generate_key
 from spx_common.store.users import UserError
-from tests.fakes.tradier import FakeTradier
+from spx_testing.fakes.tradier import FakeTradier
 
 
 def spx(capsys, *argv) -> tuple[int, str]:
