@@ -32,7 +32,8 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 T = TypeVar("T")
 
@@ -46,7 +47,7 @@ class ProcessFailed(AssertionError):
     An ``AssertionError``, so pytest shows it as a test failure with the message (which carries the
     process's name, exit code and captured output)."""
 
-    def __init__(self, proc: "ServiceProcess", why: str) -> None:
+    def __init__(self, proc: ServiceProcess, why: str) -> None:
         self.proc, self.why = proc, why
         super().__init__(f"{proc.name} (pid {proc.pid}): {why}\n{proc.describe()}")
 
@@ -150,7 +151,7 @@ class ServiceProcess:
 
     @classmethod
     def service(cls, module: str, *, run_dir: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
-                args: Sequence[str] = (), **kw) -> "ServiceProcess":
+                args: Sequence[str] = (), **kw) -> ServiceProcess:
         """``python -m services.<module>`` (``module`` may be ``"cli.main"``) in ``run_dir``."""
         extra = {"SPX_RUNTIME_RUN_DIR": str(run_dir)} if run_dir is not None else {}
         return cls([sys.executable, "-m", f"services.{module}", *args], name=kw.pop("name", module),
@@ -158,7 +159,7 @@ class ServiceProcess:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> "ServiceProcess":
+    def start(self) -> ServiceProcess:
         if self.proc is not None:
             raise RuntimeError(f"{self.name} already started")
         self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, start_new_session=True,
@@ -287,7 +288,7 @@ class ServiceProcess:
         if self._capture is not None:
             self._capture.join(5)
 
-    def __enter__(self) -> "ServiceProcess":
+    def __enter__(self) -> ServiceProcess:
         if self.proc is None:
             self.start()
         return self
@@ -333,7 +334,7 @@ class Processes:
         for p in reversed(self.procs):
             p.stop(timeout_s)
 
-    def __enter__(self) -> "Processes":
+    def __enter__(self) -> Processes:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -63,7 +63,7 @@ def test_the_first_failure_wins_and_carries_every_process_output():
             ps.run([sys.executable, "-c", "import sys; print('one says hi', flush=True); sys.exit(3)"], name="one")
             two = ps.run([sys.executable, "-c", "import time; print('two', flush=True); time.sleep(30)"], name="two")
             eventually(lambda: "two" in two.output(), 10)
-            1 / 0  # the test's own failure: not replaced by 'one' exiting 3 in the teardown
+            raise ZeroDivisionError("the test failed")  # not replaced by one exiting 3 in the teardown
     notes = "\n".join(getattr(info.value, "__notes__", []))
     assert "one says hi" in notes and "exit code 3" in notes and "--- two:" in notes
 
