@@ -34,7 +34,7 @@ class DetectorEngine:
         self.lifecycle = Lifecycle(confirm_ticks=cfg.confirm_ticks, confirm_ns=cfg.confirm_ms * 1_000_000,
                                    ttl_ns=int(cfg.ttl_min * 60e9), max_active=cfg.max_active)
         self.sessions: dict[str, SessionState] = {}
-        self.bars: dict[str, deque[MicroBar]] = {}
+        self.bars: dict[str, BarRing] = {}
         self.candidates: dict[str, SetupCandidate] = {}
         self.chain: dict | None = None
         self.gex: dict | None = None  # computed once per chain update, never per bar
@@ -81,9 +81,9 @@ class DetectorEngine:
         state["baseline"] = MappingProxyType(roll.baseline())  # the bars BEFORE this one
         roll.add(bar)
         proxy = self.rolling.get(self.cfg.flow_proxy)
-        state["flow"] = MappingProxyType(proxy.flow(self.cfg.flow_proxy)) if proxy is not None else None
+        state["flow"] = proxy.frozen_flow(self.cfg.flow_proxy) if proxy is not None else None
         state["gex"] = self._gex_frozen
-        ctx = DetectorContext(bar.sym, self.now_ns, tuple(ring), MappingProxyType(state), self._config,
+        ctx = DetectorContext(bar.sym, self.now_ns, ring.snapshot(), MappingProxyType(state), self._config,
                               (bar.start_ns - ss.day_open_ns) / 60e9)
         out = []
         only = None
@@ -175,7 +175,7 @@ class DetectorEngine:
             return
         self._track(bar)[2].add(bar)
 
-    def _track(self, bar: MicroBar) -> tuple[SessionState, deque, Rolling]:
+    def _track(self, bar: MicroBar) -> tuple[SessionState, BarRing, Rolling]:
         """Fold ``bar`` into its symbol's session state and recent bars; its rolling window (not yet
         updated: on_bar reads the baseline of the bars before this one first)."""
         sym = bar.sym
@@ -185,7 +185,7 @@ class DetectorEngine:
         ss.on_bar(bar)
         ring = self.bars.get(sym)
         if ring is None:
-            ring = self.bars[sym] = deque(maxlen=self.cfg.bars_kept)
+            ring = self.bars[sym] = BarRing(self.cfg.bars_kept)
         ring.append(bar)
         roll = self.rolling.get(sym)
         if roll is None:
@@ -324,6 +324,38 @@ def newest_of(rows: list[dict], published: list[SetupTransition], *, within_ns: 
     return live[-limit:]
 
 
+class BarRing:
+    """The newest ``maxlen`` closed bars of one symbol, oldest first (a list trimmed in halves: appending is
+    O(1) amortised). :meth:`snapshot` is the tuple a plugin context carries, one copy per bar."""
+
+    __slots__ = ("maxlen", "_buf")
+
+    def __init__(self, maxlen: int) -> None:
+        self.maxlen = maxlen
+        self._buf: list[MicroBar] = []
+
+    def append(self, bar: MicroBar) -> None:
+        buf = self._buf
+        buf.append(bar)
+        if len(buf) >= 2 * self.maxlen:
+            del buf[:-self.maxlen]
+
+    def snapshot(self) -> tuple[MicroBar, ...]:
+        buf = self._buf
+        return tuple(buf[-self.maxlen:] if len(buf) > self.maxlen else buf)
+
+    def __len__(self) -> int:
+        return min(len(self._buf), self.maxlen)
+
+    def __iter__(self):
+        return iter(self.snapshot())
+
+    def __getitem__(self, i: int) -> MicroBar:
+        if -len(self) <= i < 0:  # the newest bars (basis(), warm-up checks) without a copy
+            return self._buf[i]
+        return self.snapshot()[i]
+
+
 class Rolling:
     """O(1) rolling sums over the last closed bars of one symbol (bounded deques).
 
@@ -333,7 +365,8 @@ class Rolling:
     close - open), labelled so plugins can say which one they used.
     """
 
-    __slots__ = ("nb", "nf", "base", "fl", "vol", "rng", "delta", "aggr", "micro", "signed", "fvol")
+    __slots__ = ("nb", "nf", "base", "fl", "vol", "rng", "delta", "aggr", "micro", "signed", "fvol", "adds",
+                 "_flow")
 
     def __init__(self, baseline_bars: int, flow_bars: int) -> None:
         self.nb, self.nf = baseline_bars, flow_bars
@@ -342,8 +375,11 @@ class Rolling:
         self.vol = self.rng = 0.0
         self.delta = self.aggr = self.signed = self.fvol = 0.0
         self.micro = 0
+        self.adds = 0  # bars added so far (what frozen_flow's memo was built at)
+        self._flow: tuple[int, str, MappingProxyType] | None = None
 
     def add(self, bar: MicroBar) -> None:
+        self.adds += 1
         v, r = bar.volume, bar.high - bar.low
         self.base.append((v, r))
         self.vol += v
@@ -373,6 +409,13 @@ class Rolling:
     def baseline(self) -> dict:
         n = len(self.base)
         return {"bars": n, "volume_avg": self.vol / n if n else None, "range_avg": self.rng / n if n else None}
+
+    def frozen_flow(self, sym: str) -> MappingProxyType:
+        """:meth:`flow` read-only, built once per bar added (every symbol's context reads the proxy's flow)."""
+        memo = self._flow
+        if memo is None or memo[0] != self.adds or memo[1] != sym:
+            memo = self._flow = (self.adds, sym, MappingProxyType(self.flow(sym)))
+        return memo[2]
 
     def flow(self, sym: str) -> dict:
         n = len(self.fl)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from zoneinfo import ZoneInfo
@@ -51,6 +52,36 @@ def _bar_vwap_terms(bar: MicroBar) -> tuple[float, float]:
     if bar.vwap is not None and bar.volume > 0:
         return bar.vwap, bar.volume
     return (bar.high + bar.low + bar.close) / 3, bar.volume if bar.volume > 0 else 1.0
+
+
+class WindowExtremes:
+    """Max and min of the last ``size`` values pushed, O(1) amortised: ``hi[0][1]`` and ``lo[0][1]``
+    (monotonic deques of (index, value); the same numbers ``max``/``min`` of the window give)."""
+
+    __slots__ = ("size", "i", "hi", "lo")
+
+    def __init__(self, size: int) -> None:
+        self.size, self.i = size, 0
+        self.hi: deque[tuple[int, float]] = deque()
+        self.lo: deque[tuple[int, float]] = deque()
+
+    def push(self, v: float) -> None:
+        i = self.i = self.i + 1
+        hi, lo = self.hi, self.lo
+        while hi and hi[-1][1] <= v:
+            hi.pop()
+        hi.append((i, v))
+        if hi[0][0] <= i - self.size:
+            hi.popleft()
+        while lo and lo[-1][1] >= v:
+            lo.pop()
+        lo.append((i, v))
+        if lo[0][0] <= i - self.size:
+            lo.popleft()
+
+    def clear(self) -> None:
+        self.hi.clear()
+        self.lo.clear()
 
 
 @dataclass
@@ -83,6 +114,12 @@ class SessionState:
     n: int = 0
     last_ns: int = 0
     closes: list = field(default_factory=list)  # last 120 closes for the regime
+    _w30: WindowExtremes = field(default_factory=lambda: WindowExtremes(30), repr=False, compare=False)
+    _w120: WindowExtremes = field(default_factory=lambda: WindowExtremes(120), repr=False, compare=False)
+    # frozen_snapshot()'s read-only maps of the previous bar, each with what it was built from
+    _frozen_prior: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    _frozen_session: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    _frozen_or: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def on_bar(self, bar: MicroBar) -> None:
         t = bar.start_ns
@@ -103,6 +140,8 @@ class SessionState:
             self.x_pv = self.x_vol = self.x_p2v = 0.0
             self.n = 0
             self.closes = []
+            self._w30.clear()
+            self._w120.clear()
         self.last_ns = bar.start_ns
         self.close = bar.close
         price, w = _bar_vwap_terms(bar)
@@ -134,6 +173,8 @@ class SessionState:
         self.closes.append(bar.close)
         if len(self.closes) > 120:
             del self.closes[0]
+        self._w30.push(bar.close)
+        self._w120.push(bar.close)
 
     def in_session(self, ts_ns: int) -> bool:
         """``ts_ns`` is inside the regular session of the current date."""
@@ -158,10 +199,10 @@ class SessionState:
         c = self.closes
         if len(c) < 30:
             return "ranging"
-        window = c[-30:]
-        rng = max(window) - min(window)
-        full = max(c) - min(c)
-        drift = window[-1] - window[0]
+        w, f = self._w30, self._w120  # max(c[-30:]), min(c[-30:]), max(c), min(c) without a scan
+        rng = w.hi[0][1] - w.lo[0][1]
+        full = f.hi[0][1] - f.lo[0][1]
+        drift = c[-1] - c[-30]
         if self.or_high is not None and (c[-1] > self.or_high or c[-1] < self.or_low) and \
                 abs(c[-1] - c[-2]) > 0.3 * rng:
             return "breakout"
@@ -172,20 +213,27 @@ class SessionState:
         return "ranging"
 
     def frozen_snapshot(self) -> dict:
-        """:meth:`snapshot` with read-only nested maps; the prior-day ones are built once per session."""
+        """:meth:`snapshot` with read-only nested maps. A map whose values did not change since the previous
+        bar is the same read-only map again: prior day and pivots change once per session, the session
+        document at its boundaries, the opening range during its first minutes; only the extended values
+        and the VWAP bands are new on every bar."""
         prior = self.prior
-        cache = self.__dict__.get("_frozen_prior")
+        cache = self._frozen_prior
         if cache is None or cache[0] is not prior:
             cache = self._frozen_prior = (prior, None if prior is None else MappingProxyType(dict(prior)),
                                           None if prior is None else MappingProxyType(pivots(prior)))
+        key = (self.now, self.open_ns, self.close_ns, self.early_close)
+        sess = self._frozen_session
+        if sess is None or sess[0] != key:
+            sess = self._frozen_session = (key, MappingProxyType(self.session_doc()))
+        hi, lo = self.or_high, self.or_low
+        done = hi is not None and self.last_ns >= self.day_open_ns + self.opening_range_min * 60e9
+        orng = self._frozen_or
+        if orng is None or orng[0] is not hi or orng[1] is not lo or orng[2] is not done:  # the very values
+            orng = self._frozen_or = (hi, lo, done, MappingProxyType({"high": hi, "low": lo, "complete": done}))
         v, sd = self.vwap()
         return {"open_ns": self.day_open_ns, "high": _f(self.high), "low": _f(self.low), "last": self.close,
-                "session": MappingProxyType(self.session_doc()),
-                "extended": MappingProxyType(self.extended_doc()),
-                "opening_range": MappingProxyType({
-                    "high": self.or_high, "low": self.or_low,
-                    "complete": self.or_high is not None and
-                    self.last_ns >= self.day_open_ns + self.opening_range_min * 60e9}),
+                "session": sess[1], "extended": MappingProxyType(self.extended_doc()), "opening_range": orng[3],
                 "vwap": v, "vwap_bands": None if v is None else MappingProxyType(
                     {"upper1": v + sd, "lower1": v - sd, "upper2": v + 2 * sd, "lower2": v - 2 * sd}),
                 "prior_day": cache[1], "pivots": cache[2], "regime": self.regime()}
