@@ -292,13 +292,26 @@ def _records(f: Path, stats: ReadStats) -> Iterator[bytes]:
         stats.problems.extend(scan.problems)
 
 
-def iter_docs(path: Path | str, kind: str, stats: ReadStats | None = None) -> Iterator[dict]:
-    """Side documents of ``kind`` from a journal directory (or the directory of a ``.ticks`` file), in order."""
+def day_files(directory: Path | str, day: dt.date) -> list[Path]:
+    """The ``*.ticks`` parts of one trading date in a journal directory, in part order (none: empty)."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    name = day.isoformat()
+    return sorted((p for p in d.glob(f"{name}*{SUFFIX}") if p.name[: -len(SUFFIX)].split(".")[0] == name),
+                  key=_sort_key)
+
+
+def iter_docs(path: Path | str, kind: str, stats: ReadStats | None = None,
+              day: dt.date | None = None) -> Iterator[dict]:
+    """Side documents of ``kind`` from a journal directory (or the directory of a ``.ticks`` file), in order;
+    only trading date ``day``'s file when given."""
     p = Path(path)
     d = p if p.is_dir() else p.parent
     stats = stats if stats is not None else ReadStats()
     dec = msgspec.msgpack.Decoder(dict)
-    for f in sorted(d.glob(f"*.{kind}{DOC_SUFFIX}")):
+    pattern = f"{day.isoformat() if day is not None else '*'}.{kind}{DOC_SUFFIX}"
+    for f in sorted(d.glob(pattern)):
         for payload in _records(f, stats):
             try:
                 doc = dec.decode(payload)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import heapq
 import json
 import sys
 import time
@@ -27,6 +28,9 @@ from spx_common.marketrules import TradeRules
 from services.backtest import report as rpt
 from services.backtest import stats as st
 from services.backtest.engine import Backtester, merge_bars
+from services.backtest.trading import TradeModel, selector_config
+from services.broker.config import BrokerConfig
+from spx_common.models import IndexValue, Quote
 from services.detector.config import DetectorConfig
 from services.detector.host import PluginHost
 from services.detector.market import ET
@@ -47,6 +51,12 @@ class Options:
     baseline: dict | None = None
     pivot_every: int = 60
     record: bool = True
+    #: the tick journal directory whose option quotes, index values and chain documents are replayed
+    #: through the selector and the paper broker (None: no options side)
+    journal: Path | None = None
+    fee_per_contract: float = 0.0
+    selector: dict = field(default_factory=dict)  # [selector] settings (SelectorConfig fields)
+    broker: dict = field(default_factory=dict)  # [broker] settings (BrokerConfig fields, no secrets)
 
 
 def trading_days(start: dt.date, end: dt.date) -> list[dt.date]:
@@ -66,7 +76,10 @@ def config_hash(cfg: DetectorConfig, opts: Options, plugins: list[dict]) -> str:
     doc = {"detector": cfg.model_dump(mode="json"), "resolution": opts.resolution, "symbols": sorted(opts.symbols),
            "families": sorted(opts.families) if opts.families else None, "pivot_every": opts.pivot_every,
            "plugins": sorted((p["name"], p["version"]) for p in plugins)}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+    if opts.journal or opts.fee_per_contract or opts.selector or opts.broker:  # (older hashes stay as they were)
+        doc["trade_model"] = {"journal": bool(opts.journal), "fee": opts.fee_per_contract,
+                              "selector": opts.selector, "broker": opts.broker}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def make_host(cfg: DetectorConfig, families: list[str] | None) -> PluginHost:
@@ -79,6 +92,48 @@ def make_host(cfg: DetectorConfig, families: list[str] | None) -> PluginHost:
         for name in [n for n, p in host.plugins.items() if p.family not in families]:
             del host.plugins[name]
     return host
+
+
+#: option quotes, index values and chain documents replayed per day at most (bounded memory); the rest of
+#: a larger day is left out and the evidence says how much
+MAX_OPTION_EVENTS = 5_000_000
+MAX_CHAIN_DOCS = 50_000
+
+
+def day_options(journal_dir: str | Path, day: dt.date) -> tuple[list, list[dict], dict]:
+    """The options side of ``day`` from a tick journal: option quotes (``O:`` symbols) and index values in
+    event-time order, the chain documents, and what was read (evidence)."""
+    from spx_common import journal
+
+    a, b = day_range(day)
+    stats = journal.ReadStats()
+    events: list = []
+    dropped = 0
+    for f in journal.day_files(journal_dir, day):
+        for batch in journal.iter_batches(f, stats):
+            for ev in batch:
+                if not a <= ev.ts < b or not (ev.sym.startswith("O:") or type(ev) is IndexValue):
+                    continue
+                if type(ev) is not Quote and type(ev) is not IndexValue:
+                    continue  # option trades: the paper broker fills on quotes only
+                if len(events) >= MAX_OPTION_EVENTS:
+                    dropped += 1
+                    continue
+                events.append(ev)
+    docs = []
+    for doc in journal.iter_docs(journal_dir, "chain", stats, day=day):
+        ts = doc.get("ts")
+        if isinstance(ts, int) and a <= ts < b:
+            if len(docs) >= MAX_CHAIN_DOCS:
+                dropped += 1
+                continue
+            docs.append(doc)
+    events.sort(key=lambda e: e.ts)  # stable: batches keep their order within a time
+    docs.sort(key=lambda d: d["ts"])
+    used = {"source": "journal" if events or docs else "none", "option_quotes": sum(
+        1 for e in events if type(e) is Quote), "index_values": sum(1 for e in events if type(e) is IndexValue),
+        "chain_docs": len(docs), "left_out": dropped, "torn": stats.torn, "corrupt": stats.corrupt}
+    return events, docs, used
 
 
 @dataclass(frozen=True)
@@ -95,6 +150,10 @@ class DayJob:
     tag: str
     cfg: dict  # DetectorConfig fields
     profile: Profile | None
+    journal: str | None = None
+    fee_per_contract: float = 0.0
+    selector: dict = field(default_factory=dict)
+    broker: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -137,7 +196,14 @@ def run_day(job: DayJob) -> DayResult:
 
     cfg = DetectorConfig(**job.cfg)
     host = make_host(cfg, list(job.families) if job.families else None)
-    bt = Backtester(cfg, host, pivot_every=job.pivot_every, tag=job.tag, profile=job.profile)
+    model = TradeModel(selector_config(cfg.interval, job.pivot_every, **job.selector), BrokerConfig(**job.broker),
+                       fee_per_contract=job.fee_per_contract)
+    bt = Backtester(cfg, host, pivot_every=job.pivot_every, tag=job.tag, profile=job.profile, trade=model)
+    opt_events: list = []
+    docs: list[dict] = []
+    options = {"source": "none"}
+    if job.journal:
+        opt_events, docs, options = day_options(job.journal, job.day)
     store = open_store(job.url, migrate=False)
     excluded = 0
     try:
@@ -152,7 +218,9 @@ def run_day(job: DayJob) -> DayResult:
                     "resolution": "tick", "rows": len(events)}
             if events:
                 excluded = TradeRules().apply(events)  # the feed's trade rules, as live (docs/microbars.md)
-                bt.on_events(events, BarAggregator([cfg.interval], l2=True))
+                quotes = [e for e in opt_events if type(e) is Quote]  # the store's ticks carry the index side
+                merged = heapq.merge(events, quotes, key=lambda e: e.ts) if quotes else events
+                bt.on_events(merged, BarAggregator([cfg.interval], l2=True), docs)
         else:
             per, sources = _day_bars(store, job.symbols, job.day, cfg.interval)
             used = {"day": job.day.isoformat(), "resolution": "second" if sources == {"store second bars"} else
@@ -162,11 +230,11 @@ def run_day(job: DayJob) -> DayResult:
             a, b = day_range(job.day)
             iv = "1s" if "store second bars" in sources else "60s"
             used["provenance"] = store.bar_sources(list(job.symbols), iv, a, b) if sources else []
-            for bar in merge_bars(per):
-                bt.on_bar(bar)
+            bt.on_seconds(merge_bars(per), opt_events, docs)
     finally:
         store.close()
     bt.finish()
+    used["options"] = options
     return DayResult(day=job.day.isoformat(), used=used, transitions=bt.transitions, advice=bt.advice,
                      trades=[t.as_dict() for t in bt.trades], blocks=bt.blocks, bars=bt.bars_seen,
                      trade_blocks=dict(bt.trade.blocks),
@@ -222,7 +290,10 @@ def plan(store: Store, opts: Options, cfg: DetectorConfig, tag: str) -> list[Day
     for d in days:
         jobs.append(DayJob(url=url, day=d, prev=before, resolution=opts.resolution, symbols=tuple(opts.symbols),
                            families=tuple(opts.families) if opts.families else None, pivot_every=opts.pivot_every,
-                           tag=tag, cfg=cfg.model_dump(), profile=profile))
+                           tag=tag, cfg=cfg.model_dump(), profile=profile,
+                           journal=str(opts.journal) if opts.journal else None,
+                           fee_per_contract=opts.fee_per_contract, selector=dict(opts.selector),
+                           broker=dict(opts.broker)))
         before = d
     return jobs
 

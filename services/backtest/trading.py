@@ -39,13 +39,18 @@ from services.broker.config import BrokerConfig
 from services.broker.engine import Block, Cancel, Engine, Gates, Intent, Modify, Place
 from services.broker.ledger import MULTIPLIER, Ledger
 from services.broker.paper import PaperBroker
-from services.broker.portfolio import summarize_balances
+from services.broker.portfolio import flatten_due, is_zero_dte, summarize_balances
 from services.selector.config import SelectorConfig
 from services.selector.core import SelectorCore
 from spx_common.models import ContractRecommendation, ExitAdvice, Fill, IndexValue, MicroBar, Order, Quote, \
     SetupTransition
 
 USER = "backtest"
+#: the ``[broker]`` settings the trade model uses (the paper account's; never credentials or endpoints)
+BROKER_FIELDS = ("paper_slippage", "paper_starting_cash", "max_contracts_per_order", "max_orders_per_day",
+                 "max_open_risk", "pdt_policy", "pdt_min_equity", "max_risk_per_trade", "max_premium_per_trade",
+                 "min_risk_per_contract", "dtbp_floor", "rate", "slippage_window", "entry_price", "protective_stop",
+                 "protective_stop_pct", "entry_timeout_s", "force_flatten_enabled", "flatten_minutes")
 CLOSING = ("stopped", "invalidated", "expired")
 MAX_EVENTS_PER_STEP = 10_000  # intents + order events one input may cause (a loop guard; never reached live)
 
@@ -89,6 +94,11 @@ class _Open:
 
     def __init__(self, rec: TradeRecord) -> None:
         self.rec, self.remaining, self.stage = rec, 1.0, 0
+
+
+def broker_settings(cfg: BrokerConfig) -> dict:
+    """The trade-relevant ``[broker]`` settings of ``cfg`` (:data:`BROKER_FIELDS`), JSON-ready."""
+    return cfg.model_dump(mode="json", include=set(BROKER_FIELDS))
 
 
 def selector_config(price_interval: str = "1s", pivot_every: int = 60, **over: Any) -> SelectorConfig:
@@ -183,9 +193,14 @@ class TradeModel:
             self._events(self.paper.on_quote(sym, ev.bid, ev.ask, ev.ts, ev.bid_size, ev.ask_size))
 
     def periodic(self, ts: int) -> None:
-        """What the broker service does about once a second: cancel entries past their timeout."""
+        """What the broker service does about once a second: cancel entries past their timeout, and the
+        late-day flatten of 0DTE positions when ``force_flatten_enabled`` (event time)."""
         self._advance(ts)
         self._submit(self.engine.expire_entries(self.now_ns))
+        cfg = self.broker_cfg
+        if cfg.force_flatten_enabled and flatten_due(self.now_ns, cfg.flatten_minutes) and self.engine.trades:
+            now = self.now_ns
+            self._submit(self.engine.flatten(now, "late-day flatten of 0DTE", only=lambda sym: is_zero_dte(sym, now)))
 
     def end_session(self, sym: str | None = None, *, reason: str = "session_end") -> None:
         """The session's data ended: flatten the broker's trades (of ``sym``'s setups, or all) and close

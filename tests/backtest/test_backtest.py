@@ -257,7 +257,8 @@ def test_tick_resolution_replays_stored_trades_through_the_live_aggregator(db_ur
                                        record=False), CFG)
         assert [(t["t1_hit"], t["t2_hit"], t["r"], t["entry"]) for t in res["trades"]] == [(True, True, 1.0, 101.3)]
         ev = res["evidence"]
-        assert ev["data"] == [{"day": "2026-11-16", "source": "store ticks", "resolution": "tick", "rows": len(evs)}]
+        assert ev["data"] == [{"day": "2026-11-16", "source": "store ticks", "resolution": "tick", "rows": len(evs),
+                               "options": {"source": "none"}}]
         assert ev["sample"]["ticks"] == len(evs) and not ev["fallback_to_minute_bars"]
     finally:
         store.close()

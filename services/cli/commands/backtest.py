@@ -24,6 +24,19 @@ def _date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-20") from None
 
 
+def trade_settings() -> tuple[dict, dict]:
+    """The configured ``[selector]`` settings and the trade-relevant ``[broker]`` ones (the trade model's)."""
+    from services.backtest.trading import broker_settings
+    from services.broker.config import BrokerConfig
+    from services.selector.config import SelectorConfig
+
+    skip = {"price_interval", "bar_interval"}  # the backtest's own bars (the detectors' interval, --pivot)
+    sel, sel0 = (c.model_dump(mode="json", exclude=skip) for c in (load(SelectorConfig), SelectorConfig()))
+    brk, brk0 = broker_settings(load(BrokerConfig)), broker_settings(BrokerConfig())
+    # only what differs from the defaults: the config hash of an unconfigured run stays what it was
+    return {k: v for k, v in sel.items() if v != sel0[k]}, {k: v for k, v in brk.items() if v != brk0[k]}
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "backtest", help="replay stored bars/ticks through the detectors; report, compare, promote",
@@ -52,6 +65,12 @@ def register(sub) -> None:
     p.add_argument("--min-trades", type=int, default=30, help="minimum resolved trades to promote (default 30)")
     p.add_argument("--min-throughput-share", type=float, default=0.8, metavar="SHARE",
                    help="trades per day must be at least this share of the baseline's to promote (default 0.8)")
+    p.add_argument("--journal", metavar="DIR",
+                   help="replay the options side from this tick journal (option quotes and chain snapshots; 'auto' = "
+                        "the runtime's journal): the live selector picks and sizes contracts, the broker engine trades "
+                        "them and the paper broker fills on the replayed quotes (docs/backtest.md)")
+    p.add_argument("--fee-per-contract", type=float, default=0.0, metavar="USD",
+                   help="dollars per option contract bought or sold, taken off the option P&L (default 0)")
     p.add_argument("--apply-profile", action="store_true",
                    help="re-quarantine families failing their optimizer-profile floors in this backtest")
     p.add_argument("--no-record", action="store_true", help="do not write setup instances to the store")
@@ -86,6 +105,22 @@ def cmd_backtest(args) -> int:
                       families=[f for f in args.families.split(",") if f] if args.families else None,
                       criteria=Criteria(min_trades=args.min_trades,
                                         min_throughput_share=args.min_throughput_share), baseline=baseline, record=not args.no_record)
+    if not (args.fee_per_contract >= 0 and args.fee_per_contract < 1000):
+        return fail(f"--fee-per-contract must be a number of dollars in [0, 1000), not {args.fee_per_contract}")
+    try:
+        opts.selector, opts.broker = trade_settings()
+    except ConfigError as exc:
+        return fail(str(exc))
+    opts.fee_per_contract = args.fee_per_contract
+    if args.journal:
+        if args.journal == "auto":
+            from spx_common.config import RuntimeConfig
+
+            opts.journal = load(RuntimeConfig).path("journal")
+        else:
+            opts.journal = Path(args.journal)
+        if not opts.journal.is_dir():
+            return fail(f"no tick journal directory at {opts.journal}")
     try:
         store = open_store()
     except SQLAlchemyError as exc:
