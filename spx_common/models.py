@@ -32,6 +32,8 @@ NonNegInt = Annotated[int, Meta(ge=0)]
 Ns = Annotated[int, Meta(ge=0, description="Unix time in nanoseconds")]
 Source = Literal["tick", "poll", "replay", "backfill"]
 Direction = Literal["long", "short"]
+ExitAction = Literal["scale_out", "move_stop", "trail_stop", "exit_all", "hold"]
+Severity = Literal["info", "warning", "critical"]
 
 
 class Base(Struct, kw_only=True, omit_defaults=True):
@@ -293,7 +295,7 @@ class ContractRecommendation(Base, kw_only=True):
 
 class ExitAdvice(Base, kw_only=True):
     setup_id: str
-    action: Literal["scale_out", "move_stop", "trail_stop", "exit_all", "hold"]
+    action: ExitAction
     reason: str
     ts: Ns
     fraction: float | None = None
@@ -357,7 +359,7 @@ class CoachEvent(Base, kw_only=True):
     message: str
     ts: Ns
     setup_id: str | None = None
-    severity: Literal["info", "warning", "critical"] = "info"
+    severity: Severity = "info"
     data: dict[str, str | float | int | bool | None] = {}
     #: stable id (``coach_event_id``): what a user acknowledges or dismisses; "" from older coaches
     id: str = ""

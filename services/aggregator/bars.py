@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable
+from typing import Any
 
 from services.aggregator.pybars import (MAX_PENDING_QUOTES, NS, PyBarAggregator, PyTickCore, newest_by_kind,
                                         parse_interval)
@@ -38,11 +39,13 @@ def order_key(ev: Trade | Quote | IndexValue) -> tuple[int, int]:
     return (ev.ts, 0 if type(ev) is Quote else 1)
 
 
-def bars_from_events(events: Iterable[Trade | Quote | IndexValue], intervals=("1s",), **kw) -> list[MicroBar]:
+def bars_from_events(events: Iterable[Trade | Quote | IndexValue], intervals: Iterable[str] = ("1s",),
+                     **kw: Any) -> list[MicroBar]:
     """Offline helper: aggregate a whole stream and return every bar (same code as live)."""
     agg = BarAggregator(intervals, **kw)
     agg.on_events(events)
-    return agg.flush()
+    bars: list[MicroBar] = agg.flush()
+    return bars
 
 
 CSV_COLUMNS = (

@@ -31,6 +31,7 @@ Safety, by construction:
 
 from __future__ import annotations
 
+from typing import Any, TypeVar, cast
 import datetime as dt
 import math
 from collections import OrderedDict
@@ -41,7 +42,8 @@ from zoneinfo import ZoneInfo
 from services.broker import router
 from services.broker.entry_size import EntryRisk, resizable, size_entry
 from spx_common.sizing import DEFAULT_MIN_RISK
-from spx_common.models import ContractRecommendation, ExitAdvice, Order, SetupTransition
+from spx_common.models import (ContractRecommendation, ExitAdvice, Order, OrderSide, OrderType, SetupTransition,
+                               SizingBreakdown)
 
 ET = ZoneInfo("America/New_York")
 MAX_TRACKED = 2000  # bounded memory for triggers, recommendations, quotes and finished trades
@@ -90,7 +92,7 @@ class Gates:
     kill_switch: bool = False
     #: the user's synced balances (``portfolio.summarize_balances`` shape: option_buying_power,
     #: day_trade_buying_power, total_equity, account_type), None until synced: entries are sized from them
-    balances: Callable[[str], dict | None] = lambda user: None
+    balances: Callable[[str], dict[str, Any] | None] = lambda user: None
     #: dollars lost today by the user (realized + unrealized, positive = loss); entries stop at the daily limit
     loss_today: Callable[[str], float] = lambda user: 0.0
     #: whether anything at all may be sent for the user (exits need only this); None = ``allowed``
@@ -173,12 +175,16 @@ class TradeState:
     pending_scale: tuple[int, float | None] | None = None  # (qty, limit) waiting for a stop cancel
     closed: bool = False
     exit_attempts: int = 0
-    advice_seen: set = field(default_factory=set)  # scale-outs already acted on (republished advice is ignored)
+    advice_seen: set[Any] = field(default_factory=set)  # scale-outs already acted on (republished advice is ignored)
     stop_value: float | None = None  # the option's value at the setup's stop (recommendation sizing), per share
     stop_rejects: int = 0  # protective stops the broker refused
 
 
-def _stop_value(*breakdowns) -> float | None:
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _stop_value(*breakdowns: SizingBreakdown | None) -> float | None:
     """The option's value per share at the setup's stop: from the first sizing breakdown that has one (the
     user's own entry sizing, then the recommendation's); None if unknown."""
     for b in breakdowns:
@@ -222,7 +228,7 @@ class Engine:
         return self.user_limits.get(user, self.limits)
 
     @staticmethod
-    def _remember(store: OrderedDict, key, value) -> None:
+    def _remember(store: OrderedDict[K, V], key: K, value: V) -> None:
         store[key] = value
         store.move_to_end(key)
         while len(store) > MAX_TRACKED:
@@ -270,7 +276,7 @@ class Engine:
         q = self.quotes.get(symbol)
         return None if q is None or q[0] <= 0 or q[1] <= 0 else (q[0] + q[1]) / 2
 
-    def _place(self, trade: TradeState, role: str, side: str, qty: int, payload: dict[str, str], ts: int,
+    def _place(self, trade: TradeState, role: str, side: OrderSide, qty: int, payload: dict[str, str], ts: int,
                reason: str) -> Place:
         oid = payload["tag"]
         price = float(payload["price"]) if "price" in payload else None
@@ -281,7 +287,7 @@ class Engine:
             self._entries.add(oid)
         trade.orders.append(oid)
         order = Order(order_id=oid, user=trade.user, setup_id=trade.setup_id, option_symbol=trade.symbol, side=side,
-                      quantity=qty, type=payload["type"], price=price, stop=stop, status="new", reason=reason, ts=ts)
+                      quantity=qty, type=cast(OrderType, payload["type"]), price=price, stop=stop, status="new", reason=reason, ts=ts)
         return Place(order, payload, role, self._mid(trade.symbol))
 
     # ------------------------------------------------------------------ inputs
@@ -700,7 +706,7 @@ class Engine:
             self._close(trade)
         return out
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         """State for ``status`` replies (no secrets)."""
         return {
             "trades": [{"user": t.user, "setup_id": t.setup_id, "symbol": t.symbol, "held": t.held,

@@ -86,7 +86,7 @@ def _f(x: Any) -> float | None:
 
 
 def size_entry(t: SetupTransition, r: ContractRecommendation, quote: tuple[float, float] | None, price: float,
-               risk: EntryRisk, balances: dict | None, now_ns: int, committed: float = 0.0) -> EntrySize:
+               risk: EntryRisk, balances: dict[str, Any] | None, now_ns: int, committed: float = 0.0) -> EntrySize:
     """Contracts of ``r``'s contract for one user, paying ``price`` (the entry limit) per share, or why not.
     ``committed``: dollars of premium of entries sent since ``balances`` were read (not in them yet),
     taken off both buying powers."""

@@ -12,6 +12,7 @@ to a bounded rolling window; :meth:`Ledger.slippage_stats` summarizes it for the
 
 from __future__ import annotations
 
+from typing import Any
 import statistics
 from collections import OrderedDict, deque
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ class Ledger:
         rec = self.orders.get(order_id)
         return rec.order if rec else None
 
-    def update_order(self, order_id: str, **changes) -> Order | None:
+    def update_order(self, order_id: str, **changes: Any) -> Order | None:
         rec = self.orders.get(order_id)
         if rec is None:
             return None
@@ -74,7 +75,7 @@ class Ledger:
         rec = self.orders.get(order_id)
         if rec is None:
             return None, None, None
-        changes: dict = {}
+        changes: dict[str, Any] = {}
         if status and status != rec.order.status:
             changes["status"] = status
         if broker_id and broker_id != rec.order.broker_id:
@@ -184,7 +185,7 @@ class Ledger:
         return {"count": len(xs), "mean": round(statistics.fmean(xs), 4), "median": round(statistics.median(xs), 4),
                 "p90": round(ordered[min(len(xs) - 1, int(0.9 * len(xs)))], 4), "max": round(ordered[-1], 4)}
 
-    def snapshot(self, user: str | None = None) -> dict:
+    def snapshot(self, user: str | None = None) -> dict[str, Any]:
         users = sorted({u for u, _ in self.positions} | {r.order.user for r in self.orders.values()})
         if user is not None:
             users = [u for u in users if u == user]

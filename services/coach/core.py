@@ -22,11 +22,12 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from spx_common.models import CoachEvent, CoachFeedback, ExitAdvice, MicroBar, SetupTransition, coach_event_id
+from spx_common.models import (CoachEvent, CoachFeedback, ExitAdvice, MicroBar, SetupTransition, Severity,
+                               coach_event_id)
 
 TACTICAL = ("entry_window_opened", "stop_threat", "target1_touched", "flow_divergence_detected")
 ACTIVE = {"forming", "ready", "triggered", "target1_hit"}
-SEVERITY = {"entry_window_opened": "info", "stop_threat": "warning", "target1_touched": "info",
+SEVERITY: dict[str, Severity] = {"entry_window_opened": "info", "stop_threat": "warning", "target1_touched": "info",
             "flow_divergence_detected": "warning"}
 
 
@@ -42,7 +43,7 @@ class Watched:
     entry_high: float | None
     stop: float | None
     targets: list[float]
-    flow: deque = field(default_factory=lambda: deque(maxlen=50))
+    flow: deque[Any] = field(default_factory=lambda: deque(maxlen=50))
 
     @property
     def entry(self) -> float | None:
@@ -81,7 +82,7 @@ class CoachCore:
             self.users.popitem(last=False)
 
     def _emit(self, kind: str, ts: int, message: str, setup_id: str | None, users: list[str] | None = None,
-              severity: str | None = None, **data: Any) -> list[CoachEvent]:
+              severity: Severity | None = None, **data: Any) -> list[CoachEvent]:
         out = []
         for user in users if users is not None else list(self.users):
             key = (user, setup_id or "", kind)
@@ -195,7 +196,8 @@ class CoachCore:
         kind, message, ts = doc.get("kind"), doc.get("message"), doc.get("ts")
         if not isinstance(kind, str) or not isinstance(message, str) or not isinstance(ts, int) or ts < 0:
             raise ValueError("alert needs string kind and message and integer ts")
-        severity = doc.get("severity") if doc.get("severity") in ("info", "warning", "critical") else "warning"
+        given = doc.get("severity")
+        severity: Severity = given if given in ("info", "warning", "critical") else "warning"
         self.see_user(user)
         coach_kind = "pdt_alert" if kind.startswith("pdt") else "portfolio_alert"
         return self._emit(coach_kind, ts, message, None, users=[user], severity=severity, alert=kind)

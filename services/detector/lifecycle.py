@@ -15,11 +15,12 @@ never a full recompute.
 
 from __future__ import annotations
 
+from typing import Any
 import hashlib
 from dataclasses import dataclass, field
 
 from spx_common import calendar
-from spx_common.models import SetupCandidate, SetupTransition
+from spx_common.models import SetupCandidate, SetupState, SetupTransition
 
 RANK = {"forming": 0, "ready": 1, "triggered": 2, "target1_hit": 3, "target2_hit": 4,
         "invalidated": 5, "stopped": 5, "expired": 5}
@@ -30,11 +31,11 @@ TERMINAL = {"target2_hit", "invalidated", "stopped", "expired"}
 class Setup:
     id: str
     cand: SetupCandidate
-    state: str = "forming"
+    state: SetupState = "forming"
     created_ns: int = 0
     beyond_since_ns: int | None = None
     beyond_ticks: int = 0
-    micro: dict = field(default_factory=dict)
+    micro: dict[str, Any] = field(default_factory=dict)
     macro_score: float | None = None
     close_ns: int = 0  # the close of the session it was created in (0: computed when it is added)
 
@@ -86,7 +87,7 @@ class Lifecycle:
     def count(self) -> int:
         return sum(len(v) for v in self.active.values())
 
-    def add(self, cand: SetupCandidate, micro: dict, macro_score: float | None) -> SetupTransition | None:
+    def add(self, cand: SetupCandidate, micro: dict[str, Any], macro_score: float | None) -> SetupTransition | None:
         """Open a setup from a candidate; None when it duplicates an active one (counted)."""
         syms = self.active.setdefault(cand.sym, {})
         for s in syms.values():
@@ -119,7 +120,7 @@ class Lifecycle:
                     del syms[s.id]
         return out
 
-    def on_price(self, sym: str, price: float, ts: int, micro: dict | None = None) -> list[SetupTransition]:
+    def on_price(self, sym: str, price: float, ts: int, micro: dict[str, Any] | None = None) -> list[SetupTransition]:
         before = self.last_price.get(sym)
         self.last_price[sym] = price
         syms = self.active.get(sym)
@@ -136,7 +137,7 @@ class Lifecycle:
                 del syms[s.id]
         return out
 
-    def _step(self, s: Setup, p: float, ts: int, micro: dict | None) -> list[SetupTransition]:
+    def _step(self, s: Setup, p: float, ts: int, micro: dict[str, Any] | None) -> list[SetupTransition]:
         c, out = s.cand, []
         t1 = c.targets[0] if c.targets else None
         t2 = c.targets[1] if len(c.targets) > 1 else None
@@ -170,7 +171,8 @@ class Lifecycle:
             out.append(self._tr(s, "target1_hit", "target2_hit", "target 2 reached", ts, p))
         return out
 
-    def _tr(self, s: Setup, frm: str | None, to: str, reason: str, ts: int, price: float | None) -> SetupTransition:
+    def _tr(self, s: Setup, frm: SetupState | None, to: SetupState, reason: str, ts: int,
+            price: float | None) -> SetupTransition:
         s.state = to
         c = s.cand
         return SetupTransition(

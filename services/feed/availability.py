@@ -12,6 +12,7 @@ are final once event time passes its close (:meth:`Availability.take_closed`).
 
 from __future__ import annotations
 
+from typing import Any
 from dataclasses import dataclass
 
 from spx_common.calendar import MarketCalendar, Session, et_date
@@ -33,7 +34,7 @@ class DayAvailability:
     def pct(self) -> float | None:
         return round(100.0 * self.available_s / self.elapsed_s, 4) if self.elapsed_s else None
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"day": self.day, "pct": self.pct, "session_s": self.session_s, "elapsed_s": self.elapsed_s,
                 "available_s": self.available_s, "longest_gap_s": self.longest_gap_s,
                 "longest_gap_start_ns": self.longest_gap_start_ns, "closed": self.closed}

@@ -73,7 +73,7 @@ class SelectorCore:
 
     # ------------------------------------------------------------------ market inputs
 
-    def on_chain_doc(self, doc: dict) -> None:
+    def on_chain_doc(self, doc: dict[str, Any]) -> None:
         """A ``chain.<root>`` document replaces the chain (bad rows skipped and counted)."""
         try:
             ch, problems = chains.from_feed_doc(doc, self.cfg.root)
@@ -89,7 +89,7 @@ class SelectorCore:
         self._count("bad_contract_rows", len(problems))
         self.dirty = True
 
-    def on_ticks(self, events: list) -> None:
+    def on_ticks(self, events: list[Any]) -> None:
         """Live option quotes update chain contracts; index values move the underlying."""
         for ev in events:
             if isinstance(ev, Quote) and self.chain is not None:
@@ -113,7 +113,7 @@ class SelectorCore:
         self._count("greeks_computed", n)
         return n
 
-    def on_market(self, doc: dict) -> None:
+    def on_market(self, doc: dict[str, Any]) -> None:
         """``state.market``: remember the regime label."""
         r = doc.get("regime") if isinstance(doc, dict) else None
         if isinstance(r, str):
@@ -136,7 +136,7 @@ class SelectorCore:
         self._count("reco_ok" if reco.ok else "reco_refused")
         return reco
 
-    def select_request(self, params: dict) -> ContractRecommendation:
+    def select_request(self, params: dict[str, Any]) -> ContractRecommendation:
         """The ``select`` RPC (see module docstring); :class:`BadRequest` for unreadable params."""
         try:
             if "transition" in params:
@@ -215,7 +215,7 @@ class SelectorCore:
 
     # ------------------------------------------------------------------ views
 
-    def chain_view(self) -> dict:
+    def chain_view(self) -> dict[str, Any]:
         """The ``chain`` RPC: health and the contracts nearest the money (greeks refreshed first)."""
         self.refresh()
         h = chains.health(self.chain, self.clock.now_ns(), stale_s=self.cfg.stale_s,
@@ -231,7 +231,7 @@ class SelectorCore:
                 "underlying": self.chain.underlying if self.chain else None, "regime": regime_key(self.regime),
                 "problems": self.chain_problems, "near": near}
 
-    def exits_view(self) -> list[dict]:
+    def exits_view(self) -> list[dict[str, Any]]:
         """The ``exits`` RPC: every tracked plan."""
         return [{"setup_id": sid, "sym": sym, "direction": p.direction, "stage": p.stage, "stop": p.stop,
                  "t1": p.t1, "t2": p.t2, "trailing_stop_path": list(p.trailing_stop_path)}

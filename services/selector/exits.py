@@ -21,8 +21,9 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
-from spx_common.models import ExitAdvice
+from spx_common.models import ExitAction, ExitAdvice
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +78,9 @@ class ExitPlan:
     def closed(self) -> bool:
         return self.stage >= 3
 
-    def _advice(self, action: str, reason: str, ts: int, price: float, **kw) -> ExitAdvice:
+    def _advice(self, action: ExitAction, reason: str, ts: int, price: float, **kw: Any) -> ExitAdvice:
         r_mult = round((price - self.entry) * self.sign / self.r, 3)
-        return ExitAdvice(setup_id=self.setup_id, action=action, reason=reason, ts=ts, price=price,  # type: ignore[arg-type]
+        return ExitAdvice(setup_id=self.setup_id, action=action, reason=reason, ts=ts, price=price,
                           r_multiple=kw.pop("r_multiple", r_mult), trailing_stop_path=list(self.trailing_stop_path),
                           **kw)
 
