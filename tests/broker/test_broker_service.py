@@ -50,7 +50,7 @@ def test_embedded_default_paper_trigger_entry_t1_scale_out(run_dir):
         eventually(lambda: h.seen("position.default")[-1].quantity == 0, 10, what="flattened")
         assert 'broker_fills_total 3' in h.call("metrics")
     finally:
-        assert h.close() == 0
+        h.close()
 
 
 def test_kill_switch_refuses_entries_with_published_reason(run_dir):
@@ -213,7 +213,7 @@ def test_sealed_credentials_select_tradier_mode_and_never_leak(run_dir):
             eventually(lambda: fake.count("POST", "/accounts/events/session") >= 1, 10)  # token works
         finally:
             h.close()
-        log = h.proc.stdout.read().decode() if h.proc.stdout else ""
+        log = h.proc.output()
         assert fake.token not in log
         # a store that cannot be opened stops the broker with a clear message (no silent paper fallback)
         proc = subprocess.run([sys.executable, "-m", "services.broker"], capture_output=True, text=True, timeout=30,

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 
 def restore_env(run_dir, db_url: str) -> dict[str, str]:
@@ -15,9 +13,3 @@ def restore_env(run_dir, db_url: str) -> dict[str, str]:
             "SPX_DETECTOR_ENTRY_POINTS": "false", "SPX_DETECTOR_PLUGINS": "tests.detector.restore_plugin",
             "SPX_DETECTOR_SYMBOLS": "SPY", "SPX_DETECTOR_CONFIRM_MS": "0", "SPX_DETECTOR_WARMUP": "false",
             "SPX_DETECTOR_MACRO_BLOCK_BELOW": "-1"}
-
-
-def start(name: str, env: dict[str, str]) -> subprocess.Popen:
-    """``python -m services.<name>`` with its output discarded (the tests read the bus and the store)."""
-    return subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -16,7 +16,6 @@ Accounting is what a subscriber saw on the bus vs the store.
 from __future__ import annotations
 
 import signal
-import subprocess
 
 import sqlalchemy as sa
 import zmq
@@ -27,8 +26,9 @@ from spx_common.config import BusConfig, RuntimeConfig
 from spx_common.models import MicroBar, SetupTransition, Trade
 from spx_common.store import open_store
 from spx_common.store import tables as t
+from spx_testing import Processes
 from tests.conftest import eventually
-from tests.detector.rig import restore_env, start
+from tests.detector.rig import restore_env
 
 S = 1_000_000_000
 T0 = 1_795_185_000 * S
@@ -45,7 +45,9 @@ def test_restore_while_the_recorder_lags_and_both_killed_together_lose_and_repea
     det = RpcClient(ctx, bus.rep_endpoint("detector", rt), timeout_s=1.0, retries=0)
     rec = RpcClient(ctx, bus.rep_endpoint("recorder", rt), timeout_s=1.0, retries=0)
     open_store(db_url).close()
-    procs = {"recorder": start("recorder", env), "detector": start("detector", env)}
+    ps = Processes()
+    ps.service("recorder", env=env)
+    ps.service("detector", env=env)
     store = open_store(db_url, migrate=False)
     seen: list[SetupTransition] = []
     blocks: list = []
@@ -65,12 +67,11 @@ def test_restore_while_the_recorder_lags_and_both_killed_together_lose_and_repea
             try:
                 st = det.call("status")
             except RpcError:
-                assert procs["detector"].poll() is None, "detector exited"
                 return False
             agg.heartbeat(T0)
             feed.heartbeat(T0)
             return {"aggregator", "feed"} <= set(st["peers"])
-        eventually(ok, 45, what="detector up and subscribed")  # its plugin workers start first
+        ps["detector"].wait_ready(ok, 45, what="detector up and subscribed")  # its plugin workers start first
         old = set(sessions)
         eventually(lambda: (drain(), sessions - old)[1], 10, what="our SUB hears the new detector")
 
@@ -83,76 +84,63 @@ def test_restore_while_the_recorder_lags_and_both_killed_together_lose_and_repea
             return sorted((r.setup_id, r.to_state) for r in c.execute(
                 sa.select(t.setup_transitions.c.setup_id, t.setup_transitions.c.to_state)))
 
-    def kill(name):
-        procs[name].send_signal(signal.SIGKILL)
-        procs[name].wait(10)
-
     try:
-        detector_up()
-        eventually(lambda: rec.call("ping"), 20, what="recorder up")
-        agg.publish("bar.1s.SPY", "bar", MicroBar(sym="SPY", interval="1s", start_ns=T0, open=100.4, high=100.9,
-                                                 low=100.4, close=100.8, volume=10, buy_volume=8, sell_volume=2,
-                                                 closed=True), T0)
-        ticks([100.8], T0 + S)  # in the entry zone: ready
-        eventually(lambda: [x.to_state for x in drain()] == ["forming", "ready"], 10, what="forming, ready")
-        sid = seen[0].setup_id
-        eventually(lambda: stored() == [(sid, "forming"), (sid, "ready")], 20, what="the recorder stored both")
+        with ps:
+            detector_up()
+            ps["recorder"].wait_ready(lambda: rec.call("ping"), 20, what="recorder up")
+            agg.publish("bar.1s.SPY", "bar", MicroBar(sym="SPY", interval="1s", start_ns=T0, open=100.4, high=100.9,
+                                                     low=100.4, close=100.8, volume=10, buy_volume=8, sell_volume=2,
+                                                     closed=True), T0)
+            ticks([100.8], T0 + S)  # in the entry zone: ready
+            eventually(lambda: [x.to_state for x in drain()] == ["forming", "ready"], 10, what="forming, ready")
+            sid = seen[0].setup_id
+            eventually(lambda: stored() == [(sid, "forming"), (sid, "ready")], 20, what="the recorder stored both")
 
-        # the recorder lags: it takes and writes nothing from here on
-        procs["recorder"].send_signal(signal.SIGSTOP)
-        ticks([101.2, 101.3, 101.4], T0 + 2 * S)  # beyond the trigger 3 ticks: triggered
-        eventually(lambda: [x.to_state for x in drain()][-1] == "triggered", 10, what="triggered published")
+            # the recorder lags: it takes and writes nothing from here on
+            ps["recorder"].send_signal(signal.SIGSTOP)
+            ticks([101.2, 101.3, 101.4], T0 + 2 * S)  # beyond the trigger 3 ticks: triggered
+            eventually(lambda: [x.to_state for x in drain()][-1] == "triggered", 10, what="triggered published")
 
-        # 1. detector SIGKILLed while the store is one state behind: restored at 'triggered'
-        kill("detector")
-        procs["detector"] = start("detector", env)
-        detector_up()
-        assert [(a["setup_id"], a["state"]) for a in det.call("active")] == [(sid, "triggered")]
-        assert stored() == [(sid, "forming"), (sid, "ready")]  # the store really was behind
-        ticks([101.5, 101.6, 101.7], T0 + 3 * S)  # beyond the trigger again: a 'ready' setup would re-trigger
-        ticks([102.1], T0 + 4 * S)  # target 1
-        eventually(lambda: [x.to_state for x in drain()][-1] == "target1_hit", 10, what="target1_hit published")
+            # 1. detector SIGKILLed while the store is one state behind: restored at 'triggered'
+            ps["detector"].kill()
+            ps.service("detector", env=env)
+            detector_up()
+            assert [(a["setup_id"], a["state"]) for a in det.call("active")] == [(sid, "triggered")]
+            assert stored() == [(sid, "forming"), (sid, "ready")]  # the store really was behind
+            ticks([101.5, 101.6, 101.7], T0 + 3 * S)  # beyond the trigger again: a 'ready' setup would re-trigger
+            ticks([102.1], T0 + 4 * S)  # target 1
+            eventually(lambda: [x.to_state for x in drain()][-1] == "target1_hit", 10, what="target1_hit published")
 
-        # 2. detector and recorder die together; the recorder never wrote triggered nor target1_hit
-        kill("detector")
-        kill("recorder")
-        assert stored() == [(sid, "forming"), (sid, "ready")]
-        procs["recorder"] = start("recorder", env)
-        procs["detector"] = start("detector", env)
-        detector_up()
-        assert [(a["setup_id"], a["state"]) for a in det.call("active")] == [(sid, "target1_hit")]
-        want = sorted((sid, s) for s in ("forming", "ready", "triggered", "target1_hit"))
-        eventually(lambda: stored() == want, 20, what="the recorder caught up from the detector's outbox")
-        ticks([103.1], T0 + 5 * S)  # target 2: terminal
-        eventually(lambda: [x.to_state for x in drain()][-1] == "target2_hit", 10, what="target2_hit published")
-        eventually(lambda: stored() == sorted(want + [(sid, "target2_hit")]), 20, what="target2_hit stored")
-        # 3. the first bar evaluated again (as a restarted aggregator or the warm-up can deliver it): the
-        #    plugin proposes the same candidate, same id; the setup resolved and left the lifecycle, but it
-        #    was published, so it is refused, not formed again
-        agg.publish("bar.1s.SPY", "bar", MicroBar(sym="SPY", interval="1s", start_ns=T0, open=100.4, high=100.9,
-                                                 low=100.4, close=100.8, volume=10, buy_volume=8, sell_volume=2,
-                                                 closed=True), T0 + 6 * S)
-        eventually(lambda: (drain(), [b for b in blocks if b.reason == "duplicate"])[1], 10,
-                   what="the re-evaluated candidate refused as a duplicate")
+            # 2. detector and recorder die together; the recorder never wrote triggered nor target1_hit
+            ps["detector"].kill()
+            ps["recorder"].kill()
+            assert stored() == [(sid, "forming"), (sid, "ready")]
+            ps.service("recorder", env=env)
+            ps.service("detector", env=env)
+            detector_up()
+            assert [(a["setup_id"], a["state"]) for a in det.call("active")] == [(sid, "target1_hit")]
+            want = sorted((sid, s) for s in ("forming", "ready", "triggered", "target1_hit"))
+            eventually(lambda: stored() == want, 20, what="the recorder caught up from the detector's outbox")
+            ticks([103.1], T0 + 5 * S)  # target 2: terminal
+            eventually(lambda: [x.to_state for x in drain()][-1] == "target2_hit", 10, what="target2_hit published")
+            eventually(lambda: stored() == sorted(want + [(sid, "target2_hit")]), 20, what="target2_hit stored")
+            # 3. the first bar evaluated again (as a restarted aggregator or the warm-up can deliver it): the
+            #    plugin proposes the same candidate, same id; the setup resolved and left the lifecycle, but it
+            #    was published, so it is refused, not formed again
+            agg.publish("bar.1s.SPY", "bar", MicroBar(sym="SPY", interval="1s", start_ns=T0, open=100.4, high=100.9,
+                                                     low=100.4, close=100.8, volume=10, buy_volume=8, sell_volume=2,
+                                                     closed=True), T0 + 6 * S)
+            eventually(lambda: (drain(), [b for b in blocks if b.reason == "duplicate"])[1], 10,
+                       what="the re-evaluated candidate refused as a duplicate")
 
-        drain()
-        assert [(x.setup_id, x.to_state) for x in seen] == [
-            (sid, s) for s in ("forming", "ready", "triggered", "target1_hit", "target2_hit")], \
-            "a subscriber saw a transition twice (or missed one)"
-        inst = store.setup_instance(sid)
-        assert inst["state"] == "target2_hit" and inst["entry_price"] == 101.4 and inst["t2_hit"]
-        assert det.call("active") == []
+            drain()
+            assert [(x.setup_id, x.to_state) for x in seen] == [
+                (sid, s) for s in ("forming", "ready", "triggered", "target1_hit", "target2_hit")], \
+                "a subscriber saw a transition twice (or missed one)"
+            inst = store.setup_instance(sid)
+            assert inst["state"] == "target2_hit" and inst["entry_price"] == 101.4 and inst["t2_hit"]
+            assert det.call("active") == []
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGCONT)
-                p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
         store.close()
         for s in (watch, det, rec, agg, feed):
             s.close()

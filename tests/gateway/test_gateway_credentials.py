@@ -149,7 +149,7 @@ def test_credentials_requests_over_the_gateway_against_the_fake_sandbox(run_dir,
                 c.close()
             gw.close()
             h.close()
-        broker_log = h.proc.stdout.read().decode() if h.proc.stdout else ""
+        broker_log = h.proc.output()
     assert "credentials of alice sealed" in broker_log
     assert TOKEN not in broker_log
     assert all(TOKEN not in t for t in texts)

@@ -113,4 +113,4 @@ def test_three_users_on_broker_coach_and_gateway(run_dir):
             except subprocess.TimeoutExpired:
                 coach.kill()
                 coach.wait(5)
-            assert broker.close() == 0
+            broker.close()

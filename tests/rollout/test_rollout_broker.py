@@ -37,7 +37,7 @@ def test_kill_switch_refuses_entries_allows_exits_and_lifts(run_dir):
         trades = {t["setup_id"]: t for t in h.call("status")["broker"]["engine"]["trades"]}
         assert trades["k-1"]["held"] == 2 and trades["k-3"]["held"] == 4  # the first position kept its half
     finally:
-        assert h.close() == 0
+        h.close()
 
 
 def _tradier_env(fake):

@@ -4,8 +4,6 @@ ZeroMQ, SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-import subprocess
-
 import sqlalchemy as sa
 import zmq
 
@@ -14,8 +12,9 @@ from spx_common.config import BusConfig, RuntimeConfig
 from spx_common.models import MicroBar, Trade
 from spx_common.store import open_store
 from spx_common.store import tables as t
+from spx_testing import Processes
 from tests.conftest import eventually
-from tests.detector.rig import restore_env, start
+from tests.detector.rig import restore_env
 
 S = 1_000_000_000
 T0 = 1_795_185_000 * S
@@ -31,50 +30,45 @@ def test_recorder_started_late_records_what_it_missed_exactly_once(db_url, run_d
     det = RpcClient(ctx, bus.rep_endpoint("detector", rt), timeout_s=1.0, retries=0)
     rec = RpcClient(ctx, bus.rep_endpoint("recorder", rt), timeout_s=1.0, retries=0)
     open_store(db_url).close()
-    procs = [start("detector", env)]
     store = open_store(db_url, migrate=False)
     seen = []
+    ps = Processes()
     try:
-        def det_up():
-            try:
-                agg.heartbeat(T0)
-                feed.heartbeat(T0)
-                return {"aggregator", "feed"} <= set(det.call("status")["peers"])
-            except RpcError:
-                assert procs[0].poll() is None
-        eventually(det_up, 20, what="detector up")
-        eventually(lambda: watch.recv(0.1) is not None, 10, what="our SUB hears the detector")
-        agg.publish("bar.1s.SPY", "bar", MicroBar(sym="SPY", interval="1s", start_ns=T0, open=100.4, high=100.9,
-                                                 low=100.4, close=100.8, volume=10, closed=True), T0)
-        for i, p in enumerate([100.8, 101.2, 101.3, 101.4]):
-            feed.publish("tick.SPY", "ticks", [Trade(sym="SPY", price=p, size=1, ts=T0 + S + i)], T0 + S + i)
+        with ps:
+            detector = ps.service("detector", env=env)
+            def det_up():
+                try:
+                    agg.heartbeat(T0)
+                    feed.heartbeat(T0)
+                    return {"aggregator", "feed"} <= set(det.call("status")["peers"])
+                except RpcError:
+                    return False
+            detector.wait_ready(det_up, 20, what="detector up")
+            eventually(lambda: watch.recv(0.1) is not None, 10, what="our SUB hears the detector")
+            agg.publish("bar.1s.SPY", "bar", MicroBar(sym="SPY", interval="1s", start_ns=T0, open=100.4, high=100.9,
+                                                     low=100.4, close=100.8, volume=10, closed=True), T0)
+            for i, p in enumerate([100.8, 101.2, 101.3, 101.4]):
+                feed.publish("tick.SPY", "ticks", [Trade(sym="SPY", price=p, size=1, ts=T0 + S + i)], T0 + S + i)
 
-        def transitions():
-            while (f := watch.recv(0.05)) is not None:
-                if f.topic == "setup.transition":
-                    seen.append(f.body().to_state)
-            return seen
-        eventually(lambda: transitions() == ["forming", "ready", "triggered"], 10, what="three transitions")
-        # only now does the recorder start: everything above was published while it was down
-        procs.append(start("recorder", env))
+            def transitions():
+                while (f := watch.recv(0.05)) is not None:
+                    if f.topic == "setup.transition":
+                        seen.append(f.body().to_state)
+                return seen
+            eventually(lambda: transitions() == ["forming", "ready", "triggered"], 10, what="three transitions")
+            # only now does the recorder start: everything above was published while it was down
+            ps.service("recorder", env=env)
 
-        def rows():
-            with store.engine.connect() as c:
-                return sorted(r.to_state for r in c.execute(sa.select(t.setup_transitions.c.to_state)))
-        eventually(lambda: rows() == ["forming", "ready", "triggered"], 20, what="the recorder caught up")
-        import re
-        fetched = re.search(r'recorder_replayed_frames_total\{peer="detector"\} ([0-9.]+)', str(rec.call("metrics")))
-        assert fetched and float(fetched.group(1)) >= 3  # fetched at least once (idempotent if more)
-        inst = store.setup_instances()
-        assert len(inst) == 1 and inst[0]["state"] == "triggered" and inst[0]["entry_price"] == 101.4
+            def rows():
+                with store.engine.connect() as c:
+                    return sorted(r.to_state for r in c.execute(sa.select(t.setup_transitions.c.to_state)))
+            eventually(lambda: rows() == ["forming", "ready", "triggered"], 20, what="the recorder caught up")
+            import re
+            fetched = re.search(r'recorder_replayed_frames_total\{peer="detector"\} ([0-9.]+)', str(rec.call("metrics")))
+            assert fetched and float(fetched.group(1)) >= 3  # fetched at least once (idempotent if more)
+            inst = store.setup_instances()
+            assert len(inst) == 1 and inst[0]["state"] == "triggered" and inst[0]["entry_price"] == 101.4
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
         store.close()
         for s in (watch, det, rec, agg, feed):
             s.close()
