@@ -43,7 +43,9 @@ def markdown(r: dict) -> str:
         lines += ["", f"Targets (the rollout seeds' absolute floors, shown, not gating): T1 rate "
                   f"{_pct(t['t1_rate']['value'])} vs {_pct(t['t1_rate']['target'])} "
                   f"({'meets' if t['t1_rate']['meets'] else 'below'}); expectancy {t['expectancy_r']['value']:+.3f} R "
-                  f"vs {t['expectancy_r']['target']:+.2f} R ({'meets' if t['expectancy_r']['meets'] else 'below'}).",
+                  f"net of slippage ({t['expectancy_r'].get('gross', t['expectancy_r']['value']):+.3f} R gross, "
+                  f"slippage {t['expectancy_r'].get('slippage_r', 0.0):.3f} R per trade) vs the EV floor "
+                  f"{t['expectancy_r']['target']:+.2f} R ({'meets' if t['expectancy_r']['meets'] else 'below'}).",
                   ""]
     lines += ["## Results", "", "| family | trades | T1 rate (95% CI) | T2 rate (95% CI) | expectancy R (95% CI) | "
               "max drawdown R |", "| --- | --- | --- | --- | --- | --- |"]

@@ -346,6 +346,7 @@ def assemble(store: Store | None, opts: Options, days: list[DayResult], plugins:
                      "config_hash": chash, "plugins": plugins, "symbols": sorted(opts.symbols),
                      "profile_version": profile.version,
                      "days": "each trading day runs alone, warmed up on the day before's closed bars",
+                     "paper_slippage_per_share": float(opts.broker.get("paper_slippage", 0.0)),
                      "trade_model": "the live selector core, broker engine and paper broker "
                                     "(services/backtest/trading.py); option trades where an option chain and "
                                     "quotes were replayed, R on the underlying always"},
@@ -370,8 +371,10 @@ def family_stats(result: dict) -> list[FamilyStats]:
     """The result as optimizer-profile statistics (for ``--apply-profile``)."""
     out = []
     for fam, s in result["families"].items():
+        # net of modelled slippage: the profile's expectancy floor is judged on what the fills would have kept
+        net = s["sum_r"] - s.get("slippage_r", 0.0) * s["trades"]
         out.append(FamilyStats(family=fam, trades=s["trades"], t1_hits=s["t1_hits"], t2_hits=s["t2_hits"],
-                               stops=s["stops"], sum_r=s["sum_r"]))
+                               stops=s["stops"], sum_r=round(net, 6)))
     return out
 
 

@@ -5,7 +5,9 @@ Formulas (docs/backtest.md):
 * a *resolved trade* is a triggered setup whose exit plan closed (stop, targets + runner stop) or
   whose session ended (closed at the last price);
 * T1 hit rate = trades that reached target 1 / resolved trades; T2 rate likewise;
-* expectancy = mean realised R per resolved trade;
+* expectancy = mean realised R per resolved trade; *net* expectancy subtracts each trade's modelled
+  slippage in R (``slippage_usd / risk_usd``: its option fills against the mid at decision over the dollars
+  it risked): the expectancy delta and the expected-value floor are judged net;
 * max drawdown = the largest fall of cumulative R from a running peak, trades in exit order;
 * rate intervals: Wilson score 95%; the difference of two rates: Newcombe's hybrid score interval
   (method 10); expectancy and its difference: percentile bootstrap, 2,000 resamples, fixed seed
@@ -66,6 +68,20 @@ def bootstrap_diff(xs: list[float], ys: list[float], seed: int = SEED) -> tuple[
     return (diffs[int(0.025 * BOOT)], diffs[int(0.975 * BOOT) - 1])
 
 
+def slippage_r(t: dict) -> float:
+    """A trade's modelled slippage and spread cost in R: its fills' slippage against the option mid at decision
+    over the dollars it risked to the stop (0 without an option trade or a sized risk)."""
+    slip, risk = t.get("slippage_usd"), t.get("risk_usd")
+    if slip is None or not risk or not isinstance(risk, (int, float)) or risk <= 0:
+        return 0.0
+    return float(slip) / float(risk)
+
+
+def net_r(t: dict) -> float:
+    """Realised R less the trade's slippage in R (:func:`slippage_r`): what the expected-value floor judges."""
+    return float(t["r"]) - slippage_r(t)
+
+
 def max_drawdown(rs: list[float]) -> float:
     peak = cum = dd = 0.0
     for r in rs:
@@ -89,12 +105,14 @@ class Summary:
     t1_ci: tuple[float, float]
     t2_ci: tuple[float, float]
     expectancy_ci: tuple[float, float]
+    slippage_r: float = 0.0  # mean modelled slippage per trade, in R (0 without option trades)
+    expectancy_net_r: float = 0.0  # expectancy less slippage: what the EV floor judges
 
     def as_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         for k in ("t1_ci", "t2_ci", "expectancy_ci"):
             d[k] = [round(x, 6) for x in d[k]]
-        for k in ("sum_r", "expectancy_r", "max_drawdown_r", "t1_rate", "t2_rate"):
+        for k in ("sum_r", "expectancy_r", "max_drawdown_r", "t1_rate", "t2_rate", "slippage_r", "expectancy_net_r"):
             d[k] = round(d[k], 6)
         return d
 
@@ -105,9 +123,11 @@ def summarize(trades: list[dict]) -> Summary:
     t1 = sum(1 for t in trades if t["t1_hit"])
     t2 = sum(1 for t in trades if t["t2_hit"])
     stops = sum(1 for t in trades if t["r"] < 0)
+    slip = _mean([slippage_r(t) for t in trades])
     return Summary(trades=n, t1_hits=t1, t2_hits=t2, stops=stops, sum_r=sum(rs), expectancy_r=_mean(rs),
                    max_drawdown_r=max_drawdown(rs), t1_rate=t1 / n if n else 0.0, t2_rate=t2 / n if n else 0.0,
-                   t1_ci=wilson(t1, n), t2_ci=wilson(t2, n), expectancy_ci=bootstrap_mean(rs))
+                   t1_ci=wilson(t1, n), t2_ci=wilson(t2, n), expectancy_ci=bootstrap_mean(rs), slippage_r=slip,
+                   expectancy_net_r=_mean(rs) - slip)
 
 
 def option_summary(trades: list[dict]) -> dict:
@@ -151,7 +171,8 @@ def compare(current: list[dict], baseline: list[dict], criteria: Criteria, *, fa
     a, b = summarize(current), summarize(baseline)
     t1_delta = (a.t1_rate - b.t1_rate) * 100
     lo, hi = newcombe(a.t1_hits, a.trades, b.t1_hits, b.trades)
-    e_lo, e_hi = bootstrap_diff([t["r"] for t in current], [t["r"] for t in baseline])
+    # expectancy judged net of each trade's modelled slippage (slippage_r): the EV floor accounts for it
+    e_lo, e_hi = bootstrap_diff([net_r(t) for t in current], [net_r(t) for t in baseline])
     checks: list[dict] = []
     refusals = []
 
@@ -169,9 +190,10 @@ def compare(current: list[dict], baseline: list[dict], criteria: Criteria, *, fa
           f"95% lower bound >= +{criteria.min_t1_delta_pp:.2f} pp", [round(lo * 100, 6), round(hi * 100, 6)],
           f"T1 delta {t1_delta:+.2f} pp, 95% interval [{lo * 100:+.2f}, {hi * 100:+.2f}] pp: lower bound < "
           f"+{criteria.min_t1_delta_pp:.2f} pp")
-    e_delta = a.expectancy_r - b.expectancy_r
+    e_delta = a.expectancy_net_r - b.expectancy_net_r
     check("expectancy delta (R)", e_lo >= criteria.min_expectancy_delta_r, round(e_delta, 6),
-          f"95% lower bound >= +{criteria.min_expectancy_delta_r:.3f} R", [round(e_lo, 6), round(e_hi, 6)],
+          f"95% lower bound >= +{criteria.min_expectancy_delta_r:.3f} R, net of slippage "
+          f"({a.slippage_r:.3f} R vs the baseline's {b.slippage_r:.3f} R per trade)", [round(e_lo, 6), round(e_hi, 6)],
           f"expectancy delta {e_delta:+.3f} R, 95% interval [{e_lo:+.3f}, {e_hi:+.3f}] R: lower bound < "
           f"+{criteria.min_expectancy_delta_r:.3f} R")
     usd = None
@@ -193,8 +215,11 @@ def compare(current: list[dict], baseline: list[dict], criteria: Criteria, *, fa
               f"of the baseline's {base_per:.2f}")
     targets = {"t1_rate": {"value": round(a.t1_rate, 6), "target": criteria.target_t1_rate,
                            "meets": a.t1_rate >= criteria.target_t1_rate},
-               "expectancy_r": {"value": round(a.expectancy_r, 6), "target": criteria.target_expectancy_r,
-                                "meets": a.expectancy_r >= criteria.target_expectancy_r}}
+               # the EV floor is met net of the modelled slippage: gross expectancy >= floor + slippage
+               "expectancy_r": {"value": round(a.expectancy_net_r, 6), "gross": round(a.expectancy_r, 6),
+                                "slippage_r": round(a.slippage_r, 6), "target": criteria.target_expectancy_r,
+                                "floor_gross": round(criteria.target_expectancy_r + a.slippage_r, 6),
+                                "meets": a.expectancy_net_r >= criteria.target_expectancy_r}}
     return {"t1_delta_pp": round(t1_delta, 6), "t1_delta_ci_pp": [round(lo * 100, 6), round(hi * 100, 6)],
             "expectancy_delta_r": round(e_delta, 6),
             "expectancy_delta_ci_r": [round(e_lo, 6), round(e_hi, 6)], "expectancy_delta_usd": usd,

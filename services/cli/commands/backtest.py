@@ -37,6 +37,30 @@ def trade_settings() -> tuple[dict, dict]:
     return {k: v for k, v in sel.items() if v != sel0[k]}, {k: v for k, v in brk.items() if v != brk0[k]}
 
 
+def slippage_per_share(text: str) -> float:
+    """``--slippage``: a number of dollars per share in [0, 5], or ``live`` (the running broker's rolling realized
+    slippage: mean of its fills against the mid at decision, at least 0). ValueError with the reason."""
+    if text == "live":
+        from services.cli.common import call
+        from spx_common.bus import RpcError
+
+        try:
+            stats = call("broker", "slippage", timeout_s=2.0)
+        except (RpcError, TimeoutError, OSError) as exc:
+            raise ValueError(f"--slippage live: the broker did not answer ({exc})") from None
+        mean = stats.get("mean") if isinstance(stats, dict) else None
+        if not isinstance(mean, (int, float)) or not stats.get("count"):
+            raise ValueError("--slippage live: the broker has no realized slippage yet (no fills)")
+        return round(min(max(float(mean), 0.0), 5.0), 4)
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError(f"--slippage must be dollars per share or 'live', not {text!r}") from None
+    if not 0 <= v <= 5:
+        raise ValueError(f"--slippage must be within [0, 5] dollars per share, not {v}")
+    return v
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "backtest", help="replay stored bars/ticks through the detectors; report, compare, promote",
@@ -71,6 +95,10 @@ def register(sub) -> None:
                         "them and the paper broker fills on the replayed quotes (docs/backtest.md)")
     p.add_argument("--fee-per-contract", type=float, default=0.0, metavar="USD",
                    help="dollars per option contract bought or sold, taken off the option P&L (default 0)")
+    p.add_argument("--slippage", metavar="USD|live",
+                   help="slippage per share added to every paper fill (buys above the ask, sells below the bid) instead "
+                        "of [broker] paper_slippage; 'live' = the running broker's rolling realized slippage against "
+                        "the mid (its mean, at least 0)")
     p.add_argument("--apply-profile", action="store_true",
                    help="re-quarantine families failing their optimizer-profile floors in this backtest")
     p.add_argument("--no-record", action="store_true", help="do not write setup instances to the store")
@@ -112,6 +140,11 @@ def cmd_backtest(args) -> int:
     except ConfigError as exc:
         return fail(str(exc))
     opts.fee_per_contract = args.fee_per_contract
+    if args.slippage is not None:
+        try:
+            opts.broker["paper_slippage"] = slippage_per_share(args.slippage)
+        except ValueError as exc:
+            return fail(str(exc))
     if args.journal:
         if args.journal == "auto":
             from spx_common.config import RuntimeConfig
