@@ -45,11 +45,12 @@ from typing import NamedTuple
 from collections.abc import Iterable
 from zoneinfo import ZoneInfo
 
+from spx_common.clock import NS_PER_S
+
 ET = ZoneInfo("America/New_York")
 OPEN = dt.time(9, 30)
 CLOSE = dt.time(16, 0)
 EARLY_CLOSE = dt.time(13, 0)
-_NS = 1_000_000_000
 
 
 class Session(NamedTuple):
@@ -132,12 +133,12 @@ def _early_closes(year: int) -> tuple[tuple[dt.date, str], ...]:
 
 
 def _ns(d: dt.date, t: dt.time) -> int:
-    return int(dt.datetime.combine(d, t, ET).timestamp()) * _NS
+    return int(dt.datetime.combine(d, t, ET).timestamp()) * NS_PER_S
 
 
 def et_date(ts_ns: int) -> dt.date:
     """The New York calendar date of an event time (floor to the second: no float rounding)."""
-    return dt.datetime.fromtimestamp(ts_ns // _NS, ET).date()
+    return dt.datetime.fromtimestamp(ts_ns // NS_PER_S, ET).date()
 
 
 class MarketCalendar:

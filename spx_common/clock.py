@@ -7,8 +7,6 @@ seen on the stream (the watermark), never ``time.time()``.
 
 from __future__ import annotations
 
-import time
-
 
 class EventClock:
     """Monotonic watermark of event time. ``advance`` ignores times that go backwards."""
@@ -27,15 +25,5 @@ class EventClock:
         return self._now
 
 
-def wall_ns() -> int:
-    """Wall-clock time. Only for edges: publish stamps, heartbeats, latency, timeouts."""
-    return time.time_ns()
-
-
-def mono() -> float:
-    """Monotonic seconds, for timeouts and rate computation."""
-    return time.monotonic()
-
-
+#: nanoseconds per second: every event time on the bus is integer nanoseconds since the epoch
 NS_PER_S = 1_000_000_000
-NS_PER_MS = 1_000_000

@@ -43,14 +43,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Iterable, Iterator
-from zoneinfo import ZoneInfo
 
 import msgspec
 
+from spx_common.calendar import ET
 from spx_common import recordlog
 from spx_common.models import MarketEvent
 
-ET = ZoneInfo("America/New_York")
 SUFFIX = ".ticks"
 DOC_SUFFIX = ".docs"
 #: the length prefix of the parts written before the record log (:data:`recordlog.LEGACY_LE`)

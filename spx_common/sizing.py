@@ -31,12 +31,11 @@ import functools
 import math
 from typing import Any
 from dataclasses import dataclass
-from zoneinfo import ZoneInfo
 
+from spx_common.calendar import ET
 from spx_common import greeks
 from spx_common.models import SizingBreakdown
 
-ET = ZoneInfo("America/New_York")
 MULTIPLIER = 100
 DEFAULT_MIN_RISK = 10.0  # dollars per contract: a loss to the stop at or below this is refused
 PREMIUM_MULTIPLE = 4.0  # default premium cap = this x the risk budget

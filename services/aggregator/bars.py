@@ -12,8 +12,9 @@ import operator
 from collections.abc import Iterable
 from typing import Any
 
-from services.aggregator.pybars import (MAX_PENDING_QUOTES, NS, PyBarAggregator, PyTickCore, newest_by_kind,
+from services.aggregator.pybars import (MAX_PENDING_QUOTES, PyBarAggregator, PyTickCore, newest_by_kind,
                                         parse_interval)
+from spx_common.clock import NS_PER_S
 from spx_common.models import IndexValue, MicroBar, Quote, Trade
 
 #: True when :data:`BarAggregator` is the compiled core (fastcore), False when it is plain Python
@@ -28,7 +29,7 @@ else:
     COMPILED = True
 
 __all__ = [
-    "COMPILED", "CSV_COLUMNS", "MAX_PENDING_QUOTES", "NS", "BarAggregator", "IndexValue", "MicroBar",
+    "COMPILED", "CSV_COLUMNS", "MAX_PENDING_QUOTES", "NS_PER_S", "BarAggregator", "IndexValue", "MicroBar",
     "PyBarAggregator", "PyTickCore", "Quote", "Trade", "bars_from_events", "csv_row", "csv_rows", "newest_by_kind",
     "order_key", "parse_interval",
 ]

@@ -35,9 +35,9 @@ from collections.abc import Callable, Iterable
 
 import msgspec
 
+from spx_common.clock import NS_PER_S
 from spx_common.models import IndexValue, MarketEvent, MicroBar, Quote, Trade
 
-NS = 1_000_000_000
 #: event times at or beyond this (2116-02-20) are refused by both cores: bucket ends stay inside int64
 MAX_TS = 1 << 62
 #: intervals a core aggregates at most (the compiled core's fixed table)
@@ -47,7 +47,7 @@ MAX_INTERVALS = 8
 def parse_interval(text: str) -> int:
     """'1s' -> 1e9 ns, '5s', '250ms', '1m' are accepted."""
     text = text.strip().lower()
-    for suffix, mult in (("ms", 1_000_000), ("s", NS), ("m", 60 * NS)):
+    for suffix, mult in (("ms", 1_000_000), ("s", NS_PER_S), ("m", 60 * NS_PER_S)):
         if text.endswith(suffix) and text[: -len(suffix)].isdigit():
             value = int(text[: -len(suffix)]) * mult
             if value <= 0:

@@ -33,7 +33,7 @@ from services.broker.config import BrokerConfig
 from spx_common.models import IndexValue, Quote
 from services.detector.config import DetectorConfig
 from services.detector.host import PluginHost
-from services.detector.market import ET
+from spx_common.calendar import ET
 from spx_common.store import Store
 from spx_common.store.profile import FamilyStats, Profile
 

@@ -37,15 +37,14 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from collections.abc import Callable
-from zoneinfo import ZoneInfo
 
+from spx_common.calendar import ET
 from services.broker import router
 from services.broker.entry_size import EntryRisk, resizable, size_entry
 from spx_common.sizing import DEFAULT_MIN_RISK
 from spx_common.models import (ContractRecommendation, ExitAdvice, Order, OrderSide, OrderType, SetupTransition,
                                SizingBreakdown)
 
-ET = ZoneInfo("America/New_York")
 MAX_TRACKED = 2000  # bounded memory for triggers, recommendations, quotes and finished trades
 CLOSING_STATES = ("stopped", "invalidated", "expired")
 REPRICE_NS = 2_000_000_000  # exit limits follow the bid at most every 2 s per order (Tradier: 60 trading calls/min)

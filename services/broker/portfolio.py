@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from spx_common import occ
-from services.broker.engine import ET
+from spx_common.calendar import ET
 from services.broker.reconcile import is_option
 
 CLOSE_ET = dt.time(16, 0)

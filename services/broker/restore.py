@@ -14,7 +14,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from services.broker.engine import ET
+from spx_common.calendar import ET
 from spx_common.store import make_engine
 from spx_common.store import tables as t
 

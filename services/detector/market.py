@@ -26,13 +26,12 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from zoneinfo import ZoneInfo
 
 from spx_common import calendar as mcal
+from spx_common.calendar import ET
+from spx_common.clock import NS_PER_S
 from spx_common.models import MicroBar
 
-ET = ZoneInfo("America/New_York")
-NS_PER_S = 1_000_000_000
 
 
 def session_open_ns(ts_ns: int) -> int:

@@ -16,8 +16,8 @@ from typing import Any
 from dataclasses import dataclass
 
 from spx_common.calendar import MarketCalendar, Session, et_date
+from spx_common.clock import NS_PER_S
 
-NS = 1_000_000_000
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Availability:
     """Availability of one feed, session by session, from price event times and the clock's advance."""
 
     def __init__(self, stale_s: float = 5.0, calendar: MarketCalendar | None = None) -> None:
-        self.stale_ns = int(stale_s * NS)
+        self.stale_ns = int(stale_s * NS_PER_S)
         self.cal = calendar or MarketCalendar()
         self.last_price_ns: int | None = None
         self.day: DayAvailability | None = None
@@ -70,12 +70,12 @@ class Availability:
                 if s is None or now_ns < s.open_ns:
                     return
                 self._session, self._cursor_ns, self._gap_start = s, s.open_ns, None
-                self.day = DayAvailability(s.date.isoformat(), (s.close_ns - s.open_ns) // NS, 0, 0, 0, None)
+                self.day = DayAvailability(s.date.isoformat(), (s.close_ns - s.open_ns) // NS_PER_S, 0, 0, 0, None)
             s = self._session
             end = min(now_ns, s.close_ns)
-            while self._cursor_ns + NS <= end:
+            while self._cursor_ns + NS_PER_S <= end:
                 self._second(self._cursor_ns)
-                self._cursor_ns += NS
+                self._cursor_ns += NS_PER_S
             if self._cursor_ns < s.close_ns:
                 return
             assert self.day is not None
@@ -116,12 +116,12 @@ class Availability:
         assert day is not None
         day.elapsed_s += 1
         last = self.last_price_ns
-        if last is not None and last >= t + NS - self.stale_ns:  # fresh at the second's end
+        if last is not None and last >= t + NS_PER_S - self.stale_ns:  # fresh at the second's end
             day.available_s += 1
             self._gap_start = None
             return
         if self._gap_start is None:
             self._gap_start = t
-        run = (t + NS - self._gap_start) // NS
+        run = (t + NS_PER_S - self._gap_start) // NS_PER_S
         if run > day.longest_gap_s:
             day.longest_gap_s, day.longest_gap_start_ns = run, self._gap_start

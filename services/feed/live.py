@@ -45,10 +45,10 @@ import datetime as dt
 import time
 from collections import deque
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import msgspec
 
+from spx_common.calendar import ET
 from spx_common import journal
 from spx_common.bus import RpcError
 from spx_common.journal import read_journal_tail
@@ -60,7 +60,6 @@ from services.feed.parsing import MassiveParser
 from services.feed.rest import MassiveRest, RestError
 from services.feed.ws import AuthFailed, MassiveStream
 
-ET = ZoneInfo("America/New_York")
 
 #: journal bytes read back at a live start to find where the previous run's data ends (newest parts of
 #: today, newest first; :func:`spx_common.journal.read_journal_tail`): ~3 s of events at 50,000/s (~100 bytes

@@ -31,14 +31,13 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Iterable
-from zoneinfo import ZoneInfo
 
 from spx_common import calendar as mcal
+from spx_common.calendar import ET
 from spx_common.models import IndexValue, MarketEvent
 
 from services.feed.synthetic import option_symbol
 
-ET = ZoneInfo("America/New_York")
 
 
 # --------------------------------------------------------------------------- actions (what the shell does)

@@ -35,14 +35,13 @@ import math
 import random
 from dataclasses import dataclass
 from collections.abc import Iterator
-from zoneinfo import ZoneInfo
 
+from spx_common.calendar import ET
+from spx_common.clock import NS_PER_S
 from spx_common.models import IndexValue, MarketEvent, Quote, Trade
 
-ET = ZoneInfo("America/New_York")
 DEFAULT_DATE = dt.date(2026, 11, 20)
 SESSION_SECONDS = 6 * 3600 + 30 * 60
-NS = 1_000_000_000
 _SQRT2 = math.sqrt(2.0)
 _YEAR_S = 365.0 * 24 * 3600
 
@@ -129,8 +128,8 @@ class SyntheticSession:
         self.spy_quotes_per_s = spy_quotes_per_s
         self.option_trades_per_s = option_trades_per_s
         self.root = root
-        self.open_ns = int(dt.datetime.combine(date, dt.time(9, 30), ET).timestamp()) * NS
-        self.close_ns = int(dt.datetime.combine(date, dt.time(16, 0), ET).timestamp()) * NS
+        self.open_ns = int(dt.datetime.combine(date, dt.time(9, 30), ET).timestamp()) * NS_PER_S
+        self.close_ns = int(dt.datetime.combine(date, dt.time(16, 0), ET).timestamp()) * NS_PER_S
         self._rng = random.Random(f"{seed}:{date.isoformat()}")
         self.open_price = open_price * (1 + self._rng.uniform(-0.004, 0.004))
         self.regimes = self._draw_regimes()
@@ -142,11 +141,11 @@ class SyntheticSession:
 
     def ts(self, sim_s: float) -> int:
         """Event time (ns) of a simulated second offset from the open."""
-        return self.open_ns + int(sim_s * NS / self.compress)
+        return self.open_ns + int(sim_s * NS_PER_S / self.compress)
 
     def sim_seconds(self, ts_ns: int) -> float:
         """Inverse of :meth:`ts`: simulated seconds since the open (clamped to the session)."""
-        return min(max((ts_ns - self.open_ns) * self.compress / NS, 0.0), float(self.duration_s))
+        return min(max((ts_ns - self.open_ns) * self.compress / NS_PER_S, 0.0), float(self.duration_s))
 
     @property
     def end_ns(self) -> int:

@@ -12,11 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass, field
-from zoneinfo import ZoneInfo
 
 from spx_common import greeks, occ, sizing
 
-ET = ZoneInfo("America/New_York")
 MAX_CONTRACTS = 5000  # bound on one chain (a full SPXW day is ~1,000 listed strikes x 2)
 
 

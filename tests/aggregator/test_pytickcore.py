@@ -296,7 +296,7 @@ def test_newest_by_kind_agrees_with_a_reverse_scan(kinds):
 def test_the_plain_python_aggregator_keeps_its_name():
     assert pybars.BarAggregator is pybars.PyBarAggregator and issubclass(PyTickCore, pybars.PyBarAggregator)
     assert bars.BarAggregator is (PyTickCore if not bars.COMPILED else bars.BarAggregator)
-    assert bars.parse_interval("250ms") == 250_000_000 and bars.NS == 1_000_000_000
+    assert bars.parse_interval("250ms") == 250_000_000 and bars.NS_PER_S == 1_000_000_000
 
 
 @pytest.mark.parametrize("core", CORES)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
+from spx_common.calendar import ET
 from services.cli.common import RpcError, call, configs, fail, print_json
 
-ET = ZoneInfo("America/New_York")
 
 
 def register(sub) -> None:

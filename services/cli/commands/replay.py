@@ -17,12 +17,11 @@ import asyncio
 import datetime as dt
 import sys
 import time
-from zoneinfo import ZoneInfo
 
+from spx_common.calendar import ET
 from services.cli.common import RpcError, call, configs, fail
 from spx_common.align import FINAL_NS
 
-ET = ZoneInfo("America/New_York")
 
 
 def register(sub) -> None:
