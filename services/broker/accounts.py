@@ -44,6 +44,8 @@ class Account:
     balances: dict[str, Any] = field(default_factory=dict)
     stream_state: str = "n/a"
     adopted: bool = False
+    #: positions and working orders read at start (paper: restored): protective stops may be rested
+    synced: bool = False
     last_position_rows: list[dict] = field(default_factory=list)
     other_positions: dict[str, float] = field(default_factory=dict)  # non-option holdings: reported, never touched
     last_drift: list[dict] = field(default_factory=list)

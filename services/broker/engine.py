@@ -321,20 +321,77 @@ class Engine:
             self._exits.pop(symbol, None)
         return out
 
-    def adopt(self, user: str, symbol: str, quantity: float, avg_price: float, ts: int) -> None:
+    def adopt(self, user: str, symbol: str, quantity: float, avg_price: float, ts: int,
+              stop_price: float | None = None) -> None:
         """Manage a long position found at the broker (after a restart) like a trade of setup
-        ``adopted-<symbol>``: exits, flatten and the late-day flatten cover it. Nothing is sent."""
+        ``adopted-<symbol>``: exits, flatten and the late-day flatten cover it. Nothing is sent here:
+        :meth:`protect` then rests its protective stop, at ``stop_price`` (the level the stop of the
+        setup rested at before the restart) when known, else at :meth:`protective_level`."""
         self._roll_day(ts)
         key = (user, f"adopted-{symbol}")
         if quantity <= 0:
             return
         trade = self.trades.get(key)
         if trade is None:
-            self.trades[key] = TradeState(user, key[1], symbol, held=float(quantity), avg_price=avg_price)
+            trade = self.trades[key] = TradeState(user, key[1], symbol, held=float(quantity), avg_price=avg_price)
         elif not trade.closed:  # more found at the broker (flatten reconciles first): add it
             total = trade.held + quantity
             trade.avg_price = (trade.avg_price * trade.held + avg_price * quantity) / total
             trade.held = total
+        if stop_price is not None and math.isfinite(stop_price) and 0 < stop_price <= router.MAX_PRICE \
+                and not trade.closed:
+            trade.stop_price = max(trade.stop_price or 0.0, float(router.round_to_tick(stop_price, "down")))
+
+    def take_over(self, user: str, symbol: str, side: str, type_: str, quantity: float, filled: float,
+                  avg_price: float, price: float | None, stop: float | None, ts: int,
+                  exiting: bool = False) -> Order | None:
+        """A working order found at the broker that this process did not place (sent before a restart):
+        manage it as an order of the ``adopted-<symbol>`` trade, so its fills move the held quantity and
+        it counts among the trade's working sells (a ``stop``/``stop_limit`` sell as its protective stop,
+        which :meth:`protect` then keeps equal to the open quantity; an entry as a working entry,
+        cancelled after ``entry_timeout_s`` like any). ``exiting``: the order is an exit (its tag says so):
+        the trade is being closed, as before the restart (a refused exit is retried, no stop re-rested).
+        Returns the order to record, None if refused."""
+        if side not in ("buy_to_open", "sell_to_close") or not quantity > filled >= 0 or \
+                not (math.isfinite(quantity) and math.isfinite(filled)):
+            return None
+        self._roll_day(ts)
+        key = (user, f"adopted-{symbol}")
+        trade = self.trades.get(key)
+        if trade is None or trade.closed:
+            if side == "sell_to_close":
+                return None  # a sell for nothing this process holds: left alone (flatten cancels it)
+            trade = self.trades[key] = TradeState(user, key[1], symbol)
+        role = "entry" if side == "buy_to_open" else ("stop" if type_ in ("stop", "stop_limit") else "exit")
+        if exiting and role == "exit":
+            trade.exiting = True
+        qty = int(math.ceil(quantity - 1e-9))
+        oid = self._new_id(user, key[1], role)
+        o = OrderState(oid, user, key[1], symbol, side, role, qty, price, stop, filled=float(filled),
+                       avg_price=avg_price, created_ns=ts, status="open")
+        self.orders[oid] = o
+        trade.orders.append(oid)
+        if role == "entry":
+            self._entries.add(oid)
+        if role == "stop" and stop is not None and 0 < stop <= router.MAX_PRICE:
+            trade.stop_price = max(trade.stop_price or 0.0, float(stop))
+        return Order(order_id=oid, user=user, setup_id=key[1], option_symbol=symbol, side=side, quantity=qty,
+                     type=type_ if type_ in ("market", "limit", "stop", "stop_limit") else "limit", price=price,
+                     stop=stop, status="open", reason="working at the broker before a restart: taken over", ts=ts)
+
+    def protect(self, ts: int, users: list[str] | None = None) -> list[Intent]:
+        """Rest a protective stop for every open trade (of ``users``) that has none for its open quantity:
+        positions adopted or restored after a restart, and any trade whose stop could not be sent at its
+        fill (sending was not allowed then). Idempotent: a trade already covered gets nothing."""
+        out: list[Intent] = []
+        for trade in list(self.trades.values()):
+            if self.lim(trade.user).protective_stop is None:
+                continue
+            if trade.closed or trade.exiting or trade.pending_scale is not None or trade.held < 1 or \
+                    (users is not None and trade.user not in users) or not self.gates.can_send(trade.user)[0]:
+                continue
+            out += self._ensure_stop(trade, ts)
+        return out
 
     def held_by_symbol(self, users: list[str] | None = None) -> dict[str, float]:
         """Contracts the engine believes are held, per symbol (of ``users``, or everyone)."""

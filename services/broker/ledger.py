@@ -52,8 +52,11 @@ class Ledger:
         self.slippage: deque[float] = deque(maxlen=slippage_window)
         self.fill_count = 0
 
-    def record_order(self, order: Order, decision_mid: float | None = None) -> Order:
-        self.orders[order.order_id] = _OrderRec(order, decision_mid)
+    def record_order(self, order: Order, decision_mid: float | None = None, filled: float = 0.0,
+                     avg_price: float = 0.0) -> Order:
+        """Remember an order; ``filled``/``avg_price``: what an order taken over from the broker had
+        executed already (its later cumulative events add only what is new)."""
+        self.orders[order.order_id] = _OrderRec(order, decision_mid, filled, avg_price)
         while len(self.orders) > MAX_ORDERS:
             self.orders.popitem(last=False)
         return order

@@ -24,6 +24,9 @@ class Restored:
     positions: list[dict] = field(default_factory=list)  # user, option_symbol, quantity, avg_price, realized_pnl
     entries: dict[str, int] = field(default_factory=dict)  # user -> entries sent today
     cash: dict[str, float] = field(default_factory=dict)  # user -> total_cash of the latest snapshot
+    #: (user, option symbol) -> stop level of the newest protective stop order today: where the restored
+    #: position's stop rests again (the setup's stop as last moved), else the premium_pct rule
+    stops: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 def et_midnight_ns(now_ns: int) -> int:
@@ -52,6 +55,12 @@ def load(url: str, users: list[str], now_ns: int, source: str | None = None) -> 
                     t.orders.c.user.in_(users), t.orders.c.side == "buy_to_open", of(t.orders),
                     t.orders.c.ts >= et_midnight_ns(now_ns)).group_by(t.orders.c.user))
             out.entries = {u: int(n) for u, n in counts}
+            stops = c.execute(
+                sa.select(t.orders.c.user, t.orders.c.option_symbol, t.orders.c.stop).where(
+                    t.orders.c.user.in_(users), t.orders.c.side == "sell_to_close",
+                    t.orders.c.type.in_(("stop", "stop_limit")), t.orders.c.stop.is_not(None), of(t.orders),
+                    t.orders.c.ts >= et_midnight_ns(now_ns)).order_by(t.orders.c.ts))
+            out.stops = {(u, sym): float(level) for u, sym, level in stops}  # ascending ts: the newest wins
             for user in users:
                 snap = c.execute(sa.select(t.portfolio_snapshots.c.body).where(t.portfolio_snapshots.c.user == user,
                                                                               of(t.portfolio_snapshots))

@@ -66,6 +66,12 @@ from spx_common.config import load
 from spx_common.models import BlockEvent, ContractRecommendation, ExitAdvice, Quote, SetupTransition
 from spx_common.service import BusService
 
+def _price(value: Any) -> float | None:
+    """A broker price field: None when absent, zero or not a finite positive number."""
+    v = dec(value, None)
+    return float(v) if v is not None and v.is_finite() and 0 < v <= router.MAX_PRICE else None
+
+
 class _Plain:
     """A token already in memory, in the shape :func:`credentials.client_for` takes (``reveal()``)."""
 
@@ -753,6 +759,12 @@ class BrokerService(BusService):
         if not a.adopted:
             self._adopt(a, ts)
         self._publish_notices(ts)
+        if not a.synced and a.tradier is not None and a.adopted:  # the orders were not read at start
+            self._take_over(a, await a.tradier.orders(), ts)
+            a.synced = True
+            self._publish_notices(ts)
+        if a.synced:  # adopted/restored positions, and any trade whose stop could not be sent: a stop rests
+            self._submit(self.engine.protect(ts, a.users))
         drift = pf.reconcile(self._ledger_positions(a), broker)
         a.last_drift = drift
         for d in drift:
@@ -797,6 +809,39 @@ class BrokerService(BusService):
             if n:
                 self.engine.seed_entries(user, n, ts)
                 self.log.info("%d entries already sent today for %s", n, user)
+        self._take_over(a, orders, ts)
+        a.synced = True  # the first reconcile rests the stops (subscribers are connected by then)
+
+    def _take_over(self, a: acc.Account, orders: list[dict], ts: int) -> None:
+        """At start: the working option orders at ``a``'s broker that this process did not place (sent
+        before a restart) become orders of the adopted trades (:meth:`Engine.take_over`): a resting stop
+        stays the position's protective stop (resized to the open quantity, never doubled), a resting
+        scale-out or exit counts as a working sell, an entry of ours (our tag) is managed and its fills
+        protected. Sells for nothing held are left alone (flatten cancels them)."""
+        owner = a.name if a.record is not None else (self.cfg.auto_execution_users or a.users)[0]
+        for o in orders:
+            bid = str(o.get("id", ""))
+            if o.get("status") not in OPEN_STATUSES or not o.get("option_symbol") or (a.name, bid) in self.broker_ids:
+                continue
+            tag = str(o.get("tag") or "")
+            if tag and self.ledger.get(tag) is not None:
+                continue  # ours, placed by this process (its answer is on its way)
+            user = next((u for u in a.users if tag.startswith(router.make_tag("spx", u) + "-")), None)
+            if o.get("side") == "buy_to_open" and user is None:
+                continue  # an entry placed by hand: not ours to manage
+            qty, done = float(dec(o.get("quantity"), 0) or 0), float(exec_quantity(o))
+            order = self.engine.take_over(user or owner, str(o["option_symbol"]), str(o.get("side")),
+                                          str(o.get("type") or ""), qty, done, float(dec(o.get("avg_fill_price"), 0) or 0),
+                                          _price(o.get("price")), _price(o.get("stop_price")), ts,
+                                          exiting=user is not None and "-exit-" in tag)
+            if order is None:
+                continue
+            self.ledger.record_order(order, None, done, float(dec(o.get("avg_fill_price"), 0) or 0))
+            self.ledger.update_order(order.order_id, broker_id=bid)
+            self._map(a, bid, order.order_id)
+            self._notices.append((f"order.{order.user}", "order", self.ledger.get(order.order_id)))
+            self.log.warning("%s: took over working %s %s %s x%g (broker id %s)", a.name, o.get("side"),
+                             o.get("type"), o.get("option_symbol"), qty - done, bid)
 
     def _adopt(self, a: acc.Account, ts: int) -> None:
         """At start: take over the broker's long OPTION positions the ledger does not know (a restart),
@@ -1059,7 +1104,7 @@ class BrokerService(BusService):
                 continue
             avg = float(row["avg_price"])
             pos = self.ledger.adopt(user, sym, qty, avg, ts, realized=float(row.get("realized_pnl") or 0.0))
-            self.engine.adopt(user, sym, qty, avg, ts)
+            self.engine.adopt(user, sym, qty, avg, ts, stop_price=state.stops.get((user, sym)))
             a = self.account_of.get(user)
             if a is not None and a.paper is not None and (a.record is not None or user in self.cfg.paper_users):
                 held = a.paper.positions.setdefault(sym, [0.0, 0.0])
@@ -1107,6 +1152,8 @@ class BrokerService(BusService):
                 positions[(body.user, body.option_symbol)] = body
             elif body.side == "buy_to_open" and body.ts >= midnight:
                 entries.setdefault(body.user, set()).add(body.order_id)
+            elif body.type in ("stop", "stop_limit") and body.stop is not None and body.ts >= midnight:
+                state.stops[(body.user, body.option_symbol)] = body.stop  # the newest protective stop level
         if positions:
             rows = {(r["user"], r["option_symbol"]): r for r in state.positions}
             for key, pos in positions.items():
@@ -1138,6 +1185,10 @@ class BrokerService(BusService):
 
     async def main(self) -> None:
         await self.restore()
+        for a in self.accounts:
+            # paper: the restore is all there is to read; its positions' stops rest at the first reconcile,
+            # once subscribers (the recorder) are connected
+            a.synced = a.paper is not None
         for a in self.accounts:
             self.spawn(self._worker(a), f"broker-worker-{a.name}")
             # the first snapshot waits for subscribers (the recorder) to connect: PUB drops frames before that

@@ -89,15 +89,17 @@ def test_fake_tradier_spy_shares_untouched_option_adopted_at_cost_per_share(run_
                        what="SPY reported")
             eventually(lambda: h.call("status")["broker"]["accounts"]["shared"]["not_managed"] == {"SPY": 10.0}, 10)
             assert [p.option_symbol for p in h.seen("position.default")] == [SYM]
+            eventually(lambda: [o for o in fake.orders.values() if o["type"] == "stop"], 10, what="protective stop")
             h.quote(1.5, 1.6, T0)
             res = h.call("flatten", {})
-            assert len(res["orders"]) == 1
-            eventually(lambda: [o for o in fake.orders.values() if o["side"] == "sell_to_close"], 10)
-            fake.fill(next(i for i, o in fake.orders.items() if o["side"] == "sell_to_close"), 3, 1.5)
+            assert len(res["cancels"]) == 1  # the adopted option's protective stop first, then its exit
+            exits = lambda: [i for i, o in fake.orders.items() if o["side"] == "sell_to_close" and o["type"] != "stop"]
+            eventually(exits, 10)
+            fake.fill(exits()[0], 3, 1.5)
             eventually(lambda: h.seen("position.default")[-1].quantity == 0, 10, what="option flattened")
             n = fake.count("GET", "/positions")
             eventually(lambda: fake.count("GET", "/positions") >= n + 3, 10, what="reconciles with SPY still held")
-            assert [o["option_symbol"] for o in fake.orders.values()] == [SYM]  # nothing ever sent for SPY
+            assert {o["option_symbol"] for o in fake.orders.values()} == {SYM}  # nothing ever sent for SPY
             assert fake.positions["SPY"]["quantity"] == 10.0
             assert not [a for a in h.seen("alert.default") if a["kind"].startswith("drift:")]
         finally:

@@ -21,7 +21,11 @@ ENTRY_ONLY = {"kill_switch", "auto_execution_flag_off", "not_opted_in", "paper_a
               "balances_unknown", "no_stop", "pdt_blocked", "dtbp_floor", "no_buying_power", "zero_size",
               "risk_below_floor", "stop_wrong_side", "bad_setup", "bad_price", "bad_risk"}
 switch = st.tuples(st.just("switch"), st.sampled_from(["kill", "auto", "optin"]), st.booleans())
-scenario = st.tuples(st.lists(opening, max_size=3), st.lists(st.one_of(op, switch, switch), max_size=80)).map(
+#: the broker process restarts: a new engine restores the positions (with the newest stop level, or not)
+#: and takes over the orders still working at the broker (issue 18: a stop rests after a restart too)
+restart = st.tuples(st.just("restart"), st.booleans())
+scenario = st.tuples(st.lists(opening, max_size=3),
+                     st.lists(st.one_of(op, switch, switch, restart), max_size=80)).map(
     lambda x: [o for group in x[0] for o in group] + x[1])
 
 
@@ -37,6 +41,7 @@ class Run:
         self.sent_ids: set[str] = set()
         self.stop_ids: set[str] = set()
         self.stop_level: dict[tuple[str, str], float] = {}  # (user, setup) -> highest stop sent
+        self.restarts = 0
 
     def entry_gate(self, user):
         if not self.state["auto"]:
@@ -88,8 +93,48 @@ class Run:
                 self.violations.append(f"{t.user}/{t.setup_id}: held {t.held}, other sells {others}, "
                                        f"resting stops {stops}")
 
+    def restart(self, known_level: bool):
+        """A new engine, as the broker builds it after a restart: positions restored from what the broker
+        holds (``Engine.adopt``, with the newest stop level of the symbol when ``known_level``), the orders
+        still working at the broker taken over (``Engine.take_over``), then ``Engine.protect``."""
+        old, sim = self.eng, self.sim
+        self.stop_level = {}  # stops never go lower within a process; a new one knows only what it restores
+        self.restarts += 1  # order ids (tags) carry the process session: unique across restarts
+        self.eng = eng = Engine(["u1", "u2"], old.limits, old.gates, session=f"r{self.restarts}")
+        for (user, sym), held in sorted(sim.held.items()):
+            if held <= 1e-9:
+                continue
+            cost = sum(c for (u, s_, _), c in sim.cost.items() if (u, s_) == (user, sym))
+            levels = [o.stop for o in old.orders.values() if o.role == "stop" and o.user == user
+                      and o.symbol == sym and o.stop]  # as the store keeps them: the newest stop order's level
+            known = levels[-1] if known_level and levels else None
+            eng.adopt(user, sym, held, cost / held / 100, self.ts, stop_price=known)
+            if known is not None:
+                self.stop_level[(user, f"adopted-{sym}")] = known
+        for (user, sym, setup) in [k for k in sim.cost if not k[2].startswith("adopted-")]:  # one trade per symbol
+            key = (user, sym, f"adopted-{sym}")
+            sim.cost[key] = sim.cost.get(key, 0.0) + sim.cost.pop((user, sym, setup))
+            sim.theld[key] = sim.theld.get(key, 0.0) + sim.theld.pop((user, sym, setup), 0.0)
+        for oid in sorted(sim.working):
+            w = sim.working.pop(oid)
+            kind = "limit" if w["side"] == "buy_to_open" or oid not in self.stop_ids else "stop"
+            order = eng.take_over(w["user"], w["sym"], w["side"], kind, w["qty"], w["filled"], w["price"],
+                                  w["price"] if kind == "limit" else None, w["price"] if kind == "stop" else None,
+                                  self.ts, exiting=oid in old.orders and old.orders[oid].role == "exit")
+            if order is None:
+                self.violations.append(f"working order {oid} not taken over after a restart")
+                continue
+            sim.working[order.order_id] = {**w, "setup": order.setup_id}
+            if kind == "stop":
+                self.stop_ids.add(order.order_id)
+                key = (order.user, order.setup_id)  # stops of several setups merge into one adopted trade
+                self.stop_level[key] = max(self.stop_level.get(key, 0.0), w["price"])
+        self.drain(eng.protect(self.ts), True)
+
     def step(self, o):
         eng, kind = self.eng, o[0]
+        if kind == "restart":
+            return self.restart(o[1])
         if kind == "switch":
             self.state[o[1]] = o[2]
             eng.gates.kill_switch = self.state["kill"]

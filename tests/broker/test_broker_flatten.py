@@ -34,8 +34,14 @@ def _env(fake, **extra):
 
 
 def _sells(fake, sym=None):
+    """Exits at the broker (not the protective stops, not the orders from before the restart)."""
     return [o for o in fake.orders.values() if o["side"] == "sell_to_close" and (sym is None or o["option_symbol"] == sym)
-            and "old" not in str(o.get("tag"))]
+            and "old" not in str(o.get("tag")) and o["type"] != "stop"]
+
+
+def _stop_rests(fake, sym):
+    return [o for o in fake.orders.values() if o["type"] == "stop" and o["option_symbol"] == sym
+            and o["status"] == "open"]
 
 
 def _cli(*args, env=None, timeout=60):
@@ -56,12 +62,16 @@ def test_operator_flatten_with_auto_execution_off_closes_every_spxw_position_onc
         try:
             assert h.call("status")["broker"]["refusal_reason"] == {"default": "auto_execution_flag_off"}
             eventually(lambda: len(h.call("status")["broker"]["engine"]["trades"]) == 2, 10, what="adopted")
+            # the stop resting from before is taken over for SYM; PUT gets one (switches off: stops need only send)
+            eventually(lambda: _stop_rests(fake, PUT), 10, what="PUT's protective stop")
+            assert [o["id"] for o in fake.orders.values() if o["type"] == "stop" and o["option_symbol"] == SYM] == [7]
             fake.add_position(LATE, 1, 150.0)  # opened by hand after the broker started: flatten finds it
             res = h.call("flatten", {})
-            assert res["blocked"] == [] and len(res["orders"]) == 3, res
+            # LATE's exit at once; SYM's and PUT's after their stops' cancels are confirmed
+            assert res["blocked"] == [] and len(res["orders"]) == 1 and len(res["cancels"]) == 2, res
             assert res["reconciled"] == {"shared": {LATE: 1.0}}
             eventually(lambda: len(_sells(fake)) == 3, 10, what="three exits at the broker")
-            assert fake.orders[7]["status"] == "canceled"  # the foreign stop would have blocked the exit
+            assert fake.orders[7]["status"] == "canceled"  # a resting stop would have blocked the exit
             assert sorted((o["option_symbol"], o["quantity"]) for o in _sells(fake)) == \
                 [(SYM, 3.0), (LATE, 1.0), (PUT, 2.0)]
             for o in _sells(fake):
@@ -98,8 +108,10 @@ def test_flatten_under_the_kill_switch_for_a_stored_user_via_the_cli(run_dir):
             st = h.call("status")["broker"]
             assert st["refusal_reason"] == {"carol": "kill_switch", "alice": "kill_switch"}
             eventually(lambda: h.call("status")["broker"]["engine"]["trades"], 10, what="carol's position adopted")
+            eventually(lambda: _stop_rests(fake, SYM), 10, what="a protective stop under the kill switch")
             out = _cli("broker", "flatten", "--user", "carol", env={"SPX_RUNTIME_RUN_DIR": str(run_dir), **env})
-            assert out.returncode == 0 and "1 exit order(s) queued" in out.stdout, out.stdout + out.stderr
+            assert out.returncode == 0 and "0 exit order(s) queued, 1 cancel(s) first" in out.stdout, \
+                out.stdout + out.stderr
             assert "refused" not in out.stdout
             eventually(lambda: _sells(fake), 10, what="carol's exit at the broker")
             [o] = _sells(fake)
@@ -119,12 +131,13 @@ def test_flatten_retries_an_expired_token_and_a_5xx_without_a_double_submission(
         h = Harness(run_dir, _env(fake, SPX_BROKER_RECONCILE_INTERVAL_S="0.3"))
         try:
             eventually(lambda: h.call("status")["broker"]["engine"]["trades"], 10, what="adopted")
+            eventually(lambda: _stop_rests(fake, SYM), 10, what="the adopted position's protective stop")
             fake.script("401", "place")  # the token expired: refused, the exit is retried
             fake.script("500", "place")  # a 5xx: the order's fate is unknown, looked up by tag, then retried
             res = h.call("flatten", {})
-            assert res["blocked"] == [] and len(res["orders"]) == 1
+            assert res["blocked"] == [] and len(res["cancels"]) == 1  # the stop first; the exit on its cancel
             eventually(lambda: _sells(fake), 30, what="an exit accepted after the 401 and the 500")
-            assert fake.count("POST", "/orders") == 3
+            assert fake.count("POST", "/orders") == 1 + 3  # the stop, then three exit attempts
             [o] = _sells(fake)  # exactly one sell ever reached the book
             assert o["quantity"] == 4.0
             fake.fill(o["id"], 4, 1.2)

@@ -61,6 +61,9 @@ def test_restart_with_nothing_stored_restores_from_the_outbox_alone(run_dir):
         eventually(lambda: h.trigger("vwap-1", T0 + S) or h.seen("fill.default"), 10, what="entry filled")
         eventually(lambda: h.seen("position.default") and h.seen("position.default")[-1].quantity == 4, 10,
                    what="position after the entry")
+        eventually(lambda: [o for o in h.seen("order.default") if o.type == "stop" and o.status == "open"], 10,
+                   what="protective stop after the entry")
+        level = [o for o in h.seen("order.default") if o.type == "stop"][-1].stop
         h.proc.kill()
     finally:
         h.close()
@@ -69,8 +72,14 @@ def test_restart_with_nothing_stored_restores_from_the_outbox_alone(run_dir):
         st = h.call("status")["broker"]
         assert st["engine"]["entries_today"] == {"default": 1}
         assert st["engine"]["trades"][0]["held"] == 4
+        # the restored position gets its protective stop again, at the level it rested at before (the outbox)
+        eventually(lambda: [o for o in h.seen("order.default") if o.type == "stop" and o.status == "open"], 10,
+                   what="protective stop re-rested")
+        [stop] = {o.order_id: o for o in h.seen("order.default") if o.type == "stop"}.values()
+        assert stop.quantity == 4 and stop.setup_id == f"adopted-{SYM}" and stop.stop == level
         h.quote(2.4, 2.5, T0 + 2 * S)
-        assert h.call("flatten", {})["orders"]  # managed like any other position
+        res = h.call("flatten", {})  # managed like any other position: the stop is cancelled first
+        assert res["cancels"] == [stop.order_id] and res["closing"][0]["held"] == 4
         eventually(lambda: h.seen("position.default")[-1].quantity == 0, 10, what="flattened")
     finally:
         h.close()

@@ -409,12 +409,17 @@ def test_tradier_restart_adopts_broker_positions_and_flatten_covers_them(run_dir
             kinds = {a["kind"] for a in h.seen("alert.default")}
             assert "short:SPXW260220P04900000" in kinds and f"drift:{SYM}" not in kinds  # adopted: no drift
             assert h.seen("position.default")[0].quantity == 3
+            # the adopted position gets a protective stop for its quantity (premium_pct: 2.00 x (1 - 0.5))
+            eventually(lambda: [o for o in fake.orders.values() if o["type"] == "stop"], 10, what="protective stop")
+            [stop] = [o for o in fake.orders.values() if o["type"] == "stop"]
+            assert (stop["side"], stop["quantity"], stop["stop_price"]) == ("sell_to_close", 3, 1.0)
             h.quote(1.5, 1.6, T0)
             res = h.call("flatten", {})
-            assert len(res["orders"]) == 1
-            eventually(lambda: [o for o in fake.orders.values() if o["side"] == "sell_to_close"], 10)
-            [o] = [o for o in fake.orders.values() if o["side"] == "sell_to_close"]
-            assert o["option_symbol"] == SYM and o["quantity"] == 3 and o["price"] == 1.5
+            assert len(res["cancels"]) == 1 and res["orders"] == []  # the stop first, the exit on its cancel
+            eventually(lambda: [o for o in fake.orders.values() if o["side"] == "sell_to_close" and o["type"] != "stop"],
+                       10)
+            [o] = [o for o in fake.orders.values() if o["side"] == "sell_to_close" and o["type"] != "stop"]
+            assert o["option_symbol"] == SYM and o["quantity"] == 3 and o["price"] == 1.5 and stop["status"] == "canceled"
         finally:
             h.close()
         assert fake.violations == []
@@ -432,6 +437,7 @@ def test_tradier_late_day_flatten_failure_is_logged_alerted_and_bounded(run_dir)
                                           SPX_BROKER_AUTO_EXECUTION_USERS="default"))
         try:
             eventually(lambda: h.call("status")["broker"]["engine"]["trades"], 10, what="adopted")
+            eventually(lambda: [o for o in fake.orders.values() if o["type"] == "stop"], 10, what="protective stop")
             fake.script("reject", "place", times=100)  # the broker refuses every exit
             late = int(dt.datetime(2026, 2, 20, 20, 52, tzinfo=dt.UTC).timestamp() * 1e9)  # 15:52 ET
             h.quote_live(1.5, 1.6, late)
@@ -440,7 +446,9 @@ def test_tradier_late_day_flatten_failure_is_logged_alerted_and_bounded(run_dir)
             kinds = [a["kind"] for a in h.seen("alert.default")]
             assert "flatten" in kinds and "exit_failed" in kinds
             assert [b.reason for b in h.seen("block.broker")].count("broker_rejected") == 5
-            assert fake.count("POST", "/orders") == 5 and fake.positions[SYM]["quantity"] == 2  # untouched
+            exits = [r for r in fake.requests if r.method == "POST" and r.path.endswith("/orders")
+                     and r.form.get("type") != "stop"]  # the adopted position's protective stop aside
+            assert len(exits) == 5 and fake.positions[SYM]["quantity"] == 2  # untouched
             assert h.call("status")["state"] == "running"
         finally:
             h.close()
@@ -462,7 +470,11 @@ def test_restart_restores_the_ledger_from_the_store(run_dir):
     store = open_store(f"sqlite:///{run_dir / 'spx.sqlite3'}")
     store.record_orders([Order(order_id="spx-default-s9-entry-1-old", user="default", setup_id="s9",
                                option_symbol=SYM, side="buy_to_open", quantity=2, type="limit", price=2.0,
-                               status="filled", ts=now)], **prov)
+                               status="filled", ts=now),
+                         # its protective stop, moved to 1.40 before the restart (the paper broker forgets it)
+                         Order(order_id="spx-default-s9-stop-2-old", user="default", setup_id="s9",
+                               option_symbol=SYM, side="sell_to_close", quantity=2, type="stop", stop=1.4,
+                               status="open", ts=now)], **prov)
     store.record_positions([Position(user="default", option_symbol=SYM, quantity=2, avg_price=2.0,
                                      realized_pnl=50.0, ts=now)], **prov)
     store.record_snapshots([{"user": "default", "ts": now, "total_cash": 99_600.0, "total_equity": 100_000.0}],
@@ -474,8 +486,14 @@ def test_restart_restores_the_ledger_from_the_store(run_dir):
         assert st["engine"]["entries_today"] == {"default": 1}
         assert st["engine"]["trades"][0]["held"] == 2 and st["ledger"]["default"]["pnl"]["realized"] == 50.0
         eventually(lambda: h.seen("position.default"), 10, what="restored position published")
+        # a protective stop rests again for the restored quantity, at the level the setup's stop had reached
+        eventually(lambda: [o for o in h.seen("order.default") if o.type == "stop" and o.status == "open"], 10,
+                   what="protective stop on the restored position")
+        [stop] = [o for o in h.seen("order.default") if o.type == "stop" and o.status == "open"]
+        assert (stop.quantity, stop.stop, stop.setup_id) == (2, 1.4, f"adopted-{SYM}")
         h.quote(2.4, 2.5, now)
-        assert h.call("flatten", {})["orders"]  # the restored position is managed like any other
+        res = h.call("flatten", {})  # the restored position is managed like any other: its stop cancelled first
+        assert res["cancels"] == [stop.order_id] and res["closing"] == [{"user": "default", "symbol": SYM, "held": 2.0}]
         eventually(lambda: h.seen("position.default")[-1].quantity == 0, 10, what="flattened")
         pos = h.seen("position.default")[-1]
         assert pos.realized_pnl == 50.0 + (2.4 - 2.0) * 2 * 100
