@@ -33,6 +33,7 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -61,7 +62,7 @@ class BarMsg(msgspec.Struct, tag="bar", tag_field="op"):
     reset: bool
     bars: list[MicroBar]
     now_ns: int
-    state: dict
+    state: Mapping[str, Any]  # sent as the context's read-only state (see _enc_hook), received as a dict
     minutes: float
     call: list[str]
 
@@ -89,14 +90,25 @@ class Done(msgspec.Struct, tag="done", tag_field="op"):
     rss_mb: float
 
 
-_ENC = msgspec.msgpack.Encoder()
+def _enc_hook(obj: Any) -> Any:
+    """The plugin context's read-only maps go on the wire as the maps they show (no thawed copy first)."""
+    if type(obj) is MappingProxyType:
+        return dict(obj)
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+_ENC = msgspec.msgpack.Encoder(enc_hook=_enc_hook)
 _REPLY = msgspec.msgpack.Decoder(Loaded | Out | Done)
 
 
-def write_frame(fd: int, doc: Any) -> None:
-    """Blocking write of one frame (the worker's side)."""
-    data = _ENC.encode(doc)
-    view = memoryview(len(data).to_bytes(4, "big") + data)
+def write_frame(fd: int, *docs: Any) -> None:
+    """Blocking write of one frame per document, all in one write (the worker's side)."""
+    out = bytearray()
+    for doc in docs:
+        data = _ENC.encode(doc)
+        out += len(data).to_bytes(4, "big")
+        out += data
+    view = memoryview(out)
     while view:
         view = view[os.write(fd, view):]
 
@@ -342,7 +354,6 @@ class IsolatedHost(HostBase):
         """Each plugin's candidates for ``bar`` from its worker; ``only``: just the plugins with these names."""
         now = self.clock()
         sym = bar.sym
-        state = None
         running: dict[WorkerProc, tuple[int, list[LoadedPlugin]]] = {}
         for w in self.workers:
             due = [p for p in self.plugins.values()
@@ -350,9 +361,7 @@ class IsolatedHost(HostBase):
             if not due or not self._ready(w, now, due):
                 continue
             calls = [p for p in due if p.health.should_call(now)]
-            if state is None:
-                state = thaw(ctx.state)
-            if self._dispatch(w, ctx, calls, state):
+            if self._dispatch(w, ctx, calls, ctx.state):
                 running[w] = (self.seq, calls)
         outs = self._collect(running)
         accepted: list[SetupCandidate] = []
@@ -386,7 +395,7 @@ class IsolatedHost(HostBase):
                 self._account(p, now, crash=f"worker failed to restart ({note})")
         return False
 
-    def _dispatch(self, w: WorkerProc, ctx, calls: list[LoadedPlugin], state: dict) -> bool:
+    def _dispatch(self, w: WorkerProc, ctx, calls: list[LoadedPlugin], state: Mapping[str, Any]) -> bool:
         bars = ctx.bars
         last = w.sent.get(ctx.sym)
         j = len(bars) - 1

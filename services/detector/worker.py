@@ -47,12 +47,24 @@ def _die_with_parent() -> None:
         pass
 
 
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return 0.0
+class Rss:
+    """This process's resident size, MiB: one ``pread`` of ``/proc/self/statm`` kept open (a ``done`` reply
+    carries it after every bar), 0.0 where it cannot be read."""
+
+    def __init__(self) -> None:
+        self.page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
+        try:
+            self.fd: int | None = os.open("/proc/self/statm", os.O_RDONLY)
+        except OSError:
+            self.fd = None
+
+    def __call__(self) -> float:
+        if self.fd is None:
+            return 0.0
+        try:
+            return int(os.pread(self.fd, 128, 0).split()[1]) * self.page_mb
+        except (OSError, ValueError, IndexError):
+            return 0.0
 
 
 class Worker:
@@ -63,6 +75,7 @@ class Worker:
         self.rings: dict[str, deque] = {}
         self.bars_kept = 600
         self.dec = msgspec.msgpack.Decoder(LoadMsg | BarMsg | StopMsg)
+        self.rss = Rss()
 
     def load(self, msg: LoadMsg) -> None:
         if msg.mem_mb > 0:
@@ -90,7 +103,8 @@ class Worker:
         bar = ring[-1]
         ctx = DetectorContext(msg.sym, msg.now_ns, tuple(ring), freeze(msg.state), self.config, msg.minutes)
         assert self.host is not None
-        for name in msg.call:
+        last = len(msg.call) - 1
+        for i, name in enumerate(msg.call):
             p = self.host.plugins[name]
             stop_s = p.limits.stop_ms / 1000
             error, stopped = "", False
@@ -110,9 +124,14 @@ class Worker:
             except Exception as exc:
                 result, error = None, repr(exc)[:300]
             cpu_ms = (cpu() - t0) * 1000
-            write_frame(self.wfd, {"op": "out", "seq": msg.seq, "name": name, "out": normalize(result),
-                                   "error": error, "stopped": stopped, "cpu_ms": cpu_ms})
-        write_frame(self.wfd, {"op": "done", "seq": msg.seq, "rss_mb": _rss_mb()})
+            out = {"op": "out", "seq": msg.seq, "name": name, "out": normalize(result), "error": error,
+                   "stopped": stopped, "cpu_ms": cpu_ms}
+            if i < last:  # at once: the host times the next call from this answer (hang_ms)
+                write_frame(self.wfd, out)
+            else:  # the last answer and ``done`` in one write: the host wakes once for both
+                write_frame(self.wfd, out, {"op": "done", "seq": msg.seq, "rss_mb": self.rss()})
+        if not msg.call:
+            write_frame(self.wfd, {"op": "done", "seq": msg.seq, "rss_mb": self.rss()})
 
     def run(self) -> int:
         while True:
