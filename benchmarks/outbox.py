@@ -1,4 +1,4 @@
-"""Cost of the publisher's outbox journal (spx_common/bus.py ``Outbox``) on the publish path.
+"""Cost of the publisher's outbox journal (spx_common/outbox.py ``Outbox``) on the publish path.
 
     python benchmarks/outbox.py            # 20,000 setup transitions per variant, best of 5
     python benchmarks/outbox.py --n 5000 --fsync

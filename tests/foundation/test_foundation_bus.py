@@ -168,3 +168,22 @@ def test_lazy_pirate_never_wedges_and_recovers_when_server_returns(run_dir):
     assert asyncio.run(serve_once()) == "pong"  # same client object, after timeouts
     client.close()
     ctx.term()
+
+
+def test_the_lazy_pirate_core_without_sockets():
+    """The sync and async clients' shared core: the plan of a call, a reply's result or error, the timeout."""
+    from spx_common.rpc import PirateCore, encode_reply
+
+    core = PirateCore("tcp://127.0.0.1:1", timeout_s=0.5, retries=2)
+    plan = core.plan("ping", {"a": 1}, None, None)
+    assert (plan.attempts, plan.timeout_ms) == (3, 500) and plan.request[0] == b"ping"
+    assert core.plan("ping", None, 0.1, 0).attempts == 1 and core.plan("ping", None, 0.1, 0).timeout_ms == 100
+    assert core.reply([b"reply", encode_reply(True, {"pong": 1})]) == {"pong": 1}
+    with pytest.raises(RpcError) as exc:
+        core.reply([b"reply", encode_reply(False, None, "refused", "no")])
+    assert (exc.value.code, exc.value.message) == ("refused", "no")
+    with pytest.raises(RpcError) as exc:
+        core.reply([b"reply", b"\xc1garbage"])
+    assert exc.value.code == "bad_reply"
+    err = core.timed_out(plan)
+    assert isinstance(err, RpcTimeout) and "after 3 attempt(s) of 0.5s" in err.message

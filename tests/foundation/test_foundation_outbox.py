@@ -1,4 +1,4 @@
-"""The publisher's outbox journal (spx_common/bus.py ``Outbox``): kept frames are journalled before
+"""The publisher's outbox journal (spx_common/outbox.py ``Outbox``): kept frames are journalled before
 they are sent, survive a SIGKILL of the publishing process, come back into the next session's
 replay ring in publish order, and the journal stays within its size and age bounds; a torn or
 damaged journal is refused record by record (counted), never a crash."""

@@ -13,7 +13,7 @@ import time
 import zmq
 
 from services.cli.main import main
-from spx_common.bus import RpcClient, RpcError, _decode_reply, _encode_request
+from spx_common.bus import RpcClient, RpcError, decode_reply, encode_request
 from spx_common.crypto import generate_key
 from tests.broker.harness import Harness
 from spx_testing.fakes.tradier import FakeTradier
@@ -42,12 +42,12 @@ def test_slow_credentials_tests_do_not_stall_broker_status(run_dir, monkeypatch,
             dealer.setsockopt(zmq.LINGER, 0)
             dealer.connect(endpoint)
             for _ in range(5):
-                dealer.send_multipart([b"", *_encode_request("credentials.test", {"user": "alice"})])
+                dealer.send_multipart([b"", *encode_request("credentials.test", {"user": "alice"})])
             codes = []
             for _ in range(5):
                 assert dealer.poll(15_000), "no answer"
                 try:
-                    _decode_reply(dealer.recv_multipart()[1:])
+                    decode_reply(dealer.recv_multipart()[1:])
                     codes.append("answered")
                 except RpcError as exc:
                     codes.append("answered" if exc.code != "busy" else "busy")
