@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import multiprocessing as mp
 import os
-import socket
 import statistics
 import sys
 import time
@@ -33,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from websockets.asyncio.server import ServerConnection, broadcast, serve  # noqa: E402
 from websockets.protocol import State  # noqa: E402
 
+from spx_testing import rawws  # noqa: E402
+
 PAYLOAD = (b'{"channel":"price:SPY","type":"update","seq":123456,"source":"tick","data":{"sym":"SPY",'
            b'"price":601.23,"bid":601.22,"ask":601.24,"size":100,"ts":1765152000123456789}}')
 
@@ -41,16 +41,7 @@ def _clients(port: int, n: int, ready, stop) -> None:
     """``n`` raw websocket clients: handshake, then read and discard until told to stop."""
     socks = []
     for _ in range(n):
-        s = socket.create_connection(("127.0.0.1", port), timeout=10)
-        key = base64.b64encode(os.urandom(16)).decode()
-        s.sendall((f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = s.recv(4096)
-            if not chunk:
-                raise RuntimeError("server closed during the handshake")
-            buf += chunk
+        s = rawws.connect(port, "/", timeout_s=10)
         s.setblocking(False)
         socks.append(s)
     ready.set()

@@ -19,90 +19,42 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import zmq  # noqa: E402
-
-from spx_common.align import FINAL_NS  # noqa: E402
-from spx_common.bus import RpcClient, RpcError, Subscriber  # noqa: E402
-from spx_common.config import BusConfig, RuntimeConfig  # noqa: E402
+from spx_testing.replay import ReplayRig  # noqa: E402
 
 
 def one_run(files: list[str], env_extra: dict[str, str], symbols: str) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix="spx-rm-", dir="/tmp"))
-    env = {**os.environ, "SPX_RUNTIME_RUN_DIR": str(run_dir), "DATABASE_URL": f"sqlite:///{run_dir}/db.sqlite",
+    env = {"DATABASE_URL": f"sqlite:///{run_dir}/db.sqlite",
            "SPX_DETECTOR_SYMBOLS": symbols, "SPX_DETECTOR_WARMUP": "false", "SPX_DETECTOR_BUDGET_MS": "60000",
            "SPX_FEED_REPLAY_START_DELAY_S": "1.5", **env_extra}
-    rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
-    ctx = zmq.Context()
-    procs = {n: subprocess.Popen([sys.executable, "-m", f"services.{n}"], env=env, cwd=ROOT,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for n in ("aggregator", "detector")}
-    det = RpcClient(ctx, bus.rep_endpoint("detector", rt), timeout_s=2.0, retries=0)
-    sub = Subscriber(ctx, [bus.pub_endpoint("detector", rt)], ["setup.transition"], heartbeats=True)
-    got: list[tuple[str, str, int]] = []
-    stop = threading.Event()
-
-    def read() -> None:
-        while not stop.is_set():
-            f = sub.recv(0.1)
-            if f is not None and f.topic == "setup.transition":
-                tr = f.body()
-                got.append((tr.setup_id, tr.to_state, tr.ts))
-
-    def status():
-        try:
-            return det.call("status")
-        except RpcError:
-            return None
-
-    reader = threading.Thread(target=read, daemon=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not ((st := status()) and "aggregator" in st["peers"]):
-            time.sleep(0.2)
-        while sub.recv(0.2) is None and time.monotonic() < deadline:
-            pass
-        reader.start()
-        t0 = time.monotonic()
-        feed = subprocess.run([sys.executable, "-m", "services.cli.main", "replay", "flatfile", *files, "--speed",
-                               "max", "--no-progress"], env=env, cwd=ROOT, capture_output=True, text=True)
-        t_feed = time.monotonic() - t0 - 1.5  # the start delay is not replay time
-        last, stable_since = -1, time.monotonic()
-        while time.monotonic() - t0 < 1800:
-            st = status() or {}
-            al = st.get("align")
-            if al is not None:
-                if al["streams"].get("aggregator", {}).get("watermark") == FINAL_NS and al["held"] == 0:
+        with ReplayRig(run_dir, env, rpc_timeout_s=2.0) as rig:
+            t0 = time.monotonic()
+            feed = rig.replay(files, "max", timeout_s=1800)
+            t_feed = time.monotonic() - t0 - 1.5  # the start delay is not replay time
+            last, stable_since = -1, time.monotonic()
+            while time.monotonic() - t0 < 1800:
+                if rig.released():
                     break
-            elif len(got) != last:
-                last, stable_since = len(got), time.monotonic()
-            elif time.monotonic() - stable_since > 5:
-                break
-            time.sleep(0.1)
-        t_done = time.monotonic() - t0 - 1.5
-        time.sleep(0.5)
-        st = status() or {}
+                if (rig.status() or {}).get("align") is None:  # without alignment: until the count stops moving
+                    if len(rig.transitions) != last:
+                        last, stable_since = len(rig.transitions), time.monotonic()
+                    elif time.monotonic() - stable_since > 5:
+                        break
+                time.sleep(0.1)
+            t_done = time.monotonic() - t0 - 1.5
+            time.sleep(0.5)
+            st = rig.status() or {}
+            got = list(rig.transitions)
     finally:
-        stop.set()
-        for p in procs.values():
-            p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        reader.join(2)
-        det.close()
-        sub.close()
-        ctx.destroy(linger=0)
         shutil.rmtree(run_dir, ignore_errors=True)
     events = int(feed.stdout.split("replayed ", 1)[1].split(" ", 1)[0].replace(",", "")) if "replayed " in feed.stdout else 0
     per: dict[str, list] = {}

@@ -9,32 +9,16 @@ open, when a fragmented send is in progress, or when the transport buffers more 
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import socket
 
 from websockets.asyncio.server import ServerConnection, serve
 
 from services.gateway.service import write_now
+from spx_testing import rawws
 
 
 def _raw_client(port: int, rcvbuf: int | None = None) -> socket.socket:
-    s = socket.socket()
-    if rcvbuf:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    s.settimeout(5)
-    s.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall((f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = s.recv(4096)
-        assert chunk, "server closed during the handshake"
-        buf += chunk
-    assert buf.startswith(b"HTTP/1.1 101"), buf[:200]
-    assert buf.endswith(b"\r\n\r\n"), "no frame may arrive before the first write"
-    return s
+    return rawws.connect(port, "/", rcvbuf=rcvbuf)
 
 
 def _recv_exactly(s: socket.socket, n: int) -> bytes:

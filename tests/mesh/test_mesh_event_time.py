@@ -19,20 +19,14 @@ import datetime as dt
 import gzip
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-import zmq
 
-from spx_common.align import FINAL_NS
-from spx_common.bus import RpcClient, RpcError, Subscriber
-from spx_common.config import BusConfig, RuntimeConfig
+from spx_testing.replay import ReplayRig
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.mesh
@@ -79,75 +73,22 @@ def window(tmp_path_factory) -> list[Path]:
     return files
 
 
-def _start(name: str, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-
-
 def replay_through_mesh(files: list[Path], speed: str, run_dir: Path) -> list[tuple[str, str, int]]:
     """``spx replay flatfile`` into a fresh aggregator and detector; the detector's transitions, in the order
     published, as (setup_id, to_state, ts)."""
-    env = {**os.environ, **ENV, "SPX_RUNTIME_RUN_DIR": str(run_dir), "DATABASE_URL": f"sqlite:///{run_dir}/db.sqlite"}
-    rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
-    ctx = zmq.Context()
-    procs = {name: _start(name, env) for name in ("aggregator", "detector")}
-    det = RpcClient(ctx, bus.rep_endpoint("detector", rt), timeout_s=1.0, retries=0)
-    sub = Subscriber(ctx, [bus.pub_endpoint("detector", rt)], ["setup.transition"], heartbeats=True)
-    got: list[tuple[str, str, int]] = []
-    stop = threading.Event()
-
-    def read() -> None:
-        while not stop.is_set():
-            f = sub.recv(0.1)
-            if f is not None and f.topic == "setup.transition":
-                tr = f.body()
-                got.append((tr.setup_id, tr.to_state, tr.ts))
-
-    def status():
-        try:
-            return det.call("status")
-        except RpcError:
-            for n, p in procs.items():
-                assert p.poll() is None, f"{n} exited with {p.returncode}"
-            return None
-
-    reader = threading.Thread(target=read, daemon=True)
-    try:
-        eventually(lambda: (st := status()) and "aggregator" in st["peers"], 30, what="detector hears the aggregator")
-        eventually(lambda: sub.recv(0.2) is not None, 10, what="our subscriber hears the detector")
-        reader.start()
-        feed = subprocess.run([sys.executable, "-m", "services.cli.main", "replay", "flatfile", *map(str, files),
-                               "--speed", speed, "--no-progress"], env=env, capture_output=True, text=True,
-                              timeout=240)
+    with ReplayRig(run_dir, {**ENV, "DATABASE_URL": f"sqlite:///{run_dir}/db.sqlite"}, ready_timeout_s=30) as rig:
+        feed = rig.replay(files, speed, timeout_s=240)
         assert feed.returncode == 0, feed.stdout + feed.stderr
-
-        def done():  # the feed's final watermark went through the aggregator: everything was released
-            st = status()
-            al = st and st.get("align")
-            return al and al["streams"].get("aggregator", {}).get("watermark") == FINAL_NS and al["held"] == 0
-        eventually(done, 60, interval_s=0.2, what="the detector released everything after the replay ended")
+        # the feed's final watermark went through the aggregator: everything was released
+        eventually(rig.released, 60, interval_s=0.2, what="the detector released everything after the replay ended")
         # every input ended: the setups still open expire at their session's close, as at the end of a
         # backtest's data (the detector checks once a second)
-        eventually(lambda: det.call("active") == [], 15, interval_s=0.2, what="open setups expired at the close")
+        eventually(lambda: rig.det.call("active") == [], 15, interval_s=0.2, what="open setups expired at the close")
         time.sleep(0.5)  # the last transitions on their way to our subscriber
-        st = status()
+        st = rig.status()
         assert st["align"]["forced"] == 0 and st["align"]["late"] == 0, st["align"]
         assert st["lost_frames"] == 0, st
-    finally:
-        stop.set()
-        for p in procs.values():
-            p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        if reader.is_alive():
-            reader.join(2)
-        det.close()
-        sub.close()
-        ctx.destroy(linger=0)
-    return got
+        return list(rig.transitions)
 
 
 def backtest(files: list[Path], tmp: Path) -> list[tuple[str, str, int]]:

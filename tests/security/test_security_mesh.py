@@ -23,6 +23,7 @@ import pytest
 from services.cli import supervise
 from services.gateway import auth
 from spx_common.config import RuntimeConfig
+from spx_testing import rawws
 from tests.conftest import eventually, free_port
 from tests.gateway.harness import WsClient
 
@@ -198,24 +199,11 @@ def test_an_expired_token_drops_the_user_for_good_on_that_connection(mesh):
 
 def _raw_ws(port: int, rcvbuf: int = 4096) -> socket.socket:
     """A websocket that will never read what it is sent (a slow reader), after the handshake."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert b" 101 " in head.split(b"\r\n", 1)[0]
-    return sock
+    return rawws.connect(port, rcvbuf=rcvbuf)
 
 
 def _frame(doc: dict) -> bytes:
-    payload = json.dumps(doc).encode()
-    mask = os.urandom(4)
-    n = len(payload)
-    head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0xFE]) + n.to_bytes(2, "big"))
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return rawws.client_frame(json.dumps(doc).encode())
 
 
 def test_junk_channels_and_slow_readers_cost_bounded_memory(mesh):
