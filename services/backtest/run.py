@@ -165,6 +165,8 @@ class DayResult:
     trades: list = field(default_factory=list)
     blocks: dict = field(default_factory=dict)
     trade_blocks: dict = field(default_factory=dict)  # selector and broker refusals (the trade model's)
+    orders: list = field(default_factory=list)  # the broker engine's orders, in their final state
+    fills: list = field(default_factory=list)  # the paper broker's fills (the ledger's)
     bars: int = 0
     ticks: int = 0
     excluded: int = 0  # trades the feed's trade rules keep out of bars (tick resolution)
@@ -237,7 +239,7 @@ def run_day(job: DayJob) -> DayResult:
     used["options"] = options
     return DayResult(day=job.day.isoformat(), used=used, transitions=bt.transitions, advice=bt.advice,
                      trades=[t.as_dict() for t in bt.trades], blocks=bt.blocks, bars=bt.bars_seen,
-                     trade_blocks=dict(bt.trade.blocks),
+                     trade_blocks=dict(bt.trade.blocks), orders=bt.trade.final_orders(), fills=list(bt.trade.fills),
                      ticks=bt.ticks_seen, excluded=excluded)
 
 
@@ -302,6 +304,14 @@ def run(store: Store, opts: Options, cfg: DetectorConfig | None = None, *,
         progress: Callable[[int, int, str], None] | None = None, workers: int = 1, executor=None) -> dict:
     """The backtest's result document (deterministic for the same data, config and options, whatever
     ``workers`` or ``executor``: each trading day runs alone, warmed up on the day before)."""
+    days, plugins, chash, jobs = run_days(store, opts, cfg, progress=progress, workers=workers, executor=executor)
+    return assemble(store, opts, days, plugins, chash, jobs[0].profile if jobs else store.get_active_profile())
+
+
+def run_days(store: Store, opts: Options, cfg: DetectorConfig | None = None, *,
+             progress: Callable[[int, int, str], None] | None = None, workers: int = 1,
+             executor=None) -> tuple[list[DayResult], list[dict], str, list[DayJob]]:
+    """Every trading day's result (in day order), the plugins, the config hash and the jobs."""
     cfg = cfg or DetectorConfig()
     cfg = cfg.model_copy(update={"symbols": list(opts.symbols)})
     host = make_host(cfg, opts.families)
@@ -310,7 +320,7 @@ def run(store: Store, opts: Options, cfg: DetectorConfig | None = None, *,
     jobs = plan(store, opts, cfg, f"bt-{chash}")
     days = execute(run_day, jobs, workers=workers, executor=executor, progress=progress,
                    label=lambda j: j.day.isoformat())
-    return assemble(store, opts, days, plugins, chash, jobs[0].profile if jobs else store.get_active_profile())
+    return days, plugins, chash, jobs
 
 
 def assemble(store: Store | None, opts: Options, days: list[DayResult], plugins: list[dict], chash: str,
@@ -336,6 +346,9 @@ def assemble(store: Store | None, opts: Options, days: list[DayResult], plugins:
     if opts.record and store is not None:
         store.record_transitions(transitions, source="backtest", run_id=f"bt-{chash}")
         store.record_trailing_stop([a for d in days for a in d.advice])
+        # the option side too, so a backtest is a stored run like a live or replayed one (spx backtest --parity)
+        store.record_orders([o for d in days for o in d.orders], source="backtest", run_id=f"bt-{chash}")
+        store.record_fills([f for d in days for f in d.fills], source="backtest", run_id=f"bt-{chash}")
     return {
         "report_version": REPORT_VERSION,
         "range": {"from": opts.start.isoformat(), "to": opts.end.isoformat(), "trading_days": len(days)},

@@ -218,6 +218,10 @@ class TradeModel:
             self._option_figures(rec)
         return sorted(self.finished, key=lambda t: (t.exit_ns or 0, t.setup_id))
 
+    def final_orders(self) -> list[Order]:
+        """Every order placed, in its final state (the ledger's: status, fills), in placement order."""
+        return [self.ledger.get(o.order_id) or o for o in self.orders]
+
     # ------------------------------------------------------------------ the underlying R
 
     def _open_record(self, tr: SetupTransition) -> None:

@@ -297,6 +297,21 @@ class Store:
         self._write(t.fills, _latest([fill_row(f, source, run_id) for f in fills], ("fill_key",)), conn,
                     update=False)
 
+    def run_rows(self, run_id: str, *, limit: int = 200_000) -> dict[str, list[dict]]:
+        """What one run recorded (``run_id``): its setup transitions, orders and fills (each fill with its
+        order's ``setup_id``), oldest first, at most ``limit`` of each (the parity report's input)."""
+        tr, o, f = t.setup_transitions.c, t.orders.c, t.fills.c
+        with self.engine.connect() as c:
+            trs = [dict(r._mapping) for r in c.execute(
+                sa.select(tr.setup_id, tr.to_state, tr.ts, tr.price, tr.source).where(tr.run_id == run_id)
+                .order_by(tr.ts, tr.setup_id, tr.to_state).limit(limit))]
+            orders = [dict(r._mapping) for r in c.execute(
+                sa.select(t.orders).where(o.run_id == run_id).order_by(o.ts, o.order_id).limit(limit))]
+            fills = [dict(r._mapping) for r in c.execute(
+                sa.select(t.fills, o.setup_id).join(t.orders, o.order_id == f.order_id, isouter=True)
+                .where(f.run_id == run_id).order_by(f.ts, f.fill_key).limit(limit))]
+        return {"transitions": trs, "orders": orders, "fills": fills}
+
     def record_positions(self, positions: Iterable[m.Position], conn: Connection | None = None, *,
                          source: str = "live", run_id: str | None = None) -> None:
         rows = _latest([position_row(p, source, run_id) for p in positions], ("user", "option_symbol"))

@@ -24,6 +24,31 @@ def _date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-20") from None
 
 
+def _parity(args, store, opts, cfg, workers: int, progress) -> int:
+    """``--parity RUN_ID``: re-run the stored run's window and compare (services/backtest/parity.py)."""
+    from services.backtest import parity
+    from services.backtest import run as bt
+
+    run_id = str(args.parity)
+    recorded = store.run_rows(run_id)
+    win = parity.window(recorded)
+    if win is None:
+        return fail(f"run {run_id!r} recorded no transitions, orders or fills in this store")
+    opts.start, opts.end, opts.record, opts.baseline = win[0], win[1], False, None
+    days, _, chash, _ = bt.run_days(store, opts, cfg, progress=progress, workers=workers)
+    mine, users = parity.one_user(recorded)
+    doc = parity.compare(mine, parity.rerun_rows(days), tolerance_ns=int(args.parity_tolerance_ms * 1e6))
+    doc.update(run_id=run_id, window=[win[0].isoformat(), win[1].isoformat()], users=users, config_hash=chash,
+               compared_user=users[0] if users else None)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "parity.json").write_text(json.dumps(doc, sort_keys=True, indent=1, default=str) + "\n")
+    print(parity.text(doc))
+    if len(users) > 1:
+        print(f"(orders and fills of {users[0]} compared; the run also traded for {', '.join(users[1:])})",
+              file=sys.stderr)
+    return 0 if doc["agree"] else 1
+
+
 def trade_settings() -> tuple[dict, dict]:
     """The configured ``[selector]`` settings and the trade-relevant ``[broker]`` ones (the trade model's)."""
     from services.backtest.trading import broker_settings
@@ -76,8 +101,14 @@ def register(sub) -> None:
         epilog="examples:\n  spx backtest 2026-11-16 2026-11-20 --save-baseline base.json\n"
                "  spx backtest 2026-11-16 2026-11-20 --baseline base.json --out run2\n"
                "  spx backtest 2026-11-20 2026-11-20 --resolution tick --families orb,vwap")
-    p.add_argument("start", type=_date, metavar="FROM", help="first day (YYYY-MM-DD, New York)")
-    p.add_argument("end", type=_date, metavar="TO", help="last day, inclusive")
+    p.add_argument("start", type=_date, metavar="FROM", nargs="?", help="first day (YYYY-MM-DD, New York)")
+    p.add_argument("end", type=_date, metavar="TO", nargs="?", help="last day, inclusive")
+    p.add_argument("--parity", metavar="RUN_ID",
+                   help="instead of FROM TO: re-run the window of the stored run RUN_ID (live, replay or backtest) and "
+                        "list every difference in transitions, orders and fills (exit 1 when any); writes parity.json "
+                        "to --out")
+    p.add_argument("--parity-tolerance-ms", type=float, default=0.0, metavar="MS",
+                   help="event-time differences of transitions and orders up to this are not differences (default 0)")
     p.add_argument("--resolution", choices=("second", "tick"), default="second",
                    help="second: stored 1s bars (minute-bar fallback is reported and blocks promotion); "
                         "tick: stored trades and quotes through the live aggregator (default: second)")
@@ -118,8 +149,15 @@ def cmd_backtest(args) -> int:
     from services.backtest import run as bt
     from services.backtest.stats import Criteria
 
-    if args.end < args.start:
+    if args.parity:
+        if args.start is not None:
+            return fail("--parity RUN_ID takes its window from the run: give no FROM TO")
+    elif args.start is None or args.end is None:
+        return fail("give FROM and TO (or --parity RUN_ID)")
+    elif args.end < args.start:
         return fail(f"TO ({args.end}) is before FROM ({args.start})")
+    if not (0 <= args.parity_tolerance_ms <= 3_600_000):
+        return fail("--parity-tolerance-ms must be within [0, 3600000]")
     baseline = None
     if args.baseline:
         try:
@@ -165,6 +203,8 @@ def cmd_backtest(args) -> int:
             return fail(str(exc))
         progress = None if args.quiet else bt.Progress()
         workers = args.workers or bt.default_workers()
+        if args.parity:
+            return _parity(args, store, opts, cfg, workers, progress)
         if args.sweep:
             if progress is not None:
                 progress.unit = "jobs"  # a sweep counts (set, day) jobs, not days
