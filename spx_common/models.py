@@ -412,3 +412,70 @@ class BlockEvent(Base, kw_only=True):
     subject: str = ""
     detail: str = ""
 
+
+
+# --------------------------------------------------------------------------- the tick wire, described
+
+
+class WireSchemaDrift(ImportError):
+    """A reader of tick bytes that does not read what these models say (raised when it is imported, so that
+    whoever tries the import falls back to msgspec's decoding of these models)."""
+
+
+def _type_text(t: msgspec.inspect.Type) -> str:
+    """A field type as the tick wire's readers name it; any other type: its repr (no reader matches it)."""
+    mi = msgspec.inspect
+    if isinstance(t, mi.Metadata):  # documentation (a description): decoding is its type's
+        t = t.type
+    if isinstance(t, mi.StrType) and t.min_length is None and t.max_length is None and t.pattern is None:
+        return "str"
+    if type(t) in (mi.IntType, mi.FloatType):
+        name = "int" if isinstance(t, mi.IntType) else "float"
+        bounds = (t.gt, t.le, t.lt, t.multiple_of)
+        if all(b is None for b in bounds) and t.ge in (None, 0):
+            return name if t.ge is None else f"{name}>=0"
+    if isinstance(t, mi.BoolType):
+        return "bool"
+    if isinstance(t, mi.ListType) and t.min_length is None and t.max_length is None and _type_text(t.item_type) == "int":
+        return "list[int]"
+    if isinstance(t, mi.LiteralType):
+        return "|".join(repr(v) for v in sorted(t.values))
+    return repr(t)
+
+
+def tick_wire_schema(types: tuple[type, ...] = (Trade, Quote, IndexValue)) -> dict[str, dict[str, tuple[str, bool]]]:
+    """The maps of a ``ticks`` body as these models define them: ``{tag: {wire key: (type text, required)}}``,
+    the tag field included (``"tag"``). What a byte reader of ticks (the aggregator's compiled core) must read,
+    exactly: :func:`wire_schema_drift` compares the two."""
+    out: dict[str, dict[str, tuple[str, bool]]] = {}
+    for t in types:
+        info = msgspec.inspect.type_info(t)
+        keys = {info.tag_field: ("tag", True)}
+        for f in info.fields:
+            keys[f.encode_name] = (_type_text(f.type), f.required)
+        out[info.tag] = keys
+    return out
+
+
+def wire_schema_drift(reader: dict, models: dict) -> list[str]:
+    """Every difference between a reader's tick schema and the models' (:func:`tick_wire_schema`), as
+    ``tag.key: ...`` lines; empty when they agree."""
+    out = []
+    for tag in sorted(reader.keys() | models.keys()):
+        if tag not in reader:
+            out.append(f"{tag}: a tick kind in models.py that the reader does not read")
+            continue
+        if tag not in models:
+            out.append(f"{tag}: a tick kind the reader reads that models.py does not have")
+            continue
+        r, m = reader[tag], models[tag]
+        for key in sorted(r.keys() | m.keys()):
+            if key not in r:
+                out.append(f"{tag}.{key}: {m[key][0]} in models.py, not read by the reader")
+            elif key not in m:
+                out.append(f"{tag}.{key}: read by the reader, not in models.py")
+            elif r[key] != m[key]:
+                (rt, rq), (mt, mq) = r[key], m[key]
+                out.append(f"{tag}.{key}: models.py {mt} {'required' if mq else 'optional'}, "
+                           f"the reader {rt} {'required' if rq else 'optional'}")
+    return out

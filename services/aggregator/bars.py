@@ -15,21 +15,25 @@ from typing import Any
 from services.aggregator.pybars import (MAX_PENDING_QUOTES, PyBarAggregator, PyTickCore, newest_by_kind,
                                         parse_interval)
 from spx_common.clock import NS_PER_S
-from spx_common.models import IndexValue, MicroBar, Quote, Trade
+from spx_common.models import IndexValue, MicroBar, Quote, Trade, WireSchemaDrift
 
 #: True when :data:`BarAggregator` is the compiled core (fastcore), False when it is plain Python
 COMPILED: bool
+#: why the compiled core is not in use ("" when it is): not built, or its tick reader differs from the models
+NOT_COMPILED_WHY = ""
 try:
     from services.aggregator.fastcore import TickCore as BarAggregator
-except ImportError:  # not built (no C compiler at install): the same API in plain Python
+except ImportError as exc:  # not built (no C compiler at install), or WireSchemaDrift: the same API in plain Python
     from services.aggregator.pybars import PyTickCore as BarAggregator
 
     COMPILED = False
+    NOT_COMPILED_WHY = str(exc) if isinstance(exc, WireSchemaDrift) else "not built"
 else:
     COMPILED = True
 
 __all__ = [
-    "COMPILED", "CSV_COLUMNS", "MAX_PENDING_QUOTES", "NS_PER_S", "BarAggregator", "IndexValue", "MicroBar",
+    "COMPILED", "CSV_COLUMNS", "MAX_PENDING_QUOTES", "NOT_COMPILED_WHY", "NS_PER_S", "BarAggregator", "IndexValue",
+    "MicroBar",
     "PyBarAggregator", "PyTickCore", "Quote", "Trade", "bars_from_events", "csv_row", "csv_rows", "newest_by_kind",
     "order_key", "parse_interval",
 ]

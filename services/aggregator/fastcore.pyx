@@ -22,7 +22,7 @@ bit-identical (tests/aggregator/test_aggregator_compiled.py compares the two on 
 """
 
 from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memcpy, memcmp
+from libc.string cimport memcpy, memcmp, memset
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int8_t, int32_t, int64_t
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
@@ -32,7 +32,7 @@ import itertools
 import msgspec
 
 from services.aggregator.pybars import core_intervals
-from spx_common.models import MicroBar
+from spx_common.models import MicroBar, WireSchemaDrift, tick_wire_schema, wire_schema_drift
 
 cdef object _ENCODER = msgspec.msgpack.Encoder()
 cdef object _EVENTS_DECODER = None  # built on first use (on_events' error message)
@@ -41,38 +41,159 @@ cdef object _EVENTS_DECODER = None  # built on first use (on_events' error messa
 MAX_INTERVALS = 8
 
 
-# field bits of a tick map
-
+# ---------------------------------------------------------------------------------------- the tick wire
+# What the byte reader accepts is stated once, in the tables below (``_KEYS``, ``_MAPS``, ``_SOURCES``): the
+# C lookups are built from them when the module is imported, and the same tables, described as
+# ``WIRE_SCHEMA``, are checked against ``spx_common/models.py`` then (``check_wire_schema``): a field, a
+# required/optional change or a ``Source`` value that is in the models and not here makes the import fail
+# (``WireSchemaDrift``, an ImportError), so the plain-Python core runs instead of a reader that would refuse
+# (or worse, accept) what msgspec decides otherwise; tests/aggregator/test_wire_schema.py fails on it.
 
 cdef enum:
     _MAX_IV = 8
     K_TRADE = 0
     K_QUOTE = 1
     K_VALUE = 2
-    F_K = 1 << 0
-    F_SYM = 1 << 1
-    F_TS = 1 << 2
-    F_SEQ = 1 << 3
-    F_PRICE = 1 << 4
-    F_SIZE = 1 << 5
-    F_EXCH = 1 << 6
-    F_COND = 1 << 7
-    F_SOURCE = 1 << 8
-    F_BACKFILLED = 1 << 9
-    F_BID = 1 << 10
-    F_ASK = 1 << 11
-    F_BSZ = 1 << 12
-    F_ASZ = 1 << 13
-    F_BEX = 1 << 14
-    F_AEX = 1 << 15
-    F_VALUE = 1 << 16
-    F_EXCL = 1 << 17
-    TRADE_OK = F_K | F_SYM | F_PRICE | F_SIZE | F_TS | F_SEQ | F_EXCH | F_COND | F_SOURCE | F_BACKFILLED | F_EXCL
-    TRADE_NEED = F_K | F_SYM | F_PRICE | F_TS
-    QUOTE_OK = F_K | F_SYM | F_BID | F_ASK | F_BSZ | F_ASZ | F_TS | F_SEQ | F_BEX | F_AEX | F_SOURCE | F_BACKFILLED
-    QUOTE_NEED = F_K | F_SYM | F_BID | F_ASK | F_TS
-    VALUE_OK = F_K | F_SYM | F_VALUE | F_TS | F_SOURCE | F_BACKFILLED
-    VALUE_NEED = F_K | F_SYM | F_VALUE | F_TS
+    # readers: how a key's value is read (and what it must be)
+    R_TAG = 1      # the tagged union's tag: a one-character str naming the map's kind
+    R_STR = 2      # a str (UTF-8 checked where it is used: the symbol)
+    R_NS = 3       # an int >= 0 (below MAX_TS: the core's own bound)
+    R_INT = 4      # any int msgspec reads (int64 or uint64)
+    R_NONNEG = 5   # a float >= 0, not NaN: float64, float32 or an int
+    R_BOOL = 6
+    R_INTS = 7     # an array of ints
+    R_SOURCE = 8   # a str among _SOURCES
+    # destinations: where a value read goes in Ev
+    D_NONE = 0
+    D_SYM = 1
+    D_TS = 2
+    D_A = 3
+    D_B = 4
+    D_C = 5
+    D_D = 6
+    D_EXCL = 7
+    _MAX_KEYS = 32
+    _KEY_SLOTS = 64   # open-addressing table of key names (a power of two, at least twice _MAX_KEYS)
+    _MAX_SOURCES = 8
+
+#: the keys of tick maps: (wire key, reader, destination)
+_KEYS = (
+    ("k", R_TAG, D_NONE), ("sym", R_STR, D_SYM), ("ts", R_NS, D_TS), ("seq", R_INT, D_NONE),
+    ("price", R_NONNEG, D_A), ("size", R_NONNEG, D_B), ("exch", R_INT, D_NONE), ("cond", R_INTS, D_NONE),
+    ("excl", R_INT, D_EXCL), ("bid", R_NONNEG, D_A), ("ask", R_NONNEG, D_B), ("bid_size", R_NONNEG, D_C),
+    ("ask_size", R_NONNEG, D_D), ("bid_exch", R_INT, D_NONE), ("ask_exch", R_INT, D_NONE),
+    ("value", R_NONNEG, D_A), ("source", R_SOURCE, D_NONE), ("backfilled", R_BOOL, D_NONE),
+)
+#: the maps: (tag, kind, required keys, optional keys); a trade's a, b: price, size; a quote's a..d: bid, ask,
+#: bid size, ask size; an index value's a: value
+_MAPS = (
+    ("t", K_TRADE, ("k", "sym", "price", "ts"), ("size", "seq", "exch", "cond", "source", "backfilled", "excl")),
+    ("q", K_QUOTE, ("k", "sym", "bid", "ask", "ts"),
+     ("bid_size", "ask_size", "seq", "bid_exch", "ask_exch", "source", "backfilled")),
+    ("v", K_VALUE, ("k", "sym", "value", "ts"), ("source", "backfilled")),
+)
+#: the values of ``source`` (models.Source)
+_SOURCES = ("tick", "poll", "replay", "backfill")
+
+#: how models.wire_schema_text names what each reader reads
+_READER_TEXT = {R_TAG: "tag", R_STR: "str", R_NS: "int>=0", R_INT: "int", R_NONNEG: "float>=0", R_BOOL: "bool",
+                R_INTS: "list[int]", R_SOURCE: "|".join(repr(v) for v in sorted(_SOURCES))}
+
+
+cdef struct Key:
+    uint64_t w[2]      # the name's bytes, zero-padded to 16, as two words (compared word by word)
+    Py_ssize_t len     # 0: an empty slot
+    int index          # position in _KEYS (its bit in a map's "seen" mask)
+
+
+cdef Key _key_slots[_KEY_SLOTS]
+cdef int _key_reader[_MAX_KEYS]
+cdef int _key_dest[_MAX_KEYS]
+cdef uint8_t _tag_char[3]
+cdef uint32_t _map_ok[3]       # keys a map of each kind may have
+cdef uint32_t _map_need[3]     # keys it must have
+cdef uint64_t _mask[16][2]    # words of n 0xFF bytes then zeros, for a key of n bytes
+cdef char _source[_MAX_SOURCES][16]
+cdef Py_ssize_t _source_len[_MAX_SOURCES]
+cdef int _nsources = 0
+
+
+cdef inline Py_ssize_t _key_slot(const uint8_t* s, Py_ssize_t ln) noexcept nogil:
+    return (ln * 7 + s[0] * 3 + s[ln - 1]) & (_KEY_SLOTS - 1)
+
+
+def _build_tables():
+    """The C lookups from ``_KEYS``, ``_MAPS`` and ``_SOURCES`` (at import)."""
+    global _nsources
+    cdef Py_ssize_t j
+    cdef bytes b
+    cdef char pad[16]
+    for j in range(16):
+        memset(pad, 0, 16)
+        memset(pad, 0xFF, j)
+        memcpy(_mask[j], pad, 16)
+    if len(_KEYS) > _MAX_KEYS or len(_SOURCES) > _MAX_SOURCES:
+        raise ValueError("fastcore: more tick keys or sources than its tables hold")
+    for j in range(_KEY_SLOTS):
+        _key_slots[j].len = 0
+    index = {}
+    for k, (name, reader, dest) in enumerate(_KEYS):
+        b = name.encode()
+        if not 0 < len(b) < 16 or name in index:
+            raise ValueError(f"fastcore: bad or repeated tick key {name!r}")
+        if not (reader == R_NONNEG and D_A <= dest <= D_D or reader == R_NS and dest in (D_NONE, D_TS)
+                or reader == R_STR and dest in (D_NONE, D_SYM) or reader == R_INT and dest in (D_NONE, D_EXCL)
+                or dest == D_NONE and reader in (R_TAG, R_BOOL, R_INTS, R_SOURCE)):
+            raise ValueError(f"fastcore: tick key {name!r}: reader {reader} cannot fill destination {dest}")
+        index[name] = k
+        _key_reader[k] = reader
+        _key_dest[k] = dest
+        j = _key_slot(<const uint8_t*>PyBytes_AS_STRING(b), len(b))
+        while _key_slots[j].len:
+            j = (j + 1) & (_KEY_SLOTS - 1)
+        memset(pad, 0, 16)
+        memcpy(pad, PyBytes_AS_STRING(b), len(b))
+        memcpy(_key_slots[j].w, pad, 16)
+        _key_slots[j].len = len(b)
+        _key_slots[j].index = k
+    for tag, kind, required, optional in _MAPS:
+        if len(tag) != 1 or not tag.isascii():
+            raise ValueError(f"fastcore: tag {tag!r} is not one ASCII character")
+        readers = {_KEYS[index[name]][1] for name in required}
+        dests = {_KEYS[index[name]][2] for name in required}
+        if R_TAG not in readers or not {D_SYM, D_TS} <= dests:
+            raise ValueError(f"fastcore: a {tag!r} map must require its tag, a symbol and a time")
+        _tag_char[kind] = ord(tag)
+        _map_need[kind] = sum(1 << index[name] for name in required)
+        _map_ok[kind] = _map_need[kind] | sum(1 << index[name] for name in optional)
+    for j, value in enumerate(_SOURCES):
+        b = value.encode()
+        if len(b) >= 16:
+            raise ValueError(f"fastcore: source {value!r} longer than its table holds")
+        memcpy(_source[j], PyBytes_AS_STRING(b), len(b))
+        _source_len[j] = len(b)
+    _nsources = len(_SOURCES)
+
+
+_build_tables()
+
+#: the tick maps the reader accepts, described as ``spx_common.models.tick_wire_schema`` describes the models:
+#: ``{tag: {wire key: (type text, required)}}``
+WIRE_SCHEMA = {tag: {name: (_READER_TEXT[reader], name in required)
+                     for name, reader, _ in _KEYS if name in required or name in optional}
+               for tag, _, required, optional in _MAPS}
+
+
+def check_wire_schema(model_schema=None):
+    """Raise ``WireSchemaDrift`` naming every difference between what the reader accepts and
+    ``model_schema`` (default: ``spx_common.models.tick_wire_schema()``, the models)."""
+    drift = wire_schema_drift(WIRE_SCHEMA, tick_wire_schema() if model_schema is None else model_schema)
+    if drift:
+        raise WireSchemaDrift("the compiled bar core's tick reader (services/aggregator/fastcore.pyx) differs from "
+                              "spx_common/models.py: " + "; ".join(drift))
+
+
+check_wire_schema()
 
 cdef long long NO_DUE = 0x7FFFFFFFFFFFFFFF
 #: event times at or beyond this (2116-02-20) are refused: bucket ends and close times stay inside int64
@@ -315,65 +436,60 @@ cdef inline bint _eq(const uint8_t* s, Py_ssize_t ln, const char* lit, Py_ssize_
     return ln == litlen and memcmp(s, lit, litlen) == 0
 
 
-cdef inline int _field(const uint8_t* s, Py_ssize_t ln) noexcept nogil:
-    """The field bit of a key, 0 for a key no tick type has."""
-    if ln == 1:
-        return F_K if s[0] == b'k' else 0
-    if ln == 2:
-        return F_TS if s[0] == b't' and s[1] == b's' else 0
-    if ln == 3:
-        if memcmp(s, b"sym", 3) == 0:
-            return F_SYM
-        if memcmp(s, b"seq", 3) == 0:
-            return F_SEQ
-        if memcmp(s, b"bid", 3) == 0:
-            return F_BID
-        if memcmp(s, b"ask", 3) == 0:
-            return F_ASK
-        return 0
-    if ln == 4:
-        if memcmp(s, b"size", 4) == 0:
-            return F_SIZE
-        if memcmp(s, b"exch", 4) == 0:
-            return F_EXCH
-        if memcmp(s, b"cond", 4) == 0:
-            return F_COND
-        if memcmp(s, b"excl", 4) == 0:
-            return F_EXCL
-        return 0
-    if ln == 5:
-        if memcmp(s, b"price", 5) == 0:
-            return F_PRICE
-        if memcmp(s, b"value", 5) == 0:
-            return F_VALUE
-        return 0
-    if ln == 6:
-        return F_SOURCE if memcmp(s, b"source", 6) == 0 else 0
-    if ln == 8:
-        if memcmp(s, b"bid_size", 8) == 0:
-            return F_BSZ
-        if memcmp(s, b"ask_size", 8) == 0:
-            return F_ASZ
-        if memcmp(s, b"bid_exch", 8) == 0:
-            return F_BEX
-        if memcmp(s, b"ask_exch", 8) == 0:
-            return F_AEX
-        return 0
-    if ln == 10:
-        return F_BACKFILLED if memcmp(s, b"backfilled", 10) == 0 else 0
-    return 0
+cdef inline bint _same(const char* a, const uint8_t* b, Py_ssize_t ln) noexcept nogil:
+    """``ln`` bytes equal (keys and sources are a few bytes: a loop the compiler keeps inline, not a call)."""
+    cdef Py_ssize_t j
+    for j in range(ln):
+        if <uint8_t>a[j] != b[j]:
+            return False
+    return True
+
+
+cdef inline int _field(const uint8_t* s, Py_ssize_t ln, const uint8_t* end) noexcept nogil:
+    """The index of a key in ``_KEYS``, -1 for a key no tick map has (``end``: the end of the buffer)."""
+    cdef Py_ssize_t j
+    cdef uint64_t w[2]
+    cdef char pad[16]
+    if ln < 1 or ln > 15:
+        return -1
+    if s + 16 <= end:  # the usual case (a value follows every key): two loads, masked to the key's length
+        memcpy(w, s, 16)
+        w[0] &= _mask[ln][0]
+        w[1] &= _mask[ln][1]
+    else:
+        memset(pad, 0, 16)
+        for j in range(ln):
+            pad[j] = <char>s[j]
+        memcpy(w, pad, 16)
+    j = _key_slot(s, ln)
+    while _key_slots[j].len:
+        if _key_slots[j].w[0] == w[0] and _key_slots[j].w[1] == w[1] and _key_slots[j].len == ln:
+            return _key_slots[j].index
+        j = (j + 1) & (_KEY_SLOTS - 1)
+    return -1
+
+
+cdef inline bint _is_source(const uint8_t* s, Py_ssize_t ln) noexcept nogil:
+    cdef int j
+    for j in range(_nsources):
+        if _source_len[j] == ln and _same(_source[j], s, ln):
+            return True
+    return False
 
 
 cdef inline Py_ssize_t _rd_event(const uint8_t* p, Py_ssize_t i, Py_ssize_t n, Ev* ev) noexcept nogil:
     """One tick map into ``ev`` (symbol not resolved); -1 when it is not one the core accepts."""
     cdef Py_ssize_t m, j, ln, cnt, c
     cdef const uint8_t* s
-    cdef int f
+    cdef int f, reader, dest, k
+    cdef uint32_t bit
     cdef uint32_t seen = 0
     cdef int kind = -1
     cdef long long iv
     cdef bint big
-    cdef double price = 0, size = 0, bid = 0, ask = 0, bsz = 0, asz = 0, value = 0
+    cdef double v
+    cdef double vals[4]
+    vals[0] = vals[1] = vals[2] = vals[3] = 0
     ev.start = i
     ev.excl = 0
     i = _rd_head(p, i, n, &m, 0x80)
@@ -383,80 +499,62 @@ cdef inline Py_ssize_t _rd_event(const uint8_t* p, Py_ssize_t i, Py_ssize_t n, E
         i = _rd_str(p, i, n, &s, &ln)
         if i < 0:
             return -1
-        f = _field(s, ln)
-        if f == 0 or (seen & f):
+        f = _field(s, ln, p + n)
+        if f < 0:
             return -1
-        seen |= f
-        if f == F_K:
+        bit = (<uint32_t>1) << f
+        if seen & bit:
+            return -1
+        seen |= bit
+        reader = _key_reader[f]
+        dest = _key_dest[f]
+        if reader == R_NONNEG:
+            i = _rd_nonneg(p, i, n, &v)
+            vals[dest - D_A] = v
+        elif reader == R_INT:
+            i = _rd_int(p, i, n, &iv, &big)
+            if dest == D_EXCL:
+                ev.excl = 1 if big or iv < 0 or iv > 4 else <int>iv
+        elif reader == R_NS:
+            i = _rd_ns(p, i, n, &iv)
+            if dest == D_TS:
+                ev.ts = iv
+        elif reader == R_STR:
+            i = _rd_str(p, i, n, &s, &ln)
+            if dest == D_SYM:
+                ev.sym = s
+                ev.sym_len = ln
+        elif reader == R_TAG:
             i = _rd_str(p, i, n, &s, &ln)
             if i < 0 or ln != 1:
                 return -1
-            if s[0] == b't':
-                kind = K_TRADE
-            elif s[0] == b'q':
-                kind = K_QUOTE
-            elif s[0] == b'v':
-                kind = K_VALUE
-            else:
+            for k in range(3):
+                if s[0] == _tag_char[k]:
+                    kind = k
+            if kind < 0:
                 return -1
-        elif f == F_SYM:
-            i = _rd_str(p, i, n, &ev.sym, &ev.sym_len)
-        elif f == F_TS:
-            i = _rd_ns(p, i, n, &ev.ts)
-        elif f == F_PRICE:
-            i = _rd_nonneg(p, i, n, &price)
-        elif f == F_SIZE:
-            i = _rd_nonneg(p, i, n, &size)
-        elif f == F_BID:
-            i = _rd_nonneg(p, i, n, &bid)
-        elif f == F_ASK:
-            i = _rd_nonneg(p, i, n, &ask)
-        elif f == F_BSZ:
-            i = _rd_nonneg(p, i, n, &bsz)
-        elif f == F_ASZ:
-            i = _rd_nonneg(p, i, n, &asz)
-        elif f == F_VALUE:
-            i = _rd_nonneg(p, i, n, &value)
-        elif f == F_SEQ or f == F_EXCH or f == F_BEX or f == F_AEX:
-            i = _rd_int(p, i, n, &iv, &big)
-        elif f == F_EXCL:
-            i = _rd_int(p, i, n, &iv, &big)
-            ev.excl = 1 if big or iv < 0 or iv > 4 else <int>iv
-        elif f == F_COND:
+        elif reader == R_INTS:
             i = _rd_head(p, i, n, &cnt, 0x90)
             c = 0
             while i >= 0 and c < cnt:
                 i = _rd_int(p, i, n, &iv, &big)
                 c += 1
-        elif f == F_SOURCE:
+        elif reader == R_SOURCE:
             i = _rd_str(p, i, n, &s, &ln)
-            if i >= 0 and not (_eq(s, ln, b"tick", 4) or _eq(s, ln, b"poll", 4) or _eq(s, ln, b"replay", 6)
-                               or _eq(s, ln, b"backfill", 8)):
+            if i >= 0 and not _is_source(s, ln):
                 return -1
-        elif f == F_BACKFILLED:
+        elif reader == R_BOOL:
             if i >= n or (p[i] != 0xC2 and p[i] != 0xC3):
                 return -1
             i += 1
         if i < 0:
             return -1
-    if kind == K_TRADE:
-        if (seen & ~TRADE_OK) or (seen & TRADE_NEED) != TRADE_NEED:
-            return -1
-        ev.a = price
-        ev.b = size
-    elif kind == K_QUOTE:
-        if (seen & ~QUOTE_OK) or (seen & QUOTE_NEED) != QUOTE_NEED:
-            return -1
-        ev.a = bid
-        ev.b = ask
-        ev.c = bsz
-        ev.d = asz
-    elif kind == K_VALUE:
-        if (seen & ~VALUE_OK) or (seen & VALUE_NEED) != VALUE_NEED:
-            return -1
-        ev.a = value
-    else:
+    if kind < 0 or (seen & ~_map_ok[kind]) or (seen & _map_need[kind]) != _map_need[kind]:
         return -1
+    ev.a = vals[0]
+    ev.b = vals[1]
+    ev.c = vals[2]
+    ev.d = vals[3]
     ev.kind = kind
     ev.end = i
     return i

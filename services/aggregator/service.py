@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from services.aggregator.bars import COMPILED, BarAggregator
+from services.aggregator.bars import COMPILED, NOT_COMPILED_WHY, BarAggregator
 from services.aggregator.cache import BarRing, TickCache
 from services.aggregator.config import AggregatorConfig
 from spx_common import journal
@@ -72,6 +72,10 @@ class Aggregator(BusService):
         self.late = m.gauge("aggregator_late_events", "Events for an already closed bar (counted, dropped).")
         self.gaps_unfilled = m.gauge("aggregator_gaps_unfilled", "Gaps longer than max_gap_bars buckets that "
                                      "fill_gaps left unfilled (a session break).")
+        self.fallback_frames = m.counter(
+            "aggregator_fallback_frames_total", "ticks frames whose body the bar core did not take as bytes, decoded "
+            "and validated with msgspec instead (several times slower per event); 0 in a healthy mesh: a publisher "
+            "that encodes ticks otherwise than msgspec, or a bar core whose tick reader lags models.py")
         self.progress_out = m.counter("aggregator_bar_updates_total", "In-progress bar updates published.")
         self.cache_size = m.gauge("aggregator_cache_events", "Events held by the tick cache.")
         self.cache_bytes = m.gauge("aggregator_cache_bytes", "Bytes of msgpack batches held by the tick cache "
@@ -84,6 +88,8 @@ class Aggregator(BusService):
                              on_hold=self.cache.add_body)
 
     def setup(self) -> None:
+        if not COMPILED:
+            self.log.warning("bar core: pure Python (%s)", NOT_COMPILED_WHY)
         if self.cfg.warmup_from_journal:
             self.warm_up()
         self.on("tick.", self.on_ticks, raw=True)
@@ -106,6 +112,10 @@ class Aggregator(BusService):
             except FrameError as exc:
                 self.refuse(frame, exc)
                 return
+            self.fallback_frames.inc()
+            self._rate_log.warning("fallback", f"the bar core did not take a valid {frame.type} body as bytes, on "
+                                   f"{frame.topic} from {frame.src}: decoded with msgspec "
+                                   "(aggregator_fallback_frames_total)", topic=frame.topic)
             n = agg.feed(_ENCODER.encode(events))
             if n < 0:  # a body that validated, refused by the core even in msgspec's encoding: count, go on
                 self.handler_errors.inc(topic="tick.")
@@ -168,7 +178,8 @@ class Aggregator(BusService):
         self.cache_size.set(self.cache.size())
         self.cache_bytes.set(self.cache.bytes)
         self.detail = (f"{self.agg.symbol_count()} symbols, watermark {watermark_text(self.agg.watermark)}, "
-                       f"bars {'compiled' if COMPILED else 'pure Python'}")
+                       f"bars {'compiled' if COMPILED else 'pure Python'}"
+                       f"{'' if COMPILED or NOT_COMPILED_WHY == 'not built' else ': compiled core out of date'}")
 
     def on_flags(self, changed: dict) -> None:
         if "l2_microstructure" in changed:

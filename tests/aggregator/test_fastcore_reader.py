@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from spx_common.codec import encode_payload, ticks_header
-from spx_common.models import IndexValue, MarketEvent, Quote, Trade
+from spx_common.models import IndexValue, MarketEvent, Quote, Trade, tick_wire_schema
 
 try:
     from services.aggregator.fastcore import TickCore
@@ -44,13 +44,13 @@ ENC = msgspec.msgpack.Encoder()
 LIST_DEC = msgspec.msgpack.Decoder(list[MarketEvent])
 EVENT_DEC = msgspec.msgpack.Decoder(MarketEvent)
 
-FLOAT_FIELDS = {"price", "size", "bid", "ask", "bid_size", "ask_size", "value"}
-INT_FIELDS = {"seq", "exch", "bid_exch", "ask_exch", "excl"}
+# the tick maps as models.py defines them (the reader is checked against the same description at import)
+SCHEMA = tick_wire_schema()
+FLOAT_FIELDS = {k for keys in SCHEMA.values() for k, (t, _) in keys.items() if t == "float>=0"}
+INT_FIELDS = {k for keys in SCHEMA.values() for k, (t, _) in keys.items() if t == "int"}
 FIELDS = {  # kind tag -> (required, optional) wire fields
-    "t": (["k", "sym", "price", "ts"], ["size", "seq", "exch", "cond", "source", "backfilled", "excl"]),
-    "q": (["k", "sym", "bid", "ask", "ts"],
-          ["bid_size", "ask_size", "seq", "bid_exch", "ask_exch", "source", "backfilled"]),
-    "v": (["k", "sym", "value", "ts"], ["source", "backfilled"]),
+    tag: ([k for k, (_, req) in keys.items() if req], [k for k, (_, req) in keys.items() if not req])
+    for tag, keys in SCHEMA.items()
 }
 ALL_FIELDS = sorted({f for req, opt in FIELDS.values() for f in req + opt})
 

@@ -220,6 +220,24 @@ def switch_table(rows: list[dict]) -> dict[str, dict[str, list[str]]]:
     return out
 
 
+def counter_alerts(rows: list[dict]) -> list[str]:
+    """The lines ``spx status`` adds for counters that are not 0 in a healthy mesh (from the heartbeats' stats):
+    frames refused or lost on the bus, ticks frames the aggregator's bar core did not take as bytes."""
+
+    def nonzero(name: str) -> dict[str, float]:
+        return {r["service"]: v for r in rows if (v := r["stats"].get(name, 0))}
+
+    out = []
+    bad, lost = nonzero("bus_bad_frames_total"), nonzero("bus_frames_lost_total")
+    if bad or lost:
+        out.append(f"bus: bad frames {bad} lost frames {lost}")
+    fallback = nonzero("aggregator_fallback_frames_total")
+    if fallback:
+        out.append(f"aggregator: ticks frames decoded the slow way (the bar core did not take the body as bytes; "
+                   f"aggregator_fallback_frames_total) {fallback}")
+    return out
+
+
 def cmd_status(args) -> int:
     runtime, bus = configs()
     procs = {}
@@ -315,10 +333,8 @@ def cmd_status(args) -> int:
                 else f"{next(iter(by_value))} (all {sum(len(s) for s in by_value.values())} services)"
             mark = "" if len(by_value) == 1 and next(iter(by_value)) == str(flag.default) else "  *"
             print(f"  {name:<24} {shown}{mark}")
-    bad = {r["service"]: r["stats"].get("bus_bad_frames_total", 0) for r in rows if r["stats"]}
-    lost = {r["service"]: r["stats"].get("bus_frames_lost_total", 0) for r in rows if r["stats"]}
-    if any(bad.values()) or any(lost.values()):
-        print("\nbus: bad frames", {k: v for k, v in bad.items() if v}, "lost frames", {k: v for k, v in lost.items() if v})
+    for line in counter_alerts(rows):
+        print("\n" + line)
     if unhealthy:
         print(f"\nDEGRADED: {len(unhealthy)} of {len(rows)} services unhealthy")
         for name, reason in unhealthy.items():
