@@ -1,15 +1,13 @@
 """Snapshots from the real aggregator's query API: a gateway started after bars were made (e.g. after
 a gateway restart) still gives a subscriber the history, then stitches the live stream to it."""
 
-import os
-import subprocess
-import sys
 
 import zmq
 
 from spx_common.bus import Publisher, RpcClient, RpcError
 from spx_common.config import BusConfig, RuntimeConfig
 from spx_common.models import Quote, Trade
+from spx_testing import ServiceProcess
 from tests.conftest import eventually
 from tests.gateway.harness import T0, GatewayRunner, WsClient
 
@@ -20,9 +18,7 @@ def test_snapshot_history_comes_from_the_aggregator_and_live_bars_continue_it(ru
     rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
     ctx = zmq.Context()
     feed = Publisher(ctx, bus.pub_endpoint("feed", rt, bind=True), "feed", linger_ms=0)
-    env = {**os.environ, "SPX_RUNTIME_RUN_DIR": str(run_dir), "SPX_AGGREGATOR_WARMUP_FROM_JOURNAL": "false"}
-    agg = subprocess.Popen([sys.executable, "-m", "services.aggregator"], env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT)
+    agg = ServiceProcess.service("aggregator", run_dir=run_dir, env={"SPX_AGGREGATOR_WARMUP_FROM_JOURNAL": "false"})
     rpc = RpcClient(ctx, bus.rep_endpoint("aggregator", rt), timeout_s=1.0, retries=0)
     gw = None
     state = {"ts": T0}
@@ -37,43 +33,42 @@ def test_snapshot_history_comes_from_the_aggregator_and_live_bars_continue_it(ru
         try:
             return rpc.call("status")
         except RpcError:
-            assert agg.poll() is None, agg.stdout.read().decode()[-2000:]
+            return None
     try:
-        eventually(lambda: (feed.heartbeat(T0) or True) and (st := status()) and st["peers"].get("feed"), 20,
-                   0.1, what="aggregator hears the feed")
-        for i in range(100):  # 10 s of event time
-            trade(600 + (i % 13) * 0.05)
-        history = eventually(lambda: (r := rpc.call("bars_since", {"sym": "SPY", "interval": "1s"}))["bars"]
-                             and len(r["bars"]) >= 8 and r, 10, what="aggregator made bars")
-        gw = GatewayRunner(run_dir, publishers={"feed": feed}, stand_ins=("detector", "broker", "coach"),
-                           price_throttle_ms=0)
-        eventually(lambda: gw.svc.core.peer_alive("aggregator"), 10, what="gateway hears the aggregator")
-        c = WsClient(gw.url)
-        c.subscribe("microbar:SPY:1s")
-        snap = c.on("microbar:SPY:1s", ("snapshot",))[0]
-        starts = [b["startNs"] for b in snap["data"]["bars"]]
-        assert gw.svc.m_seed.value(result="ok") == 1, gw.svc.metrics.render()[-3000:]
-        assert starts[: len(history["bars"])] == [b["start_ns"] for b in history["bars"]]
-        assert gw.svc.m_seed.value(result="ok") == 1
-        for i in range(40):  # 4 more seconds: new bars close live
-            trade(601 + (i % 7) * 0.05)
-        closed = []
-        while len(closed) < 3:
-            m = c.until(lambda m: m["channel"] == "microbar:SPY:1s" and m["type"] == "update")
-            if m["data"]["closed"]:
-                closed.append(m)
-        all_starts = starts + [m["data"]["startNs"] for m in closed]
-        assert all_starts == sorted(set(all_starts)), "no duplicate and in order"
-        assert all(b - a == S for a, b in zip(all_starts, all_starts[1:], strict=False)), "no gap between history and live bars"
-        seqs = [m["seq"] for m in c.on("microbar:SPY:1s")]
-        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "per-channel seq contiguous from the snapshot"
-        c.close()
+        with agg:
+            agg.wait_ready(lambda: (feed.heartbeat(T0) or True) and (st := status()) and st["peers"].get("feed"), 20,
+                           "aggregator hears the feed", 0.1)
+            for i in range(100):  # 10 s of event time
+                trade(600 + (i % 13) * 0.05)
+            history = eventually(lambda: (r := rpc.call("bars_since", {"sym": "SPY", "interval": "1s"}))["bars"]
+                                 and len(r["bars"]) >= 8 and r, 10, what="aggregator made bars")
+            gw = GatewayRunner(run_dir, publishers={"feed": feed}, stand_ins=("detector", "broker", "coach"),
+                               price_throttle_ms=0)
+            eventually(lambda: gw.svc.core.peer_alive("aggregator"), 10, what="gateway hears the aggregator")
+            c = WsClient(gw.url)
+            c.subscribe("microbar:SPY:1s")
+            snap = c.on("microbar:SPY:1s", ("snapshot",))[0]
+            starts = [b["startNs"] for b in snap["data"]["bars"]]
+            assert gw.svc.m_seed.value(result="ok") == 1, gw.svc.metrics.render()[-3000:]
+            assert starts[: len(history["bars"])] == [b["start_ns"] for b in history["bars"]]
+            assert gw.svc.m_seed.value(result="ok") == 1
+            for i in range(40):  # 4 more seconds: new bars close live
+                trade(601 + (i % 7) * 0.05)
+            closed = []
+            while len(closed) < 3:
+                m = c.until(lambda m: m["channel"] == "microbar:SPY:1s" and m["type"] == "update")
+                if m["data"]["closed"]:
+                    closed.append(m)
+            all_starts = starts + [m["data"]["startNs"] for m in closed]
+            assert all_starts == sorted(set(all_starts)), "no duplicate and in order"
+            assert all(b - a == S for a, b in zip(all_starts, all_starts[1:], strict=False)), "no gap between history and live bars"
+            seqs = [m["seq"] for m in c.on("microbar:SPY:1s")]
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "per-channel seq contiguous from the snapshot"
+            c.close()
     finally:
         if gw is not None:
             gw.close()
         else:
             feed.close()
-        agg.terminate()
-        agg.wait(10)
         rpc.close()
         ctx.destroy(linger=0)

@@ -6,7 +6,6 @@ saved to ``artifacts/dashboard.png``."""
 from __future__ import annotations
 
 import base64
-import subprocess
 import threading
 import time
 import urllib.request
@@ -17,6 +16,7 @@ from services.gateway import auth
 from services.gateway.devtools import DevTools, chromium_path
 from spx_common.config import PROJECT_DIR
 from spx_common.models import CoachEvent, FeedStatus, Order, Position
+from spx_testing import Processes
 from tests.conftest import eventually
 from tests.gateway.harness import SECRET, T0, GatewayRunner
 
@@ -112,7 +112,6 @@ def test_dashboard_against_real_feed_aggregator_coach_and_gateway_processes(run_
     publishing one real setup transition: candles from the real aggregator, the badge from real
     ticks, the setup, and the coach's derived alert for the token's user."""
     import os
-    import sys
 
     import zmq
 
@@ -130,8 +129,9 @@ def test_dashboard_against_real_feed_aggregator_coach_and_gateway_processes(run_
     rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
     ctx = zmq.Context()
     detector = Publisher(ctx, bus.pub_endpoint("detector", rt, bind=True), "detector", linger_ms=0)
-    procs = [subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL) for name in ("feed", "aggregator", "coach", "gateway")]
+    ps = Processes()
+    for name in ("feed", "aggregator", "coach", "gateway"):
+        ps.service(name, env=env, inherit_env=False)
     rpcs = {s: RpcClient(ctx, bus.rep_endpoint(s, rt), timeout_s=1.0, retries=0) for s in ("gateway", "coach")}
 
     def hears_detector(service):
@@ -139,41 +139,34 @@ def test_dashboard_against_real_feed_aggregator_coach_and_gateway_processes(run_
         try:
             return rpcs[service].call("status")["peers"].get("detector")
         except RpcError:
-            assert all(p.poll() is None for p in procs), [p.returncode for p in procs]
+            return None
     dt = None
     try:
-        for service in rpcs:
-            eventually(lambda s=service: hears_detector(s), 30, 0.2, what=f"{service} hears the detector")
-        token = auth.mint("default", SECRET.encode(), int(time.time()) + 600)
-        dt = browser(f"http://127.0.0.1:{port}/?token={token}")
-        bars = lambda: int(dt.js("document.getElementById('chart').dataset.bars") or 0)  # noqa: E731
-        first = eventually(lambda: bars() >= 2 and bars(), 30, 0.2, what="candles from the real aggregator")
-        eventually(lambda: bars() >= first + 2, 20, 0.2, what="candles update")
-        eventually(lambda: dt.js("document.getElementById('badge-mode').textContent") == "tick", 10, 0.2)
-        now = time.time_ns()
-        t = SetupTransition(setup_id="orb-1", detector="orb", family="opening_range", sym="SPY", direction="long",
-                            from_state="forming", to_state="ready", reason="range break", ts=now, price=600.0,
-                            entry_low=599.9, entry_high=600.1, stop=599.0, targets=[601.5])
-        detector.publish("setup.transition", "setup_transition", t, now)
-        eventually(lambda: dt.js("document.querySelector('#setups tr[data-setup-id=\"orb-1\"]')?.dataset.state")
-                   == "ready", 10, 0.2, what="setup on the page")
-        eventually(lambda: dt.js("[...document.querySelectorAll('#coach li')].map(li => li.dataset.kind).join()")
-                   == "entry_window_opened", 10, 0.2, what="coach alert derived by the real coach")
-        shot = dt.call("Page.captureScreenshot", format="png")
-        out = PROJECT_DIR / "artifacts" / "dashboard-mesh.png"
-        out.parent.mkdir(exist_ok=True)
-        out.write_bytes(base64.b64decode(shot["data"]))
+        with ps:
+            for service in rpcs:
+                ps[service].wait_ready(lambda s=service: hears_detector(s), 30, f"{service} hears the detector", 0.2)
+            token = auth.mint("default", SECRET.encode(), int(time.time()) + 600)
+            dt = browser(f"http://127.0.0.1:{port}/?token={token}")
+            bars = lambda: int(dt.js("document.getElementById('chart').dataset.bars") or 0)  # noqa: E731
+            first = eventually(lambda: bars() >= 2 and bars(), 30, 0.2, what="candles from the real aggregator")
+            eventually(lambda: bars() >= first + 2, 20, 0.2, what="candles update")
+            eventually(lambda: dt.js("document.getElementById('badge-mode').textContent") == "tick", 10, 0.2)
+            now = time.time_ns()
+            t = SetupTransition(setup_id="orb-1", detector="orb", family="opening_range", sym="SPY", direction="long",
+                                from_state="forming", to_state="ready", reason="range break", ts=now, price=600.0,
+                                entry_low=599.9, entry_high=600.1, stop=599.0, targets=[601.5])
+            detector.publish("setup.transition", "setup_transition", t, now)
+            eventually(lambda: dt.js("document.querySelector('#setups tr[data-setup-id=\"orb-1\"]')?.dataset.state")
+                       == "ready", 10, 0.2, what="setup on the page")
+            eventually(lambda: dt.js("[...document.querySelectorAll('#coach li')].map(li => li.dataset.kind).join()")
+                       == "entry_window_opened", 10, 0.2, what="coach alert derived by the real coach")
+            shot = dt.call("Page.captureScreenshot", format="png")
+            out = PROJECT_DIR / "artifacts" / "dashboard-mesh.png"
+            out.parent.mkdir(exist_ok=True)
+            out.write_bytes(base64.b64decode(shot["data"]))
     finally:
         if dt is not None:
             dt.close()
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
         for r in rpcs.values():
             r.close()
         detector.close()

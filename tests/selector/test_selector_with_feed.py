@@ -3,25 +3,20 @@ from the feed give a fresh chain with greeks computed from quotes, and ``select`
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import zmq
 
 from spx_common.bus import RpcClient, RpcError
 from spx_common.config import BusConfig, RuntimeConfig
-from tests.conftest import eventually
+from spx_testing import Processes
 
 
 def test_selector_on_real_feed_chain(run_dir):
     rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
-    env = {**os.environ, "SPX_RUNTIME_RUN_DIR": str(run_dir), "SPX_FEED_REPLAY_SPEED": "50",
-           "SPX_FEED_SOURCE": "synthetic"}
-    sel = subprocess.Popen([sys.executable, "-m", "services.selector"], env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-    feed = subprocess.Popen([sys.executable, "-m", "services.feed"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    env = {"SPX_FEED_REPLAY_SPEED": "50", "SPX_FEED_SOURCE": "synthetic"}
+    ps = Processes()
+    sel = ps.service("selector", run_dir=run_dir, env=env)
+    ps.service("feed", run_dir=run_dir, env=env)
     ctx = zmq.Context()
     rpc = RpcClient(ctx, bus.rep_endpoint("selector", rt), timeout_s=1.0, retries=0)
 
@@ -29,25 +24,21 @@ def test_selector_on_real_feed_chain(run_dir):
         try:
             v = rpc.call("chain")
         except RpcError:
-            assert sel.poll() is None and feed.poll() is None
             return None
         return v if v["ok"] and any(c["greeks"] == "computed" for c in v["near"]) else None
 
     try:
-        view = eventually(chain_ready, 25, what="fresh chain from the feed with computed greeks")
-        assert view["contracts"] >= 20 and view["underlying"] > 0
-        spot = view["underlying"]
-        for direction, stop in (("long", spot - 6), ("short", spot + 6)):
-            r = rpc.call("select", {"setup": {"direction": direction, "entry": spot, "stop": stop},
-                                    "risk": {"maxRiskDollars": 1000, "dayTradeBuyingPower": 30_000},
-                                    "regime": "trending"})
-            assert r["ok"], r["reason"]
-            assert r["option_type"] == ("call" if direction == "long" else "put")
-            assert 0.40 <= abs(r["delta"]) <= 0.65 and r["suggestedContracts"] >= 1
+        with ps:
+            view = sel.wait_ready(chain_ready, 25, what="fresh chain from the feed with computed greeks")
+            assert view["contracts"] >= 20 and view["underlying"] > 0
+            spot = view["underlying"]
+            for direction, stop in (("long", spot - 6), ("short", spot + 6)):
+                r = rpc.call("select", {"setup": {"direction": direction, "entry": spot, "stop": stop},
+                                        "risk": {"maxRiskDollars": 1000, "dayTradeBuyingPower": 30_000},
+                                        "regime": "trending"})
+                assert r["ok"], r["reason"]
+                assert r["option_type"] == ("call" if direction == "long" else "put")
+                assert 0.40 <= abs(r["delta"]) <= 0.65 and r["suggestedContracts"] >= 1
     finally:
-        for p in (feed, sel):
-            p.terminate()
-        assert sel.wait(10) == 0
-        feed.wait(10)
         rpc.close()
         ctx.destroy(linger=0)

@@ -9,11 +9,7 @@ is counted exactly once.
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import uuid
 
 import pytest
@@ -21,8 +17,9 @@ import zmq
 
 from spx_common import models as m
 from spx_common.bus import Publisher, RpcClient, Subscriber
-from spx_common.config import PROJECT_DIR, BusConfig, RuntimeConfig
+from spx_common.config import BusConfig, RuntimeConfig
 from spx_common.store import Store, make_engine
+from spx_testing import ServiceProcess
 from tests.conftest import eventually
 from tests.conftest import PG_BASE, PG_SKIP, pg_dsn
 
@@ -107,18 +104,20 @@ class Mesh:
     """The recorder as its own process plus bound detector/selector/broker publishers in this one."""
 
     def __init__(self, run_dir, url: str, **env_extra: str) -> None:
-        env = dict(os.environ, SPX_RUNTIME_RUN_DIR=str(run_dir), DATABASE_URL=url, SPX_STORE_RETRY_S="0.2",
-                   SPX_STORE_SQLITE_BUSY_TIMEOUT_S="0.3", SPX_STORE_FLUSH_S="0.05", SPX_STORE_BATCH_SIZE="40",
-                   **env_extra)
-        self.proc = subprocess.Popen([sys.executable, "-m", "services.recorder"], cwd=PROJECT_DIR, env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        env = dict(DATABASE_URL=url, SPX_STORE_RETRY_S="0.2", SPX_STORE_SQLITE_BUSY_TIMEOUT_S="0.3",
+                   SPX_STORE_FLUSH_S="0.05", SPX_STORE_BATCH_SIZE="40", **env_extra)
+        self.proc = ServiceProcess.service("recorder", run_dir=run_dir, env=env).start()
         runtime, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
         self.ctx = zmq.Context()
         self.pubs = {s: Publisher(self.ctx, bus.pub_endpoint(s, runtime, bind=True), s, linger_ms=0)
                      for s in ("detector", "selector", "broker", "feed", "aggregator")}
         self.rpc = RpcClient(self.ctx, bus.rep_endpoint("recorder", runtime), timeout_s=1.0, retries=0)
-        eventually(lambda: (st := self.status()) and all(st["peers"].get(p) for p in self.pubs), 20, 0.1,
-                   "recorder up and subscribed")
+        try:
+            self.proc.wait_ready(lambda: (st := self.status()) and all(st["peers"].get(p) for p in self.pubs), 20,
+                                 "recorder up and subscribed", 0.1)
+        except BaseException:
+            self.close()
+            raise
 
     def status(self):
         for p in self.pubs.values():
@@ -141,18 +140,14 @@ class Mesh:
             for topic, type_name, body in records(i):
                 self.publish(topic, type_name, body)
 
-    def close(self) -> tuple[int, str]:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = self.proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate()
+    def close(self) -> tuple[int | None, str]:
+        """Stop the recorder (SIGTERM, bounded, then SIGKILL); its exit code and captured output."""
+        code = self.proc.stop()
         self.rpc.close()
         for p in self.pubs.values():
             p.close()
         self.ctx.destroy(linger=0)
-        return self.proc.returncode, err.decode()[-2000:]
+        return (None if self.proc.hung else code), self.proc.describe()
 
 
 def test_recorder_survives_database_outage_every_row_once(outage, run_dir):
