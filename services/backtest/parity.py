@@ -68,11 +68,11 @@ def compare(recorded: dict[str, list[dict]], rerun: dict[str, list[dict]], *, to
     b = {(raw_id(r["setup_id"]), r["to_state"]): r for r in rerun.get("transitions", [])}
     for key in sorted(a.keys() | b.keys(), key=lambda k: (min(x["ts"] for x in (a.get(k), b.get(k)) if x), k)):
         x, y = a.get(key), b.get(key)
-        if y is None:
+        if y is None and x is not None:
             add("transitions", key, "missing from the re-run", x["ts"])
-        elif x is None:
+        elif x is None and y is not None:
             add("transitions", key, "only in the re-run", None, y["ts"])
-        else:
+        elif x is not None and y is not None:
             if abs(int(x["ts"]) - int(y["ts"])) > tolerance_ns:
                 add("transitions", key, "ts", x["ts"], y["ts"])
             if not _same(x.get("price"), y.get("price")):
@@ -81,11 +81,11 @@ def compare(recorded: dict[str, list[dict]], rerun: dict[str, list[dict]], *, to
         ra, rb = _nth(recorded.get(kind, [])), _nth(rerun.get(kind, []))
         for key in sorted(ra.keys() | rb.keys()):
             x, y = ra.get(key), rb.get(key)
-            if y is None:
+            if y is None and x is not None:
                 add(kind, key, "missing from the re-run", _brief(x, fields))
-            elif x is None:
+            elif x is None and y is not None:
                 add(kind, key, "only in the re-run", None, _brief(y, fields))
-            else:
+            elif x is not None and y is not None:
                 for f in fields:
                     if not _same(x.get(f), y.get(f)):
                         add(kind, key, f, x.get(f), y.get(f))

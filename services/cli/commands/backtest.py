@@ -166,7 +166,9 @@ def cmd_backtest(args) -> int:
             return fail(f"cannot read baseline {args.baseline}: {exc}")
         if not isinstance(baseline, dict) or not isinstance(baseline.get("trades"), list):
             return fail(f"{args.baseline} is not a backtest result (no 'trades' list)")
-    opts = bt.Options(start=args.start, end=args.end, resolution=args.resolution,
+    # (--parity: the window comes from the run; today as a placeholder until it is read)
+    opts = bt.Options(start=args.start or dt.date.today(), end=args.end or dt.date.today(),
+                      resolution=args.resolution,
                       symbols=[s for s in args.symbols.split(",") if s],
                       families=[f for f in args.families.split(",") if f] if args.families else None,
                       criteria=Criteria(min_trades=args.min_trades,
