@@ -14,10 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
-
-import sqlalchemy as sa
 
 from services.broker.config import BrokerConfig
 from services.broker.engine import Limits
@@ -85,13 +82,12 @@ def stored_users(url: str) -> list[dict] | None:
     from services.broker import credentials
     from spx_common.crypto import CryptoError, KeyRing
     from spx_common.store import Store, make_engine
+    from spx_common.store.broker import has_table
 
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+    if not has_table(url, "users"):
         return None
     engine = make_engine(url)
     try:
-        if not sa.inspect(engine).has_table("users"):
-            return None
         store = Store(engine)
         rows = store.users(enabled_only=True)
         ring: KeyRing | None = None

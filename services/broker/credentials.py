@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
-
-import sqlalchemy as sa
 
 from services.broker.config import BrokerConfig
 from spx_common.config import ConfigError, RuntimeConfig, load
 from spx_common.crypto import CryptoError, KeyRing, Secret
 from spx_common.store import Store, make_engine, open_store
+from spx_common.store.broker import StoreError, has_table
 from spx_common.store.config import StoreConfig
 
 BROKER = "tradier"
@@ -79,12 +77,11 @@ def with_stored_credentials(cfg: BrokerConfig, runtime: RuntimeConfig) -> Broker
     if cfg.access_token:
         return cfg
     url = store_url(runtime)
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
-        return cfg
-    engine = make_engine(url)
+    engine = None
     try:
-        if not sa.inspect(engine).has_table("broker_credentials"):
+        if not has_table(url, "broker_credentials"):
             return cfg
+        engine = make_engine(url)
         store = Store(engine)
         user = cfg.users[0]
         if store.credentials(user, BROKER) is None:
@@ -93,12 +90,13 @@ def with_stored_credentials(cfg: BrokerConfig, runtime: RuntimeConfig) -> Broker
             found = read(store, KeyRing.from_env(), user)
         except CryptoError as exc:
             raise ConfigError(f"[broker] sealed Tradier credentials of {user!r}: {exc}") from None
-    except sa.exc.SQLAlchemyError as exc:
+    except StoreError as exc:
         # database down: run without the stored token (paper mode sends nothing anywhere), say so loudly
         log.error("cannot read stored Tradier credentials (%s); running without them", type(exc).__name__)
         return cfg
     finally:
-        engine.dispose()
+        if engine is not None:
+            engine.dispose()
     if found is None:
         return cfg
     token, account = found

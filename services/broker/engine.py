@@ -31,7 +31,7 @@ Safety, by construction:
 
 from __future__ import annotations
 
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 import datetime as dt
 import math
 from collections import OrderedDict
@@ -362,6 +362,9 @@ class Engine:
             if side == "sell_to_close":
                 return None  # a sell for nothing this process holds: left alone (flatten cancels it)
             trade = self.trades[key] = TradeState(user, key[1], symbol)
+        side_: Literal["buy_to_open", "sell_to_close"] = "buy_to_open" if side == "buy_to_open" else "sell_to_close"
+        kind: Literal["market", "limit", "stop", "stop_limit"] = \
+            type_ if type_ in ("market", "limit", "stop", "stop_limit") else "limit"  # type: ignore[assignment]
         role = "entry" if side == "buy_to_open" else ("stop" if type_ in ("stop", "stop_limit") else "exit")
         if exiting and role == "exit":
             trade.exiting = True
@@ -375,8 +378,8 @@ class Engine:
             self._entries.add(oid)
         if role == "stop" and stop is not None and 0 < stop <= router.MAX_PRICE:
             trade.stop_price = max(trade.stop_price or 0.0, float(stop))
-        return Order(order_id=oid, user=user, setup_id=key[1], option_symbol=symbol, side=side, quantity=qty,
-                     type=type_ if type_ in ("market", "limit", "stop", "stop_limit") else "limit", price=price,
+        return Order(order_id=oid, user=user, setup_id=key[1], option_symbol=symbol, side=side_, quantity=qty,
+                     type=kind, price=price,
                      stop=stop, status="open", reason="working at the broker before a restart: taken over", ts=ts)
 
     def protect(self, ts: int, users: list[str] | None = None) -> list[Intent]:

@@ -1,22 +1,24 @@
-"""Restore the ledger after a restart from the store (what the recorder persisted from our frames).
+"""Restore the ledger after a restart: the store's view (what the recorder persisted from our frames),
+brought up to date with this broker's own outbox.
 
-Read once at start, off the event loop: open positions of the configured users (``positions``),
-today's entries (``orders``, ``buy_to_open`` since ET midnight) and the latest portfolio snapshot
-(``portfolio_snapshots``, for the paper account's cash).  A missing database or schema means a first
-start: nothing is restored.  Only reads; the recorder stays the only writer.
+* :func:`load` -- read once at start, off the event loop (``spx_common.store.broker.broker_rows``: the
+  only place with the statements): open positions of the configured users, today's entries, the latest
+  portfolio snapshot's cash (paper account) and the newest protective stop level per position. A missing
+  database or schema means a first start: nothing is restored. Only reads; the recorder stays the only writer.
+* :func:`newest_of_outbox` (pure) -- the outbox is a contiguous tail of what this broker published, so a
+  position it has a frame for is at that frame's state, the newest stop order frame gives the stop level,
+  and today's entries it holds are counted unless the store has them (:func:`add_unstored_entries`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import sqlalchemy as sa
+from typing import Any
 
 from spx_common.calendar import ET
-from spx_common.store import make_engine
-from spx_common.store import tables as t
+from spx_common.store.broker import broker_rows
 
 
 @dataclass
@@ -35,38 +37,49 @@ def et_midnight_ns(now_ns: int) -> int:
 
 
 def load(url: str, users: list[str], now_ns: int, source: str | None = None) -> Restored:
-    """Read what the store holds for ``users``; an absent database or schema restores nothing. With
-    ``source`` only rows of that provenance (``spx_common.provenance``): a live broker never takes
-    over a demo's paper positions, cash or entry count."""
-    out = Restored()
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
-        return out
-    engine = make_engine(url)
-    try:
-        if not sa.inspect(engine).has_table("positions"):
-            return out
-        with engine.connect() as c:
-            of = (lambda table: table.c.source == source) if source is not None else (lambda table: sa.true())
-            rows = c.execute(sa.select(t.positions).where(t.positions.c.user.in_(users), of(t.positions),
-                                                          t.positions.c.quantity != 0)).mappings()
-            out.positions = [dict(r) for r in rows]
-            counts = c.execute(
-                sa.select(t.orders.c.user, sa.func.count()).where(
-                    t.orders.c.user.in_(users), t.orders.c.side == "buy_to_open", of(t.orders),
-                    t.orders.c.ts >= et_midnight_ns(now_ns)).group_by(t.orders.c.user))
-            out.entries = {u: int(n) for u, n in counts}
-            stops = c.execute(
-                sa.select(t.orders.c.user, t.orders.c.option_symbol, t.orders.c.stop).where(
-                    t.orders.c.user.in_(users), t.orders.c.side == "sell_to_close",
-                    t.orders.c.type.in_(("stop", "stop_limit")), t.orders.c.stop.is_not(None), of(t.orders),
-                    t.orders.c.ts >= et_midnight_ns(now_ns)).order_by(t.orders.c.ts))
-            out.stops = {(u, sym): float(level) for u, sym, level in stops}  # ascending ts: the newest wins
-            for user in users:
-                snap = c.execute(sa.select(t.portfolio_snapshots.c.body).where(t.portfolio_snapshots.c.user == user,
-                                                                              of(t.portfolio_snapshots))
-                                 .order_by(t.portfolio_snapshots.c.ts.desc()).limit(1)).scalar()
-                if isinstance(snap, dict) and isinstance(snap.get("total_cash"), (int, float)):
-                    out.cash[user] = float(snap["total_cash"])
-    finally:
-        engine.dispose()
-    return out
+    """Read what the store holds for ``users`` (today = since ET midnight of ``now_ns``); an absent
+    database or schema restores nothing. With ``source`` only rows of that provenance
+    (``spx_common.provenance``): a live broker never takes over a demo's paper positions, cash or entries."""
+    rows = broker_rows(url, users, et_midnight_ns(now_ns), source)
+    return Restored(rows.positions, rows.entries, rows.cash, rows.stops)
+
+
+def newest_of_outbox(state: Restored, frames: Iterable[tuple[str, Any]], users: Iterable[str],
+                     now_ns: int) -> dict[str, set[str]]:
+    """Bring ``state`` (the store's view) up to date with the outbox's decoded ``(type, body)`` frames, in
+    publish order (pure): a position the outbox has a frame for takes that frame's state (flat ones are
+    dropped); the newest ``stop``/``stop_limit`` order frame of today sets the stop level. Returns today's
+    entry order ids per user found in the outbox: the caller counts those the store lacks
+    (:func:`add_unstored_entries`)."""
+    known = set(users)
+    midnight = et_midnight_ns(now_ns)
+    positions: dict[tuple[str, str], Any] = {}
+    entries: dict[str, set[str]] = {}
+    for kind, body in frames:
+        if getattr(body, "user", None) not in known:
+            continue
+        if kind == "position":
+            positions[(body.user, body.option_symbol)] = body
+        elif kind == "order" and body.ts >= midnight:
+            if body.side == "buy_to_open":
+                entries.setdefault(body.user, set()).add(body.order_id)
+            elif body.type in ("stop", "stop_limit") and body.stop is not None:
+                state.stops[(body.user, body.option_symbol)] = body.stop
+    if positions:
+        rows = {(r["user"], r["option_symbol"]): r for r in state.positions}
+        for key, pos in positions.items():
+            rows[key] = {"user": pos.user, "option_symbol": pos.option_symbol, "quantity": pos.quantity,
+                         "avg_price": pos.avg_price, "realized_pnl": pos.realized_pnl}
+        state.positions = [r for r in rows.values() if float(r["quantity"]) > 0]
+    return entries
+
+
+def add_unstored_entries(state: Restored, entries: dict[str, set[str]], stored: set[str]) -> int:
+    """Count the outbox's entries the store does not hold (pure); returns how many were added."""
+    added = 0
+    for user, ids in entries.items():
+        n = len(ids - stored)
+        if n:
+            state.entries[user] = state.entries.get(user, 0) + n
+            added += n
+    return added

@@ -55,7 +55,8 @@ from services.broker.credentials import with_stored_credentials
 from services.broker.engine import Block, Cancel, Engine, Gates, Intent, Modify, Place
 from services.broker.ledger import Ledger
 from services.broker.reconcile import plan as reconcile_plan
-from services.broker.restore import load as restore_state
+from services.broker import restore
+from services.broker.restore import Restored
 from services.broker.tradier import (
     FINAL_STATUSES, OPEN_STATUSES, PlacementUnresolved, TradierClient, TradierError, TradierTokenExpired,
     account_events, dec, exec_quantity, token_fingerprint,
@@ -65,6 +66,7 @@ from spx_common.clock import EventClock
 from spx_common.config import load
 from spx_common.models import BlockEvent, ContractRecommendation, ExitAdvice, Quote, SetupTransition
 from spx_common.service import BusService
+from spx_common.store.broker import stored_order_ids
 
 def _price(value: Any) -> float | None:
     """A broker price field: None when absent, zero or not a finite positive number."""
@@ -1086,12 +1088,10 @@ class BrokerService(BusService):
         try:
             from spx_common import provenance
 
-            state = await asyncio.to_thread(restore_state, url, list(self.users), time.time_ns(),
+            state = await asyncio.to_thread(restore.load, url, list(self.users), time.time_ns(),
                                             provenance.configured()[0])
         except Exception as exc:  # the store is optional for trading: log loudly, restore what we published
             self.log.warning("ledger not restored from the store: %r", exc)
-            from services.broker.restore import Restored
-
             state = Restored()
         try:
             await asyncio.to_thread(self._newest_of_outbox, state, url, time.time_ns())
@@ -1124,64 +1124,26 @@ class BrokerService(BusService):
             self.log.info("restored from the store: %d position(s), entries today %s", len(state.positions),
                           state.entries)
 
-    def _newest_of_outbox(self, state, url: str, now_ns: int) -> None:
+    def _newest_of_outbox(self, state: Restored, url: str, now_ns: int) -> None:
         """Bring the store's view (``state``) up to date with what this broker published itself (its
         outbox): the recorder may not have written the newest orders, fills and positions when it died
-        with us (issue 8). The outbox is a contiguous tail of what was published, so a position it
-        has a frame for is at that frame's state; today's entries are the stored ones plus those
-        only the outbox knows."""
+        with us (issue 8; :func:`restore.newest_of_outbox`)."""
         from spx_common.codec import FrameError, decode_frames
 
-        from services.broker.restore import et_midnight_ns
-
-        users = set(self.users)
-        positions: dict[tuple[str, str], Any] = {}
-        entries: dict[str, set[str]] = {}
-        midnight = et_midnight_ns(now_ns)
+        frames = []
         for topic, payload in self.outbox_frames:
             try:
                 frame = decode_frames([topic.encode(), payload])
-                if frame.type not in ("position", "order"):
-                    continue
-                body = frame.body()
+                if frame.type in ("position", "order"):
+                    frames.append((frame.type, frame.body()))
             except FrameError:
                 continue
-            if body.user not in users:
-                continue
-            if frame.type == "position":
-                positions[(body.user, body.option_symbol)] = body
-            elif body.side == "buy_to_open" and body.ts >= midnight:
-                entries.setdefault(body.user, set()).add(body.order_id)
-            elif body.type in ("stop", "stop_limit") and body.stop is not None and body.ts >= midnight:
-                state.stops[(body.user, body.option_symbol)] = body.stop  # the newest protective stop level
-        if positions:
-            rows = {(r["user"], r["option_symbol"]): r for r in state.positions}
-            for key, pos in positions.items():
-                rows[key] = {"user": pos.user, "option_symbol": pos.option_symbol, "quantity": pos.quantity,
-                             "avg_price": pos.avg_price, "realized_pnl": pos.realized_pnl}
-            state.positions = [r for r in rows.values() if float(r["quantity"]) > 0]
-        ids = sorted(set().union(*entries.values())) if entries else []
-        if ids:
-            import sqlalchemy as sa
-
-            from spx_common.store import make_engine
-            from spx_common.store import tables as t
-
-            stored: set[str] = set()
-            engine = make_engine(url)
-            try:
-                if sa.inspect(engine).has_table("orders"):
-                    with engine.connect() as c:
-                        for i in range(0, len(ids), 500):
-                            stored.update(r[0] for r in c.execute(
-                                sa.select(t.orders.c.order_id).where(t.orders.c.order_id.in_(ids[i:i + 500]))))
-            finally:
-                engine.dispose()
-            for user, oids in entries.items():
-                state.entries[user] = state.entries.get(user, 0) + len(oids - stored)
-        if positions or ids:
-            self.log.info("ledger brought up to date with the outbox: %d position frame(s), %d entries today",
-                          len(positions), len(ids))
+        entries = restore.newest_of_outbox(state, frames, self.users, now_ns)
+        ids = set().union(*entries.values()) if entries else set()
+        added = restore.add_unstored_entries(state, entries, stored_order_ids(url, ids) if ids else set())
+        if frames:
+            self.log.info("ledger brought up to date with the outbox: %d frame(s), %d entries today only there",
+                          len(frames), added)
 
     async def main(self) -> None:
         await self.restore()

@@ -93,7 +93,8 @@ def test_fake_tradier_spy_shares_untouched_option_adopted_at_cost_per_share(run_
             h.quote(1.5, 1.6, T0)
             res = h.call("flatten", {})
             assert len(res["cancels"]) == 1  # the adopted option's protective stop first, then its exit
-            exits = lambda: [i for i, o in fake.orders.items() if o["side"] == "sell_to_close" and o["type"] != "stop"]
+            def exits():
+                return [i for i, o in fake.orders.items() if o["side"] == "sell_to_close" and o["type"] != "stop"]
             eventually(exits, 10)
             fake.fill(exits()[0], 3, 1.5)
             eventually(lambda: h.seen("position.default")[-1].quantity == 0, 10, what="option flattened")
