@@ -39,8 +39,9 @@ from spx_common.metrics import Registry
 from spx_common.models import Heartbeat
 from spx_common.outbox import Outbox
 from spx_common.sockets import ensure_ipc_dir, prep
+from spx_common.topics import HEARTBEAT
 
-HEARTBEAT_PREFIX = "hb."
+HEARTBEAT_PREFIX = HEARTBEAT
 MAX_TRACKED_STREAMS = 100_000
 _SNDMORE = int(zmq.SNDMORE)
 

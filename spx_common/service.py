@@ -54,6 +54,7 @@ from spx_common.curve import CurveKeys
 from spx_common.flags import FlagStore
 from spx_common.metrics import Registry, serve_http
 from spx_common.models import Watermark
+from spx_common.topics import WATERMARK, watermark_topic
 
 FrameHandler = Callable[[Frame, Any], Any]
 
@@ -349,7 +350,7 @@ class BusService:
         if self._wm_out is not None and ns <= self._wm_out:
             return
         self._wm_out = ns
-        self.publish(f"wm.{self.instance}", "watermark", Watermark(ns=ns), min(ns, FINAL_NS))
+        self.publish(watermark_topic(self.instance), "watermark", Watermark(ns=ns), min(ns, FINAL_NS))
 
     def _replay_rpc(self, p: dict) -> dict:
         """``replay {prefixes?}``: the kept frames (topic, payload as published), oldest first."""
@@ -443,7 +444,7 @@ class BusService:
         if al is not None:
             topic = frame.topic
             self._stream_seen[frame.src] = time.monotonic()
-            if topic.startswith("wm."):
+            if topic.startswith(WATERMARK):
                 try:
                     al.watermark(frame.src, frame.body().ns, frame.session)
                 except FrameError as exc:
@@ -566,7 +567,8 @@ class BusService:
                 state, detail = "degraded", "; ".join(faults) + (f" | {detail}" if detail else "")
             self.pub.heartbeat(self.started_ns, state, detail, self._heartbeat_stats(), self.flags)
             if self._wm_out is not None:  # the watermark again: a silent stream still tells where it is
-                self.publish(f"wm.{self.instance}", "watermark", Watermark(ns=self._wm_out), min(self._wm_out, FINAL_NS))
+                self.publish(watermark_topic(self.instance), "watermark", Watermark(ns=self._wm_out),
+                             min(self._wm_out, FINAL_NS))
             if self.aligner is not None:
                 self._align_idle()
                 self.release_aligned()
@@ -632,7 +634,7 @@ class BusService:
                 peers.append(instance)
             prefixes.extend(topics)
         if self.aligner is not None:
-            prefixes.append("wm.")
+            prefixes.append(WATERMARK)
             for service, topics in self.subscriptions.items():
                 if any(t.startswith(self.aligned) or any(a.startswith(t) for a in self.aligned) for t in topics):
                     for instance in self.bus.instances_of(service):

@@ -38,6 +38,7 @@ from spx_common.marketrules import TradeRules
 from spx_common.calendar import ET
 from spx_common.models import MicroBar
 from spx_common.service import BusService
+from spx_common.topics import TICK, WATERMARK, bar_topic
 
 _ENCODER = msgspec.msgpack.Encoder()
 
@@ -53,7 +54,7 @@ class Aggregator(BusService):
 
     name = "aggregator"
     watermarks = True
-    subscriptions = {"feed": ["tick.", "wm."]}
+    subscriptions = {"feed": [TICK, WATERMARK]}
     lazy_ticks = True
 
     def __init__(self, *args, config: AggregatorConfig | None = None, **kw) -> None:
@@ -92,8 +93,8 @@ class Aggregator(BusService):
             self.log.warning("bar core: pure Python (%s)", NOT_COMPILED_WHY)
         if self.cfg.warmup_from_journal:
             self.warm_up()
-        self.on("tick.", self.on_ticks, raw=True)
-        self.on("wm.", self.on_watermark)
+        self.on(TICK, self.on_ticks, raw=True)
+        self.on(WATERMARK, self.on_watermark)
         self.rpc("last", lambda p: self.cache.last(_sym(p)))
         self.rpc("ticks_since", self.rpc_ticks_since)
         self.rpc("bars_since", self.rpc_bars_since)
@@ -118,7 +119,7 @@ class Aggregator(BusService):
                                    "(aggregator_fallback_frames_total)", topic=frame.topic)
             n = agg.feed(_ENCODER.encode(events))
             if n < 0:  # a body that validated, refused by the core even in msgspec's encoding: count, go on
-                self.handler_errors.inc(topic="tick.")
+                self.handler_errors.inc(topic=TICK)
                 self._rate_log.warning("unfed", f"the bar core did not take a {frame.type} body that validated, "
                                        f"on {frame.topic} from {frame.src}", topic=frame.topic)
                 return
@@ -156,7 +157,7 @@ class Aggregator(BusService):
         keep, publish, wm = self._keep, self.publish, self.agg.watermark
         for bar in self.agg.drain():
             keep(bar)
-            publish(f"bar.{bar.interval}.{bar.sym}", "bar", bar, wm)
+            publish(bar_topic(bar.interval, bar.sym), "bar", bar, wm)
             counts[bar.interval] = counts.get(bar.interval, 0) + 1
         for interval, n in counts.items():
             self.bars_out.inc(n, interval=interval)
@@ -169,7 +170,7 @@ class Aggregator(BusService):
                 for interval, _ in self.agg.intervals:
                     bar = self.agg.current(sym, interval)
                     if bar is not None:
-                        self.publish(f"bar.{interval}.{sym}", "bar", bar, self.agg.watermark)
+                        self.publish(bar_topic(interval, sym), "bar", bar, self.agg.watermark)
                         self.progress_out.inc()
 
     def periodic(self) -> None:
@@ -265,7 +266,7 @@ class Aggregator(BusService):
         ring = self.bars.get((sym, interval))
         bars = ring.since(since, limit) if ring is not None else []
         return {"sym": sym, "interval": interval, "bars": bars, "current": self.agg.current(sym, interval),
-                "topic_seq": self.pub.last_seq(f"bar.{interval}.{sym}") if self.pub else 0}
+                "topic_seq": self.pub.last_seq(bar_topic(interval, sym)) if self.pub else 0}
 
 
 def _sym(p: dict) -> str:

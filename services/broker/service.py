@@ -67,6 +67,8 @@ from spx_common.config import load
 from spx_common.models import BlockEvent, ContractRecommendation, ExitAdvice, Quote, SetupTransition
 from spx_common.service import BusService
 from spx_common.store.broker import stored_order_ids
+from spx_common.topics import (EXIT, FILL, OPTION_TICK, ORDER, POSITION, RECO, SETUP_TRANSITION, alert_topic,
+                               block_topic, fill_topic, order_topic, portfolio_topic, position_topic)
 
 def _price(value: Any) -> float | None:
     """A broker price field: None when absent, zero or not a finite positive number."""
@@ -101,8 +103,8 @@ class BrokerService(BusService):
     """Broker: paper or Tradier execution, fills, ledger, portfolio sync, reconciliation, flatten."""
 
     name = "broker"
-    subscriptions = {"detector": ["setup.transition"], "selector": ["reco.", "exit."], "feed": ["tick.O:"]}
-    replayable = ("order.", "fill.", "position.")  # the recorder catches up after a restart or a gap
+    subscriptions = {"detector": [SETUP_TRANSITION], "selector": [RECO, EXIT], "feed": [OPTION_TICK]}
+    replayable = (ORDER, FILL, POSITION)  # the recorder catches up after a restart or a gap
 
     def __init__(self, *args: Any, config: BrokerConfig | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -176,10 +178,10 @@ class BrokerService(BusService):
         self._notices: list[tuple[str, str, Any]] = []
         if any(a.tradier is not None for a in self.accounts):
             logging.getLogger("httpx").setLevel(logging.WARNING)
-        self.on("setup.transition", self._on_transition)
-        self.on("reco.", self._on_reco)
-        self.on("exit.", self._on_exit)
-        self.on("tick.O:", self._on_ticks)
+        self.on(SETUP_TRANSITION, self._on_transition)
+        self.on(RECO, self._on_reco)
+        self.on(EXIT, self._on_exit)
+        self.on(OPTION_TICK, self._on_ticks)
         self.rpc("ledger", lambda p: self.ledger.snapshot(p.get("user")))
         self.rpc("flatten", self._rpc_flatten)
         self.rpc("slippage", lambda p: self.ledger.slippage_stats())
@@ -277,7 +279,7 @@ class BrokerService(BusService):
         ts = self._now()
         for user in self.users:
             self.m_alerts.inc(kind="flags_invalid")
-            self.publish(f"alert.{user}", "doc", {
+            self.publish(alert_topic(user), "doc", {
                 "kind": "flags_invalid", "severity": "critical", "ts": ts, "user": user, "data": {"error": err},
                 "message": f"The switches file is not usable ({err}); the kill switch is ON and no entry is sent "
                            "until a valid file is written (spx flags set). Exits and flatten still go through."}, ts)
@@ -346,7 +348,7 @@ class BrokerService(BusService):
                     if len(self._marked) >= MAX_BROKER_IDS:
                         self._marked.clear()
                     self._marked[key] = ev.ts
-                    self.publish(f"position.{pos.user}", "position", pos, ev.ts)
+                    self.publish(position_topic(pos.user), "position", pos, ev.ts)
             for a in self.accounts:
                 if a.paper is not None:
                     for e in a.paper.on_quote(sym, ev.bid, ev.ask, ev.ts, ev.bid_size, ev.ask_size):
@@ -377,11 +379,11 @@ class BrokerService(BusService):
         self.m_blocks.inc(reason=reason)
         body = BlockEvent(service="broker", reason=reason, ts=self._now(), subject=f"{user}:{subject}" if user else subject,
                           detail=detail[:500])
-        self.publish("block.broker", "block", body, body.ts)
+        self.publish(block_topic("broker"), "block", body, body.ts)
 
     def _publish_order(self, order) -> None:
         if order is not None:
-            self.publish(f"order.{order.user}", "order", order, order.ts)
+            self.publish(order_topic(order.user), "order", order, order.ts)
 
     async def _worker(self, a: acc.Account) -> None:
         """One account's broker I/O, in order; a slow or failing broker only delays this account."""
@@ -552,10 +554,10 @@ class BrokerService(BusService):
         self._publish_order(order)
         if fill is not None:
             self.m_fills.inc()
-            self.publish(f"fill.{fill.user}", "fill", fill, ts)
+            self.publish(fill_topic(fill.user), "fill", fill, ts)
             self._paper_balances(a, ts)  # keep the buying power the engine sizes with current (cheap locally)
         if position is not None:
-            self.publish(f"position.{position.user}", "position", position, ts)
+            self.publish(position_topic(position.user), "position", position, ts)
         self._submit(self.engine.on_order_event(order_id, status, qty, avg, ts))
 
     # ------------------------------------------------------------------ alerts, portfolio, reconcile, flatten
@@ -564,7 +566,7 @@ class BrokerService(BusService):
         if not self.cooldown.allow(user, kind, ts):
             return
         self.m_alerts.inc(kind=kind)
-        self.publish(f"alert.{user}", "doc", {"kind": kind, "severity": severity, "message": message, "ts": ts,
+        self.publish(alert_topic(user), "doc", {"kind": kind, "severity": severity, "message": message, "ts": ts,
                                                "user": user, "data": data}, ts)
 
     async def _balances(self, a: acc.Account) -> dict:
@@ -712,7 +714,7 @@ class BrokerService(BusService):
         mode = a.kind
         for user in a.users:
             if self.snapshots.should_publish(user, snap):
-                self.publish(f"portfolio.{user}", "doc", {**snap, "user": user, "ts": ts, "mode": mode,
+                self.publish(portfolio_topic(user), "doc", {**snap, "user": user, "ts": ts, "mode": mode,
                                                           "pnl": self.ledger.pnl(user)}, ts)
             policy = (a.record or {}).get("day_trading_policy") or self.cfg.pdt_policy
             for al in pf.behaviour_alerts(snap, policy=policy, pdt_min_equity=self.cfg.pdt_min_equity,
@@ -858,13 +860,13 @@ class BrokerService(BusService):
         plan = pf.adoption(a.last_position_rows or [], set(self._ledger_positions(a)))
         for sym, qty in plan["shorts"]:
             self.m_alerts.inc(kind="short")
-            self._notices.append((f"alert.{user}", "doc", {
+            self._notices.append((alert_topic(user), "doc", {
                 "kind": f"short:{sym}", "severity": "critical", "ts": ts, "user": user, "data": {},
                 "message": f"The broker holds a SHORT {sym} ({qty:g}); this service never opens shorts "
                            "and will not touch it."}))
         for sym, qty in plan["others"]:
             self.m_alerts.inc(kind="not_an_option")
-            self._notices.append((f"alert.{user}", "doc", {
+            self._notices.append((alert_topic(user), "doc", {
                 "kind": f"not_an_option:{sym}", "severity": "info", "ts": ts, "user": user,
                 "data": {"symbol": sym, "quantity": qty},
                 "message": f"The broker account holds {sym} x{qty:g}, not an option: reported only, never "
@@ -873,7 +875,7 @@ class BrokerService(BusService):
         for sym, qty, avg in plan["adopt"]:
             self.engine.adopt(user, sym, qty, avg, ts)
             pos = self.ledger.adopt(user, sym, qty, avg, ts)
-            self._notices.append((f"position.{user}", "position", pos))
+            self._notices.append((position_topic(user), "position", pos))
             self.log.warning("adopted broker position %s x%g @ %.4f for %s", sym, qty, avg, user)
 
     async def poll_orders(self, a: acc.Account) -> None:
@@ -978,12 +980,12 @@ class BrokerService(BusService):
                 qty = broker[sym]
                 avg = float(cost) / (qty * pf.multiplier(row)) if cost is not None and qty else 0.0
                 self.engine.adopt(owner, sym, delta, avg, ts)
-                self._notices.append((f"position.{owner}", "position", self.ledger.align(owner, sym, delta, avg, ts)))
+                self._notices.append((position_topic(owner), "position", self.ledger.align(owner, sym, delta, avg, ts)))
                 self.log.warning("flatten: %s holds %g more %s than the ledger: adopted", a.name, delta, sym)
             else:
                 self.engine.trim(a.users, sym, -delta)
                 if len(a.users) == 1:
-                    self._notices.append((f"position.{owner}", "position",
+                    self._notices.append((position_topic(owner), "position",
                                           self.ledger.align(owner, sym, delta, 0.0, ts)))
                 self.log.warning("flatten: %s holds %g fewer %s than the ledger: taken off", a.name, -delta, sym)
         return changes
@@ -1110,7 +1112,7 @@ class BrokerService(BusService):
                 held = a.paper.positions.setdefault(sym, [0.0, 0.0])
                 held[0] += qty
                 held[1] += qty * avg * 100
-            self._notices.append((f"position.{user}", "position", pos))
+            self._notices.append((position_topic(user), "position", pos))
         for user, n in state.entries.items():
             self.engine.seed_entries(user, n, ts)
         for a in self.accounts:

@@ -23,6 +23,7 @@ from spx_common import models as m
 from spx_common.codec import Frame
 from spx_common.config import BusConfig, RuntimeConfig, load
 from spx_common.service import BusService
+from spx_common.topics import ALERT, BAR, EXIT, FEEDBACK_COACH, POSITION, SETUP_TRANSITION, STATE_MARKET, coach_topic
 
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
@@ -57,11 +58,11 @@ class CoachService(BusService):
                  instance: str | None = None, config: CoachConfig | None = None) -> None:
         self.config = config or load(CoachConfig)
         self.subscriptions = {
-            "detector": ["setup.transition", "state.market"],
+            "detector": [SETUP_TRANSITION, STATE_MARKET],
             "aggregator": [f"bar.{self.config.bar_interval}."],
-            "selector": ["exit."],
-            "broker": ["alert.", "position."],
-            "gateway": ["feedback.coach"],  # users' ack / dismiss of alerts (issue 28)
+            "selector": [EXIT],
+            "broker": [ALERT, POSITION],
+            "gateway": [FEEDBACK_COACH],  # users' ack / dismiss of alerts (issue 28)
             # heartbeats only: a process reporting itself degraded (a full disk) is a critical alert
             "feed": [], "recorder": [],
         }
@@ -120,20 +121,20 @@ class CoachService(BusService):
     def setup(self) -> None:
         self.load_preferences()
         core = self.coach
-        self.on("setup.transition", lambda f, b: self._publish(core.on_transition(b)))
-        self.on("state.market", lambda f, b: core.on_market(b))
-        self.on("bar.", lambda f, b: self._publish(core.on_bar(b)))
-        self.on("exit.", lambda f, b: self._publish(core.on_exit(b)))
-        self.on("alert.", self._on_alert)
-        self.on("position.", lambda f, b: core.see_user(f.topic[len("position."):]))
-        self.on("feedback.coach", self._on_feedback)
+        self.on(SETUP_TRANSITION, lambda f, b: self._publish(core.on_transition(b)))
+        self.on(STATE_MARKET, lambda f, b: core.on_market(b))
+        self.on(BAR, lambda f, b: self._publish(core.on_bar(b)))
+        self.on(EXIT, lambda f, b: self._publish(core.on_exit(b)))
+        self.on(ALERT, self._on_alert)
+        self.on(POSITION, lambda f, b: core.see_user(f.topic[len(POSITION):]))
+        self.on(FEEDBACK_COACH, self._on_feedback)
 
     def _on_feedback(self, frame: Frame, fb: Any) -> None:
         if self.feedback.answered(fb, time.monotonic()):
             self.m_answers.inc(action=fb.action)
 
     def _on_alert(self, frame: Frame, doc: dict[str, Any]) -> None:
-        user = frame.topic[len("alert."):]
+        user = frame.topic[len(ALERT):]
         try:
             events = self.coach.on_alert(user, doc)
         except ValueError as exc:
@@ -153,7 +154,7 @@ class CoachService(BusService):
             if why is not None:
                 self.m_filtered.inc(reason=why)
                 continue
-            self.publish(f"coach.{ev.user}", "coach", ev, ev.ts)
+            self.publish(coach_topic(ev.user), "coach", ev, ev.ts)
             self.m_alerts.inc(kind=ev.kind)
             self.feedback.sent(ev.kind, ev.id, now)
             if ev.kind in TACTICAL:

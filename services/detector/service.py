@@ -37,24 +37,25 @@ from spx_common.codec import FrameError, decode_frames
 from spx_common.config import load
 from spx_common.models import BlockEvent, MicroBar
 from spx_common.service import BusService
-from spx_common.topics import is_one_symbol, tick_topic
+from spx_common.topics import (BAR, CHAIN, SETUP_CANDIDATE, SETUP_SHADOW, SETUP_TRANSITION, STATE_MARKET,
+                               STATUS_DETECTOR_PLUGIN, STATUS_FEED, TICK, block_topic, is_one_symbol, tick_topic)
 
 
 class DetectorService(BusService):
     """Detector host: plugins, market state, gating and the setup lifecycle."""
 
     name = "detector"
-    subscriptions = {"aggregator": ["bar."], "feed": ["tick.", "chain.", "status.feed"]}
-    replayable = ("setup.transition", "setup.shadow")  # the recorder catches up after a restart or a gap
-    aligned = ("tick.", "bar.", "chain.")
+    subscriptions = {"aggregator": [BAR], "feed": [TICK, CHAIN, STATUS_FEED]}
+    replayable = (SETUP_TRANSITION, SETUP_SHADOW)  # the recorder catches up after a restart or a gap
+    aligned = (TICK, BAR, CHAIN)
 
     def __init__(self, *args, config: DetectorConfig | None = None, **kw) -> None:
         super().__init__(*args, **kw)
         self.cfg = config or load(DetectorConfig)
         # ticks of the watched symbols only: the lifecycle reads nothing else, and at load the option
         # quotes (most of the tick traffic) would cost a receive and a decode each for nothing
-        self.subscriptions = {"aggregator": ["bar."],
-                              "feed": sorted({tick_topic(s) for s in self.cfg.symbols}) + ["chain.", "status.feed"]}
+        self.subscriptions = {"aggregator": [BAR],
+                              "feed": sorted({tick_topic(s) for s in self.cfg.symbols}) + [CHAIN, STATUS_FEED]}
         self.host = build_host(self.cfg)
         self.engine = DetectorEngine(self.cfg, self.host)
         m = self.metrics
@@ -84,11 +85,11 @@ class DetectorService(BusService):
         bar bucket, keyed by the bucket start (ticks of one symbol stay in stream order; the lifecycle of one
         symbol never reads another's ticks, so runs of different symbols commute); a chain by its time."""
         topic = frame.topic
-        if topic.startswith("bar."):
+        if topic.startswith(BAR):
             if not body.closed or body.interval != self.cfg.interval or body.sym not in self.engine.watched:
                 return []
             return [(body.start_ns + self._iv, (0, body.sym), body)]
-        if topic.startswith("tick."):
+        if topic.startswith(TICK):
             watched = self.engine.watched
             events = body if is_one_symbol(topic, body) else [ev for ev in body if ev.sym in watched]
             if not events or events[0].sym not in watched:
@@ -112,10 +113,10 @@ class DetectorService(BusService):
             self.log.error("plugin not loaded: %s", err)
         if not self.host.plugins:
             self.log.error(NO_PLUGINS_WARNING)
-        self.on("bar.", self._on_bar)
-        self.on("tick.", self._on_ticks)
-        self.on("chain.", lambda f, doc: self.engine.on_chain(doc))
-        self.on("status.feed", lambda f, st: self.engine.on_feed_status(st.mode, st.detail))
+        self.on(BAR, self._on_bar)
+        self.on(TICK, self._on_ticks)
+        self.on(CHAIN, lambda f, doc: self.engine.on_chain(doc))
+        self.on(STATUS_FEED, lambda f, st: self.engine.on_feed_status(st.mode, st.detail))
         self.rpc("plugins", lambda p: {"plugins": self.host.describe(), "load_errors": self.host.load_errors,
                                          "available": self.host.available})
         self.rpc("active", lambda p: [{"setup_id": s.id, "state": s.state, "detector": s.cand.detector,
@@ -222,8 +223,8 @@ class DetectorService(BusService):
 
     def _publish_transition(self, tr, origin_pub_ns: int) -> None:
         if tr.to_state == "forming":
-            self.publish("setup.candidate", "setup_candidate", self.engine.candidates[tr.setup_id], tr.ts)
-        topic = "setup.shadow" if self.flags.get("evaluator_logging_only") else "setup.transition"
+            self.publish(SETUP_CANDIDATE, "setup_candidate", self.engine.candidates[tr.setup_id], tr.ts)
+        topic = SETUP_SHADOW if self.flags.get("evaluator_logging_only") else SETUP_TRANSITION
         self.publish(topic, "setup_transition", tr, tr.ts)
         self.transitions.inc(to_state=tr.to_state)
         self.latency.observe((time.time_ns() - origin_pub_ns) / 1e6)
@@ -231,12 +232,12 @@ class DetectorService(BusService):
     def _flush_refusals(self) -> None:
         for reason, subject in self.engine.drain_blocks():
             self.blocked.inc(reason=reason)
-            self.publish("block.detector", "block",
+            self.publish(block_topic("detector"), "block",
                          BlockEvent(service=self.instance, reason=reason, ts=self.engine.now_ns, subject=subject),
                          self.engine.now_ns)
         for st in self.host.events.status:
             self.log.warning("plugin %s %s: %s", st["plugin"], st["status"], st["reason"])
-            self.publish("status.detector.plugin", "doc", st, self.engine.now_ns)
+            self.publish(STATUS_DETECTOR_PLUGIN, "doc", st, self.engine.now_ns)
         self.host.events.status.clear()
 
     async def main(self) -> None:
@@ -248,7 +249,7 @@ class DetectorService(BusService):
             await asyncio.sleep(self.cfg.state_every_s)
             self._last_state = self.engine.market_state()
             if self._last_state:
-                self.publish("state.market", "doc", self._last_state, self.engine.now_ns)
+                self.publish(STATE_MARKET, "doc", self._last_state, self.engine.now_ns)
             if time.monotonic() - last_profile > 30:
                 last_profile = time.monotonic()
                 await asyncio.get_running_loop().run_in_executor(None, self.refresh_profile)

@@ -53,6 +53,7 @@ from spx_common import journal
 from spx_common.bus import RpcError
 from spx_common.journal import read_journal_tail
 from spx_common.models import IndexValue, MarketEvent
+from spx_common.topics import STATUS_BACKFILL
 
 from services.feed.livecore import (Action, Backfill, Gap, GapMerged, LiveCore, Poll, Resubscribe, SetMode,
                                     in_market_hours, option_topics)
@@ -449,7 +450,7 @@ class LiveIngest:
         if overlap:
             self.m_overlap.inc(overlap, market=market)
         if self.svc.pub is not None:
-            self.svc.publish("status.backfill", "doc", summary, end_ns)
+            self.svc.publish(STATUS_BACKFILL, "doc", summary, end_ns)
         self.svc.log.info("backfilled %s gap of %.1fs: %d symbols, fetched %s, published %d (%d already delivered)%s",
                           market, (end_ns - summary["gap_start_ns"]) / 1e9, len(plan), fetched, published, overlap,
                           f", {len(summary['truncated'])} truncated" if summary["truncated"] else "")

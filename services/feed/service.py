@@ -35,7 +35,7 @@ from spx_common.journal import JournalWriter
 from spx_common import provenance
 from spx_common.marketrules import TradeRules
 from spx_common.models import FeedStatus, IndexValue, MarketEvent, Trade
-from spx_common.topics import tick_topic
+from spx_common.topics import AVAILABILITY_FEED, STATUS_FEED, chain_topic, tick_topic
 from spx_common.service import BusService
 
 from services.feed.availability import Availability
@@ -184,7 +184,7 @@ class FeedService(BusService):
             doc = day.as_dict()
             self.log.info("feed availability %s: %.3f%% of the session, longest gap %d s", day.day,
                           day.pct or 0.0, day.longest_gap_s)
-            self.publish("availability.feed", "doc", doc, now)
+            self.publish(AVAILABILITY_FEED, "doc", doc, now)
             self._avail_days.append(doc)
 
     def watermark_ns(self) -> int:
@@ -319,7 +319,7 @@ class FeedService(BusService):
                         longest_gap_s=day.longest_gap_s if day else 0,
                         longest_gap_start_ns=day.longest_gap_start_ns if day else None, source=source,
                         run_id=self.run_id, replay_date=replay_date, speed=speed)
-        self.publish("status.feed", "feed_status", st, st.ts)
+        self.publish(STATUS_FEED, "feed_status", st, st.ts)
         return st
 
     def provenance(self) -> str:
@@ -470,7 +470,7 @@ class FeedService(BusService):
 
     def publish_chain(self, doc: dict) -> None:
         """Publish a chain document on ``chain.<root>`` and journal it (so journal replays have it)."""
-        self.publish(f"chain.{doc['root']}", "doc", doc, doc["ts"])
+        self.publish(chain_topic(doc['root']), "doc", doc, doc["ts"])
         self.m_chain.inc()
         if self.journal is not None:
             self.journal.append_doc("chain", doc)

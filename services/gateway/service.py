@@ -44,7 +44,8 @@ from spx_common.bus import RpcError
 from spx_common.codec import Frame
 from spx_common.config import BusConfig, RuntimeConfig, load
 from spx_common.service import BusService
-from spx_common.topics import group_by_symbol, is_one_symbol
+from spx_common.topics import (BAR, CHAIN, COACH, FEEDBACK_COACH, FILL, ORDER, POSITION, SETUP_TRANSITION,
+                               STATE_MARKET, STATUS, STATUS_FEED, TICK, group_by_symbol, is_one_symbol)
 
 STATIC_DIR = Path(__file__).with_name("static")
 
@@ -137,12 +138,12 @@ class GatewayService(BusService):
     name = "gateway"
     handler_budget_ms = 250.0  # a handler fans out to every subscriber
     subscriptions = {
-        "feed": ["tick.", "status.", "chain."],
-        "aggregator": ["bar."],
-        "detector": ["setup.transition", "state.market"],
+        "feed": [TICK, STATUS, CHAIN],
+        "aggregator": [BAR],
+        "detector": [SETUP_TRANSITION, STATE_MARKET],
         "selector": [],
-        "broker": ["position.", "order.", "fill."],
-        "coach": ["coach."],
+        "broker": [POSITION, ORDER, FILL],
+        "coach": [COACH],
         "recorder": [],
     }
 
@@ -193,14 +194,14 @@ class GatewayService(BusService):
         self.hub = Hub(price_throttle_s=cfg.price_throttle_ms / 1000, history_bars=cfg.history_bars,
                        max_symbols=cfg.max_symbols, max_channels_per_client=cfg.max_channels,
                        poll_cadence_s=cfg.poll_cadence_ms / 1000, fanout=self.flags["tick_fanout"])
-        self.on("tick.", self._on_ticks)
-        self.on("bar.", self._on_bar)
-        self.on("setup.transition", lambda f, b: self.hub.on_transition(b, f.pub_ns))
-        self.on("state.market", lambda f, b: self.hub.on_market(b, f.event_ns, f.pub_ns))
-        self.on("status.feed", self._on_feed_status)
-        self.on("chain.", self._on_chain)
-        for prefix, kind in (("coach.", "coach"), ("position.", "positions"), ("order.", "orders"),
-                             ("fill.", "fills")):
+        self.on(TICK, self._on_ticks)
+        self.on(BAR, self._on_bar)
+        self.on(SETUP_TRANSITION, lambda f, b: self.hub.on_transition(b, f.pub_ns))
+        self.on(STATE_MARKET, lambda f, b: self.hub.on_market(b, f.event_ns, f.pub_ns))
+        self.on(STATUS_FEED, self._on_feed_status)
+        self.on(CHAIN, self._on_chain)
+        for prefix, kind in ((COACH, "coach"), (POSITION, "positions"), (ORDER, "orders"),
+                             (FILL, "fills")):
             self.on(prefix, self._user_handler(kind, prefix))
 
     def _on_ticks(self, frame: Frame, events: list) -> None:
@@ -726,7 +727,7 @@ class GatewayService(BusService):
         if first:
             fb = m.CoachFeedback(user=user, event_id=req.eventId, action=action, kind=str(event.get("kind", "")),
                                  event_ts=int(event.get("ts") or 0), ts=time.time_ns())
-            self.publish("feedback.coach", "coach_feedback", fb, fb.event_ts)
+            self.publish(FEEDBACK_COACH, "coach_feedback", fb, fb.event_ts)
         self._send_now(conn, {"channel": None, "type": "feedback", "seq": 0, "source": "tick",
                               "data": {"eventId": req.eventId, "action": action, "kind": event.get("kind", ""),
                                        "first": first, "id": req.id}})

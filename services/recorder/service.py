@@ -37,6 +37,8 @@ from spx_common.service import BusService
 from spx_common.store import StoreConfig
 from spx_common.store.engine import make_engine, upgrade
 from spx_common.store.repo import Store, snapshot_row
+from spx_common.topics import (AVAILABILITY_FEED, BAR, COACH, EXIT, FEEDBACK_COACH, FILL, ORDER, PORTFOLIO,
+                               POSITION, SETUP_SHADOW, SETUP_TRANSITION, STATUS_FEED, bar_topic, block_topic)
 from services.recorder.spool import Spool
 from services.recorder.writer import Writer
 
@@ -49,9 +51,9 @@ class Recorder(BusService):
     catch_up_peers = {
         # setup.shadow: transitions computed while the evaluator is in logging-only mode
         # (rollout switch evaluator_logging_only): recorded, never shown to users
-        "detector": ["setup.transition", "setup.shadow"],
-        "selector": ["exit."],
-        "broker": ["order.", "fill.", "position.", "portfolio."],
+        "detector": [SETUP_TRANSITION, SETUP_SHADOW],
+        "selector": [EXIT],
+        "broker": [ORDER, FILL, POSITION, PORTFOLIO],
     }
     subscriptions = catch_up_peers
 
@@ -59,11 +61,11 @@ class Recorder(BusService):
         super().__init__(*args, **kw)
         self.cfg = store_config or load(StoreConfig)
         # status.feed: the provenance stamped on every row; bar.<iv>.<sym>: the bars a backtest reads
-        self.subscriptions = {**self.catch_up_peers, "feed": ["status.feed", "availability.feed"],
-                              "aggregator": [f"bar.{self.cfg.record_bar_interval}.{sym}"
+        self.subscriptions = {**self.catch_up_peers, "feed": [STATUS_FEED, AVAILABILITY_FEED],
+                              "aggregator": [bar_topic(self.cfg.record_bar_interval, sym)
                                              for sym in self.cfg.record_bar_symbols],
                               # issue 28: alerts and users' answers (acknowledgment rates)
-                              "coach": ["coach."], "gateway": ["feedback.coach"]}
+                              "coach": [COACH], "gateway": [FEEDBACK_COACH]}
         self._bar_topics = frozenset(self.subscriptions["aggregator"])
         #: provenance of what is recorded now: the feed's word (status.feed), until then the configuration
         self.source, self.run_id = provenance.configured()
@@ -94,18 +96,18 @@ class Recorder(BusService):
                              flush_s=self.cfg.flush_s, retry_s=self.cfg.retry_s,
                              before_replay=lambda: upgrade(self.url))
         self.writer.start()
-        self.on("setup.transition", self._record("transition"))
-        self.on("setup.shadow", self._record("transition"))
-        self.on("exit.", self._record("exit"))
-        self.on("order.", self._record("order"))
-        self.on("fill.", self._record("fill"))
-        self.on("position.", self._record("position"))
-        self.on("portfolio.", self._snapshot)
-        self.on("status.feed", self._on_feed_status)
-        self.on("bar.", self._on_bar)
-        self.on("coach.", self._record("coach"))
-        self.on("feedback.coach", self._record("feedback"))
-        self.on("availability.feed", self._availability)
+        self.on(SETUP_TRANSITION, self._record("transition"))
+        self.on(SETUP_SHADOW, self._record("transition"))
+        self.on(EXIT, self._record("exit"))
+        self.on(ORDER, self._record("order"))
+        self.on(FILL, self._record("fill"))
+        self.on(POSITION, self._record("position"))
+        self.on(PORTFOLIO, self._snapshot)
+        self.on(STATUS_FEED, self._on_feed_status)
+        self.on(BAR, self._on_bar)
+        self.on(COACH, self._record("coach"))
+        self.on(FEEDBACK_COACH, self._record("feedback"))
+        self.on(AVAILABILITY_FEED, self._availability)
         self.rpc("profile", lambda p: msgspec.to_builtins(self.store.get_active_profile()))
 
     def _on_feed_status(self, frame: Frame, body: Any) -> None:
@@ -248,8 +250,9 @@ class Recorder(BusService):
         for family, reason in changes.items():
             self.requarantined.inc()
             self.log.warning("family %s quarantined: %s", family, reason)
-            self.publish("block.recorder", "block", BlockEvent(service=self.instance, reason="family_quarantined",
-                                                               ts=now_ns, subject=family, detail=reason), now_ns)
+            block = BlockEvent(service=self.instance, reason="family_quarantined", ts=now_ns, subject=family,
+                               detail=reason)
+            self.publish(block_topic("recorder"), "block", block, now_ns)
 
     def status(self) -> dict[str, Any]:
         st = super().status()

@@ -29,6 +29,7 @@ from services.selector.exits import ExitPlan, ExitPlanError, ExitRules
 from services.selector.select import Policy, RecoCache, RiskContext, SetupSpec, regime_key, select
 from spx_common.clock import EventClock
 from spx_common.models import BlockEvent, ContractRecommendation, IndexValue, MicroBar, Quote, SetupTransition
+from spx_common.topics import block_topic, exit_topic, reco_topic
 
 TERMINAL = {"invalidated", "stopped", "expired", "blocked"}
 Out = list[tuple[str, str, Any]]
@@ -182,14 +183,14 @@ class SelectorCore:
                     self._count("bad_exit_plans")
                     out.append(self._block(t.setup_id, "bad_exit_plan", str(exc), t.ts))
         reco = msgspec.structs.replace(reco, ts=t.ts)
-        out.append((f"reco.{t.setup_id}", "recommendation", reco))
+        out.append((reco_topic(t.setup_id), "recommendation", reco))
         if not reco.ok:
             out.append(self._block(t.setup_id, reco.reason.split(":", 1)[0], reco.reason, t.ts))
         return out
 
     def _block(self, subject: str, reason: str, detail: str, ts: int) -> tuple[str, str, Any]:
         self._count(f"block_{reason}")
-        return ("block.selector", "block", BlockEvent(service="selector", reason=reason, ts=ts, subject=subject,
+        return (block_topic("selector"), "block", BlockEvent(service="selector", reason=reason, ts=ts, subject=subject,
                                                         detail=detail[:500]))
 
     def on_bar(self, interval: str, bar: MicroBar, event_ns: int) -> Out:
@@ -207,7 +208,7 @@ class SelectorCore:
                 advice += plan.on_price_bar(bar.high, bar.low, ts)
             if interval == self.cfg.bar_interval:
                 advice += plan.on_pivot_bar(bar.high, bar.low, ts)
-            out += [(f"exit.{sid}", "exit_advice", a) for a in advice]
+            out += [(exit_topic(sid), "exit_advice", a) for a in advice]
             if plan.closed:
                 del self.plans[sid]
         self._count("exit_advice", len(out))

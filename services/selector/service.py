@@ -15,20 +15,21 @@ from services.selector.core import BadRequest, SelectorCore
 from spx_common.bus import RpcError
 from spx_common.config import load
 from spx_common.service import BusService
+from spx_common.topics import BAR, EXIT, OPTION_TICK, SETUP_TRANSITION, STATE_MARKET, TICK, chain_topic, tick_topic
 
 
 class Selector(BusService):
     """Selector: option chains, regime-aware contract choice, risk sizing and exit advice."""
 
     name = "selector"
-    replayable = ("exit.",)  # the recorder catches up after a restart or a gap
+    replayable = (EXIT,)  # the recorder catches up after a restart or a gap
 
     def __init__(self, *args: Any, cfg: SelectorConfig | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.cfg = cfg or load(SelectorConfig)
         root = self.cfg.root
-        self.subscriptions = {"feed": [f"chain.{root}", f"tick.O:{root}", "tick.I:SPX"],
-                              "detector": ["setup.transition", "state.market"], "aggregator": ["bar."]}
+        self.subscriptions = {"feed": [chain_topic(root), OPTION_TICK + root, tick_topic("I:SPX")],
+                              "detector": [SETUP_TRANSITION, STATE_MARKET], "aggregator": [BAR]}
         self.sel = SelectorCore(self.cfg)
         self.m_bad = self.metrics.counter("selector_bad_input_total", "Refused inputs, by kind.", ["kind"])
         self.m_reco = self.metrics.counter("selector_recommendations_total", "Recommendations, by outcome.",
@@ -43,11 +44,11 @@ class Selector(BusService):
                                              ["reason"])
 
     def setup(self) -> None:
-        self.on(f"chain.{self.cfg.root}", self._on_chain)
-        self.on("tick.", lambda f, evs: self.sel.on_ticks(evs))
-        self.on("setup.transition", lambda f, t: self._emit(self.sel.on_transition(t)))
-        self.on("state.market", lambda f, doc: self.sel.on_market(doc))
-        self.on("bar.", self._on_bar)
+        self.on(chain_topic(self.cfg.root), self._on_chain)
+        self.on(TICK, lambda f, evs: self.sel.on_ticks(evs))
+        self.on(SETUP_TRANSITION, lambda f, t: self._emit(self.sel.on_transition(t)))
+        self.on(STATE_MARKET, lambda f, doc: self.sel.on_market(doc))
+        self.on(BAR, self._on_bar)
         self.rpc("select", self._select)
         self.rpc("chain", lambda p: self.sel.chain_view())
         self.rpc("exits", lambda p: self.sel.exits_view())

@@ -15,6 +15,7 @@ from spx_common import provenance
 from spx_common.bus import Subscriber
 from spx_common.config import SERVICES
 from spx_common.flags import FLAGS
+from spx_common.topics import HEARTBEAT, STATUS
 
 
 def register(sub) -> None:
@@ -92,7 +93,7 @@ def wait_heartbeats(runtime, bus, timeout_s: float) -> tuple[dict[str, str], dic
     the first heartbeat of each that did."""
     expected = expected_instances(bus)
     ctx = zmq.Context.instance()
-    sub = Subscriber(ctx, [bus.pub_endpoint(i, runtime) for i in expected], ["hb."], heartbeats=True)
+    sub = Subscriber(ctx, [bus.pub_endpoint(i, runtime) for i in expected], [HEARTBEAT], heartbeats=True)
     heard: dict = {}
     failed: dict[str, str] = {}
     deadline = time.monotonic() + timeout_s
@@ -188,7 +189,7 @@ def collect_heartbeats(listen_s: float) -> tuple[dict, dict | None]:
     runtime, bus = configs()
     ctx = zmq.Context.instance()
     eps = [bus.pub_endpoint(i, runtime) for s in SERVICES for i in bus.instances_of(s)]
-    sub = Subscriber(ctx, eps, ["status."], heartbeats=True)
+    sub = Subscriber(ctx, eps, [STATUS], heartbeats=True)
     beats: dict = {}
     feed = None
     deadline = time.monotonic() + listen_s
