@@ -121,6 +121,10 @@ def test_feed_replays_synthetic_as_tick_frames_with_status_and_chain(run_dir):
         eventually(lambda: feed.service.replay_done, 30, what="replay finished")
         eventually(lambda: feed.bodies("status.feed"), 5, what="feed status")
         eventually(lambda: len(feed.events()) >= feed.service._published, 10, what="all frames received")
+        # the status carrying the session's availability follows the replay's last frames: under load it
+        # can arrive after them
+        eventually(lambda: any(s.availability_pct is not None for s in feed.bodies("status.feed")), 10,
+                   what="feed status with availability")
         got = feed.events()
         topics = feed.topics("tick.")
         chains = feed.bodies("chain.SPXW")
