@@ -1,6 +1,6 @@
 """Readers for Massive's daily flat files (stock trades and quotes, CSV or CSV.gz).
 
-Columns are read by header name, never by position (layouts in ``../shared/reference/massive.md``):
+Columns are read by header name, never by position (layouts in ``docs/vendor/massive.md``):
 
 * trades: ``ticker,conditions,correction,exchange,id,participant_timestamp,price,sequence_number,
   sip_timestamp,size,tape,trf_id,trf_timestamp``

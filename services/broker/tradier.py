@@ -1,6 +1,6 @@
 """Tradier REST client (httpx, async) and the account-events stream reader.
 
-Wire facts: ``/work/shared/reference/tradier.md``.  In short: Bearer token, ``Accept:
+Wire facts: ``docs/vendor/tradier.md`` (with the vendor's pages).  In short: Bearer token, ``Accept:
 application/json``, form-encoded POST/PUT bodies, collections that are an object when single and
 the string ``"null"`` when empty, money with long decimals (parsed as Decimal), rejections that
 arrive as HTTP 200 with an ``errors`` body, gateway ``fault`` bodies, and rate-limit headers.

@@ -1,7 +1,7 @@
 """Massive WebSocket frames -> mesh models. Pure: bytes in, events and status messages out.
 
 Every server frame is a JSON array that may mix event types, tickers and status messages
-(docs: ``../shared/reference/massive.md``).  Mapping and units:
+(``docs/vendor/massive.md``).  Mapping and units:
 
 =============  =========================================================================
 vendor         mesh

@@ -1,6 +1,6 @@
 """A fake Massive (formerly Polygon.io) server: WebSocket streams and REST, on loopback port 0.
 
-It speaks the documented wire protocol (``../shared/reference/massive.md``): every server frame
+It speaks the documented wire protocol (``docs/vendor/massive.md``): every server frame
 is a JSON array; the handshake is ``connected`` -> ``auth`` -> ``auth_success``/``auth_failed``
 -> ``subscribe`` with one ``success`` ack per topic.  REST answers the endpoints the feed and
 backfill use, with the vendor's JSON shapes, ``next_url`` pagination (cursor only, no key) and

@@ -1,6 +1,6 @@
 """A faithful fake Tradier: REST (real HTTP on loopback port 0) + the account-events websocket.
 
-It speaks the documented wire protocol (``/work/shared/reference/tradier.md``) and CHECKS every
+It speaks the documented wire protocol (``docs/vendor/tradier.md``) and CHECKS every
 request it receives; anything off is appended to ``violations`` (tests assert it stays empty):
 
 * path and method are one of the documented endpoints;
