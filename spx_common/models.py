@@ -429,7 +429,7 @@ def _type_text(t: msgspec.inspect.Type) -> str:
         t = t.type
     if isinstance(t, mi.StrType) and t.min_length is None and t.max_length is None and t.pattern is None:
         return "str"
-    if type(t) in (mi.IntType, mi.FloatType):
+    if isinstance(t, (mi.IntType, mi.FloatType)):
         name = "int" if isinstance(t, mi.IntType) else "float"
         bounds = (t.gt, t.le, t.lt, t.multiple_of)
         if all(b is None for b in bounds) and t.ge in (None, 0):
@@ -439,7 +439,8 @@ def _type_text(t: msgspec.inspect.Type) -> str:
     if isinstance(t, mi.ListType) and t.min_length is None and t.max_length is None and _type_text(t.item_type) == "int":
         return "list[int]"
     if isinstance(t, mi.LiteralType):
-        return "|".join(repr(v) for v in sorted(t.values))
+        values: list[Any] = list(t.values)  # one field's literals are of one type (str here)
+        return "|".join(repr(v) for v in sorted(values))
     return repr(t)
 
 
@@ -450,14 +451,17 @@ def tick_wire_schema(types: tuple[type, ...] = (Trade, Quote, IndexValue)) -> di
     out: dict[str, dict[str, tuple[str, bool]]] = {}
     for t in types:
         info = msgspec.inspect.type_info(t)
-        keys = {info.tag_field: ("tag", True)}
+        if not isinstance(info, msgspec.inspect.StructType) or info.tag is None:
+            raise TypeError(f"{t!r} is not a tagged Struct")
+        keys = {str(info.tag_field): ("tag", True)}
         for f in info.fields:
             keys[f.encode_name] = (_type_text(f.type), f.required)
-        out[info.tag] = keys
+        out[str(info.tag)] = keys
     return out
 
 
-def wire_schema_drift(reader: dict, models: dict) -> list[str]:
+def wire_schema_drift(reader: dict[str, dict[str, tuple[str, bool]]],
+                      models: dict[str, dict[str, tuple[str, bool]]]) -> list[str]:
     """Every difference between a reader's tick schema and the models' (:func:`tick_wire_schema`), as
     ``tag.key: ...`` lines; empty when they agree."""
     out = []

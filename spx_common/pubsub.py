@@ -338,7 +338,7 @@ class AsyncSubscriber:
     ) -> None:
         self.core = core
         self.asock = _sub_socket(actx, endpoints, prefixes, hwm, linger_ms, curve, peers)
-        self.sync = zmq.Socket.shadow(self.asock.underlying)
+        self.sync: zmq.Socket[bytes] = zmq.Socket.shadow(self.asock.underlying)
         self.max_batch = max_batch
 
     def subscribe(self, prefix: str) -> None:

@@ -291,7 +291,7 @@ class RpcServer:
 
     async def serve(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            if not await self.sock.poll(200, zmq.POLLIN):
+            if not await self.sock.poll(200):  # POLLIN, the default
                 continue
             parts = await self.sock.recv_multipart()
             method = parts[-2].decode(errors="replace") if len(parts) >= 4 else ""
