@@ -168,6 +168,24 @@ class BusConfig(Section):
         return f"tcp://{host}:{port}"
 
 
+class FeedSourceConfig(Section):
+    """The ``[feed]`` keys that say where the mesh's data comes from: what every process needs to stamp
+    provenance before it hears the feed (:func:`spx_common.provenance.configured`). The feed's whole
+    section (``services.feed.config.FeedConfig``) extends it."""
+
+    section: ClassVar[str] = "feed"
+
+    source: Literal["auto", "live", "synthetic", "journal", "flatfile"] = Field(
+        "auto", description="auto: live when MASSIVE_API_KEY is set, else the synthetic session. journal/flatfile "
+        "replay replay_path.")
+    api_key: str = env_field("", "Massive API key (never logged).", "MASSIVE_API_KEY", repr=False)
+
+    def resolved_source(self) -> str:
+        if self.source == "auto":
+            return "live" if self.api_key else "synthetic"
+        return self.source
+
+
 def _is_loopback(host: str) -> bool:
     import ipaddress
 
@@ -246,12 +264,17 @@ def sources(model: type[Section], environ: dict[str, str] | None = None) -> dict
     return {name: src.get(name, "default") for name in model.model_fields}
 
 
-def load(model: type[_T], environ: dict[str, str] | None = None, overrides: dict[str, Any] | None = None) -> _T:
+def load(model: type[_T], environ: dict[str, str] | None = None, overrides: dict[str, Any] | None = None, *,
+         part: bool = False) -> _T:
     """Build a section from defaults, the TOML file and the environment; raise ConfigError when invalid.
 
-    The error names each bad key, the value given (secrets masked) and its source, one key a line."""
+    The error names each bad key, the value given (secrets masked) and its source, one key a line.
+    ``part``: ``model`` declares some keys of its table only (:class:`FeedSourceConfig`): the others are
+    left to the section that declares them all."""
     env = os.environ if environ is None else environ
     values, src = _read_values(model, env)
+    if part:
+        values = {k: v for k, v in values.items() if k in model.model_fields}
     if overrides:
         values.update(overrides)
     try:
@@ -284,7 +307,8 @@ def _coerce_env(model: type[Section], name: str, raw: str) -> Any:
 
 
 def all_sections() -> list[type[Section]]:
-    """Every Section subclass imported so far (the config reference walks these)."""
+    """Every Section subclass imported so far (the config reference walks these); of a section declared by a
+    class and its subclass (:class:`FeedSourceConfig`, ``FeedConfig``), the subclass."""
     seen: list[type[Section]] = []
     stack = list(Section.__subclasses__())
     while stack:
@@ -292,6 +316,7 @@ def all_sections() -> list[type[Section]]:
         if cls.section and cls not in seen:
             seen.append(cls)
         stack.extend(cls.__subclasses__())
+    seen = [c for c in seen if not any(o is not c and issubclass(o, c) and o.section == c.section for o in seen)]
     return sorted(seen, key=lambda c: c.section)
 
 

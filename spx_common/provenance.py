@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Literal
 
+from spx_common.config import FeedSourceConfig, load
+
 if TYPE_CHECKING:
     from spx_common.models import FeedStatus
 
@@ -49,11 +51,8 @@ def run_id(fallback: str = "") -> str:
 
 def configured() -> tuple[str, str]:
     """(source, run id) as this host's configuration says the feed runs (before its status is heard)."""
-    from services.feed.config import FeedConfig
-    from spx_common.config import load
-
     try:
-        kind = load(FeedConfig).resolved_source()
+        kind = load(FeedSourceConfig, part=True).resolved_source()
     except Exception:  # a process must not fail on another section's configuration
         kind = "live"
     return of_feed_source(kind), run_id()

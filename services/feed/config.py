@@ -7,18 +7,14 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from spx_common.config import Section, env_field
+from spx_common.config import FeedSourceConfig, env_field
 
 
-class FeedConfig(Section):
+class FeedConfig(FeedSourceConfig):
     """The feed service: where market data enters the mesh (docs/feed.md)."""
 
     section: ClassVar[str] = "feed"
 
-    source: Literal["auto", "live", "synthetic", "journal", "flatfile"] = Field(
-        "auto", description="auto: live when MASSIVE_API_KEY is set, else the synthetic session. journal/flatfile "
-        "replay replay_path.")
-    api_key: str = env_field("", "Massive API key (never logged).", "MASSIVE_API_KEY", repr=False)
     ws_url: str = env_field("wss://socket.massive.com", "WebSocket cluster base URL; /stocks, /options, "
                             "/indices are appended (delayed: wss://delayed.massive.com).", "MASSIVE_WS_URL")
     rest_url: str = env_field("https://api.massive.com", "REST base URL.", "MASSIVE_REST_URL")
@@ -130,8 +126,3 @@ class FeedConfig(Section):
     def speed(self) -> float | None:
         """The multiplier, or None for as fast as possible."""
         return None if self.replay_speed == "max" else float(self.replay_speed)
-
-    def resolved_source(self) -> str:
-        if self.source == "auto":
-            return "live" if self.api_key else "synthetic"
-        return self.source
