@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import msgspec
 
@@ -136,6 +136,24 @@ def day_options(journal_dir: str | Path, day: dt.date) -> tuple[list, list[dict]
     return events, docs, used
 
 
+def day_ticks(journal_dir: str | Path, day: dt.date, symbols: Iterable[str]) -> list:
+    """The trades, quotes and index values of ``symbols`` on ``day`` from a tick journal, in stream order
+    (at most :data:`MAX_OPTION_EVENTS`)."""
+    from spx_common import journal
+
+    a, b = day_range(day)
+    wanted = set(symbols)
+    out: list = []
+    for f in journal.day_files(journal_dir, day):
+        for batch in journal.iter_batches(f):
+            for ev in batch:
+                if ev.sym in wanted and a <= ev.ts < b:
+                    out.append(ev)
+                    if len(out) >= MAX_OPTION_EVENTS:
+                        return out
+    return out
+
+
 @dataclass(frozen=True)
 class DayJob:
     """One trading day of one backtest: everything a worker process needs (picklable)."""
@@ -216,11 +234,15 @@ def run_day(job: DayJob) -> DayResult:
         if job.resolution == "tick":
             a, b = day_range(job.day)
             events = store.events(list(job.symbols), a, b)
-            used = {"day": job.day.isoformat(), "source": "store ticks" if events else "missing",
+            source = "store ticks"
+            if not events and job.journal:  # the tick journal of a live or replayed run: every event it published
+                events, source = day_ticks(job.journal, job.day, job.symbols), "journal ticks"
+            used = {"day": job.day.isoformat(), "source": source if events else "missing",
                     "resolution": "tick", "rows": len(events)}
             if events:
                 excluded = TradeRules().apply(events)  # the feed's trade rules, as live (docs/microbars.md)
-                quotes = [e for e in opt_events if type(e) is Quote]  # the store's ticks carry the index side
+                # option quotes join the stream; index values already are in it when the journal gave the ticks
+                quotes = [e for e in opt_events if type(e) is Quote]
                 merged = heapq.merge(events, quotes, key=lambda e: e.ts) if quotes else events
                 bt.on_events(merged, BarAggregator([cfg.interval], l2=True), docs)
         else:

@@ -1,5 +1,6 @@
-"""A detector that fires on the planted I:SPX bars of the options backtest test (volume 777): a long setup
-around the bar's close, stop 5 points under it, targets 5 and 10 points over it."""
+"""A detector that fires on the planted I:SPX bars of the options backtest tests (volume 777, or a close
+whose fraction is .777 for bars built from index values, which have no volume): a long setup around the
+bar's close, stop 5 points under it, targets 5 and 10 points over it."""
 
 from services.detector.hookspecs import API_VERSION, hookimpl
 
@@ -11,7 +12,7 @@ def spx_detector_describe():
 
 @hookimpl
 def spx_detector_on_bar(ctx, bar):
-    if bar.volume != 777 or bar.sym != "I:SPX":
+    if bar.sym != "I:SPX" or not (bar.volume == 777 or round(bar.close * 1000) % 1000 == 777):
         return None
     c = round(bar.close, 2)
     return [{"direction": "long", "entry_low": c - 0.05, "entry_high": c + 0.05, "stop": c - 5,

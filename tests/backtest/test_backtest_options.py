@@ -96,3 +96,32 @@ def test_journal_options_are_traded_through_selector_broker_and_paper_fills(tmp_
     o = res["options"]
     assert o["trades"] == 1 and o["pnl_usd"] == t["pnl_usd"] and o["fees_usd"] == fees
     assert plain["options"]["trades"] == 0
+
+
+def test_tick_resolution_reads_the_underlying_and_the_options_from_the_journal(tmp_path):
+    """A run whose store has no ticks: the journal's index values drive the live aggregator and lifecycle,
+    its option quotes the selector and the paper broker (what a replayed mesh run left behind)."""
+    from spx_common.models import IndexValue
+
+    session = SyntheticSession(seed=7, date=DAY)
+    t0 = open_ns(DAY)
+    spot = int(session.spot(session.sim_seconds(t0 + 5 * S))) + 0.777  # the signal: a close at .777
+    _, first = write_journal(tmp_path / "journal", session, t0)
+    closes = [spot - 0.3] * 10 + [spot, spot + 0.5, spot + 0.5, spot + 5.5, spot + 0.3, spot + 0.3]
+    w = JournalWriter(tmp_path / "journal")
+    try:  # the planted path as index values, four a second
+        for i, c in enumerate(closes):
+            w.append([IndexValue(sym="I:SPX", value=round(c, 3), ts=t0 + i * S + k * 250_000_000) for k in range(4)])
+    finally:
+        w.close()
+    store = open_store(f"sqlite:///{tmp_path / 'bt.db'}")
+    try:
+        res = bt.run(store, bt.Options(start=DAY, end=DAY, symbols=["I:SPX"], resolution="tick", record=False,
+                                       journal=tmp_path / "journal"), CFG)
+    finally:
+        store.close()
+    (t,) = res["trades"]
+    data = res["evidence"]["data"][0]
+    assert data["source"] == "journal ticks" and data["rows"] == 16 * 4
+    assert t["t1_hit"] and t["option_symbol"] in first and t["pnl_usd"] is not None
+    assert t["entry_fill"] == first[t["option_symbol"]].ask
