@@ -135,13 +135,15 @@ class ServiceProcess:
 
     def __init__(self, argv: Sequence[str], *, name: str | None = None, env: Mapping[str, str] | None = None,
                  cwd: str | os.PathLike | None = None, inherit_env: bool = True, ok_codes: Iterable[int] = (0,),
-                 head_bytes: int = 16 << 10, tail_bytes: int = 48 << 10, stdin: bool = False) -> None:
+                 head_bytes: int = 16 << 10, tail_bytes: int = 48 << 10, stdin: bool = False,
+                 stop_timeout_s: float = 10.0) -> None:
         self.argv = [str(a) for a in argv]
         self.name = name or Path(self.argv[0]).name
         base = dict(os.environ) if inherit_env else {}
         self.env = {**base, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.cwd = str(cwd) if cwd is not None else str(ROOT)
         self.ok_codes = frozenset(ok_codes)
+        self.stop_timeout_s = stop_timeout_s
         self._head, self._tail = head_bytes, tail_bytes
         self._stdin = stdin
         self.proc: subprocess.Popen | None = None
@@ -250,11 +252,14 @@ class ServiceProcess:
             pass
         self._drain()
 
-    def stop(self, timeout_s: float = 10.0, sig: int = signal.SIGTERM) -> int | None:
-        """Send ``sig`` (SIGTERM), wait up to ``timeout_s``, then SIGKILL the session; the exit code.
-        Never raises for a bad exit: :meth:`check` (or leaving the ``with`` block) judges it."""
+    def stop(self, timeout_s: float | None = None, sig: int = signal.SIGTERM) -> int | None:
+        """Send ``sig`` (SIGTERM), wait up to ``timeout_s`` (``stop_timeout_s``), then SIGKILL the session;
+        the exit code. Never raises for a bad exit: :meth:`check` (or leaving the ``with`` block) judges it.
+        Only the process itself gets ``sig``: children it should have stopped are not cleaned up for it."""
         if self.proc is None:
             return None
+        if timeout_s is None:
+            timeout_s = self.stop_timeout_s
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             self.proc.send_signal(signal.SIGCONT)  # a test may have stopped it (SIGSTOP)
@@ -332,7 +337,7 @@ class Processes:
         """The process of that name started last (a restarted service's current process)."""
         return next(p for p in reversed(self.procs) if p.name == name)
 
-    def stop_all(self, timeout_s: float = 10.0) -> None:
+    def stop_all(self, timeout_s: float | None = None) -> None:
         for p in reversed(self.procs):
             p.stop(timeout_s)
 

@@ -424,11 +424,15 @@ class FakeMassive:
                 made.append((d["sym"], d["q"]))
         return made
 
+    def subscribed(self, market: str, topic: str) -> bool:
+        """Whether an authenticated connection of ``market`` is subscribed to ``topic`` now."""
+        return any(topic in c.subs for c in self._live(market))
+
     def wait_subscribed(self, market: str, topic: str, timeout_s: float = 10.0) -> None:
         """Block until an authenticated connection of ``market`` is subscribed to ``topic``."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if any(topic in c.subs for c in self._live(market)):
+            if self.subscribed(market, topic):
                 return
             time.sleep(0.02)
         raise AssertionError(f"no {market} connection subscribed to {topic} within {timeout_s}s "

@@ -4,10 +4,7 @@ Real journal files written by :class:`JournalWriter` (multi-symbol records, as t
 batch per record), a real aggregator (in this process, and as its own process for the status RPC).
 """
 
-import os
 import random
-import subprocess
-import sys
 from collections import defaultdict
 
 import zmq
@@ -19,7 +16,7 @@ from spx_common.bus import RpcClient, RpcError
 from spx_common.config import BusConfig, RuntimeConfig
 from spx_common.journal import JournalWriter, journal_files
 from spx_common.models import IndexValue, Quote, Trade
-from tests.conftest import eventually
+from spx_testing import ServiceProcess
 
 MS = 1_000_000
 T0 = 1_795_185_000_000_000_000  # 2026-11-20 09:30 New York
@@ -156,32 +153,29 @@ def test_aggregator_process_reports_its_bounded_warm_up(run_dir):
     records = _records(2_500, seed=3)
     _journal(run_dir, records)
     rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
-    env = {**os.environ, "SPX_AGGREGATOR_WARMUP_MAX_MB": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "services.aggregator"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = ServiceProcess.service("aggregator", run_dir=run_dir, env={"SPX_AGGREGATOR_WARMUP_MAX_MB": "1"})
     ctx = zmq.Context()
     client = RpcClient(ctx, bus.rep_endpoint("aggregator", rt), timeout_s=1, retries=0)
     try:
-        def status():
-            try:
-                return client.call("status")
-            except RpcError:
-                return None
+        with proc:
+            def status():
+                try:
+                    return client.call("status")
+                except RpcError:
+                    return None
 
-        doc = eventually(status, 20, interval_s=0.2, what="aggregator status")
-        info = doc["warm_up"]
-        assert info["state"] == "partial" and info["bytes"] == 1 << 20 and info["resynced"]
-        tail = [ev for batch in records[-info["records"]:] for ev in batch]
-        assert info["events"] == len(tail) and info["first_ns"] == min(ev.ts for ev in records[-info["records"]])
-        assert info["seconds"] < 5
-        spy = [ev for ev in tail if ev.sym == "SPY"]
-        got = client.call("ticks_since", {"sym": "SPY", "since_ns": 0, "limit": 100_000})
-        assert not got["truncated"] and got["seq"] == len(spy)
-        assert [e["event"]["ts"] for e in got["events"]] == [ev.ts for ev in spy]
-        bars = client.call("bars_since", {"sym": "SPY", "interval": "1s"})["bars"]
-        assert bars and bars[0]["start_ns"] >= (info["first_ns"] // 10**9) * 10**9
+            doc = proc.wait_ready(status, 20, "aggregator status", 0.2)
+            info = doc["warm_up"]
+            assert info["state"] == "partial" and info["bytes"] == 1 << 20 and info["resynced"]
+            tail = [ev for batch in records[-info["records"]:] for ev in batch]
+            assert info["events"] == len(tail) and info["first_ns"] == min(ev.ts for ev in records[-info["records"]])
+            assert info["seconds"] < 5
+            spy = [ev for ev in tail if ev.sym == "SPY"]
+            got = client.call("ticks_since", {"sym": "SPY", "since_ns": 0, "limit": 100_000})
+            assert not got["truncated"] and got["seq"] == len(spy)
+            assert [e["event"]["ts"] for e in got["events"]] == [ev.ts for ev in spy]
+            bars = client.call("bars_since", {"sym": "SPY", "interval": "1s"})["bars"]
+            assert bars and bars[0]["start_ns"] >= (info["first_ns"] // 10**9) * 10**9
     finally:
-        proc.terminate()
-        proc.wait(10)
         client.close()
         ctx.destroy(linger=0)

@@ -10,9 +10,6 @@ their reasons and next probe over ``plugins``; stopping it leaves no worker behi
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +18,7 @@ import zmq
 from spx_common.bus import Publisher, RpcClient, RpcError, Subscriber
 from spx_common.config import BusConfig, RuntimeConfig
 from spx_common.models import MicroBar, Trade
+from spx_testing import ServiceProcess
 from tests.conftest import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,65 +53,57 @@ def test_hostile_plugins_never_stop_the_heartbeat_or_the_good_plugin(run_dir, tm
     feed = Publisher(ctx, bus.pub_endpoint("feed", rt, bind=True), "feed", linger_ms=0)
     watch = Subscriber(ctx, [bus.pub_endpoint("detector", rt)], ["setup.transition", "hb.detector"], heartbeats=True)
     det = RpcClient(ctx, bus.rep_endpoint("detector", rt), timeout_s=1.0, retries=0)
-    proc = subprocess.Popen([sys.executable, "-m", "services.detector"], env=env, cwd=str(ROOT),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = ServiceProcess.service("detector", env=env, stop_timeout_s=15)
     workers: list[int] = []
     try:
-        def up():
-            try:
-                st = det.call("status")
-            except RpcError:
-                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-                return False
-            agg.heartbeat(T0)
-            feed.heartbeat(T0)
-            return {"aggregator", "feed"} <= set(st["peers"])
+        with proc:
+            def up():
+                try:
+                    st = det.call("status")
+                except RpcError:
+                    return False
+                agg.heartbeat(T0)
+                feed.heartbeat(T0)
+                return {"aggregator", "feed"} <= set(st["peers"])
 
-        eventually(up, 30, what="detector up, its workers loaded, subscribed")
-        doc = det.call("plugins")
-        assert sorted(p["name"] for p in doc["plugins"]) == sorted(PLUGINS), doc
-        workers = _children(proc.pid)
-        assert len(workers) == 4  # one worker per plugin package
+            proc.wait_ready(up, 30, what="detector up, its workers loaded, subscribed")
+            doc = det.call("plugins")
+            assert sorted(p["name"] for p in doc["plugins"]) == sorted(PLUGINS), doc
+            workers = _children(proc.pid)
+            assert len(workers) == 4  # one worker per plugin package
 
-        beats: list[float] = []
-        formed: list[int] = []
-        eventually(lambda: any(f.topic == "hb.detector" for f in iter(lambda: watch.recv(0.1), None)), 10,
-                   what="our SUB hears the detector")
-        for i in range(40):
-            c = 100.0 + i / 10
-            t = T0 + i * S
-            agg.publish("bar.1s.SPY", "bar", MicroBar(sym="SPY", interval="1s", start_ns=t, open=c, high=c + 0.05,
-                                                      low=c - 0.05, close=c, volume=100.0, trades=1, closed=True), t)
-            feed.publish("tick.SPY", "ticks", [Trade(sym="SPY", price=c - 5, size=1.0, ts=t + S // 2)], t + S // 2)
-            end = time.monotonic() + 0.15
-            while (left := end - time.monotonic()) > 0:
-                f = watch.recv(left)
-                if f is None:
-                    break
-                if f.topic == "hb.detector":
-                    beats.append(time.monotonic())
-                else:
-                    tr = f.body()
-                    if tr.detector == "good" and tr.to_state == "forming":
-                        formed.append(tr.ts)
-        status = {p["name"]: p for p in det.call("plugins")["plugins"]}
-        assert status["good"]["status"] == "active", status["good"]
-        # good formed a setup on (nearly) every bar: each print below its stop resolves it before the next bar
-        assert len(formed) >= 30, (len(formed), status)
-        for name, why in (("sleeper", "no answer in 700 ms"), ("segfault", "signal 11"),
-                          ("looper", "stopped after 150 ms of CPU")):
-            assert status[name]["status"] == "disabled" and why in status[name]["reason"], status[name]
-            assert status[name]["retry_in_s"] is not None
-        gaps = [b - a for a, b in zip(beats, beats[1:], strict=False)]
-        assert beats and max(gaps) < 3.0, gaps  # 1 s heartbeats; one hang holds the loop <= hang_ms
+            beats: list[float] = []
+            formed: list[int] = []
+            eventually(lambda: any(f.topic == "hb.detector" for f in iter(lambda: watch.recv(0.1), None)), 10,
+                       what="our SUB hears the detector")
+            for i in range(40):
+                c = 100.0 + i / 10
+                t = T0 + i * S
+                agg.publish("bar.1s.SPY", "bar", MicroBar(sym="SPY", interval="1s", start_ns=t, open=c, high=c + 0.05,
+                                                          low=c - 0.05, close=c, volume=100.0, trades=1, closed=True), t)
+                feed.publish("tick.SPY", "ticks", [Trade(sym="SPY", price=c - 5, size=1.0, ts=t + S // 2)], t + S // 2)
+                end = time.monotonic() + 0.15
+                while (left := end - time.monotonic()) > 0:
+                    f = watch.recv(left)
+                    if f is None:
+                        break
+                    if f.topic == "hb.detector":
+                        beats.append(time.monotonic())
+                    else:
+                        tr = f.body()
+                        if tr.detector == "good" and tr.to_state == "forming":
+                            formed.append(tr.ts)
+            status = {p["name"]: p for p in det.call("plugins")["plugins"]}
+            assert status["good"]["status"] == "active", status["good"]
+            # good formed a setup on (nearly) every bar: each print below its stop resolves it before the next bar
+            assert len(formed) >= 30, (len(formed), status)
+            for name, why in (("sleeper", "no answer in 700 ms"), ("segfault", "signal 11"),
+                              ("looper", "stopped after 150 ms of CPU")):
+                assert status[name]["status"] == "disabled" and why in status[name]["reason"], status[name]
+                assert status[name]["retry_in_s"] is not None
+            gaps = [b - a for a, b in zip(beats, beats[1:], strict=False)]
+            assert beats and max(gaps) < 3.0, gaps  # 1 s heartbeats; one hang holds the loop <= hang_ms
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
         for c in (agg, feed, watch, det):
             c.close()
         ctx.term()

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -19,6 +16,7 @@ from spx_common.bus import Subscriber, call_once
 from spx_common.config import BusConfig, RuntimeConfig
 from spx_common.journal import TAIL_SYNC_BYTES, JournalWriter, iter_events, read_journal_tail
 from spx_common.models import Quote, Trade
+from spx_testing import Processes
 from tests.conftest import eventually
 from spx_testing.fakes.massive import MarketMix
 
@@ -42,16 +40,11 @@ def _env(run_dir, fake) -> dict[str, str]:
             "SPX_FEED_MAX_CONNECTS_PER_MINUTE": "1000"}
 
 
-def _start(name: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-
-
 def test_sigkilled_feed_backfills_the_vendors_events_of_its_downtime_once(run_dir, fake):
     runtime, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
     env = _env(run_dir, fake)
     ctx = zmq.Context()
-    procs: dict[str, subprocess.Popen] = {}
+    ps = Processes()
     lock = threading.Lock()
     ticks: list = []  # (session, event) of every tick.SPY event on the bus
     summaries: list = []  # (session, status.backfill body)
@@ -83,119 +76,108 @@ def test_sigkilled_feed_backfills_the_vendors_events_of_its_downtime_once(run_di
     listener.start()
     stream = None
     try:
-        procs["aggregator"] = _start("aggregator", env)
-        eventually(lambda: call("aggregator", "ping"), 30, 0.2, what="aggregator answering")
-        procs["feed"] = _start("feed", env)
-        fake.wait_subscribed("stocks", "T.SPY", 30)
-        eventually(lambda: sessions, 10, what="first feed status on the bus (listener connected)")
-        # the aggregator's subscriber connects to the new feed on its own schedule: a frame sent before that
-        # is lost to it (slow joiner), so wait until it has the feed's heartbeat
-        eventually(lambda: ((call("aggregator", "status") or {}).get("peers") or {}).get("feed"), 15, 0.1,
-                   what="the aggregator hears the feed")
-        # a probe proves the aggregator receives the feed before the measured stream starts
-        probe = Trade(sym="SPY", price=590.0, size=1, ts=time.time_ns() // 10**6 * 10**6, seq=10**9, exch=4)
-        fake.trades["SPY"] = [probe]
-        fake.push("stocks", [probe])
-        eventually(lambda: (call("aggregator", "last", {"sym": "SPY"}) or {}).get("trade"), 10,
-                   what="the aggregator holds the probe trade")
-        stream = fake.stream("stocks", MarketMix([]).stocks, rate=300, duration_s=120, history=True)
-        journal_dir = run_dir / "journal"
+        with ps:
+            ps.service("aggregator", env=env).wait_ready(lambda: call("aggregator", "ping"), 30, "aggregator answering", 0.2)
+            ps.service("feed", env=env).wait_ready(lambda: fake.subscribed("stocks", "T.SPY"), 30, "feed subscribed T.SPY")
+            eventually(lambda: sessions, 10, what="first feed status on the bus (listener connected)")
+            # the aggregator's subscriber connects to the new feed on its own schedule: a frame sent before that
+            # is lost to it (slow joiner), so wait until it has the feed's heartbeat
+            eventually(lambda: ((call("aggregator", "status") or {}).get("peers") or {}).get("feed"), 15, 0.1,
+                       what="the aggregator hears the feed")
+            # a probe proves the aggregator receives the feed before the measured stream starts
+            probe = Trade(sym="SPY", price=590.0, size=1, ts=time.time_ns() // 10**6 * 10**6, seq=10**9, exch=4)
+            fake.trades["SPY"] = [probe]
+            fake.push("stocks", [probe])
+            eventually(lambda: (call("aggregator", "last", {"sym": "SPY"}) or {}).get("trade"), 10,
+                       what="the aggregator holds the probe trade")
+            stream = fake.stream("stocks", MarketMix([]).stocks, rate=300, duration_s=120, history=True)
+            journal_dir = run_dir / "journal"
 
-        def journaled() -> set:
-            return {_key(ev) for ev in iter_events(journal_dir)} if journal_dir.is_dir() else set()
+            def journaled() -> set:
+                return {_key(ev) for ev in iter_events(journal_dir)} if journal_dir.is_dir() else set()
 
-        eventually(lambda: len(journaled()) >= 50, 15, 0.1, what="the first journal flush")
-        # kill while a good part of what was published is not journaled yet (flush every 3 s)
-        eventually(lambda: len({_key(ev) for _, ev in on_bus()} - journaled()) >= 60, 10, 0.05,
-                   what="events published but not yet journaled")
-        procs["feed"].send_signal(signal.SIGKILL)
-        procs["feed"].wait(10)
-        before_kill = {_key(ev) for _, ev in on_bus()}
-        unjournaled = before_kill - journaled()
-        assert unjournaled, "the kill must leave published events the journal lacks"
-        # keep the new feed off the vendor until both subscribers are connected to it (slow joiners)
-        fake.refuse_connections = True
-        eventually(lambda: len(stream.missed) >= 150, 10, 0.05, what="vendor events made while the feed is down")
-        procs["feed"] = _start("feed", env)
-        eventually(lambda: len(sessions) >= 2, 30, 0.1, what="the restarted feed's status on the bus")
+            eventually(lambda: len(journaled()) >= 50, 15, 0.1, what="the first journal flush")
+            # kill while a good part of what was published is not journaled yet (flush every 3 s)
+            eventually(lambda: len({_key(ev) for _, ev in on_bus()} - journaled()) >= 60, 10, 0.05,
+                       what="events published but not yet journaled")
+            ps["feed"].kill()
+            before_kill = {_key(ev) for _, ev in on_bus()}
+            unjournaled = before_kill - journaled()
+            assert unjournaled, "the kill must leave published events the journal lacks"
+            # keep the new feed off the vendor until both subscribers are connected to it (slow joiners)
+            fake.refuse_connections = True
+            eventually(lambda: len(stream.missed) >= 150, 10, 0.05, what="vendor events made while the feed is down")
+            ps.service("feed", env=env)
+            eventually(lambda: len(sessions) >= 2, 30, 0.1, what="the restarted feed's status on the bus")
 
-        def aggregator_saw_restart() -> bool:
-            m = re.search(r'^bus_peer_restarts_total\{src="feed"\} (\S+)$', call("aggregator", "metrics") or "", re.M)
-            return m is not None and float(m.group(1)) >= 1
+            def aggregator_saw_restart() -> bool:
+                m = re.search(r'^bus_peer_restarts_total\{src="feed"\} (\S+)$', call("aggregator", "metrics") or "", re.M)
+                return m is not None and float(m.group(1)) >= 1
 
-        eventually(aggregator_saw_restart, 10, 0.1, what="the aggregator connected to the restarted feed")
-        fake.refuse_connections = False
-        new_session = sessions[1]
-        eventually(lambda: any(s == new_session and ev.backfilled for s, ev in on_bus()), 20, 0.1,
-                   what="backfilled events from the restarted feed")
-        missed = set(stream.missed)
-        eventually(lambda: fake.connected("stocks"), 10, what="stream connected again")
-        stream.cancel()
-        assert stream.done.wait(5)
-        history = {(e.sym, type(e).__name__, e.seq) for e in fake.trades["SPY"] + fake.quotes["SPY"]}
-        def cached_keys() -> Counter:
-            cached = call("aggregator", "ticks_since", {"sym": "SPY", "since_ns": 0, "limit": 100_000}) or {}
-            return Counter((e["event"]["sym"], "Trade" if e["event"]["k"] == "t" else "Quote", e["event"]["seq"])
-                           for e in cached.get("events", []))
+            eventually(aggregator_saw_restart, 10, 0.1, what="the aggregator connected to the restarted feed")
+            fake.refuse_connections = False
+            new_session = sessions[1]
+            eventually(lambda: any(s == new_session and ev.backfilled for s, ev in on_bus()), 20, 0.1,
+                       what="backfilled events from the restarted feed")
+            missed = set(stream.missed)
+            eventually(lambda: fake.connected("stocks"), 10, what="stream connected again")
+            stream.cancel()
+            assert stream.done.wait(5)
+            history = {(e.sym, type(e).__name__, e.seq) for e in fake.trades["SPY"] + fake.quotes["SPY"]}
+            def cached_keys() -> Counter:
+                cached = call("aggregator", "ticks_since", {"sym": "SPY", "since_ns": 0, "limit": 100_000}) or {}
+                return Counter((e["event"]["sym"], "Trade" if e["event"]["k"] == "t" else "Quote", e["event"]["seq"])
+                               for e in cached.get("events", []))
 
-        # Every event reaches the aggregator. A SIGKILL can cut a frame's delivery half way: the old feed's
-        # socket had written it to the aggregator's connection but not yet to this listener's (ZeroMQ sends
-        # to each subscriber on its own). Such an event is in the aggregator's cache, so the restarted feed
-        # rightly does not publish it again (seeded dedupe), and this listener never sees it.
-        eventually(lambda: history <= {_key(ev) for _, ev in on_bus()} | set(cached_keys()), 20, 0.1,
-                   what="every event the vendor made on the bus or in the aggregator")
-        got = on_bus()
-        counts = Counter(_key(ev) for _, ev in got)
-        assert [k for k, n in counts.items() if n > 1] == []  # nothing published twice, across both runs
-        assert set(counts) <= history
-        cut_at_kill = history - set(counts)  # delivered to the aggregator only, as the old feed died (above)
-        made_at = {(e.sym, type(e).__name__, e.seq): e.ts for e in fake.trades["SPY"] + fake.quotes["SPY"]}
-        old_newest = max(ev.ts for s, ev in got if s != new_session)
-        assert len(cut_at_kill) <= 20 and all(made_at[k] <= old_newest + 10**9 for k in cut_at_kill), cut_at_kill
-        by_key = {_key(ev): (s, ev) for s, ev in got}
-        missed_keys = {k for k in history if (k[0], k[2]) in missed}
-        assert not cut_at_kill & missed_keys
-        assert len(missed_keys) >= 150
-        for k in missed_keys:  # made while no connection was open: only the restart backfill has them
-            s, ev = by_key[k]
-            assert s == new_session and ev.backfilled and ev.source == "backfill", (k, ev)
-        assert all(by_key[k][0] != new_session for k in unjournaled)  # not published again
+            # Every event reaches the aggregator. A SIGKILL can cut a frame's delivery half way: the old feed's
+            # socket had written it to the aggregator's connection but not yet to this listener's (ZeroMQ sends
+            # to each subscriber on its own). Such an event is in the aggregator's cache, so the restarted feed
+            # rightly does not publish it again (seeded dedupe), and this listener never sees it.
+            eventually(lambda: history <= {_key(ev) for _, ev in on_bus()} | set(cached_keys()), 20, 0.1,
+                       what="every event the vendor made on the bus or in the aggregator")
+            got = on_bus()
+            counts = Counter(_key(ev) for _, ev in got)
+            assert [k for k, n in counts.items() if n > 1] == []  # nothing published twice, across both runs
+            assert set(counts) <= history
+            cut_at_kill = history - set(counts)  # delivered to the aggregator only, as the old feed died (above)
+            made_at = {(e.sym, type(e).__name__, e.seq): e.ts for e in fake.trades["SPY"] + fake.quotes["SPY"]}
+            old_newest = max(ev.ts for s, ev in got if s != new_session)
+            assert len(cut_at_kill) <= 20 and all(made_at[k] <= old_newest + 10**9 for k in cut_at_kill), cut_at_kill
+            by_key = {_key(ev): (s, ev) for s, ev in got}
+            missed_keys = {k for k in history if (k[0], k[2]) in missed}
+            assert not cut_at_kill & missed_keys
+            assert len(missed_keys) >= 150
+            for k in missed_keys:  # made while no connection was open: only the restart backfill has them
+                s, ev = by_key[k]
+                assert s == new_session and ev.backfilled and ev.source == "backfill", (k, ev)
+            assert all(by_key[k][0] != new_session for k in unjournaled)  # not published again
 
-        st = call("feed", "status")
-        restart = st["live"]["backfill"]["restart"]
-        assert restart["state"] == "armed" and restart["seeded_aggregator"] >= len(unjournaled)
-        assert restart["gaps"]["stocks"]["symbols"] == 1
-        assert restart["gaps"]["stocks"]["start_ns"] <= min(ev.ts for k, (s, ev) in by_key.items() if k in unjournaled)
-        with lock:
-            mine = [b for s, b in summaries if s == new_session and b["market"] == "stocks"]
-        assert mine and sum(b["published"] for b in mine) >= len(missed_keys)
-        assert sum(b["overlap"] for b in mine) >= len(unjournaled)  # what the mesh had was fetched, not republished
-        metrics = call("feed", "metrics")
-        assert "feed_backfilled_events_total" in metrics
+            st = call("feed", "status")
+            restart = st["live"]["backfill"]["restart"]
+            assert restart["state"] == "armed" and restart["seeded_aggregator"] >= len(unjournaled)
+            assert restart["gaps"]["stocks"]["symbols"] == 1
+            assert restart["gaps"]["stocks"]["start_ns"] <= min(ev.ts for k, (s, ev) in by_key.items() if k in unjournaled)
+            with lock:
+                mine = [b for s, b in summaries if s == new_session and b["market"] == "stocks"]
+            assert mine and sum(b["published"] for b in mine) >= len(missed_keys)
+            assert sum(b["overlap"] for b in mine) >= len(unjournaled)  # what the mesh had was fetched, not republished
+            metrics = call("feed", "metrics")
+            assert "feed_backfilled_events_total" in metrics
 
-        # downstream: the aggregator's cache holds every event once; no 1 s bar has more volume than the
-        # vendor traded in that second (a republished trade would add its size again)
-        keys = cached_keys()
-        assert [k for k, n in keys.items() if n > 1] == [] and set(keys) == history
-        volume: dict[int, float] = defaultdict(float)
-        for t in fake.trades["SPY"]:
-            volume[t.ts // 10**9 * 10**9] += t.size
-        bars = call("aggregator", "bars_since", {"sym": "SPY", "interval": "1s", "limit": 10_000})
-        assert bars["bars"], "closed bars"
-        for b in bars["bars"]:
-            assert b["volume"] <= volume[b["start_ns"]] + 1e-9, b
+            # downstream: the aggregator's cache holds every event once; no 1 s bar has more volume than the
+            # vendor traded in that second (a republished trade would add its size again)
+            keys = cached_keys()
+            assert [k for k, n in keys.items() if n > 1] == [] and set(keys) == history
+            volume: dict[int, float] = defaultdict(float)
+            for t in fake.trades["SPY"]:
+                volume[t.ts // 10**9 * 10**9] += t.size
+            bars = call("aggregator", "bars_since", {"sym": "SPY", "interval": "1s", "limit": 10_000})
+            assert bars["bars"], "closed bars"
+            for b in bars["bars"]:
+                assert b["volume"] <= volume[b["start_ns"]] + 1e-9, b
     finally:
         if stream is not None:
             stream.cancel()
-        for p in procs.values():
-            if p.poll() is None:
-                p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
         stop.set()
         listener.join(2)
         sub.close()
