@@ -100,6 +100,7 @@ class FakeTradier:
     rate_allowed: int = 60
     stream_tags: bool = True  # the docs list ``tag`` as optional in stream events: tests can leave it out
     expired_tokens: set[str] = field(default_factory=set)  # answered the expired-token fault (HTTP 500)
+    truncated: int = 0  # requests whose body never fully arrived (the client gave up): dropped, not answered
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -293,6 +294,9 @@ class FakeTradier:
         url = urlparse(h.path)
         length = int(h.headers.get("Content-Length") or 0)
         raw = h.rfile.read(length) if length else b""
+        if len(raw) < length:  # the client went away mid-request (its timeout): no server acts on half a body
+            self.truncated += 1
+            return
         form: dict[str, str] = {}
         if method in ("POST", "PUT") and raw:
             ctype = h.headers.get("Content-Type", "")

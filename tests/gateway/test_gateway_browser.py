@@ -71,7 +71,8 @@ def test_dashboard_renders_live_candles_setups_badge_and_coach(run_dir, browser)
             first = eventually(lambda: bars() >= 31 and bars(), 20, 0.2, what="candles rendered")
             renders = int(dt.js("document.getElementById('chart').dataset.renders"))
             eventually(lambda: bars() >= first + 5, 15, 0.2, what="candles update live")
-            assert int(dt.js("document.getElementById('chart').dataset.renders")) > renders
+            eventually(lambda: int(dt.js("document.getElementById('chart').dataset.renders")) > renders, 10, 0.2,
+                       what="the chart redrawn for the new candles")
             assert eventually(lambda: dt.js("document.getElementById('badge-mode').textContent") == "tick", 10, 0.2)
             state = dt.js("document.querySelector('#setups tr[data-setup-id=\"vwap-1\"]')?.dataset.state")
             assert state == "ready"
