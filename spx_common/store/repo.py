@@ -178,6 +178,22 @@ def snapshot_row(doc: dict, source: str = "live", run_id: str | None = None) -> 
 _BAR_CORE = {"sym", "interval", "start_ns", "open", "high", "low", "close", "volume", "trades", "vwap", "source"}
 
 
+_JSON_MAP = msgspec.json.Decoder(dict[str, Any])
+
+
+def _json_map(text: str | bytes) -> dict[str, Any]:
+    """A JSON column's stored text as a map: msgspec, or ``json`` for what only it reads (NaN, Infinity)."""
+    if not text or text == "null":
+        return {}
+    try:
+        return _JSON_MAP.decode(text)
+    except msgspec.DecodeError:
+        import json
+
+        doc = json.loads(text)
+        return dict(doc) if doc else {}
+
+
 def _wire_source(provenance: str) -> str:
     """The bar's own source (``MicroBar.source``) a stored bar of ``provenance`` has unless ``extra`` says."""
     return "backfill" if provenance == "backfill" else "tick"
@@ -340,14 +356,17 @@ class Store:
     def bars(self, sym: str, interval: str, start_ns: int = 0, end_ns: int = 2**62) -> list[m.MicroBar]:
         """Stored bars of ``sym`` in ``[start_ns, end_ns)``, oldest first, as bus models (for replay)."""
         b = t.bars.c
+        # ``extra`` as the stored text (SQLite) decoded by msgspec, not SQLAlchemy's json.loads per row (a
+        # backtest reads two days of 1 s bars per day); a driver that parses JSON itself (psycopg) gives a map
         q = (sa.select(b.sym, b.interval, b.start_ns, b.open, b.high, b.low, b.close, b.volume, b.trades, b.vwap,
-                       b.source, b.extra).where(b.sym == sym, b.interval == interval, b.start_ns >= start_ns,
-                                     b.start_ns < end_ns).order_by(b.start_ns))
+                       b.source, sa.type_coerce(b.extra, sa.String))
+             .where(b.sym == sym, b.interval == interval, b.start_ns >= start_ns, b.start_ns < end_ns)
+             .order_by(b.start_ns))
         out = []
         bar = m.MicroBar
         with self.engine.connect() as c:
             for (sym_, iv, start, o, h, lo, cl, vol, n, vwap, src, extra) in c.execute(q):
-                extra = dict(extra) if extra else {}
+                extra = _json_map(extra) if isinstance(extra, str | bytes) else dict(extra) if extra else {}
                 wire = extra.pop("bar_source", _wire_source(src))
                 out.append(bar(sym=sym_, interval=iv, start_ns=start, open=o, high=h, low=lo, close=cl, volume=vol,
                                trades=n, vwap=vwap, source=wire, closed=True, **extra))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import msgspec
 import pytest
 
 from spx_common import models as m
@@ -92,6 +95,26 @@ def test_bars_round_trip_and_credentials(store):
     c = store.credentials("alice", "tradier")
     assert c["ciphertext"] == b"\x01sealed2" and c["key_id"] == "k2" and c["created_ns"] == 5
     assert c["rotated_ns"] == 9
+
+
+def test_bars_read_back_every_microstructure_field_exactly(store):
+    """Every optional field comes back as stored (floats to the last bit), a replayed bar keeps its own source,
+    and a non-finite value (which only Python's json reads: NaN) comes back too."""
+    full = m.MicroBar(sym="SPY", interval="1s", start_ns=10**9, open=1.1, high=2.2, low=0.3, close=1.7, volume=123.0,
+                      trades=9, vwap=1.2345678901234567, buy_volume=70.0, sell_volume=50.0, neutral_volume=3.0,
+                      delta_volume=20.0, bid_ask_imbalance=-0.054835493519441676, ask_bid_size_ratio=1 / 3,
+                      quote_coverage_pct=99.9, avg_spread_bps=0.1 + 0.2, bid_size_at_close=500.0,
+                      ask_size_at_close=700.0, source="replay")
+    bare = m.MicroBar(sym="SPY", interval="1s", start_ns=2 * 10**9, open=1, high=1, low=1, close=1)
+    odd = m.MicroBar(sym="SPY", interval="1s", start_ns=3 * 10**9, open=1, high=1, low=1, close=1,
+                     bid_ask_imbalance=float("nan"), avg_spread_bps=float("inf"))
+    sqlite = store.engine.dialect.name == "sqlite"  # PostgreSQL's json type refuses NaN when it is written
+    store.upsert_bars([full, bare, odd] if sqlite else [full, bare])
+    got = store.bars("SPY", "1s")
+    assert got[0] == msgspec.structs.replace(full, closed=True)
+    assert got[1] == msgspec.structs.replace(bare, closed=True)
+    if sqlite:
+        assert math.isnan(got[2].bid_ask_imbalance) and got[2].avg_spread_bps == float("inf")
 
 
 def test_profile_history_revert_and_requarantine(store):
