@@ -59,7 +59,8 @@ class ReadStats:
             self.errors.append(f"line {line}: {why}")
 
 
-def _open(path: Path) -> io.TextIOBase:
+def open_text(path: Path) -> io.TextIOBase:
+    """A flat file opened for reading as text (gzip when it ends in .gz), as the csv module wants it."""
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
     return path.open("r", encoding="utf-8", newline="")
@@ -72,7 +73,7 @@ def _ints(text: str) -> list[int]:
 
 def kind_of(path: Path) -> str:
     """'trades' or 'quotes', from the header."""
-    with _open(path) as fh:
+    with open_text(path) as fh:
         header = set(next(csv.reader(fh), []))
     if QUOTE_COLUMNS <= header:
         return "quotes"
@@ -90,7 +91,7 @@ def _read(path: Path, stats: ReadStats, symbols: set[str] | None, quote_sizes: s
     vendor_units = quote_sizes == "vendor"
     kind = kind_of(path)
     out: list[Trade | Quote] = []
-    with _open(path) as fh:
+    with open_text(path) as fh:
         reader = csv.DictReader(fh)
         for row in reader:
             stats.rows += 1

@@ -16,8 +16,8 @@ import msgspec
 
 from services.detector.config import DetectorConfig
 from services.detector.context import DetectorContext, freeze
-from services.detector.host import PluginHost, _geometry_ok
-from services.detector.lifecycle import RANK, TERMINAL, Lifecycle, Setup, setup_id
+from services.detector.host import PluginHost
+from services.detector.lifecycle import RANK, TERMINAL, Lifecycle, Setup, geometry_ok, setup_id
 from services.detector.market import SessionState, gex
 from spx_common.models import IndexValue, MicroBar, SetupCandidate, SetupTransition, Trade
 
@@ -147,7 +147,7 @@ class DetectorEngine:
                 self.refuse("restore_refused", f"{subject}: {(str(exc) or repr(exc)).splitlines()[0]}")
                 continue
             if not all(math.isfinite(x) for x in (cand.entry_low, cand.entry_high, cand.stop, *cand.targets)) \
-                    or not _geometry_ok(cand):
+                    or not geometry_ok(cand):
                 self.refuse("restore_refused", f"{subject}: non-finite or wrong-sided entry/stop/targets")
                 continue
             if self.lifecycle.count() >= self.lifecycle.max_active:

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from services.detector import hookspecs
 from services.detector.health import Backoff, PluginHealth
+from services.detector.lifecycle import geometry_ok
 from spx_common import schemas
 from spx_common.models import SetupCandidate
 
@@ -350,7 +351,7 @@ def validate_output(name: str, family: str, out: Any, bar, refuse: Callable[...,
         if bound:
             refuse("candidate_out_of_range", bound)
             continue
-        if not _geometry_ok(cand):
+        if not geometry_ok(cand):
             refuse("candidate_geometry", "stop/targets on the wrong side of the entry zone")
             continue
         accepted.append(cand)
@@ -410,10 +411,3 @@ def _call(fn: Callable, **kwargs: Any) -> Any:
         return fn(**kwargs)
     return fn(**{k: v for k, v in kwargs.items() if k in accepts})
 
-
-def _geometry_ok(c: SetupCandidate) -> bool:
-    if not (c.entry_low <= c.entry_high):
-        return False
-    if c.direction == "long":
-        return c.stop < c.entry_low and all(t > c.entry_high for t in c.targets)
-    return c.stop > c.entry_high and all(t < c.entry_low for t in c.targets)

@@ -22,6 +22,18 @@ from dataclasses import dataclass, field
 from spx_common import calendar
 from spx_common.models import SetupCandidate, SetupState, SetupTransition
 
+
+def geometry_ok(c: SetupCandidate) -> bool:
+    """A candidate's levels make a trade: entry zone ordered, the stop beyond it on the losing side and every
+    target beyond it on the winning side. The host refuses a plugin's candidate that fails it; the engine
+    refuses a setup restored from the store that fails it."""
+    if not (c.entry_low <= c.entry_high):
+        return False
+    if c.direction == "long":
+        return c.stop < c.entry_low and all(t > c.entry_high for t in c.targets)
+    return c.stop > c.entry_high and all(t < c.entry_low for t in c.targets)
+
+
 RANK = {"forming": 0, "ready": 1, "triggered": 2, "target1_hit": 3, "target2_hit": 4,
         "invalidated": 5, "stopped": 5, "expired": 5}
 TERMINAL = {"target2_hit", "invalidated", "stopped", "expired"}

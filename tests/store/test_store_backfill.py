@@ -10,7 +10,7 @@ import pytest
 
 from services.cli.main import main
 from services.feed.rest import MassiveRest
-from services.recorder.backfill import Progress, import_flat_files, plan, run_rest, trading_days
+from services.cli.backfill import Progress, import_flat_files, plan, run_rest, trading_days
 from spx_testing.fakes.massive import FakeMassive
 
 DAY = dt.date(2026, 11, 20)  # a Friday

@@ -14,7 +14,7 @@ import pytest
 
 from services.aggregator.bars import csv_row
 from services.cli.main import main
-from services.recorder.backfill import flat_file_day, pair_by_day
+from services.cli.backfill import flat_file_day, pair_by_day
 from spx_common.calendar import ET
 
 #: the shared real days (``../shared/data/real`` next to the repository; SPX_REAL_DATA overrides)

@@ -41,7 +41,7 @@ def register(sub) -> None:
 
 
 def cmd_backfill(args) -> int:
-    from services.recorder.backfill import Progress, import_flat_files, plan, run_rest, trading_days
+    from services.cli.backfill import Progress, import_flat_files, plan, run_rest, trading_days
 
     symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
     if not args.flat_file and args.start is None:

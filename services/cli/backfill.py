@@ -1,5 +1,8 @@
 """Backfill history into the store: Massive REST (second/minute bars, optional trades and quotes)
-and the vendor's daily flat files.
+and the vendor's daily flat files (``spx backfill``).
+
+It composes the feed's REST client, the aggregator's bar core and the store, which is why it lives with the
+CLI (the layer that may use several services' parts) and not in the recorder process.
 
 The work is split into tasks, one per (kind, symbol, day); a task that finished is recorded in
 ``backfill_checkpoints`` and skipped on the next run, so an interrupted backfill resumes where it
@@ -15,7 +18,9 @@ column), bars are built without the excluded ones, and ``Summary.excluded`` coun
 from __future__ import annotations
 
 import asyncio
+import csv
 import datetime as dt
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,7 +30,11 @@ from collections.abc import Callable, Iterable
 
 import msgspec
 
+from services.aggregator.bars import bars_from_events
+from services.feed.rest import MassiveRest, RestError
 from spx_common import models as m
+from spx_common.calendar import ET
+from spx_common.flatfiles import FlatFileError, ReadStats, open_text, read_merged
 from spx_common.marketrules import TradeRules
 from spx_common.store.repo import Store
 
@@ -114,11 +123,9 @@ def task_key(kind: str, sym: str, day: dt.date) -> str:
     return f"rest:{kind}:{sym}:{day.isoformat()}"
 
 
-async def run_rest(store: Store, rest: Any, tasks: list[tuple[str, str, dt.date]], *,
+async def run_rest(store: Store, rest: MassiveRest, tasks: list[tuple[str, str, dt.date]], *,
                    progress: Progress | None = None, force: bool = False) -> Summary:
-    """Run ``tasks`` against ``rest`` (a :class:`services.feed.rest.MassiveRest`)."""
-    from services.feed.rest import RestError
-
+    """Run ``tasks`` against ``rest``."""
     summary = Summary()
     for kind, sym, day in tasks:
         key = task_key(kind, sym, day)
@@ -178,17 +185,11 @@ def _kept(events: list, rules: TradeRules, summary: Summary) -> list:
 def flat_file_day(path: Path) -> str:
     """The trading day a flat file holds: the ``YYYY-MM-DD`` in its name (the vendor names files by
     day), else the New York date of its first row's SIP time; "" when neither can be read."""
-    import csv
-    import re
-
-    from spx_common.calendar import ET
-    from spx_common.flatfiles import _open
-
     found = re.search(r"(\d{4}-\d{2}-\d{2})", path.name)
     if found:
         return found.group(1)
     try:
-        with _open(path) as fh:
+        with open_text(path) as fh:
             row = next(csv.DictReader(fh), None)
         ts = int(row["sip_timestamp"]) if row else None
     except (OSError, KeyError, TypeError, ValueError):
@@ -216,9 +217,6 @@ def import_flat_files(store: Store, paths: list[Path], *, symbols: Iterable[str]
     imbalance, coverage), not the trades alone. One checkpoint per day (its files' names and sizes).
     ``summary.fetched``/``skipped`` count files. ``quote_sizes``: as :func:`spx_common.flatfiles.read_merged`
     (``"shares"`` for files converted from another source that already hold shares)."""
-    from services.aggregator.bars import bars_from_events
-    from spx_common.flatfiles import FlatFileError, ReadStats, read_merged
-
     summary = Summary()
     for _day, group in pair_by_day(paths):
         key = "flat:" + "+".join(f"{p.name}:{p.stat().st_size if p.exists() else 0}" for p in sorted(group))
