@@ -6,7 +6,6 @@ damaged journal is refused record by record (counted), never a crash."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -15,6 +14,7 @@ import zmq
 from spx_common.bus import Outbox, Publisher, Subscriber
 from spx_common.codec import decode_frames
 from spx_common.models import SetupTransition
+from spx_testing import ServiceProcess
 from tests.conftest import eventually
 
 S = 1_000_000_000
@@ -86,24 +86,22 @@ def test_frames_sent_right_before_a_sigkill_are_in_the_outbox(tmp_path):
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     ctx = zmq.Context()
-    proc = subprocess.Popen([sys.executable, "-c", child], stdin=subprocess.PIPE, text=True)
+    proc = ServiceProcess([sys.executable, "-c", child], name="publisher", stdin=True, ok_codes=(-9,))
     try:
-        sub = Subscriber(ctx, [ep], ["setup.transition"])
-        eventually(lambda: (sub.recv(0.05), "detector" in sub.core.peers)[1], 20, what="the child's heartbeat")
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        seen = []
-        while (f := sub.recv(2.0)) is not None:
-            seen.append(f.body().setup_id)
-        assert proc.wait(20) == -9
-        _, loaded = _publisher(ctx, tmp_path)
-        assert _ids(loaded) == [f"s{i:05d}" for i in range(300)]
-        assert seen == _ids(loaded)[:len(seen)]
-        sub.close()
+        with proc:
+            sub = Subscriber(ctx, [ep], ["setup.transition"])
+            proc.wait_ready(lambda: (sub.recv(0.05), "detector" in sub.core.peers)[1], 20, what="the child's heartbeat")
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+            seen = []
+            while (f := sub.recv(2.0)) is not None:
+                seen.append(f.body().setup_id)
+            assert proc.wait(20) == -9  # it SIGKILLed itself after the last publish
+            _, loaded = _publisher(ctx, tmp_path)
+            assert _ids(loaded) == [f"s{i:05d}" for i in range(300)]
+            assert seen == _ids(loaded)[:len(seen)]
+            sub.close()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
         ctx.destroy(linger=0)
 
 

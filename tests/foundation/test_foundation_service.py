@@ -1,8 +1,6 @@
 """BusService base: validation at ingress, isolation of handler failures, heartbeats, clean SIGTERM."""
 
-import os
 import signal
-import subprocess
 import sys
 import textwrap
 
@@ -11,6 +9,7 @@ import zmq
 from spx_common.bus import Publisher, RpcClient, Subscriber
 from spx_common.config import BusConfig, RuntimeConfig
 from spx_common.models import Trade
+from spx_testing import ServiceProcess
 from tests.conftest import eventually
 
 SERVICE = textwrap.dedent('''
@@ -48,45 +47,42 @@ def test_service_counts_bad_frames_survives_handler_errors_and_drains_on_sigterm
     script = tmp_path / "echo.py"
     script.write_text(SERVICE)
     marker = tmp_path / "drained"
-    proc = subprocess.Popen([sys.executable, str(script), str(marker)], env={**os.environ},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = ServiceProcess([sys.executable, str(script), str(marker)], name="echo service")
     client = RpcClient(ctx, bus.rep_endpoint("coach", rt), timeout_s=0.5, retries=0)
     try:
-        eventually(lambda: _try(client, "ping"), 15, what="service answers ping")
-        # wait for the subscription to be live
-        eventually(lambda: feed.publish("tick.SPY", "ticks", [Trade(sym="SPY", price=1, ts=1)], 1) and
-                   1.0 in client.call("seen"), 10)
-        feed.sock.send_multipart([b"tick.SPY", b"\x00garbage"])
-        feed.sock.send_multipart([b"tick.SPY", b"\x93\x63\x00\x00"])  # wrong schema
-        feed.publish("tick.SPY", "ticks", [{"k": "t", "sym": "SPY", "price": 2.0}], 2)  # missing ts
-        feed.publish("tick.SPY", "ticks", [Trade(sym="SPY", price=13, ts=3)], 3)  # handler raises
-        feed.publish("tick.SPY", "ticks", [Trade(sym="SPY", price=4, ts=4)], 4)
-        eventually(lambda: 4.0 in client.call("seen"), 5)
-        metrics = client.call("metrics")
-        assert 'bus_bad_frames_total{reason="garbage"} 1' in metrics
-        assert 'bus_bad_frames_total{reason="schema"} 2' in metrics
-        assert 'handler_errors_total{topic="tick."} 1' in metrics
-        status = client.call("status")
-        assert status["state"] == "running" and status["dead_letters"] >= 2
-        assert (run_dir / "deadletter" / "coach.msgpack").stat().st_size > 0
-        # heartbeat on hb.coach within ~1s
-        sub = Subscriber(ctx, [bus.pub_endpoint("coach", rt)], [], heartbeats=True)
-        hb = eventually(lambda: sub.recv(0.5), 5)
-        assert hb.topic == "hb.coach" and hb.body().service == "coach"
-        sub.close()
-        # rollout switch changed at runtime: applied on request, visible in status
-        from spx_common.flags import FlagStore
+        with proc:
+            proc.wait_ready(lambda: _try(client, "ping"), 15, what="service answers ping")
+            # wait for the subscription to be live
+            eventually(lambda: feed.publish("tick.SPY", "ticks", [Trade(sym="SPY", price=1, ts=1)], 1) and
+                       1.0 in client.call("seen"), 10)
+            feed.sock.send_multipart([b"tick.SPY", b"\x00garbage"])
+            feed.sock.send_multipart([b"tick.SPY", b"\x93\x63\x00\x00"])  # wrong schema
+            feed.publish("tick.SPY", "ticks", [{"k": "t", "sym": "SPY", "price": 2.0}], 2)  # missing ts
+            feed.publish("tick.SPY", "ticks", [Trade(sym="SPY", price=13, ts=3)], 3)  # handler raises
+            feed.publish("tick.SPY", "ticks", [Trade(sym="SPY", price=4, ts=4)], 4)
+            eventually(lambda: 4.0 in client.call("seen"), 5)
+            metrics = client.call("metrics")
+            assert 'bus_bad_frames_total{reason="garbage"} 1' in metrics
+            assert 'bus_bad_frames_total{reason="schema"} 2' in metrics
+            assert 'handler_errors_total{topic="tick."} 1' in metrics
+            status = client.call("status")
+            assert status["state"] == "running" and status["dead_letters"] >= 2
+            assert (run_dir / "deadletter" / "coach.msgpack").stat().st_size > 0
+            # heartbeat on hb.coach within ~1s
+            sub = Subscriber(ctx, [bus.pub_endpoint("coach", rt)], [], heartbeats=True)
+            hb = eventually(lambda: sub.recv(0.5), 5)
+            assert hb.topic == "hb.coach" and hb.body().service == "coach"
+            sub.close()
+            # rollout switch changed at runtime: applied on request, visible in status
+            from spx_common.flags import FlagStore
 
-        FlagStore(run_dir / "flags.json").set("tactical_alerts", "off")
-        assert client.call("flags.reload")["flags"]["tactical_alerts"] is False
-        assert client.call("status")["flags"]["tactical_alerts"] is False
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-        assert marker.read_text() == "drained"
+            FlagStore(run_dir / "flags.json").set("tactical_alerts", "off")
+            assert client.call("flags.reload")["flags"]["tactical_alerts"] is False
+            assert client.call("status")["flags"]["tactical_alerts"] is False
+            proc.send_signal(signal.SIGTERM)
+            proc.expect_exit(10, codes=(0,))
+            assert marker.read_text() == "drained"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
         client.close()
         ctx.destroy(linger=0)
 

@@ -6,10 +6,7 @@ and sends garbage, a wrong protocol version, a wrong envelope and bodies with mi
 every topic of docs/protocol.md, then checks the counters and that the process still answers.
 """
 
-import os
 import re
-import subprocess
-import sys
 import time
 
 import msgspec
@@ -18,6 +15,7 @@ import zmq
 
 from spx_common.bus import Publisher, RpcClient, RpcError
 from spx_common.config import SERVICES, BusConfig, RuntimeConfig
+from spx_testing import ServiceProcess
 from tests.conftest import eventually, free_port
 
 TOPICS = {
@@ -40,51 +38,43 @@ def test_bad_frames_are_counted_and_the_process_survives(service, run_dir):
     rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
     ctx = zmq.Context()
     peers = {name: Publisher(ctx, bus.pub_endpoint(name, rt, bind=True), name) for name in SERVICES if name != service}
-    env = {**os.environ, "SPX_RUNTIME_RUN_DIR": str(run_dir), "SPX_GATEWAY_PORT": str(free_port()),
-           "SPX_RUNTIME_LOG_LEVEL": "WARNING"}
-    log = open(run_dir / f"{service}.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", f"services.{service}"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    env = {"SPX_GATEWAY_PORT": str(free_port()), "SPX_RUNTIME_LOG_LEVEL": "WARNING"}
+    proc = ServiceProcess.service(service, run_dir=run_dir, env=env, stop_timeout_s=15)
     client = RpcClient(ctx, bus.rep_endpoint(service, rt), timeout_s=1.0, retries=0)
     try:
-        def live_peers():
-            for pub in peers.values():
-                pub.heartbeat(time.time_ns())
-            try:
-                return {k for k, v in client.call("status")["peers"].items() if v}
-            except RpcError:
-                return set()
+        with proc:
+            def live_peers():
+                for pub in peers.values():
+                    pub.heartbeat(time.time_ns())
+                try:
+                    return {k for k, v in client.call("status")["peers"].items() if v}
+                except RpcError:
+                    return set()
 
-        subscribed = eventually(live_peers, 30, interval_s=0.2, what=f"{service} sees a fake peer")
-        for name in subscribed:
-            sock = peers[name].sock
-            # header-level garbage on the heartbeat topic, which every subscriber listens to
-            hb = f"hb.{name}".encode()
-            sock.send_multipart([hb, b"\x00\x01garbage"])
-            sock.send_multipart([hb, msgspec.msgpack.encode([99, "heartbeat", name, "s", 1, 0, 0, msgspec.Raw(b"\x90")])])
-            sock.send_multipart([hb, msgspec.msgpack.encode(["not", "an", "envelope"])])
-            sock.send_multipart([hb])
-            # well-formed envelopes with bodies missing required fields, on every topic
-            for topic, type_name in TOPICS.items():
-                peers[name].publish(topic, type_name, [{"k": "t"}] if type_name == "ticks" else {"bogus": 1}, 1)
-        n = len(subscribed)
+            subscribed = proc.wait_ready(live_peers, 30, f"{service} sees a fake peer", 0.2)
+            for name in subscribed:
+                sock = peers[name].sock
+                # header-level garbage on the heartbeat topic, which every subscriber listens to
+                hb = f"hb.{name}".encode()
+                sock.send_multipart([hb, b"\x00\x01garbage"])
+                sock.send_multipart([hb, msgspec.msgpack.encode([99, "heartbeat", name, "s", 1, 0, 0, msgspec.Raw(b"\x90")])])
+                sock.send_multipart([hb, msgspec.msgpack.encode(["not", "an", "envelope"])])
+                sock.send_multipart([hb])
+                # well-formed envelopes with bodies missing required fields, on every topic
+                for topic, type_name in TOPICS.items():
+                    peers[name].publish(topic, type_name, [{"k": "t"}] if type_name == "ticks" else {"bogus": 1}, 1)
+            n = len(subscribed)
 
-        def counted():
-            text = client.call("metrics")
-            return text if _counter(text, "garbage") >= n and _counter(text, "frames") >= n else None
+            def counted():
+                text = client.call("metrics")
+                return text if _counter(text, "garbage") >= n and _counter(text, "frames") >= n else None
 
-        metrics = eventually(counted, 10, what="bad frames counted")
-        assert _counter(metrics, "version") >= n
-        assert _counter(metrics, "schema") > n  # envelopes, plus at least one body of a handled topic
-        assert client.call("ping")["pong"] is True
-        assert proc.poll() is None
+            metrics = eventually(counted, 10, what="bad frames counted")
+            assert _counter(metrics, "version") >= n
+            assert _counter(metrics, "schema") > n  # envelopes, plus at least one body of a handled topic
+            assert client.call("ping")["pong"] is True
+            assert proc.alive()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
         client.close()
         for pub in peers.values():
             pub.close()

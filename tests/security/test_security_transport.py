@@ -5,45 +5,38 @@ loopback bind and with a loud warning. Also: the secrets each supervisord progra
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 
 import pytest
 
 from services.cli import supervise
 from spx_common.config import BusConfig, ConfigError, PROJECT_DIR
+from spx_testing import ServiceProcess
 from tests.conftest import free_port
 
 
-def _start(run_dir, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "services.coach"],
-                            env={**os.environ, "SPX_RUNTIME_RUN_DIR": str(run_dir), "SPX_BUS_TRANSPORT": "tcp",
-                                 "SPX_BUS_TCP_BASE_PORT": str(free_port() // 2 * 2 % 60000 + 2000), **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _coach(run_dir, env: dict[str, str], **kw) -> ServiceProcess:
+    return ServiceProcess.service("coach", run_dir=run_dir, env={
+        "SPX_BUS_TRANSPORT": "tcp", "SPX_BUS_TCP_BASE_PORT": str(free_port() // 2 * 2 % 60000 + 2000), **env}, **kw)
 
 
 def test_plain_tcp_is_refused_unless_allowed_on_loopback(run_dir):
-    refused = _start(run_dir, {})
-    out = refused.communicate(timeout=30)[0]
-    assert refused.returncode == 2 and "curve = true" in out and "allow_insecure_tcp" in out
-    wide = _start(run_dir, {"SPX_BUS_ALLOW_INSECURE_TCP": "true", "SPX_BUS_TCP_BIND_HOST": "0.0.0.0"})
-    out = wide.communicate(timeout=30)[0]
-    assert wide.returncode == 2 and "loopback" in out
+    with _coach(run_dir, {}, ok_codes=(2,)) as refused:
+        refused.expect_exit(30, codes=(2,))
+    out = refused.output()
+    assert "curve = true" in out and "allow_insecure_tcp" in out, out
+    with _coach(run_dir, {"SPX_BUS_ALLOW_INSECURE_TCP": "true", "SPX_BUS_TCP_BIND_HOST": "0.0.0.0"},
+                ok_codes=(2,)) as wide:
+        wide.expect_exit(30, codes=(2,))
+    assert "loopback" in wide.output()
 
-    allowed = _start(run_dir, {"SPX_BUS_ALLOW_INSECURE_TCP": "true", "SPX_RUNTIME_LOG_LEVEL": "INFO"})
-    try:
-        for line in allowed.stdout:  # runs, and says so loudly
-            if "INSECURE BUS" in line:
-                assert '"CRITICAL"' in line or "CRITICAL" in line
-                break
-        else:
-            pytest.fail("no insecure-bus warning before the process ended")
-        assert allowed.poll() is None
-    finally:
-        allowed.terminate()
-        allowed.communicate(timeout=15)
-    assert allowed.returncode == 0
+    with _coach(run_dir, {"SPX_BUS_ALLOW_INSECURE_TCP": "true", "SPX_RUNTIME_LOG_LEVEL": "INFO"}) as allowed:
+        # runs, and says so loudly
+        allowed.wait_ready(lambda: "INSECURE BUS" in allowed.output(), 30, "the insecure-bus warning")
+        line = next(ln for ln in allowed.output().splitlines() if "INSECURE BUS" in ln)
+        assert "CRITICAL" in line, line
+        assert allowed.alive()
+    # leaving the block: SIGTERM, and the coach must exit 0
 
 
 @pytest.mark.parametrize("bus", [
