@@ -16,11 +16,13 @@ from __future__ import annotations
 from spx_common.outbox import Outbox
 from spx_common.pubsub import (HEARTBEAT_PREFIX, MAX_TRACKED_STREAMS, AsyncSubscriber, Peer, Publisher, Subscriber,
                                SubscriberCore, new_session)
-from spx_common.rpc import (AsyncRpcClient, Handler, PirateCore, RpcClient, RpcError, RpcServer, RpcTimeout,
-                            call_once, decode_reply, encode_reply, encode_request)
+from spx_common.rpc import (AsyncRpcClient, Handler, PirateCore, RpcClient, RpcError, RpcFatal, RpcRefused, RpcServer,
+                            RpcTimeout, RpcUnavailable, call_once, decode_reply, encode_reply, encode_request,
+                            rpc_error)
 
 __all__ = [
     "HEARTBEAT_PREFIX", "MAX_TRACKED_STREAMS", "AsyncRpcClient", "AsyncSubscriber", "Handler", "Outbox", "Peer",
-    "PirateCore", "Publisher", "RpcClient", "RpcError", "RpcServer", "RpcTimeout", "Subscriber", "SubscriberCore",
-    "call_once", "decode_reply", "encode_reply", "encode_request", "new_session",
+    "PirateCore", "Publisher", "RpcClient", "RpcError", "RpcFatal", "RpcRefused", "RpcServer", "RpcTimeout",
+    "RpcUnavailable", "Subscriber", "SubscriberCore", "call_once", "decode_reply", "encode_reply", "encode_request",
+    "new_session", "rpc_error",
 ]

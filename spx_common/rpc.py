@@ -27,6 +27,7 @@ import zmq.asyncio
 from spx_common import codec
 from spx_common.codec import FrameError
 from spx_common.curve import CurveKeys
+from spx_common.errors import Fatal, Refused, Retryable, SpxError, kind_of
 from spx_common.metrics import Registry
 from spx_common.models import ErrorInfo, Reply
 from spx_common.sockets import ensure_ipc_dir
@@ -34,17 +35,38 @@ from spx_common.sockets import ensure_ipc_dir
 log = logging.getLogger("spx.bus")
 
 
-class RpcError(RuntimeError):
-    """A request that failed: ``code`` is one of bad_request, unknown_method, refused,
-    internal, timeout, unavailable."""
+class RpcError(SpxError, RuntimeError):
+    """A request that failed: ``code`` is the reply's error code (bad_request, unknown_method, refused,
+    internal, timeout, busy, unavailable, or a method's own). Clients raise it as the subclass of its
+    kind in the :mod:`~spx_common.errors` tree (:func:`rpc_error`); a handler may raise it (or any
+    :class:`~spx_common.errors.SpxError`) to refuse a request with a code."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
+        super().__init__(f"{code}: {message}", code=code)
         self.message = message
 
 
-class RpcTimeout(RpcError):
+class RpcUnavailable(RpcError, Retryable):
+    """No answer, or "not now" (timeout, busy, unavailable): the same request may succeed later."""
+
+
+class RpcRefused(RpcError, Refused):
+    """The server refused the request (bad_request, a method's own refusal codes)."""
+
+
+class RpcFatal(RpcError, Fatal):
+    """The server failed (internal), does not know the method, or answered what is not a reply."""
+
+
+_RPC_KINDS: dict[type[SpxError], type[RpcError]] = {Retryable: RpcUnavailable, Refused: RpcRefused, Fatal: RpcFatal}
+
+
+def rpc_error(code: str, message: str) -> RpcError:
+    """The :class:`RpcError` of an error reply, of the kind its code names (:func:`~spx_common.errors.kind_of`)."""
+    return _RPC_KINDS[kind_of(code)](code, message)
+
+
+class RpcTimeout(RpcUnavailable):
     def __init__(self, endpoint: str, method: str, attempts: int, timeout_s: float) -> None:
         super().__init__(
             "timeout", f"no reply from {endpoint} to {method!r} after {attempts} attempt(s) of {timeout_s:.1f}s"
@@ -66,10 +88,10 @@ def decode_reply(parts: list[bytes]) -> Any:
         frame = codec.decode_frames(parts)
         reply: Reply = frame.body()
     except FrameError as exc:
-        raise RpcError("bad_reply", str(exc)) from exc
+        raise rpc_error("bad_reply", str(exc)) from exc
     if not reply.ok:
         err = reply.error or ErrorInfo(code="internal", message="error without detail")
-        raise RpcError(err.code, err.message)
+        raise rpc_error(err.code, err.message)
     return reply.result
 
 
@@ -215,9 +237,11 @@ Handler = Callable[[dict], Any] | Callable[[dict], Awaitable[Any]]
 class RpcServer:
     """ROUTER socket dispatching ``method -> handler(params)``; every failure becomes a coded reply.
 
-    Handlers receive the request's params (a dict) and return builtins or Structs.  They
-    raise :class:`RpcError` for an expected refusal (its code is kept); any other
-    exception is answered as ``internal`` and counted, and the loop goes on.
+    Handlers receive the request's params (a dict) and return builtins or Structs.  They raise an
+    :class:`~spx_common.errors.SpxError` (e.g. :class:`~spx_common.errors.Refused`, :class:`RpcError`)
+    for an expected failure: its code and message are the reply's one error document. Any other
+    exception is answered as ``internal`` and counted, and the loop goes on. This is the one place an
+    exception becomes a reply: a handler never returns an error document inside a successful one.
 
     Requests are answered one at a time, in order, except those of methods registered
     ``concurrent=True`` (slow work such as a vendor call): each runs as its own task, so the loop
@@ -278,7 +302,7 @@ class RpcServer:
             if asyncio.iscoroutine(result):
                 result = await result
             out = encode_reply(True, result)
-        except RpcError as exc:
+        except SpxError as exc:
             outcome = exc.code
             out = encode_reply(False, None, exc.code, exc.message)
         except Exception as exc:  # the loop never dies on a handler bug

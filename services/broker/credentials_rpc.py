@@ -5,8 +5,9 @@ socket), is sealed into the store at once and is never part of a reply, a log li
 Every method acts on the ``user`` the caller names - the gateway passes the user of the verified
 websocket token, never a user id from the browser.
 
-Replies are maps with ``ok`` (bool); a refusal is ``{"ok": false, "code", "message"}`` with a code
-of ``no_store`` (the database is not reachable), ``no_user`` (no such record, ``spx users add``),
+Replies are maps with ``ok: true``; a refusal is the RPC's one error reply (``Reply.error``, made by
+:class:`~spx_common.rpc.RpcServer` from :class:`Refused`), never a document inside a successful reply,
+with a code of ``no_store`` (the database is not reachable), ``no_user`` (no such record, ``spx users add``),
 ``bad_request`` (token or account id malformed), ``no_key`` (``SPX_CREDENTIALS_KEYS`` missing) or
 ``test_failed`` (the balances call failed; the message names the error class and HTTP status only).
 Refusals are counted in ``broker_credentials_requests_total{method,outcome}``.
@@ -24,6 +25,7 @@ import re
 import time
 
 from services.broker import credentials as creds
+from spx_common import errors
 from spx_common.crypto import CryptoError, KeyRing
 
 ACCOUNT = re.compile(r"^[A-Za-z0-9_-]{1,32}\Z")
@@ -32,11 +34,11 @@ TOKEN_MAX = 512
 TEST_BOUND_S = 8.0
 
 
-class Refused(Exception):
+class Refused(errors.Refused):
+    """A ``credentials.*`` request refused with ``code`` (answered as the RPC's error reply)."""
+
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(message, code=code)
 
 
 def register(svc) -> None:
@@ -53,14 +55,14 @@ def register(svc) -> None:
                 out = await fn(svc, user, params)
                 counter.inc(method=method, outcome="ok")
                 return {"ok": True, **out}
-            except Refused as exc:
+            except errors.SpxError as exc:
                 counter.inc(method=method, outcome=exc.code)
-                return {"ok": False, "code": exc.code, "message": exc.message}
+                raise
             except Exception as exc:  # noqa: BLE001 - never let an exception text (it could hold the token) out
                 counter.inc(method=method, outcome="internal")
                 svc.log.error("credentials.%s for %s failed: %s", method.split(".")[-1], params.get("user"),
                               type(exc).__name__)
-                return {"ok": False, "code": "internal", "message": f"internal error ({type(exc).__name__})"}
+                raise errors.Internal(f"internal error ({type(exc).__name__})") from None
         return handler
 
     for name, fn in (("credentials.set", _set), ("credentials.test", _test), ("credentials.remove", _remove),

@@ -57,6 +57,7 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 
 from services.broker import router
+from spx_common.errors import Fatal, RateLimited, Refused, Retryable, SpxError
 
 log = logging.getLogger("spx.broker.tradier")
 
@@ -66,14 +67,13 @@ OPEN_STATUSES = ("open", "partially_filled", "pending", "calculated", "accepted_
 FINAL_STATUSES = ("filled", "expired", "canceled", "rejected", "error")
 
 
-class TradierError(Exception):
-    """Base of every Tradier failure."""
+class TradierError(SpxError):
+    """Base of every Tradier failure; its kind in the mesh's :mod:`~spx_common.errors` tree says whether the
+    same request may be sent again (``retryable``: transport, 429, 5xx)."""
 
-    retryable = False
 
-
-class TradierTransportError(TradierError):
-    retryable = True
+class TradierTransportError(TradierError, Retryable):
+    pass
 
 
 class TradierHTTPError(TradierError):
@@ -83,11 +83,11 @@ class TradierHTTPError(TradierError):
         self.messages = messages
 
 
-class TradierBadRequest(TradierHTTPError):
+class TradierBadRequest(TradierHTTPError, Refused):
     pass
 
 
-class TradierAuthError(TradierHTTPError):
+class TradierAuthError(TradierHTTPError, Fatal):
     pass
 
 
@@ -96,23 +96,21 @@ class TradierTokenExpired(TradierAuthError):
     nothing was done; nothing will work for this account until a new token is stored."""
 
 
-class TradierNotFound(TradierHTTPError):
+class TradierNotFound(TradierHTTPError, Refused):
     pass
 
 
-class TradierRateLimited(TradierHTTPError):
-    retryable = True
-
+class TradierRateLimited(TradierHTTPError, RateLimited):
     def __init__(self, status: int, messages: list[str], body: str = "", reset_at: float | None = None) -> None:
         super().__init__(status, messages, body)
         self.reset_at = reset_at
 
 
-class TradierServerError(TradierHTTPError):
-    retryable = True
+class TradierServerError(TradierHTTPError, Retryable):
+    pass
 
 
-class TradierRejected(TradierError):
+class TradierRejected(TradierError, Refused):
     """HTTP 200 whose body carries ``errors``: the broker refused the request."""
 
     def __init__(self, messages: list[str]) -> None:

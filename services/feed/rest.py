@@ -15,8 +15,8 @@ Behaviour:
   ``next_url`` (the vendor never puts the key in it).  Only the path and query of a ``next_url``
   are kept and sent to the configured base URL (as the vendor's own client does): whatever host
   an answer names, the key goes nowhere else.
-* Retry taxonomy (:class:`RestError.kind`, each outcome counted in ``rest_requests_total``):
-  *retryable* - 413, 429, 499, 500, 502, 503, 504 (the official client's list), timeouts and
+* Retry taxonomy (:class:`RestError`: :class:`RestRetryable` or :class:`RestFatal`, kinds of the mesh's
+  :mod:`~spx_common.errors` tree; each outcome counted in ``rest_requests_total``): *retryable* - 413, 429, 499, 500, 502, 503, 504 (the official client's list), timeouts and
   connection errors: retried up to ``retries`` times with capped exponential backoff and full
   jitter (a 429 waits at least ``rate_limit_wait_s``, or ``Retry-After`` when sent);
   *fatal* - every other 4xx (401 unknown key, 403 not entitled, 404, 400) and bodies that are not
@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from spx_common.errors import Fatal, Retryable, SpxError
 from spx_common.marketrules import EXCL_CORRECTION, quote_size_factor
 from spx_common.metrics import Registry
 from spx_common.models import IndexValue, Quote, Source, Trade
@@ -52,15 +53,28 @@ from spx_common.models import IndexValue, Quote, Source, Trade
 RETRYABLE_STATUS = frozenset({413, 429, 499, 500, 502, 503, 504})
 
 
-class RestError(Exception):
-    """A REST failure. ``kind`` is ``retryable`` or ``fatal``; ``status`` the HTTP status (0: none)."""
+class RestError(SpxError):
+    """A REST failure, raised as :class:`RestRetryable` or :class:`RestFatal`; ``status`` the HTTP status
+    (0: none)."""
 
-    def __init__(self, kind: str, status: int, message: str, url: str = "") -> None:
-        super().__init__(f"{kind} REST error {status or ''} {message} ({url})".replace("  ", " "))
-        self.kind = kind
+    def __init__(self, status: int, message: str, url: str = "") -> None:
+        super().__init__(f"{self.kind} REST error {status or ''} {message} ({url})".replace("  ", " "))
         self.status = status
         self.message = message
         self.url = url
+
+    @property
+    def kind(self) -> str:
+        """``retryable`` or ``fatal`` (the taxonomy in the module docstring)."""
+        return "retryable" if self.retryable else "fatal"
+
+
+class RestRetryable(RestError, Retryable):
+    """413, 429, 499, 5xx, a timeout or a connection error: retried, then raised."""
+
+
+class RestFatal(RestError, Fatal):
+    """Any other 4xx (key, entitlement), or a body that is not the documented JSON: raised at once."""
 
 
 class MassiveRest:
@@ -134,10 +148,10 @@ class MassiveRest:
             try:
                 resp = await self._client.get(url, params=params)
             except httpx.TimeoutException as exc:
-                err = RestError("retryable", 0, f"timeout: {exc!r}", url)
+                err = RestRetryable(0, f"timeout: {exc!r}", url)
                 outcome = "retryable_timeout"
             except httpx.TransportError as exc:
-                err = RestError("retryable", 0, f"connection: {exc!r}", url)
+                err = RestRetryable(0, f"connection: {exc!r}", url)
                 outcome = "retryable_connect"
             else:
                 if resp.status_code == 200:
@@ -145,19 +159,19 @@ class MassiveRest:
                         body = resp.json()
                     except ValueError:
                         self.m_requests.inc(outcome="fatal_body")
-                        raise RestError("fatal", 200, f"not JSON: {resp.text[:120]!r}", url) from None
+                        raise RestFatal(200, f"not JSON: {resp.text[:120]!r}", url) from None
                     if not isinstance(body, dict):
                         self.m_requests.inc(outcome="fatal_body")
-                        raise RestError("fatal", 200, "JSON body is not an object", url)
+                        raise RestFatal(200, "JSON body is not an object", url)
                     self.m_requests.inc(outcome="ok")
                     return body
                 message = _error_message(resp)
                 if resp.status_code in RETRYABLE_STATUS:
-                    err = RestError("retryable", resp.status_code, message, url)
+                    err = RestRetryable(resp.status_code, message, url)
                     outcome = f"retryable_{resp.status_code}"
                 else:
                     self.m_requests.inc(outcome=f"fatal_{resp.status_code}")
-                    raise RestError("fatal", resp.status_code, message, url)
+                    raise RestFatal(resp.status_code, message, url)
             self.m_requests.inc(outcome=outcome)
             if attempt >= self.retries:
                 raise err
@@ -181,7 +195,7 @@ class MassiveRest:
                 return
             if not isinstance(nxt, str):
                 self.m_refused.inc(kind="next_url")
-                raise RestError("fatal", 200, f"next_url is not a string: {nxt!r:.60}", path)
+                raise RestFatal(200, f"next_url is not a string: {nxt!r:.60}", path)
             body = await self.get_json(nxt)
             pages += 1
 
@@ -192,7 +206,7 @@ class MassiveRest:
             return []
         if not isinstance(rows, list):
             self.m_refused.inc(kind="results")
-            raise RestError("fatal", 200, f"'results' is not a list: {type(rows).__name__}", where)
+            raise RestFatal(200, f"'results' is not a list: {type(rows).__name__}", where)
         return rows
 
     # ------------------------------------------------------------------ endpoints
@@ -265,7 +279,7 @@ class MassiveRest:
                 return out, True
             if not isinstance(nxt, str):
                 self.m_refused.inc(kind="next_url")
-                raise RestError("fatal", 200, f"next_url is not a string: {nxt!r:.60}", path)
+                raise RestFatal(200, f"next_url is not a string: {nxt!r:.60}", path)
             body = await self.get_json(nxt)
             pages += 1
         out.reverse()

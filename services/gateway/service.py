@@ -803,11 +803,16 @@ class GatewayService(BusService):
             if not isinstance(res, dict):
                 raise RpcError("bad_reply", "not a map")
         except RpcError as exc:
-            self.m_cred.inc(op=req.op, outcome="broker_unavailable")
-            self._rate_log.warning("credentials", f"{req.op} for {user}: broker did not answer ({exc.code})")
-            if not conn.closing:
-                self._error(conn, "broker_unavailable", f"the broker did not answer ({exc.code}); try again", rid=req.id)
-            return
+            if not exc.retryable and exc.code not in ("bad_reply", "unknown_method"):
+                # the broker answered: refused (no_user, test_failed, no_key...) or failed (internal)
+                res = {"ok": False, "code": exc.code, "message": exc.message}
+            else:
+                self.m_cred.inc(op=req.op, outcome="broker_unavailable")
+                self._rate_log.warning("credentials", f"{req.op} for {user}: broker did not answer ({exc.code})")
+                if not conn.closing:
+                    self._error(conn, "broker_unavailable", f"the broker did not answer ({exc.code}); try again",
+                                rid=req.id)
+                return
         finally:
             conn.credentials_busy = False
             params.clear()
