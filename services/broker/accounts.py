@@ -18,7 +18,8 @@ from typing import Any
 
 from services.broker.config import BrokerConfig
 from services.broker.engine import Limits
-from services.broker.paper import PaperBroker
+from services.broker.client import BrokerClient
+from services.broker.paper import PaperBroker, PaperClient
 from services.broker.tradier import TradierClient
 
 SHARED = "shared"  # the account of the config lists when the store has no users
@@ -46,6 +47,17 @@ class Account:
     last_position_rows: list[dict] = field(default_factory=list)
     other_positions: dict[str, float] = field(default_factory=dict)  # non-option holdings: reported, never touched
     last_drift: list[dict] = field(default_factory=list)
+
+    _paper_client: PaperClient | None = None
+
+    @property
+    def client(self) -> BrokerClient | None:
+        """The account's broker behind the one :class:`BrokerClient` interface (None: no credentials)."""
+        if self.paper is not None:
+            if self._paper_client is None or self._paper_client.broker is not self.paper:
+                self._paper_client = PaperClient(self.paper)
+            return self._paper_client
+        return self.tradier
 
     @property
     def kind(self) -> str:

@@ -203,3 +203,45 @@ class PaperBroker:
         return {"account_type": "margin", "total_equity": round(equity, 2), "total_cash": round(self.cash, 2),
                 "market_value": round(market, 2), "open_pl": round(market - sum(c for _, c in self.positions.values()), 2),
                 "margin": {"option_buying_power": round(self.cash, 2), "stock_buying_power": round(2 * self.cash, 2)}}
+
+
+class PaperClient:
+    """The paper broker as a :class:`services.broker.client.BrokerClient`: the same async calls and event
+    shapes as :class:`services.broker.tradier.TradierClient`, answered synchronously by the simulation
+    (every answer carries the events the call produced, fills included)."""
+
+    kind = "paper"
+
+    def __init__(self, broker: PaperBroker) -> None:
+        self.broker = broker
+
+    async def place_order(self, payload: dict[str, str], *, ts: int = 0) -> dict:
+        o, events = self.broker.place(payload, ts)
+        return {"id": str(o.id), "status": "ok", "events": events}
+
+    async def cancel_order(self, order_id: str | int, *, ts: int = 0) -> dict:
+        try:
+            return {"id": str(order_id), "status": "ok", "events": self.broker.cancel(int(order_id), ts)}
+        except KeyError as exc:
+            raise ValueError(str(exc)) from None
+
+    async def modify_order(self, order_id: str | int, *, ts: int = 0, **fields: str) -> dict:
+        return {"id": str(order_id), "status": "ok", "events": self.broker.modify(int(order_id), fields, ts)}
+
+    async def order(self, order_id: str | int) -> dict:
+        o = self.broker.orders.get(int(order_id))
+        if o is None:
+            raise ValueError(f"paper order {order_id} not found")
+        return o.event(o.create_ns)
+
+    async def orders(self) -> list[dict]:
+        return [o.event(o.create_ns) for o in self.broker.orders.values()]
+
+    async def positions(self) -> list[dict]:
+        return self.broker.position_list()
+
+    async def balances(self) -> dict:
+        return self.broker.balances()
+
+    async def aclose(self) -> None:
+        return None

@@ -422,20 +422,15 @@ class BrokerService(BusService):
         order = msgspec.structs.replace(p.order, ts=ts)
         self.ledger.record_order(order, p.decision_mid)
         self._publish_order(order)
-        events: list[dict] = []
+        client = a.client
+        if client is None:
+            return self._refused(order, "no_token", "no broker credentials for this user", ts, p.role)
+        if a.token_expired and a.paper is None:  # queued before the expiry was seen: never sent with a dead token
+            return self._refused(order, "token_expired", a.token_expired, ts, p.role)
         try:
-            if a.paper is not None:
-                po, events = a.paper.place(p.payload, ts)
-                broker_id = str(po.id)
-            elif a.tradier is None:
-                return self._refused(order, "no_token", "no broker credentials for this user", ts, p.role)
-            elif a.token_expired:  # queued before the expiry was seen: never sent with a dead token
-                return self._refused(order, "token_expired", a.token_expired, ts, p.role)
-            else:
-                res = await a.tradier.place_order(p.payload)
-                broker_id = str(res["id"])
-                if (res.get("resolved_by_tag") or res.get("confirmed_by_id")) and isinstance(res.get("order"), dict):
-                    events = [res["order"]]
+            res = await client.place_order(p.payload, ts=ts)
+            broker_id = str(res["id"])
+            events = list(res.get("events") or [])
         except router.OrderRefused as exc:
             return self._refused(order, exc.reason, exc.detail, ts, p.role)
         except PlacementUnresolved as exc:
@@ -479,25 +474,22 @@ class BrokerService(BusService):
         bid = self._broker_id(c.order_id)
         if bid is None:
             return
+        client = a.client
+        if client is None:
+            return
         try:
-            if a.paper is not None:
-                events = a.paper.cancel(int(bid), ts)
-            else:
-                assert a.tradier is not None
-                await a.tradier.cancel_order(bid)
-                events = [await a.tradier.order(bid)]
+            events = list((await client.cancel_order(bid, ts=ts)).get("events") or [])
+            if not events:  # confirmed on the stream: read the order back so it is known even while that is down
+                events = [await client.order(bid)]
         except TradierTokenExpired as exc:
             await self._token_expired(a, exc, ts)
             return
-        except (KeyError, ValueError, TradierError) as exc:
+        except (ValueError, TradierError) as exc:  # already final or unknown: its state tells what happened
             self.m_order_errors.inc(kind="cancel")
             self.log.warning("cancel %s failed: %s", c.order_id, exc)
-            if a.tradier is not None:
-                try:
-                    events = [await a.tradier.order(bid)]
-                except TradierError:
-                    return
-            else:
+            try:
+                events = [await client.order(bid)]
+            except (ValueError, TradierError):
                 return
         for e in events:
             self._apply_broker_event(e, ts, a)
@@ -506,13 +498,11 @@ class BrokerService(BusService):
         bid = self._broker_id(mo.order_id)
         if bid is None:
             return
+        client = a.client
+        if client is None:
+            return
         try:
-            if a.paper is not None:
-                events = a.paper.modify(int(bid), mo.fields, ts)
-            else:
-                assert a.tradier is not None
-                await a.tradier.modify_order(bid, **mo.fields)
-                events = []
+            events = list((await client.modify_order(bid, ts=ts, **mo.fields)).get("events") or [])
         except TradierTokenExpired as exc:
             await self._token_expired(a, exc, ts)
             return
@@ -570,17 +560,10 @@ class BrokerService(BusService):
                                                "user": user, "data": data}, ts)
 
     async def _balances(self, a: acc.Account) -> dict:
-        if a.paper is not None:
-            return a.paper.balances()
-        if a.tradier is None:
-            return {}
-        return await a.tradier.balances()
+        return await a.client.balances() if a.client is not None else {}
 
     async def _broker_positions(self, a: acc.Account) -> dict[str, float]:
-        if a.paper is not None:
-            rows = a.paper.position_list()
-        else:
-            rows = await a.tradier.positions() if a.tradier is not None else []
+        rows = await a.client.positions() if a.client is not None else []
         a.last_position_rows = rows
         options, a.other_positions = pf.split_positions(rows)  # equities are reported, never managed
         return options

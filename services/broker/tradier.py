@@ -279,7 +279,10 @@ def endpoint_class(method: str, path: str) -> str:
 
 
 class TradierClient:
-    """Async Tradier REST client for one account. See the module docstring for the policies."""
+    """Async Tradier REST client for one account (a :class:`services.broker.client.BrokerClient`). See the
+    module docstring for the policies."""
+
+    kind = "tradier"
 
     def __init__(
         self,
@@ -442,12 +445,22 @@ class TradierClient:
 
     # ---------------------------------------------------------------- trading
 
-    async def place_order(self, payload: dict[str, str], *, preview: bool = False) -> dict:
-        """Place (or preview) a single-leg option order; returns ``{"id", "status", ...}``.
+    async def place_order(self, payload: dict[str, str], *, preview: bool = False, ts: int = 0) -> dict:
+        """Place (or preview) a single-leg option order; returns ``{"id", "status", "events", ...}``
+        (``events``: the order found when the placement was resolved by tag or confirmed by id; see
+        :class:`services.broker.client.BrokerClient`).
 
         Guarded by :func:`router.check_payload` against the broker's own positions and working
         orders.  Never sent twice: see the module docstring.
         """
+        res = await self._place(payload, preview)
+        if not preview:
+            found = res.get("order")
+            res["events"] = [found] if (res.get("resolved_by_tag") or res.get("confirmed_by_id")) \
+                and isinstance(found, dict) else []
+        return res
+
+    async def _place(self, payload: dict[str, str], preview: bool) -> dict:
         held, working = (0.0, 0.0)
         if payload.get("side") == "sell_to_close":
             held, working = await self.long_and_working(payload.get("option_symbol", ""))
@@ -520,7 +533,8 @@ class TradierClient:
             await asyncio.sleep(self.backoff_s * (attempt + 1))
         raise PlacementUnresolved(tag, cause)
 
-    async def modify_order(self, order_id: str | int, **fields: str) -> dict:
+    async def modify_order(self, order_id: str | int, *, ts: int = 0, **fields: str) -> dict:
+        """Modify a working order; its answer's ``order`` with ``events`` = [] (they come on the stream)."""
         allowed = {"type", "duration", "price", "stop"}
         bad = set(fields) - allowed
         if bad:
@@ -530,12 +544,13 @@ class TradierClient:
                 raise router.OrderRefused("off_grid", f"{key} {fields[key]} is not on the SPX tick grid")
         body = await self._request("PUT", f"{self._acct}/orders/{order_id}", data=fields, retry="rate")
         o = body.get("order")
-        return o if isinstance(o, dict) else {}
+        return {**(o if isinstance(o, dict) else {}), "events": []}
 
-    async def cancel_order(self, order_id: str | int) -> dict:
+    async def cancel_order(self, order_id: str | int, *, ts: int = 0) -> dict:
+        """Cancel a working order; its answer's ``order`` with ``events`` = [] (read the order back)."""
         body = await self._request("DELETE", f"{self._acct}/orders/{order_id}", retry="safe")
         o = body.get("order")
-        return o if isinstance(o, dict) else {}
+        return {**(o if isinstance(o, dict) else {}), "events": []}
 
     # ---------------------------------------------------------------- market data
 
