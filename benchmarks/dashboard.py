@@ -17,10 +17,7 @@ bounded; everything it starts is stopped.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,6 +30,7 @@ from services.gateway.devtools import Chromium
 from spx_common.bus import Publisher
 from spx_common.config import BusConfig, RuntimeConfig
 from spx_common.models import CoachEvent, FeedStatus, MicroBar, Quote, SetupTransition, Trade, coach_event_id
+from spx_testing import ServiceProcess
 
 SECRET = "benchmark-secret-0123456789"
 S = 1_000_000_000
@@ -149,31 +147,29 @@ def main() -> int:
     args = ap.parse_args()
     run_dir = Path(tempfile.mkdtemp(prefix="spx-bench-", dir="/tmp"))
     port = free_port()
-    env = {**os.environ, "SPX_RUNTIME_RUN_DIR": str(run_dir), "SPX_GATEWAY_PORT": str(port),
-           "SPX_GATEWAY_TOKEN_SECRET": SECRET, "PYTHONUNBUFFERED": "1"}
+    env = {"SPX_GATEWAY_PORT": str(port), "SPX_GATEWAY_TOKEN_SECRET": SECRET}
     feed = Feed(run_dir, args.price_hz)
-    gw = subprocess.Popen([sys.executable, "-m", "services.gateway"], env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE)
+    gw = ServiceProcess.service("gateway", run_dir=run_dir, env=env).start()
     browser = page = None
     thread = threading.Thread(target=feed.run, daemon=True)
     try:
-        def up() -> bool:
-            assert gw.poll() is None, gw.stderr.read().decode()[-2000:]
-            with socket.socket() as s:
-                return s.connect_ex(("127.0.0.1", port)) == 0
-        wait(up, 30, "gateway listening")
-        feed.heartbeat()
-        thread.start()
-        token = auth.mint("bench", SECRET.encode(), int(time.time()) + 3600)
-        browser = Chromium(f"http://127.0.0.1:{port}/?token={token}")
-        page = browser.page()
-        wait(lambda: int(page.js("+document.getElementById('chart').dataset.bars || 0") or 0) >= 2, 30,
-             "candles on the page")
-        time.sleep(args.warmup)
-        page.call("Performance.enable")
-        m0, w0 = page.metrics(), time.monotonic()
-        res = page.js(MEASURE % int(args.seconds * 1000), await_promise=True, timeout_s=args.seconds + 30)
-        m1, w1 = page.metrics(), time.monotonic()
+        with gw:
+            def up() -> bool:
+                with socket.socket() as s:
+                    return s.connect_ex(("127.0.0.1", port)) == 0
+            gw.wait_ready(up, 30, "gateway listening")
+            feed.heartbeat()
+            thread.start()
+            token = auth.mint("bench", SECRET.encode(), int(time.time()) + 3600)
+            browser = Chromium(f"http://127.0.0.1:{port}/?token={token}")
+            page = browser.page()
+            wait(lambda: int(page.js("+document.getElementById('chart').dataset.bars || 0") or 0) >= 2, 30,
+                 "candles on the page")
+            time.sleep(args.warmup)
+            page.call("Performance.enable")
+            m0, w0 = page.metrics(), time.monotonic()
+            res = page.js(MEASURE % int(args.seconds * 1000), await_promise=True, timeout_s=args.seconds + 30)
+            m1, w1 = page.metrics(), time.monotonic()
     finally:
         feed.close()
         thread.join(5)
@@ -181,12 +177,6 @@ def main() -> int:
             page.close()
         if browser is not None:
             browser.close()
-        gw.terminate()
-        try:
-            gw.wait(10)
-        except subprocess.TimeoutExpired:
-            gw.kill()
-            gw.wait(5)
     secs = res["ms"] / 1000
     fps = res["frames"] / secs
     def share(name: str) -> float:

@@ -121,7 +121,6 @@ def ws_figures(raw: list[bytes], n: int) -> None:
     """
     import os
     import shutil
-    import subprocess
     import sys
     import tempfile
     from pathlib import Path
@@ -131,48 +130,48 @@ def ws_figures(raw: list[bytes], n: int) -> None:
     from spx_common.bus import Subscriber
     from spx_common.config import BusConfig, RuntimeConfig
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the fake server lives in tests/
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from spx_testing import ServiceProcess
     from spx_testing.fakes.massive import FakeMassive
 
     run_dir = Path(tempfile.mkdtemp(prefix="spx-feed-bench-"))
     runtime, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
     with FakeMassive(api_key="bench") as fake:
-        env = dict(os.environ, SPX_RUNTIME_RUN_DIR=str(run_dir), MASSIVE_API_KEY="bench", MASSIVE_WS_URL=fake.ws_url,
+        env = dict(SPX_RUNTIME_RUN_DIR=str(run_dir), MASSIVE_API_KEY="bench", MASSIVE_WS_URL=fake.ws_url,
                    MASSIVE_REST_URL=fake.rest_url, SPX_FEED_POLL_AFTER_S="3600", SPX_FEED_CHAIN_EVERY_S="3600",
                    SPX_FEED_BACKFILL="false", SPX_FEED_RAW_QUEUE_MAX="100000", SPX_FEED_JOURNAL="on",
                    SPX_RUNTIME_LOG_LEVEL="WARNING")
         prof = os.environ.get("FEED_BENCH_PROFILE")  # a path: profile the feed process with cProfile
         cmd = [sys.executable, "-m", "cProfile", "-o", prof, "-m", "services.feed"] if prof else \
             [sys.executable, "-m", "services.feed"]
-        proc = subprocess.Popen(cmd, env=env)
+        proc = ServiceProcess(cmd, name="feed", env=env, stop_timeout_s=15)
         ctx = zmq.Context()
         sub = Subscriber(ctx, [bus.pub_endpoint("feed", runtime)], ["tick."])
         try:
-            fake.wait_subscribed("stocks", "T.SPY", 30)
-            time.sleep(1.5)  # subscriber connected (slow joiner)
-            texts = [r.decode() for r in raw]
+            with proc:
+                proc.wait_ready(lambda: fake.subscribed("stocks", "T.SPY"), 30, "the feed subscribed T.SPY")
+                time.sleep(1.5)  # subscriber connected (slow joiner)
+                texts = [r.decode() for r in raw]
 
-            async def blast() -> None:
-                for c in fake._live("stocks"):
-                    for text in texts:
-                        await c.ws.send(text)
+                async def blast() -> None:
+                    for c in fake._live("stocks"):
+                        for text in texts:
+                            await c.ws.send(text)
 
-            got = frames_in = 0
-            cpu0 = _cpu_seconds(proc.pid)
-            t0 = time.perf_counter()
-            fake._call(blast, timeout_s=120)
-            t_sent = time.perf_counter() - t0
-            deadline = time.monotonic() + 120
-            while got < n and time.monotonic() < deadline:
-                f = sub.recv(1.0)
-                if f is not None:
-                    got += len(f.body())
-                    frames_in += 1
-            dt = time.perf_counter() - t0
-            cpu_s = _cpu_seconds(proc.pid) - cpu0
+                got = frames_in = 0
+                cpu0 = _cpu_seconds(proc.pid)
+                t0 = time.perf_counter()
+                fake._call(blast, timeout_s=120)
+                t_sent = time.perf_counter() - t0
+                deadline = time.monotonic() + 120
+                while got < n and time.monotonic() < deadline:
+                    f = sub.recv(1.0)
+                    if f is not None:
+                        got += len(f.body())
+                        frames_in += 1
+                dt = time.perf_counter() - t0
+                cpu_s = _cpu_seconds(proc.pid) - cpu0
         finally:
-            proc.terminate()
-            proc.wait(15)
             sub.close()
             ctx.destroy(linger=0)
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -36,7 +36,6 @@ import json
 import multiprocessing as mp
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,12 +46,33 @@ import zmq
 from spx_common.bus import Publisher
 from spx_common.config import BusConfig, RuntimeConfig
 from spx_common.models import MicroBar, Quote, Trade
+from spx_testing import ServiceProcess
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _gateway(run_dir: str, port: int, env: dict[str, str]) -> ServiceProcess:
+    """``python -m services.gateway`` on ``port``, once ``/healthz`` answers (30 s; its output on failure)."""
+    gw = ServiceProcess.service("gateway", run_dir=run_dir, stop_timeout_s=15, env={
+        "SPX_GATEWAY_PORT": str(port), "SPX_RUNTIME_LOG_LEVEL": "WARNING", **env}).start()
+
+    def healthy() -> bool:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
+            return True
+        except OSError:
+            return False
+
+    try:
+        gw.wait_ready(healthy, 30, "gateway /healthz", 0.2)
+    except BaseException:
+        gw.stop()
+        raise
+    return gw
 
 
 def _cpu_s(pid: int) -> float:
@@ -376,8 +396,7 @@ def attack(args) -> None:
 
     run_dir = tempfile.mkdtemp(prefix="spx-bench-gwa-", dir="/tmp")
     port = _free_port()
-    env = {**os.environ, "SPX_RUNTIME_RUN_DIR": run_dir, "SPX_GATEWAY_PORT": str(port),
-           "SPX_RUNTIME_LOG_LEVEL": "WARNING"}
+    env: dict[str, str] = {}
     rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
     ctx = zmq.Context()
     feed = Publisher(ctx, bus.pub_endpoint("feed", rt, bind=True), "feed", linger_ms=0)
@@ -385,19 +404,10 @@ def attack(args) -> None:
     stop = threading.Event()
     fake = threading.Thread(target=_fake_aggregator, args=(rt, bus, stop), daemon=True)
     fake.start()
-    gw = subprocess.Popen([sys.executable, "-m", "services.gateway"], env=env)
+    gw = _gateway(run_dir, port, env)
     procs: list[mp.Process] = []
     rss: list[tuple[float, int]] = []
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or gw.poll() is not None:
-                    raise SystemExit("gateway did not start") from None
-                time.sleep(0.2)
         # 600 closed bars of history (until the gateway has them all: slow joiner)
         bar_start = (int(time.time()) - 700) * 1_000_000_000
         for _ in range(50):
@@ -449,13 +459,9 @@ def attack(args) -> None:
             proc.join(10)
             if proc.is_alive():
                 proc.terminate()
-        gw.terminate()
-        try:
-            gw.wait(15)
-        except subprocess.TimeoutExpired:
+        gw.stop()
+        if gw.hung:
             print("  (the gateway did not stop within 15 s of SIGTERM; killed)")
-            gw.kill()
-            gw.wait(5)
         stop.set()
         fake.join(5)
         feed.close()
@@ -511,25 +517,14 @@ def main() -> None:
 
     run_dir = tempfile.mkdtemp(prefix="spx-bench-gw-", dir="/tmp")
     port = _free_port()
-    env = {**os.environ, "SPX_RUNTIME_RUN_DIR": run_dir, "SPX_GATEWAY_PORT": str(port),
-           "SPX_GATEWAY_MAX_CLIENTS": str(args.clients + 100), "SPX_RUNTIME_LOG_LEVEL": "WARNING",
-           "SPX_GATEWAY_PRICE_THROTTLE_MS": str(args.throttle_ms)}
+    env = {"SPX_GATEWAY_MAX_CLIENTS": str(args.clients + 100), "SPX_GATEWAY_PRICE_THROTTLE_MS": str(args.throttle_ms)}
     rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
     ctx = zmq.Context()
     feed = Publisher(ctx, bus.pub_endpoint("feed", rt, bind=True), "feed", linger_ms=0)
     agg = Publisher(ctx, bus.pub_endpoint("aggregator", rt, bind=True), "aggregator", linger_ms=0)
-    gw = subprocess.Popen([sys.executable, "-m", "services.gateway"], env=env)
+    gw = _gateway(run_dir, port, env)
     procs: list[mp.Process] = []
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline or gw.poll() is not None:
-                    raise SystemExit("gateway did not start") from None
-                time.sleep(0.2)
         time.sleep(1.0)
         rss0 = _rss_kb(gw.pid)
         q: mp.Queue = mp.Queue()
@@ -583,8 +578,7 @@ def main() -> None:
             p.join(10)
             if p.is_alive():
                 p.terminate()
-        gw.terminate()
-        gw.wait(15)
+        gw.stop()
         feed.close()
         agg.close()
         ctx.destroy(linger=0)

@@ -24,8 +24,6 @@ is printed beside it.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,6 +35,7 @@ import zmq
 from spx_common.bus import Publisher, RpcClient, RpcError, Subscriber
 from spx_common.config import BusConfig, RuntimeConfig
 from spx_common.models import Quote, Trade
+from spx_testing import Processes, ProcessFailed
 
 ROOT = Path(__file__).resolve().parents[1]
 SYMS = ["SPY", "QQQ", "IWM", "DIA"]
@@ -62,7 +61,7 @@ def main() -> int:
 
     run_dir = Path(tempfile.mkdtemp(prefix="spx-bench-lifecycle-"))
     rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
-    env = {**os.environ, "SPX_RUNTIME_RUN_DIR": str(run_dir), "PYTHONPATH": str(ROOT),
+    env = {"SPX_RUNTIME_RUN_DIR": str(run_dir), "PYTHONPATH": str(ROOT),
            "SPX_DETECTOR_ENTRY_POINTS": "false", "SPX_DETECTOR_PLUGINS": "benchmarks.lifecycle_plugin",
            "SPX_DETECTOR_SYMBOLS": ",".join(SYMS), "SPX_DETECTOR_FAMILY_CAP": "1000",
            "SPX_DETECTOR_MACRO_BLOCK_BELOW": "-1", "SPX_DETECTOR_CONFIRM_MS": "50",
@@ -71,7 +70,6 @@ def main() -> int:
     fake = None
     names = ["aggregator", "detector"]
     if args.feed == "massive":
-        sys.path.insert(0, str(ROOT))  # tests.fakes is not an installed package
         from spx_testing.fakes.massive import FakeMassive, MarketMix
 
         fake = FakeMassive(api_key="bench-key")
@@ -82,9 +80,9 @@ def main() -> int:
         names.insert(0, "feed")
     ctx = zmq.Context()
     feed = Publisher(ctx, bus.pub_endpoint("feed", rt, bind=True), "feed", linger_ms=0) if fake is None else None
-    procs = [subprocess.Popen([sys.executable, "-m", f"services.{n}"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for n in names]
+    ps = Processes()
+    for n in names:
+        ps.service(n, env=env)
     sub = Subscriber(ctx, [bus.pub_endpoint("detector", rt)], ["setup.transition"], heartbeats=True)
     det = RpcClient(ctx, bus.rep_endpoint("detector", rt), timeout_s=1.0, retries=0)
     agg = RpcClient(ctx, bus.rep_endpoint("aggregator", rt), timeout_s=1.0, retries=0)
@@ -92,19 +90,20 @@ def main() -> int:
     bar_lat: list[float] = []
     states: dict[str, int] = {}
     try:
-        deadline = time.monotonic() + 30
-        ready = False
-        while time.monotonic() < deadline and not ready:
+        def ready() -> bool:
             if feed is not None:
                 feed.heartbeat(time.time_ns())
-            try:
-                ready = ("feed" in det.call("status")["peers"] and "feed" in agg.call("status")["peers"]
-                         and "aggregator" in det.call("status")["peers"])
-            except RpcError:
-                time.sleep(0.2)
             sub.recv(0.05)
-        if not ready:
-            print("processes did not come up within 30 s", file=sys.stderr)
+            try:
+                return ("feed" in det.call("status")["peers"] and "feed" in agg.call("status")["peers"]
+                        and "aggregator" in det.call("status")["peers"])
+            except RpcError:
+                return False
+
+        try:
+            ps["detector"].wait_ready(ready, 30, "the mesh hears itself", 0.2)
+        except ProcessFailed as exc:
+            print(f"processes did not come up: {exc}", file=sys.stderr)
             return 1
         if fake is not None:
             fake.wait_subscribed("stocks", "T.SPY", 30)
@@ -177,13 +176,7 @@ def main() -> int:
             pass
         return 0
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        ps.stop_all()
         for s in (sub, det, agg, feed):
             if s is not None:
                 s.close()

@@ -18,6 +18,7 @@ import pytest
 
 from services.cli.main import main as spx
 from spx_common.curve import generate
+from spx_testing import Processes
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"), reason="needs root and iproute2")
 
@@ -97,20 +98,19 @@ def test_feed_and_aggregator_on_one_host_sharded_detectors_on_another_with_curve
     keys = tmp_path / "keys"
     assert spx(["keys", "generate", "feed", "aggregator", "detector", "cli", "--dir", str(keys)]) == 0
     generate(tmp_path / "stranger", "cli")
-    common = {**os.environ, "SPX_BUS_TRANSPORT": "tcp", "SPX_BUS_CURVE": "true", "SPX_BUS_CURVE_DIR": str(keys),
+    common = {"SPX_BUS_TRANSPORT": "tcp", "SPX_BUS_CURVE": "true", "SPX_BUS_CURVE_DIR": str(keys),
               "SPX_BUS_HOSTS": json.dumps({"feed": a_ip, "aggregator": a_ip, "detector-1": b_ip, "detector-2": b_ip}),
               "SPX_BUS_INSTANCES": json.dumps({"detector": ["detector-1", "detector-2"]}),
               "SPX_RUNTIME_LOG_LEVEL": "WARNING"}
-    procs = []
+    ps = Processes()
 
     def start(ns, ip, module, *args, **env):
-        run_dir = tmp_path / f"run-{ns}-{module}-{len(procs)}"
+        run_dir = tmp_path / f"run-{ns}-{module}-{len(ps.procs)}"
         e = {**common, "SPX_BUS_TCP_BIND_HOST": ip, "SPX_RUNTIME_RUN_DIR": str(run_dir), **env}
-        log = open(tmp_path / f"{module}-{len(procs)}.log", "wb")
-        procs.append((subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", f"services.{module}", *args],
-                                       env=e, stdout=log, stderr=subprocess.STDOUT), log))
+        ps.run(["ip", "netns", "exec", ns, sys.executable, "-m", f"services.{module}", *args], name=f"{module}@{ns}",
+               env=e, stop_timeout_s=15)
 
-    try:
+    with ps:
         start(a_ns, a_ip, "feed")
         start(a_ns, a_ip, "aggregator")
         start(b_ns, b_ip, "detector", "--instance", "detector-1", SPX_DETECTOR_SYMBOLS="SPY")
@@ -126,13 +126,3 @@ def test_feed_and_aggregator_on_one_host_sharded_detectors_on_another_with_curve
             assert shard in out, f"{shard} never received data from host A: {out}"
         assert out["stranger_frames"] == 0
         assert out["stranger_answered"] is False
-    finally:
-        for p, _log in procs:
-            p.terminate()
-        for p, log in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-            log.close()
