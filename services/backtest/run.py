@@ -14,8 +14,6 @@ import datetime as dt
 import hashlib
 import heapq
 import json
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -420,22 +418,3 @@ def write(result: dict, out_dir: Path) -> dict[str, Path]:
     paths["md"].write_text(rpt.markdown(result))
     rpt.picture(result, paths["png"])
     return paths
-
-
-class Progress:
-    """A one-line progress bar with ETA on stderr (silent when stderr is not a terminal and quiet)."""
-
-    def __init__(self, stream=sys.stderr, width: int = 30, unit: str = "days") -> None:
-        self.stream, self.width, self.t0, self.unit = stream, width, time.monotonic(), unit
-
-    def __call__(self, done: int, total: int, what: str) -> None:
-        frac = done / total if total else 1.0
-        el = time.monotonic() - self.t0
-        eta = el / frac - el if frac > 0 else 0.0
-        bar = "#" * int(frac * self.width)
-        eta_s = f"{eta:5.1f}s" if done else "    -"  # nothing done yet: no rate to project
-        self.stream.write(f"\r[{bar:<{self.width}}] {done}/{total} {self.unit}  {what:<10}  "
-                          f"elapsed {el:5.1f}s  eta {eta_s}")
-        if done >= total:
-            self.stream.write("\n")
-        self.stream.flush()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 import zmq
@@ -66,3 +67,24 @@ def table(headers: list[str], rows: list[list[Any]], right: set[int] | frozenset
             out.append(v.rjust(widths[i]) if i in right else (v if last else v.ljust(widths[i])))
         return "  ".join(out).rstrip()
     return "\n".join([line(headers), *(line(r) for r in cells)])
+
+
+class Progress:
+    """A one-line progress bar with ETA on stderr (``stream``), for the long commands: ``spx backtest`` (days or
+    jobs), ``spx bars`` (MB of flat files read). Called as ``progress(done, total, what)``."""
+
+    def __init__(self, stream: Any = None, width: int = 30, unit: str = "days") -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.width, self.t0, self.unit = width, time.monotonic(), unit
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        frac = done / total if total else 1.0
+        el = time.monotonic() - self.t0
+        eta = el / frac - el if frac > 0 else 0.0
+        bar = "#" * int(frac * self.width)
+        eta_s = f"{eta:5.1f}s" if done else "    -"  # nothing done yet: no rate to project
+        self.stream.write(f"\r[{bar:<{self.width}}] {done}/{total} {self.unit}  {what:<10}  "
+                          f"elapsed {el:5.1f}s  eta {eta_s}")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()

@@ -124,3 +124,28 @@ def test_no_row_selected_gives_the_header_alone_on_both_paths(files, tmp_path, m
     args = ["--trades", str(files["trades"]), "--quotes", str(files["quotes"]), "--symbol", "XYZ"]
     fast = run(tmp_path, args, True, monkeypatch)
     assert fast == run(tmp_path, args, False, monkeypatch) and fast.count(b"\n") == 1
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["gzip", "plain"])
+def test_the_reader_reports_progress_up_to_the_files_size(files, plain):
+    """``progress(done, total)``: total is the files' size as stored, done never goes back, stays within it
+    and ends at it; the columns are the ones read without progress."""
+    suffix = "-plain" if plain else ""
+    paths = [files["trades" + suffix], files["quotes" + suffix]]
+    seen: list[tuple[int, int]] = []
+    cols = flatfiles.read_columns(paths, block_size=1 << 16, progress=lambda d, t: seen.append((d, t)))
+    total = sum(p.stat().st_size for p in paths)
+    assert {t for _, t in seen} == {total}
+    done = [d for d, _ in seen]
+    assert len(done) > 4 and done == sorted(done) and done[-1] == total and all(0 <= d <= total for d in done)
+    same = flatfiles.read_columns(paths, block_size=1 << 16)
+    assert cols.names == same.names and (cols.ts == same.ts).all() and (cols.b == same.b).all()
+
+
+def test_spx_bars_shows_a_progress_bar_with_eta_on_a_terminal(files, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    out = tmp_path / "bars.csv"
+    assert cli.main(["bars", "--trades", str(files["trades"]), "--quotes", str(files["quotes"]),
+                     "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "MB  read" in err and "eta" in err and "events ->" in err

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 
-from services.backtest.run import Progress
+from services.cli.common import Progress
 from services.cli import main as cli
 from services.cli.commands import broker as broker_cmd
 from services.cli.commands import replay as replay_cmd

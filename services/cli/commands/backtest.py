@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from services.cli.common import fail
+from services.cli.common import Progress, fail
 from services.detector.config import DetectorConfig
 from spx_common.config import ConfigError, load
 from spx_common.store import open_store
@@ -203,7 +203,7 @@ def cmd_backtest(args) -> int:
             cfg = load(DetectorConfig)
         except ConfigError as exc:
             return fail(str(exc))
-        progress = None if args.quiet else bt.Progress()
+        progress = None if args.quiet else Progress()
         workers = args.workers or bt.default_workers()
         if args.parity:
             return _parity(args, store, opts, cfg, workers, progress)

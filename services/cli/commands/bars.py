@@ -10,7 +10,7 @@ from itertools import islice
 from pathlib import Path
 
 from services.aggregator.bars import CSV_COLUMNS, BarAggregator, csv_row, csv_rows, parse_interval
-from services.cli.common import fail
+from services.cli.common import Progress, fail
 from spx_common import flatfiles, journal
 from spx_common.marketrules import TradeRules, explain_row
 
@@ -143,9 +143,15 @@ def _bars_columnar(args, t0: float) -> int | None:
     except ImportError:
         return None
     fstats = flatfiles.ReadStats()
+    progress = None
+    if not args.quiet and sys.stderr.isatty():  # reading is nearly all of the time: a bar with the ETA
+        bar = Progress(unit="MB")
+
+        def progress(done: int, total: int) -> None:
+            bar(done >> 20, max(total >> 20, 1) if total else 0, "read")
     try:
         cols = flatfiles.read_columns([*args.trades, *args.quotes], symbols=args.symbol, stats=fstats,
-                                      quote_sizes=args.quote_sizes)
+                                      quote_sizes=args.quote_sizes, progress=progress)
     except flatfiles.ColumnarUnsupported:
         return None
     except (OSError, flatfiles.FlatFileError) as exc:
