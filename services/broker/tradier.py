@@ -48,7 +48,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import random
 import time
 from decimal import Decimal
 from typing import Any
@@ -58,6 +57,7 @@ import httpx
 
 from services.broker import router
 from spx_common.errors import Fatal, RateLimited, Refused, Retryable, SpxError
+from spx_common.retry import Backoff, RateLimiter
 
 log = logging.getLogger("spx.broker.tradier")
 
@@ -235,10 +235,12 @@ def exec_quantity(order: dict) -> Decimal:
     return dec(order.get("exec_quantity", order.get("executed_quantity")), Decimal(0)) or Decimal(0)
 
 
-class RateLimit:
-    """The last rate-limit headers seen for one endpoint class; tells how long to wait before a call."""
+class RateLimit(RateLimiter):
+    """The last rate-limit headers seen for one endpoint class; tells how long to wait before a call
+    (:class:`spx_common.retry.RateLimiter` told the server's window)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.allowed: int | None = None
         self.used: int | None = None
         self.available: int | None = None
@@ -256,12 +258,7 @@ class RateLimit:
             self.used = num("x-ratelimit-used")
             self.available = num("x-ratelimit-available")
             self.expiry_ms = num("x-ratelimit-expiry")
-
-    def wait_s(self, now_s: float) -> float:
-        """Seconds to wait before the next call (0 while the window has calls left)."""
-        if self.available is None or self.available > 0 or self.expiry_ms is None:
-            return 0.0
-        return max(0.0, self.expiry_ms / 1000 - now_s)
+            self.told(self.available, None if self.expiry_ms is None else self.expiry_ms / 1000)
 
     def as_dict(self) -> dict:
         return {"allowed": self.allowed, "used": self.used, "available": self.available, "expiry_ms": self.expiry_ms}
@@ -307,6 +304,7 @@ class TradierClient:
         self.max_retries = max_retries
         self.max_rate_wait_s = max_rate_wait_s
         self.backoff_s = backoff_s
+        self._backoff = Backoff(backoff_s, jitter="spread")
         self.place_timeout_s = place_timeout_s
         self.clock = clock
         self.limits: dict[str, RateLimit] = {"standard": RateLimit(), "market_data": RateLimit(), "trading": RateLimit()}
@@ -382,7 +380,7 @@ class TradierClient:
                 retry_ok = (retry == "safe" and exc.retryable) or (retry == "rate" and isinstance(exc, TradierRateLimited))
                 if not retry_ok or attempt > self.max_retries:
                     raise
-                backoff = self.backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random())
+                backoff = self._backoff.delay(attempt - 1)
                 if isinstance(exc, TradierRateLimited):
                     # wait for the window to reset when the headers say when; else back off exponentially
                     delay = self.limits[endpoint_class(method, path)].wait_s(self.clock())
@@ -479,7 +477,7 @@ class TradierClient:
                 delay = self.limits["trading"].wait_s(self.clock())
                 if attempt > self.max_retries or delay > self.max_rate_wait_s:
                     raise
-                delay = delay or self.backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random())
+                delay = delay or self._backoff.delay(attempt - 1)
                 log.warning("placement rate limited (not accepted); retry %d in %.2fs (%s)", attempt, delay, exc)
                 await asyncio.sleep(delay)
             except (TradierTransportError, TradierServerError, TradierBadResponse) as exc:

@@ -12,23 +12,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from spx_common.retry import Backoff
 
-@dataclass
-class Backoff:
-    """When a disabled plugin is probed again: ``retry_s`` doubling per failed probe, capped."""
 
-    retry_s: float = 30.0
-    retry_max_s: float = 1800.0
-
-    def delay(self, disables: int) -> float:
-        return min(self.retry_max_s, self.retry_s * 2 ** max(0, disables - 1))
+def probe_backoff(retry_s: float = 30.0, retry_max_s: float = 1800.0) -> Backoff:
+    """When a disabled plugin is probed again: ``retry_s`` doubling per failed probe, capped, no jitter
+    (its ``delay(disables - 1)``)."""
+    return Backoff(retry_s, retry_max_s, jitter="none")
 
 
 @dataclass
 class PluginHealth:
     max_failures: int = 3
     max_slow: int = 5
-    backoff: Backoff = field(default_factory=Backoff)
+    backoff: Backoff = field(default_factory=probe_backoff)
     status: str = "active"
     calls: int = 0
     errors: int = 0
@@ -84,7 +81,7 @@ class PluginHealth:
     def _disable(self, now: float, why: str) -> str:
         self.disables += 1
         self.status, self.reason = "disabled", why[:300]
-        self.retry_at = now + self.backoff.delay(self.disables)
+        self.retry_at = now + self.backoff.delay(self.disables - 1)
         self._run_errors = self._run_slow = 0
         return self.reason
 

@@ -26,7 +26,7 @@ import pluggy
 from pydantic import ValidationError
 
 from services.detector import hookspecs
-from services.detector.health import Backoff, PluginHealth
+from services.detector.health import PluginHealth, probe_backoff
 from services.detector.lifecycle import geometry_ok
 from spx_common import schemas
 from spx_common.models import SetupCandidate
@@ -129,7 +129,7 @@ class HostBase:
         self.max_failures = max_failures
         self.budget_ms = budget_ms
         self.max_slow = max_slow
-        self.backoff = Backoff(retry_s, retry_max_s)
+        self.backoff = probe_backoff(retry_s, retry_max_s)
         self.defaults = defaults or Limits(cpu_ms=budget_ms)
         self.per_plugin = dict(limits or {})
         self.clock = clock

@@ -21,8 +21,8 @@ Behaviour:
   jitter (a 429 waits at least ``rate_limit_wait_s``, or ``Retry-After`` when sent);
   *fatal* - every other 4xx (401 unknown key, 403 not entitled, 404, 400) and bodies that are not
   the documented JSON: raised at once.  5xx bodies are often nginx HTML; they are never parsed.
-* Rate limiting: a token bucket of ``requests_per_s`` (default 50; the vendor asks paid plans to
-  stay under ~100/s and documents no rate-limit headers).
+* Rate limiting: at most ``requests_per_s`` requests in any second (:class:`spx_common.retry.RateLimiter`;
+  default 50; the vendor asks paid plans to stay under ~100/s and documents no rate-limit headers).
 * Units: REST times are already ns; quote sizes follow the same shares rule as the stream and the
   flat files (:func:`spx_common.marketrules.quote_size_factor`). A trade with ``correction`` != 0 is
   flagged ``excl=2`` (out of bars, docs/microbars.md).
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import time
 from typing import Any
 from collections.abc import AsyncIterator
@@ -46,6 +45,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from spx_common.errors import Fatal, Retryable, SpxError
+from spx_common.retry import Backoff, RateLimiter
 from spx_common.marketrules import EXCL_CORRECTION, quote_size_factor
 from spx_common.metrics import Registry
 from spx_common.models import IndexValue, Quote, Source, Trade
@@ -109,9 +109,9 @@ class MassiveRest:
         self.m_retries = reg.counter("rest_retries_total", "REST retries after a retryable failure.")
         self.m_refused = reg.counter("rest_rows_refused_total", "Rows of an answer refused (malformed, out of "
                                      "range); the good rows around them are kept.", ["kind"])
-        self._tokens = requests_per_s
-        self._last_refill = time.monotonic()
-        self._bucket_lock = asyncio.Lock()
+        self._limiter = RateLimiter.per_second(requests_per_s)
+        self._backoff = Backoff(backoff_initial_s, backoff_max_s)
+        self._limit_lock = asyncio.Lock()
 
     async def __aenter__(self) -> MassiveRest:
         return self
@@ -125,18 +125,13 @@ class MassiveRest:
     # ------------------------------------------------------------------ transport with retries
 
     async def _acquire(self) -> None:
-        async with self._bucket_lock:
-            while True:
-                now = time.monotonic()
-                self._tokens = min(self.requests_per_s, self._tokens + (now - self._last_refill) * self.requests_per_s)
-                self._last_refill = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
-                    return
-                await asyncio.sleep((1 - self._tokens) / self.requests_per_s)
+        async with self._limit_lock:
+            while (wait := self._limiter.wait_s(time.monotonic())) > 0:
+                await asyncio.sleep(wait)
+            self._limiter.record(time.monotonic())
 
     def _delay(self, attempt: int) -> float:
-        return random.uniform(0, min(self.backoff_max_s, self.backoff_initial_s * 2 ** attempt))
+        return self._backoff.delay(attempt)
 
     async def get_json(self, path_or_url: str, params: dict[str, Any] | None = None) -> dict:
         """GET with the retry policy; ``path_or_url`` is a path under the base URL or a full ``next_url``,

@@ -36,51 +36,13 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from services.feed.config import FeedConfig
 from services.feed.parsing import Status
+from spx_common.retry import Backoff, RateLimiter
 
 _STATUS = msgspec.json.Decoder(list[dict])
 
 
 class AuthFailed(RuntimeError):
     """The vendor refused the key (or the plan has no WebSocket access). Not retried."""
-
-
-class Backoff:
-    """Capped exponential backoff with full jitter. Pure (injectable ``rng``)."""
-
-    def __init__(self, initial_s: float, max_s: float, rng: random.Random | None = None) -> None:
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self.attempt = 0
-        self.rng = rng or random.Random()
-
-    def cap(self) -> float:
-        return min(self.max_s, self.initial_s * 2 ** min(self.attempt, 30))
-
-    def next_delay(self) -> float:
-        d = self.rng.uniform(0, self.cap())
-        self.attempt += 1
-        return d
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
-class ConnectLimiter:
-    """At most ``per_minute`` attempts in any rolling 60 s. Pure (caller passes ``now``)."""
-
-    def __init__(self, per_minute: int) -> None:
-        self.per_minute = per_minute
-        self.times: deque[float] = deque()
-
-    def wait_s(self, now: float) -> float:
-        while self.times and now - self.times[0] >= 60.0:
-            self.times.popleft()
-        if len(self.times) < self.per_minute:
-            return 0.0
-        return 60.0 - (now - self.times[0])
-
-    def record(self, now: float) -> None:
-        self.times.append(now)
 
 
 RawItem = tuple["MassiveStream", bytes | str, float]
@@ -110,7 +72,7 @@ class MassiveStream:
         self.on_reconnect = on_reconnect
         self.count = count or (lambda name, label: None)
         self.backoff = Backoff(cfg.backoff_initial_s, cfg.backoff_max_s, rng)
-        self.limiter = ConnectLimiter(cfg.max_connects_per_minute)
+        self.limiter = RateLimiter(cfg.max_connects_per_minute, 60.0)
         self.topics: set[str] = set()
         self.acked: set[str] = set()
         self.ws: ClientConnection | None = None

@@ -13,7 +13,7 @@ from spx_common.models import IndexValue, Quote, Trade
 from tests.conftest import eventually
 
 from services.feed.synthetic import SyntheticSession
-from services.feed.ws import Backoff, ConnectLimiter
+from spx_common.retry import Backoff, RateLimiter
 from services.feed.parsing import to_wire
 from tests.feed.helpers import live_feed
 
@@ -191,7 +191,7 @@ def test_backoff_full_jitter_capped_and_connect_limiter():
         caps.append(b.cap())
         assert 0 <= b.next_delay() <= caps[-1]
     assert caps[:4] == [0.5, 1.0, 2.0, 4.0] and max(caps) == 30.0
-    lim = ConnectLimiter(3)
+    lim = RateLimiter(3, 60.0)  # the websocket's connects per minute
     for t in (0.0, 1.0, 2.0):
         assert lim.wait_s(t) == 0
         lim.record(t)
