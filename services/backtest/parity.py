@@ -12,7 +12,9 @@ difference:
 * **fills**, keyed by (setup id, n-th fill of the setup): missing, extra, or another side, contract,
   quantity or price.
 
-Setup ids are compared without the run's tag (``bt-<hash>:``), so a backtest's ids meet the mesh's; the
+The re-run's rows after the run's last recorded event are outside its window (a run stopped before its
+data ended saw nothing later): counted in ``after_window``, not differences. Setup ids are compared
+without the run's tag (``bt-<hash>:``), so a backtest's ids meet the mesh's; the
 account (user) is not compared (the backtest trades one paper account). Pure: :func:`compare` takes the
 recorded rows and the re-run's rows.
 """
@@ -64,6 +66,17 @@ def compare(recorded: dict[str, list[dict]], rerun: dict[str, list[dict]], *, to
         if len(diffs) < MAX_LISTED:
             diffs.append({"kind": kind, "key": list(key), "what": what, "recorded": recorded_v, "rerun": rerun_v})
 
+    # a run stopped before its data ended (an operator's stop, a crash) saw nothing after its last event: the
+    # re-run's rows after it are outside the recorded window, counted apart, not differences
+    last = max((int(r["ts"]) for k in counts for r in recorded.get(k, [])), default=None)
+    after = {k: 0 for k in counts}
+    if last is not None:
+        kept = {}
+        for k in counts:
+            rows = rerun.get(k, [])
+            kept[k] = [r for r in rows if int(r["ts"]) <= last + tolerance_ns]
+            after[k] = len(rows) - len(kept[k])
+        rerun = kept
     a = {(raw_id(r["setup_id"]), r["to_state"]): r for r in recorded.get("transitions", [])}
     b = {(raw_id(r["setup_id"]), r["to_state"]): r for r in rerun.get("transitions", [])}
     for key in sorted(a.keys() | b.keys(), key=lambda k: (min(x["ts"] for x in (a.get(k), b.get(k)) if x), k)):
@@ -92,7 +105,8 @@ def compare(recorded: dict[str, list[dict]], rerun: dict[str, list[dict]], *, to
                 if kind == "orders" and abs(int(x["ts"]) - int(y["ts"])) > tolerance_ns:
                     add(kind, key, "ts", x["ts"], y["ts"])
     return {"agree": not any(counts.values()), "counts": counts, "differences": diffs,
-            "compared": {k: [len(recorded.get(k, [])), len(rerun.get(k, []))] for k in counts}}
+            "compared": {k: [len(recorded.get(k, [])), len(rerun.get(k, []))] for k in counts},
+            "after_window": after}
 
 
 def _brief(r: dict, fields: tuple[str, ...]) -> dict:
@@ -140,7 +154,9 @@ def text(doc: dict) -> str:
     head = (f"parity of {doc['run_id']} ({doc['window'][0]}..{doc['window'][1]}): "
             f"{'no differences' if doc['agree'] else 'DIFFERENCES'} — transitions {c['transitions']}, orders "
             f"{c['orders']}, fills {c['fills']} (compared: " +
-            ", ".join(f"{k} {v[0]} recorded / {v[1]} re-run" for k, v in doc["compared"].items()) + ")")
+            ", ".join(f"{k} {v[0]} recorded / {v[1]} re-run" for k, v in doc["compared"].items()) + "; after the "
+            "run's last event, not compared: " + ", ".join(f"{k} {v}" for k, v in doc.get("after_window", {}).items())
+            + ")")
     lines = [head]
     for d in doc["differences"]:
         key = ":".join(str(k) for k in d["key"])

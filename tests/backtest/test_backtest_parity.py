@@ -102,17 +102,22 @@ def test_parity_refuses_an_unknown_run_and_a_range_with_it(run_dir):
 
 
 def test_compare_is_pure_and_keys_by_setup_and_order():
-    rec = {"transitions": [{"setup_id": "a", "to_state": "triggered", "ts": 10, "price": 1.0}],
+    rec = {"transitions": [{"setup_id": "a", "to_state": "triggered", "ts": 10, "price": 1.0},
+                           {"setup_id": "a", "to_state": "stopped", "ts": 20, "price": 0.5}],
            "orders": [{"setup_id": "a", "side": "buy_to_open", "type": "limit", "option_symbol": "X", "quantity": 2,
                        "price": 1.5, "stop": None, "ts": 10}],
            "fills": [{"setup_id": "a", "side": "buy_to_open", "option_symbol": "X", "quantity": 2, "price": 1.5,
                       "ts": 11}]}
-    same = {"transitions": [{"setup_id": "bt-1:a", "to_state": "triggered", "ts": 10, "price": 1.0}],
+    same = {"transitions": [{"setup_id": "bt-1:a", "to_state": "triggered", "ts": 10, "price": 1.0},
+                            {"setup_id": "bt-1:a", "to_state": "stopped", "ts": 20, "price": 0.5},
+                            {"setup_id": "bt-1:b", "to_state": "forming", "ts": 30, "price": 2.0}],
             "orders": [{**rec["orders"][0], "setup_id": "bt-1:a", "ts": 12}],
             "fills": [{**rec["fills"][0], "setup_id": "bt-1:a"}]}
-    assert parity.compare(rec, same, tolerance_ns=5)["agree"]  # the run tag is not part of the key
+    ok = parity.compare(rec, same, tolerance_ns=5)
+    assert ok["agree"]  # the run tag is not part of the key
+    assert ok["after_window"]["transitions"] == 1  # after the run's last event: not compared
     d = parity.compare(rec, same, tolerance_ns=0)
     assert d["counts"] == {"transitions": 0, "orders": 1, "fills": 0} and d["differences"][0]["what"] == "ts"
     d = parity.compare(rec, {"transitions": [], "orders": [], "fills": []})
-    assert d["counts"] == {"transitions": 1, "orders": 1, "fills": 1}
+    assert d["counts"] == {"transitions": 2, "orders": 1, "fills": 1}
     assert {x["what"] for x in d["differences"]} == {"missing from the re-run"}
