@@ -22,8 +22,8 @@ _CLI = "services.cli is the operator's command line, not a process: its commands
 _BACKTEST = ("services.backtest is the offline replay of the live decision path, not a process: it runs the "
              "aggregator's bar core, the detector's engine and plugin host, the selector and the broker's engine on "
              "stored data in one process, the same code as live by design")
-_BACKFILL = ("the recorder's history backfill (spx backfill) reads vendor REST bars with the feed's client and makes "
-             "bars from flat files with the aggregator's core; the client and the bar core are not yet in spx_common")
+_BACKFILL = ("spx backfill's engine (services.cli.backfill, not a process) reads vendor REST bars with the feed's "
+             "client and makes bars from flat files with the aggregator's core; they are not yet in spx_common")
 _INTERVAL = "parse_interval is the aggregator's interval grammar; the detector parses the same configured intervals"
 
 EXCEPTIONS: dict[tuple[str, str], str] = {
@@ -50,7 +50,6 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
     **{edge: _CLI for edge in [
         ("services.cli.commands.backfill", "services.feed.config"),
         ("services.cli.commands.backfill", "services.feed.rest"),
-        ("services.cli.commands.backfill", "services.recorder.backfill"),
         ("services.cli.commands.backtest", "services.backtest.parity"),
         ("services.cli.commands.backtest", "services.backtest.run"),
         ("services.cli.commands.backtest", "services.backtest.stats"),
@@ -77,8 +76,8 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
         ("services.cli.commands.users", "services.broker.credentials"),
         ("services.cli.common", "services.gateway.config"),
     ]},
-    ("services.recorder.backfill", "services.aggregator.bars"): _BACKFILL,
-    ("services.recorder.backfill", "services.feed.rest"): _BACKFILL,
+    ("services.cli.backfill", "services.aggregator.bars"): _BACKFILL,
+    ("services.cli.backfill", "services.feed.rest"): _BACKFILL,
     ("services.detector.service", "services.aggregator.pybars"): _INTERVAL,
 }
 
