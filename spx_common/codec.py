@@ -45,6 +45,7 @@ from typing import Any
 
 import msgspec
 
+from spx_common.errors import Refused
 from spx_common import models as m
 
 PROTOCOL_VERSION = 1
@@ -150,7 +151,7 @@ def ticks_header(payload: bytes) -> tuple[TicksHeader, int] | None:
         return None
 
 
-class FrameError(ValueError):
+class FrameError(Refused, ValueError):
     """A frame that cannot be accepted. ``reason`` is a short metric label."""
 
     def __init__(self, reason: str, message: str):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from spx_common.errors import Fatal
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -36,7 +37,7 @@ SERVICES: tuple[str, ...] = (
 )
 
 
-class ConfigError(RuntimeError):
+class ConfigError(Fatal, RuntimeError):
     """Configuration that cannot be accepted; the message names the key and its source."""
 
 

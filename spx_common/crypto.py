@@ -26,6 +26,7 @@ from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from spx_common.errors import Fatal
 
 __all__ = ["CryptoError", "Secret", "KeyRing", "generate_key"]
 
@@ -33,7 +34,7 @@ _VERSION = "v1"
 _NONCE = 12
 
 
-class CryptoError(ValueError):
+class CryptoError(Fatal, ValueError):
     """A key or sealed secret that cannot be used (the message never contains secret material)."""
 
 

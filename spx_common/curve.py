@@ -22,9 +22,10 @@ from typing import Any
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from spx_common.errors import Fatal
 
 
-class CurveError(RuntimeError):
+class CurveError(Fatal, RuntimeError):
     pass
 
 

@@ -33,11 +33,12 @@ class SpxError(Exception):
     code: str = "error"
     retryable: bool = False
 
-    def __init__(self, message: str = "", *, code: str | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, *args: object, code: str | None = None) -> None:
+        super().__init__(*args)
         if code is not None:
             self.code = code
-        self.message = message
+        #: the text a reply carries (the first argument; subclasses with several set their own)
+        self.message = str(args[0]) if args else ""
 
 
 class Retryable(SpxError):

@@ -24,6 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from spx_common.errors import Refused
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ FLAGS: dict[str, Flag] = {
 }
 
 
-class FlagError(ValueError):
+class FlagError(Refused, ValueError):
     pass
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from collections.abc import Callable, Iterable, Iterator
 
+from spx_common.errors import Refused
 from spx_common.marketrules import EXCL_CORRECTION, SHARES_SINCE_NS, quote_size_factor
 from spx_common.models import Quote, Trade
 
@@ -42,7 +43,7 @@ TRADE_COLUMNS = {"ticker", "price", "size", "sip_timestamp"}
 QUOTE_COLUMNS = {"ticker", "bid_price", "ask_price", "bid_size", "ask_size", "sip_timestamp"}
 
 
-class FlatFileError(ValueError):
+class FlatFileError(Refused, ValueError):
     pass
 
 

@@ -17,6 +17,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from spx_common.errors import Refused
 
 __all__ = ["OptionSymbolError", "OptionSymbol", "parse", "build", "to_occ", "to_tradier", "to_massive", "underlying_for_root"]
 
@@ -28,7 +29,7 @@ _MAX_STRIKE = Decimal("99999.999")
 _ROOT_UNDERLYING = {"SPXW": "SPX", "SPXPM": "SPX", "NDXP": "NDX", "RUTW": "RUT", "VIXW": "VIX", "XSPW": "XSP"}
 
 
-class OptionSymbolError(ValueError):
+class OptionSymbolError(Refused, ValueError):
     """A string that is not a valid option symbol in any supported form."""
 
 

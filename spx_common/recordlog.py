@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TypeVar
+from spx_common.errors import Fatal
 
 MAGIC = b"SPXLOG\x00\x01"
 _HEAD = struct.Struct("<II")
@@ -73,7 +74,7 @@ LEGACY_LE = Framing("journal/0", _U32, crc=False)
 LEGACY_BE = Framing("spool/0", struct.Struct(">I"), crc=False)
 
 
-class LegacyFile(Exception):
+class LegacyFile(Fatal):
     """An append was asked of a file in an earlier framing (migrate it, or write a new file)."""
 
 

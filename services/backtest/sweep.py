@@ -45,12 +45,13 @@ from services.backtest import report as rpt
 from services.backtest import run as bt
 from services.backtest import stats as st
 from services.detector.config import DetectorConfig
+from spx_common.errors import Refused
 
 SWEEP_VERSION = 1
 MAX_SETS = 256
 
 
-class SweepError(ValueError):
+class SweepError(Refused, ValueError):
     """A sweep file that cannot be run (the message names the set and the key)."""
 
 

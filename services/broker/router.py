@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
+from spx_common.errors import Refused
 from spx_common import occ
 
 TICK_SMALL = Decimal("0.05")
@@ -29,7 +30,7 @@ SIDES_ALLOWED = ("buy_to_open", "sell_to_close")
 TYPES = ("market", "limit", "stop", "stop_limit")
 
 
-class OrderRefused(ValueError):
+class OrderRefused(Refused, ValueError):
     """An order that must not be sent; ``reason`` is a short label (published and counted)."""
 
     def __init__(self, reason: str, detail: str) -> None:

@@ -13,6 +13,7 @@ import time
 import xmlrpc.client
 from pathlib import Path
 
+from spx_common.errors import Fatal
 from spx_common import health
 from spx_common.config import PROJECT_DIR, RuntimeConfig
 
@@ -20,7 +21,7 @@ CONF = PROJECT_DIR / "supervisord.conf"
 GROUP = "spx"
 
 
-class MeshError(RuntimeError):
+class MeshError(Fatal, RuntimeError):
     pass
 
 

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from services.detector import hookspecs
 from services.detector.health import PluginHealth, probe_backoff
 from services.detector.lifecycle import geometry_ok
+from spx_common.errors import Fatal
 from spx_common import schemas
 from spx_common.models import SetupCandidate
 
@@ -44,7 +45,7 @@ MAX_NAME = 64  # characters of detector, family, sym
 INT64 = (-(2**63), 2**63 - 1)
 
 
-class PluginError(RuntimeError):
+class PluginError(Fatal, RuntimeError):
     pass
 
 

@@ -36,12 +36,13 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from services.feed.config import FeedConfig
 from services.feed.parsing import Status
+from spx_common.errors import Fatal
 from spx_common.retry import Backoff, RateLimiter
 
 _STATUS = msgspec.json.Decoder(list[dict])
 
 
-class AuthFailed(RuntimeError):
+class AuthFailed(Fatal, RuntimeError):
     """The vendor refused the key (or the plan has no WebSocket access). Not retried."""
 
 

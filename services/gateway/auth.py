@@ -15,12 +15,13 @@ import os
 import re
 import secrets
 from pathlib import Path
+from spx_common.errors import Refused
 
 USER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 VERSION = "v1"
 
 
-class TokenError(ValueError):
+class TokenError(Refused, ValueError):
     """A token that cannot be accepted; ``code`` is ``bad_token`` or ``token_expired``."""
 
     def __init__(self, code: str, message: str) -> None:

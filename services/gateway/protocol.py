@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
+from spx_common.errors import Refused
 from spx_common import models as m
 from spx_common.schemas import model_for
 
@@ -31,7 +32,7 @@ SIMPLE_CHANNELS = ("setups", "snapshot", "status")
 USER_CHANNELS = ("coach", "positions", "orders", "fills")
 
 
-class ChannelError(ValueError):
+class ChannelError(Refused, ValueError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code

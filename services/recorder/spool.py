@@ -21,10 +21,11 @@ from collections.abc import Iterator
 
 import msgspec
 
+from spx_common.errors import Retryable
 from spx_common import recordlog
 
 
-class SpoolFull(Exception):
+class SpoolFull(Retryable):
     """The spool reached its size bound; the record was not written."""
 
 

@@ -27,6 +27,7 @@ import msgspec
 from services.selector import chain as chains
 from services.selector.exits import ExitPlan, ExitPlanError, ExitRules
 from services.selector.select import Policy, RecoCache, RiskContext, SetupSpec, regime_key, select
+from spx_common.errors import Refused
 from spx_common.clock import EventClock
 from spx_common.models import BlockEvent, ContractRecommendation, IndexValue, MicroBar, Quote, SetupTransition
 from spx_common.topics import block_topic, exit_topic, reco_topic
@@ -35,7 +36,7 @@ TERMINAL = {"invalidated", "stopped", "expired", "blocked"}
 Out = list[tuple[str, str, Any]]
 
 
-class BadRequest(ValueError):
+class BadRequest(Refused, ValueError):
     """A ``select`` request that cannot be read."""
 
 

@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from spx_common.errors import Refused
 from spx_common.models import ExitAction, ExitAdvice
 
 
@@ -37,7 +38,7 @@ class ExitRules:
     trail_buffer: float = 0.5
 
 
-class ExitPlanError(ValueError):
+class ExitPlanError(Refused, ValueError):
     """A setup whose exits cannot be planned (stop on the wrong side, non-finite prices)."""
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 from typing import Any
+from spx_common.errors import Refused
 
 USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # the gateway token's user pattern (topic-safe)
 POLICIES = ("alert", "block", "off")
@@ -39,7 +40,7 @@ DEFAULTS: dict[str, Any] = {
 SETTABLE = tuple(DEFAULTS)
 
 
-class UserError(ValueError):
+class UserError(Refused, ValueError):
     """A user id or setting that is not allowed; the message names the field."""
 
 
