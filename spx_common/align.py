@@ -16,6 +16,13 @@ after Flink's watermarks in parallel streams:
 * with correct watermarks the released sequence is the same whatever the interleaving of the streams
   (tested with hypothesis), so it is a function of the data, not of speed or scheduling.
 
+**Runs.** An item may be a *run* of events with their own times (a batch of ticks, sorted): pushed with
+``times`` (one per event, non-decreasing), keyed by its first. The run is released only up to the first
+event that must wait: one at or after the frontier, or one after the next held item of any stream
+(``(time, order, stream, arrival)`` compared as for items); the rest is held again (``splitter`` cuts it).
+The released events are then in exactly the order they would have had as one item each, whatever the
+publishers' batch sizes, at the cost of one heap operation per frame and one per cut.
+
 Liveness and bounds, each counted, never silent:
 
 * a stream is waited for from its first watermark on (a publisher that sends none, e.g. an older
@@ -34,9 +41,9 @@ No I/O, no clock: the service shell decides when a stream is idle and when to ca
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from collections.abc import Iterable
 
 #: a watermark past every event time: the stream has ended (a finished replay)
 FINAL_NS = 1 << 62
@@ -72,16 +79,19 @@ class Aligner:
     or implicitly by their first watermark or item). ``max_items`` / ``max_bytes`` bound what is held.
     """
 
-    def __init__(self, streams: Iterable[str] = (), *, max_items: int = 100_000, max_bytes: int = 64 << 20) -> None:
+    def __init__(self, streams: Iterable[str] = (), *, max_items: int = 100_000, max_bytes: int = 64 << 20,
+                 splitter: Callable[[Any, int, int], tuple[Any, Any]] | None = None) -> None:
         if max_items < 1 or max_bytes < 1:
             raise ValueError("max_items and max_bytes must be at least 1")
         self.max_items = max_items
         self.max_bytes = max_bytes
+        #: ``splitter(item, i, key of the rest) -> (first i events, the rest)``: how a run is cut (runs need one)
+        self.splitter = splitter
         self.streams: dict[str, StreamState] = {}
         self.stats = AlignStats()
         #: the newest key released: an item pushed below it is late
         self.released_key = _NONE
-        self._heap: list[tuple[int, tuple[Any, ...], str, int, int, Any]] = []
+        self._heap: list[tuple[int, tuple[Any, ...], str, int, int, Any, Sequence[int] | None]] = []
         for s in streams:
             self.add_stream(s)
 
@@ -93,14 +103,21 @@ class Aligner:
             st = self.streams[name] = StreamState(name)
         return st
 
-    def push(self, stream: str, key: int, order: tuple[Any, ...], item: Any, nbytes: int = 0) -> None:
-        """Hold ``item`` of ``stream`` with event time ``key`` (ns) and tie-break ``order``."""
+    def push(self, stream: str, key: int, order: tuple[Any, ...], item: Any, nbytes: int = 0,
+             times: Sequence[int] | None = None) -> None:
+        """Hold ``item`` of ``stream`` with event time ``key`` (ns) and tie-break ``order``. With ``times`` the
+        item is a run (module docstring): one event time per event, non-decreasing, ``key`` its first."""
         st = self.streams.get(stream) or self.add_stream(stream)
         n = st.arrived
         st.arrived = n + 1
         if key < self.released_key:
             self.stats.late += 1
-        heapq.heappush(self._heap, (key, order, stream, n, nbytes, item))
+        if times is not None:
+            if self.splitter is None:
+                raise ValueError("runs need an Aligner with a splitter")
+            if len(times) < 2:
+                times = None
+        heapq.heappush(self._heap, (key, order, stream, n, nbytes, item, times))
         self.stats.held += 1
         self.stats.held_bytes += nbytes
 
@@ -141,13 +158,32 @@ class Aligner:
         if not heap:
             return []
         limit = self.frontier
+        if limit >= FINAL_NS:  # every stream ended: nothing more can come before anything held
+            limit = 1 << 63
         out = []
         stats = self.stats
         pop = heapq.heappop
         while heap and (heap[0][0] < limit or stats.held > self.max_items or stats.held_bytes > self.max_bytes):
-            key, _, _, _, nbytes, item = pop(heap)
+            entry = pop(heap)
+            key, order, stream, n, nbytes, item, times = entry
             if key >= limit:
                 stats.forced += 1
+                times = None  # released whole: the bounds are reached
+            if times is not None:
+                cut = self._cut(entry, limit)
+                if cut < len(times):
+                    rest = times[cut:]
+                    head, tail = self.splitter(item, cut, rest[0])
+                    part = nbytes * cut // len(times)
+                    heapq.heappush(heap, (rest[0], order, stream, n, nbytes - part, tail,
+                                          rest if len(rest) > 1 else None))
+                    stats.held_bytes -= part
+                    last = times[cut - 1]
+                    if last > self.released_key:
+                        self.released_key = last
+                    out.append(head)
+                    continue
+                key = times[-1]
             stats.held -= 1
             stats.held_bytes -= nbytes
             if key > self.released_key:
@@ -156,11 +192,29 @@ class Aligner:
         stats.released += len(out)
         return out
 
+    def _cut(self, entry: tuple, limit: int) -> int:
+        """How many events of the run ``entry`` (just popped) go now: those before ``limit`` and before
+        the next held item in canonical order (at least the first, which is the smallest of all)."""
+        _, order, stream, n, _, _, times = entry
+        heap = self._heap
+        nxt = heap[0] if heap else None
+        rank = (order, stream, n)
+        cut = 1
+        for t in times[1:]:
+            if t >= limit:
+                break
+            if nxt is not None and (t > nxt[0] or (t == nxt[0] and rank > nxt[1:4])):
+                break
+            cut += 1
+        return cut
+
     def drain(self) -> list[Any]:
         """Every held item in canonical order, whatever the watermarks (shutdown)."""
         out = []
         while self._heap:
-            key, _, _, _, nbytes, item = heapq.heappop(self._heap)
+            key, _, _, _, nbytes, item, times = heapq.heappop(self._heap)
+            if times is not None:
+                key = times[-1]
             self.stats.held -= 1
             self.stats.held_bytes -= nbytes
             self.released_key = max(self.released_key, key)
@@ -168,9 +222,13 @@ class Aligner:
         self.stats.released += len(out)
         return out
 
+    def held_min(self) -> int:
+        """The smallest key held (``FINAL_NS + 1`` when nothing is)."""
+        return self._heap[0][0] if self._heap else FINAL_NS + 1
+
     def held(self) -> list[Any]:
         """The held items, in no particular order (a service looking at what waits, e.g. a warm-up)."""
-        return [e[-1] for e in self._heap]
+        return [e[5] for e in self._heap]
 
     def __len__(self) -> int:
         return len(self._heap)

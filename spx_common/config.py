@@ -98,7 +98,7 @@ class BusConfig(Section):
     )
     heartbeat_s: float = Field(1.0, gt=0, le=10, description="Heartbeat period of every publisher.")
     peer_timeout_s: float = Field(3.0, gt=0, description="A peer silent this long is reported down.")
-    align: bool = Field(True, description="Processes with several input streams (the detector: ticks and bars) "
+    align: bool = Field(True, description="Processes with several input streams (detector, selector, broker, coach) "
                         "release them in event-time order by their publishers' watermarks (docs/protocol.md). Off: in "
                         "arrival order, as fast as they come, and results depend on the publishers' relative speed.")
     align_idle_s: float = Field(10.0, gt=0, le=600, description="An aligned process stops waiting for a publisher "

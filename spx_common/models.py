@@ -105,6 +105,31 @@ class IndexValue(Base, kw_only=True, tag="v", tag_field="k", gc=False):
 MarketEvent = Trade | Quote | IndexValue
 
 
+def parse_interval(text: str) -> int:
+    """A bar interval in ns: '1s' -> 1e9, '5s', '250ms', '1m' are accepted."""
+    text = text.strip().lower()
+    for suffix, mult in (("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000)):
+        if text.endswith(suffix) and text[: -len(suffix)].isdigit():
+            value = int(text[: -len(suffix)]) * mult
+            if value <= 0:
+                break
+            return value
+    raise ValueError(f"bad bar interval {text!r}; use e.g. 1s, 5s, 250ms, 1m")
+
+
+_INTERVAL_NS: dict[str, int] = {}
+
+
+def bar_end_ns(bar: "MicroBar") -> int:
+    """The end of ``bar`` (exclusive): its start plus its interval."""
+    iv = _INTERVAL_NS.get(bar.interval)
+    if iv is None:
+        iv = parse_interval(bar.interval)
+        if len(_INTERVAL_NS) < 64:
+            _INTERVAL_NS[bar.interval] = iv
+    return bar.start_ns + iv
+
+
 # mypy models msgspec Structs as dataclasses and refuses a frozen one under a non-frozen base; msgspec allows
 # it (frozen is per class: Base's fields are set only at construction).
 class MicroBar(Base, kw_only=True, gc=False, frozen=True):  # type: ignore[misc]
@@ -192,9 +217,12 @@ class Heartbeat(Base, kw_only=True):
 
 class Watermark(Base, kw_only=True):
     """Sent on ``wm.<service>`` by a publisher of event-time data: every frame it publishes later carries
-    events at or after ``ns`` (docs/protocol.md, "Event-time alignment"). ``ns`` = 2**62: the stream ended."""
+    events at or after ``ns`` (docs/protocol.md, "Event-time alignment"). ``ns`` = 2**62: the stream ended.
+    ``idle``: a relay whose own inputs carry no watermark (a tool, an older publisher) promises nothing:
+    consumers stop waiting for it until it sends a watermark without ``idle``."""
 
     ns: Ns
+    idle: bool = False
 
 
 # --------------------------------------------------------------------------- detection

@@ -45,6 +45,7 @@ import zmq.asyncio
 
 from spx_common import codec, health, logs, recordlog
 from spx_common.align import FINAL_NS, Aligner
+from spx_common.models import bar_end_ns
 from pydantic import Field
 
 from spx_common.bus import AsyncRpcClient, AsyncSubscriber, Outbox, Publisher, RpcError, RpcServer, SubscriberCore
@@ -189,7 +190,10 @@ class BusService:
     #: in ``(key, order, publisher, arrival)`` order. Off with ``[bus] align = false``.
     aligned: tuple[str, ...] = ()
     #: this process publishes watermarks (``wm.<instance>``): it announces one at start-up, so aligned
-    #: consumers wait for it from the first frame on, and repeats the newest on every heartbeat
+    #: consumers wait for it from the first frame on, and repeats the newest on every heartbeat. With
+    #: ``aligned`` too it is a *relay* (docs/protocol.md): its watermark is its aligner's frontier, and
+    #: every frame it publishes carries an event time at or after the key of the item being handled
+    #: (outside a handler: at or after its own watermark), so the promise holds by construction
     watermarks: bool = False
 
     def __init__(
@@ -234,9 +238,14 @@ class BusService:
         #: while True, aligned items are held (not released) whatever the watermarks (e.g. during a warm-up)
         self.align_hold = False
         self._wm_out: int | None = None
+        #: the key of the aligned item being handled (:attr:`event_key`); a relay's floor for what it publishes
+        self._item_key: int | None = None
         self._stream_seen: dict[str, float] = {}  # aligned: publisher -> monotonic time of its last frame
+        self._stream_first: dict[str, float] = {}  # ... and of its first
+        self._wm_idle = False  # a relay whose inputs send no watermark: it says so (Watermark.idle)
         if self.aligned and self.bus.align:
-            self.aligner = Aligner(max_items=self.bus.align_max_items, max_bytes=self.bus.align_max_mb << 20)
+            self.aligner = Aligner(max_items=self.bus.align_max_items, max_bytes=self.bus.align_max_mb << 20,
+                                   splitter=_split_held)
             m = self.metrics
             self.align_held = m.gauge("align_held_items", "Aligned input items held, waiting for watermarks.")
             self.align_late = m.counter("align_late_total", "Aligned items that arrived behind what was already "
@@ -336,13 +345,38 @@ class BusService:
 
     def publish(self, topic: str, type_name: str, body: Any, event_ns: int) -> int:
         assert self.pub is not None
+        if self._relay:  # keep our watermark's promise (class docstring of ``watermarks``)
+            floor = self._item_key if self._item_key is not None else self._wm_out
+            if floor is not None and event_ns < floor:
+                event_ns = floor
         return self.pub.publish(topic, type_name, body, event_ns)
 
-    def align_items(self, frame: Frame, body: Any) -> list[tuple[int, tuple, Any]]:
+    def align_items(self, frame: Frame, body: Any) -> list[tuple]:
         """Split an aligned frame into ``(key_ns, order, body_part)`` items; the handlers get each part as
         the frame's body. Default: the whole body, keyed by the envelope's ``event_ns``. An empty list
-        drops the frame (e.g. data this process does not use)."""
+        drops the frame (e.g. data this process does not use). A 4th element, the event times of the
+        part's events (non-decreasing), makes the item a run, cut where another stream's item falls
+        between its events (:mod:`spx_common.align`, "Runs"): :func:`event_runs` builds them.
+
+        Default, one rule for every consumer (the detector refines it): a tick frame's events in runs by
+        their own times; a closed bar at its end (an open one is dropped: a bar is a fact once closed); any
+        other frame at its envelope's ``event_ns``: what a relay publishes carries the event time at which
+        it knew it (a setup formed at its bar's start is known at the bar's end)."""
+        t = frame.type
+        if t == "ticks":
+            return [(first, (), run, times) for first, run, times in event_runs(body)]
+        if t == "bar":
+            return [(bar_end_ns(body), (), body)] if body.closed else []
         return [(frame.event_ns, (), body)]
+
+    @property
+    def event_key(self) -> int | None:
+        """The event time of the aligned item being handled (None outside one, or not aligned)."""
+        return self._item_key
+
+    def event_time_passed(self, ns: int) -> None:
+        """A relay: every aligned item before ``ns`` was handled and the watermark ``ns`` is about to go out;
+        what is due in event time before ``ns`` (a session close) must be published now. Override."""
 
     def publish_watermark(self, ns: int) -> None:
         """Promise subscribers that every frame published from now on carries event times at or after
@@ -443,12 +477,18 @@ class BusService:
         al = self.aligner
         if al is not None:
             topic = frame.topic
-            self._stream_seen[frame.src] = time.monotonic()
+            now = self._stream_seen[frame.src] = time.monotonic()
+            self._stream_first.setdefault(frame.src, now)
             if topic.startswith(WATERMARK):
                 try:
-                    al.watermark(frame.src, frame.body().ns, frame.session)
+                    wm = frame.body()
                 except FrameError as exc:
                     self.refuse(frame, exc)
+                    return
+                if wm.idle:  # a relay without watermarked inputs: not waited for until it sends one
+                    al.idle(frame.src)
+                else:
+                    al.watermark(frame.src, wm.ns, frame.session)
                 return
             if topic.startswith(self.aligned):
                 try:
@@ -460,23 +500,36 @@ class BusService:
                 if items:
                     nbytes = len(frame.payload) // len(items) + 64
                     now = time.perf_counter()
-                    for key, order, part in items:
-                        al.push(frame.src, key, order, (frame, part, now), nbytes)
+                    src = frame.src
+                    for it in items:
+                        key = it[0]
+                        al.push(src, key, it[1], (frame, it[2], now, key), nbytes, it[3] if len(it) > 3 else None)
                 return
         self._route_frame(frame)
 
     def release_aligned(self) -> int:
-        """Handle the aligned items the watermarks now allow, in event-time order; returns how many."""
+        """Handle the aligned items the watermarks now allow, in event-time order (a relay then sends its
+        watermark on); returns how many."""
         al = self.aligner
-        if al is None or self.align_hold or not len(al):
+        if al is None or self.align_hold:
+            return 0
+        if not len(al):
+            if self._relay:
+                self._relay_watermark(al)
             return 0
         out = al.release()
         if out:
             now = time.perf_counter()
             wait = self.align_wait
-            for frame, part, t0 in out:
-                wait.observe((now - t0) * 1000)
-                self._route_frame(frame, part, True)
+            try:
+                for frame, part, t0, key in out:
+                    wait.observe((now - t0) * 1000)
+                    self._item_key = key
+                    self._route_frame(frame, part, True)
+            finally:
+                self._item_key = None
+        if self._relay:
+            self._relay_watermark(al)
         st = al.stats
         late, forced = self._align_seen
         if st.late != late:
@@ -486,6 +539,38 @@ class BusService:
         self._align_seen = (st.late, st.forced)
         self.align_held.set(st.held)
         return len(out)
+
+    def _relay_watermark(self, al: Aligner) -> None:
+        """Send the aligner's frontier on as our watermark (everything before it was handled); idle when
+        the publishers we heard for two heartbeats sent no watermark at all (nothing to promise)."""
+        f = al.frontier
+        if f > FINAL_NS:
+            if not self._wm_idle and self._inputs_unaligned(al):
+                self._wm_idle = True
+                self._send_watermark()
+            return
+        if len(al) and al.held_min() < f:  # items still to handle (held by ``align_hold``)
+            return
+        if self._wm_idle:
+            self._wm_idle = False
+            self._send_watermark()
+        if self._wm_out is None or f > self._wm_out:
+            try:
+                self.event_time_passed(f)
+            except Exception:
+                self.log.exception("event_time_passed(%d) failed", f)
+            self.publish_watermark(f)
+
+    def _inputs_unaligned(self, al: Aligner) -> bool:
+        first = self._stream_first
+        heard = [n for n in al.streams if n in first]
+        return bool(heard) and all(al.streams[n].watermark == -(1 << 63) for n in heard) and \
+            time.monotonic() - min(first[n] for n in heard) > 2 * self.bus.heartbeat_s
+
+    def _send_watermark(self) -> None:
+        ns = self._wm_out or 0
+        self.publish(watermark_topic(self.instance), "watermark", Watermark(ns=ns, idle=self._wm_idle),
+                     min(ns, FINAL_NS))
 
     def _align_idle(self) -> None:
         """Streams whose publisher went silent (``[bus] align_idle_s``) stop holding the others back."""
@@ -567,8 +652,7 @@ class BusService:
                 state, detail = "degraded", "; ".join(faults) + (f" | {detail}" if detail else "")
             self.pub.heartbeat(self.started_ns, state, detail, self._heartbeat_stats(), self.flags)
             if self._wm_out is not None:  # the watermark again: a silent stream still tells where it is
-                self.publish(watermark_topic(self.instance), "watermark", Watermark(ns=self._wm_out),
-                             min(self._wm_out, FINAL_NS))
+                self._send_watermark()
             if self.aligner is not None:
                 self._align_idle()
                 self.release_aligned()
@@ -677,7 +761,7 @@ class BusService:
         self.state = "stopping"
         self.log.info("stopping: draining")
         if self.aligner is not None and not self.align_hold:  # what was held is handled, in order
-            for frame, part, _ in self.aligner.drain():
+            for frame, part, _, _ in self.aligner.drain():
                 self._route_frame(frame, part, True)
         try:
             await asyncio.wait_for(self.drain(), self.runtime.shutdown_grace_s)
@@ -707,6 +791,10 @@ class BusService:
         return self.exit_code
 
     _gc_t0 = 0.0
+
+    @property
+    def _relay(self) -> bool:
+        return self.watermarks and self.aligner is not None
 
     def _gc_timer(self, phase: str, info: dict) -> None:
         """``gc.callbacks`` hook: each collection's pause in ``gc_pause_ms{generation}``."""
@@ -750,6 +838,32 @@ class BusService:
             health.record_fatal(run_dir, instance, health.config_reason(str(exc)))
             sys.exit(2)
         sys.exit(code)
+
+
+def _split_held(item: tuple, i: int, rest_key: int) -> tuple[tuple, tuple]:
+    """The aligner's ``splitter`` for held ``(frame, events, t0, key)`` runs."""
+    frame, part, t0, key = item
+    return (frame, part[:i], t0, key), (frame, part[i:], t0, rest_key)
+
+
+def event_runs(events: list, key: Callable[[Any], int] = lambda ev: ev.ts) -> list[tuple[int, list, list[int]]]:
+    """``events`` as runs of non-decreasing event time: ``(first time, events, times)`` each (a sorted
+    batch, e.g. a replay's, is one run)."""
+    out: list[tuple[int, list, list[int]]] = []
+    times: list[int] = []
+    run: list = []
+    last = None
+    for ev in events:
+        t = key(ev)
+        if last is not None and t < last:
+            out.append((times[0], run, times))
+            run, times = [], []
+        run.append(ev)
+        times.append(t)
+        last = t
+    if run:
+        out.append((times[0], run, times))
+    return out
 
 
 def newest_event_ns(frames, current: int) -> int:

@@ -36,24 +36,12 @@ from collections.abc import Callable, Iterable
 import msgspec
 
 from spx_common.clock import NS_PER_S
-from spx_common.models import IndexValue, MarketEvent, MicroBar, Quote, Trade
+from spx_common.models import IndexValue, MarketEvent, MicroBar, Quote, Trade, parse_interval
 
 #: event times at or beyond this (2116-02-20) are refused by both cores: bucket ends stay inside int64
 MAX_TS = 1 << 62
 #: intervals a core aggregates at most (the compiled core's fixed table)
 MAX_INTERVALS = 8
-
-
-def parse_interval(text: str) -> int:
-    """'1s' -> 1e9 ns, '5s', '250ms', '1m' are accepted."""
-    text = text.strip().lower()
-    for suffix, mult in (("ms", 1_000_000), ("s", NS_PER_S), ("m", 60 * NS_PER_S)):
-        if text.endswith(suffix) and text[: -len(suffix)].isdigit():
-            value = int(text[: -len(suffix)]) * mult
-            if value <= 0:
-                break
-            return value
-    raise ValueError(f"bad bar interval {text!r}; use e.g. 1s, 5s, 250ms, 1m")
 
 
 def core_intervals(intervals: Iterable[str], max_symbols: int, hold_max: int,

@@ -32,7 +32,12 @@ answers a balances call replaces the client and the account resumes (alert ``tok
 account-events websocket already open stays open (it only receives; it sends no request).
 
 Decisions run in event time (the newest ``event_ns`` of the frames received); the broker I/O of each
-account runs in its own worker task draining its bounded intent queue in order.  Requests: ``status``, ``ledger``,
+account runs in its own worker task draining its bounded intent queue in order. The inputs are handled in
+event-time order across the detector, the selector and the feed (``aligned``, docs/protocol.md), and a paper
+account's intents run at once, in order, at the event time of the input that made them (a paper broker does
+no I/O): its orders and fills depend on the data only, never on the replay speed or task scheduling. Working
+entries time out in event time at the first input past their timeout. The broker is a relay (its watermark
+goes on to the coach, which aligns ``alert.`` and ``position.``).  Requests: ``status``, ``ledger``,
 ``flatten``, ``slippage``, ``portfolio``.
 """
 
@@ -104,6 +109,8 @@ class BrokerService(BusService):
 
     name = "broker"
     subscriptions = {"detector": [SETUP_TRANSITION], "selector": [RECO, EXIT], "feed": [OPTION_TICK]}
+    aligned = (SETUP_TRANSITION, RECO, EXIT, OPTION_TICK)
+    watermarks = True
     replayable = (ORDER, FILL, POSITION)  # the recorder catches up after a restart or a gap
 
     def __init__(self, *args: Any, config: BrokerConfig | None = None, **kw: Any) -> None:
@@ -176,6 +183,8 @@ class BrokerService(BusService):
         self._flags_alerted = float("-inf")
         self._started_mono = time.monotonic()
         self._notices: list[tuple[str, str, Any]] = []
+        self._inline: list[tuple[Intent, acc.Account]] = []  # paper intents, run in order by _run_inline
+        self._inline_busy = False
         if any(a.tradier is not None for a in self.accounts):
             logging.getLogger("httpx").setLevel(logging.WARNING)
         self.on(SETUP_TRANSITION, self._on_transition)
@@ -289,10 +298,23 @@ class BrokerService(BusService):
     def _now(self) -> int:
         return self.clock.now_ns() or time.time_ns()
 
+    def _advance(self, ts: int) -> None:
+        """Event time moves to ``ts``: working entries past their timeout are cancelled first."""
+        self.clock.advance(ts)
+        self._submit(self.engine.expire_entries(self.clock.now_ns()))
+
+    def _reco_comes_in_order(self) -> bool:
+        """Aligned with a live selector: its reco for a transition comes in event-time order after it."""
+        al = self.aligner
+        if al is None:
+            return False
+        return any(not st.idle and st.watermark > -(1 << 63) for name, st in al.streams.items()
+                   if name in self.bus.instances_of("selector"))
+
     def _on_transition(self, frame, t: SetupTransition) -> None:
-        self.clock.advance(t.ts)
+        self._advance(t.ts)
         self._submit(self.engine.on_transition(t))
-        if t.to_state == "triggered" and t.setup_id not in self.engine.recos \
+        if t.to_state == "triggered" and t.setup_id not in self.engine.recos and not self._reco_comes_in_order() \
                 and len(self._selecting) < MAX_SELECT_INFLIGHT and t.setup_id not in self._selecting:
             self._selecting.add(t.setup_id)
             task = asyncio.ensure_future(self._select_fallback(t))
@@ -324,12 +346,12 @@ class BrokerService(BusService):
 
     def _on_reco(self, frame, r: ContractRecommendation) -> None:
         if r.ts:
-            self.clock.advance(r.ts)
+            self._advance(r.ts)
         self._submit(self.engine.on_recommendation(r))
 
     def _on_exit(self, frame, a: ExitAdvice) -> None:
         self.m_advice.inc(action=a.action)
-        self.clock.advance(a.ts)
+        self._advance(a.ts)
         self._submit(self.engine.on_advice(a))
 
     def _on_ticks(self, frame, events: list) -> None:
@@ -339,7 +361,7 @@ class BrokerService(BusService):
             if not (ev.bid <= router.MAX_PRICE and ev.ask <= router.MAX_PRICE):  # inf passes the schema
                 self.m_bad.inc(kind="quote")
                 continue
-            self.clock.advance(ev.ts)
+            self._advance(ev.ts)
             sym = ev.sym[2:]
             self._submit(self.engine.on_quote(sym, ev.bid, ev.ask, ev.ts))
             for pos in self.ledger.mark(sym, ev.bid, ev.ask, ev.ts):
@@ -368,12 +390,43 @@ class BrokerService(BusService):
             if a is None:
                 self._block(user, "unknown_user", "", "no account for this user")
                 continue
+            if a.paper is not None:
+                self._inline.append((it, a))
+                continue
             try:
                 a.queue.put_nowait(it)
             except asyncio.QueueFull:
                 self._block(user, "queue_full", getattr(it, "order_id", ""),
                             f"broker worker of {a.name} is behind; intent dropped")
         self.m_queue.set(sum(a.queue.qsize() for a in self.accounts))
+        if self._inline and not self._inline_busy:
+            self._run_inline()
+
+    def _run_inline(self) -> None:
+        """Paper intents, first in first out (those they make join the end), each to completion at once:
+        a paper account does no I/O, so its coroutines never suspend."""
+        self._inline_busy = True
+        try:
+            while self._inline:
+                it, a = self._inline.pop(0)
+                coro = self._execute(it, a)
+                try:
+                    coro.send(None)
+                except StopIteration:
+                    continue
+                except Exception as exc:  # as in _worker: a bug must not stop the next intents
+                    self._intent_failed(it, exc)
+                    continue
+                coro.close()
+                self._intent_failed(it, RuntimeError("a paper intent awaited I/O"))
+        finally:
+            self._inline_busy = False
+
+    def _intent_failed(self, it: Intent, exc: BaseException) -> None:
+        self.m_order_errors.inc(kind="internal")
+        self.log.error("intent %r failed: %r", it, exc, exc_info=exc)
+        self._block(getattr(it, "user", "") or getattr(getattr(it, "order", None), "user", ""),
+                    "internal_error", "", repr(exc))
 
     def _block(self, user: str, reason: str, subject: str, detail: str = "") -> None:
         self.m_blocks.inc(reason=reason)
@@ -395,10 +448,7 @@ class BrokerService(BusService):
             try:
                 await self._execute(it, a)
             except Exception as exc:  # a bug must not stop execution of the next intents
-                self.m_order_errors.inc(kind="internal")
-                self.log.exception("intent %r failed", it)
-                self._block(getattr(it, "user", "") or getattr(getattr(it, "order", None), "user", ""),
-                            "internal_error", "", repr(exc))
+                self._intent_failed(it, exc)
             self.m_queue.set(sum(x.queue.qsize() for x in self.accounts))
 
     async def _execute(self, it: Intent, a: acc.Account) -> None:

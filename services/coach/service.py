@@ -2,6 +2,8 @@
 
 Consumes ``setup.transition`` and ``state.market`` (detector), closed ``bar.<interval>.*`` (aggregator),
 ``exit.*`` (selector) and ``alert.<user>``/``position.<user>`` (broker); publishes ``coach.<user>``.
+They are handled in event-time order across those four publishers (``aligned``, docs/protocol.md), so the
+alerts (their cooldowns run in event time) depend on the data only, never on the replay speed.
 
 The ``tactical_alerts`` rollout switch (docs/rollout.md): when off, tactical alerts are still computed
 (cooldowns, setup tracking and counts move on exactly as when on) but withheld from users: counted in
@@ -53,6 +55,7 @@ class CoachService(BusService):
 
     name = "coach"
     subscriptions: dict[str, list[str]] = {}
+    aligned = ("setup.transition", "state.market", "bar.", "exit.", "alert.", "position.")
 
     def __init__(self, runtime: RuntimeConfig | None = None, bus: BusConfig | None = None, *,
                  instance: str | None = None, config: CoachConfig | None = None) -> None:

@@ -48,6 +48,9 @@ class DetectorService(BusService):
     subscriptions = {"aggregator": [BAR], "feed": [TICK, CHAIN, STATUS_FEED]}
     replayable = (SETUP_TRANSITION, SETUP_SHADOW)  # the recorder catches up after a restart or a gap
     aligned = (TICK, BAR, CHAIN)
+    #: a relay (docs/protocol.md): the selector, broker and coach align our transitions and market state
+    #: with the feed's and the aggregator's frames by our watermark
+    watermarks = True
 
     def __init__(self, *args, config: DetectorConfig | None = None, **kw) -> None:
         super().__init__(*args, **kw)
@@ -83,7 +86,7 @@ class DetectorService(BusService):
         """Items in event-time order: a closed bar of the detectors' interval keyed by its end, before the ticks
         at that time and ordered by symbol among bars of one end; a tick frame's watched events in runs of one
         bar bucket, keyed by the bucket start (ticks of one symbol stay in stream order; the lifecycle of one
-        symbol never reads another's ticks, so runs of different symbols commute); a chain by its time."""
+        symbol never reads another's ticks, so runs of different symbols commute); a chain in its bucket too."""
         topic = frame.topic
         if topic.startswith(BAR):
             if not body.closed or body.interval != self.cfg.interval or body.sym not in self.engine.watched:
@@ -106,7 +109,9 @@ class DetectorService(BusService):
             out.append((bucket * iv, (1, ""), run))
             return out
         ts = body.get("ts") if isinstance(body, dict) else None
-        return [(ts if isinstance(ts, int) and not isinstance(ts, bool) else frame.event_ns, (0, ""), body)]
+        ts = ts if isinstance(ts, int) and not isinstance(ts, bool) else frame.event_ns
+        # in its bar bucket, like the ticks: only the market state reads it, published at the bucket's end
+        return [(ts // self._iv * self._iv, (1, ""), body)]
 
     def setup(self) -> None:
         for err in self.host.load_errors:
@@ -175,7 +180,7 @@ class DetectorService(BusService):
                     continue
                 held = [b.start_ns for b in self._held if b.sym == sym]
                 if self.aligner is not None:  # live bars waiting in the aligner (their frames' parts)
-                    held += [p.start_ns for _, p, _ in self.aligner.held() if isinstance(p, MicroBar) and p.sym == sym]
+                    held += [p.start_ns for _, p, _, _ in self.aligner.held() if isinstance(p, MicroBar) and p.sym == sym]
                 first_live = min(held, default=None)
                 for raw in doc.get("bars", []) if isinstance(doc, dict) else []:
                     try:
@@ -209,9 +214,26 @@ class DetectorService(BusService):
         self._handle_bar(bar, frame.pub_ns)
 
     def _handle_bar(self, bar, origin_pub_ns: int) -> None:
+        if self._item_key is not None:  # aligned: sessions closed before this bar's end (exclusive) come first
+            for tr in self.engine.lifecycle.session_end(self._item_key - 1):
+                self._publish_transition(tr, origin_pub_ns)
         for tr in self.engine.on_bar(bar):
             self._publish_transition(tr, origin_pub_ns)
         self._flush_refusals()
+        if self._item_key is not None:
+            # the market state in event time (the regime moves on bars only): consumers see each bar's
+            # regime at its end whatever the replay speed, not at the wall cadence of main()
+            self._last_state = self.engine.market_state()
+            if self._last_state:
+                self.publish(STATE_MARKET, "doc", self._last_state, self.engine.now_ns)
+
+    def event_time_passed(self, ns: int) -> None:
+        """Every input before ``ns`` was handled: setups whose session closed before it expire now, at
+        their close, before our watermark ``ns`` goes out (a finished replay: ``FINAL_NS``, every close)."""
+        if self._warming or not self.engine.lifecycle.active:
+            return
+        for tr in self.engine.lifecycle.session_end(ns - 1 if ns < FINAL_NS else ns):
+            self._publish_transition(tr, time.time_ns())
 
     def _on_ticks(self, frame, events) -> None:
         watched = self.engine.watched
@@ -261,6 +283,8 @@ class DetectorService(BusService):
         lc = self.engine.lifecycle
         if not lc.active or not self.engine.now_ns or self._warming:
             return
+        if self.aligner is not None and self.aligner.frontier <= FINAL_NS:
+            return  # event time moves by the watermarks (a silent live feed's too): event_time_passed()
         idle_ns = int((time.monotonic() - self._last_input) * 1e9) if self._last_input is not None else 0
         now = self.engine.now_ns + max(idle_ns, 0)
         if self.aligner is not None and self.aligner.ended():

@@ -4,6 +4,10 @@ Consumes ``chain.<root>`` and ``tick.O:<root>`` / ``tick.I:SPX`` (feed), ``setup
 ``state.market`` (detector), closed ``bar.<interval>.<sym>`` (aggregator). Publishes
 ``reco.<setup_id>``, ``exit.<setup_id>`` and ``block.selector``. Answers ``select``, ``chain`` and
 ``exits`` requests (shapes in :mod:`services.selector.core` and ``docs/selector.md``).
+
+Every input is handled in event-time order across the feed, the aggregator and the detector (``aligned``,
+docs/protocol.md "Event-time alignment"), and the selector is a relay: it sends its own watermark on, so the
+broker and the coach align its recommendations and exit advice with their other inputs.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from services.selector.core import BadRequest, SelectorCore
 from spx_common.bus import RpcError
 from spx_common.config import load
 from spx_common.service import BusService
-from spx_common.topics import BAR, EXIT, OPTION_TICK, SETUP_TRANSITION, STATE_MARKET, TICK, chain_topic, tick_topic
+from spx_common.topics import BAR, CHAIN, EXIT, OPTION_TICK, SETUP_TRANSITION, STATE_MARKET, TICK, chain_topic, tick_topic
 
 
 class Selector(BusService):
@@ -23,6 +27,8 @@ class Selector(BusService):
 
     name = "selector"
     replayable = (EXIT,)  # the recorder catches up after a restart or a gap
+    aligned = (CHAIN, TICK, SETUP_TRANSITION, STATE_MARKET, BAR)
+    watermarks = True
 
     def __init__(self, *args: Any, cfg: SelectorConfig | None = None, **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -62,8 +68,9 @@ class Selector(BusService):
 
     def _on_bar(self, frame, bar) -> None:
         parts = frame.topic.split(".", 2)
-        if len(parts) == 3:
-            self._emit(self.sel.on_bar(parts[1], bar, frame.event_ns))
+        if len(parts) == 3:  # aligned: at the bar's end (the aggregator stamps bars with its watermark)
+            key = self.event_key
+            self._emit(self.sel.on_bar(parts[1], bar, frame.event_ns if key is None else key))
 
     def _emit(self, out: list) -> None:
         for topic, type_name, body in out:

@@ -36,8 +36,11 @@ def test_coach_process_publishes_user_scoped_tactical_alerts(coach):
                         stop=5996)
     pubs["detector"].publish("setup.transition", "setup_transition", t, T0)
     pubs["broker"].publish("alert.carol", "doc", {"kind": "no-ts", "message": "bad"}, T0)  # refused, counted
+    # after the transition in event time: the coach handles its inputs in event-time order (at one time,
+    # by publisher name), and a user it sees first in an alert would get the transition's alert too
     pubs["broker"].publish("alert.carol", "doc", {"kind": "pdt_equity", "severity": "critical",
-                                                  "message": "equity under 25k", "ts": T0, "user": "carol"}, T0)
+                                                  "message": "equity under 25k", "ts": T0 + 1, "user": "carol"},
+                           T0 + 1)
     got = _collect(sub, 3)
     assert sorted((topic, ev.kind) for topic, ev in got) == [
         ("coach.alice", "entry_window_opened"), ("coach.bob", "entry_window_opened"), ("coach.carol", "pdt_alert")]
