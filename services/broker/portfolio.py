@@ -218,6 +218,19 @@ def adoption(rows: list[dict], known: set[str] | dict) -> dict[str, list]:
     return out
 
 
+def adoption_alerts(plan: dict[str, list], user: str, ts: int) -> list[dict]:
+    """The coach alerts of an :func:`adoption` plan (pure): a short option is critical (never opened by
+    this service, never touched), a position that is not an option is reported once (never managed)."""
+    out = [{"kind": f"short:{sym}", "severity": "critical", "ts": ts, "user": user, "data": {},
+            "message": f"The broker holds a SHORT {sym} ({qty:g}); this service never opens shorts "
+                       "and will not touch it."} for sym, qty in plan["shorts"]]
+    out += [{"kind": f"not_an_option:{sym}", "severity": "info", "ts": ts, "user": user,
+             "data": {"symbol": sym, "quantity": qty},
+             "message": f"The broker account holds {sym} x{qty:g}, not an option: reported only, never "
+                        "adopted, exited or flattened."} for sym, qty in plan["others"]]
+    return out
+
+
 def is_zero_dte(symbol: str, ts: int) -> bool:
     """Whether an option expires on the ET date of ``ts``."""
     try:

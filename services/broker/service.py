@@ -52,6 +52,7 @@ import msgspec
 
 from services.broker import accounts as acc
 from services.broker import credentials as creds
+from services.broker import gates
 from services.broker import portfolio as pf
 from services.broker import router
 from services.broker.config import BrokerConfig
@@ -59,7 +60,7 @@ from services.broker import credentials_rpc
 from services.broker.credentials import with_stored_credentials
 from services.broker.engine import Block, Cancel, Engine, Gates, Intent, Modify, Place
 from services.broker.ledger import Ledger
-from services.broker.reconcile import plan as reconcile_plan
+from services.broker import reconcile
 from services.broker import restore
 from services.broker.restore import Restored
 from services.broker.tradier import (
@@ -74,12 +75,6 @@ from spx_common.service import BusService
 from spx_common.store.broker import stored_order_ids
 from spx_common.topics import (EXIT, FILL, OPTION_TICK, ORDER, POSITION, RECO, SETUP_TRANSITION, alert_topic,
                                block_topic, fill_topic, order_topic, portfolio_topic, position_topic)
-
-def _price(value: Any) -> float | None:
-    """A broker price field: None when absent, zero or not a finite positive number."""
-    v = dec(value, None)
-    return float(v) if v is not None and v.is_finite() and 0 < v <= router.MAX_PRICE else None
-
 
 class _Plain:
     """A token already in memory, in the shape :func:`credentials.client_for` takes (``reveal()``)."""
@@ -225,49 +220,12 @@ class BrokerService(BusService):
         return self._pnl_base.get(user, 0.0) - sum(self.ledger.pnl(user).values())
 
     def send_allowed(self, user: str) -> tuple[bool, str]:
-        """Whether anything at all may be sent for ``user``: exits, stop maintenance, cancels and
-        flatten need only this (never the kill switch, the auto-execution switch or opt-in)."""
-        a = self.account_of.get(user)
-        if a is None:
-            return False, "unknown_user"
-        if a.token_expired:  # nothing at all is sent with a dead token, exits included
-            return False, "token_expired"
-        if a.record is not None:
-            if a.credential_error:
-                return False, "credentials_unreadable"
-            return creds.user_send_allowed(self.cfg, a.record, token_stored=a.tradier is not None or
-                                           a.paper is not None)
-        if a.paper is not None:
-            return True, ""
-        return self.cfg.tradier_send_allowed()
+        """Whether anything at all may be sent for ``user`` (:func:`gates.send_allowed`)."""
+        return gates.send_allowed(self.cfg, self.account_of.get(user))
 
     def allowed(self, user: str) -> tuple[bool, str]:
-        """Whether a new *entry* may be sent for ``user`` (checked by the engine before every entry)."""
-        cfg = self.cfg
-        a = self.account_of.get(user)
-        if a is None:
-            return False, "unknown_user"
-        if a.token_expired:
-            return False, "token_expired"
-        if a.record is not None:
-            if a.credential_error:
-                return False, "credentials_unreadable"
-            return creds.user_allowed(cfg, a.record, token_stored=a.tradier is not None or a.paper is not None,
-                                      flags=self.flags)
-        if cfg.mode == "paper":
-            if not (cfg.paper_auto_execution and self.flags.get("paper_auto_execution")):
-                return False, "paper_auto_execution_off"
-            if user not in cfg.paper_users:
-                return False, "not_opted_in"
-            return True, ""
-        ok, why = cfg.tradier_send_allowed()
-        if not ok:
-            return False, why
-        if not self.flags.get("auto_execution"):
-            return False, "auto_execution_flag_off"
-        if user not in cfg.auto_execution_users:
-            return False, "not_opted_in"
-        return True, ""
+        """Whether a new *entry* may be sent for ``user`` (:func:`gates.entry_allowed`)."""
+        return gates.entry_allowed(self.cfg, self.account_of.get(user), user, self.flags)
 
     def on_flags(self, changed: dict[str, Any]) -> None:
         self.engine.gates.kill_switch = bool(self.flags.get("kill_switch"))
@@ -856,29 +814,21 @@ class BrokerService(BusService):
         scale-out or exit counts as a working sell, an entry of ours (our tag) is managed and its fills
         protected. Sells for nothing held are left alone (flatten cancels them)."""
         owner = a.name if a.record is not None else (self.cfg.auto_execution_users or a.users)[0]
-        for o in orders:
-            bid = str(o.get("id", ""))
-            if o.get("status") not in OPEN_STATUSES or not o.get("option_symbol") or (a.name, bid) in self.broker_ids:
-                continue
-            tag = str(o.get("tag") or "")
-            if tag and self.ledger.get(tag) is not None:
-                continue  # ours, placed by this process (its answer is on its way)
-            user = next((u for u in a.users if tag.startswith(router.make_tag("spx", u) + "-")), None)
-            if o.get("side") == "buy_to_open" and user is None:
-                continue  # an entry placed by hand: not ours to manage
-            qty, done = float(dec(o.get("quantity"), 0) or 0), float(exec_quantity(o))
-            order = self.engine.take_over(user or owner, str(o["option_symbol"]), str(o.get("side")),
-                                          str(o.get("type") or ""), qty, done, float(dec(o.get("avg_fill_price"), 0) or 0),
-                                          _price(o.get("price")), _price(o.get("stop_price")), ts,
-                                          exiting=user is not None and "-exit-" in tag)
+
+        def known(broker_id: str, tag: str) -> bool:  # ours already (a placement's answer may be on its way)
+            return (a.name, broker_id) in self.broker_ids or bool(tag and self.ledger.get(tag) is not None)
+
+        for t in reconcile.takeovers(orders, a.users, owner, known, lambda u: router.make_tag("spx", u)):
+            order = self.engine.take_over(t.user, t.symbol, t.side, t.type, t.quantity, t.filled, t.avg_price,
+                                          t.price, t.stop, ts, exiting=t.exiting)
             if order is None:
                 continue
-            self.ledger.record_order(order, None, done, float(dec(o.get("avg_fill_price"), 0) or 0))
-            self.ledger.update_order(order.order_id, broker_id=bid)
-            self._map(a, bid, order.order_id)
+            self.ledger.record_order(order, None, t.filled, t.avg_price)
+            self.ledger.update_order(order.order_id, broker_id=t.broker_id)
+            self._map(a, t.broker_id, order.order_id)
             self._notices.append((f"order.{order.user}", "order", self.ledger.get(order.order_id)))
-            self.log.warning("%s: took over working %s %s %s x%g (broker id %s)", a.name, o.get("side"),
-                             o.get("type"), o.get("option_symbol"), qty - done, bid)
+            self.log.warning("%s: took over working %s %s %s x%g (broker id %s)", a.name, t.side, t.type, t.symbol,
+                             t.quantity - t.filled, t.broker_id)
 
     def _adopt(self, a: acc.Account, ts: int) -> None:
         """At start: take over the broker's long OPTION positions the ledger does not know (a restart),
@@ -891,20 +841,9 @@ class BrokerService(BusService):
         else:
             user = (self.cfg.auto_execution_users or a.users)[0]
         plan = pf.adoption(a.last_position_rows or [], set(self._ledger_positions(a)))
-        for sym, qty in plan["shorts"]:
-            self.m_alerts.inc(kind="short")
-            self._notices.append((alert_topic(user), "doc", {
-                "kind": f"short:{sym}", "severity": "critical", "ts": ts, "user": user, "data": {},
-                "message": f"The broker holds a SHORT {sym} ({qty:g}); this service never opens shorts "
-                           "and will not touch it."}))
-        for sym, qty in plan["others"]:
-            self.m_alerts.inc(kind="not_an_option")
-            self._notices.append((alert_topic(user), "doc", {
-                "kind": f"not_an_option:{sym}", "severity": "info", "ts": ts, "user": user,
-                "data": {"symbol": sym, "quantity": qty},
-                "message": f"The broker account holds {sym} x{qty:g}, not an option: reported only, never "
-                           "adopted, exited or flattened."}))
-            self.log.info("%s: broker position %s x%g is not an option; left alone", a.name, sym, qty)
+        for alert in pf.adoption_alerts(plan, user, ts):
+            self.m_alerts.inc(kind=alert["kind"].split(":", 1)[0])
+            self._notices.append((alert_topic(user), "doc", alert))
         for sym, qty, avg in plan["adopt"]:
             self.engine.adopt(user, sym, qty, avg, ts)
             pos = self.ledger.adopt(user, sym, qty, avg, ts)
@@ -1004,14 +943,9 @@ class BrokerService(BusService):
             self._adopt(a, ts)
         owner = a.name if a.record is not None else (self.cfg.auto_execution_users or a.users)[0]
         held = self.engine.held_by_symbol(a.users)
-        rows = {r.get("symbol"): r for r in (a.last_position_rows or [])}
-        changes = reconcile_plan(held, broker)
-        for sym, delta in changes.items():
+        changes = reconcile.plan(held, broker)
+        for sym, delta, avg in reconcile.alignment(changes, broker, a.last_position_rows or [], pf.multiplier):
             if delta > 0:
-                row = rows.get(sym) or {"symbol": sym}
-                cost = dec(row.get("cost_basis"))
-                qty = broker[sym]
-                avg = float(cost) / (qty * pf.multiplier(row)) if cost is not None and qty else 0.0
                 self.engine.adopt(owner, sym, delta, avg, ts)
                 self._notices.append((position_topic(owner), "position", self.ledger.align(owner, sym, delta, avg, ts)))
                 self.log.warning("flatten: %s holds %g more %s than the ledger: adopted", a.name, delta, sym)

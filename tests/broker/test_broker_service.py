@@ -401,6 +401,8 @@ def test_tradier_restart_adopts_broker_positions_and_flatten_covers_them(run_dir
         try:
             eventually(lambda: [t for t in h.call("status")["broker"]["engine"]["trades"]
                                 if t["setup_id"] == f"adopted-{SYM}"], 10, what="adopted")
+            # today's entries are read from the broker's orders right after the positions: wait for both
+            eventually(lambda: h.call("status")["broker"]["engine"]["entries_today"], 10, what="entries counted")
             engine = h.call("status")["broker"]["engine"]
             trade = engine["trades"][0]
             assert trade["held"] == 3 and trade["avg_price"] == 2.0
