@@ -12,8 +12,9 @@ difference:
 * **fills**, keyed by (setup id, n-th fill of the setup): missing, extra, or another side, contract,
   quantity or price.
 
-The re-run's rows after the run's last recorded event are outside its window (a run stopped before its
-data ended saw nothing later): counted in ``after_window``, not differences. Setup ids are compared
+A re-run row with no recorded counterpart after the run's last recorded row of its kind is outside the
+window (a run stopped before its data ended saw nothing later, and its recorder writes each kind up to its
+own last row): counted in ``after_window``, not a difference. Setup ids are compared
 without the run's tag (``bt-<hash>:``), so a backtest's ids meet the mesh's; the
 account (user) is not compared (the backtest trades one paper account). Pure: :func:`compare` takes the
 recorded rows and the re-run's rows.
@@ -66,17 +67,20 @@ def compare(recorded: dict[str, list[dict]], rerun: dict[str, list[dict]], *, to
         if len(diffs) < MAX_LISTED:
             diffs.append({"kind": kind, "key": list(key), "what": what, "recorded": recorded_v, "rerun": rerun_v})
 
-    # a run stopped before its data ended (an operator's stop, a crash) saw nothing after its last event: the
-    # re-run's rows after it are outside the recorded window, counted apart, not differences
-    last = max((int(r["ts"]) for k in counts for r in recorded.get(k, [])), default=None)
+    # a run stopped before its data ended (an operator's stop, a crash) saw nothing after its last event, and
+    # its recorder wrote each kind up to its own last row (transitions, orders and fills are written apart): a
+    # re-run row with no recorded counterpart after the run's last recorded row of its kind is outside the
+    # recorded window, counted apart, not a difference
+    last_any = max((int(r["ts"]) for k in counts for r in recorded.get(k, [])), default=2**62)
+    last = {k: max((int(r["ts"]) for r in recorded.get(k, [])), default=last_any) + tolerance_ns for k in counts}
     after = {k: 0 for k in counts}
-    if last is not None:
-        kept = {}
-        for k in counts:
-            rows = rerun.get(k, [])
-            kept[k] = [r for r in rows if int(r["ts"]) <= last + tolerance_ns]
-            after[k] = len(rows) - len(kept[k])
-        rerun = kept
+
+    def beyond(kind: str, row: dict) -> bool:
+        if int(row["ts"]) > last[kind]:
+            after[kind] += 1
+            return True
+        return False
+
     a = {(raw_id(r["setup_id"]), r["to_state"]): r for r in recorded.get("transitions", [])}
     b = {(raw_id(r["setup_id"]), r["to_state"]): r for r in rerun.get("transitions", [])}
     for key in sorted(a.keys() | b.keys(), key=lambda k: (min(x["ts"] for x in (a.get(k), b.get(k)) if x), k)):
@@ -84,7 +88,8 @@ def compare(recorded: dict[str, list[dict]], rerun: dict[str, list[dict]], *, to
         if y is None and x is not None:
             add("transitions", key, "missing from the re-run", x["ts"])
         elif x is None and y is not None:
-            add("transitions", key, "only in the re-run", None, y["ts"])
+            if not beyond("transitions", y):
+                add("transitions", key, "only in the re-run", None, y["ts"])
         elif x is not None and y is not None:
             if abs(int(x["ts"]) - int(y["ts"])) > tolerance_ns:
                 add("transitions", key, "ts", x["ts"], y["ts"])
@@ -97,7 +102,8 @@ def compare(recorded: dict[str, list[dict]], rerun: dict[str, list[dict]], *, to
             if y is None and x is not None:
                 add(kind, key, "missing from the re-run", _brief(x, fields))
             elif x is None and y is not None:
-                add(kind, key, "only in the re-run", None, _brief(y, fields))
+                if not beyond(kind, y):
+                    add(kind, key, "only in the re-run", None, _brief(y, fields))
             elif x is not None and y is not None:
                 for f in fields:
                     if not _same(x.get(f), y.get(f)):
