@@ -55,9 +55,9 @@ from spx_common.journal import read_journal_tail
 from spx_common.models import IndexValue, MarketEvent
 from spx_common.topics import STATUS_BACKFILL
 
-from services.feed.livecore import (Action, Backfill, Gap, GapMerged, LiveCore, Poll, Resubscribe, SetMode,
-                                    in_market_hours, option_topics)
-from services.feed.parsing import MassiveParser
+from services.feed.livecore import (WARN_STATUSES, Action, Backfill, Gap, GapMerged, LiveCore, Poll, Resubscribe,
+                                    SetMode, fetch_kinds, gap_summary, in_market_hours, option_topics)
+from services.feed.parsing import MassiveParser, chain_contracts
 from services.feed.rest import MassiveRest, RestError
 from services.feed.ws import AuthFailed, MassiveStream
 
@@ -256,8 +256,7 @@ class LiveIngest:
         A symbol with nothing published yet starts one ping period before the dropped frame arrived.
         """
         if stream.market not in self._overflow_marks:
-            blind_ns = int((self.cfg.ping_interval_s + self.cfg.ping_timeout_s) * 1e9)
-            self._overflow_marks[stream.market] = (recv_ns - blind_ns, dict(self._last_ts))
+            self._overflow_marks[stream.market] = (self.core.overflow_start(recv_ns), dict(self._last_ts))
 
     def _reconnected(self, stream: MassiveStream, down_since_ns: int,
                      last_ts: dict[str, int] | None = None) -> dict[str, int] | None:
@@ -294,12 +293,13 @@ class LiveIngest:
         republishes nothing the mesh already has. Each market's gap ends at its first stream event
         (``_restart_gap``).
         """
-        cfg, svc = self.cfg, self.svc
+        svc = self.svc
         info = self.restart
-        if not cfg.backfill or cfg.restart_backfill_max_s <= 0:
+        skip = self.core.restart_skip(svc.journal is not None)
+        if skip == "off":
             return
-        if svc.journal is None:
-            info.update(state="skipped", reason="journal off: the previous run's end is unknown")
+        if skip is not None:
+            info.update(state="skipped", reason=skip)
             return
         now = time.time_ns()
         today = journal.trading_date(now)
@@ -382,13 +382,11 @@ class LiveIngest:
         from ``_prepare_restart``, now), through the reconnect machinery (``_reconnected``)."""
         stream, first, stop = self.streams[market], self._first_event[market], self.svc.stop_event
         connected_at: float | None = None
-        while not stop.is_set() and not first.is_set():
-            if stream.connected:
-                connected_at = connected_at or time.monotonic()
-                if time.monotonic() - connected_at >= self.cfg.poll_after_s:
-                    break
-            else:
-                connected_at = None
+        while not stop.is_set():
+            connected_at = (connected_at or time.monotonic()) if stream.connected else None
+            if self.core.restart_gap_due(first.is_set(),
+                                         None if connected_at is None else time.monotonic() - connected_at):
+                break
             try:
                 await asyncio.wait_for(first.wait(), 0.25)
             except TimeoutError:
@@ -432,20 +430,8 @@ class LiveIngest:
                 r = {"sym": sym, "fetched": {}, "published": 0, "truncated_from_ns": None,
                      "error": f"internal: {r!r}"[:200]}
             results.append(r)
-        fetched: dict[str, int] = {}
-        for r in results:
-            for kind, n in r["fetched"].items():
-                fetched[kind] = fetched.get(kind, 0) + n
-        published = sum(r["published"] for r in results)
-        overlap = sum(sum(r["fetched"].values()) - r["published"] for r in results)
-        summary = {
-            "ts": end_ns, "market": market, "gap_start_ns": min(starts.values()), "gap_end_ns": end_ns,
-            "symbols": len(plan), "fetched": fetched, "published": published, "overlap": overlap,
-            # option quotes older than from_ns in the gap were left unfetched (backfill_option_quote_max)
-            "truncated": [{"sym": r["sym"], "from_ns": r["truncated_from_ns"]} for r in results
-                          if r["truncated_from_ns"] is not None],
-            "failed": {r["sym"]: r["error"] for r in results if r["error"]},
-        }
+        summary = gap_summary(market, plan, starts, end_ns, results)
+        fetched, published, overlap = summary["fetched"], summary["published"], summary["overlap"]
         self.last_backfill[market] = summary
         if overlap:
             self.m_overlap.inc(overlap, market=market)
@@ -463,9 +449,7 @@ class LiveIngest:
         except RestError as exc:
             self.m_backfill_failed.inc(kind=kind)
             result["error"] = f"{kind}: {exc}"[:200]
-            if kind == "option_quote" and exc.status in (401, 403):
-                # the plan has no options NBBO history: stop asking (until restart), keep the trades
-                self.core.quotes_refused(exc.message or f"HTTP {exc.status}")
+            if self.core.fetch_failed(kind, exc.status, exc.message):  # no option quote history: keep the trades
                 self.svc.log.error("option quote backfill off: the vendor refused it (%s)", exc)
             else:
                 self.svc.log.warning("backfill of %s %s failed: %s", kind, sym, exc)
@@ -487,21 +471,16 @@ class LiveIngest:
         rest = self.rest
         events: list[MarketEvent] = []
         async with self._backfill_slots:
-            if market == "indices":
-                events += await self._fetch(sym, "index", res, self._index_values(sym, start_ns, end_ns))
-            else:
-                prefix = "option_" if market == "options" else ""
-                if want_trades:
-                    events += await self._fetch(sym, prefix + "trade", res,
-                                                _collect(rest.trades(sym, gte_ns=start_ns, lt_ns=end_ns)))
-                if want_quotes and market == "options":
-                    if not self.option_quotes_refused:
-                        quotes = await self._fetch(sym, "option_quote", res,
-                                                   self._option_quotes(sym, start_ns, end_ns, res))
-                        events += quotes
-                elif want_quotes:
-                    events += await self._fetch(sym, "quote", res,
-                                                _collect(rest.quotes(sym, gte_ns=start_ns, lt_ns=end_ns)))
+            for kind in fetch_kinds(market, want_trades, want_quotes, bool(self.option_quotes_refused)):
+                if kind == "index":
+                    coro = self._index_values(sym, start_ns, end_ns)
+                elif kind == "option_quote":
+                    coro = self._option_quotes(sym, start_ns, end_ns, res)
+                elif kind.endswith("trade"):
+                    coro = _collect(rest.trades(sym, gte_ns=start_ns, lt_ns=end_ns))
+                else:
+                    coro = _collect(rest.quotes(sym, gte_ns=start_ns, lt_ns=end_ns))
+                events += await self._fetch(sym, kind, res, coro)
         events.sort(key=lambda e: e.ts)  # stable: same-time events keep trades-then-quotes, vendor order
         passes: dict[int, int] = {}  # the answer's option prints counted across its chunks (pipeline.Dedupe)
         for i in range(0, len(events), 1000):
@@ -546,7 +525,7 @@ class LiveIngest:
                     continue
                 for st in statuses:
                     stream.on_status(st)
-                    if st.status in ("max_connections", "slow_consumer", "force_disconnect", "error"):
+                    if st.status in WARN_STATUSES:
                         svc.log.warning("Massive %s on %s: %s", st.status, stream.market, st.message)
                 if not events:
                     continue
@@ -605,9 +584,10 @@ class LiveIngest:
     async def _chain_loop(self, stop: asyncio.Event) -> None:
         cfg = self.cfg
         while not stop.is_set():
-            if self.atm_center is not None and not self.fatal:
+            req = self.core.chain_request(time.time_ns())
+            if req is not None:
                 try:
-                    await self._publish_chain()
+                    await self._publish_chain(*req)
                 except RestError as exc:
                     self.svc.log.warning("chain snapshot failed: %s", exc)
             try:
@@ -615,13 +595,10 @@ class LiveIngest:
             except TimeoutError:
                 pass
 
-    async def _publish_chain(self) -> None:
+    async def _publish_chain(self, expiration: str, strike_gte: float, strike_lte: float) -> None:
         cfg = self.cfg
-        assert self.atm_center is not None
-        width = cfg.strikes_each_side * cfg.strike_step
-        today = dt.datetime.now(ET).date().isoformat()
-        rows = await self.rest.option_chain(cfg.option_underlying, expiration=today,
-                                            strike_gte=self.atm_center - width, strike_lte=self.atm_center + width)
+        rows = await self.rest.option_chain(cfg.option_underlying, expiration=expiration,
+                                            strike_gte=strike_gte, strike_lte=strike_lte)
         contracts, underlying = chain_contracts(rows, cfg.option_root)
         now = self.svc.clock.now_ns() or time.time_ns()
         self.svc.publish_chain({"ts": now, "root": cfg.option_root, "underlying": underlying,
@@ -634,34 +611,6 @@ def _iso(ts_ns: int) -> str:
 
 async def _collect(it) -> list[MarketEvent]:
     return [e async for e in it]
-
-
-def chain_contracts(rows: list[dict], root: str) -> tuple[list[dict], float | None]:
-    """Vendor option snapshot rows -> the chain contract dicts the synthetic source also produces."""
-    out, underlying = [], None
-    prefix = f"O:{root}"
-    for r in rows:
-        d = r.get("details") or {}
-        sym = str(d.get("ticker", ""))
-        if not sym.startswith(prefix) or sym[len(prefix):len(prefix) + 1].isalpha():
-            continue
-        q = r.get("last_quote") or {}
-        g = r.get("greeks") or {}
-        try:
-            bid, ask = float(q.get("bid", 0) or 0), float(q.get("ask", 0) or 0)
-            out.append({"symbol": sym, "strike": float(d["strike_price"]), "type": str(d.get("contract_type")),
-                        "expiration": str(d.get("expiration_date")), "bid": bid, "ask": ask,
-                        "mid": round((bid + ask) / 2, 3), "open_interest": int(r.get("open_interest") or 0),
-                        "volume": int((r.get("day") or {}).get("volume") or 0),
-                        "iv": r.get("implied_volatility"), "delta": g.get("delta"), "gamma": g.get("gamma")})
-        except (KeyError, TypeError, ValueError):
-            continue
-        ua = r.get("underlying_asset") or {}
-        if underlying is None:
-            v = ua.get("value", ua.get("price"))
-            underlying = float(v) if isinstance(v, (int, float)) else None
-    out.sort(key=lambda c: (c["strike"], c["type"]))
-    return out, underlying
 
 
 __all__ = ["LiveIngest", "chain_contracts", "in_market_hours", "option_topics"]

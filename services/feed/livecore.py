@@ -23,6 +23,15 @@ with plain calls (``tests/feed/test_feed_livecore.py``):
 * **option backfill plan**: the subscribed contracts nearest the money, trades of
   ``backfill_option_contracts`` and quotes of ``backfill_option_quote_contracts`` of them (no
   quotes once the vendor refused them).
+* **what one symbol's gap fetches** (:func:`fetch_kinds`), what a failed fetch means (the vendor
+  refusing option quote history turns it off: :meth:`LiveCore.fetch_failed`) and the gap's summary
+  on ``status.backfill`` (:func:`gap_summary`).
+* **restart gap**: whether to look for one at all (:meth:`LiveCore.restart_skip`) and when a market's
+  part of it is due (:meth:`LiveCore.restart_gap_due`: its first stream event, or connected and quiet
+  for ``poll_after_s``).
+* **queue overflow**: where the gap of dropped frames starts (:meth:`LiveCore.overflow_start`).
+* **chain snapshot**: whether one is due and its request window (:meth:`LiveCore.chain_request`).
+* **vendor statuses** worth a warning (:data:`WARN_STATUSES`).
 """
 
 from __future__ import annotations
@@ -38,6 +47,11 @@ from spx_common.models import IndexValue, MarketEvent
 
 from services.feed.synthetic import option_symbol
 
+
+#: vendor status messages logged as warnings (the others are routine: connected, auth_success, success)
+WARN_STATUSES = frozenset({"max_connections", "slow_consumer", "force_disconnect", "error"})
+#: vendor HTTP statuses that mean "your plan has no option quote history": stop asking until a restart
+REFUSED_HTTP = frozenset({401, 403})
 
 
 # --------------------------------------------------------------------------- actions (what the shell does)
@@ -136,6 +150,39 @@ def option_plan(topics: Iterable[str], atm: float, trades_n: int, quotes_n: int)
     trades = set(near({t[2:] for t in topics if t.startswith("T.")})[:trades_n])
     quotes = set(near({t[2:] for t in topics if t.startswith("Q.")})[:quotes_n]) if quotes_n else set()
     return {s: (s in trades, s in quotes) for s in near(trades | quotes)}
+
+
+def fetch_kinds(market: str, want_trades: bool, want_quotes: bool, quotes_refused: bool) -> list[str]:
+    """What one symbol's gap fetches from REST, in order (counted and reported under these names):
+    1-second index values; stock trades and quotes; option trades and quotes (none once refused)."""
+    if market == "indices":
+        return ["index"]
+    prefix = "option_" if market == "options" else ""
+    out = [prefix + "trade"] if want_trades else []
+    if want_quotes and not (market == "options" and quotes_refused):
+        out.append(prefix + "quote")
+    return out
+
+
+def gap_summary(market: str, plan: dict[str, tuple[bool, bool]], starts: dict[str, int], end_ns: int,
+                results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``status.backfill`` document of one filled gap from its symbols' results (``sym``, ``fetched``
+    by kind, ``published``, ``truncated_from_ns``, ``error``): totals, what the stream had already
+    delivered (``overlap``: fetched minus published), truncated and failed symbols."""
+    fetched: dict[str, int] = {}
+    for r in results:
+        for kind, n in r["fetched"].items():
+            fetched[kind] = fetched.get(kind, 0) + n
+    published = sum(r["published"] for r in results)
+    return {
+        "ts": end_ns, "market": market, "gap_start_ns": min(starts.values()), "gap_end_ns": end_ns,
+        "symbols": len(plan), "fetched": fetched, "published": published,
+        "overlap": sum(sum(r["fetched"].values()) - r["published"] for r in results),
+        # option quotes older than from_ns in the gap were left unfetched (backfill_option_quote_max)
+        "truncated": [{"sym": r["sym"], "from_ns": r["truncated_from_ns"]} for r in results
+                      if r["truncated_from_ns"] is not None],
+        "failed": {r["sym"]: r["error"] for r in results if r["error"]},
+    }
 
 
 # --------------------------------------------------------------------------- the core
@@ -331,6 +378,44 @@ class LiveCore:
         """The vendor refused option quote history (401/403): stop asking until a restart."""
         self.option_quotes_refused = reason
 
+    def fetch_failed(self, kind: str, status: int | None, message: str) -> bool:
+        """A gap's REST fetch of ``kind`` failed after the client's retries with HTTP ``status``: True when
+        it means the plan has no option quote history (then none is asked for again until a restart)."""
+        if kind == "option_quote" and status in REFUSED_HTTP:
+            self.quotes_refused(message or f"HTTP {status}")
+            return True
+        return False
 
-__all__ = ["Action", "Backfill", "Gap", "GapMerged", "LiveCore", "Poll", "Resubscribe", "SetMode",
-           "in_market_hours", "option_plan", "option_topics"]
+    def restart_skip(self, journal_on: bool) -> str | None:
+        """Why a live start looks for no restart gap ("off" when backfill or the restart window is off),
+        or None: look in the journal (:meth:`restart_window` says what it found)."""
+        cfg = self.cfg
+        if not cfg.backfill or cfg.restart_backfill_max_s <= 0:
+            return "off"
+        if not journal_on:
+            return "journal off: the previous run's end is unknown"
+        return None
+
+    def restart_gap_due(self, first_event: bool, connected_for_s: float | None) -> bool:
+        """A market's part of the restart gap is fetched once its stream delivered its first event (the gap
+        ends there), or, for a quiet market, once connected for ``poll_after_s`` without one."""
+        return first_event or (connected_for_s is not None and connected_for_s >= self.cfg.poll_after_s)
+
+    def overflow_start(self, recv_ns: int) -> int:
+        """Where a raw-queue overflow's gap starts for a symbol with nothing published yet: one ping period
+        (interval plus timeout) before the first dropped frame arrived (wall ns)."""
+        cfg = self.cfg
+        return recv_ns - int((cfg.ping_interval_s + cfg.ping_timeout_s) * 1e9)
+
+    def chain_request(self, now_ns: int) -> tuple[str, float, float] | None:
+        """A chain snapshot is due (the ATM centre is known and the feed is not down for good): the 0DTE
+        expiration (the New York date of ``now_ns``) and the strike window around the centre."""
+        if self.atm_center is None or self.fatal:
+            return None
+        width = self.cfg.strikes_each_side * self.cfg.strike_step
+        day = dt.datetime.fromtimestamp(now_ns / 1e9, ET).date().isoformat()
+        return day, self.atm_center - width, self.atm_center + width
+
+
+__all__ = ["Action", "Backfill", "Gap", "GapMerged", "LiveCore", "Poll", "REFUSED_HTTP", "Resubscribe", "SetMode",
+           "WARN_STATUSES", "fetch_kinds", "gap_summary", "in_market_hours", "option_plan", "option_topics"]

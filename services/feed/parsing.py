@@ -180,3 +180,33 @@ def to_wire(ev: MarketEvent) -> dict:
         return {"ev": "Q", "sym": ev.sym, "bx": ev.bid_exch, "bp": ev.bid, "bs": ev.bid_size, "ax": ev.ask_exch,
                 "ap": ev.ask, "as": ev.ask_size, "t": t, "q": ev.seq}
     return {"ev": "V", "val": ev.value, "T": ev.sym, "t": t}
+def chain_contracts(rows: list[dict], root: str) -> tuple[list[dict], float | None]:
+    """Massive option chain snapshot rows (REST ``/v3/snapshot/options``) -> the ``chain.<root>`` contract dicts
+    the synthetic source also produces, sorted by strike and type, and the underlying's value (None when no
+    row carries one). Rows of other roots (``SPX`` for ``SPXW``) and malformed rows are skipped."""
+    out, underlying = [], None
+    prefix = f"O:{root}"
+    for r in rows:
+        d = r.get("details") or {}
+        sym = str(d.get("ticker", ""))
+        if not sym.startswith(prefix) or sym[len(prefix):len(prefix) + 1].isalpha():
+            continue
+        q = r.get("last_quote") or {}
+        g = r.get("greeks") or {}
+        try:
+            bid, ask = float(q.get("bid", 0) or 0), float(q.get("ask", 0) or 0)
+            out.append({"symbol": sym, "strike": float(d["strike_price"]), "type": str(d.get("contract_type")),
+                        "expiration": str(d.get("expiration_date")), "bid": bid, "ask": ask,
+                        "mid": round((bid + ask) / 2, 3), "open_interest": int(r.get("open_interest") or 0),
+                        "volume": int((r.get("day") or {}).get("volume") or 0),
+                        "iv": r.get("implied_volatility"), "delta": g.get("delta"), "gamma": g.get("gamma")})
+        except (KeyError, TypeError, ValueError):
+            continue
+        ua = r.get("underlying_asset") or {}
+        if underlying is None:
+            v = ua.get("value", ua.get("price"))
+            underlying = float(v) if isinstance(v, (int, float)) else None
+    out.sort(key=lambda c: (c["strike"], c["type"]))
+    return out, underlying
+
+

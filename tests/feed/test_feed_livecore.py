@@ -147,3 +147,78 @@ def test_restart_window_from_the_journal_read_back():
     assert too_old == "the previous run's newest event is 700.0s old (restart_backfill_max_s 600)"
     ahead = c.restart_window({"SPY": now + 120 * S}, now, now + 120 * S, now, "2026-11-20")
     assert isinstance(ahead, str) and "-120.0s old" in ahead
+
+
+def test_what_a_symbols_gap_fetches_and_a_refusal_turns_option_quotes_off():
+    from services.feed.livecore import fetch_kinds
+
+    assert fetch_kinds("indices", True, True, False) == ["index"]
+    assert fetch_kinds("stocks", True, True, False) == ["trade", "quote"]
+    assert fetch_kinds("stocks", True, False, True) == ["trade"]
+    assert fetch_kinds("options", True, True, False) == ["option_trade", "option_quote"]
+    assert fetch_kinds("options", False, True, False) == ["option_quote"]
+    assert fetch_kinds("options", True, True, True) == ["option_trade"]  # refused: trades only
+    c = core()
+    assert not c.fetch_failed("option_quote", 500, "boom") and not c.option_quotes_refused  # retryable kind
+    assert not c.fetch_failed("quote", 403, "no") and not c.option_quotes_refused  # stock quotes: not the plan
+    assert c.fetch_failed("option_quote", 403, "") and c.option_quotes_refused == "HTTP 403"
+
+
+def test_gap_summary_totals_overlap_truncation_and_failures():
+    from services.feed.livecore import gap_summary
+
+    results = [
+        {"sym": "SPY", "fetched": {"trade": 10, "quote": 5}, "published": 12, "truncated_from_ns": None, "error": ""},
+        {"sym": "O:SPXW1", "fetched": {"option_quote": 3}, "published": 3, "truncated_from_ns": 7 * S,
+         "error": ""},
+        {"sym": "O:SPXW2", "fetched": {}, "published": 0, "truncated_from_ns": None, "error": "option_trade: 500"},
+    ]
+    plan = {"SPY": (True, True), "O:SPXW1": (False, True), "O:SPXW2": (True, False)}
+    got = gap_summary("stocks", plan, {"SPY": 5 * S, "O:SPXW1": 4 * S, "O:SPXW2": 6 * S}, 9 * S, results)
+    assert got == {"ts": 9 * S, "market": "stocks", "gap_start_ns": 4 * S, "gap_end_ns": 9 * S, "symbols": 3,
+                   "fetched": {"trade": 10, "quote": 5, "option_quote": 3}, "published": 15, "overlap": 3,
+                   "truncated": [{"sym": "O:SPXW1", "from_ns": 7 * S}],
+                   "failed": {"O:SPXW2": "option_trade: 500"}}
+
+
+def test_restart_gap_is_looked_for_and_due_by_the_rules():
+    assert core(backfill=False).restart_skip(True) == "off"
+    assert core(restart_backfill_max_s=0).restart_skip(True) == "off"
+    assert core().restart_skip(False) == "journal off: the previous run's end is unknown"
+    assert core().restart_skip(True) is None
+    c = core(poll_after_s=5)
+    assert c.restart_gap_due(True, None)  # the market's first stream event ends its gap
+    assert not c.restart_gap_due(False, None) and not c.restart_gap_due(False, 4.9)
+    assert c.restart_gap_due(False, 5.0)  # connected and quiet for poll_after_s
+
+
+def test_overflow_gap_start_and_chain_requests():
+    c = core(ping_interval_s=10, ping_timeout_s=5, strikes_each_side=4, strike_step=5)
+    assert c.overflow_start(100 * S) == 85 * S
+    assert c.chain_request(OPEN_NS) is None  # no ATM centre yet
+    c.atm_center = 5900.0
+    assert c.chain_request(OPEN_NS) == ("2026-11-20", 5880.0, 5920.0)
+    late = int(dt.datetime(2026, 11, 20, 23, 30, tzinfo=ET).timestamp()) * S  # 04:30 UTC the next day
+    assert c.chain_request(late)[0] == "2026-11-20"  # the New York date, not UTC's
+    c.fatal = "auth_failed"
+    assert c.chain_request(OPEN_NS) is None
+
+
+def test_chain_snapshot_rows_become_chain_contracts():
+    from services.feed.parsing import chain_contracts
+
+    rows = [
+        {"details": {"ticker": "O:SPXW261120P05900000", "strike_price": 5900, "contract_type": "put",
+                     "expiration_date": "2026-11-20"}, "last_quote": {"bid": 1.0, "ask": 1.2},
+         "greeks": {"delta": -0.4, "gamma": 0.01}, "open_interest": 12, "day": {"volume": 3},
+         "implied_volatility": 0.2, "underlying_asset": {"value": 5901.5}},
+        {"details": {"ticker": "O:SPXW261120C05900000", "strike_price": 5900, "contract_type": "call",
+                     "expiration_date": "2026-11-20"}, "last_quote": {"bid": 2.0, "ask": 2.2}},
+        {"details": {"ticker": "O:SPX261120C05900000", "strike_price": 5900}},  # the monthly root: not SPXW
+        {"details": {"ticker": "O:SPXW261120C05905000"}},  # no strike: skipped
+    ]
+    contracts, underlying = chain_contracts(rows, "SPXW")
+    assert underlying == 5901.5
+    assert [(c["symbol"], c["type"], c["mid"]) for c in contracts] == [
+        ("O:SPXW261120C05900000", "call", 2.1), ("O:SPXW261120P05900000", "put", 1.1)]
+    assert contracts[1]["open_interest"] == 12 and contracts[1]["volume"] == 3 and contracts[1]["delta"] == -0.4
