@@ -12,8 +12,7 @@ import operator
 from collections.abc import Iterable
 from typing import Any
 
-from services.aggregator.pybars import (MAX_PENDING_QUOTES, PyBarAggregator, PyTickCore, newest_by_kind,
-                                        parse_interval)
+from services.aggregator.pybars import PyBarAggregator, PyTickCore, newest_by_kind, parse_interval
 from spx_common.clock import NS_PER_S
 from spx_common.models import IndexValue, MicroBar, Quote, Trade, WireSchemaDrift
 
@@ -32,7 +31,7 @@ else:
     COMPILED = True
 
 __all__ = [
-    "COMPILED", "CSV_COLUMNS", "MAX_PENDING_QUOTES", "NOT_COMPILED_WHY", "NS_PER_S", "BarAggregator", "IndexValue",
+    "COMPILED", "CSV_COLUMNS", "NOT_COMPILED_WHY", "NS_PER_S", "BarAggregator", "IndexValue",
     "MicroBar",
     "PyBarAggregator", "PyTickCore", "Quote", "Trade", "bars_from_events", "csv_row", "csv_rows", "newest_by_kind",
     "order_key", "parse_interval",

@@ -1,8 +1,10 @@
-"""Microbars with quote microstructure, in plain Python: the pure, event-time core.
+"""Microbars with quote microstructure, in plain Python: the specification of the bar maths.
 
-No I/O, no wall clock. This is the reference implementation of ``docs/microbars.md`` and what
-``services.aggregator.bars.BarAggregator`` is when the compiled core (``fastcore.pyx``) is not built;
-the compiled ``TickCore`` gives the same bars to the last bit (tests/aggregator/test_aggregator_compiled.py).
+No I/O, no wall clock, no optimisation: :class:`PyBarAggregator` takes each event in stream order and, for
+each interval, finds its bar and adds to it; it is written to be read. It is one of the two implementations
+of ``docs/microbars.md``: the other is the compiled core (``fastcore.pyx``, ``TickCore``), which must give the
+same bars to the last bit (tests/aggregator/test_aggregator_compiled.py compares them on random streams), and
+this one is what ``services.aggregator.bars.BarAggregator`` is when the compiled core is not built.
 The formulas, in short, per symbol and interval:
 
 * bucket = ``floor(ts / interval)``; a bar's time is its bucket start;
@@ -30,7 +32,6 @@ the quote in force for later trades, since that is defined in stream order).
 
 from __future__ import annotations
 
-from itertools import chain
 from collections.abc import Callable, Iterable
 
 import msgspec
@@ -64,61 +65,33 @@ def core_intervals(intervals: Iterable[str], max_symbols: int, hold_max: int,
 #: ``Trade.excl`` of a volume-only print (spx_common.marketrules.EXCL_VOLUME_ONLY)
 VOLUME_ONLY = 4
 
-# Positions in ``_Acc.f``: the float sums of a bar, each added in stream order (the contract's sums).
-VOL, PV, BUY, SELL, NEUTRAL, SUM_BID, SUM_ASK, SPREAD = range(8)
-#: pending quote observations of one bar folded into its sums at this many (bounds ``_Acc.qs``)
-MAX_PENDING_QUOTES = 256
 
+class _Bar:
+    """The sums of one open bar of one interval (an accumulator; :meth:`PyBarAggregator._bar` makes the
+    :class:`MicroBar`)."""
 
-class _Acc:
-    """Accumulator of one open bar. ``f`` holds the float sums (see ``VOL`` ...) as one list so the hot
-    path loads and stores them with one unpack and one list per run of events.
+    __slots__ = ("bucket", "index", "open", "high", "low", "close", "trades", "volume", "pv", "buy", "sell",
+                 "neutral", "vonly", "covered", "obs", "sum_bid", "sum_ask", "spread_sum", "spread_n")
 
-    Quote observations are kept pending in ``qs`` (in stream order) and folded into the quote sums
-    (``fold``: the same additions in the same order) only when they are needed: before the next sum
-    is added directly, and when the bar is built. Most buckets of a quote-only contract never get a
-    trade, so their quotes are never summed at all."""
-
-    __slots__ = ("bucket", "open", "high", "low", "close", "trades", "covered", "obs", "spread_n", "index", "f", "qs",
-                 "vonly")
-
-    def __init__(self, bucket: int, in_force: Quote | None, index: bool) -> None:
+    def __init__(self, bucket: int, index: bool, in_force: Quote | None) -> None:
         self.bucket = bucket
-        self.open = self.high = self.low = self.close = None
-        self.trades = 0
-        self.covered = 0
-        self.index = index
-        self.f = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-        self.obs = self.spread_n = 0
-        self.qs = [] if in_force is None else [in_force]  # the quote in force at the start is observed
-        self.vonly = 0.0  # sizes of volume-only trades (excl 4): in volume and neutral volume, nothing else
+        self.index = index  # an index symbol's bar: OHLC and count only
+        self.open = self.high = self.low = self.close = None  # no price yet: a quotes-only bucket makes no bar
+        self.trades = self.covered = self.obs = self.spread_n = 0
+        self.volume = self.pv = self.buy = self.sell = self.neutral = 0.0
+        self.vonly = 0.0  # sizes of volume-only trades: added to volume and neutral volume when the bar is made
+        self.sum_bid = self.sum_ask = self.spread_sum = 0.0
+        if in_force is not None:  # the quote in force at the bar's start is its first observation
+            self.observe(in_force)
 
-    def requote(self, bucket: int, in_force: Quote | None, index: bool) -> None:
-        """Same as ``__init__`` for an accumulator that saw no trade and no index value (its price,
-        volume and side fields are still at their initial values): only the quote fields are reset."""
-        self.bucket = bucket
-        self.index = index
-        self.f = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-        self.obs = self.spread_n = 0
-        self.qs = [] if in_force is None else [in_force]  # the quote in force at the start is observed
-        self.vonly = 0.0
-
-    def fold(self) -> None:
-        """Add the pending quote observations to the quote sums, in order."""
-        f = self.f
-        sb, sa, ss = f[SUM_BID], f[SUM_ASK], f[SPREAD]
-        nsp = 0
-        for q in self.qs:
-            bid, ask = q.bid, q.ask
-            sb += q.bid_size
-            sa += q.ask_size
-            if bid > 0 and ask > 0 and ask >= bid:
-                ss += (ask - bid) / ((ask + bid) / 2) * 10_000
-                nsp += 1
-        f[SUM_BID], f[SUM_ASK], f[SPREAD] = sb, sa, ss
-        self.obs += len(self.qs)
-        self.spread_n += nsp
-        self.qs = []
+    def observe(self, q: Quote) -> None:
+        """A quote observation: its sizes, and its spread when the quote is two-sided and not crossed."""
+        self.sum_bid += q.bid_size
+        self.sum_ask += q.ask_size
+        self.obs += 1
+        if q.bid > 0 and q.ask > 0 and q.ask >= q.bid:
+            self.spread_sum += (q.ask - q.bid) / ((q.ask + q.bid) / 2) * 10_000
+            self.spread_n += 1
 
     def price(self, p: float) -> None:
         if self.open is None:
@@ -132,27 +105,25 @@ class _Acc:
 
 
 class _SymbolState:
-    """Per-symbol state. ``lo``/``hi``/``pair``: while every interval has an open bar, ``[lo, hi)`` is the
-    event-time range inside all of their buckets (an event there goes to every open bar without a bucket
-    check) and ``pair`` holds the first two intervals' bars (the same bar twice with one interval);
-    ``hi <= lo`` means "find the bars again" (see ``PyBarAggregator._position``)."""
-
-    __slots__ = ("quote", "accs", "last_close", "index", "lo", "hi", "pair")
+    __slots__ = ("quote", "bars", "last_close", "index")
 
     def __init__(self) -> None:
-        self.quote: Quote | None = None  # the quote in force
-        self.accs: dict[int, _Acc] = {}  # interval ns -> open bar
-        self.last_close: dict[int, tuple[int, float]] = {}  # interval -> (bucket, close)
-        self.index = False
-        self.lo = self.hi = 0
-        self.pair: tuple[_Acc, _Acc] | None = None
+        self.quote: Quote | None = None  # the quote in force (the latest in stream order, late ones included)
+        self.bars: dict[int, _Bar] = {}  # interval ns -> the open bar
+        self.last_close: dict[int, tuple[int, float]] = {}  # interval ns -> (bucket, close) of its last bar
+        self.index = False  # an index value was seen: the symbol's bars are index bars
 
 
 class PyBarAggregator:
-    """Feed events in stream order; collect closed bars (see module docstring).
+    """The specification of the microbars: events in stream order, closed bars out (module docstring,
+    docs/microbars.md). Each event, for each interval in turn, finds its bar and adds to it: the compiled core
+    does the same additions in the same order, so both give the same bars to the last bit.
 
-    ``intervals``: names like ``["1s", "5s"]``. ``allowed_lateness_ns``: how far the watermark
-    must pass a bar's end before it closes without a later event of its symbol.
+    ``intervals``: names like ``["1s", "5s"]``. ``allowed_lateness_ns``: how far the watermark must pass a
+    bar's end before it closes without a later event of its symbol. ``max_symbols``: symbols tracked at most
+    (events of others are counted in ``refused_symbols``). ``fill_gaps``: a bar closed after a gap of at most
+    ``max_gap_bars`` buckets is preceded by flat bars at the last close (``gap_fill``); a longer gap is
+    counted in ``gaps_unfilled``.
     """
 
     def __init__(
@@ -168,16 +139,14 @@ class PyBarAggregator:
         self.intervals = [(name, parse_interval(name)) for name in intervals]
         if max_gap_bars < 0:
             raise ValueError("max_gap_bars must be >= 0")
-        #: ``fill_gaps`` fills a gap of at most this many buckets; a longer one (a session break, not a quiet
-        #: market) is counted in ``gaps_unfilled`` and not filled, so one event cannot make unbounded bars
         self.max_gap_bars = max_gap_bars
         self.gaps_unfilled = 0
         self.l2 = l2
         self.fill_gaps = fill_gaps
         self.allowed_lateness_ns = allowed_lateness_ns
         self.max_symbols = max_symbols
-        self.symbols: dict[str, _SymbolState] = {}
-        self.watermark = 0
+        self.symbols: dict[str, _SymbolState] = {}  # in the order first seen
+        self.watermark = 0  # the newest event time seen
         self.late = 0
         self.refused_symbols = 0
         self.closed: list[MicroBar] = []
@@ -186,443 +155,148 @@ class PyBarAggregator:
 
     # ------------------------------------------------------------------ input
 
-    def _state(self, sym: str) -> _SymbolState | None:
-        st = self.symbols.get(sym)
+    def on_events(self, events: Iterable[Trade | Quote | IndexValue]) -> None:
+        """Aggregate events in stream order (the live, replay and offline paths)."""
+        event = self._event
+        for ev in events:
+            event(ev)
+
+    def on_event(self, ev: Trade | Quote | IndexValue) -> None:
+        """One event (:meth:`on_events` of one)."""
+        self._event(ev)
+
+    def _event(self, ev: Trade | Quote | IndexValue) -> None:
+        """One event. An excluded trade (``excl`` not 0, docs/microbars.md) moves the watermark and makes its
+        symbol known, nothing else, except a volume-only one (``excl`` 4): its size goes to its bars' volume and
+        neutral volume."""
+        if ev.ts > self.watermark:
+            self.watermark = ev.ts
+        st = self.symbols.get(ev.sym)
         if st is None:
             if len(self.symbols) >= self.max_symbols:
                 self.refused_symbols += 1
-                return None
-            st = self.symbols[sym] = _SymbolState()
-        return st
-
-    def on_event(self, ev: Trade | Quote | IndexValue) -> None:
-        """One event (``on_events`` is the batch path; both give the same bars in any mix)."""
-        if ev.ts > self.watermark:
-            self.watermark = ev.ts
-        st = self.symbols.get(ev.sym) or self._state(ev.sym)
-        if st is None:
-            return
-        if type(ev) is Trade and ev.excl:
-            if ev.excl == VOLUME_ONLY:
-                self._volume_only(ev.sym, st, ev)
-            return
-        self._single(ev.sym, st, ev)
-
-    def on_events(self, events: Iterable[Trade | Quote | IndexValue]) -> None:
-        """Aggregate events in stream order (the live, replay and offline path).
-
-        An excluded trade (``excl`` != 0, docs/microbars.md) moves the watermark and makes its symbol
-        known, nothing else; a volume-only one (``excl`` 4) adds its size to its bars' volume and neutral
-        volume only. The batch is cut around them (bars do not depend on batch cuts)."""
-        if not isinstance(events, (list, tuple)):
-            events = list(events)
-        for ev in events:
-            if type(ev) is Trade and ev.excl:
-                break
-        else:
-            return self._on_events(events)
-        run: list = []
-        for ev in events:
-            if type(ev) is Trade and ev.excl:
-                if run:
-                    self._on_events(run)
-                    run = []
-                if ev.ts > self.watermark:
-                    self.watermark = ev.ts
-                st = self.symbols.get(ev.sym) or self._state(ev.sym)
-                if st is not None and ev.excl == VOLUME_ONLY:
-                    self._volume_only(ev.sym, st, ev)
-            else:
-                run.append(ev)
-        if run:
-            self._on_events(run)
-
-    def _on_events(self, events: Iterable[Trade | Quote | IndexValue]) -> None:
-        """Aggregate events in stream order, none of them an excluded trade.
-
-        Hot path: consecutive trades and quotes of one symbol inside ``[lo, hi)`` of its state (a "run":
-        with the feed's one-symbol batches, usually the whole batch) are summed in local variables and
-        stored once per run. Quantities that compose exactly (counts, first/last price, high, low) are
-        taken once per run for all intervals; the float sums are added per interval, in stream order,
-        exactly as the contract specifies. An event outside the range finds each interval's bar
-        (``_position``: close, reuse or late); index values and events late for some interval take
-        ``_single``. More than two intervals: every event takes ``_single``.
-        """
-        symbols = self.symbols
-        wm = self.watermark
-        ivs = [iv for _, iv in self.intervals]
-        iv1, iv2 = ivs[0], ivs[-1]
-        lateness = self.allowed_lateness_ns
-        if len(ivs) > 2:
-            for ev in events:
-                if ev.ts > wm:
-                    wm = ev.ts
-                st = symbols.get(ev.sym) or self._state(ev.sym)
-                if st is not None:
-                    self._single(ev.sym, st, ev)
-            self.watermark = wm
-            return
-        it = iter(events)
-        ev = next(it, None)
-        sym = st = None
-        while ev is not None:
-            ts = ev.ts
-            esym = ev.sym
-            if ts > wm:
-                wm = ts
-            if esym != sym or st is None:
-                sym = esym
-                st = symbols.get(sym) or self._state(sym)
-                if st is None:
-                    ev = next(it, None)
-                    continue
-            if type(ev) is IndexValue:
-                self._single(sym, st, ev)
-                ev = next(it, None)
-                continue
-            if not st.lo <= ts < st.hi:
-                pair = st.pair
-                if pair is not None and type(ev) is Quote:
-                    # a quote in a later bucket of a quotes-only symbol (option contracts: nearly every quote):
-                    # the same as ``_position`` + ``_acc_for`` reusing the bars (``requote``), unrolled
-                    a1, a2 = pair
-                    if a1.open is None and a2.open is None:
-                        nb1 = ts // iv1
-                        nb2 = ts // iv2 if a2 is not a1 else nb1
-                        if nb1 >= a1.bucket and nb2 >= a2.bucket:
-                            q0 = st.quote
-                            if nb1 != a1.bucket:
-                                a1.bucket = nb1
-                                a1.index = st.index
-                                a1.vonly = 0.0
-                                if a1.obs:  # quotes were folded: reset the sums (else they are all still 0.0)
-                                    a1.f = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-                                    a1.obs = a1.spread_n = 0
-                                a1.qs = [ev] if q0 is None else [q0, ev]
-                                due = (nb1 + 1) * iv1 + lateness
-                                if due < self.next_due:
-                                    self.next_due = due
-                            else:
-                                a1.qs.append(ev)
-                                if len(a1.qs) >= MAX_PENDING_QUOTES:
-                                    a1.fold()
-                            if a2 is not a1:
-                                if nb2 != a2.bucket:
-                                    a2.bucket = nb2
-                                    a2.index = st.index
-                                    a2.vonly = 0.0
-                                    if a2.obs:  # quotes were folded: reset the sums (else they are all still 0.0)
-                                        a2.f = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-                                        a2.obs = a2.spread_n = 0
-                                    a2.qs = [ev] if q0 is None else [q0, ev]
-                                    due = (nb2 + 1) * iv2 + lateness
-                                    if due < self.next_due:
-                                        self.next_due = due
-                                else:
-                                    a2.qs.append(ev)
-                                    if len(a2.qs) >= MAX_PENDING_QUOTES:
-                                        a2.fold()
-                            lo = nb1 * iv1
-                            hi = lo + iv1
-                            if a2 is not a1:
-                                lo2 = nb2 * iv2
-                                if lo2 > lo:
-                                    lo = lo2
-                                if lo2 + iv2 < hi:
-                                    hi = lo2 + iv2
-                            st.lo = lo
-                            st.hi = hi
-                            st.quote = ev
-                            ev = next(it, None)
-                            continue
-                took = self._position(sym, st, ts)
-                if took is not None:  # late for some interval: only the bars that took it
-                    self._single(sym, st, ev, took)
-                    ev = next(it, None)
-                    continue
-            # a run: this event and the following ones of the same symbol inside [lo, hi)
-            lo, hi = st.lo, st.hi
-            a1, a2 = st.pair
-            if a1.qs:
-                a1.fold()
-            if a2.qs:
-                a2.fold()
-            v1, pv1, b1, s1, n1, sb1, sa1, ss1 = a1.f
-            v2, pv2, b2, s2, n2, sb2, sa2, ss2 = a2.f
-            nt = ncov = nq = nsp = 0
-            first = high = low = last = 0.0
-            q = st.quote
-            if q is None:
-                qbid = qask = 0.0  # no quote in force: neutral, not covered
-                qcov = False
-            else:
-                qbid, qask = q.bid, q.ask
-                qcov = qbid > 0 and qask > 0
-            pending = None
-            head = ev
-            for ev in chain((head,), it):
-                t = type(ev)
-                ts = ev.ts
-                if ts >= hi or ts < lo or ev.sym != sym:
-                    pending = ev
-                    break
-                if ts > wm:
-                    wm = ts
-                if t is Quote:
-                    bid = ev.bid
-                    ask = ev.ask
-                    bsz = ev.bid_size
-                    asz = ev.ask_size
-                    sb1 += bsz
-                    sa1 += asz
-                    sb2 += bsz
-                    sa2 += asz
-                    nq += 1
-                    if bid > 0 and ask >= bid:
-                        spread = (ask - bid) / ((ask + bid) / 2) * 10_000
-                        ss1 += spread
-                        ss2 += spread
-                        nsp += 1
-                    q = ev
-                    qbid = bid
-                    qask = ask
-                    qcov = bid > 0 and ask > 0
-                elif t is Trade:
-                    price = ev.price
-                    size = ev.size
-                    if not nt:
-                        first = high = low = price
-                    elif price > high:
-                        high = price
-                    elif price < low:
-                        low = price
-                    last = price
-                    nt += 1
-                    v1 += size
-                    v2 += size
-                    pv = price * size
-                    pv1 += pv
-                    pv2 += pv
-                    if qask > 0 and price >= qask:
-                        b1 += size
-                        b2 += size
-                    elif qbid > 0 and price <= qbid:
-                        s1 += size
-                        s2 += size
-                    else:
-                        n1 += size
-                        n2 += size
-                    if qcov:
-                        ncov += 1
-                else:  # an index value among trades and quotes
-                    pending = ev
-                    break
-            a1.f = [v1, pv1, b1, s1, n1, sb1, sa1, ss1]
-            if a2 is not a1:
-                a2.f = [v2, pv2, b2, s2, n2, sb2, sa2, ss2]
-            if nq:
-                st.quote = q
-                a1.obs += nq
-                a1.spread_n += nsp
-                if a2 is not a1:
-                    a2.obs += nq
-                    a2.spread_n += nsp
-            if nt:
-                for acc in (a1, a2) if a2 is not a1 else (a1,):
-                    if acc.open is None:
-                        acc.open = first
-                        acc.high = high
-                        acc.low = low
-                    else:
-                        if high > acc.high:
-                            acc.high = high
-                        if low < acc.low:
-                            acc.low = low
-                    acc.close = last
-                    acc.trades += nt
-                    acc.covered += ncov
-            ev = pending if pending is not None else next(it, None)
-        self.watermark = wm
-
-    def _position(self, sym: str, st: _SymbolState, ts: int) -> list[_Acc] | None:
-        """Find (close, reuse or open) each interval's bar for an event at ``ts`` and set ``[lo, hi)`` and
-        ``pair``. An event late for some interval leaves an empty range and returns the bars that took it."""
-        accs = st.accs
-        lo, hi = 0, -1  # hi -1: no bar yet (not a large sentinel: times up to 2**64 are valid), 0: late
-        got = []
-        for name, iv in self.intervals:
-            b = ts // iv
-            acc = accs.get(iv)
-            if acc is None or acc.bucket != b:
-                acc = self._acc_for(sym, st, name, iv, b)
-                if acc is None:
-                    hi = 0
-                    continue
-            start = b * iv
-            if start > lo:
-                lo = start
-            if hi < 0 or start + iv < hi:
-                hi = start + iv
-            got.append(acc)
-        if not hi:
-            st.lo = st.hi = 0
-            return got
-        st.lo, st.hi = lo, hi
-        st.pair = (got[0], got[-1])
-        return None
-
-    def _single(self, sym: str, st: _SymbolState, ev: Trade | Quote | IndexValue, accs: list | None = None) -> None:
-        """One event, interval by interval (index values, events late for some interval, 3+ intervals);
-        ``accs``: the bars already found for it (``_position``), else each interval's bar is found here."""
-        ts = ev.ts
+                return
+            st = self.symbols[ev.sym] = _SymbolState()
         kind = type(ev)
-        q = st.quote
+        if kind is Trade and ev.excl and ev.excl != VOLUME_ONLY:
+            return
         if kind is IndexValue:
             st.index = True
-        if accs is None:
-            accs = [self._acc_for(sym, st, name, iv, ts // iv) for name, iv in self.intervals]
-        for acc in accs:
-            if acc is None:
-                continue
-            f = acc.f
-            if kind is Quote:
-                acc.qs.append(ev)
-                if len(acc.qs) >= MAX_PENDING_QUOTES:
-                    acc.fold()
-            elif kind is Trade:
-                price, size = ev.price, ev.size
-                acc.price(price)
-                acc.trades += 1
-                f[VOL] += size
-                f[PV] += price * size
-                if q is None:
-                    f[NEUTRAL] += size
-                else:
-                    bid, ask = q.bid, q.ask
-                    if ask > 0 and price >= ask:
-                        f[BUY] += size
-                    elif bid > 0 and price <= bid:
-                        f[SELL] += size
-                    else:
-                        f[NEUTRAL] += size
-                    if bid > 0 and ask > 0:
-                        acc.covered += 1
-            else:
-                acc.index = True
-                acc.price(ev.value)
-                acc.trades += 1
-        if kind is Quote:
-            st.quote = ev
-
-    def _volume_only(self, sym: str, st: _SymbolState, ev: Trade) -> None:
-        """A volume-only trade: each interval's bar found (closed, reused or late) as for any event, then
-        only its size is kept (``vonly``)."""
-        ts = ev.ts
         for name, iv in self.intervals:
-            acc = self._acc_for(sym, st, name, iv, ts // iv)
-            if acc is not None:
-                acc.vonly += ev.size
+            bar = self._bar_for(ev.sym, st, name, iv, ev.ts // iv)
+            if bar is None:
+                continue  # late for this interval: counted
+            if kind is Quote:
+                bar.observe(ev)
+            elif kind is Trade:
+                if ev.excl:  # volume only: no price, no count, no side
+                    bar.vonly += ev.size
+                    continue
+                self._trade(bar, ev, st.quote)
+            else:
+                bar.index = True
+                bar.price(ev.value)
+                bar.trades += 1
+        if kind is Quote:
+            st.quote = ev  # in force for what follows, even when it was late for its own bar
 
-    def _acc_for(self, sym: str, st: _SymbolState, name: str, iv: int, bucket: int) -> _Acc | None:
-        acc = st.accs.get(iv)
-        if acc is not None:
-            if bucket == acc.bucket:
-                return acc
-            if bucket < acc.bucket:
+    @staticmethod
+    def _trade(bar: _Bar, ev: Trade, q: Quote | None) -> None:
+        price, size = ev.price, ev.size
+        bar.price(price)
+        bar.trades += 1
+        bar.volume += size
+        bar.pv += price * size
+        if q is None:
+            bar.neutral += size
+            return
+        if q.ask > 0 and price >= q.ask:
+            bar.buy += size
+        elif q.bid > 0 and price <= q.bid:
+            bar.sell += size
+        else:
+            bar.neutral += size
+        if q.bid > 0 and q.ask > 0:
+            bar.covered += 1
+
+    def _bar_for(self, sym: str, st: _SymbolState, name: str, iv: int, bucket: int) -> _Bar | None:
+        """The open bar of ``bucket``: the current one, or a new one after closing (or, quotes only, dropping)
+        the current one; None when ``bucket`` is before the current bar or the last closed one (late)."""
+        bar = st.bars.get(iv)
+        if bar is not None:
+            if bucket == bar.bucket:
+                return bar
+            if bucket < bar.bucket:
                 self.late += 1
                 return None
-            if acc.open is None:
-                # a quotes-only bucket ends: no bar; reuse the accumulator for the new bucket (quote-only
-                # symbols such as option contracts do this on every quote, so it is worth no allocation)
-                acc.requote(bucket, st.quote, st.index)
-                st.hi = 0
-                due = (bucket + 1) * iv + self.allowed_lateness_ns
-                if due < self.next_due:
-                    self.next_due = due
-                return acc
-            self._close(sym, st, name, iv, acc)
+            self._close(sym, st, name, iv, bar)
         else:
             last = st.last_close.get(iv)
             if last is not None and bucket <= last[0]:
                 self.late += 1
                 return None
-        acc = st.accs[iv] = _Acc(bucket, st.quote, st.index)
-        st.hi = 0
+        bar = st.bars[iv] = _Bar(bucket, st.index, st.quote)
         due = (bucket + 1) * iv + self.allowed_lateness_ns
         if due < self.next_due:
             self.next_due = due
-        return acc
+        return bar
 
     def advance(self, watermark_ns: int) -> None:
         """Close every bar whose end plus the allowed lateness is at or before ``watermark_ns``."""
         if watermark_ns > self.watermark:
             self.watermark = watermark_ns
-        limit = self.watermark - self.allowed_lateness_ns
-        if limit + self.allowed_lateness_ns < self.next_due:
+        if self.watermark < self.next_due:
             return
+        limit = self.watermark - self.allowed_lateness_ns
         next_due = 1 << 62
-        lateness = self.allowed_lateness_ns
         for sym, st in self.symbols.items():
-            accs = st.accs
-            if not accs:
-                continue  # e.g. a quote-only contract whose buckets were all closed
-            hi = st.hi
-            if hi > limit and st.lo < hi:  # a valid range: its bars end at hi at the earliest, none closes
-                if hi + lateness < next_due:
-                    next_due = hi + lateness
-                continue
             for name, iv in self.intervals:
-                acc = accs.get(iv)
-                if acc is None:
+                bar = st.bars.get(iv)
+                if bar is None:
                     continue
-                end = (acc.bucket + 1) * iv
+                end = (bar.bucket + 1) * iv
                 if end <= limit:
-                    self._close(sym, st, name, iv, acc)
-                elif end + lateness < next_due:
-                    next_due = end + lateness
+                    self._close(sym, st, name, iv, bar)
+                elif end + self.allowed_lateness_ns < next_due:
+                    next_due = end + self.allowed_lateness_ns
         self.next_due = next_due
 
     # ------------------------------------------------------------------ output
 
-    def _close(self, sym: str, st: _SymbolState, name: str, iv: int, acc: _Acc) -> None:
-        del st.accs[iv]
-        st.hi = 0
-        st.pair = None
-        if acc.open is None:
-            return  # quotes only: no bar (the bucket had no trade)
+    def _close(self, sym: str, st: _SymbolState, name: str, iv: int, bar: _Bar) -> None:
+        del st.bars[iv]
+        if bar.open is None:
+            return  # quotes only: no bar (the bucket had no trade and no index value)
         last = st.last_close.get(iv)
-        if self.fill_gaps and last is not None and acc.bucket - last[0] - 1 > self.max_gap_bars:
-            self.gaps_unfilled += 1
+        if self.fill_gaps and last is not None and bar.bucket - last[0] - 1 > self.max_gap_bars:
+            self.gaps_unfilled += 1  # a session break, not a quiet market: bounded, counted, not filled
         elif self.fill_gaps and last is not None:
-            for b in range(last[0] + 1, acc.bucket):
+            for b in range(last[0] + 1, bar.bucket):
                 self.closed.append(MicroBar(sym=sym, interval=name, start_ns=b * iv, open=last[1], high=last[1],
                                             low=last[1], close=last[1], volume=0.0, trades=0, closed=True,
                                             gap_fill=True))
-        st.last_close[iv] = (acc.bucket, acc.close)
-        self.closed.append(self._bar(sym, name, iv, acc, st.quote, closed=True))
+        st.last_close[iv] = (bar.bucket, bar.close)
+        self.closed.append(self._bar(sym, name, iv, bar, st.quote, closed=True))
 
-    def _bar(self, sym: str, name: str, iv: int, acc: _Acc, q_close: Quote | None, closed: bool) -> MicroBar:
-        if acc.qs:
-            acc.fold()
-        volume, pv, buy, sell, neutral, sum_bid, sum_ask, spread_sum = acc.f
-        vwap = pv / volume if volume > 0 else None
-        volume = volume + acc.vonly
-        neutral = neutral + acc.vonly
-        if acc.index or not self.l2:
-            return MicroBar(sym=sym, interval=name, start_ns=acc.bucket * iv, open=acc.open, high=acc.high,
-                            low=acc.low, close=acc.close, volume=volume, trades=acc.trades,
-                            vwap=None if acc.index else vwap, closed=closed)
-        tot = sum_bid + sum_ask
+    def _bar(self, sym: str, name: str, iv: int, bar: _Bar, q_close: Quote | None, closed: bool) -> MicroBar:
+        vwap = bar.pv / bar.volume if bar.volume > 0 else None
+        volume = bar.volume + bar.vonly
+        if bar.index or not self.l2:
+            return MicroBar(sym=sym, interval=name, start_ns=bar.bucket * iv, open=bar.open, high=bar.high,
+                            low=bar.low, close=bar.close, volume=volume, trades=bar.trades,
+                            vwap=None if bar.index else vwap, closed=closed)
+        tot = bar.sum_bid + bar.sum_ask
         bsz = q_close.bid_size if q_close is not None else None
         asz = q_close.ask_size if q_close is not None else None
         return MicroBar(
-            sym=sym, interval=name, start_ns=acc.bucket * iv, open=acc.open, high=acc.high, low=acc.low,
-            close=acc.close, volume=volume, trades=acc.trades, vwap=vwap,
-            buy_volume=buy, sell_volume=sell, neutral_volume=neutral, delta_volume=buy - sell,
-            bid_ask_imbalance=(sum_bid - sum_ask) / tot if acc.obs and tot > 0 else None,
+            sym=sym, interval=name, start_ns=bar.bucket * iv, open=bar.open, high=bar.high, low=bar.low,
+            close=bar.close, volume=volume, trades=bar.trades, vwap=vwap,
+            buy_volume=bar.buy, sell_volume=bar.sell, neutral_volume=bar.neutral + bar.vonly,
+            delta_volume=bar.buy - bar.sell,
+            bid_ask_imbalance=(bar.sum_bid - bar.sum_ask) / tot if bar.obs and tot > 0 else None,
             ask_bid_size_ratio=asz / bsz if bsz else None,
-            quote_coverage_pct=100.0 * acc.covered / acc.trades if acc.trades else None,
-            avg_spread_bps=spread_sum / acc.spread_n if acc.spread_n else None,
+            quote_coverage_pct=100.0 * bar.covered / bar.trades if bar.trades else None,
+            avg_spread_bps=bar.spread_sum / bar.spread_n if bar.spread_n else None,
             bid_size_at_close=bsz, ask_size_at_close=asz, closed=closed,
         )
 
@@ -637,18 +311,18 @@ class PyBarAggregator:
         iv = dict(self.intervals).get(interval)
         if st is None or iv is None:
             return None
-        acc = st.accs.get(iv)
-        if acc is None or acc.open is None:
+        bar = st.bars.get(iv)
+        if bar is None or bar.open is None:
             return None
-        return self._bar(sym, interval, iv, acc, st.quote, closed=False)
+        return self._bar(sym, interval, iv, bar, st.quote, closed=False)
 
     def flush(self) -> list[MicroBar]:
         """Close every open bar (end of an offline run) and return all closed bars."""
         for sym, st in self.symbols.items():
             for name, iv in self.intervals:
-                acc = st.accs.get(iv)
-                if acc is not None:
-                    self._close(sym, st, name, iv, acc)
+                bar = st.bars.get(iv)
+                if bar is not None:
+                    self._close(sym, st, name, iv, bar)
         return self.drain()
 
 
@@ -679,10 +353,6 @@ def newest_by_kind(events: list) -> tuple[Trade | None, Quote | None, IndexValue
     return trade, quote, value
 
 
-
-
-#: alias: the plain-Python bar aggregator under its historical name
-BarAggregator = PyBarAggregator
 
 _DECODER = msgspec.msgpack.Decoder(list[MarketEvent])
 _ENCODER = msgspec.msgpack.Encoder()

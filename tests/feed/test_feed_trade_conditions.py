@@ -1,6 +1,6 @@
 """Trade conditions through every vendor path: planted condition ids on the fake Massive server's stream and
 REST history and in a flat file; each print flagged as the rule says (docs/microbars.md, "Which prints make
-bars") and the bars equal the reference bars of the prints the rule keeps."""
+bars") and the bars equal the specification's bars (pybars) of the prints the rule keeps."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from services.feed.replay import FlatFileSource
 from spx_common import flatfiles
 from spx_common.marketrules import EXCL_CONDITION, EXCL_CORRECTION, EXCL_OUTLIER, EXCL_VOLUME_ONLY, TradeRules
 from spx_common.models import Quote, Trade
-from tests.aggregator.reference import as_dicts, normalize, reference_bars
+from services.aggregator.pybars import PyBarAggregator
 from tests.conftest import eventually
 from tests.feed.helpers import RunningFeed, live_feed
 
@@ -57,8 +57,8 @@ def planted(t0: int, classes, *, seq0: int = 1) -> tuple[list, list[int]]:
     return events, want
 
 
-def rule_bars(events: list, want: list[int]) -> list[dict]:
-    """The reference bars of the rule's flags ``want`` (not the production flags): regular prints, the
+def rule_bars(events: list, want: list[int]) -> list:
+    """The specification's bars of the rule's flags ``want`` (not the production flags): regular prints, the
     volume-only ones' sizes, nothing of the rest."""
     it = iter(want)
     kept = []
@@ -69,13 +69,19 @@ def rule_bars(events: list, want: list[int]) -> list[dict]:
                 continue
             e = msgspec.structs.replace(e, excl=flag)
         kept.append(e)
-    return normalize(reference_bars(kept, S))
+    spec = PyBarAggregator(["1s"])
+    spec.on_events(kept)
+    return by_start(spec.flush())
+
+
+def by_start(bars: list) -> list:
+    return sorted(bars, key=lambda b: (b.sym, b.start_ns))
 
 
 def check(events: list, want: list[int]) -> None:
     got = [e.excl for e in events if type(e) is Trade]
     assert got == want
-    assert as_dicts(bars_from_events(events)) == rule_bars(events, want)
+    assert by_start(bars_from_events(events)) == rule_bars(events, want)
 
 
 def test_live_stream_flags_each_condition_class_and_bars_follow_the_rule(run_dir, fake):
