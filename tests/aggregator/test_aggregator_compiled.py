@@ -177,9 +177,15 @@ def _decoded(holds: list) -> list:
     return [(sym, DEC.decode(body), count, last) for sym, body, count, last in holds]
 
 
+_EVENT = msgspec.msgpack.Decoder(MarketEvent)
+
+
 def snapshot(agg) -> bytes:
+    """Everything a core shows; its newest maps as events (the compiled core keeps a map's bytes as they
+    arrived, the plain one re-encodes it: an accepted non-canonical int, e.g. 9 as int8, differs in bytes only)."""
     names = agg.symbol_names()
-    return ENC.encode((agg.watermark, agg.late, agg.refused_symbols, names, [agg.newest(s) for s in names],
+    newest = [[None if m is None else _EVENT.decode(m) for m in agg.newest(s)] for s in names]
+    return ENC.encode((agg.watermark, agg.late, agg.refused_symbols, names, newest,
                        [agg.current(s, iv) for s in names for iv, _ in agg.intervals], agg.closed))
 
 
