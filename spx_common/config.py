@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import os
 import tomllib
+import ipaddress
+import json
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -188,7 +191,6 @@ class FeedSourceConfig(Section):
 
 
 def _is_loopback(host: str) -> bool:
-    import ipaddress
 
     if host == "localhost":
         return True
@@ -241,7 +243,6 @@ def shown_value(model: type[Section], name: str, value: Any) -> Any:
     if is_secret(model, name):
         return "***" if value else value
     if isinstance(value, str) and "://" in value and "@" in value:
-        import re
 
         return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", value)
     return value
@@ -296,7 +297,6 @@ def _coerce_env(model: type[Section], name: str, raw: str) -> Any:
     """Environment values are strings; dict/list fields accept JSON or comma-separated values."""
     ann = str(model.model_fields[name].annotation)
     if ann.startswith(("dict", "list", "tuple", "set")) or "dict[" in ann or "list[" in ann:
-        import json
 
         raw = raw.strip()
         if raw.startswith(("{", "[")):

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+import datetime as dt
 
 from spx_common.models import MarketEvent, Quote, Trade
 
@@ -255,7 +256,6 @@ class TradeRules:
 
 def explain_row(ev: Trade) -> str:
     """One line about an excluded trade: time, symbol, price, size, why."""
-    import datetime as dt
 
     when = dt.datetime.fromtimestamp(ev.ts / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     if ev.excl in (EXCL_CONDITION, EXCL_VOLUME_ONLY):

@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
+import hashlib
 
 NonNeg = Annotated[float, Meta(ge=0)]
 NonNegInt = Annotated[int, Meta(ge=0)]
@@ -396,7 +397,6 @@ class CoachEvent(Base, kw_only=True):
 def coach_event_id(user: str, kind: str, ts: int, setup_id: str | None) -> str:
     """The id of a coach event: the same inputs always give the same id (a replay re-identifies the
     same alerts); the coach's cooldown never emits one (user, kind, setup) twice at one time."""
-    import hashlib
 
     return hashlib.sha1(f"{user}|{kind}|{ts}|{setup_id or ''}".encode()).hexdigest()[:16]
 

@@ -47,10 +47,13 @@ from spx_common import codec, health, logs, recordlog
 from spx_common.align import FINAL_NS, Aligner
 from spx_common.models import bar_end_ns
 from pydantic import Field
+import sys
+import argparse
+import msgpack
 
 from spx_common.bus import AsyncRpcClient, AsyncSubscriber, Outbox, Publisher, RpcError, RpcServer, SubscriberCore
 from spx_common.codec import Frame, FrameError
-from spx_common.config import PROJECT_DIR, BusConfig, RuntimeConfig, Section, load
+from spx_common.config import BusConfig, ConfigError, PROJECT_DIR, RuntimeConfig, Section, load
 from spx_common.curve import CurveKeys
 from spx_common.flags import FlagStore
 from spx_common.metrics import Registry, serve_http
@@ -145,7 +148,6 @@ def _migrate_dead_letters(path: Path) -> None:
 def _legacy_letters(path: Path) -> list[Any]:
     """The documents of a dead-letter file of the earlier format (bounded: at most ``max_bytes`` and one
     letter); a torn or damaged tail ends the read."""
-    import msgpack
 
     out = []
     with path.open("rb") as fh:
@@ -809,10 +811,7 @@ class BusService:
     @classmethod
     def cli(cls, argv: list[str] | None = None) -> None:
         """Entry point for ``python -m services.<name>``: ``--help``, config errors, exit codes."""
-        import argparse
-        import sys
 
-        from spx_common.config import ConfigError
 
         parser = argparse.ArgumentParser(
             prog=f"python -m services.{cls.name}",

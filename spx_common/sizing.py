@@ -32,7 +32,7 @@ import math
 from typing import Any
 from dataclasses import dataclass
 
-from spx_common.calendar import ET
+from spx_common.calendar import ET, MarketCalendar
 from spx_common import greeks
 from spx_common.models import SizingBreakdown
 
@@ -51,7 +51,6 @@ def expiry_ns(d: dt.date) -> int:
     calendar has no session for."""
     global _calendar
     if _calendar is None:
-        from spx_common.calendar import MarketCalendar
 
         _calendar = MarketCalendar()
     session = _calendar.session(d)

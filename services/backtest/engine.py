@@ -25,6 +25,7 @@ import math
 from collections.abc import Iterable, Iterator
 
 import msgspec
+import heapq
 
 from services.aggregator.bars import BarAggregator, parse_interval
 from services.detector.config import DetectorConfig
@@ -254,7 +255,6 @@ def _day(ts_ns: int) -> int:
 
 def merge_bars(per_symbol: dict[str, list[MicroBar]]) -> Iterator[MicroBar]:
     """All symbols' bars in event-time order (ties by symbol name: deterministic)."""
-    import heapq
 
     return heapq.merge(*(per_symbol[s] for s in sorted(per_symbol)), key=lambda b: (b.start_ns, b.sym))
 

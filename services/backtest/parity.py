@@ -26,6 +26,9 @@ import datetime as dt
 import math
 from collections.abc import Iterable
 from typing import Any
+import msgspec
+
+from spx_common.calendar import et_date
 
 MAX_LISTED = 1000  # differences listed (all are counted)
 ORDER_FIELDS = ("side", "type", "option_symbol", "quantity", "price", "stop")
@@ -121,7 +124,6 @@ def _brief(r: dict, fields: tuple[str, ...]) -> dict:
 
 def window(recorded: dict[str, list[dict]]) -> tuple[dt.date, dt.date] | None:
     """The New York trading dates the recorded run spans (None: it recorded nothing)."""
-    from spx_common.calendar import et_date
 
     ts = [int(r["ts"]) for k in ("transitions", "orders", "fills") for r in recorded.get(k, [])]
     if not ts:
@@ -131,7 +133,6 @@ def window(recorded: dict[str, list[dict]]) -> tuple[dt.date, dt.date] | None:
 
 def rerun_rows(days: list) -> dict[str, list[dict]]:
     """The re-run's rows in the recorded shape, from the backtest's day results."""
-    import msgspec
 
     trs = [{"setup_id": t.setup_id, "to_state": t.to_state, "ts": t.ts, "price": t.price}
            for d in days for t in d.transitions]

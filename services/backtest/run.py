@@ -20,6 +20,9 @@ from typing import Any
 from collections.abc import Callable, Iterable
 
 import msgspec
+import os
+from multiprocessing import get_context
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from services.aggregator.bars import BarAggregator
 from spx_common.marketrules import TradeRules
@@ -31,9 +34,10 @@ from services.broker.config import BrokerConfig
 from spx_common.models import IndexValue, Quote
 from services.detector.config import DetectorConfig
 from services.detector.host import PluginHost
-from spx_common.calendar import ET
+from spx_common.calendar import ET, MarketCalendar
 from spx_common.store import Store
 from spx_common.store.profile import FamilyStats, Profile
+from spx_common import journal
 
 REPORT_VERSION = 1
 
@@ -59,7 +63,6 @@ class Options:
 
 def trading_days(start: dt.date, end: dt.date) -> list[dt.date]:
     """NYSE/Cboe trading days (holidays excluded: ``spx_common.calendar``)."""
-    from spx_common.calendar import MarketCalendar
 
     return MarketCalendar().trading_days(start, end)
 
@@ -101,7 +104,6 @@ MAX_CHAIN_DOCS = 50_000
 def day_options(journal_dir: str | Path, day: dt.date) -> tuple[list, list[dict], dict]:
     """The options side of ``day`` from a tick journal: option quotes (``O:`` symbols) and index values in
     event-time order, the chain documents, and what was read (evidence)."""
-    from spx_common import journal
 
     a, b = day_range(day)
     stats = journal.ReadStats()
@@ -137,7 +139,6 @@ def day_options(journal_dir: str | Path, day: dt.date) -> tuple[list, list[dict]
 def day_ticks(journal_dir: str | Path, day: dt.date, symbols: Iterable[str]) -> list:
     """The trades, quotes and index values of ``symbols`` on ``day`` from a tick journal, in stream order
     (at most :data:`MAX_OPTION_EVENTS`)."""
-    from spx_common import journal
 
     a, b = day_range(day)
     wanted = set(symbols)
@@ -267,8 +268,6 @@ def execute(fn: Callable, jobs: list, *, workers: int = 1, executor=None,
             progress: Callable[[int, int, str], None] | None = None, label: Callable[[Any], str] = str) -> list:
     """``[fn(job) for job in jobs]`` in job order, on ``executor`` (any ``concurrent.futures``
     executor, e.g. a Dask cluster's), else on ``workers`` local processes (1: in this process)."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
 
     total = len(jobs)
     if progress:
@@ -297,7 +296,6 @@ def execute(fn: Callable, jobs: list, *, workers: int = 1, executor=None,
 
 
 def default_workers() -> int:
-    import os
 
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 

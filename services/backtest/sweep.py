@@ -40,6 +40,9 @@ from typing import Any
 from collections.abc import Callable
 
 from pydantic import ValidationError
+import json
+import html
+import base64
 
 from services.backtest import report as rpt
 from services.backtest import run as bt
@@ -205,9 +208,6 @@ def run_sweep(store, opts: bt.Options, cfg: DetectorConfig, sets: list[ParamSet]
 
 def write(doc: dict, out_dir: Path) -> dict[str, Path]:
     """sweep.json, sweep.png (equity curve per set, hit rates, decisions) and sweep.html."""
-    import base64
-    import html
-    import json
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "sweep.json", "png": out_dir / "sweep.png", "html": out_dir / "sweep.html"}

@@ -21,6 +21,8 @@ from services.broker.engine import Limits
 from services.broker.client import BrokerClient
 from services.broker.paper import PaperBroker, PaperClient
 from services.broker.tradier import TradierClient
+from services.broker import credentials
+from spx_common.crypto import CryptoError, KeyRing
 
 SHARED = "shared"  # the account of the config lists when the store has no users
 log = logging.getLogger("spx.broker.accounts")
@@ -91,8 +93,6 @@ def limits_of(cfg: BrokerConfig, record: dict | None) -> Limits:
 def stored_users(url: str) -> list[dict] | None:
     """Enabled users of the store with their sealed token opened (``token``/``account_id``/``credential_error``
     added), [] when the table is empty, None when there is no users table or no database file."""
-    from services.broker import credentials
-    from spx_common.crypto import CryptoError, KeyRing
     from spx_common.store import Store, make_engine
     from spx_common.store.broker import has_table
 
@@ -129,7 +129,6 @@ def stored_users(url: str) -> list[dict] | None:
 
 def build(cfg: BrokerConfig, records: list[dict] | None, queue_max: int) -> list[Account]:
     """The accounts: one per stored enabled user, or the shared config-list account."""
-    from services.broker import credentials
 
     if not records:
         acct = Account(SHARED, list(cfg.users), asyncio.Queue(queue_max))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
+import asyncio
 
 from services.broker.config import BrokerConfig
 from spx_common.config import ConfigError, RuntimeConfig, load
@@ -23,6 +24,9 @@ from spx_common.crypto import CryptoError, KeyRing, Secret
 from spx_common.store import Store, make_engine, open_store
 from spx_common.store.broker import StoreError, has_table
 from spx_common.store.config import StoreConfig
+from spx_common.flags import FlagStore
+from services.broker.tradier import TradierClient, TradierError
+from services.broker.portfolio import summarize_balances
 
 BROKER = "tradier"
 log = logging.getLogger("spx.broker.credentials")
@@ -152,7 +156,6 @@ def user_send_allowed(cfg: BrokerConfig, user: dict, *, token_stored: bool) -> t
 
 def client_for(cfg: BrokerConfig, user: dict, token: Secret, account_id: str | None):
     """A Tradier client for a stored user's environment, token and account."""
-    from services.broker.tradier import TradierClient
 
     return TradierClient(cfg.user_url(str(user.get("environment"))), token.reveal(), account_id or "",
                          timeout_s=cfg.request_timeout_s, place_timeout_s=cfg.place_timeout_s,
@@ -165,10 +168,7 @@ def test(store: Store, ring: KeyRing, user: str, cfg: BrokerConfig) -> dict[str,
     Returns ``{ok, environment, account_id, account_type, option_buying_power, total_equity, error}``;
     the token is never part of it (a failure names the error class and HTTP status only).
     """
-    import asyncio
 
-    from services.broker.portfolio import summarize_balances
-    from services.broker.tradier import TradierError
 
     row = store.user(user) or {"environment": "sandbox"}
     env = str(row.get("environment"))
@@ -210,8 +210,6 @@ def status(store: Store, user: dict, cfg: BrokerConfig, flags: dict[str, Any] | 
     """Environment, whether a token is stored, last successful call / last error, and whether execution
     would be allowed for ``user`` (a users-table row) with the exact reason when not."""
     if flags is None:
-        from spx_common.config import RuntimeConfig
-        from spx_common.flags import FlagStore
 
         fs = FlagStore(load(RuntimeConfig).path("flags.json"))
         fs.reload()

@@ -44,6 +44,7 @@ from services.broker.entry_size import EntryRisk, resizable, size_entry
 from spx_common.sizing import DEFAULT_MIN_RISK
 from spx_common.models import (ContractRecommendation, ExitAdvice, Order, OrderSide, OrderType, SetupTransition,
                                SizingBreakdown)
+from spx_common import occ
 
 MAX_TRACKED = 2000  # bounded memory for triggers, recommendations, quotes and finished trades
 CLOSING_STATES = ("stopped", "invalidated", "expired")
@@ -489,7 +490,6 @@ class Engine:
                 out.append(Block(user, "no_contract", subject, r.reason))
                 continue
             try:
-                from spx_common import occ
 
                 symbol = occ.parse(r.tradier_symbol or r.occ_symbol or "").tradier
             except ValueError as exc:

@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from spx_common import occ
-from spx_common.calendar import ET
+from spx_common.calendar import ET, MarketCalendar
 from services.broker.reconcile import is_option
 
 CLOSE_ET = dt.time(16, 0)
@@ -248,7 +248,6 @@ def flatten_due(ts: int, minutes_before: float) -> bool:
     calendar has no session for (a generated replay day on a holiday still flattens)."""
     global _CALENDAR
     if _CALENDAR is None:
-        from spx_common.calendar import MarketCalendar
 
         _CALENDAR = MarketCalendar()
     now = dt.datetime.fromtimestamp(ts / 1e9, ET)

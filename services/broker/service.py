@@ -58,7 +58,7 @@ from services.broker import router
 from services.broker.config import BrokerConfig
 from services.broker import credentials_rpc
 from services.broker.credentials import with_stored_credentials
-from services.broker.engine import Block, Cancel, Engine, Gates, Intent, Modify, Place
+from services.broker.engine import Block, Cancel, Engine, Gates, Intent, Modify, Place, et_day
 from services.broker.ledger import Ledger
 from services.broker import reconcile
 from services.broker import restore
@@ -75,6 +75,8 @@ from spx_common.service import BusService
 from spx_common.store.broker import stored_order_ids
 from spx_common.topics import (EXIT, FILL, OPTION_TICK, ORDER, POSITION, RECO, SETUP_TRANSITION, alert_topic,
                                block_topic, fill_topic, order_topic, portfolio_topic, position_topic)
+from spx_common.codec import FrameError, decode_frames
+from spx_common import provenance
 
 class _Plain:
     """A token already in memory, in the shape :func:`credentials.client_for` takes (``reveal()``)."""
@@ -211,7 +213,6 @@ class BrokerService(BusService):
 
     def _loss_today(self, user: str) -> float:
         """Dollars lost today (ET): P&L now vs at the first decision of the day; positive = loss."""
-        from services.broker.engine import et_day
 
         day = et_day(self._now())
         if day != self._pnl_day:
@@ -1055,7 +1056,6 @@ class BrokerService(BusService):
 
         url = load(StoreConfig).resolved_url(self.runtime)
         try:
-            from spx_common import provenance
 
             state = await asyncio.to_thread(restore.load, url, list(self.users), time.time_ns(),
                                             provenance.configured()[0])
@@ -1097,7 +1097,6 @@ class BrokerService(BusService):
         """Bring the store's view (``state``) up to date with what this broker published itself (its
         outbox): the recorder may not have written the newest orders, fills and positions when it died
         with us (issue 8; :func:`restore.newest_of_outbox`)."""
-        from spx_common.codec import FrameError, decode_frames
 
         frames = []
         for topic, payload in self.outbox_frames:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 import msgspec
 import pluggy
 from pydantic import ValidationError
+import inspect
 
 from services.detector import hookspecs
 from services.detector.health import PluginHealth, probe_backoff
@@ -384,7 +385,6 @@ _ACCEPTS: dict[Callable, frozenset | None] = {}
 
 def _invoker(fn: Callable) -> Callable:
     """``f(ctx, bar)`` calling ``fn`` with the keyword arguments it declares (resolved once, at load)."""
-    import inspect
 
     try:
         params = inspect.signature(fn).parameters
@@ -403,7 +403,6 @@ def _call(fn: Callable, **kwargs: Any) -> Any:
     """Call a hook implementation with only the arguments it declares (keyword-only contract)."""
     accepts = _ACCEPTS.get(fn, False)
     if accepts is False:
-        import inspect
 
         params = inspect.signature(fn).parameters
         accepts = _ACCEPTS[fn] = (None if any(p.kind is p.VAR_KEYWORD for p in params.values())

@@ -39,6 +39,7 @@ from spx_common.models import BlockEvent, MicroBar
 from spx_common.service import BusService
 from spx_common.topics import (BAR, CHAIN, SETUP_CANDIDATE, SETUP_SHADOW, SETUP_TRANSITION, STATE_MARKET,
                                STATUS_DETECTOR_PLUGIN, STATUS_FEED, TICK, block_topic, is_one_symbol, tick_topic)
+from spx_common import provenance
 
 
 class DetectorService(BusService):
@@ -138,7 +139,6 @@ class DetectorService(BusService):
         published twice. With the database down, the outbox alone (the refusal is published)."""
         rows: list[dict] = []
         try:
-            from spx_common import provenance
             from spx_common.store import open_store
 
             store = open_store()

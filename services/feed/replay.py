@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 
-from spx_common import journal
+from spx_common import flatfiles, journal
 from spx_common.models import MarketEvent
 
 from services.feed.synthetic import SyntheticSession
@@ -130,7 +130,6 @@ class FlatFileSource(Source):
 
     def __init__(self, paths: list[Path | str], *, symbols: Iterable[str] | None = None,
                  quote_sizes: str = "vendor") -> None:
-        from spx_common import flatfiles
 
         if quote_sizes not in flatfiles.QUOTE_SIZES:
             raise ValueError(f"quote_sizes must be one of {flatfiles.QUOTE_SIZES}, not {quote_sizes!r}")

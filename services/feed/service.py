@@ -43,6 +43,7 @@ from services.feed.config import FeedConfig
 from services.feed.pipeline import TickPipeline
 from services.feed.replay import JournalSource, Source, SyntheticSource, pace
 from services.feed.synthetic import SyntheticSession
+from spx_common.calendar import ET
 
 MODES = ("tick", "poll", "replay", "down")
 
@@ -310,7 +311,6 @@ class FeedService(BusService):
         if source != "live":
             speed = self.cfg.replay_speed
             if ev_ns:
-                from spx_common.calendar import ET
 
                 replay_date = dt.datetime.fromtimestamp(ev_ns / 1e9, ET).date().isoformat()
         st = FeedStatus(mode=self.mode, connected=self.connected, events_per_s=round(rate, 2), last_event_age_ms=age,

@@ -30,7 +30,7 @@ import msgspec
 from sqlalchemy.exc import SQLAlchemyError
 
 from spx_common import provenance
-from spx_common.codec import Frame
+from spx_common.codec import Frame, FrameError, decode_frames
 from spx_common.config import load
 from spx_common.models import BlockEvent
 from spx_common.service import BusService
@@ -146,7 +146,6 @@ class Recorder(BusService):
 
     async def catch_up(self) -> int:
         """Fetch and record every replayable frame of each peer (idempotent); returns frames fetched."""
-        from spx_common.codec import FrameError, decode_frames
 
         total = 0
         for peer, prefixes in self.catch_up_peers.items():

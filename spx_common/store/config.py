@@ -7,6 +7,7 @@ from typing import ClassVar
 from pydantic import Field, field_validator
 
 from spx_common.config import RuntimeConfig, Section, env_field
+from spx_common.provenance import SOURCES
 
 
 class StoreConfig(Section):
@@ -40,7 +41,6 @@ class StoreConfig(Section):
     @field_validator("optimizer_sources")
     @classmethod
     def _sources(cls, v: list[str]) -> list[str]:
-        from spx_common.provenance import SOURCES
 
         bad = [x for x in v if x not in SOURCES]
         if bad:

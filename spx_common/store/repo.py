@@ -10,12 +10,15 @@ from collections.abc import Iterable, Sequence
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+import json
 
 from spx_common import models as m
 from spx_common.provenance import RANK
 from spx_common.store import tables as t
 from spx_common.store.engine import make_engine
 from spx_common.store.profile import FamilyStats, Profile, evaluate, profile_from_body
+from spx_common.calendar import et_date
+from spx_common.store.users import DEFAULTS, UserError, check_id, validate
 
 TERMINAL = {"target2_hit", "stopped", "invalidated", "expired", "blocked"}
 _ORDER = ["forming", "ready", "triggered", "target1_hit", "target2_hit", "invalidated", "stopped", "expired",
@@ -188,7 +191,6 @@ def _json_map(text: str | bytes) -> dict[str, Any]:
     try:
         return _JSON_MAP.decode(text)
     except msgspec.DecodeError:
-        import json
 
         doc = json.loads(text)
         return dict(doc) if doc else {}
@@ -541,7 +543,6 @@ class Store:
     # ---------------------------------------------------------------- users
     def add_user(self, user: str, *, now_ns: int | None = None, **settings: Any) -> dict:
         """Create ``user`` with the defaults overridden by ``settings``; UserError when invalid or taken."""
-        from spx_common.store.users import DEFAULTS, UserError, check_id, validate
 
         check_id(user)
         row = {**DEFAULTS, "display_name": user, **validate(settings)}
@@ -568,7 +569,6 @@ class Store:
 
     def update_user(self, user: str, *, now_ns: int | None = None, **settings: Any) -> dict:
         """Change settings of an existing user; UserError when unknown or invalid."""
-        from spx_common.store.users import UserError, validate
 
         clean = validate(settings)
         with self.engine.begin() as c:
@@ -669,7 +669,6 @@ class Store:
 
 def ny_day(ts_ns: int) -> str:
     """The New York date of an event time, YYYY-MM-DD."""
-    from spx_common.calendar import et_date
 
     return et_date(ts_ns).isoformat()
 
