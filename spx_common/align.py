@@ -51,6 +51,10 @@ FINAL_NS = 1 << 62
 _NONE = -(1 << 63)
 
 
+#: a held item: (key, order, stream, arrival, bytes, item, the run's event times or None)
+_Entry = tuple[int, tuple[Any, ...], str, int, int, Any, Sequence[int] | None]
+
+
 @dataclass(slots=True)
 class StreamState:
     """What the aligner knows of one input stream."""
@@ -91,7 +95,7 @@ class Aligner:
         self.stats = AlignStats()
         #: the newest key released: an item pushed below it is late
         self.released_key = _NONE
-        self._heap: list[tuple[int, tuple[Any, ...], str, int, int, Any, Sequence[int] | None]] = []
+        self._heap: list[_Entry] = []
         for s in streams:
             self.add_stream(s)
 
@@ -170,10 +174,13 @@ class Aligner:
                 stats.forced += 1
                 times = None  # released whole: the bounds are reached
             if times is not None:
-                cut = self._cut(entry, limit)
+                cut = self._cut(entry, times, limit)
                 if cut < len(times):
                     rest = times[cut:]
-                    head, tail = self.splitter(item, cut, rest[0])
+                    splitter = self.splitter
+                    if splitter is None:  # push() refuses a run without one
+                        raise RuntimeError("a run held by an Aligner without a splitter")
+                    head, tail = splitter(item, cut, rest[0])
                     part = nbytes * cut // len(times)
                     heapq.heappush(heap, (rest[0], order, stream, n, nbytes - part, tail,
                                           rest if len(rest) > 1 else None))
@@ -192,10 +199,10 @@ class Aligner:
         stats.released += len(out)
         return out
 
-    def _cut(self, entry: tuple, limit: int) -> int:
-        """How many events of the run ``entry`` (just popped) go now: those before ``limit`` and before
-        the next held item in canonical order (at least the first, which is the smallest of all)."""
-        _, order, stream, n, _, _, times = entry
+    def _cut(self, entry: _Entry, times: Sequence[int], limit: int) -> int:
+        """How many events of the run ``entry`` (just popped; ``times`` its event times) go now: those before
+        ``limit`` and before the next held item in canonical order (at least the first, the smallest of all)."""
+        _, order, stream, n, _, _, _ = entry
         heap = self._heap
         nxt = heap[0] if heap else None
         rank = (order, stream, n)

@@ -121,7 +121,7 @@ def parse_interval(text: str) -> int:
 _INTERVAL_NS: dict[str, int] = {}
 
 
-def bar_end_ns(bar: "MicroBar") -> int:
+def bar_end_ns(bar: MicroBar) -> int:
     """The end of ``bar`` (exclusive): its start plus its interval."""
     iv = _INTERVAL_NS.get(bar.interval)
     if iv is None:

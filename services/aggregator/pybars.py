@@ -36,7 +36,6 @@ from collections.abc import Callable, Iterable
 
 import msgspec
 
-from spx_common.clock import NS_PER_S
 from spx_common.models import IndexValue, MarketEvent, MicroBar, Quote, Trade, parse_interval
 
 #: event times at or beyond this (2116-02-20) are refused by both cores: bucket ends stay inside int64
