@@ -3,6 +3,7 @@ natural id, so replaying a spool, a journal or a backfill never duplicates a row
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 from collections.abc import Iterable, Sequence
@@ -201,11 +202,25 @@ def _wire_source(provenance: str) -> str:
     return "backfill" if provenance == "backfill" else "tick"
 
 
+# JSON has no NaN or Infinity (PostgreSQL's json type refuses the whole batch that carries one): a non-finite
+# microstructure value is stored as its name and read back as the float (every extra field but bar_source is a number)
+_NONFINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+_FROM_NAME = {name: float(name) for name in _NONFINITE.values()}
+
+
+def _extra_floats(extra: dict[str, Any]) -> dict[str, Any]:
+    for k, v in extra.items():
+        if isinstance(v, str) and k != "bar_source" and v in _FROM_NAME:
+            extra[k] = _FROM_NAME[v]
+    return extra
+
+
 def bar_row(b: m.MicroBar, source: str | None = None, run_id: str | None = None) -> dict:
     """A bar as a row. ``source`` is its provenance (default: ``backfill`` for a backfilled bar, else
     ``live``); the bar's own source goes to ``extra["bar_source"]`` when it is not the usual one."""
     d = msgspec.structs.asdict(b)
-    extra = {k: v for k, v in d.items() if k not in _BAR_CORE and k not in ("closed", "gap_fill") and v is not None}
+    extra = {k: v if not isinstance(v, float) or math.isfinite(v) else _NONFINITE[str(v)]
+             for k, v in d.items() if k not in _BAR_CORE and k not in ("closed", "gap_fill") and v is not None}
     prov = source or ("backfill" if b.source == "backfill" else "live")
     if b.source != _wire_source(prov):
         extra["bar_source"] = b.source
@@ -368,7 +383,7 @@ class Store:
         bar = m.MicroBar
         with self.engine.connect() as c:
             for (sym_, iv, start, o, h, lo, cl, vol, n, vwap, src, extra) in c.execute(q):
-                extra = _json_map(extra) if isinstance(extra, str | bytes) else dict(extra) if extra else {}
+                extra = _extra_floats(_json_map(extra) if isinstance(extra, str | bytes) else dict(extra) if extra else {})
                 wire = extra.pop("bar_source", _wire_source(src))
                 out.append(bar(sym=sym_, interval=iv, start_ns=start, open=o, high=h, low=lo, close=cl, volume=vol,
                                trades=n, vwap=vwap, source=wire, closed=True, **extra))
