@@ -1,5 +1,6 @@
-"""``spx backtest FROM TO``: replay stored data through the live detector host, lifecycle and exit
-advisor; report per family; compare with a baseline; decide promotion."""
+"""``spx backtest FROM TO``: replay stored data through the live detector host, lifecycle, selector, broker
+engine and paper fills; report per family; compare with a baseline; decide promotion. ``--parity RUN_ID``:
+re-run a stored run's window and list every difference (services/backtest/parity.py)."""
 
 from __future__ import annotations
 
@@ -91,7 +92,8 @@ def register(sub) -> None:
         "backtest", help="replay stored bars/ticks through the detectors; report, compare, promote",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Replays stored data (second bars, or trades and quotes with --resolution tick) day by day\n"
-                    "through the same detector host, gating, lifecycle and exit advisor as the live mesh.\n"
+                    "through the same detector host, gating, lifecycle, selector, broker engine and paper fills\n"
+                    "as the live mesh (--journal: the recorded option chains and quotes are traded too).\n"
                     "Writes report.md, report.png and report.json to --out, and the setup instances (source\n"
                     "'backtest') to the store. Deterministic: the same data and config give identical JSON.\n\n"
                     "Promotion (needs --baseline) by confidence, not point deltas: the 95% lower bound of the\n"
@@ -100,7 +102,9 @@ def register(sub) -> None:
                     "vendor minute-bar fallback (docs/backtest.md).",
         epilog="examples:\n  spx backtest 2026-11-16 2026-11-20 --save-baseline base.json\n"
                "  spx backtest 2026-11-16 2026-11-20 --baseline base.json --out run2\n"
-               "  spx backtest 2026-11-20 2026-11-20 --resolution tick --families orb,vwap")
+               "  spx backtest 2026-11-20 2026-11-20 --resolution tick --families orb,vwap\n"
+               "  spx backtest 2026-11-20 2026-11-20 --journal auto --fee-per-contract 0.65 --slippage 0.02\n"
+               "  spx backtest --parity 20261120T143000Z-a1b2c3 --resolution tick --journal auto")
     p.add_argument("start", type=_date, metavar="FROM", nargs="?", help="first day (YYYY-MM-DD, New York)")
     p.add_argument("end", type=_date, metavar="TO", nargs="?", help="last day, inclusive")
     p.add_argument("--parity", metavar="RUN_ID",
@@ -241,6 +245,11 @@ def cmd_backtest(args) -> int:
     print(f"{sample['bars']:,} bars, {sample['ticks']:,} ticks, {sample['setups']} setups")
     print(f"{o['trades']} resolved trades: T1 {o['t1_rate']:.1%}  T2 {o['t2_rate']:.1%}  "
           f"expectancy {o['expectancy_r']:+.3f} R  max drawdown {o['max_drawdown_r']:.2f} R")
+    opt = result.get("options") or {}
+    if opt.get("trades"):
+        print(f"{opt['trades']} option trades: P&L ${opt['pnl_usd']:,.2f} (fees ${opt['fees_usd']:,.2f}), slippage "
+              f"against the mid ${opt['slippage_usd']:,.2f}; expectancy net of slippage "
+              f"{o.get('expectancy_net_r', o['expectancy_r']):+.3f} R")
     print("PROMOTE" if pr["promote"] else "REFUSED: " + "; ".join(pr["refusals"]))
     for k, v in result.get("profile_changes", {}).items():
         print(f"quarantined {k}: {v}")
