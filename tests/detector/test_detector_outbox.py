@@ -18,75 +18,32 @@ from __future__ import annotations
 import signal
 
 import sqlalchemy as sa
-import zmq
 
 from services.detector.core import newest_of
-from spx_common.bus import Publisher, RpcClient, RpcError, Subscriber
-from spx_common.config import BusConfig, RuntimeConfig
-from spx_common.models import MicroBar, SetupTransition, Trade
+from spx_common.models import MicroBar, SetupTransition
 from spx_common.store import open_store
 from spx_common.store import tables as t
-from spx_testing import Processes
 from tests.conftest import eventually
-from tests.detector.rig import restore_env
+from tests.detector.rig import T0, DetectorRig
 
 S = 1_000_000_000
-T0 = 1_795_185_000 * S
 
 
 def test_restore_while_the_recorder_lags_and_both_killed_together_lose_and_repeat_nothing(db_url, run_dir):
-    rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
-    env = restore_env(run_dir, db_url)
-    ctx = zmq.Context()
-    agg = Publisher(ctx, bus.pub_endpoint("aggregator", rt, bind=True), "aggregator", linger_ms=0)
-    feed = Publisher(ctx, bus.pub_endpoint("feed", rt, bind=True), "feed", linger_ms=0)
-    watch = Subscriber(ctx, [bus.pub_endpoint("detector", rt)], ["setup.transition", "block.detector"],
-                       heartbeats=True)
-    det = RpcClient(ctx, bus.rep_endpoint("detector", rt), timeout_s=1.0, retries=0)
-    rec = RpcClient(ctx, bus.rep_endpoint("recorder", rt), timeout_s=1.0, retries=0)
-    open_store(db_url).close()
-    ps = Processes()
-    ps.service("recorder", env=env)
-    ps.service("detector", env=env)
-    store = open_store(db_url, migrate=False)
-    seen: list[SetupTransition] = []
-    blocks: list = []
-    sessions: set = set()
+    with DetectorRig(run_dir, db_url, topics=("setup.transition", "block.detector")) as rig:
+        agg, det, rec, ps, seen, drain, ticks = (rig.pubs["aggregator"], rig.det, rig.rec, rig.ps, rig.seen, rig.drain,
+                                                 rig.ticks)
+        rig.start("recorder")
+        rig.start("detector")
+        store = open_store(db_url, migrate=False)
 
-    def drain():
-        while (f := watch.recv(0.05)) is not None:
-            sessions.add(f.session)
-            if f.topic == "setup.transition":
-                seen.append(f.body())
-            elif f.topic == "block.detector":
-                blocks.append(f.body())
-        return seen
+        def stored():
+            with store.engine.connect() as c:
+                return sorted((r.setup_id, r.to_state) for r in c.execute(
+                    sa.select(t.setup_transitions.c.setup_id, t.setup_transitions.c.to_state)))
 
-    def detector_up():
-        def ok():
-            try:
-                st = det.call("status")
-            except RpcError:
-                return False
-            agg.heartbeat(T0)
-            feed.heartbeat(T0)
-            return {"aggregator", "feed"} <= set(st["peers"])
-        ps["detector"].wait_ready(ok, 45, what="detector up and subscribed")  # its plugin workers start first
-        old = set(sessions)
-        eventually(lambda: (drain(), sessions - old)[1], 10, what="our SUB hears the new detector")
-
-    def ticks(prices, t):
-        for i, p in enumerate(prices):
-            feed.publish("tick.SPY", "ticks", [Trade(sym="SPY", price=p, size=1, ts=t + i * 1000)], t + i * 1000)
-
-    def stored():
-        with store.engine.connect() as c:
-            return sorted((r.setup_id, r.to_state) for r in c.execute(
-                sa.select(t.setup_transitions.c.setup_id, t.setup_transitions.c.to_state)))
-
-    try:
-        with ps:
-            detector_up()
+        try:
+            rig.detector_up()
             ps["recorder"].wait_ready(lambda: rec.call("ping"), 20, what="recorder up")
             agg.publish("bar.1s.SPY", "bar", MicroBar(sym="SPY", interval="1s", start_ns=T0, open=100.4, high=100.9,
                                                      low=100.4, close=100.8, volume=10, buy_volume=8, sell_volume=2,
@@ -103,8 +60,8 @@ def test_restore_while_the_recorder_lags_and_both_killed_together_lose_and_repea
 
             # 1. detector SIGKILLed while the store is one state behind: restored at 'triggered'
             ps["detector"].kill()
-            ps.service("detector", env=env)
-            detector_up()
+            rig.start("detector")
+            rig.detector_up()
             assert [(a["setup_id"], a["state"]) for a in det.call("active")] == [(sid, "triggered")]
             assert stored() == [(sid, "forming"), (sid, "ready")]  # the store really was behind
             ticks([101.5, 101.6, 101.7], T0 + 3 * S)  # beyond the trigger again: a 'ready' setup would re-trigger
@@ -115,9 +72,9 @@ def test_restore_while_the_recorder_lags_and_both_killed_together_lose_and_repea
             ps["detector"].kill()
             ps["recorder"].kill()
             assert stored() == [(sid, "forming"), (sid, "ready")]
-            ps.service("recorder", env=env)
-            ps.service("detector", env=env)
-            detector_up()
+            rig.start("recorder")
+            rig.start("detector")
+            rig.detector_up()
             assert [(a["setup_id"], a["state"]) for a in det.call("active")] == [(sid, "target1_hit")]
             want = sorted((sid, s) for s in ("forming", "ready", "triggered", "target1_hit"))
             eventually(lambda: stored() == want, 20, what="the recorder caught up from the detector's outbox")
@@ -130,7 +87,7 @@ def test_restore_while_the_recorder_lags_and_both_killed_together_lose_and_repea
             agg.publish("bar.1s.SPY", "bar", MicroBar(sym="SPY", interval="1s", start_ns=T0, open=100.4, high=100.9,
                                                      low=100.4, close=100.8, volume=10, buy_volume=8, sell_volume=2,
                                                      closed=True), T0 + 6 * S)
-            eventually(lambda: (drain(), [b for b in blocks if b.reason == "duplicate"])[1], 10,
+            eventually(lambda: (drain(), [b for tp, b in rig.other if tp == "block.detector" and b.reason == "duplicate"])[1], 10,
                        what="the re-evaluated candidate refused as a duplicate")
 
             drain()
@@ -140,11 +97,8 @@ def test_restore_while_the_recorder_lags_and_both_killed_together_lose_and_repea
             inst = store.setup_instance(sid)
             assert inst["state"] == "target2_hit" and inst["entry_price"] == 101.4 and inst["t2_hit"]
             assert det.call("active") == []
-    finally:
-        store.close()
-        for s in (watch, det, rec, agg, feed):
-            s.close()
-        ctx.destroy(linger=0)
+        finally:
+            store.close()
 
 
 def _tr(sid: str, to: str, ts: int, frm: str | None = None, **kw) -> SetupTransition:

@@ -4,61 +4,17 @@ stored twice. Real detector and recorder processes, real ZeroMQ, real databases.
 
 from __future__ import annotations
 
-import zmq
 
-from spx_common.bus import Publisher, RpcClient, RpcError, Subscriber
-from spx_common.config import BusConfig, RuntimeConfig
-from spx_common.models import ExitAdvice, MicroBar, Trade
+from spx_common.bus import RpcError
+from spx_common.models import ExitAdvice, MicroBar
 from spx_common.store import open_store
-from spx_testing import Processes
 from tests.conftest import eventually
-from tests.detector.rig import restore_env
+from tests.detector.rig import T0, DetectorRig
 
 S = 1_000_000_000
-T0 = 1_795_185_000 * S
 
 
 def test_detector_restart_restores_active_setups_without_duplicates(db_url, run_dir):
-    rt, bus = RuntimeConfig(run_dir=run_dir), BusConfig()
-    env = restore_env(run_dir, db_url)
-    ctx = zmq.Context()
-    agg = Publisher(ctx, bus.pub_endpoint("aggregator", rt, bind=True), "aggregator", linger_ms=0)
-    feed = Publisher(ctx, bus.pub_endpoint("feed", rt, bind=True), "feed", linger_ms=0)
-    selector = Publisher(ctx, bus.pub_endpoint("selector", rt, bind=True), "selector", linger_ms=0)
-    watch = Subscriber(ctx, [bus.pub_endpoint("detector", rt)], ["setup.transition"], heartbeats=True)
-    rpc = RpcClient(ctx, bus.rep_endpoint("detector", rt), timeout_s=1.0, retries=0)
-    rec_rpc = RpcClient(ctx, bus.rep_endpoint("recorder", rt), timeout_s=1.0, retries=0)
-    open_store(db_url).close()  # migrated before either process touches it
-    ps = Processes()
-    ps.service("recorder", env=env)
-    ps.service("detector", env=env)
-    seen: list = []
-    sessions: set = set()
-
-    def drain():
-        while (f := watch.recv(0.05)) is not None:
-            sessions.add(f.session)
-            if f.topic == "setup.transition":
-                seen.append(f.body())
-
-    def up(client, name):
-        def ok():
-            try:
-                st = client.call("status")
-            except RpcError:
-                return False
-            if name == "detector":
-                agg.heartbeat(T0)
-                feed.heartbeat(T0)
-                return {"aggregator", "feed"} <= set(st["peers"])
-            selector.heartbeat(T0)
-            return {"detector", "selector"} <= set(st["peers"])
-        ps[name].wait_ready(ok, 45, what=f"{name} up and subscribed")  # detector: plugin workers first
-
-    def ticks(prices, t):
-        for i, p in enumerate(prices):
-            feed.publish("tick.SPY", "ticks", [Trade(sym="SPY", price=p, size=1, ts=t + i * 1000)], t + i * 1000)
-
     def stored_states(store, sid):
         import sqlalchemy as sa
         from spx_common.store import tables as t
@@ -66,36 +22,44 @@ def test_detector_restart_restores_active_setups_without_duplicates(db_url, run_
             return sorted(r.to_state for r in c.execute(
                 sa.select(t.setup_transitions.c.to_state).where(t.setup_transitions.c.setup_id == sid)))
 
-    store = open_store(db_url, migrate=False)
-    try:
-        with ps:
-            up(rpc, "detector")
-            up(rec_rpc, "recorder")
-            eventually(lambda: (drain(), sessions)[1], 10, what="our SUB hears the detector")
+    with DetectorRig(run_dir, db_url, extra=("selector",)) as rig:
+        agg, selector, rpc, seen = rig.pubs["aggregator"], rig.pubs["selector"], rig.det, rig.seen
+
+        def recorder_up():
+            selector.heartbeat(T0)
+            try:
+                return {"detector", "selector"} <= set(rig.rec.call("status")["peers"])
+            except RpcError:
+                return False
+
+        rig.start("recorder")
+        rig.start("detector")
+        store = open_store(db_url, migrate=False)
+        try:
+            rig.detector_up()
+            rig.ps["recorder"].wait_ready(recorder_up, 45, "recorder up and subscribed")
             agg.publish("bar.1s.SPY", "bar", MicroBar(sym="SPY", interval="1s", start_ns=T0, open=100.4, high=100.9,
                                                      low=100.4, close=100.8, volume=10, buy_volume=8, sell_volume=2,
                                                      bid_ask_imbalance=0.3, closed=True), T0)
-            ticks([100.8], T0 + S)  # in the entry zone: ready
-            eventually(lambda: (drain(), [t.to_state for t in seen])[1] == ["forming", "ready"], 10,
+            rig.ticks([100.8], T0 + S)  # in the entry zone: ready
+            eventually(lambda: [t.to_state for t in rig.drain()] == ["forming", "ready"], 10,
                        what="forming and ready published")
             sid = seen[0].setup_id
             eventually(lambda: stored_states(store, sid) == ["forming", "ready"], 10, what="recorder stored both")
 
-            ps["detector"].kill()
-            ps.service("detector", env=env)
-            up(rpc, "detector")
+            rig.ps["detector"].kill()
+            rig.start("detector")
+            rig.detector_up()
             active = rpc.call("active")
             assert [(a["setup_id"], a["state"]) for a in active] == [(sid, "ready")]
-            old = set(sessions)
-            eventually(lambda: (drain(), sessions - old)[1], 10, what="our SUB hears the restarted detector")
             # the same bar again: the plugin fires again, the lifecycle refuses the duplicate
             agg.publish("bar.1s.SPY", "bar", MicroBar(sym="SPY", interval="1s", start_ns=T0 + 2 * S, open=100.8,
                                                      high=100.9, low=100.7, close=100.85, volume=10, closed=True),
                         T0 + 2 * S)
-            ticks([101.2, 101.3, 101.4], T0 + 3 * S)  # beyond the trigger 3 ticks: triggered
-            ticks([102.1], T0 + 4 * S)  # target 1
+            rig.ticks([101.2, 101.3, 101.4], T0 + 3 * S)  # beyond the trigger 3 ticks: triggered
+            rig.ticks([102.1], T0 + 4 * S)  # target 1
             try:
-                eventually(lambda: (drain(), [t.to_state for t in seen])[1][-2:] == ["triggered", "target1_hit"], 10)
+                eventually(lambda: [t.to_state for t in rig.drain()][-2:] == ["triggered", "target1_hit"], 10)
             except AssertionError:
                 raise AssertionError(f"after the restart expected triggered, target1_hit; seen {seen}") from None
             states = [t.to_state for t in seen if t.setup_id == sid]
@@ -120,11 +84,8 @@ def test_detector_restart_restores_active_setups_without_duplicates(db_url, run_
             assert abs(inst["macro_alignment_score"] - seen[0].macro_alignment_score) < 1e-9
             metrics = rpc.call("metrics")
             assert "detector_setups_restored_total 1" in (metrics if isinstance(metrics, str) else str(metrics))
-    finally:
-        store.close()
-        for s in (watch, rpc, rec_rpc, agg, feed, selector):
-            s.close()
-        ctx.destroy(linger=0)
+        finally:
+            store.close()
 
 
 def test_warm_rebuilds_the_same_market_state_as_live_bars_without_running_plugins():
