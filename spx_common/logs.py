@@ -39,7 +39,7 @@ def setup(service: str, level: str = "INFO") -> logging.Logger:
             root.removeHandler(h)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
-    handler._spx = True  # type: ignore[attr-defined]
+    handler._spx = True  # type: ignore[attr-defined]  # our marker on a stdlib handler: re-setup replaces it
     root.addHandler(handler)
     root.setLevel(level)
     return logging.getLogger(service)

@@ -35,6 +35,7 @@ Source = Literal["tick", "poll", "replay", "backfill"]
 Direction = Literal["long", "short"]
 ExitAction = Literal["scale_out", "move_stop", "trail_stop", "exit_all", "hold"]
 Severity = Literal["info", "warning", "critical"]
+ServiceState = Literal["starting", "running", "degraded", "stopping"]
 
 
 class Base(Struct, kw_only=True, omit_defaults=True):
@@ -133,7 +134,7 @@ def bar_end_ns(bar: MicroBar) -> int:
 
 # mypy models msgspec Structs as dataclasses and refuses a frozen one under a non-frozen base; msgspec allows
 # it (frozen is per class: Base's fields are set only at construction).
-class MicroBar(Base, kw_only=True, gc=False, frozen=True):  # type: ignore[misc]
+class MicroBar(Base, kw_only=True, gc=False, frozen=True):  # type: ignore[misc]  # allowed by msgspec: above
     """A 1s/5s (or any interval) bar with quote microstructure.
 
     Frozen: a bar is a fact once published; detectors and the backtester share bars without
@@ -210,7 +211,7 @@ class Heartbeat(Base, kw_only=True):
     started_ns: Ns
     ts: Ns
     frames_out: NonNegInt = 0
-    state: Literal["starting", "running", "degraded", "stopping"] = "running"
+    state: ServiceState = "running"
     detail: str = ""
     stats: dict[str, float] = {}
     flags: dict[str, bool | str] = {}

@@ -36,7 +36,7 @@ from spx_common import codec
 from spx_common.codec import Frame, FrameError
 from spx_common.curve import CurveKeys
 from spx_common.metrics import Registry
-from spx_common.models import Heartbeat
+from spx_common.models import Heartbeat, ServiceState
 from spx_common.outbox import Outbox
 from spx_common.sockets import ensure_ipc_dir, prep
 from spx_common.topics import HEARTBEAT
@@ -132,7 +132,8 @@ class Publisher:
             out = [(t, p) for t, p in out if codec.decode_frames([t.encode(), p]).event_ns > after_event_ns]
         return out
 
-    def heartbeat(self, started_ns: int, state: str = "running", detail: str = "", stats=None, flags=None) -> None:
+    def heartbeat(self, started_ns: int, state: ServiceState = "running", detail: str = "", stats=None,
+                  flags=None) -> None:
 
         now = time.time_ns()
         hb = Heartbeat(
@@ -142,7 +143,7 @@ class Publisher:
             started_ns=started_ns,
             ts=now,
             frames_out=self.frames_out,
-            state=state,  # type: ignore[arg-type]
+            state=state,
             detail=detail,
             stats=stats or {},
             flags=flags or {},

@@ -237,4 +237,4 @@ def pdt_qualified(flag: bool | None, equity: float | None, min_equity: float, ac
         return bool(flag)
     if account_type == "cash":
         return True
-    return _finite(equity) and equity >= min_equity  # type: ignore[operator]
+    return equity is not None and _finite(equity) and equity >= min_equity

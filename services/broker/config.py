@@ -44,8 +44,8 @@ def url_origin(url: str) -> tuple[str, str, int] | None:
 def is_sandbox_url(url: str, sandbox_url: str = SANDBOX_URL) -> bool:
     """Whether ``url`` reaches the sandbox: its scheme and host (and port) equal those of the configured
     ``sandbox_url``, and its host is never Tradier's production host. Everything else is production."""
-    origin, sandbox = url_origin(url), url_origin(sandbox_url)
-    return origin is not None and origin == sandbox and origin[1] != url_origin(PRODUCTION_URL)[1]  # type: ignore[index]
+    origin, sandbox, production = url_origin(url), url_origin(sandbox_url), url_origin(PRODUCTION_URL)
+    return origin is not None and origin == sandbox and (production is None or origin[1] != production[1])
 
 
 class BrokerConfig(Section):

@@ -180,6 +180,9 @@ class TradeState:
     stop_rejects: int = 0  # protective stops the broker refused
 
 
+#: the order types an Order records, by the broker's name (anything else is recorded as a limit)
+_ORDER_TYPES: dict[str, OrderType] = {"market": "market", "limit": "limit", "stop": "stop", "stop_limit": "stop_limit"}
+
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -364,8 +367,7 @@ class Engine:
                 return None  # a sell for nothing this process holds: left alone (flatten cancels it)
             trade = self.trades[key] = TradeState(user, key[1], symbol)
         side_: Literal["buy_to_open", "sell_to_close"] = "buy_to_open" if side == "buy_to_open" else "sell_to_close"
-        kind: Literal["market", "limit", "stop", "stop_limit"] = \
-            type_ if type_ in ("market", "limit", "stop", "stop_limit") else "limit"  # type: ignore[assignment]
+        kind = _ORDER_TYPES.get(type_, "limit")
         role = "entry" if side == "buy_to_open" else ("stop" if type_ in ("stop", "stop_limit") else "exit")
         if exiting and role == "exit":
             trade.exiting = True

@@ -44,7 +44,7 @@ def gateway_url(ws: bool = False) -> str:
     """Where the gateway listens, from its config section when it is importable."""
     host, port = "127.0.0.1", 8765
     try:
-        from services.gateway.config import GatewayConfig  # type: ignore[import-not-found]
+        from services.gateway.config import GatewayConfig
         from spx_common.config import load
 
         cfg = load(GatewayConfig)

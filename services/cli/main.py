@@ -23,7 +23,7 @@ class SpxParser(argparse.ArgumentParser):
     """argparse with close-match suggestions: ``spx stauts`` says ``did you mean 'status'?`` (every
     sub-command's parser is of this class, so ``spx config shwo`` gets one too)."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if m:
             choices = re.findall(r"'([^']*)'", m.group(2)) or [c.strip() for c in m.group(2).split(",")]

@@ -163,8 +163,8 @@ class WorkerProc:
     def start(self, load: LoadMsg) -> None:
         self.proc = subprocess.Popen([self.python, "-m", "services.detector.worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, close_fds=True)
-        os.set_blocking(self.proc.stdout.fileno(), False)  # type: ignore[union-attr]  # PIPE above
-        os.set_blocking(self.proc.stdin.fileno(), False)  # type: ignore[union-attr]
+        os.set_blocking(self.proc.stdout.fileno(), False)  # PIPE above
+        os.set_blocking(self.proc.stdin.fileno(), False)
         self.buf.clear()
         self.sent.clear()
         self.ready = False
@@ -242,7 +242,7 @@ class WorkerProc:
             code = self.proc.wait()
         for f in (self.proc.stdin, self.proc.stdout):
             try:
-                f.close()  # type: ignore[union-attr]
+                f.close()
             except OSError:
                 pass
         note = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
@@ -255,7 +255,7 @@ class WorkerProc:
         if self.proc.poll() is None:
             try:
                 self.send(StopMsg(), time.monotonic() + 0.5)
-                self.proc.stdin.close()  # type: ignore[union-attr]
+                self.proc.stdin.close()
                 self.proc.wait(timeout=1.0)
             except (subprocess.TimeoutExpired, OSError, ValueError):
                 pass
@@ -346,7 +346,7 @@ class IsolatedHost(HostBase):
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            select.select([w.proc.stdout], [], [], min(left, 0.5))  # type: ignore[union-attr]
+            select.select([w.proc.stdout], [], [], min(left, 0.5))
 
     # ------------------------------------------------------------------ calling
 

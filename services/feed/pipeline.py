@@ -240,7 +240,7 @@ class TickPipeline:
             if seen_seq is not None:
                 t = type(ev)  # Dedupe.seen inlined
                 if t is Trade and sym.startswith("O:"):
-                    dup = dedupe.seen_print(ev, passes)  # type: ignore[union-attr]
+                    dup = dedupe.seen_print(ev, passes)
                 else:
                     seq = ev.seq if t is not IndexValue else 0
                     dup = seen_seq(sym, "q" if t is Quote else "t", seq, ev.ts) if seq else seen_key(event_key(ev))

@@ -202,8 +202,8 @@ class MassiveStream:
                     reader.cancel()
                     await asyncio.gather(reader, return_exceptions=True)
                     await ws.close()
-                elif reader.exception() is not None:
-                    raise reader.exception()  # type: ignore[misc]
+                elif (exc := reader.exception()) is not None:
+                    raise exc
 
     async def _read(self, ws: ClientConnection, sink: deque, wake: asyncio.Event) -> None:
         maxlen = sink.maxlen

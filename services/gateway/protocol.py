@@ -328,14 +328,14 @@ BarData = create_model(
 class BarSnapshot(_Strict):
     """``microbar`` snapshot data: recent closed bars (oldest first) and the bar in progress."""
 
-    bars: list[BarData]  # type: ignore[valid-type]
-    current: BarData | None = None  # type: ignore[valid-type]
+    bars: list[BarData]  # type: ignore[valid-type]  # a model built at run time
+    current: BarData | None = None  # type: ignore[valid-type]  # a model built at run time
 
 
 class SetupsSnapshot(_Strict):
     """``setups`` snapshot data: latest transition of each recent setup (update data is one transition)."""
 
-    setups: list[model_for(m.SetupTransition)]  # type: ignore[valid-type]
+    setups: list[model_for(m.SetupTransition)]  # type: ignore[valid-type]  # a model built at run time
 
 
 class MarketSnapshot(_Strict):
@@ -357,7 +357,7 @@ class CoachSnapshot(_Strict):
     events: list[HeldCoachEvent]
 
 
-class PositionData(model_for(m.Position)):  # type: ignore[misc,valid-type]
+class PositionData(model_for(m.Position)):  # type: ignore[misc,valid-type]  # a model built at run time
     """One position: the broker's (``mark`` is the quote mid its unrealized P&L is marked at) plus the
     contract's greeks from the newest chain document, when the feed has published one."""
 
@@ -375,13 +375,13 @@ class PositionsSnapshot(_Strict):
 class OrdersSnapshot(_Strict):
     """``orders`` snapshot data: recent orders (update: one Order)."""
 
-    orders: list[model_for(m.Order)]  # type: ignore[valid-type]
+    orders: list[model_for(m.Order)]  # type: ignore[valid-type]  # a model built at run time
 
 
 class FillsSnapshot(_Strict):
     """``fills`` snapshot data: recent fills (update: one Fill)."""
 
-    fills: list[model_for(m.Fill)]  # type: ignore[valid-type]
+    fills: list[model_for(m.Fill)]  # type: ignore[valid-type]  # a model built at run time
 
 
 class ServiceStatus(_Strict):

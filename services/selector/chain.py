@@ -49,13 +49,13 @@ class Contract:
 
     @property
     def mid(self) -> float | None:
-        return (self.bid + self.ask) / 2 if self.quote_ok else None  # type: ignore[operator]
+        return (self.bid + self.ask) / 2 if self.quote_ok else None
 
     @property
     def spread_pct(self) -> float | None:
         """Spread as a fraction of mid (``None`` for a bad quote)."""
         m = self.mid
-        return (self.ask - self.bid) / m if m else None  # type: ignore[operator]
+        return (self.ask - self.bid) / m if m else None
 
 
 @dataclass(slots=True)

@@ -116,8 +116,8 @@ def buying_power(risk: RiskContext, zero_dte: bool, policy: Policy) -> tuple[flo
 
 def leg_of(c: Contract, underlying: float | None) -> sizing.Leg:
     """The sizing view of a chain contract (its live quote, IV and greeks at ``underlying``)."""
-    return sizing.Leg(call=c.call, strike=c.strike, expiry_ns=expiry_ns(c.symbol.expiration), bid=c.bid,  # type: ignore[arg-type]
-                      ask=c.ask, iv=c.iv, delta=c.delta, gamma=c.gamma, underlying=underlying)  # type: ignore[arg-type]
+    return sizing.Leg(call=c.call, strike=c.strike, expiry_ns=expiry_ns(c.symbol.expiration), bid=c.bid,
+                      ask=c.ask, iv=c.iv, delta=c.delta, gamma=c.gamma, underlying=underlying)
 
 
 def candidates(chain: Chain, call: bool, policy: Policy) -> tuple[list[Contract], dict[str, int]]:
@@ -161,14 +161,14 @@ def select(setup: SetupSpec, chain: Chain | None, regime: str | None, risk: Risk
     rk = regime_key(regime)
     target, lo, hi = DELTA_TABLE[rk]
     pool, why = candidates(chain, call, policy)
-    in_band = [c for c in pool if lo <= abs(c.delta) <= hi]  # type: ignore[arg-type]
+    in_band = [c for c in pool if lo <= abs(c.delta) <= hi]
     if not in_band:
         counts = ", ".join(f"{k} {v}" for k, v in why.items() if v)
         return _no(sid, f"no_contract: no {'call' if call else 'put'} with |delta| in [{lo:.2f}, {hi:.2f}] "
                         f"(regime {rk}) passing filters (spread <= {policy.max_spread_pct:.0%} of mid, "
                         f"OI >= {policy.min_open_interest}, volume >= {policy.min_volume}); "
                         f"{len(pool)} passed filters outside the band; rejected: {counts or 'none'}", now_ns)
-    best = min(in_band, key=lambda c: (abs(abs(c.delta) - target), c.spread_pct, c.strike))  # type: ignore[arg-type]
+    best = min(in_band, key=lambda c: (abs(abs(c.delta) - target), c.spread_pct, c.strike))
     leg = leg_of(best, chain.underlying)
     zero_dte = sizing.is_zero_dte(leg.expiry_ns, now_ns)
     bp, block = buying_power(risk, zero_dte, policy)
@@ -179,13 +179,13 @@ def select(setup: SetupSpec, chain: Chain | None, regime: str | None, risk: Risk
     base = dict(setup_id=sid, occ_symbol=best.symbol.occ, tradier_symbol=best.symbol.tradier,
                 massive_symbol=best.symbol.massive, option_type="call" if call else "put", strike=best.strike,
                 expiration=best.symbol.expiration.isoformat(), delta=round(best.delta, 4), bid=best.bid, ask=best.ask,
-                mid=round(best.mid, 4), sizing=b, ts=now_ns, iv=best.iv, gamma=best.gamma,  # type: ignore[arg-type]
+                mid=round(best.mid, 4), sizing=b, ts=now_ns, iv=best.iv, gamma=best.gamma,
                 underlying=chain.underlying)
     if block:
         return ContractRecommendation(ok=False, reason=block, suggestedContracts=0, **base)
     if sz.reason is not None:
         return ContractRecommendation(ok=False, reason=sz.reason, suggestedContracts=0, **base)
-    reason = (f"{best.symbol.tradier} |delta| {abs(best.delta):.2f} (regime {rk}, target {target:.2f}); "  # type: ignore[arg-type]
+    reason = (f"{best.symbol.tradier} |delta| {abs(best.delta):.2f} (regime {rk}, target {target:.2f}); "
               f"{sz.contracts} contracts, {sz.bound}-bound: loss ${b.perContractLoss:.0f}/contract from entry "
               f"{setup.entry} to stop {setup.stop} (value {b.valueAtEntry:.2f} -> {b.valueAtStop:.2f}, "
               f"spread {b.spread:.2f}, {b.pricing}) -> {b.contractsByRisk} by risk ${risk.maxRiskDollars:.0f}; "

@@ -591,7 +591,7 @@ class Store:
                           .values(**clean, updated_ns=now_ns or time.time_ns())).rowcount
         if not n:
             raise UserError(f"no user {user!r} (add it with 'spx users add')")
-        return self.user(user)  # type: ignore[return-value]
+        return self.user(user)
 
     def set_credential_status(self, user: str, *, ok_ns: int | None = None, error: str | None = None,
                               now_ns: int | None = None) -> None:

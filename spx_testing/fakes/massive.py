@@ -340,7 +340,7 @@ class FakeMassive:
                     except (RuntimeError, AttributeError):
                         pass
 
-            self.loop.call_later(seconds, resume)  # type: ignore[union-attr]
+            self.loop.call_later(seconds, resume)  # type: ignore[union-attr]  # set once the server thread runs
 
         self._call(go)
 
