@@ -74,7 +74,11 @@ def _options_line(o: dict) -> str:
         return "Option trades: none (no option chain and quotes replayed, or every entry refused or unfilled)."
     return (f"Option trades: {o['trades']}, P&L ${o['pnl_usd']:,.2f} (expectancy ${o['expectancy_usd']:,.2f} per trade, "
             f"fees ${o['fees_usd']:,.2f}), slippage against the mid ${o['slippage_usd']:,.2f} "
-            f"(${o['slippage_per_contract']:.4f} per contract per fill).")
+            f"(${o['slippage_per_contract']:.4f} per contract per fill; by time of day: "
+            + ", ".join(f"{k} ${v['per_contract']:.4f} ({v['fills']} fills)" for k, v in
+                        (o.get("slippage_by_time") or {}).items())
+            + "; by moneyness: " + ", ".join(f"{k} ${v['per_contract']:.4f} ({v['fills']} fills)" for k, v in
+                                             (o.get("slippage_by_moneyness") or {}).items()) + ").")
 
 
 def picture(r: dict, path: Path) -> None:

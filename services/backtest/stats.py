@@ -142,7 +142,46 @@ def option_summary(trades: list[dict]) -> dict:
     return {"trades": n, "pnl_usd": round(pnl, 2), "expectancy_usd": round(pnl / n, 2) if n else 0.0,
             "fees_usd": round(sum(float(t.get("fees_usd") or 0.0) for t in opt), 2), "slippage_usd": round(slip, 2),
             "slippage_per_contract": round(slip / contracts / 100, 4) if contracts else 0.0,
-            "contracts_filled": contracts}
+            "contracts_filled": contracts, "slippage_by_time": _slippage_by(opt, _time_bucket),
+            "slippage_by_moneyness": _slippage_by(opt, _moneyness)}
+
+
+#: time-of-day buckets (New York) of the slippage breakdown: the open, the middle of the day, the close
+TIME_BUCKETS = (("09:30-10:30", 10 * 60 + 30), ("10:30-14:30", 14 * 60 + 30), ("14:30-16:00", 24 * 60))
+
+
+def _time_bucket(t: dict) -> str:
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    ts = t.get("triggered_ns")
+    if not isinstance(ts, int):
+        return "unknown"
+    d = dt.datetime.fromtimestamp(ts / 1e9, ZoneInfo("America/New_York"))
+    minute = d.hour * 60 + d.minute
+    return next(name for name, end in TIME_BUCKETS if minute < end)
+
+
+def _moneyness(t: dict) -> str:
+    """By the contract's |delta| at decision: out of (< 0.30), near (0.30-0.50) or in the money (>= 0.50)."""
+    d = t.get("option_delta")
+    if not isinstance(d, (int, float)):
+        return "unknown"
+    a = abs(float(d))
+    return "|delta| < 0.30" if a < 0.3 else "|delta| 0.30-0.50" if a < 0.5 else "|delta| >= 0.50"
+
+
+def _slippage_by(trades: list[dict], key) -> dict[str, dict]:
+    """Slippage per contract per fill (option price units, as ``paper_slippage``) and the fills, by ``key``."""
+    acc: dict[str, list[float]] = {}
+    for t in trades:
+        q = sum(float(f["quantity"]) for f in t.get("fills") or [])
+        a = acc.setdefault(key(t), [0.0, 0.0, 0])
+        a[0] += float(t.get("slippage_usd") or 0.0)
+        a[1] += q
+        a[2] += len(t.get("fills") or [])
+    return {k: {"per_contract": round(v[0] / v[1] / 100, 4) if v[1] else 0.0, "fills": int(v[2])}
+            for k, v in sorted(acc.items())}
 
 
 @dataclass(frozen=True)

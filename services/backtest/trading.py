@@ -82,6 +82,7 @@ class TradeRecord:
     fees_usd: float = 0.0
     slippage_usd: float | None = None
     risk_usd: float | None = None  # the sized loss to the stop (contracts x perContractLoss)
+    option_delta: float | None = None  # the contract's delta at decision (the recommendation's): its moneyness
     option_reason: str = ""  # why no option trade (the selector's or the broker's refusal)
     fills: list[dict] = field(default_factory=list)
 
@@ -420,6 +421,7 @@ class TradeModel:
         reco = self.engine.recos.get(rec.setup_id)
         per = reco.sizing.perContractLoss if reco is not None and reco.sizing is not None else None
         rec.risk_usd = round(per * bought, 2) if per else None
+        rec.option_delta = reco.delta if reco is not None else None
         rec.fills = [{"order_id": f.order_id, "side": f.side, "quantity": f.quantity, "price": f.price, "ts": f.ts,
                       "role": self._placed[f.order_id][1]} for f in fills]
 

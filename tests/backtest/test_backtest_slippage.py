@@ -68,3 +68,26 @@ def test_slippage_flag_values():
     for bad in ("-1", "9", "abc"):
         with pytest.raises(ValueError, match="--slippage"):
             slippage_per_share(bad)
+
+
+def test_option_summary_breaks_slippage_down_by_time_of_day_and_moneyness():
+    import datetime as dt
+
+    from services.backtest.stats import option_summary
+    from services.detector.market import ET
+
+    def at(h: int, m: int) -> int:
+        return int(dt.datetime(2026, 11, 16, h, m, tzinfo=ET).timestamp()) * 10**9
+
+    fills = [{"quantity": 2.0}, {"quantity": 2.0}]
+    trades = [{"r": 1.0, "pnl_usd": 100.0, "slippage_usd": 20.0, "fills": fills, "triggered_ns": at(9, 45),
+               "option_delta": 0.42},
+              {"r": -1.0, "pnl_usd": -50.0, "slippage_usd": 40.0, "fills": fills, "triggered_ns": at(15, 10),
+               "option_delta": -0.2},
+              {"r": 0.5}]  # no option trade: not counted
+    o = option_summary(trades)
+    assert o["trades"] == 2 and o["pnl_usd"] == 50.0 and o["slippage_per_contract"] == pytest.approx(0.075)
+    assert o["slippage_by_time"] == {"09:30-10:30": {"per_contract": 0.05, "fills": 2},
+                                     "14:30-16:00": {"per_contract": 0.1, "fills": 2}}
+    assert o["slippage_by_moneyness"] == {"|delta| 0.30-0.50": {"per_contract": 0.05, "fills": 2},
+                                          "|delta| < 0.30": {"per_contract": 0.1, "fills": 2}}
