@@ -24,6 +24,7 @@ No pytest here: benchmarks use it as they are, and it imports nothing of ``tests
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import subprocess
@@ -39,6 +40,16 @@ T = TypeVar("T")
 
 #: the project root (``python -m services.<name>`` runs from here)
 ROOT = Path(__file__).resolve().parents[1]
+
+#: every process started and not yet stopped: killed with its session when this interpreter exits, so a
+#: test run that ends without its teardown (an interrupted run, a forgotten stop) leaves nothing running
+_LIVE: set[ServiceProcess] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for p in list(_LIVE):
+        p._kill_session()
 
 
 class ProcessFailed(AssertionError):
@@ -168,6 +179,7 @@ class ServiceProcess:
                                      stdin=subprocess.PIPE if self._stdin else subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self._capture = _Capture(self.proc.stdout, self._head, self._tail)
+        _LIVE.add(self)
         return self
 
     @property
@@ -242,6 +254,7 @@ class ServiceProcess:
     def _kill_session(self) -> None:
         if self.proc is None:
             return
+        _LIVE.discard(self)
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -278,6 +291,7 @@ class ServiceProcess:
                 self.proc.stdin.close()
             except OSError:
                 pass
+        _LIVE.discard(self)
         self._drain()
         return self.proc.returncode
 

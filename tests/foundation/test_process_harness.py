@@ -93,3 +93,15 @@ def test_service_runs_a_module_of_services_in_the_run_dir(run_dir):
     assert "usage" in p.output().lower()
     assert p.env["SPX_RUNTIME_RUN_DIR"] == str(run_dir) and p.env["PYTHONUNBUFFERED"] == "1"
     assert os.environ.get("SPX_X") is None
+
+
+def test_a_process_left_running_is_killed_when_the_interpreter_exits(tmp_path):
+    """A run that ends without its teardown (no stop, no ``with``) leaves nothing running."""
+    pidfile = tmp_path / "pid"
+    code = ("import sys; from spx_testing import ServiceProcess; "
+            "p = ServiceProcess([sys.executable, '-c', 'import time; time.sleep(60)']).start(); "
+            f"open({str(pidfile)!r}, 'w').write(str(p.pid))")  # and exit without stopping it
+    with py(code) as parent:
+        parent.expect_exit(30)
+    pid = int(pidfile.read_text())
+    eventually(lambda: not _running(pid), 5, what="the forgotten child killed at the parent's exit")
