@@ -74,10 +74,12 @@ class Worker:
         self.config: Any = freeze({})
         self.rings: dict[str, deque] = {}
         self.bars_kept = 600
+        self.mem_mb = 0  # the data-segment limit set at load (0: none)
         self.dec = msgspec.msgpack.Decoder(LoadMsg | BarMsg | StopMsg)
         self.rss = Rss()
 
     def load(self, msg: LoadMsg) -> None:
+        self.mem_mb = msg.mem_mb
         if msg.mem_mb > 0:
             limit = msg.mem_mb * 2**20
             try:
@@ -120,7 +122,7 @@ class Worker:
                 result, stopped = None, True
                 error = f"stopped after {p.limits.stop_ms:g} ms of CPU"
             except MemoryError:
-                result, error = None, f"MemoryError (worker limit {msg.mem_mb} MiB)"
+                result, error = None, f"MemoryError (worker limit {self.mem_mb} MiB)"
             except Exception as exc:
                 result, error = None, repr(exc)[:300]
             cpu_ms = (cpu() - t0) * 1000
