@@ -34,7 +34,8 @@ import zmq
 
 from spx_common.bus import Publisher, RpcClient, RpcError, Subscriber
 from spx_common.config import BusConfig, RuntimeConfig
-from spx_common.models import Quote, Trade
+from spx_common.models import Quote, Trade, Watermark
+from spx_common.topics import watermark_topic
 from spx_testing import Processes, ProcessFailed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +67,10 @@ def main() -> int:
            "SPX_DETECTOR_SYMBOLS": ",".join(SYMS), "SPX_DETECTOR_FAMILY_CAP": "1000",
            "SPX_DETECTOR_MACRO_BLOCK_BELOW": "-1", "SPX_DETECTOR_CONFIRM_MS": "50",
            "SPX_DETECTOR_RESTORE_SETUPS": "false", "SPX_DETECTOR_WARMUP": "false",
-           "SPX_AGGREGATOR_INTERVALS": "1s"}
+           "SPX_AGGREGATOR_INTERVALS": "1s",
+           # wall-clock vendor times: the probe forms setups at any time of day (the regular-session rule
+           # would leave an evening run with 0 transitions)
+           "SPX_DETECTOR_EXTENDED_HOURS": "bench_probe"}
     fake = None
     names = ["aggregator", "detector"]
     if args.feed == "massive":
@@ -135,6 +139,7 @@ def main() -> int:
             handle.done.wait(args.seconds + 30)
             n_frames, sent = 0, handle.sent
             print(f"fake Massive: {handle.sent:,} events sent, {handle.unsent:,} unsent", file=sys.stderr)
+        wm_topic = watermark_topic("feed")
         for i in range(n_frames):
             target = t_start + i * frame_every
             delay = target - time.perf_counter()
@@ -152,6 +157,9 @@ def main() -> int:
                 else:
                     evs.append(Trade(sym=sym, price=px, size=1, ts=ts))
             feed.publish(f"tick.{sym}", "ticks", evs, ts)
+            # as the real feed does after each batch: the detector and aggregator align ticks and bars in
+            # event time and hold what no watermark has passed (without it: 0 transitions)
+            feed.publish(wm_topic, "watermark", Watermark(ns=ts), ts)
             sent += len(evs)
         elapsed = time.perf_counter() - t_start
         time.sleep(1.0)
