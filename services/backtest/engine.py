@@ -52,6 +52,7 @@ class Backtester:
         #: live aggregator publishes for the selector's ``bar_interval`` (60 s): whole buckets, the part of the
         #: trigger's minute before the trigger included
         self.pivot_ns = int(pivot_every) * 1_000_000_000
+        self._bar_ns = parse_interval(cfg.interval)
         self._pivot_acc: dict[str, list] = {}  # symbol -> [bucket index, high, low, first start] being built
         self.tag = tag
         self.transitions: list[SetupTransition] = []
@@ -202,7 +203,8 @@ class Backtester:
             self._record(self.engine.lifecycle.session_end(bar.start_ns))  # as the live detector does
             self.trade.end_session(sym)  # 0DTE: trades of the previous session close at its last close
         self._pivot_bar(bar)
-        self.trade.on_price_bar(bar, bar.start_ns)
+        # a closed bar's event time is its end, as the aggregator publishes it (the broker stamps its orders so)
+        self.trade.on_price_bar(bar, bar.start_ns + self._bar_ns)
         self._record(self.engine.on_bar(bar))
         for reason, _ in self.engine.drain_blocks():
             self.blocks[reason] = self.blocks.get(reason, 0) + 1
@@ -245,7 +247,7 @@ class Backtester:
         start = cur[0] * self.pivot_ns
         pivot = MicroBar(sym=sym, interval=f"{self.pivot_every}s", start_ns=start, open=cur[1], high=cur[1],
                          low=cur[2], close=cur[2], volume=0.0, closed=True)
-        self.trade.on_pivot_bar(pivot, start)
+        self.trade.on_pivot_bar(pivot, start + self.pivot_ns)
 
 
 def _day(ts_ns: int) -> int:

@@ -369,6 +369,9 @@ class TradeModel:
                 except (ValueError, router.OrderRefused):
                     self._count("modify_failed")
                     continue
+                # the order's new price/stop, as the broker service records a modify
+                self.ledger.update_order(it.order_id, ts=ts, **{k: float(v) for k, v in it.fields.items()
+                                                                if k in ("price", "stop")})
                 queue.extend(self._events(events, submit=False))
 
     def _events(self, events: list[dict], submit: bool = True) -> list[Intent]:

@@ -45,5 +45,6 @@ def test_backtest_trails_on_event_time_60s_bars_like_the_live_aggregator():
     bt.on_bar(bar(T0 + 6 * MIN, 102.5, 102.7))  # the first bar of minute 6 closes minute 5's 60 s bar
     trails = [a for a in bt.advice if a.action == "trail_stop"]
     assert [(a.stop, a.price) for a in trails] == [(101.3, 101.8)]  # pivot 101.8 - trail buffer 0.5
-    assert trails[0].ts == T0 + 5 * MIN and trails[0].ts % MIN == 0  # on the aligned 60 s bar of minute 5
+    # on the aligned 60 s bar of minute 5, at its event time: its end (as the aggregator publishes it)
+    assert trails[0].ts == T0 + 6 * MIN and trails[0].ts % MIN == 0
     assert [a.action for a in bt.advice[:3]] == ["scale_out", "move_stop", "scale_out"]
