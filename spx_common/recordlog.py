@@ -248,13 +248,20 @@ def iter_file(path: Path | str, legacy: Framing | None = None, stats: ScanStats 
         mm.close()
 
 
-def recover(path: Path | str, *, max_record: int = MAX_RECORD_BYTES) -> ScanStats:
+#: how much of a file's end :func:`recover` reads (a tick journal part is up to 2 GB)
+RECOVER_TAIL_BYTES = 4 << 20
+
+
+def recover(path: Path | str, *, max_record: int = MAX_RECORD_BYTES,
+            tail_bytes: int = RECOVER_TAIL_BYTES) -> ScanStats:
     """Cut a torn tail off a current-format file, so records appended after it stay readable.
 
-    Cheap on a sound file: the length chain is walked without reading the payloads and only the last
-    record's CRC is checked; only when that fails is the file scanned (from the last record) for the
-    end of its last good record. A damaged record with good ones after it is left (readers skip it).
-    Returns what was found (``torn``, ``skipped_bytes`` cut)."""
+    Cheap whatever the file's size: only its last ``tail_bytes`` are read (from the first record whose
+    CRC holds in them; the whole file when it has none, a record longer than that), the length chain is
+    walked to the end without reading the payloads and only the last record's CRC is checked; only when
+    that fails is the rest scanned (from the last record) for the end of its last good record. A damaged
+    record with good ones after it is left (readers skip it). Returns what was found (``torn``,
+    ``skipped_bytes`` cut)."""
     st = ScanStats()
     path = Path(path)
     try:
@@ -273,7 +280,11 @@ def recover(path: Path | str, *, max_record: int = MAX_RECORD_BYTES) -> ScanStat
             else:
                 raise LegacyFile(f"{path} is not in the {CURRENT.name} framing")
         else:
-            pos, last, hs = len(MAGIC), -1, CURRENT.head_size
+            start = len(MAGIC)
+            if size - start > tail_bytes:
+                found = find_record(view, size - tail_bytes, size, max_record=max_record)
+                start = found if found >= 0 else start
+            pos, last, hs = start, -1, CURRENT.head_size
             while pos + hs <= size:
                 (n,) = _U32.unpack_from(view, pos)
                 if n > max_record or pos + hs + n > size:
@@ -282,7 +293,7 @@ def recover(path: Path | str, *, max_record: int = MAX_RECORD_BYTES) -> ScanStat
             if pos == size and (last < 0 or _valid(view, last, size, CURRENT, max_record) == size):
                 st.end = size
                 return st
-            for _, payload in scan(view, CURRENT, start=max(last, len(MAGIC)), stats=st, max_record=max_record):
+            for _, payload in scan(view, CURRENT, start=max(last, start), stats=st, max_record=max_record):
                 payload.release()
             good = st.end
             if st.torn == 0:  # the chain broke on a damaged length with good records after it

@@ -129,3 +129,34 @@ def test_credentials_refusals_are_error_replies_not_documents_in_a_successful_re
         actx.term()
 
     asyncio.run(scenario())
+
+
+def test_no_one_off_exception_roots_in_the_mesh():
+    """Every exception class of spx_common and services is a kind of SpxError (directly or through another
+    one), so ``except SpxError`` catches every deliberate failure and a new error picks its kind. The one
+    exception: a BaseException the detector's worker raises to stop a plugin's CPU hog (it must get past
+    ``except Exception``)."""
+    import ast
+    import importlib
+    import inspect
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    allowed = {"services.detector.worker.CpuLimit"}
+    builtin_roots = {"Exception", "ValueError", "RuntimeError", "KeyError", "TypeError", "OSError", "LookupError",
+                     "BaseException", "ArithmeticError", "IOError"}
+    loose = []
+    for pkg in ("spx_common", "services"):
+        for path in sorted((root / pkg).rglob("*.py")):
+            tree = ast.parse(path.read_text())
+            mod = ".".join(path.relative_to(root).with_suffix("").parts)
+            for node in tree.body:
+                if isinstance(node, ast.ClassDef) and any(isinstance(b, ast.Name) and b.id in builtin_roots
+                                                           for b in node.bases):
+                    name = f"{mod}.{node.name}"
+                    if name in allowed:
+                        continue
+                    cls = getattr(importlib.import_module(mod), node.name)
+                    if inspect.isclass(cls) and issubclass(cls, BaseException) and not issubclass(cls, SpxError):
+                        loose.append(name)
+    assert not loose, f"exception classes outside the SpxError tree (pick Retryable, Refused or Fatal): {loose}"

@@ -256,3 +256,20 @@ def test_dead_letters_of_the_earlier_format_are_migrated_once_and_rotated_in_the
     dl.close()
     rotated = read_dead_letters(path.with_suffix(".1.msgpack"))
     assert rotated and read_dead_letters(path)[-1][2] == "9" and path.stat().st_size < 600
+
+
+def test_recover_reads_only_the_tail_of_a_large_file(tmp_path):
+    """A large sound file is checked from its last ``tail_bytes`` (a tick journal part of gigabytes opens at
+    once); a torn tail is still cut exactly, and a record longer than the window falls back to the chain."""
+    path = tmp_path / "log.bin"
+    payloads = [os.urandom(50) for _ in range(2000)]
+    _write(path, payloads)
+    whole = path.read_bytes()
+    assert recordlog.recover(path, tail_bytes=1000).torn == 0 and path.read_bytes() == whole
+    path.write_bytes(whole[:-7])
+    st = recordlog.recover(path, tail_bytes=1000)
+    assert st.torn == 1 and path.stat().st_size == len(whole) - 58 and _read(path)[0] == payloads[:-1]
+    _write(path, [b"y" * 5000])  # one record longer than the window, then torn
+    data = path.read_bytes()
+    path.write_bytes(data[:-1])
+    assert recordlog.recover(path, tail_bytes=1000).torn == 1 and _read(path)[0] == payloads[:-1]
