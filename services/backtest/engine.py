@@ -31,7 +31,7 @@ from services.aggregator.bars import BarAggregator, parse_interval
 from services.detector.config import DetectorConfig
 from services.detector.core import DetectorEngine
 from services.detector.host import PluginHost
-from services.backtest.trading import TradeModel, TradeRecord, market_events_in, selector_config
+from services.backtest.trading import TradeModel, TradeRecord, selector_config
 from spx_common.models import ExitAdvice, IndexValue, MicroBar, Quote, SetupTransition, Trade
 
 PATH_OFFSETS_NS = (0, 250_000_000, 500_000_000, 750_000_000)
@@ -152,15 +152,32 @@ class Backtester:
             self._close_bar(bar)
 
     def _bucket(self, group: list, agg: BarAggregator) -> None:
-        """One bar bucket's events: the lifecycle sees the watched trades and index values, the aggregator all."""
+        """One bar bucket's events, in stream order: the lifecycle sees the watched trades and index values, the
+        trade model the option quotes and index values (a quote before a trigger is known when the selector
+        and broker decide on it, as with the live event-time alignment), the aggregator the underlying's."""
         self.ticks_seen += len(group)
         watched = self.engine.watched
-        prices = [ev for ev in group if type(ev) is not Quote and ev.sym in watched]
+        prices: list = []
+        options: list = []
+        for ev in group:
+            kind = type(ev)
+            to_trade = (kind is Quote and ev.sym.startswith("O:")) or kind is IndexValue
+            to_life = kind is not Quote and ev.sym in watched
+            if to_trade and prices:
+                self._record(self.engine.on_ticks(prices))
+                prices = []
+            if to_life and options:
+                self.trade.on_market_events(options)
+                options = []
+            if to_trade:
+                options.append(ev)
+            if to_life:
+                prices.append(ev)
         if prices:
             self._record(self.engine.on_ticks(prices))
-        options = market_events_in(group)
         if options:
             self.trade.on_market_events(options)
+        if any(ev.sym.startswith("O:") for ev in group):
             group = [ev for ev in group if not ev.sym.startswith("O:")]  # option quotes make no bars here
         agg.on_events(group)
 

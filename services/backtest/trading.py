@@ -42,7 +42,7 @@ from services.broker.paper import PaperBroker
 from services.broker.portfolio import flatten_due, is_zero_dte, summarize_balances
 from services.selector.config import SelectorConfig
 from services.selector.core import SelectorCore
-from spx_common.models import ContractRecommendation, ExitAdvice, Fill, IndexValue, MicroBar, Order, Quote, \
+from spx_common.models import ContractRecommendation, ExitAdvice, Fill, MicroBar, Order, Quote, \
     SetupTransition
 
 USER = "backtest"
@@ -427,8 +427,3 @@ class TradeModel:
         rec.option_delta = reco.delta if reco is not None else None
         rec.fills = [{"order_id": f.order_id, "side": f.side, "quantity": f.quantity, "price": f.price, "ts": f.ts,
                       "role": self._placed[f.order_id][1]} for f in fills]
-
-
-def market_events_in(events: list) -> list:
-    """The events the trade model takes (option quotes, index values)."""
-    return [e for e in events if (type(e) is Quote and e.sym.startswith("O:")) or type(e) is IndexValue]
