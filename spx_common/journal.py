@@ -106,6 +106,7 @@ class JournalWriter:
         self._wake = threading.Event()
         self._closed = False
         self._files: dict[dt.date, recordlog.RecordWriter] = {}
+        self._doc_files: dict[Path, recordlog.RecordWriter] = {}
         self._thread = threading.Thread(target=self._run, name="journal-writer", daemon=True)
         self._thread.start()
 
@@ -174,16 +175,22 @@ class JournalWriter:
             path = self.directory / f"{trading_date(doc['ts']).isoformat()}.{kind}{DOC_SUFFIX}"
             by_file.setdefault(path, []).append(payload)
         for path, chunks in by_file.items():
-            writer = recordlog.RecordWriter(path, fsync=self.fsync)
+            writer = self._doc_files.get(path)
             try:
-                if recordlog.is_legacy(path):  # a day's documents from before the record log: migrated once
-                    recordlog.rewrite(path, recordlog.iter_file(path, recordlog.LEGACY_LE), fsync=self.fsync)
+                if writer is None:  # opened (and its tail checked) once, kept open like the day's ticks part
+                    if recordlog.is_legacy(path):  # a day's documents from before the record log: migrated once
+                        recordlog.rewrite(path, recordlog.iter_file(path, recordlog.LEGACY_LE), fsync=self.fsync)
+                    writer = recordlog.RecordWriter(path, fsync=self.fsync).open()
+                    for old in [p for p in self._doc_files if p.name[:10] != path.name[:10]]:
+                        self._doc_files.pop(old).close()  # another day's: a live feed only writes today
+                    self._doc_files[path] = writer
                 writer.append(chunks)
             except (OSError, recordlog.LegacyFile) as exc:
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
-            finally:
-                writer.close()
+                dropped = self._doc_files.pop(path, None)
+                if dropped is not None:
+                    dropped.close()
 
     def _file(self, day: dt.date) -> recordlog.RecordWriter:
         writer = self._files.get(day)
@@ -236,6 +243,9 @@ class JournalWriter:
         self.flush()
         for day in list(self._files):
             self._drop_file(day)
+        for writer in self._doc_files.values():
+            writer.close()
+        self._doc_files.clear()
 
 
 @dataclass
