@@ -11,6 +11,7 @@ import zmq
 
 from services.cli.main import main as spx_main
 from spx_common.bus import Publisher, RpcClient, RpcError
+from spx_common.calendar import ET
 from spx_common.config import BusConfig, RuntimeConfig
 from spx_common.models import CoachEvent, CoachFeedback, coach_event_id
 from spx_common.store import open_store
@@ -40,9 +41,14 @@ def test_recorder_keeps_alerts_answers_and_availability_and_cli_reports_rates(db
                 return {"coach", "gateway", "feed"} <= set(peers)
 
             rec.wait_ready(hears_all, 30, "recorder hears coach, gateway and feed", 0.2)
-            now = int(dt.datetime.now().timestamp()) * S  # today's New York day for the default window
-            alerts = [CoachEvent(user="alice", kind=kind, message=f"{kind} #{i}", ts=now - 600 * S + i * S, setup_id="s",
-                                 id=coach_event_id("alice", kind, now - 600 * S + i * S, "s"))
+            # the alerts fall in today's New York day (the stats' day and the CLI's default window), also
+            # between 19:00 and 24:00 ET when the machine's UTC date is already tomorrow's
+            wall = dt.datetime.now(ET)
+            midnight = int(wall.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()) * S
+            now = int(wall.timestamp()) * S
+            base = midnight + (now - midnight) // 2
+            alerts = [CoachEvent(user="alice", kind=kind, message=f"{kind} #{i}", ts=base + i * S, setup_id="s",
+                                 id=coach_event_id("alice", kind, base + i * S, "s"))
                       for i, kind in enumerate(["stop_threat"] * 4 + ["entry_window_opened"] * 2)]
             # one answer arrives before its alert (bus order across publishers is not guaranteed)
             early = CoachFeedback(user="alice", event_id=alerts[5].id, action="dismiss", kind=alerts[5].kind,
@@ -59,7 +65,7 @@ def test_recorder_keeps_alerts_answers_and_availability_and_cli_reports_rates(db
             pubs["feed"].publish("availability.feed", "doc", day, now)
             store = open_store(db_url, migrate=False)
             try:
-                today = dt.date.today().isoformat()
+                today = wall.date().isoformat()
 
                 def stored():
                     rows = {r["kind"]: r for r in store.coach_stats(today, today)}

@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from services.cli.common import Progress, fail
 from services.detector.config import DetectorConfig
+from spx_common.calendar import ET
 from spx_common.config import ConfigError, load
 from spx_common.store import open_store
 
@@ -171,7 +172,8 @@ def cmd_backtest(args) -> int:
         if not isinstance(baseline, dict) or not isinstance(baseline.get("trades"), list):
             return fail(f"{args.baseline} is not a backtest result (no 'trades' list)")
     # (--parity: the window comes from the run; today as a placeholder until it is read)
-    opts = bt.Options(start=args.start or dt.date.today(), end=args.end or dt.date.today(),
+    today = dt.datetime.now(ET).date()  # the New York trading day, not the machine's (UTC) date
+    opts = bt.Options(start=args.start or today, end=args.end or today,
                       resolution=args.resolution,
                       symbols=[s for s in args.symbols.split(",") if s],
                       families=[f for f in args.families.split(",") if f] if args.families else None,

@@ -7,6 +7,7 @@ import datetime as dt
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.cli.common import RpcError, call, fail, print_json
+from spx_common.calendar import ET
 from spx_common.store import open_store
 
 
@@ -25,7 +26,7 @@ def register(sub) -> None:
 
 
 def cmd_stats(args) -> int:
-    today = dt.date.today()
+    today = dt.datetime.now(ET).date()  # stats are kept per New York trading day, not the machine's date
     start = (today - dt.timedelta(days=max(1, args.days) - 1)).isoformat()
     try:
         store = open_store()
