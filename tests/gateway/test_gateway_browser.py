@@ -116,9 +116,10 @@ def test_dashboard_against_real_feed_aggregator_coach_and_gateway_processes(run_
 
     import zmq
 
-    from spx_common.bus import Publisher, RpcClient, RpcError
+    from spx_common.bus import Publisher, RpcClient, RpcError, Subscriber
     from spx_common.config import BusConfig, RuntimeConfig
-    from spx_common.models import SetupTransition
+    from spx_common.models import SetupTransition, Watermark
+    from spx_common.topics import watermark_topic
     from tests.conftest import free_port
 
     port = free_port()
@@ -152,11 +153,21 @@ def test_dashboard_against_real_feed_aggregator_coach_and_gateway_processes(run_
             first = eventually(lambda: bars() >= 2 and bars(), 30, 0.2, what="candles from the real aggregator")
             eventually(lambda: bars() >= first + 2, 20, 0.2, what="candles update")
             eventually(lambda: dt.js("document.getElementById('badge-mode').textContent") == "tick", 10, 0.2)
-            now = time.time_ns()
+            # the setup is stamped in the data's time (the feed replays a generated session, not today): the
+            # coach takes its inputs in event time and holds a transition until the bars' watermark passes it
+            wm_sub = Subscriber(ctx, [bus.pub_endpoint("aggregator", rt)], ["wm."])
+            try:
+                frame = eventually(lambda: wm_sub.recv(0.2), 20, 0, what="the aggregator's watermark")
+                now = frame.body().ns
+            finally:
+                wm_sub.close()
             t = SetupTransition(setup_id="orb-1", detector="orb", family="opening_range", sym="SPY", direction="long",
                                 from_state="forming", to_state="ready", reason="range break", ts=now, price=600.0,
                                 entry_low=599.9, entry_high=600.1, stop=599.0, targets=[601.5])
             detector.publish("setup.transition", "setup_transition", t, now)
+            # as the real detector (a relay) does: its watermark passes the transition, so the coach, which
+            # takes its inputs in event time, handles it now rather than after its idle wait (align_idle_s)
+            detector.publish(watermark_topic("detector"), "watermark", Watermark(ns=now + 1), now + 1)
             eventually(lambda: dt.js("document.querySelector('#setups tr[data-setup-id=\"orb-1\"]')?.dataset.state")
                        == "ready", 10, 0.2, what="setup on the page")
             eventually(lambda: dt.js("[...document.querySelectorAll('#coach li')].map(li => li.dataset.kind).join()")
