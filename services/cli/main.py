@@ -60,8 +60,9 @@ def _describe(parser: argparse.ArgumentParser) -> None:
         if isinstance(action, argparse._SubParsersAction):
             helps = {a.dest: a.help for a in action._choices_actions}
             for name, sub in action.choices.items():
-                if not sub.description and helps.get(name):
-                    sub.description = helps[name][:1].upper() + helps[name][1:] + "."
+                text = helps.get(name)
+                if not sub.description and text:
+                    sub.description = text[:1].upper() + text[1:] + "."
                 _describe(sub)
 
 

@@ -178,7 +178,7 @@ class CoachService(BusService):
             hb = peer.heartbeat
             degraded = hb is not None and peer.alive and hb.state == "degraded"
             was = self._degraded.get(peer.service)
-            if degraded and was is None:
+            if degraded and was is None and hb is not None:  # degraded implies a heartbeat
                 self._degraded = {**self._degraded, peer.service: hb.detail}
                 events += [m.CoachEvent(user=u, kind="system_degraded", severity="critical", ts=ts,
                                         message=f"{peer.service} is degraded: {hb.detail}"[:300],
