@@ -70,7 +70,10 @@ def head() -> str:
     """The newest revision of the migration history."""
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(_alembic_config("sqlite://")).get_current_head()
+    rev = ScriptDirectory.from_config(_alembic_config("sqlite://")).get_current_head()
+    if rev is None:  # only when migrations/versions is empty: a broken checkout
+        raise RuntimeError("the migration history has no revision")
+    return rev
 
 
 def migrations_dir() -> Path:
