@@ -259,6 +259,17 @@ class TradeModel:
         r = o.rec
         return "stopped" if not r.t1_hit else "target1_then_stop" if not r.t2_hit else "runner_stop"
 
+    @staticmethod
+    def _r_of(a: ExitAdvice, rec: TradeRecord) -> float:
+        """The advice's R multiple; advice without one (it is optional on the wire) is priced from its
+        underlying price against the trade's entry and stop, and at 0 R when it carries neither."""
+        if a.r_multiple is not None:
+            return float(a.r_multiple)
+        risk = abs(rec.entry - rec.stop)
+        if a.price is None or not risk:
+            return 0.0
+        return (a.price - rec.entry) * (1.0 if rec.direction == "long" else -1.0) / risk
+
     def _apply(self, a: ExitAdvice) -> None:
         o = self.open.get(a.setup_id)
         if o is None:
@@ -267,13 +278,13 @@ class TradeModel:
         rec.trailing_stop_path = list(a.trailing_stop_path)
         if a.action == "scale_out" and a.fraction is not None:
             take = o.remaining * a.fraction
-            rec.r += take * float(a.r_multiple)
+            rec.r += take * self._r_of(a, rec)
             o.remaining -= take
             o.stage += 1
             rec.t1_hit = True
             rec.t2_hit = rec.t2_hit or o.stage >= 2
         elif a.action == "exit_all":
-            rec.r += o.remaining * float(a.r_multiple)
+            rec.r += o.remaining * self._r_of(a, rec)
             o.remaining = 0.0
             rec.resolution = self._stop_kind(o)
             self._finish(o, a.ts)

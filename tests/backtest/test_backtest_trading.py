@@ -100,3 +100,16 @@ def test_a_lifecycle_stop_settles_at_the_plans_stop_and_the_broker_exits():
     assert rec.r == pytest.approx(-1.0)  # at the plan's stop, not at the breaching tick
     assert rec.pnl_usd is not None and rec.pnl_usd < 0
     assert sum(f.quantity for f in m.fills if f.side == "sell_to_close") == rec.contracts  # the broker got out
+
+
+def test_exit_advice_without_an_r_multiple_is_priced_from_its_price_not_a_crash():
+    """``r_multiple`` is optional on the wire: ``float(None)`` stopped the whole backtest."""
+    from services.backtest.trading import TradeRecord
+    from spx_common.models import ExitAdvice
+
+    rec = TradeRecord(setup_id="s", detector="d", family="f", sym="SPY", direction="short", triggered_ns=1,
+                      entry=100.0, stop=102.0, targets=[98.0])
+    adv = lambda **kw: ExitAdvice(setup_id="s", action="exit_all", reason="r", ts=2, **kw)  # noqa: E731
+    assert TradeModel._r_of(adv(r_multiple=1.5), rec) == 1.5
+    assert TradeModel._r_of(adv(price=97.0), rec) == 1.5  # short: 3 points in favour over a 2-point risk
+    assert TradeModel._r_of(adv(), rec) == 0.0
