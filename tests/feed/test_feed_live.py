@@ -135,8 +135,11 @@ def test_stalled_server_is_detected_by_ping_and_left(run_dir, fake):
         fake.stall("stocks", 3.0)
         eventually(lambda: fake.connects["stocks"] >= 2, 6, what="reconnect after a stall")
         fake.wait_subscribed("stocks", "T.SPY")
-        fake.push("stocks", [Trade(sym="SPY", price=590, size=1, ts=now_ns(), seq=1)])
-        eventually(lambda: feed.events("tick.SPY"), 15, what="the trade pushed after the reconnect published")
+        # the stalled connection may still count as subscribed until the fake sees it close: push again until
+        # the new connection takes it
+        trade = Trade(sym="SPY", price=590, size=1, ts=now_ns(), seq=1)
+        eventually(lambda: fake.push("stocks", [trade]) and feed.events("tick.SPY"), 15, 0.5,
+                   what="the trade pushed after the reconnect published")
         stocks = feed.service.live.streams["stocks"]
         assert stocks.reconnects >= 1 and "ping" in stocks.last_error.lower(), stocks.last_error
 
