@@ -11,6 +11,7 @@ client id must never grow memory).
 
 from __future__ import annotations
 
+import abc
 import bisect
 import math
 import threading
@@ -43,7 +44,7 @@ def _num(x: float) -> str:
     return repr(x)
 
 
-class _Metric(Generic[V]):
+class _Metric(abc.ABC, Generic[V]):
     """One metric: its label names and, per label set, a value of type ``V``."""
 
     kind = "untyped"
@@ -65,8 +66,9 @@ class _Metric(Generic[V]):
             return None
         return key
 
+    @abc.abstractmethod
     def samples(self) -> list[str]:
-        raise NotImplementedError
+        """The exposition lines of this metric's series (each kind writes its own)."""
 
 
 class Counter(_Metric[float]):

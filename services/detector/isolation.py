@@ -94,6 +94,7 @@ def _enc_hook(obj: Any) -> Any:
     """The plugin context's read-only maps go on the wire as the maps they show (no thawed copy first)."""
     if type(obj) is MappingProxyType:
         return dict(obj)
+    # msgspec's enc_hook protocol: NotImplementedError means "not a type this hook encodes"
     raise NotImplementedError(f"cannot encode {type(obj).__name__}")
 
 

@@ -15,6 +15,7 @@ than ``max_gap_ns`` (nights, weekends, a stopped recorder) are skipped rather th
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import time
 from pathlib import Path
@@ -26,15 +27,16 @@ from spx_common.models import MarketEvent
 from services.feed.synthetic import SyntheticSession
 
 
-class Source:
+class Source(abc.ABC):
     """Base of replay sources."""
 
     name = "source"
     start_ns: int | None = None
     end_ns: int | None = None
 
+    @abc.abstractmethod
     def events(self) -> Iterator[MarketEvent]:
-        raise NotImplementedError
+        """The source's events in event-time order."""
 
     def chain_docs(self, t_ns: int, every_ns: int, root: str) -> list[dict]:
         """Chain documents due at event time ``t_ns`` (none for sources without a chain)."""

@@ -171,7 +171,7 @@ def cmd_backtest(args) -> int:
             return fail(f"cannot read baseline {args.baseline}: {exc}")
         if not isinstance(baseline, dict) or not isinstance(baseline.get("trades"), list):
             return fail(f"{args.baseline} is not a backtest result (no 'trades' list)")
-    # (--parity: the window comes from the run; today as a placeholder until it is read)
+    # without dates: today's session; --parity replaces the window with the recorded run's (_parity)
     today = dt.datetime.now(ET).date()  # the New York trading day, not the machine's (UTC) date
     opts = bt.Options(start=args.start or today, end=args.end or today,
                       resolution=args.resolution,
